@@ -1,0 +1,243 @@
+// Package catalog is Trellis's Kubernetes-shaped but Kubernetes-free model of a
+// mesh: namespaces, service accounts, workloads, services and their ports.
+//
+// It is a leaf: it imports nothing from the project and no Kubernetes library.
+// Sources (the one-host manifest reader, later the Kubernetes informers) turn
+// their input into these types at once; everything downstream (the one-host
+// runtime, proxy configuration, policy compilers) reads only these types.
+// Values are plain data and are treated as immutable once built.
+package catalog
+
+import (
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Kind names an object type. The strings are the Kubernetes kinds.
+type Kind string
+
+// The kinds the catalog models.
+const (
+	KindNamespace      Kind = "Namespace"
+	KindServiceAccount Kind = "ServiceAccount"
+	KindPod            Kind = "Pod"
+	KindDeployment     Kind = "Deployment"
+	KindService        Kind = "Service"
+)
+
+// Ref identifies one object. Namespace is empty for cluster-scoped kinds.
+type Ref struct {
+	Kind      Kind
+	Namespace string
+	Name      string
+}
+
+// String formats a Ref the way error messages quote it: "Service db/alpha",
+// or "Namespace db" for cluster-scoped kinds.
+func (r Ref) String() string {
+	if r.Namespace == "" {
+		return string(r.Kind) + " " + r.Name
+	}
+	return string(r.Kind) + " " + r.Namespace + "/" + r.Name
+}
+
+// Meta is the metadata every object carries.
+type Meta struct {
+	Name        string
+	Namespace   string // empty for Namespace objects
+	Labels      map[string]string
+	Annotations map[string]string
+}
+
+// Namespace groups objects; its labels drive injection and policy.
+type Namespace struct {
+	Meta
+}
+
+// ServiceAccount is a workload identity within a namespace.
+type ServiceAccount struct {
+	Meta
+}
+
+// Protocol is a transport protocol, as Kubernetes spells it.
+type Protocol string
+
+// Transport protocols.
+const (
+	TCP  Protocol = "TCP"
+	UDP  Protocol = "UDP"
+	SCTP Protocol = "SCTP"
+)
+
+// RestartPolicy says when a container that exited is started again.
+type RestartPolicy string
+
+// Restart policies, as Kubernetes names them. The zero value means Always.
+const (
+	RestartAlways    RestartPolicy = "Always"
+	RestartOnFailure RestartPolicy = "OnFailure"
+	RestartNever     RestartPolicy = "Never"
+)
+
+// PodSpec is what a workload runs.
+type PodSpec struct {
+	ServiceAccount string // "default" when the manifest names none
+	RestartPolicy  RestartPolicy
+	// TerminationGrace is how long a container gets between SIGTERM and
+	// SIGKILL when its pod is removed.
+	TerminationGrace time.Duration
+	Containers       []Container
+}
+
+// Container is one process of a pod.
+type Container struct {
+	Name       string
+	Image      string   // recorded only: one-host mode runs Command on the host
+	Command    []string // command then args, already joined
+	Env        []EnvVar
+	WorkingDir string // empty: the runtime's choice
+	Ports      []ContainerPort
+	Readiness  *Probe // nil: ready while running
+}
+
+// EnvVar is one environment variable: a literal Value, or, when FieldPath
+// is set, a field of the pod resolved when the container starts
+// ("metadata.name", "metadata.namespace", "status.podIP",
+// "spec.serviceAccountName").
+type EnvVar struct {
+	Name      string
+	Value     string
+	FieldPath string
+}
+
+// ContainerPort is a port a container declares it listens on.
+type ContainerPort struct {
+	Name     string // may be empty
+	Port     int32
+	Protocol Protocol
+}
+
+// ProbeHandler is how a probe checks a container. Exactly one field is set.
+type ProbeHandler struct {
+	HTTPGet   *HTTPGetAction
+	TCPSocket *TCPSocketAction
+	Exec      []string // command run inside the pod
+}
+
+// HTTPGetAction succeeds on a status in [200, 400).
+type HTTPGetAction struct {
+	Path string
+	Port int32 // resolved from a named port at load time
+}
+
+// TCPSocketAction succeeds when a TCP connection opens.
+type TCPSocketAction struct {
+	Port int32
+}
+
+// Probe is a readiness probe with Kubernetes timing semantics.
+type Probe struct {
+	ProbeHandler
+	InitialDelay     time.Duration
+	Period           time.Duration
+	Timeout          time.Duration
+	SuccessThreshold int
+	FailureThreshold int
+}
+
+// Pod is one workload instance.
+type Pod struct {
+	Meta
+	Spec PodSpec
+	// Owner is the name of the Deployment that created the pod, empty for
+	// pods declared directly.
+	Owner string
+}
+
+// Deployment keeps Replicas pods built from Template running.
+type Deployment struct {
+	Meta
+	Replicas int
+	Selector map[string]string
+	Template PodTemplate
+}
+
+// PodTemplate is the part of a Deployment that pods are made from.
+type PodTemplate struct {
+	Labels      map[string]string
+	Annotations map[string]string
+	Spec        PodSpec
+}
+
+// Service is a named set of pods behind a virtual IP.
+type Service struct {
+	Meta
+	Selector map[string]string // nil: no automatic endpoints
+	Ports    []ServicePort
+	// ClusterIP is assigned by the runtime; zero until then.
+	ClusterIP netip.Addr
+}
+
+// ServicePort maps a service port to a target port on the selected pods.
+type ServicePort struct {
+	Name        string
+	Protocol    Protocol
+	Port        int32
+	AppProtocol string // empty when not declared
+	// TargetPort is the port number on the pod; when TargetPortName is set
+	// it is resolved per pod from the pod's container ports.
+	TargetPort     int32
+	TargetPortName string
+}
+
+// ResolveTargetPort returns the pod port a service port reaches on pod p, and
+// false when a named target port matches none of p's container ports.
+func (sp ServicePort) ResolveTargetPort(p *Pod) (int32, bool) {
+	if sp.TargetPortName == "" {
+		return sp.TargetPort, true
+	}
+	for _, c := range p.Spec.Containers {
+		for _, cp := range c.Ports {
+			if cp.Name == sp.TargetPortName && cp.Protocol == sp.Protocol {
+				return cp.Port, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// SelectorMatches reports whether every key/value of sel is in labels. An
+// empty selector matches nothing, as a Service selector does.
+func SelectorMatches(sel, labels map[string]string) bool {
+	if len(sel) == 0 {
+		return false
+	}
+	for k, v := range sel {
+		if lv, ok := labels[k]; !ok || lv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// FormatLabels renders labels as "k=v,k2=v2" in key order, or "<none>".
+func FormatLabels(labels map[string]string) string {
+	if len(labels) == 0 {
+		return "<none>"
+	}
+	keys := make([]string, 0, len(labels))
+	for k := range labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(k + "=" + labels[k])
+	}
+	return b.String()
+}

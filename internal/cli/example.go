@@ -1,0 +1,69 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// newExampleCmd holds the example workloads the manifests under examples/
+// run, so trying Trellis needs nothing outside this module. Hidden: these
+// are samples, not part of the CLI's contract.
+func newExampleCmd(o *options) *cobra.Command {
+	cmd := &cobra.Command{Use: "example", Short: "Example workloads used by examples/", Hidden: true}
+	var addr string
+	hello := &cobra.Command{
+		Use:   "hello-server",
+		Short: "HTTP server answering every request with its pod name",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runHelloServer(cmd.Context(), o, addr)
+		},
+	}
+	hello.Flags().StringVar(&addr, "listen", ":8080", "address to listen on")
+	cmd.AddCommand(hello)
+	return cmd
+}
+
+func runHelloServer(ctx context.Context, o *options, addr string) error {
+	name := os.Getenv("POD_NAME")
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintf(w, "hello from %s\n", name) })
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(o.out, "hello-server %s listening on %s\n", name, ln.Addr())
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,121 @@
+package localmesh
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/manifest"
+)
+
+// ErrNotRunning is returned by Client calls when no mesh serves the state
+// directory.
+var ErrNotRunning = errors.New("no mesh is running")
+
+// Client talks to a running mesh through its state directory's socket.
+type Client struct {
+	stateDir string
+	hc       *http.Client
+}
+
+// NewClient returns a client for the mesh using stateDir. It does not
+// connect until a call is made.
+func NewClient(stateDir string) *Client {
+	sock := filepath.Join(stateDir, socketFile)
+	return &Client{
+		stateDir: stateDir,
+		hc: &http.Client{
+			Timeout: 60 * time.Second,
+			Transport: &http.Transport{
+				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, "unix", sock)
+				},
+			},
+		},
+	}
+}
+
+// Status returns the mesh's status; ErrNotRunning when none answers.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	return s, c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
+}
+
+// Pods lists the pods.
+func (c *Client) Pods(ctx context.Context) ([]PodStatus, error) {
+	var out []PodStatus
+	return out, c.do(ctx, http.MethodGet, "/v1/pods", nil, &out)
+}
+
+// Services lists the services.
+func (c *Client) Services(ctx context.Context) ([]ServiceStatus, error) {
+	var out []ServiceStatus
+	return out, c.do(ctx, http.MethodGet, "/v1/services", nil, &out)
+}
+
+// Namespaces lists the namespaces.
+func (c *Client) Namespaces(ctx context.Context) ([]NamespaceStatus, error) {
+	var out []NamespaceStatus
+	return out, c.do(ctx, http.MethodGet, "/v1/namespaces", nil, &out)
+}
+
+// Apply sends manifests to apply.
+func (c *Client) Apply(ctx context.Context, srcs []manifest.Source) (ApplyResult, error) {
+	var out ApplyResult
+	return out, c.do(ctx, http.MethodPost, "/v1/apply", ManifestRequest{Sources: srcs}, &out)
+}
+
+// Delete sends manifests whose objects to delete.
+func (c *Client) Delete(ctx context.Context, srcs []manifest.Source) (ApplyResult, error) {
+	var out ApplyResult
+	return out, c.do(ctx, http.MethodPost, "/v1/delete", ManifestRequest{Sources: srcs}, &out)
+}
+
+// Shutdown asks the mesh to stop; it returns before the mesh has stopped.
+func (c *Client) Shutdown(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/v1/shutdown", struct{}{}, nil)
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		data, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(data)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://trellis"+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		var opErr *net.OpError
+		if errors.As(err, &opErr) && opErr.Op == "dial" {
+			return fmt.Errorf("%w with state directory %s: start one with `trellis up -f FILE`", ErrNotRunning, c.stateDir)
+		}
+		return fmt.Errorf("mesh API %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var e struct{ Error string }
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e)
+		if e.Error == "" {
+			e.Error = resp.Status
+		}
+		return errors.New(e.Error)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}

@@ -1,0 +1,349 @@
+package localmesh
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/trellis-mesh/trellis/internal/nft"
+)
+
+// Where named network namespaces and their per-namespace /etc files live:
+// the places `ip netns` uses, so `ip netns exec` sees pods as trellis does.
+const (
+	netnsRunDir = "/var/run/netns"
+	netnsEtcDir = "/etc/netns"
+)
+
+// Sysctls the runtime needs while a mesh runs; the old values come back on
+// teardown. bridge-nf-call-iptables makes bridged packets between pods cross
+// the host's nftables hooks, so replies to DNATed service traffic are
+// translated back.
+var meshSysctls = []string{
+	"/proc/sys/net/ipv4/ip_forward",
+	"/proc/sys/net/bridge/bridge-nf-call-iptables",
+}
+
+// CheckRanges refuses pod and service ranges that overlap each other or any
+// route on the host (other than a default route), so pod traffic can never
+// shadow a network the host already reaches.
+func CheckRanges(podCIDR, serviceCIDR netip.Prefix) error {
+	if !podCIDR.Addr().Is4() || !serviceCIDR.Addr().Is4() {
+		return errors.New("pod and service ranges must be IPv4 prefixes")
+	}
+	if podCIDR.Bits() > 28 {
+		return fmt.Errorf("pod range %s is too small; use a /28 or larger", podCIDR)
+	}
+	if serviceCIDR.Bits() > 30 {
+		return fmt.Errorf("service range %s is too small; use a /30 or larger", serviceCIDR)
+	}
+	if podCIDR.Overlaps(serviceCIDR) {
+		return fmt.Errorf("pod range %s overlaps service range %s; choose disjoint ranges with --pod-cidr and --service-cidr", podCIDR, serviceCIDR)
+	}
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("list host routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		dst, ok := netip.AddrFromSlice(r.Dst.IP)
+		if !ok {
+			continue
+		}
+		ones, _ := r.Dst.Mask.Size()
+		p := netip.PrefixFrom(dst.Unmap(), ones)
+		if ones == 0 {
+			continue
+		}
+		for _, c := range []struct {
+			name, flag string
+			pfx        netip.Prefix
+		}{
+			{"pod", "--pod-cidr", podCIDR}, {"service", "--service-cidr", serviceCIDR},
+		} {
+			if c.pfx.Overlaps(p) {
+				return fmt.Errorf("%s range %s overlaps the host route %s%s; choose a free range with %s",
+					c.name, c.pfx, p, routeDev(r), c.flag)
+			}
+		}
+	}
+	return nil
+}
+
+func routeDev(r netlink.Route) string {
+	if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+		return " (dev " + l.Attrs().Name + ")"
+	}
+	return ""
+}
+
+// setSysctls sets each of meshSysctls to 1, recording old values first.
+func setSysctls(l *Ledger) error {
+	for _, path := range meshSysctls {
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && strings.Contains(path, "/bridge/") {
+			// The bridge hooks live in br_netfilter; load it if we can.
+			_ = exec.Command("modprobe", "br_netfilter").Run()
+		}
+		old, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("read %s: %w (is the br_netfilter kernel module available?)", path, err)
+		}
+		if err := l.Add(Resource{Kind: resSysctl, Name: path, Old: strings.TrimSpace(string(old))}); err != nil {
+			return err
+		}
+		if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
+			return fmt.Errorf("set %s: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// createBridge creates the host bridge with gw as the pods' gateway address.
+func createBridge(l *Ledger, name string, gw netip.Prefix) error {
+	if err := l.Add(Resource{Kind: resLink, Name: name}); err != nil {
+		return err
+	}
+	if old, err := netlink.LinkByName(name); err == nil {
+		_ = netlink.LinkDel(old) // a leftover of ours, recorded in the ledger
+	}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
+	if err := netlink.LinkAdd(br); err != nil {
+		return fmt.Errorf("create bridge %s: %w", name, err)
+	}
+	addr := &netlink.Addr{IPNet: ipNet(gw)}
+	if err := netlink.AddrAdd(br, addr); err != nil {
+		return fmt.Errorf("address bridge %s: %w", name, err)
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		return fmt.Errorf("bring up bridge %s: %w", name, err)
+	}
+	return nil
+}
+
+// podNet describes one pod's wiring.
+type podNet struct {
+	Netns    string       // named network namespace
+	HostLink string       // host side of the veth pair
+	Bridge   string       // bridge the host side is enslaved to
+	Addr     netip.Prefix // pod address with the pod range's prefix length
+	Gateway  netip.Addr   // the bridge's address
+}
+
+// linkName derives a short, stable interface name (at most 15 bytes) from a
+// namespace name.
+func linkName(prefix, netnsName string) string {
+	h := fnv.New32a()
+	h.Write([]byte(netnsName))
+	return fmt.Sprintf("%s%08x", prefix, h.Sum32())
+}
+
+// createPodNetwork creates the pod's network namespace and veth pair and
+// configures addresses and routes inside it. Every step is recorded in the
+// ledger first.
+func createPodNetwork(l *Ledger, pn podNet) error {
+	if err := l.Add(Resource{Kind: resNetns, Name: pn.Netns}); err != nil {
+		return err
+	}
+	if err := newNamedNetns(pn.Netns); err != nil {
+		return err
+	}
+	if err := l.Add(Resource{Kind: resLink, Name: pn.HostLink}); err != nil {
+		return err
+	}
+	peer := linkName("tp", pn.Netns)
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: pn.HostLink}, PeerName: peer}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("create veth %s: %w", pn.HostLink, err)
+	}
+	br, err := netlink.LinkByName(pn.Bridge)
+	if err != nil {
+		return fmt.Errorf("find bridge %s: %w", pn.Bridge, err)
+	}
+	host, err := netlink.LinkByName(pn.HostLink)
+	if err != nil {
+		return fmt.Errorf("find veth %s: %w", pn.HostLink, err)
+	}
+	if err := netlink.LinkSetMaster(host, br); err != nil {
+		return fmt.Errorf("attach %s to %s: %w", pn.HostLink, pn.Bridge, err)
+	}
+	if err := netlink.LinkSetUp(host); err != nil {
+		return fmt.Errorf("bring up %s: %w", pn.HostLink, err)
+	}
+	ns, err := netns.GetFromName(pn.Netns)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", pn.Netns, err)
+	}
+	defer ns.Close()
+	peerLink, err := netlink.LinkByName(peer)
+	if err != nil {
+		return fmt.Errorf("find veth peer %s: %w", peer, err)
+	}
+	if err := netlink.LinkSetNsFd(peerLink, int(ns)); err != nil {
+		return fmt.Errorf("move %s into %s: %w", peer, pn.Netns, err)
+	}
+	return configurePodSide(ns, peer, pn)
+}
+
+// configurePodSide names the pod's interface eth0, addresses it, and brings
+// up lo and eth0 with a default route via the bridge.
+func configurePodSide(ns netns.NsHandle, peer string, pn podNet) error {
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", pn.Netns, err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo in %s: %w", pn.Netns, err)
+	}
+	if err := h.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("bring up lo in %s: %w", pn.Netns, err)
+	}
+	eth, err := h.LinkByName(peer)
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", peer, pn.Netns, err)
+	}
+	if err := h.LinkSetName(eth, "eth0"); err != nil {
+		return fmt.Errorf("rename %s to eth0 in %s: %w", peer, pn.Netns, err)
+	}
+	if err := h.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(pn.Addr)}); err != nil {
+		return fmt.Errorf("address eth0 in %s: %w", pn.Netns, err)
+	}
+	if err := h.LinkSetUp(eth); err != nil {
+		return fmt.Errorf("bring up eth0 in %s: %w", pn.Netns, err)
+	}
+	def := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.IP(pn.Gateway.AsSlice())}
+	if err := h.RouteAdd(def); err != nil {
+		return fmt.Errorf("default route in %s: %w", pn.Netns, err)
+	}
+	return nil
+}
+
+// newNamedNetns creates a network namespace pinned at /var/run/netns/name.
+// It switches a dedicated OS thread, which is discarded afterwards, so no
+// other goroutine ever runs in the new namespace.
+func newNamedNetns(name string) error {
+	if err := os.MkdirAll(netnsRunDir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", netnsRunDir, err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with this goroutine
+		if _, err := os.Stat(filepath.Join(netnsRunDir, name)); err == nil {
+			_ = netns.DeleteNamed(name) // a leftover of ours, recorded in the ledger
+		}
+		ns, err := netns.NewNamed(name)
+		if err != nil {
+			errc <- fmt.Errorf("create netns %s: %w", name, err)
+			return
+		}
+		ns.Close()
+		errc <- nil
+	}()
+	return <-errc
+}
+
+// undo removes one ledger resource from the host. Missing things are fine:
+// undo runs again after a crash and must be idempotent.
+func undo(r Resource) error {
+	switch r.Kind {
+	case resNetns:
+		killNetnsProcesses(r.Name)
+		path := filepath.Join(netnsRunDir, r.Name)
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("unmount netns %s: %w", r.Name, err)
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove netns %s: %w", r.Name, err)
+		}
+	case resLink:
+		if l, err := netlink.LinkByName(r.Name); err == nil {
+			if err := netlink.LinkDel(l); err != nil {
+				return fmt.Errorf("delete link %s: %w", r.Name, err)
+			}
+		}
+	case resHostsDir:
+		if err := os.RemoveAll(filepath.Join(netnsEtcDir, r.Name)); err != nil {
+			return fmt.Errorf("remove %s: %w", r.Name, err)
+		}
+	case resSysctl:
+		if err := os.WriteFile(r.Name, []byte(r.Old+"\n"), 0o644); err != nil {
+			return fmt.Errorf("restore %s: %w", r.Name, err)
+		}
+	case resNFTable:
+		return nft.DeleteTable(r.Name)
+	}
+	return nil
+}
+
+// killNetnsProcesses SIGKILLs every process whose network namespace is the
+// named one: container processes orphaned when the mesh was killed.
+func killNetnsProcesses(name string) {
+	var target unix.Stat_t
+	if err := unix.Stat(filepath.Join(netnsRunDir, name), &target); err != nil {
+		return
+	}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid := 0
+		if _, err := fmt.Sscanf(p.Name(), "%d", &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join("/proc", p.Name(), "ns/net"), &st); err != nil {
+			continue
+		}
+		if st.Ino == target.Ino && st.Dev == target.Dev {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// Cleanup removes everything the ledger in stateDir records, newest first,
+// and then the ledger itself. It is what `trellis down` does when no mesh
+// process is left to do it (after SIGKILL, for example). It reports what it
+// removed and keeps going past failures, returning them joined.
+func Cleanup(stateDir string) (removed []Resource, err error) {
+	l, err := OpenLedger(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	return undoAll(l)
+}
+
+func undoAll(l *Ledger) ([]Resource, error) {
+	var errs []error
+	var removed []Resource
+	for _, r := range l.Items() {
+		if err := undo(r); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, r)
+		if err := l.Remove(r.Kind, r.Name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}

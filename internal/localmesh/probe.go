@@ -1,0 +1,108 @@
+package localmesh
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"time"
+)
+
+// probeLoop runs the container's readiness probe with Kubernetes timing
+// (initial delay, period, timeout, success and failure thresholds) until ctx
+// is done. A container's readiness starts false on every (re)start.
+func (c *container) probeLoop(ctx context.Context) {
+	p := c.spec.Readiness
+	if p == nil {
+		return
+	}
+	var successes, failures int
+	var lastPID int
+	tick := time.NewTicker(p.Period)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		c.mu.Lock()
+		pid, since := c.pid, time.Since(c.startedAt)
+		c.mu.Unlock()
+		if pid == 0 || since < p.InitialDelay {
+			continue
+		}
+		if pid != lastPID { // a new run: start counting afresh
+			lastPID, successes, failures = pid, 0, 0
+		}
+		err := c.probeOnce(ctx)
+		if err == nil {
+			successes, failures = successes+1, 0
+		} else {
+			successes, failures = 0, failures+1
+		}
+		c.mu.Lock()
+		before := c.readyLocked()
+		switch {
+		case c.pid != pid:
+			// restarted while probing; the result belongs to the old run
+		case err == nil && successes >= p.SuccessThreshold:
+			c.probeOK = true
+		case err != nil && failures >= p.FailureThreshold:
+			c.probeOK = false
+		}
+		after := c.readyLocked()
+		c.mu.Unlock()
+		if before != after {
+			c.changed()
+		}
+	}
+}
+
+// probeOnce runs one probe attempt with the probe's timeout.
+func (c *container) probeOnce(ctx context.Context) error {
+	p := c.spec.Readiness
+	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
+	defer cancel()
+	switch {
+	case p.HTTPGet != nil:
+		url := "http://" + net.JoinHostPort(c.podIP, strconv.Itoa(int(p.HTTPGet.Port))) + p.HTTPGet.Path
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("User-Agent", "trellis-probe/1")
+		resp, err := probeClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode < 200 || resp.StatusCode >= 400 {
+			return fmt.Errorf("HTTP status %d", resp.StatusCode)
+		}
+		return nil
+	case p.TCPSocket != nil:
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(c.podIP, strconv.Itoa(int(p.TCPSocket.Port))))
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	default:
+		args := append([]string{NSExecCommand, c.netns, "--"}, p.Exec...)
+		cmd := exec.CommandContext(ctx, c.cfg.Executable, args...)
+		cmd.Env = c.env
+		return cmd.Run()
+	}
+}
+
+// probeClient never follows redirects to other hosts' worth of trouble and
+// never reuses connections, as kubelet's prober does.
+var probeClient = &http.Client{
+	Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil},
+	CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	},
+}

@@ -1,0 +1,355 @@
+// Package localmesh is the one-host runtime behind `trellis up`: it runs the
+// pods and services of ordinary Kubernetes manifests on one Linux host, with
+// no Kubernetes. Each pod is a network namespace with a veth into a bridge,
+// an address from a private range, a hosts file resolving service names to
+// service VIPs, and its containers' commands as supervised host processes.
+// Service VIPs are balanced across ready pods by nftables DNAT rules (the
+// kube-proxy role, rendered by internal/nft).
+//
+// Everything created on the host is recorded first in a ledger in the state
+// directory, so Cleanup can remove it all even after the mesh process was
+// killed. The CLI (internal/cli) imports this package; it runs the Runtime
+// in `trellis up` and talks to a running one through Client.
+package localmesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
+	"github.com/trellis-mesh/trellis/internal/manifest"
+	"github.com/trellis-mesh/trellis/internal/nft"
+)
+
+// Config configures a Runtime. The zero value, with StateDir set, is usable.
+type Config struct {
+	// StateDir holds the lock, the ledger, the API socket and container logs.
+	// Required.
+	StateDir string
+	// PodCIDR is the range pod addresses come from; its first address is the
+	// bridge's. Default 10.200.0.0/16.
+	PodCIDR netip.Prefix
+	// ServiceCIDR is the range service VIPs come from. Default 10.201.0.0/16.
+	ServiceCIDR netip.Prefix
+	// Prefix starts the names of everything created on the host: network
+	// namespaces, the bridge, the nftables table. Default "trellis"; at most
+	// 10 bytes.
+	Prefix string
+	// Executable is the trellis binary used to enter pods; its directory also
+	// starts the pods' PATH, so manifests can run `trellis ...` workloads.
+	// Default: the running executable.
+	Executable string
+	// WorkDir is the containers' working directory when they set none.
+	// Default: the current directory.
+	WorkDir string
+	// RestartBackoff is the delay before the first restart of a container;
+	// it doubles up to MaxRestartBackoff. Defaults 1 s and 30 s.
+	RestartBackoff    time.Duration
+	MaxRestartBackoff time.Duration
+}
+
+// DefaultPodCIDR and DefaultServiceCIDR are the default address ranges.
+var (
+	DefaultPodCIDR     = netip.MustParsePrefix("10.200.0.0/16")
+	DefaultServiceCIDR = netip.MustParsePrefix("10.201.0.0/16")
+)
+
+func (c *Config) setDefaults() error {
+	if c.StateDir == "" {
+		return errors.New("state directory is not set")
+	}
+	if !c.PodCIDR.IsValid() {
+		c.PodCIDR = DefaultPodCIDR
+	}
+	if !c.ServiceCIDR.IsValid() {
+		c.ServiceCIDR = DefaultServiceCIDR
+	}
+	c.PodCIDR, c.ServiceCIDR = c.PodCIDR.Masked(), c.ServiceCIDR.Masked()
+	if c.Prefix == "" {
+		c.Prefix = "trellis"
+	}
+	if len(c.Prefix) > 10 {
+		return fmt.Errorf("name prefix %q is longer than 10 bytes", c.Prefix)
+	}
+	if c.Executable == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find own executable: %w", err)
+		}
+		c.Executable = exe
+	}
+	if c.WorkDir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return fmt.Errorf("find working directory: %w", err)
+		}
+		c.WorkDir = wd
+	}
+	if c.RestartBackoff <= 0 {
+		c.RestartBackoff = time.Second
+	}
+	if c.MaxRestartBackoff < c.RestartBackoff {
+		c.MaxRestartBackoff = max(30*time.Second, c.RestartBackoff)
+	}
+	return nil
+}
+
+// Runtime runs one mesh. Create it with New and call Run once.
+type Runtime struct {
+	cfg     Config
+	ledger  *Ledger
+	podIPs  *ipam
+	vipIPs  *ipam
+	kick    chan struct{} // buffered(1): ask the loop to reconcile
+	ready   atomic.Bool   // the initial manifests have been reconciled
+	stopped chan struct{} // buffered(1): a pod finished stopping
+	quit    chan struct{} // closed by Shutdown
+	quitOne sync.Once
+
+	mu      sync.Mutex
+	desired *manifest.Set             // guarded by mu: what the user applied
+	created map[catalog.Ref]time.Time // guarded by mu: when each object was applied
+	pods    map[string]*pod           // guarded by mu: by "namespace/name"
+	vips    map[string]netip.Addr     // guarded by mu: service VIPs by "namespace/name"
+	nftLast []nft.ServicePort         // guarded by mu: the rules in the kernel
+}
+
+// New checks cfg and returns a Runtime that has not touched the host yet.
+func New(cfg Config) (*Runtime, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	return &Runtime{
+		cfg:     cfg,
+		podIPs:  newIPAM(cfg.PodCIDR, 2), // .0 network, .1 bridge
+		vipIPs:  newIPAM(cfg.ServiceCIDR, 1),
+		kick:    make(chan struct{}, 1),
+		stopped: make(chan struct{}, 1),
+		quit:    make(chan struct{}),
+		desired: &manifest.Set{},
+		created: map[catalog.Ref]time.Time{},
+		pods:    map[string]*pod{},
+		vips:    map[string]netip.Addr{},
+	}, nil
+}
+
+func (r *Runtime) bridgeName() string { return r.cfg.Prefix + "0" }
+func (r *Runtime) tableName() string  { return r.cfg.Prefix }
+
+// Run takes the state directory's lock, sets up the host, starts the objects
+// of initial, serves the API on the state directory's socket and keeps
+// everything reconciled until ctx is done. Then it stops every pod and
+// removes everything it created, and returns. started, if not nil, is called
+// once the initial objects are running.
+func (r *Runtime) Run(ctx context.Context, initial *manifest.Set, started func()) (err error) {
+	lock, err := Lock(r.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if r.ledger, err = OpenLedger(r.cfg.StateDir); err != nil {
+		return err
+	}
+	if leftovers := r.ledger.Items(); len(leftovers) > 0 {
+		slog.Info("removing leftovers of a mesh that did not stop cleanly", "count", len(leftovers))
+		if _, err := undoAll(r.ledger); err != nil {
+			return fmt.Errorf("remove leftovers (run `trellis down` to retry): %w", err)
+		}
+	}
+	if err := CheckRanges(r.cfg.PodCIDR, r.cfg.ServiceCIDR); err != nil {
+		return err
+	}
+	_ = os.RemoveAll(filepath.Join(r.cfg.StateDir, logDir))
+	defer func() {
+		if terr := r.teardown(); terr != nil {
+			err = errors.Join(err, terr)
+		}
+	}()
+	if err := r.setupHost(); err != nil {
+		return err
+	}
+	api, err := r.serveAPI()
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	if _, err := r.apply(initial); err != nil {
+		return err
+	}
+	r.reconcile()
+	r.ready.Store(true)
+	if started != nil {
+		started()
+	}
+	return r.loop(ctx)
+}
+
+func (r *Runtime) setupHost() error {
+	if err := setSysctls(r.ledger); err != nil {
+		return err
+	}
+	gw := netip.PrefixFrom(r.cfg.PodCIDR.Addr().Next(), r.cfg.PodCIDR.Bits())
+	if err := createBridge(r.ledger, r.bridgeName(), gw); err != nil {
+		return err
+	}
+	if err := r.ledger.Add(Resource{Kind: resNFTable, Name: r.tableName()}); err != nil {
+		return err
+	}
+	if err := nft.ApplyServices(r.tableName(), nil); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (r *Runtime) loop(ctx context.Context) error {
+	// A periodic pass repairs what events missed (a hand-deleted rule, say).
+	resync := time.NewTicker(5 * time.Second)
+	defer resync.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.quit:
+			return nil
+		case <-r.kick:
+		case <-r.stopped:
+		case <-resync.C:
+			r.mu.Lock()
+			r.nftLast = nil // rewrite the table even if nothing changed
+			r.mu.Unlock()
+		}
+		r.reconcile()
+	}
+}
+
+// Shutdown makes Run stop the mesh and return, as cancelling its context
+// does. Safe to call from any goroutine, more than once.
+func (r *Runtime) Shutdown() { r.quitOne.Do(func() { close(r.quit) }) }
+
+// trigger asks the loop to reconcile soon; it never blocks.
+func (r *Runtime) trigger() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// teardown stops every pod and removes everything in the ledger.
+func (r *Runtime) teardown() error {
+	r.mu.Lock()
+	pods := make([]*pod, 0, len(r.pods))
+	for _, p := range r.pods {
+		pods = append(pods, p)
+	}
+	r.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range pods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.stop()
+		}()
+	}
+	wg.Wait()
+	_, err := undoAll(r.ledger)
+	return err
+}
+
+// ApplyResult reports what an apply or delete did, one kubectl-style line
+// per object ("deployment/hello created"), plus validation warnings.
+type ApplyResult struct {
+	Lines    []string `json:"lines"`
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Apply adds or replaces the objects in srcs, kubectl apply style. The whole
+// mesh is validated with them before anything changes; on error nothing does.
+func (r *Runtime) Apply(srcs []manifest.Source) (ApplyResult, error) {
+	in, err := manifest.Parse(srcs)
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	res, err := r.apply(in)
+	if err == nil {
+		r.trigger()
+	}
+	return res, err
+}
+
+func (r *Runtime) apply(in *manifest.Set) (ApplyResult, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	merged := r.desired.Clone()
+	merged.Merge(in)
+	warnings, err := manifest.Validate(merged)
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	res := ApplyResult{Warnings: warnings}
+	for _, ref := range in.Refs() {
+		old := r.desired.Get(ref)
+		verb := "configured"
+		switch {
+		case old == nil:
+			verb = "created"
+			r.created[ref] = time.Now()
+		case reflect.DeepEqual(old, in.Get(ref)):
+			verb = "unchanged"
+		}
+		res.Lines = append(res.Lines, objectName(ref)+" "+verb)
+	}
+	r.desired = merged
+	return res, nil
+}
+
+// Delete removes the objects named in srcs. Deleting a namespace deletes
+// everything in it, as in Kubernetes.
+func (r *Runtime) Delete(srcs []manifest.Source) (ApplyResult, error) {
+	in, err := manifest.Parse(srcs)
+	if err != nil {
+		return ApplyResult{}, err
+	}
+	r.mu.Lock()
+	var res ApplyResult
+	for _, ref := range in.Refs() {
+		if !r.desired.Delete(ref) {
+			res.Lines = append(res.Lines, objectName(ref)+" not found")
+			continue
+		}
+		delete(r.created, ref)
+		res.Lines = append(res.Lines, objectName(ref)+" deleted")
+		if ref.Kind == catalog.KindNamespace {
+			for _, inner := range r.desired.Refs() {
+				if inner.Namespace == ref.Name {
+					r.desired.Delete(inner)
+					delete(r.created, inner)
+				}
+			}
+		}
+	}
+	r.mu.Unlock()
+	r.trigger()
+	return res, nil
+}
+
+// objectName formats a ref the way kubectl reports it: "deployment.apps/x".
+func objectName(ref catalog.Ref) string {
+	kinds := map[catalog.Kind]string{
+		catalog.KindNamespace: "namespace", catalog.KindServiceAccount: "serviceaccount",
+		catalog.KindPod: "pod", catalog.KindDeployment: "deployment.apps", catalog.KindService: "service",
+	}
+	name := ref.Name
+	if ref.Namespace != "" {
+		name = ref.Namespace + "/" + ref.Name
+	}
+	return kinds[ref.Kind] + "/" + name
+}

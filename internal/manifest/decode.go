@@ -1,0 +1,368 @@
+package manifest
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
+)
+
+// decoder turns one document of a known kind into a catalog object.
+type decoder struct {
+	apiVersion string
+	decode     func(doc []byte) (catalog.Ref, any, error)
+}
+
+var decoders = map[string]decoder{
+	"Namespace":      {"v1", decodeNamespace},
+	"ServiceAccount": {"v1", decodeServiceAccount},
+	"Pod":            {"v1", decodePod},
+	"Service":        {"v1", decodeService},
+	"Deployment":     {"apps/v1", decodeDeployment},
+}
+
+// Parse decodes every document of every source. It checks each object on its
+// own (fields, names, ports) and rejects two documents that define the same
+// object; checks that need the whole mesh are Validate's. All problems are
+// returned together, one line each.
+func Parse(srcs []Source) (*Set, error) {
+	set := &Set{}
+	var errs []error
+	for _, src := range srcs {
+		docs, err := splitDocuments(src.Data)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", src.Name, err))
+			continue
+		}
+		for i, doc := range docs {
+			ref, obj, err := decodeDocument(doc)
+			if err != nil && ref.Name != "" {
+				errs = append(errs, fmt.Errorf("%s: %s: %w", src.Name, ref, err))
+				continue
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: document %d: %w", src.Name, i+1, err))
+				continue
+			}
+			if obj == nil {
+				continue // an empty document
+			}
+			if prev := set.Origin(ref); prev != "" {
+				errs = append(errs, fmt.Errorf("%s: %s: duplicate name: already defined in %s", src.Name, ref, prev))
+				continue
+			}
+			if err := checkObject(obj); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %s: %w", src.Name, ref, err))
+				continue
+			}
+			set.Put(ref, obj, src.Name)
+		}
+	}
+	return set, errors.Join(errs...)
+}
+
+func splitDocuments(data []byte) ([][]byte, error) {
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	var docs [][]byte
+	for {
+		doc, err := r.Read()
+		if err == io.EOF {
+			return docs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("split YAML documents: %w", err)
+		}
+		docs = append(docs, doc)
+	}
+}
+
+func decodeDocument(doc []byte) (catalog.Ref, any, error) {
+	var tm metav1.TypeMeta
+	if err := yaml.Unmarshal(doc, &tm); err != nil {
+		return catalog.Ref{}, nil, fmt.Errorf("not a Kubernetes object: %v", err)
+	}
+	if tm.Kind == "" && tm.APIVersion == "" {
+		if len(bytes.TrimSpace(stripComments(doc))) == 0 || string(bytes.TrimSpace(doc)) == "null" {
+			return catalog.Ref{}, nil, nil
+		}
+		return catalog.Ref{}, nil, errors.New("missing kind and apiVersion")
+	}
+	d, ok := decoders[tm.Kind]
+	if !ok {
+		return catalog.Ref{}, nil, fmt.Errorf("unknown kind %q (apiVersion %s); supported kinds: %s", tm.Kind, tm.APIVersion, supportedKinds())
+	}
+	if tm.APIVersion != d.apiVersion {
+		return catalog.Ref{}, nil, fmt.Errorf("%s: apiVersion %q is not supported; use %q", tm.Kind, tm.APIVersion, d.apiVersion)
+	}
+	return d.decode(doc)
+}
+
+func stripComments(doc []byte) []byte {
+	var out []byte
+	for _, line := range bytes.Split(doc, []byte("\n")) {
+		if t := bytes.TrimSpace(line); len(t) > 0 && t[0] != '#' {
+			out = append(out, line...)
+		}
+	}
+	return out
+}
+
+// strict decodes doc into v, rejecting unknown fields as kubectl's strict
+// validation does, so a typo is an error rather than a silently dropped field.
+func strict(doc []byte, v any, kind string) error {
+	if err := yaml.UnmarshalStrict(doc, v); err != nil {
+		msg := err.Error()
+		msg = strings.TrimPrefix(msg, "error unmarshaling JSON: while decoding JSON: ")
+		return fmt.Errorf("%s: %s", kind, msg)
+	}
+	return nil
+}
+
+func meta(om metav1.ObjectMeta, namespaced bool) catalog.Meta {
+	m := catalog.Meta{Name: om.Name, Labels: om.Labels, Annotations: om.Annotations}
+	if namespaced {
+		m.Namespace = om.Namespace
+		if m.Namespace == "" {
+			m.Namespace = "default"
+		}
+	}
+	return m
+}
+
+func decodeNamespace(doc []byte) (catalog.Ref, any, error) {
+	var o corev1.Namespace
+	if err := strict(doc, &o, "Namespace"); err != nil {
+		return catalog.Ref{}, nil, err
+	}
+	ns := &catalog.Namespace{Meta: meta(o.ObjectMeta, false)}
+	return catalog.Ref{Kind: catalog.KindNamespace, Name: ns.Name}, ns, nil
+}
+
+func decodeServiceAccount(doc []byte) (catalog.Ref, any, error) {
+	var o corev1.ServiceAccount
+	if err := strict(doc, &o, "ServiceAccount"); err != nil {
+		return catalog.Ref{}, nil, err
+	}
+	sa := &catalog.ServiceAccount{Meta: meta(o.ObjectMeta, true)}
+	return catalog.Ref{Kind: catalog.KindServiceAccount, Namespace: sa.Namespace, Name: sa.Name}, sa, nil
+}
+
+func decodePod(doc []byte) (catalog.Ref, any, error) {
+	var o corev1.Pod
+	if err := strict(doc, &o, "Pod"); err != nil {
+		return catalog.Ref{}, nil, err
+	}
+	m := meta(o.ObjectMeta, true)
+	ref := catalog.Ref{Kind: catalog.KindPod, Namespace: m.Namespace, Name: m.Name}
+	spec, err := podSpec(o.Spec)
+	if err != nil {
+		return ref, nil, err
+	}
+	return ref, &catalog.Pod{Meta: m, Spec: spec}, nil
+}
+
+func decodeDeployment(doc []byte) (catalog.Ref, any, error) {
+	var o appsv1.Deployment
+	if err := strict(doc, &o, "Deployment"); err != nil {
+		return catalog.Ref{}, nil, err
+	}
+	m := meta(o.ObjectMeta, true)
+	ref := catalog.Ref{Kind: catalog.KindDeployment, Namespace: m.Namespace, Name: m.Name}
+	spec, err := podSpec(o.Spec.Template.Spec)
+	if err != nil {
+		return ref, nil, fmt.Errorf("template: %w", err)
+	}
+	d := &catalog.Deployment{
+		Meta:     m,
+		Replicas: 1,
+		Template: catalog.PodTemplate{
+			Labels:      o.Spec.Template.Labels,
+			Annotations: o.Spec.Template.Annotations,
+			Spec:        spec,
+		},
+	}
+	if o.Spec.Replicas != nil {
+		d.Replicas = int(*o.Spec.Replicas)
+	}
+	if o.Spec.Selector != nil {
+		if len(o.Spec.Selector.MatchExpressions) > 0 {
+			return ref, nil, errors.New("spec.selector.matchExpressions is not supported in one-host mode; use matchLabels")
+		}
+		d.Selector = o.Spec.Selector.MatchLabels
+	}
+	return ref, d, nil
+}
+
+func decodeService(doc []byte) (catalog.Ref, any, error) {
+	var o corev1.Service
+	if err := strict(doc, &o, "Service"); err != nil {
+		return catalog.Ref{}, nil, err
+	}
+	m := meta(o.ObjectMeta, true)
+	ref := catalog.Ref{Kind: catalog.KindService, Namespace: m.Namespace, Name: m.Name}
+	if t := o.Spec.Type; t != "" && t != corev1.ServiceTypeClusterIP {
+		return ref, nil, fmt.Errorf("spec.type %q is not supported in one-host mode; use ClusterIP", t)
+	}
+	if o.Spec.ClusterIP == corev1.ClusterIPNone {
+		return ref, nil, errors.New("headless services (clusterIP: None) are not supported in one-host mode")
+	}
+	svc := &catalog.Service{Meta: m, Selector: o.Spec.Selector}
+	for _, p := range o.Spec.Ports {
+		sp := catalog.ServicePort{
+			Name:     p.Name,
+			Protocol: protocol(p.Protocol),
+			Port:     p.Port,
+		}
+		if p.AppProtocol != nil {
+			sp.AppProtocol = *p.AppProtocol
+		}
+		switch {
+		case p.TargetPort.Type == intstr.String:
+			sp.TargetPortName = p.TargetPort.StrVal
+		case p.TargetPort.IntVal == 0:
+			sp.TargetPort = p.Port
+		default:
+			sp.TargetPort = p.TargetPort.IntVal
+		}
+		svc.Ports = append(svc.Ports, sp)
+	}
+	return ref, svc, nil
+}
+
+func protocol(p corev1.Protocol) catalog.Protocol {
+	if p == "" {
+		return catalog.TCP
+	}
+	return catalog.Protocol(p)
+}
+
+func podSpec(s corev1.PodSpec) (catalog.PodSpec, error) {
+	out := catalog.PodSpec{
+		ServiceAccount:   s.ServiceAccountName,
+		RestartPolicy:    catalog.RestartPolicy(s.RestartPolicy),
+		TerminationGrace: 10 * time.Second,
+	}
+	if out.ServiceAccount == "" {
+		out.ServiceAccount = "default"
+	}
+	if out.RestartPolicy == "" {
+		out.RestartPolicy = catalog.RestartAlways
+	}
+	if g := s.TerminationGracePeriodSeconds; g != nil {
+		out.TerminationGrace = time.Duration(*g) * time.Second
+	}
+	if len(s.InitContainers) > 0 {
+		return out, errors.New("spec.initContainers are not supported in one-host mode")
+	}
+	for _, c := range s.Containers {
+		cc, err := container(c)
+		if err != nil {
+			return out, fmt.Errorf("container %q: %w", c.Name, err)
+		}
+		out.Containers = append(out.Containers, cc)
+	}
+	return out, nil
+}
+
+func container(c corev1.Container) (catalog.Container, error) {
+	out := catalog.Container{Name: c.Name, Image: c.Image, WorkingDir: c.WorkingDir}
+	out.Command = append(append([]string(nil), c.Command...), c.Args...)
+	for _, p := range c.Ports {
+		out.Ports = append(out.Ports, catalog.ContainerPort{Name: p.Name, Port: p.ContainerPort, Protocol: protocol(p.Protocol)})
+	}
+	for _, e := range c.Env {
+		ev := catalog.EnvVar{Name: e.Name, Value: e.Value}
+		if e.ValueFrom != nil {
+			if e.ValueFrom.FieldRef == nil {
+				return out, fmt.Errorf("env %s: only valueFrom.fieldRef is supported in one-host mode", e.Name)
+			}
+			ev.FieldPath = e.ValueFrom.FieldRef.FieldPath
+		}
+		out.Env = append(out.Env, ev)
+	}
+	if c.ReadinessProbe != nil {
+		p, err := probe(c.ReadinessProbe, out.Ports)
+		if err != nil {
+			return out, fmt.Errorf("readinessProbe: %w", err)
+		}
+		out.Readiness = p
+	}
+	return out, nil
+}
+
+func probe(p *corev1.Probe, ports []catalog.ContainerPort) (*catalog.Probe, error) {
+	out := &catalog.Probe{
+		InitialDelay:     time.Duration(p.InitialDelaySeconds) * time.Second,
+		Period:           seconds(p.PeriodSeconds, 10),
+		Timeout:          seconds(p.TimeoutSeconds, 1),
+		SuccessThreshold: int(orDefault(p.SuccessThreshold, 1)),
+		FailureThreshold: int(orDefault(p.FailureThreshold, 3)),
+	}
+	switch h := p.ProbeHandler; {
+	case h.HTTPGet != nil:
+		port, err := probePort(h.HTTPGet.Port, ports)
+		if err != nil {
+			return nil, fmt.Errorf("httpGet: %w", err)
+		}
+		if h.HTTPGet.Scheme == corev1.URISchemeHTTPS {
+			return nil, errors.New("httpGet: scheme HTTPS is not supported in one-host mode")
+		}
+		path := h.HTTPGet.Path
+		if path == "" {
+			path = "/"
+		}
+		out.HTTPGet = &catalog.HTTPGetAction{Path: path, Port: port}
+	case h.TCPSocket != nil:
+		port, err := probePort(h.TCPSocket.Port, ports)
+		if err != nil {
+			return nil, fmt.Errorf("tcpSocket: %w", err)
+		}
+		out.TCPSocket = &catalog.TCPSocketAction{Port: port}
+	case h.Exec != nil:
+		if len(h.Exec.Command) == 0 {
+			return nil, errors.New("exec.command is empty")
+		}
+		out.Exec = h.Exec.Command
+	default:
+		return nil, errors.New("no handler: set httpGet, tcpSocket or exec")
+	}
+	return out, nil
+}
+
+func probePort(p intstr.IntOrString, ports []catalog.ContainerPort) (int32, error) {
+	if p.Type == intstr.Int {
+		if p.IntVal < 1 || p.IntVal > 65535 {
+			return 0, fmt.Errorf("port %d is out of range 1-65535", p.IntVal)
+		}
+		return p.IntVal, nil
+	}
+	for _, cp := range ports {
+		if cp.Name == p.StrVal {
+			return cp.Port, nil
+		}
+	}
+	return 0, fmt.Errorf("port %q matches no port of this container", p.StrVal)
+}
+
+func seconds(v, def int32) time.Duration {
+	return time.Duration(orDefault(v, def)) * time.Second
+}
+
+func orDefault(v, def int32) int32 {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
