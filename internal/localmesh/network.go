@@ -180,6 +180,11 @@ func createPodNetwork(l *Ledger, pn podNet) error {
 	if err := netlink.LinkSetMaster(host, br); err != nil {
 		return fmt.Errorf("attach %s to %s: %w", pn.HostLink, pn.Bridge, err)
 	}
+	// Hairpin: a pod reaching itself through a service VIP has its packets
+	// DNATed on the way in and sent back out of the port they came from.
+	if err := netlink.LinkSetHairpin(host, true); err != nil {
+		return fmt.Errorf("hairpin mode on %s: %w", pn.HostLink, err)
+	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return fmt.Errorf("bring up %s: %w", pn.HostLink, err)
 	}

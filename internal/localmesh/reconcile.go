@@ -209,6 +209,11 @@ func (r *Runtime) writeHostsLocked(p *pod) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("hosts file: %w", err)
 	}
+	if p.hostsFile == "" {
+		if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(podResolvConf), 0o644); err != nil {
+			return fmt.Errorf("resolv.conf: %w", err)
+		}
+	}
 	f, err := os.OpenFile(filepath.Join(dir, "hosts"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return fmt.Errorf("hosts file: %w", err)
@@ -223,6 +228,16 @@ func (r *Runtime) writeHostsLocked(p *pod) error {
 	p.hostsFile = content
 	return nil
 }
+
+// podResolvConf makes lookups of names outside the hosts file fail at once
+// (a refused query to the pod's own loopback) instead of timing out against
+// a host resolver the pod cannot reach; IPv6 lookups of service names, which
+// most resolvers try first, would otherwise stall for seconds.
+const podResolvConf = `# Written by trellis. Service names resolve through /etc/hosts; the one-host
+# mesh runs no DNS server, so other lookups fail fast.
+nameserver 127.0.0.1
+options attempts:1 timeout:1
+`
 
 // hostsContentLocked renders a pod's hosts file: the pod's own name and, for
 // every service, "<svc>.<ns>.svc.cluster.local <svc>.<ns>.svc <svc>.<ns>",

@@ -104,9 +104,27 @@ func decodeDocument(doc []byte) (catalog.Ref, any, error) {
 		return catalog.Ref{}, nil, fmt.Errorf("unknown kind %q (apiVersion %s); supported kinds: %s", tm.Kind, tm.APIVersion, supportedKinds())
 	}
 	if tm.APIVersion != d.apiVersion {
-		return catalog.Ref{}, nil, fmt.Errorf("%s: apiVersion %q is not supported; use %q", tm.Kind, tm.APIVersion, d.apiVersion)
+		return guessRef(doc, tm.Kind), nil, fmt.Errorf("apiVersion %q is not supported; use %q", tm.APIVersion, d.apiVersion)
 	}
-	return d.decode(doc)
+	ref, obj, err := d.decode(doc)
+	if err != nil && ref.Name == "" {
+		ref = guessRef(doc, tm.Kind)
+	}
+	return ref, obj, err
+}
+
+// guessRef reads just the name and namespace of a document that failed to
+// decode strictly, so its error can still name the object.
+func guessRef(doc []byte, kind string) catalog.Ref {
+	var m struct {
+		Metadata struct{ Name, Namespace string }
+	}
+	_ = yaml.Unmarshal(doc, &m)
+	ref := catalog.Ref{Kind: catalog.Kind(kind), Name: m.Metadata.Name, Namespace: m.Metadata.Namespace}
+	if ref.Namespace == "" && kind != string(catalog.KindNamespace) {
+		ref.Namespace = "default"
+	}
+	return ref
 }
 
 func stripComments(doc []byte) []byte {
@@ -125,7 +143,8 @@ func strict(doc []byte, v any, kind string) error {
 	if err := yaml.UnmarshalStrict(doc, v); err != nil {
 		msg := err.Error()
 		msg = strings.TrimPrefix(msg, "error unmarshaling JSON: while decoding JSON: ")
-		return fmt.Errorf("%s: %s", kind, msg)
+		msg = strings.TrimPrefix(msg, "json: ")
+		return fmt.Errorf("%s (check the field names against the %s API)", msg, kind)
 	}
 	return nil
 }

@@ -1,0 +1,161 @@
+package manifest
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
+)
+
+const validMesh = `
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: db
+  labels: {trellis.io/inject: enabled}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: alpha, namespace: db}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: alpha, namespace: db}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: alpha}}
+  template:
+    metadata: {labels: {app: alpha}}
+    spec:
+      serviceAccountName: alpha
+      containers:
+      - name: server
+        image: ignored
+        command: [server]
+        args: [--port, "9080"]
+        env:
+        - {name: MODE, value: fast}
+        - name: ME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        ports:
+        - {name: grpc, containerPort: 9080}
+        - {name: http, containerPort: 8080}
+        readinessProbe:
+          httpGet: {path: /health, port: http}
+          periodSeconds: 2
+---
+apiVersion: v1
+kind: Service
+metadata: {name: alpha, namespace: db}
+spec:
+  selector: {app: alpha}
+  ports:
+  - {name: grpc, port: 9080, targetPort: grpc, appProtocol: grpc}
+  - {name: http, port: 8080, targetPort: 8080}
+`
+
+func TestParseValid(t *testing.T) {
+	set, err := Parse([]Source{{Name: "mesh.yaml", Data: []byte(validMesh)}})
+	if err != nil {
+		t.Fatalf("Parse() error = %v", err)
+	}
+	warnings, err := Validate(set)
+	if err != nil || len(warnings) != 0 {
+		t.Fatalf("Validate() = %v, %v; want no warnings, no error", warnings, err)
+	}
+	deps := set.Deployments()
+	if len(deps) != 1 || deps[0].Replicas != 2 {
+		t.Fatalf("Deployments() = %+v, want one with 2 replicas", deps)
+	}
+	c := deps[0].Template.Spec.Containers[0]
+	if got, want := strings.Join(c.Command, " "), "server --port 9080"; got != want {
+		t.Errorf("command = %q, want %q", got, want)
+	}
+	if c.Readiness == nil || c.Readiness.HTTPGet == nil || c.Readiness.HTTPGet.Port != 8080 || c.Readiness.Period.Seconds() != 2 {
+		t.Errorf("readiness = %+v, want httpGet on 8080 every 2s", c.Readiness)
+	}
+	if c.Env[1].FieldPath != "metadata.name" {
+		t.Errorf("env[1] = %+v, want fieldRef metadata.name", c.Env[1])
+	}
+	svc := set.Services()[0]
+	pod := &catalog.Pod{Spec: deps[0].Template.Spec}
+	if port, ok := svc.Ports[0].ResolveTargetPort(pod); !ok || port != 9080 || svc.Ports[0].AppProtocol != "grpc" {
+		t.Errorf("grpc port resolves to %d, %v (appProtocol %q); want 9080, true, grpc", port, ok, svc.Ports[0].AppProtocol)
+	}
+}
+
+// Each bad manifest gives one line naming the file, the object and the
+// problem.
+func TestBadManifests(t *testing.T) {
+	ns := "apiVersion: v1\nkind: Namespace\nmetadata: {name: db}\n---\n"
+	pod := func(ports string) string {
+		return "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: db, labels: {app: a}}\nspec:\n  containers:\n" + ports
+	}
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"unknown kind", ns + "apiVersion: v1\nkind: Gadget\nmetadata: {name: x}\n",
+			`mesh.yaml: document 2: unknown kind "Gadget"`},
+		{"duplicate name", ns + pod("  - {name: c, command: [x]}\n") + "---\n" + pod("  - {name: c, command: [y]}\n"),
+			`mesh.yaml: Pod db/p: duplicate name: already defined in mesh.yaml`},
+		{"port clash", ns + pod("  - {name: a, command: [x], ports: [{containerPort: 80}]}\n  - {name: b, command: [y], ports: [{containerPort: 80}]}\n"),
+			`mesh.yaml: Pod db/p: container "b": port 80/TCP clashes with container "a"`},
+		{"service port clash", ns + "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: db}\nspec:\n  ports: [{name: a, port: 80}, {name: b, port: 80}]\n",
+			`mesh.yaml: Service db/s: port 80/TCP clashes: declared twice`},
+		{"unknown targetPort name", ns + pod("  - {name: c, command: [x], ports: [{name: http, containerPort: 80}]}\n") +
+			"---\napiVersion: v1\nkind: Service\nmetadata: {name: alpha, namespace: db}\nspec:\n  selector: {app: a}\n  ports: [{port: 9080, targetPort: grpc}]\n",
+			`mesh.yaml: Service db/alpha: port 9080: targetPort "grpc" matches no container port`},
+		{"undeclared namespace", pod("  - {name: c, command: [x]}\n"),
+			`mesh.yaml: Pod db/p: namespace "db" is not declared; add a Namespace document`},
+		{"no command", ns + pod("  - {name: c, image: nginx}\n"),
+			`mesh.yaml: Pod db/p: container "c": no command: one-host mode ignores image, so set command (and args)`},
+		{"typo in a field", ns + pod("  - {name: c, command: [x], comand: [y]}\n"),
+			`mesh.yaml: Pod db/p: unknown field "comand"`},
+		{"bad apiVersion", "apiVersion: apps/v1\nkind: Service\nmetadata: {name: s}\n",
+			`mesh.yaml: Service default/s: apiVersion "apps/v1" is not supported; use "v1"`},
+		{"not yaml", "kind: [\n", `mesh.yaml: `},
+		{"selector disagrees with template", ns + "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: db}\nspec:\n  selector: {matchLabels: {app: x}}\n  template:\n    metadata: {labels: {app: z}}\n    spec: {containers: [{name: c, command: [x]}]}\n",
+			`mesh.yaml: Deployment db/d: spec.selector app=x does not match the template's labels app=z`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			set, err := Parse([]Source{{Name: "mesh.yaml", Data: []byte(tt.yaml)}})
+			if err == nil {
+				_, err = Validate(set)
+			}
+			if err == nil {
+				t.Fatalf("Parse+Validate() error = nil, want %q", tt.want)
+			}
+			if !strings.HasPrefix(err.Error(), tt.want) {
+				t.Errorf("error = %q, want prefix %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error = %q, want one line", err)
+			}
+		})
+	}
+}
+
+func TestSelectorMatchingNothingWarns(t *testing.T) {
+	yaml := "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  selector: {app: ghost}\n  ports: [{port: 80}]\n"
+	set, err := Parse([]Source{{Name: "m.yaml", Data: []byte(yaml)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	warnings, err := Validate(set)
+	if err != nil {
+		t.Fatalf("Validate() error = %v, want a warning only", err)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "Service default/s: selector app=ghost matches no pod") {
+		t.Errorf("warnings = %q, want one about the selector", warnings)
+	}
+}
+
+func TestMergeReplaces(t *testing.T) {
+	a, _ := Parse([]Source{{Name: "a", Data: []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {v: '1'}}\n")}})
+	b, _ := Parse([]Source{{Name: "b", Data: []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {v: '2'}}\n")}})
+	a.Merge(b)
+	if ns := a.Namespaces(); len(ns) != 1 || ns[0].Labels["v"] != "2" {
+		t.Errorf("after Merge, namespaces = %+v, want one with v=2", ns)
+	}
+}
