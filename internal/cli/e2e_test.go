@@ -167,7 +167,7 @@ func leftovers(t *testing.T) []string {
 			out = append(out, "link "+l.Name())
 		}
 	}
-	tables, err := nft.Tables("trellis")
+	tables, err := nft.Tables(0, "trellis")
 	if err != nil {
 		t.Fatalf("list nftables tables: %v", err)
 	}

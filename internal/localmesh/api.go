@@ -1,6 +1,7 @@
 package localmesh
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -79,7 +80,13 @@ type apiServer struct {
 	ln  net.Listener
 }
 
-func (a *apiServer) Close() error { return a.srv.Close() }
+// Close stops the server, letting in-flight requests (the shutdown request
+// itself, say) finish their responses for up to 5 seconds.
+func (a *apiServer) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return a.srv.Shutdown(ctx)
+}
 
 // serveAPI serves the API on the state directory's socket until closed.
 func (r *Runtime) serveAPI() (*apiServer, error) {

@@ -114,11 +114,13 @@ func setSysctls(l *Ledger) error {
 
 // createBridge creates the host bridge with gw as the pods' gateway address.
 func createBridge(l *Ledger, name string, gw netip.Prefix) error {
+	// Our own leftovers are gone by now (Run undoes the ledger first), so
+	// an existing link belongs to someone else: never take it over.
+	if _, err := netlink.LinkByName(name); err == nil {
+		return fmt.Errorf("link %s already exists: another mesh runs on this host (stop it with `trellis down --state-dir DIR`), or remove the link", name)
+	}
 	if err := l.Add(Resource{Kind: resLink, Name: name}); err != nil {
 		return err
-	}
-	if old, err := netlink.LinkByName(name); err == nil {
-		_ = netlink.LinkDel(old) // a leftover of ours, recorded in the ledger
 	}
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
 	if err := netlink.LinkAdd(br); err != nil {
@@ -155,6 +157,9 @@ func linkName(prefix, netnsName string) string {
 // configures addresses and routes inside it. Every step is recorded in the
 // ledger first.
 func createPodNetwork(l *Ledger, pn podNet) error {
+	if _, err := os.Stat(filepath.Join(netnsRunDir, pn.Netns)); err == nil {
+		return fmt.Errorf("network namespace %s already exists and is not ours; remove it (ip netns delete %s) or stop the mesh that made it", pn.Netns, pn.Netns)
+	}
 	if err := l.Add(Resource{Kind: resNetns, Name: pn.Netns}); err != nil {
 		return err
 	}
@@ -248,9 +253,6 @@ func newNamedNetns(name string) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread exits with this goroutine
-		if _, err := os.Stat(filepath.Join(netnsRunDir, name)); err == nil {
-			_ = netns.DeleteNamed(name) // a leftover of ours, recorded in the ledger
-		}
 		ns, err := netns.NewNamed(name)
 		if err != nil {
 			errc <- fmt.Errorf("create netns %s: %w", name, err)
@@ -293,7 +295,7 @@ func undo(r Resource) error {
 			return fmt.Errorf("restore %s: %w", r.Name, err)
 		}
 	case resNFTable:
-		return nft.DeleteTable(r.Name)
+		return nft.DeleteTable(nft.Table{Name: r.Name})
 	}
 	return nil
 }

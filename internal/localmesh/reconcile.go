@@ -187,7 +187,7 @@ func (r *Runtime) syncServiceTableLocked() {
 	if r.nftLast != nil && reflect.DeepEqual(ports, r.nftLast) {
 		return
 	}
-	if err := nft.ApplyServices(r.tableName(), ports); err != nil {
+	if err := nft.ApplyServices(r.table(), ports); err != nil {
 		slog.Error("apply service rules", "err", err)
 		return
 	}

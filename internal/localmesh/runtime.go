@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -143,7 +144,7 @@ func New(cfg Config) (*Runtime, error) {
 }
 
 func (r *Runtime) bridgeName() string { return r.cfg.Prefix + "0" }
-func (r *Runtime) tableName() string  { return r.cfg.Prefix }
+func (r *Runtime) table() nft.Table   { return nft.Table{Name: r.cfg.Prefix} }
 
 // Run takes the state directory's lock, sets up the host, starts the objects
 // of initial, serves the API on the state directory's socket and keeps
@@ -201,10 +202,15 @@ func (r *Runtime) setupHost() error {
 	if err := createBridge(r.ledger, r.bridgeName(), gw); err != nil {
 		return err
 	}
-	if err := r.ledger.Add(Resource{Kind: resNFTable, Name: r.tableName()}); err != nil {
+	if tables, err := nft.Tables(0, r.cfg.Prefix); err != nil {
+		return err
+	} else if slices.Contains(tables, r.cfg.Prefix) {
+		return fmt.Errorf("nftables table ip %s already exists: another mesh runs on this host; stop it with `trellis down --state-dir DIR`", r.cfg.Prefix)
+	}
+	if err := r.ledger.Add(Resource{Kind: resNFTable, Name: r.cfg.Prefix}); err != nil {
 		return err
 	}
-	if err := nft.ApplyServices(r.tableName(), nil); err != nil {
+	if err := nft.ApplyServices(r.table(), nil); err != nil {
 		return err
 	}
 	return nil

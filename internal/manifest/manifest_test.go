@@ -159,3 +159,18 @@ func TestMergeReplaces(t *testing.T) {
 		t.Errorf("after Merge, namespaces = %+v, want one with v=2", ns)
 	}
 }
+
+// FuzzParse: no input makes Parse or Validate panic or hang.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(validMesh))
+	f.Add([]byte("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: [{port: 80, targetPort: x}]\n"))
+	f.Add([]byte("---\n---\nkind: Pod\n"))
+	f.Add([]byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x"}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		set, err := Parse([]Source{{Name: "f.yaml", Data: data}})
+		if err != nil {
+			return
+		}
+		_, _ = Validate(set)
+	})
+}

@@ -40,16 +40,37 @@ type ServicePort struct {
 	Endpoints []Endpoint
 }
 
+// Table names one of our ip-family tables and the network namespace that
+// holds it.
+type Table struct {
+	Name string
+	// NetNS is an open file descriptor of the network namespace; 0 means the
+	// caller's own.
+	NetNS int
+}
+
+func (t Table) conn() (*nftables.Conn, error) {
+	var opts []nftables.ConnOption
+	if t.NetNS != 0 {
+		opts = append(opts, nftables.WithNetNSFd(t.NetNS))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	return c, nil
+}
+
 // ApplyServices replaces table (family ip) with one that DNATs each service
 // port to a uniformly random endpoint, rejects connections to ports without
 // endpoints, and masquerades hairpin connections. The replacement is one
 // transaction: packets see the old rules or the new ones, never a mix or none.
-func ApplyServices(table string, ports []ServicePort) error {
-	c, err := nftables.New()
+func ApplyServices(table Table, ports []ServicePort) error {
+	c, err := table.conn()
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return err
 	}
-	t := &nftables.Table{Name: table, Family: nftables.TableFamilyIPv4}
+	t := &nftables.Table{Name: table.Name, Family: nftables.TableFamilyIPv4}
 	c.AddTable(t) // create if missing, so the delete below never fails
 	c.DelTable(t)
 	c.AddTable(t)
@@ -58,37 +79,38 @@ func ApplyServices(table string, ports []ServicePort) error {
 		return err
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("apply nftables table %s: %w", table, err)
+		return fmt.Errorf("apply nftables table %s: %w", table.Name, err)
 	}
 	return nil
 }
 
-// DeleteTable removes the ip-family table name; a missing table is fine.
-func DeleteTable(name string) error {
-	c, err := nftables.New()
+// DeleteTable removes the table; a missing table is fine.
+func DeleteTable(table Table) error {
+	c, err := table.conn()
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return err
 	}
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
 	if err != nil {
 		return fmt.Errorf("list nftables tables: %w", err)
 	}
 	for _, t := range tables {
-		if t.Name == name {
+		if t.Name == table.Name {
 			c.DelTable(t)
 			if err := c.Flush(); err != nil {
-				return fmt.Errorf("delete nftables table %s: %w", name, err)
+				return fmt.Errorf("delete nftables table %s: %w", table.Name, err)
 			}
 		}
 	}
 	return nil
 }
 
-// Tables lists the names of ip-family tables whose names start with prefix.
-func Tables(prefix string) ([]string, error) {
-	c, err := nftables.New()
+// Tables lists the names of ip-family tables in the network namespace netns
+// (0: the caller's) whose names start with prefix.
+func Tables(netns int, prefix string) ([]string, error) {
+	c, err := Table{NetNS: netns}.conn()
 	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
+		return nil, err
 	}
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
 	if err != nil {

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole Trellis test suite, as CI runs it (.ci/run calls this script).
+# It installs what the suite needs when missing, then runs go vet,
+# staticcheck, a short fuzz smoke run of each parser, and go test -race over
+# every package. Run it as root: the network-namespace tests skip, saying so,
+# without root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STATICCHECK_VERSION="(0.8.2)"
+STATICCHECK_MODULE=honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME=${FUZZTIME:-10s}
+
+log() { printf '\n== %s\n' "$*"; }
+
+# Debian packages the tests use inside pods.
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v getent >/dev/null || missing+=(libc-bin)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing ${missing[*]}: install them (apt-get install ${missing[*]}) or run this script as root" >&2
+    exit 1
+  fi
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Go tools at pinned versions.
+GOBIN=$(go env GOPATH)/bin
+if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -qF "$STATICCHECK_VERSION"; then
+  log "installing $STATICCHECK_MODULE"
+  go install "$STATICCHECK_MODULE"
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "NOTE: not root: the network-namespace, nftables and end-to-end tests will skip. Run as root to run them." >&2
+fi
+
+log "go vet"
+go vet ./...
+
+log "staticcheck"
+"$GOBIN/staticcheck" ./...
+
+log "fuzz smoke ($FUZZTIME each)"
+for target in $(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' internal | sed 's/^func //' | sort -u); do
+  pkg=$(grep -rlE "^func $target\(" --include='*_test.go' internal | head -1 | xargs dirname)
+  go test -run='^$' -fuzz="^$target\$" -fuzztime="$FUZZTIME" "./$pkg"
+done
+
+log "go test -race"
+go test -race -shuffle=on -count=1 -timeout 20m ./...
