@@ -419,6 +419,11 @@ func TestSecondUpRefuses(t *testing.T) {
 	if got := len(m.pods("web")); got != 2 {
 		t.Errorf("after the refused ups, the first mesh has %d pods, want 2", got)
 	}
+	asNobody := exec.Command(trellisBin, "--state-dir", m.state, "get", "pods")
+	asNobody.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	if out, err := asNobody.CombinedOutput(); err == nil || !strings.Contains(string(out), "root-only: run this command with sudo") {
+		t.Errorf("get pods as nobody: err %v, output %q; want a message that the API is root-only", err, out)
+	}
 }
 
 // Bad input starts nothing and says, in one line, what to fix.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -100,6 +101,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		var opErr *net.OpError
+		if errors.Is(err, os.ErrPermission) {
+			return fmt.Errorf("the mesh API in %s is root-only: run this command with sudo", c.stateDir)
+		}
 		if errors.As(err, &opErr) && opErr.Op == "dial" {
 			return fmt.Errorf("%w with state directory %s: start one with `trellis up -f FILE`", ErrNotRunning, c.stateDir)
 		}

@@ -98,8 +98,8 @@ func (c *container) probeOnce(ctx context.Context) error {
 	}
 }
 
-// probeClient never follows redirects to other hosts' worth of trouble and
-// never reuses connections, as kubelet's prober does.
+// probeClient opens a fresh connection per probe and does not follow
+// redirects (a 3xx counts as success), as kubelet's prober does.
 var probeClient = &http.Client{
 	Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil},
 	CheckRedirect: func(*http.Request, []*http.Request) error {
