@@ -32,6 +32,8 @@ func checkObject(obj any) error {
 			return err
 		}
 		return checkService(o)
+	case *catalog.NetworkPolicy:
+		return checkMeta(o.Meta)
 	}
 	return nil
 }
@@ -194,6 +196,7 @@ func Validate(s *Set) (warnings []string, err error) {
 			}
 		}
 	}
+	errs = append(errs, checkPolicyPortNames(s)...)
 	sort.Strings(warnings)
 	return warnings, errors.Join(errs...)
 }

@@ -31,6 +31,7 @@ var decoders = map[string]decoder{
 	"Pod":            {"v1", decodePod},
 	"Service":        {"v1", decodeService},
 	"Deployment":     {"apps/v1", decodeDeployment},
+	"NetworkPolicy":  {"networking.k8s.io/v1", decodeNetworkPolicy},
 }
 
 // Parse decodes every document of every source. It checks each object on its

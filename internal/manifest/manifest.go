@@ -151,6 +151,9 @@ func (s *Set) Pods() []*catalog.Pod { return collect[*catalog.Pod](s) }
 // Deployments returns the deployments in namespace/name order.
 func (s *Set) Deployments() []*catalog.Deployment { return collect[*catalog.Deployment](s) }
 
+// NetworkPolicies returns the network policies in namespace/name order.
+func (s *Set) NetworkPolicies() []*catalog.NetworkPolicy { return collect[*catalog.NetworkPolicy](s) }
+
 // Services returns the services in namespace/name order.
 func (s *Set) Services() []*catalog.Service { return collect[*catalog.Service](s) }
 
@@ -168,7 +171,7 @@ func collect[T any](s *Set) []T {
 // depend on first.
 func kindOrder(k catalog.Kind) int {
 	for i, kk := range []catalog.Kind{catalog.KindNamespace, catalog.KindServiceAccount,
-		catalog.KindService, catalog.KindDeployment, catalog.KindPod} {
+		catalog.KindService, catalog.KindDeployment, catalog.KindPod, catalog.KindNetworkPolicy} {
 		if k == kk {
 			return i
 		}
