@@ -25,8 +25,8 @@ type getOptions struct {
 func newGetCmd(o *options) *cobra.Command {
 	g := &getOptions{options: o}
 	cmd := &cobra.Command{
-		Use:   "get pods|services|namespaces [NAME]",
-		Short: "List pods, services or namespaces of the running mesh",
+		Use:   "get pods|services|networkpolicies|namespaces [NAME]",
+		Short: "List pods, services, network policies or namespaces of the running mesh",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := ""
@@ -60,6 +60,12 @@ func (g *getOptions) run(ctx context.Context, resource, name string) error {
 			return err
 		}
 		return show(g, filter(svcs, g, name, func(s localmesh.ServiceStatus) (string, string) { return s.Namespace, s.Name }), "services", printServices)
+	case "networkpolicies", "networkpolicy", "netpol":
+		nps, err := c.NetworkPolicies(ctx)
+		if err != nil {
+			return err
+		}
+		return show(g, filter(nps, g, name, func(n localmesh.NetworkPolicyStatus) (string, string) { return n.Namespace, n.Name }), "networkpolicies", printNetworkPolicies)
 	case "namespaces", "namespace", "ns":
 		nss, err := c.Namespaces(ctx)
 		if err != nil {
@@ -68,7 +74,7 @@ func (g *getOptions) run(ctx context.Context, resource, name string) error {
 		all := &getOptions{options: g.options, allNamespaces: true}
 		return show(g, filter(nss, all, name, func(n localmesh.NamespaceStatus) (string, string) { return "", n.Name }), "namespaces", printNamespaces)
 	}
-	return fmt.Errorf("unknown resource type %q: use pods, services or namespaces", resource)
+	return fmt.Errorf("unknown resource type %q: use pods, services, networkpolicies or namespaces", resource)
 }
 
 func filter[T any](items []T, g *getOptions, name string, key func(T) (string, string)) []T {
@@ -147,6 +153,21 @@ func printServices(w io.Writer, svcs []localmesh.ServiceStatus, allNS, wide bool
 			cols = append(cols, catalog.FormatLabels(s.Selector), orNone(strings.Join(s.Endpoints, ",")))
 		}
 		row(w, withNS(allNS, s.Namespace, cols)...)
+	}
+}
+
+func printNetworkPolicies(w io.Writer, nps []localmesh.NetworkPolicyStatus, allNS, wide bool) {
+	head := []string{"NAME", "POD-SELECTOR", "DENIED-IN", "DENIED-OUT", "AGE"}
+	if wide {
+		head = append(head, "POLICY-TYPES")
+	}
+	row(w, withNS(allNS, "NAMESPACE", head)...)
+	for _, n := range nps {
+		cols := []string{n.Name, n.PodSelector, fmt.Sprint(n.DeniedIngress), fmt.Sprint(n.DeniedEgress), age(n.Created)}
+		if wide {
+			cols = append(cols, strings.Join(n.Types, ","))
+		}
+		row(w, withNS(allNS, n.Namespace, cols)...)
 	}
 }
 

@@ -26,6 +26,8 @@ import (
 //	GET  /v1/namespaces                 []NamespaceStatus
 //	GET  /v1/pods                       []PodStatus
 //	GET  /v1/services                   []ServiceStatus
+//	GET  /v1/networkpolicies            []NetworkPolicyStatus
+//	GET  /v1/policy?after=V&wait=MS     PolicySnapshot, once newer than V (long poll)
 //	POST /v1/apply   ManifestRequest -> ApplyResult
 //	POST /v1/delete  ManifestRequest -> ApplyResult
 //	POST /v1/shutdown                   stops the mesh, as Ctrl-C does
@@ -33,6 +35,7 @@ import (
 // Status describes the running mesh.
 type Status struct {
 	PID         int    `json:"pid"`
+	AgentPID    int    `json:"nodeAgentPID,omitempty"`
 	Ready       bool   `json:"ready"`
 	StateDir    string `json:"stateDir"`
 	PodCIDR     string `json:"podCIDR"`
@@ -102,12 +105,16 @@ func (r *Runtime) serveAPI() (*apiServer, error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, Status{PID: os.Getpid(), Ready: r.ready.Load(), StateDir: r.cfg.StateDir,
+		writeJSON(w, http.StatusOK, Status{PID: os.Getpid(), AgentPID: r.agent.status().PID, Ready: r.ready.Load(), StateDir: r.cfg.StateDir,
 			PodCIDR: r.cfg.PodCIDR.String(), ServiceCIDR: r.cfg.ServiceCIDR.String()})
 	})
 	mux.HandleFunc("GET /v1/namespaces", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, r.Namespaces()) })
 	mux.HandleFunc("GET /v1/pods", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, r.Pods()) })
 	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, r.Services()) })
+	mux.HandleFunc("GET /v1/networkpolicies", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, r.NetworkPolicies())
+	})
+	mux.HandleFunc("GET /v1/policy", r.servePolicy)
 	mux.HandleFunc("POST /v1/apply", r.manifestHandler(r.Apply))
 	mux.HandleFunc("POST /v1/delete", r.manifestHandler(r.Delete))
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, _ *http.Request) {

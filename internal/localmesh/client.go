@@ -68,6 +68,20 @@ func (c *Client) Namespaces(ctx context.Context) ([]NamespaceStatus, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/namespaces", nil, &out)
 }
 
+// NetworkPolicies lists the network policies with their denial counters.
+func (c *Client) NetworkPolicies(ctx context.Context) ([]NetworkPolicyStatus, error) {
+	var out []NetworkPolicyStatus
+	return out, c.do(ctx, http.MethodGet, "/v1/networkpolicies", nil, &out)
+}
+
+// Policy returns the node agent's input once its version is newer than
+// after, or the current one after waiting up to wait.
+func (c *Client) Policy(ctx context.Context, after uint64, wait time.Duration) (PolicySnapshot, error) {
+	var out PolicySnapshot
+	path := fmt.Sprintf("/v1/policy?after=%d&wait=%d", after, wait.Milliseconds())
+	return out, c.do(ctx, http.MethodGet, path, nil, &out)
+}
+
 // Apply sends manifests to apply.
 func (c *Client) Apply(ctx context.Context, srcs []manifest.Source) (ApplyResult, error) {
 	var out ApplyResult

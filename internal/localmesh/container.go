@@ -153,9 +153,14 @@ func (c *container) runOnce(ctx context.Context) (int, error) {
 		return -1, fmt.Errorf("open log: %w", err)
 	}
 	defer logf.Close()
-	args := append([]string{c.cfg.Executable, NSExecCommand, c.netns, "--"}, c.spec.Command...)
+	// Pod processes enter their pod through `trellis __nsexec`; host
+	// processes (the node agent) run as they are.
+	path, args := c.cfg.Executable, append([]string{c.cfg.Executable, NSExecCommand, c.netns, "--"}, c.spec.Command...)
+	if c.netns == "" {
+		path, args = c.spec.Command[0], c.spec.Command
+	}
 	cmd := &exec.Cmd{
-		Path:   c.cfg.Executable,
+		Path:   path,
 		Args:   args,
 		Env:    c.env,
 		Dir:    c.spec.WorkingDir,

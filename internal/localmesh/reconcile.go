@@ -49,6 +49,7 @@ func (r *Runtime) reconcile() {
 		}
 	}
 	r.syncServiceTableLocked()
+	r.updatePolicyInputLocked()
 }
 
 type wantPod struct {

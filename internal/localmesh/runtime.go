@@ -28,6 +28,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/manifest"
+	"github.com/trellis-mesh/trellis/internal/netpolicy"
 	"github.com/trellis-mesh/trellis/internal/nft"
 )
 
@@ -56,6 +57,9 @@ type Config struct {
 	// it doubles up to MaxRestartBackoff. Defaults 1 s and 30 s.
 	RestartBackoff    time.Duration
 	MaxRestartBackoff time.Duration
+	// NodeAgentMetrics is where the node agent serves its Prometheus
+	// metrics. Default 127.0.0.1:15090.
+	NodeAgentMetrics string
 }
 
 // DefaultPodCIDR and DefaultServiceCIDR are the default address ranges.
@@ -95,6 +99,9 @@ func (c *Config) setDefaults() error {
 		}
 		c.WorkDir = wd
 	}
+	if c.NodeAgentMetrics == "" {
+		c.NodeAgentMetrics = "127.0.0.1:15090"
+	}
 	if c.RestartBackoff <= 0 {
 		c.RestartBackoff = time.Second
 	}
@@ -122,6 +129,12 @@ type Runtime struct {
 	pods    map[string]*pod           // guarded by mu: by "namespace/name"
 	vips    map[string]netip.Addr     // guarded by mu: service VIPs by "namespace/name"
 	nftLast []nft.ServicePort         // guarded by mu: the rules in the kernel
+
+	policyVersion uint64          // guarded by mu: version of policyInput
+	policyInput   netpolicy.Input // guarded by mu: what the node agent enforces
+	policyChanged chan struct{}   // guarded by mu: closed when policyVersion grows
+
+	agent *container // the node agent process; set before the API serves
 }
 
 // New checks cfg and returns a Runtime that has not touched the host yet.
@@ -140,6 +153,8 @@ func New(cfg Config) (*Runtime, error) {
 		created: map[catalog.Ref]time.Time{},
 		pods:    map[string]*pod{},
 		vips:    map[string]netip.Addr{},
+
+		policyChanged: make(chan struct{}),
 	}, nil
 }
 
@@ -178,6 +193,9 @@ func (r *Runtime) Run(ctx context.Context, initial *manifest.Set, started func()
 	if err := r.setupHost(); err != nil {
 		return err
 	}
+	if err := r.prepareNodeAgent(); err != nil {
+		return err
+	}
 	api, err := r.serveAPI()
 	if err != nil {
 		return err
@@ -187,6 +205,10 @@ func (r *Runtime) Run(ctx context.Context, initial *manifest.Set, started func()
 		return err
 	}
 	r.reconcile()
+	agentCtx, stopAgent := context.WithCancel(context.Background())
+	agentDone := make(chan struct{})
+	go func() { defer close(agentDone); r.agent.run(agentCtx) }()
+	defer func() { stopAgent(); <-agentDone }()
 	r.ready.Store(true)
 	if started != nil {
 		started()
@@ -212,6 +234,23 @@ func (r *Runtime) setupHost() error {
 	}
 	if err := nft.ApplyServices(r.table(), nil); err != nil {
 		return err
+	}
+	return nil
+}
+
+// prepareNodeAgent records the node agent's table and sets up its process:
+// `trellis node-agent`, on the host, restarted whenever it exits.
+func (r *Runtime) prepareNodeAgent() error {
+	if err := r.ledger.Add(Resource{Kind: resNFTable, Name: r.policyTable()}); err != nil {
+		return err
+	}
+	r.agent = &container{
+		spec: catalog.Container{Name: "node-agent", Command: []string{r.cfg.Executable, "node-agent",
+			"--state-dir", r.cfg.StateDir, "--table", r.policyTable(), "--metrics-addr", r.cfg.NodeAgentMetrics}},
+		podName: "(host)", env: os.Environ(),
+		logPath: filepath.Join(r.cfg.StateDir, "node-agent.log"),
+		policy:  catalog.RestartAlways, grace: 5 * time.Second, cfg: &r.cfg, changed: func() {},
+		state: stateWaiting,
 	}
 	return nil
 }
@@ -352,6 +391,7 @@ func objectName(ref catalog.Ref) string {
 	kinds := map[catalog.Kind]string{
 		catalog.KindNamespace: "namespace", catalog.KindServiceAccount: "serviceaccount",
 		catalog.KindPod: "pod", catalog.KindDeployment: "deployment.apps", catalog.KindService: "service",
+		catalog.KindNetworkPolicy: "networkpolicy.networking.k8s.io",
 	}
 	name := ref.Name
 	if ref.Namespace != "" {

@@ -1,0 +1,253 @@
+// Package nodeagent is the node agent (trellis-node): it keeps the kernel's
+// nftables policy table in step with the mesh's NetworkPolicies. It reads
+// mesh state from a Source, compiles it with internal/netpolicy, applies it
+// with internal/nft, re-checks the kernel every Resync so hand-deleted rules
+// come back, and exports denial counters as Prometheus metrics.
+//
+// The kernel keeps enforcing the last applied rules while the agent is down;
+// a starting agent replaces them atomically, so restarts open no gap.
+// Imported by cmd/trellis-node and by the CLI's hidden `trellis node-agent`,
+// which the one-host runtime runs.
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/trellis-mesh/trellis/internal/netpolicy"
+	"github.com/trellis-mesh/trellis/internal/nft"
+)
+
+// Snapshot is one version of the mesh state the agent enforces.
+type Snapshot struct {
+	Version uint64          `json:"version"`
+	Input   netpolicy.Input `json:"input"`
+}
+
+// Source supplies snapshots. Next returns the first snapshot newer than
+// version, waiting up to wait for one; when none came it returns the current
+// one (same version). It is called from the agent's goroutine only.
+type Source interface {
+	Next(ctx context.Context, version uint64, wait time.Duration) (Snapshot, error)
+}
+
+// Config configures an Agent.
+type Config struct {
+	// Source is where mesh state comes from. Required.
+	Source Source
+	// Table is the nftables table (family ip) the agent owns.
+	// Default "trellis-netpol".
+	Table string
+	// Resync is how often the kernel is checked against what was applied.
+	// Default 1 s.
+	Resync time.Duration
+	// MetricsAddr is where /metrics is served; empty serves nothing.
+	MetricsAddr string
+}
+
+// Agent enforces NetworkPolicies. Create with New, then Run.
+type Agent struct {
+	cfg     Config
+	applied prometheus.Histogram
+	rules   prometheus.Gauge
+
+	// Owned by Run's goroutine.
+	version  uint64
+	ruleset  netpolicy.RuleSet
+	expected map[string]int
+	applies  int
+}
+
+// New checks cfg and returns an agent that has not touched the kernel.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("node agent: no source of mesh state")
+	}
+	if cfg.Table == "" {
+		cfg.Table = "trellis-netpol"
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = time.Second
+	}
+	return &Agent{
+		cfg: cfg,
+		applied: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "trellis_netpol_apply_seconds",
+			Help:    "Time to compile and apply the policy table to the kernel.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		rules: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "trellis_netpol_rules", Help: "Rules in the policy table after the last apply.",
+		}),
+	}, nil
+}
+
+// Run enforces policies until ctx is done. It returns nil then; the rules
+// stay in the kernel.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.cfg.MetricsAddr != "" {
+		srv, err := a.serveMetrics()
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+	}
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		snap, err := a.cfg.Source.Next(ctx, a.version, a.cfg.Resync)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			slog.Warn("mesh state unavailable; keeping the rules in force", "err", err, "retry", backoff)
+			sleep(ctx, backoff)
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if err := a.sync(snap); err != nil {
+			slog.Error("apply network policies", "err", err)
+			sleep(ctx, time.Second)
+		}
+	}
+	return nil
+}
+
+// sync applies snap when it is new, or repairs chains the kernel lost or
+// someone edited.
+func (a *Agent) sync(snap Snapshot) error {
+	var dirty map[string]bool
+	if snap.Version == a.version && a.applies > 0 {
+		var err error
+		if dirty, err = a.drift(); err != nil || len(dirty) == 0 {
+			return err
+		}
+		slog.Warn("policy table was changed outside the agent; restoring it", "chains", len(dirty))
+	}
+	start := time.Now()
+	rs := netpolicy.Compile(snap.Input)
+	table := nft.Table{Name: a.cfg.Table}
+	stats, err := nft.ApplyPolicies(table, rs, dirty)
+	if err != nil {
+		return err
+	}
+	a.applied.Observe(time.Since(start).Seconds())
+	a.rules.Set(float64(stats.Rules))
+	if a.applies == 0 || !reflect.DeepEqual(rs, a.ruleset) {
+		slog.Info("network policies applied", "version", snap.Version, "policies", len(rs.Policies),
+			"chainsAdded", stats.UnitsAdded, "chainsRemoved", stats.UnitsRemoved, "rules", stats.Rules,
+			"took", time.Since(start).Round(time.Microsecond))
+	}
+	a.version, a.ruleset, a.expected = snap.Version, rs, nft.ExpectedRuleCounts(rs)
+	a.applies++
+	return nil
+}
+
+// drift returns the chains whose rule count differs from what was applied.
+func (a *Agent) drift() (map[string]bool, error) {
+	got, err := nft.RuleCounts(nft.Table{Name: a.cfg.Table})
+	if err != nil {
+		return nil, err
+	}
+	dirty := map[string]bool{}
+	for ch, n := range a.expected {
+		if got[ch] != n {
+			dirty[ch] = true
+		}
+	}
+	for ch := range got {
+		if _, ok := a.expected[ch]; !ok {
+			dirty[ch] = true
+		}
+	}
+	return dirty, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// deniedCollector reads the kernel's denial counters at scrape time.
+type deniedCollector struct {
+	table string
+	desc  *prometheus.Desc
+}
+
+func (c deniedCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c deniedCollector) Collect(ch chan<- prometheus.Metric) {
+	counts, err := nft.DeniedCounts(nft.Table{Name: c.table})
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	for name, packets := range counts {
+		dir, ns, policy, ok := ParseCounterName(name)
+		if !ok {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(packets), ns, policy, dir)
+	}
+}
+
+// ParseCounterName splits a denial counter name "in.<ns>.<policy>" or
+// "out.<ns>.<policy>" into direction ("ingress" or "egress"), namespace and
+// policy. Namespaces hold no dots, so the first two dots split it.
+func ParseCounterName(name string) (dir, ns, policy string, ok bool) {
+	short, rest, ok1 := strings.Cut(name, ".")
+	ns, policy, ok2 := strings.Cut(rest, ".")
+	switch {
+	case !ok1 || !ok2:
+		return "", "", "", false
+	case short == "in":
+		return "ingress", ns, policy, true
+	case short == "out":
+		return "egress", ns, policy, true
+	}
+	return "", "", "", false
+}
+
+func (a *Agent) serveMetrics() (*http.Server, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(a.applied, a.rules, deniedCollector{
+		table: a.cfg.Table,
+		desc: prometheus.NewDesc("trellis_netpol_denied_packets_total",
+			"Packets dropped because no NetworkPolicy allowed them, per isolating policy and direction.",
+			[]string{"namespace", "policy", "direction"}, nil),
+	})
+	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			slog.Error("metrics server", "err", err)
+		}
+	}()
+	return srv, nil
+}
