@@ -29,7 +29,7 @@ func newExampleCmd(o *options) *cobra.Command {
 		},
 	}
 	hello.Flags().StringVar(&addr, "listen", ":8080", "address to listen on")
-	cmd.AddCommand(hello)
+	cmd.AddCommand(hello, newPortsServerCmd(o), newProbeCmd(o))
 	return cmd
 }
 

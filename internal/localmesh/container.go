@@ -34,8 +34,10 @@ type container struct {
 	logPath string
 	policy  catalog.RestartPolicy
 	grace   time.Duration
-	cfg     *Config
-	changed func() // called (without locks held) when readiness changes
+	// backoff is the first restart delay, doubling up to maxBackoff.
+	backoff, maxBackoff time.Duration
+	cfg                 *Config
+	changed             func() // called (without locks held) when readiness changes
 
 	mu        sync.Mutex
 	state     string // guarded by mu; one of the state constants
@@ -86,7 +88,7 @@ func (c *container) readyLocked() bool {
 // is done; then it stops the process (SIGTERM, then SIGKILL after the grace
 // period) and returns.
 func (c *container) run(ctx context.Context) {
-	backoff := c.cfg.RestartBackoff
+	backoff := c.backoff
 	for {
 		started := time.Now()
 		code, err := c.runOnce(ctx)
@@ -105,8 +107,8 @@ func (c *container) run(ctx context.Context) {
 			c.setState(stateTerminated, reason, code)
 			return
 		}
-		if time.Since(started) > 10*c.cfg.MaxRestartBackoff {
-			backoff = c.cfg.RestartBackoff // it ran well for a long while
+		if time.Since(started) > 10*c.maxBackoff {
+			backoff = c.backoff // it ran well for a long while
 		}
 		c.setState(stateWaiting, "CrashLoopBackOff", code)
 		slog.Info("container exited; restarting", "pod", c.podName, "container", c.spec.Name, "exitCode", code, "backoff", backoff)
@@ -118,7 +120,7 @@ func (c *container) run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		backoff = min(2*backoff, c.cfg.MaxRestartBackoff)
+		backoff = min(2*backoff, c.maxBackoff)
 		c.mu.Lock()
 		c.restarts++
 		c.mu.Unlock()
@@ -157,7 +159,11 @@ func (c *container) runOnce(ctx context.Context) (int, error) {
 	// processes (the node agent) run as they are.
 	path, args := c.cfg.Executable, append([]string{c.cfg.Executable, NSExecCommand, c.netns, "--"}, c.spec.Command...)
 	if c.netns == "" {
-		path, args = c.spec.Command[0], c.spec.Command
+		args = c.spec.Command
+		if path, err = exec.LookPath(args[0]); err != nil {
+			fmt.Fprintf(logf, "trellis: start %q: %v\n", args, err)
+			return -1, err
+		}
 	}
 	cmd := &exec.Cmd{
 		Path:   path,

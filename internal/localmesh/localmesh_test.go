@@ -173,9 +173,10 @@ func testContainer(t *testing.T, policy catalog.RestartPolicy, script string) (*
 	changes := &atomic.Int32{}
 	cfg := &Config{Executable: fakeEnter(t), WorkDir: t.TempDir(), RestartBackoff: 20 * time.Millisecond, MaxRestartBackoff: 80 * time.Millisecond}
 	return &container{
-		spec: catalog.Container{Name: "c", Command: []string{"sh", "-c", script}}, podName: "ns/p",
+		spec: catalog.Container{Name: "c", Command: []string{"sh", "-c", script}}, podName: "ns/p", netns: "pod",
 		env: []string{"PATH=" + os.Getenv("PATH")}, logPath: filepath.Join(t.TempDir(), "c.log"),
 		policy: policy, grace: 200 * time.Millisecond, cfg: cfg, changed: func() { changes.Add(1) },
+		backoff: cfg.RestartBackoff, maxBackoff: cfg.MaxRestartBackoff,
 		state: stateWaiting,
 	}, changes
 }

@@ -98,6 +98,7 @@ func (r *Runtime) startPodLocked(obj *catalog.Pod, hash string) (p *pod, err err
 			env:     r.containerEnvLocked(obj, ip, spec),
 			logPath: filepath.Join(logs, spec.Name+".log"),
 			policy:  obj.Spec.RestartPolicy, grace: obj.Spec.TerminationGrace,
+			backoff: r.cfg.RestartBackoff, maxBackoff: r.cfg.MaxRestartBackoff,
 			cfg: &r.cfg, changed: r.trigger,
 			state: stateWaiting, reason: "ContainerCreating",
 		}

@@ -28,8 +28,11 @@ func (r *Runtime) reconcile() {
 	want := r.desiredPodsLocked()
 	for key, p := range r.pods {
 		w, ok := want[key]
-		if !ok || !reflect.DeepEqual(w.obj, p.obj) {
+		switch {
+		case !ok || !reflect.DeepEqual(w.obj.Spec, p.obj.Spec) || w.obj.Owner != p.obj.Owner:
 			r.stopPodAsync(p)
+		case !reflect.DeepEqual(w.obj, p.obj):
+			p.obj = w.obj // labels or annotations: updated in place, as in Kubernetes
 		}
 	}
 	for key, w := range want {

@@ -250,6 +250,8 @@ func (r *Runtime) prepareNodeAgent() error {
 		podName: "(host)", env: os.Environ(),
 		logPath: filepath.Join(r.cfg.StateDir, "node-agent.log"),
 		policy:  catalog.RestartAlways, grace: 5 * time.Second, cfg: &r.cfg, changed: func() {},
+		// The kernel keeps enforcing while it is down, but come back quickly.
+		backoff: 100 * time.Millisecond, maxBackoff: 500 * time.Millisecond,
 		state: stateWaiting,
 	}
 	return nil
