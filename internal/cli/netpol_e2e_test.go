@@ -209,9 +209,9 @@ func policy(ns, name, spec string) string {
 }
 
 type netpolStep struct {
-	apply  string                    // manifests to apply first
+	apply  string                     // manifests to apply first
 	update func(n *netpolMesh) string // manifests computed from the running mesh
-	delete bool                      // delete every policy first
+	delete bool                       // delete every policy first
 	want   expectation
 }
 
