@@ -440,6 +440,51 @@ func TestNetworkPolicyConformance(t *testing.T) {
 		n.deleteAllPolicies()
 	})
 
+	t.Run("a hand-flushed chain comes back within 2s", func(t *testing.T) {
+		n.t = t
+		n.apply(policy("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]"))
+		table := nft.Table{Name: "trellis-netpol"}
+		var want map[string]int
+		waitFor(t, "the policy to be applied", 5*time.Second, func() bool {
+			var err error
+			want, err = nft.RuleCounts(table)
+			return err == nil && len(want) == 3
+		})
+		if err := nft.FlushChain(table, "ingress"); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		waitFor(t, "the agent to restore the chain", 2*time.Second, func() bool {
+			got, err := nft.RuleCounts(table)
+			return err == nil && got["ingress"] == want["ingress"]
+		})
+		fmt.Printf("hand-flushed policy chain restored in %s\n", time.Since(start).Round(time.Millisecond))
+		n.check("deny-ingress after repair", func(f, t string, _ probePort) bool { return nsOf(t) != "x" })
+		n.deleteAllPolicies()
+	})
+
+	t.Run("a bad policy is refused and nothing is half-applied", func(t *testing.T) {
+		n.t = t
+		good := policy("x", "good", "  podSelector: {}\n  policyTypes: [Ingress]")
+		for _, tc := range []struct{ spec, want string }{
+			{"  podSelector: {}\n  ingress: [{ports: [{port: serve-99-tcp}]}]", `port name "serve-99-tcp" matches no TCP container port of any pod`},
+			{"  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]", `ipBlock.cidr "10.0.0.0/33" is not a valid CIDR`},
+			{"  podSelector: {matchExpressions: [{key: pod, operator: Is, values: [a]}]}", `operator "Is": use In, NotIn, Exists or DoesNotExist`},
+		} {
+			path := filepath.Join(n.dir, "bad.yaml")
+			if err := os.WriteFile(path, []byte(good+policy("x", "bad", tc.spec)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, errOut, err := n.run("apply", "-f", path)
+			if err == nil || !strings.Contains(errOut, tc.want) {
+				t.Errorf("apply bad policy: err %v, stderr %q; want %q", err, errOut, tc.want)
+			}
+			if out := n.must("get", "netpol", "-A"); strings.Contains(out, "good") {
+				t.Errorf("after a refused apply, policies = %q; want none", out)
+			}
+		}
+	})
+
 	t.Run("enforcement latency", func(t *testing.T) { n.t = t; measureEnforcement(n) })
 	t.Run("agent restarts open no gap", func(t *testing.T) { n.t = t; restartAgent(n) })
 }
@@ -523,3 +568,29 @@ func restartAgent(n *netpolMesh) {
 }
 
 func isAKey(k string) bool { return k == "x/a" }
+
+// The reference policy, from examples/: only namespaces labelled for
+// injection reach the database; the other client times out on both ports.
+func TestMeshMembersOnlyExample(t *testing.T) {
+	m := newMesh(t)
+	m.must("up", "-d", "-f", "../../examples/mesh-members-only/mesh.yaml")
+	waitFor(t, "the database pods to be ready", 30*time.Second, func() bool {
+		return len(m.service("db", "graph-alpha").Endpoints) == 4 // 2 pods x 2 ports
+	})
+	probe := func(ns string) string {
+		return m.must("exec", "-n", ns, "client", "--", "trellis", "example", "probe", "--timeout", "1s",
+			"tcp/graph-alpha.db.svc.cluster.local:8080", "tcp/graph-alpha.db.svc.cluster.local:9080")
+	}
+	for _, ns := range []string{"client-allow", "client-deny"} {
+		if out := probe(ns); strings.Count(out, " ok") != 2 {
+			t.Errorf("before the policy, %s reaches %q; want both ports", ns, out)
+		}
+	}
+	m.must("apply", "-f", "../../examples/mesh-members-only/policy.yaml")
+	waitFor(t, "the deny client to be blocked", 5*time.Second, func() bool {
+		return strings.Count(probe("client-deny"), " fail") == 2
+	})
+	if out := probe("client-allow"); strings.Count(out, " ok") != 2 {
+		t.Errorf("with the policy, client-allow reaches %q; want both ports", out)
+	}
+}

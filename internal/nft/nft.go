@@ -9,6 +9,7 @@
 package nft
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -50,7 +52,9 @@ type Table struct {
 }
 
 func (t Table) conn() (*nftables.Conn, error) {
-	var opts []nftables.ConnOption
+	// A whole policy table is one batch, megabytes at scale: raise the
+	// socket buffers past the sysctl defaults (we run as root).
+	opts := []nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}
 	if t.NetNS != 0 {
 		opts = append(opts, nftables.WithNetNSFd(t.NetNS))
 	}
@@ -123,6 +127,22 @@ func Tables(netns int, prefix string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+func bigBuffers(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, 64<<20); e != nil {
+				serr = e
+			}
+		}
+	})
+	return errors.Join(err, serr)
 }
 
 type builder struct {

@@ -450,3 +450,18 @@ func DeniedCounts(table Table) (map[string]uint64, error) {
 	}
 	return out, nil
 }
+
+// FlushChain removes every rule of one chain of table. Operators use it to
+// drop a chain by hand; the node agent notices and restores it.
+func FlushChain(table Table, chain string) error {
+	c, err := table.conn()
+	if err != nil {
+		return err
+	}
+	t := &nftables.Table{Name: table.Name, Family: nftables.TableFamilyIPv4}
+	c.FlushChain(&nftables.Chain{Name: chain, Table: t})
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("flush chain %s of table %s: %w", chain, table.Name, err)
+	}
+	return nil
+}

@@ -1,8 +1,10 @@
 package nft
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/netpolicy"
@@ -81,5 +83,56 @@ func TestApplyPoliciesIncrementally(t *testing.T) {
 	}
 	if got, _ := RuleCounts(table); len(got) != 2 || got[ingressChain] != 3 {
 		t.Errorf("after removing every policy, chains = %v", got)
+	}
+}
+
+// TestPolicyScale applies 200 policies over 1000 pods, then changes one, and
+// prints the figures (recorded in bench/RESULTS.md). It asserts only what
+// does not depend on machine speed: the rule count does not grow with pods,
+// and an update touches only the changed policy.
+func TestPolicyScale(t *testing.T) {
+	ns := testNetns(t)
+	table := Table{Name: "trellis-netpol-scale", NetNS: int(ns)}
+	build := func(podsInFirst int) netpolicy.RuleSet {
+		var rs netpolicy.RuleSet
+		for i := range 200 {
+			var pods []netip.Addr
+			n := 5
+			if i == 0 {
+				n = podsInFirst
+			}
+			for j := range n {
+				k := (i*5 + j) % 1000
+				pods = append(pods, netip.AddrFrom4([4]byte{10, 98, byte(k / 250), byte(1 + k%250)}))
+			}
+			peers := []netpolicy.Range{{From: netip.AddrFrom4([4]byte{10, 98, 0, 1}), To: netip.AddrFrom4([4]byte{10, 98, 3, 250})}}
+			rs.Policies = append(rs.Policies, netpolicy.Policy{
+				Namespace: "ns" + string(rune('a'+i%20)), Name: fmt.Sprintf("p%d", i),
+				Pods: pods, Ingress: true,
+				IngressRules: []netpolicy.Rule{{Peers: peers, Ports: []netpolicy.Port{{Protocol: catalog.TCP, From: 8080, To: 8080}}}},
+			})
+		}
+		return rs
+	}
+	start := time.Now()
+	stats, err := ApplyPolicies(table, build(5), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := time.Since(start)
+	start = time.Now()
+	one, err := ApplyPolicies(table, build(6), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	incremental := time.Since(start)
+	fmt.Printf("netpol scale: 1000 pods, 200 policies: full apply %s, %d rules; one policy changed: %s, %d chain(s) replaced\n",
+		full.Round(time.Millisecond), stats.Rules, incremental.Round(time.Millisecond), one.UnitsAdded)
+	if one.UnitsAdded != 1 || one.UnitsRemoved != 1 {
+		t.Errorf("changing one policy replaced %d and removed %d chains, want 1 and 1", one.UnitsAdded, one.UnitsRemoved)
+	}
+	// 3 + 2 per policy in the base chains, 1 per policy chain: no pod term.
+	if want := 3 + 3 + 200*3; stats.Rules != want {
+		t.Errorf("rules = %d, want %d (independent of the number of pods)", stats.Rules, want)
 	}
 }

@@ -49,7 +49,7 @@ type Config struct {
 	// Default "trellis-netpol".
 	Table string
 	// Resync is how often the kernel is checked against what was applied.
-	// Default 1 s.
+	// Default 500 ms, so a hand-deleted rule is back well within 2 s.
 	Resync time.Duration
 	// MetricsAddr is where /metrics is served; empty serves nothing.
 	MetricsAddr string
@@ -77,7 +77,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Table = "trellis-netpol"
 	}
 	if cfg.Resync <= 0 {
-		cfg.Resync = time.Second
+		cfg.Resync = 500 * time.Millisecond
 	}
 	return &Agent{
 		cfg: cfg,
