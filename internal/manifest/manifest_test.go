@@ -91,6 +91,9 @@ func TestBadManifests(t *testing.T) {
 	pod := func(ports string) string {
 		return "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: db, labels: {app: a}}\nspec:\n  containers:\n" + ports
 	}
+	np := func(spec string) string {
+		return "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: db}\nspec:\n" + spec + "\n"
+	}
 	tests := []struct {
 		name, yaml, want string
 	}{
@@ -114,6 +117,18 @@ func TestBadManifests(t *testing.T) {
 		{"bad apiVersion", "apiVersion: apps/v1\nkind: Service\nmetadata: {name: s}\n",
 			`mesh.yaml: Service default/s: apiVersion "apps/v1" is not supported; use "v1"`},
 		{"not yaml", "kind: [\n", `mesh.yaml: `},
+		{"policy with a bad CIDR", ns + np("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.1.0.0/99}}]}]"),
+			`mesh.yaml: NetworkPolicy db/np: spec.ingress[0].from[0].ipBlock.cidr "10.1.0.0/99" is not a valid CIDR`},
+		{"policy except outside its CIDR", ns + np("  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: 10.1.0.0/16, except: [10.2.0.0/24]}}]}]"),
+			`mesh.yaml: NetworkPolicy db/np: spec.egress[0].to[0].ipBlock.except[0] 10.2.0.0/24 is not inside cidr 10.1.0.0/16`},
+		{"policy with a bad operator", ns + np("  podSelector: {matchExpressions: [{key: app, operator: Equals, values: [a]}]}"),
+			`mesh.yaml: NetworkPolicy db/np: spec.podSelector.matchExpressions[0]: operator "Equals": use In, NotIn, Exists or DoesNotExist`},
+		{"policy endPort without port", ns + np("  podSelector: {}\n  ingress: [{ports: [{endPort: 90}]}]"),
+			`mesh.yaml: NetworkPolicy db/np: spec.ingress[0].ports[0].endPort needs a numeric port`},
+		{"policy with an unknown port name", ns + np("  podSelector: {}\n  ingress: [{ports: [{port: metrics}]}]"),
+			`mesh.yaml: NetworkPolicy db/np: spec.ingress[0].ports[0]: port name "metrics" matches no TCP container port of any pod`},
+		{"policy peer with ipBlock and selector", ns + np("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]"),
+			`mesh.yaml: NetworkPolicy db/np: spec.ingress[0].from[0]: ipBlock cannot be combined with podSelector or namespaceSelector`},
 		{"selector disagrees with template", ns + "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: db}\nspec:\n  selector: {matchLabels: {app: x}}\n  template:\n    metadata: {labels: {app: z}}\n    spec: {containers: [{name: c, command: [x]}]}\n",
 			`mesh.yaml: Deployment db/d: spec.selector app=x does not match the template's labels app=z`},
 	}
@@ -165,6 +180,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(validMesh))
 	f.Add([]byte("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: [{port: 80, targetPort: x}]\n"))
 	f.Add([]byte("---\n---\nkind: Pod\n"))
+	f.Add([]byte("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n}\nspec:\n  podSelector: {matchExpressions: [{key: a, operator: In, values: [b]}]}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}], ports: [{port: 80, endPort: 90}]}]\n"))
 	f.Add([]byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x"}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		set, err := Parse([]Source{{Name: "f.yaml", Data: data}})
