@@ -45,9 +45,10 @@ log "staticcheck"
 "$GOBIN/staticcheck" ./...
 
 log "fuzz smoke ($FUZZTIME each)"
-for target in $(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' internal | sed 's/^func //' | sort -u); do
-  pkg=$(grep -rlE "^func $target\(" --include='*_test.go' internal | head -1 | xargs dirname)
-  go test -run='^$' -fuzz="^$target\$" -fuzztime="$FUZZTIME" "./$pkg"
+grep -rlE '^func Fuzz' --include='*_test.go' internal | sort | while read -r file; do
+  for target in $(grep -oE '^func Fuzz[A-Za-z0-9_]+' "$file" | sed 's/^func //'); do
+    go test -run='^$' -fuzz="^$target\$" -fuzztime="$FUZZTIME" "./$(dirname "$file")" || exit 1
+  done
 done
 
 log "go test -race"
