@@ -1,0 +1,222 @@
+// Package balancer picks an endpoint for each request: power of two choices
+// over peak-EWMA latency by default (as Linkerd), least-request or
+// round-robin per service, with outlier ejection of endpoints that refuse
+// connections or fail repeatedly.
+//
+// The proxy imports it; it imports nothing of the project. Endpoint sets are
+// immutable snapshots swapped atomically, so Pick takes no lock and an update
+// never fails a request in flight.
+package balancer
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrNoEndpoints is returned by Pick when the service has no endpoint.
+var ErrNoEndpoints = errors.New("no healthy upstream: the service has no ready endpoints")
+
+// Picker chooses among endpoints. Pick is called from many request
+// goroutines at once with a non-empty slice it must not modify; it must not
+// block. Each policy is a type of its own in its own file.
+type Picker interface {
+	Pick(eps []*Endpoint) *Endpoint
+}
+
+// Policy names a Picker.
+type Policy string
+
+// The policies.
+const (
+	P2CPeakEWMA  Policy = "p2c-peak-ewma" // the default
+	LeastRequest Policy = "least-request"
+	RoundRobin   Policy = "round-robin"
+)
+
+// NewPicker returns the picker for p; "" means P2CPeakEWMA.
+func NewPicker(p Policy) (Picker, error) {
+	switch p {
+	case "", P2CPeakEWMA:
+		return peakEWMA{}, nil
+	case LeastRequest:
+		return leastRequest{}, nil
+	case RoundRobin:
+		return &roundRobin{}, nil
+	}
+	return nil, fmt.Errorf("load-balancing policy %q: use %s, %s or %s", p, P2CPeakEWMA, LeastRequest, RoundRobin)
+}
+
+// Outlier configures ejection: after Consecutive failures in a row an
+// endpoint is left out for BaseEjection times the number of times it was
+// ejected (at most MaxEjection). The zero value means 5, 10 s and 5 min.
+type Outlier struct {
+	Consecutive  int
+	BaseEjection time.Duration
+	MaxEjection  time.Duration
+}
+
+// Balancer is one service's endpoints and policy. Safe for concurrent use.
+type Balancer struct {
+	picker  Picker
+	outlier Outlier
+	now     func() time.Time
+
+	eps atomic.Pointer[[]*Endpoint] // the current set, never modified in place
+
+	mu sync.Mutex // serialises Update
+}
+
+// New returns a balancer with no endpoints.
+func New(p Policy, o Outlier) (*Balancer, error) {
+	picker, err := NewPicker(p)
+	if err != nil {
+		return nil, err
+	}
+	if o.Consecutive <= 0 {
+		o.Consecutive = 5
+	}
+	if o.BaseEjection <= 0 {
+		o.BaseEjection = 10 * time.Second
+	}
+	if o.MaxEjection <= 0 {
+		o.MaxEjection = 5 * time.Minute
+	}
+	b := &Balancer{picker: picker, outlier: o, now: time.Now}
+	b.eps.Store(&[]*Endpoint{})
+	return b, nil
+}
+
+// Update replaces the endpoint set with addrs. Endpoints that stay keep
+// their statistics and ejection state; requests in flight to removed ones
+// finish normally.
+func (b *Balancer) Update(addrs []string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	old := map[string]*Endpoint{}
+	for _, e := range *b.eps.Load() {
+		old[e.Addr] = e
+	}
+	next := make([]*Endpoint, 0, len(addrs))
+	for _, a := range addrs {
+		if e, ok := old[a]; ok {
+			next = append(next, e)
+			continue
+		}
+		next = append(next, &Endpoint{Addr: a, b: b})
+	}
+	b.eps.Store(&next)
+}
+
+// Endpoints returns the current endpoints.
+func (b *Balancer) Endpoints() []*Endpoint { return *b.eps.Load() }
+
+// Pick chooses an endpoint for one request, skipping ejected endpoints
+// unless all are ejected (then any is better than none). The caller must
+// call Start on it and the returned function when the request ends.
+func (b *Balancer) Pick() (*Endpoint, error) {
+	all := *b.eps.Load()
+	if len(all) == 0 {
+		return nil, ErrNoEndpoints
+	}
+	now := b.now().UnixNano()
+	healthy := all
+	for i, e := range all {
+		if e.ejectedUntil.Load() > now {
+			// Rare: copy only when someone is ejected.
+			healthy = make([]*Endpoint, 0, len(all))
+			healthy = append(healthy, all[:i]...)
+			for _, e2 := range all[i:] {
+				if e2.ejectedUntil.Load() <= now {
+					healthy = append(healthy, e2)
+				}
+			}
+			break
+		}
+	}
+	if len(healthy) == 0 {
+		healthy = all
+	}
+	return b.picker.Pick(healthy), nil
+}
+
+// Endpoint is one backend and its live statistics.
+type Endpoint struct {
+	Addr string
+	b    *Balancer
+
+	inflight     atomic.Int64
+	failures     atomic.Int64 // consecutive
+	ejections    atomic.Int64
+	ejectedUntil atomic.Int64 // unix nanoseconds
+
+	ewmaMu   sync.Mutex
+	ewma     float64   // guarded by ewmaMu: peak-EWMA latency, nanoseconds
+	ewmaTime time.Time // guarded by ewmaMu: last update
+}
+
+// Result is how a request to an endpoint ended.
+type Result struct {
+	Latency time.Duration
+	// Failed is true for a connection failure or a 5xx-class response: what
+	// counts toward ejection.
+	Failed bool
+}
+
+// Start records a request as in flight and returns the function to call,
+// exactly once, when it ends.
+func (e *Endpoint) Start() func(Result) {
+	e.inflight.Add(1)
+	return func(r Result) {
+		e.inflight.Add(-1)
+		e.observe(r.Latency)
+		if !r.Failed {
+			e.failures.Store(0)
+			return
+		}
+		if e.failures.Add(1) >= int64(e.b.outlier.Consecutive) {
+			e.failures.Store(0)
+			n := e.ejections.Add(1)
+			d := min(time.Duration(n)*e.b.outlier.BaseEjection, e.b.outlier.MaxEjection)
+			e.ejectedUntil.Store(e.b.now().Add(d).UnixNano())
+		}
+	}
+}
+
+// InFlight returns the requests in flight to e.
+func (e *Endpoint) InFlight() int64 { return e.inflight.Load() }
+
+// Ejected reports whether e is currently left out.
+func (e *Endpoint) Ejected() bool { return e.ejectedUntil.Load() > e.b.now().UnixNano() }
+
+// ewmaDecay is the time constant of the latency average.
+const ewmaDecay = 10 * time.Second
+
+// observe folds a latency into the peak-EWMA: a slower sample is taken at
+// once, faster ones decay the average over ewmaDecay.
+func (e *Endpoint) observe(lat time.Duration) {
+	now := e.b.now()
+	e.ewmaMu.Lock()
+	defer e.ewmaMu.Unlock()
+	sample := float64(lat)
+	if sample > e.ewma || e.ewmaTime.IsZero() {
+		e.ewma = sample
+	} else {
+		w := decayWeight(now.Sub(e.ewmaTime))
+		e.ewma = e.ewma*w + sample*(1-w)
+	}
+	e.ewmaTime = now
+}
+
+// cost is what peak-EWMA minimises: latency times the load it would join.
+func (e *Endpoint) cost() float64 {
+	e.ewmaMu.Lock()
+	lat := e.ewma
+	e.ewmaMu.Unlock()
+	if lat == 0 {
+		lat = float64(time.Millisecond) // unmeasured: assume fast, let load decide
+	}
+	return lat * float64(e.inflight.Load()+1)
+}

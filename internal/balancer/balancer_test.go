@@ -1,0 +1,152 @@
+package balancer
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+func newTest(t *testing.T, p Policy, n int) *Balancer {
+	t.Helper()
+	b, err := New(p, Outlier{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	for i := range n {
+		addrs = append(addrs, fmt.Sprintf("10.0.0.%d:80", i+1))
+	}
+	b.Update(addrs)
+	return b
+}
+
+// share runs n sequential requests, each taking latency(addr), and counts
+// picks per endpoint.
+func share(t *testing.T, b *Balancer, n int, latency func(string) time.Duration) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for range n {
+		e, err := b.Pick()
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := e.Start()
+		got[e.Addr]++
+		done(Result{Latency: latency(e.Addr)})
+	}
+	return got
+}
+
+func within(got, want, tolerance int) bool { return got >= want-tolerance && got <= want+tolerance }
+
+func TestEvenSpreadOverEqualEndpoints(t *testing.T) {
+	for _, p := range []Policy{P2CPeakEWMA, LeastRequest, RoundRobin} {
+		t.Run(string(p), func(t *testing.T) {
+			got := share(t, newTest(t, p, 3), 3000, func(string) time.Duration { return time.Millisecond })
+			for addr, n := range got {
+				if !within(n, 1000, 100) {
+					t.Errorf("%s served %d of 3000, want 1000 ± 10%% (all: %v)", addr, n, got)
+				}
+			}
+		})
+	}
+}
+
+func TestPeakEWMAAvoidsTheSlowEndpoint(t *testing.T) {
+	b := newTest(t, P2CPeakEWMA, 3)
+	got := share(t, b, 3000, func(addr string) time.Duration {
+		if addr == "10.0.0.1:80" {
+			return 50 * time.Millisecond
+		}
+		return time.Millisecond
+	})
+	if got["10.0.0.1:80"] > 300 {
+		t.Errorf("slow endpoint served %d of 3000, want under 10%% (all: %v)", got["10.0.0.1:80"], got)
+	}
+}
+
+func TestLeastRequestAvoidsTheBusyEndpoint(t *testing.T) {
+	b := newTest(t, LeastRequest, 2)
+	busy := b.Endpoints()[0]
+	for range 10 {
+		busy.Start() // ten requests that never finish
+	}
+	got := share(t, b, 100, func(string) time.Duration { return time.Millisecond })
+	if got[busy.Addr] != 0 {
+		t.Errorf("busy endpoint got %d of 100 picks, want 0", got[busy.Addr])
+	}
+}
+
+func TestEjectionAndReturn(t *testing.T) {
+	b := newTest(t, RoundRobin, 2)
+	now := time.Unix(1000, 0)
+	b.now = func() time.Time { return now }
+	bad := b.Endpoints()[0]
+	for range 5 {
+		bad.Start()(Result{Failed: true})
+	}
+	if !bad.Ejected() {
+		t.Fatal("5 consecutive failures did not eject the endpoint")
+	}
+	if got := share(t, b, 20, func(string) time.Duration { return 0 }); got[bad.Addr] != 0 {
+		t.Errorf("ejected endpoint got %d picks, want 0", got[bad.Addr])
+	}
+	now = now.Add(11 * time.Second)
+	if got := share(t, b, 20, func(string) time.Duration { return 0 }); got[bad.Addr] != 10 {
+		t.Errorf("after the ejection time, endpoint got %d of 20 picks, want 10", got[bad.Addr])
+	}
+	// All ejected: picking any beats failing every request.
+	for _, e := range b.Endpoints() {
+		for range 5 {
+			e.Start()(Result{Failed: true})
+		}
+	}
+	if _, err := b.Pick(); err != nil {
+		t.Errorf("Pick with every endpoint ejected = %v, want an endpoint", err)
+	}
+}
+
+func TestUpdateKeepsStateAndInFlight(t *testing.T) {
+	b := newTest(t, P2CPeakEWMA, 2)
+	kept, removed := b.Endpoints()[0], b.Endpoints()[1]
+	doneKept, doneRemoved := kept.Start(), removed.Start()
+	b.Update([]string{kept.Addr, "10.0.0.9:80"})
+	if b.Endpoints()[0] != kept || kept.InFlight() != 1 {
+		t.Errorf("an endpoint that stayed lost its state")
+	}
+	doneRemoved(Result{Latency: time.Millisecond}) // finishing after removal is fine
+	doneKept(Result{Latency: time.Millisecond})
+	b.Update(nil)
+	if _, err := b.Pick(); err != ErrNoEndpoints {
+		t.Errorf("Pick with no endpoints = %v, want ErrNoEndpoints", err)
+	}
+}
+
+func TestConcurrentPicksAndUpdates(t *testing.T) {
+	b := newTest(t, P2CPeakEWMA, 3)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 2000 {
+				e, err := b.Pick()
+				if err != nil {
+					continue
+				}
+				e.Start()(Result{Latency: time.Microsecond})
+			}
+		}()
+	}
+	for i := range 200 {
+		b.Update([]string{"10.0.0.1:80", fmt.Sprintf("10.0.1.%d:80", i%5)})
+	}
+	wg.Wait()
+}
+
+func TestUnknownPolicy(t *testing.T) {
+	if _, err := New("random", Outlier{}); err == nil {
+		t.Error(`New("random") succeeded, want an error naming the policies`)
+	}
+}
