@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole Trellis test suite, as CI runs it (.ci/run calls this script).
-# It installs what the suite needs when missing, then runs go vet,
+# It installs what the suite needs when missing, checks that generated code
+# is current, then runs go vet,
 # staticcheck, a short fuzz smoke run of each parser, and go test -race over
 # every package. Run it as root: the network-namespace tests skip, saying so,
 # without root.
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 STATICCHECK_VERSION="(0.8.2)"
 STATICCHECK_MODULE=honnef.co/go/tools/cmd/staticcheck@v0.8.2
+PROTOC_GEN_GO_MODULE=google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12 # = google.golang.org/protobuf in go.mod
 FUZZTIME=${FUZZTIME:-10s}
 
 log() { printf '\n== %s\n' "$*"; }
@@ -17,6 +19,7 @@ log() { printf '\n== %s\n' "$*"; }
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v getent >/dev/null || missing+=(libc-bin)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing ${missing[*]}: install them (apt-get install ${missing[*]}) or run this script as root" >&2
@@ -34,8 +37,20 @@ if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -qF "$STATICCHECK_VERSION"
   go install "$STATICCHECK_MODULE"
 fi
 
+if ! "$GOBIN/protoc-gen-go" --version 2>/dev/null | grep -qF "v1.36.12"; then
+  log "installing $PROTOC_GEN_GO_MODULE"
+  go install "$PROTOC_GEN_GO_MODULE"
+fi
+
 if [ "$(id -u)" -ne 0 ]; then
   echo "NOTE: not root: the network-namespace, nftables and end-to-end tests will skip. Run as root to run them." >&2
+fi
+
+log "generated code is current (go generate)"
+PATH="$GOBIN:$PATH" go generate ./...
+if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --exit-code --stat -- internal/meshpb; then
+  echo "internal/meshpb differs from what go generate makes: run go generate ./... and commit" >&2
+  exit 1
 fi
 
 log "go vet"

@@ -1,0 +1,140 @@
+// Package controlclient is the proxy's side of configuration: it delivers
+// validated ProxyConfigs (proto/trellis/v1) to the proxy and keeps serving
+// the last good one when a new one is bad or the source is away. Today the
+// source is a static file, watched for changes; the control plane's stream
+// will be a second source with the same contract.
+//
+// The proxy imports it; it must stay free of control-plane packages.
+package controlclient
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+)
+
+// Load reads and validates a ProxyConfig written as protobuf JSON.
+func Load(path string) (*meshpb.ProxyConfig, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load proxy config: %w", err)
+	}
+	return Decode(data, path)
+}
+
+// Decode parses and validates a ProxyConfig in protobuf JSON; name appears
+// in errors. Unknown fields are errors, so a typo does not pass silently.
+func Decode(data []byte, name string) (*meshpb.ProxyConfig, error) {
+	cfg := &meshpb.ProxyConfig{}
+	if err := protojson.Unmarshal(data, cfg); err != nil {
+		return nil, fmt.Errorf("%s: not a ProxyConfig in protobuf JSON: %w", name, err)
+	}
+	if err := Validate(cfg); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return cfg, nil
+}
+
+// Validate checks what the proxy relies on; errors name the field.
+func Validate(cfg *meshpb.ProxyConfig) error {
+	if cfg.GetVersion() == "" {
+		return errors.New("version is required")
+	}
+	if _, err := identity.Parse(cfg.GetWorkload().GetIdentity()); err != nil {
+		return fmt.Errorf("workload.identity: %w", err)
+	}
+	seen := map[string]bool{}
+	for i, s := range cfg.GetServices() {
+		f := fmt.Sprintf("services[%d]", i)
+		vip, err := netip.ParseAddr(s.GetVip())
+		if err != nil {
+			return fmt.Errorf("%s.vip %q is not an IP address", f, s.GetVip())
+		}
+		for j, p := range s.GetPorts() {
+			pf := fmt.Sprintf("%s.ports[%d]", f, j)
+			if p.GetPort() == 0 || p.GetPort() > 65535 {
+				return fmt.Errorf("%s.port %d is out of range 1-65535", pf, p.GetPort())
+			}
+			key := netip.AddrPortFrom(vip, uint16(p.GetPort())).String()
+			if seen[key] {
+				return fmt.Errorf("%s: %s is declared twice", pf, key)
+			}
+			seen[key] = true
+			for k, e := range p.GetEndpoints() {
+				ef := fmt.Sprintf("%s.endpoints[%d]", pf, k)
+				if _, err := netip.ParseAddr(e.GetAddress()); err != nil {
+					return fmt.Errorf("%s.address %q is not an IP address", ef, e.GetAddress())
+				}
+				if e.GetPort() == 0 || e.GetPort() > 65535 {
+					return fmt.Errorf("%s.port %d is out of range 1-65535", ef, e.GetPort())
+				}
+				if id := e.GetIdentity(); id != "" {
+					if _, err := identity.Parse(id); err != nil {
+						return fmt.Errorf("%s.identity: %w", ef, err)
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// FileSource watches a ProxyConfig file. Replacing the file (write and
+// rename, as config tools do) or rewriting it both count as changes.
+type FileSource struct {
+	Path string
+	// Interval between checks. Default 1 s.
+	Interval time.Duration
+	// OnUpdate receives each new valid config, on Run's goroutine.
+	OnUpdate func(*meshpb.ProxyConfig)
+	// OnError receives load and validation failures; the previous config
+	// stays in force. Optional.
+	OnError func(error)
+}
+
+// Run delivers the file's config now and after every change, until ctx is
+// done. It returns nil then.
+func (s *FileSource) Run(ctx context.Context) error {
+	interval := s.Interval
+	if interval <= 0 {
+		interval = time.Second
+	}
+	var last []byte
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		data, err := os.ReadFile(s.Path)
+		switch {
+		case err != nil:
+			s.fail(fmt.Errorf("load proxy config: %w", err))
+		case !bytes.Equal(data, last):
+			last = data
+			cfg, err := Decode(data, s.Path)
+			if err != nil {
+				s.fail(err)
+				break
+			}
+			s.OnUpdate(cfg)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+func (s *FileSource) fail(err error) {
+	if s.OnError != nil {
+		s.OnError(err)
+	}
+}

@@ -1,0 +1,106 @@
+package controlclient
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+)
+
+const good = `{
+  "version": "v1",
+  "workload": {"namespace": "web", "name": "client", "identity": "spiffe://cluster.local/ns/web/sa/default"},
+  "services": [{
+    "namespace": "db", "name": "alpha", "vip": "10.201.0.1", "loadBalancing": "LOAD_BALANCING_ROUND_ROBIN",
+    "ports": [{"port": 9080, "protocol": "PROTOCOL_GRPC", "name": "grpc",
+      "endpoints": [{"address": "10.200.0.5", "port": 9080, "identity": "spiffe://cluster.local/ns/db/sa/alpha"}]}]
+  }],
+  "inbound": {"mode": "MTLS_MODE_STRICT"}
+}`
+
+func TestDecode(t *testing.T) {
+	cfg, err := Decode([]byte(good), "cfg.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.GetServices()[0].GetPorts()[0]
+	if p.GetProtocol() != meshpb.Protocol_PROTOCOL_GRPC || p.GetEndpoints()[0].GetPort() != 9080 ||
+		cfg.GetInbound().GetMode() != meshpb.MTLSMode_MTLS_MODE_STRICT {
+		t.Errorf("decoded config = %v", cfg)
+	}
+	bad := []struct{ edit, want string }{
+		{`"version": "v1"`, `cfg.json: version is required`},
+		{`"vip": "10.201.0.1"`, `cfg.json: services[0].vip "10.201.0.300" is not an IP address`},
+		{`"address": "10.200.0.5", "port": 9080`, `cfg.json: services[0].ports[0].endpoints[0].port 0 is out of range`},
+		{`"identity": "spiffe://cluster.local/ns/db/sa/alpha"`, `cfg.json: services[0].ports[0].endpoints[0].identity: parse SPIFFE ID`},
+		{`"inbound"`, `cfg.json: not a ProxyConfig in protobuf JSON`},
+	}
+	replacements := map[string]string{
+		`"version": "v1"`:                                     `"version": ""`,
+		`"vip": "10.201.0.1"`:                                 `"vip": "10.201.0.300"`,
+		`"address": "10.200.0.5", "port": 9080`:               `"address": "10.200.0.5", "port": 0`,
+		`"identity": "spiffe://cluster.local/ns/db/sa/alpha"`: `"identity": "spiffe://cluster.local/ns//db"`,
+		`"inbound"`: `"inbund"`,
+	}
+	for _, b := range bad {
+		_, err := Decode([]byte(strings.Replace(good, b.edit, replacements[b.edit], 1)), "cfg.json")
+		if err == nil || !strings.Contains(err.Error(), b.want) {
+			t.Errorf("Decode(with %s) error = %v, want %q", replacements[b.edit], err, b.want)
+		}
+	}
+}
+
+func TestFileSourceKeepsLastGoodConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "proxy.json")
+	write := func(s string) {
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(good)
+	var mu sync.Mutex
+	var versions []string
+	var errs []error
+	src := &FileSource{Path: path, Interval: 10 * time.Millisecond,
+		OnUpdate: func(c *meshpb.ProxyConfig) { mu.Lock(); versions = append(versions, c.GetVersion()); mu.Unlock() },
+		OnError:  func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() },
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { src.Run(ctx); close(done) }()
+	wait := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			mu.Lock()
+			ok := cond()
+			mu.Unlock()
+			if ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s (versions %v, errors %v)", what, versions, errs)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	wait("the first config", func() bool { return len(versions) == 1 })
+	write(`{"version": "v2", "workload": {"identity": "not-an-id"}}`)
+	wait("the bad config's error", func() bool { return len(errs) == 1 })
+	write(strings.Replace(good, `"v1"`, `"v3"`, 1))
+	wait("the next good config", func() bool { return len(versions) == 2 })
+	cancel()
+	<-done
+	if versions[0] != "v1" || versions[1] != "v3" {
+		t.Errorf("delivered versions %v, want [v1 v3]: the bad v2 never delivered", versions)
+	}
+}
