@@ -1,7 +1,9 @@
 // Package proxy is the data plane of trellis-proxy: listeners, protocol
 // detection and forwarding of HTTP/1.1, HTTP/2, gRPC and TCP between apps
 // and sidecars. It is being built up piece by piece; today it holds protocol
-// detection for ports whose Service declares no protocol.
+// detection for ports whose Service declares no protocol, and the socket
+// side of transparent capture (original destination, the proxy's own
+// socket mark). internal/nft writes the capture rules.
 package proxy
 
 import (

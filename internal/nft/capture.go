@@ -1,0 +1,101 @@
+package nft
+
+import (
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// Capture is transparent interception inside one pod's network namespace,
+// the job istio-iptables does: the app's outbound TCP goes to the proxy's
+// outbound port and inbound TCP to its inbound port; the proxy reads the
+// original destination with SO_ORIGINAL_DST.
+type Capture struct {
+	OutboundPort uint16 // where outbound TCP is redirected (15001)
+	InboundPort  uint16 // where inbound TCP is redirected (15006)
+	// ProxyMark marks the proxy's own sockets: their traffic is never
+	// captured, or the proxy would capture itself. Must be non-zero.
+	ProxyMark uint32
+	// ProxyPorts are ports of the proxy reached directly from outside
+	// (health, metrics); they are not redirected inbound.
+	ProxyPorts []uint16
+	// ExcludeInbound and ExcludeOutbound are ports left alone, as Istio's
+	// excludeInboundPorts / excludeOutboundPorts annotations say.
+	ExcludeInbound, ExcludeOutbound []uint16
+}
+
+// ApplyCapture replaces table (in the pod's namespace) with c's rules, in
+// one transaction:
+//
+//	nat output:     proxy-marked -> return; to lo -> return; excluded dport -> return; tcp -> redirect :OutboundPort
+//	nat prerouting: proxy ports and excluded dports -> return; tcp -> redirect :InboundPort
+func ApplyCapture(table Table, c Capture) error {
+	if c.ProxyMark == 0 || c.OutboundPort == 0 || c.InboundPort == 0 {
+		return fmt.Errorf("capture: proxy mark, outbound and inbound ports must be set")
+	}
+	conn, err := table.conn()
+	if err != nil {
+		return err
+	}
+	t := &nftables.Table{Name: table.Name, Family: nftables.TableFamilyIPv4}
+	conn.AddTable(t)
+	conn.DelTable(t)
+	conn.AddTable(t)
+	b := &builder{c: conn, t: t}
+	ret := &expr.Verdict{Kind: expr.VerdictReturn}
+
+	out := b.chain("output", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest)
+	b.rule(out,
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(c.ProxyMark), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(c.ProxyMark)},
+		ret)
+	b.rule(out,
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("lo")},
+		ret)
+	for _, p := range c.ExcludeOutbound {
+		b.rule(out, append(tcpDport(p), ret)...)
+	}
+	b.rule(out, redirectTCP(c.OutboundPort)...)
+
+	pre := b.chain("prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest)
+	for _, p := range append(append([]uint16{c.InboundPort, c.OutboundPort}, c.ProxyPorts...), c.ExcludeInbound...) {
+		b.rule(pre, append(tcpDport(p), ret)...)
+	}
+	b.rule(pre, redirectTCP(c.InboundPort)...)
+
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("apply capture table %s: %w", table.Name, err)
+	}
+	return nil
+}
+
+func tcpDport(port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
+	}
+}
+
+func redirectTCP(port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
+		&expr.Redir{RegisterProtoMin: 1},
+	}
+}
+
+// ifname pads an interface name as the kernel compares it (IFNAMSIZ).
+func ifname(n string) []byte {
+	b := make([]byte, 16)
+	copy(b, n)
+	return b
+}

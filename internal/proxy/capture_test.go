@@ -1,0 +1,244 @@
+package proxy
+
+// Real-kernel test of transparent capture: two network namespaces joined by
+// a veth pair, capture rules in the "pod" one, and listeners on the proxy's
+// ports reading SO_ORIGINAL_DST. Needs root; skips without it.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/trellis-mesh/trellis/internal/nft"
+)
+
+const testMark = 0x539
+
+// inNS runs f on a fresh OS thread switched into ns; the thread is
+// discarded afterwards.
+func inNS(t *testing.T, ns netns.NsHandle, f func() error) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		errc <- f()
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// twoNamespaces makes "client" (10.97.0.1) and "pod" (10.97.0.2) joined by
+// a veth pair, each with lo up and a route to 10.98.0.0/24 (service VIPs)
+// via the other.
+func twoNamespaces(t *testing.T) (client, pod netns.NsHandle) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces, a veth pair and nftables rules")
+	}
+	newNS := func() netns.NsHandle {
+		var ns netns.NsHandle
+		errc := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread()
+			var err error
+			ns, err = netns.New()
+			errc <- err
+		}()
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ns.Close() })
+		return ns
+	}
+	client, pod = newNS(), newNS()
+	inNS(t, client, func() error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "c0"}, PeerName: "p0"}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return err
+		}
+		peer, err := netlink.LinkByName("p0")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetNsFd(peer, int(pod))
+	})
+	for _, side := range []struct {
+		ns       netns.NsHandle
+		link, ip string
+		gw       string
+	}{{client, "c0", "10.97.0.1/24", "10.97.0.2"}, {pod, "p0", "10.97.0.2/24", "10.97.0.1"}} {
+		inNS(t, side.ns, func() error {
+			for _, name := range []string{"lo", side.link} {
+				l, err := netlink.LinkByName(name)
+				if err != nil {
+					return err
+				}
+				if err := netlink.LinkSetUp(l); err != nil {
+					return err
+				}
+			}
+			l, _ := netlink.LinkByName(side.link)
+			addr, _ := netlink.ParseAddr(side.ip)
+			if err := netlink.AddrAdd(l, addr); err != nil {
+				return err
+			}
+			_, vips, _ := net.ParseCIDR("10.98.0.0/24")
+			return netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: vips, Gw: net.ParseIP(side.gw)})
+		})
+	}
+	return client, pod
+}
+
+// listen accepts on addr inside ns and reports each connection's original
+// destination, or "direct" when it was not redirected.
+func listen(t *testing.T, ns netns.NsHandle, addr string) <-chan string {
+	t.Helper()
+	var ln net.Listener
+	inNS(t, ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err })
+	t.Cleanup(func() { ln.Close() })
+	got := make(chan string, 10)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			dst, err := OriginalDst(c.(*net.TCPConn))
+			local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+			switch {
+			case errors.Is(err, ErrNotRedirected):
+				got <- "direct"
+			case err != nil:
+				got <- "error: " + err.Error()
+			case dst == netip.AddrPortFrom(local.Addr().Unmap(), local.Port()):
+				got <- "direct"
+			default:
+				got <- dst.String()
+			}
+			io.WriteString(c, "hi")
+			c.Close()
+		}
+	}()
+	return got
+}
+
+func dialFrom(t *testing.T, ns netns.NsHandle, addr string, d *net.Dialer) error {
+	t.Helper()
+	var derr error
+	inNS(t, ns, func() error {
+		d.Timeout = 2 * time.Second
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			derr = err
+			return nil
+		}
+		defer c.Close()
+		_, derr = io.ReadAll(c)
+		return nil
+	})
+	return derr
+}
+
+func expect(t *testing.T, ch <-chan string, want string) {
+	t.Helper()
+	select {
+	case got := <-ch:
+		if got != want {
+			t.Errorf("listener saw %q, want %q", got, want)
+		}
+	case <-time.After(2 * time.Second):
+		t.Errorf("listener saw nothing, want %q", want)
+	}
+}
+
+func TestTransparentCapture(t *testing.T) {
+	client, pod := twoNamespaces(t)
+	fd := int(pod)
+	err := nft.ApplyCapture(nft.Table{Name: "trellis-capture", NetNS: fd}, nft.Capture{
+		OutboundPort: 15001, InboundPort: 15006, ProxyMark: testMark,
+		ProxyPorts: []uint16{15021}, ExcludeInbound: []uint16{22}, ExcludeOutbound: []uint16{5432},
+	})
+	if err != nil {
+		t.Fatalf("ApplyCapture() = %v", err)
+	}
+	outbound := listen(t, pod, ":15001")
+	inbound := listen(t, pod, ":15006")
+	health := listen(t, pod, ":15021")
+	app := listen(t, pod, "127.0.0.1:8080")
+	excluded := listen(t, pod, ":22")
+	remote := listen(t, client, ":9080")
+	remoteDB := listen(t, client, ":5432")
+
+	t.Run("outbound from the app goes to 15001 with its destination", func(t *testing.T) {
+		if err := dialFrom(t, pod, "10.98.0.7:9080", &net.Dialer{}); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, outbound, "10.98.0.7:9080")
+	})
+	t.Run("the proxy's own marked connections are not captured", func(t *testing.T) {
+		if err := dialFrom(t, pod, "10.97.0.1:9080", MarkedDialer(testMark)); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, remote, "direct")
+	})
+	t.Run("excluded outbound port passes", func(t *testing.T) {
+		if err := dialFrom(t, pod, "10.97.0.1:5432", &net.Dialer{}); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, remoteDB, "direct")
+	})
+	t.Run("localhost inside the pod is not captured", func(t *testing.T) {
+		if err := dialFrom(t, pod, "127.0.0.1:8080", &net.Dialer{}); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, app, "direct")
+	})
+	t.Run("inbound to an app port goes to 15006 with the port", func(t *testing.T) {
+		if err := dialFrom(t, client, "10.97.0.2:8080", &net.Dialer{}); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, inbound, "10.97.0.2:8080")
+	})
+	t.Run("proxy ports and excluded inbound ports are reached directly", func(t *testing.T) {
+		for _, c := range []struct {
+			addr string
+			ch   <-chan string
+		}{{"10.97.0.2:15021", health}, {"10.97.0.2:22", excluded}} {
+			if err := dialFrom(t, client, c.addr, &net.Dialer{}); err != nil {
+				t.Fatal(err)
+			}
+			expect(t, c.ch, "direct")
+		}
+	})
+	t.Run("a connection that was not redirected has no original destination", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() { c, _ := net.Dial("tcp", ln.Addr().String()); time.Sleep(100 * time.Millisecond); c.Close() }()
+		c, _ := ln.Accept()
+		defer c.Close()
+		dst, err := OriginalDst(c.(*net.TCPConn))
+		if !errors.Is(err, ErrNotRedirected) && (err != nil || dst.String() != c.LocalAddr().String()) {
+			t.Errorf("OriginalDst(direct) = %s, %v; want the local address or ErrNotRedirected", dst, err)
+		}
+	})
+	if err := nft.ApplyCapture(nft.Table{Name: "x", NetNS: fd}, nft.Capture{}); fmt.Sprint(err) != "capture: proxy mark, outbound and inbound ports must be set" {
+		t.Errorf("ApplyCapture(zero) = %v", err)
+	}
+}
