@@ -159,6 +159,9 @@ type Endpoint struct {
 
 // Result is how a request to an endpoint ended.
 type Result struct {
+	// Latency of the request; zero means no sample (for example when it
+	// included opening a connection, which says nothing about the
+	// endpoint's speed).
 	Latency time.Duration
 	// Failed is true for a connection failure or a 5xx-class response: what
 	// counts toward ejection.
@@ -171,7 +174,9 @@ func (e *Endpoint) Start() func(Result) {
 	e.inflight.Add(1)
 	return func(r Result) {
 		e.inflight.Add(-1)
-		e.observe(r.Latency)
+		if r.Latency > 0 {
+			e.observe(r.Latency)
+		}
 		if !r.Failed {
 			e.failures.Store(0)
 			return
@@ -211,12 +216,18 @@ func (e *Endpoint) observe(lat time.Duration) {
 }
 
 // cost is what peak-EWMA minimises: latency times the load it would join.
+// The latency estimate decays toward zero while no sample arrives (as
+// tower's PeakEwma does), so an endpoint that had one slow response is
+// tried again instead of being starved forever.
 func (e *Endpoint) cost() float64 {
+	now := e.b.now()
 	e.ewmaMu.Lock()
 	lat := e.ewma
-	e.ewmaMu.Unlock()
-	if lat == 0 {
-		lat = float64(time.Millisecond) // unmeasured: assume fast, let load decide
+	if !e.ewmaTime.IsZero() {
+		lat *= decayWeight(now.Sub(e.ewmaTime))
 	}
+	e.ewmaMu.Unlock()
+	// An unmeasured endpoint costs only its load, so each new endpoint is
+	// tried (and measured) at once rather than losing every comparison.
 	return lat * float64(e.inflight.Load()+1)
 }

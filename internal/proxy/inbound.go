@@ -1,0 +1,256 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/meshtls"
+)
+
+// Inbound terminates connections to the workload: mutual TLS from other
+// sidecars (HTTP/2, whatever the caller's app spoke) and, in PERMISSIVE
+// mode, plaintext from outside the mesh. It hands each request to the app
+// on localhost in the app's own protocol: gRPC over HTTP/2 cleartext,
+// everything else over HTTP/1.1.
+type Inbound struct {
+	store       *meshtls.Store
+	trustDomain string
+	policy      atomic.Pointer[meshpb.InboundPolicy]
+
+	h2     *http2.Server
+	h1     *http.Server // serves plaintext HTTP/1.1 conns handed to it
+	toApp1 *http.Transport
+	toApp2 *http2.Transport // h2c to the app, for gRPC
+	proxy  *httputil.ReverseProxy
+	plain  *connListener
+}
+
+// NewInbound accepts peers of trustDomain presenting certificates that
+// verify against store's bundle.
+func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
+	in := &Inbound{store: store, trustDomain: trustDomain}
+	in.policy.Store(&meshpb.InboundPolicy{})
+	in.h2 = &http2.Server{
+		MaxConcurrentStreams:         100,
+		MaxReadFrameSize:             1 << 20,
+		IdleTimeout:                  5 * time.Minute,
+		MaxUploadBufferPerConnection: 1 << 20,
+		MaxUploadBufferPerStream:     64 << 10,
+	}
+	in.toApp1 = &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       time.Minute,
+		ResponseHeaderTimeout: 15 * time.Second,
+	}
+	in.toApp2 = &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+	}
+	in.proxy = &httputil.ReverseProxy{
+		Rewrite:       func(*httputil.ProxyRequest) {},
+		Transport:     roundTripperFunc(in.toApp),
+		FlushInterval: -1,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			slog.Warn("inbound request failed", "path", r.URL.Path, "err", err)
+			w.Header().Set("X-Trellis-Response-Flags", "UF")
+			http.Error(w, "trellis proxy: the app did not answer: "+err.Error(), http.StatusServiceUnavailable)
+		},
+	}
+	in.plain = newConnListener()
+	in.h1 = &http.Server{
+		Handler:           in,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, appPortKey{}, c.(*portConn).port)
+		},
+	}
+	go func() { _ = in.h1.Serve(in.plain) }()
+	return in
+}
+
+// Close stops serving plaintext connections handed to the inbound side.
+func (in *Inbound) Close() error { return in.h1.Close() }
+
+// SetPolicy installs the PeerAuthentication in force.
+func (in *Inbound) SetPolicy(p *meshpb.InboundPolicy) {
+	if p == nil {
+		p = &meshpb.InboundPolicy{}
+	}
+	in.policy.Store(p)
+}
+
+type appPortKey struct{}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// HandleConn serves one accepted connection meant for the app's appPort.
+// It returns when the connection is done.
+func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
+	br := bufio.NewReader(c)
+	p, err := Sniff(c, br, 100*time.Millisecond)
+	if err != nil {
+		c.Close()
+		return
+	}
+	conn := &peekedConn{Conn: c, r: br}
+	if p == TLS {
+		in.serveMTLS(conn, appPort)
+		return
+	}
+	if in.strict(appPort) {
+		slog.Info("refused plaintext connection: STRICT mutual TLS", "from", c.RemoteAddr(), "port", appPort)
+		c.Close()
+		return
+	}
+	if p == HTTP1 {
+		in.plain.push(&portConn{Conn: conn, port: appPort})
+		return
+	}
+	in.tunnel(conn, appPort)
+}
+
+func (in *Inbound) strict(port uint16) bool {
+	pol := in.policy.Load()
+	mode, ok := pol.GetPortModes()[uint32(port)]
+	if !ok {
+		mode = pol.GetMode()
+	}
+	return mode == meshpb.MTLSMode_MTLS_MODE_STRICT
+}
+
+func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
+	cfg := meshtls.ServerConfig(in.store, meshtls.MemberOf(in.trustDomain))
+	cfg.NextProtos = []string{"h2", alpnTCP}
+	tc := tls.Server(c, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		slog.Info("refused mTLS peer", "from", c.RemoteAddr(), "err", err)
+		c.Close()
+		return
+	}
+	if tc.ConnectionState().NegotiatedProtocol == alpnTCP {
+		in.tunnel(tc, appPort)
+		return
+	}
+	base := context.WithValue(context.Background(), appPortKey{}, appPort)
+	in.h2.ServeConn(tc, &http2.ServeConnOpts{Context: base, Handler: in})
+}
+
+// ServeHTTP forwards one inbound request to the app.
+func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	in.proxy.ServeHTTP(w, r)
+}
+
+func (in *Inbound) toApp(req *http.Request) (*http.Response, error) {
+	port, _ := req.Context().Value(appPortKey{}).(uint16)
+	req.URL.Scheme = "http"
+	req.URL.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	if req.ProtoMajor == 2 && strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc") {
+		return in.toApp2.RoundTrip(req)
+	}
+	return in.toApp1.RoundTrip(req)
+}
+
+// tunnel copies an opaque plaintext connection to the app.
+func (in *Inbound) tunnel(c net.Conn, appPort uint16) {
+	defer c.Close()
+	app, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(appPort))), 5*time.Second)
+	if err != nil {
+		slog.Warn("inbound TCP: app unreachable", "port", appPort, "err", err)
+		return
+	}
+	defer app.Close()
+	pipe(c, app)
+}
+
+// pipe copies both ways until both directions are done, half-closing each
+// side when its source ends.
+func pipe(a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	cp := func(dst, src net.Conn) {
+		_, _ = io.Copy(dst, src)
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		}
+		done <- struct{}{}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	<-done
+	<-done
+}
+
+// peekedConn is a connection whose first bytes were read into r by Sniff.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+// portConn remembers which app port a plaintext connection was meant for.
+type portConn struct {
+	net.Conn
+	port uint16
+}
+
+// connListener is a net.Listener fed by HandleConn, so one http.Server can
+// serve connections accepted elsewhere.
+type connListener struct {
+	conns  chan net.Conn
+	closed chan struct{}
+	once   atomic.Bool
+}
+
+func newConnListener() *connListener {
+	return &connListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *connListener) push(c net.Conn) {
+	select {
+	case l.conns <- c:
+	case <-l.closed:
+		c.Close()
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	if !l.once.Swap(true) {
+		close(l.closed)
+	}
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return &net.TCPAddr{} }

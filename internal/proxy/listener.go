@@ -1,0 +1,149 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/meshtls"
+)
+
+// alpnTCP is the ALPN protocol of opaque TCP tunnelled between sidecars.
+const alpnTCP = "trellis-tcp/1"
+
+// OutboundServer accepts the app's outbound connections (captured, or on an
+// explicit listener), detects their protocol and hands HTTP to Outbound's
+// per-request balancing and opaque TCP to a per-connection tunnel.
+// Destinations outside the mesh pass through unchanged.
+type OutboundServer struct {
+	out   *Outbound
+	store *meshtls.Store
+	dial  *net.Dialer
+	http  *http.Server
+	conns *connListener
+	// SniffWait bounds how long an undeclared port waits for the client's
+	// first bytes before treating it as server-first TCP.
+	SniffWait time.Duration
+}
+
+type connDst struct {
+	net.Conn
+	dst netip.AddrPort
+}
+
+// NewOutboundServer serves out's routes; dial carries the proxy's mark.
+func NewOutboundServer(out *Outbound, store *meshtls.Store, dial *net.Dialer) *OutboundServer {
+	s := &OutboundServer{out: out, store: store, dial: dial, conns: newConnListener(), SniffWait: 100 * time.Millisecond}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true) // only from the app in our own pod
+	s.http = &http.Server{
+		Handler:           out,
+		Protocols:         protocols,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 100, MaxReadFrameSize: 1 << 20},
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return WithDestination(ctx, c.(*connDst).dst)
+		},
+	}
+	go func() { _ = s.http.Serve(s.conns) }()
+	return s
+}
+
+// Close stops the HTTP side; tunnels end with their connections.
+func (s *OutboundServer) Close() error { return s.http.Close() }
+
+// ServeExplicit accepts on ln and sends everything to dst: the explicit
+// mode, where the app calls a localhost port instead of the service.
+func (s *OutboundServer) ServeExplicit(ln net.Listener, dst netip.AddrPort) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		go s.HandleConn(c, dst)
+	}
+}
+
+// HandleConn routes one outbound connection headed for dst.
+func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
+	r, ok := s.out.lookup(dst)
+	if !ok {
+		s.passthrough(c, dst)
+		return
+	}
+	// Declared ports skip detection: no delay at all.
+	switch r.protocol {
+	case meshpb.Protocol_PROTOCOL_TCP:
+		s.tunnel(c, dst)
+		return
+	case meshpb.Protocol_PROTOCOL_HTTP, meshpb.Protocol_PROTOCOL_HTTP2, meshpb.Protocol_PROTOCOL_GRPC:
+		s.conns.push(&connDst{Conn: c, dst: dst}) // the server tells HTTP/1.1 from h2c itself
+		return
+	}
+	br := bufio.NewReader(c)
+	p, err := Sniff(c, br, s.SniffWait)
+	if err != nil {
+		c.Close()
+		return
+	}
+	conn := &connDst{Conn: &peekedConn{Conn: c, r: br}, dst: dst}
+	if p == HTTP1 || p == HTTP2 {
+		s.conns.push(conn)
+		return
+	}
+	s.tunnel(conn, dst)
+}
+
+// passthrough connects the app to a destination outside the mesh as if the
+// proxy were not there.
+func (s *OutboundServer) passthrough(c net.Conn, dst netip.AddrPort) {
+	defer c.Close()
+	up, err := s.dial.Dial("tcp", dst.String())
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	pipe(c, up)
+}
+
+// tunnel balances one opaque TCP connection to an endpoint, over mTLS to
+// its sidecar when it has one.
+func (s *OutboundServer) tunnel(c net.Conn, dst netip.AddrPort) {
+	defer c.Close()
+	rt := s.out.routes.Load()
+	r := rt.byVIP[dst]
+	ep, err := r.bal.Pick()
+	if err != nil {
+		slog.Warn("TCP: no healthy upstream", "service", r.service)
+		return
+	}
+	done := ep.Start()
+	start := time.Now()
+	var up net.Conn
+	if want, meshed := rt.identities[ep.Addr]; meshed {
+		cfg := meshtls.ClientConfig(s.store, meshtls.Exactly(want))
+		cfg.NextProtos = []string{alpnTCP}
+		up, err = (&tlsDialer{net: s.dial, cfg: cfg}).dial(ep.Addr)
+	} else {
+		up, err = s.dial.Dial("tcp", ep.Addr)
+	}
+	done(resultOf(start, err))
+	if err != nil {
+		slog.Warn("TCP: upstream connect failed", "service", r.service, "endpoint", ep.Addr, "err", err)
+		return
+	}
+	defer up.Close()
+	pipe(c, up)
+}

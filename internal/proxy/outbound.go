@@ -1,0 +1,246 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/http/httputil"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/trellis-mesh/trellis/internal/balancer"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/meshtls"
+)
+
+// Outbound forwards the app's HTTP requests to a service's endpoints,
+// balancing every request (not every connection) and carrying it to the
+// endpoint's sidecar over pooled, multiplexed HTTP/2 with mutual TLS.
+// Endpoints without a sidecar get plaintext HTTP/1.1. Safe for concurrent
+// use; Update swaps the routing table atomically.
+type Outbound struct {
+	store *meshtls.Store
+	dial  *net.Dialer // carries the proxy's socket mark
+
+	routes atomic.Pointer[routeTable]
+
+	mu        sync.Mutex                         // serialises Update
+	balancers map[balancerKey]*balancer.Balancer // guarded by mu: kept across updates
+
+	mesh  *http2.Transport // mTLS h2 to sidecars, one pool per endpoint
+	plain *http.Transport  // to endpoints outside the mesh
+	proxy *httputil.ReverseProxy
+}
+
+// balancerKey identifies a balancer that may outlive a config: the same
+// service port under the same policy.
+type balancerKey struct {
+	dst    netip.AddrPort
+	policy balancer.Policy
+}
+
+// routeTable is one config's routes, immutable once built.
+type routeTable struct {
+	byVIP      map[netip.AddrPort]*route
+	identities map[string]identity.ID // endpoint "ip:port" -> expected identity
+}
+
+// route is one service port.
+type route struct {
+	service  string // "name.namespace", for errors and telemetry
+	protocol meshpb.Protocol
+	bal      *balancer.Balancer
+}
+
+// NewOutbound returns an outbound forwarder that presents store's SVID and
+// dials with d (which should set the proxy's socket mark).
+func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
+	o := &Outbound{store: store, dial: d, balancers: map[balancerKey]*balancer.Balancer{}}
+	o.routes.Store(&routeTable{byVIP: map[netip.AddrPort]*route{}, identities: map[string]identity.ID{}})
+	o.mesh = &http2.Transport{
+		DialTLSContext: o.dialMesh,
+		// Keep upstream connections healthy and bounded.
+		ReadIdleTimeout: 30 * time.Second,
+		PingTimeout:     5 * time.Second,
+	}
+	o.plain = &http.Transport{
+		DialContext:           d.DialContext,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       time.Hour,
+		ResponseHeaderTimeout: 15 * time.Second,
+	}
+	o.proxy = &httputil.ReverseProxy{
+		Rewrite:       func(*httputil.ProxyRequest) {}, // RoundTrip sets the endpoint
+		Transport:     o,
+		FlushInterval: -1, // stream responses as they come (gRPC)
+		ErrorHandler:  o.fail,
+	}
+	return o
+}
+
+// Update installs cfg's services. Balancers of service ports that stay keep
+// their statistics; in-flight requests finish on the endpoints they had.
+func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	t := &routeTable{byVIP: map[netip.AddrPort]*route{}, identities: map[string]identity.ID{}}
+	keep := map[balancerKey]*balancer.Balancer{}
+	for _, s := range cfg.GetServices() {
+		vip, err := netip.ParseAddr(s.GetVip())
+		if err != nil {
+			continue // Validate refused it already
+		}
+		for _, p := range s.GetPorts() {
+			dst := netip.AddrPortFrom(vip, uint16(p.GetPort()))
+			key := balancerKey{dst, lbPolicy(s.GetLoadBalancing())}
+			b := o.balancers[key]
+			if b == nil {
+				b, _ = balancer.New(key.policy, balancer.Outlier{})
+			}
+			var addrs []string
+			for _, e := range p.GetEndpoints() {
+				addr := net.JoinHostPort(e.GetAddress(), fmt.Sprint(e.GetPort()))
+				addrs = append(addrs, addr)
+				if id, err := identity.Parse(e.GetIdentity()); err == nil {
+					t.identities[addr] = id
+				}
+			}
+			b.Update(addrs)
+			keep[key] = b
+			t.byVIP[dst] = &route{service: s.GetName() + "." + s.GetNamespace(), protocol: p.GetProtocol(), bal: b}
+		}
+	}
+	o.balancers = keep
+	o.routes.Store(t)
+}
+
+func lbPolicy(lb meshpb.LoadBalancing) balancer.Policy {
+	switch lb {
+	case meshpb.LoadBalancing_LOAD_BALANCING_LEAST_REQUEST:
+		return balancer.LeastRequest
+	case meshpb.LoadBalancing_LOAD_BALANCING_ROUND_ROBIN:
+		return balancer.RoundRobin
+	}
+	return balancer.P2CPeakEWMA
+}
+
+// lookup returns the route of a service port of the current config.
+func (o *Outbound) lookup(dst netip.AddrPort) (*route, bool) {
+	r, ok := o.routes.Load().byVIP[dst]
+	return r, ok
+}
+
+type dstKey struct{}
+
+// WithDestination records the service address a request was sent to, as
+// the listener learned it (SO_ORIGINAL_DST, or an explicit listener's
+// upstream). ServeHTTP routes on it.
+func WithDestination(ctx context.Context, dst netip.AddrPort) context.Context {
+	return context.WithValue(ctx, dstKey{}, dst)
+}
+
+// ServeHTTP forwards one request from the app.
+func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	o.proxy.ServeHTTP(w, r)
+}
+
+// RoundTrip picks an endpoint for this request and sends it there. It is
+// the ReverseProxy's transport.
+func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
+	dst, _ := req.Context().Value(dstKey{}).(netip.AddrPort)
+	rt := o.routes.Load()
+	r, ok := rt.byVIP[dst]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s is not a service this proxy knows", errNoRoute, dst)
+	}
+	ep, err := r.bal.Pick()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", r.service, err)
+	}
+	done := ep.Start()
+	start := time.Now()
+	// A request that had to open a connection carries the handshake in its
+	// latency: keep it out of the endpoint's latency estimate.
+	var reused atomic.Bool
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) { reused.Store(info.Reused) },
+	}))
+	req.URL.Host = ep.Addr
+	var resp *http.Response
+	if _, meshed := rt.identities[ep.Addr]; meshed {
+		req.URL.Scheme = "https"
+		resp, err = o.mesh.RoundTrip(req)
+	} else {
+		req.URL.Scheme = "http"
+		resp, err = o.plain.RoundTrip(req)
+	}
+	res := balancer.Result{Failed: err != nil || resp.StatusCode >= 500}
+	if reused.Load() {
+		res.Latency = time.Since(start)
+	}
+	done(res)
+	if err != nil {
+		return nil, fmt.Errorf("%s: endpoint %s: %w", r.service, ep.Addr, err)
+	}
+	return resp, nil
+}
+
+var errNoRoute = errors.New("no route")
+
+// dialMesh opens an mTLS connection to an endpoint's sidecar, requiring the
+// identity the config names for that endpoint.
+func (o *Outbound) dialMesh(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+	want, ok := o.routes.Load().identities[addr]
+	if !ok {
+		return nil, fmt.Errorf("dial %s: endpoint left the config", addr)
+	}
+	cfg := meshtls.ClientConfig(o.store, meshtls.Exactly(want))
+	cfg.NextProtos = []string{"h2"}
+	d := &tls.Dialer{NetDialer: o.dial, Config: cfg}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return d.DialContext(dctx, network, addr)
+}
+
+// fail answers a request the proxy could not forward, saying why.
+func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
+	code, flag := http.StatusServiceUnavailable, "UF" // upstream connection failure
+	switch {
+	case errors.Is(err, balancer.ErrNoEndpoints):
+		flag = "UH" // no healthy upstream
+	case errors.Is(err, errNoRoute):
+		code, flag = http.StatusNotFound, "NR"
+	case errors.Is(err, context.DeadlineExceeded):
+		code, flag = http.StatusGatewayTimeout, "UT"
+	}
+	slog.Warn("request failed in the proxy", "path", r.URL.Path, "flags", flag, "err", err)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Trellis-Response-Flags", flag)
+	w.WriteHeader(code)
+	fmt.Fprintf(w, "trellis proxy: %v\n", err)
+}
+
+type tlsDialer struct {
+	net *net.Dialer
+	cfg *tls.Config
+}
+
+func (d *tlsDialer) dial(addr string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return (&tls.Dialer{NetDialer: d.net, Config: d.cfg}).DialContext(ctx, "tcp", addr)
+}
+
+func resultOf(start time.Time, err error) balancer.Result {
+	return balancer.Result{Latency: time.Since(start), Failed: err != nil}
+}
