@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -11,10 +12,9 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/net/http2"
 
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
@@ -30,38 +30,33 @@ type Inbound struct {
 	trustDomain string
 	policy      atomic.Pointer[meshpb.InboundPolicy]
 
-	h2     *http2.Server
+	mtls   *http.Server // serves handshaken mTLS conns (HTTP/2) handed to it
 	h1     *http.Server // serves plaintext HTTP/1.1 conns handed to it
 	toApp1 *http.Transport
-	toApp2 *http2.Transport // h2c to the app, for gRPC
+	toApp2 *http.Transport // h2c to the app, for gRPC
 	proxy  *httputil.ReverseProxy
-	plain  *connListener
+
+	mtlsConns, plainConns *connListener
+	ports                 sync.Map // *tls.Conn -> app port, until its server picks it up
 }
 
 // NewInbound accepts peers of trustDomain presenting certificates that
 // verify against store's bundle.
 func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
-	in := &Inbound{store: store, trustDomain: trustDomain}
+	in := &Inbound{store: store, trustDomain: trustDomain, mtlsConns: newConnListener(), plainConns: newConnListener()}
 	in.policy.Store(&meshpb.InboundPolicy{})
-	in.h2 = &http2.Server{
-		MaxConcurrentStreams:         100,
-		MaxReadFrameSize:             1 << 20,
-		IdleTimeout:                  5 * time.Minute,
-		MaxUploadBufferPerConnection: 1 << 20,
-		MaxUploadBufferPerStream:     64 << 10,
-	}
 	in.toApp1 = &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       time.Minute,
 		ResponseHeaderTimeout: 15 * time.Second,
 	}
-	in.toApp2 = &http2.Transport{
-		AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
-		},
+	h2c := new(http.Protocols)
+	h2c.SetUnencryptedHTTP2(true)
+	in.toApp2 = &http.Transport{
+		DialContext:     (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		Protocols:       h2c,
+		IdleConnTimeout: time.Minute,
 	}
 	in.proxy = &httputil.ReverseProxy{
 		Rewrite:       func(*httputil.ProxyRequest) {},
@@ -73,22 +68,43 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 			http.Error(w, "trellis proxy: the app did not answer: "+err.Error(), http.StatusServiceUnavailable)
 		},
 	}
-	in.plain = newConnListener()
-	in.h1 = &http.Server{
-		Handler:           in,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, appPortKey{}, c.(*portConn).port)
-		},
-	}
-	go func() { _ = in.h1.Serve(in.plain) }()
+	in.mtls = in.server(func(c net.Conn) uint16 {
+		port, _ := in.ports.LoadAndDelete(c)
+		p, _ := port.(uint16)
+		return p
+	})
+	in.h1 = in.server(func(c net.Conn) uint16 { return c.(*portConn).port })
+	go func() { _ = in.mtls.Serve(in.mtlsConns) }()
+	go func() { _ = in.h1.Serve(in.plainConns) }()
 	return in
 }
 
-// Close stops serving plaintext connections handed to the inbound side.
-func (in *Inbound) Close() error { return in.h1.Close() }
+// server builds an inbound HTTP server whose requests carry the app port
+// portOf finds for their connection.
+func (in *Inbound) server(portOf func(net.Conn) uint16) *http.Server {
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetHTTP2(true) // over TLS only: never h2c from outside the pod
+	return &http.Server{
+		Handler:           in,
+		Protocols:         protocols,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          100,
+			MaxReadFrameSize:              1 << 20,
+			MaxReceiveBufferPerConnection: 1 << 20,
+			MaxReceiveBufferPerStream:     64 << 10,
+		},
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, appPortKey{}, portOf(c))
+		},
+	}
+}
+
+// Close stops serving connections handed to the inbound side.
+func (in *Inbound) Close() error { return errors.Join(in.mtls.Close(), in.h1.Close()) }
 
 // SetPolicy installs the PeerAuthentication in force.
 func (in *Inbound) SetPolicy(p *meshpb.InboundPolicy) {
@@ -124,7 +140,7 @@ func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 		return
 	}
 	if p == HTTP1 {
-		in.plain.push(&portConn{Conn: conn, port: appPort})
+		in.plainConns.push(&portConn{Conn: conn, port: appPort})
 		return
 	}
 	in.tunnel(conn, appPort)
@@ -155,8 +171,8 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 		in.tunnel(tc, appPort)
 		return
 	}
-	base := context.WithValue(context.Background(), appPortKey{}, appPort)
-	in.h2.ServeConn(tc, &http2.ServeConnOpts{Context: base, Handler: in})
+	in.ports.Store(tc, appPort)
+	in.mtlsConns.push(tc)
 }
 
 // ServeHTTP forwards one inbound request to the app.

@@ -15,8 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/trellis-mesh/trellis/internal/balancer"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
@@ -37,8 +35,8 @@ type Outbound struct {
 	mu        sync.Mutex                         // serialises Update
 	balancers map[balancerKey]*balancer.Balancer // guarded by mu: kept across updates
 
-	mesh  *http2.Transport // mTLS h2 to sidecars, one pool per endpoint
-	plain *http.Transport  // to endpoints outside the mesh
+	mesh  *http.Transport // mTLS h2 to sidecars, one pool per endpoint
+	plain *http.Transport // to endpoints outside the mesh
 	proxy *httputil.ReverseProxy
 }
 
@@ -67,11 +65,15 @@ type route struct {
 func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 	o := &Outbound{store: store, dial: d, balancers: map[balancerKey]*balancer.Balancer{}}
 	o.routes.Store(&routeTable{byVIP: map[netip.AddrPort]*route{}, identities: map[string]identity.ID{}})
-	o.mesh = &http2.Transport{
-		DialTLSContext: o.dialMesh,
-		// Keep upstream connections healthy and bounded.
-		ReadIdleTimeout: 30 * time.Second,
-		PingTimeout:     5 * time.Second,
+	h2only := new(http.Protocols)
+	h2only.SetHTTP2(true)
+	o.mesh = &http.Transport{
+		DialTLSContext:    o.dialMesh,
+		Protocols:         h2only,
+		ForceAttemptHTTP2: true,
+		IdleConnTimeout:   time.Hour,
+		// Keep pooled upstream connections checked.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 5 * time.Second},
 	}
 	o.plain = &http.Transport{
 		DialContext:           d.DialContext,
@@ -199,7 +201,7 @@ var errNoRoute = errors.New("no route")
 
 // dialMesh opens an mTLS connection to an endpoint's sidecar, requiring the
 // identity the config names for that endpoint.
-func (o *Outbound) dialMesh(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+func (o *Outbound) dialMesh(ctx context.Context, network, addr string) (net.Conn, error) {
 	want, ok := o.routes.Load().identities[addr]
 	if !ok {
 		return nil, fmt.Errorf("dial %s: endpoint left the config", addr)
