@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/trellis-mesh/trellis/internal/safehttp"
 )
 
 // newExampleCmd holds the example workloads the manifests under examples/
@@ -41,14 +43,7 @@ func runHelloServer(ctx context.Context, o *options, addr string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintf(w, "hello from %s\n", name) })
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-	}
+	srv := safehttp.Server(mux)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err

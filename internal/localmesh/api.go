@@ -16,6 +16,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/manifest"
+	"github.com/trellis-mesh/trellis/internal/safehttp"
 )
 
 // The API a running mesh serves on the state directory's Unix socket (mode
@@ -121,14 +122,7 @@ func (r *Runtime) serveAPI() (*apiServer, error) {
 		writeJSON(w, http.StatusAccepted, struct{}{})
 		r.Shutdown()
 	})
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-	}
+	srv := safehttp.Server(mux)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			slog.Error("API server", "err", err)

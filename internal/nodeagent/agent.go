@@ -26,6 +26,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/netpolicy"
 	"github.com/trellis-mesh/trellis/internal/nft"
+	"github.com/trellis-mesh/trellis/internal/safehttp"
 )
 
 // Snapshot is one version of the mesh state the agent enforces.
@@ -236,14 +237,7 @@ func (a *Agent) serveMetrics() (*http.Server, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-	}
+	srv := safehttp.Server(mux)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			slog.Error("metrics server", "err", err)
