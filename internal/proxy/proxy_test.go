@@ -5,6 +5,7 @@ package proxy
 // request by request, over three endpoints' inbound proxies.
 
 import (
+	"bufio"
 	"context"
 	"crypto/x509"
 	"fmt"
@@ -189,16 +190,28 @@ func TestPerRequestBalancingOverOneConnection(t *testing.T) {
 				}
 			}
 			t.Run("HTTP/1.1 keep-alive", func(t *testing.T) {
-				var conns atomic.Int32
-				tr := &http.Transport{MaxConnsPerHost: 1, DialContext: func(ctx context.Context, n, a string) (net.Conn, error) {
-					conns.Add(1)
-					return (&net.Dialer{}).DialContext(ctx, n, a)
-				}}
-				defer tr.CloseIdleConnections()
-				check(t, spread(t, &http.Client{Transport: tr}, "http://"+m.appAddr+"/", 3000, 1))
-				if conns.Load() != 1 {
-					t.Errorf("the app opened %d connections, want 1", conns.Load())
+				// One raw connection, requests one after another: exactly
+				// what a keep-alive client does, with no pool to reconnect.
+				c, err := net.Dial("tcp", m.appAddr)
+				if err != nil {
+					t.Fatal(err)
 				}
+				defer c.Close()
+				br := bufio.NewReader(c)
+				got := map[string]int{}
+				for i := 0; i < 3000; i++ {
+					if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: alpha.db\r\n\r\n"); err != nil {
+						t.Fatalf("request %d: %v", i, err)
+					}
+					resp, err := http.ReadResponse(br, nil)
+					if err != nil {
+						t.Fatalf("response %d: %v (the proxy closed the app's connection?)", i, err)
+					}
+					body, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					got[string(body)]++
+				}
+				check(t, got)
 			})
 			t.Run("HTTP/2 prior knowledge", func(t *testing.T) {
 				var conns atomic.Int32
