@@ -38,7 +38,7 @@ func New(stateDir string) *cobra.Command {
 	root.PersistentFlags().StringVar(&o.stateDir, "state-dir", stateDir, "directory holding the mesh's lock, ledger, API socket and logs")
 	root.AddCommand(
 		newUpCmd(o), newDownCmd(o), newApplyCmd(o), newDeleteCmd(o),
-		newGetCmd(o), newExecCmd(o), newLogsCmd(o), newExampleCmd(o), newNodeAgentCmd(o),
+		newGetCmd(o), newExecCmd(o), newLogsCmd(o), newExampleCmd(o), newNodeAgentCmd(o), newProxyCmd(),
 	)
 	return root
 }

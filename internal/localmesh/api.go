@@ -57,6 +57,7 @@ type PodStatus struct {
 	Labels     map[string]string `json:"labels,omitempty"`
 	IP         string            `json:"ip"`
 	Netns      string            `json:"netns"`
+	HostLink   string            `json:"hostLink"` // host side of the pod's veth
 	Ready      bool              `json:"ready"`
 	Phase      string            `json:"phase"`
 	Created    time.Time         `json:"created"`
@@ -182,7 +183,7 @@ func (r *Runtime) Pods() []PodStatus {
 	out := []PodStatus{}
 	for _, p := range r.pods {
 		ps := PodStatus{Namespace: p.obj.Namespace, Name: p.obj.Name, Labels: p.obj.Labels,
-			IP: p.ip.String(), Netns: p.net.Netns, Ready: p.ready(), Created: p.created}
+			IP: p.ip.String(), Netns: p.net.Netns, HostLink: p.net.HostLink, Ready: p.ready(), Created: p.created}
 		for _, c := range p.containers {
 			ps.Containers = append(ps.Containers, c.status())
 		}

@@ -16,13 +16,15 @@ import (
 
 // pod is one running pod: its network and its supervised containers.
 type pod struct {
-	obj        *catalog.Pod
-	hash       string // template hash, for pods of a Deployment
-	ip         netip.Addr
-	net        podNet
-	created    time.Time
-	containers []*container
-	hostsFile  string // last content written
+	obj         *catalog.Pod
+	hash        string // template hash, for pods of a Deployment
+	ip          netip.Addr
+	net         podNet
+	created     time.Time
+	containers  []*container
+	hostsFile   string // last content written
+	proxyConfig string // last sidecar config written; "" without a sidecar
+	injected    bool
 
 	cancel      context.CancelFunc
 	wg          sync.WaitGroup // the containers' goroutines
@@ -90,9 +92,20 @@ func (r *Runtime) startPodLocked(obj *catalog.Pod, hash string) (p *pod, err err
 	if err := os.MkdirAll(logs, 0o700); err != nil {
 		return p, fmt.Errorf("pod %s: log directory: %w", p.key(), err)
 	}
+	specs := obj.Spec.Containers
+	if p.injected = r.injectedLocked(obj); p.injected {
+		if err := setUpCapture(netnsName, obj.Annotations); err != nil {
+			return p, fmt.Errorf("pod %s: %w", p.key(), err)
+		}
+		sidecar, err := r.prepareSidecarLocked(p)
+		if err != nil {
+			return p, fmt.Errorf("pod %s: sidecar: %w", p.key(), err)
+		}
+		specs = append(append([]catalog.Container(nil), specs...), sidecar)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
-	for _, spec := range obj.Spec.Containers {
+	for _, spec := range specs {
 		c := &container{
 			spec: spec, podName: p.key(), netns: netnsName, podIP: ip.String(),
 			env:     r.containerEnvLocked(obj, ip, spec),
@@ -127,6 +140,7 @@ func (r *Runtime) stopPodAsync(p *pod) {
 		}
 		r.mu.Unlock()
 		_ = os.RemoveAll(filepath.Join(r.cfg.StateDir, logDir, p.obj.Namespace, p.obj.Name))
+		_ = os.RemoveAll(r.podFiles(p.obj))
 		slog.Info("pod stopped", "pod", p.key())
 		select {
 		case r.stopped <- struct{}{}:

@@ -50,6 +50,11 @@ func (r *Runtime) reconcile() {
 		if err := r.writeHostsLocked(p); err != nil {
 			slog.Warn("write hosts file", "pod", p.key(), "err", err)
 		}
+		if p.injected && !p.terminating.Load() {
+			if err := r.writeProxyConfigLocked(p); err != nil {
+				slog.Warn("write proxy config", "pod", p.key(), "err", err)
+			}
+		}
 	}
 	r.syncServiceTableLocked()
 	r.updatePolicyInputLocked()

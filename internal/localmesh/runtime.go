@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/manifest"
 	"github.com/trellis-mesh/trellis/internal/netpolicy"
@@ -57,6 +58,8 @@ type Config struct {
 	// it doubles up to MaxRestartBackoff. Defaults 1 s and 30 s.
 	RestartBackoff    time.Duration
 	MaxRestartBackoff time.Duration
+	// TrustDomain is the mesh's SPIFFE trust domain. Default cluster.local.
+	TrustDomain string
 	// NodeAgentMetrics is where the node agent serves its Prometheus
 	// metrics. Default 127.0.0.1:15090.
 	NodeAgentMetrics string
@@ -99,6 +102,9 @@ func (c *Config) setDefaults() error {
 		}
 		c.WorkDir = wd
 	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "cluster.local"
+	}
 	if c.NodeAgentMetrics == "" {
 		c.NodeAgentMetrics = "127.0.0.1:15090"
 	}
@@ -134,7 +140,8 @@ type Runtime struct {
 	policyInput   netpolicy.Input // guarded by mu: what the node agent enforces
 	policyChanged chan struct{}   // guarded by mu: closed when policyVersion grows
 
-	agent *container // the node agent process; set before the API serves
+	agent     *container    // the node agent process; set before the API serves
+	authority *ca.Authority // signs the sidecars' SVIDs; set before pods start
 }
 
 // New checks cfg and returns a Runtime that has not touched the host yet.
@@ -182,6 +189,9 @@ func (r *Runtime) Run(ctx context.Context, initial *manifest.Set, started func()
 		}
 	}
 	if err := CheckRanges(r.cfg.PodCIDR, r.cfg.ServiceCIDR); err != nil {
+		return err
+	}
+	if r.authority, err = ca.LoadOrCreate(filepath.Join(r.cfg.StateDir, "ca"), r.cfg.TrustDomain); err != nil {
 		return err
 	}
 	_ = os.RemoveAll(filepath.Join(r.cfg.StateDir, logDir))

@@ -246,3 +246,32 @@ func (d *tlsDialer) dial(addr string) (net.Conn, error) {
 func resultOf(start time.Time, err error) balancer.Result {
 	return balancer.Result{Latency: time.Since(start), Failed: err != nil}
 }
+
+// ClusterStatus is one service port's endpoints as the admin port shows them.
+type ClusterStatus struct {
+	Service   string           `json:"service"`
+	Address   string           `json:"address"`
+	Endpoints []EndpointStatus `json:"endpoints"`
+}
+
+// EndpointStatus is one endpoint's live state.
+type EndpointStatus struct {
+	Address  string `json:"address"`
+	Identity string `json:"identity,omitempty"`
+	InFlight int64  `json:"inFlight"`
+	Ejected  bool   `json:"ejected"`
+}
+
+func (o *Outbound) clusters() []ClusterStatus {
+	rt := o.routes.Load()
+	var out []ClusterStatus
+	for dst, r := range rt.byVIP {
+		cs := ClusterStatus{Service: r.service, Address: dst.String()}
+		for _, e := range r.bal.Endpoints() {
+			cs.Endpoints = append(cs.Endpoints, EndpointStatus{Address: e.Addr, Identity: rt.identities[e.Addr].String(),
+				InFlight: e.InFlight(), Ejected: e.Ejected()})
+		}
+		out = append(out, cs)
+	}
+	return out
+}

@@ -1,0 +1,60 @@
+package proxy
+
+import (
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/trellis-mesh/trellis/internal/nft"
+)
+
+// CaptureTable is the nftables table that holds a pod's capture rules.
+const CaptureTable = "trellis-capture"
+
+// CaptureFlags are the knobs of transparent capture, as Istio's
+// traffic.sidecar.istio.io/exclude{Inbound,Outbound}Ports annotations give
+// them.
+type CaptureFlags struct {
+	ExcludeInbound, ExcludeOutbound string // comma-separated ports
+}
+
+// Register defines the flags on fs.
+func (c *CaptureFlags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&c.ExcludeInbound, "exclude-inbound", "", "comma-separated inbound ports not to capture")
+	fs.StringVar(&c.ExcludeOutbound, "exclude-outbound", "", "comma-separated outbound ports not to capture")
+}
+
+// SetUpCapture writes the capture rules into the network namespace netns
+// (an open file descriptor; 0 for the caller's own): what the Kubernetes
+// init step runs, and what the one-host runtime runs for each injected pod.
+func SetUpCapture(netns int, c CaptureFlags) error {
+	in, err := ports(c.ExcludeInbound)
+	if err != nil {
+		return fmt.Errorf("exclude-inbound: %w", err)
+	}
+	out, err := ports(c.ExcludeOutbound)
+	if err != nil {
+		return fmt.Errorf("exclude-outbound: %w", err)
+	}
+	return nft.ApplyCapture(nft.Table{Name: CaptureTable, NetNS: netns}, nft.Capture{
+		OutboundPort: 15001, InboundPort: 15006, ProxyMark: DefaultMark,
+		ProxyPorts:     []uint16{15000, 15020, 15021},
+		ExcludeInbound: in, ExcludeOutbound: out,
+	})
+}
+
+func ports(list string) ([]uint16, error) {
+	var out []uint16
+	for _, f := range strings.Split(list, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.ParseUint(f, 10, 16)
+		if err != nil || n == 0 {
+			return nil, fmt.Errorf("%q is not a port number (1-65535)", f)
+		}
+		out = append(out, uint16(n))
+	}
+	return out, nil
+}

@@ -1,0 +1,243 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/trellis-mesh/trellis/internal/controlclient"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/safehttp"
+)
+
+// Config configures a sidecar. Zero fields take the defaults given.
+type Config struct {
+	// ConfigFile is the ProxyConfig (protobuf JSON), watched. Required.
+	ConfigFile string
+	// Certs are the SVID and trust bundle files, watched. Required.
+	Certs meshtls.Files
+	// Listener addresses. Defaults :15001, :15006, :15021 and
+	// 127.0.0.1:15000 (admin is never reachable from outside the pod).
+	OutboundAddr, InboundAddr, HealthAddr, AdminAddr string
+	// Mark is the socket mark of the proxy's own connections, which the
+	// pod's capture rules let through. Default 0x539.
+	Mark int
+	// Drain is how long in-flight requests may finish after SIGTERM.
+	// Default 5 s.
+	Drain time.Duration
+}
+
+// DefaultMark is the default socket mark of the proxy's own connections.
+const DefaultMark = 0x539
+
+func (c *Config) setDefaults() error {
+	if c.ConfigFile == "" || c.Certs.Cert == "" || c.Certs.Key == "" || c.Certs.Bundle == "" {
+		return errors.New("sidecar: a config file and certificate, key and bundle files are required")
+	}
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&c.OutboundAddr, ":15001")
+	def(&c.InboundAddr, ":15006")
+	def(&c.HealthAddr, ":15021")
+	def(&c.AdminAddr, "127.0.0.1:15000")
+	if c.Mark == 0 {
+		c.Mark = DefaultMark
+	}
+	if c.Drain <= 0 {
+		c.Drain = 5 * time.Second
+	}
+	return nil
+}
+
+// Run runs the sidecar until ctx is done, then stops accepting and gives
+// in-flight requests Drain to finish. It reports ready on HealthAddr only
+// once a config and a certificate are loaded.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.setDefaults(); err != nil {
+		return err
+	}
+	first, err := controlclient.Load(cfg.ConfigFile)
+	if err != nil {
+		return err
+	}
+	self, _ := identity.Parse(first.GetWorkload().GetIdentity())
+	store := &meshtls.Store{}
+	dialer := MarkedDialer(cfg.Mark)
+	out := NewOutbound(store, dialer)
+	in := NewInbound(store, self.TrustDomain())
+	var current atomic.Pointer[meshpb.ProxyConfig]
+	apply := func(c *meshpb.ProxyConfig) {
+		out.Update(c)
+		in.SetPolicy(c.GetInbound())
+		current.Store(c)
+		slog.Info("config applied", "version", c.GetVersion(), "services", len(c.GetServices()))
+	}
+	apply(first)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		_ = cfg.Certs.Watch(ctx, store, time.Second, func(err error) { slog.Error("certificates", "err", err) })
+	}()
+	go func() {
+		defer wg.Done()
+		src := &controlclient.FileSource{Path: cfg.ConfigFile, OnUpdate: func(c *meshpb.ProxyConfig) {
+			if c.GetVersion() != current.Load().GetVersion() {
+				apply(c)
+			}
+		}, OnError: func(err error) { slog.Error("config rejected; keeping the previous one", "err", err) }}
+		_ = src.Run(ctx)
+	}()
+
+	outSrv := NewOutboundServer(out, store, dialer)
+	defer outSrv.Close()
+	defer in.Close()
+	lns, err := listenAll(cfg.OutboundAddr, cfg.InboundAddr)
+	if err != nil {
+		return err
+	}
+	wg.Add(2)
+	go func() { defer wg.Done(); accept(lns[0], outSrv.HandleConn) }()
+	go func() {
+		defer wg.Done()
+		accept(lns[1], func(c net.Conn, dst netip.AddrPort) { in.HandleConn(c, dst.Port()) })
+	}()
+
+	health := safehttp.Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz/ready" {
+			http.NotFound(w, r)
+			return
+		}
+		if store.Current() == nil || current.Load() == nil {
+			http.Error(w, "not ready: no certificate loaded yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	}))
+	admin := safehttp.Server(adminMux(&current, store, out))
+	servers := []*http.Server{health, admin}
+	for i, addr := range []string{cfg.HealthAddr, cfg.AdminAddr} {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll(lns)
+			return fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		srv := servers[i]
+		go func() { _ = srv.Serve(ln) }()
+	}
+	slog.Info("sidecar running", "identity", self, "outbound", cfg.OutboundAddr, "inbound", cfg.InboundAddr)
+	<-ctx.Done()
+	closeAll(lns)
+	drain, cancelDrain := context.WithTimeout(context.Background(), cfg.Drain)
+	defer cancelDrain()
+	for _, s := range servers {
+		_ = s.Shutdown(drain)
+	}
+	return nil
+}
+
+func listenAll(addrs ...string) ([]net.Listener, error) {
+	var lns []net.Listener
+	for _, a := range addrs {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			closeAll(lns)
+			return nil, fmt.Errorf("listen on %s: %w", a, err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+func closeAll(lns []net.Listener) {
+	for _, ln := range lns {
+		ln.Close()
+	}
+}
+
+// accept hands each redirected connection to handle with its original
+// destination; connections made to the port directly are closed.
+func accept(ln net.Listener, handle func(net.Conn, netip.AddrPort)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		dst, err := OriginalDst(c.(*net.TCPConn))
+		if err != nil || dst.String() == c.LocalAddr().String() {
+			slog.Debug("connection not redirected; closing", "from", c.RemoteAddr())
+			c.Close()
+			continue
+		}
+		go handle(c, dst)
+	}
+}
+
+// adminMux serves the admin endpoints: /config_dump (the ProxyConfig in
+// force), /certs (identity and expiry), /clusters (endpoints and their
+// state).
+func adminMux(cfg *atomic.Pointer[meshpb.ProxyConfig], store *meshtls.Store, out *Outbound) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, _ *http.Request) {
+		data, err := protojson.MarshalOptions{Multiline: true}.Marshal(cfg.Load())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(data)
+	})
+	mux.HandleFunc("/certs", func(w http.ResponseWriter, _ *http.Request) {
+		m := store.Current()
+		if m == nil {
+			http.Error(w, "no certificate loaded", http.StatusServiceUnavailable)
+			return
+		}
+		writeJSONTo(w, map[string]any{"identity": m.ID.String(), "notAfter": m.Cert.Leaf.NotAfter, "serial": m.Cert.Leaf.SerialNumber.String()})
+	})
+	mux.HandleFunc("/clusters", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSONTo(w, out.clusters())
+	})
+	return mux
+}
+
+func writeJSONTo(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// RegisterFlags defines c's fields as flags on fs, for the binaries that run
+// a sidecar (trellis-proxy, and `trellis proxy` in one-host mode).
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.ConfigFile, "config", "", "ProxyConfig file (protobuf JSON), watched for changes")
+	fs.StringVar(&c.Certs.Cert, "cert", "", "SVID certificate chain (PEM), watched")
+	fs.StringVar(&c.Certs.Key, "key", "", "SVID private key (PEM), watched")
+	fs.StringVar(&c.Certs.Bundle, "bundle", "", "trust bundle (PEM roots), watched")
+	fs.StringVar(&c.OutboundAddr, "outbound", ":15001", "outbound capture listener")
+	fs.StringVar(&c.InboundAddr, "inbound", ":15006", "inbound capture listener")
+	fs.StringVar(&c.HealthAddr, "health", ":15021", "readiness listener (/healthz/ready)")
+	fs.StringVar(&c.AdminAddr, "admin", "127.0.0.1:15000", "admin listener (localhost only)")
+	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "how long in-flight requests may finish after SIGTERM")
+}
