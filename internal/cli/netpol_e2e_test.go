@@ -581,10 +581,12 @@ func TestMeshMembersOnlyExample(t *testing.T) {
 		return m.must("exec", "-n", ns, "client", "--", "trellis", "example", "probe", "--timeout", "1s",
 			"tcp/graph-alpha.db.svc.cluster.local:8080", "tcp/graph-alpha.db.svc.cluster.local:9080")
 	}
+	// The meshed client's sidecar learns the endpoints from its config file
+	// (re-read every second), so allow it a moment.
 	for _, ns := range []string{"client-allow", "client-deny"} {
-		if out := probe(ns); strings.Count(out, " ok") != 2 {
-			t.Errorf("before the policy, %s reaches %q; want both ports", ns, out)
-		}
+		waitFor(t, "before the policy, "+ns+" to reach both ports", 10*time.Second, func() bool {
+			return strings.Count(probe(ns), " ok") == 2
+		})
 	}
 	m.must("apply", "-f", "../../examples/mesh-members-only/policy.yaml")
 	waitFor(t, "the deny client to be blocked", 5*time.Second, func() bool {

@@ -97,6 +97,12 @@ func TestSidecarsBalanceAndEncrypt(t *testing.T) {
 	}
 
 	url := "http://hello.web.svc.cluster.local:8080/"
+	// The client's sidecar re-reads its config every second: wait until it
+	// knows all three endpoints.
+	waitFor(t, "the client's sidecar to know the endpoints", 10*time.Second, func() bool {
+		got := m.responders("client", "client", url, 12)
+		return len(got) == 3 && got["FAILED"] == 0
+	})
 	t.Run("one client connection is balanced per request", func(t *testing.T) {
 		// curl reuses one connection for all the URLs of one invocation.
 		script := fmt.Sprintf("curl -s -m 10 -w '%%{num_connects}\\n' %s", strings.TrimSpace(strings.Repeat(url+" ", 30)))
