@@ -8,13 +8,24 @@ import (
 
 // peakEWMA picks two endpoints at random and takes the one with the lower
 // cost (peak-EWMA latency times in-flight requests + 1), as Linkerd does.
+// Costs within costTolerance of each other count as equal and the first
+// (random) one wins: measurement noise between equally fast endpoints must
+// not send every request to whichever happened to measure fastest, while a
+// really slower or busier endpoint still loses.
 type peakEWMA struct{}
 
 var _ Picker = peakEWMA{}
 
+// costTolerance is the relative cost difference treated as noise.
+const costTolerance = 0.25
+
 func (peakEWMA) Pick(eps []*Endpoint) *Endpoint {
 	a, b := twoRandom(eps)
-	if b == nil || a.cost() <= b.cost() {
+	if b == nil {
+		return a
+	}
+	ca, cb := a.cost(), b.cost()
+	if ca <= cb*(1+costTolerance) {
 		return a
 	}
 	return b

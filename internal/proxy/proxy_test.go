@@ -169,9 +169,9 @@ func checkEven(t *testing.T, got map[string]int, n, replicas int) {
 
 // Round-robin and least-request split one connection's 3000 requests evenly
 // (1000 ± 10 % each). Peak-EWMA, the default, follows measured latency by
-// design: on a noisy shared machine one latency spike steers traffic away
-// from a replica for seconds, so it is only required to keep every replica
-// in use (at least 1 %).
+// design (costs within 25 % count as equal, so noise alone does not starve a
+// replica); on a noisy shared machine it is required to give every replica
+// at least 10 %.
 func TestPerRequestBalancingOverOneConnection(t *testing.T) {
 	for _, lb := range []meshpb.LoadBalancing{
 		meshpb.LoadBalancing_LOAD_BALANCING_ROUND_ROBIN,
@@ -237,7 +237,7 @@ func checkAllUsed(t *testing.T, got map[string]int, n, replicas int) {
 		t.Fatalf("answers = %v, want %d replicas", got, replicas)
 	}
 	for k, v := range got {
-		if v < n/100 {
+		if v < n/10 {
 			t.Errorf("%s served only %d of %d (all: %v)", k, v, n, got)
 		}
 	}
