@@ -288,14 +288,18 @@ func TestUpExecDownRoundTrip(t *testing.T) {
 		if err := syscall.Kill(victim.Containers[0].PID, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
+		var last localmesh.PodStatus
 		waitFor(t, "the killed container to restart and be ready", 30*time.Second, func() bool {
 			for _, p := range m.pods("web") {
 				if p.Name == victim.Name {
-					return p.Containers[0].Restarts == 1 && p.Ready
+					last = p
+					c := p.Containers[0]
+					return c.Restarts >= 1 && c.PID != 0 && c.PID != victim.Containers[0].PID && p.Ready
 				}
 			}
 			return false
 		})
+		t.Logf("after the kill: %+v", last.Containers[0])
 		if out := m.exec("client", "client", "curl -s -m 2 http://"+victim.IP+":8080/"); !strings.Contains(out, victim.Name) {
 			t.Errorf("restarted pod answers %q, want its name", out)
 		}
