@@ -97,11 +97,11 @@ func TestSidecarsBalanceAndEncrypt(t *testing.T) {
 	}
 
 	url := "http://hello.web.svc.cluster.local:8080/"
-	// The client's sidecar re-reads its config every second: wait until it
-	// answers (it knows the endpoints).
-	waitFor(t, "the client's sidecar to know the endpoints", 10*time.Second, func() bool {
-		got := m.responders("client", "client", url, 12)
-		return len(got) > 0 && got["FAILED"] == 0
+	// The client's sidecar re-reads its config every second: wait until its
+	// admin endpoint lists the three endpoints.
+	waitFor(t, "the client's sidecar to know the 3 endpoints", 15*time.Second, func() bool {
+		out, _, err := m.run("exec", "-n", "client", "client", "--", "curl", "-s", "127.0.0.1:15000/clusters")
+		return err == nil && strings.Count(out, `"inFlight"`) == 3
 	})
 	t.Run("one client connection is balanced per request", func(t *testing.T) {
 		// curl reuses one connection for all the URLs of one invocation.
