@@ -4,6 +4,7 @@ package cli_test
 // sidecars over one client connection, and mutual TLS on the wire.
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"strings"
@@ -72,7 +73,7 @@ spec:
 
 func TestSidecarsBalanceAndEncrypt(t *testing.T) {
 	m := newMesh(t)
-	m.up(injectedMesh)
+	m.up(injectedMesh, "--svid-ttl", "8s") // renewed every 4 s
 	waitFor(t, "every pod ready", 60*time.Second, func() bool {
 		for _, ns := range []string{"web", "client", "outside"} {
 			for _, p := range m.pods(ns) {
@@ -119,6 +120,26 @@ func TestSidecarsBalanceAndEncrypt(t *testing.T) {
 		}
 		if connects != 1 || len(seen) < 2 {
 			t.Errorf("30 requests on %d connection(s) reached %d replicas (%v); want 1 connection spread over the replicas\n%s", connects, len(seen), seen, out)
+		}
+	})
+
+	t.Run("certificates renew at half life without failed requests", func(t *testing.T) {
+		serial := func() string {
+			out := m.exec("client", "client", "curl -s 127.0.0.1:15000/certs")
+			var certs struct{ Serial string }
+			if err := json.Unmarshal([]byte(out), &certs); err != nil || certs.Serial == "" {
+				t.Fatalf("admin /certs = %q: %v", out, err)
+			}
+			return certs.Serial
+		}
+		before := serial()
+		// About 9 s of requests span at least two renewals of both sides.
+		out := m.exec("client", "client", fmt.Sprintf("for i in $(seq 90); do curl -s -m 2 -o /dev/null -w '%%{http_code}\n' %s; sleep 0.1; done", url))
+		if n := strings.Count(out, "200\n"); n != 90 {
+			t.Errorf("%d of 90 requests succeeded across certificate renewals:\n%s", n, out)
+		}
+		if after := serial(); after == before {
+			t.Errorf("the client sidecar still has certificate %s after 9 s with an 8 s lifetime", before)
 		}
 	})
 

@@ -26,6 +26,7 @@ type upOptions struct {
 	detach      bool
 	podCIDR     string
 	serviceCIDR string
+	svidTTL     time.Duration
 }
 
 func newUpCmd(o *options) *cobra.Command {
@@ -44,6 +45,7 @@ in the background with -d (stop it with 'trellis down').`,
 	cmd.Flags().BoolVarP(&u.detach, "detach", "d", false, "run in the background")
 	cmd.Flags().StringVar(&u.podCIDR, "pod-cidr", localmesh.DefaultPodCIDR.String(), "IPv4 range for pod addresses")
 	cmd.Flags().StringVar(&u.serviceCIDR, "service-cidr", localmesh.DefaultServiceCIDR.String(), "IPv4 range for service VIPs")
+	cmd.Flags().DurationVar(&u.svidTTL, "svid-ttl", 24*time.Hour, "lifetime of sidecar certificates (renewed at half life); seconds are fine for tests")
 	_ = cmd.MarkFlagRequired("filename")
 	return cmd
 }
@@ -90,7 +92,10 @@ func (u *upOptions) prepare() (localmesh.Config, *manifest.Set, error) {
 	if err != nil {
 		return cfg, nil, err
 	}
-	cfg = localmesh.Config{StateDir: stateDir, PodCIDR: pod, ServiceCIDR: svc}
+	if u.svidTTL < 2*time.Second {
+		return cfg, nil, fmt.Errorf("--svid-ttl %s is too short; use 2s or more", u.svidTTL)
+	}
+	cfg = localmesh.Config{StateDir: stateDir, PodCIDR: pod, ServiceCIDR: svc, SVIDTTL: u.svidTTL}
 	set, err := loadManifests(u.files, u)
 	if err != nil {
 		return cfg, nil, err
@@ -167,7 +172,8 @@ func (u *upOptions) startDetached(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	args := []string{"up", "--state-dir", u.stateDir, "--pod-cidr", u.podCIDR, "--service-cidr", u.serviceCIDR}
+	args := []string{"up", "--state-dir", u.stateDir, "--pod-cidr", u.podCIDR, "--service-cidr", u.serviceCIDR,
+		"--svid-ttl", u.svidTTL.String()}
 	for _, f := range u.files {
 		abs, _ := filepath.Abs(f)
 		args = append(args, "-f", abs)

@@ -5,6 +5,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -35,7 +36,6 @@ const (
 	excludeOutbound   = "traffic.sidecar.istio.io/excludeOutboundPorts"
 	sidecarName       = "trellis-proxy"
 	podFilesDir       = "pods" // per pod: SVID, bundle and proxy config
-	svidTTL           = 24 * time.Hour
 )
 
 // injectedLocked reports whether pod p gets a sidecar.
@@ -70,11 +70,7 @@ func (r *Runtime) prepareSidecarLocked(p *pod) (catalog.Container, error) {
 	if err != nil {
 		return catalog.Container{}, err
 	}
-	svid, err := r.authority.Issue(id, svidTTL)
-	if err != nil {
-		return catalog.Container{}, err
-	}
-	if err := writeSVID(dir, r.authority, svid); err != nil {
+	if err := r.issueSVIDLocked(p, id); err != nil {
 		return catalog.Container{}, err
 	}
 	if err := r.writeProxyConfigLocked(p); err != nil {
@@ -90,6 +86,37 @@ func (r *Runtime) prepareSidecarLocked(p *pod) (catalog.Container, error) {
 			Period:       time.Second, Timeout: time.Second, SuccessThreshold: 1, FailureThreshold: 3,
 		},
 	}, nil
+}
+
+// issueSVIDLocked writes a fresh SVID for p and remembers when to renew it:
+// at half its lifetime, as Istio does. The sidecar watches the files.
+func (r *Runtime) issueSVIDLocked(p *pod, id identity.ID) error {
+	svid, err := r.authority.Issue(id, r.cfg.SVIDTTL)
+	if err != nil {
+		return err
+	}
+	if err := writeSVID(r.podFiles(p.obj), r.authority, svid); err != nil {
+		return err
+	}
+	leaf := svid.Chain[0]
+	p.renewAt = leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+	return nil
+}
+
+// renewSVIDsLocked reissues the certificates of sidecars past half-life.
+func (r *Runtime) renewSVIDsLocked(now time.Time) {
+	for _, p := range r.pods {
+		if !p.injected || p.terminating.Load() || now.Before(p.renewAt) {
+			continue
+		}
+		id, err := r.podIdentity(p.obj)
+		if err == nil {
+			err = r.issueSVIDLocked(p, id)
+		}
+		if err != nil {
+			slog.Error("renew sidecar certificate", "pod", p.key(), "err", err)
+		}
+	}
 }
 
 // setUpCapture writes the pod's capture rules into its namespace,

@@ -22,9 +22,10 @@ type pod struct {
 	net         podNet
 	created     time.Time
 	containers  []*container
-	hostsFile   string // last content written
-	proxyConfig string // last sidecar config written; "" without a sidecar
-	injected    bool
+	hostsFile   string    // last content written
+	proxyConfig string    // last sidecar config written; "" without a sidecar
+	injected    bool      // runs a sidecar
+	renewAt     time.Time // when the sidecar's certificate is due for renewal
 
 	cancel      context.CancelFunc
 	wg          sync.WaitGroup // the containers' goroutines

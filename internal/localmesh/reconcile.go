@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/nft"
@@ -58,6 +59,7 @@ func (r *Runtime) reconcile() {
 	}
 	r.syncServiceTableLocked()
 	r.updatePolicyInputLocked()
+	r.renewSVIDsLocked(time.Now())
 }
 
 type wantPod struct {

@@ -60,6 +60,9 @@ type Config struct {
 	MaxRestartBackoff time.Duration
 	// TrustDomain is the mesh's SPIFFE trust domain. Default cluster.local.
 	TrustDomain string
+	// SVIDTTL is the lifetime of sidecar certificates; they are renewed at
+	// half of it. Default 24 h.
+	SVIDTTL time.Duration
 	// NodeAgentMetrics is where the node agent serves its Prometheus
 	// metrics. Default 127.0.0.1:15090.
 	NodeAgentMetrics string
@@ -104,6 +107,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.TrustDomain == "" {
 		c.TrustDomain = "cluster.local"
+	}
+	if c.SVIDTTL <= 0 {
+		c.SVIDTTL = 24 * time.Hour
 	}
 	if c.NodeAgentMetrics == "" {
 		c.NodeAgentMetrics = "127.0.0.1:15090"
