@@ -196,7 +196,7 @@ func (r *Runtime) proxyConfigLocked(p *pod) (*meshpb.ProxyConfig, error) {
 		byIP[q.ip] = q
 	}
 	cfg := &meshpb.ProxyConfig{
-		Workload: &meshpb.Workload{Namespace: p.obj.Namespace, Name: p.obj.Name, Identity: id.String(), Labels: p.obj.Labels},
+		Workload: &meshpb.Workload{Namespace: p.obj.Namespace, Name: workloadName(p.obj), Identity: id.String(), Labels: p.obj.Labels},
 		Inbound:  &meshpb.InboundPolicy{},
 	}
 	for _, svc := range r.desired.Services() {
@@ -212,6 +212,9 @@ func (r *Runtime) proxyConfigLocked(p *pod) (*meshpb.ProxyConfig, error) {
 			port := &meshpb.ServicePort{Port: uint32(sp.Port), Name: sp.Name, Protocol: portProtocol(sp)}
 			for _, ep := range r.endpointsLocked(svc, sp) {
 				e := &meshpb.Endpoint{Address: ep.Addr.String(), Port: uint32(ep.Port)}
+				if q := byIP[ep.Addr]; q != nil {
+					e.Workload, e.Namespace, e.Labels = workloadName(q.obj), q.obj.Namespace, q.obj.Labels
+				}
 				if q := byIP[ep.Addr]; q != nil && r.injectedLocked(q.obj) {
 					qid, err := r.podIdentity(q.obj)
 					if err == nil {
@@ -230,6 +233,15 @@ func (r *Runtime) proxyConfigLocked(p *pod) (*meshpb.ProxyConfig, error) {
 	h.Write(data)
 	cfg.Version = fmt.Sprintf("%016x", h.Sum64())
 	return cfg, nil
+}
+
+// workloadName is what metrics call a pod's workload: its Deployment, or
+// the pod itself.
+func workloadName(p *catalog.Pod) string {
+	if p.Owner != "" {
+		return p.Owner
+	}
+	return p.Name
 }
 
 // portProtocol reads a Service port's protocol from appProtocol, else from

@@ -271,7 +271,8 @@ func (x *ProxyConfig) GetInbound() *InboundPolicy {
 type Workload struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The workload's name: its Deployment's, or the pod's own.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// The SPIFFE ID its certificate carries,
 	// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>. Required.
 	Identity string `protobuf:"bytes,3,opt,name=identity,proto3" json:"identity,omitempty"`
@@ -506,7 +507,11 @@ type Endpoint struct {
 	// has no sidecar: traffic to it is plaintext and marked as such.
 	Identity string `protobuf:"bytes,3,opt,name=identity,proto3" json:"identity,omitempty"`
 	// The pod's labels, for telemetry.
-	Labels        map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The endpoint's workload (its Deployment, or the pod) and namespace,
+	// for telemetry.
+	Workload      string `protobuf:"bytes,5,opt,name=workload,proto3" json:"workload,omitempty"`
+	Namespace     string `protobuf:"bytes,6,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -567,6 +572,20 @@ func (x *Endpoint) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *Endpoint) GetWorkload() string {
+	if x != nil {
+		return x.Workload
+	}
+	return ""
+}
+
+func (x *Endpoint) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
 }
 
 // InboundPolicy is the PeerAuthentication that applies to this workload.
@@ -653,12 +672,14 @@ const file_trellis_v1_config_proto_rawDesc = "" +
 	"\x04port\x18\x01 \x01(\rR\x04port\x120\n" +
 	"\bprotocol\x18\x02 \x01(\x0e2\x14.trellis.v1.ProtocolR\bprotocol\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x122\n" +
-	"\tendpoints\x18\x04 \x03(\v2\x14.trellis.v1.EndpointR\tendpoints\"\xc9\x01\n" +
+	"\tendpoints\x18\x04 \x03(\v2\x14.trellis.v1.EndpointR\tendpoints\"\x83\x02\n" +
 	"\bEndpoint\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
 	"\bidentity\x18\x03 \x01(\tR\bidentity\x128\n" +
-	"\x06labels\x18\x04 \x03(\v2 .trellis.v1.Endpoint.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x04 \x03(\v2 .trellis.v1.Endpoint.LabelsEntryR\x06labels\x12\x1a\n" +
+	"\bworkload\x18\x05 \x01(\tR\bworkload\x12\x1c\n" +
+	"\tnamespace\x18\x06 \x01(\tR\tnamespace\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd6\x01\n" +

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
 // Inbound terminates connections to the workload: mutual TLS from other
@@ -26,9 +28,14 @@ import (
 // on localhost in the app's own protocol: gRPC over HTTP/2 cleartext,
 // everything else over HTTP/1.1.
 type Inbound struct {
+	// Metrics records every request (reporter "destination"); nil records
+	// nothing.
+	Metrics *telemetry.Metrics
+
 	store       *meshtls.Store
 	trustDomain string
 	policy      atomic.Pointer[meshpb.InboundPolicy]
+	self        atomic.Pointer[telemetry.Peer]
 
 	mtls   *http.Server // serves handshaken mTLS conns (HTTP/2) handed to it
 	h1     *http.Server // serves plaintext HTTP/1.1 conns handed to it
@@ -45,6 +52,7 @@ type Inbound struct {
 func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 	in := &Inbound{store: store, trustDomain: trustDomain, mtlsConns: newConnListener(), plainConns: newConnListener()}
 	in.policy.Store(&meshpb.InboundPolicy{})
+	in.self.Store(&telemetry.Unknown)
 	in.toApp1 = &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 		MaxIdleConnsPerHost:   64,
@@ -105,6 +113,12 @@ func (in *Inbound) server(portOf func(net.Conn) uint16) *http.Server {
 
 // Close stops serving connections handed to the inbound side.
 func (in *Inbound) Close() error { return errors.Join(in.mtls.Close(), in.h1.Close()) }
+
+// SetWorkload names the workload this proxy serves, for metrics.
+func (in *Inbound) SetWorkload(w *meshpb.Workload) {
+	p := selfPeer(w)
+	in.self.Store(&p)
+}
 
 // SetPolicy installs the PeerAuthentication in force.
 func (in *Inbound) SetPolicy(p *meshpb.InboundPolicy) {
@@ -175,9 +189,34 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 	in.mtlsConns.push(tc)
 }
 
-// ServeHTTP forwards one inbound request to the app.
+// ServeHTTP forwards one inbound request to the app and records it. The
+// caller's metadata header is believed only over mutual TLS, and never
+// passed on to the app.
 func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	in.proxy.ServeHTTP(w, r)
+	start := time.Now()
+	ex := &exchange{}
+	src := telemetry.Unknown
+	if r.TLS != nil {
+		if id, err := meshtls.PeerID(*r.TLS); err == nil {
+			var v url.Values
+			src, v = decodePeer(r.Header.Get(peerHeader), id.String())
+			ex.service, ex.svcName, ex.svcNS = v.Get("service"), v.Get("service_name"), v.Get("service_namespace")
+			ex.mutualTLS = true
+		}
+	}
+	r.Header.Del(peerHeader)
+	if ex.service == "" {
+		ex.service, _, _ = strings.Cut(r.Host, ":")
+		ex.svcName, ex.svcNS = "unknown", "unknown"
+	}
+	ow := &observed{ResponseWriter: w}
+	var body *countedBody
+	if r.Body != nil && r.Body != http.NoBody {
+		body = &countedBody{ReadCloser: r.Body}
+		r.Body = body
+	}
+	in.proxy.ServeHTTP(ow, r)
+	record(in.Metrics, "destination", src, *in.self.Load(), ex, r, ow, body, start)
 }
 
 func (in *Inbound) toApp(req *http.Request) (*http.Response, error) {

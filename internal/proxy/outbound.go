@@ -19,6 +19,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
 // Outbound forwards the app's HTTP requests to a service's endpoints,
@@ -27,6 +28,9 @@ import (
 // Endpoints without a sidecar get plaintext HTTP/1.1. Safe for concurrent
 // use; Update swaps the routing table atomically.
 type Outbound struct {
+	// Metrics records every request (reporter "source"); nil records nothing.
+	Metrics *telemetry.Metrics
+
 	store *meshtls.Store
 	dial  *net.Dialer // carries the proxy's socket mark
 
@@ -50,21 +54,26 @@ type balancerKey struct {
 // routeTable is one config's routes, immutable once built.
 type routeTable struct {
 	byVIP      map[netip.AddrPort]*route
-	identities map[string]identity.ID // endpoint "ip:port" -> expected identity
+	identities map[string]identity.ID    // endpoint "ip:port" -> expected identity
+	peers      map[string]telemetry.Peer // endpoint "ip:port" -> its workload, for metrics
+	self       telemetry.Peer
 }
 
 // route is one service port.
 type route struct {
-	service  string // "name.namespace", for errors and telemetry
-	protocol meshpb.Protocol
-	bal      *balancer.Balancer
+	service         string // "name.namespace", for errors
+	host            string // "name.namespace.svc.cluster.local", for metrics
+	name, namespace string
+	protocol        meshpb.Protocol
+	bal             *balancer.Balancer
 }
 
 // NewOutbound returns an outbound forwarder that presents store's SVID and
 // dials with d (which should set the proxy's socket mark).
 func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 	o := &Outbound{store: store, dial: d, balancers: map[balancerKey]*balancer.Balancer{}}
-	o.routes.Store(&routeTable{byVIP: map[netip.AddrPort]*route{}, identities: map[string]identity.ID{}})
+	o.routes.Store(&routeTable{byVIP: map[netip.AddrPort]*route{}, identities: map[string]identity.ID{},
+		peers: map[string]telemetry.Peer{}, self: telemetry.Unknown})
 	h2only := new(http.Protocols)
 	h2only.SetHTTP2(true)
 	o.mesh = &http.Transport{
@@ -95,7 +104,8 @@ func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	t := &routeTable{byVIP: map[netip.AddrPort]*route{}, identities: map[string]identity.ID{}}
+	t := &routeTable{byVIP: map[netip.AddrPort]*route{}, identities: map[string]identity.ID{},
+		peers: map[string]telemetry.Peer{}, self: selfPeer(cfg.GetWorkload())}
 	keep := map[balancerKey]*balancer.Balancer{}
 	for _, s := range cfg.GetServices() {
 		vip, err := netip.ParseAddr(s.GetVip())
@@ -113,13 +123,16 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 			for _, e := range p.GetEndpoints() {
 				addr := net.JoinHostPort(e.GetAddress(), fmt.Sprint(e.GetPort()))
 				addrs = append(addrs, addr)
+				t.peers[addr] = endpointPeer(e)
 				if id, err := identity.Parse(e.GetIdentity()); err == nil {
 					t.identities[addr] = id
 				}
 			}
 			b.Update(addrs)
 			keep[key] = b
-			t.byVIP[dst] = &route{service: s.GetName() + "." + s.GetNamespace(), protocol: p.GetProtocol(), bal: b}
+			t.byVIP[dst] = &route{service: s.GetName() + "." + s.GetNamespace(),
+				host: s.GetName() + "." + s.GetNamespace() + ".svc.cluster.local", name: s.GetName(), namespace: s.GetNamespace(),
+				protocol: p.GetProtocol(), bal: b}
 		}
 	}
 	o.balancers = keep
@@ -151,9 +164,19 @@ func WithDestination(ctx context.Context, dst netip.AddrPort) context.Context {
 	return context.WithValue(ctx, dstKey{}, dst)
 }
 
-// ServeHTTP forwards one request from the app.
+// ServeHTTP forwards one request from the app and records it.
 func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	o.proxy.ServeHTTP(w, r)
+	start := time.Now()
+	ex := &exchange{dest: telemetry.Unknown}
+	ow := &observed{ResponseWriter: w}
+	var body *countedBody
+	if r.Body != nil && r.Body != http.NoBody {
+		body = &countedBody{ReadCloser: r.Body}
+		r.Body = body
+	}
+	r.Header.Del(peerHeader) // only sidecars set it
+	o.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
+	record(o.Metrics, "source", o.routes.Load().self, ex.dest, ex, r, ow, body, start)
 }
 
 // RoundTrip picks an endpoint for this request and sends it there. It is
@@ -165,9 +188,17 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %s is not a service this proxy knows", errNoRoute, dst)
 	}
+	ex, _ := req.Context().Value(exchangeKey{}).(*exchange)
+	if ex == nil {
+		ex = &exchange{}
+	}
+	ex.service, ex.svcName, ex.svcNS = r.host, r.name, r.namespace
 	ep, err := r.bal.Pick()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", r.service, err)
+	}
+	if peer, ok := rt.peers[ep.Addr]; ok {
+		ex.dest = peer
 	}
 	done := ep.Start()
 	start := time.Now()
@@ -180,7 +211,9 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 	req.URL.Host = ep.Addr
 	var resp *http.Response
 	if _, meshed := rt.identities[ep.Addr]; meshed {
+		ex.mutualTLS = true
 		req.URL.Scheme = "https"
+		req.Header.Set(peerHeader, encodePeer(rt.self, r.host, r.name, r.namespace))
 		resp, err = o.mesh.RoundTrip(req)
 	} else {
 		req.URL.Scheme = "http"

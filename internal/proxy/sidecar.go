@@ -21,6 +21,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
 	"github.com/trellis-mesh/trellis/internal/safehttp"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
 // Config configures a sidecar. Zero fields take the defaults given.
@@ -29,9 +30,10 @@ type Config struct {
 	ConfigFile string
 	// Certs are the SVID and trust bundle files, watched. Required.
 	Certs meshtls.Files
-	// Listener addresses. Defaults :15001, :15006, :15021 and
-	// 127.0.0.1:15000 (admin is never reachable from outside the pod).
-	OutboundAddr, InboundAddr, HealthAddr, AdminAddr string
+	// Listener addresses. Defaults :15001, :15006, :15021, :15020
+	// (metrics, /stats/prometheus) and 127.0.0.1:15000 (admin is never
+	// reachable from outside the pod).
+	OutboundAddr, InboundAddr, HealthAddr, MetricsAddr, AdminAddr string
 	// Mark is the socket mark of the proxy's own connections, which the
 	// pod's capture rules let through. Default 0x539.
 	Mark int
@@ -55,6 +57,7 @@ func (c *Config) setDefaults() error {
 	def(&c.OutboundAddr, ":15001")
 	def(&c.InboundAddr, ":15006")
 	def(&c.HealthAddr, ":15021")
+	def(&c.MetricsAddr, ":15020")
 	def(&c.AdminAddr, "127.0.0.1:15000")
 	if c.Mark == 0 {
 		c.Mark = DefaultMark
@@ -79,12 +82,16 @@ func Run(ctx context.Context, cfg Config) error {
 	self, _ := identity.Parse(first.GetWorkload().GetIdentity())
 	store := &meshtls.Store{}
 	dialer := MarkedDialer(cfg.Mark)
+	metrics := telemetry.New("one-host")
 	out := NewOutbound(store, dialer)
+	out.Metrics = metrics
 	in := NewInbound(store, self.TrustDomain())
+	in.Metrics = metrics
 	var current atomic.Pointer[meshpb.ProxyConfig]
 	apply := func(c *meshpb.ProxyConfig) {
 		out.Update(c)
 		in.SetPolicy(c.GetInbound())
+		in.SetWorkload(c.GetWorkload())
 		current.Store(c)
 		slog.Info("config applied", "version", c.GetVersion(), "services", len(c.GetServices()))
 	}
@@ -135,8 +142,11 @@ func Run(ctx context.Context, cfg Config) error {
 		fmt.Fprintln(w, "ready")
 	}))
 	admin := safehttp.Server(adminMux(&current, store, out))
-	servers := []*http.Server{health, admin}
-	for i, addr := range []string{cfg.HealthAddr, cfg.AdminAddr} {
+	statsMux := http.NewServeMux()
+	statsMux.Handle("/stats/prometheus", metrics.Handler())
+	stats := safehttp.Server(statsMux)
+	servers := []*http.Server{health, admin, stats}
+	for i, addr := range []string{cfg.HealthAddr, cfg.AdminAddr, cfg.MetricsAddr} {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			closeAll(lns)
@@ -238,6 +248,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.OutboundAddr, "outbound", ":15001", "outbound capture listener")
 	fs.StringVar(&c.InboundAddr, "inbound", ":15006", "inbound capture listener")
 	fs.StringVar(&c.HealthAddr, "health", ":15021", "readiness listener (/healthz/ready)")
+	fs.StringVar(&c.MetricsAddr, "metrics", ":15020", "metrics listener (/stats/prometheus)")
 	fs.StringVar(&c.AdminAddr, "admin", "127.0.0.1:15000", "admin listener (localhost only)")
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "how long in-flight requests may finish after SIGTERM")
 }

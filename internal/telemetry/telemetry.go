@@ -1,0 +1,171 @@
+// Package telemetry records the proxy's metrics under Istio's standard names
+// and labels (istio_requests_total, istio_request_duration_milliseconds,
+// istio_request_bytes, istio_response_bytes, istio_tcp_*), so existing
+// Kiali, Grafana dashboards and alerts work unchanged. Exposed in
+// Prometheus text format; the proxy serves it on :15020/stats/prometheus.
+//
+// Recording is lock-free on the hot path: each distinct label set resolves
+// its metric children once and caches them.
+package telemetry
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Peer describes one end of a request for labels.
+type Peer struct {
+	Workload, Namespace, Principal, App, Version string
+	CanonicalService, CanonicalRevision          string
+}
+
+// PeerFromLabels fills a Peer from a workload's pod labels with Istio's
+// canonical-name rules: service.istio.io/canonical-name, else
+// app.kubernetes.io/name, else app, else the workload name; revision from
+// service.istio.io/canonical-revision, else app.kubernetes.io/version, else
+// version, else "latest".
+func PeerFromLabels(workload, namespace, principal string, labels map[string]string) Peer {
+	first := func(def string, keys ...string) string {
+		for _, k := range keys {
+			if v := labels[k]; v != "" {
+				return v
+			}
+		}
+		return def
+	}
+	return Peer{
+		Workload: workload, Namespace: namespace, Principal: principal,
+		App:               first("unknown", "app", "app.kubernetes.io/name"),
+		Version:           first("unknown", "version", "app.kubernetes.io/version"),
+		CanonicalService:  first(workload, "service.istio.io/canonical-name", "app.kubernetes.io/name", "app"),
+		CanonicalRevision: first("latest", "service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"),
+	}
+}
+
+// Unknown is the peer of requests from outside the mesh.
+var Unknown = Peer{Workload: "unknown", Namespace: "unknown", Principal: "unknown", App: "unknown",
+	Version: "unknown", CanonicalService: "unknown", CanonicalRevision: "unknown"}
+
+// Request is one finished HTTP or gRPC request.
+type Request struct {
+	Reporter     string // "source" or "destination"
+	Source, Dest Peer
+	// Service is the destination service's host, name and namespace.
+	Service, ServiceName, ServiceNamespace string
+	Protocol                               string // "http" or "grpc"
+	Code                                   int
+	GRPCStatus                             string // "" when not gRPC
+	MutualTLS                              bool
+	Flags                                  string // "-" when none
+	Duration                               time.Duration
+	RequestBytes, ResponseBytes            int64
+}
+
+var requestLabels = []string{
+	"reporter",
+	"source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+	"source_canonical_service", "source_canonical_revision", "source_cluster",
+	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
+	"destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
+	"destination_canonical_service", "destination_canonical_revision", "destination_cluster",
+	"request_protocol", "response_code", "grpc_response_status", "connection_security_policy", "response_flags",
+}
+
+// Istio's buckets: milliseconds, and bytes.
+var (
+	durationBuckets = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
+	bytesBuckets    = prometheus.ExponentialBuckets(1, 10, 10)
+)
+
+// Metrics holds one proxy's metrics. Safe for concurrent use.
+type Metrics struct {
+	reg       *prometheus.Registry
+	requests  *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	reqBytes  *prometheus.HistogramVec
+	respBytes *prometheus.HistogramVec
+	cluster   string
+
+	children sync.Map // label key -> *children
+}
+
+type children struct {
+	requests                      prometheus.Counter
+	duration, reqBytes, respBytes prometheus.Observer
+}
+
+// New returns empty metrics; cluster fills the *_cluster labels.
+func New(cluster string) *Metrics {
+	m := &Metrics{
+		reg:     prometheus.NewRegistry(),
+		cluster: cluster,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_requests_total", Help: "Requests handled by the proxy.",
+		}, requestLabels),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "istio_request_duration_milliseconds", Help: "Request durations.", Buckets: durationBuckets,
+		}, requestLabels),
+		reqBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "istio_request_bytes", Help: "Request body sizes.", Buckets: bytesBuckets,
+		}, requestLabels),
+		respBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "istio_response_bytes", Help: "Response body sizes.", Buckets: bytesBuckets,
+		}, requestLabels),
+	}
+	m.reg.MustRegister(m.requests, m.duration, m.reqBytes, m.respBytes)
+	return m
+}
+
+// ObserveRequest records one request.
+func (m *Metrics) ObserveRequest(r Request) {
+	values := m.labelValues(r)
+	key := strings.Join(values, "\x00")
+	c, ok := m.children.Load(key)
+	if !ok {
+		c, _ = m.children.LoadOrStore(key, &children{
+			requests:  m.requests.WithLabelValues(values...),
+			duration:  m.duration.WithLabelValues(values...),
+			reqBytes:  m.reqBytes.WithLabelValues(values...),
+			respBytes: m.respBytes.WithLabelValues(values...),
+		})
+	}
+	ch := c.(*children)
+	ch.requests.Inc()
+	ch.duration.Observe(float64(r.Duration) / float64(time.Millisecond))
+	ch.reqBytes.Observe(float64(r.RequestBytes))
+	ch.respBytes.Observe(float64(r.ResponseBytes))
+}
+
+func (m *Metrics) labelValues(r Request) []string {
+	policy := "none"
+	if r.MutualTLS {
+		policy = "mutual_tls"
+	}
+	grpc := r.GRPCStatus
+	if grpc == "" {
+		grpc = "-"
+	}
+	flags := r.Flags
+	if flags == "" {
+		flags = "-"
+	}
+	s, d := r.Source, r.Dest
+	return []string{
+		r.Reporter,
+		s.Workload, s.Namespace, s.Principal, s.App, s.Version, s.CanonicalService, s.CanonicalRevision, m.cluster,
+		d.Workload, d.Namespace, d.Principal, d.App, d.Version, r.Service, r.ServiceName, r.ServiceNamespace,
+		d.CanonicalService, d.CanonicalRevision, m.cluster,
+		r.Protocol, strconv.Itoa(r.Code), grpc, policy, flags,
+	}
+}
+
+// Handler serves the metrics in Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
