@@ -241,3 +241,26 @@ func FormatLabels(labels map[string]string) string {
 	}
 	return b.String()
 }
+
+// KindPeerAuthentication is the Istio-shaped PeerAuthentication kind.
+const KindPeerAuthentication Kind = "PeerAuthentication"
+
+// MTLSMode is a PeerAuthentication mode.
+type MTLSMode string
+
+// Modes, as Istio spells them. UNSET inherits from the broader policy.
+const (
+	MTLSUnset      MTLSMode = "UNSET"
+	MTLSPermissive MTLSMode = "PERMISSIVE"
+	MTLSStrict     MTLSMode = "STRICT"
+)
+
+// PeerAuthentication says whether a workload's sidecar accepts plaintext.
+// Without Selector it covers its whole namespace; with one, the selected
+// workloads, overriding the namespace's. PortModes override per app port.
+type PeerAuthentication struct {
+	Meta
+	Selector  map[string]string // nil: the whole namespace
+	Mode      MTLSMode
+	PortModes map[uint32]MTLSMode
+}

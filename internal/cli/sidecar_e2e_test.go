@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -141,6 +143,32 @@ func TestSidecarsBalanceAndEncrypt(t *testing.T) {
 		if after := serial(); after == before {
 			t.Errorf("the client sidecar still has certificate %s after 9 s with an 8 s lifetime", before)
 		}
+	})
+
+	t.Run("STRICT refuses plaintext from outside the mesh, PERMISSIVE accepts it", func(t *testing.T) {
+		reach := func(ns string) bool {
+			out, _, err := m.run("exec", "-n", ns, "client", "--", "curl", "-s", "-m", "2", url)
+			return err == nil && strings.HasPrefix(out, "hello from")
+		}
+		strict := filepath.Join(t.TempDir(), "strict.yaml")
+		// Written for Istio: accepted as the same object.
+		doc := "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: web}\nspec:\n  mtls: {mode: STRICT}\n"
+		if err := os.WriteFile(strict, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		m.must("apply", "-f", strict)
+		waitFor(t, "STRICT to refuse the non-mesh client", 10*time.Second, func() bool { return !reach("outside") })
+		if !reach("client") {
+			t.Error("STRICT: the meshed client was refused too")
+		}
+		// Readiness probes reach the app past the sidecar, as Istio's
+		// rewritten probes do: STRICT must not make the pods unready.
+		time.Sleep(4 * time.Second)
+		if eps := m.service("web", "hello").Endpoints; len(eps) != 3 {
+			t.Errorf("under STRICT the service has %d ready endpoints, want 3", len(eps))
+		}
+		m.must("delete", "-f", strict)
+		waitFor(t, "PERMISSIVE to accept the non-mesh client again", 10*time.Second, func() bool { return reach("outside") })
 	})
 
 	t.Run("traffic between sidecars is encrypted", func(t *testing.T) {

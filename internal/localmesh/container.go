@@ -32,8 +32,11 @@ type container struct {
 	podIP   string
 	env     []string
 	logPath string
-	policy  catalog.RestartPolicy
-	grace   time.Duration
+	// probeInPod makes httpGet and tcpSocket probes reach the app on the
+	// pod's loopback (pods with a sidecar).
+	probeInPod bool
+	policy     catalog.RestartPolicy
+	grace      time.Duration
 	// backoff is the first restart delay, doubling up to maxBackoff.
 	backoff, maxBackoff time.Duration
 	cfg                 *Config

@@ -197,7 +197,7 @@ func (r *Runtime) proxyConfigLocked(p *pod) (*meshpb.ProxyConfig, error) {
 	}
 	cfg := &meshpb.ProxyConfig{
 		Workload: &meshpb.Workload{Namespace: p.obj.Namespace, Name: workloadName(p.obj), Identity: id.String(), Labels: p.obj.Labels},
-		Inbound:  &meshpb.InboundPolicy{},
+		Inbound:  r.inboundPolicyLocked(p.obj),
 	}
 	for _, svc := range r.desired.Services() {
 		vip, ok := r.vips[svc.Namespace+"/"+svc.Name]
@@ -233,6 +233,44 @@ func (r *Runtime) proxyConfigLocked(p *pod) (*meshpb.ProxyConfig, error) {
 	h.Write(data)
 	cfg.Version = fmt.Sprintf("%016x", h.Sum64())
 	return cfg, nil
+}
+
+// inboundPolicyLocked resolves the PeerAuthentications that apply to pod:
+// the namespace's policy (no selector), then a policy selecting the pod,
+// whose mode (unless UNSET) and port modes win. PERMISSIVE when none.
+func (r *Runtime) inboundPolicyLocked(pod *catalog.Pod) *meshpb.InboundPolicy {
+	mode := catalog.MTLSPermissive
+	ports := map[uint32]meshpb.MTLSMode{}
+	var workload *catalog.PeerAuthentication
+	for _, pa := range r.desired.PeerAuthentications() {
+		switch {
+		case pa.Namespace != pod.Namespace:
+		case pa.Selector == nil:
+			if pa.Mode != catalog.MTLSUnset {
+				mode = pa.Mode
+			}
+		case catalog.SelectorMatches(pa.Selector, pod.Labels):
+			workload = pa
+		}
+	}
+	if workload != nil {
+		if workload.Mode != catalog.MTLSUnset {
+			mode = workload.Mode
+		}
+		for port, m := range workload.PortModes {
+			if m != catalog.MTLSUnset {
+				ports[port] = pbMode(m)
+			}
+		}
+	}
+	return &meshpb.InboundPolicy{Mode: pbMode(mode), PortModes: ports}
+}
+
+func pbMode(m catalog.MTLSMode) meshpb.MTLSMode {
+	if m == catalog.MTLSStrict {
+		return meshpb.MTLSMode_MTLS_MODE_STRICT
+	}
+	return meshpb.MTLSMode_MTLS_MODE_PERMISSIVE
 }
 
 // workloadName is what metrics call a pod's workload: its Deployment, or

@@ -113,7 +113,8 @@ func (r *Runtime) startPodLocked(obj *catalog.Pod, hash string) (p *pod, err err
 			logPath: filepath.Join(logs, spec.Name+".log"),
 			policy:  obj.Spec.RestartPolicy, grace: obj.Spec.TerminationGrace,
 			backoff: r.cfg.RestartBackoff, maxBackoff: r.cfg.MaxRestartBackoff,
-			cfg: &r.cfg, changed: r.trigger,
+			probeInPod: p.injected && spec.Name != sidecarName,
+			cfg:        &r.cfg, changed: r.trigger,
 			state: stateWaiting, reason: "ContainerCreating",
 		}
 		p.containers = append(p.containers, c)

@@ -6,8 +6,11 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
 
 // probeLoop runs the container's readiness probe with Kubernetes timing
@@ -66,15 +69,28 @@ func (c *container) probeOnce(ctx context.Context) error {
 	p := c.spec.Readiness
 	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
 	defer cancel()
+	host, dial := c.podIP, (&net.Dialer{}).DialContext
+	if c.probeInPod {
+		// The pod has a sidecar capturing inbound traffic: probe the app
+		// on the pod's own loopback, as Istio's rewritten probes reach it,
+		// so neither STRICT mTLS nor the sidecar's accept decides.
+		host, dial = "127.0.0.1", func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dialInNetns(ctx, c.netns, network, addr)
+		}
+	}
 	switch {
 	case p.HTTPGet != nil:
-		url := "http://" + net.JoinHostPort(c.podIP, strconv.Itoa(int(p.HTTPGet.Port))) + p.HTTPGet.Path
+		url := "http://" + net.JoinHostPort(host, strconv.Itoa(int(p.HTTPGet.Port))) + p.HTTPGet.Path
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
 			return err
 		}
 		req.Header.Set("User-Agent", "trellis-probe/1")
-		resp, err := probeClient.Do(req)
+		client := &http.Client{
+			Transport:     &http.Transport{DisableKeepAlives: true, Proxy: nil, DialContext: dial},
+			CheckRedirect: probeClient.CheckRedirect,
+		}
+		resp, err := client.Do(req)
 		if err != nil {
 			return err
 		}
@@ -84,8 +100,7 @@ func (c *container) probeOnce(ctx context.Context) error {
 		}
 		return nil
 	case p.TCPSocket != nil:
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(c.podIP, strconv.Itoa(int(p.TCPSocket.Port))))
+		conn, err := dial(ctx, "tcp", net.JoinHostPort(host, strconv.Itoa(int(p.TCPSocket.Port))))
 		if err != nil {
 			return err
 		}
@@ -105,4 +120,33 @@ var probeClient = &http.Client{
 	CheckRedirect: func(*http.Request, []*http.Request) error {
 		return http.ErrUseLastResponse
 	},
+}
+
+// dialInNetns connects from inside the named network namespace: a thread
+// switched into it makes the socket, which stays in that namespace; the
+// thread is discarded afterwards.
+func dialInNetns(ctx context.Context, netnsName, network, addr string) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with us
+		ns, err := netns.GetFromName(netnsName)
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
 }

@@ -34,6 +34,8 @@ func checkObject(obj any) error {
 		return checkService(o)
 	case *catalog.NetworkPolicy:
 		return checkMeta(o.Meta)
+	case *catalog.PeerAuthentication:
+		return checkMeta(o.Meta)
 	}
 	return nil
 }

@@ -21,17 +21,38 @@ import (
 
 // decoder turns one document of a known kind into a catalog object.
 type decoder struct {
-	apiVersion string
-	decode     func(doc []byte) (catalog.Ref, any, error)
+	apiVersion  string   // the one accepted, unless apiVersions is set
+	apiVersions []string // several accepted, the first preferred
+	decode      func(doc []byte) (catalog.Ref, any, error)
 }
 
 var decoders = map[string]decoder{
-	"Namespace":      {"v1", decodeNamespace},
-	"ServiceAccount": {"v1", decodeServiceAccount},
-	"Pod":            {"v1", decodePod},
-	"Service":        {"v1", decodeService},
-	"Deployment":     {"apps/v1", decodeDeployment},
-	"NetworkPolicy":  {"networking.k8s.io/v1", decodeNetworkPolicy},
+	"Namespace":          {"v1", nil, decodeNamespace},
+	"ServiceAccount":     {"v1", nil, decodeServiceAccount},
+	"Pod":                {"v1", nil, decodePod},
+	"Service":            {"v1", nil, decodeService},
+	"Deployment":         {"apps/v1", nil, decodeDeployment},
+	"NetworkPolicy":      {"networking.k8s.io/v1", nil, decodeNetworkPolicy},
+	"PeerAuthentication": {"", peerAuthVersions, decodePeerAuthentication},
+}
+
+func (d decoder) accepts(v string) bool {
+	if d.apiVersions == nil {
+		return v == d.apiVersion
+	}
+	for _, a := range d.apiVersions {
+		if v == a {
+			return true
+		}
+	}
+	return false
+}
+
+func (d decoder) preferred() string {
+	if d.apiVersions == nil {
+		return d.apiVersion
+	}
+	return d.apiVersions[0]
 }
 
 // Parse decodes every document of every source. It checks each object on its
@@ -104,8 +125,8 @@ func decodeDocument(doc []byte) (catalog.Ref, any, error) {
 	if !ok {
 		return catalog.Ref{}, nil, fmt.Errorf("unknown kind %q (apiVersion %s); supported kinds: %s", tm.Kind, tm.APIVersion, supportedKinds())
 	}
-	if tm.APIVersion != d.apiVersion {
-		return guessRef(doc, tm.Kind), nil, fmt.Errorf("apiVersion %q is not supported; use %q", tm.APIVersion, d.apiVersion)
+	if !d.accepts(tm.APIVersion) {
+		return guessRef(doc, tm.Kind), nil, fmt.Errorf("apiVersion %q is not supported; use %q", tm.APIVersion, d.preferred())
 	}
 	ref, obj, err := d.decode(doc)
 	if err != nil && ref.Name == "" {

@@ -154,6 +154,11 @@ func (s *Set) Deployments() []*catalog.Deployment { return collect[*catalog.Depl
 // NetworkPolicies returns the network policies in namespace/name order.
 func (s *Set) NetworkPolicies() []*catalog.NetworkPolicy { return collect[*catalog.NetworkPolicy](s) }
 
+// PeerAuthentications returns the peer authentication policies.
+func (s *Set) PeerAuthentications() []*catalog.PeerAuthentication {
+	return collect[*catalog.PeerAuthentication](s)
+}
+
 // Services returns the services in namespace/name order.
 func (s *Set) Services() []*catalog.Service { return collect[*catalog.Service](s) }
 
@@ -171,7 +176,7 @@ func collect[T any](s *Set) []T {
 // depend on first.
 func kindOrder(k catalog.Kind) int {
 	for i, kk := range []catalog.Kind{catalog.KindNamespace, catalog.KindServiceAccount,
-		catalog.KindService, catalog.KindDeployment, catalog.KindPod, catalog.KindNetworkPolicy} {
+		catalog.KindService, catalog.KindDeployment, catalog.KindPod, catalog.KindNetworkPolicy, catalog.KindPeerAuthentication} {
 		if k == kk {
 			return i
 		}
