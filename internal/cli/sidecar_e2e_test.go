@@ -251,3 +251,51 @@ func netInterfaceIndex(name string) (int, error) {
 	}
 	return ifi.Index, nil
 }
+
+// A NetworkPolicy port rule means what its author wrote for meshed traffic
+// too: sidecars connect to the app's port (the destination pod redirects to
+// its sidecar only after the host checked the policy), and the sidecar's own
+// ports are no way around it.
+func TestNetworkPolicyPortsWithSidecars(t *testing.T) {
+	m := newMesh(t)
+	m.up(injectedMesh)
+	waitFor(t, "the client's sidecar to know the 3 endpoints", 60*time.Second, func() bool {
+		out, _, err := m.run("exec", "-n", "client", "client", "--", "curl", "-s", "127.0.0.1:15000/clusters")
+		return err == nil && strings.Count(out, `"inFlight"`) == 3
+	})
+	var podIP string
+	for _, p := range m.pods("web") {
+		if p.Name != "opted-out" {
+			podIP = p.IP
+		}
+	}
+	url := "http://hello.web.svc.cluster.local:8080/"
+	reach := func(ns, target string) bool {
+		out, _, err := m.run("exec", "-n", ns, "client", "--", "curl", "-s", "-m", "2", target)
+		return err == nil && strings.HasPrefix(out, "hello from")
+	}
+	policy := func(port int) string {
+		path := filepath.Join(t.TempDir(), "policy.yaml")
+		doc := fmt.Sprintf("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-client, namespace: web}\n"+
+			"spec:\n  podSelector: {matchLabels: {app: hello}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: client}}}]\n"+
+			"    ports: [{port: %d}]\n", port)
+		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+
+	m.must("apply", "-f", policy(8080))
+	waitFor(t, "the policy to block the non-mesh client", 10*time.Second, func() bool { return !reach("outside", url) })
+	if !reach("client", url) {
+		t.Error("a rule allowing the app port from the client namespace blocked the meshed client")
+	}
+	for _, port := range []string{"15006", "15001"} {
+		if reach("client", "http://"+podIP+":"+port+"/") {
+			t.Errorf("the meshed client reached the app through the sidecar's port %s", port)
+		}
+	}
+
+	m.must("apply", "-f", policy(9090))
+	waitFor(t, "a rule on another port to block the meshed client", 10*time.Second, func() bool { return !reach("client", url) })
+}
