@@ -1,0 +1,87 @@
+package proxy
+
+// gRPC through the sidecars: one client connection, unary calls balanced
+// per call over three replicas behind their inbound proxies, trailers and
+// status codes intact.
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
+)
+
+func TestGRPCBalancedPerCallOverOneConnection(t *testing.T) {
+	m := newTestMesh(t, 3)
+	// Replace each HTTP app by a gRPC server that names itself in a header.
+	var eps []*meshpb.Endpoint
+	for i, in := range m.inbounds {
+		name := fmt.Sprintf("grpc-%d", i)
+		srv := grpc.NewServer(grpc.MaxConcurrentStreams(100), grpc.UnaryInterceptor(
+			func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+				_ = grpc.SetHeader(ctx, metadata.Pairs("x-replica", name))
+				return h(ctx, req)
+			}))
+		healthpb.RegisterHealthServer(srv, health.NewServer())
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go srv.Serve(ln)
+		t.Cleanup(srv.Stop)
+		appPort := uint16(ln.Addr().(*net.TCPAddr).Port)
+		addr := netip.MustParseAddrPort(serve(t, func(c net.Conn) { in.HandleConn(c, appPort) }))
+		eps = append(eps, &meshpb.Endpoint{Address: addr.Addr().String(), Port: uint32(addr.Port()), Identity: m.serverID.String(),
+			Workload: "alpha", Namespace: "db"})
+	}
+	m.lb = meshpb.LoadBalancing_LOAD_BALANCING_ROUND_ROBIN
+	metrics := telemetry.New("test")
+	m.outbound.Metrics = metrics
+	m.outbound.Update(&meshpb.ProxyConfig{Version: "g", Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default"},
+		Services: []*meshpb.Service{{Namespace: "db", Name: "alpha", Vip: vip.Addr().String(), LoadBalancing: m.lb,
+			Ports: []*meshpb.ServicePort{{Port: uint32(vip.Port()), Protocol: meshpb.Protocol_PROTOCOL_GRPC, Endpoints: eps}}}}})
+
+	conn, err := grpc.NewClient(m.appAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := healthpb.NewHealthClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	got := map[string]int{}
+	for i := 0; i < 3000; i++ {
+		var md metadata.MD
+		resp, err := client.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.Header(&md))
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("call %d: %v, %v", i, resp, err)
+		}
+		got[md.Get("x-replica")[0]]++
+	}
+	checkEven(t, got, 3000, 3)
+
+	// A failing call keeps its status through both proxies and is counted.
+	unknown := conn.Invoke(ctx, "/trellis.Missing/Call", &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{})
+	if status.Code(unknown) != codes.Unimplemented {
+		t.Errorf("unknown method: %v, want Unimplemented", unknown)
+	}
+	if n := scrape(t, metrics, "istio_requests_total", []string{`grpc_response_status="12"`, `request_protocol="grpc"`}); n != 1 {
+		t.Errorf("istio_requests_total{grpc_response_status=12} = %v, want 1", n)
+	}
+	if n := scrape(t, metrics, "istio_requests_total", []string{`grpc_response_status="0"`, `request_protocol="grpc"`}); n < 3000 {
+		t.Errorf("istio_requests_total{grpc_response_status=0} = %v, want at least 3000", n)
+	}
+}
