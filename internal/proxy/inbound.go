@@ -224,7 +224,9 @@ func (in *Inbound) toApp(req *http.Request) (*http.Response, error) {
 	req.URL.Scheme = "http"
 	req.URL.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
 	if req.ProtoMajor == 2 && strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc") {
-		return in.toApp2.RoundTrip(req)
+		resp, err := in.toApp2.RoundTrip(req)
+		grpcTrailersOnly(resp)
+		return resp, err
 	}
 	return in.toApp1.RoundTrip(req)
 }
@@ -238,24 +240,43 @@ func (in *Inbound) tunnel(c net.Conn, appPort uint16) {
 		return
 	}
 	defer app.Close()
-	pipe(c, app)
+	closed := in.tcpOpened(c)
+	request, response := pipe(c, app)
+	closed(response, request)
+}
+
+// tcpOpened records a tunnelled connection as the destination reporter.
+func (in *Inbound) tcpOpened(c net.Conn) func(sent, received int64) {
+	if in.Metrics == nil {
+		return func(int64, int64) {}
+	}
+	src, mtls := telemetry.Unknown, false
+	if tc, ok := c.(*tls.Conn); ok {
+		if id, err := meshtls.PeerID(tc.ConnectionState()); err == nil {
+			src.Principal, mtls = id.String(), true
+		}
+	}
+	return in.Metrics.Opened(telemetry.Connection{Reporter: "destination", Source: src, Dest: *in.self.Load(),
+		Service: "unknown", ServiceName: "unknown", ServiceNamespace: "unknown", MutualTLS: mtls})
 }
 
 // pipe copies both ways until both directions are done, half-closing each
-// side when its source ends.
-func pipe(a, b net.Conn) {
-	done := make(chan struct{}, 2)
-	cp := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
+// side when its source ends. It returns the bytes copied from a to b and
+// from b to a.
+func pipe(a, b net.Conn) (aToB, bToA int64) {
+	var wg sync.WaitGroup
+	cp := func(dst, src net.Conn, n *int64) {
+		defer wg.Done()
+		*n, _ = io.Copy(dst, src)
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			_ = cw.CloseWrite()
 		}
-		done <- struct{}{}
 	}
-	go cp(a, b)
-	go cp(b, a)
-	<-done
-	<-done
+	wg.Add(2)
+	go cp(b, a, &aToB)
+	go cp(a, b, &bToA)
+	wg.Wait()
+	return aToB, bToA
 }
 
 // peekedConn is a connection whose first bytes were read into r by Sniff.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
 // alpnTCP is the ALPN protocol of opaque TCP tunnelled between sidecars.
@@ -145,5 +146,12 @@ func (s *OutboundServer) tunnel(c net.Conn, dst netip.AddrPort) {
 		return
 	}
 	defer up.Close()
-	pipe(c, up)
+	closed := func(int64, int64) {}
+	if m := s.out.Metrics; m != nil {
+		_, meshed := rt.identities[ep.Addr]
+		closed = m.Opened(telemetry.Connection{Reporter: "source", Source: rt.self, Dest: rt.peers[ep.Addr],
+			Service: r.host, ServiceName: r.name, ServiceNamespace: r.namespace, MutualTLS: meshed})
+	}
+	request, response := pipe(c, up)
+	closed(response, request)
 }

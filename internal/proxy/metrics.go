@@ -136,3 +136,22 @@ func record(m *telemetry.Metrics, reporter string, src, dst telemetry.Peer, ex *
 		RequestBytes: reqBytes, ResponseBytes: w.bytes,
 	})
 }
+
+// grpcTrailersOnly turns a gRPC "trailers-only" response (status in the
+// headers, no body) into headers plus trailers. Forwarded as is, a flush
+// after the headers would split it into headers and an empty end of stream,
+// which gRPC clients read as a stream closed without trailers.
+func grpcTrailersOnly(resp *http.Response) {
+	if resp == nil || resp.Header.Get("Grpc-Status") == "" {
+		return
+	}
+	if resp.Trailer == nil {
+		resp.Trailer = http.Header{}
+	}
+	for _, k := range []string{"Grpc-Status", "Grpc-Message", "Grpc-Status-Details-Bin"} {
+		if v, ok := resp.Header[k]; ok {
+			resp.Trailer[k] = v
+			delete(resp.Header, k)
+		}
+	}
+}

@@ -227,6 +227,7 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: endpoint %s: %w", r.service, ep.Addr, err)
 	}
+	grpcTrailersOnly(resp)
 	return resp, nil
 }
 

@@ -299,6 +299,8 @@ func TestTCPTunnel(t *testing.T) {
 	for _, proto := range []meshpb.Protocol{meshpb.Protocol_PROTOCOL_TCP, meshpb.Protocol_PROTOCOL_UNSPECIFIED} {
 		t.Run(proto.String(), func(t *testing.T) {
 			m := newTestMesh(t, 1)
+			src, dst := telemetry.New("test"), telemetry.New("test")
+			m.outbound.Metrics, m.inbounds[0].Metrics = src, dst
 			// Replace the HTTP app behind the inbound proxy by a server-first
 			// TCP app: greet, then echo.
 			appAddr := serve(t, func(c net.Conn) {
@@ -328,6 +330,21 @@ func TestTCPTunnel(t *testing.T) {
 			n, err = io.ReadAtLeast(c, buf, len("\x00binary"))
 			if err != nil || string(buf[:n]) != "\x00binary" {
 				t.Errorf("echo = %q, %v", buf[:n], err)
+			}
+			c.Close()
+			// Request direction: 7 bytes; response: the greeting and the echo.
+			want := map[string]float64{"istio_tcp_connections_opened_total": 1, "istio_tcp_connections_closed_total": 1,
+				"istio_tcp_received_bytes_total": 7, "istio_tcp_sent_bytes_total": 17}
+			for _, mm := range []*telemetry.Metrics{src, dst} {
+				deadline := time.Now().Add(2 * time.Second)
+				for metric, v := range want {
+					for scrape(t, mm, metric, []string{`connection_security_policy="mutual_tls"`}) != v && time.Now().Before(deadline) {
+						time.Sleep(10 * time.Millisecond)
+					}
+					if got := scrape(t, mm, metric, []string{`connection_security_policy="mutual_tls"`}); got != v {
+						t.Errorf("%s = %v, want %v", metric, got, v)
+					}
+				}
 			}
 		})
 	}

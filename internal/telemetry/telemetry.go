@@ -4,8 +4,9 @@
 // Kiali, Grafana dashboards and alerts work unchanged. Exposed in
 // Prometheus text format; the proxy serves it on :15020/stats/prometheus.
 //
-// Recording is lock-free on the hot path: each distinct label set resolves
-// its metric children once and caches them.
+// Request recording is lock-free on the hot path: each distinct label set
+// resolves its metric children once and caches them. TCP connections
+// resolve theirs once per connection.
 package telemetry
 
 import (
@@ -90,6 +91,7 @@ type Metrics struct {
 	duration  *prometheus.HistogramVec
 	reqBytes  *prometheus.HistogramVec
 	respBytes *prometheus.HistogramVec
+	tcp       tcpMetrics
 	cluster   string
 
 	children sync.Map // label key -> *children
@@ -119,6 +121,7 @@ func New(cluster string) *Metrics {
 		}, requestLabels),
 	}
 	m.reg.MustRegister(m.requests, m.duration, m.reqBytes, m.respBytes)
+	m.tcp = newTCPMetrics(m.reg)
 	return m
 }
 
@@ -168,4 +171,72 @@ func (m *Metrics) labelValues(r Request) []string {
 // Handler serves the metrics in Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// Connection is one TCP connection the proxy tunnelled, for the istio_tcp_*
+// metrics. As in Istio, both reporters count "received" bytes in the
+// request direction (client to server) and "sent" bytes in the response
+// direction.
+type Connection struct {
+	Reporter                               string
+	Source, Dest                           Peer
+	Service, ServiceName, ServiceNamespace string
+	MutualTLS                              bool
+	Flags                                  string
+}
+
+var tcpLabels = []string{
+	"reporter",
+	"source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+	"source_canonical_service", "source_canonical_revision", "source_cluster",
+	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
+	"destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
+	"destination_canonical_service", "destination_canonical_revision", "destination_cluster",
+	"request_protocol", "connection_security_policy", "response_flags",
+}
+
+// tcpMetrics are registered by New.
+type tcpMetrics struct {
+	opened, closed, sent, received *prometheus.CounterVec
+}
+
+func newTCPMetrics(reg *prometheus.Registry) tcpMetrics {
+	c := func(name, help string) *prometheus.CounterVec {
+		v := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, tcpLabels)
+		reg.MustRegister(v)
+		return v
+	}
+	return tcpMetrics{
+		opened:   c("istio_tcp_connections_opened_total", "TCP connections opened."),
+		closed:   c("istio_tcp_connections_closed_total", "TCP connections closed."),
+		sent:     c("istio_tcp_sent_bytes_total", "Bytes in the response direction (server to client)."),
+		received: c("istio_tcp_received_bytes_total", "Bytes in the request direction (client to server)."),
+	}
+}
+
+// Opened records a new tunnelled connection and returns the function that
+// records its end with the bytes it carried.
+func (m *Metrics) Opened(c Connection) (closed func(sent, received int64)) {
+	policy := "none"
+	if c.MutualTLS {
+		policy = "mutual_tls"
+	}
+	flags := c.Flags
+	if flags == "" {
+		flags = "-"
+	}
+	s, d := c.Source, c.Dest
+	values := []string{
+		c.Reporter,
+		s.Workload, s.Namespace, s.Principal, s.App, s.Version, s.CanonicalService, s.CanonicalRevision, m.cluster,
+		d.Workload, d.Namespace, d.Principal, d.App, d.Version, c.Service, c.ServiceName, c.ServiceNamespace,
+		d.CanonicalService, d.CanonicalRevision, m.cluster,
+		"tcp", policy, flags,
+	}
+	m.tcp.opened.WithLabelValues(values...).Inc()
+	return func(sent, received int64) {
+		m.tcp.sent.WithLabelValues(values...).Add(float64(sent))
+		m.tcp.received.WithLabelValues(values...).Add(float64(received))
+		m.tcp.closed.WithLabelValues(values...).Inc()
+	}
 }
