@@ -11,6 +11,7 @@ package telemetry
 
 import (
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,14 +69,42 @@ type Request struct {
 	RequestBytes, ResponseBytes            int64
 }
 
-var requestLabels = []string{
+// peerLabels are the labels every istio_* metric has: the reporter and both
+// ends of the exchange.
+var peerLabels = []string{
 	"reporter",
 	"source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
 	"source_canonical_service", "source_canonical_revision", "source_cluster",
 	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
 	"destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
 	"destination_canonical_service", "destination_canonical_revision", "destination_cluster",
-	"request_protocol", "response_code", "grpc_response_status", "connection_security_policy", "response_flags",
+}
+
+var requestLabels = slices.Concat(peerLabels,
+	[]string{"request_protocol", "response_code", "grpc_response_status", "connection_security_policy", "response_flags"})
+
+// peerValues are the values of peerLabels, in order.
+func (m *Metrics) peerValues(reporter string, s, d Peer, service, name, namespace string) []string {
+	return []string{
+		reporter,
+		s.Workload, s.Namespace, s.Principal, s.App, s.Version, s.CanonicalService, s.CanonicalRevision, m.cluster,
+		d.Workload, d.Namespace, d.Principal, d.App, d.Version, service, name, namespace,
+		d.CanonicalService, d.CanonicalRevision, m.cluster,
+	}
+}
+
+func securityPolicy(mutualTLS bool) string {
+	if mutualTLS {
+		return "mutual_tls"
+	}
+	return "none"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // Istio's buckets: milliseconds, and bytes.
@@ -146,26 +175,8 @@ func (m *Metrics) ObserveRequest(r Request) {
 }
 
 func (m *Metrics) labelValues(r Request) []string {
-	policy := "none"
-	if r.MutualTLS {
-		policy = "mutual_tls"
-	}
-	grpc := r.GRPCStatus
-	if grpc == "" {
-		grpc = "-"
-	}
-	flags := r.Flags
-	if flags == "" {
-		flags = "-"
-	}
-	s, d := r.Source, r.Dest
-	return []string{
-		r.Reporter,
-		s.Workload, s.Namespace, s.Principal, s.App, s.Version, s.CanonicalService, s.CanonicalRevision, m.cluster,
-		d.Workload, d.Namespace, d.Principal, d.App, d.Version, r.Service, r.ServiceName, r.ServiceNamespace,
-		d.CanonicalService, d.CanonicalRevision, m.cluster,
-		r.Protocol, strconv.Itoa(r.Code), grpc, policy, flags,
-	}
+	return append(m.peerValues(r.Reporter, r.Source, r.Dest, r.Service, r.ServiceName, r.ServiceNamespace),
+		r.Protocol, strconv.Itoa(r.Code), orDash(r.GRPCStatus), securityPolicy(r.MutualTLS), orDash(r.Flags))
 }
 
 // Handler serves the metrics in Prometheus text format.
@@ -185,15 +196,7 @@ type Connection struct {
 	Flags                                  string
 }
 
-var tcpLabels = []string{
-	"reporter",
-	"source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
-	"source_canonical_service", "source_canonical_revision", "source_cluster",
-	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
-	"destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
-	"destination_canonical_service", "destination_canonical_revision", "destination_cluster",
-	"request_protocol", "connection_security_policy", "response_flags",
-}
+var tcpLabels = slices.Concat(peerLabels, []string{"request_protocol", "connection_security_policy", "response_flags"})
 
 // tcpMetrics are registered by New.
 type tcpMetrics struct {
@@ -217,22 +220,8 @@ func newTCPMetrics(reg *prometheus.Registry) tcpMetrics {
 // Opened records a new tunnelled connection and returns the function that
 // records its end with the bytes it carried.
 func (m *Metrics) Opened(c Connection) (closed func(sent, received int64)) {
-	policy := "none"
-	if c.MutualTLS {
-		policy = "mutual_tls"
-	}
-	flags := c.Flags
-	if flags == "" {
-		flags = "-"
-	}
-	s, d := c.Source, c.Dest
-	values := []string{
-		c.Reporter,
-		s.Workload, s.Namespace, s.Principal, s.App, s.Version, s.CanonicalService, s.CanonicalRevision, m.cluster,
-		d.Workload, d.Namespace, d.Principal, d.App, d.Version, c.Service, c.ServiceName, c.ServiceNamespace,
-		d.CanonicalService, d.CanonicalRevision, m.cluster,
-		"tcp", policy, flags,
-	}
+	values := append(m.peerValues(c.Reporter, c.Source, c.Dest, c.Service, c.ServiceName, c.ServiceNamespace),
+		"tcp", securityPolicy(c.MutualTLS), orDash(c.Flags))
 	m.tcp.opened.WithLabelValues(values...).Inc()
 	return func(sent, received int64) {
 		m.tcp.sent.WithLabelValues(values...).Add(float64(sent))
