@@ -78,10 +78,10 @@ func TestGRPCBalancedPerCallOverOneConnection(t *testing.T) {
 	if status.Code(unknown) != codes.Unimplemented {
 		t.Errorf("unknown method: %v, want Unimplemented", unknown)
 	}
-	if n := scrape(t, metrics, "istio_requests_total", []string{`grpc_response_status="12"`, `request_protocol="grpc"`}); n != 1 {
+	if n := scrapeWait(t, metrics, "istio_requests_total", []string{`grpc_response_status="12"`, `request_protocol="grpc"`}, 1); n != 1 {
 		t.Errorf("istio_requests_total{grpc_response_status=12} = %v, want 1", n)
 	}
-	if n := scrape(t, metrics, "istio_requests_total", []string{`grpc_response_status="0"`, `request_protocol="grpc"`}); n < 3000 {
+	if n := scrapeWait(t, metrics, "istio_requests_total", []string{`grpc_response_status="0"`, `request_protocol="grpc"`}, 3000); n < 3000 {
 		t.Errorf("istio_requests_total{grpc_response_status=0} = %v, want at least 3000", n)
 	}
 }

@@ -336,12 +336,8 @@ func TestTCPTunnel(t *testing.T) {
 			want := map[string]float64{"istio_tcp_connections_opened_total": 1, "istio_tcp_connections_closed_total": 1,
 				"istio_tcp_received_bytes_total": 7, "istio_tcp_sent_bytes_total": 17}
 			for _, mm := range []*telemetry.Metrics{src, dst} {
-				deadline := time.Now().Add(2 * time.Second)
 				for metric, v := range want {
-					for scrape(t, mm, metric, []string{`connection_security_policy="mutual_tls"`}) != v && time.Now().Before(deadline) {
-						time.Sleep(10 * time.Millisecond)
-					}
-					if got := scrape(t, mm, metric, []string{`connection_security_policy="mutual_tls"`}); got != v {
+					if got := scrapeWait(t, mm, metric, []string{`connection_security_policy="mutual_tls"`}, v); got != v {
 						t.Errorf("%s = %v, want %v", metric, got, v)
 					}
 				}
@@ -386,10 +382,10 @@ func TestIstioStandardMetrics(t *testing.T) {
 		{"source", src, append([]string{`reporter="source"`}, common...)},
 		{"destination", dst, append([]string{`reporter="destination"`, `source_principal="spiffe://cluster.local/ns/web/sa/default"`}, common...)},
 	} {
-		if got := scrape(t, c.m, "istio_requests_total", c.want); got != 7 {
+		if got := scrapeWait(t, c.m, "istio_requests_total", c.want, 7); got != 7 {
 			t.Errorf("%s reporter: istio_requests_total%v = %v, want 7", c.name, c.want, got)
 		}
-		if got := scrape(t, c.m, "istio_request_duration_milliseconds_count", c.want); got != 7 {
+		if got := scrapeWait(t, c.m, "istio_request_duration_milliseconds_count", c.want, 7); got != 7 {
 			t.Errorf("%s reporter: duration count = %v, want 7", c.name, got)
 		}
 	}
@@ -400,9 +396,23 @@ func TestIstioStandardMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if got := scrape(t, dst, "istio_requests_total", []string{`connection_security_policy="none"`, `source_workload="unknown"`}); got != 1 {
+	if got := scrapeWait(t, dst, "istio_requests_total", []string{`connection_security_policy="none"`, `source_workload="unknown"`}, 1); got != 1 {
 		t.Errorf("plaintext request counted %v times as none/unknown, want 1", got)
 	}
+}
+
+// scrapeWait scrapes until the value is want or 2 s pass: a request is
+// recorded when its handler returns, which may be just after the client
+// has read the whole response.
+func scrapeWait(t *testing.T, m *telemetry.Metrics, metric string, labels []string, want float64) float64 {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	got := scrape(t, m, metric, labels)
+	for got != want && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		got = scrape(t, m, metric, labels)
+	}
+	return got
 }
 
 // scrape returns the value of the series of metric whose labels include all
