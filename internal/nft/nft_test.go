@@ -10,8 +10,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -19,23 +17,16 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/trellis-mesh/trellis/internal/netnstest"
 )
 
 // testNetns creates a network namespace with lo up holding addrs (the
-// endpoints' addresses) and a route to the VIP range 10.98.0.0/24, and
-// removes it when the test ends.
+// endpoints' addresses) and a route to the VIP range 10.98.0.0/24.
 func testNetns(t *testing.T, addrs ...string) netns.NsHandle {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace and nftables tables")
-	}
-	var ns netns.NsHandle
-	inNetns(t, 0, func() error {
-		var err error
-		ns, err = netns.New() // switches this (discarded) thread
-		if err != nil {
-			return err
-		}
+	ns := netnstest.New(t)
+	netnstest.Run(t, ns, func() error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
 			return err
@@ -57,35 +48,14 @@ func testNetns(t *testing.T, addrs ...string) netns.NsHandle {
 		_, vips, _ := net.ParseCIDR("10.98.0.0/24")
 		return netlink.RouteAdd(&netlink.Route{LinkIndex: lo.Attrs().Index, Dst: vips})
 	})
-	t.Cleanup(func() { ns.Close() }) // the last reference: the namespace goes
 	return ns
-}
-
-// inNetns runs f on a dedicated OS thread inside ns (0: a thread of the
-// caller's namespace) and discards the thread afterwards.
-func inNetns(t *testing.T, ns netns.NsHandle, f func() error) {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread exits with us
-		if ns != 0 {
-			if err := netns.Set(ns); err != nil {
-				errc <- err
-				return
-			}
-		}
-		errc <- f()
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
 }
 
 // serve accepts connections on addr inside ns and writes reply to each.
 func serve(t *testing.T, ns netns.NsHandle, addr, reply string) {
 	t.Helper()
 	var ln net.Listener
-	inNetns(t, ns, func() (err error) {
+	netnstest.Run(t, ns, func() (err error) {
 		ln, err = net.Listen("tcp", addr) // the socket stays in ns
 		return err
 	})
@@ -107,7 +77,7 @@ func dial(t *testing.T, ns netns.NsHandle, addr string) (string, error) {
 	t.Helper()
 	var got string
 	var dialErr error
-	inNetns(t, ns, func() error {
+	netnstest.Run(t, ns, func() error {
 		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
 		if err != nil {
 			dialErr = err

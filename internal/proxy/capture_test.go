@@ -10,62 +10,25 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/trellis-mesh/trellis/internal/netnstest"
 	"github.com/trellis-mesh/trellis/internal/nft"
 )
 
 const testMark = 0x539
-
-// inNS runs f on a fresh OS thread switched into ns; the thread is
-// discarded afterwards.
-func inNS(t *testing.T, ns netns.NsHandle, f func() error) {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		errc <- f()
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-}
 
 // twoNamespaces makes "client" (10.97.0.1) and "pod" (10.97.0.2) joined by
 // a veth pair, each with lo up and a route to 10.98.0.0/24 (service VIPs)
 // via the other.
 func twoNamespaces(t *testing.T) (client, pod netns.NsHandle) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, a veth pair and nftables rules")
-	}
-	newNS := func() netns.NsHandle {
-		var ns netns.NsHandle
-		errc := make(chan error, 1)
-		go func() {
-			runtime.LockOSThread()
-			var err error
-			ns, err = netns.New()
-			errc <- err
-		}()
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ns.Close() })
-		return ns
-	}
-	client, pod = newNS(), newNS()
-	inNS(t, client, func() error {
+	client, pod = netnstest.New(t), netnstest.New(t)
+	netnstest.Run(t, client, func() error {
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "c0"}, PeerName: "p0"}
 		if err := netlink.LinkAdd(veth); err != nil {
 			return err
@@ -81,7 +44,7 @@ func twoNamespaces(t *testing.T) (client, pod netns.NsHandle) {
 		link, ip string
 		gw       string
 	}{{client, "c0", "10.97.0.1/24", "10.97.0.2"}, {pod, "p0", "10.97.0.2/24", "10.97.0.1"}} {
-		inNS(t, side.ns, func() error {
+		netnstest.Run(t, side.ns, func() error {
 			for _, name := range []string{"lo", side.link} {
 				l, err := netlink.LinkByName(name)
 				if err != nil {
@@ -108,7 +71,7 @@ func twoNamespaces(t *testing.T) (client, pod netns.NsHandle) {
 func listen(t *testing.T, ns netns.NsHandle, addr string) <-chan string {
 	t.Helper()
 	var ln net.Listener
-	inNS(t, ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err })
+	netnstest.Run(t, ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err })
 	t.Cleanup(func() { ln.Close() })
 	got := make(chan string, 10)
 	go func() {
@@ -139,7 +102,7 @@ func listen(t *testing.T, ns netns.NsHandle, addr string) <-chan string {
 func dialFrom(t *testing.T, ns netns.NsHandle, addr string, d *net.Dialer) error {
 	t.Helper()
 	var derr error
-	inNS(t, ns, func() error {
+	netnstest.Run(t, ns, func() error {
 		d.Timeout = 2 * time.Second
 		c, err := d.Dial("tcp", addr)
 		if err != nil {
