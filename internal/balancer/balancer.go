@@ -64,7 +64,8 @@ type Balancer struct {
 	outlier Outlier
 	now     func() time.Time
 
-	eps atomic.Pointer[[]*Endpoint] // the current set, never modified in place
+	eps   atomic.Pointer[[]*Endpoint] // the current set, never modified in place
+	picks atomic.Uint64               // stamps Endpoint.lastPick
 
 	mu sync.Mutex // serialises Update
 }
@@ -139,7 +140,9 @@ func (b *Balancer) Pick() (*Endpoint, error) {
 	if len(healthy) == 0 {
 		healthy = all
 	}
-	return b.picker.Pick(healthy), nil
+	e := b.picker.Pick(healthy)
+	e.lastPick.Store(b.picks.Add(1))
+	return e, nil
 }
 
 // Endpoint is one backend and its live statistics.
@@ -150,7 +153,8 @@ type Endpoint struct {
 	inflight     atomic.Int64
 	failures     atomic.Int64 // consecutive
 	ejections    atomic.Int64
-	ejectedUntil atomic.Int64 // unix nanoseconds
+	ejectedUntil atomic.Int64  // unix nanoseconds
+	lastPick     atomic.Uint64 // Balancer.picks when last chosen; 0 never
 
 	ewmaMu   sync.Mutex
 	ewma     float64   // guarded by ewmaMu: peak-EWMA latency, nanoseconds
@@ -199,8 +203,16 @@ func (e *Endpoint) Ejected() bool { return e.ejectedUntil.Load() > e.b.now().Uni
 // ewmaDecay is the time constant of the latency average.
 const ewmaDecay = 10 * time.Second
 
+// fastSampleShare is the least share of the way a faster sample moves the
+// estimate toward itself, however soon after the previous one it came.
+const fastSampleShare = 0.5
+
 // observe folds a latency into the peak-EWMA: a slower sample is taken at
-// once, faster ones decay the average over ewmaDecay.
+// once, faster ones decay the average over ewmaDecay and each moves it at
+// least fastSampleShare of the way. Without that floor one stray spike (a GC
+// pause, a descheduled thread) would mark an endpoint slow for seconds while
+// its next answers are fast; a really slow endpoint answers slowly every
+// time and stays expensive.
 func (e *Endpoint) observe(lat time.Duration) {
 	now := e.b.now()
 	e.ewmaMu.Lock()
@@ -209,7 +221,7 @@ func (e *Endpoint) observe(lat time.Duration) {
 	if sample > e.ewma || e.ewmaTime.IsZero() {
 		e.ewma = sample
 	} else {
-		w := decayWeight(now.Sub(e.ewmaTime))
+		w := min(decayWeight(now.Sub(e.ewmaTime)), 1-fastSampleShare)
 		e.ewma = e.ewma*w + sample*(1-w)
 	}
 	e.ewmaTime = now

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
@@ -50,6 +51,26 @@ func TestEvenSpreadOverEqualEndpoints(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Equal endpoints measured with noise (each sample 1–1.2 ms, and one in a
+// hundred a 5 ms spike, as on a busy machine) still share the default
+// policy's load evenly: small differences are a tie that goes to the
+// endpoint picked less recently, and a spiked endpoint is probed and
+// measured fast again.
+func TestPeakEWMAEvenUnderNoise(t *testing.T) {
+	b := newTest(t, P2CPeakEWMA, 3)
+	got := share(t, b, 3000, func(string) time.Duration {
+		if rand.IntN(100) == 0 {
+			return 5 * time.Millisecond
+		}
+		return time.Millisecond + rand.N(200*time.Microsecond)
+	})
+	for addr, n := range got {
+		if !within(n, 1000, 100) {
+			t.Errorf("%s served %d of 3000, want 1000 ± 10%% (all: %v)", addr, n, got)
+		}
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 func TestGRPCBalancedPerCallOverOneConnection(t *testing.T) {
 	m := newTestMesh(t, 3)
 	// Replace each HTTP app by a gRPC server that names itself in a header.
+	// The default policy (peak-EWMA) must spread the calls evenly.
 	var eps []*meshpb.Endpoint
 	for i, in := range m.inbounds {
 		name := fmt.Sprintf("grpc-%d", i)
@@ -47,7 +48,6 @@ func TestGRPCBalancedPerCallOverOneConnection(t *testing.T) {
 		eps = append(eps, &meshpb.Endpoint{Address: addr.Addr().String(), Port: uint32(addr.Port()), Identity: m.serverID.String(),
 			Workload: "alpha", Namespace: "db"})
 	}
-	m.lb = meshpb.LoadBalancing_LOAD_BALANCING_ROUND_ROBIN
 	metrics := telemetry.New("test")
 	m.outbound.Metrics = metrics
 	m.outbound.Update(&meshpb.ProxyConfig{Version: "g", Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default"},

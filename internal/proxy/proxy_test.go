@@ -169,11 +169,9 @@ func checkEven(t *testing.T, got map[string]int, n, replicas int) {
 	}
 }
 
-// Round-robin and least-request split one connection's 3000 requests evenly
-// (1000 ± 10 % each). Peak-EWMA, the default, follows measured latency by
-// design (costs within 25 % count as equal, so noise alone does not starve a
-// replica); on a noisy shared machine it is required to give every replica
-// at least 5 %.
+// Every policy splits one connection's 3000 requests over three equal
+// replicas evenly (1000 ± 10 % each), the default peak-EWMA included: it
+// must tell measurement noise on a busy machine from a slower replica.
 func TestPerRequestBalancingOverOneConnection(t *testing.T) {
 	for _, lb := range []meshpb.LoadBalancing{
 		meshpb.LoadBalancing_LOAD_BALANCING_ROUND_ROBIN,
@@ -184,13 +182,6 @@ func TestPerRequestBalancingOverOneConnection(t *testing.T) {
 			m := newTestMesh(t, 3)
 			m.lb = lb
 			m.update(t, m.endpoints)
-			check := func(t *testing.T, got map[string]int) {
-				if lb == meshpb.LoadBalancing_LOAD_BALANCING_P2C_PEAK_EWMA {
-					checkAllUsed(t, got, 3000, 3)
-				} else {
-					checkEven(t, got, 3000, 3)
-				}
-			}
 			t.Run("HTTP/1.1 keep-alive", func(t *testing.T) {
 				// One raw connection, requests one after another: exactly
 				// what a keep-alive client does, with no pool to reconnect.
@@ -213,7 +204,7 @@ func TestPerRequestBalancingOverOneConnection(t *testing.T) {
 					resp.Body.Close()
 					got[string(body)]++
 				}
-				check(t, got)
+				checkEven(t, got, 3000, 3)
 			})
 			t.Run("HTTP/2 prior knowledge", func(t *testing.T) {
 				var conns atomic.Int32
@@ -224,26 +215,13 @@ func TestPerRequestBalancingOverOneConnection(t *testing.T) {
 					return (&net.Dialer{}).DialContext(ctx, n, a)
 				}}
 				defer tr.CloseIdleConnections()
-				check(t, spread(t, &http.Client{Transport: tr}, "http://"+m.appAddr+"/", 3000, 8))
+				checkEven(t, spread(t, &http.Client{Transport: tr}, "http://"+m.appAddr+"/", 3000, 8), 3000, 3)
 				if conns.Load() != 1 {
 					t.Errorf("the app opened %d connections, want 1", conns.Load())
 				}
 			})
 		})
 	}
-}
-
-func checkAllUsed(t *testing.T, got map[string]int, n, replicas int) {
-	t.Helper()
-	if len(got) != replicas {
-		t.Fatalf("answers = %v, want %d replicas", got, replicas)
-	}
-	for k, v := range got {
-		if v < n/20 {
-			t.Errorf("%s served only %d of %d (all: %v)", k, v, n, got)
-		}
-	}
-	t.Logf("peak-EWMA split: %v", got)
 }
 
 func TestProxyFailuresSayWhy(t *testing.T) {
