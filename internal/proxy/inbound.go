@@ -23,7 +23,8 @@ import (
 )
 
 // Inbound terminates connections to the workload: mutual TLS from other
-// sidecars (HTTP/2, whatever the caller's app spoke) and, in PERMISSIVE
+// sidecars (HTTP/2, whatever the caller's app spoke; HTTP/1.1 for
+// WebSocket and other Upgrades) and, in PERMISSIVE
 // mode, plaintext from outside the mesh. It hands each request to the app
 // on localhost in the app's own protocol: gRPC over HTTP/2 cleartext,
 // everything else over HTTP/1.1.
@@ -171,7 +172,7 @@ func (in *Inbound) strict(port uint16) bool {
 
 func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 	cfg := meshtls.ServerConfig(in.store, meshtls.MemberOf(in.trustDomain))
-	cfg.NextProtos = []string{"h2", alpnTCP}
+	cfg.NextProtos = []string{"h2", "http/1.1", alpnTCP} // http/1.1: Upgrade requests
 	tc := tls.Server(c, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	err := tc.HandshakeContext(ctx)

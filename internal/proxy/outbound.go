@@ -39,8 +39,9 @@ type Outbound struct {
 	mu        sync.Mutex                         // serialises Update
 	balancers map[balancerKey]*balancer.Balancer // guarded by mu: kept across updates
 
-	mesh  *http.Transport // mTLS h2 to sidecars, one pool per endpoint
-	plain *http.Transport // to endpoints outside the mesh
+	mesh    *http.Transport // mTLS h2 to sidecars, one pool per endpoint
+	upgrade *http.Transport // mTLS HTTP/1.1 to sidecars, a connection per Upgrade request
+	plain   *http.Transport // to endpoints outside the mesh
 	proxy *httputil.ReverseProxy
 }
 
@@ -77,12 +78,26 @@ func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 	h2only := new(http.Protocols)
 	h2only.SetHTTP2(true)
 	o.mesh = &http.Transport{
-		DialTLSContext:    o.dialMesh,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return o.dialMesh(ctx, network, addr, "h2")
+		},
 		Protocols:         h2only,
 		ForceAttemptHTTP2: true,
 		IdleConnTimeout:   time.Hour,
 		// Keep pooled upstream connections checked.
 		HTTP2: &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 5 * time.Second},
+	}
+	// WebSocket and other Upgrades need a connection of their own that
+	// becomes a byte stream after 101: HTTP/1.1 over mTLS, never pooled.
+	h1only := new(http.Protocols)
+	h1only.SetHTTP1(true)
+	o.upgrade = &http.Transport{
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return o.dialMesh(ctx, network, addr, "http/1.1")
+		},
+		Protocols:             h1only,
+		DisableKeepAlives:     true,
+		ResponseHeaderTimeout: 15 * time.Second,
 	}
 	o.plain = &http.Transport{
 		DialContext:           d.DialContext,
@@ -214,7 +229,11 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 		ex.mutualTLS = true
 		req.URL.Scheme = "https"
 		req.Header.Set(peerHeader, encodePeer(rt.self, r.host, r.name, r.namespace))
-		resp, err = o.mesh.RoundTrip(req)
+		if req.Header.Get("Upgrade") != "" { // ReverseProxy keeps it only on upgrade requests
+			resp, err = o.upgrade.RoundTrip(req)
+		} else {
+			resp, err = o.mesh.RoundTrip(req)
+		}
 	} else {
 		req.URL.Scheme = "http"
 		resp, err = o.plain.RoundTrip(req)
@@ -233,15 +252,15 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 
 var errNoRoute = errors.New("no route")
 
-// dialMesh opens an mTLS connection to an endpoint's sidecar, requiring the
-// identity the config names for that endpoint.
-func (o *Outbound) dialMesh(ctx context.Context, network, addr string) (net.Conn, error) {
+// dialMesh opens an mTLS connection to an endpoint's sidecar speaking alpn,
+// requiring the identity the config names for that endpoint.
+func (o *Outbound) dialMesh(ctx context.Context, network, addr, alpn string) (net.Conn, error) {
 	want, ok := o.routes.Load().identities[addr]
 	if !ok {
 		return nil, fmt.Errorf("dial %s: endpoint left the config", addr)
 	}
 	cfg := meshtls.ClientConfig(o.store, meshtls.Exactly(want))
-	cfg.NextProtos = []string{"h2"}
+	cfg.NextProtos = []string{alpn}
 	d := &tls.Dialer{NetDialer: o.dial, Config: cfg}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

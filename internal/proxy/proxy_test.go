@@ -78,9 +78,20 @@ func serve(t *testing.T, accept func(net.Conn)) string {
 	return ln.Addr().String()
 }
 
-// newTestMesh starts n app servers, each behind an inbound proxy, and an
-// outbound proxy routing vip to them.
+// newTestMesh starts n app servers answering with their name, each behind
+// an inbound proxy, and an outbound proxy routing vip to them.
 func newTestMesh(t *testing.T, n int) *testMesh {
+	t.Helper()
+	return newTestMeshApp(t, n, func(name string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			fmt.Fprint(w, name)
+		})
+	})
+}
+
+// newTestMeshApp is newTestMesh with the app servers' handler.
+func newTestMeshApp(t *testing.T, n int, app func(name string) http.Handler) *testMesh {
 	t.Helper()
 	a, err := ca.NewRoot("cluster.local", 0)
 	if err != nil {
@@ -90,10 +101,7 @@ func newTestMesh(t *testing.T, n int) *testMesh {
 	m.client, _ = store(t, a, "spiffe://cluster.local/ns/web/sa/default")
 	for i := range n {
 		name := fmt.Sprintf("alpha-%d", i)
-		app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			io.Copy(io.Discard, r.Body)
-			fmt.Fprint(w, name)
-		}), ReadHeaderTimeout: 10 * time.Second}
+		app := &http.Server{Handler: app(name), ReadHeaderTimeout: 10 * time.Second}
 		appLn, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)

@@ -1,0 +1,124 @@
+package proxy
+
+// Protocol cases through a real sidecar pair (mTLS on loopback): WebSocket
+// upgrades, many concurrent streams on one client connection, and large
+// streaming bodies.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/net/websocket"
+)
+
+func TestWebSocketThroughTheMesh(t *testing.T) {
+	m := newTestMeshApp(t, 1, func(name string) http.Handler {
+		return websocket.Handler(func(ws *websocket.Conn) {
+			for {
+				var msg string
+				if err := websocket.Message.Receive(ws, &msg); err != nil {
+					return
+				}
+				if err := websocket.Message.Send(ws, name+" echoes "+msg); err != nil {
+					return
+				}
+			}
+		})
+	})
+	cfg, err := websocket.NewConfig("ws://alpha.db/chat", "http://alpha.db/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", m.appAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	ws, err := websocket.NewClient(cfg, c)
+	if err != nil {
+		t.Fatalf("WebSocket handshake through the proxies: %v", err)
+	}
+	defer ws.Close()
+	// Messages both ways, after the upgrade, on the same connection.
+	for i := range 20 {
+		want := fmt.Sprintf("message %d", i)
+		if err := websocket.Message.Send(ws, want); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+		var got string
+		if err := websocket.Message.Receive(ws, &got); err != nil {
+			t.Fatalf("receive %d: %v", i, err)
+		}
+		if got != "alpha-0 echoes "+want {
+			t.Fatalf("received %q, want %q", got, "alpha-0 echoes "+want)
+		}
+	}
+}
+
+// One h2c client connection carries 100 requests at once: the app answers
+// none of them until all 100 are in flight, so the test passes only if the
+// proxies really run them concurrently.
+func TestHundredConcurrentStreamsOnOneConnection(t *testing.T) {
+	const n = 100
+	var inFlight atomic.Int32
+	all := make(chan struct{})
+	var once sync.Once
+	m := newTestMeshApp(t, 1, func(string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if inFlight.Add(1) == n {
+				once.Do(func() { close(all) })
+			}
+			select {
+			case <-all:
+				fmt.Fprint(w, "ok")
+			case <-time.After(15 * time.Second):
+				http.Error(w, "not all requests arrived", http.StatusGatewayTimeout)
+			}
+		})
+	})
+	var conns atomic.Int32
+	h2c := new(http.Protocols)
+	h2c.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: h2c, MaxConnsPerHost: 1, DialContext: func(ctx context.Context, nw, a string) (net.Conn, error) {
+		conns.Add(1)
+		return (&net.Dialer{}).DialContext(ctx, nw, a)
+	}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := client.Get(fmt.Sprintf("http://%s/stream/%d", m.appAddr, i))
+			if err != nil {
+				errs <- err
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				errs <- fmt.Errorf("stream %d: %d %s", i, resp.StatusCode, body)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := inFlight.Load(); got != n {
+		t.Errorf("the app saw %d requests, want %d", got, n)
+	}
+	if c := conns.Load(); c != 1 {
+		t.Errorf("the client opened %d connections, want 1", c)
+	}
+}
