@@ -42,7 +42,7 @@ type Outbound struct {
 	mesh    *http.Transport // mTLS h2 to sidecars, one pool per endpoint
 	upgrade *http.Transport // mTLS HTTP/1.1 to sidecars, a connection per Upgrade request
 	plain   *http.Transport // to endpoints outside the mesh
-	proxy *httputil.ReverseProxy
+	proxy   *httputil.ReverseProxy
 }
 
 // balancerKey identifies a balancer that may outlive a config: the same
