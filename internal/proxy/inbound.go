@@ -45,6 +45,7 @@ type Inbound struct {
 	proxy  *httputil.ReverseProxy
 
 	mtlsConns, plainConns *connListener
+	tunnels               tunnels
 	ports                 sync.Map // *tls.Conn -> app port, until its server picks it up
 }
 
@@ -112,8 +113,14 @@ func (in *Inbound) server(portOf func(net.Conn) uint16) *http.Server {
 	}
 }
 
-// Close stops serving connections handed to the inbound side.
+// Close stops serving connections handed to the inbound side at once.
 func (in *Inbound) Close() error { return errors.Join(in.mtls.Close(), in.h1.Close()) }
+
+// Shutdown stops taking connections and lets the requests and tunnels in
+// flight finish until ctx ends; then it closes what is left.
+func (in *Inbound) Shutdown(ctx context.Context) error {
+	return drain(ctx, &in.tunnels, in.mtls, in.h1)
+}
 
 // SetWorkload names the workload this proxy serves, for metrics.
 func (in *Inbound) SetWorkload(w *meshpb.Workload) {
@@ -235,6 +242,10 @@ func (in *Inbound) toApp(req *http.Request) (*http.Response, error) {
 // tunnel copies an opaque plaintext connection to the app.
 func (in *Inbound) tunnel(c net.Conn, appPort uint16) {
 	defer c.Close()
+	if !in.tunnels.add(c) {
+		return // shutting down
+	}
+	defer in.tunnels.remove(c)
 	app, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(appPort))), 5*time.Second)
 	if err != nil {
 		slog.Warn("inbound TCP: app unreachable", "port", appPort, "err", err)

@@ -26,8 +26,9 @@ type OutboundServer struct {
 	out   *Outbound
 	store *meshtls.Store
 	dial  *net.Dialer
-	http  *http.Server
-	conns *connListener
+	http    *http.Server
+	conns   *connListener
+	tunnels tunnels
 	// SniffWait bounds how long an undeclared port waits for the client's
 	// first bytes before treating it as server-first TCP.
 	SniffWait time.Duration
@@ -59,8 +60,14 @@ func NewOutboundServer(out *Outbound, store *meshtls.Store, dial *net.Dialer) *O
 	return s
 }
 
-// Close stops the HTTP side; tunnels end with their connections.
+// Close stops the HTTP side at once; tunnels end with their connections.
 func (s *OutboundServer) Close() error { return s.http.Close() }
+
+// Shutdown stops taking connections and lets the requests and tunnels in
+// flight finish until ctx ends; then it closes what is left.
+func (s *OutboundServer) Shutdown(ctx context.Context) error {
+	return drain(ctx, &s.tunnels, s.http)
+}
 
 // ServeExplicit accepts on ln and sends everything to dst: the explicit
 // mode, where the app calls a localhost port instead of the service.
@@ -111,6 +118,10 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 // proxy were not there.
 func (s *OutboundServer) passthrough(c net.Conn, dst netip.AddrPort) {
 	defer c.Close()
+	if !s.tunnels.add(c) {
+		return // shutting down
+	}
+	defer s.tunnels.remove(c)
 	up, err := s.dial.Dial("tcp", dst.String())
 	if err != nil {
 		return
@@ -123,6 +134,10 @@ func (s *OutboundServer) passthrough(c net.Conn, dst netip.AddrPort) {
 // its sidecar when it has one.
 func (s *OutboundServer) tunnel(c net.Conn, dst netip.AddrPort) {
 	defer c.Close()
+	if !s.tunnels.add(c) {
+		return // shutting down
+	}
+	defer s.tunnels.remove(c)
 	rt := s.out.routes.Load()
 	r := rt.byVIP[dst]
 	ep, err := r.bal.Pick()

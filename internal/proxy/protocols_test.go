@@ -122,3 +122,77 @@ func TestHundredConcurrentStreamsOnOneConnection(t *testing.T) {
 		t.Errorf("the client opened %d connections, want 1", c)
 	}
 }
+
+// Shutdown (what SIGTERM triggers) lets a request in flight finish, refuses
+// new connections, and cuts off what outlives the drain time.
+func TestShutdownDrainsInFlightRequests(t *testing.T) {
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	m := newTestMeshApp(t, 1, func(string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			arrived <- struct{}{}
+			<-release
+			fmt.Fprint(w, "finished")
+		})
+	})
+	client := &http.Client{Timeout: 20 * time.Second}
+	type result struct {
+		body string
+		err  error
+	}
+	slow := make(chan result, 1)
+	go func() {
+		resp, err := client.Get("http://" + m.appAddr + "/slow")
+		if err != nil {
+			slow <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		slow <- result{string(b), err}
+	}()
+	<-arrived
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	done := make(chan error, 2)
+	go func() { done <- m.outServer.Shutdown(ctx) }()
+	go func() { done <- m.inbounds[0].Shutdown(ctx) }()
+	time.Sleep(200 * time.Millisecond) // both are draining now
+	if resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + m.appAddr + "/new"); err == nil {
+		resp.Body.Close()
+		t.Errorf("a new connection during the drain was served (%s), want it refused", resp.Status)
+	}
+	close(release)
+	if r := <-slow; r.err != nil || r.body != "finished" {
+		t.Errorf("the request in flight during the drain got %q, %v; want it to finish", r.body, r.err)
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Errorf("Shutdown = %v, want a clean drain", err)
+		}
+	}
+
+	// A request that outlives the drain time is cut off when it ends.
+	m2 := newTestMeshApp(t, 1, func(string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			arrived <- struct{}{}
+			<-r.Context().Done()
+		})
+	})
+	go func() {
+		resp, err := client.Get("http://" + m2.appAddr + "/forever")
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-arrived
+	short, cancelShort := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancelShort()
+	start := time.Now()
+	if err := m2.inbounds[0].Shutdown(short); err == nil {
+		t.Error("Shutdown with a request still running past the drain time returned no error")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Shutdown took %v with a 300 ms drain time", d)
+	}
+}

@@ -37,6 +37,7 @@ type testMesh struct {
 	inbounds  []*Inbound
 	endpoints []*meshpb.Endpoint
 	outbound  *Outbound
+	outServer *OutboundServer
 	appAddr   string // the explicit outbound listener the app calls
 	serverID  identity.ID
 	lb        meshpb.LoadBalancing
@@ -120,6 +121,7 @@ func newTestMeshApp(t *testing.T, n int, app func(name string) http.Handler) *te
 	m.outbound = NewOutbound(m.client, &net.Dialer{})
 	m.update(t, m.endpoints)
 	srv := NewOutboundServer(m.outbound, m.client, &net.Dialer{})
+	m.outServer = srv
 	t.Cleanup(func() { srv.Close() })
 	m.appAddr = serve(t, func(c net.Conn) { srv.HandleConn(c, vip) })
 	return m

@@ -117,10 +117,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}()
 
 	outSrv := NewOutboundServer(out, store, dialer)
-	defer outSrv.Close()
-	defer in.Close()
 	lns, err := listenAll(cfg.OutboundAddr, cfg.InboundAddr)
 	if err != nil {
+		outSrv.Close()
+		in.Close()
 		return err
 	}
 	wg.Add(2)
@@ -130,9 +130,14 @@ func Run(ctx context.Context, cfg Config) error {
 		accept(lns[1], func(c net.Conn, dst netip.AddrPort) { in.HandleConn(c, dst.Port()) })
 	}()
 
+	var draining atomic.Bool
 	health := safehttp.Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/healthz/ready" {
 			http.NotFound(w, r)
+			return
+		}
+		if draining.Load() {
+			http.Error(w, "not ready: draining", http.StatusServiceUnavailable)
 			return
 		}
 		if store.Current() == nil || current.Load() == nil {
@@ -157,11 +162,23 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	slog.Info("sidecar running", "identity", self, "outbound", cfg.OutboundAddr, "inbound", cfg.InboundAddr)
 	<-ctx.Done()
+	// Stop accepting, report unready, and give what is in flight cfg.Drain.
+	draining.Store(true)
 	closeAll(lns)
-	drain, cancelDrain := context.WithTimeout(context.Background(), cfg.Drain)
+	slog.Info("draining", "for", cfg.Drain)
+	dctx, cancelDrain := context.WithTimeout(context.Background(), cfg.Drain)
 	defer cancelDrain()
+	var outErr error
+	var dwg sync.WaitGroup
+	dwg.Add(1)
+	go func() { defer dwg.Done(); outErr = outSrv.Shutdown(dctx) }()
+	inErr := in.Shutdown(dctx)
+	dwg.Wait()
+	if outErr != nil || inErr != nil {
+		slog.Warn("drain time over; closed the connections still open", "drain", cfg.Drain)
+	}
 	for _, s := range servers {
-		_ = s.Shutdown(drain)
+		_ = s.Close()
 	}
 	return nil
 }

@@ -1,0 +1,88 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// tunnels tracks the connections served outside an http.Server (TCP
+// tunnels and passthrough), so a shutdown can wait for them and then close
+// what is left.
+type tunnels struct {
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	draining bool
+}
+
+// add registers c, or reports false when draining (the caller then closes
+// c instead of serving it).
+func (t *tunnels) add(c net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.draining {
+		return false
+	}
+	if t.conns == nil {
+		t.conns = map[net.Conn]struct{}{}
+	}
+	t.conns[c] = struct{}{}
+	return true
+}
+
+func (t *tunnels) remove(c net.Conn) {
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.mu.Unlock()
+}
+
+// shutdown refuses new tunnels, waits until the open ones end or ctx does,
+// then closes the rest.
+func (t *tunnels) shutdown(ctx context.Context) error {
+	t.mu.Lock()
+	t.draining = true
+	t.mu.Unlock()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		t.mu.Lock()
+		n := len(t.conns)
+		t.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.mu.Lock()
+			for c := range t.conns {
+				c.Close()
+			}
+			t.mu.Unlock()
+			return ctx.Err()
+		}
+	}
+}
+
+// drain shuts servers and tunnels down gracefully until ctx ends, then
+// closes whatever is still open. It returns ctx's error when it had to cut
+// something off.
+func drain(ctx context.Context, t *tunnels, servers ...*http.Server) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(servers)+1)
+	for i, s := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if errs[i] = s.Shutdown(ctx); errs[i] != nil {
+				s.Close()
+			}
+		}()
+	}
+	errs[len(servers)] = t.shutdown(ctx)
+	wg.Wait()
+	return errors.Join(errs...)
+}
