@@ -23,9 +23,9 @@ const alpnTCP = "trellis-tcp/1"
 // per-request balancing and opaque TCP to a per-connection tunnel.
 // Destinations outside the mesh pass through unchanged.
 type OutboundServer struct {
-	out   *Outbound
-	store *meshtls.Store
-	dial  *net.Dialer
+	out     *Outbound
+	store   *meshtls.Store
+	dial    *net.Dialer
 	http    *http.Server
 	conns   *connListener
 	tunnels tunnels
