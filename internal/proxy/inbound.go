@@ -165,7 +165,7 @@ func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 		in.plainConns.push(&portConn{Conn: conn, port: appPort})
 		return
 	}
-	in.tunnel(conn, appPort)
+	in.tunnel(conn, appPort, "")
 }
 
 func (in *Inbound) strict(port uint16) bool {
@@ -190,7 +190,15 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 		return
 	}
 	if tc.ConnectionState().NegotiatedProtocol == alpnTCP {
-		in.tunnel(tc, appPort)
+		tc.SetReadDeadline(time.Now().Add(10 * time.Second))
+		meta, err := readPreamble(tc)
+		tc.SetReadDeadline(time.Time{})
+		if err != nil {
+			slog.Info("refused TCP tunnel: bad preamble", "from", c.RemoteAddr(), "err", err)
+			tc.Close()
+			return
+		}
+		in.tunnel(tc, appPort, meta)
 		return
 	}
 	in.ports.Store(tc, appPort)
@@ -239,8 +247,9 @@ func (in *Inbound) toApp(req *http.Request) (*http.Response, error) {
 	return in.toApp1.RoundTrip(req)
 }
 
-// tunnel copies an opaque plaintext connection to the app.
-func (in *Inbound) tunnel(c net.Conn, appPort uint16) {
+// tunnel copies an opaque connection to the app; meta is the caller's
+// metadata from the tunnel preamble (mTLS only).
+func (in *Inbound) tunnel(c net.Conn, appPort uint16, meta string) {
 	defer c.Close()
 	if !in.tunnels.add(c) {
 		return // shutting down
@@ -252,24 +261,29 @@ func (in *Inbound) tunnel(c net.Conn, appPort uint16) {
 		return
 	}
 	defer app.Close()
-	closed := in.tcpOpened(c)
+	closed := in.tcpOpened(c, meta)
 	request, response := pipe(c, app)
 	closed(response, request)
 }
 
 // tcpOpened records a tunnelled connection as the destination reporter.
-func (in *Inbound) tcpOpened(c net.Conn) func(sent, received int64) {
+func (in *Inbound) tcpOpened(c net.Conn, meta string) func(sent, received int64) {
 	if in.Metrics == nil {
 		return func(int64, int64) {}
 	}
-	src, mtls := telemetry.Unknown, false
+	conn := telemetry.Connection{Reporter: "destination", Source: telemetry.Unknown, Dest: *in.self.Load(),
+		Service: "unknown", ServiceName: "unknown", ServiceNamespace: "unknown"}
 	if tc, ok := c.(*tls.Conn); ok {
 		if id, err := meshtls.PeerID(tc.ConnectionState()); err == nil {
-			src.Principal, mtls = id.String(), true
+			var v url.Values
+			conn.Source, v = decodePeer(meta, id.String())
+			conn.MutualTLS = true
+			if v.Get("service") != "" {
+				conn.Service, conn.ServiceName, conn.ServiceNamespace = v.Get("service"), v.Get("service_name"), v.Get("service_namespace")
+			}
 		}
 	}
-	return in.Metrics.Opened(telemetry.Connection{Reporter: "destination", Source: src, Dest: *in.self.Load(),
-		Service: "unknown", ServiceName: "unknown", ServiceNamespace: "unknown", MutualTLS: mtls})
+	return in.Metrics.Opened(conn)
 }
 
 // pipe copies both ways until both directions are done, half-closing each

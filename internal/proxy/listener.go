@@ -152,6 +152,9 @@ func (s *OutboundServer) tunnel(c net.Conn, dst netip.AddrPort) {
 		cfg := meshtls.ClientConfig(s.store, meshtls.Exactly(want))
 		cfg.NextProtos = []string{alpnTCP}
 		up, err = (&tlsDialer{net: s.dial, cfg: cfg}).dial(ep.Addr)
+		if err == nil {
+			err = writePreamble(up, encodePeer(rt.self, r.host, r.name, r.namespace))
+		}
 	} else {
 		up, err = s.dial.Dial("tcp", ep.Addr)
 	}

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"encoding/binary"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -47,6 +49,34 @@ func encodePeer(p telemetry.Peer, service, name, namespace string) string {
 		"canonical_service": {p.CanonicalService}, "canonical_revision": {p.CanonicalRevision},
 		"service": {service}, "service_name": {name}, "service_namespace": {namespace},
 	}.Encode()
+}
+
+// maxPreamble bounds the peer metadata a TCP tunnel starts with.
+const maxPreamble = 4 << 10
+
+// writePreamble starts a TCP tunnel with the caller's metadata (what the
+// peer header carries for HTTP): two bytes of length, then the encoding.
+func writePreamble(w io.Writer, meta string) error {
+	if len(meta) > maxPreamble {
+		meta = "" // never happens with real labels; the destination records "unknown"
+	}
+	_, err := w.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(meta))), meta...))
+	return err
+}
+
+// readPreamble reads what writePreamble wrote.
+func readPreamble(r io.Reader) (string, error) {
+	var n [2]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return "", err
+	}
+	size := int(binary.BigEndian.Uint16(n[:]))
+	if size > maxPreamble {
+		return "", fmt.Errorf("tunnel preamble of %d bytes exceeds %d", size, maxPreamble)
+	}
+	b := make([]byte, size)
+	_, err := io.ReadFull(r, b)
+	return string(b), err
 }
 
 func decodePeer(s, principal string) (telemetry.Peer, url.Values) {

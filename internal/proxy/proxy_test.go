@@ -299,7 +299,8 @@ func TestTCPTunnel(t *testing.T) {
 			appPort := uint16(netip.MustParseAddrPort(appAddr).Port())
 			in := m.inbounds[0]
 			inAddr := netip.MustParseAddrPort(serve(t, func(c net.Conn) { in.HandleConn(c, appPort) }))
-			m.outbound.Update(&meshpb.ProxyConfig{Version: "t", Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default"},
+			m.outbound.Update(&meshpb.ProxyConfig{Version: "t", Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default",
+				Name: "web-client", Namespace: "web"},
 				Services: []*meshpb.Service{{Namespace: "db", Name: "smtp", Vip: vip.Addr().String(),
 					Ports: []*meshpb.ServicePort{{Port: uint32(vip.Port()), Protocol: proto, Endpoints: []*meshpb.Endpoint{
 						{Address: inAddr.Addr().String(), Port: uint32(inAddr.Port()), Identity: m.serverID.String()}}}}}}})
@@ -323,9 +324,13 @@ func TestTCPTunnel(t *testing.T) {
 			// Request direction: 7 bytes; response: the greeting and the echo.
 			want := map[string]float64{"istio_tcp_connections_opened_total": 1, "istio_tcp_connections_closed_total": 1,
 				"istio_tcp_received_bytes_total": 7, "istio_tcp_sent_bytes_total": 17}
+			// Both reporters know the caller's workload and the service: the
+			// tunnel's preamble carries them to the destination.
 			for _, mm := range []*telemetry.Metrics{src, dst} {
 				for metric, v := range want {
-					if got := scrapeWait(t, mm, metric, []string{`connection_security_policy="mutual_tls"`}, v); got != v {
+					labels := []string{`connection_security_policy="mutual_tls"`, `source_workload="web-client"`,
+						`source_workload_namespace="web"`, `destination_service="smtp.db.svc.cluster.local"`}
+					if got := scrapeWait(t, mm, metric, labels, v); got != v {
 						t.Errorf("%s = %v, want %v", metric, got, v)
 					}
 				}
