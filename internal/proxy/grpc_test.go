@@ -29,6 +29,7 @@ func TestGRPCBalancedPerCallOverOneConnection(t *testing.T) {
 	// Replace each HTTP app by a gRPC server that names itself in a header.
 	// The default policy (peak-EWMA) must spread the calls evenly.
 	var eps []*meshpb.Endpoint
+	var healths []*health.Server
 	for i, in := range m.inbounds {
 		name := fmt.Sprintf("grpc-%d", i)
 		srv := grpc.NewServer(grpc.MaxConcurrentStreams(100), grpc.UnaryInterceptor(
@@ -36,7 +37,9 @@ func TestGRPCBalancedPerCallOverOneConnection(t *testing.T) {
 				_ = grpc.SetHeader(ctx, metadata.Pairs("x-replica", name))
 				return h(ctx, req)
 			}))
-		healthpb.RegisterHealthServer(srv, health.NewServer())
+		hs := health.NewServer()
+		healths = append(healths, hs)
+		healthpb.RegisterHealthServer(srv, hs)
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -72,6 +75,41 @@ func TestGRPCBalancedPerCallOverOneConnection(t *testing.T) {
 		got[md.Get("x-replica")[0]]++
 	}
 	checkEven(t, got, 3000, 3)
+
+	// A server stream: one request message, then a response message per
+	// status change; every gRPC message is counted each way.
+	wctx, wcancel := context.WithCancel(ctx)
+	watch, err := client.Watch(wctx, &healthpb.HealthCheckRequest{Service: "watched"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	statuses := []healthpb.HealthCheckResponse_ServingStatus{
+		healthpb.HealthCheckResponse_SERVICE_UNKNOWN, healthpb.HealthCheckResponse_SERVING, healthpb.HealthCheckResponse_NOT_SERVING,
+	}
+	for i, want := range statuses {
+		if i > 0 {
+			for _, hs := range healths {
+				hs.SetServingStatus("watched", want)
+			}
+		}
+		resp, err := watch.Recv()
+		if err != nil || resp.GetStatus() != want {
+			t.Fatalf("watch: %v, %v; want %v", resp, err, want)
+		}
+	}
+	wcancel()
+	grpcOnly := []string{`request_protocol="grpc"`}
+	if n := scrapeWait(t, metrics, "istio_request_messages_total", grpcOnly, 3001); n != 3001 {
+		t.Errorf("istio_request_messages_total = %v, want 3001 (3000 unary calls and the watch)", n)
+	}
+	if n := scrapeWait(t, metrics, "istio_response_messages_total", grpcOnly, 3003); n != 3003 {
+		t.Errorf("istio_response_messages_total = %v, want 3003 (3000 unary answers and 3 watch updates)", n)
+	}
+	// The stream the client cancelled is counted, flagged as ended by the
+	// downstream (the client).
+	if n := scrapeWait(t, metrics, "istio_requests_total", []string{`response_flags="DC"`}, 1); n != 1 {
+		t.Errorf("istio_requests_total{response_flags=DC} = %v, want 1 (the cancelled watch)", n)
+	}
 
 	// A failing call keeps its status through both proxies and is counted.
 	unknown := conn.Invoke(ctx, "/trellis.Missing/Call", &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{})

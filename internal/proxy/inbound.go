@@ -225,14 +225,9 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ex.service, _, _ = strings.Cut(r.Host, ":")
 		ex.svcName, ex.svcNS = "unknown", "unknown"
 	}
-	ow := &observed{ResponseWriter: w}
-	var body *countedBody
-	if r.Body != nil && r.Body != http.NoBody {
-		body = &countedBody{ReadCloser: r.Body}
-		r.Body = body
-	}
+	ow, body := observe(w, r)
+	defer recordAfter(in.Metrics, "destination", src, in.self.Load(), ex, r, ow, body, start)
 	in.proxy.ServeHTTP(ow, r)
-	record(in.Metrics, "destination", src, *in.self.Load(), ex, r, ow, body, start)
 }
 
 func (in *Inbound) toApp(req *http.Request) (*http.Response, error) {

@@ -99,6 +99,7 @@ type observed struct {
 	http.ResponseWriter
 	code  int
 	bytes int64
+	msgs  *grpcMessages // nil unless gRPC
 }
 
 func (o *observed) WriteHeader(code int) {
@@ -114,6 +115,7 @@ func (o *observed) Write(b []byte) (int, error) {
 	}
 	n, err := o.ResponseWriter.Write(b)
 	o.bytes += int64(n)
+	o.msgs.feed(b[:n])
 	return n, err
 }
 
@@ -132,13 +134,72 @@ func (o *observed) grpcStatus() string {
 // countedBody counts the request body bytes the proxy forwards.
 type countedBody struct {
 	io.ReadCloser
-	n int64
+	n    int64
+	msgs *grpcMessages // nil unless gRPC
 }
 
 func (c *countedBody) Read(b []byte) (int, error) {
 	n, err := c.ReadCloser.Read(b)
 	c.n += int64(n)
+	c.msgs.feed(b[:n])
 	return n, err
+}
+
+// grpcMessages counts gRPC's length-prefixed messages (a flag byte, four
+// bytes of length, the message) in a body as it streams past. Only the
+// prefixes are looked at; messages are not buffered.
+type grpcMessages struct {
+	n      int64
+	prefix [5]byte
+	got    int    // bytes of the current prefix seen
+	left   uint64 // bytes of the current message still to come
+}
+
+func (g *grpcMessages) feed(b []byte) {
+	if g == nil {
+		return
+	}
+	for len(b) > 0 {
+		if g.left > 0 {
+			k := min(uint64(len(b)), g.left)
+			g.left -= k
+			b = b[k:]
+			continue
+		}
+		k := copy(g.prefix[g.got:], b)
+		g.got += k
+		b = b[k:]
+		if g.got == len(g.prefix) {
+			g.n++
+			g.got, g.left = 0, uint64(binary.BigEndian.Uint32(g.prefix[1:]))
+		}
+	}
+}
+
+func (g *grpcMessages) count() int64 {
+	if g == nil {
+		return 0
+	}
+	return g.n
+}
+
+// observe wraps a request's body and response writer to measure them; the
+// request's Content-Type says whether to count gRPC messages.
+func observe(w http.ResponseWriter, r *http.Request) (*observed, *countedBody) {
+	ow := &observed{ResponseWriter: w}
+	grpc := protocolOf(r) == "grpc"
+	if grpc {
+		ow.msgs = &grpcMessages{}
+	}
+	body := &countedBody{}
+	if r.Body != nil && r.Body != http.NoBody {
+		body.ReadCloser = r.Body
+		if grpc {
+			body.msgs = &grpcMessages{}
+		}
+		r.Body = body
+	}
+	return ow, body
 }
 
 func protocolOf(r *http.Request) string {
@@ -148,22 +209,42 @@ func protocolOf(r *http.Request) string {
 	return "http"
 }
 
-// record builds and records one request's metrics.
-func record(m *telemetry.Metrics, reporter string, src, dst telemetry.Peer, ex *exchange,
+// responseFlags are Envoy's response flags for a request: the proxy's own
+// failure (set with the response), or, when the response was cut off
+// midway, DC if the client went away and UC if the upstream did.
+func responseFlags(r *http.Request, w *observed, aborted bool) string {
+	if f := w.Header().Get("X-Trellis-Response-Flags"); f != "" {
+		return f
+	}
+	if !aborted {
+		return ""
+	}
+	if r.Context().Err() != nil {
+		return "DC"
+	}
+	return "UC"
+}
+
+// recordAfter, deferred by a handler, records its request when it ends,
+// also when the response was cut off midway: ReverseProxy then ends the
+// handler with a panic (http.ErrAbortHandler), which recordAfter passes on.
+// dst is read when the handler ends (the source learns it while routing).
+func recordAfter(m *telemetry.Metrics, reporter string, src telemetry.Peer, dst *telemetry.Peer, ex *exchange,
 	r *http.Request, w *observed, body *countedBody, start time.Time) {
+	p := recover()
+	if p != nil {
+		defer panic(p)
+	}
 	if m == nil {
 		return
 	}
-	var reqBytes int64
-	if body != nil {
-		reqBytes = body.n
-	}
 	m.ObserveRequest(telemetry.Request{
-		Reporter: reporter, Source: src, Dest: dst,
+		Reporter: reporter, Source: src, Dest: *dst,
 		Service: ex.service, ServiceName: ex.svcName, ServiceNamespace: ex.svcNS,
 		Protocol: protocolOf(r), Code: w.code, GRPCStatus: w.grpcStatus(), MutualTLS: ex.mutualTLS,
-		Flags: w.Header().Get("X-Trellis-Response-Flags"), Duration: time.Since(start),
-		RequestBytes: reqBytes, ResponseBytes: w.bytes,
+		Flags: responseFlags(r, w, p != nil), Duration: time.Since(start),
+		RequestBytes: body.n, ResponseBytes: w.bytes,
+		RequestMessages: body.msgs.count(), ResponseMessages: w.msgs.count(),
 	})
 }
 

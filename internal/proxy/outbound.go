@@ -183,15 +183,10 @@ func WithDestination(ctx context.Context, dst netip.AddrPort) context.Context {
 func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ex := &exchange{dest: telemetry.Unknown}
-	ow := &observed{ResponseWriter: w}
-	var body *countedBody
-	if r.Body != nil && r.Body != http.NoBody {
-		body = &countedBody{ReadCloser: r.Body}
-		r.Body = body
-	}
+	ow, body := observe(w, r)
 	r.Header.Del(peerHeader) // only sidecars set it
+	defer recordAfter(o.Metrics, "source", o.routes.Load().self, &ex.dest, ex, r, ow, body, start)
 	o.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
-	record(o.Metrics, "source", o.routes.Load().self, ex.dest, ex, r, ow, body, start)
 }
 
 // RoundTrip picks an endpoint for this request and sends it there. It is

@@ -1,6 +1,7 @@
 // Package telemetry records the proxy's metrics under Istio's standard names
 // and labels (istio_requests_total, istio_request_duration_milliseconds,
-// istio_request_bytes, istio_response_bytes, istio_tcp_*), so existing
+// istio_request_bytes, istio_response_bytes, istio_request_messages_total,
+// istio_response_messages_total, istio_tcp_*), so existing
 // Kiali, Grafana dashboards and alerts work unchanged. Exposed in
 // Prometheus text format; the proxy serves it on :15020/stats/prometheus.
 //
@@ -67,6 +68,9 @@ type Request struct {
 	Flags                                  string // "-" when none
 	Duration                               time.Duration
 	RequestBytes, ResponseBytes            int64
+	// gRPC messages each way (istio_request_messages_total and
+	// istio_response_messages_total); counted only for Protocol "grpc".
+	RequestMessages, ResponseMessages int64
 }
 
 // peerLabels are the labels every istio_* metric has: the reporter and both
@@ -120,6 +124,8 @@ type Metrics struct {
 	duration  *prometheus.HistogramVec
 	reqBytes  *prometheus.HistogramVec
 	respBytes *prometheus.HistogramVec
+	reqMsgs   *prometheus.CounterVec
+	respMsgs  *prometheus.CounterVec
 	tcp       tcpMetrics
 	cluster   string
 
@@ -129,6 +135,7 @@ type Metrics struct {
 type children struct {
 	requests                      prometheus.Counter
 	duration, reqBytes, respBytes prometheus.Observer
+	reqMsgs, respMsgs             prometheus.Counter // nil unless gRPC
 }
 
 // New returns empty metrics; cluster fills the *_cluster labels.
@@ -148,8 +155,14 @@ func New(cluster string) *Metrics {
 		respBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "istio_response_bytes", Help: "Response body sizes.", Buckets: bytesBuckets,
 		}, requestLabels),
+		reqMsgs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_request_messages_total", Help: "gRPC messages sent by clients.",
+		}, requestLabels),
+		respMsgs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_response_messages_total", Help: "gRPC messages sent by servers.",
+		}, requestLabels),
 	}
-	m.reg.MustRegister(m.requests, m.duration, m.reqBytes, m.respBytes)
+	m.reg.MustRegister(m.requests, m.duration, m.reqBytes, m.respBytes, m.reqMsgs, m.respMsgs)
 	m.tcp = newTCPMetrics(m.reg)
 	return m
 }
@@ -160,18 +173,26 @@ func (m *Metrics) ObserveRequest(r Request) {
 	key := strings.Join(values, "\x00")
 	c, ok := m.children.Load(key)
 	if !ok {
-		c, _ = m.children.LoadOrStore(key, &children{
+		nc := &children{
 			requests:  m.requests.WithLabelValues(values...),
 			duration:  m.duration.WithLabelValues(values...),
 			reqBytes:  m.reqBytes.WithLabelValues(values...),
 			respBytes: m.respBytes.WithLabelValues(values...),
-		})
+		}
+		if r.Protocol == "grpc" {
+			nc.reqMsgs, nc.respMsgs = m.reqMsgs.WithLabelValues(values...), m.respMsgs.WithLabelValues(values...)
+		}
+		c, _ = m.children.LoadOrStore(key, nc)
 	}
 	ch := c.(*children)
 	ch.requests.Inc()
 	ch.duration.Observe(float64(r.Duration) / float64(time.Millisecond))
 	ch.reqBytes.Observe(float64(r.RequestBytes))
 	ch.respBytes.Observe(float64(r.ResponseBytes))
+	if ch.reqMsgs != nil {
+		ch.reqMsgs.Add(float64(r.RequestMessages))
+		ch.respMsgs.Add(float64(r.ResponseMessages))
+	}
 }
 
 func (m *Metrics) labelValues(r Request) []string {
