@@ -32,6 +32,8 @@ type Inbound struct {
 	// Metrics records every request (reporter "destination"); nil records
 	// nothing.
 	Metrics *telemetry.Metrics
+	// AccessLog gets an entry per request; nil logs nothing.
+	AccessLog *slog.Logger
 
 	store       *meshtls.Store
 	trustDomain string
@@ -73,7 +75,9 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 		Transport:     roundTripperFunc(in.toApp),
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			slog.Warn("inbound request failed", "path", r.URL.Path, "err", err)
+			if ex, ok := r.Context().Value(exchangeKey{}).(*exchange); ok {
+				ex.reason = "the app did not answer: " + err.Error()
+			}
 			w.Header().Set("X-Trellis-Response-Flags", "UF")
 			http.Error(w, "trellis proxy: the app did not answer: "+err.Error(), http.StatusServiceUnavailable)
 		},
@@ -226,8 +230,11 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ex.svcName, ex.svcNS = "unknown", "unknown"
 	}
 	ow, body := observe(w, r)
-	defer recordAfter(in.Metrics, "destination", src, in.self.Load(), ex, r, ow, body, start)
-	in.proxy.ServeHTTP(ow, r)
+	if port, ok := r.Context().Value(appPortKey{}).(uint16); ok {
+		ex.upstream = "127.0.0.1:" + strconv.Itoa(int(port))
+	}
+	defer recordAfter(in.Metrics, in.AccessLog, "destination", src, in.self.Load(), ex, r, ow, body, start)
+	in.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
 }
 
 func (in *Inbound) toApp(req *http.Request) (*http.Response, error) {

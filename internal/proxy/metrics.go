@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -23,6 +24,8 @@ type exchange struct {
 	dest                    telemetry.Peer
 	service, svcName, svcNS string
 	mutualTLS               bool
+	upstream                string // the endpoint (source) or app port (destination) it went to
+	reason                  string // why the proxy failed it, for the access log
 }
 
 type exchangeKey struct{}
@@ -229,23 +232,57 @@ func responseFlags(r *http.Request, w *observed, aborted bool) string {
 // also when the response was cut off midway: ReverseProxy then ends the
 // handler with a panic (http.ErrAbortHandler), which recordAfter passes on.
 // dst is read when the handler ends (the source learns it while routing).
-func recordAfter(m *telemetry.Metrics, reporter string, src telemetry.Peer, dst *telemetry.Peer, ex *exchange,
+func recordAfter(m *telemetry.Metrics, log *slog.Logger, reporter string, src telemetry.Peer, dst *telemetry.Peer, ex *exchange,
 	r *http.Request, w *observed, body *countedBody, start time.Time) {
 	p := recover()
 	if p != nil {
 		defer panic(p)
 	}
-	if m == nil {
-		return
-	}
-	m.ObserveRequest(telemetry.Request{
+	req := telemetry.Request{
 		Reporter: reporter, Source: src, Dest: *dst,
 		Service: ex.service, ServiceName: ex.svcName, ServiceNamespace: ex.svcNS,
 		Protocol: protocolOf(r), Code: w.code, GRPCStatus: w.grpcStatus(), MutualTLS: ex.mutualTLS,
 		Flags: responseFlags(r, w, p != nil), Duration: time.Since(start),
 		RequestBytes: body.n, ResponseBytes: w.bytes,
 		RequestMessages: body.msgs.count(), ResponseMessages: w.msgs.count(),
-	})
+	}
+	if m != nil {
+		m.ObserveRequest(req)
+	}
+	if log != nil {
+		accessLog(log, r, ex, req)
+	}
+}
+
+// accessLog writes one request's access-log entry: Envoy's usual fields,
+// and for a request the proxy failed, the flags and the reason.
+func accessLog(log *slog.Logger, r *http.Request, ex *exchange, req telemetry.Request) {
+	attrs := []slog.Attr{
+		slog.String("reporter", req.Reporter),
+		slog.String("method", r.Method), slog.String("authority", r.Host), slog.String("path", r.URL.Path),
+		slog.String("protocol", r.Proto), slog.Int("code", req.Code),
+		slog.String("flags", orDash(req.Flags)),
+		slog.Float64("duration_ms", float64(req.Duration.Microseconds())/1000),
+		slog.Int64("bytes_received", req.RequestBytes), slog.Int64("bytes_sent", req.ResponseBytes),
+		slog.String("source", req.Source.Namespace+"/"+req.Source.Workload),
+		slog.String("destination", req.Dest.Namespace+"/"+req.Dest.Workload),
+		slog.String("service", req.Service), slog.String("upstream", ex.upstream),
+		slog.Bool("mtls", req.MutualTLS),
+	}
+	if req.GRPCStatus != "" {
+		attrs = append(attrs, slog.String("grpc_status", req.GRPCStatus))
+	}
+	if ex.reason != "" {
+		attrs = append(attrs, slog.String("reason", ex.reason))
+	}
+	log.LogAttrs(r.Context(), slog.LevelInfo, "access", attrs...)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // grpcTrailersOnly turns a gRPC "trailers-only" response (status in the

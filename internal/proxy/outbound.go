@@ -30,6 +30,8 @@ import (
 type Outbound struct {
 	// Metrics records every request (reporter "source"); nil records nothing.
 	Metrics *telemetry.Metrics
+	// AccessLog gets an entry per request; nil logs nothing.
+	AccessLog *slog.Logger
 
 	store *meshtls.Store
 	dial  *net.Dialer // carries the proxy's socket mark
@@ -185,7 +187,7 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ex := &exchange{dest: telemetry.Unknown}
 	ow, body := observe(w, r)
 	r.Header.Del(peerHeader) // only sidecars set it
-	defer recordAfter(o.Metrics, "source", o.routes.Load().self, &ex.dest, ex, r, ow, body, start)
+	defer recordAfter(o.Metrics, o.AccessLog, "source", o.routes.Load().self, &ex.dest, ex, r, ow, body, start)
 	o.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
 }
 
@@ -210,6 +212,7 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 	if peer, ok := rt.peers[ep.Addr]; ok {
 		ex.dest = peer
 	}
+	ex.upstream = ep.Addr
 	done := ep.Start()
 	start := time.Now()
 	// A request that had to open a connection carries the handshake in its
@@ -273,7 +276,9 @@ func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, context.DeadlineExceeded):
 		code, flag = http.StatusGatewayTimeout, "UT"
 	}
-	slog.Warn("request failed in the proxy", "path", r.URL.Path, "flags", flag, "err", err)
+	if ex, ok := r.Context().Value(exchangeKey{}).(*exchange); ok {
+		ex.reason = err.Error()
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Trellis-Response-Flags", flag)
 	w.WriteHeader(code)

@@ -6,10 +6,13 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -252,9 +255,45 @@ func TestProxyFailuresSayWhy(t *testing.T) {
 		t.Errorf("endpoint with another identity: %d %s %q; want 503 UF naming the identity mismatch", code, flag, body)
 	}
 	m.update(t, nil)
+	var log syncBuffer
+	m.outbound.AccessLog = slog.New(slog.NewJSONHandler(&log, nil))
 	if code, flag, body := get(); code != 503 || flag != "UH" || !strings.Contains(body, "no healthy upstream") {
 		t.Errorf("no endpoints: %d %s %q; want 503 UH no healthy upstream", code, flag, body)
 	}
+	// The access log says the same (written as the handler returns, which
+	// may be just after the client has the response).
+	for deadline := time.Now().Add(2 * time.Second); log.String() == "" && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	var entry struct {
+		Msg, Flags, Reason, Method, Path string
+		Code                             int
+	}
+	if err := json.Unmarshal([]byte(log.String()), &entry); err != nil {
+		t.Fatalf("access log %q: %v", log.String(), err)
+	}
+	if entry.Msg != "access" || entry.Code != 503 || entry.Flags != "UH" || entry.Method != "GET" || entry.Path != "/" ||
+		!strings.Contains(entry.Reason, "no healthy upstream") {
+		t.Errorf("access log entry = %+v, want GET / 503 UH with the reason", entry)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func TestInboundPeerAuthentication(t *testing.T) {

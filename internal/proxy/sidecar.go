@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,9 @@ type Config struct {
 	// Drain is how long in-flight requests may finish after SIGTERM.
 	// Default 5 s.
 	Drain time.Duration
+	// AccessLog is where each request's entry goes, as JSON lines:
+	// "stdout", "stderr" or "off". Default stdout (the container log).
+	AccessLog string
 }
 
 // DefaultMark is the default socket mark of the proxy's own connections.
@@ -65,6 +69,24 @@ func (c *Config) setDefaults() error {
 	if c.Drain <= 0 {
 		c.Drain = 5 * time.Second
 	}
+	switch c.AccessLog {
+	case "":
+		c.AccessLog = "stdout"
+	case "stdout", "stderr", "off":
+	default:
+		return fmt.Errorf("sidecar: access log %q: use stdout, stderr or off", c.AccessLog)
+	}
+	return nil
+}
+
+// accessLogger returns the logger for c.AccessLog; nil when off.
+func (c *Config) accessLogger() *slog.Logger {
+	switch c.AccessLog {
+	case "stdout":
+		return slog.New(slog.NewJSONHandler(os.Stdout, nil))
+	case "stderr":
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
 	return nil
 }
 
@@ -87,6 +109,8 @@ func Run(ctx context.Context, cfg Config) error {
 	out.Metrics = metrics
 	in := NewInbound(store, self.TrustDomain())
 	in.Metrics = metrics
+	accessLog := cfg.accessLogger()
+	out.AccessLog, in.AccessLog = accessLog, accessLog
 	var current atomic.Pointer[meshpb.ProxyConfig]
 	apply := func(c *meshpb.ProxyConfig) {
 		out.Update(c)
@@ -268,4 +292,5 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.MetricsAddr, "metrics", ":15020", "metrics listener (/stats/prometheus)")
 	fs.StringVar(&c.AdminAddr, "admin", "127.0.0.1:15000", "admin listener (localhost only)")
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "how long in-flight requests may finish after SIGTERM")
+	fs.StringVar(&c.AccessLog, "access-log", "stdout", "where the access log goes (JSON lines): stdout, stderr or off")
 }
