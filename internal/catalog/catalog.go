@@ -248,6 +248,11 @@ const KindPeerAuthentication Kind = "PeerAuthentication"
 // MTLSMode is a PeerAuthentication mode.
 type MTLSMode string
 
+// RootNamespaces hold mesh-wide policy: Trellis's own, and Istio's (so a
+// policy written for Istio means the same here). When both set a mode,
+// Trellis's wins.
+var RootNamespaces = []string{"trellis-system", "istio-system"}
+
 // Modes, as Istio spells them. UNSET inherits from the broader policy.
 const (
 	MTLSUnset      MTLSMode = "UNSET"
@@ -258,6 +263,8 @@ const (
 // PeerAuthentication says whether a workload's sidecar accepts plaintext.
 // Without Selector it covers its whole namespace; with one, the selected
 // workloads, overriding the namespace's. PortModes override per app port.
+// One without Selector in a root namespace covers the whole mesh, below
+// every namespace's own.
 type PeerAuthentication struct {
 	Meta
 	Selector  map[string]string // nil: the whole namespace

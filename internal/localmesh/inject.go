@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -239,19 +240,39 @@ func (r *Runtime) proxyConfigLocked(p *pod) (*meshpb.ProxyConfig, error) {
 // the namespace's policy (no selector), then a policy selecting the pod,
 // whose mode (unless UNSET) and port modes win. PERMISSIVE when none.
 func (r *Runtime) inboundPolicyLocked(pod *catalog.Pod) *meshpb.InboundPolicy {
+	return inboundPolicy(r.desired.PeerAuthentications(), pod)
+}
+
+// inboundPolicy is the PeerAuthentication in force for pod.
+func inboundPolicy(pas []*catalog.PeerAuthentication, pod *catalog.Pod) *meshpb.InboundPolicy {
+	// Broadest first: the default, the mesh (root namespaces, Trellis's
+	// ahead of Istio's), the pod's namespace, then its workload.
 	mode := catalog.MTLSPermissive
 	ports := map[uint32]meshpb.MTLSMode{}
 	var workload *catalog.PeerAuthentication
-	for _, pa := range r.desired.PeerAuthentications() {
+	var nsMode catalog.MTLSMode
+	meshMode := map[string]catalog.MTLSMode{}
+	for _, pa := range pas {
+		if pa.Selector == nil && pa.Mode != catalog.MTLSUnset && slices.Contains(catalog.RootNamespaces, pa.Namespace) {
+			meshMode[pa.Namespace] = pa.Mode
+		}
 		switch {
 		case pa.Namespace != pod.Namespace:
 		case pa.Selector == nil:
 			if pa.Mode != catalog.MTLSUnset {
-				mode = pa.Mode
+				nsMode = pa.Mode
 			}
 		case catalog.SelectorMatches(pa.Selector, pod.Labels):
 			workload = pa
 		}
+	}
+	for _, root := range slices.Backward(catalog.RootNamespaces) {
+		if m, ok := meshMode[root]; ok {
+			mode = m
+		}
+	}
+	if nsMode != "" {
+		mode = nsMode
 	}
 	if workload != nil {
 		if workload.Mode != catalog.MTLSUnset {
