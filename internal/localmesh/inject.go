@@ -236,14 +236,14 @@ func (r *Runtime) proxyConfigLocked(p *pod) (*meshpb.ProxyConfig, error) {
 	return cfg, nil
 }
 
-// inboundPolicyLocked resolves the PeerAuthentications that apply to pod:
-// the namespace's policy (no selector), then a policy selecting the pod,
-// whose mode (unless UNSET) and port modes win. PERMISSIVE when none.
+// inboundPolicyLocked resolves the PeerAuthentications that apply to pod.
 func (r *Runtime) inboundPolicyLocked(pod *catalog.Pod) *meshpb.InboundPolicy {
 	return inboundPolicy(r.desired.PeerAuthentications(), pod)
 }
 
-// inboundPolicy is the PeerAuthentication in force for pod.
+// inboundPolicy resolves the PeerAuthentications that apply to pod: the
+// mesh-wide one, the namespace's (no selector), then one selecting the pod,
+// whose port modes also win; UNSET inherits, PERMISSIVE when none.
 func inboundPolicy(pas []*catalog.PeerAuthentication, pod *catalog.Pod) *meshpb.InboundPolicy {
 	// Broadest first: the default, the mesh (root namespaces, Trellis's
 	// ahead of Istio's), the pod's namespace, then its workload.
