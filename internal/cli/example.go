@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -43,6 +44,17 @@ func runHelloServer(ctx context.Context, o *options, addr string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintf(w, "hello from %s\n", name) })
+	// /upload reads a body of any size as it streams in and says how much
+	// arrived: for trying large transfers through the mesh.
+	mux.HandleFunc("/upload", func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(10 * time.Minute))
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("upload broke after %d bytes: %v", n, err), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "%s received %d bytes\n", name, n)
+	})
 	srv := safehttp.Server(mux)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

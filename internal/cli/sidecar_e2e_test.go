@@ -171,6 +171,56 @@ func TestSidecarsBalanceAndEncrypt(t *testing.T) {
 		waitFor(t, "PERMISSIVE to accept the non-mesh client again", 10*time.Second, func() bool { return reach("outside") })
 	})
 
+	t.Run("a 1 GiB streaming upload keeps the sidecars' memory flat", func(t *testing.T) {
+		var pids []int
+		for _, p := range append(m.pods("web"), m.pods("client")...) {
+			for _, c := range p.Containers {
+				if c.Name == "trellis-proxy" && c.PID > 0 {
+					pids = append(pids, c.PID)
+				}
+			}
+		}
+		if len(pids) != 4 {
+			t.Fatalf("found %d sidecar processes, want 4 (3 servers, 1 client)", len(pids))
+		}
+		before := map[int]int64{}
+		for _, pid := range pids {
+			before[pid] = rssKiB(t, pid)
+		}
+		peak := map[int]int64{}
+		stop := make(chan struct{})
+		sampled := make(chan struct{})
+		go func() {
+			defer close(sampled)
+			for {
+				for _, pid := range pids {
+					peak[pid] = max(peak[pid], rssKiB(t, pid))
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		}()
+		start := time.Now()
+		out := m.exec("client", "client", "head -c 1073741824 /dev/zero | curl -sS -m 180 -T - "+url+"upload")
+		elapsed := time.Since(start)
+		close(stop)
+		<-sampled
+		if !strings.Contains(out, "received 1073741824 bytes") {
+			t.Fatalf("upload answer = %q, want 1073741824 bytes received", out)
+		}
+		for _, pid := range pids {
+			grew := peak[pid] - before[pid]
+			t.Logf("sidecar pid %d: RSS %d KiB before, peak %d KiB during the upload (+%d KiB)", pid, before[pid], peak[pid], grew)
+			if grew > 32<<10 {
+				t.Errorf("sidecar pid %d grew by %d KiB while 1 GiB streamed through it, want under 32 MiB", pid, grew)
+			}
+		}
+		t.Logf("1 GiB through two sidecars in %v (%.0f MB/s)", elapsed.Round(time.Millisecond), 1024/elapsed.Seconds())
+	})
+
 	t.Run("traffic between sidecars is encrypted", func(t *testing.T) {
 		var server string
 		for _, p := range m.pods("web") {
@@ -193,6 +243,24 @@ func TestSidecarsBalanceAndEncrypt(t *testing.T) {
 			t.Errorf("the capture never saw the marker from the non-mesh client: the test proves nothing")
 		}
 	})
+}
+
+// rssKiB reads a process's resident set size.
+func rssKiB(t *testing.T, pid int) int64 {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatalf("sidecar process %d: %v", pid, err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kib int64
+			fmt.Sscan(v, &kib)
+			return kib
+		}
+	}
+	t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	return 0
 }
 
 // sniffFor captures packets on a host link while run runs and counts those
