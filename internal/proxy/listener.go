@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/meshpb"
@@ -69,9 +72,11 @@ func (s *OutboundServer) Shutdown(ctx context.Context) error {
 	return drain(ctx, &s.tunnels, s.http)
 }
 
-// ServeExplicit accepts on ln and sends everything to dst: the explicit
-// mode, where the app calls a localhost port instead of the service.
-func (s *OutboundServer) ServeExplicit(ln net.Listener, dst netip.AddrPort) error {
+// ServeExplicit accepts on ln and sends everything to the service port up
+// names: the explicit mode, where the app calls a localhost port instead of
+// the service, for hosts where traffic cannot be redirected. The service's
+// address is looked up in the config in force for each connection.
+func (s *OutboundServer) ServeExplicit(ln net.Listener, up Upstream) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -80,8 +85,39 @@ func (s *OutboundServer) ServeExplicit(ln net.Listener, dst netip.AddrPort) erro
 			}
 			return err
 		}
+		dst, ok := s.out.serviceAddr(up.Name, up.Namespace, up.Port)
+		if !ok {
+			slog.Warn("explicit upstream: no such service port in the config", "upstream", up)
+			c.Close()
+			continue
+		}
 		go s.HandleConn(c, dst)
 	}
+}
+
+// Upstream is a service port the app reaches on a local listener.
+type Upstream struct {
+	Name, Namespace string
+	Port            uint16
+	Listen          netip.AddrPort // on loopback
+}
+
+func (u Upstream) String() string { return fmt.Sprintf("%s.%s:%d=%s", u.Name, u.Namespace, u.Port, u.Listen) }
+
+// ParseUpstream reads NAME.NAMESPACE:PORT=127.0.0.1:LOCALPORT.
+func ParseUpstream(s string) (Upstream, error) {
+	svc, listen, ok := strings.Cut(s, "=")
+	host, port, err := net.SplitHostPort(svc)
+	name, ns, dotted := strings.Cut(host, ".")
+	p, perr := strconv.ParseUint(port, 10, 16)
+	if !ok || err != nil || !dotted || name == "" || ns == "" || strings.Contains(ns, ".") || perr != nil || p == 0 {
+		return Upstream{}, fmt.Errorf("upstream %q: want NAME.NAMESPACE:PORT=127.0.0.1:LOCALPORT, for example hello.web:8080=127.0.0.1:18080", s)
+	}
+	addr, err := netip.ParseAddrPort(listen)
+	if err != nil || !addr.Addr().IsLoopback() {
+		return Upstream{}, fmt.Errorf("upstream %q: the local address %q must be a loopback address and port (127.0.0.1:PORT or [::1]:PORT), so only the pod's own app can use it", s, listen)
+	}
+	return Upstream{Name: name, Namespace: ns, Port: uint16(p), Listen: addr}, nil
 }
 
 // HandleConn routes one outbound connection headed for dst.

@@ -166,6 +166,16 @@ func lbPolicy(lb meshpb.LoadBalancing) balancer.Policy {
 	return balancer.P2CPeakEWMA
 }
 
+// serviceAddr returns the address of a service port of the current config.
+func (o *Outbound) serviceAddr(name, namespace string, port uint16) (netip.AddrPort, bool) {
+	for dst, r := range o.routes.Load().byVIP {
+		if r.name == name && r.namespace == namespace && dst.Port() == port {
+			return dst, true
+		}
+	}
+	return netip.AddrPort{}, false
+}
+
 // lookup returns the route of a service port of the current config.
 func (o *Outbound) lookup(dst netip.AddrPort) (*route, bool) {
 	r, ok := o.routes.Load().byVIP[dst]

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -194,5 +195,32 @@ func TestShutdownDrainsInFlightRequests(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("Shutdown took %v with a 300 ms drain time", d)
+	}
+}
+
+// Explicit mode: the app calls a loopback listener named after a service
+// port, and its requests are balanced and carried over mTLS as captured
+// ones are; the service's address comes from the config in force.
+func TestExplicitUpstreamListener(t *testing.T) {
+	m := newTestMesh(t, 2)
+	up, err := ParseUpstream("alpha.db:80=127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", up.Listen.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go m.outServer.ServeExplicit(ln, up)
+	got := spread(t, &http.Client{Timeout: 10 * time.Second}, "http://"+ln.Addr().String()+"/", 20, 1)
+	if got["alpha-0"]+got["alpha-1"] != 20 || len(got) != 2 {
+		t.Errorf("20 requests through the explicit listener reached %v, want both replicas and nothing else", got)
+	}
+
+	for _, bad := range []string{"alpha:80=127.0.0.1:1", "alpha.db=127.0.0.1:1", "alpha.db:80=10.0.0.1:1", "alpha.db:80", "alpha.db:0=127.0.0.1:1"} {
+		if _, err := ParseUpstream(bad); err == nil || !strings.Contains(err.Error(), bad) {
+			t.Errorf("ParseUpstream(%q) = %v, want an error naming it", bad, err)
+		}
 	}
 }

@@ -41,6 +41,10 @@ type Config struct {
 	// Drain is how long in-flight requests may finish after SIGTERM.
 	// Default 5 s.
 	Drain time.Duration
+	// Upstreams are explicit listeners: each sends what the app connects
+	// to it to a service port, for hosts where the redirect rules cannot
+	// be set up.
+	Upstreams []Upstream
 	// AccessLog is where each request's entry goes, as JSON lines:
 	// "stdout", "stderr" or "off". Default stdout (the container log).
 	AccessLog string
@@ -146,6 +150,16 @@ func Run(ctx context.Context, cfg Config) error {
 		outSrv.Close()
 		in.Close()
 		return err
+	}
+	for _, up := range cfg.Upstreams {
+		ln, err := net.Listen("tcp", up.Listen.String())
+		if err != nil {
+			closeAll(lns)
+			return fmt.Errorf("explicit upstream %s: %w", up, err)
+		}
+		lns = append(lns, ln)
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = outSrv.ServeExplicit(ln, up) }()
 	}
 	wg.Add(2)
 	go func() { defer wg.Done(); accept(lns[0], outSrv.HandleConn) }()
@@ -292,5 +306,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.MetricsAddr, "metrics", ":15020", "metrics listener (/stats/prometheus)")
 	fs.StringVar(&c.AdminAddr, "admin", "127.0.0.1:15000", "admin listener (localhost only)")
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "how long in-flight requests may finish after SIGTERM")
+	fs.Func("upstream", "explicit listener NAME.NAMESPACE:PORT=127.0.0.1:LOCALPORT for hosts without the redirect rules (repeatable)", func(v string) error {
+		up, err := ParseUpstream(v)
+		if err == nil {
+			c.Upstreams = append(c.Upstreams, up)
+		}
+		return err
+	})
 	fs.StringVar(&c.AccessLog, "access-log", "stdout", "where the access log goes (JSON lines): stdout, stderr or off")
 }
