@@ -102,7 +102,9 @@ type Upstream struct {
 	Listen          netip.AddrPort // on loopback
 }
 
-func (u Upstream) String() string { return fmt.Sprintf("%s.%s:%d=%s", u.Name, u.Namespace, u.Port, u.Listen) }
+func (u Upstream) String() string {
+	return fmt.Sprintf("%s.%s:%d=%s", u.Name, u.Namespace, u.Port, u.Listen)
+}
 
 // ParseUpstream reads NAME.NAMESPACE:PORT=127.0.0.1:LOCALPORT.
 func ParseUpstream(s string) (Upstream, error) {
