@@ -213,6 +213,9 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 // caller's metadata header is believed only over mutual TLS, and never
 // passed on to the app.
 func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !checkRequest(w, r) {
+		return
+	}
 	start := time.Now()
 	ex := &exchange{}
 	src := telemetry.Unknown

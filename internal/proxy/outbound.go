@@ -193,6 +193,9 @@ func WithDestination(ctx context.Context, dst netip.AddrPort) context.Context {
 
 // ServeHTTP forwards one request from the app and records it.
 func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !checkRequest(w, r) {
+		return
+	}
 	start := time.Now()
 	ex := &exchange{dest: telemetry.Unknown}
 	ow, body := observe(w, r)
