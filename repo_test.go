@@ -2,10 +2,15 @@ package trellis
 
 import (
 	"encoding/json"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -100,4 +105,88 @@ func TestDependencyRules(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Every HTTP server in the tree is built with explicit limits: Go's zero
+// values have no header timeout, no idle timeout and 1 MB of headers. A
+// server either has a write timeout or is a streaming data-plane server
+// with HTTP/2 stream and buffer limits; the zero-value helpers
+// (http.ListenAndServe, http.Serve) are not used at all.
+func TestEveryServerHasLimits(t *testing.T) {
+	always := []string{"ReadHeaderTimeout", "IdleTimeout", "MaxHeaderBytes"}
+	h2 := []string{"MaxConcurrentStreams", "MaxReceiveBufferPerConnection", "MaxReceiveBufferPerStream"}
+	servers := 0
+	err := filepath.WalkDir(".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return err
+		}
+		fset := token.NewFileSet()
+		f, err := parser.ParseFile(fset, p, nil, 0)
+		if err != nil {
+			return err
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			switch n := n.(type) {
+			case *ast.CallExpr:
+				if name := selector(n.Fun); name == "http.ListenAndServe" || name == "http.ListenAndServeTLS" || name == "http.Serve" || name == "http.ServeTLS" {
+					t.Errorf("%s: %s serves with Go's zero-value server (no limits); build one with internal/safehttp", fset.Position(n.Pos()), name)
+				}
+			case *ast.CompositeLit:
+				if selector(n.Type) != "http.Server" {
+					return true
+				}
+				servers++
+				keys := literalKeys(n)
+				for _, k := range always {
+					if keys[k] == nil {
+						t.Errorf("%s: http.Server without %s", fset.Position(n.Pos()), k)
+					}
+				}
+				if keys["WriteTimeout"] != nil {
+					return true
+				}
+				cfg, _ := keys["HTTP2"].(*ast.UnaryExpr)
+				var h2keys map[string]ast.Expr
+				if cfg != nil {
+					if lit, ok := cfg.X.(*ast.CompositeLit); ok {
+						h2keys = literalKeys(lit)
+					}
+				}
+				for _, k := range h2 {
+					if h2keys[k] == nil {
+						t.Errorf("%s: http.Server with neither WriteTimeout nor HTTP2.%s", fset.Position(n.Pos()), k)
+					}
+				}
+			}
+			return true
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if servers < 3 {
+		t.Fatalf("found %d http.Server literals; the scan is broken", servers)
+	}
+}
+
+func selector(e ast.Expr) string {
+	if s, ok := e.(*ast.SelectorExpr); ok {
+		if x, ok := s.X.(*ast.Ident); ok {
+			return x.Name + "." + s.Sel.Name
+		}
+	}
+	return ""
+}
+
+func literalKeys(lit *ast.CompositeLit) map[string]ast.Expr {
+	keys := map[string]ast.Expr{}
+	for _, el := range lit.Elts {
+		if kv, ok := el.(*ast.KeyValueExpr); ok {
+			if id, ok := kv.Key.(*ast.Ident); ok {
+				keys[id.Name] = kv.Value
+			}
+		}
+	}
+	return keys
 }
