@@ -166,7 +166,7 @@ func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 		return
 	}
 	if p == HTTP1 {
-		in.plainConns.push(&portConn{Conn: conn, port: appPort})
+		in.plainConns.push(&portConn{Conn: guardHTTP1(conn), port: appPort})
 		return
 	}
 	in.tunnel(conn, appPort, "")

@@ -140,7 +140,7 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 		s.tunnel(c, dst)
 		return
 	case meshpb.Protocol_PROTOCOL_HTTP, meshpb.Protocol_PROTOCOL_HTTP2, meshpb.Protocol_PROTOCOL_GRPC:
-		s.conns.push(&connDst{Conn: c, dst: dst}) // the server tells HTTP/1.1 from h2c itself
+		s.conns.push(&connDst{Conn: guardHTTP1(c), dst: dst}) // the server tells HTTP/1.1 from h2c itself
 		return
 	}
 	br := bufio.NewReader(c)
@@ -149,12 +149,12 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 		c.Close()
 		return
 	}
-	conn := &connDst{Conn: &peekedConn{Conn: c, r: br}, dst: dst}
+	conn := &peekedConn{Conn: c, r: br}
 	if p == HTTP1 || p == HTTP2 {
-		s.conns.push(conn)
+		s.conns.push(&connDst{Conn: guardHTTP1(conn), dst: dst})
 		return
 	}
-	s.tunnel(conn, dst)
+	s.tunnel(&connDst{Conn: conn, dst: dst}, dst)
 }
 
 // passthrough connects the app to a destination outside the mesh as if the

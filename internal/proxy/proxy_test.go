@@ -41,6 +41,7 @@ type testMesh struct {
 	endpoints []*meshpb.Endpoint
 	outbound  *Outbound
 	outServer *OutboundServer
+	appPort   uint16 // the last app's port, behind inbounds[len-1]
 	appAddr   string // the explicit outbound listener the app calls
 	serverID  identity.ID
 	lb        meshpb.LoadBalancing
@@ -113,6 +114,7 @@ func newTestMeshApp(t *testing.T, n int, app func(name string) http.Handler) *te
 		go app.Serve(appLn)
 		t.Cleanup(func() { app.Close() })
 		appPort := uint16(appLn.Addr().(*net.TCPAddr).Port)
+		m.appPort = appPort
 		var srvStore *meshtls.Store
 		srvStore, m.serverID = store(t, a, "spiffe://cluster.local/ns/db/sa/alpha")
 		in := NewInbound(srvStore, "cluster.local")
