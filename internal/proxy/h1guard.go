@@ -305,7 +305,7 @@ func blockEnd(b []byte) (int, error) {
 }
 
 type framing struct {
-	length                            int64
+	length                           int64
 	chunked, upgrade, expectContinue bool
 }
 
