@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 STATICCHECK_VERSION="(0.8.2)"
 STATICCHECK_MODULE=honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PROTOC_GEN_GO_MODULE=google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12 # = google.golang.org/protobuf in go.mod
+H2SPEC_MODULE=github.com/summerwind/h2spec/cmd/h2spec@v2.2.1+incompatible # HTTP/2 conformance of the proxy
 # Count-based, not a duration: Go 1.26's fuzz coordinator can fail a run
 # with "context deadline exceeded" when a duration runs out mid-execution
 # (golang/go#75804, fixed in Go 1.27).
@@ -43,6 +44,11 @@ fi
 if ! "$GOBIN/protoc-gen-go" --version 2>/dev/null | grep -qF "v1.36.12"; then
   log "installing $PROTOC_GEN_GO_MODULE"
   go install "$PROTOC_GEN_GO_MODULE"
+fi
+
+if ! go version -m "$GOBIN/h2spec" 2>/dev/null | grep -qF "v2.2.1+incompatible"; then
+  log "installing $H2SPEC_MODULE"
+  go install "$H2SPEC_MODULE"
 fi
 
 if [ "$(id -u)" -ne 0 ]; then

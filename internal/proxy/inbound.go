@@ -109,7 +109,7 @@ func (in *Inbound) server(portOf func(net.Conn) uint16) *http.Server {
 			MaxConcurrentStreams:          100,
 			MaxReadFrameSize:              1 << 20,
 			MaxReceiveBufferPerConnection: 1 << 20,
-			MaxReceiveBufferPerStream:     64 << 10,
+			MaxReceiveBufferPerStream:     1 << 20,
 		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, appPortKey{}, portOf(c))

@@ -58,7 +58,7 @@ func NewOutboundServer(out *Outbound, store *meshtls.Store, dial *net.Dialer) *O
 			MaxConcurrentStreams:          100,
 			MaxReadFrameSize:              1 << 20,
 			MaxReceiveBufferPerConnection: 1 << 20,
-			MaxReceiveBufferPerStream:     64 << 10,
+			MaxReceiveBufferPerStream:     1 << 20,
 		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return WithDestination(ctx, c.(*connDst).dst)
