@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 )
 
@@ -103,4 +106,32 @@ func TestFileSourceKeepsLastGoodConfig(t *testing.T) {
 	if versions[0] != "v1" || versions[1] != "v3" {
 		t.Errorf("delivered versions %v, want [v1 v3]: the bad v2 never delivered", versions)
 	}
+}
+
+// Any input decodes to a config that validates, or to an error naming the
+// file; never a panic. A config that decoded re-encodes and decodes the same.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(good))
+	f.Add([]byte(`{"version": "v", "services": [{"vip": "::1", "ports": [{"port": 65536}]}]}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := Decode(data, "fuzz.json")
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "fuzz.json") {
+				t.Fatalf("error %q does not name the file", err)
+			}
+			return
+		}
+		if err := Validate(cfg); err != nil {
+			t.Fatalf("Decode accepted a config Validate refuses: %v", err)
+		}
+		again, err := protojson.Marshal(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := Decode(again, "fuzz.json")
+		if err != nil || !proto.Equal(back, cfg) {
+			t.Fatalf("config does not round-trip: %v", err)
+		}
+	})
 }
