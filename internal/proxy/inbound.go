@@ -75,11 +75,7 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 		Transport:     roundTripperFunc(in.toApp),
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if ex, ok := r.Context().Value(exchangeKey{}).(*exchange); ok {
-				ex.reason = "the app did not answer: " + err.Error()
-			}
-			w.Header().Set("X-Trellis-Response-Flags", "UF")
-			http.Error(w, "trellis proxy: the app did not answer: "+err.Error(), http.StatusServiceUnavailable)
+			failWith(w, r, http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
 		},
 	}
 	in.mtls = in.server(func(c net.Conn) uint16 {

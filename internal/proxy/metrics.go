@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/meshpb"
@@ -25,7 +26,25 @@ type exchange struct {
 	service, svcName, svcNS string
 	mutualTLS               bool
 	upstream                string // the endpoint (source) or app port (destination) it went to
-	reason                  string // why the proxy failed it, for the access log
+	flags, reason           string // set when this proxy failed it
+}
+
+// flagsHeader tells the client which proxy failure answered its request.
+// Informative only: a response header can come from anywhere, so metrics
+// and logs take the flags from the exchange, never from it.
+const flagsHeader = "X-Trellis-Response-Flags"
+
+// failWith answers a request the proxy could not forward with code, the
+// response flag and a readable reason, and records both for the metrics
+// and the access log.
+func failWith(w http.ResponseWriter, r *http.Request, code int, flag, reason string) {
+	if ex, ok := r.Context().Value(exchangeKey{}).(*exchange); ok {
+		ex.flags, ex.reason = flag, reason
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set(flagsHeader, flag)
+	w.WriteHeader(code)
+	fmt.Fprintf(w, "trellis proxy: %s\n", reason)
 }
 
 type exchangeKey struct{}
@@ -134,16 +153,18 @@ func (o *observed) grpcStatus() string {
 	return h.Get(http.TrailerPrefix + "Grpc-Status")
 }
 
-// countedBody counts the request body bytes the proxy forwards.
+// countedBody counts the request body bytes the proxy forwards. The
+// transport may still be reading it when the handler records the request
+// (a response can end before its request body), hence the atomics.
 type countedBody struct {
 	io.ReadCloser
-	n    int64
+	n    atomic.Int64
 	msgs *grpcMessages // nil unless gRPC
 }
 
 func (c *countedBody) Read(b []byte) (int, error) {
 	n, err := c.ReadCloser.Read(b)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	c.msgs.feed(b[:n])
 	return n, err
 }
@@ -152,7 +173,7 @@ func (c *countedBody) Read(b []byte) (int, error) {
 // bytes of length, the message) in a body as it streams past. Only the
 // prefixes are looked at; messages are not buffered.
 type grpcMessages struct {
-	n      int64
+	n      atomic.Int64
 	prefix [5]byte
 	got    int    // bytes of the current prefix seen
 	left   uint64 // bytes of the current message still to come
@@ -173,7 +194,7 @@ func (g *grpcMessages) feed(b []byte) {
 		g.got += k
 		b = b[k:]
 		if g.got == len(g.prefix) {
-			g.n++
+			g.n.Add(1)
 			g.got, g.left = 0, uint64(binary.BigEndian.Uint32(g.prefix[1:]))
 		}
 	}
@@ -183,7 +204,7 @@ func (g *grpcMessages) count() int64 {
 	if g == nil {
 		return 0
 	}
-	return g.n
+	return g.n.Load()
 }
 
 // observe wraps a request's body and response writer to measure them; the
@@ -212,12 +233,12 @@ func protocolOf(r *http.Request) string {
 	return "http"
 }
 
-// responseFlags are Envoy's response flags for a request: the proxy's own
-// failure (set with the response), or, when the response was cut off
-// midway, DC if the client went away and UC if the upstream did.
-func responseFlags(r *http.Request, w *observed, aborted bool) string {
-	if f := w.Header().Get("X-Trellis-Response-Flags"); f != "" {
-		return f
+// responseFlags are Envoy's response flags for a request: this proxy's own
+// failure, or, when the response was cut off midway, DC if the client went
+// away and UC if the upstream did.
+func responseFlags(r *http.Request, ex *exchange, aborted bool) string {
+	if ex.flags != "" {
+		return ex.flags
 	}
 	if !aborted {
 		return ""
@@ -242,8 +263,8 @@ func recordAfter(m *telemetry.Metrics, log *slog.Logger, reporter string, src te
 		Reporter: reporter, Source: src, Dest: *dst,
 		Service: ex.service, ServiceName: ex.svcName, ServiceNamespace: ex.svcNS,
 		Protocol: protocolOf(r), Code: w.code, GRPCStatus: w.grpcStatus(), MutualTLS: ex.mutualTLS,
-		Flags: responseFlags(r, w, p != nil), Duration: time.Since(start),
-		RequestBytes: body.n, ResponseBytes: w.bytes,
+		Flags: responseFlags(r, ex, p != nil), Duration: time.Since(start),
+		RequestBytes: body.n.Load(), ResponseBytes: w.bytes,
 		RequestMessages: body.msgs.count(), ResponseMessages: w.msgs.count(),
 	}
 	if m != nil {

@@ -2,7 +2,11 @@ package proxy
 
 import (
 	"encoding/binary"
+	"net"
+	"net/http"
 	"testing"
+
+	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
 // gRPC messages are counted however the stream is cut into reads: one byte
@@ -24,5 +28,45 @@ func TestGRPCMessageCountingAcrossSplits(t *testing.T) {
 		if g.count() != 5 {
 			t.Errorf("reads of %d bytes: counted %d messages, want 5", chunk, g.count())
 		}
+	}
+}
+
+// Headers the proxies use among themselves are not believed when they come
+// from elsewhere: a plaintext caller's peer metadata is ignored and never
+// reaches the app, an app's X-Trellis-Peer is dropped before it leaves, and
+// an app cannot set its proxy's response flags.
+func TestMeshHeadersFromOutsideAreNotTrusted(t *testing.T) {
+	seen := make(chan string, 4)
+	m := newTestMeshApp(t, 1, func(string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			seen <- r.Header.Get(peerHeader)
+			w.Header().Set(flagsHeader, "UH")
+		})
+	})
+	dst, src := telemetry.New("test"), telemetry.New("test")
+	m.inbounds[0].Metrics, m.outbound.Metrics = dst, src
+	forged := encodePeer(telemetry.Peer{Workload: "forged", Namespace: "evil"}, "x", "x", "x")
+	inbound := serve(t, func(c net.Conn) { m.inbounds[0].HandleConn(c, m.appPort) })
+	for _, addr := range []string{inbound, m.appAddr} { // from outside the mesh; from the app
+		req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+		req.Host = "alpha.db"
+		req.Header.Set(peerHeader, forged)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := <-seen; got != "" {
+			t.Errorf("the app received %s: %q", peerHeader, got)
+		}
+	}
+	if n := scrapeWait(t, dst, "istio_requests_total", []string{`source_workload="forged"`}, 0); n != 0 {
+		t.Errorf("%v requests recorded from the forged workload, want 0", n)
+	}
+	if n := scrapeWait(t, dst, "istio_requests_total", []string{`source_workload="unknown"`, `connection_security_policy="none"`}, 1); n != 1 {
+		t.Errorf("the plaintext request was recorded %v times from an unknown source, want 1", n)
+	}
+	if n := scrapeWait(t, src, "istio_requests_total", []string{`response_code="200"`, `response_flags="-"`}, 1); n != 1 {
+		t.Errorf("requests with code 200 and no flags = %v, want 1 (the app's %s is not the proxy's)", n, flagsHeader)
 	}
 }

@@ -289,13 +289,7 @@ func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, context.DeadlineExceeded):
 		code, flag = http.StatusGatewayTimeout, "UT"
 	}
-	if ex, ok := r.Context().Value(exchangeKey{}).(*exchange); ok {
-		ex.reason = err.Error()
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Trellis-Response-Flags", flag)
-	w.WriteHeader(code)
-	fmt.Fprintf(w, "trellis proxy: %v\n", err)
+	failWith(w, r, code, flag, err.Error())
 }
 
 type tlsDialer struct {
