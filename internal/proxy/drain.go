@@ -3,9 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -86,3 +88,50 @@ func drain(ctx context.Context, t *tunnels, servers ...*http.Server) error {
 	wg.Wait()
 	return errors.Join(errs...)
 }
+
+// connLimit bounds the connections one side of the proxy holds at once.
+// Past it a new connection is closed at once, so a flood of (idle)
+// connections cannot exhaust memory or file descriptors; the timeouts then
+// clear the flood and well-behaved clients get in again.
+type connLimit struct {
+	max  atomic.Int64 // 0: no limit
+	open atomic.Int64
+}
+
+// admit returns c wrapped to give its slot back when closed, or nil, with
+// c closed, when the limit is reached.
+func (l *connLimit) admit(c net.Conn) net.Conn {
+	limit := l.max.Load()
+	if limit <= 0 {
+		return c
+	}
+	if l.open.Add(1) > limit {
+		l.open.Add(-1)
+		c.Close()
+		return nil
+	}
+	return &limitedConn{Conn: c, l: l}
+}
+
+type limitedConn struct {
+	net.Conn
+	l    *connLimit
+	once sync.Once
+}
+
+func (c *limitedConn) Close() error {
+	c.once.Do(func() { c.l.open.Add(-1) })
+	return c.Conn.Close()
+}
+
+// CloseWrite, ReadFrom and WriteTo keep half-close and the kernel's
+// zero-copy paths of the connection underneath.
+func (c *limitedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *limitedConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
+func (c *limitedConn) WriteTo(w io.Writer) (int64, error)  { return io.Copy(w, c.Conn) }

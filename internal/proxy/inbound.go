@@ -48,6 +48,7 @@ type Inbound struct {
 
 	mtlsConns, plainConns *connListener
 	tunnels               tunnels
+	limit                 connLimit
 	ports                 sync.Map // *tls.Conn -> app port, until its server picks it up
 }
 
@@ -55,6 +56,7 @@ type Inbound struct {
 // verify against store's bundle.
 func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 	in := &Inbound{store: store, trustDomain: trustDomain, mtlsConns: newConnListener(), plainConns: newConnListener()}
+	in.limit.max.Store(DefaultMaxConnections)
 	in.policy.Store(&meshpb.InboundPolicy{})
 	in.self.Store(&telemetry.Unknown)
 	in.toApp1 = &http.Transport{
@@ -128,6 +130,10 @@ func (in *Inbound) SetWorkload(w *meshpb.Workload) {
 	in.self.Store(&p)
 }
 
+// SetMaxConnections sets how many connections may be open at once (0: no
+// limit). Call it before the first connection.
+func (in *Inbound) SetMaxConnections(n int) { in.limit.max.Store(int64(n)) }
+
 // SetPolicy installs the PeerAuthentication in force.
 func (in *Inbound) SetPolicy(p *meshpb.InboundPolicy) {
 	if p == nil {
@@ -145,6 +151,10 @@ func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { r
 // HandleConn serves one accepted connection meant for the app's appPort.
 // It returns when the connection is done.
 func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
+	if c = in.limit.admit(c); c == nil {
+		slog.Warn("inbound connection refused: connection limit reached", "limit", in.limit.max.Load())
+		return
+	}
 	br := bufio.NewReader(c)
 	p, err := Sniff(c, br, 100*time.Millisecond)
 	if err != nil {

@@ -32,10 +32,19 @@ type OutboundServer struct {
 	http    *http.Server
 	conns   *connListener
 	tunnels tunnels
+	limit   connLimit
 	// SniffWait bounds how long an undeclared port waits for the client's
 	// first bytes before treating it as server-first TCP.
 	SniffWait time.Duration
 }
+
+// DefaultMaxConnections bounds the connections each side of the proxy
+// (outbound, inbound) holds open at once.
+const DefaultMaxConnections = 4096
+
+// SetMaxConnections sets how many connections may be open at once (0: no
+// limit). Call it before the first connection.
+func (s *OutboundServer) SetMaxConnections(n int) { s.limit.max.Store(int64(n)) }
 
 type connDst struct {
 	net.Conn
@@ -45,6 +54,7 @@ type connDst struct {
 // NewOutboundServer serves out's routes; dial carries the proxy's mark.
 func NewOutboundServer(out *Outbound, store *meshtls.Store, dial *net.Dialer) *OutboundServer {
 	s := &OutboundServer{out: out, store: store, dial: dial, conns: newConnListener(), SniffWait: 100 * time.Millisecond}
+	s.limit.max.Store(DefaultMaxConnections)
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true) // only from the app in our own pod
@@ -80,15 +90,19 @@ func (s *OutboundServer) Shutdown(ctx context.Context) error {
 // ServeExplicit accepts on ln and sends everything to the service port up
 // names: the explicit mode, where the app calls a localhost port instead of
 // the service, for hosts where traffic cannot be redirected. The service's
-// address is looked up in the config in force for each connection.
-func (s *OutboundServer) ServeExplicit(ln net.Listener, up Upstream) error {
+// address is looked up in the config in force for each connection. It
+// returns when ln is closed.
+func (s *OutboundServer) ServeExplicit(ln net.Listener, up Upstream) {
 	for {
 		c, err := ln.Accept()
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return err
+			// Out of file descriptors and the like: wait, keep accepting.
+			slog.Warn("accept failed; retrying", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
 		}
 		dst, ok := s.out.serviceAddr(up.Name, up.Namespace, up.Port)
 		if !ok {
@@ -129,6 +143,10 @@ func ParseUpstream(s string) (Upstream, error) {
 
 // HandleConn routes one outbound connection headed for dst.
 func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
+	if c = s.limit.admit(c); c == nil {
+		slog.Warn("outbound connection refused: connection limit reached", "limit", s.limit.max.Load())
+		return
+	}
 	r, ok := s.out.lookup(dst)
 	if !ok {
 		s.passthrough(c, dst)

@@ -224,3 +224,93 @@ func TestExplicitUpstreamListener(t *testing.T) {
 		}
 	}
 }
+
+// Slowloris and idle floods: a client dribbling its headers is cut off by
+// the header timeout, connections past the limit are closed at once, and
+// once the timeouts clear a flood, well-behaved clients are served again.
+// (Timeouts are shortened here; the defaults are 10 s for headers.)
+func TestSlowlorisAndIdleFloods(t *testing.T) {
+	m := newTestMesh(t, 1)
+	m.outServer.http.ReadHeaderTimeout = 300 * time.Millisecond // before any connection
+	const limit = 20
+	m.outServer.SetMaxConnections(limit)
+	get := func() error {
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + m.appAddr + "/")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+
+	t.Run("slowloris", func(t *testing.T) {
+		c, err := net.Dial("tcp", m.appAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		start := time.Now()
+		var cut error
+		for _, b := range []byte("GET / HTTP/1.1\r\nHost: alpha.db\r\nX-Slow: " + strings.Repeat("a", 100)) {
+			if _, cut = c.Write([]byte{b}); cut != nil {
+				break
+			}
+			if err := get(); err != nil { // others are served meanwhile
+				t.Fatalf("a well-behaved client failed during the slowloris: %v", err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(c); err != nil && cut == nil {
+			t.Errorf("the dribbling connection was not closed: %v", err)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("the dribbling connection lasted %v with a 300 ms header timeout", d)
+		}
+	})
+
+	t.Run("idle flood up to the connection limit", func(t *testing.T) {
+		var flood []net.Conn
+		defer func() {
+			for _, c := range flood {
+				c.Close()
+			}
+		}()
+		for range limit {
+			c, err := net.Dial("tcp", m.appAddr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			flood = append(flood, c)
+		}
+		// The listener accepts in its own time: wait until the proxy holds
+		// all of them, then one more is refused at once.
+		waitFor(t, "the flood to fill the limit", func() bool { return m.outServer.limit.open.Load() == limit })
+		extra, err := net.Dial("tcp", m.appAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		extra.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if n, err := extra.Read(make([]byte, 1)); err != io.EOF {
+			t.Errorf("a connection past the limit got %d bytes, %v; want it closed", n, err)
+		}
+		extra.Close()
+		// The header timeout clears the idle flood; then clients get in.
+		waitFor(t, "the header timeout to close the idle flood", func() bool { return m.outServer.limit.open.Load() == 0 })
+		if err := get(); err != nil {
+			t.Errorf("after the flood was cleared: %v", err)
+		}
+	})
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}

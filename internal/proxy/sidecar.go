@@ -41,6 +41,9 @@ type Config struct {
 	// Drain is how long in-flight requests may finish after SIGTERM.
 	// Default 5 s.
 	Drain time.Duration
+	// MaxConnections bounds the connections each side (outbound,
+	// inbound) holds open at once. Default DefaultMaxConnections.
+	MaxConnections int
 	// Upstreams are explicit listeners: each sends what the app connects
 	// to it to a service port, for hosts where the redirect rules cannot
 	// be set up.
@@ -72,6 +75,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Drain <= 0 {
 		c.Drain = 5 * time.Second
+	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = DefaultMaxConnections
 	}
 	switch c.AccessLog {
 	case "":
@@ -145,6 +151,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}()
 
 	outSrv := NewOutboundServer(out, store, dialer)
+	outSrv.SetMaxConnections(cfg.MaxConnections)
+	in.SetMaxConnections(cfg.MaxConnections)
 	lns, err := listenAll(cfg.OutboundAddr, cfg.InboundAddr)
 	if err != nil {
 		outSrv.Close()
@@ -159,7 +167,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		lns = append(lns, ln)
 		wg.Add(1)
-		go func() { defer wg.Done(); _ = outSrv.ServeExplicit(ln, up) }()
+		go func() { defer wg.Done(); outSrv.ServeExplicit(ln, up) }()
 	}
 	wg.Add(2)
 	go func() { defer wg.Done(); accept(lns[0], outSrv.HandleConn) }()
@@ -245,8 +253,14 @@ func closeAll(lns []net.Listener) {
 func accept(ln net.Listener, handle func(net.Conn, netip.AddrPort)) {
 	for {
 		c, err := ln.Accept()
-		if err != nil {
+		if errors.Is(err, net.ErrClosed) {
 			return
+		}
+		if err != nil {
+			// Out of file descriptors and the like: wait, keep accepting.
+			slog.Warn("accept failed; retrying", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
 		}
 		dst, err := OriginalDst(c.(*net.TCPConn))
 		if err != nil || dst.String() == c.LocalAddr().String() {
@@ -306,6 +320,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.MetricsAddr, "metrics", ":15020", "metrics listener (/stats/prometheus)")
 	fs.StringVar(&c.AdminAddr, "admin", "127.0.0.1:15000", "admin listener (localhost only)")
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "how long in-flight requests may finish after SIGTERM")
+	fs.IntVar(&c.MaxConnections, "max-connections", DefaultMaxConnections, "connections each side (outbound, inbound) may hold open at once")
 	fs.Func("upstream", "explicit listener NAME.NAMESPACE:PORT=127.0.0.1:LOCALPORT for hosts without the redirect rules (repeatable)", func(v string) error {
 		up, err := ParseUpstream(v)
 		if err == nil {
