@@ -34,6 +34,9 @@ type Inbound struct {
 	Metrics *telemetry.Metrics
 	// AccessLog gets an entry per request; nil logs nothing.
 	AccessLog *slog.Logger
+	// WriteIdleTimeout cuts off a response whose writes make no progress
+	// for that long (a client that stopped reading); 0 never does.
+	WriteIdleTimeout time.Duration
 
 	store       *meshtls.Store
 	trustDomain string
@@ -238,7 +241,7 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ex.service, _, _ = strings.Cut(r.Host, ":")
 		ex.svcName, ex.svcNS = "unknown", "unknown"
 	}
-	ow, body := observe(w, r)
+	ow, body := observe(w, r, in.WriteIdleTimeout)
 	if port, ok := r.Context().Value(appPortKey{}).(uint16); ok {
 		ex.upstream = "127.0.0.1:" + strconv.Itoa(int(port))
 	}

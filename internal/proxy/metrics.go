@@ -122,6 +122,18 @@ type observed struct {
 	code  int
 	bytes int64
 	msgs  *grpcMessages // nil unless gRPC
+
+	// A write must make progress within writeIdle: a client that stops
+	// reading a response is cut off instead of holding it forever.
+	rc        *http.ResponseController
+	writeIdle time.Duration
+	writeErr  error // the client could not be written to
+}
+
+func (o *observed) extendDeadline() {
+	if o.rc != nil {
+		_ = o.rc.SetWriteDeadline(time.Now().Add(o.writeIdle))
+	}
 }
 
 func (o *observed) WriteHeader(code int) {
@@ -135,8 +147,12 @@ func (o *observed) Write(b []byte) (int, error) {
 	if o.code == 0 {
 		o.code = http.StatusOK
 	}
+	o.extendDeadline()
 	n, err := o.ResponseWriter.Write(b)
 	o.bytes += int64(n)
+	if err != nil && o.writeErr == nil {
+		o.writeErr = err
+	}
 	o.msgs.feed(b[:n])
 	return n, err
 }
@@ -209,8 +225,12 @@ func (g *grpcMessages) count() int64 {
 
 // observe wraps a request's body and response writer to measure them; the
 // request's Content-Type says whether to count gRPC messages.
-func observe(w http.ResponseWriter, r *http.Request) (*observed, *countedBody) {
+func observe(w http.ResponseWriter, r *http.Request, writeIdle time.Duration) (*observed, *countedBody) {
 	ow := &observed{ResponseWriter: w}
+	if writeIdle > 0 {
+		ow.rc, ow.writeIdle = http.NewResponseController(w), writeIdle
+		ow.extendDeadline() // also covers a response written after the handler returns
+	}
 	grpc := protocolOf(r) == "grpc"
 	if grpc {
 		ow.msgs = &grpcMessages{}
@@ -236,14 +256,14 @@ func protocolOf(r *http.Request) string {
 // responseFlags are Envoy's response flags for a request: this proxy's own
 // failure, or, when the response was cut off midway, DC if the client went
 // away and UC if the upstream did.
-func responseFlags(r *http.Request, ex *exchange, aborted bool) string {
+func responseFlags(r *http.Request, ex *exchange, w *observed, aborted bool) string {
 	if ex.flags != "" {
 		return ex.flags
 	}
 	if !aborted {
 		return ""
 	}
-	if r.Context().Err() != nil {
+	if r.Context().Err() != nil || w.writeErr != nil {
 		return "DC"
 	}
 	return "UC"
@@ -263,7 +283,7 @@ func recordAfter(m *telemetry.Metrics, log *slog.Logger, reporter string, src te
 		Reporter: reporter, Source: src, Dest: *dst,
 		Service: ex.service, ServiceName: ex.svcName, ServiceNamespace: ex.svcNS,
 		Protocol: protocolOf(r), Code: w.code, GRPCStatus: w.grpcStatus(), MutualTLS: ex.mutualTLS,
-		Flags: responseFlags(r, ex, p != nil), Duration: time.Since(start),
+		Flags: responseFlags(r, ex, w, p != nil), Duration: time.Since(start),
 		RequestBytes: body.n.Load(), ResponseBytes: w.bytes,
 		RequestMessages: body.msgs.count(), ResponseMessages: w.msgs.count(),
 	}

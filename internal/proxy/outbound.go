@@ -32,6 +32,9 @@ type Outbound struct {
 	Metrics *telemetry.Metrics
 	// AccessLog gets an entry per request; nil logs nothing.
 	AccessLog *slog.Logger
+	// WriteIdleTimeout cuts off a response whose writes make no progress
+	// for that long (a client that stopped reading); 0 never does.
+	WriteIdleTimeout time.Duration
 
 	store *meshtls.Store
 	dial  *net.Dialer // carries the proxy's socket mark
@@ -198,7 +201,7 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	start := time.Now()
 	ex := &exchange{dest: telemetry.Unknown}
-	ow, body := observe(w, r)
+	ow, body := observe(w, r, o.WriteIdleTimeout)
 	r.Header.Del(peerHeader) // only sidecars set it
 	defer recordAfter(o.Metrics, o.AccessLog, "source", o.routes.Load().self, &ex.dest, ex, r, ow, body, start)
 	o.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/net/websocket"
+
+	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
 func TestWebSocketThroughTheMesh(t *testing.T) {
@@ -312,5 +314,43 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
+	}
+}
+
+// A client that stops reading a large response is cut off once writes make
+// no progress for the write-idle timeout (shortened here; default 5 min),
+// and the request is recorded as ended by the downstream.
+func TestSlowReaderIsCutOff(t *testing.T) {
+	const size = 256 << 20
+	m := newTestMeshApp(t, 1, func(string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			chunk := make([]byte, 1<<20)
+			for sent := 0; sent < size; sent += len(chunk) {
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+		})
+	})
+	metrics := telemetry.New("test")
+	m.outbound.Metrics = metrics
+	m.outbound.WriteIdleTimeout = 300 * time.Millisecond
+	c, err := net.Dial("tcp", m.appAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /big HTTP/1.1\r\nHost: alpha.db\r\n\r\n")
+	// Read the first bytes, then stop reading for longer than the timeout.
+	if _, err := io.ReadFull(c, make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	if n := scrapeWait(t, metrics, "istio_requests_total", []string{`response_flags="DC"`}, 1); n != 1 {
+		t.Fatalf("istio_requests_total{response_flags=DC} = %v, want 1: the stalled response was not cut off", n)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := io.Copy(io.Discard, c)
+	if err == nil && n >= size {
+		t.Errorf("the stalled client still got the whole %d-byte response", size)
 	}
 }

@@ -41,6 +41,9 @@ type Config struct {
 	// Drain is how long in-flight requests may finish after SIGTERM.
 	// Default 5 s.
 	Drain time.Duration
+	// WriteIdleTimeout cuts off a response the client stops reading for
+	// that long. Default 5 min (Envoy's stream idle timeout).
+	WriteIdleTimeout time.Duration
 	// MaxConnections bounds the connections each side (outbound,
 	// inbound) holds open at once. Default DefaultMaxConnections.
 	MaxConnections int
@@ -75,6 +78,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Drain <= 0 {
 		c.Drain = 5 * time.Second
+	}
+	if c.WriteIdleTimeout <= 0 {
+		c.WriteIdleTimeout = 5 * time.Minute
 	}
 	if c.MaxConnections <= 0 {
 		c.MaxConnections = DefaultMaxConnections
@@ -121,6 +127,7 @@ func Run(ctx context.Context, cfg Config) error {
 	in.Metrics = metrics
 	accessLog := cfg.accessLogger()
 	out.AccessLog, in.AccessLog = accessLog, accessLog
+	out.WriteIdleTimeout, in.WriteIdleTimeout = cfg.WriteIdleTimeout, cfg.WriteIdleTimeout
 	var current atomic.Pointer[meshpb.ProxyConfig]
 	apply := func(c *meshpb.ProxyConfig) {
 		out.Update(c)
@@ -320,6 +327,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.MetricsAddr, "metrics", ":15020", "metrics listener (/stats/prometheus)")
 	fs.StringVar(&c.AdminAddr, "admin", "127.0.0.1:15000", "admin listener (localhost only)")
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "how long in-flight requests may finish after SIGTERM")
+	fs.DurationVar(&c.WriteIdleTimeout, "write-idle-timeout", 5*time.Minute, "cut off a response the client stops reading for this long")
 	fs.IntVar(&c.MaxConnections, "max-connections", DefaultMaxConnections, "connections each side (outbound, inbound) may hold open at once")
 	fs.Func("upstream", "explicit listener NAME.NAMESPACE:PORT=127.0.0.1:LOCALPORT for hosts without the redirect rules (repeatable)", func(v string) error {
 		up, err := ParseUpstream(v)
