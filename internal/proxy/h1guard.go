@@ -22,15 +22,16 @@ import (
 // valid (for a chunked body, together with its first chunk size, unless
 // the client waits for 100 Continue). On a violation the guard passes on
 // a request line net/http answers with 400 and a closed connection, so the
-// bad request is never forwarded. After an Upgrade request and on HTTP/2
-// connections it steps aside.
+// bad request is never forwarded. After an Upgrade request it steps aside;
+// HTTP/2 connections go on through h2Guard.
 type h1Guard struct {
 	src   io.Reader
 	from  net.Addr
-	store []byte // backs buf
-	buf   []byte // read from src, not scanned yet
-	ready []byte // checked, for Read to return
-	held  []byte // a checked header block waiting for its first chunk size
+	store []byte   // backs buf
+	buf   []byte   // read from src, not scanned yet
+	ready []byte   // checked, for Read to return
+	held  []byte   // a checked header block waiting for its first chunk size
+	h2    *h2Guard // on HTTP/2 connections, everything goes through it
 	state guardState
 	left  int64 // bytes of body or chunk data still to pass
 	after guardState
@@ -74,6 +75,9 @@ func (c *guardedConn) Read(p []byte) (int, error) { return c.g.Read(p) }
 
 func (g *h1Guard) Read(p []byte) (int, error) {
 	for len(g.ready) == 0 {
+		if g.h2 != nil {
+			return g.h2.Read(p)
+		}
 		if g.err != nil {
 			return 0, g.err
 		}
@@ -213,7 +217,10 @@ func (g *h1Guard) head() (bool, error) {
 		if len(g.buf) < len("PRI * HTTP/2.0") {
 			return false, nil
 		}
-		g.state = gsPass // HTTP/2 prior knowledge: net/http's HTTP/2 server checks it
+		// HTTP/2 prior knowledge: net/http's HTTP/2 server checks the
+		// framing; h2Guard limits floods.
+		g.h2 = newH2Guard(io.MultiReader(bytes.NewReader(g.buf), g.src), g.from)
+		g.buf, g.state = nil, gsPass
 		return true, nil
 	}
 	end, err := blockEnd(g.buf)
