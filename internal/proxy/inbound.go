@@ -80,7 +80,7 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 		Transport:     roundTripperFunc(in.toApp),
 		FlushInterval: -1,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			failWith(w, r, http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
+			failWith(w, exchangeOf(r), http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
 		},
 	}
 	in.mtls = in.server(func(c net.Conn) uint16 {
@@ -222,9 +222,6 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 // caller's metadata header is believed only over mutual TLS, and never
 // passed on to the app.
 func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !checkRequest(w, r) {
-		return
-	}
 	start := time.Now()
 	ex := &exchange{}
 	src := telemetry.Unknown
@@ -246,6 +243,9 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ex.upstream = "127.0.0.1:" + strconv.Itoa(int(port))
 	}
 	defer recordAfter(in.Metrics, in.AccessLog, "destination", src, in.self.Load(), ex, r, ow, body, start)
+	if !checkRequest(ow, r, ex) {
+		return
+	}
 	in.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
 }
 

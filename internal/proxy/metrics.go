@@ -34,13 +34,11 @@ type exchange struct {
 // and logs take the flags from the exchange, never from it.
 const flagsHeader = "X-Trellis-Response-Flags"
 
-// failWith answers a request the proxy could not forward with code, the
-// response flag and a readable reason, and records both for the metrics
-// and the access log.
-func failWith(w http.ResponseWriter, r *http.Request, code int, flag, reason string) {
-	if ex, ok := r.Context().Value(exchangeKey{}).(*exchange); ok {
-		ex.flags, ex.reason = flag, reason
-	}
+// failWith answers a request the proxy could not forward, or refused, with
+// code, the response flag and a readable reason, and records both in ex for
+// the metrics and the access log.
+func failWith(w http.ResponseWriter, ex *exchange, code int, flag, reason string) {
+	ex.flags, ex.reason = flag, reason
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set(flagsHeader, flag)
 	w.WriteHeader(code)
@@ -48,6 +46,14 @@ func failWith(w http.ResponseWriter, r *http.Request, code int, flag, reason str
 }
 
 type exchangeKey struct{}
+
+// exchangeOf returns the exchange ServeHTTP put in r's context.
+func exchangeOf(r *http.Request) *exchange {
+	if ex, ok := r.Context().Value(exchangeKey{}).(*exchange); ok {
+		return ex
+	}
+	return &exchange{}
+}
 
 func selfPeer(w *meshpb.Workload) telemetry.Peer {
 	return telemetry.PeerFromLabels(w.GetName(), w.GetNamespace(), w.GetIdentity(), w.GetLabels())

@@ -196,14 +196,14 @@ func WithDestination(ctx context.Context, dst netip.AddrPort) context.Context {
 
 // ServeHTTP forwards one request from the app and records it.
 func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !checkRequest(w, r) {
-		return
-	}
 	start := time.Now()
 	ex := &exchange{dest: telemetry.Unknown}
 	ow, body := observe(w, r, o.WriteIdleTimeout)
 	r.Header.Del(peerHeader) // only sidecars set it
 	defer recordAfter(o.Metrics, o.AccessLog, "source", o.routes.Load().self, &ex.dest, ex, r, ow, body, start)
+	if !checkRequest(ow, r, ex) {
+		return
+	}
 	o.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
 }
 
@@ -292,7 +292,7 @@ func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, context.DeadlineExceeded):
 		code, flag = http.StatusGatewayTimeout, "UT"
 	}
-	failWith(w, r, code, flag, err.Error())
+	failWith(w, exchangeOf(r), code, flag, err.Error())
 }
 
 type tlsDialer struct {

@@ -13,44 +13,43 @@ import (
 const maxHeaderCount = 100
 
 // checkRequest refuses what must not be forwarded and normalises the path,
-// before the request is routed or measured. It answers and returns false
-// for a request it refuses.
-func checkRequest(w http.ResponseWriter, r *http.Request) bool {
+// before the request is routed. It answers a request it refuses (flag DPE,
+// downstream protocol error, with the reason in ex) and returns false.
+func checkRequest(w http.ResponseWriter, r *http.Request, ex *exchange) bool {
+	refuse := func(code int, reason string) {
+		w.Header().Set("Connection", "close")
+		failWith(w, ex, code, "DPE", reason)
+	}
 	n := 0
 	for _, v := range r.Header {
 		n += len(v)
 	}
 	if n > maxHeaderCount {
-		refuse(w, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("%d header fields; at most %d are accepted", n, maxHeaderCount))
+		refuse(http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("%d header fields; at most %d are accepted", n, maxHeaderCount))
 		return false
 	}
 	if r.URL.Opaque != "" || r.Method == http.MethodConnect || r.Method == http.MethodOptions && r.URL.Path == "*" {
 		return true // authority or asterisk form: no path
 	}
 	if strings.ContainsRune(r.RequestURI, '#') { // as sent; the parsed path has it escaped
-		refuse(w, http.StatusBadRequest, "a fragment (#...) in the request target; clients must not send one")
+		refuse(http.StatusBadRequest, "a fragment (#...) in the request target; clients must not send one")
 		return false
 	}
 	p, err := normalizePath(r.URL.EscapedPath())
 	if err != nil {
-		refuse(w, http.StatusBadRequest, err.Error())
+		refuse(http.StatusBadRequest, err.Error())
 		return false
 	}
 	if p != r.URL.EscapedPath() {
 		decoded, err := url.PathUnescape(p)
 		if err != nil {
-			refuse(w, http.StatusBadRequest, "path: "+err.Error())
+			refuse(http.StatusBadRequest, "path: "+err.Error())
 			return false
 		}
 		r.URL.Path, r.URL.RawPath = decoded, p
 		r.RequestURI = r.URL.RequestURI()
 	}
 	return true
-}
-
-func refuse(w http.ResponseWriter, code int, reason string) {
-	w.Header().Set("Connection", "close")
-	http.Error(w, "trellis proxy: "+reason, code)
 }
 
 // normalizePath is what the app receives for an escaped request path, as

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
 // rawRequest sends one request exactly as written and returns the status
@@ -69,6 +71,8 @@ func TestPathsReachTheAppNormalised(t *testing.T) {
 // Too many header fields or too many header bytes get 431 and reach no app.
 func TestOversizeHeadersAre431(t *testing.T) {
 	m := newTestMesh(t, 1)
+	metrics := telemetry.New("test")
+	m.outbound.Metrics = metrics
 	many := func(n int) string {
 		var b strings.Builder
 		for i := range n {
@@ -91,6 +95,11 @@ func TestOversizeHeadersAre431(t *testing.T) {
 		if code == http.StatusOK && body != "alpha-0" {
 			t.Errorf("%s: answered %q, want the app's answer", tc.name, body)
 		}
+	}
+	// The proxy's own refusal is counted (net/http refuses the 70 KiB one
+	// before any handler sees it).
+	if n := scrapeWait(t, metrics, "istio_requests_total", []string{`response_code="431"`, `response_flags="DPE"`}, 1); n != 1 {
+		t.Errorf("istio_requests_total{response_code=431,response_flags=DPE} = %v, want 1", n)
 	}
 }
 
