@@ -134,7 +134,7 @@ func (in *Inbound) SetWorkload(w *meshpb.Workload) {
 }
 
 // SetMaxConnections sets how many connections may be open at once (0: no
-// limit). Call it before the first connection.
+// limit).
 func (in *Inbound) SetMaxConnections(n int) { in.limit.max.Store(int64(n)) }
 
 // SetPolicy installs the PeerAuthentication in force.

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -43,7 +42,7 @@ type OutboundServer struct {
 const DefaultMaxConnections = 4096
 
 // SetMaxConnections sets how many connections may be open at once (0: no
-// limit). Call it before the first connection.
+// limit).
 func (s *OutboundServer) SetMaxConnections(n int) { s.limit.max.Store(int64(n)) }
 
 type connDst struct {
@@ -93,25 +92,15 @@ func (s *OutboundServer) Shutdown(ctx context.Context) error {
 // address is looked up in the config in force for each connection. It
 // returns when ln is closed.
 func (s *OutboundServer) ServeExplicit(ln net.Listener, up Upstream) {
-	for {
-		c, err := ln.Accept()
-		if errors.Is(err, net.ErrClosed) {
-			return
-		}
-		if err != nil {
-			// Out of file descriptors and the like: wait, keep accepting.
-			slog.Warn("accept failed; retrying", "err", err)
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
+	acceptLoop(ln, func(c net.Conn) {
 		dst, ok := s.out.serviceAddr(up.Name, up.Namespace, up.Port)
 		if !ok {
 			slog.Warn("explicit upstream: no such service port in the config", "upstream", up)
 			c.Close()
-			continue
+			return
 		}
 		go s.HandleConn(c, dst)
-	}
+	})
 }
 
 // Upstream is a service port the app reaches on a local listener.
@@ -172,7 +161,7 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 		s.conns.push(&connDst{Conn: guardHTTP1(conn), dst: dst})
 		return
 	}
-	s.tunnel(&connDst{Conn: conn, dst: dst}, dst)
+	s.tunnel(conn, dst)
 }
 
 // passthrough connects the app to a destination outside the mesh as if the

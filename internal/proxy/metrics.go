@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -308,7 +309,7 @@ func accessLog(log *slog.Logger, r *http.Request, ex *exchange, req telemetry.Re
 		slog.String("reporter", req.Reporter),
 		slog.String("method", r.Method), slog.String("authority", r.Host), slog.String("path", r.URL.Path),
 		slog.String("protocol", r.Proto), slog.Int("code", req.Code),
-		slog.String("flags", orDash(req.Flags)),
+		slog.String("flags", cmp.Or(req.Flags, "-")),
 		slog.Float64("duration_ms", float64(req.Duration.Microseconds())/1000),
 		slog.Int64("bytes_received", req.RequestBytes), slog.Int64("bytes_sent", req.ResponseBytes),
 		slog.String("source", req.Source.Namespace+"/"+req.Source.Workload),
@@ -323,13 +324,6 @@ func accessLog(log *slog.Logger, r *http.Request, ex *exchange, req telemetry.Re
 		attrs = append(attrs, slog.String("reason", ex.reason))
 	}
 	log.LogAttrs(r.Context(), slog.LevelInfo, "access", attrs...)
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 // grpcTrailersOnly turns a gRPC "trailers-only" response (status in the

@@ -83,9 +83,7 @@ func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 	h2only := new(http.Protocols)
 	h2only.SetHTTP2(true)
 	o.mesh = &http.Transport{
-		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return o.dialMesh(ctx, network, addr, "h2")
-		},
+		DialTLSContext:    o.dialMesh("h2"),
 		Protocols:         h2only,
 		ForceAttemptHTTP2: true,
 		IdleConnTimeout:   time.Hour,
@@ -97,9 +95,7 @@ func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 	h1only := new(http.Protocols)
 	h1only.SetHTTP1(true)
 	o.upgrade = &http.Transport{
-		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return o.dialMesh(ctx, network, addr, "http/1.1")
-		},
+		DialTLSContext:        o.dialMesh("http/1.1"),
 		Protocols:             h1only,
 		DisableKeepAlives:     true,
 		ResponseHeaderTimeout: 15 * time.Second,
@@ -266,19 +262,22 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 
 var errNoRoute = errors.New("no route")
 
-// dialMesh opens an mTLS connection to an endpoint's sidecar speaking alpn,
-// requiring the identity the config names for that endpoint.
-func (o *Outbound) dialMesh(ctx context.Context, network, addr, alpn string) (net.Conn, error) {
-	want, ok := o.routes.Load().identities[addr]
-	if !ok {
-		return nil, fmt.Errorf("dial %s: endpoint left the config", addr)
+// dialMesh returns a transport's dialer of mTLS connections to endpoints'
+// sidecars speaking alpn, requiring the identity the config names for each
+// endpoint.
+func (o *Outbound) dialMesh(alpn string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		want, ok := o.routes.Load().identities[addr]
+		if !ok {
+			return nil, fmt.Errorf("dial %s: endpoint left the config", addr)
+		}
+		cfg := meshtls.ClientConfig(o.store, meshtls.Exactly(want))
+		cfg.NextProtos = []string{alpn}
+		d := &tls.Dialer{NetDialer: o.dial, Config: cfg}
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return d.DialContext(dctx, network, addr)
 	}
-	cfg := meshtls.ClientConfig(o.store, meshtls.Exactly(want))
-	cfg.NextProtos = []string{alpn}
-	d := &tls.Dialer{NetDialer: o.dial, Config: cfg}
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	return d.DialContext(dctx, network, addr)
 }
 
 // fail answers a request the proxy could not forward, saying why.

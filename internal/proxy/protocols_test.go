@@ -86,15 +86,7 @@ func TestHundredConcurrentStreamsOnOneConnection(t *testing.T) {
 			}
 		})
 	})
-	var conns atomic.Int32
-	h2c := new(http.Protocols)
-	h2c.SetUnencryptedHTTP2(true)
-	tr := &http.Transport{Protocols: h2c, MaxConnsPerHost: 1, DialContext: func(ctx context.Context, nw, a string) (net.Conn, error) {
-		conns.Add(1)
-		return (&net.Dialer{}).DialContext(ctx, nw, a)
-	}}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	client, conns := oneH2CConnection(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
 	for i := range n {

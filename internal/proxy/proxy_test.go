@@ -139,6 +139,20 @@ func (m *testMesh) update(t *testing.T, eps []*meshpb.Endpoint) {
 			Ports: []*meshpb.ServicePort{{Port: uint32(vip.Port()), Protocol: meshpb.Protocol_PROTOCOL_HTTP, Endpoints: eps}}}}})
 }
 
+// oneH2CConnection returns an HTTP/2 prior-knowledge client held to one
+// connection at a time, and the count of connections it opened.
+func oneH2CConnection(t *testing.T) (*http.Client, *atomic.Int32) {
+	conns := new(atomic.Int32)
+	h2c := new(http.Protocols)
+	h2c.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: h2c, MaxConnsPerHost: 1, DialContext: func(ctx context.Context, n, a string) (net.Conn, error) {
+		conns.Add(1)
+		return (&net.Dialer{}).DialContext(ctx, n, a)
+	}}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}, conns
+}
+
 // spread sends n requests with client and counts the answers.
 func spread(t *testing.T, client *http.Client, url string, n, workers int) map[string]int {
 	t.Helper()
@@ -222,15 +236,8 @@ func TestPerRequestBalancingOverOneConnection(t *testing.T) {
 				checkEven(t, got, 3000, 3)
 			})
 			t.Run("HTTP/2 prior knowledge", func(t *testing.T) {
-				var conns atomic.Int32
-				h2c := new(http.Protocols)
-				h2c.SetUnencryptedHTTP2(true)
-				tr := &http.Transport{Protocols: h2c, MaxConnsPerHost: 1, DialContext: func(ctx context.Context, n, a string) (net.Conn, error) {
-					conns.Add(1)
-					return (&net.Dialer{}).DialContext(ctx, n, a)
-				}}
-				defer tr.CloseIdleConnections()
-				checkEven(t, spread(t, &http.Client{Transport: tr}, "http://"+m.appAddr+"/", 3000, 8), 3000, 3)
+				client, conns := oneH2CConnection(t)
+				checkEven(t, spread(t, client, "http://"+m.appAddr+"/", 3000, 8), 3000, 3)
 				if conns.Load() != 1 {
 					t.Errorf("the app opened %d connections, want 1", conns.Load())
 				}

@@ -258,24 +258,31 @@ func closeAll(lns []net.Listener) {
 // accept hands each redirected connection to handle with its original
 // destination; connections made to the port directly are closed.
 func accept(ln net.Listener, handle func(net.Conn, netip.AddrPort)) {
+	acceptLoop(ln, func(c net.Conn) {
+		dst, err := OriginalDst(c.(*net.TCPConn))
+		if err != nil || dst.String() == c.LocalAddr().String() {
+			slog.Debug("connection not redirected; closing", "from", c.RemoteAddr())
+			c.Close()
+			return
+		}
+		go handle(c, dst)
+	})
+}
+
+// acceptLoop hands each connection ln accepts to take, until ln is closed.
+// Other accept errors (out of file descriptors, say) are waited out.
+func acceptLoop(ln net.Listener, take func(net.Conn)) {
 	for {
 		c, err := ln.Accept()
 		if errors.Is(err, net.ErrClosed) {
 			return
 		}
 		if err != nil {
-			// Out of file descriptors and the like: wait, keep accepting.
 			slog.Warn("accept failed; retrying", "err", err)
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		dst, err := OriginalDst(c.(*net.TCPConn))
-		if err != nil || dst.String() == c.LocalAddr().String() {
-			slog.Debug("connection not redirected; closing", "from", c.RemoteAddr())
-			c.Close()
-			continue
-		}
-		go handle(c, dst)
+		take(c)
 	}
 }
 
