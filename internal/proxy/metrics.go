@@ -134,13 +134,24 @@ type observed struct {
 	// reading a response is cut off instead of holding it forever.
 	rc        *http.ResponseController
 	writeIdle time.Duration
+	deadline  time.Time
 	writeErr  error // the client could not be written to
 }
 
+// extendDeadline gives writes writeIdle from now. It touches the
+// connection only once a quarter of the window has passed, not on every
+// write of a streamed body: a stalled client is then cut off after 3/4 to
+// all of writeIdle.
 func (o *observed) extendDeadline() {
-	if o.rc != nil {
-		_ = o.rc.SetWriteDeadline(time.Now().Add(o.writeIdle))
+	if o.rc == nil {
+		return
 	}
+	now := time.Now()
+	if o.deadline.Sub(now) > o.writeIdle*3/4 {
+		return
+	}
+	o.deadline = now.Add(o.writeIdle)
+	_ = o.rc.SetWriteDeadline(o.deadline)
 }
 
 func (o *observed) WriteHeader(code int) {
