@@ -159,6 +159,7 @@ type Endpoint struct {
 	ewmaMu   sync.Mutex
 	ewma     float64   // guarded by ewmaMu: peak-EWMA latency, nanoseconds
 	ewmaTime time.Time // guarded by ewmaMu: last update
+	last     float64   // guarded by ewmaMu: the previous sample
 }
 
 // Result is how a request to an endpoint ended.
@@ -205,24 +206,30 @@ const ewmaDecay = 10 * time.Second
 
 // fastSampleShare is the least share of the way a faster sample moves the
 // estimate toward itself, however soon after the previous one it came.
-const fastSampleShare = 0.5
+const fastSampleShare = 0.75
 
-// observe folds a latency into the peak-EWMA: a slower sample is taken at
-// once, faster ones decay the average over ewmaDecay and each moves it at
-// least fastSampleShare of the way. Without that floor one stray spike (a GC
-// pause, a descheduled thread) would mark an endpoint slow for seconds while
-// its next answers are fast; a really slow endpoint answers slowly every
-// time and stays expensive.
+// observe folds a latency into the peak-EWMA. A slowdown is taken at once
+// once two requests in a row show it; faster samples decay the average over
+// ewmaDecay, each moving it at least fastSampleShare of the way. A lone slow
+// sample counts as no slower than the one before it: one stray spike (a GC
+// pause, a descheduled thread) must not mark an endpoint slow while its
+// next answers are fast, whereas a really slow endpoint answers slowly
+// every time and turns expensive on its second answer.
 func (e *Endpoint) observe(lat time.Duration) {
 	now := e.b.now()
 	e.ewmaMu.Lock()
 	defer e.ewmaMu.Unlock()
 	sample := float64(lat)
-	if sample > e.ewma || e.ewmaTime.IsZero() {
-		e.ewma = sample
+	if e.ewmaTime.IsZero() {
+		e.last = sample
+	}
+	confirmed := min(sample, e.last)
+	e.last = sample
+	if confirmed > e.ewma || e.ewmaTime.IsZero() {
+		e.ewma = confirmed
 	} else {
 		w := min(decayWeight(now.Sub(e.ewmaTime)), 1-fastSampleShare)
-		e.ewma = e.ewma*w + sample*(1-w)
+		e.ewma = e.ewma*w + confirmed*(1-w)
 	}
 	e.ewmaTime = now
 }
