@@ -12,6 +12,7 @@ package telemetry
 
 import (
 	"net/http"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -162,7 +164,13 @@ func New(cluster string) *Metrics {
 			Name: "istio_response_messages_total", Help: "gRPC messages sent by servers.",
 		}, requestLabels),
 	}
-	m.reg.MustRegister(m.requests, m.duration, m.reqBytes, m.respBytes, m.reqMsgs, m.respMsgs)
+	m.reg.MustRegister(m.requests, m.duration, m.reqBytes, m.respBytes, m.reqMsgs, m.respMsgs,
+		// The process's own cost, as operators read it off any Go
+		// service: CPU, memory, file descriptors, goroutines, and the
+		// runtime's estimate of the CPU its garbage collector takes.
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
+			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/cpu/classes/(gc/total|total):cpu-seconds$`)})))
 	m.tcp = newTCPMetrics(m.reg)
 	return m
 }

@@ -1,6 +1,10 @@
 package telemetry
 
-import "testing"
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
 
 func TestCanonicalNames(t *testing.T) {
 	tests := []struct {
@@ -17,6 +21,19 @@ func TestCanonicalNames(t *testing.T) {
 		p := PeerFromLabels("frontend", "web", "spiffe://td/ns/web/sa/default", tt.labels)
 		if p.CanonicalService != tt.service || p.CanonicalRevision != tt.revision {
 			t.Errorf("PeerFromLabels(%v) = %s/%s, want %s/%s", tt.labels, p.CanonicalService, p.CanonicalRevision, tt.service, tt.revision)
+		}
+	}
+}
+
+// The scrape carries the proxy's own cost beside the request metrics: what
+// an operator (and bench/proxybench) reads to see CPU, memory and GC.
+func TestScrapeHasProcessCost(t *testing.T) {
+	rec := httptest.NewRecorder()
+	New("test").Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/stats/prometheus", nil))
+	for _, name := range []string{"process_cpu_seconds_total", "process_resident_memory_bytes",
+		"go_cpu_classes_gc_total_cpu_seconds_total", "go_goroutines"} {
+		if !strings.Contains(rec.Body.String(), "\n"+name+" ") {
+			t.Errorf("the scrape has no %s", name)
 		}
 	}
 }
