@@ -76,9 +76,9 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 		IdleConnTimeout: time.Minute,
 	}
 	in.proxy = &httputil.ReverseProxy{
-		Rewrite:       func(*httputil.ProxyRequest) {},
-		Transport:     roundTripperFunc(in.toApp),
-		FlushInterval: -1,
+		Rewrite:    func(*httputil.ProxyRequest) {},
+		Transport:  roundTripperFunc(in.toApp),
+		BufferPool: copyBuffers,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			failWith(w, exchangeOf(r), http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
 		},

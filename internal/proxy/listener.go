@@ -203,7 +203,7 @@ func (s *OutboundServer) tunnel(c net.Conn, dst netip.AddrPort) {
 		cfg.NextProtos = []string{alpnTCP}
 		up, err = (&tlsDialer{net: s.dial, cfg: cfg}).dial(ep.Addr)
 		if err == nil {
-			err = writePreamble(up, encodePeer(rt.self, r.host, r.name, r.namespace))
+			err = writePreamble(up, r.meta)
 		}
 	} else {
 		up, err = s.dial.Dial("tcp", ep.Addr)

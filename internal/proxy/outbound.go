@@ -72,6 +72,7 @@ type route struct {
 	name, namespace string
 	protocol        meshpb.Protocol
 	bal             *balancer.Balancer
+	meta            string // the caller's metadata for this service (encodePeer), sent to meshed endpoints
 }
 
 // NewOutbound returns an outbound forwarder that presents store's SVID and
@@ -107,10 +108,14 @@ func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 		ResponseHeaderTimeout: 15 * time.Second,
 	}
 	o.proxy = &httputil.ReverseProxy{
-		Rewrite:       func(*httputil.ProxyRequest) {}, // RoundTrip sets the endpoint
-		Transport:     o,
-		FlushInterval: -1, // stream responses as they come (gRPC)
-		ErrorHandler:  o.fail,
+		Rewrite:   func(*httputil.ProxyRequest) {}, // RoundTrip sets the endpoint
+		Transport: o,
+		// No FlushInterval: a response of unknown length (gRPC, streams,
+		// server-sent events) is flushed as each piece arrives anyway, and
+		// one of known length goes out in as few writes as it fills, not
+		// one write for the body and another for its end.
+		BufferPool:   copyBuffers,
+		ErrorHandler: o.fail,
 	}
 	return o
 }
@@ -149,6 +154,7 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 			t.byVIP[dst] = &route{service: s.GetName() + "." + s.GetNamespace(),
 				host: s.GetName() + "." + s.GetNamespace() + ".svc.cluster.local", name: s.GetName(), namespace: s.GetNamespace(),
 				protocol: p.GetProtocol(), bal: b}
+			t.byVIP[dst].meta = encodePeer(t.self, t.byVIP[dst].host, s.GetName(), s.GetNamespace())
 		}
 	}
 	o.balancers = keep
@@ -238,7 +244,7 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 	if _, meshed := rt.identities[ep.Addr]; meshed {
 		ex.mutualTLS = true
 		req.URL.Scheme = "https"
-		req.Header.Set(peerHeader, encodePeer(rt.self, r.host, r.name, r.namespace))
+		req.Header.Set(peerHeader, r.meta)
 		if req.Header.Get("Upgrade") != "" { // ReverseProxy keeps it only on upgrade requests
 			resp, err = o.upgrade.RoundTrip(req)
 		} else {

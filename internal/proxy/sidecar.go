@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"sync"
@@ -288,7 +289,7 @@ func acceptLoop(ln net.Listener, take func(net.Conn)) {
 
 // adminMux serves the admin endpoints: /config_dump (the ProxyConfig in
 // force), /certs (identity and expiry), /clusters (endpoints and their
-// state).
+// state), /debug/pprof/ (profiles).
 func adminMux(cfg *atomic.Pointer[meshpb.ProxyConfig], store *meshtls.Store, out *Outbound) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, _ *http.Request) {
@@ -311,6 +312,12 @@ func adminMux(cfg *atomic.Pointer[meshpb.ProxyConfig], store *meshtls.Store, out
 	mux.HandleFunc("/clusters", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSONTo(w, out.clusters())
 	})
+	// Go's profiler, for `go tool pprof http://127.0.0.1:15000/debug/pprof/profile`
+	// from inside the pod (the admin port is never reachable from outside).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// checkTools fails early, naming what is missing and how to get it.
+func checkTools(o options) error {
+	need := map[string]string{"fortio": "go install fortio.org/fortio@v1.66.2", "ghz": "go install github.com/bojand/ghz/cmd/ghz@v0.93.0",
+		"taskset": "apt-get install util-linux", "ip": "apt-get install iproute2"}
+	if slices.Contains(o.arms, "haproxy") {
+		need["haproxy"] = "apt-get install haproxy"
+	}
+	if slices.Contains(o.arms, "nginx") {
+		need["nginx"] = "apt-get install nginx"
+	}
+	for tool, how := range need {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found: %s (bench/run.sh installs everything)", tool, how)
+		}
+	}
+	if slices.Contains(o.arms, "trellis") {
+		if _, err := os.Stat(o.proxy); err != nil {
+			return fmt.Errorf("-proxy %s: %v: build it with go build -o bin/trellis-proxy ./cmd/trellis-proxy", o.proxy, err)
+		}
+	}
+	return nil
+}
+
+// report prints the figures as Markdown: one table per worker count, then
+// Trellis's ratios to HAProxy against the targets.
+func report(w io.Writer, o options, results []*result) {
+	host, _ := os.Hostname()
+	fmt.Fprintf(w, "proxybench on %s: %d CPUs (%s), %s, %s; %s per fixed-rate phase\n", host, runtime.NumCPU(), cpuModel(), kernel(),
+		runtime.Version(), o.duration)
+	fmt.Fprintf(w, "versions: %s; %s; %s; %s\n\n", version("haproxy", "-v"), version("nginx", "-v"), version("fortio", "version"), version("ghz", "--version"))
+	for _, workers := range o.workers {
+		var rs []*result
+		for _, r := range results {
+			if r.workers == workers {
+				rs = append(rs, r)
+			}
+		}
+		direct := find(rs, "direct")
+		fmt.Fprintf(w, "### %d worker(s) per proxy\n\n| | %s |\n|---|%s\n", workers, strings.Join(arms(rs), " | "), strings.Repeat("---|", len(rs)))
+		row := func(name string, cell func(r *result) string) {
+			cells := make([]string, len(rs))
+			for i, r := range rs {
+				cells[i] = cell(r)
+			}
+			fmt.Fprintf(w, "| %s | %s |\n", name, strings.Join(cells, " | "))
+		}
+		for i, rate := range o.rates {
+			h := func(r *result) phase { return r.h1[i] }
+			row(fmt.Sprintf("HTTP/1.1 1 kB @%d rps: achieved rps, errors", rate), func(r *result) string { return fmt.Sprintf("%.0f, %d", h(r).rps, h(r).errors) })
+			row("  p50 / p99 (ms)", func(r *result) string { return fmt.Sprintf("%s / %s", ms(h(r).p50), ms(h(r).p99)) })
+			row("  added p50 / p99 over direct (ms)", func(r *result) string {
+				if direct == nil || r.arm == "direct" {
+					return "—"
+				}
+				return fmt.Sprintf("%s / %s", ms(h(r).p50-direct.h1[i].p50), ms(h(r).p99-direct.h1[i].p99))
+			})
+			row("  CPU µs per request, client / server proxy", func(r *result) string { return cpu(r, h(r)) })
+			row("  RSS MiB, client / server proxy", func(r *result) string { return rss(r, h(r)) })
+			row("  GC share of proxy CPU, client / server", func(r *result) string { return gc(h(r)) })
+		}
+		row("max HTTP/1.1 throughput (rps, errors)", func(r *result) string { return fmt.Sprintf("%.0f, %d", r.max.rps, r.max.errors) })
+		row("  CPU µs per request, client / server proxy", func(r *result) string { return cpu(r, r.max) })
+		row(fmt.Sprintf("HTTP/2 (h2c from the client) @%d rps: p99 ms, errors", otherRate), func(r *result) string { return fmt.Sprintf("%s, %d", ms(r.h2.p99), r.h2.errors) })
+		row("  CPU µs per request, client / server proxy", func(r *result) string { return cpu(r, r.h2) })
+		row(fmt.Sprintf("gRPC unary @%d rps, 1 connection: p99 ms, errors", otherRate), func(r *result) string { return fmt.Sprintf("%s, %d", ms(r.grpc.p99), r.grpc.errors) })
+		row("  CPU µs per request, client / server proxy", func(r *result) string { return cpu(r, r.grpc) })
+		row("  calls per replica (max/min)", func(r *result) string {
+			if len(r.balance) == 0 {
+				return "—"
+			}
+			return fmt.Sprintf("%v (%.3f)", r.balance, spread(r.balance))
+		})
+		row(fmt.Sprintf("client proxy RSS per idle connection (KiB, %d held)", o.idle), func(r *result) string {
+			if math.IsNaN(r.idleKiB) {
+				return "—"
+			}
+			return fmt.Sprintf("%.1f", r.idleKiB)
+		})
+		fmt.Fprintln(w)
+		ratios(w, o, rs, direct)
+	}
+}
+
+// ratios prints Trellis against HAProxy for each target of the issue.
+func ratios(w io.Writer, o options, rs []*result, direct *result) {
+	tr, ha := find(rs, "trellis"), find(rs, "haproxy")
+	if tr == nil {
+		return
+	}
+	fmt.Fprintf(w, "| Trellis (%d worker(s)) | figure | target | |\n|---|---|---|---|\n", tr.workers)
+	line := func(name string, v float64, target string, ok bool) {
+		verdict := "met"
+		if !ok {
+			verdict = "**missed**"
+		}
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			verdict, v = "n/a", math.NaN()
+		}
+		fmt.Fprintf(w, "| %s | %.2f | %s | %s |\n", name, v, target, verdict)
+	}
+	for i, rate := range o.rates {
+		if ha != nil {
+			c := float64(total(tr.h1[i].cpu)) / float64(total(ha.h1[i].cpu))
+			line(fmt.Sprintf("CPU per request @%d rps, pair, × HAProxy", rate), c, "≤ 1.5", c <= 1.5)
+			if direct != nil {
+				a := float64(tr.h1[i].p99-direct.h1[i].p99) / float64(ha.h1[i].p99-direct.h1[i].p99)
+				if ha.h1[i].p99 <= direct.h1[i].p99 {
+					a = math.NaN()
+				}
+				line(fmt.Sprintf("added p99 @%d rps × HAProxy", rate), a, "≤ 1.5", a <= 1.5)
+			}
+		}
+		if rate == 1000 {
+			m := float64(max(tr.h1[i].rss[0], tr.h1[i].rss[1])) / 1024
+			line("proxy RSS @1000 rps (MiB, the larger)", m, "≤ 20", m <= 20)
+		}
+	}
+	if ha != nil {
+		t := tr.max.rps / ha.max.rps
+		line("max throughput × HAProxy", t, "≥ 0.7", t >= 0.7)
+		line("HTTP/2 CPU per request × HAProxy", float64(total(tr.h2.cpu))/float64(total(ha.h2.cpu)), "(figure)", true)
+		line("gRPC CPU per request × HAProxy", float64(total(tr.grpc.cpu))/float64(total(ha.grpc.cpu)), "(figure)", true)
+		line("RSS per idle connection × HAProxy", tr.idleKiB/ha.idleKiB, "(figure)", true)
+	}
+	b := spread(tr.balance)
+	line("gRPC balance over 3 replicas, max/min", b, "≤ 1.1", b <= 1.1)
+	fmt.Fprintln(w)
+}
+
+func find(rs []*result, arm string) *result {
+	for _, r := range rs {
+		if r.arm == arm {
+			return r
+		}
+	}
+	return nil
+}
+
+func arms(rs []*result) []string {
+	var names []string
+	for _, r := range rs {
+		names = append(names, r.arm)
+	}
+	return names
+}
+
+func total(c [2]time.Duration) time.Duration { return c[0] + c[1] }
+
+func spread(counts []int64) float64 {
+	if len(counts) == 0 {
+		return math.NaN()
+	}
+	return float64(slices.Max(counts)) / float64(max(1, slices.Min(counts)))
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f", float64(d)/float64(time.Millisecond)) }
+
+func cpu(r *result, p phase) string {
+	if r.arm == "direct" {
+		return "—"
+	}
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+	return fmt.Sprintf("%.0f / %.0f", us(p.cpu[0]), us(p.cpu[1]))
+}
+
+func rss(r *result, p phase) string {
+	if r.arm == "direct" {
+		return "—"
+	}
+	return fmt.Sprintf("%.1f / %.1f", float64(p.rss[0])/1024, float64(p.rss[1])/1024)
+}
+
+func gc(p phase) string {
+	if math.IsNaN(p.gcShare[0]) {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f %% / %.0f %%", 100*p.gcShare[0], 100*p.gcShare[1])
+}
+
+func cpuModel() string {
+	data, _ := os.ReadFile("/proc/cpuinfo")
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "model name"); ok {
+			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+		}
+	}
+	return "unknown CPU"
+}
+
+func kernel() string {
+	out, _ := exec.Command("uname", "-r").Output()
+	return "Linux " + strings.TrimSpace(string(out))
+}
+
+func version(tool string, arg string) string {
+	out, _ := exec.Command(tool, arg).CombinedOutput()
+	first, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	if first == "" {
+		return tool + " (not found)"
+	}
+	return first
+}
