@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // h1Guard checks the framing of HTTP/1.1 requests on a connection before
@@ -92,29 +93,41 @@ func (g *h1Guard) Read(p []byte) (int, error) {
 			}
 		}
 		if len(g.buf) == 0 || !g.scan() {
-			if err := g.fill(); err != nil && len(g.ready) == 0 {
+			if err := g.fill(p); err != nil && len(g.ready) == 0 {
 				return 0, err
 			}
 		}
 	}
 	n := copy(p, g.ready)
 	g.ready = g.ready[n:]
+	g.releaseScanBuffer()
 	return n, nil
 }
 
 // fill reads more of the connection into buf. A timeout (net/http sets
 // deadlines to interrupt reads) is returned and forgotten; any other error
-// ends the stream.
-func (g *h1Guard) fill() error {
-	if len(g.buf) == 0 {
-		g.buf = g.store[:0]
+// ends the stream. Between requests it waits in p, the caller's buffer, and
+// takes a scan buffer only once bytes arrive: an idle keep-alive
+// connection holds none.
+func (g *h1Guard) fill(p []byte) error {
+	var n int
+	var err error
+	if len(g.buf) == 0 && len(p) > 0 {
+		n, err = g.src.Read(p)
+		if n > 0 {
+			g.buf = append(g.scanBuffer(), p[:n]...)
+		}
+	} else {
+		if len(g.buf) == 0 {
+			g.buf = g.scanBuffer()
+		}
+		if cap(g.buf)-len(g.buf) < 4<<10 {
+			g.buf = append(make([]byte, 0, 2*cap(g.buf)+16<<10), g.buf...)
+			g.store = g.buf
+		}
+		n, err = g.src.Read(g.buf[len(g.buf):cap(g.buf)])
+		g.buf = g.buf[:len(g.buf)+n]
 	}
-	if cap(g.buf)-len(g.buf) < 4<<10 {
-		g.buf = append(make([]byte, 0, 2*cap(g.buf)+16<<10), g.buf...)
-		g.store = g.buf
-	}
-	n, err := g.src.Read(g.buf[len(g.buf):cap(g.buf)])
-	g.buf = g.buf[:len(g.buf)+n]
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		return err
 	}
@@ -126,6 +139,31 @@ func (g *h1Guard) fill() error {
 		g.held, g.buf = nil, nil
 	}
 	return nil
+}
+
+// scanBuffers are the guards' scan buffers, shared between connections.
+var scanBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+
+// scanBuffer returns the guard's empty scan buffer, taking one from the
+// pool if it holds none.
+func (g *h1Guard) scanBuffer() []byte {
+	if g.store == nil {
+		g.store = *scanBuffers.Get().(*[]byte)
+	}
+	return g.store[:0]
+}
+
+// releaseScanBuffer gives the scan buffer back once everything in it has
+// been scanned.
+func (g *h1Guard) releaseScanBuffer() {
+	if len(g.buf) != 0 || g.store == nil {
+		return
+	}
+	if cap(g.store) <= 64<<10 {
+		b := g.store[:0]
+		scanBuffers.Put(&b)
+	}
+	g.store, g.buf = nil, nil
 }
 
 // readBody reads body or chunk bytes directly into p.
