@@ -135,6 +135,7 @@ type observed struct {
 	rc        *http.ResponseController
 	writeIdle time.Duration
 	deadline  time.Time
+	stream    bool  // HTTP/2: the deadline is the stream's, not the connection's
 	writeErr  error // the client could not be written to
 }
 
@@ -142,8 +143,13 @@ type observed struct {
 // connection only once a quarter of the window has passed, not on every
 // write of a streamed body: a stalled client is then cut off after 3/4 to
 // all of writeIdle.
+//
+// An HTTP/2 stream gets a deadline only past streamWindow bytes: before
+// that its writes cannot block (they fit the peer's flow-control window),
+// and each stream deadline costs the connection a timer and a message to
+// its serving loop.
 func (o *observed) extendDeadline() {
-	if o.rc == nil {
+	if o.rc == nil || o.stream && o.bytes < streamWindow {
 		return
 	}
 	now := time.Now()
@@ -152,6 +158,21 @@ func (o *observed) extendDeadline() {
 	}
 	o.deadline = now.Add(o.writeIdle)
 	_ = o.rc.SetWriteDeadline(o.deadline)
+}
+
+// streamWindow is HTTP/2's initial flow-control window; peers may grant
+// more, never less.
+const streamWindow = 64 << 10
+
+// endStream clears an HTTP/2 stream's deadline when the handler is done.
+// net/http stops a stream's timer when the stream closes, but a deadline
+// set just after a close (a cancelled request still writing its error)
+// would keep its timer, and the stream with it, for the whole window: a
+// Rapid Reset flood held tens of MiB that way.
+func (o *observed) endStream() {
+	if o.stream && !o.deadline.IsZero() {
+		_ = o.rc.SetWriteDeadline(time.Time{})
+	}
 }
 
 func (o *observed) WriteHeader(code int) {
@@ -244,10 +265,10 @@ func (g *grpcMessages) count() int64 {
 // observe wraps a request's body and response writer to measure them; the
 // request's Content-Type says whether to count gRPC messages.
 func observe(w http.ResponseWriter, r *http.Request, writeIdle time.Duration) (*observed, *countedBody) {
-	ow := &observed{ResponseWriter: w}
+	ow := &observed{ResponseWriter: w, stream: r.ProtoMajor == 2}
 	if writeIdle > 0 {
 		ow.rc, ow.writeIdle = http.NewResponseController(w), writeIdle
-		ow.extendDeadline() // also covers a response written after the handler returns
+		ow.extendDeadline() // HTTP/1.1: also covers what net/http flushes after the handler returns
 	}
 	grpc := protocolOf(r) == "grpc"
 	if grpc {
@@ -297,6 +318,7 @@ func recordAfter(m *telemetry.Metrics, log *slog.Logger, reporter string, src te
 	if p != nil {
 		defer panic(p)
 	}
+	w.endStream()
 	req := telemetry.Request{
 		Reporter: reporter, Source: src, Dest: *dst,
 		Service: ex.service, ServiceName: ex.svcName, ServiceNamespace: ex.svcNS,

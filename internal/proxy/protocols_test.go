@@ -345,4 +345,22 @@ func TestSlowReaderIsCutOff(t *testing.T) {
 	if err == nil && n >= size {
 		t.Errorf("the stalled client still got the whole %d-byte response", size)
 	}
+
+	// The same over HTTP/2: the stream, not the connection, is cut once
+	// the client's flow-control window is full and writes stall.
+	client, _ := oneH2CConnection(t)
+	resp, err := client.Get("http://" + m.appAddr + "/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.ReadFull(resp.Body, make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	if n := scrapeWait(t, metrics, "istio_requests_total", []string{`response_flags="DC"`}, 2); n != 2 {
+		t.Fatalf("istio_requests_total{response_flags=DC} = %v, want 2: the stalled HTTP/2 stream was not cut off", n)
+	}
+	if n, err := io.Copy(io.Discard, resp.Body); err == nil && n >= size {
+		t.Errorf("the stalled HTTP/2 client still got the whole %d-byte response", size)
+	}
 }
