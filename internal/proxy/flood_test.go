@@ -8,7 +8,6 @@ package proxy
 import (
 	"bytes"
 	"io"
-	"net"
 	"net/http"
 	"runtime"
 	"sync"
@@ -17,7 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
+
+	"github.com/trellis-mesh/trellis/internal/h2flood"
 )
 
 func TestHTTP2FloodsAreCutOff(t *testing.T) {
@@ -30,56 +30,11 @@ func TestHTTP2FloodsAreCutOff(t *testing.T) {
 	h2Budget[0x3] = 200
 	t.Cleanup(func() { h2Budget = saved })
 	m := newTestMesh(t, 1)
-	block := func(extra ...hpack.HeaderField) []byte {
-		var b bytes.Buffer
-		e := hpack.NewEncoder(&b)
-		e.SetMaxDynamicTableSizeLimit(4096)
-		for _, f := range append([]hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"},
-			{Name: ":authority", Value: "alpha.db"}, {Name: ":path", Value: "/"}}, extra...) {
-			e.WriteField(f)
+	for _, name := range h2flood.Kinds {
+		flood, err := h2flood.New(name, "alpha.db")
+		if err != nil {
+			t.Fatal(err)
 		}
-		return b.Bytes()
-	}
-	plain := block()
-	// Every flood but the HPACK bomb ends in a GOAWAY. net/http refuses each
-	// bomb stream on its own (the decoded headers exceed MaxHeaderBytes) and
-	// keeps the connection; what matters there is bounded memory and an
-	// unharmed neighbour.
-	keepsConnection := map[string]bool{"HPACK bomb": true}
-	floods := map[string]func(fr *http2.Framer, i int) error{
-		// CVE-2023-44487: open and cancel streams as fast as possible.
-		"rapid reset": func(fr *http2.Framer, i int) error {
-			id := uint32(2*i + 1)
-			if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: plain, EndHeaders: true, EndStream: true}); err != nil {
-				return err
-			}
-			return fr.WriteRSTStream(id, http2.ErrCodeCancel)
-		},
-		// CVE-2023-45288: a header block that never ends.
-		"CONTINUATION flood": func(fr *http2.Framer, i int) error {
-			if i == 0 {
-				return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: plain})
-			}
-			return fr.WriteContinuation(1, false, bytes.Repeat([]byte{0x40, 0x01, 'x', 0x01, 'y'}, 200))
-		},
-		// Control frames net/http answers one by one, as long as the
-		// client reads the answers.
-		"PING flood": func(fr *http2.Framer, i int) error { return fr.WritePing(false, [8]byte{byte(i)}) },
-		"SETTINGS flood": func(fr *http2.Framer, i int) error {
-			return fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535})
-		},
-		// HPACK bomb: one large entry in the dynamic table, then header
-		// blocks that reference it thousands of times.
-		"HPACK bomb": func(fr *http2.Framer, i int) error {
-			if i == 0 {
-				return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, EndHeaders: true, EndStream: true,
-					BlockFragment: block(hpack.HeaderField{Name: "x-bomb", Value: string(bytes.Repeat([]byte("b"), 4000))})})
-			}
-			refs := append(append([]byte{}, plain...), bytes.Repeat([]byte{0xbe}, 16000)...) // index 62: x-bomb
-			return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: refs, EndHeaders: true, EndStream: true})
-		},
-	}
-	for name, flood := range floods {
 		t.Run(name, func(t *testing.T) {
 			// The well-behaved client: its own connection, ~100 requests a second.
 			stop := make(chan struct{})
@@ -114,66 +69,23 @@ func TestHTTP2FloodsAreCutOff(t *testing.T) {
 			runtime.ReadMemStats(&ms)
 			base := ms.HeapInuse
 
-			c, err := net.Dial("tcp", m.appAddr)
+			start := time.Now()
+			// Flood until the GOAWAY (bounded).
+			res, err := h2flood.Run(m.appAddr, flood, 1000000, 8*time.Second, func() {
+				runtime.ReadMemStats(&ms)
+				peak = max(peak, ms.HeapInuse)
+			})
 			if err != nil {
 				t.Fatal(err)
-			}
-			defer c.Close()
-			c.Write([]byte(http2.ClientPreface))
-			fr := http2.NewFramer(c, c)
-			fr.WriteSettings()
-			verdict := make(chan string, 1)
-			go func() {
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						verdict <- "closed without GOAWAY: " + err.Error()
-						return
-					}
-					if g, ok := f.(*http2.GoAwayFrame); ok {
-						verdict <- g.ErrCode.String()
-						return
-					}
-				}
-			}()
-			start := time.Now()
-			sent := 0
-			got := "still open"
-			// Flood until the GOAWAY (bounded), or for 3 s where none is due.
-			limit := 8 * time.Second
-			if keepsConnection[name] {
-				limit = 3 * time.Second
-			}
-		flooding:
-			for ; sent < 1000000 && time.Since(start) < limit; sent++ {
-				if flood(fr, sent) != nil {
-					break // the proxy closed the connection
-				}
-				if sent%1000 == 0 {
-					runtime.ReadMemStats(&ms)
-					peak = max(peak, ms.HeapInuse)
-					select {
-					case got = <-verdict:
-						break flooding
-					default:
-					}
-				}
-			}
-			if got == "still open" {
-				select {
-				case got = <-verdict:
-				case <-time.After(2 * time.Second):
-				}
 			}
 			// Give the well-behaved client at least a second beside the flood.
 			time.Sleep(time.Until(start.Add(1500 * time.Millisecond)))
 			close(stop)
 			wg.Wait()
 			t.Logf("%s: %s after %d frames in %v; heap in use +%d KiB at peak; well-behaved client %d ok, %d failed",
-				name, got, sent, time.Since(start).Round(time.Millisecond), (peak-min(peak, base))>>10, ok.Load(), failed.Load())
-			goaway := got == http2.ErrCodeEnhanceYourCalm.String() || got == http2.ErrCodeProtocol.String() || got == http2.ErrCodeCompression.String()
-			if !goaway && !keepsConnection[name] {
-				t.Errorf("%s: the abusive connection ended with %q, want a GOAWAY", name, got)
+				name, res.End, res.Steps, time.Since(start).Round(time.Millisecond), (peak-min(peak, base))>>10, ok.Load(), failed.Load())
+			if !res.GoAway() {
+				t.Errorf("%s: the abusive connection ended with %q, want a GOAWAY", name, res.End)
 			}
 			if failed.Load() != 0 || ok.Load() == 0 {
 				t.Errorf("%s: the well-behaved client had %d failures and %d successes", name, failed.Load(), ok.Load())
@@ -223,6 +135,16 @@ func TestH2GuardBudgets(t *testing.T) {
 			fr.WritePing(false, [8]byte{})
 		}, 500), false},
 		{"101 PINGs and no requests", frames(func(fr *http2.Framer, i int) { fr.WritePing(false, [8]byte{}) }, 101), true},
+		{"4 MB of header blocks", frames(func(fr *http2.Framer, i int) {
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: make([]byte, 4000), EndHeaders: true, EndStream: true})
+		}, 1000), false},
+		{"HPACK bomb: 16 kB blocks past 4 MiB", frames(func(fr *http2.Framer, i int) {
+			if i == 0 {
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: make([]byte, 16000)})
+				return
+			}
+			fr.WriteContinuation(1, false, make([]byte, 16000))
+		}, 300), true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
