@@ -155,7 +155,7 @@ func startTrellis(ctx context.Context, o options, t *topo) (proxies, error) {
 	p.metrics = true
 	for _, side := range []struct {
 		name, ns string
-		proc **proc
+		proc     **proc
 	}{{"client", clientNS, &p.client}, {"server", serverNS, &p.server}} {
 		cfg := filepath.Join(t.dir, "trellis-"+side.name+".json")
 		if err := os.WriteFile(cfg, []byte(configs[side.name]), 0o600); err != nil {

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/trellis-mesh/trellis/internal/h2flood"
 	"github.com/trellis-mesh/trellis/internal/safehttp"
 )
 
@@ -143,4 +144,37 @@ func runIdle(args []string) error {
 	fmt.Println("ready")
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return nil
+}
+
+// runFlood floods the HTTP/2 listener of a URL with one kind of flood for
+// a while, opening a new connection each time the server cuts one off,
+// and prints how many it opened and how many ended in a GOAWAY.
+func runFlood(args []string) error {
+	if len(args) != 3 {
+		return errors.New("usage: proxybench flood KIND URL DURATION")
+	}
+	u, err := url.Parse(args[1])
+	if err != nil {
+		return err
+	}
+	d, err := time.ParseDuration(args[2])
+	if err != nil {
+		return err
+	}
+	step, err := h2flood.New(args[0], u.Host)
+	if err != nil {
+		return err
+	}
+	var counts struct{ Connections, Cut int }
+	for end := time.Now().Add(d); time.Until(end) > 0; {
+		res, err := h2flood.Run(u.Host, step, 1000000, time.Until(end), nil)
+		if err != nil {
+			return err
+		}
+		counts.Connections++
+		if res.GoAway() {
+			counts.Cut++
+		}
+	}
+	return json.NewEncoder(os.Stdout).Encode(counts)
 }

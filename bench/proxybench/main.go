@@ -19,7 +19,7 @@
 // place for a look (the next run removes the namespaces).
 //
 // The same binary is the backend (proxybench backend) and the client-side
-// helpers (proxybench get, proxybench idle), started inside the namespaces.
+// helpers (proxybench get, idle and flood), started inside the namespaces.
 package main
 
 import (
@@ -45,6 +45,8 @@ func main() {
 			err = runGet(os.Args[2:])
 		case "idle":
 			err = runIdle(os.Args[2:])
+		case "flood":
+			err = runFlood(os.Args[2:])
 		default:
 			err = runBench(os.Args[1:])
 		}
@@ -68,6 +70,7 @@ type options struct {
 	workers  []int
 	arms     []string
 	idle     int
+	flood    time.Duration
 }
 
 func runBench(args []string) error {
@@ -80,6 +83,7 @@ func runBench(args []string) error {
 	fs.StringVar(&workers, "workers", "1,2", "workers per proxy to measure, comma-separated")
 	fs.StringVar(&arms, "arms", strings.Join(allArms, ","), "arms to run, comma-separated")
 	fs.IntVar(&o.idle, "idle", 1000, "idle keep-alive connections held for the memory-per-connection figure")
+	fs.DurationVar(&o.flood, "flood", 5*time.Second, "length of each HTTP/2 flood beside the well-behaved client (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

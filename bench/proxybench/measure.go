@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/h2flood"
 )
 
 // result is everything measured for one arm at one worker count.
@@ -23,6 +25,18 @@ type result struct {
 	grpc    phase   // unary gRPC at 1000 rps, one client connection
 	balance []int64 // gRPC calls per replica (nil when not balanced)
 	idleKiB float64 // client proxy RSS per idle keep-alive connection; NaN without a proxy
+	calm    phase   // the well-behaved neighbour alone, before the floods
+	floods  []flood // one per h2flood kind; none without a proxy
+}
+
+// flood is the client proxy under one HTTP/2 flood, with the well-behaved
+// neighbour beside it.
+type flood struct {
+	kind        string
+	neighbour   phase
+	connections int   // abusive connections opened (each floods until cut off)
+	cut         int   // of which the proxy ended with a GOAWAY
+	peakRSS     int64 // KiB, the client proxy's, sampled every 100 ms
 }
 
 // phase is one load run: what the load generator saw and what it cost
@@ -109,8 +123,74 @@ func measure(ctx context.Context, o options, arm string, workers int) (*result, 
 		if r.idleKiB, err = idlePerConn(ctx, t, px.client, tg.http, o.idle); err != nil {
 			return nil, fmt.Errorf("idle connections: %w", err)
 		}
+		if o.flood > 0 {
+			if err := floods(ctx, t, o, tg, px, r); err != nil {
+				return nil, fmt.Errorf("floods: %w", err)
+			}
+		}
 	}
 	return r, nil
+}
+
+// neighbourRate is the well-behaved client's rate beside the floods.
+const neighbourRate = 100
+
+// floods measures the neighbour alone, then beside each flood on the
+// client proxy's HTTP/2 listener.
+func floods(ctx context.Context, t *topo, o options, tg targets, px proxies, r *result) error {
+	var err error
+	if r.calm, err = fortio(ctx, t, tg.http, neighbourRate, 2, o.flood, false); err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	for _, kind := range h2flood.Kinds {
+		f := flood{kind: kind}
+		stop := make(chan struct{})
+		sampled := make(chan int64)
+		go func() {
+			var peak int64
+			for tick := time.NewTicker(100 * time.Millisecond); ; {
+				select {
+				case <-tick.C:
+					peak = max(peak, treeUsage(px.client.cmd.Process.Pid).rss)
+					continue
+				case <-stop:
+					tick.Stop()
+				}
+				sampled <- peak
+				return
+			}
+		}()
+		type attack struct {
+			out []byte
+			err error
+		}
+		attacked := make(chan attack, 1)
+		go func() {
+			out, err := run(ctx, clientNS, t.cpus(false), self, "flood", kind, tg.h2, o.flood.String())
+			attacked <- attack{out, err}
+		}()
+		f.neighbour, err = fortio(ctx, t, tg.http, neighbourRate, 2, o.flood, false)
+		a := <-attacked
+		close(stop)
+		f.peakRSS = <-sampled
+		if err != nil {
+			return err
+		}
+		if a.err != nil {
+			return a.err
+		}
+		var counts struct{ Connections, Cut int }
+		if err := json.Unmarshal(a.out, &counts); err != nil {
+			return fmt.Errorf("the flood helper's output %q: %w", a.out, err)
+		}
+		f.connections, f.cut = counts.Connections, counts.Cut
+		r.floods = append(r.floods, f)
+	}
+	return nil
 }
 
 // phase runs load and adds what it cost the proxies: CPU per request from

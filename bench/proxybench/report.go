@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/h2flood"
 )
 
 // checkTools fails early, naming what is missing and how to get it.
@@ -90,6 +92,24 @@ func report(w io.Writer, o options, results []*result) {
 			}
 			return fmt.Sprintf("%.1f", r.idleKiB)
 		})
+		if o.flood > 0 {
+			row(fmt.Sprintf("neighbour alone @%d rps: p99 ms, errors", neighbourRate), func(r *result) string {
+				if len(r.floods) == 0 {
+					return "—"
+				}
+				return fmt.Sprintf("%s, %d", ms(r.calm.p99), r.calm.errors)
+			})
+			for i, kind := range h2flood.Kinds {
+				row(kind+": neighbour p99 ms (× alone), errors; abusive connections cut/opened; peak RSS MiB", func(r *result) string {
+					if len(r.floods) <= i {
+						return "—"
+					}
+					f := r.floods[i]
+					return fmt.Sprintf("%s (%.1f×), %d; %d/%d; %.1f", ms(f.neighbour.p99), float64(f.neighbour.p99)/float64(r.calm.p99),
+						f.neighbour.errors, f.cut, f.connections, float64(f.peakRSS)/1024)
+				})
+			}
+		}
 		fmt.Fprintln(w)
 		ratios(w, o, rs, direct)
 	}
@@ -138,6 +158,15 @@ func ratios(w io.Writer, o options, rs []*result, direct *result) {
 	}
 	b := spread(tr.balance)
 	line("gRPC balance over 3 replicas, max/min", b, "≤ 1.1", b <= 1.1)
+	if len(tr.floods) > 0 {
+		worst, errs := 0.0, int64(0)
+		for _, f := range tr.floods {
+			worst = max(worst, float64(f.neighbour.p99)/float64(tr.calm.p99))
+			errs += f.neighbour.errors
+		}
+		line("neighbour p99 under the worst flood × alone", worst, "≤ 10", worst <= 10)
+		line("neighbour errors under floods", float64(errs), "0", errs == 0)
+	}
 	fmt.Fprintln(w)
 }
 
