@@ -107,11 +107,12 @@ func TestDependencyRules(t *testing.T) {
 	}
 }
 
-// Every HTTP server in the tree is built with explicit limits: Go's zero
-// values have no header timeout, no idle timeout and 1 MB of headers. A
-// server either has a write timeout or is a streaming data-plane server
-// with HTTP/2 stream and buffer limits; the zero-value helpers
-// (http.ListenAndServe, http.Serve) are not used at all.
+// Every HTTP and gRPC server in the tree is built with explicit limits:
+// Go's zero values have no header timeout, no idle timeout and 1 MB of
+// headers. A server either has a write timeout or is a streaming
+// data-plane server with HTTP/2 stream and buffer limits; the zero-value
+// helpers (http.ListenAndServe, http.Serve) are not used at all; a gRPC
+// server limits streams, handshake time and message size.
 func TestEveryServerHasLimits(t *testing.T) {
 	always := []string{"ReadHeaderTimeout", "IdleTimeout", "MaxHeaderBytes"}
 	h2 := []string{"MaxConcurrentStreams", "MaxReceiveBufferPerConnection", "MaxReceiveBufferPerStream"}
@@ -128,8 +129,23 @@ func TestEveryServerHasLimits(t *testing.T) {
 		ast.Inspect(f, func(n ast.Node) bool {
 			switch n := n.(type) {
 			case *ast.CallExpr:
-				if name := selector(n.Fun); name == "http.ListenAndServe" || name == "http.ListenAndServeTLS" || name == "http.Serve" || name == "http.ServeTLS" {
+				name := selector(n.Fun)
+				if name == "http.ListenAndServe" || name == "http.ListenAndServeTLS" || name == "http.Serve" || name == "http.ServeTLS" {
 					t.Errorf("%s: %s serves with Go's zero-value server (no limits); build one with internal/safehttp", fset.Position(n.Pos()), name)
+				}
+				if name == "grpc.NewServer" {
+					// grpc-go's defaults: no stream limit, no handshake timeout.
+					var opts []string
+					for _, a := range n.Args {
+						if c, ok := a.(*ast.CallExpr); ok {
+							opts = append(opts, selector(c.Fun))
+						}
+					}
+					for _, want := range []string{"grpc.MaxConcurrentStreams", "grpc.ConnectionTimeout", "grpc.MaxRecvMsgSize"} {
+						if !slices.Contains(opts, want) {
+							t.Errorf("%s: grpc.NewServer without %s", fset.Position(n.Pos()), want)
+						}
+					}
 				}
 			case *ast.CompositeLit:
 				if selector(n.Type) != "http.Server" {
