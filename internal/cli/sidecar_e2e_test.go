@@ -187,6 +187,13 @@ func TestSidecarsBalanceAndEncrypt(t *testing.T) {
 		if len(pids) != 4 {
 			t.Fatalf("found %d sidecar processes, want 4 (3 servers, 1 client)", len(pids))
 		}
+		// One worker each unless proxy.istio.io/config says otherwise.
+		for _, pid := range pids {
+			env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+			if !strings.Contains("\x00"+string(env), "\x00GOMAXPROCS=1\x00") {
+				t.Errorf("sidecar %d does not run with GOMAXPROCS=1", pid)
+			}
+		}
 		before := map[int]int64{}
 		for _, pid := range pids {
 			before[pid] = rssKiB(t, pid)

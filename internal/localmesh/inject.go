@@ -11,11 +11,13 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/vishvananda/netns"
 	"google.golang.org/protobuf/encoding/protojson"
+	"sigs.k8s.io/yaml"
 
 	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/catalog"
@@ -35,6 +37,7 @@ const (
 	injectAnnotation  = "sidecar.istio.io/inject"
 	excludeInboundAnn = "traffic.sidecar.istio.io/excludeInboundPorts"
 	excludeOutbound   = "traffic.sidecar.istio.io/excludeOutboundPorts"
+	proxyConfigAnn    = "proxy.istio.io/config"
 	sidecarName       = "trellis-proxy"
 	podFilesDir       = "pods" // per pod: SVID, bundle and proxy config
 )
@@ -77,16 +80,55 @@ func (r *Runtime) prepareSidecarLocked(p *pod) (catalog.Container, error) {
 	if err := r.writeProxyConfigLocked(p); err != nil {
 		return catalog.Container{}, err
 	}
+	workers, err := sidecarConcurrency(p.obj.Annotations)
+	if err != nil {
+		return catalog.Container{}, err
+	}
+	var env []catalog.EnvVar
+	if workers > 0 {
+		env = append(env, catalog.EnvVar{Name: "GOMAXPROCS", Value: strconv.Itoa(workers)})
+	}
 	return catalog.Container{
 		Name: sidecarName,
 		Command: []string{r.cfg.Executable, "proxy", "--config", filepath.Join(dir, "proxy.json"),
 			"--cert", filepath.Join(dir, "cert.pem"), "--key", filepath.Join(dir, "key.pem"),
 			"--bundle", filepath.Join(dir, "bundle.pem")},
+		Env: env,
 		Readiness: &catalog.Probe{
 			ProbeHandler: catalog.ProbeHandler{HTTPGet: &catalog.HTTPGetAction{Path: "/healthz/ready", Port: 15021}},
 			Period:       time.Second, Timeout: time.Second, SuccessThreshold: 1, FailureThreshold: 3,
 		},
 	}, nil
+}
+
+// defaultConcurrency is a sidecar's worker threads (GOMAXPROCS) unless the
+// pod says otherwise. One, as Linkerd's: in the benchmark a second worker
+// doubled the CPU each request cost (Go's scheduler hands goroutines
+// between threads) and tripled p99 at 1000 requests a second, for no more
+// throughput on two cores (bench/RESULTS.md).
+const defaultConcurrency = 1
+
+// sidecarConcurrency reads the worker count from Istio's per-pod proxy
+// settings, the annotation proxy.istio.io/config (its other fields are
+// ignored): concurrency N, where 0 means one per CPU.
+func sidecarConcurrency(annotations map[string]string) (int, error) {
+	v, ok := annotations[proxyConfigAnn]
+	if !ok {
+		return defaultConcurrency, nil
+	}
+	var cfg struct {
+		Concurrency *int `json:"concurrency"`
+	}
+	if err := yaml.Unmarshal([]byte(v), &cfg); err != nil {
+		return 0, fmt.Errorf("annotation %s: %v: write it as YAML, e.g. \"concurrency: 2\"", proxyConfigAnn, err)
+	}
+	switch {
+	case cfg.Concurrency == nil:
+		return defaultConcurrency, nil
+	case *cfg.Concurrency < 0:
+		return 0, fmt.Errorf("annotation %s: concurrency %d: use 0 (one worker per CPU) or more", proxyConfigAnn, *cfg.Concurrency)
+	}
+	return *cfg.Concurrency, nil
 }
 
 // issueSVIDLocked writes a fresh SVID for p and remembers when to renew it:
