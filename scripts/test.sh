@@ -3,8 +3,10 @@
 # It installs what the suite needs when missing, checks that generated code
 # is current, then runs go vet,
 # staticcheck, a short fuzz smoke run of each parser, and go test -race over
-# every package. Run it as root: the network-namespace tests skip, saying so,
-# without root.
+# every package, and last a short run of the proxy benchmark (bench/run.sh:
+# it must keep working; its figures are not checked here). Run it as root:
+# the network-namespace tests and the benchmark skip, saying so, without
+# root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,7 +54,7 @@ if ! go version -m "$GOBIN/h2spec" 2>/dev/null | grep -qF "v2.2.1+incompatible";
 fi
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "NOTE: not root: the network-namespace, nftables and end-to-end tests will skip. Run as root to run them." >&2
+  echo "NOTE: not root: the network-namespace, nftables and end-to-end tests and the benchmark smoke run will skip. Run as root to run them." >&2
 fi
 
 log "generated code is current (go generate)"
@@ -77,3 +79,8 @@ done
 
 log "go test -race"
 go test -race -shuffle=on -count=1 -timeout 20m ./...
+
+if [ "$(id -u)" -eq 0 ]; then
+  log "benchmark smoke run (bench/run.sh with short phases; the figures are not checked)"
+  bench/run.sh -duration 2s -rates 1000 -workers 1 -idle 100 -flood 1s
+fi

@@ -167,7 +167,7 @@ func runFlood(args []string) error {
 	}
 	var counts struct{ Connections, Cut int }
 	for end := time.Now().Add(d); time.Until(end) > 0; {
-		res, err := h2flood.Run(u.Host, step, 1000000, time.Until(end), nil)
+		res, err := h2flood.Run(h2flood.Dial(u.Host), step, 1000000, time.Until(end), nil)
 		if err != nil {
 			return err
 		}

@@ -253,7 +253,7 @@ func gcSeconds(ctx context.Context, ns string) [2]float64 {
 // fast as it goes).
 func fortio(ctx context.Context, t *topo, url string, rate, c int, d time.Duration, h2 bool) (phase, error) {
 	args := []string{"fortio", "load", "-quiet", "-json", "-", "-qps", strconv.Itoa(rate), "-c", strconv.Itoa(c),
-		"-t", d.String(), "-p", "50,99", "-timeout", "5s", "-nocatchup", "-uniform"}
+		"-t", d.String(), "-p", "50,99", "-timeout", "5s", "-nocatchup", "-uniform", "-allow-initial-errors"}
 	if h2 {
 		args = append(args, "-h2")
 	}

@@ -83,12 +83,18 @@ func (r Result) GoAway() bool {
 		r.End == http2.ErrCodeCompression.String()
 }
 
-// Run floods one connection to addr for at most maxSteps steps and d, and
-// returns once the server ends it or, when the time is up, after waiting
-// up to a further 2 s for its answer. every, if not nil, runs every 1000
-// steps (to sample memory, say).
-func Run(addr string, step Step, maxSteps int, d time.Duration, every func()) (Result, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+// Dial returns a function that opens cleartext TCP connections to addr.
+func Dial(addr string) func() (net.Conn, error) {
+	return func() (net.Conn, error) { return net.DialTimeout("tcp", addr, 5*time.Second) }
+}
+
+// Run floods one connection from dial (cleartext, or TLS with "h2"
+// negotiated) for at most maxSteps steps and d, and returns once the server
+// ends it or, when the time is up, after waiting up to a further 2 s for
+// its answer. every, if not nil, runs every 1000 steps (to sample memory,
+// say).
+func Run(dial func() (net.Conn, error), step Step, maxSteps int, d time.Duration, every func()) (Result, error) {
+	c, err := dial()
 	if err != nil {
 		return Result{}, err
 	}

@@ -1,13 +1,17 @@
 package proxy
 
-// HTTP/2 floods against the outbound h2c listener, with a well-behaved
-// client on its own connection at ~100 requests a second: the abusive
-// connection gets a GOAWAY, the well-behaved client sees no error, and heap
-// growth stays bounded (printed).
+// HTTP/2 floods against the outbound h2c listener (from the app) and the
+// inbound mTLS listener (from an authenticated but abusive peer), with a
+// well-behaved client at ~100 requests a second whose requests cross both:
+// the abusive connection gets a GOAWAY, the well-behaved client sees no
+// error, and heap growth stays bounded (printed).
 
 import (
 	"bytes"
+	"crypto/tls"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"runtime"
 	"sync"
@@ -18,6 +22,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/trellis-mesh/trellis/internal/h2flood"
+	"github.com/trellis-mesh/trellis/internal/meshtls"
 )
 
 func TestHTTP2FloodsAreCutOff(t *testing.T) {
@@ -30,70 +35,90 @@ func TestHTTP2FloodsAreCutOff(t *testing.T) {
 	h2Budget[0x3] = 200
 	t.Cleanup(func() { h2Budget = saved })
 	m := newTestMesh(t, 1)
-	for _, name := range h2flood.Kinds {
-		flood, err := h2flood.New(name, "alpha.db")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Run(name, func(t *testing.T) {
-			// The well-behaved client: its own connection, ~100 requests a second.
-			stop := make(chan struct{})
-			var ok, failed atomic.Int64
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				h2c := new(http.Protocols)
-				h2c.SetUnencryptedHTTP2(true)
-				client := &http.Client{Transport: &http.Transport{Protocols: h2c}, Timeout: 5 * time.Second}
-				for tick := time.NewTicker(10 * time.Millisecond); ; {
-					select {
-					case <-stop:
-						tick.Stop()
-						return
-					case <-tick.C:
-					}
-					resp, err := client.Get("http://" + m.appAddr + "/")
-					if err == nil && resp.StatusCode == 200 {
-						ok.Add(1)
-					} else {
-						failed.Add(1)
-					}
-					if err == nil {
-						resp.Body.Close()
-					}
-				}
-			}()
-			var peak uint64
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			base := ms.HeapInuse
-
-			start := time.Now()
-			// Flood until the GOAWAY (bounded).
-			res, err := h2flood.Run(m.appAddr, flood, 1000000, 8*time.Second, func() {
-				runtime.ReadMemStats(&ms)
-				peak = max(peak, ms.HeapInuse)
-			})
+	peer := meshtls.ClientConfig(m.client, meshtls.Exactly(m.serverID))
+	peer.NextProtos = []string{"h2"}
+	sides := []struct {
+		name string
+		dial func() (net.Conn, error)
+	}{
+		{"outbound h2c", h2flood.Dial(m.appAddr)},
+		{"inbound mTLS", func() (net.Conn, error) {
+			addr := net.JoinHostPort(m.endpoints[0].GetAddress(), fmt.Sprint(m.endpoints[0].GetPort()))
+			return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, peer)
+		}},
+	}
+	for _, side := range sides {
+		for _, name := range h2flood.Kinds {
+			flood, err := h2flood.New(name, "alpha.db")
 			if err != nil {
 				t.Fatal(err)
 			}
-			// Give the well-behaved client at least a second beside the flood.
-			time.Sleep(time.Until(start.Add(1500 * time.Millisecond)))
-			close(stop)
-			wg.Wait()
-			t.Logf("%s: %s after %d frames in %v; heap in use +%d KiB at peak; well-behaved client %d ok, %d failed",
-				name, res.End, res.Steps, time.Since(start).Round(time.Millisecond), (peak-min(peak, base))>>10, ok.Load(), failed.Load())
-			if !res.GoAway() {
-				t.Errorf("%s: the abusive connection ended with %q, want a GOAWAY", name, res.End)
+			t.Run(side.name+"/"+name, func(t *testing.T) {
+				floodOnce(t, m, side.dial, name, flood)
+			})
+		}
+	}
+}
+
+// floodOnce floods one connection from dial until the proxy ends it, with
+// the well-behaved client beside it.
+func floodOnce(t *testing.T, m *testMesh, dial func() (net.Conn, error), name string, flood h2flood.Step) {
+	// The well-behaved client: its own connection, ~100 requests a second.
+	stop := make(chan struct{})
+	var ok, failed atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		h2c := new(http.Protocols)
+		h2c.SetUnencryptedHTTP2(true)
+		client := &http.Client{Transport: &http.Transport{Protocols: h2c}, Timeout: 5 * time.Second}
+		for tick := time.NewTicker(10 * time.Millisecond); ; {
+			select {
+			case <-stop:
+				tick.Stop()
+				return
+			case <-tick.C:
 			}
-			if failed.Load() != 0 || ok.Load() == 0 {
-				t.Errorf("%s: the well-behaved client had %d failures and %d successes", name, failed.Load(), ok.Load())
+			resp, err := client.Get("http://" + m.appAddr + "/")
+			if err == nil && resp.StatusCode == 200 {
+				ok.Add(1)
+			} else {
+				failed.Add(1)
 			}
-			if peak-min(peak, base) > 256<<20 {
-				t.Errorf("%s: heap grew by %d MiB", name, (peak-base)>>20)
+			if err == nil {
+				resp.Body.Close()
 			}
-		})
+		}
+	}()
+	var peak uint64
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapInuse
+
+	start := time.Now()
+	// Flood until the GOAWAY (bounded).
+	res, err := h2flood.Run(dial, flood, 1000000, 8*time.Second, func() {
+		runtime.ReadMemStats(&ms)
+		peak = max(peak, ms.HeapInuse)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Give the well-behaved client at least a second beside the flood.
+	time.Sleep(time.Until(start.Add(1500 * time.Millisecond)))
+	close(stop)
+	wg.Wait()
+	t.Logf("%s: %s after %d frames in %v; heap in use +%d KiB at peak; well-behaved client %d ok, %d failed",
+		name, res.End, res.Steps, time.Since(start).Round(time.Millisecond), (peak-min(peak, base))>>10, ok.Load(), failed.Load())
+	if !res.GoAway() {
+		t.Errorf("%s: the abusive connection ended with %q, want a GOAWAY", name, res.End)
+	}
+	if failed.Load() != 0 || ok.Load() == 0 {
+		t.Errorf("%s: the well-behaved client had %d failures and %d successes", name, failed.Load(), ok.Load())
+	}
+	if peak-min(peak, base) > 256<<20 {
+		t.Errorf("%s: heap grew by %d MiB", name, (peak-base)>>20)
 	}
 }
 

@@ -43,22 +43,24 @@ type Inbound struct {
 	policy      atomic.Pointer[meshpb.InboundPolicy]
 	self        atomic.Pointer[telemetry.Peer]
 
-	mtls   *http.Server // serves handshaken mTLS conns (HTTP/2) handed to it
+	mtls   *http.Server // serves handshaken mTLS conns (HTTP/1.1 for Upgrades) handed to it
+	mtlsH2 *http.Server // serves handshaken mTLS HTTP/2 conns, through the flood guard
 	h1     *http.Server // serves plaintext HTTP/1.1 conns handed to it
 	toApp1 *http.Transport
 	toApp2 *http.Transport // h2c to the app, for gRPC
 	proxy  *httputil.ReverseProxy
 
-	mtlsConns, plainConns *connListener
-	tunnels               tunnels
-	limit                 connLimit
-	ports                 sync.Map // *tls.Conn -> app port, until its server picks it up
+	mtlsConns, h2Conns, plainConns *connListener
+	tunnels                        tunnels
+	limit                          connLimit
+	ports                          sync.Map // *tls.Conn -> app port, until its server picks it up
 }
 
 // NewInbound accepts peers of trustDomain presenting certificates that
 // verify against store's bundle.
 func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
-	in := &Inbound{store: store, trustDomain: trustDomain, mtlsConns: newConnListener(), plainConns: newConnListener()}
+	in := &Inbound{store: store, trustDomain: trustDomain, mtlsConns: newConnListener(), h2Conns: newConnListener(),
+		plainConns: newConnListener()}
 	in.limit.max.Store(DefaultMaxConnections)
 	in.policy.Store(&meshpb.InboundPolicy{})
 	in.self.Store(&telemetry.Unknown)
@@ -83,23 +85,31 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 			failWith(w, exchangeOf(r), http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
 		},
 	}
-	in.mtls = in.server(func(c net.Conn) uint16 {
+	in.mtls = in.server(false, func(c net.Conn) uint16 {
 		port, _ := in.ports.LoadAndDelete(c)
 		p, _ := port.(uint16)
 		return p
 	})
-	in.h1 = in.server(func(c net.Conn) uint16 { return c.(*portConn).port })
+	in.mtlsH2 = in.server(true, func(c net.Conn) uint16 { return c.(*guardedTLS).port })
+	in.h1 = in.server(false, func(c net.Conn) uint16 { return c.(*portConn).port })
 	go func() { _ = in.mtls.Serve(in.mtlsConns) }()
+	go func() { _ = in.mtlsH2.Serve(in.h2Conns) }()
 	go func() { _ = in.h1.Serve(in.plainConns) }()
 	return in
 }
 
 // server builds an inbound HTTP server whose requests carry the app port
-// portOf finds for their connection.
-func (in *Inbound) server(portOf func(net.Conn) uint16) *http.Server {
+// portOf finds for their connection. A guarded server speaks only HTTP/2 on
+// connections whose TLS is already done (guardedTLS); the others speak
+// HTTP/1.1, and HTTP/2 over TLS only: never h2c from outside the pod.
+func (in *Inbound) server(guarded bool, portOf func(net.Conn) uint16) *http.Server {
 	protocols := new(http.Protocols)
-	protocols.SetHTTP1(true)
-	protocols.SetHTTP2(true) // over TLS only: never h2c from outside the pod
+	if guarded {
+		protocols.SetUnencryptedHTTP2(true)
+	} else {
+		protocols.SetHTTP1(true)
+		protocols.SetHTTP2(true)
+	}
 	return &http.Server{
 		Handler:           in,
 		Protocols:         protocols,
@@ -113,18 +123,23 @@ func (in *Inbound) server(portOf func(net.Conn) uint16) *http.Server {
 			MaxReceiveBufferPerStream:     1 << 20,
 		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if g, ok := c.(*guardedTLS); ok {
+				ctx = context.WithValue(ctx, tlsStateKey{}, &g.state)
+			}
 			return context.WithValue(ctx, appPortKey{}, portOf(c))
 		},
 	}
 }
 
 // Close stops serving connections handed to the inbound side at once.
-func (in *Inbound) Close() error { return errors.Join(in.mtls.Close(), in.h1.Close()) }
+func (in *Inbound) Close() error {
+	return errors.Join(in.mtls.Close(), in.mtlsH2.Close(), in.h1.Close())
+}
 
 // Shutdown stops taking connections and lets the requests and tunnels in
 // flight finish until ctx ends; then it closes what is left.
 func (in *Inbound) Shutdown(ctx context.Context) error {
-	return drain(ctx, &in.tunnels, in.mtls, in.h1)
+	return drain(ctx, &in.tunnels, in.mtls, in.mtlsH2, in.h1)
 }
 
 // SetWorkload names the workload this proxy serves, for metrics.
@@ -214,8 +229,38 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 		in.tunnel(tc, appPort, meta)
 		return
 	}
+	if cs := tc.ConnectionState(); cs.NegotiatedProtocol == "h2" {
+		in.h2Conns.push(&guardedTLS{Conn: tc, r: newH2Guard(tc, c.RemoteAddr()), state: cs, port: appPort})
+		return
+	}
 	in.ports.Store(tc, appPort)
 	in.mtlsConns.push(tc)
+}
+
+// guardedTLS is a handshaken mTLS connection whose HTTP/2 frames pass the
+// flood guard before net/http reads them: a peer is authenticated, not
+// necessarily well-behaved. It is not a *tls.Conn, so net/http serves it
+// as HTTP/2 with prior knowledge (the TLS is already done) and the
+// handshake's state travels in the request context (tlsStateKey).
+type guardedTLS struct {
+	net.Conn
+	r     io.Reader
+	state tls.ConnectionState
+	port  uint16
+}
+
+func (c *guardedTLS) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+type tlsStateKey struct{}
+
+// tlsState is the request's mutual TLS state: net/http's for connections it
+// handshook, guardedTLS's for the rest; nil for plaintext.
+func tlsState(r *http.Request) *tls.ConnectionState {
+	if r.TLS != nil {
+		return r.TLS
+	}
+	cs, _ := r.Context().Value(tlsStateKey{}).(*tls.ConnectionState)
+	return cs
 }
 
 // ServeHTTP forwards one inbound request to the app and records it. The
@@ -225,8 +270,8 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ex := &exchange{}
 	src := telemetry.Unknown
-	if r.TLS != nil {
-		if id, err := meshtls.PeerID(*r.TLS); err == nil {
+	if cs := tlsState(r); cs != nil {
+		if id, err := meshtls.PeerID(*cs); err == nil {
 			var v url.Values
 			src, v = decodePeer(r.Header.Get(peerHeader), id.String())
 			ex.service, ex.svcName, ex.svcNS = v.Get("service"), v.Get("service_name"), v.Get("service_namespace")
