@@ -28,12 +28,13 @@ import (
 func TestHTTP2FloodsAreCutOff(t *testing.T) {
 	// The guard counts frames as net/http reads them, and under -race on a
 	// loaded machine net/http may handle fewer than 1000 streams a second,
-	// so Rapid Reset would never reach the production budget here (the
-	// budgets themselves are checked at full speed in TestH2GuardBudgets).
-	// No test in this package runs in parallel.
-	saved := h2Budget
-	h2Budget[0x3] = 200
-	t.Cleanup(func() { h2Budget = saved })
+	// so Rapid Reset would never reach the production budget here, nor an
+	// HPACK bomb a sidecar's 16 MiB a second (the budgets themselves are
+	// checked at full speed in TestH2GuardBudgets). No test in this package
+	// runs in parallel.
+	savedApp, savedPeer := appBudgets, peerBudgets
+	appBudgets.frames[0x3], peerBudgets.frames[0x3], peerBudgets.block = 200, 200, appBudgets.block
+	t.Cleanup(func() { appBudgets, peerBudgets = savedApp, savedPeer })
 	m := newTestMesh(t, 1)
 	peer := meshtls.ClientConfig(m.client, meshtls.Exactly(m.serverID))
 	peer.NextProtos = []string{"h2"}
@@ -142,38 +143,58 @@ func TestH2GuardBudgets(t *testing.T) {
 		name    string
 		stream  []byte
 		refused bool
+		peer    bool // another sidecar's pooled connection
 	}{
 		{"1000 requests, each cancelled", frames(func(fr *http2.Framer, i int) {
 			headers(fr, i)
 			fr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel)
-		}, 1000), false},
+		}, 1000), false, false},
 		{"Rapid Reset past 1000 a second", frames(func(fr *http2.Framer, i int) {
 			headers(fr, i)
 			fr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel)
-		}, 1001), true},
-		{"100 SETTINGS", frames(func(fr *http2.Framer, i int) { fr.WriteSettings() }, 100), false},
-		{"101 SETTINGS", frames(func(fr *http2.Framer, i int) { fr.WriteSettings() }, 101), true},
-		{"SETTINGS ACKs are free", frames(func(fr *http2.Framer, i int) { fr.WriteSettingsAck() }, 5000), false},
-		{"gRPC: a request and two BDP pings each", frames(func(fr *http2.Framer, i int) {
+		}, 1001), true, false},
+		{"100 SETTINGS", frames(func(fr *http2.Framer, i int) { fr.WriteSettings() }, 100), false, false},
+		{"101 SETTINGS", frames(func(fr *http2.Framer, i int) { fr.WriteSettings() }, 101), true, false},
+		{"a sidecar's pooled connection: 5000 cancellations", frames(func(fr *http2.Framer, i int) {
 			headers(fr, i)
-			fr.WritePing(false, [8]byte{})
-			fr.WritePing(false, [8]byte{})
-		}, 500), false},
-		{"101 PINGs and no requests", frames(func(fr *http2.Framer, i int) { fr.WritePing(false, [8]byte{}) }, 101), true},
-		{"4 MB of header blocks", frames(func(fr *http2.Framer, i int) {
-			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: make([]byte, 4000), EndHeaders: true, EndStream: true})
-		}, 1000), false},
-		{"HPACK bomb: 16 kB blocks past 4 MiB", frames(func(fr *http2.Framer, i int) {
+			fr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel)
+		}, 5000), false, true},
+		{"a sidecar's pooled connection: Rapid Reset past 16000", frames(func(fr *http2.Framer, i int) {
+			headers(fr, i)
+			fr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel)
+		}, 16001), true, true},
+		{"a sidecar's pooled connection: 16 kB blocks past 16 MiB", frames(func(fr *http2.Framer, i int) {
 			if i == 0 {
 				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: make([]byte, 16000)})
 				return
 			}
 			fr.WriteContinuation(1, false, make([]byte, 16000))
-		}, 300), true},
+		}, 1050), true, true},
+		{"SETTINGS ACKs are free", frames(func(fr *http2.Framer, i int) { fr.WriteSettingsAck() }, 5000), false, false},
+		{"gRPC: a request and two BDP pings each", frames(func(fr *http2.Framer, i int) {
+			headers(fr, i)
+			fr.WritePing(false, [8]byte{})
+			fr.WritePing(false, [8]byte{})
+		}, 500), false, false},
+		{"101 PINGs and no requests", frames(func(fr *http2.Framer, i int) { fr.WritePing(false, [8]byte{}) }, 101), true, false},
+		{"1 MB of header blocks", frames(func(fr *http2.Framer, i int) {
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: make([]byte, 1000), EndHeaders: true, EndStream: true})
+		}, 1000), false, false},
+		{"HPACK bomb: 16 kB blocks past 1 MiB", frames(func(fr *http2.Framer, i int) {
+			if i == 0 {
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: make([]byte, 16000)})
+				return
+			}
+			fr.WriteContinuation(1, false, make([]byte, 16000))
+		}, 70), true, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, err := io.ReadAll(newH2Guard(bytes.NewReader(c.stream), nil))
+			budgets := &appBudgets
+			if c.peer {
+				budgets = &peerBudgets
+			}
+			got, err := io.ReadAll(newH2Guard(bytes.NewReader(c.stream), nil, budgets))
 			if err != nil {
 				t.Fatal(err)
 			}

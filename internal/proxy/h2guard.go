@@ -7,52 +7,69 @@ import (
 	"time"
 )
 
-// h2Guard watches the frames a client sends on a cleartext HTTP/2
-// connection before net/http's server reads them, and ends connections
-// that flood it with cheap frames net/http answers without limit: stream
-// resets (Rapid Reset, CVE-2023-44487), PINGs, SETTINGS, and header blocks
-// (HPACK bombs). Past a budget
-// per second it passes on a PING on stream 1, which net/http answers with
-// GOAWAY (PROTOCOL_ERROR) and a closed connection. Everything else is
-// passed through untouched, frame by frame.
+// h2Guard watches the frames a client sends on an HTTP/2 connection
+// before net/http's server reads them, and ends connections that flood it
+// with cheap frames net/http answers without limit: stream resets (Rapid
+// Reset, CVE-2023-44487), PINGs, SETTINGS, and header blocks (HPACK bombs).
+// Past a budget per second it passes on a PING on stream 1, which net/http
+// answers with GOAWAY (PROTOCOL_ERROR) and a closed connection. Everything
+// else is passed through untouched, frame by frame.
 type h2Guard struct {
-	src   io.Reader
-	from  net.Addr
-	out   []byte // to return before reading on
-	hdr   []byte // the frame header being read
-	pre   int    // preface bytes still to pass
-	skip  int    // payload bytes of the current frame still to pass
-	dead  bool
-	win   time.Time
-	count [frameTypes]int
-	block int // header block bytes (HEADERS, CONTINUATION) this second
+	src    io.Reader
+	from   net.Addr
+	budget *h2Budgets
+	out    []byte // to return before reading on
+	hdr    []byte // the frame header being read
+	pre    int    // preface bytes still to pass
+	skip   int    // payload bytes of the current frame still to pass
+	dead   bool
+	win    time.Time
+	count  [frameTypes]int
+	block  int // header block bytes (HEADERS, CONTINUATION) this second
 }
 
 const frameTypes = 10
 
-// Budgets per second and connection, generous for real clients (a browser
-// cancels a few streams; gRPC keepalive pings every few seconds, its
-// bandwidth estimator more, see Read).
-var h2Budget = [frameTypes]int{
-	0x3: 1000, // RST_STREAM
-	0x4: 100,  // SETTINGS (not ACKs)
-	0x6: 100,  // PING (not ACKs), plus two per HEADERS
+// h2Budgets are what one connection may send per second.
+type h2Budgets struct {
+	frames [frameTypes]int // by frame type; 0: no limit
+	block  int             // header block bytes
 }
 
-// headerBlockBudget is the header block bytes a connection may send per
-// second: a thousand requests a second with 4 KiB of headers HPACK could
-// not index. An HPACK bomb sends blocks that are cheap on the wire and
-// expensive to decode (each byte a reference to a large table entry); past
-// the budget the connection ends like any other flood.
-const headerBlockBudget = 4 << 20
+// appBudgets apply to an app's own connections, and are generous for real
+// clients: a browser cancels a few streams; gRPC keepalive pings every few
+// seconds and its bandwidth estimator more, so each request earns two more
+// PINGs (see Read). The header-block budget is a thousand requests a second
+// with 1 KiB of headers HPACK could not index (repeated headers cost a byte
+// or two once indexed). An HPACK bomb sends blocks that are cheap on the
+// wire and expensive to decode (each byte a reference to a large table
+// entry); with 4 MiB a bomb still held a core for most of a second per
+// connection.
+var appBudgets = h2Budgets{
+	frames: [frameTypes]int{
+		0x3: 1000, // RST_STREAM
+		0x4: 100,  // SETTINGS (not ACKs)
+		0x6: 100,  // PING (not ACKs), plus two per HEADERS
+	},
+	block: 1 << 20,
+}
+
+// peerBudgets apply to another sidecar's pooled connection, which carries
+// the requests, cancellations and headers of every app connection behind
+// it: resets and header blocks get sixteen times the room (an app's
+// connections are each held to appBudgets by its own sidecar).
+var peerBudgets = h2Budgets{
+	frames: [frameTypes]int{0x3: 16000, 0x4: 100, 0x6: 100},
+	block:  16 << 20,
+}
 
 // refusedFrame is a PING on stream 1: a connection error for net/http.
 var refusedFrame = []byte{0, 0, 8, 0x6, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0}
 
 const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-func newH2Guard(src io.Reader, from net.Addr) *h2Guard {
-	return &h2Guard{src: src, from: from, pre: len(clientPreface)}
+func newH2Guard(src io.Reader, from net.Addr, budget *h2Budgets) *h2Guard {
+	return &h2Guard{src: src, from: from, budget: budget, pre: len(clientPreface)}
 }
 
 func (g *h2Guard) Read(p []byte) (int, error) {
@@ -94,19 +111,19 @@ func (g *h2Guard) Read(p []byte) (int, error) {
 		}
 		g.count[typ]++
 		if typ == 0x1 || typ == 0x9 {
-			if g.block += length; g.block > headerBlockBudget {
-				return g.refuse(p, typ, headerBlockBudget)
+			if g.block += length; g.block > g.budget.block {
+				return g.refuse(p, typ, g.budget.block)
 			}
 		}
 		// Clients ping in proportion to the responses they get (gRPC's
 		// bandwidth estimator pings as data arrives): each request earns
 		// two more PINGs.
-		budget := h2Budget[typ]
+		budget := g.budget.frames[typ]
 		if typ == 0x6 {
 			budget += 2 * g.count[0x1]
 		}
 		if budget > 0 && g.count[typ] > budget {
-			return g.refuse(p, typ, h2Budget[typ])
+			return g.refuse(p, typ, g.budget.frames[typ])
 		}
 	}
 	g.skip = length

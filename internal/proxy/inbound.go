@@ -230,7 +230,7 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 		return
 	}
 	if cs := tc.ConnectionState(); cs.NegotiatedProtocol == "h2" {
-		in.h2Conns.push(&guardedTLS{Conn: tc, r: newH2Guard(tc, c.RemoteAddr()), state: cs, port: appPort})
+		in.h2Conns.push(&guardedTLS{Conn: tc, r: newH2Guard(tc, c.RemoteAddr(), &peerBudgets), state: cs, port: appPort})
 		return
 	}
 	in.ports.Store(tc, appPort)
