@@ -91,7 +91,6 @@ func TestH2Spec(t *testing.T) {
 // bare http.Server with default settings. Any other failure fails the test.
 var knownH2Deviations = map[string]string{
 	"http2/3.5: Sends invalid connection preface":                                                                   "on a port that also serves HTTP/1.1, net/http answers a non-preface as HTTP/1.1 instead of closing",
-	"http2/4.2: Sends a large size HEADERS frame that exceeds the SETTINGS_MAX_FRAME_SIZE":                          "net/http reads frames up to its own 1 MiB limit",
 	"http2/6.5.3: Sends multiple values of SETTINGS_INITIAL_WINDOW_SIZE":                                            "net/http closes the connection",
 	"http2/8.1.2.2: Sends a HEADERS frame that contains the connection-specific header field":                       "net/http answers the request instead of resetting the stream",
 	"http2/8.1.2.2: Sends a HEADERS frame that contains the TE header field with any value other than \"trailers\"": "net/http answers the request instead of resetting the stream",

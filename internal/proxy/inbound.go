@@ -118,7 +118,7 @@ func (in *Inbound) server(guarded bool, portOf func(net.Conn) uint16) *http.Serv
 		MaxHeaderBytes:    64 << 10,
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams:          100,
-			MaxReadFrameSize:              1 << 20,
+			MaxReadFrameSize:              16 << 10,
 			MaxReceiveBufferPerConnection: 1 << 20,
 			MaxReceiveBufferPerStream:     1 << 20,
 		},

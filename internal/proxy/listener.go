@@ -65,7 +65,7 @@ func NewOutboundServer(out *Outbound, store *meshtls.Store, dial *net.Dialer) *O
 		MaxHeaderBytes:    64 << 10,
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams:          100,
-			MaxReadFrameSize:              1 << 20,
+			MaxReadFrameSize:              16 << 10,
 			MaxReceiveBufferPerConnection: 1 << 20,
 			MaxReceiveBufferPerStream:     1 << 20,
 		},
