@@ -258,7 +258,8 @@ func (g *h1Guard) head() (bool, error) {
 		// HTTP/2 prior knowledge: net/http's HTTP/2 server checks the
 		// framing; h2Guard limits floods.
 		g.h2 = newH2Guard(io.MultiReader(bytes.NewReader(g.buf), g.src), g.from, &appBudgets)
-		g.buf, g.state = nil, gsPass
+		// The reader keeps the scan buffer: never give it back to the pool.
+		g.buf, g.store, g.state = nil, nil, gsPass
 		return true, nil
 	}
 	end, err := blockEnd(g.buf)
