@@ -82,7 +82,9 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 		Transport:  roundTripperFunc(in.toApp),
 		BufferPool: copyBuffers,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			failWith(w, exchangeOf(r), http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
+			if !clientGone(r, err) {
+				failWith(w, exchangeOf(r), http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
+			}
 		},
 	}
 	in.mtls = in.server(false, func(c net.Conn) uint16 {

@@ -46,6 +46,20 @@ func failWith(w http.ResponseWriter, ex *exchange, code int, flag, reason string
 	fmt.Fprintf(w, "trellis proxy: %s\n", reason)
 }
 
+// clientGone records a request whose client went away before the answer
+// came (it cancelled, or closed the connection) as Envoy does: nothing
+// written, response code 0, flag DC. Counted as the proxy's 503, every
+// cancelled call made the destination look failing. It reports whether the
+// client was gone.
+func clientGone(r *http.Request, err error) bool {
+	if r.Context().Err() == nil {
+		return false
+	}
+	ex := exchangeOf(r)
+	ex.flags, ex.reason = "DC", "the client went away: "+err.Error()
+	return true
+}
+
 type exchangeKey struct{}
 
 // exchangeOf returns the exchange ServeHTTP put in r's context.

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"encoding/binary"
 	"net"
 	"net/http"
@@ -68,5 +69,42 @@ func TestMeshHeadersFromOutsideAreNotTrusted(t *testing.T) {
 	}
 	if n := scrapeWait(t, src, "istio_requests_total", []string{`response_code="200"`, `response_flags="-"`}, 1); n != 1 {
 		t.Errorf("requests with code 200 and no flags = %v, want 1 (the app's %s is not the proxy's)", n, flagsHeader)
+	}
+}
+
+// A client that gives up before the app answers is recorded as Envoy does
+// (response code 0, flag DC) by both sidecars, not as the proxy's 503: a
+// cancelled call must not make the destination look failing.
+func TestCancelledRequestsAreNotUpstreamFailures(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	m := newTestMeshApp(t, 1, func(string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			arrived <- struct{}{}
+			<-r.Context().Done() // answer only once the caller is gone
+		})
+	})
+	src, dst := telemetry.New("test"), telemetry.New("test")
+	m.outbound.Metrics, m.inbounds[0].Metrics = src, dst
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+m.appAddr+"/", nil)
+	req.Host = "alpha.db"
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	<-arrived
+	cancel()
+	<-errc
+	for name, mt := range map[string]*telemetry.Metrics{"source": src, "destination": dst} {
+		if got := scrapeWait(t, mt, "istio_requests_total", []string{`response_code="0"`, `response_flags="DC"`}, 1); got != 1 {
+			t.Errorf("%s reporter: istio_requests_total{code 0, DC} = %v, want 1", name, got)
+		}
+		if got := scrape(t, mt, "istio_requests_total", []string{`response_code="503"`}); got != 0 {
+			t.Errorf("%s reporter: the cancelled request was counted as a 503 (%v)", name, got)
+		}
 	}
 }

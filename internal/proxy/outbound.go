@@ -288,6 +288,9 @@ func (o *Outbound) dialMesh(alpn string) func(ctx context.Context, network, addr
 
 // fail answers a request the proxy could not forward, saying why.
 func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if clientGone(r, err) {
+		return
+	}
 	code, flag := http.StatusServiceUnavailable, "UF" // upstream connection failure
 	switch {
 	case errors.Is(err, balancer.ErrNoEndpoints):
