@@ -148,7 +148,8 @@ func runIdle(args []string) error {
 
 // runFlood floods the HTTP/2 listener of a URL with one kind of flood for
 // a while, opening a new connection each time the server cuts one off,
-// and prints how many it opened and how many ended in a GOAWAY.
+// and prints how many it opened, how many ended in a GOAWAY and how many
+// the server refused.
 func runFlood(args []string) error {
 	if len(args) != 3 {
 		return errors.New("usage: proxybench flood KIND URL DURATION")
@@ -165,11 +166,13 @@ func runFlood(args []string) error {
 	if err != nil {
 		return err
 	}
-	var counts struct{ Connections, Cut int }
+	var counts struct{ Connections, Cut, Refused int }
 	for end := time.Now().Add(d); time.Until(end) > 0; {
 		res, err := h2flood.Run(h2flood.Dial(u.Host), step, 1000000, time.Until(end), nil)
-		if err != nil {
-			return err
+		if err != nil { // a proxy under attack may refuse connections: that is a result too
+			counts.Refused++
+			time.Sleep(10 * time.Millisecond)
+			continue
 		}
 		counts.Connections++
 		if res.GoAway() {

@@ -36,6 +36,7 @@ type flood struct {
 	neighbour   phase
 	connections int   // abusive connections opened (each floods until cut off)
 	cut         int   // of which the proxy ended with a GOAWAY
+	refused     int   // connections the proxy did not accept
 	peakRSS     int64 // KiB, the client proxy's, sampled every 100 ms
 }
 
@@ -183,11 +184,11 @@ func floods(ctx context.Context, t *topo, o options, tg targets, px proxies, r *
 		if a.err != nil {
 			return a.err
 		}
-		var counts struct{ Connections, Cut int }
+		var counts struct{ Connections, Cut, Refused int }
 		if err := json.Unmarshal(a.out, &counts); err != nil {
 			return fmt.Errorf("the flood helper's output %q: %w", a.out, err)
 		}
-		f.connections, f.cut = counts.Connections, counts.Cut
+		f.connections, f.cut, f.refused = counts.Connections, counts.Cut, counts.Refused
 		r.floods = append(r.floods, f)
 	}
 	return nil

@@ -105,8 +105,12 @@ func report(w io.Writer, o options, results []*result) {
 						return "—"
 					}
 					f := r.floods[i]
-					return fmt.Sprintf("%s (%.1f×), %d; %d/%d; %.1f", ms(f.neighbour.p99), float64(f.neighbour.p99)/float64(r.calm.p99),
-						f.neighbour.errors, f.cut, f.connections, float64(f.peakRSS)/1024)
+					refused := ""
+					if f.refused > 0 {
+						refused = fmt.Sprintf(" (%d refused)", f.refused)
+					}
+					return fmt.Sprintf("%s (%.1f×), %d; %d/%d%s; %.1f", ms(f.neighbour.p99), float64(f.neighbour.p99)/float64(r.calm.p99),
+						f.neighbour.errors, f.cut, f.connections, refused, float64(f.peakRSS)/1024)
 				})
 			}
 		}
