@@ -25,7 +25,8 @@ type h2Guard struct {
 	dead   bool
 	win    time.Time
 	count  [frameTypes]int
-	block  int // header block bytes (HEADERS, CONTINUATION) this second
+	block  int              // header block bytes (HEADERS, CONTINUATION) this second
+	clock  func() time.Time // nil: time.Now
 }
 
 const frameTypes = 10
@@ -106,7 +107,7 @@ func (g *h2Guard) Read(p []byte) (int, error) {
 	typ, flags := hdr[3], hdr[4]
 	length := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
 	if int(typ) < frameTypes && flags&0x1 == 0 || typ == 0x1 { // 0x1: ACK, or END_STREAM on HEADERS
-		if now := time.Now(); now.Sub(g.win) > time.Second {
+		if now := g.now(); now.Sub(g.win) > time.Second {
 			g.win, g.count, g.block = now, [frameTypes]int{}, 0
 		}
 		g.count[typ]++
@@ -131,6 +132,13 @@ func (g *h2Guard) Read(p []byte) (int, error) {
 	n := copy(p, g.out)
 	g.out = g.out[n:]
 	return n, err
+}
+
+func (g *h2Guard) now() time.Time {
+	if g.clock != nil {
+		return g.clock()
+	}
+	return time.Now()
 }
 
 // refuse ends the connection: what follows is the refusing PING, then EOF.
