@@ -140,37 +140,30 @@ func TestH2GuardBudgets(t *testing.T) {
 	headers := func(fr *http2.Framer, i int) {
 		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: []byte{0x82}, EndHeaders: true, EndStream: true})
 	}
+	cancelled := func(fr *http2.Framer, i int) { // a request, then its cancellation
+		headers(fr, i)
+		fr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel)
+	}
+	bomb := func(fr *http2.Framer, i int) { // one header block of 16 kB frames
+		if i == 0 {
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: make([]byte, 16000)})
+			return
+		}
+		fr.WriteContinuation(1, false, make([]byte, 16000))
+	}
 	cases := []struct {
 		name    string
 		stream  []byte
 		refused bool
 		peer    bool // another sidecar's pooled connection
 	}{
-		{"1000 requests, each cancelled", frames(func(fr *http2.Framer, i int) {
-			headers(fr, i)
-			fr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel)
-		}, 1000), false, false},
-		{"Rapid Reset past 1000 a second", frames(func(fr *http2.Framer, i int) {
-			headers(fr, i)
-			fr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel)
-		}, 1001), true, false},
+		{"1000 requests, each cancelled", frames(cancelled, 1000), false, false},
+		{"Rapid Reset past 1000 a second", frames(cancelled, 1001), true, false},
 		{"100 SETTINGS", frames(func(fr *http2.Framer, i int) { fr.WriteSettings() }, 100), false, false},
 		{"101 SETTINGS", frames(func(fr *http2.Framer, i int) { fr.WriteSettings() }, 101), true, false},
-		{"a sidecar's pooled connection: 5000 cancellations", frames(func(fr *http2.Framer, i int) {
-			headers(fr, i)
-			fr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel)
-		}, 5000), false, true},
-		{"a sidecar's pooled connection: Rapid Reset past 16000", frames(func(fr *http2.Framer, i int) {
-			headers(fr, i)
-			fr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel)
-		}, 16001), true, true},
-		{"a sidecar's pooled connection: 16 kB blocks past 16 MiB", frames(func(fr *http2.Framer, i int) {
-			if i == 0 {
-				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: make([]byte, 16000)})
-				return
-			}
-			fr.WriteContinuation(1, false, make([]byte, 16000))
-		}, 1050), true, true},
+		{"a sidecar's pooled connection: 5000 cancellations", frames(cancelled, 5000), false, true},
+		{"a sidecar's pooled connection: Rapid Reset past 16000", frames(cancelled, 16001), true, true},
+		{"a sidecar's pooled connection: 16 kB blocks past 16 MiB", frames(bomb, 1050), true, true},
 		{"SETTINGS ACKs are free", frames(func(fr *http2.Framer, i int) { fr.WriteSettingsAck() }, 5000), false, false},
 		{"gRPC: a request and two BDP pings each", frames(func(fr *http2.Framer, i int) {
 			headers(fr, i)
@@ -181,13 +174,7 @@ func TestH2GuardBudgets(t *testing.T) {
 		{"1 MB of header blocks", frames(func(fr *http2.Framer, i int) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: make([]byte, 1000), EndHeaders: true, EndStream: true})
 		}, 1000), false, false},
-		{"HPACK bomb: 16 kB blocks past 1 MiB", frames(func(fr *http2.Framer, i int) {
-			if i == 0 {
-				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: make([]byte, 16000)})
-				return
-			}
-			fr.WriteContinuation(1, false, make([]byte, 16000))
-		}, 70), true, false},
+		{"HPACK bomb: 16 kB blocks past 1 MiB", frames(bomb, 70), true, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -9,7 +9,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 )
 
 // h1Guard checks the framing of HTTP/1.1 requests on a connection before
@@ -141,14 +140,11 @@ func (g *h1Guard) fill(p []byte) error {
 	return nil
 }
 
-// scanBuffers are the guards' scan buffers, shared between connections.
-var scanBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
-
 // scanBuffer returns the guard's empty scan buffer, taking one from the
 // pool if it holds none.
 func (g *h1Guard) scanBuffer() []byte {
 	if g.store == nil {
-		g.store = *scanBuffers.Get().(*[]byte)
+		g.store = scanBuffers.Get()
 	}
 	return g.store[:0]
 }
@@ -160,8 +156,7 @@ func (g *h1Guard) releaseScanBuffer() {
 		return
 	}
 	if cap(g.store) <= 64<<10 {
-		b := g.store[:0]
-		scanBuffers.Put(&b)
+		scanBuffers.Put(g.store)
 	}
 	g.store, g.buf = nil, nil
 }
