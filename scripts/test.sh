@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 STATICCHECK_VERSION="(0.8.2)"
 STATICCHECK_MODULE=honnef.co/go/tools/cmd/staticcheck@v0.8.2
 PROTOC_GEN_GO_MODULE=google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12 # = google.golang.org/protobuf in go.mod
+PROTOC_GEN_GO_GRPC_MODULE=google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.0 # gRPC stubs of proto/trellis/v1
 H2SPEC_MODULE=github.com/summerwind/h2spec/cmd/h2spec@v2.2.1+incompatible # HTTP/2 conformance of the proxy
 # Count-based, not a duration: Go 1.26's fuzz coordinator can fail a run
 # with "context deadline exceeded" when a duration runs out mid-execution
@@ -48,6 +49,11 @@ if ! "$GOBIN/protoc-gen-go" --version 2>/dev/null | grep -qF "v1.36.12"; then
   go install "$PROTOC_GEN_GO_MODULE"
 fi
 
+if ! "$GOBIN/protoc-gen-go-grpc" --version 2>/dev/null | grep -qF "1.6.0"; then
+  log "installing $PROTOC_GEN_GO_GRPC_MODULE"
+  go install "$PROTOC_GEN_GO_GRPC_MODULE"
+fi
+
 if ! go version -m "$GOBIN/h2spec" 2>/dev/null | grep -qF "v2.2.1+incompatible"; then
   log "installing $H2SPEC_MODULE"
   go install "$H2SPEC_MODULE"
@@ -59,7 +65,8 @@ fi
 
 log "generated code is current (go generate)"
 PATH="$GOBIN:$PATH" go generate ./...
-if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --exit-code --stat -- internal/meshpb; then
+if git rev-parse --git-dir >/dev/null 2>&1 && [ -n "$(git status --porcelain -- internal/meshpb)" ]; then
+  git status --porcelain -- internal/meshpb >&2
   echo "internal/meshpb differs from what go generate makes: run go generate ./... and commit" >&2
   exit 1
 fi

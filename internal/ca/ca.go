@@ -219,18 +219,9 @@ func LoadOrCreate(dir, trustDomain string) (*Authority, error) {
 // intermediate followed by its chain up to the root) and its PEM key, as an
 // operator supplies them.
 func Load(certPEM, keyPEM []byte, trustDomain string) (*Authority, error) {
-	var certs []*x509.Certificate
-	for rest := certPEM; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("load CA certificate: %w", err)
-		}
-		certs = append(certs, c)
+	certs, err := parsePEMCerts(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("load CA certificate: %w", err)
 	}
 	if len(certs) == 0 || !certs[0].IsCA {
 		return nil, errors.New("load CA: the certificate file must start with a CA certificate")
@@ -252,7 +243,10 @@ func Load(certPEM, keyPEM []byte, trustDomain string) (*Authority, error) {
 	return a, nil
 }
 
-func (a *Authority) save(dir string) error {
+func (a *Authority) save(dir string) error { return a.saveAs(dir, certFile, keyFile) }
+
+// saveAs writes the signing certificate and its key (mode 0600) to dir.
+func (a *Authority) saveAs(dir, certName, keyName string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("save CA: %w", err)
 	}
@@ -260,8 +254,8 @@ func (a *Authority) save(dir string) error {
 	if err != nil {
 		return fmt.Errorf("save CA: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, keyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, keyName), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return fmt.Errorf("save CA: %w", err)
 	}
-	return os.WriteFile(filepath.Join(dir, certFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.cert.Raw}), 0o644)
+	return os.WriteFile(filepath.Join(dir, certName), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.cert.Raw}), 0o644)
 }

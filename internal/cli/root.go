@@ -38,7 +38,8 @@ func New(stateDir string) *cobra.Command {
 	root.PersistentFlags().StringVar(&o.stateDir, "state-dir", stateDir, "directory holding the mesh's lock, ledger, API socket and logs")
 	root.AddCommand(
 		newUpCmd(o), newDownCmd(o), newApplyCmd(o), newDeleteCmd(o),
-		newGetCmd(o), newExecCmd(o), newLogsCmd(o), newExampleCmd(o), newNodeAgentCmd(o), newProxyCmd(),
+		newGetCmd(o), newExecCmd(o), newLogsCmd(o), newExampleCmd(o), newNodeAgentCmd(o), newProxyCmd(), newControlCmd(),
+		newProxyStatusCmd(o), newProxyConfigCmd(o), newCACmd(o), newControlPlaneCmd(o),
 	)
 	return root
 }

@@ -32,11 +32,13 @@ import (
 //	POST /v1/apply   ManifestRequest -> ApplyResult
 //	POST /v1/delete  ManifestRequest -> ApplyResult
 //	POST /v1/shutdown                   stops the mesh, as Ctrl-C does
+//	POST /v1/control-plane  ControlPlaneRequest -> Status   stops or starts the control plane
 
 // Status describes the running mesh.
 type Status struct {
 	PID         int    `json:"pid"`
 	AgentPID    int    `json:"nodeAgentPID,omitempty"`
+	ControlPID  int    `json:"controlPlanePID,omitempty"`
 	Ready       bool   `json:"ready"`
 	StateDir    string `json:"stateDir"`
 	PodCIDR     string `json:"podCIDR"`
@@ -75,6 +77,11 @@ type ServiceStatus struct {
 	Created   time.Time             `json:"created"`
 }
 
+// ControlPlaneRequest starts (Running) or stops the control plane.
+type ControlPlaneRequest struct {
+	Running bool `json:"running"`
+}
+
 // ManifestRequest carries manifest files from the CLI to the mesh.
 type ManifestRequest struct {
 	Sources []manifest.Source `json:"sources"`
@@ -106,9 +113,15 @@ func (r *Runtime) serveAPI() (*apiServer, error) {
 		return nil, fmt.Errorf("restrict %s: %w", path, err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, Status{PID: os.Getpid(), AgentPID: r.agent.status().PID, Ready: r.ready.Load(), StateDir: r.cfg.StateDir,
-			PodCIDR: r.cfg.PodCIDR.String(), ServiceCIDR: r.cfg.ServiceCIDR.String()})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, r.status()) })
+	mux.HandleFunc("POST /v1/control-plane", func(w http.ResponseWriter, req *http.Request) {
+		var body ControlPlaneRequest
+		if err := json.NewDecoder(io.LimitReader(req.Body, 1<<10)).Decode(&body); err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad request body: " + err.Error()})
+			return
+		}
+		r.SetControlPlane(body.Running)
+		writeJSON(w, http.StatusOK, r.status())
 	})
 	mux.HandleFunc("GET /v1/namespaces", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, r.Namespaces()) })
 	mux.HandleFunc("GET /v1/pods", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, r.Pods()) })
@@ -130,6 +143,11 @@ func (r *Runtime) serveAPI() (*apiServer, error) {
 		}
 	}()
 	return &apiServer{srv: srv, ln: ln}, nil
+}
+
+func (r *Runtime) status() Status {
+	return Status{PID: os.Getpid(), AgentPID: r.agent.status().PID, ControlPID: r.control.status().PID, Ready: r.ready.Load(),
+		StateDir: r.cfg.StateDir, PodCIDR: r.cfg.PodCIDR.String(), ServiceCIDR: r.cfg.ServiceCIDR.String()}
 }
 
 // maxManifestBytes bounds an apply or delete request.

@@ -94,6 +94,12 @@ func (c *Client) Delete(ctx context.Context, srcs []manifest.Source) (ApplyResul
 	return out, c.do(ctx, http.MethodPost, "/v1/delete", ManifestRequest{Sources: srcs}, &out)
 }
 
+// SetControlPlane starts or stops the mesh's control plane.
+func (c *Client) SetControlPlane(ctx context.Context, running bool) (Status, error) {
+	var out Status
+	return out, c.do(ctx, http.MethodPost, "/v1/control-plane", ControlPlaneRequest{Running: running}, &out)
+}
+
 // Shutdown asks the mesh to stop; it returns before the mesh has stopped.
 func (c *Client) Shutdown(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/shutdown", struct{}{}, nil)

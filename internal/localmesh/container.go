@@ -41,6 +41,9 @@ type container struct {
 	backoff, maxBackoff time.Duration
 	cfg                 *Config
 	changed             func() // called (without locks held) when readiness changes
+	// prestart, when set, runs before each start of the process; an
+	// error counts as a failed start.
+	prestart func() error
 
 	mu        sync.Mutex
 	state     string // guarded by mu; one of the state constants
@@ -158,6 +161,12 @@ func (c *container) runOnce(ctx context.Context) (int, error) {
 		return -1, fmt.Errorf("open log: %w", err)
 	}
 	defer logf.Close()
+	if c.prestart != nil {
+		if err := c.prestart(); err != nil {
+			fmt.Fprintf(logf, "trellis: prepare %s: %v\n", c.spec.Name, err)
+			return -1, err
+		}
+	}
 	// Pod processes enter their pod through `trellis __nsexec`; host
 	// processes (the node agent) run as they are.
 	path, args := c.cfg.Executable, append([]string{c.cfg.Executable, NSExecCommand, c.netns, "--"}, c.spec.Command...)

@@ -16,16 +16,15 @@ import (
 
 // pod is one running pod: its network and its supervised containers.
 type pod struct {
-	obj         *catalog.Pod
-	hash        string // template hash, for pods of a Deployment
-	ip          netip.Addr
-	net         podNet
-	created     time.Time
-	containers  []*container
-	hostsFile   string    // last content written
-	proxyConfig string    // last sidecar config written; "" without a sidecar
-	injected    bool      // runs a sidecar
-	renewAt     time.Time // when the sidecar's certificate is due for renewal
+	obj        *catalog.Pod
+	hash       string // template hash, for pods of a Deployment
+	ip         netip.Addr
+	net        podNet
+	created    time.Time
+	containers []*container
+	hostsFile  string // last content written
+	injected   bool   // runs a sidecar
+	tokenHash  string // guarded by Runtime.mu: SHA-256 of the sidecar's current bootstrap token
 
 	cancel      context.CancelFunc
 	wg          sync.WaitGroup // the containers' goroutines
@@ -117,6 +116,9 @@ func (r *Runtime) startPodLocked(obj *catalog.Pod, hash string) (p *pod, err err
 			cfg:        &r.cfg, changed: r.trigger,
 			state: stateWaiting, reason: "ContainerCreating",
 		}
+		if p.injected && spec.Name == sidecarName {
+			c.prestart = func() error { return r.mintToken(p) }
+		}
 		p.containers = append(p.containers, c)
 		p.wg.Add(2)
 		go func() { defer p.wg.Done(); c.run(ctx) }()
@@ -129,11 +131,17 @@ func (r *Runtime) startPodLocked(obj *catalog.Pod, hash string) (p *pod, err err
 // stopPodAsync stops p in the background and then removes its network and
 // address; the loop is told when it is gone.
 func (r *Runtime) stopPodAsync(p *pod) {
+	wasReady := p.ready()
 	if p.terminating.Swap(true) {
 		return // already stopping
 	}
 	r.trigger() // its endpoints leave at once
 	go func() {
+		if wasReady {
+			// Keep serving while every proxy learns the endpoint is gone
+			// (Kubernetes users add a preStop sleep for the same reason).
+			time.Sleep(endpointDrain)
+		}
 		p.stop()
 		r.mu.Lock()
 		r.releasePodLocked(p)
@@ -150,6 +158,11 @@ func (r *Runtime) stopPodAsync(p *pod) {
 		}
 	}()
 }
+
+// endpointDrain is how long a ready pod keeps running after it left its
+// services' endpoints: the control plane's debounce and push take a few
+// hundred milliseconds.
+const endpointDrain = time.Second
 
 // releasePodLocked removes the pod's host resources and frees its address.
 func (r *Runtime) releasePodLocked(p *pod) {

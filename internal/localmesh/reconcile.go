@@ -13,7 +13,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/nft"
@@ -51,15 +50,12 @@ func (r *Runtime) reconcile() {
 		if err := r.writeHostsLocked(p); err != nil {
 			slog.Warn("write hosts file", "pod", p.key(), "err", err)
 		}
-		if p.injected && !p.terminating.Load() {
-			if err := r.writeProxyConfigLocked(p); err != nil {
-				slog.Warn("write proxy config", "pod", p.key(), "err", err)
-			}
-		}
 	}
 	r.syncServiceTableLocked()
 	r.updatePolicyInputLocked()
-	r.renewSVIDsLocked(time.Now())
+	if err := r.writeRegistryLocked(); err != nil {
+		slog.Error("publish the mesh to the control plane", "err", err)
+	}
 }
 
 type wantPod struct {

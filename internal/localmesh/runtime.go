@@ -26,7 +26,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/manifest"
 	"github.com/trellis-mesh/trellis/internal/netpolicy"
@@ -66,6 +65,9 @@ type Config struct {
 	// NodeAgentMetrics is where the node agent serves its Prometheus
 	// metrics. Default 127.0.0.1:15090.
 	NodeAgentMetrics string
+	// ControlPlaneMetrics is where the control plane serves its
+	// Prometheus metrics. Default 127.0.0.1:15014.
+	ControlPlaneMetrics string
 }
 
 // DefaultPodCIDR and DefaultServiceCIDR are the default address ranges.
@@ -114,6 +116,9 @@ func (c *Config) setDefaults() error {
 	if c.NodeAgentMetrics == "" {
 		c.NodeAgentMetrics = "127.0.0.1:15090"
 	}
+	if c.ControlPlaneMetrics == "" {
+		c.ControlPlaneMetrics = "127.0.0.1:15014"
+	}
 	if c.RestartBackoff <= 0 {
 		c.RestartBackoff = time.Second
 	}
@@ -146,8 +151,13 @@ type Runtime struct {
 	policyInput   netpolicy.Input // guarded by mu: what the node agent enforces
 	policyChanged chan struct{}   // guarded by mu: closed when policyVersion grows
 
-	agent     *container    // the node agent process; set before the API serves
-	authority *ca.Authority // signs the sidecars' SVIDs; set before pods start
+	registryVersion uint64 // guarded by mu: of the last registry written
+	registryLast    string // guarded by mu: its content, version aside
+
+	agent   *container // the node agent process; set before the API serves
+	control *container // the control plane process; set before pods start
+	cpMu    sync.Mutex // serialises starting and stopping the control plane
+	cp      controlPlaneRunner
 }
 
 // New checks cfg and returns a Runtime that has not touched the host yet.
@@ -197,9 +207,6 @@ func (r *Runtime) Run(ctx context.Context, initial *manifest.Set, started func()
 	if err := CheckRanges(r.cfg.PodCIDR, r.cfg.ServiceCIDR); err != nil {
 		return err
 	}
-	if r.authority, err = ca.LoadOrCreate(filepath.Join(r.cfg.StateDir, "ca"), r.cfg.TrustDomain); err != nil {
-		return err
-	}
 	_ = os.RemoveAll(filepath.Join(r.cfg.StateDir, logDir))
 	defer func() {
 		if terr := r.teardown(); terr != nil {
@@ -212,6 +219,8 @@ func (r *Runtime) Run(ctx context.Context, initial *manifest.Set, started func()
 	if err := r.prepareNodeAgent(); err != nil {
 		return err
 	}
+	r.prepareControlPlane()
+	r.cp.c = r.control
 	api, err := r.serveAPI()
 	if err != nil {
 		return err
@@ -220,6 +229,8 @@ func (r *Runtime) Run(ctx context.Context, initial *manifest.Set, started func()
 	if _, err := r.apply(initial); err != nil {
 		return err
 	}
+	r.SetControlPlane(true)
+	defer r.SetControlPlane(false)
 	r.reconcile()
 	agentCtx, stopAgent := context.WithCancel(context.Background())
 	agentDone := make(chan struct{})

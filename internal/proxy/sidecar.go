@@ -28,10 +28,26 @@ import (
 
 // Config configures a sidecar. Zero fields take the defaults given.
 type Config struct {
-	// ConfigFile is the ProxyConfig (protobuf JSON), watched. Required.
+	// ControlPlane, when set, is the control plane's address (host:15012):
+	// the sidecar gets its certificate and config from it, and needs
+	// ControlPlaneBundle, Identity, PodNamespace, PodName and TokenFile.
+	ControlPlane string
+	// ControlPlaneBundle holds the roots (PEM) that verify the control
+	// plane until it sends a bundle of its own.
+	ControlPlaneBundle string
+	// Identity is the workload's SPIFFE ID.
+	Identity string
+	// PodNamespace and PodName name the sidecar's pod.
+	PodNamespace, PodName string
+	// TokenFile holds the one-time bootstrap token for the first
+	// certificate.
+	TokenFile string
+
+	// Without a control plane: ConfigFile is the ProxyConfig (protobuf
+	// JSON), watched, and Certs are the SVID and trust bundle files,
+	// watched. Required then.
 	ConfigFile string
-	// Certs are the SVID and trust bundle files, watched. Required.
-	Certs meshtls.Files
+	Certs      meshtls.Files
 	// Listener addresses. Defaults :15001, :15006, :15021, :15020
 	// (metrics, /stats/prometheus) and 127.0.0.1:15000 (admin is never
 	// reachable from outside the pod).
@@ -61,8 +77,16 @@ type Config struct {
 const DefaultMark = 0x539
 
 func (c *Config) setDefaults() error {
-	if c.ConfigFile == "" || c.Certs.Cert == "" || c.Certs.Key == "" || c.Certs.Bundle == "" {
-		return errors.New("sidecar: a config file and certificate, key and bundle files are required")
+	switch {
+	case c.ControlPlane != "":
+		if c.ControlPlaneBundle == "" || c.Identity == "" || c.PodNamespace == "" || c.PodName == "" || c.TokenFile == "" {
+			return errors.New("sidecar: with --control-plane, --control-plane-bundle, --identity, --pod-namespace, --pod-name and --token-file are required")
+		}
+		if _, err := identity.Parse(c.Identity); err != nil {
+			return fmt.Errorf("sidecar: --identity: %w", err)
+		}
+	case c.ConfigFile == "" || c.Certs.Cert == "" || c.Certs.Key == "" || c.Certs.Bundle == "":
+		return errors.New("sidecar: give --control-plane, or a config file and certificate, key and bundle files")
 	}
 	def := func(s *string, v string) {
 		if *s == "" {
@@ -114,11 +138,17 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.setDefaults(); err != nil {
 		return err
 	}
-	first, err := controlclient.Load(cfg.ConfigFile)
-	if err != nil {
-		return err
+	var first *meshpb.ProxyConfig
+	var self identity.ID
+	if cfg.ControlPlane == "" {
+		var err error
+		if first, err = controlclient.Load(cfg.ConfigFile); err != nil {
+			return err
+		}
+		self, _ = identity.Parse(first.GetWorkload().GetIdentity())
+	} else {
+		self, _ = identity.Parse(cfg.Identity)
 	}
-	self, _ := identity.Parse(first.GetWorkload().GetIdentity())
 	store := &meshtls.Store{}
 	dialer := MarkedDialer(cfg.Mark)
 	metrics := telemetry.New("one-host")
@@ -137,26 +167,32 @@ func Run(ctx context.Context, cfg Config) error {
 		current.Store(c)
 		slog.Info("config applied", "version", c.GetVersion(), "services", len(c.GetServices()))
 	}
-	apply(first)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		_ = cfg.Certs.Watch(ctx, store, time.Second, func(err error) { slog.Error("certificates", "err", err) })
-	}()
-	go func() {
-		defer wg.Done()
-		src := &controlclient.FileSource{Path: cfg.ConfigFile, OnUpdate: func(c *meshpb.ProxyConfig) {
+	var sourceErr error
+	if cfg.ControlPlane != "" {
+		ctl, err := cfg.control(self, store, dialer, func(c *meshpb.ProxyConfig) error { apply(c); return nil })
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if sourceErr = ctl.Run(ctx); sourceErr != nil {
+				cancel() // nothing to serve with: let the runtime restart us with a fresh token
+			}
+		}()
+	} else {
+		apply(first)
+		cfg.watchFiles(ctx, &wg, store, func(c *meshpb.ProxyConfig) {
 			if c.GetVersion() != current.Load().GetVersion() {
 				apply(c)
 			}
-		}, OnError: func(err error) { slog.Error("config rejected; keeping the previous one", "err", err) }}
-		_ = src.Run(ctx)
-	}()
+		})
+	}
 
 	outSrv := NewOutboundServer(out, store, dialer)
 	outSrv.SetMaxConnections(cfg.MaxConnections)
@@ -195,7 +231,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return
 		}
 		if store.Current() == nil || current.Load() == nil {
-			http.Error(w, "not ready: no certificate loaded yet", http.StatusServiceUnavailable)
+			http.Error(w, "not ready: no certificate or no config yet", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
@@ -234,7 +270,38 @@ func Run(ctx context.Context, cfg Config) error {
 	for _, s := range servers {
 		_ = s.Close()
 	}
-	return nil
+	return sourceErr
+}
+
+// control builds the control-plane link of a sidecar.
+func (c *Config) control(self identity.ID, store *meshtls.Store, dialer *net.Dialer, apply func(*meshpb.ProxyConfig) error) (*controlclient.Control, error) {
+	if _, _, err := net.SplitHostPort(c.ControlPlane); err != nil {
+		return nil, fmt.Errorf("sidecar: --control-plane %q: %w", c.ControlPlane, err)
+	}
+	serverID, err := identity.ForWorkload(self.TrustDomain(), "trellis-system", "trellis-control")
+	if err != nil {
+		return nil, err
+	}
+	return &controlclient.Control{
+		Addr: c.ControlPlane, ServerID: serverID, BundleFile: c.ControlPlaneBundle, Identity: self,
+		PodNamespace: c.PodNamespace, PodName: c.PodName, TokenFile: c.TokenFile, Store: store, Apply: apply,
+		Dial: func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) },
+	}, nil
+}
+
+// watchFiles follows the static config and certificate files.
+func (c *Config) watchFiles(ctx context.Context, wg *sync.WaitGroup, store *meshtls.Store, onConfig func(*meshpb.ProxyConfig)) {
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		_ = c.Certs.Watch(ctx, store, time.Second, func(err error) { slog.Error("certificates", "err", err) })
+	}()
+	go func() {
+		defer wg.Done()
+		src := &controlclient.FileSource{Path: c.ConfigFile, OnUpdate: onConfig,
+			OnError: func(err error) { slog.Error("config rejected; keeping the previous one", "err", err) }}
+		_ = src.Run(ctx)
+	}()
 }
 
 func listenAll(addrs ...string) ([]net.Listener, error) {
@@ -331,6 +398,12 @@ func writeJSONTo(w http.ResponseWriter, v any) {
 // RegisterFlags defines c's fields as flags on fs, for the binaries that run
 // a sidecar (trellis-proxy, and `trellis proxy` in one-host mode).
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.ControlPlane, "control-plane", "", "control plane address (host:15012); replaces --config, --cert, --key and --bundle")
+	fs.StringVar(&c.ControlPlaneBundle, "control-plane-bundle", "", "roots (PEM) that verify the control plane at first")
+	fs.StringVar(&c.Identity, "identity", "", "the workload's SPIFFE ID (with --control-plane)")
+	fs.StringVar(&c.PodNamespace, "pod-namespace", "", "the sidecar's pod namespace (with --control-plane)")
+	fs.StringVar(&c.PodName, "pod-name", "", "the sidecar's pod name (with --control-plane)")
+	fs.StringVar(&c.TokenFile, "token-file", "", "file holding the one-time bootstrap token (with --control-plane)")
 	fs.StringVar(&c.ConfigFile, "config", "", "ProxyConfig file (protobuf JSON), watched for changes")
 	fs.StringVar(&c.Certs.Cert, "cert", "", "SVID certificate chain (PEM), watched")
 	fs.StringVar(&c.Certs.Key, "key", "", "SVID private key (PEM), watched")

@@ -1,4 +1,4 @@
-package localmesh
+package proxycfg
 
 import (
 	"fmt"
@@ -47,7 +47,7 @@ func TestInboundPolicyPrecedence(t *testing.T) {
 				t.Fatal(err)
 			}
 			pod := &catalog.Pod{Meta: catalog.Meta{Name: "alpha-0", Namespace: "db", Labels: map[string]string{"app": "alpha"}}}
-			if got := inboundPolicy(set.PeerAuthentications(), pod).GetMode(); got != tc.want {
+			if got := InboundPolicy(set.PeerAuthentications(), pod).GetMode(); got != tc.want {
 				t.Errorf("mode = %v, want %v", got, tc.want)
 			}
 		})

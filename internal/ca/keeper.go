@@ -1,0 +1,252 @@
+package ca
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// Root rotation phases, in the order Keeper walks them.
+const (
+	// PhaseStable: one root, which signs.
+	PhaseStable = "stable"
+	// PhasePrepared: a new root is in the trust bundle beside the old one;
+	// the old one still signs.
+	PhasePrepared = "prepared"
+	// PhaseActivated: the new root signs; the old one stays in the bundle
+	// until every certificate it signed has been replaced.
+	PhaseActivated = "activated"
+)
+
+// Errors of root rotation.
+var (
+	ErrPhase    = errors.New("root rotation is not in the phase this step needs")
+	ErrSupplied = errors.New("the CA was supplied by the operator (--ca-cert, --ca-key): rotate it by supplying the new one")
+)
+
+// More files in a CA directory.
+const (
+	bundleFile   = "trust-bundle.pem"
+	nextCertFile = "next-ca-cert.pem"
+	nextKeyFile  = "next-ca-key.pem"
+)
+
+// Keeper holds a mesh's authority in a directory and walks root rotation
+// through its three phases (Prepare, Activate, Finish), persisting each
+// one, so a restart at any point resumes where rotation stood. Safe for
+// concurrent use.
+type Keeper struct {
+	dir      string
+	supplied bool
+
+	mu     sync.Mutex
+	cur    *Authority // guarded by mu: signs, and carries the bundle
+	next   *Authority // guarded by mu: the new root, in PhasePrepared
+	phase  string     // guarded by mu
+	bundle []*x509.Certificate
+}
+
+// OpenKeeper loads the authority kept in dir, creating a root for
+// trustDomain on first use. When supplied is not nil (an operator's root
+// or intermediate), it signs instead, and dir only records the bundle.
+func OpenKeeper(dir, trustDomain string, supplied *Authority) (*Keeper, error) {
+	k := &Keeper{dir: dir, supplied: supplied != nil, phase: PhaseStable}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open CA directory: %w", err)
+	}
+	cur := supplied
+	if cur == nil {
+		var err error
+		if cur, err = LoadOrCreate(dir, trustDomain); err != nil {
+			return nil, err
+		}
+	}
+	k.cur = cur
+	k.bundle = cur.Bundle()
+	if supplied == nil {
+		if err := k.loadRotationLocked(trustDomain); err != nil {
+			return nil, err
+		}
+	}
+	k.cur = k.cur.withRoots(k.bundle)
+	return k, k.saveBundleLocked()
+}
+
+// loadRotationLocked reads the bundle and a prepared next root, if any.
+func (k *Keeper) loadRotationLocked(trustDomain string) error {
+	if data, err := os.ReadFile(filepath.Join(k.dir, bundleFile)); err == nil {
+		certs, err := parsePEMCerts(data)
+		if err != nil {
+			return fmt.Errorf("load trust bundle: %w", err)
+		}
+		if len(certs) > 0 {
+			k.bundle = certs
+		}
+	}
+	certPEM, err := os.ReadFile(filepath.Join(k.dir, nextCertFile))
+	if errors.Is(err, os.ErrNotExist) {
+		if len(k.bundle) > 1 {
+			k.phase = PhaseActivated
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load next root: %w", err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(k.dir, nextKeyFile))
+	if err != nil {
+		return fmt.Errorf("load next root: %w", err)
+	}
+	if k.next, err = Load(certPEM, keyPEM, trustDomain); err != nil {
+		return err
+	}
+	k.phase = PhasePrepared
+	if !containsCert(k.bundle, k.next.cert) {
+		k.bundle = append(k.bundle, k.next.cert)
+	}
+	return nil
+}
+
+// Authority returns the authority that signs now, carrying the current
+// trust bundle.
+func (k *Keeper) Authority() *Authority {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.cur
+}
+
+// Phase returns the rotation phase.
+func (k *Keeper) Phase() string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.phase
+}
+
+// Prepare starts a rotation: a new root joins the trust bundle; the old
+// root keeps signing. Peers must have the new bundle before Activate.
+func (k *Keeper) Prepare() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.supplied {
+		return ErrSupplied
+	}
+	if k.phase != PhaseStable {
+		return fmt.Errorf("prepare: %w (it is %s)", ErrPhase, k.phase)
+	}
+	next, err := NewRoot(k.cur.trustDomain, 0)
+	if err != nil {
+		return err
+	}
+	if err := next.saveAs(k.dir, nextCertFile, nextKeyFile); err != nil {
+		return err
+	}
+	k.next, k.phase = next, PhasePrepared
+	k.bundle = append(k.bundle, next.cert)
+	k.cur = k.cur.withRoots(k.bundle)
+	return k.saveBundleLocked()
+}
+
+// Activate makes the new root sign; both roots stay trusted. Certificates
+// signed by the old root must be replaced before Finish.
+func (k *Keeper) Activate() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.phase != PhasePrepared {
+		return fmt.Errorf("activate: %w (it is %s)", ErrPhase, k.phase)
+	}
+	if err := k.next.saveAs(k.dir, certFile, keyFile); err != nil {
+		return err
+	}
+	_ = os.Remove(filepath.Join(k.dir, nextCertFile))
+	_ = os.Remove(filepath.Join(k.dir, nextKeyFile))
+	k.cur, k.next, k.phase = k.next.withRoots(k.bundle), nil, PhaseActivated
+	return nil
+}
+
+// Finish drops every root but the signing one from the trust bundle.
+func (k *Keeper) Finish() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.phase != PhaseActivated {
+		return fmt.Errorf("finish: %w (it is %s)", ErrPhase, k.phase)
+	}
+	k.bundle = []*x509.Certificate{k.cur.rootCert()}
+	k.cur, k.phase = k.cur.withRoots(k.bundle), PhaseStable
+	return k.saveBundleLocked()
+}
+
+func (k *Keeper) saveBundleLocked() error {
+	var data []byte
+	for _, c := range k.bundle {
+		data = append(data, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	tmp := filepath.Join(k.dir, bundleFile+".tmp")
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("save trust bundle: %w", err)
+	}
+	return os.Rename(tmp, filepath.Join(k.dir, bundleFile))
+}
+
+// BundlePath is where a Keeper keeps the trust bundle (PEM, world
+// readable): what a proxy is started with to verify the control plane.
+func BundlePath(dir string) string { return filepath.Join(dir, bundleFile) }
+
+// Fingerprint is the hex SHA-256 of a certificate, as proxies report
+// their issuer.
+func Fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// SigningCert returns the certificate that signs leaves.
+func (a *Authority) SigningCert() *x509.Certificate { return a.cert }
+
+func (a *Authority) withRoots(roots []*x509.Certificate) *Authority {
+	c := *a
+	c.roots = append([]*x509.Certificate(nil), roots...)
+	return &c
+}
+
+// rootCert is the root at the top of the signing chain: the signing
+// certificate itself when it is a root.
+func (a *Authority) rootCert() *x509.Certificate {
+	if isSelfSigned(a.cert) {
+		return a.cert
+	}
+	for _, r := range a.roots {
+		if a.cert.CheckSignatureFrom(r) == nil {
+			return r
+		}
+	}
+	return a.roots[0]
+}
+
+func containsCert(certs []*x509.Certificate, c *x509.Certificate) bool {
+	for _, x := range certs {
+		if x.Equal(c) {
+			return true
+		}
+	}
+	return false
+}
+
+func parsePEMCerts(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for rest := data; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			return certs, nil
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, c)
+	}
+}

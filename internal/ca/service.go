@@ -1,0 +1,164 @@
+package ca
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+)
+
+// MaxCSRBytes bounds a certificate request.
+const MaxCSRBytes = 8 << 10
+
+// Attestor checks a bootstrap token: it returns the identity of the pod
+// namespace/name it was given to and spends it, so it never works again.
+// csrKey is the SHA-256 of the request's public key, so an attestor may
+// let the same key retry after a lost answer. Errors are the reason the
+// caller is refused. Called on gRPC's goroutines, concurrently.
+type Attestor interface {
+	Attest(ctx context.Context, token, namespace, name, csrKey string) (identity.ID, error)
+}
+
+// Service serves CertificateService: it signs CSRs for callers that proved
+// the identity they ask for.
+type Service struct {
+	meshpb.UnimplementedCertificateServiceServer
+	Keeper   *Keeper
+	Attestor Attestor
+	// TTL is the lifetime of issued certificates. Default 24 h.
+	TTL time.Duration
+	// OnIssue and OnRefuse, when set, observe each outcome (metrics, logs).
+	OnIssue  func(id identity.ID)
+	OnRefuse func(reason string, err error)
+}
+
+var _ meshpb.CertificateServiceServer = (*Service)(nil)
+
+// Sign implements CertificateService.Sign (see control.proto).
+func (s *Service) Sign(ctx context.Context, req *meshpb.SignRequest) (*meshpb.SignResponse, error) {
+	csr, id, err := parseCSR(req.GetCsr())
+	if err != nil {
+		return nil, s.refuse("bad_csr", status.Error(codes.InvalidArgument, err.Error()))
+	}
+	if err := s.prove(ctx, req, csr, id); err != nil {
+		return nil, s.refuse("not_proven", status.Error(codes.PermissionDenied, err.Error()))
+	}
+	auth := s.Keeper.Authority()
+	ttl := s.TTL
+	if ttl <= 0 {
+		ttl = 24 * time.Hour
+	}
+	chain, err := auth.SignCSR(req.GetCsr(), id, ttl)
+	if err != nil {
+		return nil, s.refuse("sign", status.Error(codes.InvalidArgument, err.Error()))
+	}
+	if s.OnIssue != nil {
+		s.OnIssue(id)
+	}
+	resp := &meshpb.SignResponse{}
+	for _, c := range chain {
+		resp.Chain = append(resp.Chain, c.Raw)
+	}
+	for _, c := range auth.Bundle() {
+		resp.TrustBundle = append(resp.TrustBundle, c.Raw)
+	}
+	return resp, nil
+}
+
+func (s *Service) refuse(reason string, err error) error {
+	if s.OnRefuse != nil {
+		s.OnRefuse(reason, err)
+	}
+	return err
+}
+
+// parseCSR checks what can be checked without knowing the caller.
+func parseCSR(der []byte) (*x509.CertificateRequest, identity.ID, error) {
+	switch {
+	case len(der) == 0:
+		return nil, identity.ID{}, errors.New("csr is empty: send a PKCS#10 request in DER")
+	case len(der) > MaxCSRBytes:
+		return nil, identity.ID{}, fmt.Errorf("csr is %d bytes, more than %d", len(der), MaxCSRBytes)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, identity.ID{}, fmt.Errorf("csr is not a PKCS#10 request: %v", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, identity.ID{}, fmt.Errorf("csr signature: %v", err)
+	}
+	if pub, ok := csr.PublicKey.(*ecdsa.PublicKey); !ok || pub.Curve != elliptic.P256() {
+		return nil, identity.ID{}, errors.New("csr key must be ECDSA P-256")
+	}
+	if len(csr.URIs) != 1 || len(csr.DNSNames)+len(csr.IPAddresses)+len(csr.EmailAddresses) > 0 {
+		return nil, identity.ID{}, errors.New("csr must name exactly one SPIFFE ID as its only SAN")
+	}
+	id, err := identity.Parse(csr.URIs[0].String())
+	if err != nil {
+		return nil, identity.ID{}, fmt.Errorf("csr SAN: %v", err)
+	}
+	return csr, id, nil
+}
+
+// prove checks that the caller is id: by a bootstrap token, or by a
+// verified client certificate for id.
+func (s *Service) prove(ctx context.Context, req *meshpb.SignRequest, csr *x509.CertificateRequest, id identity.ID) error {
+	if tok := req.GetBootstrapToken(); tok != "" {
+		if s.Attestor == nil {
+			return errors.New("this control plane accepts no bootstrap tokens")
+		}
+		got, err := s.Attestor.Attest(ctx, tok, req.GetPodNamespace(), req.GetPodName(), keyHash(csr))
+		if err != nil {
+			return err
+		}
+		if got != id {
+			return fmt.Errorf("the token proves %s, not the %s asked for", got, id)
+		}
+		return nil
+	}
+	peerID, err := clientIdentity(ctx)
+	if err != nil {
+		return fmt.Errorf("no bootstrap token, and %v", err)
+	}
+	if peerID != id {
+		return fmt.Errorf("the client certificate is %s, not the %s asked for", peerID, id)
+	}
+	return nil
+}
+
+// clientIdentity is the SPIFFE ID of the caller's verified TLS client
+// certificate.
+func clientIdentity(ctx context.Context) (identity.ID, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return identity.ID{}, errors.New("no TLS client certificate")
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 {
+		return identity.ID{}, errors.New("no verified TLS client certificate")
+	}
+	leaf := info.State.VerifiedChains[0][0]
+	if len(leaf.URIs) != 1 {
+		return identity.ID{}, errors.New("the client certificate carries no single SPIFFE ID")
+	}
+	return identity.Parse(leaf.URIs[0].String())
+}
+
+// ClientIdentity is the SPIFFE ID of a gRPC caller's verified client
+// certificate, for other services on the same server.
+func ClientIdentity(ctx context.Context) (identity.ID, error) { return clientIdentity(ctx) }
+
+func keyHash(csr *x509.CertificateRequest) string {
+	return Fingerprint(&x509.Certificate{Raw: csr.RawSubjectPublicKeyInfo})
+}

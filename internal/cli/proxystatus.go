@@ -1,0 +1,69 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/trellis-mesh/trellis/internal/push"
+)
+
+// newProxyStatusCmd shows every proxy's sync state, as istioctl
+// proxy-status does.
+func newProxyStatusCmd(o *options) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "proxy-status",
+		Short: "Show every proxy: connected, config acked, certificate expiry, NACKs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var st []push.ProxyStatus
+			if err := newAdminClient(o.stateDir).do(cmd.Context(), "GET", "/v1/proxies", nil, &st); err != nil {
+				return err
+			}
+			if output == "json" {
+				enc := json.NewEncoder(o.out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			tw := tabwriter.NewWriter(o.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONNECTED\tCONFIG\tVERSION\tLAST ACK\tCERT EXPIRES\tNACK")
+			for _, p := range st {
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Pod, p.Connected, syncState(p),
+					p.AckedVersion, ago(p.LastAck), until(p.CertNotAfter), p.NACK)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
+	return cmd
+}
+
+// syncState is SYNCED when the proxy acked what the control plane would
+// send it now (config and trust bundle), STALE otherwise.
+func syncState(p push.ProxyStatus) string {
+	switch {
+	case p.AckedVersion == "":
+		return "NOT SENT"
+	case p.AckedVersion == p.WantVersion && p.Bundle == p.WantBundle:
+		return "SYNCED"
+	}
+	return "STALE"
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+func until(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return "in " + time.Until(t).Round(time.Second).String()
+}

@@ -1,0 +1,510 @@
+package controlclient
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/meshtls"
+)
+
+// ErrTokenSpent means the bootstrap token was refused before the proxy had
+// any certificate: only a restart with a fresh token helps, so Run returns.
+var ErrTokenSpent = errors.New("the control plane refused the bootstrap token")
+
+// Control is the proxy's link to the control plane: it obtains and renews
+// the proxy's certificate (CertificateService) and follows its config
+// stream (ConfigService), reconnecting with jittered backoff whenever the
+// control plane is away, and never dropping what it has: the last config
+// and certificate stay in force indefinitely.
+type Control struct {
+	// Addr is the control plane's host:port (15012). Required.
+	Addr string
+	// ServerID is the identity the control plane must present. Required.
+	ServerID identity.ID
+	// BundleFile holds the roots (PEM) to trust the control plane by
+	// until it sends a bundle. Required; waited for if missing.
+	BundleFile string
+	// Identity is the proxy's workload identity, which it asks a
+	// certificate for. Required.
+	Identity identity.ID
+	// PodNamespace and PodName name the proxy's pod. Required.
+	PodNamespace, PodName string
+	// TokenFile holds the one-time bootstrap token for the first
+	// certificate. Required.
+	TokenFile string
+	// Dial connects to the control plane (the proxy's marked dialer).
+	// Default: net.Dialer.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Store receives the workload certificate and trust bundle. Required.
+	Store *meshtls.Store
+	// Apply installs a config; an error NACKs it and the previous config
+	// stays. Called on Run's goroutine. Required.
+	Apply func(*meshpb.ProxyConfig) error
+	// Backoff bounds the reconnect delay: it starts at Backoff and doubles
+	// up to MaxBackoff, each wait jittered. Defaults 200 ms and 5 s.
+	Backoff, MaxBackoff time.Duration
+
+	cpStore meshtls.Store // the link's own TLS material: current roots, and the SVID once there
+	renew   chan struct{} // buffered(1): renew the certificate now
+	sendMu  sync.Mutex    // one Send at a time on a stream
+
+	mu         sync.Mutex
+	bundle     []*x509.Certificate // guarded by mu
+	bundleVer  string              // guarded by mu
+	cert       *tls.Certificate    // guarded by mu
+	config     *meshpb.ProxyConfig // guarded by mu: the config in force
+	renewAsked int64               // guarded by mu: last renew_issued_before acted on
+}
+
+// Run obtains a certificate, then keeps it renewed and the config stream
+// followed, until ctx is done (then it returns nil) or the bootstrap token
+// is refused before any certificate (ErrTokenSpent).
+func (c *Control) Run(ctx context.Context) error {
+	if c.Backoff <= 0 {
+		c.Backoff = 200 * time.Millisecond
+	}
+	if c.MaxBackoff < c.Backoff {
+		c.MaxBackoff = max(5*time.Second, c.Backoff)
+	}
+	if c.Dial == nil {
+		var d net.Dialer
+		c.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	c.renew = make(chan struct{}, 1)
+	if err := c.loadBootstrapBundle(ctx); err != nil {
+		return nil // ctx done
+	}
+	// The first request goes without a client certificate; everything
+	// after it on a connection that presents one.
+	boot, err := c.dial()
+	if err != nil {
+		return err
+	}
+	err = c.firstCertificate(ctx, meshpb.NewCertificateServiceClient(boot))
+	boot.Close()
+	if err != nil || ctx.Err() != nil {
+		return err
+	}
+	conn, err := c.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	done := make(chan struct{})
+	go func() { defer close(done); c.renewLoop(ctx, meshpb.NewCertificateServiceClient(conn)) }()
+	c.streamLoop(ctx, meshpb.NewConfigServiceClient(conn))
+	<-done
+	return nil
+}
+
+func (c *Control) dial() (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient(c.Addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(meshtls.ClientConfig(&c.cpStore, meshtls.Exactly(c.ServerID)))),
+		grpc.WithContextDialer(c.Dial),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("control plane %s: %w", c.Addr, err)
+	}
+	return conn, nil
+}
+
+func (c *Control) loadBootstrapBundle(ctx context.Context) error {
+	for wait := c.Backoff; ; wait = c.next(wait) {
+		data, err := os.ReadFile(c.BundleFile)
+		if err == nil {
+			var roots []*x509.Certificate
+			if roots, err = parseCerts(data); err == nil && len(roots) > 0 {
+				c.setBundle(roots, "")
+				return nil
+			}
+			if err == nil {
+				err = errors.New("no certificate in it")
+			}
+		}
+		slog.Warn("control plane trust bundle not readable yet; retrying", "file", c.BundleFile, "err", err, "in", wait)
+		if !sleep(ctx, wait) {
+			return ctx.Err()
+		}
+	}
+}
+
+// firstCertificate trades the bootstrap token for a certificate, retrying
+// while the control plane is unreachable.
+func (c *Control) firstCertificate(ctx context.Context, certs meshpb.CertificateServiceClient) error {
+	for wait := c.Backoff; ; wait = c.next(wait) {
+		token, err := os.ReadFile(c.TokenFile)
+		if err == nil {
+			err = c.sign(ctx, certs, strings.TrimSpace(string(token)))
+			if err == nil {
+				return nil
+			}
+			if status.Code(err) == codes.PermissionDenied {
+				return fmt.Errorf("%w: %v", ErrTokenSpent, err)
+			}
+		}
+		slog.Warn("no certificate yet; retrying", "err", err, "in", wait)
+		if !sleep(ctx, wait) {
+			return nil
+		}
+	}
+}
+
+// renewLoop renews at half life, on the control plane's demand, and keeps
+// retrying (the current certificate stays in use) while it is away.
+func (c *Control) renewLoop(ctx context.Context, certs meshpb.CertificateServiceClient) {
+	wait := c.Backoff
+	for {
+		c.mu.Lock()
+		leaf := c.cert.Leaf
+		c.mu.Unlock()
+		due := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+		t := time.NewTimer(time.Until(due))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		case <-c.renew:
+			t.Stop()
+		}
+		for ctx.Err() == nil {
+			err := c.sign(ctx, certs, "")
+			if err == nil {
+				wait = c.Backoff
+				break
+			}
+			slog.Warn("certificate renewal failed; keeping the current one", "err", err, "notAfter", leaf.NotAfter, "retryIn", wait)
+			if !sleep(ctx, wait) {
+				return
+			}
+			wait = c.next(wait)
+		}
+	}
+}
+
+// sign asks for a certificate with a fresh key, proving the identity by
+// token (first) or by the current certificate (renewal).
+func (c *Control) sign(ctx context.Context, certs meshpb.CertificateServiceClient, token string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{c.Identity.URL()}}, key)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := certs.Sign(rctx, &meshpb.SignRequest{Csr: csr, BootstrapToken: token, PodNamespace: c.PodNamespace, PodName: c.PodName})
+	if err != nil {
+		return err
+	}
+	cert := tls.Certificate{PrivateKey: key, Certificate: resp.GetChain()}
+	if len(cert.Certificate) == 0 {
+		return errors.New("the control plane sent an empty chain")
+	}
+	if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+		return fmt.Errorf("issued certificate: %w", err)
+	}
+	var roots []*x509.Certificate
+	for _, der := range resp.GetTrustBundle() {
+		r, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("trust bundle: %w", err)
+		}
+		roots = append(roots, r)
+	}
+	c.mu.Lock()
+	c.cert = &cert
+	if len(roots) == 0 {
+		roots = c.bundle
+	}
+	c.mu.Unlock()
+	c.setBundle(roots, "")
+	slog.Info("certificate issued", "identity", c.Identity, "notAfter", cert.Leaf.NotAfter)
+	return nil
+}
+
+// setBundle installs roots (and the current certificate) in both stores;
+// an empty version keeps the one known.
+func (c *Control) setBundle(roots []*x509.Certificate, version string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.bundle = roots
+	if version != "" {
+		c.bundleVer = version
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	m := meshtls.Material{ID: c.Identity, Roots: pool}
+	if c.cert != nil {
+		m.Cert = *c.cert
+		c.Store.Set(m)
+	}
+	c.cpStore.Set(m)
+}
+
+// streamLoop follows the config stream, reconnecting with backoff.
+func (c *Control) streamLoop(ctx context.Context, cfgs meshpb.ConfigServiceClient) {
+	wait := c.Backoff
+	for ctx.Err() == nil {
+		applied, err := c.follow(ctx, cfgs)
+		if ctx.Err() != nil {
+			return
+		}
+		if applied {
+			wait = c.Backoff
+		}
+		slog.Warn("config stream ended; keeping the last config and reconnecting", "err", err, "in", wait)
+		if !sleep(ctx, wait) {
+			return
+		}
+		wait = c.next(wait)
+	}
+}
+
+// follow runs one stream; applied reports whether any update came.
+func (c *Control) follow(ctx context.Context, cfgs meshpb.ConfigServiceClient) (applied bool, err error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := cfgs.StreamConfig(sctx)
+	if err != nil {
+		return false, err
+	}
+	c.mu.Lock()
+	hello := &meshpb.ConfigRequest{PodNamespace: c.PodNamespace, PodName: c.PodName, Version: c.config.GetVersion()}
+	c.mu.Unlock()
+	if err := c.send(st, c.report(hello)); err != nil {
+		return false, err
+	}
+	sendErr := make(chan error, 1)
+	go c.reportRenewals(sctx, st, sendErr)
+	for {
+		upd, err := st.Recv()
+		if err != nil {
+			return applied, err
+		}
+		applied = true
+		ans := &meshpb.ConfigRequest{ResponseNonce: upd.GetNonce()}
+		if err := c.update(upd); err != nil {
+			slog.Error("config update refused; keeping the previous config", "version", upd.GetVersion(), "err", err)
+			ans.Error = err.Error()
+		}
+		c.mu.Lock()
+		ans.Version = c.config.GetVersion()
+		c.mu.Unlock()
+		if err := c.send(st, c.report(ans)); err != nil {
+			return applied, err
+		}
+		select {
+		case err := <-sendErr:
+			return applied, err
+		default:
+		}
+	}
+}
+
+// reportRenewals tells the control plane about each renewed certificate
+// (what root rotation waits for). It shares the stream's Send with follow,
+// which grpc-go allows only from one goroutine at a time: sends go
+// through c.sendMu.
+func (c *Control) reportRenewals(ctx context.Context, st meshpb.ConfigService_StreamConfigClient, sendErr chan<- error) {
+	c.mu.Lock()
+	last := c.cert.Leaf.SerialNumber.String()
+	c.mu.Unlock()
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		c.mu.Lock()
+		cur := c.cert.Leaf.SerialNumber.String()
+		c.mu.Unlock()
+		if cur == last {
+			continue
+		}
+		last = cur
+		if err := c.send(st, c.report(&meshpb.ConfigRequest{})); err != nil {
+			sendErr <- err
+			return
+		}
+	}
+}
+
+func (c *Control) send(st meshpb.ConfigService_StreamConfigClient, req *meshpb.ConfigRequest) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	return st.Send(req)
+}
+
+// report fills in the certificate and bundle the proxy holds.
+func (c *Control) report(req *meshpb.ConfigRequest) *meshpb.ConfigRequest {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cert != nil {
+		req.CertificateNotAfter = c.cert.Leaf.NotAfter.Unix()
+		req.CertificateIssuer = issuerOf(c.cert, c.bundle)
+	}
+	req.TrustBundleVersion = c.bundleVer
+	return req
+}
+
+// issuerOf is the SHA-256 (hex) of the certificate that signed the leaf:
+// the next in the chain, else the bundle root that verifies it.
+func issuerOf(cert *tls.Certificate, bundle []*x509.Certificate) string {
+	var issuer []byte
+	if len(cert.Certificate) > 1 {
+		issuer = cert.Certificate[1]
+	} else {
+		for _, r := range bundle {
+			if cert.Leaf.CheckSignatureFrom(r) == nil {
+				issuer = r.Raw
+			}
+		}
+	}
+	if issuer == nil {
+		return ""
+	}
+	sum := sha256.Sum256(issuer)
+	return hex.EncodeToString(sum[:])
+}
+
+// update merges upd into the config in force, validates and applies it.
+func (c *Control) update(upd *meshpb.ConfigUpdate) error {
+	c.mu.Lock()
+	cur := c.config
+	c.mu.Unlock()
+	next, err := Merge(cur, upd)
+	if err != nil {
+		return err
+	}
+	if err := Validate(next); err != nil {
+		return err
+	}
+	var roots []*x509.Certificate
+	for _, der := range upd.GetTrustBundle() {
+		r, err := x509.ParseCertificate(der)
+		if err != nil {
+			return fmt.Errorf("trust_bundle: %w", err)
+		}
+		roots = append(roots, r)
+	}
+	if err := c.Apply(next); err != nil {
+		return err
+	}
+	if len(roots) > 0 {
+		c.setBundle(roots, upd.GetTrustBundleVersion())
+	}
+	c.mu.Lock()
+	c.config = next
+	renew := false
+	if rb := upd.GetRenewIssuedBefore(); rb > c.renewAsked {
+		c.renewAsked = rb
+		// NotBefore is backdated a minute for clock skew.
+		renew = c.cert.Leaf.NotBefore.Add(time.Minute).Unix() < rb
+	}
+	c.mu.Unlock()
+	if renew {
+		select {
+		case c.renew <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// Merge applies an update to cur (nil before the first), returning a new
+// config; cur is not modified. Services stay sorted by namespace/name.
+func Merge(cur *meshpb.ProxyConfig, upd *meshpb.ConfigUpdate) (*meshpb.ProxyConfig, error) {
+	if cur == nil && !upd.GetFull() {
+		return nil, errors.New("an incremental update arrived before any full config")
+	}
+	if upd.GetVersion() == "" {
+		return nil, errors.New("version is required")
+	}
+	svcs := map[string]*meshpb.Service{}
+	if !upd.GetFull() {
+		for _, s := range cur.GetServices() {
+			svcs[s.GetNamespace()+"/"+s.GetName()] = s
+		}
+	}
+	for _, k := range upd.GetRemove() {
+		delete(svcs, k)
+	}
+	for _, s := range upd.GetUpsert() {
+		svcs[s.GetNamespace()+"/"+s.GetName()] = s
+	}
+	next := &meshpb.ProxyConfig{Version: upd.GetVersion(), Workload: upd.GetWorkload(), Inbound: upd.GetInbound()}
+	for _, s := range svcs {
+		next.Services = append(next.Services, s)
+	}
+	sort.Slice(next.Services, func(i, j int) bool {
+		a, b := next.Services[i], next.Services[j]
+		return a.GetNamespace()+"/"+a.GetName() < b.GetNamespace()+"/"+b.GetName()
+	})
+	return proto.CloneOf(next), nil
+}
+
+func (c *Control) next(wait time.Duration) time.Duration { return min(2*wait, c.MaxBackoff) }
+
+// sleep waits d, jittered to between half and all of it; false when ctx
+// ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	d = d/2 + mrand.N(d/2+1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func parseCerts(data []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for rest := data; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			return out, nil
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+}

@@ -1,0 +1,110 @@
+package controlplane
+
+import (
+	"encoding/json"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/ca"
+)
+
+// The admin API on the state directory's Unix socket (mode 0600), for the
+// CLI. JSON in and out; errors are {"error": "..."} with a 4xx status.
+//
+//	GET  /v1/proxies                     []push.ProxyStatus
+//	GET  /v1/ca                          CAStatus
+//	POST /v1/ca/rotate  RotateRequest -> CAStatus
+
+// CAStatus describes the authority and where root rotation stands.
+type CAStatus struct {
+	Phase  string `json:"phase"`
+	Signer string `json:"signer"` // SHA-256 of the signing certificate
+	// Bundle lists the trusted roots' SHA-256s.
+	Bundle        []string `json:"bundle"`
+	BundleVersion string   `json:"bundleVersion"`
+	// RenewIssuedBefore: certificates issued before it must be renewed.
+	RenewIssuedBefore time.Time `json:"renewIssuedBefore,omitzero"`
+}
+
+// RotateRequest names a rotation step: prepare, activate or finish.
+type RotateRequest struct {
+	Step string `json:"step"`
+}
+
+func (p *plane) adminMux() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/proxies", func(w http.ResponseWriter, _ *http.Request) {
+		st := p.push.Status()
+		sort.Slice(st, func(i, j int) bool {
+			return st[i].Namespace+"/"+st[i].Pod < st[j].Namespace+"/"+st[j].Pod
+		})
+		writeJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("GET /v1/ca", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, p.caStatus()) })
+	mux.HandleFunc("POST /v1/ca/rotate", func(w http.ResponseWriter, r *http.Request) {
+		var req RotateRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<10)).Decode(&req); err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad request body: " + err.Error()})
+			return
+		}
+		if err := p.rotate(req.Step); err != nil {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, p.caStatus())
+	})
+	return mux
+}
+
+func (p *plane) caStatus() CAStatus {
+	p.rotMu.Lock()
+	defer p.rotMu.Unlock()
+	auth := p.keeper.Authority()
+	st := CAStatus{Phase: p.keeper.Phase(), Signer: ca.Fingerprint(auth.SigningCert()), BundleVersion: bundleVersion(auth)}
+	for _, c := range auth.Bundle() {
+		st.Bundle = append(st.Bundle, ca.Fingerprint(c))
+	}
+	if p.renewBefore > 0 {
+		st.RenewIssuedBefore = time.Unix(p.renewBefore, 0)
+	}
+	return st
+}
+
+// rotate takes one step of root rotation and pushes its result: the new
+// bundle (prepare, finish), or the demand that every certificate issued
+// so far be renewed (activate).
+func (p *plane) rotate(step string) error {
+	p.rotMu.Lock()
+	defer p.rotMu.Unlock()
+	var err error
+	switch step {
+	case "prepare":
+		err = p.keeper.Prepare()
+	case "activate":
+		if err = p.keeper.Activate(); err == nil {
+			p.renewBefore = time.Now().Unix() + 1 // whole seconds: everything issued up to now
+		}
+	case "finish":
+		err = p.keeper.Finish()
+	default:
+		return errUnknownStep(step)
+	}
+	if err != nil {
+		return err
+	}
+	p.publishBundleLocked()
+	return nil
+}
+
+type errUnknownStep string
+
+func (e errUnknownStep) Error() string {
+	return "unknown rotation step " + string(e) + ": use prepare, activate or finish"
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}

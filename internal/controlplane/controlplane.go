@@ -1,0 +1,302 @@
+// Package controlplane is trellis-control: the certificate authority
+// service, discovery and the config stream, wired together and served on
+// the control plane's ports (gRPC with TLS on 15012, metrics on 15014, an
+// admin API on a Unix socket for the CLI). cmd/trellis-control and
+// `trellis control` (run by `trellis up`) call Run.
+package controlplane
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/catalog"
+	"github.com/trellis-mesh/trellis/internal/discovery"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/push"
+	"github.com/trellis-mesh/trellis/internal/safehttp"
+)
+
+// Config configures the control plane. Zero fields take the defaults given.
+type Config struct {
+	// StateDir keeps the CA (ca/, key mode 0600), spent bootstrap tokens
+	// and the admin socket. Required.
+	StateDir string
+	// Registry is the registry file to discover the mesh from. Required.
+	Registry string
+	// TrustDomain of the mesh. Default cluster.local.
+	TrustDomain string
+	// GRPCAddr serves CertificateService and ConfigService with TLS.
+	// Default :15012.
+	GRPCAddr string
+	// MetricsAddr serves /metrics. Default 127.0.0.1:15014.
+	MetricsAddr string
+	// CACert and CAKey, when set, are an operator's root or intermediate
+	// (PEM files) to sign with instead of a generated root.
+	CACert, CAKey string
+	// SVIDTTL is the lifetime of workload certificates. Default 24 h.
+	SVIDTTL time.Duration
+	// Debounce coalesces bursts of changes. Default 100 ms.
+	Debounce time.Duration
+}
+
+// ServerID is the identity the control plane presents to proxies in trust
+// domain td.
+func ServerID(td string) (identity.ID, error) {
+	return identity.ForWorkload(td, "trellis-system", "trellis-control")
+}
+
+// SocketPath is the admin socket in a control plane's state directory.
+func SocketPath(stateDir string) string { return filepath.Join(stateDir, "control.sock") }
+
+func (c *Config) setDefaults() error {
+	if c.StateDir == "" || c.Registry == "" {
+		return errors.New("control plane: a state directory and a registry file are required")
+	}
+	if (c.CACert == "") != (c.CAKey == "") {
+		return errors.New("control plane: --ca-cert and --ca-key go together")
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "cluster.local"
+	}
+	if c.GRPCAddr == "" {
+		c.GRPCAddr = ":15012"
+	}
+	if c.MetricsAddr == "" {
+		c.MetricsAddr = "127.0.0.1:15014"
+	}
+	if c.SVIDTTL <= 0 {
+		c.SVIDTTL = 24 * time.Hour
+	}
+	return nil
+}
+
+// plane is one running control plane.
+type plane struct {
+	cfg    Config
+	keeper *ca.Keeper
+	push   *push.Server
+	reg    *prometheus.Registry
+	id     identity.ID
+
+	rotMu       sync.Mutex // serialises rotation steps and bundle pushes
+	renewBefore int64      // guarded by rotMu: Unix seconds, 0 for none
+
+	certMu  sync.Mutex
+	cert    *tls.Certificate // guarded by certMu: the serving certificate
+	certFor *x509.Certificate
+}
+
+// Run runs the control plane until ctx is done.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.setDefaults(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("control plane: %w", err)
+	}
+	p := &plane{cfg: cfg, reg: prometheus.NewRegistry()}
+	var err error
+	if p.id, err = ServerID(cfg.TrustDomain); err != nil {
+		return err
+	}
+	var supplied *ca.Authority
+	if cfg.CACert != "" {
+		if supplied, err = loadSupplied(cfg.CACert, cfg.CAKey, cfg.TrustDomain); err != nil {
+			return err
+		}
+	}
+	if p.keeper, err = ca.OpenKeeper(filepath.Join(cfg.StateDir, "ca"), cfg.TrustDomain, supplied); err != nil {
+		return err
+	}
+	att, err := newTokenAttestor(cfg.TrustDomain, filepath.Join(cfg.StateDir, "spent-tokens"))
+	if err != nil {
+		return err
+	}
+	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p.push = push.New(push.Config{TrustDomain: cfg.TrustDomain, Debounce: cfg.Debounce, Metrics: push.NewMetrics(p.reg)})
+	p.publishBundleLocked() // nothing else runs yet
+	certs := p.caService(att)
+
+	grpcSrv := p.grpcServer()
+	meshpb.RegisterCertificateServiceServer(grpcSrv, certs)
+	meshpb.RegisterConfigServiceServer(grpcSrv, p.push)
+	ln, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("control plane: listen on %s: %w", cfg.GRPCAddr, err)
+	}
+	metricsLn, err := net.Listen("tcp", cfg.MetricsAddr)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("control plane: listen on %s: %w", cfg.MetricsAddr, err)
+	}
+	adminLn, err := listenUnix(SocketPath(cfg.StateDir))
+	if err != nil {
+		ln.Close()
+		metricsLn.Close()
+		return err
+	}
+	metricsMux := http.NewServeMux()
+	metricsMux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
+	metrics, admin := safehttp.Server(metricsMux), safehttp.Server(p.adminMux())
+
+	src := &discovery.File{Path: cfg.Registry, OnError: func(err error) { slog.Error("discovery", "err", err) }}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return src.Run(ctx, func(s *catalog.Snapshot) {
+			att.setSnapshot(s)
+			p.push.Update(s)
+		})
+	})
+	g.Go(func() error { return p.push.Run(ctx) })
+	g.Go(func() error { return grpcSrv.Serve(ln) })
+	g.Go(func() error { return ignoreClosed(metrics.Serve(metricsLn)) })
+	g.Go(func() error { return ignoreClosed(admin.Serve(adminLn)) })
+	g.Go(func() error {
+		<-ctx.Done()
+		grpcSrv.Stop() // proxies reconnect to the next instance; nothing to drain
+		metrics.Close()
+		admin.Close()
+		return nil
+	})
+	slog.Info("control plane running", "grpc", cfg.GRPCAddr, "metrics", cfg.MetricsAddr, "trustDomain", cfg.TrustDomain,
+		"root", ca.Fingerprint(p.keeper.Authority().SigningCert()))
+	return g.Wait()
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func listenUnix(path string) (net.Listener, error) {
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control plane: listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control plane: restrict %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+func loadSupplied(certPath, keyPath, td string) (*ca.Authority, error) {
+	certPEM, err := os.ReadFile(certPath)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-cert: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-key: %w", err)
+	}
+	return ca.Load(certPEM, keyPEM, td)
+}
+
+func (p *plane) caService(att ca.Attestor) *ca.Service {
+	issued := prometheus.NewCounter(prometheus.CounterOpts{Name: "trellis_control_certificates_issued_total",
+		Help: "Workload certificates signed."})
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_control_certificates_refused_total",
+		Help: "Certificate requests refused, by reason (bad_csr, not_proven, sign)."}, []string{"reason"})
+	p.reg.MustRegister(issued, refused)
+	return &ca.Service{Keeper: p.keeper, Attestor: att, TTL: p.cfg.SVIDTTL,
+		OnIssue: func(id identity.ID) { issued.Inc(); slog.Debug("certificate issued", "identity", id) },
+		OnRefuse: func(reason string, err error) {
+			refused.WithLabelValues(reason).Inc()
+			slog.Warn("certificate refused", "reason", reason, "err", err)
+		}}
+}
+
+// grpcServer builds the gRPC server with TLS 1.3 and explicit limits. A
+// client certificate is verified when given (config streams and renewals
+// need one; a first certificate request has none).
+func (p *plane) grpcServer() *grpc.Server {
+	tlsCfg := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			cert, err := p.servingCert()
+			if err != nil {
+				return nil, err
+			}
+			pool := x509.NewCertPool()
+			for _, r := range p.keeper.Authority().Bundle() {
+				pool.AddCert(r)
+			}
+			return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert}, NextProtos: []string{"h2"},
+				ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool}, nil
+		},
+	}
+	return grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.MaxConcurrentStreams(100),
+		grpc.ConnectionTimeout(10*time.Second),
+		grpc.MaxRecvMsgSize(64<<10),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+}
+
+// servingCert is the control plane's own certificate, issued by the
+// current signer and replaced at half life or when the signer changes.
+func (p *plane) servingCert() (*tls.Certificate, error) {
+	p.certMu.Lock()
+	defer p.certMu.Unlock()
+	auth := p.keeper.Authority()
+	if c := p.cert; c != nil && p.certFor.Equal(auth.SigningCert()) {
+		leaf := c.Leaf
+		if time.Now().Before(leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)) {
+			return c, nil
+		}
+	}
+	svid, err := auth.Issue(p.id, 24*time.Hour)
+	if err != nil {
+		return nil, fmt.Errorf("control plane certificate: %w", err)
+	}
+	cert := svid.TLSCertificate()
+	p.cert, p.certFor = &cert, auth.SigningCert()
+	return p.cert, nil
+}
+
+// publishBundleLocked hands the current trust bundle and renewal demand
+// to the config stream.
+func (p *plane) publishBundleLocked() {
+	auth := p.keeper.Authority()
+	b := push.Bundle{RenewIssuedBefore: p.renewBefore, Version: bundleVersion(auth)}
+	for _, c := range auth.Bundle() {
+		b.DER = append(b.DER, c.Raw)
+	}
+	p.push.SetBundle(b)
+}
+
+// bundleVersion names a trust bundle: a hash of its roots.
+func bundleVersion(a *ca.Authority) string {
+	h := sha256.New()
+	for _, c := range a.Bundle() {
+		h.Write(c.Raw)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}

@@ -1,0 +1,214 @@
+// Package proxycfg is the pure translation from the mesh's state to what a
+// proxy runs on: (catalog.Snapshot, the proxy's pod) -> meshpb.ProxyConfig.
+// It does no I/O and keeps no state; the same input always gives the same
+// output, which golden tests pin (go test -update rewrites them).
+//
+// The control plane (internal/push) imports it; the proxy never does.
+package proxycfg
+
+import (
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"sort"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+)
+
+// Rendered is what every proxy shares from one snapshot: the services,
+// each service's content hash (to send only what changed), and a digest
+// of them all. Its messages must not be modified.
+type Rendered struct {
+	Services []*meshpb.Service
+	Hashes   map[string]string // by ServiceKey
+	Digest   string
+}
+
+// Render renders every service of snap that has a VIP, each with its TCP
+// ports and their ready endpoints, sorted by namespace and name. Endpoints
+// with a sidecar carry the identity their proxy must present. The result
+// is the same for every proxy, so the control plane computes it once per
+// snapshot.
+func Render(snap *catalog.Snapshot, trustDomain string) *Rendered {
+	r := &Rendered{Hashes: map[string]string{}}
+	for _, svc := range snap.Services {
+		if !svc.ClusterIP.IsValid() {
+			continue
+		}
+		s := &meshpb.Service{Namespace: svc.Namespace, Name: svc.Name, Vip: svc.ClusterIP.String()}
+		for _, sp := range svc.Ports {
+			if sp.Protocol != catalog.TCP {
+				continue // the proxy handles TCP; UDP passes by
+			}
+			port := &meshpb.ServicePort{Port: uint32(sp.Port), Name: sp.Name, Protocol: PortProtocol(sp)}
+			port.Endpoints = endpoints(snap, svc, sp, trustDomain)
+			s.Ports = append(s.Ports, port)
+		}
+		r.Services = append(r.Services, s)
+	}
+	sort.Slice(r.Services, func(i, j int) bool { return ServiceKey(r.Services[i]) < ServiceKey(r.Services[j]) })
+	all := fnv.New64a()
+	for _, s := range r.Services {
+		h := hash(s)
+		r.Hashes[ServiceKey(s)] = h
+		all.Write([]byte(ServiceKey(s) + "=" + h + ";"))
+	}
+	r.Digest = fmt.Sprintf("%016x", all.Sum64())
+	return r
+}
+
+func endpoints(snap *catalog.Snapshot, svc *catalog.Service, sp catalog.ServicePort, trustDomain string) []*meshpb.Endpoint {
+	var out []*meshpb.Endpoint
+	for _, rp := range snap.Pods {
+		p := rp.Pod
+		if !rp.Ready || !rp.IP.IsValid() || p.Namespace != svc.Namespace || !catalog.SelectorMatches(svc.Selector, p.Labels) {
+			continue
+		}
+		target, ok := sp.ResolveTargetPort(p)
+		if !ok {
+			continue
+		}
+		e := &meshpb.Endpoint{Address: rp.IP.String(), Port: uint32(target),
+			Workload: WorkloadName(p), Namespace: p.Namespace, Labels: p.Labels}
+		if rp.Sidecar {
+			if id, err := identity.ForWorkload(trustDomain, p.Namespace, p.Spec.ServiceAccount); err == nil {
+				e.Identity = id.String()
+			}
+		}
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
+	return out
+}
+
+// ServiceKey names a service in updates: "namespace/name".
+func ServiceKey(s *meshpb.Service) string { return s.GetNamespace() + "/" + s.GetName() }
+
+// ForPod is the whole ProxyConfig of pod's sidecar, given what Render made
+// of the same snapshot. Its version is a hash of the content, so equal
+// configs have equal versions.
+func ForPod(snap *catalog.Snapshot, pod *catalog.RunningPod, r *Rendered, trustDomain string) (*meshpb.ProxyConfig, error) {
+	id, err := PodIdentity(pod.Pod, trustDomain)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &meshpb.ProxyConfig{
+		Workload: &meshpb.Workload{Namespace: pod.Pod.Namespace, Name: WorkloadName(pod.Pod), Identity: id.String(), Labels: pod.Pod.Labels},
+		Inbound:  InboundPolicy(snap.PeerAuthentications, pod.Pod),
+		Services: r.Services,
+	}
+	cfg.Version = version(r.Digest, cfg.Workload, cfg.Inbound)
+	return cfg, nil
+}
+
+// PodIdentity is the SPIFFE ID a pod's sidecar presents.
+func PodIdentity(p *catalog.Pod, trustDomain string) (identity.ID, error) {
+	return identity.ForWorkload(trustDomain, p.Namespace, p.Spec.ServiceAccount)
+}
+
+// version hashes the services' digest and the proxy's own parts.
+func version(digest string, parts ...proto.Message) string {
+	h := fnv.New64a()
+	h.Write([]byte(digest))
+	for _, m := range parts {
+		h.Write([]byte(hash(m)))
+	}
+	return fmt.Sprintf("%016x", h.Sum64())
+}
+
+func hash(m proto.Message) string {
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		panic(fmt.Sprintf("proxycfg: marshal %T: %v", m, err)) // only for invalid UTF-8, which catalog strings never hold
+	}
+	h := fnv.New64a()
+	h.Write(data)
+	return fmt.Sprintf("%016x", h.Sum64())
+}
+
+// InboundPolicy resolves the PeerAuthentications that apply to pod: the
+// mesh-wide one, the namespace's (no selector), then one selecting the pod,
+// whose port modes also win; UNSET inherits, PERMISSIVE when none.
+func InboundPolicy(pas []*catalog.PeerAuthentication, pod *catalog.Pod) *meshpb.InboundPolicy {
+	// Broadest first: the default, the mesh (root namespaces, Trellis's
+	// ahead of Istio's), the pod's namespace, then its workload.
+	mode := catalog.MTLSPermissive
+	ports := map[uint32]meshpb.MTLSMode{}
+	var workload *catalog.PeerAuthentication
+	var nsMode catalog.MTLSMode
+	meshMode := map[string]catalog.MTLSMode{}
+	for _, pa := range pas {
+		if pa.Selector == nil && pa.Mode != catalog.MTLSUnset && slices.Contains(catalog.RootNamespaces, pa.Namespace) {
+			meshMode[pa.Namespace] = pa.Mode
+		}
+		switch {
+		case pa.Namespace != pod.Namespace:
+		case pa.Selector == nil:
+			if pa.Mode != catalog.MTLSUnset {
+				nsMode = pa.Mode
+			}
+		case catalog.SelectorMatches(pa.Selector, pod.Labels):
+			workload = pa
+		}
+	}
+	for _, root := range slices.Backward(catalog.RootNamespaces) {
+		if m, ok := meshMode[root]; ok {
+			mode = m
+		}
+	}
+	if nsMode != "" {
+		mode = nsMode
+	}
+	if workload != nil {
+		if workload.Mode != catalog.MTLSUnset {
+			mode = workload.Mode
+		}
+		for port, m := range workload.PortModes {
+			if m != catalog.MTLSUnset {
+				ports[port] = pbMode(m)
+			}
+		}
+	}
+	return &meshpb.InboundPolicy{Mode: pbMode(mode), PortModes: ports}
+}
+
+func pbMode(m catalog.MTLSMode) meshpb.MTLSMode {
+	if m == catalog.MTLSStrict {
+		return meshpb.MTLSMode_MTLS_MODE_STRICT
+	}
+	return meshpb.MTLSMode_MTLS_MODE_PERMISSIVE
+}
+
+// WorkloadName is what metrics call a pod's workload: its Deployment, or
+// the pod itself.
+func WorkloadName(p *catalog.Pod) string {
+	if p.Owner != "" {
+		return p.Owner
+	}
+	return p.Name
+}
+
+// PortProtocol reads a Service port's protocol from appProtocol, else from
+// its name's prefix (http, http2, grpc, tcp), else leaves it to detection.
+func PortProtocol(sp catalog.ServicePort) meshpb.Protocol {
+	name := sp.AppProtocol
+	if name == "" {
+		name, _, _ = strings.Cut(sp.Name, "-")
+	}
+	switch strings.ToLower(name) {
+	case "http":
+		return meshpb.Protocol_PROTOCOL_HTTP
+	case "http2", "h2c", "kubernetes.io/h2c":
+		return meshpb.Protocol_PROTOCOL_HTTP2
+	case "grpc":
+		return meshpb.Protocol_PROTOCOL_GRPC
+	case "tcp":
+		return meshpb.Protocol_PROTOCOL_TCP
+	}
+	return meshpb.Protocol_PROTOCOL_UNSPECIFIED
+}
