@@ -1,0 +1,121 @@
+package proxycfg
+
+import (
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"encoding/json"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// snapshot: db with alpha (2 replicas, one not ready) behind a Service
+// with an HTTP and a gRPC port, zero (no sidecar) behind a TCP port; a
+// client pod; STRICT in db.
+func snapshot() *catalog.Snapshot {
+	pod := func(ns, name, owner, app string, ip string, ready, sidecar bool) *catalog.RunningPod {
+		return &catalog.RunningPod{
+			Pod: &catalog.Pod{Meta: catalog.Meta{Namespace: ns, Name: name, Labels: map[string]string{"app": app}}, Owner: owner,
+				Spec: catalog.PodSpec{ServiceAccount: app, Containers: []catalog.Container{{Name: "c",
+					Ports: []catalog.ContainerPort{{Name: "http", Port: 8080, Protocol: catalog.TCP}}}}}},
+			IP: netip.MustParseAddr(ip), Ready: ready, Sidecar: sidecar,
+		}
+	}
+	return &catalog.Snapshot{
+		Version:    7,
+		Namespaces: []*catalog.Namespace{{Meta: catalog.Meta{Name: "db"}}, {Meta: catalog.Meta{Name: "client"}}},
+		Services: []*catalog.Service{
+			{Meta: catalog.Meta{Namespace: "db", Name: "alpha"}, Selector: map[string]string{"app": "alpha"},
+				ClusterIP: netip.MustParseAddr("10.201.0.2"), Ports: []catalog.ServicePort{
+					{Name: "http", Protocol: catalog.TCP, Port: 8080, TargetPortName: "http"},
+					{Name: "grpc-api", Protocol: catalog.TCP, Port: 9080, TargetPort: 9080},
+					{Name: "dns", Protocol: catalog.UDP, Port: 53, TargetPort: 53},
+				}},
+			{Meta: catalog.Meta{Namespace: "db", Name: "zero"}, Selector: map[string]string{"app": "zero"},
+				ClusterIP: netip.MustParseAddr("10.201.0.3"), Ports: []catalog.ServicePort{
+					{Name: "raft", Protocol: catalog.TCP, Port: 5080, TargetPort: 5080, AppProtocol: "tcp"},
+				}},
+			{Meta: catalog.Meta{Namespace: "db", Name: "pending"}, Selector: map[string]string{"app": "x"}}, // no VIP yet
+		},
+		Pods: []*catalog.RunningPod{
+			pod("db", "alpha-1", "alpha", "alpha", "10.200.0.5", true, true),
+			pod("db", "alpha-2", "alpha", "alpha", "10.200.0.4", false, true),
+			pod("db", "zero-0", "", "zero", "10.200.0.6", true, false),
+			pod("client", "client", "", "client", "10.200.0.9", true, true),
+		},
+		PeerAuthentications: []*catalog.PeerAuthentication{{Meta: catalog.Meta{Namespace: "db", Name: "default"}, Mode: catalog.MTLSStrict}},
+	}
+}
+
+func TestForPodGolden(t *testing.T) {
+	snap := snapshot()
+	r := Render(snap, "cluster.local")
+	for _, tc := range []struct{ ns, pod string }{{"client", "client"}, {"db", "alpha-1"}} {
+		t.Run(tc.ns+"/"+tc.pod, func(t *testing.T) {
+			cfg, err := ForPod(snap, snap.Pod(tc.ns, tc.pod), r, "cluster.local")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// protojson's output varies its spacing on purpose; compare
+			// content in a stable form.
+			got = stable(t, got)
+			path := filepath.Join("testdata", tc.ns+"-"+tc.pod+".golden.json")
+			if *update {
+				if err := os.WriteFile(path, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test -update to create it)", err)
+			}
+			if string(got) != string(want) {
+				t.Errorf("ForPod(%s/%s) differs from %s (run go test ./internal/proxycfg -update if intended):\ngot:\n%s\nwant:\n%s", tc.ns, tc.pod, path, got, want)
+			}
+		})
+	}
+}
+
+func TestVersionFollowsContent(t *testing.T) {
+	snap := snapshot()
+	r := Render(snap, "cluster.local")
+	a, _ := ForPod(snap, snap.Pod("client", "client"), r, "cluster.local")
+	b, _ := ForPod(snap, snap.Pod("client", "client"), Render(snapshot(), "cluster.local"), "cluster.local")
+	if a.GetVersion() != b.GetVersion() {
+		t.Errorf("equal snapshots give versions %s and %s", a.GetVersion(), b.GetVersion())
+	}
+	snap2 := snapshot()
+	snap2.Pods[1].Ready = true // alpha-2 joins
+	r2 := Render(snap2, "cluster.local")
+	c, _ := ForPod(snap2, snap2.Pod("client", "client"), r2, "cluster.local")
+	if c.GetVersion() == a.GetVersion() {
+		t.Error("a new endpoint did not change the version")
+	}
+	if r.Hashes["db/zero"] != r2.Hashes["db/zero"] || r.Hashes["db/alpha"] == r2.Hashes["db/alpha"] {
+		t.Errorf("service hashes: only db/alpha should change: %v -> %v", r.Hashes, r2.Hashes)
+	}
+}
+
+func stable(t *testing.T, data []byte) []byte {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(data, &v); err != nil {
+		t.Fatal(err)
+	}
+	out, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(out, '\n')
+}
