@@ -21,13 +21,14 @@ import (
 // MaxCSRBytes bounds a certificate request.
 const MaxCSRBytes = 8 << 10
 
-// Attestor checks a bootstrap token: it returns the identity of the pod
-// namespace/name it was given to and spends it, so it never works again.
+// Attestor checks a bootstrap token: that it was given to pod
+// namespace/name, which runs as want, and has not been spent; then it
+// spends it, so it never works again. Nothing is spent on refusal.
 // csrKey is the SHA-256 of the request's public key, so an attestor may
 // let the same key retry after a lost answer. Errors are the reason the
 // caller is refused. Called on gRPC's goroutines, concurrently.
 type Attestor interface {
-	Attest(ctx context.Context, token, namespace, name, csrKey string) (identity.ID, error)
+	Attest(ctx context.Context, token, namespace, name string, want identity.ID, csrKey string) error
 }
 
 // Service serves CertificateService: it signs CSRs for callers that proved
@@ -118,14 +119,7 @@ func (s *Service) prove(ctx context.Context, req *meshpb.SignRequest, csr *x509.
 		if s.Attestor == nil {
 			return errors.New("this control plane accepts no bootstrap tokens")
 		}
-		got, err := s.Attestor.Attest(ctx, tok, req.GetPodNamespace(), req.GetPodName(), keyHash(csr))
-		if err != nil {
-			return err
-		}
-		if got != id {
-			return fmt.Errorf("the token proves %s, not the %s asked for", got, id)
-		}
-		return nil
+		return s.Attestor.Attest(ctx, tok, req.GetPodNamespace(), req.GetPodName(), id, keyHash(csr))
 	}
 	peerID, err := clientIdentity(ctx)
 	if err != nil {

@@ -1,0 +1,358 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
+	"github.com/trellis-mesh/trellis/internal/controlclient"
+	"github.com/trellis-mesh/trellis/internal/discovery"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/meshtls"
+)
+
+// A real control plane on loopback, fed by a registry file the test
+// writes, as the one-host runtime does.
+type rig struct {
+	t        *testing.T
+	dir      string
+	addr     string
+	cancel   context.CancelFunc
+	done     chan error
+	snap     *catalog.Snapshot
+	tokens   map[string]string // pod key -> token
+	registry string
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func newRig(t *testing.T) *rig {
+	r := &rig{t: t, dir: t.TempDir(), addr: freeAddr(t), tokens: map[string]string{}}
+	r.registry = filepath.Join(r.dir, "registry.json")
+	r.snap = &catalog.Snapshot{
+		Namespaces: []*catalog.Namespace{{Meta: catalog.Meta{Name: "web"}}},
+		Services: []*catalog.Service{{Meta: catalog.Meta{Namespace: "web", Name: "hello"}, Selector: map[string]string{"app": "hello"},
+			ClusterIP: netip.MustParseAddr("10.201.0.1"), Ports: []catalog.ServicePort{{Name: "http", Protocol: catalog.TCP, Port: 8080, TargetPort: 8080}}}},
+	}
+	for i, name := range []string{"a", "b"} {
+		r.addPod(name, netip.AddrFrom4([4]byte{10, 200, 0, byte(2 + i)}))
+	}
+	r.write()
+	r.start()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *rig) addPod(name string, ip netip.Addr) {
+	tok := name + "-secret-token"
+	sum := sha256.Sum256([]byte(tok))
+	r.tokens["web/"+name] = tok
+	r.snap.Pods = append(r.snap.Pods, &catalog.RunningPod{
+		Pod: &catalog.Pod{Meta: catalog.Meta{Namespace: "web", Name: name, Labels: map[string]string{"app": "hello"}},
+			Spec: catalog.PodSpec{ServiceAccount: "hello"}},
+		IP: ip, Ready: true, Sidecar: true, BootstrapTokenSHA256: hex.EncodeToString(sum[:]),
+	})
+}
+
+func (r *rig) write() {
+	r.snap.Version++
+	if err := discovery.WriteFile(r.registry, r.snap); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r *rig) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel, r.done = cancel, make(chan error, 1)
+	cfg := Config{StateDir: filepath.Join(r.dir, "control"), Registry: r.registry, GRPCAddr: r.addr,
+		MetricsAddr: "127.0.0.1:0", SVIDTTL: time.Hour, Debounce: 20 * time.Millisecond}
+	go func() { r.done <- Run(ctx, cfg) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.Dial("tcp", r.addr); err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatal("control plane did not start listening")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (r *rig) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	if err := <-r.done; err != nil {
+		r.t.Errorf("Run returned %v", err)
+	}
+	r.cancel = nil
+}
+
+func (r *rig) bundle() []byte {
+	data, err := os.ReadFile(filepath.Join(r.dir, "control", "ca", "trust-bundle.pem"))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return data
+}
+
+// client dials the control plane, verifying its identity, presenting cert
+// when not nil.
+func (r *rig) client(cert *tls.Certificate) *grpc.ClientConn {
+	r.t.Helper()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(r.bundle())
+	var store meshtls.Store
+	m := meshtls.Material{Roots: pool}
+	if cert != nil {
+		m.Cert = *cert
+	}
+	store.Set(m)
+	id, _ := ServerID("cluster.local")
+	conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(credentials.NewTLS(meshtls.ClientConfig(&store, meshtls.Exactly(id)))))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func csrFor(t *testing.T, id string, key any) []byte {
+	t.Helper()
+	u, _ := url.Parse(id)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+func p256(t *testing.T) *ecdsa.PrivateKey {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+const helloID = "spiffe://cluster.local/ns/web/sa/hello"
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestSignRefusesWhatIsNotProven(t *testing.T) {
+	r := newRig(t)
+	certs := meshpb.NewCertificateServiceClient(r.client(nil))
+	ctx := ctxT(t)
+	key := p256(t)
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	sign := func(req *meshpb.SignRequest) error {
+		_, err := certs.Sign(ctx, req)
+		return err
+	}
+	// The first good request spends a's token.
+	if err := sign(&meshpb.SignRequest{Csr: csrFor(t, helloID, key), BootstrapToken: r.tokens["web/a"], PodNamespace: "web", PodName: "a"}); err != nil {
+		t.Fatalf("a's first certificate: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		req  *meshpb.SignRequest
+		code codes.Code
+		msg  string
+	}{
+		{"no token, no client certificate", &meshpb.SignRequest{Csr: csrFor(t, helloID, key)}, codes.PermissionDenied, "no bootstrap token"},
+		{"another pod's token", &meshpb.SignRequest{Csr: csrFor(t, helloID, key), BootstrapToken: r.tokens["web/b"], PodNamespace: "web", PodName: "a"}, codes.PermissionDenied, "not given to pod web/a"},
+		{"a replayed token from another key", &meshpb.SignRequest{Csr: csrFor(t, helloID, p256(t)), BootstrapToken: r.tokens["web/a"], PodNamespace: "web", PodName: "a"}, codes.PermissionDenied, "used already"},
+		{"an unknown pod", &meshpb.SignRequest{Csr: csrFor(t, helloID, key), BootstrapToken: "x", PodNamespace: "web", PodName: "nope"}, codes.PermissionDenied, "no pod web/nope"},
+		{"a token for another identity", &meshpb.SignRequest{Csr: csrFor(t, "spiffe://cluster.local/ns/web/sa/admin", p256(t)), BootstrapToken: r.tokens["web/b"], PodNamespace: "web", PodName: "b"}, codes.PermissionDenied, "not as the spiffe://cluster.local/ns/web/sa/admin"},
+		{"garbage CSR", &meshpb.SignRequest{Csr: []byte("not a csr"), BootstrapToken: r.tokens["web/b"], PodNamespace: "web", PodName: "b"}, codes.InvalidArgument, "not a PKCS#10"},
+		{"empty CSR", &meshpb.SignRequest{}, codes.InvalidArgument, "empty"},
+		{"RSA key", &meshpb.SignRequest{Csr: csrFor(t, helloID, rsaKey), BootstrapToken: r.tokens["web/b"], PodNamespace: "web", PodName: "b"}, codes.InvalidArgument, "P-256"},
+		{"P-384 key", &meshpb.SignRequest{Csr: csrFor(t, helloID, p384), BootstrapToken: r.tokens["web/b"], PodNamespace: "web", PodName: "b"}, codes.InvalidArgument, "P-256"},
+		{"oversized CSR", &meshpb.SignRequest{Csr: make([]byte, 9<<10)}, codes.InvalidArgument, "more than"},
+		{"huge message", &meshpb.SignRequest{Csr: make([]byte, 1<<20)}, codes.ResourceExhausted, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := sign(tc.req)
+			if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+				t.Errorf("Sign = %v, want %v containing %q", err, tc.code, tc.msg)
+			}
+		})
+	}
+	// b's token was never spent by the refused requests above.
+	if err := sign(&meshpb.SignRequest{Csr: csrFor(t, helloID, p256(t)), BootstrapToken: r.tokens["web/b"], PodNamespace: "web", PodName: "b"}); err != nil {
+		t.Errorf("b's first certificate after the refusals: %v", err)
+	}
+}
+
+// A flood of streams without certificates is refused one by one, and the
+// control plane keeps serving.
+func TestStreamFloodIsRefused(t *testing.T) {
+	r := newRig(t)
+	ctx := ctxT(t)
+	cfgs := meshpb.NewConfigServiceClient(r.client(nil))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	codesSeen := map[codes.Code]int{}
+	for range 300 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, err := cfgs.StreamConfig(ctx)
+			if err == nil {
+				_ = st.Send(&meshpb.ConfigRequest{PodNamespace: "web", PodName: "a"})
+				_, err = st.Recv()
+			}
+			mu.Lock()
+			codesSeen[status.Code(err)]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if codesSeen[codes.Unauthenticated] != 300 {
+		t.Errorf("300 streams without a certificate ended with %v, want 300 Unauthenticated", codesSeen)
+	}
+	// A real proxy still gets its config.
+	got := runProxy(t, r, "a")
+	waitConfig(t, got, func(c *meshpb.ProxyConfig) bool { return len(c.GetServices()) == 1 })
+}
+
+// runProxy runs the proxy side (controlclient.Control) for pod name.
+func runProxy(t *testing.T, r *rig, name string) *configs {
+	tokFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokFile, []byte(r.tokens["web/"+name]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(t.TempDir(), "bundle.pem")
+	if err := os.WriteFile(bundle, r.bundle(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	id, _ := identity.Parse(helloID)
+	sid, _ := ServerID("cluster.local")
+	got := &configs{store: &meshtls.Store{}}
+	ctl := &controlclient.Control{Addr: r.addr, ServerID: sid, BundleFile: bundle, Identity: id, PodNamespace: "web", PodName: name,
+		TokenFile: tokFile, Store: got.store, Apply: got.apply, Backoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ctl.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Control.Run = %v", err)
+		}
+	})
+	return got
+}
+
+type configs struct {
+	store *meshtls.Store
+	mu    sync.Mutex
+	last  *meshpb.ProxyConfig
+	n     int
+}
+
+func (c *configs) apply(cfg *meshpb.ProxyConfig) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.last, c.n = cfg, c.n+1
+	return nil
+}
+
+func (c *configs) current() *meshpb.ProxyConfig {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
+}
+
+func waitConfig(t *testing.T, c *configs, ok func(*meshpb.ProxyConfig) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if cfg := c.current(); cfg != nil && ok(cfg) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for a config; last: %v", c.current())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func endpoints(c *meshpb.ProxyConfig) int {
+	n := 0
+	for _, s := range c.GetServices() {
+		for _, p := range s.GetPorts() {
+			n += len(p.GetEndpoints())
+		}
+	}
+	return n
+}
+
+// The control plane goes away and comes back: the proxy keeps its config
+// and certificate meanwhile, reconnects, and learns what changed. The root
+// is the same after the restart, so the certificate issued before still
+// verifies.
+func TestRestartKeepsRootAndProxiesResync(t *testing.T) {
+	r := newRig(t)
+	got := runProxy(t, r, "a")
+	waitConfig(t, got, func(c *meshpb.ProxyConfig) bool { return endpoints(c) == 2 })
+	cert := got.store.Current().Cert.Leaf
+	rootBefore := string(r.bundle())
+
+	r.stop()
+	r.addPod("c", netip.MustParseAddr("10.200.0.9"))
+	r.write()
+	time.Sleep(300 * time.Millisecond)
+	if endpoints(got.current()) != 2 || got.store.Current() == nil {
+		t.Fatal("the proxy lost its config or certificate while the control plane was away")
+	}
+	r.start()
+	waitConfig(t, got, func(c *meshpb.ProxyConfig) bool { return endpoints(c) == 3 })
+	if string(r.bundle()) != rootBefore {
+		t.Error("the restarted control plane has another root")
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(r.bundle())
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("a certificate issued before the restart does not verify after it: %v", err)
+	}
+	if info, err := os.Stat(filepath.Join(r.dir, "control", "ca", "ca-key.pem")); err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("CA key file: %v, mode %v; want 0600", err, info.Mode().Perm())
+	}
+}
