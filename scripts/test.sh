@@ -3,7 +3,7 @@
 # It installs what the suite needs when missing, checks that generated code
 # is current, then runs go vet,
 # staticcheck, a short fuzz smoke run of each parser, and go test -race over
-# every package, and last a short run of the proxy benchmark (bench/run.sh:
+# every package, and last short runs of the proxy benchmark (bench/run.sh:
 # it must keep working; its figures are not checked here). Run it as root:
 # the network-namespace tests and the benchmark skip, saying so, without
 # root.
@@ -91,3 +91,6 @@ if [ "$(id -u)" -eq 0 ]; then
   log "benchmark smoke run (bench/run.sh with short phases; the figures are not checked)"
   bench/run.sh -duration 2s -rates 1000 -workers 1 -idle 100 -flood 1s
 fi
+
+log "control-plane benchmark smoke run (bench/run-control.sh with 50 proxies; the figures are not checked)"
+bench/run-control.sh -proxies 50 -flips 2

@@ -18,6 +18,10 @@ import (
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 )
 
+// ErrNotReady is what an Attestor wraps when it cannot decide yet (the
+// mesh's state is not loaded): the caller gets UNAVAILABLE and retries.
+var ErrNotReady = errors.New("the control plane has not loaded the mesh yet; retry")
+
 // MaxCSRBytes bounds a certificate request.
 const MaxCSRBytes = 8 << 10
 
@@ -53,6 +57,9 @@ func (s *Service) Sign(ctx context.Context, req *meshpb.SignRequest) (*meshpb.Si
 		return nil, s.refuse("bad_csr", status.Error(codes.InvalidArgument, err.Error()))
 	}
 	if err := s.prove(ctx, req, csr, id); err != nil {
+		if errors.Is(err, ErrNotReady) {
+			return nil, status.Error(codes.Unavailable, err.Error())
+		}
 		return nil, s.refuse("not_proven", status.Error(codes.PermissionDenied, err.Error()))
 	}
 	auth := s.Keeper.Authority()

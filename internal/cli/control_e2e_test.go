@@ -78,8 +78,8 @@ func (m *mesh) load(rate int, d time.Duration) (wait func() cli.LoadReport) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		out, errOut, err = m.run("exec", "-n", "client", "client", "--", "trellis", "example", "load",
-			"--rate", fmt.Sprint(rate), "--duration", d.String(), "--timeout", "5s", helloURL)
+		out, errOut, err = m.runWithin(d+time.Minute, "exec", "-n", "client", "client", "--", "trellis", "example", "load",
+			"--rate", fmt.Sprint(rate), "--workers", "64", "--duration", d.String(), "--timeout", "5s", helloURL)
 	}()
 	return func() cli.LoadReport {
 		m.t.Helper()
@@ -160,13 +160,21 @@ func TestControlPlaneOutageRotationAndScaling(t *testing.T) {
 
 	t.Run("control plane away for 60 s: no failed request, an endpoint added meanwhile is learned", func(t *testing.T) {
 		before := m.readyPods("web")
-		wait := m.load(500, 75*time.Second)
+		wait := m.load(500, 85*time.Second)
 		time.Sleep(5 * time.Second)
 		m.must("control-plane", "stop")
 		stopped := time.Now()
+		// A new replica cannot get its certificate while the control plane
+		// is away (as in Istio): it starts, and stays unready.
 		m.apply(helloDeployment(3))
+		time.Sleep(time.Until(stopped.Add(60 * time.Second)))
+		if len(m.readyPods("web")) != 2 {
+			t.Errorf("a replica became ready without a control plane to certify it: %v", m.readyPods("web"))
+		}
+		m.must("control-plane", "start")
+		restarted := time.Now()
 		var added string
-		waitFor(t, "the third replica to be ready", 30*time.Second, func() bool {
+		waitFor(t, "the third replica to be ready", 20*time.Second, func() bool {
 			for _, p := range m.readyPods("web") {
 				if !slices.Contains(before, p) {
 					added = p
@@ -174,19 +182,12 @@ func TestControlPlaneOutageRotationAndScaling(t *testing.T) {
 			}
 			return added != ""
 		})
-		time.Sleep(time.Until(stopped.Add(60 * time.Second)))
-		m.must("control-plane", "start")
-		restarted := time.Now()
-		waitFor(t, "every proxy to reconnect and sync", 30*time.Second, func() bool { return m.allSynced(4) })
-		t.Logf("proxies synced %s after the restart", time.Since(restarted).Round(time.Millisecond))
+		waitFor(t, "every proxy to reconnect and sync", 15*time.Second, func() bool { return m.allSynced(4) })
+		t.Logf("proxies synced and the new replica ready %s after the restart", time.Since(restarted).Round(time.Millisecond))
 		rep := wait()
 		checkNoFailures(t, "500 rps across the outage", rep)
-		st := rep.Responders[added]
-		if st == nil {
-			t.Fatalf("the replica %s added while the control plane was away got no traffic after it returned", added)
-		}
-		if st.First.Before(restarted) {
-			t.Errorf("replica %s got traffic at %s, before the control plane returned at %s", added, st.First, restarted)
+		if rep.Responders[added] == nil {
+			t.Errorf("the replica %s added while the control plane was away got no traffic after it returned", added)
 		}
 	})
 

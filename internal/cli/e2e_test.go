@@ -74,7 +74,12 @@ func newMesh(t *testing.T) *mesh {
 
 // run runs trellis with args against the mesh's state directory.
 func (m *mesh) run(args ...string) (stdout, stderr string, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	return m.runWithin(2*time.Minute, args...)
+}
+
+// runWithin is run with a time limit of its own.
+func (m *mesh) runWithin(limit time.Duration, args ...string) (stdout, stderr string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, trellisBin, append([]string{"--state-dir", m.state}, args...)...)
 	var out, errb strings.Builder

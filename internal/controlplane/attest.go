@@ -66,7 +66,7 @@ func (a *tokenAttestor) Attest(_ context.Context, token, namespace, name string,
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.snap == nil {
-		return errors.New("the control plane has not loaded the mesh yet; retry")
+		return ca.ErrNotReady
 	}
 	pod := a.snap.Pod(namespace, name)
 	if pod == nil {
