@@ -135,12 +135,34 @@ func (m *mesh) readyPods(ns string) []string {
 	return names
 }
 
-func checkNoFailures(t *testing.T, what string, rep cli.LoadReport) {
+func (m *mesh) checkNoFailures(t *testing.T, what string, rep cli.LoadReport) {
 	t.Helper()
 	t.Logf("%s: %d sent, %d ok, %d failed; responders %v", what, rep.Sent, rep.OK, rep.Failed, counts(rep))
 	if rep.Failed > 0 || rep.OK == 0 {
-		t.Errorf("%s: %d of %d requests failed; first errors:\n%s", what, rep.Failed, rep.Sent, strings.Join(rep.Errors, "\n"))
+		t.Errorf("%s: %d of %d requests failed; first errors:\n%s\n%s", what, rep.Failed, rep.Sent, strings.Join(rep.Errors, "\n"), m.sidecarLogs())
 	}
+}
+
+// sidecarLogs is the last lines every sidecar wrote of its own (not its
+// access log), and each pod's restarts: what a failure needs explained.
+func (m *mesh) sidecarLogs() string {
+	var b strings.Builder
+	for _, ns := range []string{"web", "client"} {
+		for _, p := range m.pods(ns) {
+			for _, c := range p.Containers {
+				fmt.Fprintf(&b, "--- %s/%s %s (ip %s): %s, %d restarts\n", ns, p.Name, c.Name, p.IP, c.State, c.Restarts)
+			}
+			logs, _, _ := m.run("logs", "-n", ns, p.Name, "-c", "trellis-proxy")
+			var own []string
+			for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+				if !strings.Contains(line, `"reporter":`) {
+					own = append(own, line)
+				}
+			}
+			b.WriteString(strings.Join(own[max(0, len(own)-15):], "\n") + "\n")
+		}
+	}
+	return b.String()
 }
 
 func counts(rep cli.LoadReport) map[string]int {
@@ -185,7 +207,7 @@ func TestControlPlaneOutageRotationAndScaling(t *testing.T) {
 		waitFor(t, "every proxy to reconnect and sync", 15*time.Second, func() bool { return m.allSynced(4) })
 		t.Logf("proxies synced and the new replica ready %s after the restart", time.Since(restarted).Round(time.Millisecond))
 		rep := wait()
-		checkNoFailures(t, "500 rps across the outage", rep)
+		m.checkNoFailures(t, "500 rps across the outage", rep)
 		if rep.Responders[added] == nil {
 			t.Errorf("the replica %s added while the control plane was away got no traffic after it returned", added)
 		}
@@ -196,7 +218,7 @@ func TestControlPlaneOutageRotationAndScaling(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		out := m.must("ca", "rotate", "--timeout", "15s")
 		t.Log(out)
-		checkNoFailures(t, "500 rps across root rotation", wait())
+		m.checkNoFailures(t, "500 rps across root rotation", wait())
 	})
 
 	t.Run("scaling up and down under load", func(t *testing.T) {
@@ -228,7 +250,7 @@ func TestControlPlaneOutageRotationAndScaling(t *testing.T) {
 			return len(pods) == 1
 		})
 		rep := wait()
-		checkNoFailures(t, "500 rps while scaling 3 -> 5 -> 1", rep)
+		m.checkNoFailures(t, "500 rps while scaling 3 -> 5 -> 1", rep)
 		for name, at := range readyAt {
 			st := rep.Responders[name]
 			switch {
@@ -260,7 +282,7 @@ func TestShortLivedCertificatesUnderLoad(t *testing.T) {
 		return out
 	}
 	first := serials()
-	checkNoFailures(t, "500 rps for 2 minutes with 20 s certificates", m.load(500, 2*time.Minute)())
+	m.checkNoFailures(t, "500 rps for 2 minutes with 20 s certificates", m.load(500, 2*time.Minute)())
 	// Every proxy renewed several times (every ~10 s).
 	for k := range first {
 		if serials()[k] {

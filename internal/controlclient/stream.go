@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -128,6 +129,10 @@ func (c *Control) dial() (*grpc.ClientConn, error) {
 	conn, err := grpc.NewClient(c.Addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(meshtls.ClientConfig(&c.cpStore, meshtls.Exactly(c.ServerID)))),
 		grpc.WithContextDialer(c.Dial),
+		// grpc-go would back off up to 2 minutes between connection
+		// attempts; a proxy waiting for its first certificate must not.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: c.Backoff, Multiplier: 1.6, Jitter: 0.2,
+			MaxDelay: c.MaxBackoff}, MinConnectTimeout: 5 * time.Second}),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)
 	if err != nil {

@@ -10,6 +10,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
 	"net"
 	"net/netip"
 	"net/url"
@@ -31,6 +34,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/push"
 )
 
 // A real control plane on loopback, fed by a registry file the test
@@ -254,7 +258,11 @@ func TestStreamFloodIsRefused(t *testing.T) {
 }
 
 // runProxy runs the proxy side (controlclient.Control) for pod name.
-func runProxy(t *testing.T, r *rig, name string) *configs {
+func runProxy(t *testing.T, r *rig, name string) *configs { return runProxyRefusing(t, r, name, nil) }
+
+// runProxyRefusing is runProxy with a proxy that refuses (NACKs) the
+// configs refuse says no to.
+func runProxyRefusing(t *testing.T, r *rig, name string, refuse func(*meshpb.ProxyConfig) error) *configs {
 	tokFile := filepath.Join(t.TempDir(), "token")
 	if err := os.WriteFile(tokFile, []byte(r.tokens["web/"+name]), 0o600); err != nil {
 		t.Fatal(err)
@@ -265,7 +273,7 @@ func runProxy(t *testing.T, r *rig, name string) *configs {
 	}
 	id, _ := identity.Parse(helloID)
 	sid, _ := ServerID("cluster.local")
-	got := &configs{store: &meshtls.Store{}}
+	got := &configs{store: &meshtls.Store{}, refuse: refuse}
 	ctl := &controlclient.Control{Addr: r.addr, ServerID: sid, BundleFile: bundle, Identity: id, PodNamespace: "web", PodName: name,
 		TokenFile: tokFile, Store: got.store, Apply: got.apply, Backoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -281,17 +289,30 @@ func runProxy(t *testing.T, r *rig, name string) *configs {
 }
 
 type configs struct {
-	store *meshtls.Store
+	store  *meshtls.Store
+	refuse func(*meshpb.ProxyConfig) error
 	mu    sync.Mutex
 	last  *meshpb.ProxyConfig
 	n     int
 }
 
 func (c *configs) apply(cfg *meshpb.ProxyConfig) error {
+	if c.refuse != nil {
+		if err := c.refuse(cfg); err != nil {
+			return err
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.last, c.n = cfg, c.n+1
 	return nil
+}
+
+// count is how many configs were applied.
+func (c *configs) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
 }
 
 func (c *configs) current() *meshpb.ProxyConfig {
@@ -355,4 +376,76 @@ func TestRestartKeepsRootAndProxiesResync(t *testing.T) {
 	if info, err := os.Stat(filepath.Join(r.dir, "control", "ca", "ca-key.pem")); err != nil || info.Mode().Perm() != 0o600 {
 		t.Errorf("CA key file: %v, mode %v; want 0600", err, info.Mode().Perm())
 	}
+}
+
+// A NACKed config leaves the proxy on its previous one, is shown with its
+// reason, and is not sent again; the next change is.
+func TestNACKKeepsThePreviousConfig(t *testing.T) {
+	r := newRig(t)
+	got := runProxyRefusing(t, r, "a", func(c *meshpb.ProxyConfig) error {
+		if endpoints(c) == 3 {
+			return errors.New("three endpoints are one too many")
+		}
+		return nil
+	})
+	waitConfig(t, got, func(c *meshpb.ProxyConfig) bool { return endpoints(c) == 2 })
+	r.addPod("c", netip.MustParseAddr("10.200.0.9"))
+	r.write()
+	nack := waitStatus(t, r, func(p push.ProxyStatus) bool { return p.Pod == "a" && p.NACK != "" })
+	if !strings.Contains(nack.NACK, "one too many") {
+		t.Errorf("proxy-status NACK = %q, want the proxy's reason", nack.NACK)
+	}
+	if endpoints(got.current()) != 2 {
+		t.Errorf("after the NACK the proxy runs %d endpoints, want its previous 2", endpoints(got.current()))
+	}
+	applied := got.count()
+	time.Sleep(300 * time.Millisecond)
+	if got.count() != applied {
+		t.Error("the refused config was sent again without a change")
+	}
+	// c leaves, d joins and a turns unready: two endpoints again (b, d),
+	// a config the proxy accepts.
+	r.snap.Pods = r.snap.Pods[:len(r.snap.Pods)-1]
+	r.addPod("d", netip.MustParseAddr("10.200.0.10"))
+	r.snap.Pods[0].Ready = false
+	r.write()
+	waitConfig(t, got, func(c *meshpb.ProxyConfig) bool {
+		for _, s := range c.GetServices() {
+			for _, p := range s.GetPorts() {
+				for _, e := range p.GetEndpoints() {
+					if e.GetAddress() == "10.200.0.10" {
+						return true
+					}
+				}
+			}
+		}
+		return false
+	})
+	waitStatus(t, r, func(p push.ProxyStatus) bool { return p.Pod == "a" && p.NACK == "" && p.AckedVersion == p.WantVersion })
+}
+
+// waitStatus polls the admin socket's proxy list until one matches.
+func waitStatus(t *testing.T, r *rig, ok func(push.ProxyStatus) bool) push.ProxyStatus {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", SocketPath(filepath.Join(r.dir, "control")))
+	}}}
+	deadline := time.Now().Add(10 * time.Second)
+	var last []push.ProxyStatus
+	for time.Now().Before(deadline) {
+		resp, err := hc.Get("http://control/v1/proxies")
+		if err == nil {
+			last = nil
+			err = json.NewDecoder(resp.Body).Decode(&last)
+			resp.Body.Close()
+		}
+		for _, p := range last {
+			if ok(p) {
+				return p
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for a proxy status; last: %+v", last)
+	return push.ProxyStatus{}
 }
