@@ -12,8 +12,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -291,9 +291,9 @@ func runProxyRefusing(t *testing.T, r *rig, name string, refuse func(*meshpb.Pro
 type configs struct {
 	store  *meshtls.Store
 	refuse func(*meshpb.ProxyConfig) error
-	mu    sync.Mutex
-	last  *meshpb.ProxyConfig
-	n     int
+	mu     sync.Mutex
+	last   *meshpb.ProxyConfig
+	n      int
 }
 
 func (c *configs) apply(cfg *meshpb.ProxyConfig) error {
