@@ -35,6 +35,9 @@ import (
 	"github.com/trellis-mesh/trellis/internal/meshtls"
 )
 
+// deniedGrace is how long a refused bootstrap token is retried.
+const deniedGrace = 3 * time.Second
+
 // ErrTokenSpent means the bootstrap token was refused before the proxy had
 // any certificate: only a restart with a fresh token helps, so Run returns.
 var ErrTokenSpent = errors.New("the control plane refused the bootstrap token")
@@ -162,8 +165,11 @@ func (c *Control) loadBootstrapBundle(ctx context.Context) error {
 }
 
 // firstCertificate trades the bootstrap token for a certificate, retrying
-// while the control plane is unreachable.
+// while the control plane is unreachable. A refusal is retried for
+// deniedGrace (the control plane may not have seen this pod's token yet),
+// then ends it.
 func (c *Control) firstCertificate(ctx context.Context, certs meshpb.CertificateServiceClient) error {
+	var deniedSince time.Time
 	for wait := c.Backoff; ; wait = c.next(wait) {
 		token, err := os.ReadFile(c.TokenFile)
 		if err == nil {
@@ -172,7 +178,12 @@ func (c *Control) firstCertificate(ctx context.Context, certs meshpb.Certificate
 				return nil
 			}
 			if status.Code(err) == codes.PermissionDenied {
-				return fmt.Errorf("%w: %v", ErrTokenSpent, err)
+				if deniedSince.IsZero() {
+					deniedSince = time.Now()
+				}
+				if time.Since(deniedSince) > deniedGrace {
+					return fmt.Errorf("%w: %v", ErrTokenSpent, err)
+				}
 			}
 		}
 		slog.Warn("no certificate yet; retrying", "err", err, "in", wait)
