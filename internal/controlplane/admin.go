@@ -3,6 +3,7 @@ package controlplane
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 //	GET  /v1/proxies                     []push.ProxyStatus
 //	GET  /v1/ca                          CAStatus
 //	POST /v1/ca/rotate  RotateRequest -> CAStatus
+//	GET  /debug/pprof/...                Go's profiler
 
 // CAStatus describes the authority and where root rotation stands.
 type CAStatus struct {
@@ -54,6 +56,9 @@ func (p *plane) adminMux() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, p.caStatus())
 	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	return mux
 }
 

@@ -76,6 +76,7 @@ var _ meshpb.ConfigServiceServer = (*Server)(nil)
 // generation is one rendered snapshot: immutable, shared by all streams.
 type generation struct {
 	snap   *catalog.Snapshot
+	pods   map[string]*catalog.RunningPod // snap's pods by "namespace/name"
 	rend   *proxycfg.Rendered
 	bundle Bundle
 	time   time.Time // when the change reached the source, for convergence
@@ -172,15 +173,19 @@ func (s *Server) render() {
 		return
 	}
 	rend := proxycfg.Render(snap, s.cfg.TrustDomain)
+	pods := make(map[string]*catalog.RunningPod, len(snap.Pods))
+	for _, p := range snap.Pods {
+		pods[p.Key()] = p
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	first := s.gen == nil
-	s.gen = &generation{snap: snap, rend: rend, bundle: s.bundle, time: snap.Time}
+	s.gen = &generation{snap: snap, pods: pods, rend: rend, bundle: s.bundle, time: snap.Time}
 	if first {
 		close(s.genWait)
 	}
 	for key, p := range s.proxies {
-		if !p.connected && snap.Pod(p.namespace, p.name) == nil {
+		if !p.connected && pods[key] == nil {
 			delete(s.proxies, key) // gone while disconnected
 		}
 	}
@@ -233,7 +238,7 @@ func (s *Server) StreamConfig(srv meshpb.ConfigService_StreamConfigServer) error
 		return status.FromContextError(err).Err()
 	}
 	key := hello.GetPodNamespace() + "/" + hello.GetPodName()
-	pod := gen.snap.Pod(hello.GetPodNamespace(), hello.GetPodName())
+	pod := gen.pods[key]
 	if pod == nil {
 		return status.Errorf(codes.NotFound, "config stream: pod %s is not known to the control plane (yet)", key)
 	}
@@ -308,7 +313,7 @@ func (s *Server) Status() []ProxyStatus {
 	for _, p := range s.proxies {
 		ps := p.status()
 		if s.gen != nil {
-			if pod := s.gen.snap.Pod(p.namespace, p.name); pod != nil {
+			if pod := s.gen.pods[p.namespace+"/"+p.name]; pod != nil {
 				if cfg, err := proxycfg.ForPod(s.gen.snap, pod, s.gen.rend, s.cfg.TrustDomain); err == nil {
 					ps.WantVersion = cfg.GetVersion()
 				}

@@ -100,7 +100,7 @@ func (st *stream) next() *meshpb.ConfigUpdate {
 	st.s.mu.Lock()
 	gen := st.s.gen
 	st.s.mu.Unlock()
-	pod := gen.snap.Pod(st.namespace, st.name)
+	pod := gen.pods[st.key]
 	if pod == nil {
 		return nil // the pod is going away: it keeps what it has
 	}
