@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 
@@ -20,12 +21,27 @@ import (
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 )
 
+// ExportTo is Istio's Service annotation that limits which namespaces'
+// proxies see the service: "*" (the default) every namespace, "." the
+// service's own, or a comma-separated list of namespace names (and ".").
+const ExportTo = "networking.istio.io/exportTo"
+
 // Rendered is what every proxy shares from one snapshot: the services,
-// each service's content hash (to send only what changed), and a digest
-// of them all. Its messages must not be modified.
+// each service's content hash (to send only what changed), and per
+// namespace the services its proxies see, with a digest of them. Safe for
+// concurrent use; its messages must not be modified.
 type Rendered struct {
 	Services []*meshpb.Service
-	Hashes   map[string]string // by ServiceKey
+	Hashes   map[string]string   // by ServiceKey
+	exports  map[string][]string // by ServiceKey: namespaces that see it; nil for all
+
+	mu    sync.Mutex
+	views map[string]*View // guarded by mu: by namespace
+}
+
+// View is what the proxies of one namespace see.
+type View struct {
+	Services []*meshpb.Service
 	Digest   string
 }
 
@@ -35,7 +51,7 @@ type Rendered struct {
 // is the same for every proxy, so the control plane computes it once per
 // snapshot.
 func Render(snap *catalog.Snapshot, trustDomain string) *Rendered {
-	r := &Rendered{Hashes: map[string]string{}}
+	r := &Rendered{Hashes: map[string]string{}, exports: map[string][]string{}, views: map[string]*View{}}
 	for _, svc := range snap.Services {
 		if !svc.ClusterIP.IsValid() {
 			continue
@@ -50,16 +66,58 @@ func Render(snap *catalog.Snapshot, trustDomain string) *Rendered {
 			s.Ports = append(s.Ports, port)
 		}
 		r.Services = append(r.Services, s)
+		r.exports[ServiceKey(s)] = exportedTo(svc)
 	}
 	sort.Slice(r.Services, func(i, j int) bool { return ServiceKey(r.Services[i]) < ServiceKey(r.Services[j]) })
+	for _, s := range r.Services {
+		r.Hashes[ServiceKey(s)] = hash(s)
+	}
+	return r
+}
+
+// exportedTo reads a service's exportTo annotation: nil for every
+// namespace.
+func exportedTo(svc *catalog.Service) []string {
+	v, ok := svc.Annotations[ExportTo]
+	if !ok {
+		return nil
+	}
+	var out []string
+	for _, ns := range strings.Split(v, ",") {
+		switch ns = strings.TrimSpace(ns); ns {
+		case "*":
+			return nil
+		case ".":
+			out = append(out, svc.Namespace)
+		case "":
+		default:
+			out = append(out, ns)
+		}
+	}
+	return append(out, svc.Namespace) // a service is always visible in its own namespace
+}
+
+// For returns what the proxies of namespace ns see, computed once per
+// namespace.
+func (r *Rendered) For(ns string) *View {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if v := r.views[ns]; v != nil {
+		return v
+	}
+	v := &View{}
 	all := fnv.New64a()
 	for _, s := range r.Services {
-		h := hash(s)
-		r.Hashes[ServiceKey(s)] = h
-		all.Write([]byte(ServiceKey(s) + "=" + h + ";"))
+		k := ServiceKey(s)
+		if ex := r.exports[k]; ex != nil && !slices.Contains(ex, ns) {
+			continue
+		}
+		v.Services = append(v.Services, s)
+		all.Write([]byte(k + "=" + r.Hashes[k] + ";"))
 	}
-	r.Digest = fmt.Sprintf("%016x", all.Sum64())
-	return r
+	v.Digest = fmt.Sprintf("%016x", all.Sum64())
+	r.views[ns] = v
+	return v
 }
 
 func endpoints(snap *catalog.Snapshot, svc *catalog.Service, sp catalog.ServicePort, trustDomain string) []*meshpb.Endpoint {
@@ -97,12 +155,13 @@ func ForPod(snap *catalog.Snapshot, pod *catalog.RunningPod, r *Rendered, trustD
 	if err != nil {
 		return nil, err
 	}
+	view := r.For(pod.Pod.Namespace)
 	cfg := &meshpb.ProxyConfig{
 		Workload: &meshpb.Workload{Namespace: pod.Pod.Namespace, Name: WorkloadName(pod.Pod), Identity: id.String(), Labels: pod.Pod.Labels},
 		Inbound:  InboundPolicy(snap.PeerAuthentications, pod.Pod),
-		Services: r.Services,
+		Services: view.Services,
 	}
-	cfg.Version = version(r.Digest, cfg.Workload, cfg.Inbound)
+	cfg.Version = version(view.Digest, cfg.Workload, cfg.Inbound)
 	return cfg, nil
 }
 

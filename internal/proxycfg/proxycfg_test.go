@@ -18,7 +18,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 // snapshot: db with alpha (2 replicas, one not ready) behind a Service
 // with an HTTP and a gRPC port, zero (no sidecar) behind a TCP port; a
-// client pod; STRICT in db.
+// client pod; STRICT in db; zero exported to its own namespace only.
 func snapshot() *catalog.Snapshot {
 	pod := func(ns, name, owner, app string, ip string, ready, sidecar bool) *catalog.RunningPod {
 		return &catalog.RunningPod{
@@ -38,7 +38,7 @@ func snapshot() *catalog.Snapshot {
 					{Name: "grpc-api", Protocol: catalog.TCP, Port: 9080, TargetPort: 9080},
 					{Name: "dns", Protocol: catalog.UDP, Port: 53, TargetPort: 53},
 				}},
-			{Meta: catalog.Meta{Namespace: "db", Name: "zero"}, Selector: map[string]string{"app": "zero"},
+			{Meta: catalog.Meta{Namespace: "db", Name: "zero", Annotations: map[string]string{ExportTo: "."}}, Selector: map[string]string{"app": "zero"},
 				ClusterIP: netip.MustParseAddr("10.201.0.3"), Ports: []catalog.ServicePort{
 					{Name: "raft", Protocol: catalog.TCP, Port: 5080, TargetPort: 5080, AppProtocol: "tcp"},
 				}},
@@ -118,4 +118,36 @@ func stable(t *testing.T, data []byte) []byte {
 		t.Fatal(err)
 	}
 	return append(out, '\n')
+}
+
+func TestExportTo(t *testing.T) {
+	for _, tc := range []struct {
+		annotation string // "-" for none
+		sees       map[string]bool
+	}{
+		{"-", map[string]bool{"db": true, "client": true, "web": true}},
+		{"*", map[string]bool{"db": true, "client": true, "web": true}},
+		{".", map[string]bool{"db": true, "client": false, "web": false}},
+		{"web, .", map[string]bool{"db": true, "client": false, "web": true}},
+		{"client", map[string]bool{"db": true, "client": true, "web": false}},
+	} {
+		t.Run(tc.annotation, func(t *testing.T) {
+			snap := snapshot()
+			zero := snap.Services[1]
+			zero.Annotations = map[string]string{ExportTo: tc.annotation}
+			if tc.annotation == "-" {
+				zero.Annotations = nil
+			}
+			r := Render(snap, "cluster.local")
+			for ns, want := range tc.sees {
+				got := false
+				for _, s := range r.For(ns).Services {
+					got = got || ServiceKey(s) == "db/zero"
+				}
+				if got != want {
+					t.Errorf("exportTo %q: namespace %s sees db/zero = %v, want %v", tc.annotation, ns, got, want)
+				}
+			}
+		})
+	}
 }

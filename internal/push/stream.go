@@ -120,15 +120,17 @@ func (st *stream) next() *meshpb.ConfigUpdate {
 		Full: !st.acked.full, Workload: cfg.GetWorkload(), Inbound: cfg.GetInbound(),
 		RenewIssuedBefore: b.RenewIssuedBefore,
 	}
-	for _, svc := range gen.rend.Services {
+	visible := map[string]string{} // what the proxy will have: key -> hash
+	for _, svc := range cfg.GetServices() {
 		k := proxycfg.ServiceKey(svc)
-		if upd.Full || st.acked.services[k] != gen.rend.Hashes[k] {
+		visible[k] = gen.rend.Hashes[k]
+		if upd.Full || st.acked.services[k] != visible[k] {
 			upd.Upsert = append(upd.Upsert, svc)
 		}
 	}
 	if !upd.Full {
 		for k := range st.acked.services {
-			if _, ok := gen.rend.Hashes[k]; !ok {
+			if _, ok := visible[k]; !ok {
 				upd.Remove = append(upd.Remove, k)
 			}
 		}
@@ -136,7 +138,7 @@ func (st *stream) next() *meshpb.ConfigUpdate {
 	if upd.Full || b.Version != st.acked.bundle {
 		upd.TrustBundle, upd.TrustBundleVersion = b.DER, b.Version
 	}
-	st.sent = accepted{version: cfg.GetVersion(), services: gen.rend.Hashes, bundle: b.Version,
+	st.sent = accepted{version: cfg.GetVersion(), services: visible, bundle: b.Version,
 		renewBefore: b.RenewIssuedBefore, full: true}
 	if !upd.Full {
 		st.sent.from = gen.time // a first config measures the connection, not convergence
