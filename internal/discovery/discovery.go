@@ -93,6 +93,21 @@ func Decode(data []byte) (*catalog.Snapshot, error) {
 			return nil, fmt.Errorf("pods[%d] has no pod", i)
 		}
 	}
+	for i, s := range snap.Services {
+		if s == nil {
+			return nil, fmt.Errorf("services[%d] is null", i)
+		}
+	}
+	for i, ns := range snap.Namespaces {
+		if ns == nil {
+			return nil, fmt.Errorf("namespaces[%d] is null", i)
+		}
+	}
+	for i, pa := range snap.PeerAuthentications {
+		if pa == nil {
+			return nil, fmt.Errorf("peerAuthentications[%d] is null", i)
+		}
+	}
 	return snap, nil
 }
 
