@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -450,4 +451,58 @@ func waitStatus(t *testing.T, r *rig, ok func(push.ProxyStatus) bool) push.Proxy
 	}
 	t.Fatalf("timed out waiting for a proxy status; last: %+v", last)
 	return push.ProxyStatus{}
+}
+
+// A proxy that stops answering holds one update, never a queue: the
+// others keep converging, and when it answers it gets one update with the
+// latest state, all changes coalesced.
+func TestSlowProxyIsCoalesced(t *testing.T) {
+	r := newRig(t)
+	ctx := ctxT(t)
+	key := p256(t)
+	resp, err := meshpb.NewCertificateServiceClient(r.client(nil)).Sign(ctx, &meshpb.SignRequest{
+		Csr: csrFor(t, helloID, key), BootstrapToken: r.tokens["web/b"], PodNamespace: "web", PodName: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := &tls.Certificate{Certificate: resp.GetChain(), PrivateKey: key}
+	slow, err := meshpb.NewConfigServiceClient(r.client(cert)).StreamConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := slow.Send(&meshpb.ConfigRequest{PodNamespace: "web", PodName: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	first, err := slow.Recv()
+	if err != nil || !first.GetFull() {
+		t.Fatalf("first update = %v, %v; want a full one", first, err)
+	}
+	fast := runProxy(t, r, "a")
+	waitConfig(t, fast, func(c *meshpb.ProxyConfig) bool { return endpoints(c) == 2 })
+	// 20 changes, each its own push (longer apart than the debounce); the
+	// slow proxy answers none of them.
+	for i := range 20 {
+		r.addPod(fmt.Sprintf("n%d", i), netip.AddrFrom4([4]byte{10, 200, 1, byte(i + 1)}))
+		r.write()
+		time.Sleep(60 * time.Millisecond)
+	}
+	waitConfig(t, fast, func(c *meshpb.ProxyConfig) bool { return endpoints(c) == 22 })
+	// Now the slow proxy ACKs its first update: the next is the latest
+	// state in one incremental update.
+	if err := slow.Send(&meshpb.ConfigRequest{ResponseNonce: first.GetNonce(), Version: first.GetVersion()}); err != nil {
+		t.Fatal(err)
+	}
+	next, err := slow.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, s := range next.GetUpsert() {
+		for _, p := range s.GetPorts() {
+			n += len(p.GetEndpoints())
+		}
+	}
+	if next.GetFull() || n != 22 {
+		t.Errorf("after the ACK the slow proxy got full=%v with %d endpoints; want one incremental update with all 22", next.GetFull(), n)
+	}
 }
