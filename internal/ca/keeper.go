@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 )
 
 // Root rotation phases, in the order Keeper walks them.
@@ -32,9 +35,10 @@ var (
 
 // More files in a CA directory.
 const (
-	bundleFile   = "trust-bundle.pem"
-	nextCertFile = "next-ca-cert.pem"
-	nextKeyFile  = "next-ca-key.pem"
+	bundleFile    = "trust-bundle.pem"
+	nextCertFile  = "next-ca-cert.pem"
+	nextKeyFile   = "next-ca-key.pem"
+	activatedFile = "activated-at" // Unix seconds of Activate, while in PhaseActivated
 )
 
 // Keeper holds a mesh's authority in a directory and walks root rotation
@@ -45,11 +49,12 @@ type Keeper struct {
 	dir      string
 	supplied bool
 
-	mu     sync.Mutex
-	cur    *Authority // guarded by mu: signs, and carries the bundle
-	next   *Authority // guarded by mu: the new root, in PhasePrepared
-	phase  string     // guarded by mu
-	bundle []*x509.Certificate
+	mu          sync.Mutex
+	cur         *Authority          // guarded by mu: signs, and carries the bundle
+	next        *Authority          // guarded by mu: the new root, in PhasePrepared
+	phase       string              // guarded by mu
+	bundle      []*x509.Certificate // guarded by mu
+	activatedAt time.Time           // guarded by mu: in PhaseActivated
 }
 
 // OpenKeeper loads the authority kept in dir, creating a root for
@@ -93,6 +98,11 @@ func (k *Keeper) loadRotationLocked(trustDomain string) error {
 	if errors.Is(err, os.ErrNotExist) {
 		if len(k.bundle) > 1 {
 			k.phase = PhaseActivated
+			if data, err := os.ReadFile(filepath.Join(k.dir, activatedFile)); err == nil {
+				if sec, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64); err == nil {
+					k.activatedAt = time.Unix(sec, 0)
+				}
+			}
 		}
 		return nil
 	}
@@ -163,10 +173,22 @@ func (k *Keeper) Activate() error {
 	if err := k.next.saveAs(k.dir, certFile, keyFile); err != nil {
 		return err
 	}
+	now := time.Now()
+	if err := os.WriteFile(filepath.Join(k.dir, activatedFile), []byte(strconv.FormatInt(now.Unix(), 10)), 0o600); err != nil {
+		return fmt.Errorf("activate: %w", err)
+	}
 	_ = os.Remove(filepath.Join(k.dir, nextCertFile))
 	_ = os.Remove(filepath.Join(k.dir, nextKeyFile))
-	k.cur, k.next, k.phase = k.next.withRoots(k.bundle), nil, PhaseActivated
+	k.cur, k.next, k.phase, k.activatedAt = k.next.withRoots(k.bundle), nil, PhaseActivated, now
 	return nil
+}
+
+// ActivatedAt is when the new root started signing, in PhaseActivated
+// (zero otherwise): certificates issued before it come from the old root.
+func (k *Keeper) ActivatedAt() time.Time {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.activatedAt
 }
 
 // Finish drops every root but the signing one from the trust bundle.
@@ -177,8 +199,12 @@ func (k *Keeper) Finish() error {
 		return fmt.Errorf("finish: %w (it is %s)", ErrPhase, k.phase)
 	}
 	k.bundle = []*x509.Certificate{k.cur.rootCert()}
-	k.cur, k.phase = k.cur.withRoots(k.bundle), PhaseStable
-	return k.saveBundleLocked()
+	k.cur, k.phase, k.activatedAt = k.cur.withRoots(k.bundle), PhaseStable, time.Time{}
+	if err := k.saveBundleLocked(); err != nil {
+		return err
+	}
+	_ = os.Remove(filepath.Join(k.dir, activatedFile))
+	return nil
 }
 
 func (k *Keeper) saveBundleLocked() error {

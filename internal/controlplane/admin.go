@@ -88,7 +88,7 @@ func (p *plane) rotate(step string) error {
 		err = p.keeper.Prepare()
 	case "activate":
 		if err = p.keeper.Activate(); err == nil {
-			p.renewBefore = time.Now().Unix() + 1 // whole seconds: everything issued up to now
+			p.renewBefore = p.keeper.ActivatedAt().Unix() + 1 // whole seconds: everything issued up to then
 		}
 	case "finish":
 		err = p.keeper.Finish()

@@ -136,6 +136,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.push = push.New(push.Config{TrustDomain: cfg.TrustDomain, Debounce: cfg.Debounce, Metrics: push.NewMetrics(p.reg)})
+	if at := p.keeper.ActivatedAt(); !at.IsZero() {
+		p.renewBefore = at.Unix() + 1 // a rotation was activated before a restart
+	}
 	p.publishBundleLocked() // nothing else runs yet
 	certs := p.caService(att)
 
