@@ -55,7 +55,7 @@ func newControlCmd() *cobra.Command {
 // cmd/trellis-control.
 func ControlCommand() *cobra.Command {
 	cmd := newControlCmd()
-	cmd.Use, cmd.Hidden, cmd.SilenceUsage = "trellis-control", false, true
+	cmd.Use, cmd.Hidden, cmd.SilenceUsage, cmd.SilenceErrors = "trellis-control", false, true, true
 	return cmd
 }
 

@@ -72,7 +72,7 @@ func SocketPath(stateDir string) string { return filepath.Join(stateDir, "contro
 
 func (c *Config) setDefaults() error {
 	if c.StateDir == "" || c.Registry == "" {
-		return errors.New("control plane: a state directory and a registry file are required")
+		return errors.New("control plane: a state directory (--control-state-dir) and a registry file (--registry) are required")
 	}
 	if (c.CACert == "") != (c.CAKey == "") {
 		return errors.New("control plane: --ca-cert and --ca-key go together")
