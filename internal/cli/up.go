@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/localmesh"
 	"github.com/trellis-mesh/trellis/internal/manifest"
 )
@@ -27,6 +28,8 @@ type upOptions struct {
 	podCIDR     string
 	serviceCIDR string
 	svidTTL     time.Duration
+	caCert      string
+	caKey       string
 }
 
 func newUpCmd(o *options) *cobra.Command {
@@ -46,6 +49,8 @@ in the background with -d (stop it with 'trellis down').`,
 	cmd.Flags().StringVar(&u.podCIDR, "pod-cidr", localmesh.DefaultPodCIDR.String(), "IPv4 range for pod addresses")
 	cmd.Flags().StringVar(&u.serviceCIDR, "service-cidr", localmesh.DefaultServiceCIDR.String(), "IPv4 range for service VIPs")
 	cmd.Flags().DurationVar(&u.svidTTL, "svid-ttl", 24*time.Hour, "lifetime of sidecar certificates (renewed at half life); seconds are fine for tests")
+	cmd.Flags().StringVar(&u.caCert, "ca-cert", "", "sign with this root or intermediate (PEM, with its chain up to the root) instead of the mesh's own root")
+	cmd.Flags().StringVar(&u.caKey, "ca-key", "", "the private key of --ca-cert (PEM, PKCS#8)")
 	_ = cmd.MarkFlagRequired("filename")
 	return cmd
 }
@@ -96,6 +101,9 @@ func (u *upOptions) prepare() (localmesh.Config, *manifest.Set, error) {
 		return cfg, nil, fmt.Errorf("--svid-ttl %s is too short; use 2s or more", u.svidTTL)
 	}
 	cfg = localmesh.Config{StateDir: stateDir, PodCIDR: pod, ServiceCIDR: svc, SVIDTTL: u.svidTTL}
+	if cfg.CACert, cfg.CAKey, err = checkSuppliedCA(u.caCert, u.caKey); err != nil {
+		return cfg, nil, err
+	}
 	set, err := loadManifests(u.files, u)
 	if err != nil {
 		return cfg, nil, err
@@ -174,6 +182,11 @@ func (u *upOptions) startDetached(ctx context.Context) error {
 	}
 	args := []string{"up", "--state-dir", u.stateDir, "--pod-cidr", u.podCIDR, "--service-cidr", u.serviceCIDR,
 		"--svid-ttl", u.svidTTL.String()}
+	if u.caCert != "" {
+		cert, _ := filepath.Abs(u.caCert)
+		key, _ := filepath.Abs(u.caKey)
+		args = append(args, "--ca-cert", cert, "--ca-key", key)
+	}
 	for _, f := range u.files {
 		abs, _ := filepath.Abs(f)
 		args = append(args, "-f", abs)
@@ -220,4 +233,30 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// checkSuppliedCA loads an operator's CA now, so a bad one is an error of
+// `up` rather than a control plane that keeps failing; it returns the
+// files' absolute paths.
+func checkSuppliedCA(certPath, keyPath string) (string, string, error) {
+	if certPath == "" && keyPath == "" {
+		return "", "", nil
+	}
+	if certPath == "" || keyPath == "" {
+		return "", "", errors.New("--ca-cert and --ca-key go together")
+	}
+	certPEM, err := os.ReadFile(certPath)
+	if err != nil {
+		return "", "", fmt.Errorf("--ca-cert: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return "", "", fmt.Errorf("--ca-key: %w", err)
+	}
+	if _, err := ca.Load(certPEM, keyPEM, "cluster.local"); err != nil {
+		return "", "", fmt.Errorf("--ca-cert/--ca-key: %w", err)
+	}
+	cert, _ := filepath.Abs(certPath)
+	key, _ := filepath.Abs(keyPath)
+	return cert, key, nil
 }

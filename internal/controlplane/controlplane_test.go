@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,10 +10,13 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -41,14 +45,15 @@ import (
 // A real control plane on loopback, fed by a registry file the test
 // writes, as the one-host runtime does.
 type rig struct {
-	t        *testing.T
-	dir      string
-	addr     string
-	cancel   context.CancelFunc
-	done     chan error
-	snap     *catalog.Snapshot
-	tokens   map[string]string // pod key -> token
-	registry string
+	t             *testing.T
+	caCert, caKey string // an operator's CA files, when set before start
+	dir           string
+	addr          string
+	cancel        context.CancelFunc
+	done          chan error
+	snap          *catalog.Snapshot
+	tokens        map[string]string // pod key -> token
+	registry      string
 }
 
 func freeAddr(t *testing.T) string {
@@ -60,8 +65,14 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t *testing.T) *rig { return newRigWith(t, nil) }
+
+// newRigWith lets setup change the rig (its CA files) before it starts.
+func newRigWith(t *testing.T, setup func(*rig)) *rig {
 	r := &rig{t: t, dir: t.TempDir(), addr: freeAddr(t), tokens: map[string]string{}}
+	if setup != nil {
+		setup(r)
+	}
 	r.registry = filepath.Join(r.dir, "registry.json")
 	r.snap = &catalog.Snapshot{
 		Namespaces: []*catalog.Namespace{{Meta: catalog.Meta{Name: "web"}}},
@@ -99,7 +110,7 @@ func (r *rig) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel, r.done = cancel, make(chan error, 1)
 	cfg := Config{StateDir: filepath.Join(r.dir, "control"), Registry: r.registry, GRPCAddr: r.addr,
-		MetricsAddr: "127.0.0.1:0", SVIDTTL: time.Hour, Debounce: 20 * time.Millisecond}
+		MetricsAddr: "127.0.0.1:0", SVIDTTL: time.Hour, Debounce: 20 * time.Millisecond, CACert: r.caCert, CAKey: r.caKey}
 	go func() { r.done <- Run(ctx, cfg) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -505,4 +516,66 @@ func TestSlowProxyIsCoalesced(t *testing.T) {
 	if next.GetFull() || n != 22 {
 		t.Errorf("after the ACK the slow proxy got full=%v with %d endpoints; want one incremental update with all 22", next.GetFull(), n)
 	}
+}
+
+// An operator's intermediate signs: issued chains carry it, and the trust
+// bundle holds only the operator's root.
+func TestOperatorIntermediateSigns(t *testing.T) {
+	rootKey, interKey := p256(t), p256(t)
+	now := time.Now()
+	rootTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "operator root"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	rootDER, err := x509.CreateCertificate(rand.Reader, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := x509.ParseCertificate(rootDER)
+	interTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "operator intermediate"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(12 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	interDER, err := x509.CreateCertificate(rand.Reader, interTmpl, root, interKey.Public(), rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(interKey)
+	r := newRigWith(t, func(r *rig) {
+		r.caCert, r.caKey = filepath.Join(r.dir, "ca.pem"), filepath.Join(r.dir, "ca-key.pem")
+		chain := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: interDER}),
+			pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: rootDER})...)
+		if err := os.WriteFile(r.caCert, chain, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(r.caKey, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if b, _ := pem.Decode(r.bundle()); b == nil || !bytes.Equal(b.Bytes, rootDER) {
+		t.Fatal("the trust bundle does not hold the operator's root")
+	}
+	resp, err := meshpb.NewCertificateServiceClient(r.client(nil)).Sign(ctxT(t), &meshpb.SignRequest{
+		Csr: csrFor(t, helloID, p256(t)), BootstrapToken: r.tokens["web/a"], PodNamespace: "web", PodName: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetChain()) != 2 || !bytes.Equal(resp.GetChain()[1], interDER) {
+		t.Fatalf("issued chain has %d certificates; want the leaf and the operator's intermediate", len(resp.GetChain()))
+	}
+	leaf, _ := x509.ParseCertificate(resp.GetChain()[0])
+	inter := x509.NewCertPool()
+	inter.AddCert(mustParse(t, interDER))
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("the leaf does not verify up to the operator's root: %v", err)
+	}
+}
+
+func mustParse(t *testing.T, der []byte) *x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

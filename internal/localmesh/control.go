@@ -42,12 +42,16 @@ func (r *Runtime) controlPlaneBundle() string {
 // prepareControlPlane sets up the control plane's process, restarted
 // whenever it exits.
 func (r *Runtime) prepareControlPlane() {
+	args := []string{r.cfg.Executable, "control",
+		"--control-state-dir", filepath.Join(r.cfg.StateDir, controlDir),
+		"--registry", filepath.Join(r.cfg.StateDir, registryFile),
+		"--grpc-addr", r.controlPlaneAddr(), "--metrics-addr", r.cfg.ControlPlaneMetrics,
+		"--trust-domain", r.cfg.TrustDomain, "--svid-ttl", r.cfg.SVIDTTL.String()}
+	if r.cfg.CACert != "" {
+		args = append(args, "--ca-cert", r.cfg.CACert, "--ca-key", r.cfg.CAKey)
+	}
 	r.control = &container{
-		spec: catalog.Container{Name: "control-plane", Command: []string{r.cfg.Executable, "control",
-			"--control-state-dir", filepath.Join(r.cfg.StateDir, controlDir),
-			"--registry", filepath.Join(r.cfg.StateDir, registryFile),
-			"--grpc-addr", r.controlPlaneAddr(), "--metrics-addr", r.cfg.ControlPlaneMetrics,
-			"--trust-domain", r.cfg.TrustDomain, "--svid-ttl", r.cfg.SVIDTTL.String()}},
+		spec:    catalog.Container{Name: "control-plane", Command: args},
 		podName: "(host)", env: os.Environ(),
 		logPath: filepath.Join(r.cfg.StateDir, "control-plane.log"),
 		policy:  catalog.RestartAlways, grace: 5 * time.Second, cfg: &r.cfg, changed: func() {},

@@ -65,6 +65,9 @@ type Config struct {
 	// NodeAgentMetrics is where the node agent serves its Prometheus
 	// metrics. Default 127.0.0.1:15090.
 	NodeAgentMetrics string
+	// CACert and CAKey, when set, are an operator's root or intermediate
+	// (PEM files) the control plane signs with instead of its own root.
+	CACert, CAKey string
 	// ControlPlaneMetrics is where the control plane serves its
 	// Prometheus metrics. Default 127.0.0.1:15014.
 	ControlPlaneMetrics string
