@@ -449,6 +449,8 @@ func TestUpRefusesBadInput(t *testing.T) {
 			nil, `Service web/alpha: port 9080: targetPort "grpc" matches no container port`},
 		{"pod range overlaps a host route", smallMesh, []string{"--pod-cidr", "127.0.0.0/16"}, "pod range 127.0.0.0/16 overlaps the host route"},
 		{"pod and service ranges overlap", smallMesh, []string{"--pod-cidr", "10.210.0.0/16", "--service-cidr", "10.210.128.0/24"}, "pod range 10.210.0.0/16 overlaps service range 10.210.128.0/24"},
+		{"a CA certificate without its key", smallMesh, []string{"--ca-cert", "/etc/hostname"}, "--ca-cert and --ca-key go together"},
+		{"a CA that is not a certificate", smallMesh, []string{"--ca-cert", "/etc/hostname", "--ca-key", "/etc/hostname"}, "--ca-cert/--ca-key: load CA: the certificate file must start with a CA certificate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
