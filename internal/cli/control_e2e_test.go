@@ -79,7 +79,7 @@ func (m *mesh) load(rate int, d time.Duration) (wait func() cli.LoadReport) {
 	go func() {
 		defer wg.Done()
 		out, errOut, err = m.runWithin(d+time.Minute, "exec", "-n", "client", "client", "--", "trellis", "example", "load",
-			"--rate", fmt.Sprint(rate), "--workers", "64", "--duration", d.String(), "--timeout", "5s", helloURL)
+			"--rate", fmt.Sprint(rate), "--duration", d.String(), "--timeout", "5s", helloURL)
 	}()
 	return func() cli.LoadReport {
 		m.t.Helper()
@@ -137,29 +137,31 @@ func (m *mesh) readyPods(ns string) []string {
 
 func (m *mesh) checkNoFailures(t *testing.T, what string, rep cli.LoadReport) {
 	t.Helper()
-	t.Logf("%s: %d sent, %d ok, %d failed; responders %v", what, rep.Sent, rep.OK, rep.Failed, counts(rep))
+	t.Logf("%s: %d sent, %d ok, %d failed; latency p50 %.1f ms, p99 %.1f ms, max %.1f ms; responders %v",
+		what, rep.Sent, rep.OK, rep.Failed, rep.P50, rep.P99, rep.Max, counts(rep))
 	if rep.Failed > 0 || rep.OK == 0 {
 		t.Errorf("%s: %d of %d requests failed; first errors:\n%s\n%s", what, rep.Failed, rep.Sent, strings.Join(rep.Errors, "\n"), m.sidecarLogs())
 	}
 }
 
-// sidecarLogs is the last lines every sidecar wrote of its own (not its
-// access log), and each pod's restarts: what a failure needs explained.
+// sidecarLogs is each container's state and restarts, and the last lines
+// every container wrote of its own (not the access log): what a failure
+// needs explained.
 func (m *mesh) sidecarLogs() string {
 	var b strings.Builder
 	for _, ns := range []string{"web", "client"} {
 		for _, p := range m.pods(ns) {
 			for _, c := range p.Containers {
-				fmt.Fprintf(&b, "--- %s/%s %s (ip %s): %s, %d restarts\n", ns, p.Name, c.Name, p.IP, c.State, c.Restarts)
-			}
-			logs, _, _ := m.run("logs", "-n", ns, p.Name, "-c", "trellis-proxy")
-			var own []string
-			for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
-				if !strings.Contains(line, `"reporter":`) {
-					own = append(own, line)
+				fmt.Fprintf(&b, "--- %s/%s %s (ip %s): %s, %d restarts, last exit %d\n", ns, p.Name, c.Name, p.IP, c.State, c.Restarts, c.ExitCode)
+				logs, _, _ := m.run("logs", "-n", ns, p.Name, "-c", c.Name)
+				var own []string
+				for _, line := range strings.Split(strings.TrimSpace(logs), "\n") {
+					if !strings.Contains(line, `"reporter":`) {
+						own = append(own, line)
+					}
 				}
+				b.WriteString(strings.Join(own[max(0, len(own)-10):], "\n") + "\n")
 			}
-			b.WriteString(strings.Join(own[max(0, len(own)-15):], "\n") + "\n")
 		}
 	}
 	return b.String()

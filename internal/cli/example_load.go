@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -17,10 +18,14 @@ import (
 // succeeded and failed, the first errors, and which replicas answered
 // (by the "hello from NAME" body of hello-server), first and last.
 type LoadReport struct {
-	Sent       int                        `json:"sent"`
-	OK         int                        `json:"ok"`
-	Failed     int                        `json:"failed"`
-	Errors     []string                   `json:"errors,omitempty"`
+	Sent   int      `json:"sent"`
+	OK     int      `json:"ok"`
+	Failed int      `json:"failed"`
+	Errors []string `json:"errors,omitempty"`
+	// Latency of the successful requests, in milliseconds.
+	P50        float64                    `json:"p50Ms"`
+	P99        float64                    `json:"p99Ms"`
+	Max        float64                    `json:"maxMs"`
 	Responders map[string]*ResponderStats `json:"responders"`
 }
 
@@ -34,7 +39,7 @@ type ResponderStats struct {
 // newLoadCmd sends HTTP GETs at a fixed rate for a bounded time and
 // reports every failure: the availability tests' and the demo's traffic.
 func newLoadCmd(o *options) *cobra.Command {
-	var rate, workers int
+	var rate, conns int
 	var duration, timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "load URL",
@@ -44,26 +49,27 @@ func newLoadCmd(o *options) *cobra.Command {
 			if rate <= 0 || rate > 20000 || duration <= 0 || duration > time.Hour {
 				return errors.New("--rate must be 1-20000 and --duration at most 1h")
 			}
-			rep := runLoad(args[0], rate, workers, duration, timeout)
+			rep := runLoad(args[0], rate, conns, duration, timeout)
 			enc := json.NewEncoder(o.out)
 			enc.SetIndent("", "  ")
 			return enc.Encode(rep)
 		},
 	}
 	cmd.Flags().IntVar(&rate, "rate", 100, "requests per second")
-	cmd.Flags().IntVar(&workers, "workers", 16, "concurrent requests at most (each a keep-alive connection)")
+	cmd.Flags().IntVar(&conns, "connections", 16, "keep-alive connections kept idle between requests")
 	cmd.Flags().DurationVar(&duration, "duration", 10*time.Second, "how long to send")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "per-request timeout")
 	return cmd
 }
 
-func runLoad(url string, rate, workers int, duration, timeout time.Duration) LoadReport {
-	tr := &http.Transport{MaxIdleConnsPerHost: workers, MaxConnsPerHost: workers}
+func runLoad(url string, rate, conns int, duration, timeout time.Duration) LoadReport {
+	tr := &http.Transport{MaxIdleConnsPerHost: conns}
 	hc := &http.Client{Timeout: timeout, Transport: tr}
 	defer tr.CloseIdleConnections()
 	rep := LoadReport{Responders: map[string]*ResponderStats{}}
-	var mu sync.Mutex // guards rep
-	record := func(body string, err error) {
+	var mu sync.Mutex        // guards rep
+	var took []time.Duration // guarded by mu
+	record := func(body string, d time.Duration, err error) {
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
@@ -74,6 +80,7 @@ func runLoad(url string, rate, workers int, duration, timeout time.Duration) Loa
 			return
 		}
 		rep.OK++
+		took = append(took, d)
 		name := strings.TrimSpace(strings.TrimPrefix(body, "hello from "))
 		now := time.Now()
 		st := rep.Responders[name]
@@ -84,17 +91,10 @@ func runLoad(url string, rate, workers int, duration, timeout time.Duration) Loa
 		st.Count++
 		st.Last = now
 	}
-	jobs := make(chan struct{}, workers)
+	// Each request runs on its own goroutine, so a request the machine is
+	// slow to serve delays no later one; at most maxInFlight at once.
+	inFlight := make(chan struct{}, maxInFlight)
 	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range jobs {
-				record(get(hc, url))
-			}
-		}()
-	}
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	end := time.NewTimer(duration)
 	defer tick.Stop()
@@ -104,18 +104,34 @@ func runLoad(url string, rate, workers int, duration, timeout time.Duration) Loa
 		case <-end.C:
 			sent = true
 		case <-tick.C:
-			select {
-			case jobs <- struct{}{}:
-			default: // every worker busy: count it rather than queue without bound
-				record("", errors.New("client saturated: no worker free at the scheduled time"))
-			}
 			rep.Sent++ // only this goroutine writes Sent
+			select {
+			case inFlight <- struct{}{}:
+			default:
+				record("", 0, fmt.Errorf("more than %d requests in flight: the target stopped answering", maxInFlight))
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-inFlight }()
+				start := time.Now()
+				body, err := get(hc, url)
+				record(body, time.Since(start), err)
+			}()
 		}
 	}
-	close(jobs)
 	wg.Wait()
+	if len(took) > 0 {
+		slices.Sort(took)
+		ms := func(q float64) float64 { return float64(took[int(q*float64(len(took)-1))].Microseconds()) / 1000 }
+		rep.P50, rep.P99, rep.Max = ms(0.5), ms(0.99), ms(1)
+	}
 	return rep
 }
+
+// maxInFlight bounds a load run's concurrent requests.
+const maxInFlight = 1024
 
 func get(hc *http.Client, url string) (string, error) {
 	resp, err := hc.Get(url)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -191,7 +192,7 @@ func (c *container) runOnce(ctx context.Context) (int, error) {
 	if cmd.Dir == "" {
 		cmd.Dir = c.cfg.WorkDir
 	}
-	if err := cmd.Start(); err != nil {
+	if err := startOnSpawnerThread(cmd); err != nil {
 		fmt.Fprintf(logf, "trellis: start %q: %v\n", c.spec.Command, err)
 		return -1, err
 	}
@@ -232,4 +233,36 @@ func stopProcess(pid int, grace time.Duration, waited <-chan error) error {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		return <-waited
 	}
+}
+
+// The kernel sends a child its Pdeathsig when the *thread* that forked it
+// exits, not the process. Go ends a thread whenever a goroutine that
+// locked it returns without unlocking, which the namespace switches here
+// (probes, pod networks) do on purpose; a container started from such a
+// thread earlier would be SIGKILLed at that moment, with no trace in its
+// log. So every container starts from one locked thread that lives as
+// long as the runtime (golang/go#27505).
+var (
+	spawnOnce sync.Once
+	spawnCh   chan spawnJob
+)
+
+type spawnJob struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func startOnSpawnerThread(cmd *exec.Cmd) error {
+	spawnOnce.Do(func() {
+		spawnCh = make(chan spawnJob)
+		go func() {
+			runtime.LockOSThread() // never unlocked, and this goroutine never returns
+			for j := range spawnCh {
+				j.done <- j.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error, 1)
+	spawnCh <- spawnJob{cmd: cmd, done: done}
+	return <-done
 }
