@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,7 +27,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
@@ -77,6 +75,7 @@ type Control struct {
 
 	cpStore meshtls.Store // the link's own TLS material: current roots, and the SVID once there
 	renew   chan struct{} // buffered(1): renew the certificate now
+	renewed chan struct{} // buffered(1): a new certificate is in place; tell the control plane
 	sendMu  sync.Mutex    // one Send at a time on a stream
 
 	mu         sync.Mutex
@@ -101,7 +100,7 @@ func (c *Control) Run(ctx context.Context) error {
 		var d net.Dialer
 		c.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
-	c.renew = make(chan struct{}, 1)
+	c.renew, c.renewed = make(chan struct{}, 1), make(chan struct{}, 1)
 	if err := c.loadBootstrapBundle(ctx); err != nil {
 		return nil // ctx done
 	}
@@ -149,7 +148,7 @@ func (c *Control) loadBootstrapBundle(ctx context.Context) error {
 		data, err := os.ReadFile(c.BundleFile)
 		if err == nil {
 			var roots []*x509.Certificate
-			if roots, err = parseCerts(data); err == nil && len(roots) > 0 {
+			if roots, err = meshtls.ParseCerts(data); err == nil && len(roots) > 0 {
 				c.setBundle(roots, "")
 				return nil
 			}
@@ -266,6 +265,10 @@ func (c *Control) sign(ctx context.Context, certs meshpb.CertificateServiceClien
 	c.mu.Unlock()
 	c.setBundle(roots, "")
 	slog.Info("certificate issued", "identity", c.Identity, "notAfter", cert.Leaf.NotAfter)
+	select {
+	case c.renewed <- struct{}{}:
+	default:
+	}
 	return nil
 }
 
@@ -351,28 +354,14 @@ func (c *Control) follow(ctx context.Context, cfgs meshpb.ConfigServiceClient) (
 }
 
 // reportRenewals tells the control plane about each renewed certificate
-// (what root rotation waits for). It shares the stream's Send with follow,
-// which grpc-go allows only from one goroutine at a time: sends go
-// through c.sendMu.
+// (what root rotation waits for), as sign signals them.
 func (c *Control) reportRenewals(ctx context.Context, st meshpb.ConfigService_StreamConfigClient, sendErr chan<- error) {
-	c.mu.Lock()
-	last := c.cert.Leaf.SerialNumber.String()
-	c.mu.Unlock()
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-c.renewed:
 		}
-		c.mu.Lock()
-		cur := c.cert.Leaf.SerialNumber.String()
-		c.mu.Unlock()
-		if cur == last {
-			continue
-		}
-		last = cur
 		if err := c.send(st, c.report(&meshpb.ConfigRequest{})); err != nil {
 			sendErr <- err
 			return
@@ -463,7 +452,9 @@ func (c *Control) update(upd *meshpb.ConfigUpdate) error {
 }
 
 // Merge applies an update to cur (nil before the first), returning a new
-// config; cur is not modified. Services stay sorted by namespace/name.
+// config that shares the unchanged services' messages with cur and the
+// new ones with upd; neither is modified. Services stay sorted by
+// namespace/name.
 func Merge(cur *meshpb.ProxyConfig, upd *meshpb.ConfigUpdate) (*meshpb.ProxyConfig, error) {
 	if cur == nil && !upd.GetFull() {
 		return nil, errors.New("an incremental update arrived before any full config")
@@ -491,7 +482,7 @@ func Merge(cur *meshpb.ProxyConfig, upd *meshpb.ConfigUpdate) (*meshpb.ProxyConf
 		a, b := next.Services[i], next.Services[j]
 		return a.GetNamespace()+"/"+a.GetName() < b.GetNamespace()+"/"+b.GetName()
 	})
-	return proto.CloneOf(next), nil
+	return next, nil
 }
 
 func (c *Control) next(wait time.Duration) time.Duration { return min(2*wait, c.MaxBackoff) }
@@ -507,20 +498,5 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return false
 	case <-t.C:
 		return true
-	}
-}
-
-func parseCerts(data []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for rest := data; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			return out, nil
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
 	}
 }

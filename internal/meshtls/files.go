@@ -34,24 +34,35 @@ func (f Files) Load() (Material, error) {
 	if err != nil {
 		return Material{}, fmt.Errorf("load trust bundle: %w", err)
 	}
+	certs, err := ParseCerts(data)
+	if err != nil {
+		return Material{}, fmt.Errorf("load trust bundle %s: %w", f.Bundle, err)
+	}
+	if len(certs) == 0 {
+		return Material{}, fmt.Errorf("load trust bundle %s: no certificate in it", f.Bundle)
+	}
 	roots := x509.NewCertPool()
-	n := 0
+	for _, c := range certs {
+		roots.AddCert(c)
+	}
+	return Material{ID: id, Cert: cert, Roots: roots}, nil
+}
+
+// ParseCerts parses every PEM block of data as an X.509 certificate, in
+// order; data without a block gives none and no error.
+func ParseCerts(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
 	for rest := data; ; {
 		var b *pem.Block
 		if b, rest = pem.Decode(rest); b == nil {
-			break
+			return certs, nil
 		}
 		c, err := x509.ParseCertificate(b.Bytes)
 		if err != nil {
-			return Material{}, fmt.Errorf("load trust bundle %s: %w", f.Bundle, err)
+			return nil, err
 		}
-		roots.AddCert(c)
-		n++
+		certs = append(certs, c)
 	}
-	if n == 0 {
-		return Material{}, fmt.Errorf("load trust bundle %s: no certificate in it", f.Bundle)
-	}
-	return Material{ID: id, Cert: cert, Roots: roots}, nil
 }
 
 // Watch loads the files into store now and whenever they change, checking
