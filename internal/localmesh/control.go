@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sort"
 	"time"
@@ -50,14 +49,7 @@ func (r *Runtime) prepareControlPlane() {
 	if r.cfg.CACert != "" {
 		args = append(args, "--ca-cert", r.cfg.CACert, "--ca-key", r.cfg.CAKey)
 	}
-	r.control = &container{
-		spec:    catalog.Container{Name: "control-plane", Command: args},
-		podName: "(host)", env: os.Environ(),
-		logPath: filepath.Join(r.cfg.StateDir, "control-plane.log"),
-		policy:  catalog.RestartAlways, grace: 5 * time.Second, cfg: &r.cfg, changed: func() {},
-		backoff: 100 * time.Millisecond, maxBackoff: 2 * time.Second,
-		state: stateWaiting,
-	}
+	r.control = r.hostProcess("control-plane", args, 2*time.Second)
 }
 
 // controlPlaneRunner starts and stops the control plane's supervision, for

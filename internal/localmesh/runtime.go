@@ -274,17 +274,23 @@ func (r *Runtime) prepareNodeAgent() error {
 	if err := r.ledger.Add(Resource{Kind: resNFTable, Name: r.policyTable()}); err != nil {
 		return err
 	}
-	r.agent = &container{
-		spec: catalog.Container{Name: "node-agent", Command: []string{r.cfg.Executable, "node-agent",
-			"--state-dir", r.cfg.StateDir, "--table", r.policyTable(), "--metrics-addr", r.cfg.NodeAgentMetrics}},
-		podName: "(host)", env: os.Environ(),
-		logPath: filepath.Join(r.cfg.StateDir, "node-agent.log"),
+	// The kernel keeps enforcing while it is down, but come back quickly.
+	r.agent = r.hostProcess("node-agent", []string{r.cfg.Executable, "node-agent",
+		"--state-dir", r.cfg.StateDir, "--table", r.policyTable(), "--metrics-addr", r.cfg.NodeAgentMetrics}, 500*time.Millisecond)
+	return nil
+}
+
+// hostProcess is a process of the mesh itself, run on the host (outside
+// any pod), logging to <state>/<name>.log and restarted whenever it exits,
+// after 100 ms doubling up to maxBackoff.
+func (r *Runtime) hostProcess(name string, command []string, maxBackoff time.Duration) *container {
+	return &container{
+		spec: catalog.Container{Name: name, Command: command}, podName: "(host)", env: os.Environ(),
+		logPath: filepath.Join(r.cfg.StateDir, name+".log"),
 		policy:  catalog.RestartAlways, grace: 5 * time.Second, cfg: &r.cfg, changed: func() {},
-		// The kernel keeps enforcing while it is down, but come back quickly.
-		backoff: 100 * time.Millisecond, maxBackoff: 500 * time.Millisecond,
+		backoff: 100 * time.Millisecond, maxBackoff: maxBackoff,
 		state: stateWaiting,
 	}
-	return nil
 }
 
 func (r *Runtime) loop(ctx context.Context) error {
