@@ -25,7 +25,7 @@ func newCACmd(o *options) *cobra.Command {
 A rotation interrupted part way resumes from its phase.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return rotateRoot(cmd.Context(), o, newAdminClient(o.stateDir), timeout)
+			return rotateRoot(cmd.Context(), o, controlClient(o.stateDir), timeout)
 		},
 	}
 	rotate.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long each phase may wait for the proxies")
@@ -33,9 +33,9 @@ A rotation interrupted part way resumes from its phase.`,
 	return cmd
 }
 
-func rotateRoot(ctx context.Context, o *options, admin *adminClient, timeout time.Duration) error {
-	var st controlplane.CAStatus
-	if err := admin.do(ctx, "GET", "/v1/ca", nil, &st); err != nil {
+func rotateRoot(ctx context.Context, o *options, admin *controlplane.Client, timeout time.Duration) error {
+	st, err := admin.CA(ctx)
+	if err != nil {
 		return err
 	}
 	steps := []struct {
@@ -54,7 +54,7 @@ func rotateRoot(ctx context.Context, o *options, admin *adminClient, timeout tim
 			continue
 		}
 		started = true
-		if err := admin.do(ctx, "POST", "/v1/ca/rotate", controlplane.RotateRequest{Step: s.step}, &st); err != nil {
+		if st, err = admin.Rotate(ctx, s.step); err != nil {
 			return fmt.Errorf("rotation step %s: %w", s.step, err)
 		}
 		fmt.Fprintf(o.out, "phase %d/3 %s: done; waiting until %s\n", i+1, s.step, s.wait)
@@ -77,14 +77,14 @@ func holdsBundle(c controlplane.CAStatus, p push.ProxyStatus) bool {
 
 // waitProxies polls until every connected proxy satisfies ok, and
 // returns how many there are.
-func waitProxies(ctx context.Context, admin *adminClient, timeout time.Duration, ok func(push.ProxyStatus) bool) (int, error) {
+func waitProxies(ctx context.Context, admin *controlplane.Client, timeout time.Duration, ok func(push.ProxyStatus) bool) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		var st []push.ProxyStatus
-		if err := admin.do(ctx, "GET", "/v1/proxies", nil, &st); err != nil {
+		st, err := admin.Proxies(ctx)
+		if err != nil {
 			return 0, err
 		}
 		n, behind := 0, ""

@@ -1,18 +1,10 @@
 package cli
 
 import (
-	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -59,54 +51,11 @@ func ControlCommand() *cobra.Command {
 	return cmd
 }
 
+// controlClient calls the control plane of the one-host mesh in stateDir.
+func controlClient(stateDir string) *controlplane.Client {
+	return controlplane.NewClient(controlStateDir(stateDir))
+}
+
 // controlStateDir is the control plane's directory inside a one-host
 // mesh's state directory.
 func controlStateDir(stateDir string) string { return filepath.Join(stateDir, "control") }
-
-// adminClient talks to a control plane's admin socket.
-type adminClient struct {
-	sock string
-	hc   *http.Client
-}
-
-func newAdminClient(stateDir string) *adminClient {
-	sock := controlplane.SocketPath(controlStateDir(stateDir))
-	return &adminClient{sock: sock, hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-	}}}
-}
-
-func (a *adminClient) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		data, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = strings.NewReader(string(data))
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://control"+path, body)
-	if err != nil {
-		return err
-	}
-	resp, err := a.hc.Do(req)
-	if err != nil {
-		if errors.Is(err, os.ErrPermission) {
-			return fmt.Errorf("the control plane's socket %s is root-only: run this command with sudo", a.sock)
-		}
-		return fmt.Errorf("no control plane answers on %s (is the mesh up? `trellis up -f FILE`): %w", a.sock, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var e struct{ Error string }
-		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e)
-		if e.Error == "" {
-			e.Error = resp.Status
-		}
-		return errors.New(e.Error)
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
-}

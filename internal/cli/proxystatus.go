@@ -20,8 +20,8 @@ func newProxyStatusCmd(o *options) *cobra.Command {
 		Short: "Show every proxy: connected, config acked, certificate expiry, NACKs",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var st []push.ProxyStatus
-			if err := newAdminClient(o.stateDir).do(cmd.Context(), "GET", "/v1/proxies", nil, &st); err != nil {
+			st, err := controlClient(o.stateDir).Proxies(cmd.Context())
+			if err != nil {
 				return err
 			}
 			if output == "json" {

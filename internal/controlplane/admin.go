@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/unixapi"
 )
 
 // The admin API on the state directory's Unix socket (mode 0600), for the
@@ -41,20 +42,20 @@ func (p *plane) adminMux() http.Handler {
 		sort.Slice(st, func(i, j int) bool {
 			return st[i].Namespace+"/"+st[i].Pod < st[j].Namespace+"/"+st[j].Pod
 		})
-		writeJSON(w, http.StatusOK, st)
+		unixapi.WriteJSON(w, http.StatusOK, st)
 	})
-	mux.HandleFunc("GET /v1/ca", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, p.caStatus()) })
+	mux.HandleFunc("GET /v1/ca", func(w http.ResponseWriter, _ *http.Request) { unixapi.WriteJSON(w, http.StatusOK, p.caStatus()) })
 	mux.HandleFunc("POST /v1/ca/rotate", func(w http.ResponseWriter, r *http.Request) {
 		var req RotateRequest
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<10)).Decode(&req); err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad request body: " + err.Error()})
+			unixapi.WriteError(w, http.StatusBadRequest, "bad request body: "+err.Error())
 			return
 		}
 		if err := p.rotate(req.Step); err != nil {
-			writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error()})
+			unixapi.WriteError(w, http.StatusConflict, err.Error())
 			return
 		}
-		writeJSON(w, http.StatusOK, p.caStatus())
+		unixapi.WriteJSON(w, http.StatusOK, p.caStatus())
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -106,10 +107,4 @@ type errUnknownStep string
 
 func (e errUnknownStep) Error() string {
 	return "unknown rotation step " + string(e) + ": use prepare, activate or finish"
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
 }

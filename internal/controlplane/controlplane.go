@@ -36,6 +36,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/push"
 	"github.com/trellis-mesh/trellis/internal/safehttp"
+	"github.com/trellis-mesh/trellis/internal/unixapi"
 )
 
 // Config configures the control plane. Zero fields take the defaults given.
@@ -154,11 +155,11 @@ func Run(ctx context.Context, cfg Config) error {
 		ln.Close()
 		return fmt.Errorf("control plane: listen on %s: %w", cfg.MetricsAddr, err)
 	}
-	adminLn, err := listenUnix(SocketPath(cfg.StateDir))
+	adminLn, err := unixapi.Listen(SocketPath(cfg.StateDir))
 	if err != nil {
 		ln.Close()
 		metricsLn.Close()
-		return err
+		return fmt.Errorf("control plane: %w", err)
 	}
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
@@ -193,19 +194,6 @@ func ignoreClosed(err error) error {
 		return nil
 	}
 	return err
-}
-
-func listenUnix(path string) (net.Listener, error) {
-	_ = os.Remove(path)
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("control plane: listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("control plane: restrict %s: %w", path, err)
-	}
-	return ln, nil
 }
 
 func loadSupplied(certPath, keyPath, td string) (*ca.Authority, error) {

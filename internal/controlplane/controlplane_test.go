@@ -12,13 +12,11 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
 	"net"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -439,20 +437,11 @@ func TestNACKKeepsThePreviousConfig(t *testing.T) {
 // waitStatus polls the admin socket's proxy list until one matches.
 func waitStatus(t *testing.T, r *rig, ok func(push.ProxyStatus) bool) push.ProxyStatus {
 	t.Helper()
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", SocketPath(filepath.Join(r.dir, "control")))
-	}}}
+	admin, ctx := NewClient(filepath.Join(r.dir, "control")), ctxT(t)
 	deadline := time.Now().Add(10 * time.Second)
 	var last []push.ProxyStatus
 	for time.Now().Before(deadline) {
-		resp, err := hc.Get("http://control/v1/proxies")
-		if err == nil {
-			last = nil
-			if json.NewDecoder(resp.Body).Decode(&last) != nil {
-				last = nil
-			}
-			resp.Body.Close()
-		}
+		last, _ = admin.Proxies(ctx)
 		for _, p := range last {
 			if ok(p) {
 				return p

@@ -17,6 +17,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/manifest"
 	"github.com/trellis-mesh/trellis/internal/safehttp"
+	"github.com/trellis-mesh/trellis/internal/unixapi"
 )
 
 // The API a running mesh serves on the state directory's Unix socket (mode
@@ -103,37 +104,32 @@ func (a *apiServer) Close() error {
 // serveAPI serves the API on the state directory's socket until closed.
 func (r *Runtime) serveAPI() (*apiServer, error) {
 	path := filepath.Join(r.cfg.StateDir, socketFile)
-	_ = os.Remove(path) // a stale socket; the lock proves no one serves it
-	ln, err := net.Listen("unix", path)
+	ln, err := unixapi.Listen(path) // replaces a stale socket: the lock proves no one serves it
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("restrict %s: %w", path, err)
+		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, r.status()) })
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) { unixapi.WriteJSON(w, http.StatusOK, r.status()) })
 	mux.HandleFunc("POST /v1/control-plane", func(w http.ResponseWriter, req *http.Request) {
 		var body ControlPlaneRequest
 		if err := json.NewDecoder(io.LimitReader(req.Body, 1<<10)).Decode(&body); err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad request body: " + err.Error()})
+			unixapi.WriteError(w, http.StatusBadRequest, "bad request body: "+err.Error())
 			return
 		}
 		r.SetControlPlane(body.Running)
-		writeJSON(w, http.StatusOK, r.status())
+		unixapi.WriteJSON(w, http.StatusOK, r.status())
 	})
-	mux.HandleFunc("GET /v1/namespaces", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, r.Namespaces()) })
-	mux.HandleFunc("GET /v1/pods", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, r.Pods()) })
-	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, r.Services()) })
+	mux.HandleFunc("GET /v1/namespaces", func(w http.ResponseWriter, _ *http.Request) { unixapi.WriteJSON(w, http.StatusOK, r.Namespaces()) })
+	mux.HandleFunc("GET /v1/pods", func(w http.ResponseWriter, _ *http.Request) { unixapi.WriteJSON(w, http.StatusOK, r.Pods()) })
+	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, _ *http.Request) { unixapi.WriteJSON(w, http.StatusOK, r.Services()) })
 	mux.HandleFunc("GET /v1/networkpolicies", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, r.NetworkPolicies())
+		unixapi.WriteJSON(w, http.StatusOK, r.NetworkPolicies())
 	})
 	mux.HandleFunc("GET /v1/policy", r.servePolicy)
 	mux.HandleFunc("POST /v1/apply", r.manifestHandler(r.Apply))
 	mux.HandleFunc("POST /v1/delete", r.manifestHandler(r.Delete))
 	mux.HandleFunc("POST /v1/shutdown", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusAccepted, struct{}{})
+		unixapi.WriteJSON(w, http.StatusAccepted, struct{}{})
 		r.Shutdown()
 	})
 	srv := safehttp.Server(mux)
@@ -158,22 +154,16 @@ func (r *Runtime) manifestHandler(do func([]manifest.Source) (ApplyResult, error
 		var body ManifestRequest
 		dec := json.NewDecoder(io.LimitReader(req.Body, maxManifestBytes))
 		if err := dec.Decode(&body); err != nil {
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad request body: " + err.Error()})
+			unixapi.WriteError(w, http.StatusBadRequest, "bad request body: "+err.Error())
 			return
 		}
 		res, err := do(body.Sources)
 		if err != nil {
-			writeJSON(w, http.StatusUnprocessableEntity, map[string]string{"error": err.Error()})
+			unixapi.WriteError(w, http.StatusUnprocessableEntity, err.Error())
 			return
 		}
-		writeJSON(w, http.StatusOK, res)
+		unixapi.WriteJSON(w, http.StatusOK, res)
 	}
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
 }
 
 // Namespaces lists the declared namespaces, "default" included.

@@ -1,19 +1,15 @@
 package localmesh
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/manifest"
+	"github.com/trellis-mesh/trellis/internal/unixapi"
 )
 
 // ErrNotRunning is returned by Client calls when no mesh serves the state
@@ -23,25 +19,13 @@ var ErrNotRunning = errors.New("no mesh is running")
 // Client talks to a running mesh through its state directory's socket.
 type Client struct {
 	stateDir string
-	hc       *http.Client
+	api      *unixapi.Client
 }
 
 // NewClient returns a client for the mesh using stateDir. It does not
 // connect until a call is made.
 func NewClient(stateDir string) *Client {
-	sock := filepath.Join(stateDir, socketFile)
-	return &Client{
-		stateDir: stateDir,
-		hc: &http.Client{
-			Timeout: 60 * time.Second,
-			Transport: &http.Transport{
-				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-					var d net.Dialer
-					return d.DialContext(ctx, "unix", sock)
-				},
-			},
-		},
-	}
+	return &Client{stateDir: stateDir, api: unixapi.NewClient(filepath.Join(stateDir, socketFile), 60*time.Second)}
 }
 
 // Status returns the mesh's status; ErrNotRunning when none answers.
@@ -106,40 +90,12 @@ func (c *Client) Shutdown(ctx context.Context) error {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		data, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(data)
+	err := c.api.Do(ctx, method, path, in, out)
+	switch {
+	case errors.Is(err, unixapi.ErrRootOnly):
+		return fmt.Errorf("the mesh API in %s is root-only: run this command with sudo", c.stateDir)
+	case errors.Is(err, unixapi.ErrNoServer):
+		return fmt.Errorf("%w with state directory %s: start one with `trellis up -f FILE`", ErrNotRunning, c.stateDir)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://trellis"+path, body)
-	if err != nil {
-		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		var opErr *net.OpError
-		if errors.Is(err, os.ErrPermission) {
-			return fmt.Errorf("the mesh API in %s is root-only: run this command with sudo", c.stateDir)
-		}
-		if errors.As(err, &opErr) && opErr.Op == "dial" {
-			return fmt.Errorf("%w with state directory %s: start one with `trellis up -f FILE`", ErrNotRunning, c.stateDir)
-		}
-		return fmt.Errorf("mesh API %s: %w", path, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var e struct{ Error string }
-		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e)
-		if e.Error == "" {
-			e.Error = resp.Status
-		}
-		return errors.New(e.Error)
-	}
-	if out == nil {
-		return nil
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	return err
 }

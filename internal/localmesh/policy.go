@@ -11,6 +11,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/netpolicy"
 	"github.com/trellis-mesh/trellis/internal/nft"
+	"github.com/trellis-mesh/trellis/internal/unixapi"
 )
 
 // PolicySnapshot is one version of what the node agent enforces.
@@ -78,7 +79,7 @@ func (r *Runtime) servePolicy(w http.ResponseWriter, req *http.Request) {
 	r.mu.Lock()
 	snap := PolicySnapshot{Version: r.policyVersion, Input: r.policyInput}
 	r.mu.Unlock()
-	writeJSON(w, http.StatusOK, snap)
+	unixapi.WriteJSON(w, http.StatusOK, snap)
 }
 
 // NetworkPolicies lists the policies with their denial counters.
