@@ -33,6 +33,7 @@ func newExampleCmd(o *options) *cobra.Command {
 	}
 	hello.Flags().StringVar(&addr, "listen", ":8080", "address to listen on")
 	cmd.AddCommand(hello, newPortsServerCmd(o), newProbeCmd(o), newLoadCmd(o))
+	cmd.AddCommand(newGraphCmds(o)...)
 	return cmd
 }
 
