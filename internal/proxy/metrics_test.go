@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/trellis-mesh/trellis/internal/telemetry"
@@ -35,12 +36,14 @@ func TestGRPCMessageCountingAcrossSplits(t *testing.T) {
 // Headers the proxies use among themselves are not believed when they come
 // from elsewhere: a plaintext caller's peer metadata is ignored and never
 // reaches the app, an app's X-Trellis-Peer is dropped before it leaves, and
-// an app cannot set its proxy's response flags.
+// an app cannot set its proxy's response flags. The app learns its caller
+// from X-Forwarded-Client-Cert, which only its sidecar sets: from the mTLS
+// peer, never from the caller's own header.
 func TestMeshHeadersFromOutsideAreNotTrusted(t *testing.T) {
-	seen := make(chan string, 4)
+	seen := make(chan [2]string, 4)
 	m := newTestMeshApp(t, 1, func(string) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			seen <- r.Header.Get(peerHeader)
+			seen <- [2]string{r.Header.Get(peerHeader), r.Header.Get(xfccHeader)}
 			w.Header().Set(flagsHeader, "UH")
 		})
 	})
@@ -48,17 +51,26 @@ func TestMeshHeadersFromOutsideAreNotTrusted(t *testing.T) {
 	m.inbounds[0].Metrics, m.outbound.Metrics = dst, src
 	forged := encodePeer(telemetry.Peer{Workload: "forged", Namespace: "evil"}, "x", "x", "x")
 	inbound := serve(t, func(c net.Conn) { m.inbounds[0].HandleConn(c, m.appPort) })
-	for _, addr := range []string{inbound, m.appAddr} { // from outside the mesh; from the app
+	forgedXFCC := "By=spiffe://cluster.local/ns/db/sa/default;URI=spiffe://cluster.local/ns/evil/sa/admin"
+	for i, addr := range []string{inbound, m.appAddr} { // from outside the mesh; from the app
 		req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
 		req.Host = "alpha.db"
 		req.Header.Set(peerHeader, forged)
+		req.Header.Set(xfccHeader, forgedXFCC)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		if got := <-seen; got != "" {
-			t.Errorf("the app received %s: %q", peerHeader, got)
+		got := <-seen
+		if got[0] != "" {
+			t.Errorf("the app received %s: %q", peerHeader, got[0])
+		}
+		meshed := i == 1
+		if xfcc := got[1]; strings.Contains(xfcc, "evil") || (xfcc != "") != meshed ||
+			(meshed && !strings.Contains(xfcc, ";URI=spiffe://")) {
+			t.Errorf("request %d (over mTLS: %v): the app received %s %q; want the sidecar's own (By=...;URI=<caller>) over mTLS, none otherwise",
+				i, meshed, xfccHeader, xfcc)
 		}
 	}
 	if n := scrapeWait(t, dst, "istio_requests_total", []string{`source_workload="forged"`}, 0); n != 0 {

@@ -318,10 +318,16 @@ func TestInboundPeerAuthentication(t *testing.T) {
 		t.Errorf("PERMISSIVE: plaintext answer %q, want alpha-0", b)
 	}
 	m.inbounds[0].SetPolicy(&meshpb.InboundPolicy{Mode: meshpb.MTLSMode_MTLS_MODE_STRICT})
+	dst := telemetry.New("test")
+	m.inbounds[0].Metrics = dst
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	if resp, err := c.Get(direct); err == nil {
 		resp.Body.Close()
 		t.Errorf("STRICT: plaintext request got %s, want the connection refused", resp.Status)
+	}
+	// The dashboard draws refusals from this count (Envoy's NR flag).
+	if n := scrapeWait(t, dst, "istio_tcp_connections_opened_total", []string{`response_flags="NR"`, `source_workload="unknown"`}, 1); n != 1 {
+		t.Errorf("STRICT: refused plaintext connections counted %v times, want 1", n)
 	}
 	if got := spread(t, http.DefaultClient, "http://"+m.appAddr+"/", 10, 1); got["alpha-0"] != 10 {
 		t.Errorf("STRICT: mesh requests = %v, want all 10 served", got)
