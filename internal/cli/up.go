@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -30,6 +31,7 @@ type upOptions struct {
 	svidTTL     time.Duration
 	caCert      string
 	caKey       string
+	prometheus  string
 }
 
 func newUpCmd(o *options) *cobra.Command {
@@ -51,6 +53,7 @@ in the background with -d (stop it with 'trellis down').`,
 	cmd.Flags().DurationVar(&u.svidTTL, "svid-ttl", 24*time.Hour, "lifetime of sidecar certificates (renewed at half life); seconds are fine for tests")
 	cmd.Flags().StringVar(&u.caCert, "ca-cert", "", "sign with this root or intermediate (PEM, with its chain up to the root) instead of the mesh's own root")
 	cmd.Flags().StringVar(&u.caKey, "ca-key", "", "the private key of --ca-cert (PEM, PKCS#8)")
+	cmd.Flags().StringVar(&u.prometheus, "prometheus", "", "the dashboard reads its figures from this Prometheus server (http://HOST:PORT) instead of scraping the sidecars")
 	_ = cmd.MarkFlagRequired("filename")
 	return cmd
 }
@@ -100,7 +103,10 @@ func (u *upOptions) prepare() (localmesh.Config, *manifest.Set, error) {
 	if u.svidTTL < 2*time.Second {
 		return cfg, nil, fmt.Errorf("--svid-ttl %s is too short; use 2s or more", u.svidTTL)
 	}
-	cfg = localmesh.Config{StateDir: stateDir, PodCIDR: pod, ServiceCIDR: svc, SVIDTTL: u.svidTTL}
+	if err := checkPrometheusURL(u.prometheus); err != nil {
+		return cfg, nil, err
+	}
+	cfg = localmesh.Config{StateDir: stateDir, PodCIDR: pod, ServiceCIDR: svc, SVIDTTL: u.svidTTL, Prometheus: u.prometheus}
 	if cfg.CACert, cfg.CAKey, err = checkSuppliedCA(u.caCert, u.caKey); err != nil {
 		return cfg, nil, err
 	}
@@ -120,6 +126,18 @@ func (u *upOptions) prepare() (localmesh.Config, *manifest.Set, error) {
 		}
 	}
 	return cfg, set, nil
+}
+
+// checkPrometheusURL accepts "" or an http(s) URL with a host.
+func checkPrometheusURL(s string) error {
+	if s == "" {
+		return nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("--prometheus %q: give the server's URL, such as http://127.0.0.1:9090", s)
+	}
+	return nil
 }
 
 // loadManifests reads, parses and validates manifest files, printing
@@ -182,6 +200,9 @@ func (u *upOptions) startDetached(ctx context.Context) error {
 	}
 	args := []string{"up", "--state-dir", u.stateDir, "--pod-cidr", u.podCIDR, "--service-cidr", u.serviceCIDR,
 		"--svid-ttl", u.svidTTL.String()}
+	if u.prometheus != "" {
+		args = append(args, "--prometheus", u.prometheus)
+	}
 	if u.caCert != "" {
 		cert, _ := filepath.Abs(u.caCert)
 		key, _ := filepath.Abs(u.caKey)

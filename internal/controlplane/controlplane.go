@@ -6,6 +6,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -19,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,11 +33,14 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/catalog"
+	"github.com/trellis-mesh/trellis/internal/dashboard"
 	"github.com/trellis-mesh/trellis/internal/discovery"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/metricstore"
 	"github.com/trellis-mesh/trellis/internal/push"
 	"github.com/trellis-mesh/trellis/internal/safehttp"
+	"github.com/trellis-mesh/trellis/internal/servicegraph"
 	"github.com/trellis-mesh/trellis/internal/unixapi"
 )
 
@@ -60,6 +65,16 @@ type Config struct {
 	SVIDTTL time.Duration
 	// Debounce coalesces bursts of changes. Default 100 ms.
 	Debounce time.Duration
+	// DashboardAddr serves the dashboard and its API. Default
+	// 127.0.0.1:20001.
+	DashboardAddr string
+	// ScrapeInterval: how often the sidecars' metrics are scraped into
+	// the dashboard's store. Default 5 s.
+	ScrapeInterval time.Duration
+	// PrometheusURL, when set, makes the dashboard read a Prometheus
+	// server's HTTP API (e.g. http://127.0.0.1:9090) instead of scraping
+	// the sidecars itself.
+	PrometheusURL string
 }
 
 // ServerID is the identity the control plane presents to proxies in trust
@@ -87,6 +102,9 @@ func (c *Config) setDefaults() error {
 	if c.MetricsAddr == "" {
 		c.MetricsAddr = "127.0.0.1:15014"
 	}
+	if c.DashboardAddr == "" {
+		c.DashboardAddr = "127.0.0.1:20001"
+	}
 	if c.SVIDTTL <= 0 {
 		c.SVIDTTL = 24 * time.Hour
 	}
@@ -107,6 +125,8 @@ type plane struct {
 	certMu  sync.Mutex
 	cert    *tls.Certificate // guarded by certMu: the serving certificate
 	certFor *x509.Certificate
+
+	snap atomic.Pointer[catalog.Snapshot] // the latest discovery snapshot
 }
 
 // Run runs the control plane until ctx is done.
@@ -146,47 +166,94 @@ func Run(ctx context.Context, cfg Config) error {
 	grpcSrv := p.grpcServer()
 	meshpb.RegisterCertificateServiceServer(grpcSrv, certs)
 	meshpb.RegisterConfigServiceServer(grpcSrv, p.push)
-	ln, err := net.Listen("tcp", cfg.GRPCAddr)
+	graphSrc, scrape, err := p.graphSource()
 	if err != nil {
-		return fmt.Errorf("control plane: listen on %s: %w", cfg.GRPCAddr, err)
+		return err
 	}
-	metricsLn, err := net.Listen("tcp", cfg.MetricsAddr)
+	lns, err := listenTCP(cfg.GRPCAddr, cfg.MetricsAddr, cfg.DashboardAddr)
 	if err != nil {
-		ln.Close()
-		return fmt.Errorf("control plane: listen on %s: %w", cfg.MetricsAddr, err)
+		return err
 	}
 	adminLn, err := unixapi.Listen(SocketPath(cfg.StateDir))
 	if err != nil {
-		ln.Close()
-		metricsLn.Close()
+		closeAll(lns)
 		return fmt.Errorf("control plane: %w", err)
 	}
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
 	metrics, admin := safehttp.Server(metricsMux), safehttp.Server(p.adminMux())
+	reqLog := dashboard.NewRequestLog()
+	dash := safehttp.Server(dashboard.Handler(dashboard.Config{Source: graphSrc, Requests: reqLog.Latest,
+		Inventory: func() servicegraph.Inventory { return inventory(p.snap.Load()) }}))
 
 	src := &discovery.File{Path: cfg.Registry, OnError: func(err error) { slog.Error("discovery", "err", err) }}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return src.Run(ctx, func(s *catalog.Snapshot) {
+			p.snap.Store(s)
 			att.setSnapshot(s)
 			p.push.Update(s)
 		})
 	})
 	g.Go(func() error { return p.push.Run(ctx) })
-	g.Go(func() error { return grpcSrv.Serve(ln) })
-	g.Go(func() error { return ignoreClosed(metrics.Serve(metricsLn)) })
+	g.Go(func() error { return grpcSrv.Serve(lns[0]) })
+	g.Go(func() error { return ignoreClosed(metrics.Serve(lns[1])) })
+	g.Go(func() error { return ignoreClosed(dash.Serve(lns[2])) })
 	g.Go(func() error { return ignoreClosed(admin.Serve(adminLn)) })
+	if scrape != nil {
+		g.Go(func() error { return scrape(ctx) })
+	}
+	g.Go(func() error {
+		return reqLog.Poll(ctx, cmp.Or(cfg.ScrapeInterval, 5*time.Second), func() []metricstore.Target {
+			return scrapeTargets(p.snap.Load(), "/stats/recent-requests")
+		})
+	})
 	g.Go(func() error {
 		<-ctx.Done()
 		grpcSrv.Stop() // proxies reconnect to the next instance; nothing to drain
 		metrics.Close()
+		dash.Close()
 		admin.Close()
 		return nil
 	})
-	slog.Info("control plane running", "grpc", cfg.GRPCAddr, "metrics", cfg.MetricsAddr, "trustDomain", cfg.TrustDomain,
+	slog.Info("control plane running", "grpc", cfg.GRPCAddr, "metrics", cfg.MetricsAddr, "dashboard", cfg.DashboardAddr,
+		"trustDomain", cfg.TrustDomain,
 		"root", ca.Fingerprint(p.keeper.Authority().SigningCert()))
 	return g.Wait()
+}
+
+// listenTCP listens on every address, or on none.
+func listenTCP(addrs ...string) ([]net.Listener, error) {
+	var lns []net.Listener
+	for _, a := range addrs {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			closeAll(lns)
+			return nil, fmt.Errorf("control plane: listen on %s: %w", a, err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+func closeAll(lns []net.Listener) {
+	for _, ln := range lns {
+		ln.Close()
+	}
+}
+
+// graphSource is where the dashboard reads traffic: a Prometheus server
+// when configured, else a store that scrape fills from the sidecars.
+func (p *plane) graphSource() (servicegraph.Source, func(context.Context) error, error) {
+	if p.cfg.PrometheusURL != "" {
+		src, err := servicegraph.Prometheus(p.cfg.PrometheusURL)
+		return src, nil, err
+	}
+	store := metricstore.New(metricstore.Config{Interval: p.cfg.ScrapeInterval})
+	scrape := func(ctx context.Context) error {
+		return store.Run(ctx, func() []metricstore.Target { return scrapeTargets(p.snap.Load(), "/stats/prometheus") })
+	}
+	return servicegraph.Local(store), scrape, nil
 }
 
 func ignoreClosed(err error) error {

@@ -45,7 +45,11 @@ func (r *Runtime) prepareControlPlane() {
 		"--control-state-dir", filepath.Join(r.cfg.StateDir, controlDir),
 		"--registry", filepath.Join(r.cfg.StateDir, registryFile),
 		"--grpc-addr", r.controlPlaneAddr(), "--metrics-addr", r.cfg.ControlPlaneMetrics,
-		"--trust-domain", r.cfg.TrustDomain, "--svid-ttl", r.cfg.SVIDTTL.String()}
+		"--trust-domain", r.cfg.TrustDomain, "--svid-ttl", r.cfg.SVIDTTL.String(),
+		"--dashboard-addr", r.cfg.Dashboard}
+	if r.cfg.Prometheus != "" {
+		args = append(args, "--prometheus", r.cfg.Prometheus)
+	}
 	if r.cfg.CACert != "" {
 		args = append(args, "--ca-cert", r.cfg.CACert, "--ca-key", r.cfg.CAKey)
 	}

@@ -71,6 +71,12 @@ type Config struct {
 	// ControlPlaneMetrics is where the control plane serves its
 	// Prometheus metrics. Default 127.0.0.1:15014.
 	ControlPlaneMetrics string
+	// Dashboard is where the control plane serves the dashboard. Default
+	// 127.0.0.1:20001.
+	Dashboard string
+	// Prometheus, when set, is a Prometheus server's URL the dashboard
+	// reads instead of scraping the sidecars itself.
+	Prometheus string
 }
 
 // DefaultPodCIDR and DefaultServiceCIDR are the default address ranges.
@@ -121,6 +127,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ControlPlaneMetrics == "" {
 		c.ControlPlaneMetrics = "127.0.0.1:15014"
+	}
+	if c.Dashboard == "" {
+		c.Dashboard = "127.0.0.1:20001"
 	}
 	if c.RestartBackoff <= 0 {
 		c.RestartBackoff = time.Second

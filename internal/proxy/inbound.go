@@ -293,7 +293,7 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if ex.service == "" {
 		ex.service, _, _ = strings.Cut(r.Host, ":")
-		ex.svcName, ex.svcNS = "unknown", "unknown"
+		ex.svcName, ex.svcNS = serviceOfHost(ex.service)
 	}
 	ow, body := observe(w, r, in.WriteIdleTimeout)
 	if port, ok := r.Context().Value(appPortKey{}).(uint16); ok {
@@ -304,6 +304,17 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	in.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
+}
+
+// serviceOfHost reads a Kubernetes service name and namespace from a
+// caller's host name (<name>.<namespace>.svc[.<domain>]), for callers
+// outside the mesh, which send no metadata; "unknown" for any other name.
+func serviceOfHost(host string) (name, namespace string) {
+	parts := strings.SplitN(host, ".", 4)
+	if len(parts) < 3 || parts[2] != "svc" || parts[0] == "" || parts[1] == "" {
+		return "unknown", "unknown"
+	}
+	return parts[0], parts[1]
 }
 
 // xfccHeader tells the app who called, as Envoy's

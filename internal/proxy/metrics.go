@@ -340,6 +340,7 @@ func recordAfter(m *telemetry.Metrics, log *slog.Logger, reporter string, src te
 		Flags: responseFlags(r, ex, w, p != nil), Duration: time.Since(start),
 		RequestBytes: body.n.Load(), ResponseBytes: w.bytes,
 		RequestMessages: body.msgs.count(), ResponseMessages: w.msgs.count(),
+		Method: r.Method, Path: r.URL.Path,
 	}
 	if m != nil {
 		m.ObserveRequest(req)

@@ -120,3 +120,21 @@ func TestCancelledRequestsAreNotUpstreamFailures(t *testing.T) {
 		}
 	}
 }
+
+// A plaintext caller sends no metadata; its service is read from the host
+// it asked for, in Kubernetes' own form only.
+func TestServiceOfHost(t *testing.T) {
+	for host, want := range map[string][2]string{
+		"alpha.db.svc.cluster.local": {"alpha", "db"},
+		"alpha.db.svc":               {"alpha", "db"},
+		"alpha.db":                   {"unknown", "unknown"}, // could be a domain
+		"example.com":                {"unknown", "unknown"},
+		"10.0.0.1":                   {"unknown", "unknown"},
+		".db.svc.cluster.local":      {"unknown", "unknown"},
+		"":                           {"unknown", "unknown"},
+	} {
+		if n, ns := serviceOfHost(host); n != want[0] || ns != want[1] {
+			t.Errorf("serviceOfHost(%q) = %s, %s; want %s, %s", host, n, ns, want[0], want[1])
+		}
+	}
+}

@@ -1,0 +1,457 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/trellis-mesh/trellis/examples/demo"
+	"github.com/trellis-mesh/trellis/examples/graphdb"
+	"github.com/trellis-mesh/trellis/examples/graphdb/graphpb"
+	"github.com/trellis-mesh/trellis/internal/localmesh"
+	"github.com/trellis-mesh/trellis/internal/manifest"
+	"github.com/trellis-mesh/trellis/internal/servicegraph"
+)
+
+type demoOptions struct {
+	*options
+	keep    bool
+	timeout time.Duration
+	traffic time.Duration
+}
+
+func newDemoCmd(o *options) *cobra.Command {
+	d := &demoOptions{options: o}
+	cmd := &cobra.Command{
+		Use:   "demo [--keep]",
+		Short: "Run the reference walkthrough: a database only mesh members may reach, and its service graph",
+		Long: `Run the reference walkthrough on this host, narrating each step:
+
+  namespace db (injected): demo-graph-alpha (HTTP 8080 /health, /query; gRPC 9080)
+                           and its coordinator demo-graph-zero (gRPC 5080)
+  namespace client-allow (injected) and client-deny (not injected): a client pod each
+
+  TEST 0  no policy: both clients reach HTTP /health and gRPC CheckVersion
+  TEST 1  NetworkPolicy "mesh members only": the client outside the mesh times out
+  TEST 2  the client in the mesh still succeeds, through its sidecar, with mTLS
+  TEST 3  traffic (health, CheckVersion, a Star Wars dataset loaded over gRPC,
+          queries over HTTP) and the service graph it makes
+
+Exits non-zero when any expected result does not hold. Cleans up after itself
+unless --keep, which leaves the mesh and its dashboard running.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return d.run(ctx)
+		},
+	}
+	cmd.Flags().BoolVar(&d.keep, "keep", false, "leave everything running for exploration (stop it with `trellis down`)")
+	cmd.Flags().DurationVar(&d.timeout, "timeout", 3*time.Second, "how long a client waits for an answer before it counts as timed out")
+	cmd.Flags().DurationVar(&d.traffic, "traffic", 10*time.Second, "how long test 3 generates traffic")
+	return cmd
+}
+
+// demoRun is one run of the walkthrough: its clock, its executable and
+// the checks that failed.
+type demoRun struct {
+	*demoOptions
+	exe      string
+	start    time.Time
+	checks   int
+	failures []string
+}
+
+func (d *demoOptions) run(ctx context.Context) error {
+	if err := requireRoot("trellis demo"); err != nil {
+		return err
+	}
+	if d.timeout < 100*time.Millisecond || d.timeout > time.Minute || d.traffic < time.Second || d.traffic > 10*time.Minute {
+		return fmt.Errorf("--timeout must be 100ms..1m and --traffic 1s..10m (got %s, %s)", d.timeout, d.traffic)
+	}
+	if localmesh.Running(d.stateDir) {
+		return fmt.Errorf("a mesh is already running with state directory %s: stop it with `trellis down` first", d.stateDir)
+	}
+	if ln, err := net.Listen("tcp", defaultDashboard); err != nil {
+		return fmt.Errorf("the dashboard's address %s is taken (%v): stop what listens there first", defaultDashboard, err)
+	} else {
+		ln.Close()
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	r := &demoRun{demoOptions: d, exe: exe, start: time.Now()}
+	fmt.Fprintf(d.out, "trellis demo: the reference walkthrough, on this host (state %s)\n\n", d.stateDir)
+	err = r.walk(ctx)
+	if !d.keep {
+		r.say("cleaning up (trellis down)")
+		quiet := &options{stateDir: d.stateDir, out: io.Discard, err: d.err}
+		if derr := runDown(context.WithoutCancel(ctx), quiet); derr != nil {
+			err = errors.Join(err, fmt.Errorf("clean up: %w", derr))
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if len(r.failures) > 0 {
+		return fmt.Errorf("%d of %d checks failed:\n  %s", len(r.failures), r.checks, strings.Join(r.failures, "\n  "))
+	}
+	fmt.Fprintf(d.out, "\nall %d checks passed in %s\n", r.checks, time.Since(r.start).Round(100*time.Millisecond))
+	if d.keep {
+		fmt.Fprintf(d.out, "left running: `trellis dashboard`, `trellis graph`, `trellis get pods -A`; stop it with `trellis down`\n")
+	}
+	return nil
+}
+
+// walk runs the steps; an error is a step that could not run at all.
+func (r *demoRun) walk(ctx context.Context) error {
+	if err := r.up(ctx); err != nil {
+		return err
+	}
+	r.test0(ctx)
+	if err := r.test1(ctx); err != nil {
+		return err
+	}
+	r.test2(ctx)
+	return r.test3(ctx)
+}
+
+func (r *demoRun) say(format string, args ...any) {
+	fmt.Fprintf(r.out, "[%5.1fs] %s\n", time.Since(r.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+// check records one expected result and prints it.
+func (r *demoRun) check(what string, ok bool, detail string) {
+	r.checks++
+	mark := "ok  "
+	if !ok {
+		mark = "FAIL"
+		r.failures = append(r.failures, what+": "+detail)
+	}
+	fmt.Fprintf(r.out, "         %s  %-44s %s\n", mark, what, detail)
+}
+
+func (r *demoRun) up(ctx context.Context) error {
+	r.say("start the mesh: namespace db (injected) with demo-graph-alpha and demo-graph-zero; client-allow (injected); client-deny (not injected)")
+	dir := filepath.Join(r.stateDir, "demo")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	mesh := filepath.Join(dir, "mesh.yaml")
+	if err := os.WriteFile(mesh, demo.Mesh, 0o600); err != nil {
+		return err
+	}
+	u := &upOptions{options: &options{stateDir: r.stateDir, out: io.Discard, err: io.Discard}, files: []string{mesh},
+		podCIDR: localmesh.DefaultPodCIDR.String(), serviceCIDR: localmesh.DefaultServiceCIDR.String(), svidTTL: 24 * time.Hour}
+	if _, _, err := u.prepare(); err != nil {
+		return err
+	}
+	if err := u.startDetached(ctx); err != nil {
+		return err
+	}
+	pods, err := r.waitReady(ctx, 4, time.Minute)
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, p := range pods {
+		names = append(names, fmt.Sprintf("%s/%s %s", p.Namespace, p.Name, readyCount(p)))
+	}
+	r.say("mesh up: %s", strings.Join(names, ", "))
+	return nil
+}
+
+func readyCount(p localmesh.PodStatus) string {
+	n := 0
+	for _, c := range p.Containers {
+		if c.Ready {
+			n++
+		}
+	}
+	return fmt.Sprintf("%d/%d", n, len(p.Containers))
+}
+
+// waitReady waits until want pods are ready.
+func (r *demoRun) waitReady(ctx context.Context, want int, limit time.Duration) ([]localmesh.PodStatus, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		pods, err := r.client().Pods(ctx)
+		ready := 0
+		for _, p := range pods {
+			if p.Ready {
+				ready++
+			}
+		}
+		if err == nil && ready == want && len(pods) == want {
+			return pods, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%d of %d demo pods ready after %s (see `trellis get pods -A` and `trellis logs`): %v", ready, want, limit, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// inClient runs a command in namespace ns's client pod and returns its
+// output, or an error with what it printed.
+func (r *demoRun) inClient(ctx context.Context, ns string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout+r.traffic+10*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, r.exe, append([]string{"exec", "--state-dir", r.stateDir, "-n", ns, "client", "--"}, args...)...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if msg == "" {
+			msg = err.Error()
+		}
+		return stdout.String(), errors.New(strings.TrimPrefix(msg, "error: "))
+	}
+	return stdout.String(), nil
+}
+
+const (
+	alphaHTTP = "http://demo-graph-alpha.db.svc.cluster.local:8080"
+	alphaGRPC = "demo-graph-alpha.db.svc.cluster.local:9080"
+)
+
+// call is one client's attempt at one port, as test 0-2 make them.
+type call struct {
+	label string
+	args  []string
+	// parse checks a successful answer and describes it.
+	parse func(out string) (desc, client string, err error)
+}
+
+func (r *demoRun) calls() []call {
+	t := r.timeout.String()
+	cs := []call{
+		{"HTTP GET /health", []string{"trellis", "example", "graph-client", "health", "--http", alphaHTTP, "--timeout", t},
+			func(out string) (string, string, error) {
+				var h graphdb.Health
+				if err := json.Unmarshal([]byte(out), &h); err != nil || h.Status != "healthy" {
+					return "", "", fmt.Errorf("unexpected answer %q", strings.TrimSpace(out))
+				}
+				return fmt.Sprintf("%s %s from %s", h.Status, h.Version, h.Instance), h.Client, nil
+			}},
+		{"gRPC CheckVersion", []string{"trellis", "example", "graph-client", "check-version", "--grpc", alphaGRPC, "--timeout", t},
+			func(out string) (string, string, error) {
+				var v graphpb.Version
+				if err := json.Unmarshal([]byte(out), &v); err != nil || v.Tag == "" {
+					return "", "", fmt.Errorf("unexpected answer %q", strings.TrimSpace(out))
+				}
+				return fmt.Sprintf("%s from %s", v.Tag, v.Instance), v.Client, nil
+			}},
+	}
+	if _, err := exec.LookPath("curl"); err == nil {
+		cs = append(cs, call{"curl /health", []string{"curl", "-sS", "--fail", "-m", fmt.Sprintf("%.1f", r.timeout.Seconds()), alphaHTTP + "/health"},
+			func(out string) (string, string, error) {
+				var h graphdb.Health
+				if err := json.Unmarshal([]byte(out), &h); err != nil {
+					return "", "", fmt.Errorf("unexpected answer %q", strings.TrimSpace(out))
+				}
+				return "HTTP 200 " + h.Status, h.Client, nil
+			}})
+	}
+	return cs
+}
+
+// attempt makes every call from namespace ns. want is "ok" or "timeout".
+func (r *demoRun) attempt(ctx context.Context, ns, want string, mtlsAs string) {
+	for _, c := range r.calls() {
+		out, err := r.inClient(ctx, ns, c.args...)
+		what := fmt.Sprintf("%s → %s", ns, c.label)
+		if want == "timeout" {
+			switch {
+			case err == nil:
+				r.check(what, false, "answered, want a timeout: "+strings.TrimSpace(out))
+			case !isTimeout(err):
+				r.check(what, false, "failed, but not by timing out: "+err.Error())
+			default:
+				r.check(what, true, "timed out: "+oneLine(err.Error()))
+			}
+			continue
+		}
+		if err != nil {
+			r.check(what, false, oneLine(err.Error()))
+			continue
+		}
+		desc, client, perr := c.parse(out)
+		switch {
+		case perr != nil:
+			r.check(what, false, perr.Error())
+		case mtlsAs != "" && client != mtlsAs:
+			r.check(what, false, fmt.Sprintf("%s, but alpha's sidecar saw the caller as %q, want %s over mTLS", desc, client, mtlsAs))
+		case mtlsAs != "":
+			r.check(what, true, desc+"; mTLS, caller "+client)
+		default:
+			r.check(what, true, desc)
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "deadline exceeded") || strings.Contains(s, "DeadlineExceeded") ||
+		strings.Contains(s, "timed out") || strings.Contains(s, "Timeout was reached")
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 140 {
+		s = s[:140] + "…"
+	}
+	return s
+}
+
+func (r *demoRun) test0(ctx context.Context) {
+	r.say("TEST 0  no policy: both clients reach HTTP /health and gRPC CheckVersion")
+	r.attempt(ctx, "client-allow", "ok", "")
+	r.attempt(ctx, "client-deny", "ok", "")
+}
+
+func (r *demoRun) test1(ctx context.Context) error {
+	r.say("TEST 1  apply NetworkPolicy db/mesh-members-only: the client outside the mesh times out (after %s)", r.timeout)
+	before, _ := nodeAgentRules()
+	_, err := r.client().Apply(ctx, []manifest.Source{{Name: "policy.yaml", Data: demo.Policy}})
+	if err != nil {
+		return fmt.Errorf("apply the policy: %w", err)
+	}
+	// The node agent reports its rule count once the kernel has the rules.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if n, err := nodeAgentRules(); err == nil && n != before {
+			break
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the node agent did not apply the policy within 10s; see `trellis get networkpolicies -A` and the mesh log")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.attempt(ctx, "client-deny", "timeout", "")
+	return nil
+}
+
+func (r *demoRun) test2(ctx context.Context) {
+	r.say("TEST 2  the client in the mesh still succeeds, through its sidecar, with mTLS")
+	r.attempt(ctx, "client-allow", "ok", "spiffe://cluster.local/ns/client-allow/sa/default")
+}
+
+func (r *demoRun) test3(ctx context.Context) error {
+	r.say("TEST 3  traffic for %s: health checks, CheckVersion, a Star Wars dataset loaded over gRPC, queries over HTTP", r.traffic)
+	out, err := r.inClient(ctx, "client-allow", "trellis", "example", "graph-client", "traffic", "--http", alphaHTTP, "--grpc", alphaGRPC,
+		"--rate", "10", "--duration", r.traffic.String(), "--timeout", r.timeout.String())
+	var counts graphdb.Counts
+	_ = json.Unmarshal([]byte(out), &counts)
+	total := 0
+	for _, n := range counts.OK {
+		total += n
+	}
+	if err != nil {
+		r.check("traffic from client-allow", false, oneLine(err.Error()))
+	} else {
+		r.check("traffic from client-allow", true, fmt.Sprintf("%d calls, none failed (%v)", total, counts.OK))
+	}
+
+	r.say("the service graph (the dashboard scrapes every sidecar every 5s)")
+	want := []string{
+		"wl:client-allow/client>svc:db/demo-graph-alpha:http",
+		"wl:client-allow/client>svc:db/demo-graph-alpha:grpc",
+		"wl:db/demo-graph-alpha>svc:db/demo-graph-zero:grpc",
+	}
+	g, err := waitGraph(ctx, want, 20*time.Second)
+	if err != nil {
+		return err
+	}
+	if err := printGraph(r.out, g); err != nil {
+		return err
+	}
+	edges := map[string]*servicegraph.Edge{}
+	for _, e := range g.Edges {
+		edges[e.ID] = e
+	}
+	for _, id := range want {
+		e := edges[id]
+		switch {
+		case e == nil:
+			r.check("graph edge "+id, false, "missing")
+		case e.MTLS < 1 || e.ErrorRate > 0:
+			r.check("graph edge "+id, false, fmt.Sprintf("%.0f%% mTLS, %.1f%% errors; want all mTLS, no errors", 100*e.MTLS, 100*e.ErrorRate))
+		default:
+			r.check("graph edge "+id, true, fmt.Sprintf("%.1f rps, all mTLS, no errors", e.RPS))
+		}
+	}
+	r.say("dashboard: %s%s", dashboardURL(defaultDashboard), map[bool]string{false: " (run `trellis demo --keep` to keep it up)", true: ""}[r.keep])
+	return nil
+}
+
+// waitGraph polls the dashboard's graph until it has every edge in want.
+func waitGraph(ctx context.Context, want []string, limit time.Duration) (*servicegraph.Graph, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		g, err := fetchGraph(ctx, defaultDashboard, time.Minute, []string{"db", "client-allow", "client-deny"})
+		if err == nil {
+			have := map[string]bool{}
+			for _, e := range g.Edges {
+				have[e.ID] = e.Requests > 0
+			}
+			missing := 0
+			for _, id := range want {
+				if !have[id] {
+					missing++
+				}
+			}
+			if missing == 0 || time.Now().After(deadline) {
+				return g, nil
+			}
+		} else if time.Now().After(deadline) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// nodeAgentRules reads the node agent's trellis_netpol_rules gauge: the
+// rules in the kernel after its last apply.
+func nodeAgentRules() (float64, error) {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://127.0.0.1:15090/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "trellis_netpol_rules "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, errors.New("node agent metrics: no trellis_netpol_rules")
+}
