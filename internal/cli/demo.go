@@ -169,6 +169,9 @@ func (r *demoRun) up(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := r.waitSynced(ctx, 3, 30*time.Second); err != nil {
+		return err
+	}
 	var names []string
 	for _, p := range pods {
 		names = append(names, fmt.Sprintf("%s/%s %s", p.Namespace, p.Name, readyCount(p)))
@@ -208,6 +211,32 @@ func (r *demoRun) waitReady(ctx context.Context, want int, limit time.Duration) 
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// waitSynced waits until want sidecars run the config the control plane
+// has for them now: each client's sidecar then knows the ready database.
+func (r *demoRun) waitSynced(ctx context.Context, want int, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		st, err := controlClient(r.stateDir).Proxies(ctx)
+		synced := 0
+		for _, p := range st {
+			if syncState(p) == "SYNCED" {
+				synced++
+			}
+		}
+		if err == nil && synced == want && len(st) == want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d sidecars in sync with the control plane after %s (see `trellis proxy-status`): %v", synced, want, limit, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }

@@ -192,7 +192,11 @@ async function showPanel(id, fresh = true) {
   state.selected = id;
   const d = el.data();
   const panel = document.getElementById('panel');
-  panel.hidden = false;
+  if (panel.hidden) {
+    panel.hidden = false;
+    document.querySelector('main').classList.add('with-panel');
+    cy.resize();
+  }
   const byId = (x) => cy.getElementById(x).data('label')?.replace('\n', ' ') || x;
   document.getElementById('panel-title').textContent = el.isEdge() ? `${byId(d.source)} → ${byId(d.target)}` : d.label.replace('\n', ' ');
   document.getElementById('panel-kind').textContent = el.isEdge()
@@ -255,7 +259,7 @@ function requests(reqs) {
   body.replaceChildren(...reqs.map((r) => {
     const tr = document.createElement('tr');
     const bad = r.protocol === 'grpc' ? r.grpcStatus && r.grpcStatus !== '0' : r.code === 0 || r.code >= 500;
-    const cells = [new Date(r.time).toLocaleTimeString(), `${r.method} ${r.path}`,
+    const cells = [new Date(r.time).toLocaleTimeString([], { hour12: false }), `${r.method} ${r.path}`,
       r.protocol === 'grpc' ? `grpc ${r.grpcStatus}` : String(r.code), r.durationMs.toFixed(1)];
     for (const [i, c] of cells.entries()) {
       const td = document.createElement('td');
@@ -280,6 +284,8 @@ cy.on('tap', 'node[kind], edge', (ev) => showPanel(ev.target.id()));
 document.getElementById('close').addEventListener('click', () => {
   state.selected = null;
   document.getElementById('panel').hidden = true;
+  document.querySelector('main').classList.remove('with-panel');
+  cy.resize();
 });
 
 async function init() {

@@ -1,0 +1,131 @@
+package cli_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// The README's first command: `trellis demo` runs the reference
+// walkthrough, every check passes, and it leaves nothing behind; with
+// --keep the dashboard stays up, and a real browser (headless Chromium)
+// draws the graph the walkthrough promises: HTTP and gRPC edges into
+// demo-graph-alpha and alpha's edge to demo-graph-zero.
+func TestDemo(t *testing.T) {
+	m := newMesh(t)
+	out, errOut, err := m.runWithin(3*time.Minute, "demo", "--traffic", "3s")
+	if err != nil {
+		t.Fatalf("trellis demo: %v\nstdout:\n%s\nstderr:\n%s", err, out, errOut)
+	}
+	for _, want := range []string{"TEST 0", "TEST 1", "TEST 2", "TEST 3", "timed out", "mTLS, caller spiffe://cluster.local/ns/client-allow/sa/default",
+		"dashboard: http://127.0.0.1:20001/", "checks passed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("trellis demo printed no %q:\n%s", want, out)
+		}
+	}
+	if left := leftovers(t); len(left) > 0 {
+		t.Errorf("trellis demo (without --keep) left %v behind", left)
+	}
+
+	out, errOut, err = m.runWithin(3*time.Minute, "demo", "--keep", "--traffic", "5s")
+	if err != nil {
+		t.Fatalf("trellis demo --keep: %v\nstdout:\n%s\nstderr:\n%s", err, out, errOut)
+	}
+	t.Log(out)
+	if !strings.Contains(m.must("graph", "--window", "2m"), "demo-graph-zero.db (service)") {
+		t.Errorf("trellis graph shows no edge to demo-graph-zero")
+	}
+	resp, err := http.Get("http://127.0.0.1:20001/api/graph?window=forever")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var apiErr struct{ Error string }
+	_ = json.NewDecoder(resp.Body).Decode(&apiErr)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(apiErr.Error, "1m") {
+		t.Errorf("GET /api/graph?window=forever = %s %q, want 400 saying what a window looks like", resp.Status, apiErr.Error)
+	}
+	browseDashboard(t)
+}
+
+// browseDashboard opens the dashboard in headless Chromium, checks the
+// graph it draws, opens an edge's panel and saves a screenshot.
+func browseDashboard(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("no chromium: install Debian's chromium (scripts/test.sh does)")
+	}
+	opts := append(slices.Clone(chromedp.DefaultExecAllocatorOptions[:]), chromedp.ExecPath(chromium),
+		chromedp.NoSandbox, chromedp.WindowSize(1400, 900))
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancel()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Navigate("http://127.0.0.1:20001/?window=2m")); err != nil {
+		t.Fatalf("open the dashboard: %v", err)
+	}
+	ctx, cancel = context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`body[data-loaded="true"]`))); err != nil {
+		t.Fatalf("the dashboard never loaded its graph: %v", err)
+	}
+	// What is drawn, read from the page's graph (cytoscape's model of
+	// the canvas): "source>target:protocol" of every visible edge.
+	edges, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`trellis.cy.edges(':visible').map(e => e.id())`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"wl:client-allow/client>svc:db/demo-graph-alpha:http",
+		"wl:client-allow/client>svc:db/demo-graph-alpha:grpc",
+		"wl:db/demo-graph-alpha>svc:db/demo-graph-zero:grpc",
+	} {
+		if !slices.Contains(edges, want) {
+			t.Errorf("the dashboard draws no edge %s; it draws %v", want, edges)
+		}
+	}
+	shapes, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]string](
+		`Object.fromEntries(trellis.cy.nodes('[kind]').map(n => [n.id(), n.style('shape')]))`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shapes["svc:db/demo-graph-alpha"] != "triangle" || shapes["wl:db/demo-graph-alpha"] != "rectangle" {
+		t.Errorf("node shapes %v: want services as triangles and workloads as squares", shapes)
+	}
+	// Open the gRPC edge's panel: its charts and recent requests load.
+	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](
+		`trellis.cy.getElementById("wl:client-allow/client>svc:db/demo-graph-alpha:grpc").emit("tap").nonempty()`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Do(ctx,
+		chromedp.WaitVisible(chromedp.CSS(`#chart-rps svg`)),
+		chromedp.WaitVisible(chromedp.CSS(`#requests tbody tr td`))); err != nil {
+		t.Errorf("the edge's panel did not show its charts and requests: %v", err)
+	}
+	rows, _ := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll('#requests tbody tr')].map(r => r.innerText)`))
+	if len(rows) == 0 || !strings.Contains(strings.Join(rows, "\n"), "CheckVersion") {
+		t.Errorf("recent requests of the gRPC edge: %q, want CheckVersion calls", rows)
+	}
+	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := os.Getenv("TRELLIS_SCREENSHOT_DIR")
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	path := filepath.Join(dir, "trellis-dashboard-demo.png")
+	if err := os.WriteFile(path, shot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot of the dashboard: %s", path)
+}
