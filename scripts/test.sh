@@ -22,9 +22,13 @@ FUZZTIME=${FUZZTIME:-5000x}
 
 log() { printf '\n== %s\n' "$*"; }
 
-# Debian packages the tests use inside pods.
+# Debian packages: tools the tests use inside pods, the browser the
+# dashboard test drives, the Prometheus server its Prometheus source is
+# tested against.
 missing=()
 command -v curl >/dev/null || missing+=(curl)
+command -v chromium >/dev/null || missing+=(chromium)
+[ -x /usr/bin/prometheus ] || missing+=(prometheus)
 command -v getent >/dev/null || missing+=(libc-bin)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -34,7 +38,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   log "installing ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # Go tools at pinned versions.
@@ -65,11 +69,14 @@ fi
 
 log "generated code is current (go generate)"
 PATH="$GOBIN:$PATH" go generate ./...
-if git rev-parse --git-dir >/dev/null 2>&1 && [ -n "$(git status --porcelain -- internal/meshpb)" ]; then
-  git status --porcelain -- internal/meshpb >&2
-  echo "internal/meshpb differs from what go generate makes: run go generate ./... and commit" >&2
+if git rev-parse --git-dir >/dev/null 2>&1 && [ -n "$(git status --porcelain -- internal/meshpb examples/graphdb/graphpb)" ]; then
+  git status --porcelain -- internal/meshpb examples/graphdb/graphpb >&2
+  echo "generated code differs from what go generate makes: run go generate ./... and commit" >&2
   exit 1
 fi
+
+log "vendored dashboard script is the pinned cytoscape (scripts/vendor-js.sh reproduces it)"
+scripts/vendor-js.sh --verify
 
 log "go vet"
 go vet ./...
