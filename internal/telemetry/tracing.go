@@ -1,0 +1,125 @@
+package telemetry
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+
+	"go.opentelemetry.io/contrib/propagators/b3"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.37.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// TracingConfig configures a proxy's tracing. The zero value records no
+// new trace and exports nothing; trace context is still propagated.
+type TracingConfig struct {
+	// Sampling is the percentage (0..100) of new traces recorded, as
+	// Istio's tracing.sampling; a request that arrives with a trace keeps
+	// its caller's decision.
+	Sampling float64
+	// Exporter receives finished spans (batched); nil exports nothing, but
+	// trace context is still made and propagated.
+	Exporter sdktrace.SpanExporter
+	// Service names this proxy's spans (service.name), e.g. the workload
+	// and namespace as Istio names them: "alpha.db".
+	Service string
+}
+
+// Tracing makes each proxied request a span and passes the trace on in
+// W3C traceparent and B3 headers, as Envoy does for Istio: the app must
+// copy the headers from its inbound request to its outbound ones for the
+// trace to continue across it. Safe for concurrent use; nil is a valid
+// Tracing that does nothing.
+type Tracing struct {
+	tp        *sdktrace.TracerProvider
+	tracer    trace.Tracer
+	prop      propagation.TextMapPropagator
+	exporting bool
+}
+
+// NewTracing returns tracing as cfg says. Shutdown flushes its spans.
+func NewTracing(cfg TracingConfig) *Tracing {
+	ratio := min(max(cfg.Sampling, 0), 100) / 100
+	opts := []sdktrace.TracerProviderOption{
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))),
+		sdktrace.WithResource(resource.NewSchemaless(semconv.ServiceName(cfg.Service))),
+	}
+	if cfg.Exporter != nil {
+		// Small batches: one export must fit the control plane's 64 KiB
+		// message limit (a proxy's span is well under 1 KiB).
+		opts = append(opts, sdktrace.WithBatcher(cfg.Exporter, sdktrace.WithMaxExportBatchSize(32)))
+	}
+	tp := sdktrace.NewTracerProvider(opts...)
+	return &Tracing{
+		tp: tp, tracer: tp.Tracer("trellis-proxy"), exporting: cfg.Exporter != nil,
+		// B3 first: when a request carries both, traceparent wins.
+		prop: propagation.NewCompositeTextMapPropagator(b3.New(b3.WithInjectEncoding(b3.B3MultipleHeader)), propagation.TraceContext{}),
+	}
+}
+
+// Start begins the span of r (kind trace.SpanKindClient on the outbound
+// side, trace.SpanKindServer inbound), continuing the trace r's headers
+// carry, and rewrites those headers so the next hop is its child. End the
+// span with End.
+func (t *Tracing) Start(r *http.Request, kind trace.SpanKind) (*http.Request, trace.Span) {
+	if t == nil {
+		return r, trace.SpanFromContext(context.Background())
+	}
+	ctx := t.prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	ctx, span := t.tracer.Start(ctx, r.Host+r.URL.Path, trace.WithSpanKind(kind))
+	t.prop.Inject(ctx, propagation.HeaderCarrier(r.Header))
+	return r.WithContext(ctx), span
+}
+
+// End finishes span with what req says of the exchange, and returns the
+// trace ID to remember with the request: empty when the span is not
+// recorded or not exported (there is then no trace to look at).
+func (t *Tracing) End(span trace.Span, req Request) string {
+	if t == nil || !span.IsRecording() {
+		return ""
+	}
+	span.SetAttributes(
+		attribute.String("http.request.method", req.Method),
+		attribute.String("url.path", req.Path),
+		attribute.Int("http.response.status_code", req.Code),
+		attribute.String("istio.reporter", req.Reporter),
+		attribute.String("istio.source_workload", peerName(req.Source)),
+		attribute.String("istio.destination_workload", peerName(req.Dest)),
+		attribute.String("istio.destination_service", req.Service),
+		attribute.String("istio.response_flags", req.Flags),
+		attribute.Bool("istio.mutual_tls", req.MutualTLS),
+	)
+	if req.GRPCStatus != "" {
+		if n, err := strconv.Atoi(req.GRPCStatus); err == nil {
+			span.SetAttributes(attribute.Int("rpc.grpc.status_code", n))
+		}
+	}
+	if failedRequest(req) {
+		span.SetStatus(codes.Error, "")
+	}
+	span.End()
+	if !t.exporting {
+		return ""
+	}
+	return span.SpanContext().TraceID().String()
+}
+
+func failedRequest(r Request) bool {
+	if r.Protocol == "grpc" && r.GRPCStatus != "" {
+		return r.GRPCStatus != "0"
+	}
+	return r.Code == 0 || r.Code >= 500
+}
+
+// Shutdown flushes and stops the exporter; ctx bounds the wait.
+func (t *Tracing) Shutdown(ctx context.Context) error {
+	if t == nil {
+		return nil
+	}
+	return t.tp.Shutdown(ctx)
+}

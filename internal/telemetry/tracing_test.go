@@ -1,0 +1,99 @@
+package telemetry
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// A proxy continues the trace a request carries (W3C traceparent, else
+// B3), starts one when there is none, and hands the next hop both header
+// formats naming its own span as the parent.
+func TestTracingPropagates(t *testing.T) {
+	const (
+		traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+		parent  = "00f067aa0ba902b7"
+	)
+	tests := []struct {
+		name      string
+		headers   map[string]string
+		wantTrace string // "" for a new one
+	}{
+		{"traceparent", map[string]string{"traceparent": "00-" + traceID + "-" + parent + "-01"}, traceID},
+		{"b3 only", map[string]string{"X-B3-TraceId": traceID, "X-B3-SpanId": parent, "X-B3-Sampled": "1"}, traceID},
+		{"both: traceparent wins", map[string]string{"traceparent": "00-" + traceID + "-" + parent + "-01",
+			"X-B3-TraceId": "11111111111111111111111111111111", "X-B3-SpanId": parent, "X-B3-Sampled": "1"}, traceID},
+		{"none", nil, ""},
+		{"garbage", map[string]string{"traceparent": "not-a-trace"}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			exp := tracetest.NewInMemoryExporter()
+			tr := NewTracing(TracingConfig{Sampling: 100, Exporter: exp, Service: "alpha.db"})
+			r := httptest.NewRequest("GET", "http://alpha.db/health", nil)
+			for k, v := range tt.headers {
+				r.Header.Set(k, v)
+			}
+			r, span := tr.Start(r, trace.SpanKindServer)
+			got := tr.End(span, Request{Reporter: "destination", Protocol: "http", Code: 200, Method: "GET", Path: "/health"})
+			if err := tr.tp.ForceFlush(t.Context()); err != nil { // Shutdown would empty the in-memory exporter
+				t.Fatal(err)
+			}
+			if tt.wantTrace != "" && got != tt.wantTrace {
+				t.Errorf("trace ID %q, want the caller's %s", got, tt.wantTrace)
+			}
+			if len(got) != 32 || got == "00000000000000000000000000000000" {
+				t.Fatalf("trace ID %q, want a valid one", got)
+			}
+			spans := exp.GetSpans()
+			if len(spans) != 1 || spans[0].SpanContext.TraceID().String() != got {
+				t.Fatalf("exported %d spans, want the one of trace %s", len(spans), got)
+			}
+			own := spans[0].SpanContext.SpanID().String()
+			if tt.wantTrace != "" && spans[0].Parent.SpanID().String() != parent {
+				t.Errorf("span's parent %s, want the caller's %s", spans[0].Parent.SpanID(), parent)
+			}
+			if tp := r.Header.Get("traceparent"); !strings.Contains(tp, got+"-"+own) {
+				t.Errorf("next hop's traceparent %q, want trace %s with parent %s", tp, got, own)
+			}
+			if b3 := r.Header.Get("X-B3-SpanId"); b3 != own || r.Header.Get("X-B3-TraceId") != got {
+				t.Errorf("next hop's B3 headers %q/%q, want %s/%s", r.Header.Get("X-B3-TraceId"), b3, got, own)
+			}
+		})
+	}
+}
+
+// Sampling 0 records no new trace, yet still passes a context on; a
+// caller's decision to sample wins over it. Without an exporter there is
+// no trace to link to.
+func TestTracingSampling(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tr := NewTracing(TracingConfig{Sampling: 0, Exporter: exp})
+	r, span := tr.Start(httptest.NewRequest("GET", "http://a/", nil), trace.SpanKindClient)
+	if id := tr.End(span, Request{Code: 200}); id != "" {
+		t.Errorf("unsampled request got trace ID %q, want none", id)
+	}
+	if !strings.HasSuffix(r.Header.Get("traceparent"), "-00") {
+		t.Errorf("unsampled request's traceparent %q, want one with the not-sampled flag", r.Header.Get("traceparent"))
+	}
+	in := httptest.NewRequest("GET", "http://a/", nil)
+	in.Header.Set("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	_, span = tr.Start(in, trace.SpanKindServer)
+	if id := tr.End(span, Request{Code: 200}); id != "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Errorf("sampled caller: trace ID %q, want the caller's", id)
+	}
+
+	quiet := NewTracing(TracingConfig{Sampling: 100})
+	_, span = quiet.Start(httptest.NewRequest("GET", "http://a/", nil), trace.SpanKindClient)
+	if id := quiet.End(span, Request{Code: 200}); id != "" {
+		t.Errorf("no exporter: trace ID %q, want none (nothing to look the trace up in)", id)
+	}
+	var none *Tracing
+	r, span = none.Start(httptest.NewRequest("GET", "http://a/", nil), trace.SpanKindClient)
+	if none.End(span, Request{}) != "" || r.Header.Get("traceparent") != "" {
+		t.Error("nil Tracing did something")
+	}
+}
