@@ -156,7 +156,7 @@ func (a *alpha) Load(ctx context.Context, req *graphpb.LoadRequest) (*graphpb.Lo
 	} else if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	lease, err := a.zero.Assign(ctx, &graphpb.AssignRequest{Count: uint32(len(req.GetNodes()))})
+	lease, err := a.zero.Assign(forwardTrace(ctx), &graphpb.AssignRequest{Count: uint32(len(req.GetNodes()))})
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "coordinator: %v", status.Convert(err).Message())
 	}
@@ -165,6 +165,29 @@ func (a *alpha) Load(ctx context.Context, req *graphpb.LoadRequest) (*graphpb.Lo
 		return nil, status.Error(codes.Aborted, err.Error())
 	}
 	return &graphpb.LoadResponse{Uids: uids, CommitTs: lease.GetCommitTs(), Edges: edges}, nil
+}
+
+// traceHeaders carry a trace from call to call. A sidecar starts or
+// continues the trace of every request, but only the app knows which of
+// its outgoing calls serve which incoming one: it copies these headers
+// across, and the mesh stitches the spans into one trace.
+var traceHeaders = []string{"traceparent", "tracestate", "x-request-id",
+	"x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3"}
+
+// forwardTrace copies the incoming call's trace headers to the calls made
+// with the returned context.
+func forwardTrace(ctx context.Context) context.Context {
+	in, _ := metadata.FromIncomingContext(ctx)
+	var kv []string
+	for _, h := range traceHeaders {
+		for _, v := range in.Get(h) {
+			kv = append(kv, h, v)
+		}
+	}
+	if len(kv) == 0 {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, kv...)
 }
 
 // XFCCHeader is where a sidecar tells the app who called, as Envoy's

@@ -38,6 +38,7 @@ func newControlCmd() *cobra.Command {
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:15014", "address of /metrics")
 	f.StringVar(&cfg.DashboardAddr, "dashboard-addr", "127.0.0.1:20001", "address of the dashboard and its API")
 	f.DurationVar(&cfg.ScrapeInterval, "scrape-interval", 5*time.Second, "how often the dashboard scrapes the sidecars' metrics")
+	f.StringSliceVar(&cfg.NodeAgents, "node-agent-metrics", nil, "node agents' metrics URLs, scraped for the flows network policy denied (repeatable)")
 	f.StringVar(&cfg.PrometheusURL, "prometheus", "", "read the dashboard's figures from this Prometheus server (http://host:9090) instead of scraping the sidecars")
 	f.StringVar(&cfg.CACert, "ca-cert", "", "an operator's root or intermediate certificate (PEM), with its chain")
 	f.StringVar(&cfg.CAKey, "ca-key", "", "the key of --ca-cert (PEM, PKCS#8)")

@@ -19,12 +19,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/trellis-mesh/trellis/examples/demo"
 	"github.com/trellis-mesh/trellis/examples/graphdb"
 	"github.com/trellis-mesh/trellis/examples/graphdb/graphpb"
 	"github.com/trellis-mesh/trellis/internal/localmesh"
 	"github.com/trellis-mesh/trellis/internal/manifest"
+	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/servicegraph"
 )
 
@@ -169,7 +171,7 @@ func (r *demoRun) up(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := r.waitSynced(ctx, 3, 30*time.Second); err != nil {
+	if err := r.waitRouted(ctx, pods, 30*time.Second); err != nil {
 		return err
 	}
 	var names []string
@@ -215,30 +217,53 @@ func (r *demoRun) waitReady(ctx context.Context, want int, limit time.Duration) 
 	}
 }
 
-// waitSynced waits until want sidecars run the config the control plane
-// has for them now: each client's sidecar then knows the ready database.
-func (r *demoRun) waitSynced(ctx context.Context, want int, limit time.Duration) error {
+// waitRouted waits until each client of the database has its endpoints:
+// the client-allow pod's sidecar alpha's, alpha's sidecar zero's, read
+// from the sidecars' own config.
+func (r *demoRun) waitRouted(ctx context.Context, pods []localmesh.PodStatus, limit time.Duration) error {
+	need := map[string]string{"client-allow/": "db/demo-graph-alpha", "db/demo-graph-alpha-": "db/demo-graph-zero"}
 	deadline := time.Now().Add(limit)
-	for {
-		st, err := controlClient(r.stateDir).Proxies(ctx)
-		synced := 0
-		for _, p := range st {
-			if syncState(p) == "SYNCED" {
-				synced++
+	for prefix, svc := range need {
+		var netns string
+		for _, p := range pods {
+			if strings.HasPrefix(p.Namespace+"/"+p.Name, prefix) {
+				netns = p.Netns
 			}
 		}
-		if err == nil && synced == want && len(st) == want {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%d of %d sidecars in sync with the control plane after %s (see `trellis proxy-status`): %v", synced, want, limit, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		for !sidecarRoutes(netns, svc) {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the sidecar of %s has no endpoints of %s after %s (see `trellis proxy-status` and `trellis proxy-config`)", prefix, svc, limit)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
 	}
+	return nil
+}
+
+// sidecarRoutes says whether the sidecar in netns has an endpoint on
+// every port of service ns/name.
+func sidecarRoutes(netns, service string) bool {
+	data, err := adminGet(netns, "/config_dump")
+	cfg := &meshpb.ProxyConfig{}
+	if err != nil || protojson.Unmarshal(data, cfg) != nil {
+		return false
+	}
+	for _, s := range cfg.GetServices() {
+		if s.GetNamespace()+"/"+s.GetName() != service {
+			continue
+		}
+		for _, p := range s.GetPorts() {
+			if len(p.GetEndpoints()) == 0 {
+				return false
+			}
+		}
+		return len(s.GetPorts()) > 0
+	}
+	return false
 }
 
 // inClient runs a command in namespace ns's client pod and returns its
@@ -408,7 +433,8 @@ func (r *demoRun) test3(ctx context.Context) error {
 		"wl:client-allow/client>svc:db/demo-graph-alpha:grpc",
 		"wl:db/demo-graph-alpha>svc:db/demo-graph-zero:grpc",
 	}
-	g, err := waitGraph(ctx, want, 20*time.Second)
+	denied := "wl:client-deny/client>wl:db/demo-graph-alpha:ip"
+	g, err := waitGraph(ctx, append(want, denied), 20*time.Second)
 	if err != nil {
 		return err
 	}
@@ -429,6 +455,11 @@ func (r *demoRun) test3(ctx context.Context) error {
 		default:
 			r.check("graph edge "+id, true, fmt.Sprintf("%.1f rps, all mTLS, no errors", e.RPS))
 		}
+	}
+	if e := edges[denied]; e == nil || !e.Denied {
+		r.check("graph edge "+denied, false, "missing: the node agent's denials of test 1 should show")
+	} else {
+		r.check("graph edge "+denied, true, fmt.Sprintf("denied, %.0f packets dropped by the policy", e.Requests))
 	}
 	r.say("dashboard: %s%s", dashboardURL(defaultDashboard), map[bool]string{false: " (run `trellis demo --keep` to keep it up)", true: ""}[r.keep])
 	return nil

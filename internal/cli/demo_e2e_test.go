@@ -93,6 +93,13 @@ func browseDashboard(t *testing.T) {
 			t.Errorf("the dashboard draws no edge %s; it draws %v", want, edges)
 		}
 	}
+	// Test 1's dropped attempts: a red dashed edge from the client outside
+	// the mesh.
+	denied, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
+		`(e => e.nonempty() ? [e.style('line-style'), e.style('line-color')] : [])(trellis.cy.getElementById("wl:client-deny/client>wl:db/demo-graph-alpha:ip"))`))
+	if err != nil || len(denied) != 2 || denied[0] != "dashed" || denied[1] != "rgb(201,25,11)" {
+		t.Errorf("the policy's denials are drawn as %v (%v), want a red dashed edge from client-deny", denied, err)
+	}
 	shapes, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]string](
 		`Object.fromEntries(trellis.cy.nodes('[kind]').map(n => [n.id(), n.style('shape')]))`))
 	if err != nil {
@@ -115,6 +122,37 @@ func browseDashboard(t *testing.T) {
 	if len(rows) == 0 || !strings.Contains(strings.Join(rows, "\n"), "CheckVersion") {
 		t.Errorf("recent requests of the gRPC edge: %q, want CheckVersion calls", rows)
 	}
+	screenshot(t, ctx, "trellis-dashboard-demo.png")
+
+	// A Load call's trace: the client's and alpha's sidecars, and alpha's
+	// own call to zero (alpha forwards the trace headers), in one trace.
+	link, err := chromedp.Run(ctx, chromedp.Evaluate[string](
+		`[...document.querySelectorAll('#requests tbody tr')].filter(r => r.innerText.includes('Graph/Load')).map(r => r.querySelector('a')?.href).find(Boolean) || ''`))
+	if err != nil || link == "" {
+		t.Fatalf("no trace link on a recent Load call (%v)", err)
+	}
+	if err := chromedp.Do(ctx, chromedp.Navigate(link), chromedp.WaitVisible(chromedp.CSS(`body[data-loaded="true"]`))); err != nil {
+		t.Fatalf("open the trace %s: %v", link, err)
+	}
+	services, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[...document.querySelectorAll('#spans tbody tr td:first-child')].map(td => td.innerText)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"client.client-allow", "demo-graph-alpha.db", "demo-graph-zero.db"} {
+		if !slices.Contains(services, want) {
+			t.Errorf("trace %s has spans of %v, want %s among them", link, services, want)
+		}
+	}
+	if len(services) != 4 {
+		t.Errorf("trace %s has %d spans, want 4 (client and server side of client→alpha and alpha→zero)", link, len(services))
+	}
+	screenshot(t, ctx, "trellis-dashboard-trace.png")
+}
+
+// screenshot saves the page to $TRELLIS_SCREENSHOT_DIR (default the
+// system's temporary directory).
+func screenshot(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
 	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatal(err)
@@ -123,9 +161,9 @@ func browseDashboard(t *testing.T) {
 	if dir == "" {
 		dir = os.TempDir()
 	}
-	path := filepath.Join(dir, "trellis-dashboard-demo.png")
+	path := filepath.Join(dir, name)
 	if err := os.WriteFile(path, shot, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("screenshot of the dashboard: %s", path)
+	t.Logf("screenshot: %s", path)
 }

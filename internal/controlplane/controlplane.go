@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	collectorpb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -41,6 +42,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/push"
 	"github.com/trellis-mesh/trellis/internal/safehttp"
 	"github.com/trellis-mesh/trellis/internal/servicegraph"
+	"github.com/trellis-mesh/trellis/internal/tracestore"
 	"github.com/trellis-mesh/trellis/internal/unixapi"
 )
 
@@ -71,6 +73,10 @@ type Config struct {
 	// ScrapeInterval: how often the sidecars' metrics are scraped into
 	// the dashboard's store. Default 5 s.
 	ScrapeInterval time.Duration
+	// NodeAgents are the node agents' metrics URLs (e.g.
+	// http://127.0.0.1:15090/metrics), scraped for the flows network
+	// policy denied.
+	NodeAgents []string
 	// PrometheusURL, when set, makes the dashboard read a Prometheus
 	// server's HTTP API (e.g. http://127.0.0.1:9090) instead of scraping
 	// the sidecars itself.
@@ -166,6 +172,8 @@ func Run(ctx context.Context, cfg Config) error {
 	grpcSrv := p.grpcServer()
 	meshpb.RegisterCertificateServiceServer(grpcSrv, certs)
 	meshpb.RegisterConfigServiceServer(grpcSrv, p.push)
+	traces := tracestore.New()
+	collectorpb.RegisterTraceServiceServer(grpcSrv, &tracestore.Service{Store: traces})
 	graphSrc, scrape, err := p.graphSource()
 	if err != nil {
 		return err
@@ -183,7 +191,7 @@ func Run(ctx context.Context, cfg Config) error {
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
 	metrics, admin := safehttp.Server(metricsMux), safehttp.Server(p.adminMux())
 	reqLog := dashboard.NewRequestLog()
-	dash := safehttp.Server(dashboard.Handler(dashboard.Config{Source: graphSrc, Requests: reqLog.Latest,
+	dash := safehttp.Server(dashboard.Handler(dashboard.Config{Source: graphSrc, Requests: reqLog.Latest, Traces: traces.Trace,
 		Inventory: func() servicegraph.Inventory { return inventory(p.snap.Load()) }}))
 
 	src := &discovery.File{Path: cfg.Registry, OnError: func(err error) { slog.Error("discovery", "err", err) }}
@@ -251,7 +259,13 @@ func (p *plane) graphSource() (servicegraph.Source, func(context.Context) error,
 	}
 	store := metricstore.New(metricstore.Config{Interval: p.cfg.ScrapeInterval})
 	scrape := func(ctx context.Context) error {
-		return store.Run(ctx, func() []metricstore.Target { return scrapeTargets(p.snap.Load(), "/stats/prometheus") })
+		return store.Run(ctx, func() []metricstore.Target {
+			ts := scrapeTargets(p.snap.Load(), "/stats/prometheus")
+			for _, u := range p.cfg.NodeAgents {
+				ts = append(ts, metricstore.Target{Key: "node-agent " + u, URL: u})
+			}
+			return ts
+		})
 	}
 	return servicegraph.Local(store), scrape, nil
 }

@@ -21,7 +21,7 @@ func scrapeTargets(s *catalog.Snapshot, path string) []metricstore.Target {
 	if s == nil {
 		return nil
 	}
-	var out []metricstore.Target
+	out := make([]metricstore.Target, 0, len(s.Pods))
 	for _, p := range s.Pods {
 		if !p.Sidecar || !p.IP.IsValid() {
 			continue
@@ -45,8 +45,10 @@ func inventory(s *catalog.Snapshot) servicegraph.Inventory {
 		inv.Services = append(inv.Services, servicegraph.Ref{Namespace: svc.Namespace, Name: svc.Name})
 	}
 	seen := map[string]bool{}
+	inv.Pods = make(map[string]string, len(s.Pods))
 	for _, p := range s.Pods {
 		w := servicegraph.Workload{Namespace: p.Pod.Namespace, Name: proxycfg.WorkloadName(p.Pod), Sidecar: p.Sidecar}
+		inv.Pods[p.Key()] = w.Name
 		if k := w.Namespace + "/" + w.Name; !seen[k] {
 			seen[k] = true
 			inv.Workloads = append(inv.Workloads, w)

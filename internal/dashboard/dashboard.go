@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/servicegraph"
+	"github.com/trellis-mesh/trellis/internal/tracestore"
 )
 
 //go:embed assets
@@ -32,6 +33,8 @@ type Config struct {
 	Inventory func() servicegraph.Inventory
 	// Requests lists the most recent requests, newest first. Nil for none.
 	Requests func() []Request
+	// Traces returns the spans of a trace by its ID. Nil for none.
+	Traces func(id string) []tracestore.Span
 	// Lookback is the span each chart point covers. Default 15 s.
 	Lookback time.Duration
 }
@@ -71,6 +74,7 @@ func Handler(cfg Config) http.Handler {
 	mux.HandleFunc("GET /api/graph", s.graph)
 	mux.HandleFunc("GET /api/series", s.series)
 	mux.HandleFunc("GET /api/requests", s.requests)
+	mux.HandleFunc("GET /api/traces/{id}", s.trace)
 	mux.HandleFunc("GET /api/windows", func(w http.ResponseWriter, _ *http.Request) {
 		var ws []string
 		for _, d := range Windows {
@@ -168,6 +172,18 @@ func (s *server) requests(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *server) trace(w http.ResponseWriter, r *http.Request) {
+	var spans []tracestore.Span
+	if s.cfg.Traces != nil {
+		spans = s.cfg.Traces(r.PathValue("id"))
+	}
+	if len(spans) == 0 {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no trace %q here: it was not sampled, not exported yet, or is older than the newest %d", r.PathValue("id"), tracestore.MaxTraces))
+		return
+	}
+	writeJSON(w, http.StatusOK, spans)
 }
 
 // involves says whether a request is part of node or edge id.

@@ -46,7 +46,7 @@ func (r *Runtime) prepareControlPlane() {
 		"--registry", filepath.Join(r.cfg.StateDir, registryFile),
 		"--grpc-addr", r.controlPlaneAddr(), "--metrics-addr", r.cfg.ControlPlaneMetrics,
 		"--trust-domain", r.cfg.TrustDomain, "--svid-ttl", r.cfg.SVIDTTL.String(),
-		"--dashboard-addr", r.cfg.Dashboard}
+		"--dashboard-addr", r.cfg.Dashboard, "--node-agent-metrics", "http://" + r.cfg.NodeAgentMetrics + "/metrics"}
 	if r.cfg.Prometheus != "" {
 		args = append(args, "--prometheus", r.cfg.Prometheus)
 	}

@@ -1,6 +1,7 @@
 package localmesh
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
 // Injection, as Istio's: pods in namespaces labelled trellis.io/inject=enabled
@@ -72,13 +74,21 @@ func (r *Runtime) prepareSidecarLocked(p *pod) (catalog.Container, error) {
 		Name: sidecarName,
 		Command: []string{r.cfg.Executable, "proxy", "--control-plane", r.controlPlaneAddr(),
 			"--control-plane-bundle", r.controlPlaneBundle(), "--identity", id.String(),
-			"--pod-namespace", p.obj.Namespace, "--pod-name", p.obj.Name, "--token-file", filepath.Join(dir, tokenFile)},
+			"--pod-namespace", p.obj.Namespace, "--pod-name", p.obj.Name, "--token-file", filepath.Join(dir, tokenFile),
+			"--otlp-endpoint", "control-plane", "--trace-service", traceService(p.obj)},
 		Env: env,
 		Readiness: &catalog.Probe{
 			ProbeHandler: catalog.ProbeHandler{HTTPGet: &catalog.HTTPGetAction{Path: "/healthz/ready", Port: 15021}},
 			Period:       time.Second, Timeout: time.Second, SuccessThreshold: 1, FailureThreshold: 3,
 		},
 	}, nil
+}
+
+// traceService names a pod's spans as Istio does: its canonical service
+// and namespace.
+func traceService(p *catalog.Pod) string {
+	workload := cmp.Or(p.Owner, p.Name)
+	return telemetry.PeerFromLabels(workload, p.Namespace, "", p.Labels).CanonicalService + "." + p.Namespace
 }
 
 // defaultConcurrency is a sidecar's worker threads (GOMAXPROCS) unless the

@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 
 	"github.com/trellis-mesh/trellis/internal/netpolicy"
 )
@@ -34,6 +37,12 @@ const (
 	ingressChain   = "ingress"
 	egressIsolated = "egress-isolated"
 	inIsolated     = "ingress-isolated"
+	// deniedFlows counts dropped packets per (source, destination)
+	// address pair, for the dashboard's denied edges. It keeps its counts
+	// across applies; a pair silent for deniedFlowTTL leaves it.
+	deniedFlows    = "denied-flows"
+	deniedFlowTTL  = 10 * time.Minute
+	maxDeniedFlows = 4096
 )
 
 // PolicyStats is what ApplyPolicies did, for logs and benchmarks.
@@ -117,7 +126,7 @@ func ApplyPolicies(table Table, rs netpolicy.RuleSet, dirty map[string]bool) (Po
 		stats.UnitsRemoved++
 	}
 	for _, s := range existing.sets {
-		if unitName, _, _ := strings.Cut(s, "."); s != egressIsolated && s != inIsolated && !keep[unitName] {
+		if unitName, _, _ := strings.Cut(s, "."); s != egressIsolated && s != inIsolated && s != deniedFlows && !keep[unitName] {
 			c.DelSet(&nftables.Set{Name: s, Table: t})
 		}
 	}
@@ -143,6 +152,11 @@ func ApplyPolicies(table Table, rs netpolicy.RuleSet, dirty map[string]bool) (Po
 	for name := range existing.counters {
 		if !counters[name] {
 			c.DeleteObject(&nftables.NamedObj{Table: t, Name: name, Type: nftables.ObjTypeCounter})
+		}
+	}
+	if !slices.Contains(existing.sets, deniedFlows) {
+		if err := c.AddSet(deniedFlowSet(t), nil); err != nil {
+			return stats, fmt.Errorf("nftables set %s: %w", deniedFlows, err)
 		}
 	}
 	for _, dir := range []struct {
@@ -256,8 +270,52 @@ func (b *builder) dispatch(ch *nftables.Chain, isolatedSet string, ingress bool,
 	for _, u := range mine {
 		b.rule(ch, addrIn(u.name+".pods", ingress, false, &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: u.counter})...)
 	}
+	// The address pair of what is dropped, counted in the dynamic set.
+	b.rule(ch,
+		&expr.Payload{DestRegister: 8, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Dynset{SrcRegKey: 8, SetName: deniedFlows, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: deniedFlowTTL,
+			Exprs: []expr.Any{&expr.Counter{}}})
 	b.rule(ch, &expr.Verdict{Kind: expr.VerdictDrop})
 	return nil
+}
+
+func deniedFlowSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: deniedFlows, KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr),
+		Concatenation: true, Dynamic: true, HasTimeout: true, Timeout: deniedFlowTTL, Size: maxDeniedFlows, Counter: true}
+}
+
+// DeniedFlow is traffic no policy allowed, from one address to another.
+type DeniedFlow struct {
+	Source, Destination netip.Addr
+	Packets             uint64
+}
+
+// DeniedFlows reads the dropped packets per address pair seen in the last
+// 10 minutes (4096 pairs at most).
+func DeniedFlows(table Table) ([]DeniedFlow, error) {
+	c, err := table.conn()
+	if err != nil {
+		return nil, err
+	}
+	t := &nftables.Table{Name: table.Name, Family: nftables.TableFamilyIPv4}
+	elems, err := c.GetSetElements(&nftables.Set{Table: t, Name: deniedFlows,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr)})
+	if err != nil {
+		return nil, fmt.Errorf("read nftables set %s: %w", deniedFlows, err)
+	}
+	out := make([]DeniedFlow, 0, len(elems))
+	for _, e := range elems {
+		if len(e.Key) < 8 {
+			continue
+		}
+		f := DeniedFlow{Source: netip.AddrFrom4([4]byte(e.Key[0:4])), Destination: netip.AddrFrom4([4]byte(e.Key[4:8]))}
+		if e.Counter != nil {
+			f.Packets = e.Counter.Packets
+		}
+		out = append(out, f)
+	}
+	return out, nil
 }
 
 // addrIn matches the packet's local-pod address (daddr for ingress, saddr
@@ -406,7 +464,7 @@ func RuleCounts(table Table) (map[string]int, error) {
 // ExpectedRuleCounts returns how many rules ApplyPolicies puts in each
 // chain for rs.
 func ExpectedRuleCounts(rs netpolicy.RuleSet) map[string]int {
-	out := map[string]int{egressChain: 3, ingressChain: 3}
+	out := map[string]int{egressChain: 4, ingressChain: 4} // established, not isolated, denied flow, drop
 	for _, u := range units(rs) {
 		base := egressChain
 		if u.ingress {

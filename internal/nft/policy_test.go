@@ -77,11 +77,14 @@ func TestApplyPoliciesIncrementally(t *testing.T) {
 			t.Errorf("no denial counter %s in %v", name, counts)
 		}
 	}
+	if flows, err := DeniedFlows(table); err != nil || len(flows) != 0 {
+		t.Errorf("DeniedFlows() = %v, %v; want none yet", flows, err)
+	}
 	// Everything removed: only the base chains stay.
 	if stats, err = ApplyPolicies(table, netpolicy.RuleSet{}, nil); err != nil || stats.UnitsRemoved != 4 {
 		t.Errorf("apply of no policies = %+v, %v; want 4 removed", stats, err)
 	}
-	if got, _ := RuleCounts(table); len(got) != 2 || got[ingressChain] != 3 {
+	if got, _ := RuleCounts(table); len(got) != 2 || got[ingressChain] != 4 {
 		t.Errorf("after removing every policy, chains = %v", got)
 	}
 }
@@ -131,8 +134,8 @@ func TestPolicyScale(t *testing.T) {
 	if one.UnitsAdded != 1 || one.UnitsRemoved != 1 {
 		t.Errorf("changing one policy replaced %d and removed %d chains, want 1 and 1", one.UnitsAdded, one.UnitsRemoved)
 	}
-	// 3 + 2 per policy in the base chains, 1 per policy chain: no pod term.
-	if want := 3 + 3 + 200*3; stats.Rules != want {
+	// 4 + 2 per policy in the base chains, 1 per policy chain: no pod term.
+	if want := 4 + 4 + 200*3; stats.Rules != want {
 		t.Errorf("rules = %d, want %d (independent of the number of pods)", stats.Rules, want)
 	}
 }

@@ -17,8 +17,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,6 +63,8 @@ type Agent struct {
 	cfg     Config
 	applied prometheus.Histogram
 	rules   prometheus.Gauge
+
+	pods atomic.Pointer[map[netip.Addr]string] // "namespace/name" by address, for denied-flow labels
 
 	// Owned by Run's goroutine.
 	version  uint64
@@ -149,6 +153,11 @@ func (a *Agent) sync(snap Snapshot) error {
 			"chainsAdded", stats.UnitsAdded, "chainsRemoved", stats.UnitsRemoved, "rules", stats.Rules,
 			"took", time.Since(start).Round(time.Microsecond))
 	}
+	pods := make(map[netip.Addr]string, len(snap.Input.Pods))
+	for _, p := range snap.Input.Pods {
+		pods[p.IP] = p.Namespace + "/" + p.Name
+	}
+	a.pods.Store(&pods)
 	a.version, a.ruleset, a.expected = snap.Version, rs, nft.ExpectedRuleCounts(rs)
 	a.applies++
 	return nil
@@ -206,6 +215,43 @@ func (c deniedCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// flowCollector reads the kernel's per-address-pair denial counts at
+// scrape time and names the pods at either end.
+type flowCollector struct {
+	table string
+	pods  *atomic.Pointer[map[netip.Addr]string]
+	desc  *prometheus.Desc
+}
+
+func (c flowCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c flowCollector) Collect(ch chan<- prometheus.Metric) {
+	flows, err := nft.DeniedFlows(nft.Table{Name: c.table})
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	var pods map[netip.Addr]string
+	if p := c.pods.Load(); p != nil {
+		pods = *p
+	}
+	name := func(ip netip.Addr) (string, string) {
+		if ns, pod, ok := strings.Cut(pods[ip], "/"); ok {
+			return ns, pod
+		}
+		return "unknown", "unknown"
+	}
+	sums := map[[4]string]uint64{} // two addresses may map to one unknown pair
+	for _, f := range flows {
+		sns, spod := name(f.Source)
+		dns, dpod := name(f.Destination)
+		sums[[4]string{sns, spod, dns, dpod}] += f.Packets
+	}
+	for k, n := range sums {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), k[0], k[1], k[2], k[3])
+	}
+}
+
 // ParseCounterName splits a denial counter name "in.<ns>.<policy>" or
 // "out.<ns>.<policy>" into direction ("ingress" or "egress"), namespace and
 // policy. Namespaces hold no dots, so the first two dots split it.
@@ -230,6 +276,11 @@ func (a *Agent) serveMetrics() (*http.Server, error) {
 		desc: prometheus.NewDesc("trellis_netpol_denied_packets_total",
 			"Packets dropped because no NetworkPolicy allowed them, per isolating policy and direction.",
 			[]string{"namespace", "policy", "direction"}, nil),
+	}, flowCollector{
+		table: a.cfg.Table, pods: &a.pods,
+		desc: prometheus.NewDesc("trellis_netpol_denied_flow_packets_total",
+			"Packets dropped because no NetworkPolicy allowed them, per source and destination pod (\"unknown\" for other addresses) seen in the last 10 minutes.",
+			[]string{"source_namespace", "source_pod", "destination_namespace", "destination_pod"}, nil),
 	})
 	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
 	if err != nil {

@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
@@ -36,6 +38,9 @@ type Inbound struct {
 	Metrics *telemetry.Metrics
 	// AccessLog gets an entry per request; nil logs nothing.
 	AccessLog *slog.Logger
+	// Tracing makes every request a server span and hands the app its
+	// trace context; nil does neither.
+	Tracing *telemetry.Tracing
 	// WriteIdleTimeout cuts off a response whose writes make no progress
 	// for that long (a client that stopped reading); 0 never does.
 	WriteIdleTimeout time.Duration
@@ -299,7 +304,8 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if port, ok := r.Context().Value(appPortKey{}).(uint16); ok {
 		ex.upstream = "127.0.0.1:" + strconv.Itoa(int(port))
 	}
-	defer recordAfter(in.Metrics, in.AccessLog, "destination", src, in.self.Load(), ex, r, ow, body, start)
+	r, ex.span = in.Tracing.Start(r, trace.SpanKindServer)
+	defer recordAfter(recorder{in.Metrics, in.AccessLog, in.Tracing}, "destination", src, in.self.Load(), ex, r, ow, body, start)
 	if !checkRequest(ow, r, ex) {
 		return
 	}

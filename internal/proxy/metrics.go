@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
@@ -28,6 +30,15 @@ type exchange struct {
 	mutualTLS               bool
 	upstream                string // the endpoint (source) or app port (destination) it went to
 	flags, reason           string // set when this proxy failed it
+	span                    trace.Span
+}
+
+// recorder is where a finished request is recorded; nil fields record
+// nothing.
+type recorder struct {
+	metrics *telemetry.Metrics
+	log     *slog.Logger
+	tracing *telemetry.Tracing
 }
 
 // flagsHeader tells the client which proxy failure answered its request.
@@ -326,7 +337,7 @@ func responseFlags(r *http.Request, ex *exchange, w *observed, aborted bool) str
 // also when the response was cut off midway: ReverseProxy then ends the
 // handler with a panic (http.ErrAbortHandler), which recordAfter passes on.
 // dst is read when the handler ends (the source learns it while routing).
-func recordAfter(m *telemetry.Metrics, log *slog.Logger, reporter string, src telemetry.Peer, dst *telemetry.Peer, ex *exchange,
+func recordAfter(rec recorder, reporter string, src telemetry.Peer, dst *telemetry.Peer, ex *exchange,
 	r *http.Request, w *observed, body *countedBody, start time.Time) {
 	p := recover()
 	if p != nil {
@@ -342,11 +353,14 @@ func recordAfter(m *telemetry.Metrics, log *slog.Logger, reporter string, src te
 		RequestMessages: body.msgs.count(), ResponseMessages: w.msgs.count(),
 		Method: r.Method, Path: r.URL.Path,
 	}
-	if m != nil {
-		m.ObserveRequest(req)
+	if ex.span != nil {
+		req.TraceID = rec.tracing.End(ex.span, req)
 	}
-	if log != nil {
-		accessLog(log, r, ex, req)
+	if rec.metrics != nil {
+		rec.metrics.ObserveRequest(req)
+	}
+	if rec.log != nil {
+		accessLog(rec.log, r, ex, req)
 	}
 }
 
@@ -370,6 +384,9 @@ func accessLog(log *slog.Logger, r *http.Request, ex *exchange, req telemetry.Re
 	}
 	if ex.reason != "" {
 		attrs = append(attrs, slog.String("reason", ex.reason))
+	}
+	if req.TraceID != "" {
+		attrs = append(attrs, slog.String("trace_id", req.TraceID))
 	}
 	log.LogAttrs(r.Context(), slog.LevelInfo, "access", attrs...)
 }

@@ -17,6 +17,8 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/balancer"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
@@ -32,6 +34,9 @@ type Outbound struct {
 	Metrics *telemetry.Metrics
 	// AccessLog gets an entry per request; nil logs nothing.
 	AccessLog *slog.Logger
+	// Tracing makes every request a client span; nil only propagates
+	// nothing and records no span.
+	Tracing *telemetry.Tracing
 	// WriteIdleTimeout cuts off a response whose writes make no progress
 	// for that long (a client that stopped reading); 0 never does.
 	WriteIdleTimeout time.Duration
@@ -202,7 +207,8 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ex := &exchange{dest: telemetry.Unknown}
 	ow, body := observe(w, r, o.WriteIdleTimeout)
 	r.Header.Del(peerHeader) // only sidecars set it
-	defer recordAfter(o.Metrics, o.AccessLog, "source", o.routes.Load().self, &ex.dest, ex, r, ow, body, start)
+	r, ex.span = o.Tracing.Start(r, trace.SpanKindClient)
+	defer recordAfter(recorder{o.Metrics, o.AccessLog, o.Tracing}, "source", o.routes.Load().self, &ex.dest, ex, r, ow, body, start)
 	if !checkRequest(ow, r, ex) {
 		return
 	}

@@ -16,6 +16,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/trellis-mesh/trellis/internal/controlclient"
@@ -64,6 +67,16 @@ type Config struct {
 	// MaxConnections bounds the connections each side (outbound,
 	// inbound) holds open at once. Default DefaultMaxConnections.
 	MaxConnections int
+	// TraceSampling is the percentage (0..100) of new traces recorded, as
+	// Istio's tracing.sampling. Default 0: none.
+	TraceSampling float64
+	// OTLPEndpoint is where finished spans go, over OTLP/gRPC: "" nowhere,
+	// "control-plane" to the control plane (over mutual TLS, as the
+	// config stream), host:port to a collector in plaintext.
+	OTLPEndpoint string
+	// TraceService names the spans' service (service.name). Default the
+	// pod's name and namespace.
+	TraceService string
 	// Upstreams are explicit listeners: each sends what the app connects
 	// to it to a service port, for hosts where the redirect rules cannot
 	// be set up.
@@ -152,10 +165,19 @@ func Run(ctx context.Context, cfg Config) error {
 	store := &meshtls.Store{}
 	dialer := MarkedDialer(cfg.Mark)
 	metrics := telemetry.New("one-host")
+	tracing, err := cfg.tracing(ctx, store, dialer, self)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		flush, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = tracing.Shutdown(flush)
+	}()
 	out := NewOutbound(store, dialer)
-	out.Metrics = metrics
+	out.Metrics, out.Tracing = metrics, tracing
 	in := NewInbound(store, self.TrustDomain())
-	in.Metrics = metrics
+	in.Metrics, in.Tracing = metrics, tracing
 	accessLog := cfg.accessLogger()
 	out.AccessLog, in.AccessLog = accessLog, accessLog
 	out.WriteIdleTimeout, in.WriteIdleTimeout = cfg.WriteIdleTimeout, cfg.WriteIdleTimeout
@@ -288,6 +310,41 @@ func (c *Config) control(self identity.ID, store *meshtls.Store, dialer *net.Dia
 		PodNamespace: c.PodNamespace, PodName: c.PodName, TokenFile: c.TokenFile, Store: store, Apply: apply,
 		Dial: func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) },
 	}, nil
+}
+
+// tracing builds the sidecar's tracing and its span exporter.
+func (c *Config) tracing(ctx context.Context, store *meshtls.Store, dialer *net.Dialer, self identity.ID) (*telemetry.Tracing, error) {
+	tc := telemetry.TracingConfig{Sampling: c.TraceSampling, Service: c.TraceService}
+	if tc.Service == "" {
+		tc.Service = c.PodName + "." + c.PodNamespace
+	}
+	dial := grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) })
+	var opts []otlptracegrpc.Option
+	switch c.OTLPEndpoint {
+	case "":
+		return telemetry.NewTracing(tc), nil
+	case "control-plane":
+		if c.ControlPlane == "" {
+			return nil, errors.New("sidecar: --otlp-endpoint control-plane needs --control-plane")
+		}
+		serverID, err := identity.ForWorkload(self.TrustDomain(), "trellis-system", "trellis-control")
+		if err != nil {
+			return nil, err
+		}
+		opts = []otlptracegrpc.Option{otlptracegrpc.WithEndpoint(c.ControlPlane),
+			otlptracegrpc.WithTLSCredentials(credentials.NewTLS(meshtls.ClientConfig(store, meshtls.Exactly(serverID))))}
+	default:
+		if _, _, err := net.SplitHostPort(c.OTLPEndpoint); err != nil {
+			return nil, fmt.Errorf("sidecar: --otlp-endpoint %q: give control-plane or a collector's host:port: %w", c.OTLPEndpoint, err)
+		}
+		opts = []otlptracegrpc.Option{otlptracegrpc.WithEndpoint(c.OTLPEndpoint), otlptracegrpc.WithInsecure()}
+	}
+	exp, err := otlptracegrpc.New(ctx, append(opts, otlptracegrpc.WithDialOption(dial))...)
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: span exporter: %w", err)
+	}
+	tc.Exporter = exp
+	return telemetry.NewTracing(tc), nil
 }
 
 // watchFiles follows the static config and certificate files.
@@ -425,4 +482,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		return err
 	})
 	fs.StringVar(&c.AccessLog, "access-log", "stdout", "where the access log goes (JSON lines): stdout, stderr or off")
+	fs.Float64Var(&c.TraceSampling, "trace-sampling", 100, "percentage of new traces recorded (a request that comes with a trace keeps its decision)")
+	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", "", "where spans go over OTLP/gRPC: control-plane, or a collector's host:port (plaintext); empty: nowhere")
+	fs.StringVar(&c.TraceService, "trace-service", "", "service.name of the spans (default POD.NAMESPACE)")
 }

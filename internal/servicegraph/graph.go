@@ -55,7 +55,7 @@ type Edge struct {
 	ID       string `json:"id"`
 	Source   string `json:"source"`
 	Target   string `json:"target"`
-	Protocol string `json:"protocol"` // http, grpc or tcp
+	Protocol string `json:"protocol"` // http, grpc, tcp; ip for packets a NetworkPolicy dropped
 	// Requests (HTTP and gRPC) or connections (TCP) in the window, and
 	// per second.
 	Requests float64 `json:"requests"`
@@ -82,6 +82,9 @@ type Edge struct {
 type Inventory struct {
 	Services  []Ref
 	Workloads []Workload
+	// Pods maps "namespace/pod" to its workload's name, to place the node
+	// agent's per-pod denials.
+	Pods map[string]string
 }
 
 // Ref names a service.
@@ -150,6 +153,11 @@ func Build(ctx context.Context, src Source, o Options) (*Graph, error) {
 	if err != nil {
 		return nil, err
 	}
+	dropped, err := src.Increase(ctx, Query{Metric: "trellis_netpol_denied_flow_packets_total", Window: o.Window, End: end,
+		By: []string{"source_namespace", "source_pod", "destination_namespace", "destination_pod"}})
+	if err != nil {
+		return nil, err
+	}
 	b := newBuilder(o, end)
 	for _, g := range reqs {
 		b.request(g)
@@ -162,6 +170,11 @@ func Build(ctx context.Context, src Source, o Options) (*Graph, error) {
 	}
 	for _, g := range append(bytesOut, bytesIn...) {
 		b.tcp(g, true)
+	}
+	for _, g := range dropped {
+		if g.Value > 0 {
+			b.policyDrop(g)
+		}
 	}
 	return b.finish(), nil
 }
@@ -336,6 +349,26 @@ func (b *builder) tcp(g Group, bytes bool) {
 			e.mtls += g.Value
 		}
 	}
+}
+
+// policyDrop adds packets the node agent dropped for want of a
+// NetworkPolicy allowing them, between the pods' workloads.
+func (b *builder) policyDrop(g Group) {
+	l := g.Labels
+	podNode := func(ns, pod string) *Node {
+		if pod == "unknown" || pod == "" {
+			return b.workload("", "unknown")
+		}
+		w := b.o.Inventory.Pods[ns+"/"+pod]
+		if w == "" {
+			w = pod
+		}
+		return b.workload(ns, w)
+	}
+	e := b.edge(podNode(l["source_namespace"], l["source_pod"]), podNode(l["destination_namespace"], l["destination_pod"]), "ip")
+	e.edge.Requests += g.Value
+	e.denied = true
+	e.edge.Reason = "dropped: no NetworkPolicy allows it (packets)"
 }
 
 func (b *builder) finish() *Graph {
