@@ -93,8 +93,6 @@ func TestExportOverTLS(t *testing.T) {
 	}
 }
 
-
-
 // The store keeps the newest MaxTraces traces.
 func TestStoreBounds(t *testing.T) {
 	s := New()
