@@ -198,11 +198,6 @@ func failed(l map[string]string) bool {
 	return code == 0 || code >= 500
 }
 
-// hop is a (source, service, workload, protocol) path of the traffic.
-type hop struct {
-	src, svc, dst, protocol string
-}
-
 // edgeStats accumulate one edge.
 type edgeStats struct {
 	edge         *Edge
