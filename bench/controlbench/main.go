@@ -84,7 +84,8 @@ func measure(trellis string, n, flips int) error {
 		return err
 	}
 	cp := exec.Command(trellis, "control", "--control-state-dir", filepath.Join(dir, "control"), "--registry", s.registry,
-		"--grpc-addr", s.addr, "--metrics-addr", "127.0.0.1:0")
+		"--grpc-addr", s.addr, "--metrics-addr", "127.0.0.1:0",
+		"--no-dashboard") // its pods are made up: nothing to scrape
 	cp.Stderr = nil
 	if err := cp.Start(); err != nil {
 		return err

@@ -37,6 +37,7 @@ func newControlCmd() *cobra.Command {
 	f.StringVar(&cfg.GRPCAddr, "grpc-addr", ":15012", "address of the CA and config-stream gRPC service (TLS)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:15014", "address of /metrics")
 	f.StringVar(&cfg.DashboardAddr, "dashboard-addr", "127.0.0.1:20001", "address of the dashboard and its API")
+	f.BoolVar(&cfg.NoDashboard, "no-dashboard", false, "serve no dashboard and scrape no sidecar")
 	f.DurationVar(&cfg.ScrapeInterval, "scrape-interval", 5*time.Second, "how often the dashboard scrapes the sidecars' metrics")
 	f.StringSliceVar(&cfg.NodeAgents, "node-agent-metrics", nil, "node agents' metrics URLs, scraped for the flows network policy denied (repeatable)")
 	f.StringVar(&cfg.PrometheusURL, "prometheus", "", "read the dashboard's figures from this Prometheus server (http://host:9090) instead of scraping the sidecars")

@@ -6,7 +6,6 @@
 package controlplane
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -34,14 +33,11 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/catalog"
-	"github.com/trellis-mesh/trellis/internal/dashboard"
 	"github.com/trellis-mesh/trellis/internal/discovery"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
-	"github.com/trellis-mesh/trellis/internal/metricstore"
 	"github.com/trellis-mesh/trellis/internal/push"
 	"github.com/trellis-mesh/trellis/internal/safehttp"
-	"github.com/trellis-mesh/trellis/internal/servicegraph"
 	"github.com/trellis-mesh/trellis/internal/tracestore"
 	"github.com/trellis-mesh/trellis/internal/unixapi"
 )
@@ -70,6 +66,10 @@ type Config struct {
 	// DashboardAddr serves the dashboard and its API. Default
 	// 127.0.0.1:20001.
 	DashboardAddr string
+	// NoDashboard serves no dashboard and so scrapes nothing: for tests
+	// and benchmarks whose pods' addresses are made up (the scrape would
+	// send packets to them).
+	NoDashboard bool
 	// ScrapeInterval: how often the sidecars' metrics are scraped into
 	// the dashboard's store. Default 5 s.
 	ScrapeInterval time.Duration
@@ -174,11 +174,15 @@ func Run(ctx context.Context, cfg Config) error {
 	meshpb.RegisterConfigServiceServer(grpcSrv, p.push)
 	traces := tracestore.New()
 	collectorpb.RegisterTraceServiceServer(grpcSrv, &tracestore.Service{Store: traces})
-	graphSrc, scrape, err := p.graphSource()
-	if err != nil {
-		return err
+	var dash *dashboardRun
+	addrs := []string{cfg.GRPCAddr, cfg.MetricsAddr}
+	if !cfg.NoDashboard {
+		if dash, err = p.newDashboard(traces); err != nil {
+			return err
+		}
+		addrs = append(addrs, cfg.DashboardAddr)
 	}
-	lns, err := listenTCP(cfg.GRPCAddr, cfg.MetricsAddr, cfg.DashboardAddr)
+	lns, err := listenTCP(addrs...)
 	if err != nil {
 		return err
 	}
@@ -190,9 +194,6 @@ func Run(ctx context.Context, cfg Config) error {
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
 	metrics, admin := safehttp.Server(metricsMux), safehttp.Server(p.adminMux())
-	reqLog := dashboard.NewRequestLog()
-	dash := safehttp.Server(dashboard.Handler(dashboard.Config{Source: graphSrc, Requests: reqLog.Latest, Traces: traces.Trace,
-		Inventory: func() servicegraph.Inventory { return inventory(p.snap.Load()) }}))
 
 	src := &discovery.File{Path: cfg.Registry, OnError: func(err error) { slog.Error("discovery", "err", err) }}
 	g, ctx := errgroup.WithContext(ctx)
@@ -206,21 +207,14 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(func() error { return p.push.Run(ctx) })
 	g.Go(func() error { return grpcSrv.Serve(lns[0]) })
 	g.Go(func() error { return ignoreClosed(metrics.Serve(lns[1])) })
-	g.Go(func() error { return ignoreClosed(dash.Serve(lns[2])) })
 	g.Go(func() error { return ignoreClosed(admin.Serve(adminLn)) })
-	if scrape != nil {
-		g.Go(func() error { return scrape(ctx) })
+	if dash != nil {
+		g.Go(func() error { return dash.run(ctx, lns[2]) })
 	}
-	g.Go(func() error {
-		return reqLog.Poll(ctx, cmp.Or(cfg.ScrapeInterval, 5*time.Second), func() []metricstore.Target {
-			return scrapeTargets(p.snap.Load(), "/stats/recent-requests")
-		})
-	})
 	g.Go(func() error {
 		<-ctx.Done()
 		grpcSrv.Stop() // proxies reconnect to the next instance; nothing to drain
 		metrics.Close()
-		dash.Close()
 		admin.Close()
 		return nil
 	})
@@ -248,26 +242,6 @@ func closeAll(lns []net.Listener) {
 	for _, ln := range lns {
 		ln.Close()
 	}
-}
-
-// graphSource is where the dashboard reads traffic: a Prometheus server
-// when configured, else a store that scrape fills from the sidecars.
-func (p *plane) graphSource() (servicegraph.Source, func(context.Context) error, error) {
-	if p.cfg.PrometheusURL != "" {
-		src, err := servicegraph.Prometheus(p.cfg.PrometheusURL)
-		return src, nil, err
-	}
-	store := metricstore.New(metricstore.Config{Interval: p.cfg.ScrapeInterval})
-	scrape := func(ctx context.Context) error {
-		return store.Run(ctx, func() []metricstore.Target {
-			ts := scrapeTargets(p.snap.Load(), "/stats/prometheus")
-			for _, u := range p.cfg.NodeAgents {
-				ts = append(ts, metricstore.Target{Key: "node-agent " + u, URL: u})
-			}
-			return ts
-		})
-	}
-	return servicegraph.Local(store), scrape, nil
 }
 
 func ignoreClosed(err error) error {

@@ -108,7 +108,7 @@ func (r *rig) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel, r.done = cancel, make(chan error, 1)
 	cfg := Config{StateDir: filepath.Join(r.dir, "control"), Registry: r.registry, GRPCAddr: r.addr,
-		MetricsAddr: "127.0.0.1:0", DashboardAddr: "127.0.0.1:0", SVIDTTL: time.Hour, Debounce: 20 * time.Millisecond, CACert: r.caCert, CAKey: r.caKey}
+		MetricsAddr: "127.0.0.1:0", NoDashboard: true, SVIDTTL: time.Hour, Debounce: 20 * time.Millisecond, CACert: r.caCert, CAKey: r.caKey}
 	go func() { r.done <- Run(ctx, cfg) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {

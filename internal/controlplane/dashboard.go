@@ -1,16 +1,77 @@
 package controlplane
 
 import (
+	"cmp"
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
+	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
+	"github.com/trellis-mesh/trellis/internal/dashboard"
 	"github.com/trellis-mesh/trellis/internal/metricstore"
 	"github.com/trellis-mesh/trellis/internal/proxycfg"
+	"github.com/trellis-mesh/trellis/internal/safehttp"
 	"github.com/trellis-mesh/trellis/internal/servicegraph"
+	"github.com/trellis-mesh/trellis/internal/tracestore"
 )
+
+// dashboardRun is the dashboard and what feeds it: the traffic source
+// (a Prometheus server, or a store scrape fills from the sidecars and
+// node agents), the sidecars' recent requests and the traces.
+type dashboardRun struct {
+	p      *plane
+	src    servicegraph.Source
+	scrape func(context.Context) error // nil with Prometheus
+	log    *dashboard.RequestLog
+	traces *tracestore.Store
+}
+
+func (p *plane) newDashboard(traces *tracestore.Store) (*dashboardRun, error) {
+	d := &dashboardRun{p: p, log: dashboard.NewRequestLog(), traces: traces}
+	if p.cfg.PrometheusURL != "" {
+		var err error
+		d.src, err = servicegraph.Prometheus(p.cfg.PrometheusURL)
+		return d, err
+	}
+	store := metricstore.New(metricstore.Config{Interval: p.cfg.ScrapeInterval})
+	d.src = servicegraph.Local(store)
+	d.scrape = func(ctx context.Context) error {
+		return store.Run(ctx, func() []metricstore.Target {
+			ts := scrapeTargets(p.snap.Load(), "/stats/prometheus")
+			for _, u := range p.cfg.NodeAgents {
+				ts = append(ts, metricstore.Target{Key: "node-agent " + u, URL: u})
+			}
+			return ts
+		})
+	}
+	return d, nil
+}
+
+// run serves the dashboard on ln and feeds it until ctx is done.
+func (d *dashboardRun) run(ctx context.Context, ln net.Listener) error {
+	srv := safehttp.Server(dashboard.Handler(dashboard.Config{Source: d.src, Requests: d.log.Latest, Traces: d.traces.Trace,
+		Inventory: func() servicegraph.Inventory { return inventory(d.p.snap.Load()) }}))
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return ignoreClosed(srv.Serve(ln)) })
+	if d.scrape != nil {
+		g.Go(func() error { return d.scrape(ctx) })
+	}
+	g.Go(func() error {
+		return d.log.Poll(ctx, cmp.Or(d.p.cfg.ScrapeInterval, 5*time.Second), func() []metricstore.Target {
+			return scrapeTargets(d.p.snap.Load(), "/stats/recent-requests")
+		})
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		return srv.Close()
+	})
+	return g.Wait()
+}
 
 // ProxyMetricsPort is where every sidecar serves /stats/prometheus.
 const ProxyMetricsPort = 15020
