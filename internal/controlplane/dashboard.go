@@ -27,6 +27,7 @@ type dashboardRun struct {
 	p      *plane
 	src    servicegraph.Source
 	scrape func(context.Context) error // nil with Prometheus
+	store  *metricstore.Store          // nil with Prometheus
 	log    *dashboard.RequestLog
 	traces *tracestore.Store
 }
@@ -39,7 +40,7 @@ func (p *plane) newDashboard(traces *tracestore.Store) (*dashboardRun, error) {
 		return d, err
 	}
 	store := metricstore.New(metricstore.Config{Interval: p.cfg.ScrapeInterval})
-	d.src = servicegraph.Local(store)
+	d.src, d.store = servicegraph.Local(store), store
 	d.scrape = func(ctx context.Context) error {
 		return store.Run(ctx, func() []metricstore.Target {
 			ts := scrapeTargets(p.snap.Load(), "/stats/prometheus")
@@ -54,8 +55,12 @@ func (p *plane) newDashboard(traces *tracestore.Store) (*dashboardRun, error) {
 
 // run serves the dashboard on ln and feeds it until ctx is done.
 func (d *dashboardRun) run(ctx context.Context, ln net.Listener) error {
-	srv := safehttp.Server(dashboard.Handler(dashboard.Config{Source: d.src, Requests: d.log.Latest, Traces: d.traces.Trace,
-		Inventory: func() servicegraph.Inventory { return inventory(d.p.snap.Load()) }}))
+	cfg := dashboard.Config{Source: d.src, Requests: d.log.Latest, Traces: d.traces.Trace,
+		Inventory: func() servicegraph.Inventory { return inventory(d.p.snap.Load()) }}
+	if d.store != nil {
+		cfg.Targets = d.store.Targets
+	}
+	srv := safehttp.Server(dashboard.Handler(cfg))
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return ignoreClosed(srv.Serve(ln)) })
 	if d.scrape != nil {

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/metricstore"
 	"github.com/trellis-mesh/trellis/internal/servicegraph"
 	"github.com/trellis-mesh/trellis/internal/tracestore"
 )
@@ -35,6 +36,8 @@ type Config struct {
 	Requests func() []Request
 	// Traces returns the spans of a trace by its ID. Nil for none.
 	Traces func(id string) []tracestore.Span
+	// Targets reports the scrape targets (the local store). Nil for none.
+	Targets func() []metricstore.TargetStatus
 	// Lookback is the span each chart point covers. Default 15 s.
 	Lookback time.Duration
 }
@@ -75,6 +78,13 @@ func Handler(cfg Config) http.Handler {
 	mux.HandleFunc("GET /api/series", s.series)
 	mux.HandleFunc("GET /api/requests", s.requests)
 	mux.HandleFunc("GET /api/traces/{id}", s.trace)
+	mux.HandleFunc("GET /api/targets", func(w http.ResponseWriter, _ *http.Request) {
+		out := []metricstore.TargetStatus{}
+		if cfg.Targets != nil {
+			out = cfg.Targets()
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
 	mux.HandleFunc("GET /api/windows", func(w http.ResponseWriter, _ *http.Request) {
 		var ws []string
 		for _, d := range Windows {

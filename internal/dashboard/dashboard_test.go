@@ -42,7 +42,8 @@ func TestAPI(t *testing.T) {
 	log.fetch(ctx, http.DefaultClient, metricstore.Target{Key: "db/alpha", URL: proxySrv.URL + "/stats/recent-requests"})
 
 	traces := tracestore.New()
-	srv := httptest.NewServer(Handler(Config{Source: servicegraph.Local(store), Requests: log.Latest, Traces: traces.Trace}))
+	srv := httptest.NewServer(Handler(Config{Source: servicegraph.Local(store), Requests: log.Latest, Traces: traces.Trace,
+		Targets: store.Targets}))
 	defer srv.Close()
 	get := func(path string, wantCode int, out any) {
 		t.Helper()
@@ -94,6 +95,11 @@ func TestAPI(t *testing.T) {
 		t.Errorf("recent requests of another edge = %d, want none", len(reqs))
 	}
 	get("/api/traces/0123", 404, nil)
+	var targets []metricstore.TargetStatus
+	get("/api/targets", 200, &targets)
+	if len(targets) != 1 || targets[0].Key != "db/alpha" || targets[0].LastError != "" {
+		t.Errorf("targets = %+v, want db/alpha scraped fine", targets)
+	}
 	resp, err := http.Get(srv.URL + "/")
 	if err != nil {
 		t.Fatal(err)

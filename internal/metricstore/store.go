@@ -114,11 +114,7 @@ type Sample struct {
 func (s *Store) add(key, url string, at, started time.Time, samples []Sample) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	tg := s.targets[key]
-	if tg == nil {
-		tg = &target{series: map[string]*series{}}
-		s.targets[key] = tg
-	}
+	tg := s.targetLocked(key)
 	tg.url, tg.lastTry, tg.lastOK, tg.lastErr = url, at, at, ""
 	for _, smp := range samples {
 		k := seriesKey(smp.Name, smp.Labels)
@@ -148,13 +144,19 @@ func (s *Store) add(key, url string, at, started time.Time, samples []Sample) {
 func (s *Store) failed(key, url string, at time.Time, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	tg := s.targetLocked(key)
+	tg.url, tg.lastTry, tg.lastErr = url, at, err.Error()
+	s.expireLocked(at)
+}
+
+// targetLocked returns the target of key, made when new.
+func (s *Store) targetLocked(key string) *target {
 	tg := s.targets[key]
 	if tg == nil {
 		tg = &target{series: map[string]*series{}}
 		s.targets[key] = tg
 	}
-	tg.url, tg.lastTry, tg.lastErr = url, at, err.Error()
-	s.expireLocked(at)
+	return tg
 }
 
 // expireLocked drops samples older than the retention, then empty series
@@ -273,13 +275,14 @@ func (sr *series) increase(start, end time.Time) (float64, bool) {
 
 // TargetStatus describes one scraped target.
 type TargetStatus struct {
-	Key, URL       string
-	LastScrape     time.Time // last attempt
-	LastOK         time.Time
-	LastError      string
-	Series         int
-	DroppedSeries  int
-	ScrapesCounted int
+	Key           string    `json:"key"`
+	URL           string    `json:"url"`
+	LastScrape    time.Time `json:"lastScrape"` // last attempt
+	LastOK        time.Time `json:"lastOK"`
+	LastError     string    `json:"lastError,omitempty"`
+	Series        int       `json:"series"`
+	DroppedSeries int       `json:"droppedSeries"`
+	Scrapes       int       `json:"scrapes"` // successful ones
 }
 
 // Targets reports every target the store holds, sorted by key.
@@ -289,7 +292,7 @@ func (s *Store) Targets() []TargetStatus {
 	out := make([]TargetStatus, 0, len(s.targets))
 	for key, tg := range s.targets {
 		out = append(out, TargetStatus{Key: key, URL: tg.url, LastScrape: tg.lastTry, LastOK: tg.lastOK, LastError: tg.lastErr,
-			Series: len(tg.series), DroppedSeries: tg.dropped, ScrapesCounted: tg.scrapes})
+			Series: len(tg.series), DroppedSeries: tg.dropped, Scrapes: tg.scrapes})
 	}
 	slices.SortFunc(out, func(a, b TargetStatus) int { return cmp.Compare(a.Key, b.Key) })
 	return out
