@@ -112,7 +112,11 @@ func (d *demoOptions) run(ctx context.Context) error {
 		return err
 	}
 	if len(r.failures) > 0 {
-		return fmt.Errorf("%d of %d checks failed:\n  %s", len(r.failures), r.checks, strings.Join(r.failures, "\n  "))
+		hint := ""
+		if !d.keep {
+			hint = "\n(run `trellis demo --keep` to look around after a failure)"
+		}
+		return fmt.Errorf("%d of %d checks failed:\n  %s%s", len(r.failures), r.checks, strings.Join(r.failures, "\n  "), hint)
 	}
 	fmt.Fprintf(d.out, "\nall %d checks passed in %s\n", r.checks, time.Since(r.start).Round(100*time.Millisecond))
 	if d.keep {
@@ -330,12 +334,14 @@ func (r *demoRun) calls() []call {
 	return cs
 }
 
-// attempt makes every call from namespace ns. want is "ok" or "timeout".
-func (r *demoRun) attempt(ctx context.Context, ns, want string, mtlsAs string) {
+// attempt makes every call from namespace ns's client, expecting each to
+// time out, or to succeed (and, with mtlsAs, to reach alpha as that
+// identity).
+func (r *demoRun) attempt(ctx context.Context, ns string, wantTimeout bool, mtlsAs string) {
 	for _, c := range r.calls() {
 		out, err := r.inClient(ctx, ns, c.args...)
 		what := fmt.Sprintf("%s → %s", ns, c.label)
-		if want == "timeout" {
+		if wantTimeout {
 			switch {
 			case err == nil:
 				r.check(what, false, "answered, want a timeout: "+strings.TrimSpace(out))
@@ -380,8 +386,8 @@ func oneLine(s string) string {
 
 func (r *demoRun) test0(ctx context.Context) {
 	r.say("TEST 0  no policy: both clients reach HTTP /health and gRPC CheckVersion")
-	r.attempt(ctx, "client-allow", "ok", "")
-	r.attempt(ctx, "client-deny", "ok", "")
+	r.attempt(ctx, "client-allow", false, "")
+	r.attempt(ctx, "client-deny", false, "")
 }
 
 func (r *demoRun) test1(ctx context.Context) error {
@@ -402,13 +408,13 @@ func (r *demoRun) test1(ctx context.Context) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	r.attempt(ctx, "client-deny", "timeout", "")
+	r.attempt(ctx, "client-deny", true, "")
 	return nil
 }
 
 func (r *demoRun) test2(ctx context.Context) {
 	r.say("TEST 2  the client in the mesh still succeeds, through its sidecar, with mTLS")
-	r.attempt(ctx, "client-allow", "ok", "spiffe://cluster.local/ns/client-allow/sa/default")
+	r.attempt(ctx, "client-allow", false, "spiffe://cluster.local/ns/client-allow/sa/default")
 }
 
 func (r *demoRun) test3(ctx context.Context) error {
@@ -461,7 +467,11 @@ func (r *demoRun) test3(ctx context.Context) error {
 	} else {
 		r.check("graph edge "+denied, true, fmt.Sprintf("denied, %.0f packets dropped by the policy", e.Requests))
 	}
-	r.say("dashboard: %s%s", dashboardURL(defaultDashboard), map[bool]string{false: " (run `trellis demo --keep` to keep it up)", true: ""}[r.keep])
+	note := " (run `trellis demo --keep` to keep it up)"
+	if r.keep {
+		note = ""
+	}
+	r.say("dashboard: %s%s", dashboardURL(defaultDashboard), note)
 	return nil
 }
 

@@ -68,15 +68,16 @@ function nodeLabel(n) {
 
 function edgeLabel(e) {
   if (e.denied) return `DENIED ${Math.round(e.requests)}`;
-  const parts = [`${e.protocol.toUpperCase()} ${num(e.rps)}/s`];
+  const head = [`${e.protocol.toUpperCase()} ${num(e.rps)}/s`];
+  let latency = '';
   if (e.protocol !== 'tcp') {
-    parts.push(`${pct(e.errorRate)} err`);
-    if (e.p95 != null) parts.push(`p95 ${ms(e.p95)}`);
+    head.push(`${pct(e.errorRate)} err`);
+    if (e.p50 != null) latency = `\np50 ${ms(e.p50)} p95 ${ms(e.p95)} p99 ${ms(e.p99)}`;
   } else if (e.bytesPerSec) {
-    parts.push(`${num(e.bytesPerSec / 1024)} KiB/s`);
+    head.push(`${num(e.bytesPerSec / 1024)} KiB/s`);
   }
-  parts.push(`mTLS ${pct(e.mtls)}`);
-  return parts.join(' ');
+  head.push(`mTLS ${pct(e.mtls)}`);
+  return head.join(' · ') + latency;
 }
 
 function edgeHealth(e) {
