@@ -75,7 +75,8 @@ func (r *Runtime) prepareSidecarLocked(p *pod) (catalog.Container, error) {
 		Command: []string{r.cfg.Executable, "proxy", "--control-plane", r.controlPlaneAddr(),
 			"--control-plane-bundle", r.controlPlaneBundle(), "--identity", id.String(),
 			"--pod-namespace", p.obj.Namespace, "--pod-name", p.obj.Name, "--token-file", filepath.Join(dir, tokenFile),
-			"--otlp-endpoint", "control-plane", "--trace-service", traceService(p.obj)},
+			// Every request traced: one-host mode is for looking at.
+			"--otlp-endpoint", "control-plane", "--trace-sampling", "100", "--trace-service", traceService(p.obj)},
 		Env: env,
 		Readiness: &catalog.Probe{
 			ProbeHandler: catalog.ProbeHandler{HTTPGet: &catalog.HTTPGetAction{Path: "/healthz/ready", Port: 15021}},

@@ -482,7 +482,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		return err
 	})
 	fs.StringVar(&c.AccessLog, "access-log", "stdout", "where the access log goes (JSON lines): stdout, stderr or off")
-	fs.Float64Var(&c.TraceSampling, "trace-sampling", 100, "percentage of new traces recorded (a request that comes with a trace keeps its decision)")
+	fs.Float64Var(&c.TraceSampling, "trace-sampling", 1, "percentage of new traces recorded, as Istio's default 1 (a request that comes with a trace keeps its decision)")
 	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", "", "where spans go over OTLP/gRPC: control-plane, or a collector's host:port (plaintext); empty: nowhere")
 	fs.StringVar(&c.TraceService, "trace-service", "", "service.name of the spans (default POD.NAMESPACE)")
 }

@@ -22,8 +22,9 @@ type TracingConfig struct {
 	// Istio's tracing.sampling; a request that arrives with a trace keeps
 	// its caller's decision.
 	Sampling float64
-	// Exporter receives finished spans (batched); nil exports nothing, but
-	// trace context is still made and propagated.
+	// Exporter receives finished spans (batched); nil records and exports
+	// nothing (whatever Sampling says), but trace context is still made
+	// and propagated.
 	Exporter sdktrace.SpanExporter
 	// Service names this proxy's spans (service.name), e.g. the workload
 	// and namespace as Istio names them: "alpha.db".
@@ -45,6 +46,9 @@ type Tracing struct {
 // NewTracing returns tracing as cfg says. Shutdown flushes its spans.
 func NewTracing(cfg TracingConfig) *Tracing {
 	ratio := min(max(cfg.Sampling, 0), 100) / 100
+	if cfg.Exporter == nil {
+		ratio = 0 // a span nobody receives is only cost
+	}
 	opts := []sdktrace.TracerProviderOption{
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))),
 		sdktrace.WithResource(resource.NewSchemaless(semconv.ServiceName(cfg.Service))),

@@ -87,9 +87,12 @@ func TestTracingSampling(t *testing.T) {
 	}
 
 	quiet := NewTracing(TracingConfig{Sampling: 100})
-	_, span = quiet.Start(httptest.NewRequest("GET", "http://a/", nil), trace.SpanKindClient)
-	if id := quiet.End(span, Request{Code: 200}); id != "" {
-		t.Errorf("no exporter: trace ID %q, want none (nothing to look the trace up in)", id)
+	r, span = quiet.Start(httptest.NewRequest("GET", "http://a/", nil), trace.SpanKindClient)
+	if id := quiet.End(span, Request{Code: 200}); id != "" || span.IsRecording() {
+		t.Errorf("no exporter: trace ID %q, recording %v; want none (nothing to look the trace up in)", id, span.IsRecording())
+	}
+	if r.Header.Get("traceparent") == "" {
+		t.Error("no exporter: no traceparent passed on, want the trace context propagated still")
 	}
 	var none *Tracing
 	r, span = none.Start(httptest.NewRequest("GET", "http://a/", nil), trace.SpanKindClient)
