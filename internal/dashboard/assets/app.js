@@ -197,6 +197,7 @@ async function showPanel(id, fresh = true) {
     panel.hidden = false;
     document.querySelector('main').classList.add('with-panel');
     cy.resize();
+    cy.fit(undefined, 40); // nothing hides behind the panel
   }
   const byId = (x) => cy.getElementById(x).data('label')?.replace('\n', ' ') || x;
   document.getElementById('panel-title').textContent = el.isEdge() ? `${byId(d.source)} → ${byId(d.target)}` : d.label.replace('\n', ' ');
@@ -287,6 +288,7 @@ document.getElementById('close').addEventListener('click', () => {
   document.getElementById('panel').hidden = true;
   document.querySelector('main').classList.remove('with-panel');
   cy.resize();
+  cy.fit(undefined, 40);
 });
 
 async function init() {
