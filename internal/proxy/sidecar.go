@@ -322,7 +322,7 @@ func (c *Config) tracing(ctx context.Context, store *meshtls.Store, dialer *net.
 	var opts []otlptracegrpc.Option
 	switch c.OTLPEndpoint {
 	case "":
-		return telemetry.NewTracing(tc), nil
+		return nil, nil // trace headers pass through untouched
 	case "control-plane":
 		if c.ControlPlane == "" {
 			return nil, errors.New("sidecar: --otlp-endpoint control-plane needs --control-plane")

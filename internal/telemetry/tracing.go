@@ -15,16 +15,15 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// TracingConfig configures a proxy's tracing. The zero value records no
-// new trace and exports nothing; trace context is still propagated.
+// TracingConfig configures a proxy's tracing.
 type TracingConfig struct {
 	// Sampling is the percentage (0..100) of new traces recorded, as
 	// Istio's tracing.sampling; a request that arrives with a trace keeps
 	// its caller's decision.
 	Sampling float64
-	// Exporter receives finished spans (batched); nil records and exports
-	// nothing (whatever Sampling says), but trace context is still made
-	// and propagated.
+	// Exporter receives finished spans (batched). Required: without one
+	// NewTracing returns nil, which leaves requests as they are (their
+	// trace headers pass through untouched) and costs nothing.
 	Exporter sdktrace.SpanExporter
 	// Service names this proxy's spans (service.name), e.g. the workload
 	// and namespace as Istio names them: "alpha.db".
@@ -37,30 +36,26 @@ type TracingConfig struct {
 // trace to continue across it. Safe for concurrent use; nil is a valid
 // Tracing that does nothing.
 type Tracing struct {
-	tp        *sdktrace.TracerProvider
-	tracer    trace.Tracer
-	prop      propagation.TextMapPropagator
-	exporting bool
+	tp     *sdktrace.TracerProvider
+	tracer trace.Tracer
+	prop   propagation.TextMapPropagator
 }
 
-// NewTracing returns tracing as cfg says. Shutdown flushes its spans.
+// NewTracing returns tracing as cfg says, or nil without an exporter.
+// Shutdown flushes its spans.
 func NewTracing(cfg TracingConfig) *Tracing {
-	ratio := min(max(cfg.Sampling, 0), 100) / 100
 	if cfg.Exporter == nil {
-		ratio = 0 // a span nobody receives is only cost
+		return nil
 	}
-	opts := []sdktrace.TracerProviderOption{
+	ratio := min(max(cfg.Sampling, 0), 100) / 100
+	tp := sdktrace.NewTracerProvider(
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))),
 		sdktrace.WithResource(resource.NewSchemaless(semconv.ServiceName(cfg.Service))),
-	}
-	if cfg.Exporter != nil {
 		// Small batches: one export must fit the control plane's 64 KiB
 		// message limit (a proxy's span is well under 1 KiB).
-		opts = append(opts, sdktrace.WithBatcher(cfg.Exporter, sdktrace.WithMaxExportBatchSize(32)))
-	}
-	tp := sdktrace.NewTracerProvider(opts...)
+		sdktrace.WithBatcher(cfg.Exporter, sdktrace.WithMaxExportBatchSize(32)))
 	return &Tracing{
-		tp: tp, tracer: tp.Tracer("trellis-proxy"), exporting: cfg.Exporter != nil,
+		tp: tp, tracer: tp.Tracer("trellis-proxy"),
 		// B3 first: when a request carries both, traceparent wins.
 		prop: propagation.NewCompositeTextMapPropagator(b3.New(b3.WithInjectEncoding(b3.B3MultipleHeader)), propagation.TraceContext{}),
 	}
@@ -82,7 +77,7 @@ func (t *Tracing) Start(r *http.Request, kind trace.SpanKind) (*http.Request, tr
 
 // End finishes span with what req says of the exchange, and returns the
 // trace ID to remember with the request: empty when the span is not
-// recorded or not exported (there is then no trace to look at).
+// recorded (there is then no trace to look at).
 func (t *Tracing) End(span trace.Span, req Request) string {
 	if t == nil || !span.IsRecording() {
 		return ""
@@ -107,9 +102,6 @@ func (t *Tracing) End(span trace.Span, req Request) string {
 		span.SetStatus(codes.Error, "")
 	}
 	span.End()
-	if !t.exporting {
-		return ""
-	}
 	return span.SpanContext().TraceID().String()
 }
 
