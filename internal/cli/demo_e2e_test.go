@@ -131,6 +131,18 @@ func browseDashboard(t *testing.T) {
 	if err != nil || link == "" {
 		t.Fatalf("no trace link on a recent Load call (%v)", err)
 	}
+	// Sidecars send their spans within a second of a request, each on
+	// its own clock: wait until all four have arrived.
+	traceAPI := strings.Replace(link, "trace.html?id=", "api/traces/", 1)
+	waitFor(t, "the Load call's four spans to arrive", 15*time.Second, func() bool {
+		resp, err := http.Get(traceAPI)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var spans []json.RawMessage
+		return json.NewDecoder(resp.Body).Decode(&spans) == nil && len(spans) == 4
+	})
 	if err := chromedp.Do(ctx, chromedp.Navigate(link), chromedp.WaitVisible(chromedp.CSS(`body[data-loaded="true"]`))); err != nil {
 		t.Fatalf("open the trace %s: %v", link, err)
 	}

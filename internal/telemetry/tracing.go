@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"time"
 
 	"go.opentelemetry.io/contrib/propagators/b3"
 	"go.opentelemetry.io/otel/attribute"
@@ -52,8 +53,9 @@ func NewTracing(cfg TracingConfig) *Tracing {
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(ratio))),
 		sdktrace.WithResource(resource.NewSchemaless(semconv.ServiceName(cfg.Service))),
 		// Small batches: one export must fit the control plane's 64 KiB
-		// message limit (a proxy's span is well under 1 KiB).
-		sdktrace.WithBatcher(cfg.Exporter, sdktrace.WithMaxExportBatchSize(32)))
+		// message limit (a proxy's span is well under 1 KiB). Sent within
+		// a second, so a trace is complete by the time anyone looks.
+		sdktrace.WithBatcher(cfg.Exporter, sdktrace.WithMaxExportBatchSize(32), sdktrace.WithBatchTimeout(time.Second)))
 	return &Tracing{
 		tp: tp, tracer: tp.Tracer("trellis-proxy"),
 		// B3 first: when a request carries both, traceparent wins.
