@@ -68,7 +68,13 @@ func TestFileSource(t *testing.T) {
 	if n := count(); n != 1 {
 		t.Errorf("an unchanged rewrite published again (%d snapshots)", n)
 	}
-	if err := os.WriteFile(path, []byte(`{"Pods": [null]}`), 0o600); err != nil {
+	// Replaced whole, as WriteFile does: a plain os.WriteFile truncates
+	// first, and the poller may read the empty file in between.
+	bad := path + ".bad"
+	if err := os.WriteFile(bad, []byte(`{"Pods": [null]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(bad, path); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(50 * time.Millisecond)
