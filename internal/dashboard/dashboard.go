@@ -19,6 +19,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/metricstore"
 	"github.com/trellis-mesh/trellis/internal/servicegraph"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
 	"github.com/trellis-mesh/trellis/internal/tracestore"
 )
 
@@ -42,24 +43,12 @@ type Config struct {
 	Lookback time.Duration
 }
 
-// Request is one recent request, as a proxy logged it.
+// Request is one recent request as a proxy remembered it, with its ends
+// (Source, Dest) renamed to graph node IDs and Service the ID of the
+// service node it addressed, if any.
 type Request struct {
-	Time     time.Time `json:"time"`
-	Reporter string    `json:"reporter"`
-	// Source and Destination are graph node IDs; Service too when the
-	// request addressed one.
-	Source      string  `json:"source"`
-	Service     string  `json:"service,omitempty"`
-	Destination string  `json:"destination"`
-	Protocol    string  `json:"protocol"`
-	Method      string  `json:"method"`
-	Path        string  `json:"path"`
-	Code        int     `json:"code"`
-	GRPCStatus  string  `json:"grpcStatus,omitempty"`
-	DurationMS  float64 `json:"durationMs"`
-	Flags       string  `json:"flags,omitempty"`
-	MutualTLS   bool    `json:"mtls"`
-	TraceID     string  `json:"traceId,omitempty"`
+	telemetry.Recent
+	Service string `json:"service,omitempty"`
 }
 
 // Windows are the time windows the UI offers and the API accepts.
@@ -198,7 +187,7 @@ func (s *server) trace(w http.ResponseWriter, r *http.Request) {
 
 // involves says whether a request is part of node or edge id.
 func involves(r Request, id string) bool {
-	if r.Source == id || r.Service == id || r.Destination == id {
+	if r.Source == id || r.Service == id || r.Dest == id {
 		return true
 	}
 	from, rest, ok := strings.Cut(id, ">")
@@ -210,7 +199,7 @@ func involves(r Request, id string) bool {
 	if protocol != r.Protocol || from != r.Source && from != r.Service {
 		return false
 	}
-	return to == r.Service || to == r.Destination
+	return to == r.Service || to == r.Dest
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

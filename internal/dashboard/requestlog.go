@@ -110,9 +110,8 @@ func fromRecent(r telemetry.Recent) Request {
 		}
 		return "wl:" + nsName
 	}
-	out := Request{Time: r.Time, Reporter: r.Reporter, Source: node(r.Source), Destination: node(r.Dest),
-		Protocol: r.Protocol, Method: r.Method, Path: r.Path, Code: r.Code, GRPCStatus: r.GRPCStatus,
-		DurationMS: r.DurationMS, Flags: r.Flags, MutualTLS: r.MutualTLS, TraceID: r.TraceID}
+	r.Source, r.Dest = node(r.Source), node(r.Dest)
+	out := Request{Recent: r}
 	if r.ServiceName != "" && r.ServiceName != "unknown" {
 		out.Service = "svc:" + r.ServiceNamespace + "/" + r.ServiceName
 	}
