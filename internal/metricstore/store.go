@@ -137,7 +137,7 @@ func (s *Store) add(key, url string, at, started time.Time, samples []Sample) {
 	}
 	tg.scrapes++
 	tg.prevScrape = at
-	s.expireLocked(at)
+	s.expireLocked(at, tg)
 }
 
 // failed records a failed scrape of key.
@@ -146,7 +146,7 @@ func (s *Store) failed(key, url string, at time.Time, err error) {
 	defer s.mu.Unlock()
 	tg := s.targetLocked(key)
 	tg.url, tg.lastTry, tg.lastErr = url, at, err.Error()
-	s.expireLocked(at)
+	s.expireLocked(at, tg)
 }
 
 // targetLocked returns the target of key, made when new.
@@ -159,27 +159,27 @@ func (s *Store) targetLocked(key string) *target {
 	return tg
 }
 
-// expireLocked drops samples older than the retention, then empty series
-// and targets nobody has tried to scrape for as long (pods gone).
-func (s *Store) expireLocked(now time.Time) {
+// expireLocked drops tg's samples older than the retention and its empty
+// series, then every target nobody has tried to scrape for as long (pods
+// gone). Only the scraped target's series are walked: a round of scrapes
+// costs what the series are, not that squared.
+func (s *Store) expireLocked(now time.Time, tg *target) {
 	cutoff := now.Add(-s.cfg.Retention)
-	for key, tg := range s.targets {
-		if tg.lastTry.Before(cutoff) {
-			delete(s.targets, key)
+	for k, sr := range tg.series {
+		i := 0
+		for i < len(sr.t) && sr.t[i].Before(cutoff) {
+			i++
+		}
+		if i == len(sr.t) {
+			delete(tg.series, k)
 			continue
 		}
-		for k, sr := range tg.series {
-			i := 0
-			for i < len(sr.t) && sr.t[i].Before(cutoff) {
-				i++
-			}
-			if i == len(sr.t) {
-				delete(tg.series, k)
-				continue
-			}
-			if i > 0 {
-				sr.t, sr.v = slices.Clone(sr.t[i:]), slices.Clone(sr.v[i:])
-			}
+		// Resliced, not copied: append moves the live part when it grows.
+		sr.t, sr.v = sr.t[i:], sr.v[i:]
+	}
+	for key, other := range s.targets {
+		if other.lastTry.Before(cutoff) {
+			delete(s.targets, key)
 		}
 	}
 }
