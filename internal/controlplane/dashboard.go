@@ -1,13 +1,11 @@
 package controlplane
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -22,18 +20,17 @@ import (
 
 // dashboardRun is the dashboard and what feeds it: the traffic source
 // (a Prometheus server, or a store scrape fills from the sidecars and
-// node agents), the sidecars' recent requests and the traces.
+// node agents) and the traces, whose spans are also its recent requests.
 type dashboardRun struct {
 	p      *plane
 	src    servicegraph.Source
 	scrape func(context.Context) error // nil with Prometheus
 	store  *metricstore.Store          // nil with Prometheus
-	log    *dashboard.RequestLog
 	traces *tracestore.Store
 }
 
 func (p *plane) newDashboard(traces *tracestore.Store) (*dashboardRun, error) {
-	d := &dashboardRun{p: p, log: dashboard.NewRequestLog(), traces: traces}
+	d := &dashboardRun{p: p, traces: traces}
 	if p.cfg.PrometheusURL != "" {
 		var err error
 		d.src, err = servicegraph.Prometheus(p.cfg.PrometheusURL)
@@ -55,7 +52,8 @@ func (p *plane) newDashboard(traces *tracestore.Store) (*dashboardRun, error) {
 
 // run serves the dashboard on ln and feeds it until ctx is done.
 func (d *dashboardRun) run(ctx context.Context, ln net.Listener) error {
-	cfg := dashboard.Config{Source: d.src, Requests: d.log.Latest, Traces: d.traces.Trace,
+	cfg := dashboard.Config{Source: d.src, Traces: d.traces.Trace,
+		Requests:  func() []dashboard.Request { return dashboard.RequestsFromSpans(d.traces.Recent()) },
 		Inventory: func() servicegraph.Inventory { return inventory(d.p.snap.Load()) }}
 	if d.store != nil {
 		cfg.Targets = d.store.Targets
@@ -66,11 +64,6 @@ func (d *dashboardRun) run(ctx context.Context, ln net.Listener) error {
 	if d.scrape != nil {
 		g.Go(func() error { return d.scrape(ctx) })
 	}
-	g.Go(func() error {
-		return d.log.Poll(ctx, cmp.Or(d.p.cfg.ScrapeInterval, 5*time.Second), func() []metricstore.Target {
-			return scrapeTargets(d.p.snap.Load(), "/stats/recent-requests")
-		})
-	})
 	g.Go(func() error {
 		<-ctx.Done()
 		return srv.Close()

@@ -1,6 +1,7 @@
 // Package dashboard is the mesh's web UI and its JSON API: the live
 // service graph (drawn with cytoscape, vendored under assets/vendor),
-// golden-metric charts per node and edge, and their most recent requests.
+// golden-metric charts per node and edge, and their most recent requests
+// (from the spans the sidecars send over mutual TLS).
 // The control plane serves it on 127.0.0.1:20001; `trellis dashboard`
 // opens it and `trellis graph` prints /api/graph.
 //
@@ -19,7 +20,6 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/metricstore"
 	"github.com/trellis-mesh/trellis/internal/servicegraph"
-	"github.com/trellis-mesh/trellis/internal/telemetry"
 	"github.com/trellis-mesh/trellis/internal/tracestore"
 )
 
@@ -43,12 +43,57 @@ type Config struct {
 	Lookback time.Duration
 }
 
-// Request is one recent request as a proxy remembered it, with its ends
-// (Source, Dest) renamed to graph node IDs and Service the ID of the
-// service node it addressed, if any.
+// Request is one recent request, as its sidecars' spans tell it: its
+// ends and service named by graph node IDs.
 type Request struct {
-	telemetry.Recent
-	Service string `json:"service,omitempty"`
+	Time        time.Time `json:"time"`
+	Source      string    `json:"source"`
+	Service     string    `json:"service,omitempty"`
+	Destination string    `json:"destination"`
+	Protocol    string    `json:"protocol"`
+	Method      string    `json:"method"`
+	Path        string    `json:"path"`
+	Code        int       `json:"code"`
+	GRPCStatus  string    `json:"grpcStatus,omitempty"`
+	DurationMS  float64   `json:"durationMs"`
+	Flags       string    `json:"flags,omitempty"`
+	MutualTLS   bool      `json:"mtls"`
+	TraceID     string    `json:"traceId"`
+}
+
+// RequestsFromSpans lists the requests spans (newest first, as
+// tracestore.Store.Recent gives them) record, counted once as the graph
+// counts them: from the destination's span, or the source's when no
+// sidecar is at the other end.
+func RequestsFromSpans(spans []tracestore.Span) []Request {
+	var out []Request
+	for _, sp := range spans {
+		a := sp.Attributes
+		if a["istio.reporter"] != "destination" && !(a["istio.reporter"] == "source" && a["istio.destination_principal"] == "unknown") {
+			continue
+		}
+		code, _ := strconv.Atoi(a["http.response.status_code"])
+		r := Request{Time: sp.Start, Source: nodeID(a["istio.source_workload"]), Destination: nodeID(a["istio.destination_workload"]),
+			Protocol: a["istio.request_protocol"], Method: a["http.request.method"], Path: a["url.path"], Code: code,
+			GRPCStatus: a["istio.grpc_status"], DurationMS: float64(sp.DurationUS) / 1000, MutualTLS: a["istio.mutual_tls"] == "true",
+			TraceID: sp.TraceID}
+		if f := a["istio.response_flags"]; f != "-" {
+			r.Flags = f
+		}
+		if n := a["istio.destination_service_name"]; n != "" && n != "unknown" {
+			r.Service = "svc:" + a["istio.destination_service_namespace"] + "/" + n
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// nodeID is the graph node of a "namespace/workload" (or "unknown").
+func nodeID(nsName string) string {
+	if nsName == "unknown" || nsName == "" || strings.HasSuffix(nsName, "/unknown") {
+		return "unknown"
+	}
+	return "wl:" + nsName
 }
 
 // Windows are the time windows the UI offers and the API accepts.
@@ -187,7 +232,7 @@ func (s *server) trace(w http.ResponseWriter, r *http.Request) {
 
 // involves says whether a request is part of node or edge id.
 func involves(r Request, id string) bool {
-	if r.Source == id || r.Service == id || r.Dest == id {
+	if r.Source == id || r.Service == id || r.Destination == id {
 		return true
 	}
 	from, rest, ok := strings.Cut(id, ">")
@@ -199,7 +244,7 @@ func involves(r Request, id string) bool {
 	if protocol != r.Protocol || from != r.Source && from != r.Service {
 		return false
 	}
-	return to == r.Service || to == r.Dest
+	return to == r.Service || to == r.Destination
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -9,23 +9,20 @@ import (
 	"testing"
 	"time"
 
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+
 	"github.com/trellis-mesh/trellis/internal/metricstore"
 	"github.com/trellis-mesh/trellis/internal/servicegraph"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 	"github.com/trellis-mesh/trellis/internal/tracestore"
 )
 
-// The API over a real proxy's metrics and recent requests, scraped and
-// polled over HTTP as the control plane does.
+// The API over a real proxy's metrics, scraped over HTTP as the control
+// plane does, and spans as OTLP delivers them (the recent requests).
 func TestAPI(t *testing.T) {
 	proxy := telemetry.New("c")
-	proxySrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/stats/recent-requests" {
-			proxy.RecentHandler().ServeHTTP(w, r)
-			return
-		}
-		proxy.Handler().ServeHTTP(w, r)
-	}))
+	proxySrv := httptest.NewServer(proxy.Handler())
 	defer proxySrv.Close()
 	store := metricstore.New(metricstore.Config{})
 	ctx := context.Background()
@@ -38,12 +35,10 @@ func TestAPI(t *testing.T) {
 			Duration: time.Millisecond, Method: "GET", Path: "/health", TraceID: "abc"})
 	}
 	store.ScrapeOnce(ctx, http.DefaultClient, []metricstore.Target{{Key: "db/alpha", URL: proxySrv.URL + "/stats/prometheus"}})
-	log := NewRequestLog()
-	log.fetch(ctx, http.DefaultClient, metricstore.Target{Key: "db/alpha", URL: proxySrv.URL + "/stats/recent-requests"})
-
 	traces := tracestore.New()
-	srv := httptest.NewServer(Handler(Config{Source: servicegraph.Local(store), Requests: log.Latest, Traces: traces.Trace,
-		Targets: store.Targets}))
+	traces.Add(spans(10))
+	srv := httptest.NewServer(Handler(Config{Source: servicegraph.Local(store), Traces: traces.Trace, Targets: store.Targets,
+		Requests: func() []Request { return RequestsFromSpans(traces.Recent()) }}))
 	defer srv.Close()
 	get := func(path string, wantCode int, out any) {
 		t.Helper()
@@ -87,7 +82,7 @@ func TestAPI(t *testing.T) {
 	get("/api/series?window=1m", 400, nil)
 	var reqs []Request
 	get("/api/requests?id="+edge, 200, &reqs)
-	if len(reqs) != 10 || reqs[0].Path != "/health" || reqs[0].TraceID != "abc" || reqs[0].Source != "wl:shop/client" {
+	if len(reqs) != 10 || reqs[0].Path != "/health" || reqs[0].TraceID != "0000000000000000000000000000000a" || reqs[0].Source != "wl:shop/client" {
 		t.Errorf("recent requests of %s = %d, first %+v; want the 10, with path and trace", edge, len(reqs), reqs)
 	}
 	get("/api/requests?id=wl:other/x>svc:db/alpha:http", 200, &reqs)
@@ -108,4 +103,28 @@ func TestAPI(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
 		t.Errorf("GET / = %s %s, want the page", resp.Status, resp.Header.Get("Content-Type"))
 	}
+}
+
+// spans are n server spans of alpha's sidecar, with the attributes
+// telemetry.Tracing gives them, plus one client span of the caller (not
+// listed: the destination's span counts).
+func spans(n int) []*tracepb.ResourceSpans {
+	str := func(k, v string) *commonpb.KeyValue {
+		return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}}
+	}
+	span := func(i int, reporter string) *tracepb.Span {
+		start := uint64(time.Now().UnixNano()) + uint64(i)
+		return &tracepb.Span{TraceId: []byte{15: byte(i + 1)}, SpanId: []byte{7: byte(i + 1)}, Name: "alpha/health",
+			StartTimeUnixNano: start, EndTimeUnixNano: start + 1e6, Attributes: []*commonpb.KeyValue{
+				str("istio.reporter", reporter), str("istio.source_workload", "shop/client"), str("istio.destination_workload", "db/alpha"),
+				str("istio.destination_service_name", "alpha"), str("istio.destination_service_namespace", "db"),
+				str("istio.destination_principal", "spiffe://td/ns/db/sa/default"), str("istio.request_protocol", "http"),
+				str("http.request.method", "GET"), str("url.path", "/health"), str("http.response.status_code", "200")}}
+	}
+	var ss []*tracepb.Span
+	for i := range n {
+		ss = append(ss, span(i, "destination"))
+	}
+	ss = append(ss, span(n, "source"))
+	return []*tracepb.ResourceSpans{{ScopeSpans: []*tracepb.ScopeSpans{{Spans: ss}}}}
 }

@@ -261,7 +261,6 @@ func Run(ctx context.Context, cfg Config) error {
 	admin := safehttp.Server(adminMux(&current, store, out))
 	statsMux := http.NewServeMux()
 	statsMux.Handle("/stats/prometheus", metrics.Handler())
-	statsMux.Handle("/stats/recent-requests", metrics.RecentHandler())
 	stats := safehttp.Server(statsMux)
 	servers := []*http.Server{health, admin, stats}
 	for i, addr := range []string{cfg.HealthAddr, cfg.AdminAddr, cfg.MetricsAddr} {

@@ -73,8 +73,8 @@ type Request struct {
 	// gRPC messages each way (istio_request_messages_total and
 	// istio_response_messages_total); counted only for Protocol "grpc".
 	RequestMessages, ResponseMessages int64
-	// Method, Path (without the query) and TraceID are remembered for the
-	// dashboard's recent requests, never used as labels.
+	// Method, Path (without the query) and TraceID go to the request's
+	// span and access-log entry, never into labels.
 	Method, Path, TraceID string
 }
 
@@ -133,7 +133,6 @@ type Metrics struct {
 	respMsgs  *prometheus.CounterVec
 	tcp       tcpMetrics
 	cluster   string
-	recent    recentRing
 
 	children sync.Map // label key -> *children
 }
@@ -205,7 +204,6 @@ func (m *Metrics) ObserveRequest(r Request) {
 		ch.reqMsgs.Add(float64(r.RequestMessages))
 		ch.respMsgs.Add(float64(r.ResponseMessages))
 	}
-	m.recent.add(r)
 }
 
 func (m *Metrics) labelValues(r Request) []string {

@@ -1,9 +1,7 @@
 package telemetry
 
 import (
-	"encoding/json"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -37,43 +35,5 @@ func TestScrapeHasProcessCost(t *testing.T) {
 		if !strings.Contains(rec.Body.String(), "\n"+name+" ") {
 			t.Errorf("the scrape has no %s", name)
 		}
-	}
-}
-
-// The dashboard's recent requests: the newest RecentSize, oldest first,
-// from a given Seq on; paths bounded, no query string kept.
-func TestRecentRequests(t *testing.T) {
-	m := New("c")
-	for i := range RecentSize + 5 {
-		m.ObserveRequest(Request{Reporter: "destination", Source: Unknown, Protocol: "http", Code: 200,
-			Method: "GET", Path: "/p/" + strconv.Itoa(i)})
-	}
-	m.ObserveRequest(Request{Reporter: "destination", Protocol: "http", Code: 200, Path: "/" + strings.Repeat("x", 1000)})
-	get := func(q string) []Recent {
-		rec := httptest.NewRecorder()
-		m.RecentHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/stats/recent-requests"+q, nil))
-		var page RecentPage
-		if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil {
-			t.Fatalf("GET %s: %v (%s)", q, err, rec.Body)
-		}
-		if page.Next != RecentSize+6 {
-			t.Errorf("GET %s: next %d, want %d", q, page.Next, RecentSize+6)
-		}
-		return page.Requests
-	}
-	all := get("")
-	if len(all) != RecentSize || all[0].Seq != 6 || all[0].Path != "/p/6" || all[len(all)-1].Seq != RecentSize+5 {
-		t.Fatalf("recent requests: %d, first seq %d path %q; want the last %d (seq 6..%d)", len(all), all[0].Seq, all[0].Path, RecentSize, RecentSize+5)
-	}
-	if p := all[len(all)-1].Path; len(p) > maxPath+len("…") {
-		t.Errorf("a 1001-byte path is remembered with %d bytes, want at most %d", len(p), maxPath)
-	}
-	if got := get("?after=" + strconv.Itoa(RecentSize+4)); len(got) != 2 || got[0].Source != "unknown" {
-		t.Errorf("after %d: %+v, want the last 2", RecentSize+4, got)
-	}
-	rec := httptest.NewRecorder()
-	m.RecentHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/?after=x", nil))
-	if rec.Code != 400 {
-		t.Errorf("after=x: %d, want 400", rec.Code)
 	}
 }

@@ -92,6 +92,11 @@ func (t *Tracing) End(span trace.Span, req Request) string {
 		attribute.String("istio.source_workload", peerName(req.Source)),
 		attribute.String("istio.destination_workload", peerName(req.Dest)),
 		attribute.String("istio.destination_service", req.Service),
+		attribute.String("istio.destination_service_name", req.ServiceName),
+		attribute.String("istio.destination_service_namespace", req.ServiceNamespace),
+		attribute.String("istio.destination_principal", req.Dest.Principal),
+		attribute.String("istio.request_protocol", req.Protocol),
+		attribute.String("istio.grpc_status", req.GRPCStatus),
 		attribute.String("istio.response_flags", req.Flags),
 		attribute.Bool("istio.mutual_tls", req.MutualTLS),
 	)
@@ -120,4 +125,12 @@ func (t *Tracing) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	return t.tp.Shutdown(ctx)
+}
+
+// peerName is "namespace/workload", or "unknown" outside the mesh.
+func peerName(p Peer) string {
+	if p.Workload == "" || p.Workload == "unknown" {
+		return "unknown"
+	}
+	return p.Namespace + "/" + p.Workload
 }

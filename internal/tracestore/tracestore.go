@@ -27,6 +27,8 @@ import (
 const (
 	MaxTraces = 2000
 	MaxSpans  = 256
+	// MaxRecent spans are kept in arrival order for Recent.
+	MaxRecent = 2000
 )
 
 // Span is one span as the dashboard draws it.
@@ -52,6 +54,7 @@ type Store struct {
 	mu     sync.Mutex
 	traces map[string][]Span // guarded by mu
 	order  []string          // guarded by mu: trace IDs, oldest first
+	recent []Span            // guarded by mu: the newest MaxRecent spans, oldest first
 }
 
 // New returns an empty store.
@@ -83,6 +86,19 @@ func (s *Store) addLocked(sp Span) {
 	if len(spans) < MaxSpans {
 		s.traces[sp.TraceID] = append(spans, sp)
 	}
+	s.recent = append(s.recent, sp)
+	if n := len(s.recent); n > MaxRecent {
+		s.recent = slices.Delete(s.recent, 0, n-MaxRecent)
+	}
+}
+
+// Recent returns the newest spans received, newest first.
+func (s *Store) Recent() []Span {
+	s.mu.Lock()
+	out := slices.Clone(s.recent)
+	s.mu.Unlock()
+	slices.Reverse(out)
+	return out
 }
 
 // Trace returns the spans of trace id (lowercase hex), earliest first;
