@@ -202,33 +202,3 @@ func TestH2GuardBudgets(t *testing.T) {
 		})
 	}
 }
-
-// FuzzH2Guard: whatever a client sends, the guard passes it on unchanged,
-// or passes a prefix of it and then the refusing frame, and never hangs or
-// panics. Tiny budgets, so the refusals are reached.
-func FuzzH2Guard(f *testing.F) {
-	var b bytes.Buffer
-	fr := http2.NewFramer(&b, nil)
-	fr.WriteSettings()
-	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: []byte{0x82}, EndHeaders: true, EndStream: true})
-	fr.WriteRSTStream(1, http2.ErrCodeCancel)
-	fr.WritePing(false, [8]byte{})
-	fr.WriteContinuation(1, false, make([]byte, 40))
-	f.Add(b.Bytes(), uint8(3))
-	f.Add([]byte{0, 0, 0, 0x3, 0, 0, 0, 0, 1, 0, 0}, uint8(1)) // cut mid frame
-	budgets := &h2Budgets{frames: [frameTypes]int{0x3: 2, 0x4: 2, 0x6: 2}, block: 64}
-	f.Fuzz(func(t *testing.T, frames []byte, chunk uint8) {
-		in := append([]byte(http2.ClientPreface), frames...)
-		out, err := io.ReadAll(newH2Guard(&chunkedReader{data: in, n: int(chunk%32) + 1}, nil, budgets))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if bytes.Equal(out, in) {
-			return
-		}
-		prefix, refused := bytes.CutSuffix(out, refusedFrame)
-		if !refused || !bytes.HasPrefix(in, prefix) {
-			t.Fatalf("guard turned %q into %q", in, out)
-		}
-	})
-}

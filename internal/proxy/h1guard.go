@@ -59,7 +59,14 @@ const (
 	guardRefusalBytes = "\x00 / HTTP/1.1\r\n\r\n" // net/http: 400 Bad Request, close
 )
 
-var errSmuggling = errors.New("request framing refused")
+var (
+	errSmuggling = errors.New("request framing refused")
+	// errNotHTTP1: the request line does not end in an HTTP/1.x version
+	// (HTTP/2's preface gone wrong, or another protocol). The connection
+	// is closed without an answer the client could not read anyway (RFC
+	// 9113 3.4 wants exactly that for a bad HTTP/2 preface).
+	errNotHTTP1 = errors.New("not an HTTP/1 request line")
+)
 
 // guardHTTP1 wraps a plaintext connection whose requests net/http serves.
 func guardHTTP1(c net.Conn) net.Conn {
@@ -186,7 +193,9 @@ func (g *h1Guard) scan() bool {
 		if err != nil {
 			slog.Info("refused HTTP/1.1 request", "from", g.from, "reason", err)
 			g.held, g.buf, g.state = nil, nil, gsDead
-			g.ready = append(g.ready, guardRefusalBytes...)
+			if !errors.Is(err, errNotHTTP1) {
+				g.ready = append(g.ready, guardRefusalBytes...)
+			}
 			return true
 		}
 		if !ok {
@@ -350,11 +359,21 @@ type framing struct {
 	chunked, upgrade, expectContinue bool
 }
 
+// isHTTP1Version reports whether v is HTTP/1.x (net/http answers an
+// unsupported x itself).
+func isHTTP1Version(v string) bool {
+	return len(v) == 8 && strings.HasPrefix(v, "HTTP/1.") && v[7] >= '0' && v[7] <= '9'
+}
+
 // parseFraming reads how a request's body is framed from its header block
 // (CRLF line endings already checked), refusing ambiguous framing.
 func parseFraming(block string) (framing, error) {
 	var f framing
 	lines := strings.Split(strings.TrimSuffix(block, "\r\n\r\n"), "\r\n")
+	// An empty line before a request is ignored, as net/http does.
+	if i := strings.LastIndexByte(lines[0], ' '); block != "\r\n" && !isHTTP1Version(lines[0][i+1:]) {
+		return f, fmt.Errorf("%w: %q", errNotHTTP1, lines[0])
+	}
 	var lengths, encodings []string
 	var upgrade, connUpgrade bool
 	for _, line := range lines[1:] {

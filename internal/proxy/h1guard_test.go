@@ -98,8 +98,9 @@ func TestSmugglingIsRefused(t *testing.T) {
 }
 
 // The guard passes a stream on unchanged, or a checked prefix of it and
-// then a request line (or, on HTTP/2, a frame) net/http refuses: never
-// anything else.
+// then a request line (or, on HTTP/2, a frame) net/http refuses, or a
+// prefix up to a request line that is not HTTP/1 and nothing after it:
+// never anything else.
 func FuzzH1Guard(f *testing.F) {
 	for _, s := range []string{
 		"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -123,10 +124,27 @@ func FuzzH1Guard(f *testing.F) {
 		if !refused { // an HTTP/2 flood
 			prefix, refused = bytes.CutSuffix(out, refusedFrame)
 		}
+		if !refused && bytes.HasPrefix(in, out) {
+			prefix, refused = out, notHTTP1(in[len(out):])
+		}
 		if !refused || !bytes.HasPrefix(in, prefix) {
 			t.Fatalf("guard turned %q into %q", in, out)
 		}
 	})
+}
+
+// notHTTP1 reports whether rest starts, after empty lines, with a whole
+// line that does not end in an HTTP/1.x version.
+func notHTTP1(rest []byte) bool {
+	for bytes.HasPrefix(rest, []byte("\r\n")) {
+		rest = rest[2:]
+	}
+	line, _, ok := bytes.Cut(rest, []byte("\r\n"))
+	if !ok {
+		return false
+	}
+	v := line[bytes.LastIndexByte(line, ' ')+1:]
+	return !(len(v) == 8 && bytes.HasPrefix(v, []byte("HTTP/1.")) && v[7] >= '0' && v[7] <= '9')
 }
 
 // chunkedReader returns data n bytes at a time.

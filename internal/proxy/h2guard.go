@@ -1,19 +1,30 @@
 package proxy
 
 import (
+	"encoding/binary"
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // h2Guard watches the frames a client sends on an HTTP/2 connection
-// before net/http's server reads them, and ends connections that flood it
+// before net/http's server reads them. It ends connections that flood it
 // with cheap frames net/http answers without limit: stream resets (Rapid
 // Reset, CVE-2023-44487), PINGs, SETTINGS, and header blocks (HPACK bombs).
-// Past a budget per second it passes on a PING on stream 1, which net/http
-// answers with GOAWAY (PROTOCOL_ERROR) and a closed connection. Everything
-// else is passed through untouched, frame by frame.
+// It decodes every header block (its own HPACK decoder, kept in step with
+// net/http's) and ends the connection on a malformed request net/http would
+// answer (RFC 9113 8.2.2: connection-specific fields, TE other than
+// "trailers"), as Envoy does by default. It passes a SETTINGS frame that
+// repeats a setting as the same settings without repeats (net/http hangs
+// up on repeats; RFC 9113 6.5.3 says process them in order). To end a
+// connection it passes on a PING on stream 1, which net/http answers with
+// GOAWAY (PROTOCOL_ERROR) and a closed connection. Everything else is
+// passed through untouched, frame by frame; only header blocks and SETTINGS
+// are held until whole.
 type h2Guard struct {
 	src    io.Reader
 	from   net.Addr
@@ -27,7 +38,28 @@ type h2Guard struct {
 	count  [frameTypes]int
 	block  int              // header block bytes (HEADERS, CONTINUATION) this second
 	clock  func() time.Time // nil: time.Now
+
+	held    []byte         // a header-block or SETTINGS frame being read whole
+	need    int            // its length with the frame header; 0: none
+	dec     *hpack.Decoder // nil: not decoding (yet, or any more)
+	bad     string         // why the header block being decoded is malformed
+	listLen int            // decoded size of that block's fields
 }
+
+// maxHeldFrame is the largest frame the guard holds to inspect: the
+// listeners' SETTINGS_MAX_FRAME_SIZE (net/http refuses larger frames).
+const maxHeldFrame = 16 << 10
+
+// Frame types and flags the guard looks into.
+const (
+	frameHeaders      = 0x1
+	frameSettings     = 0x4
+	frameContinuation = 0x9
+	flagAck           = 0x1
+	flagEndHeaders    = 0x4
+	flagPadded        = 0x8
+	flagPriority      = 0x20
+)
 
 const frameTypes = 10
 
@@ -70,7 +102,12 @@ var refusedFrame = []byte{0, 0, 8, 0x6, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0}
 const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 func newH2Guard(src io.Reader, from net.Addr, budget *h2Budgets) *h2Guard {
-	return &h2Guard{src: src, from: from, budget: budget, pre: len(clientPreface)}
+	g := &h2Guard{src: src, from: from, budget: budget, pre: len(clientPreface)}
+	// net/http's decoder has the default 4096-byte dynamic table, and a
+	// string longer than its header limit ends the connection anyway.
+	g.dec = hpack.NewDecoder(4096, g.field)
+	g.dec.SetMaxStringLength(64 << 10)
+	return g
 }
 
 func (g *h2Guard) Read(p []byte) (int, error) {
@@ -81,6 +118,9 @@ func (g *h2Guard) Read(p []byte) (int, error) {
 	}
 	if g.dead {
 		return 0, io.EOF
+	}
+	if g.need > 0 {
+		return g.readHeld(p)
 	}
 	// The preface and frame payloads pass straight through.
 	if g.pre > 0 || g.skip > 0 {
@@ -127,11 +167,169 @@ func (g *h2Guard) Read(p []byte) (int, error) {
 			return g.refuse(p, typ, g.budget.frames[typ])
 		}
 	}
+	if g.holds(typ, flags, length) {
+		g.held = append(g.held[:0], hdr...)
+		g.need = 9 + length
+		return g.readHeld(p)
+	}
+	if typ == frameHeaders || typ == frameContinuation {
+		g.dec = nil // a frame net/http refuses: the connection is ending
+	}
 	g.skip = length
 	g.out = hdr
 	n := copy(p, g.out)
 	g.out = g.out[n:]
 	return n, err
+}
+
+// holds reports whether a frame is read whole and inspected before it is
+// passed on: header blocks while decoding, and SETTINGS.
+func (g *h2Guard) holds(typ, flags byte, length int) bool {
+	switch {
+	case length > maxHeldFrame:
+		return false
+	case typ == frameHeaders || typ == frameContinuation:
+		return g.dec != nil
+	case typ == frameSettings:
+		return flags&flagAck == 0 && length%6 == 0
+	}
+	return false
+}
+
+// readHeld reads the rest of the held frame, then passes it on (SETTINGS
+// without repeats) or ends the connection.
+func (g *h2Guard) readHeld(p []byte) (int, error) {
+	for len(g.held) < g.need {
+		if cap(g.held) < g.need {
+			g.held = append(make([]byte, 0, g.need), g.held...)
+		}
+		k, err := g.src.Read(g.held[len(g.held):g.need])
+		g.held = g.held[:len(g.held)+k]
+		if err != nil && len(g.held) < g.need {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				return 0, err // a timeout keeps what was read
+			}
+			// The stream ended mid-frame: pass what there is, then end.
+			g.out, g.need, g.dead = g.held, 0, true
+			return g.Read(p)
+		}
+	}
+	g.need = 0
+	frame := g.held
+	switch frame[3] {
+	case frameSettings:
+		frame = withoutRepeats(frame)
+	default:
+		if reason := g.decode(frame); reason != "" {
+			slog.Info("malformed HTTP/2 request: closing the connection", "from", g.from, "reason", reason)
+			g.dead, g.out = true, refusedFrame
+			return g.Read(p)
+		}
+	}
+	g.out = frame
+	return g.Read(p)
+}
+
+// decode feeds a HEADERS or CONTINUATION frame's block fragment to the
+// decoder and returns why the request is malformed, once its block ends.
+// A block HPACK cannot decode is net/http's to refuse: decoding stops.
+func (g *h2Guard) decode(frame []byte) string {
+	flags, frag := frame[4], frame[9:]
+	if frame[3] == frameHeaders {
+		g.bad, g.listLen = "", 0
+		pad := 0
+		if flags&flagPadded != 0 {
+			if len(frag) == 0 {
+				g.dec = nil
+				return ""
+			}
+			pad, frag = int(frag[0]), frag[1:]
+		}
+		if flags&flagPriority != 0 {
+			if len(frag) < 5 {
+				g.dec = nil
+				return ""
+			}
+			frag = frag[5:]
+		}
+		if pad > len(frag) {
+			g.dec = nil
+			return ""
+		}
+		frag = frag[:len(frag)-pad]
+	}
+	if _, err := g.dec.Write(frag); err != nil {
+		g.dec = nil
+		return ""
+	}
+	if flags&flagEndHeaders == 0 {
+		return ""
+	}
+	if err := g.dec.Close(); err != nil {
+		g.dec = nil
+		return ""
+	}
+	return g.bad
+}
+
+// field checks one decoded header field of a request (or its trailers).
+// Past net/http's header limit it stops looking: net/http answers 431.
+func (g *h2Guard) field(f hpack.HeaderField) {
+	if g.listLen += len(f.Name) + len(f.Value) + 32; g.bad != "" || g.listLen > 64<<10 {
+		return
+	}
+	switch f.Name {
+	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+		g.bad = "connection-specific header field " + strconv.Quote(f.Name) + " (not allowed in HTTP/2)"
+	case "te":
+		if f.Value != "trailers" {
+			g.bad = `header field "te" other than "trailers"`
+		}
+	}
+}
+
+// withoutRepeats returns a SETTINGS frame with each setting once: the last
+// value given, or for the header table size the smallest (the encoder
+// must honour the smallest of the values it was sent). More than 100
+// settings pass unchanged, for net/http to refuse.
+func withoutRepeats(frame []byte) []byte {
+	payload := frame[9:]
+	n := len(payload) / 6
+	if n < 2 || n > 100 {
+		return frame
+	}
+	out := frame[:9]
+	repeats := false
+	for i := 0; i < n; i++ {
+		id := payload[6*i : 6*i+2]
+		val := payload[6*i+2 : 6*i+6]
+		seen := -1
+		for j := 9; j < len(out); j += 6 {
+			if out[j] == id[0] && out[j+1] == id[1] {
+				seen = j
+			}
+		}
+		if seen < 0 {
+			if repeats {
+				out = append(out, payload[6*i:6*i+6]...)
+			} else {
+				out = out[:len(out)+6] // in place, nothing dropped yet
+			}
+			continue
+		}
+		if !repeats {
+			// From here on out diverges from frame: copy what was kept.
+			out = append([]byte(nil), out...)
+			repeats = true
+		}
+		if id[0] == 0 && id[1] == 1 && binary.BigEndian.Uint32(val) > binary.BigEndian.Uint32(out[seen+2:seen+6]) {
+			continue // SETTINGS_HEADER_TABLE_SIZE: keep the smaller
+		}
+		copy(out[seen+2:seen+6], val)
+	}
+	length := len(out) - 9
+	out[0], out[1], out[2] = byte(length>>16), byte(length>>8), byte(length)
+	return out
 }
 
 func (g *h2Guard) now() time.Time {
