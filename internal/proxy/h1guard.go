@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -261,7 +262,9 @@ func (g *h1Guard) head() (bool, error) {
 		}
 		// HTTP/2 prior knowledge: net/http's HTTP/2 server checks the
 		// framing; h2Guard limits floods.
-		g.h2 = newH2Guard(io.MultiReader(bytes.NewReader(g.buf), g.src), g.from, &appBudgets)
+		// Buffered: net/http reads a frame's header and its payload
+		// separately, two system calls a frame on a plain connection.
+		g.h2 = newH2Guard(bufio.NewReaderSize(io.MultiReader(bytes.NewReader(g.buf), g.src), 4<<10), g.from, &appBudgets)
 		// The reader keeps the scan buffer: never give it back to the pool.
 		g.buf, g.store, g.state = nil, nil, gsPass
 		return true, nil

@@ -18,7 +18,8 @@ import (
 // It decodes every header block (its own HPACK decoder, kept in step with
 // net/http's) and ends the connection on a malformed request net/http would
 // answer (RFC 9113 8.2.2: connection-specific fields, TE other than
-// "trailers"), as Envoy does by default. It passes a SETTINGS frame that
+// "trailers"), as Envoy does by default, and on a block that decodes to
+// over maxDecodedBlock. It passes a SETTINGS frame that
 // repeats a setting as the same settings without repeats (net/http hangs
 // up on repeats; RFC 9113 6.5.3 says process them in order). To end a
 // connection it passes on a PING on stream 1, which net/http answers with
@@ -45,6 +46,12 @@ type h2Guard struct {
 	bad     string         // why the header block being decoded is malformed
 	listLen int            // decoded size of that block's fields
 }
+
+// maxDecodedBlock ends a connection whose header block decodes to more:
+// sixteen times what net/http answers with 431, so only a block built to
+// be expensive to decode (an HPACK bomb: each byte a reference to a large
+// table entry) reaches it.
+const maxDecodedBlock = 1 << 20
 
 // maxHeldFrame is the largest frame the guard holds to inspect: the
 // listeners' SETTINGS_MAX_FRAME_SIZE (net/http refuses larger frames).
@@ -261,6 +268,9 @@ func (g *h2Guard) decode(frame []byte) string {
 	if _, err := g.dec.Write(frag); err != nil {
 		g.dec = nil
 		return ""
+	}
+	if g.listLen > maxDecodedBlock {
+		return "header block decodes to over " + strconv.Itoa(maxDecodedBlock>>20) + " MiB (an HPACK bomb)"
 	}
 	if flags&flagEndHeaders == 0 {
 		return ""

@@ -53,8 +53,8 @@ func guarded(t *testing.T, in []byte) []byte {
 	return out
 }
 
-// Malformed requests (RFC 9113 8.2.2) end the connection before net/http
-// sees the whole header block; well-formed ones pass unchanged, with the
+// Malformed requests (RFC 9113 8.2.2) and HPACK bombs end the connection
+// before net/http sees the whole header block; well-formed ones pass unchanged, with the
 // guard's HPACK table in step across blocks (the later requests refer to
 // fields the first one indexed).
 func TestH2GuardRefusesMalformedRequests(t *testing.T) {
@@ -87,13 +87,26 @@ func TestH2GuardRefusesMalformedRequests(t *testing.T) {
 		}
 	}
 
+	// An HPACK bomb: one large entry, then a block of references to it.
 	s := newH2Stream()
+	s.fr.WriteSettings()
+	s.request(1, false, "x-bomb", string(bytes.Repeat([]byte("b"), 4000)))
+	s.request(3, false, "x-request-id", "abc")
+	before := s.buf.Len()
+	s.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, BlockFragment: bytes.Repeat([]byte{0xbf}, 300), EndHeaders: true}) // index 63: x-bomb
+	in := s.buf.Bytes()
+	prefix, refused := bytes.CutSuffix(guarded(t, in), refusedFrame)
+	if !refused || !bytes.Equal(prefix, in[:before]) {
+		t.Fatalf("HPACK bomb: refused %v after %d bytes, want refused after the %d before the bomb", refused, len(prefix), before)
+	}
+
+	s = newH2Stream()
 	s.fr.WriteSettings()
 	for i := uint32(0); i < 20; i++ {
 		s.request(2*i+1, i%2 == 1, "x-request-id", "abc", "te", "trailers", "x-n", string(rune('a'+i)))
 	}
 	s.fr.WriteRSTStream(3, http2.ErrCodeCancel)
-	in := s.buf.Bytes()
+	in = s.buf.Bytes()
 	if out := guarded(t, in); !bytes.Equal(out, in) {
 		t.Fatalf("the guard changed well-formed requests (%d bytes in, %d out)", len(in), len(out))
 	}

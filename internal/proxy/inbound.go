@@ -306,7 +306,7 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	r, ex.span = in.Tracing.Start(r, trace.SpanKindServer)
 	defer recordAfter(recorder{in.Metrics, in.AccessLog, in.Tracing}, "destination", src, in.self.Load(), ex, r, ow, body, start)
-	if !checkRequest(ow, r, ex) {
+	if !checkRequest(ow, r, ex) || cancelledEarly(r, ex) {
 		return
 	}
 	in.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))

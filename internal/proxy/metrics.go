@@ -71,6 +71,18 @@ func clientGone(r *http.Request, err error) bool {
 	return true
 }
 
+// cancelledEarly records a request whose client cancelled it before the
+// proxy forwarded it, and reports whether it did: an HTTP/2 stream reset
+// as soon as it was opened (all of a Rapid Reset flood) is not forwarded.
+func cancelledEarly(r *http.Request, ex *exchange) bool {
+	err := r.Context().Err()
+	if err == nil {
+		return false
+	}
+	ex.flags, ex.reason = "DC", "the client went away before the request was forwarded: "+err.Error()
+	return true
+}
+
 type exchangeKey struct{}
 
 // exchangeOf returns the exchange ServeHTTP put in r's context.

@@ -209,7 +209,7 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Header.Del(peerHeader) // only sidecars set it
 	r, ex.span = o.Tracing.Start(r, trace.SpanKindClient)
 	defer recordAfter(recorder{o.Metrics, o.AccessLog, o.Tracing}, "source", o.routes.Load().self, &ex.dest, ex, r, ow, body, start)
-	if !checkRequest(ow, r, ex) {
+	if !checkRequest(ow, r, ex) || cancelledEarly(r, ex) {
 		return
 	}
 	o.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
