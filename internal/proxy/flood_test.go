@@ -7,12 +7,14 @@ package proxy
 // error, and heap growth stays bounded (printed).
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -55,6 +57,11 @@ func TestHTTP2FloodsAreCutOff(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Run(side.name+"/"+name, func(t *testing.T) {
+				// Each flood from a clean record: the penalty for the
+				// last one (TestFloodPenalty) would hold this one's
+				// connections.
+				m.outServer.floods.forgetAll()
+				m.inbounds[0].floods.forgetAll()
 				floodOnce(t, m, side.dial, name, flood)
 			})
 		}
@@ -182,7 +189,7 @@ func TestH2GuardBudgets(t *testing.T) {
 			if c.peer {
 				budgets = &peerBudgets
 			}
-			g := newH2Guard(bytes.NewReader(c.stream), nil, budgets)
+			g := newH2Guard(bytes.NewReader(c.stream), nil, budgets, nil)
 			start := time.Now()
 			g.clock = func() time.Time { return start } // all within one second, however slow the machine
 			got, err := io.ReadAll(g)
@@ -200,5 +207,103 @@ func TestH2GuardBudgets(t *testing.T) {
 				t.Fatal("what the guard passed before refusing is not a prefix of the input")
 			}
 		})
+	}
+}
+
+// A client cut off for flooding waits before its next connection is
+// served, doubling with each cut; a connection it already had is served as
+// before, also while a new one is held.
+func TestFloodPenalty(t *testing.T) {
+	saved := appBudgets
+	appBudgets.frames[0x3] = 200 // as in TestHTTP2FloodsAreCutOff: -race is slow
+	t.Cleanup(func() { appBudgets = saved })
+	m := newTestMesh(t, 1)
+	get := func(c net.Conn, br *bufio.Reader) error {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: alpha.db\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	}
+	old, err := net.Dial("tcp", m.appAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	oldR := bufio.NewReader(old)
+	if err := get(old, oldR); err != nil {
+		t.Fatal(err)
+	}
+	flood, _ := h2flood.New("rapid reset", "alpha.db")
+	for strike, penalty := range []time.Duration{time.Second, 2 * time.Second} {
+		start := time.Now()
+		res, err := h2flood.Run(h2flood.Dial(m.appAddr), flood, 1000000, 8*time.Second, nil)
+		if err != nil || !res.GoAway() {
+			t.Fatalf("flood %d: %v, %s: want a GOAWAY", strike+1, err, res.End)
+		}
+		cut := time.Since(start)
+		served := make(chan time.Time, 1)
+		go func() {
+			c, err := net.Dial("tcp", m.appAddr)
+			if err == nil {
+				defer c.Close()
+				err = get(c, bufio.NewReader(c))
+			}
+			if err != nil {
+				t.Errorf("a new connection after flood %d: %v", strike+1, err)
+			}
+			served <- time.Now()
+		}()
+		if err := get(old, oldR); err != nil {
+			t.Fatalf("the connection from before the floods, after flood %d: %v", strike+1, err)
+		}
+		oldDone := time.Now()
+		newDone := <-served
+		t.Logf("flood %d: cut off after %v; the old connection answered after %v, a new one after %v",
+			strike+1, cut.Round(time.Millisecond), oldDone.Sub(start).Round(time.Millisecond), newDone.Sub(start).Round(time.Millisecond))
+		if newDone.Sub(start) < penalty {
+			t.Errorf("flood %d: a new connection was served %v after the flood began, want the %v penalty", strike+1, newDone.Sub(start), penalty)
+		}
+		if !oldDone.Before(newDone) {
+			t.Errorf("flood %d: the old connection was held up with the new one", strike+1)
+		}
+	}
+}
+
+func TestPenaltyBox(t *testing.T) {
+	var b penaltyBox
+	a := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 9), Port: 4000}
+	other := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 10), Port: 4000}
+	if b.wait(a) != 0 {
+		t.Fatal("a client never cut off waits")
+	}
+	for i, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second} {
+		b.strike(a)
+		if got := b.wait(a); got > want || got < want-time.Second {
+			t.Errorf("after %d cuts: wait %v, want about %v", i+1, got, want)
+		}
+	}
+	if b.wait(other) != 0 {
+		t.Error("another address waits too")
+	}
+	b.m[netip.MustParseAddr("127.0.0.9")] = penalty{strikes: 6, last: time.Now().Add(-penaltyForget - time.Second)}
+	b.strike(a)
+	if got := b.wait(a); got > time.Second {
+		t.Errorf("a cut a minute after the last: wait %v, want the first penalty again", got)
+	}
+	for i := range penaltyClients + 10 {
+		b.strike(&net.TCPAddr{IP: net.IPv4(10, byte(i>>16), byte(i>>8), byte(i)), Port: 1})
+	}
+	if len(b.m) > penaltyClients {
+		t.Errorf("the box holds %d clients, want at most %d", len(b.m), penaltyClients)
 	}
 }

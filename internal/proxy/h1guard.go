@@ -26,17 +26,18 @@ import (
 // bad request is never forwarded. After an Upgrade request it steps aside;
 // HTTP/2 connections go on through h2Guard.
 type h1Guard struct {
-	src   io.Reader
-	from  net.Addr
-	store []byte   // backs buf
-	buf   []byte   // read from src, not scanned yet
-	ready []byte   // checked, for Read to return
-	held  []byte   // a checked header block waiting for its first chunk size
-	h2    *h2Guard // on HTTP/2 connections, everything goes through it
-	state guardState
-	left  int64 // bytes of body or chunk data still to pass
-	after guardState
-	err   error // from src, returned once ready is drained
+	src     io.Reader
+	from    net.Addr
+	store   []byte   // backs buf
+	buf     []byte   // read from src, not scanned yet
+	ready   []byte   // checked, for Read to return
+	held    []byte   // a checked header block waiting for its first chunk size
+	h2      *h2Guard // on HTTP/2 connections, everything goes through it
+	penalty *penaltyBox
+	state   guardState
+	left    int64 // bytes of body or chunk data still to pass
+	after   guardState
+	err     error // from src, returned once ready is drained
 }
 
 type guardState int
@@ -69,9 +70,10 @@ var (
 	errNotHTTP1 = errors.New("not an HTTP/1 request line")
 )
 
-// guardHTTP1 wraps a plaintext connection whose requests net/http serves.
-func guardHTTP1(c net.Conn) net.Conn {
-	return &guardedConn{Conn: c, g: &h1Guard{src: c, from: c.RemoteAddr()}}
+// guardHTTP1 wraps a plaintext connection whose requests net/http serves;
+// an HTTP/2 flood on it is recorded in penalty.
+func guardHTTP1(c net.Conn, penalty *penaltyBox) net.Conn {
+	return &guardedConn{Conn: c, g: &h1Guard{src: c, from: c.RemoteAddr(), penalty: penalty}}
 }
 
 type guardedConn struct {
@@ -264,7 +266,7 @@ func (g *h1Guard) head() (bool, error) {
 		// framing; h2Guard limits floods.
 		// Buffered: net/http reads a frame's header and its payload
 		// separately, two system calls a frame on a plain connection.
-		g.h2 = newH2Guard(bufio.NewReaderSize(io.MultiReader(bytes.NewReader(g.buf), g.src), 4<<10), g.from, &appBudgets)
+		g.h2 = newH2Guard(bufio.NewReaderSize(io.MultiReader(bytes.NewReader(g.buf), g.src), 4<<10), g.from, &appBudgets, g.penalty)
 		// The reader keeps the scan buffer: never give it back to the pool.
 		g.buf, g.store, g.state = nil, nil, gsPass
 		return true, nil

@@ -27,18 +27,19 @@ import (
 // passed through untouched, frame by frame; only header blocks and SETTINGS
 // are held until whole.
 type h2Guard struct {
-	src    io.Reader
-	from   net.Addr
-	budget *h2Budgets
-	out    []byte // to return before reading on
-	hdr    []byte // the frame header being read
-	pre    int    // preface bytes still to pass
-	skip   int    // payload bytes of the current frame still to pass
-	dead   bool
-	win    time.Time
-	count  [frameTypes]int
-	block  int              // header block bytes (HEADERS, CONTINUATION) this second
-	clock  func() time.Time // nil: time.Now
+	src     io.Reader
+	from    net.Addr
+	budget  *h2Budgets
+	penalty *penaltyBox // records the client when a flood is cut off; nil: none
+	out     []byte      // to return before reading on
+	hdr     []byte      // the frame header being read
+	pre     int         // preface bytes still to pass
+	skip    int         // payload bytes of the current frame still to pass
+	dead    bool
+	win     time.Time
+	count   [frameTypes]int
+	block   int              // header block bytes (HEADERS, CONTINUATION) this second
+	clock   func() time.Time // nil: time.Now
 
 	held    []byte         // a header-block or SETTINGS frame being read whole
 	need    int            // its length with the frame header; 0: none
@@ -48,10 +49,10 @@ type h2Guard struct {
 }
 
 // maxDecodedBlock ends a connection whose header block decodes to more:
-// sixteen times what net/http answers with 431, so only a block built to
-// be expensive to decode (an HPACK bomb: each byte a reference to a large
-// table entry) reaches it.
-const maxDecodedBlock = 1 << 20
+// four times what net/http answers with 431, so only a block built to be
+// expensive to decode (an HPACK bomb: each byte a reference to a table
+// entry) reaches it; a client that merely sends too much gets its 431.
+const maxDecodedBlock = 256 << 10
 
 // maxHeldFrame is the largest frame the guard holds to inspect: the
 // listeners' SETTINGS_MAX_FRAME_SIZE (net/http refuses larger frames).
@@ -108,8 +109,8 @@ var refusedFrame = []byte{0, 0, 8, 0x6, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0}
 
 const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-func newH2Guard(src io.Reader, from net.Addr, budget *h2Budgets) *h2Guard {
-	g := &h2Guard{src: src, from: from, budget: budget, pre: len(clientPreface)}
+func newH2Guard(src io.Reader, from net.Addr, budget *h2Budgets, penalty *penaltyBox) *h2Guard {
+	g := &h2Guard{src: src, from: from, budget: budget, penalty: penalty, pre: len(clientPreface)}
 	// net/http's decoder has the default 4096-byte dynamic table, and a
 	// string longer than its header limit ends the connection anyway.
 	g.dec = hpack.NewDecoder(4096, g.field)
@@ -228,6 +229,9 @@ func (g *h2Guard) readHeld(p []byte) (int, error) {
 		frame = withoutRepeats(frame)
 	default:
 		if reason := g.decode(frame); reason != "" {
+			if g.listLen > maxDecodedBlock {
+				g.penalty.strike(g.from) // a flood, not a broken client
+			}
 			slog.Info("malformed HTTP/2 request: closing the connection", "from", g.from, "reason", reason)
 			g.dead, g.out = true, refusedFrame
 			return g.Read(p)
@@ -270,7 +274,7 @@ func (g *h2Guard) decode(frame []byte) string {
 		return ""
 	}
 	if g.listLen > maxDecodedBlock {
-		return "header block decodes to over " + strconv.Itoa(maxDecodedBlock>>20) + " MiB (an HPACK bomb)"
+		return "header block decodes to over " + strconv.Itoa(maxDecodedBlock>>10) + " KiB (an HPACK bomb)"
 	}
 	if flags&flagEndHeaders == 0 {
 		return ""
@@ -352,6 +356,7 @@ func (g *h2Guard) now() time.Time {
 // refuse ends the connection: what follows is the refusing PING, then EOF.
 func (g *h2Guard) refuse(p []byte, typ byte, budget int) (int, error) {
 	slog.Info("HTTP/2 flood: closing the connection", "from", g.from, "frameType", typ, "budgetPerSecond", budget)
+	g.penalty.strike(g.from)
 	g.dead, g.out = true, refusedFrame
 	return g.Read(p)
 }

@@ -60,7 +60,8 @@ type Inbound struct {
 	mtlsConns, h2Conns, plainConns *connListener
 	tunnels                        tunnels
 	limit                          connLimit
-	ports                          sync.Map // *tls.Conn -> app port, until its server picks it up
+	floods                         penaltyBox // clients cut off for HTTP/2 floods
+	ports                          sync.Map   // *tls.Conn -> app port, until its server picks it up
 }
 
 // NewInbound accepts peers of trustDomain presenting certificates that
@@ -182,6 +183,7 @@ func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 		slog.Warn("inbound connection refused: connection limit reached", "limit", in.limit.max.Load())
 		return
 	}
+	in.floods.serveAfterPenalty(c)
 	br := bufio.NewReader(c)
 	p, err := Sniff(c, br, 100*time.Millisecond)
 	if err != nil {
@@ -203,7 +205,7 @@ func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 		return
 	}
 	if p == HTTP1 {
-		in.plainConns.push(&portConn{Conn: guardHTTP1(conn), port: appPort})
+		in.plainConns.push(&portConn{Conn: guardHTTP1(conn, &in.floods), port: appPort})
 		return
 	}
 	in.tunnel(conn, appPort, "")
@@ -243,7 +245,7 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 		return
 	}
 	if cs := tc.ConnectionState(); cs.NegotiatedProtocol == "h2" {
-		in.h2Conns.push(&guardedTLS{Conn: tc, r: newH2Guard(tc, c.RemoteAddr(), &peerBudgets), state: cs, port: appPort})
+		in.h2Conns.push(&guardedTLS{Conn: tc, r: newH2Guard(tc, c.RemoteAddr(), &peerBudgets, &in.floods), state: cs, port: appPort})
 		return
 	}
 	in.ports.Store(tc, appPort)

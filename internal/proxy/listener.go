@@ -32,6 +32,7 @@ type OutboundServer struct {
 	conns   *connListener
 	tunnels tunnels
 	limit   connLimit
+	floods  penaltyBox // clients cut off for HTTP/2 floods
 	// SniffWait bounds how long an undeclared port waits for the client's
 	// first bytes before treating it as server-first TCP.
 	SniffWait time.Duration
@@ -136,6 +137,7 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 		slog.Warn("outbound connection refused: connection limit reached", "limit", s.limit.max.Load())
 		return
 	}
+	s.floods.serveAfterPenalty(c)
 	r, ok := s.out.lookup(dst)
 	if !ok {
 		s.passthrough(c, dst)
@@ -147,7 +149,7 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 		s.tunnel(c, dst)
 		return
 	case meshpb.Protocol_PROTOCOL_HTTP, meshpb.Protocol_PROTOCOL_HTTP2, meshpb.Protocol_PROTOCOL_GRPC:
-		s.conns.push(&connDst{Conn: guardHTTP1(c), dst: dst}) // the server tells HTTP/1.1 from h2c itself
+		s.conns.push(&connDst{Conn: guardHTTP1(c, &s.floods), dst: dst}) // the server tells HTTP/1.1 from h2c itself
 		return
 	}
 	br := bufio.NewReader(c)
@@ -158,7 +160,7 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 	}
 	conn := &peekedConn{Conn: c, r: br}
 	if p == HTTP1 || p == HTTP2 {
-		s.conns.push(&connDst{Conn: guardHTTP1(conn), dst: dst})
+		s.conns.push(&connDst{Conn: guardHTTP1(conn, &s.floods), dst: dst})
 		return
 	}
 	s.tunnel(conn, dst)
