@@ -264,6 +264,7 @@ func (g *h1Guard) head() (bool, error) {
 		}
 		// HTTP/2 prior knowledge: net/http's HTTP/2 server checks the
 		// framing; h2Guard limits floods.
+		g.penalty.serveAfterPenalty(g.from)
 		// Buffered: net/http reads a frame's header and its payload
 		// separately, two system calls a frame on a plain connection.
 		g.h2 = newH2Guard(bufio.NewReaderSize(io.MultiReader(bytes.NewReader(g.buf), g.src), 4<<10), g.from, &appBudgets, g.penalty)

@@ -19,13 +19,12 @@ import (
 // net/http's) and ends the connection on a malformed request net/http would
 // answer (RFC 9113 8.2.2: connection-specific fields, TE other than
 // "trailers"), as Envoy does by default, and on a block that decodes to
-// over maxDecodedBlock. It passes a SETTINGS frame that
-// repeats a setting as the same settings without repeats (net/http hangs
-// up on repeats; RFC 9113 6.5.3 says process them in order). To end a
-// connection it passes on a PING on stream 1, which net/http answers with
-// GOAWAY (PROTOCOL_ERROR) and a closed connection. Everything else is
-// passed through untouched, frame by frame; only header blocks and SETTINGS
-// are held until whole.
+// over maxDecodedBlock. It passes a SETTINGS frame that repeats a setting
+// as the same settings without repeats (net/http hangs up on repeats; RFC
+// 9113 6.5.3 says process them in order). To end a connection it passes on
+// a PING on stream 1, which net/http answers with GOAWAY (PROTOCOL_ERROR)
+// and a closed connection. Everything else is passed through untouched,
+// frame by frame; only header blocks and SETTINGS are held until whole.
 type h2Guard struct {
 	src     io.Reader
 	from    net.Addr

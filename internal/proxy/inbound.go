@@ -183,7 +183,6 @@ func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 		slog.Warn("inbound connection refused: connection limit reached", "limit", in.limit.max.Load())
 		return
 	}
-	in.floods.serveAfterPenalty(c)
 	br := bufio.NewReader(c)
 	p, err := Sniff(c, br, 100*time.Millisecond)
 	if err != nil {
@@ -245,6 +244,7 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 		return
 	}
 	if cs := tc.ConnectionState(); cs.NegotiatedProtocol == "h2" {
+		in.floods.serveAfterPenalty(c.RemoteAddr())
 		in.h2Conns.push(&guardedTLS{Conn: tc, r: newH2Guard(tc, c.RemoteAddr(), &peerBudgets, &in.floods), state: cs, port: appPort})
 		return
 	}

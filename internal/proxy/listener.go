@@ -137,7 +137,6 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 		slog.Warn("outbound connection refused: connection limit reached", "limit", s.limit.max.Load())
 		return
 	}
-	s.floods.serveAfterPenalty(c)
 	r, ok := s.out.lookup(dst)
 	if !ok {
 		s.passthrough(c, dst)

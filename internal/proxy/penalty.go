@@ -7,15 +7,19 @@ import (
 	"time"
 )
 
-// penaltyBox makes a client cut off for flooding wait before its next
-// connection is served: until a second after the cut, doubling with each
-// further cut, up to 10 s; a minute without a cut clears the record (a
+// penaltyBox makes a client cut off for an HTTP/2 flood wait before its
+// next HTTP/2 connection is served: until a second after the cut, doubling with each
+// further cut, up to 5 s (half the header timeout the wait counts
+// against); a minute without a cut clears the record (a
 // shorter first wait would pass unnoticed: net/http takes up to a second
 // to close a connection after its GOAWAY). Budgets
 // per connection alone do not bound the work: a client that reconnects as
 // soon as it is cut off gets a fresh budget each time (the benchmark's
 // Rapid Reset kept one core busy with some 20 000 streams a second over
-// fresh connections). Connections already open are not touched. Keyed by
+// fresh connections). Connections already open are not touched, nor its
+// HTTP/1.1 connections: on the outbound side every connection comes from
+// the pod's own address, and a well-behaved HTTP/1.1 client there must not
+// wait for a flooding HTTP/2 one. Keyed by
 // the client's address; safe for concurrent use; the zero value is ready.
 type penaltyBox struct {
 	mu sync.Mutex
@@ -29,7 +33,7 @@ type penalty struct {
 
 const (
 	penaltyFirst   = time.Second
-	penaltyMax     = 10 * time.Second
+	penaltyMax     = 5 * time.Second
 	penaltyForget  = time.Minute
 	penaltyClients = 4096 // records kept at most
 )
@@ -91,16 +95,16 @@ func (b *penaltyBox) wait(a net.Addr) time.Duration {
 		return 0
 	}
 	d := penaltyMax
-	if p.strikes <= 4 { // 1 s << 4 is past the cap
+	if p.strikes <= 3 { // 1 s << 3 is past the cap
 		d = min(penaltyFirst<<(p.strikes-1), penaltyMax)
 	}
 	return max(0, time.Until(p.last.Add(d)))
 }
 
-// serveAfterPenalty holds a new connection from a client cut off for
-// flooding until its penalty has passed.
-func (b *penaltyBox) serveAfterPenalty(c net.Conn) {
-	if d := b.wait(c.RemoteAddr()); d > 0 {
+// serveAfterPenalty holds a new HTTP/2 connection from a until the
+// client's penalty, if any, has passed.
+func (b *penaltyBox) serveAfterPenalty(a net.Addr) {
+	if d := b.wait(a); d > 0 {
 		time.Sleep(d)
 	}
 }
