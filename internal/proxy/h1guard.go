@@ -28,12 +28,12 @@ import (
 type h1Guard struct {
 	src     io.Reader
 	from    net.Addr
-	store   []byte   // backs buf
-	buf     []byte   // read from src, not scanned yet
-	ready   []byte   // checked, for Read to return
-	held    []byte   // a checked header block waiting for its first chunk size
-	h2      *h2Guard // on HTTP/2 connections, everything goes through it
-	penalty *penaltyBox
+	store   []byte      // backs buf
+	buf     []byte      // read from src, not scanned yet
+	ready   []byte      // checked, for Read to return
+	held    []byte      // a checked header block waiting for its first chunk size
+	h2      *h2Guard    // on HTTP/2 connections, everything goes through it
+	penalty *penaltyBox // clients cut off for HTTP/2 floods; nil: none
 	state   guardState
 	left    int64 // bytes of body or chunk data still to pass
 	after   guardState
@@ -263,7 +263,8 @@ func (g *h1Guard) head() (bool, error) {
 			return false, nil
 		}
 		// HTTP/2 prior knowledge: net/http's HTTP/2 server checks the
-		// framing; h2Guard limits floods.
+		// framing; h2Guard limits floods. A client cut off for one
+		// waits first.
 		g.penalty.serveAfterPenalty(g.from)
 		// Buffered: net/http reads a frame's header and its payload
 		// separately, two system calls a frame on a plain connection.

@@ -8,19 +8,20 @@ import (
 )
 
 // penaltyBox makes a client cut off for an HTTP/2 flood wait before its
-// next HTTP/2 connection is served: until a second after the cut, doubling with each
-// further cut, up to 5 s (half the header timeout the wait counts
-// against); a minute without a cut clears the record (a
-// shorter first wait would pass unnoticed: net/http takes up to a second
-// to close a connection after its GOAWAY). Budgets
-// per connection alone do not bound the work: a client that reconnects as
-// soon as it is cut off gets a fresh budget each time (the benchmark's
-// Rapid Reset kept one core busy with some 20 000 streams a second over
-// fresh connections). Connections already open are not touched, nor its
-// HTTP/1.1 connections: on the outbound side every connection comes from
-// the pod's own address, and a well-behaved HTTP/1.1 client there must not
-// wait for a flooding HTTP/2 one. Keyed by
-// the client's address; safe for concurrent use; the zero value is ready.
+// next HTTP/2 connection is served: until a second after the cut (net/http
+// takes up to a second to close a connection after its GOAWAY, so a
+// shorter wait would pass unnoticed), doubling with each further cut, up
+// to 5 s (half the header timeout the wait counts against); a minute
+// without a cut clears the record. Budgets per connection alone do not
+// bound the work: a client that reconnects as soon as it is cut off gets a
+// fresh budget each time (the benchmark's Rapid Reset kept a core busy
+// with some 20 000 streams a second over fresh connections).
+//
+// Connections already open are not touched, nor the client's HTTP/1.1
+// connections: on the outbound side every connection comes from the pod's
+// own address, and a well-behaved HTTP/1.1 client there must not wait for
+// a flooding HTTP/2 one. Keyed by the client's address; safe for
+// concurrent use; the zero value is ready.
 type penaltyBox struct {
 	mu sync.Mutex
 	m  map[netip.Addr]penalty
@@ -62,8 +63,9 @@ func (b *penaltyBox) strike(a net.Addr) {
 	b.m[ip] = p
 }
 
-// forget drops records a minute old, or, if none are, all of them: a flood
-// from more addresses than the box holds is left to the budgets.
+// forget drops the records a minute old, and all of them if the box is
+// still full: a flood from more addresses than it holds is left to the
+// budgets.
 func (b *penaltyBox) forget(now time.Time) {
 	for ip, p := range b.m {
 		if now.Sub(p.last) > penaltyForget {
