@@ -149,16 +149,17 @@ func ratios(w io.Writer, o options, rs []*result, direct *result) {
 			c := float64(total(tr.h1[i].cpu)) / float64(total(ha.h1[i].cpu))
 			line(fmt.Sprintf("CPU per request @%d rps, pair, × HAProxy", rate), c, "≤ 1.5", c <= 1.5)
 			if direct != nil {
-				a := float64(tr.h1[i].p99-direct.h1[i].p99) / float64(ha.h1[i].p99-direct.h1[i].p99)
-				if ha.h1[i].p99 <= direct.h1[i].p99 {
-					a = math.NaN()
+				// Trellis's added latency over HAProxy's; NaN when HAProxy added none.
+				added := func(p func(phase) time.Duration) float64 {
+					t, h, d := p(tr.h1[i]), p(ha.h1[i]), p(direct.h1[i])
+					if h <= d {
+						return math.NaN()
+					}
+					return float64(t-d) / float64(h-d)
 				}
+				a := added(func(ph phase) time.Duration { return ph.p99 })
 				line(fmt.Sprintf("added p99 @%d rps × HAProxy", rate), a, "≤ 1.5", a <= 1.5)
-				a50 := float64(tr.h1[i].p50-direct.h1[i].p50) / float64(ha.h1[i].p50-direct.h1[i].p50)
-				if ha.h1[i].p50 <= direct.h1[i].p50 {
-					a50 = math.NaN()
-				}
-				figure(fmt.Sprintf("added p50 @%d rps × HAProxy", rate), a50)
+				figure(fmt.Sprintf("added p50 @%d rps × HAProxy", rate), added(func(ph phase) time.Duration { return ph.p50 }))
 			}
 		}
 		if rate == 1000 {

@@ -158,7 +158,7 @@ func (g *h2Guard) Read(p []byte) (int, error) {
 			g.win, g.count, g.block = now, [frameTypes]int{}, 0
 		}
 		g.count[typ]++
-		if typ == 0x1 || typ == 0x9 {
+		if typ == frameHeaders || typ == frameContinuation {
 			if g.block += length; g.block > g.budget.block {
 				return g.refuse(p, typ, g.budget.block)
 			}
@@ -247,26 +247,11 @@ func (g *h2Guard) decode(frame []byte) string {
 	flags, frag := frame[4], frame[9:]
 	if frame[3] == frameHeaders {
 		g.bad, g.listLen = "", 0
-		pad := 0
-		if flags&flagPadded != 0 {
-			if len(frag) == 0 {
-				g.dec = nil
-				return ""
-			}
-			pad, frag = int(frag[0]), frag[1:]
-		}
-		if flags&flagPriority != 0 {
-			if len(frag) < 5 {
-				g.dec = nil
-				return ""
-			}
-			frag = frag[5:]
-		}
-		if pad > len(frag) {
-			g.dec = nil
+		var ok bool
+		if frag, ok = headersFragment(flags, frag); !ok {
+			g.dec = nil // malformed padding or priority: net/http refuses it
 			return ""
 		}
-		frag = frag[:len(frag)-pad]
 	}
 	if _, err := g.dec.Write(frag); err != nil {
 		g.dec = nil
@@ -283,6 +268,28 @@ func (g *h2Guard) decode(frame []byte) string {
 		return ""
 	}
 	return g.bad
+}
+
+// headersFragment returns a HEADERS payload's header block fragment,
+// without its padding and priority fields; false if those do not fit.
+func headersFragment(flags byte, p []byte) ([]byte, bool) {
+	pad := 0
+	if flags&flagPadded != 0 {
+		if len(p) == 0 {
+			return nil, false
+		}
+		pad, p = int(p[0]), p[1:]
+	}
+	if flags&flagPriority != 0 {
+		if len(p) < 5 {
+			return nil, false
+		}
+		p = p[5:]
+	}
+	if pad > len(p) {
+		return nil, false
+	}
+	return p[:len(p)-pad], true
 }
 
 // field checks one decoded header field of a request (or its trailers).

@@ -96,10 +96,7 @@ func (b *penaltyBox) wait(a net.Addr) time.Duration {
 	if !struck {
 		return 0
 	}
-	d := penaltyMax
-	if p.strikes <= 3 { // 1 s << 3 is past the cap
-		d = min(penaltyFirst<<(p.strikes-1), penaltyMax)
-	}
+	d := min(penaltyFirst<<min(p.strikes-1, 3), penaltyMax) // 1 s << 3 is past the cap
 	return max(0, time.Until(p.last.Add(d)))
 }
 

@@ -54,7 +54,8 @@ type Store struct {
 	mu     sync.Mutex
 	traces map[string][]Span // guarded by mu
 	order  []string          // guarded by mu: trace IDs, oldest first
-	recent []Span            // guarded by mu: the newest MaxRecent spans, oldest first
+	recent []Span            // guarded by mu: a ring of the newest MaxRecent spans
+	next   int               // guarded by mu: where the next span goes in recent once it is full
 }
 
 // New returns an empty store.
@@ -86,16 +87,18 @@ func (s *Store) addLocked(sp Span) {
 	if len(spans) < MaxSpans {
 		s.traces[sp.TraceID] = append(spans, sp)
 	}
-	s.recent = append(s.recent, sp)
-	if n := len(s.recent); n > MaxRecent {
-		s.recent = slices.Delete(s.recent, 0, n-MaxRecent)
+	if len(s.recent) < MaxRecent {
+		s.recent = append(s.recent, sp)
+		return
 	}
+	s.recent[s.next] = sp // overwrites the oldest: no copying per span
+	s.next = (s.next + 1) % MaxRecent
 }
 
 // Recent returns the newest spans received, newest first.
 func (s *Store) Recent() []Span {
 	s.mu.Lock()
-	out := slices.Clone(s.recent)
+	out := append(slices.Clone(s.recent[s.next:]), s.recent[:s.next]...) // oldest first
 	s.mu.Unlock()
 	slices.Reverse(out)
 	return out

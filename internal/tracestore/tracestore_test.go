@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -107,5 +108,14 @@ func TestStoreBounds(t *testing.T) {
 	}
 	if n := len(s.Trace("big")); n != MaxSpans {
 		t.Errorf("a trace of %d spans kept %d, want %d", MaxSpans+5, n, MaxSpans)
+	}
+	// Recent: the newest MaxRecent spans, newest first, across the ring's wrap.
+	for i := range MaxRecent + 7 {
+		s.addLocked(Span{TraceID: "r", SpanID: strconv.Itoa(i)})
+	}
+	recent := s.Recent()
+	if len(recent) != MaxRecent || recent[0].SpanID != strconv.Itoa(MaxRecent+6) || recent[MaxRecent-1].SpanID != "7" {
+		t.Errorf("Recent: %d spans, newest %q, oldest %q; want %d, %q, %q",
+			len(recent), recent[0].SpanID, recent[len(recent)-1].SpanID, MaxRecent, strconv.Itoa(MaxRecent+6), "7")
 	}
 }
