@@ -134,11 +134,3 @@ func setUpCapture(netnsName string, annotations map[string]string) error {
 		ExcludeInbound: annotations[excludeInboundAnn], ExcludeOutbound: annotations[excludeOutbound],
 	})
 }
-
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}

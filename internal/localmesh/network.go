@@ -15,7 +15,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-
 )
 
 // Where named network namespaces and their per-namespace /etc files live:
@@ -128,6 +127,9 @@ func createBridge(l *Ledger, name string, gw netip.Prefix) error {
 	if err := netlink.AddrAdd(br, addr); err != nil {
 		return fmt.Errorf("address bridge %s: %w", name, err)
 	}
+	if err := disableIPv6(name); err != nil {
+		return err
+	}
 	if err := netlink.LinkSetUp(br); err != nil {
 		return fmt.Errorf("bring up bridge %s: %w", name, err)
 	}
@@ -141,6 +143,8 @@ type podNet struct {
 	Bridge   string       // bridge the host side is enslaved to
 	Addr     netip.Prefix // pod address with the pod range's prefix length
 	Gateway  netip.Addr   // the bridge's address
+	// MAC is the pod's eth0 address, set by createPodNetwork.
+	MAC net.HardwareAddr
 }
 
 // linkName derives a short, stable interface name (at most 15 bytes) from a
@@ -152,9 +156,9 @@ func linkName(prefix, netnsName string) string {
 }
 
 // createPodNetwork creates the pod's network namespace and veth pair and
-// configures addresses and routes inside it. Every step is recorded in the
-// ledger first.
-func createPodNetwork(l *Ledger, pn podNet) error {
+// configures addresses and routes inside it, with IPv6 off on both ends of
+// the link. Every step is recorded in the ledger first. It sets pn.MAC.
+func createPodNetwork(l *Ledger, pn *podNet) error {
 	if _, err := os.Stat(filepath.Join(netnsRunDir, pn.Netns)); err == nil {
 		return fmt.Errorf("network namespace %s already exists and is not ours; remove it (ip netns delete %s) or stop the mesh that made it", pn.Netns, pn.Netns)
 	}
@@ -188,6 +192,9 @@ func createPodNetwork(l *Ledger, pn podNet) error {
 	if err := netlink.LinkSetHairpin(host, true); err != nil {
 		return fmt.Errorf("hairpin mode on %s: %w", pn.HostLink, err)
 	}
+	if err := disableIPv6(pn.HostLink); err != nil {
+		return err
+	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return fmt.Errorf("bring up %s: %w", pn.HostLink, err)
 	}
@@ -196,6 +203,10 @@ func createPodNetwork(l *Ledger, pn podNet) error {
 		return fmt.Errorf("open netns %s: %w", pn.Netns, err)
 	}
 	defer ns.Close()
+	// Before eth0 arrives, so it never has an IPv6 address, even briefly.
+	if err := inNetns(ns, podSysctls); err != nil {
+		return fmt.Errorf("pod sysctls in %s: %w", pn.Netns, err)
+	}
 	peerLink, err := netlink.LinkByName(peer)
 	if err != nil {
 		return fmt.Errorf("find veth peer %s: %w", peer, err)
@@ -203,12 +214,15 @@ func createPodNetwork(l *Ledger, pn podNet) error {
 	if err := netlink.LinkSetNsFd(peerLink, int(ns)); err != nil {
 		return fmt.Errorf("move %s into %s: %w", peer, pn.Netns, err)
 	}
-	return configurePodSide(ns, peer, pn)
+	if err := configurePodSide(ns, peer, pn); err != nil {
+		return err
+	}
+	return inNetns(ns, func() error { return disableIPv6("eth0") })
 }
 
 // configurePodSide names the pod's interface eth0, addresses it, and brings
-// up lo and eth0 with a default route via the bridge.
-func configurePodSide(ns netns.NsHandle, peer string, pn podNet) error {
+// up lo and eth0 with a default route via the bridge. It sets pn.MAC.
+func configurePodSide(ns netns.NsHandle, peer string, pn *podNet) error {
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return fmt.Errorf("netlink in %s: %w", pn.Netns, err)
@@ -234,11 +248,67 @@ func configurePodSide(ns netns.NsHandle, peer string, pn podNet) error {
 	if err := h.LinkSetUp(eth); err != nil {
 		return fmt.Errorf("bring up eth0 in %s: %w", pn.Netns, err)
 	}
+	pn.MAC = eth.Attrs().HardwareAddr
 	def := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.IP(pn.Gateway.AsSlice())}
 	if err := h.RouteAdd(def); err != nil {
 		return fmt.Errorf("default route in %s: %w", pn.Netns, err)
 	}
 	return nil
+}
+
+// Pods get no IPv6 (docs/network-policy.md): the policy, capture and
+// guard rules are IPv4 only, so an IPv6 path would go around all of them.
+// In each pod's namespace IPv6 is off on every interface but lo (whose ::1
+// reaches nothing outside the pod), router advertisements are ignored, and
+// any uid may bind ports below 1024, as in a container runtime's pods.
+var podSysctlValues = []struct{ path, value string }{
+	{"/proc/sys/net/ipv6/conf/default/disable_ipv6", "1"},
+	{"/proc/sys/net/ipv6/conf/default/accept_ra", "0"},
+	{"/proc/sys/net/ipv6/conf/all/accept_ra", "0"},
+	{"/proc/sys/net/ipv6/conf/default/autoconf", "0"},
+	{"/proc/sys/net/ipv4/ip_unprivileged_port_start", "0"},
+}
+
+// podSysctls sets podSysctlValues; it runs in the pod's namespace.
+func podSysctls() error {
+	for _, s := range podSysctlValues {
+		if err := writeSysctl(s.path, s.value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// disableIPv6 turns IPv6 off on a link of the caller's namespace.
+func disableIPv6(link string) error {
+	return writeSysctl(filepath.Join("/proc/sys/net/ipv6/conf", link, "disable_ipv6"), "1")
+}
+
+func writeSysctl(path, value string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("sysctl %s: %w", path, err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(value + "\n"); err != nil {
+		return fmt.Errorf("sysctl %s=%s: %w", path, value, err)
+	}
+	return nil
+}
+
+// inNetns runs fn on a thread switched into ns; the thread is discarded
+// afterwards, so no other goroutine ever runs in that namespace.
+func inNetns(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with this goroutine
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
 }
 
 // newNamedNetns creates a network namespace pinned at /var/run/netns/name.

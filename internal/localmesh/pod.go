@@ -2,6 +2,7 @@ package localmesh
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
+	"github.com/trellis-mesh/trellis/internal/nft"
 )
 
 // pod is one running pod: its network and its supervised containers.
@@ -55,6 +57,23 @@ func (p *pod) stop() {
 	p.wg.Wait()
 }
 
+// podNetnsName names a pod's network namespace (and its /etc/netns
+// directory) "<prefix>-<namespace>.<pod>". Namespace names are DNS labels,
+// which never hold a '.', so the first '.' after the prefix ends the
+// namespace and two pods never share a name. A name that would be 255 bytes
+// or more (a file name's limit) is instead "<prefix>-<start>-<hash>", cut to
+// exactly 255 bytes, with a hash of the pair keeping it unique; the manifest's
+// name limits keep real pods far below that.
+func podNetnsName(prefix, namespace, pod string) string {
+	name := prefix + "-" + namespace + "." + pod
+	if len(name) < maxFileName {
+		return name
+	}
+	sum := sha256.Sum256([]byte(namespace + "/" + pod))
+	hash := fmt.Sprintf("%x", sum[:12])
+	return name[:maxFileName-1-len(hash)] + "-" + hash
+}
+
 // startPodLocked creates the pod's network and hosts file and starts its
 // containers. On error everything created so far is removed again.
 func (r *Runtime) startPodLocked(obj *catalog.Pod, hash string) (p *pod, err error) {
@@ -62,7 +81,7 @@ func (r *Runtime) startPodLocked(obj *catalog.Pod, hash string) (p *pod, err err
 	if err != nil {
 		return nil, err
 	}
-	netnsName := r.cfg.Prefix + "-" + obj.Namespace + "-" + obj.Name
+	netnsName := podNetnsName(r.cfg.Prefix, obj.Namespace, obj.Name)
 	p = &pod{
 		obj: obj, hash: hash, ip: ip, created: time.Now(),
 		net: podNet{
@@ -79,7 +98,11 @@ func (r *Runtime) startPodLocked(obj *catalog.Pod, hash string) (p *pod, err err
 			p = nil
 		}
 	}()
-	if err := createPodNetwork(r.ledger, p.net); err != nil {
+	if err := createPodNetwork(r.ledger, &p.net); err != nil {
+		return p, fmt.Errorf("pod %s: %w", p.key(), err)
+	}
+	r.guardPorts[p.net.HostLink] = nft.GuardPort{Link: p.net.HostLink, MAC: p.net.MAC, Addr: ip}
+	if err := r.syncGuardLocked(); err != nil {
 		return p, fmt.Errorf("pod %s: %w", p.key(), err)
 	}
 	if err := r.ledger.Add(Resource{Kind: resHostsDir, Name: netnsName}); err != nil {
@@ -178,6 +201,12 @@ func (r *Runtime) releasePodLocked(p *pod) {
 		_ = r.ledger.Remove(res.Kind, res.Name)
 	}
 	r.podIPs.release(p.ip)
+	if _, ok := r.guardPorts[p.net.HostLink]; ok {
+		delete(r.guardPorts, p.net.HostLink)
+		if err := r.syncGuardLocked(); err != nil {
+			slog.Warn("remove pod from the guard table", "pod", p.key(), "err", err)
+		}
+	}
 }
 
 // containerEnvLocked builds a container's environment: PATH and HOME, the

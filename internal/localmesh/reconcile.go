@@ -51,6 +51,11 @@ func (r *Runtime) reconcile() {
 			slog.Warn("write hosts file", "pod", p.key(), "err", err)
 		}
 	}
+	if r.nftLast == nil { // first pass or periodic resync: repair the guard too
+		if err := r.syncGuardLocked(); err != nil {
+			slog.Error("apply the bridge guard", "err", err)
+		}
+	}
 	r.syncServiceTableLocked()
 	r.updatePolicyInputLocked()
 	if err := r.writeRegistryLocked(); err != nil {

@@ -14,6 +14,7 @@ package localmesh
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -158,6 +159,9 @@ type Runtime struct {
 	pods    map[string]*pod           // guarded by mu: by "namespace/name"
 	vips    map[string]netip.Addr     // guarded by mu: service VIPs by "namespace/name"
 	nftLast []nft.ServicePort         // guarded by mu: the rules in the kernel
+	// guardPorts are the pods' links the bridge guard knows, by host link
+	// name; guarded by mu.
+	guardPorts map[string]nft.GuardPort
 
 	policyVersion uint64          // guarded by mu: version of policyInput
 	policyInput   netpolicy.Input // guarded by mu: what the node agent enforces
@@ -189,12 +193,19 @@ func New(cfg Config) (*Runtime, error) {
 		pods:    map[string]*pod{},
 		vips:    map[string]netip.Addr{},
 
+		guardPorts: map[string]nft.GuardPort{},
+
 		policyChanged: make(chan struct{}),
 	}, nil
 }
 
 func (r *Runtime) bridgeName() string { return r.cfg.Prefix + "0" }
 func (r *Runtime) table() nft.Table   { return nft.Table{Name: r.cfg.Prefix} }
+
+// GuardTable and HostTable name the bridge guard's table (family bridge)
+// and the host guard's (family ip) of a mesh whose names start with prefix.
+func GuardTable(prefix string) string { return prefix + "-guard" }
+func HostTable(prefix string) string  { return prefix + "-host" }
 
 // Run takes the state directory's lock, sets up the host, starts the objects
 // of initial, serves the API on the state directory's socket and keeps
@@ -274,7 +285,37 @@ func (r *Runtime) setupHost() error {
 	if err := nft.ApplyServices(r.table(), nil); err != nil {
 		return err
 	}
-	return nil
+	return r.guardHost()
+}
+
+// guardHost sets up the tables that keep pods to their own links and
+// addresses and keep everyone but the pods and the host's root out of the
+// pods' network (internal/nft, guard.go and host.go).
+func (r *Runtime) guardHost() error {
+	for _, name := range []string{GuardTable(r.cfg.Prefix), HostTable(r.cfg.Prefix)} {
+		if err := r.ledger.Add(Resource{Kind: resNFTable, Name: name}); err != nil {
+			return err
+		}
+	}
+	a := r.cfg.PodCIDR.Addr().As4()
+	last := binary.BigEndian.Uint32(a[:]) | (1<<(32-r.cfg.PodCIDR.Bits()) - 1)
+	binary.BigEndian.PutUint32(a[:], last)
+	if err := nft.CreateGuard(nft.Table{Name: GuardTable(r.cfg.Prefix)}, nft.Guard{Broadcast: netip.AddrFrom4(a)}); err != nil {
+		return err
+	}
+	return nft.ApplyHostGuard(nft.Table{Name: HostTable(r.cfg.Prefix)}, nft.HostGuard{
+		Bridge: r.bridgeName(), Ranges: []netip.Prefix{r.cfg.PodCIDR, r.cfg.ServiceCIDR},
+		Gateway: r.cfg.PodCIDR.Addr().Next(), ControlPort: controlPort,
+	})
+}
+
+// syncGuardLocked gives the bridge guard the links of r.guardPorts.
+func (r *Runtime) syncGuardLocked() error {
+	ports := make([]nft.GuardPort, 0, len(r.guardPorts))
+	for _, p := range r.guardPorts {
+		ports = append(ports, p)
+	}
+	return nft.SetGuardPorts(nft.Table{Name: GuardTable(r.cfg.Prefix)}, ports)
 }
 
 // prepareNodeAgent records the node agent's table and sets up its process:

@@ -4,11 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,19 +29,28 @@ const (
 var ErrAlreadyRunning = errors.New("a mesh is already running")
 
 // Lock takes the state directory's lock and writes the caller's pid into it.
-// The lock is released by closing the returned file or by the process dying,
-// so a killed mesh never leaves a stale lock behind.
+// It creates the directory (mode 0700) if it is missing and refuses one that
+// another user could tamper with (see checkStateDir). The lock is released by
+// closing the returned file or by the process dying, so a killed mesh never
+// leaves a stale lock behind.
 func Lock(stateDir string) (*os.File, error) {
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create state directory: %w", err)
+	if _, err := os.Lstat(stateDir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(stateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create state directory: %w", err)
+		}
+		if err := os.Chmod(stateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create state directory: %w", err)
+		}
 	}
-	path := filepath.Join(stateDir, lockFile)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err := checkStateDir(stateDir); err != nil {
+		return nil, err
+	}
+	f, err := openNoFollow(filepath.Join(stateDir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock: %w", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		pid, _ := os.ReadFile(path)
+		pid, _ := io.ReadAll(io.LimitReader(f, 32))
 		f.Close()
 		return nil, fmt.Errorf("%w with state directory %s (pid %s): stop it with `trellis down`, or pass --state-dir to run a second mesh",
 			ErrAlreadyRunning, stateDir, strings.TrimSpace(string(pid)))
@@ -49,9 +61,84 @@ func Lock(stateDir string) (*os.File, error) {
 	return f, nil
 }
 
+// checkStateDir refuses a state directory that someone other than the
+// caller could change: the mesh acts as root on what the directory holds
+// (the ledger says what to delete), so it must be a real directory, not a
+// symlink, owned by root (by the caller's effective uid when not root) and
+// not writable by group or others. A missing directory is an error wrapping
+// fs.ErrNotExist.
+func checkStateDir(dir string) error {
+	fi, err := os.Lstat(filepath.Clean(dir))
+	if err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	const fix = "or choose another with --state-dir"
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("state directory %s is a symlink: use the directory it points to, %s", dir, fix)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("state directory %s is not a directory: remove it, %s", dir, fix)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("state directory %s: cannot read its owner", dir)
+	}
+	if uid := os.Geteuid(); int(st.Uid) != uid {
+		want := "root"
+		if uid != 0 {
+			want = "you"
+		}
+		return fmt.Errorf("state directory %s is owned by uid %d, not %s (uid %d): chown %d %s, %s",
+			dir, st.Uid, want, uid, uid, dir, fix)
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("state directory %s is writable by group or others (mode %04o): chmod 0700 %s, %s",
+			dir, perm, dir, fix)
+	}
+	return nil
+}
+
+// openNoFollow is os.OpenFile that refuses a symlink as path's last
+// component, so a link planted in the state directory cannot redirect a
+// read or write made as root.
+func openNoFollow(path string, flag int, perm os.FileMode) (*os.File, error) {
+	f, err := os.OpenFile(path, flag|unix.O_NOFOLLOW, perm)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("%s is a symlink; remove it", path)
+	}
+	return f, err
+}
+
+// writeFileAtomic replaces path with data, durably: it writes and syncs
+// path+".tmp" (removing any leftover first, and creating it afresh without
+// following symlinks) and renames it over path. A symlink at path is
+// replaced, never written through.
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	f, err := openNoFollow(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
 // Running reports whether a process holds stateDir's lock.
 func Running(stateDir string) bool {
-	f, err := os.Open(filepath.Join(stateDir, lockFile))
+	f, err := openNoFollow(filepath.Join(stateDir, lockFile), os.O_RDONLY, 0)
 	if err != nil {
 		return false
 	}
@@ -90,13 +177,25 @@ type Ledger struct {
 	items []Resource // guarded by mu; in creation order
 }
 
-// OpenLedger reads the ledger in stateDir, or starts an empty one.
+// OpenLedger reads the ledger in stateDir, or starts an empty one when
+// there is none (or no stateDir at all). It refuses a state directory that
+// fails checkStateDir and a ledger file that is a symlink.
 func OpenLedger(stateDir string) (*Ledger, error) {
 	l := &Ledger{path: filepath.Join(stateDir, ledgerFile)}
-	data, err := os.ReadFile(l.path)
-	if errors.Is(err, os.ErrNotExist) {
+	if err := checkStateDir(stateDir); errors.Is(err, fs.ErrNotExist) {
+		return l, nil
+	} else if err != nil {
+		return nil, err
+	}
+	f, err := openNoFollow(l.path, os.O_RDONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
 		return l, nil
 	}
+	if err != nil {
+		return nil, fmt.Errorf("read ledger: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
 	if err != nil {
 		return nil, fmt.Errorf("read ledger: %w", err)
 	}
@@ -148,23 +247,7 @@ func (l *Ledger) saveLocked() error {
 	if err != nil {
 		return err
 	}
-	tmp := l.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("write ledger: %w", err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write ledger: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write ledger: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write ledger: %w", err)
-	}
-	if err := os.Rename(tmp, l.path); err != nil {
+	if err := writeFileAtomic(l.path, data); err != nil {
 		return fmt.Errorf("write ledger: %w", err)
 	}
 	return nil

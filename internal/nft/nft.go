@@ -88,21 +88,24 @@ func ApplyServices(table Table, ports []ServicePort) error {
 	return nil
 }
 
-// DeleteTable removes the table; a missing table is fine.
+// DeleteTable removes the table of that name in the ip and bridge
+// families; a missing table is fine.
 func DeleteTable(table Table) error {
 	c, err := table.conn()
 	if err != nil {
 		return err
 	}
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
-	if err != nil {
-		return fmt.Errorf("list nftables tables: %w", err)
-	}
-	for _, t := range tables {
-		if t.Name == table.Name {
-			c.DelTable(t)
-			if err := c.Flush(); err != nil {
-				return fmt.Errorf("delete nftables table %s: %w", table.Name, err)
+	for _, family := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyBridge} {
+		tables, err := c.ListTablesOfFamily(family)
+		if err != nil {
+			return fmt.Errorf("list nftables tables: %w", err)
+		}
+		for _, t := range tables {
+			if t.Name == table.Name {
+				c.DelTable(t)
+				if err := c.Flush(); err != nil {
+					return fmt.Errorf("delete nftables table %s: %w", table.Name, err)
+				}
 			}
 		}
 	}

@@ -250,13 +250,7 @@ func (b *builder) dispatch(ch *nftables.Chain, isolatedSet string, ingress bool,
 	if err := b.c.SetAddElements(set, elems); err != nil {
 		return err
 	}
-	b.rule(ch,
-		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
-			Xor:  binaryutil.NativeEndian.PutUint32(0)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
-		&expr.Verdict{Kind: expr.VerdictAccept})
+	b.rule(ch, append(established(), &expr.Verdict{Kind: expr.VerdictAccept})...)
 	b.rule(ch, addrIn(set.Name, ingress, true, &expr.Verdict{Kind: expr.VerdictAccept})...)
 	var mine []unit
 	for _, u := range want {
@@ -495,18 +489,7 @@ func DeniedCounts(table Table) (map[string]uint64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read nftables counters: %w", err)
 	}
-	out := map[string]uint64{}
-	for _, o := range objs {
-		switch o := o.(type) {
-		case *nftables.CounterObj:
-			out[o.Name] = o.Packets
-		case *nftables.NamedObj:
-			if ctr, ok := o.Obj.(*expr.Counter); ok {
-				out[o.Name] = ctr.Packets
-			}
-		}
-	}
-	return out, nil
+	return counterPackets(objs), nil
 }
 
 // FlushChain removes every rule of one chain of table. Operators use it to
