@@ -1,0 +1,154 @@
+package nft
+
+import (
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/trellis-mesh/trellis/internal/netnstest"
+)
+
+// guardBed is a "host" namespace with a bridge and two "pods", each a
+// namespace joined to the bridge by a veth, as the one-host runtime wires
+// them: pod a is 10.77.0.2, pod b 10.77.0.3, both with IPv6 on.
+type guardBed struct {
+	host, a, b netns.NsHandle
+	ports      []GuardPort
+}
+
+func newGuardBed(t *testing.T) *guardBed {
+	t.Helper()
+	g := &guardBed{host: netnstest.New(t), a: netnstest.New(t), b: netnstest.New(t)}
+	netnstest.Run(t, g.host, func() error {
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+		if err := netlink.LinkAdd(br); err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(br); err != nil {
+			return err
+		}
+		for i, pod := range []netns.NsHandle{g.a, g.b} {
+			host, peer := []string{"tva", "tvb"}[i], []string{"tpa", "tpb"}[i]
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}, PeerName: peer}); err != nil {
+				return err
+			}
+			l, _ := netlink.LinkByName(host)
+			if err := netlink.LinkSetMaster(l, br); err != nil {
+				return err
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				return err
+			}
+			p, _ := netlink.LinkByName(peer)
+			if err := netlink.LinkSetNsFd(p, int(pod)); err != nil {
+				return err
+			}
+			g.ports = append(g.ports, GuardPort{Link: host, Addr: netip.AddrFrom4([4]byte{10, 77, 0, byte(2 + i)})})
+		}
+		return nil
+	})
+	for i, pod := range []netns.NsHandle{g.a, g.b} {
+		netnstest.Run(t, pod, func() error {
+			eth, err := netlink.LinkByName([]string{"tpa", "tpb"}[i])
+			if err != nil {
+				return err
+			}
+			for _, a := range []string{g.ports[i].Addr.String() + "/24", []string{"fd00::a/64", "fd00::b/64"}[i]} {
+				addr, _ := netlink.ParseAddr(a)
+				addr.Flags = syscall.IFA_F_NODAD
+				if err := netlink.AddrAdd(eth, addr); err != nil {
+					return err
+				}
+			}
+			g.ports[i].MAC = eth.Attrs().HardwareAddr
+			lo, _ := netlink.LinkByName("lo")
+			_ = netlink.LinkSetUp(lo)
+			return netlink.LinkSetUp(eth)
+		})
+	}
+	return g
+}
+
+// received reports whether a UDP datagram sent from pod a (bound to src,
+// to dst) reaches a listener on b's port 9999.
+func (g *guardBed) received(t *testing.T, src, dst string) bool {
+	t.Helper()
+	var ln *net.UDPConn
+	netnstest.Run(t, g.b, func() (err error) {
+		network := "udp4"
+		if netip.MustParseAddr(dst).Is6() {
+			network = "udp6"
+		}
+		ln, err = net.ListenUDP(network, &net.UDPAddr{Port: 9999})
+		return err
+	})
+	defer ln.Close()
+	netnstest.Run(t, g.a, func() error {
+		d := net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP(src)}, Control: func(_, _ string, c syscall.RawConn) error {
+			return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_BROADCAST, 1) })
+		}}
+		c, err := d.Dial("udp", net.JoinHostPort(dst, "9999"))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range 3 {
+			_, _ = c.Write([]byte("hello"))
+			time.Sleep(50 * time.Millisecond)
+		}
+		return nil
+	})
+	_ = ln.SetReadDeadline(time.Now().Add(700 * time.Millisecond))
+	_, _, err := ln.ReadFromUDP(make([]byte, 64))
+	return err == nil
+}
+
+func TestGuardDropsSpoofingBroadcastAndIPv6(t *testing.T) {
+	g := newGuardBed(t)
+	table := Table{Name: "guard-test", NetNS: int(g.host)}
+	if err := CreateGuard(table, Guard{Broadcast: netip.MustParseAddr("10.77.0.255")}); err != nil {
+		t.Fatalf("CreateGuard: %v", err)
+	}
+	if g.received(t, "10.77.0.2", "10.77.0.3") {
+		t.Fatal("a link the guard does not know carried a datagram")
+	}
+	if err := SetGuardPorts(table, g.ports); err != nil {
+		t.Fatalf("SetGuardPorts: %v", err)
+	}
+	if !g.received(t, "10.77.0.2", "10.77.0.3") {
+		t.Fatal("a pod's own address to its neighbour did not get through")
+	}
+	netnstest.Run(t, g.a, func() error {
+		eth, _ := netlink.LinkByName("tpa")
+		addr, _ := netlink.ParseAddr("10.77.0.99/32")
+		return netlink.AddrAdd(eth, addr)
+	})
+	for _, tc := range []struct{ name, src, dst, counter string }{
+		{"forged source", "10.77.0.99", "10.77.0.3", GuardSpoofed},
+		{"subnet broadcast", "10.77.0.2", "10.77.0.255", GuardBroadcast},
+		{"multicast", "10.77.0.2", "224.0.0.1", GuardBroadcast},
+		{"IPv6", "fd00::a", "fd00::b", GuardIPv6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before, err := GuardCounts(table)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g.received(t, tc.src, tc.dst) {
+				t.Errorf("%s -> %s got through the guard", tc.src, tc.dst)
+			}
+			after, err := GuardCounts(table)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if after[tc.counter] <= before[tc.counter] {
+				t.Errorf("counter %s = %d after, %d before: the drop was not counted", tc.counter, after[tc.counter], before[tc.counter])
+			}
+		})
+	}
+}
