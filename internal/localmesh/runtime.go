@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,8 +45,9 @@ type Config struct {
 	// ServiceCIDR is the range service VIPs come from. Default 10.201.0.0/16.
 	ServiceCIDR netip.Prefix
 	// Prefix starts the names of everything created on the host: network
-	// namespaces, the bridge, the nftables table. Default "trellis"; at most
-	// 10 bytes.
+	// namespaces, the bridge, the nftables tables. Default "trellis"; at
+	// most 10 lowercase letters and digits, so names of two meshes never
+	// run into each other.
 	Prefix string
 	// Executable is the trellis binary used to enter pods; its directory also
 	// starts the pods' PATH, so manifests can run `trellis ...` workloads.
@@ -100,8 +102,8 @@ func (c *Config) setDefaults() error {
 	if c.Prefix == "" {
 		c.Prefix = "trellis"
 	}
-	if len(c.Prefix) > 10 {
-		return fmt.Errorf("name prefix %q is longer than 10 bytes", c.Prefix)
+	if len(c.Prefix) > 10 || strings.Trim(c.Prefix, "abcdefghijklmnopqrstuvwxyz0123456789") != "" {
+		return fmt.Errorf("name prefix %q: use at most 10 lowercase letters and digits", c.Prefix)
 	}
 	if c.Executable == "" {
 		exe, err := os.Executable()
