@@ -40,10 +40,7 @@ func ApplyCapture(table Table, c Capture) error {
 	if err != nil {
 		return err
 	}
-	t := &nftables.Table{Name: table.Name, Family: nftables.TableFamilyIPv4}
-	conn.AddTable(t)
-	conn.DelTable(t)
-	conn.AddTable(t)
+	t := replaceTable(conn, table.Name, nftables.TableFamilyIPv4)
 	b := &builder{c: conn, t: t}
 	ret := &expr.Verdict{Kind: expr.VerdictReturn}
 

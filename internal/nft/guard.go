@@ -64,10 +64,7 @@ func CreateGuard(table Table, g Guard) error {
 	if err != nil {
 		return err
 	}
-	t := &nftables.Table{Name: table.Name, Family: nftables.TableFamilyBridge}
-	c.AddTable(t)
-	c.DelTable(t)
-	c.AddTable(t)
+	t := replaceTable(c, table.Name, nftables.TableFamilyBridge)
 	for _, name := range guardCounters {
 		c.AddObj(&nftables.NamedObj{Table: t, Name: name, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
 	}

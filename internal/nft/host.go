@@ -41,10 +41,7 @@ func ApplyHostGuard(table Table, h HostGuard) error {
 	if err != nil {
 		return err
 	}
-	t := &nftables.Table{Name: table.Name, Family: nftables.TableFamilyIPv4}
-	c.AddTable(t)
-	c.DelTable(t)
-	c.AddTable(t)
+	t := replaceTable(c, table.Name, nftables.TableFamilyIPv4)
 	b := &builder{c: c, t: t}
 	drop := &expr.Verdict{Kind: expr.VerdictDrop}
 	accept := &expr.Verdict{Kind: expr.VerdictAccept}

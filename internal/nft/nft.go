@@ -74,10 +74,7 @@ func ApplyServices(table Table, ports []ServicePort) error {
 	if err != nil {
 		return err
 	}
-	t := &nftables.Table{Name: table.Name, Family: nftables.TableFamilyIPv4}
-	c.AddTable(t) // create if missing, so the delete below never fails
-	c.DelTable(t)
-	c.AddTable(t)
+	t := replaceTable(c, table.Name, nftables.TableFamilyIPv4)
 	b := &builder{c: c, t: t}
 	if err := b.services(ports); err != nil {
 		return err
@@ -86,6 +83,16 @@ func ApplyServices(table Table, ports []ServicePort) error {
 		return fmt.Errorf("apply nftables table %s: %w", table.Name, err)
 	}
 	return nil
+}
+
+// replaceTable queues, on c, the removal of table name (if it exists) and
+// the creation of an empty one, for a transaction that rebuilds it whole.
+func replaceTable(c *nftables.Conn, name string, family nftables.TableFamily) *nftables.Table {
+	t := &nftables.Table{Name: name, Family: family}
+	c.AddTable(t) // create if missing, so the delete below never fails
+	c.DelTable(t)
+	c.AddTable(t)
+	return t
 }
 
 // DeleteTable removes the table of that name in the ip and bridge
