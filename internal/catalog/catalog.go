@@ -100,6 +100,57 @@ type Container struct {
 	WorkingDir string // empty: the runtime's choice
 	Ports      []ContainerPort
 	Readiness  *Probe // nil: ready while running
+	Security   Security
+}
+
+// Security is a container's securityContext, the pod's and the container's
+// merged (the container's fields win).
+type Security struct {
+	// RunAsUser and RunAsGroup are the process's uid and gid inside the
+	// pod; nil: 0 (root inside the pod, which is no one on the host).
+	RunAsUser, RunAsGroup *int64
+	// SupplementalGroups are extra gids of the process (the pod's).
+	SupplementalGroups []int64
+	// Capabilities are what the process keeps, by name without "CAP_"
+	// ("NET_BIND_SERVICE"): capabilities.add less capabilities.drop. The
+	// default is none.
+	Capabilities []string
+	// ReadOnlyRootFilesystem leaves the container no writable path.
+	ReadOnlyRootFilesystem bool
+	// AllowPrivilegeEscalation lets setuid binaries and file capabilities
+	// raise privileges (no_new_privs unset). Default false.
+	AllowPrivilegeEscalation bool
+}
+
+// UID returns the process's uid inside the pod.
+func (s Security) UID() int64 { return deref(s.RunAsUser) }
+
+// GID returns the process's gid inside the pod.
+func (s Security) GID() int64 { return deref(s.RunAsGroup) }
+
+func deref(p *int64) int64 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// MaxPodID is the highest uid or gid a pod's processes may use: each pod
+// has 65536 ids of its own.
+const MaxPodID = 65535
+
+// CapabilityNumbers are the Linux capabilities by name (without "CAP_"),
+// as the kernel numbers them.
+var CapabilityNumbers = map[string]int{
+	"CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4,
+	"KILL": 5, "SETGID": 6, "SETUID": 7, "SETPCAP": 8, "LINUX_IMMUTABLE": 9,
+	"NET_BIND_SERVICE": 10, "NET_BROADCAST": 11, "NET_ADMIN": 12, "NET_RAW": 13,
+	"IPC_LOCK": 14, "IPC_OWNER": 15, "SYS_MODULE": 16, "SYS_RAWIO": 17, "SYS_CHROOT": 18,
+	"SYS_PTRACE": 19, "SYS_PACCT": 20, "SYS_ADMIN": 21, "SYS_BOOT": 22, "SYS_NICE": 23,
+	"SYS_RESOURCE": 24, "SYS_TIME": 25, "SYS_TTY_CONFIG": 26, "MKNOD": 27, "LEASE": 28,
+	"AUDIT_WRITE": 29, "AUDIT_CONTROL": 30, "SETFCAP": 31, "MAC_OVERRIDE": 32,
+	"MAC_ADMIN": 33, "SYSLOG": 34, "WAKE_ALARM": 35, "BLOCK_SUSPEND": 36, "AUDIT_READ": 37,
+	"PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
 }
 
 // EnvVar is one environment variable: a literal Value, or, when FieldPath

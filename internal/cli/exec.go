@@ -62,8 +62,19 @@ func newExecCmd(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// Replaces this process: the command's exit status is ours.
-			return localmesh.ExecInPod(pod.Netns, args[1:], c.Env)
+			if c.Exec == nil {
+				return fmt.Errorf("container %s of pod %s/%s is %s, not running; see `trellis get pods -n %s`", c.Name, pod.Namespace, pod.Name, c.State, pod.Namespace)
+			}
+			// As the container's own processes: its user, capabilities
+			// and view. The command's exit status is ours.
+			code, err := localmesh.RunSandboxed(*c.Exec, args[1:], c.Env)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitCode(code)
+			}
+			return nil
 		},
 	}
 	p.flags(cmd)

@@ -53,25 +53,23 @@ func Main(ctx context.Context, args []string) int {
 	}
 	root := New(stateDir)
 	root.SetArgs(args)
-	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
-		var ee exitError
-		if errors.As(err, &ee) {
-			return ee.code
-		}
-		return 1
+	err := root.ExecuteContext(ctx)
+	var code exitCode
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &code):
+		return int(code) // the command said what went wrong itself
 	}
-	return 0
+	fmt.Fprintln(os.Stderr, "error:", err)
+	return 1
 }
 
-// exitError carries a specific exit code (a command's inside a pod, say).
-type exitError struct {
-	code int
-	err  error
-}
+// exitCode is the exit status of a command run inside a pod, which
+// `trellis exec` exits with; it has said what went wrong itself.
+type exitCode int
 
-func (e exitError) Error() string { return e.err.Error() }
-func (e exitError) Unwrap() error { return e.err }
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // requireRoot fails with a message naming what needs root.
 func requireRoot(what string) error {

@@ -28,8 +28,9 @@ const (
 // probeLoop to return.
 type container struct {
 	spec    catalog.Container
-	podName string // "namespace/name", for logs
-	netns   string
+	podName string  // "namespace/name", for logs
+	netns   string  // "": a host process
+	sandbox Sandbox // how a pod's container is confined (View set)
 	podIP   string
 	env     []string
 	logPath string
@@ -44,7 +45,7 @@ type container struct {
 	changed             func() // called (without locks held) when readiness changes
 	// prestart, when set, runs before each start of the process; an
 	// error counts as a failed start.
-	prestart func() error
+	prestart func(context.Context) error
 
 	mu        sync.Mutex
 	state     string // guarded by mu; one of the state constants
@@ -58,24 +59,45 @@ type container struct {
 
 // ContainerStatus is a container's observed state.
 type ContainerStatus struct {
-	Name     string   `json:"name"`
-	State    string   `json:"state"`
-	Reason   string   `json:"reason,omitempty"`
-	Ready    bool     `json:"ready"`
-	Restarts int      `json:"restarts"`
+	Name     string `json:"name"`
+	State    string `json:"state"`
+	Reason   string `json:"reason,omitempty"`
+	Ready    bool   `json:"ready"`
+	Restarts int    `json:"restarts"`
+	// PID is the container's supervisor (`trellis __nsexec`, which
+	// confines it) or a host process; a container's program is the
+	// supervisor's only child.
 	PID      int      `json:"pid,omitempty"`
 	ExitCode int      `json:"exitCode,omitempty"`
 	Log      string   `json:"log"`
 	Env      []string `json:"env"`
+	// Exec is how a command joins the running container (`trellis
+	// exec`, exec probes); nil when it is not running or not in a pod.
+	Exec *Sandbox `json:"exec,omitempty"`
 }
 
 func (c *container) status() ContainerStatus {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return ContainerStatus{
+	st := ContainerStatus{
 		Name: c.spec.Name, State: c.state, Reason: c.reason, Ready: c.readyLocked(),
 		Restarts: c.restarts, PID: c.pid, ExitCode: c.exitCode, Log: c.logPath, Env: c.env,
 	}
+	if s, ok := c.execSandboxLocked(); ok {
+		st.Exec = &s
+	}
+	return st
+}
+
+// execSandboxLocked returns the sandbox a command joins the running
+// container with: its namespaces, ids and capabilities.
+func (c *container) execSandboxLocked() (Sandbox, bool) {
+	if c.netns == "" || c.pid == 0 {
+		return Sandbox{}, false
+	}
+	s := c.sandbox
+	s.View, s.Join = nil, c.pid
+	return s, true
 }
 
 func (c *container) ready() bool {
@@ -163,35 +185,17 @@ func (c *container) runOnce(ctx context.Context) (int, error) {
 	}
 	defer logf.Close()
 	if c.prestart != nil {
-		if err := c.prestart(); err != nil {
+		if err := c.prestart(ctx); err != nil {
 			fmt.Fprintf(logf, "trellis: prepare %s: %v\n", c.spec.Name, err)
 			return -1, err
 		}
 	}
-	// Pod processes enter their pod through `trellis __nsexec`; host
-	// processes (the node agent) run as they are.
-	path, args := c.cfg.Executable, append([]string{c.cfg.Executable, NSExecCommand, c.netns, "--"}, c.spec.Command...)
-	if c.netns == "" {
-		args = c.spec.Command
-		if path, err = exec.LookPath(args[0]); err != nil {
-			fmt.Fprintf(logf, "trellis: start %q: %v\n", args, err)
-			return -1, err
-		}
+	cmd, err := c.command()
+	if err != nil {
+		fmt.Fprintf(logf, "trellis: start %q: %v\n", c.spec.Command, err)
+		return -1, err
 	}
-	cmd := &exec.Cmd{
-		Path:   path,
-		Args:   args,
-		Env:    c.env,
-		Dir:    c.spec.WorkingDir,
-		Stdout: logf,
-		Stderr: logf,
-		// Own process group, so stopping reaches the children it spawns;
-		// Pdeathsig, so the process dies with the mesh even on SIGKILL.
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
-	}
-	if cmd.Dir == "" {
-		cmd.Dir = c.cfg.WorkDir
-	}
+	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := startOnSpawnerThread(cmd); err != nil {
 		fmt.Fprintf(logf, "trellis: start %q: %v\n", c.spec.Command, err)
 		return -1, err
@@ -217,6 +221,31 @@ func (c *container) runOnce(ctx context.Context) (int, error) {
 		code = ee.ExitCode()
 	}
 	return code, nil
+}
+
+// command is the process to start: a pod's container through
+// `trellis __nsexec`, which confines it; a host process (the node agent,
+// the control plane) as it is.
+func (c *container) command() (*exec.Cmd, error) {
+	// Own process group, so stopping reaches the children it spawns;
+	// Pdeathsig, so the process dies with the mesh even on SIGKILL.
+	attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if c.netns != "" {
+		args, err := sandboxArgs(c.cfg.Executable, c.sandbox, c.spec.Command)
+		if err != nil {
+			return nil, err
+		}
+		return &exec.Cmd{Path: c.cfg.Executable, Args: args, Env: c.env, Dir: "/", SysProcAttr: attr}, nil
+	}
+	path, err := exec.LookPath(c.spec.Command[0])
+	if err != nil {
+		return nil, err
+	}
+	dir := c.spec.WorkingDir
+	if dir == "" {
+		dir = c.cfg.WorkDir
+	}
+	return &exec.Cmd{Path: path, Args: c.spec.Command, Env: c.env, Dir: dir, SysProcAttr: attr}, nil
 }
 
 // stopProcess sends SIGTERM to the process group, then SIGKILL after grace,

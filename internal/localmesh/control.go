@@ -6,9 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sort"
 	"time"
@@ -24,7 +27,8 @@ import (
 const (
 	registryFile = "registry.json"
 	controlDir   = "control"
-	tokenFile    = "token" // in a pod's files: the sidecar's bootstrap token
+	tokenFile    = "token"      // in a pod's files: the sidecar's bootstrap token
+	bundleFile   = "bundle.pem" // in a pod's files: the control plane's trust bundle
 	controlPort  = 15012
 )
 
@@ -97,6 +101,33 @@ func (r *Runtime) SetControlPlane(running bool) {
 	}
 }
 
+// prepareSidecarStart runs before each start of p's sidecar: it copies the
+// control plane's trust bundle into the pod's files (waiting for the control
+// plane to write it, when the mesh is just starting) and mints a token.
+func (r *Runtime) prepareSidecarStart(ctx context.Context, p *pod) error {
+	var bundle []byte
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		var err error
+		if bundle, err = os.ReadFile(r.controlPlaneBundle()); err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("control plane trust bundle: %w", err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	if err := writeFileShared(filepath.Join(r.podFiles(p.obj), bundleFile), bundle, int(p.sidecarHostID())); err != nil {
+		return err
+	}
+	return r.mintToken(p)
+}
+
 // mintToken writes a fresh one-time bootstrap token for the next start of
 // p's sidecar and publishes its hash, before the sidecar can use it.
 func (r *Runtime) mintToken(p *pod) error {
@@ -110,7 +141,7 @@ func (r *Runtime) mintToken(p *pod) error {
 	if err := r.writeRegistryLocked(); err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(r.podFiles(p.obj), tokenFile), []byte(tok))
+	return writeFileShared(filepath.Join(r.podFiles(p.obj), tokenFile), []byte(tok), int(p.sidecarHostID()))
 }
 
 // writeRegistryLocked publishes the mesh as the control plane sees it,

@@ -54,8 +54,16 @@ func (r *Runtime) podFiles(p *catalog.Pod) string {
 // control plane, proving who it is with a one-time token the runtime
 // writes before each start (mintToken).
 func (r *Runtime) prepareSidecarLocked(p *pod) (catalog.Container, error) {
+	// The sidecar (and no one else) reads the pod's files through its
+	// group: root's directory, so it cannot plant anything there.
 	dir := r.podFiles(p.obj)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return catalog.Container{}, err
+	}
+	if err := os.Chown(dir, 0, int(p.sidecarHostID())); err != nil {
+		return catalog.Container{}, err
+	}
+	if err := os.Chmod(dir, 0o750); err != nil {
 		return catalog.Container{}, err
 	}
 	id, err := identity.ForWorkload(r.cfg.TrustDomain, p.obj.Namespace, p.obj.Spec.ServiceAccount)
@@ -72,9 +80,9 @@ func (r *Runtime) prepareSidecarLocked(p *pod) (catalog.Container, error) {
 	}
 	return catalog.Container{
 		Name: sidecarName,
-		Command: []string{r.cfg.Executable, "proxy", "--control-plane", r.controlPlaneAddr(),
-			"--control-plane-bundle", r.controlPlaneBundle(), "--identity", id.String(),
-			"--pod-namespace", p.obj.Namespace, "--pod-name", p.obj.Name, "--token-file", filepath.Join(dir, tokenFile),
+		Command: []string{podBinary, "proxy", "--control-plane", r.controlPlaneAddr(),
+			"--control-plane-bundle", filepath.Join(podFilesMount, bundleFile), "--identity", id.String(),
+			"--pod-namespace", p.obj.Namespace, "--pod-name", p.obj.Name, "--token-file", filepath.Join(podFilesMount, tokenFile),
 			// Every request traced: one-host mode is for looking at.
 			"--otlp-endpoint", "control-plane", "--trace-sampling", "100", "--trace-service", traceService(p.obj)},
 		Env: env,
@@ -123,14 +131,16 @@ func sidecarConcurrency(annotations map[string]string) (int, error) {
 }
 
 // setUpCapture writes the pod's capture rules into its namespace,
-// with the same code `trellis-proxy redirect` runs.
-func setUpCapture(netnsName string, annotations map[string]string) error {
+// with the same code `trellis-proxy redirect` runs; proxyUID is the
+// sidecar's host uid.
+func setUpCapture(netnsName string, annotations map[string]string, proxyUID uint32) error {
 	ns, err := netns.GetFromName(netnsName)
 	if err != nil {
 		return fmt.Errorf("capture: open netns %s: %w", netnsName, err)
 	}
 	defer ns.Close()
 	return proxy.SetUpCapture(int(ns), proxy.CaptureFlags{
+		ProxyUID:       proxyUID,
 		ExcludeInbound: annotations[excludeInboundAnn], ExcludeOutbound: annotations[excludeOutbound],
 	})
 }

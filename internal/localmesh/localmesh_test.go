@@ -141,7 +141,7 @@ func TestHostsFileAndServiceEnv(t *testing.T) {
 		Env: []catalog.EnvVar{{Name: "POD_NAME", Value: "override"}, {Name: "ME", FieldPath: "status.podIP"}},
 	}), "\n") + "\n"
 	for _, want := range []string{
-		"PATH=/opt/trellis/bin:", "GRAPH_ALPHA_SERVICE_HOST=10.201.0.1\n", "GRAPH_ALPHA_SERVICE_PORT=8080\n",
+		"PATH=/run/trellis/bin:", "GRAPH_ALPHA_SERVICE_HOST=10.201.0.1\n", "GRAPH_ALPHA_SERVICE_PORT=8080\n",
 		"GRAPH_ALPHA_SERVICE_PORT_GRPC=9080\n", "POD_NAMESPACE=db\n", "POD_IP=10.200.0.7\n",
 		"SERVICE_ACCOUNT=default\n", "POD_NAME=override\n", "ME=10.200.0.7\n",
 	} {

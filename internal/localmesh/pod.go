@@ -21,6 +21,7 @@ type pod struct {
 	obj        *catalog.Pod
 	hash       string // template hash, for pods of a Deployment
 	ip         netip.Addr
+	idBase     uint32 // host uid and gid of the pod's id 0
 	net        podNet
 	created    time.Time
 	containers []*container
@@ -81,9 +82,14 @@ func (r *Runtime) startPodLocked(obj *catalog.Pod, hash string) (p *pod, err err
 	if err != nil {
 		return nil, err
 	}
+	idBase, err := r.idRanges.allocate()
+	if err != nil {
+		r.podIPs.release(ip)
+		return nil, err
+	}
 	netnsName := podNetnsName(r.cfg.Prefix, obj.Namespace, obj.Name)
 	p = &pod{
-		obj: obj, hash: hash, ip: ip, created: time.Now(),
+		obj: obj, hash: hash, ip: ip, idBase: idBase, created: time.Now(),
 		net: podNet{
 			Netns:    netnsName,
 			HostLink: linkName("tv", netnsName),
@@ -117,7 +123,7 @@ func (r *Runtime) startPodLocked(obj *catalog.Pod, hash string) (p *pod, err err
 	}
 	specs := obj.Spec.Containers
 	if p.injected = r.injectedLocked(obj); p.injected {
-		if err := setUpCapture(netnsName, obj.Annotations); err != nil {
+		if err := setUpCapture(netnsName, obj.Annotations, p.sidecarHostID()); err != nil {
 			return p, fmt.Errorf("pod %s: %w", p.key(), err)
 		}
 		sidecar, err := r.prepareSidecarLocked(p)
@@ -130,7 +136,7 @@ func (r *Runtime) startPodLocked(obj *catalog.Pod, hash string) (p *pod, err err
 	p.cancel = cancel
 	for _, spec := range specs {
 		c := &container{
-			spec: spec, podName: p.key(), netns: netnsName, podIP: ip.String(),
+			spec: spec, podName: p.key(), netns: netnsName, sandbox: r.sandboxLocked(p, spec), podIP: ip.String(),
 			env:     r.containerEnvLocked(obj, ip, spec),
 			logPath: filepath.Join(logs, spec.Name+".log"),
 			policy:  obj.Spec.RestartPolicy, grace: obj.Spec.TerminationGrace,
@@ -140,7 +146,7 @@ func (r *Runtime) startPodLocked(obj *catalog.Pod, hash string) (p *pod, err err
 			state: stateWaiting, reason: "ContainerCreating",
 		}
 		if p.injected && spec.Name == sidecarName {
-			c.prestart = func() error { return r.mintToken(p) }
+			c.prestart = func(ctx context.Context) error { return r.prepareSidecarStart(ctx, p) }
 		}
 		p.containers = append(p.containers, c)
 		p.wg.Add(2)
@@ -201,6 +207,7 @@ func (r *Runtime) releasePodLocked(p *pod) {
 		_ = r.ledger.Remove(res.Kind, res.Name)
 	}
 	r.podIPs.release(p.ip)
+	r.idRanges.release(p.idBase)
 	if _, ok := r.guardPorts[p.net.HostLink]; ok {
 		delete(r.guardPorts, p.net.HostLink)
 		if err := r.syncGuardLocked(); err != nil {
@@ -218,7 +225,7 @@ func (r *Runtime) containerEnvLocked(obj *catalog.Pod, ip netip.Addr, c catalog.
 	if path == "" {
 		path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	}
-	env.set("PATH", filepath.Dir(r.cfg.Executable)+":"+path)
+	env.set("PATH", podBinDir+":"+path)
 	env.set("HOME", "/root")
 	env.set("HOSTNAME", obj.Name)
 	for _, svc := range r.desired.Services() {

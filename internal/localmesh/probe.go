@@ -2,6 +2,7 @@ package localmesh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -106,8 +107,17 @@ func (c *container) probeOnce(ctx context.Context) error {
 		}
 		return conn.Close()
 	default:
-		args := append([]string{NSExecCommand, c.netns, "--"}, p.Exec...)
-		cmd := exec.CommandContext(ctx, c.cfg.Executable, args...)
+		c.mu.Lock()
+		s, ok := c.execSandboxLocked()
+		c.mu.Unlock()
+		if !ok {
+			return errors.New("the container is not running")
+		}
+		args, err := sandboxArgs(c.cfg.Executable, s, p.Exec)
+		if err != nil {
+			return err
+		}
+		cmd := exec.CommandContext(ctx, c.cfg.Executable, args[1:]...)
 		cmd.Env = c.env
 		return cmd.Run()
 	}

@@ -145,15 +145,17 @@ func (c *Config) setDefaults() error {
 
 // Runtime runs one mesh. Create it with New and call Run once.
 type Runtime struct {
-	cfg     Config
-	ledger  *Ledger
-	podIPs  *ipam
-	vipIPs  *ipam
-	kick    chan struct{} // buffered(1): ask the loop to reconcile
-	ready   atomic.Bool   // the initial manifests have been reconciled
-	stopped chan struct{} // buffered(1): a pod finished stopping
-	quit    chan struct{} // closed by Shutdown
-	quitOne sync.Once
+	cfg    Config
+	ledger *Ledger
+	podIPs *ipam
+	vipIPs *ipam
+	// idRanges are the pods' host uid ranges; guarded by mu.
+	idRanges idRanges
+	kick     chan struct{} // buffered(1): ask the loop to reconcile
+	ready    atomic.Bool   // the initial manifests have been reconciled
+	stopped  chan struct{} // buffered(1): a pod finished stopping
+	quit     chan struct{} // closed by Shutdown
+	quitOne  sync.Once
 
 	mu      sync.Mutex
 	desired *manifest.Set             // guarded by mu: what the user applied
@@ -239,6 +241,9 @@ func (r *Runtime) Run(ctx context.Context, initial *manifest.Set, started func()
 		}
 	}()
 	if err := r.setupHost(); err != nil {
+		return err
+	}
+	if err := r.prepareSandboxRoot(); err != nil {
 		return err
 	}
 	if err := r.prepareNodeAgent(); err != nil {

@@ -114,6 +114,12 @@ func openNoFollow(path string, flag int, perm os.FileMode) (*os.File, error) {
 // following symlinks) and renames it over path. A symlink at path is
 // replaced, never written through.
 func writeFileAtomic(path string, data []byte) error {
+	return writeFileShared(path, data, -1)
+}
+
+// writeFileShared is writeFileAtomic for a file that group gid may read
+// (mode 0640, root's); gid -1 keeps it root's alone (0600).
+func writeFileShared(path string, data []byte, gid int) error {
 	tmp := path + ".tmp"
 	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
@@ -121,6 +127,15 @@ func writeFileAtomic(path string, data []byte) error {
 	f, err := openNoFollow(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
+	}
+	if gid >= 0 {
+		if err := f.Chown(-1, gid); err == nil {
+			err = f.Chmod(0o640)
+		}
+		if err != nil {
+			f.Close()
+			return err
+		}
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Close()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"time"
 
@@ -307,13 +308,138 @@ func podSpec(s corev1.PodSpec) (catalog.PodSpec, error) {
 	if len(s.InitContainers) > 0 {
 		return out, errors.New("spec.initContainers are not supported in one-host mode")
 	}
+	if err := checkPodSecurity(s.SecurityContext); err != nil {
+		return out, err
+	}
 	for _, c := range s.Containers {
 		cc, err := container(c)
+		if err == nil {
+			cc.Security, err = security(s.SecurityContext, c.SecurityContext)
+		}
 		if err != nil {
 			return out, fmt.Errorf("container %q: %w", c.Name, err)
 		}
 		out.Containers = append(out.Containers, cc)
 	}
+	return out, nil
+}
+
+// checkPodSecurity refuses the pod securityContext fields one-host mode
+// cannot honour; fsGroup and fsGroupChangePolicy concern volumes, which
+// one-host pods do not have.
+func checkPodSecurity(p *corev1.PodSecurityContext) error {
+	if p == nil {
+		return nil
+	}
+	for field, set := range map[string]bool{
+		"seLinuxOptions": p.SELinuxOptions != nil, "windowsOptions": p.WindowsOptions != nil,
+		"sysctls": len(p.Sysctls) > 0, "seccompProfile": p.SeccompProfile != nil,
+		"appArmorProfile": p.AppArmorProfile != nil, "supplementalGroupsPolicy": p.SupplementalGroupsPolicy != nil,
+		"seLinuxChangePolicy": p.SELinuxChangePolicy != nil,
+	} {
+		if set {
+			return fmt.Errorf("spec.securityContext.%s is not supported in one-host mode; remove it", field)
+		}
+	}
+	return nil
+}
+
+// security merges the pod's and the container's securityContext (the
+// container's fields win) and checks that one-host mode can honour it.
+func security(pod *corev1.PodSecurityContext, c *corev1.SecurityContext) (catalog.Security, error) {
+	var out catalog.Security
+	nonRoot := false
+	if pod != nil {
+		out.RunAsUser, out.RunAsGroup = pod.RunAsUser, pod.RunAsGroup
+		out.SupplementalGroups = pod.SupplementalGroups
+		nonRoot = pod.RunAsNonRoot != nil && *pod.RunAsNonRoot
+	}
+	if c != nil {
+		for field, set := range map[string]bool{
+			"seLinuxOptions": c.SELinuxOptions != nil, "windowsOptions": c.WindowsOptions != nil,
+			"seccompProfile": c.SeccompProfile != nil, "appArmorProfile": c.AppArmorProfile != nil,
+			"procMount":  c.ProcMount != nil && *c.ProcMount != corev1.DefaultProcMount,
+			"privileged": c.Privileged != nil && *c.Privileged,
+		} {
+			if set {
+				return out, fmt.Errorf("securityContext.%s is not supported in one-host mode; remove it", field)
+			}
+		}
+		if c.RunAsUser != nil {
+			out.RunAsUser = c.RunAsUser
+		}
+		if c.RunAsGroup != nil {
+			out.RunAsGroup = c.RunAsGroup
+		}
+		if c.RunAsNonRoot != nil {
+			nonRoot = *c.RunAsNonRoot
+		}
+		out.ReadOnlyRootFilesystem = c.ReadOnlyRootFilesystem != nil && *c.ReadOnlyRootFilesystem
+		out.AllowPrivilegeEscalation = c.AllowPrivilegeEscalation != nil && *c.AllowPrivilegeEscalation
+		if c.Capabilities != nil {
+			caps, err := capabilities(c.Capabilities)
+			if err != nil {
+				return out, err
+			}
+			out.Capabilities = caps
+		}
+	}
+	ids := map[string]*int64{"runAsUser": out.RunAsUser, "runAsGroup": out.RunAsGroup}
+	for i := range out.SupplementalGroups {
+		ids[fmt.Sprintf("supplementalGroups[%d]", i)] = &out.SupplementalGroups[i]
+	}
+	for field, id := range ids {
+		if id != nil && (*id < 0 || *id > catalog.MaxPodID) {
+			return out, fmt.Errorf("securityContext.%s %d: one-host pods have the ids 0-%d; choose one of them", field, *id, catalog.MaxPodID)
+		}
+	}
+	if nonRoot && out.UID() == 0 {
+		return out, errors.New("securityContext.runAsNonRoot is true but the container would run as root (uid 0): " +
+			"set securityContext.runAsUser to a non-zero uid (one-host pods have no image to take a user from)")
+	}
+	return out, nil
+}
+
+// capabilities returns what a container keeps: the default is none, so
+// that is capabilities.add ("ALL": every one) less capabilities.drop
+// ("ALL" there drops only the default set, which is empty).
+func capabilities(c *corev1.Capabilities) ([]string, error) {
+	name := func(field string, v corev1.Capability) (string, error) {
+		n := strings.TrimPrefix(strings.ToUpper(string(v)), "CAP_")
+		if _, ok := catalog.CapabilityNumbers[n]; !ok && n != "ALL" {
+			return "", fmt.Errorf("securityContext.capabilities.%s: %q is not a Linux capability (e.g. NET_BIND_SERVICE, CHOWN)", field, v)
+		}
+		return n, nil
+	}
+	drop := map[string]bool{}
+	for _, v := range c.Drop {
+		n, err := name("drop", v)
+		if err != nil {
+			return nil, err
+		}
+		drop[n] = true
+	}
+	keep := map[string]bool{}
+	for _, v := range c.Add {
+		n, err := name("add", v)
+		if err != nil {
+			return nil, err
+		}
+		if n != "ALL" {
+			keep[n] = true
+			continue
+		}
+		for all := range catalog.CapabilityNumbers {
+			keep[all] = true
+		}
+	}
+	var out []string
+	for n := range keep {
+		if !drop[n] {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
 	return out, nil
 }
 

@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -133,6 +134,18 @@ func TestBadManifests(t *testing.T) {
 			`mesh.yaml: PeerAuthentication db/pa: spec.portLevelMtls needs a selector (as in Istio)`},
 		{"policy peer with ipBlock and selector", ns + np("  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]"),
 			`mesh.yaml: NetworkPolicy db/np: spec.ingress[0].from[0]: ipBlock cannot be combined with podSelector or namespaceSelector`},
+		{"runAsNonRoot without a user", ns + pod("  - {name: c, command: [x], securityContext: {runAsNonRoot: true}}\n"),
+			`mesh.yaml: Pod db/p: container "c": securityContext.runAsNonRoot is true but the container would run as root (uid 0): set securityContext.runAsUser`},
+		{"pod runAsNonRoot with container uid 0", ns + pod("  - {name: c, command: [x], securityContext: {runAsUser: 0}}\n  securityContext: {runAsNonRoot: true, runAsUser: 1000}\n"),
+			`mesh.yaml: Pod db/p: container "c": securityContext.runAsNonRoot is true but the container would run as root`},
+		{"uid outside the pod's range", ns + pod("  - {name: c, command: [x], securityContext: {runAsUser: 70000}}\n"),
+			`mesh.yaml: Pod db/p: container "c": securityContext.runAsUser 70000: one-host pods have the ids 0-65535`},
+		{"unknown capability", ns + pod("  - {name: c, command: [x], securityContext: {capabilities: {add: [NET_FLY]}}}\n"),
+			`mesh.yaml: Pod db/p: container "c": securityContext.capabilities.add: "NET_FLY" is not a Linux capability`},
+		{"privileged", ns + pod("  - {name: c, command: [x], securityContext: {privileged: true}}\n"),
+			`mesh.yaml: Pod db/p: container "c": securityContext.privileged is not supported in one-host mode; remove it`},
+		{"pod sysctls", ns + pod("  - {name: c, command: [x]}\n  securityContext: {sysctls: [{name: net.core.somaxconn, value: '1024'}]}\n"),
+			`mesh.yaml: Pod db/p: spec.securityContext.sysctls is not supported in one-host mode; remove it`},
 		{"selector disagrees with template", ns + "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: db}\nspec:\n  selector: {matchLabels: {app: x}}\n  template:\n    metadata: {labels: {app: z}}\n    spec: {containers: [{name: c, command: [x]}]}\n",
 			`mesh.yaml: Deployment db/d: spec.selector app=x does not match the template's labels app=z`},
 	}
@@ -152,6 +165,41 @@ func TestBadManifests(t *testing.T) {
 				t.Errorf("error = %q, want one line", err)
 			}
 		})
+	}
+}
+
+func TestSecurityContextMerged(t *testing.T) {
+	yaml := `apiVersion: v1
+kind: Namespace
+metadata: {name: db}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: db}
+spec:
+  securityContext: {runAsUser: 1000, runAsGroup: 2000, runAsNonRoot: true, supplementalGroups: [3000]}
+  containers:
+  - name: app
+    command: [x]
+    securityContext:
+      runAsUser: 1001
+      readOnlyRootFilesystem: true
+      capabilities: {add: [cap_net_bind_service, CHOWN, KILL], drop: [ALL, KILL]}
+  - name: plain
+    command: [y]
+`
+	set, err := Parse([]Source{{Name: "m.yaml", Data: []byte(yaml)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := set.Get(catalog.Ref{Kind: catalog.KindPod, Namespace: "db", Name: "p"}).(*catalog.Pod)
+	app, plain := pod.Spec.Containers[0].Security, pod.Spec.Containers[1].Security
+	if app.UID() != 1001 || app.GID() != 2000 || !app.ReadOnlyRootFilesystem || app.AllowPrivilegeEscalation ||
+		!slices.Equal(app.Capabilities, []string{"CHOWN", "NET_BIND_SERVICE"}) || !slices.Equal(app.SupplementalGroups, []int64{3000}) {
+		t.Errorf("app security = %+v (uid %d gid %d)", app, app.UID(), app.GID())
+	}
+	if plain.UID() != 1000 || plain.GID() != 2000 || plain.ReadOnlyRootFilesystem || len(plain.Capabilities) != 0 {
+		t.Errorf("plain security = %+v (uid %d gid %d), want the pod's ids and nothing else", plain, plain.UID(), plain.GID())
 	}
 }
 

@@ -16,8 +16,12 @@ import (
 type Capture struct {
 	OutboundPort uint16 // where outbound TCP is redirected (15001)
 	InboundPort  uint16 // where inbound TCP is redirected (15006)
-	// ProxyMark marks the proxy's own sockets: their traffic is never
-	// captured, or the proxy would capture itself. Must be non-zero.
+	// ProxyUID and ProxyMark pick out the proxy's own sockets, whose
+	// traffic is never captured (or the proxy would capture itself): the
+	// host uid the proxy runs as (Istio's way: sockets of that uid pass)
+	// and a socket mark it sets (which needs CAP_NET_ADMIN over the pod's
+	// network). Zero: not used. At least one must be set.
+	ProxyUID  uint32
 	ProxyMark uint32
 	// ProxyPorts are ports of the proxy reached directly from outside
 	// (health, metrics); they are not redirected inbound.
@@ -30,11 +34,11 @@ type Capture struct {
 // ApplyCapture replaces table (in the pod's namespace) with c's rules, in
 // one transaction:
 //
-//	nat output:     proxy-marked -> return; to lo -> return; excluded dport -> return; tcp -> redirect :OutboundPort
+//	nat output:     proxy's uid or mark -> return; to lo -> return; excluded dport -> return; tcp -> redirect :OutboundPort
 //	nat prerouting: proxy ports and excluded dports -> return; tcp -> redirect :InboundPort
 func ApplyCapture(table Table, c Capture) error {
-	if c.ProxyMark == 0 || c.OutboundPort == 0 || c.InboundPort == 0 {
-		return fmt.Errorf("capture: proxy mark, outbound and inbound ports must be set")
+	if (c.ProxyMark == 0 && c.ProxyUID == 0) || c.OutboundPort == 0 || c.InboundPort == 0 {
+		return fmt.Errorf("capture: the proxy's uid or mark, outbound and inbound ports must be set")
 	}
 	conn, err := table.conn()
 	if err != nil {
@@ -45,12 +49,20 @@ func ApplyCapture(table Table, c Capture) error {
 	ret := &expr.Verdict{Kind: expr.VerdictReturn}
 
 	out := b.chain("output", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest)
-	b.rule(out,
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(c.ProxyMark), Xor: binaryutil.NativeEndian.PutUint32(0)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(c.ProxyMark)},
-		ret)
+	if c.ProxyUID != 0 {
+		b.rule(out,
+			&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(c.ProxyUID)},
+			ret)
+	}
+	if c.ProxyMark != 0 {
+		b.rule(out,
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(c.ProxyMark), Xor: binaryutil.NativeEndian.PutUint32(0)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(c.ProxyMark)},
+			ret)
+	}
 	b.rule(out,
 		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("lo")},

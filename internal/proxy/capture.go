@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"strconv"
@@ -16,11 +17,26 @@ const CaptureTable = "trellis-capture"
 // traffic.sidecar.istio.io/exclude{Inbound,Outbound}Ports annotations give
 // them.
 type CaptureFlags struct {
+	// ProxyUID is the uid the proxy runs as, as the host's kernel sees it:
+	// its sockets are not captured. Default DefaultProxyUID.
+	ProxyUID                        uint32
 	ExcludeInbound, ExcludeOutbound string // comma-separated ports
 }
 
+// DefaultProxyUID is the uid the proxy runs as unless told otherwise
+// (Istio's).
+const DefaultProxyUID = 1337
+
 // Register defines the flags on fs.
 func (c *CaptureFlags) Register(fs *flag.FlagSet) {
+	fs.Func("proxy-uid", "uid the proxy runs as, whose connections are not captured (default 1337)", func(v string) error {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || n == 0 {
+			return fmt.Errorf("%q is not a non-root uid", v)
+		}
+		c.ProxyUID = uint32(n)
+		return nil
+	})
 	fs.StringVar(&c.ExcludeInbound, "exclude-inbound", "", "comma-separated inbound ports not to capture")
 	fs.StringVar(&c.ExcludeOutbound, "exclude-outbound", "", "comma-separated outbound ports not to capture")
 }
@@ -38,7 +54,7 @@ func SetUpCapture(netns int, c CaptureFlags) error {
 		return fmt.Errorf("exclude-outbound: %w", err)
 	}
 	return nft.ApplyCapture(nft.Table{Name: CaptureTable, NetNS: netns}, nft.Capture{
-		OutboundPort: 15001, InboundPort: 15006, ProxyMark: DefaultMark,
+		OutboundPort: 15001, InboundPort: 15006, ProxyUID: cmp.Or(c.ProxyUID, DefaultProxyUID),
 		ProxyPorts:     []uint16{15000, 15020, 15021},
 		ExcludeInbound: in, ExcludeOutbound: out,
 	})

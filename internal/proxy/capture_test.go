@@ -201,7 +201,7 @@ func TestTransparentCapture(t *testing.T) {
 			t.Errorf("OriginalDst(direct) = %s, %v; want the local address or ErrNotRedirected", dst, err)
 		}
 	})
-	if err := nft.ApplyCapture(nft.Table{Name: "x", NetNS: fd}, nft.Capture{}); fmt.Sprint(err) != "capture: proxy mark, outbound and inbound ports must be set" {
+	if err := nft.ApplyCapture(nft.Table{Name: "x", NetNS: fd}, nft.Capture{}); fmt.Sprint(err) != "capture: the proxy's uid or mark, outbound and inbound ports must be set" {
 		t.Errorf("ApplyCapture(zero) = %v", err)
 	}
 }

@@ -51,8 +51,12 @@ func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
 }
 
 // MarkedDialer returns a dialer whose sockets carry mark, so the pod's
-// capture rules let the proxy's own connections through.
+// capture rules let the proxy's own connections through; mark 0: a plain
+// dialer.
 func MarkedDialer(mark int) *net.Dialer {
+	if mark == 0 {
+		return &net.Dialer{}
+	}
 	return &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {

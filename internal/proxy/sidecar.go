@@ -55,8 +55,9 @@ type Config struct {
 	// (metrics, /stats/prometheus) and 127.0.0.1:15000 (admin is never
 	// reachable from outside the pod).
 	OutboundAddr, InboundAddr, HealthAddr, MetricsAddr, AdminAddr string
-	// Mark is the socket mark of the proxy's own connections, which the
-	// pod's capture rules let through. Default 0x539.
+	// Mark, when not zero, is set on the proxy's own connections (it
+	// needs CAP_NET_ADMIN over the pod's network). Default 0: the capture
+	// rules let the proxy through by its uid instead.
 	Mark int
 	// Drain is how long in-flight requests may finish after SIGTERM.
 	// Default 5 s.
@@ -86,9 +87,6 @@ type Config struct {
 	AccessLog string
 }
 
-// DefaultMark is the default socket mark of the proxy's own connections.
-const DefaultMark = 0x539
-
 func (c *Config) setDefaults() error {
 	switch {
 	case c.ControlPlane != "":
@@ -111,9 +109,6 @@ func (c *Config) setDefaults() error {
 	def(&c.HealthAddr, ":15021")
 	def(&c.MetricsAddr, ":15020")
 	def(&c.AdminAddr, "127.0.0.1:15000")
-	if c.Mark == 0 {
-		c.Mark = DefaultMark
-	}
 	if c.Drain <= 0 {
 		c.Drain = 5 * time.Second
 	}
