@@ -49,6 +49,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// sharedDir is a directory on the host that pods can read when it is their
+// working directory (t.TempDir's are root's alone).
+func sharedDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "trellis-e2e-shared")
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -212,6 +227,7 @@ spec:
       containers:
       - name: server
         command: [trellis, example, hello-server, --listen, ":8080"]
+        workingDir: %[1]s
         ports: [{name: http, containerPort: 8080}]
         readinessProbe:
           exec: {command: [sh, -c, "test ! -e %[1]s/$POD_NAME"]}
@@ -239,7 +255,9 @@ func TestUpExecDownRoundTrip(t *testing.T) {
 		t.Fatal("curl is needed inside pods; install it (the test command does: apt-get install curl)")
 	}
 	forwardBefore := readSysctl(t, "/proc/sys/net/ipv4/ip_forward")
-	unready := t.TempDir()
+	// Markers the readiness probes look for: in the pods' working
+	// directory, the one host directory their view shows.
+	unready := sharedDir(t)
 	m.up(fmt.Sprintf(roundTripMesh, unready))
 
 	var replicas []localmesh.PodStatus
@@ -451,6 +469,8 @@ func TestUpRefusesBadInput(t *testing.T) {
 		{"pod and service ranges overlap", smallMesh, []string{"--pod-cidr", "10.210.0.0/16", "--service-cidr", "10.210.128.0/24"}, "pod range 10.210.0.0/16 overlaps service range 10.210.128.0/24"},
 		{"a CA certificate without its key", smallMesh, []string{"--ca-cert", "/etc/hostname"}, "--ca-cert and --ca-key go together"},
 		{"a CA that is not a certificate", smallMesh, []string{"--ca-cert", "/etc/hostname", "--ca-key", "/etc/hostname"}, "--ca-cert/--ca-key: load CA: the certificate file must start with a CA certificate"},
+		{"runAsNonRoot without a user", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, command: [sleep, '9'], securityContext: {runAsNonRoot: true}}]\n",
+			nil, `Pod default/p: container "c": securityContext.runAsNonRoot is true but the container would run as root (uid 0): set securityContext.runAsUser`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -595,4 +595,73 @@ func TestMeshMembersOnlyExample(t *testing.T) {
 	if out := probe("client-allow"); strings.Count(out, " ok") != 2 {
 		t.Errorf("with the policy, client-allow reaches %q; want both ports", out)
 	}
+
+	// Every other address the database pods have, TCP and UDP: the VIP
+	// and the pod addresses, and no IPv6 address at all (so none to reach).
+	var direct []string
+	for _, p := range m.pods("db") {
+		for _, port := range []string{"8080", "9080"} {
+			direct = append(direct, "tcp/"+p.IP+":"+port, "udp/"+p.IP+":"+port)
+		}
+		if v6 := m.must("exec", "-n", "db", p.Name, "-c", "alpha", "--", "cat", "/proc/net/if_inet6"); strings.Count(v6, "\n") != 1 || !strings.HasSuffix(v6, " lo\n") {
+			t.Errorf("pod %s has IPv6 addresses beyond lo's ::1:\n%s", p.Name, v6)
+		}
+	}
+	probeAll := func(ns string, targets []string) string {
+		return m.must(append([]string{"exec", "-n", ns, "client", "--", "trellis", "example", "probe", "--timeout", "1s"}, targets...)...)
+	}
+	if out := probeAll("client-deny", direct); strings.Contains(out, " ok") {
+		t.Errorf("with the policy, client-deny reaches pod addresses:\n%s", out)
+	}
+	if out := probeAll("client-allow", direct); strings.Contains(out, " fail") {
+		t.Errorf("with the policy, client-allow fails on pod addresses:\n%s", out)
+	}
+	// Multicast to all hosts of the link: the guard drops it whatever the
+	// policies say (pods have no broadcast domain) and counts it.
+	guard := nft.Table{Name: localmesh.GuardTable("trellis")}
+	before, err := nft.GuardCounts(guard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probeAll("client-deny", []string{"udp/224.0.0.1:8080", "udp/224.0.0.1:9080"})
+	after, err := nft.GuardCounts(guard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after[nft.GuardBroadcast] < before[nft.GuardBroadcast]+2 {
+		t.Errorf("multicast from client-deny: the guard's broadcast counter went %d -> %d, want +2", before[nft.GuardBroadcast], after[nft.GuardBroadcast])
+	}
+}
+
+// With STRICT mutual TLS in the database's namespace and no policy,
+// nothing reaches the app unencrypted: the client outside the mesh fails on
+// the VIP and every pod address; the meshed client still reaches the
+// service. (A meshed client dialling a pod address directly is passed
+// through unencrypted, as Istio's PassthroughCluster does, and STRICT
+// refuses it too.)
+func TestStrictWithoutPolicy(t *testing.T) {
+	m := newMesh(t)
+	strict := "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: db}\nspec: {mtls: {mode: STRICT}}\n"
+	mesh, err := os.ReadFile("../../examples/mesh-members-only/mesh.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.up(string(mesh) + strict)
+	waitFor(t, "the database pods to be ready", 30*time.Second, func() bool {
+		return len(m.service("db", "graph-alpha").Endpoints) == 4
+	})
+	vip := []string{"tcp/graph-alpha.db.svc.cluster.local:8080", "tcp/graph-alpha.db.svc.cluster.local:9080"}
+	all := vip
+	for _, p := range m.pods("db") {
+		all = append(all, "tcp/"+p.IP+":8080", "tcp/"+p.IP+":9080")
+	}
+	probe := func(ns string, targets []string) string {
+		return m.must(append([]string{"exec", "-n", ns, "client", "--", "trellis", "example", "probe", "--timeout", "1s"}, targets...)...)
+	}
+	waitFor(t, "the meshed client to reach the service", 10*time.Second, func() bool {
+		return !strings.Contains(probe("client-allow", vip), " fail")
+	})
+	if out := probe("client-deny", all); strings.Contains(out, " ok") {
+		t.Errorf("STRICT: the client outside the mesh reaches the app in plaintext:\n%s", out)
+	}
 }

@@ -187,7 +187,7 @@ func TestSidecarsBalanceAndEncrypt(t *testing.T) {
 		for _, p := range append(m.pods("web"), m.pods("client")...) {
 			for _, c := range p.Containers {
 				if c.Name == "trellis-proxy" && c.PID > 0 {
-					pids = append(pids, c.PID)
+					pids = append(pids, containerProcess(t, c.PID))
 				}
 			}
 		}
