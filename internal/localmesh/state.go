@@ -129,7 +129,8 @@ func writeFileShared(path string, data []byte, gid int) error {
 		return err
 	}
 	if gid >= 0 {
-		if err := f.Chown(-1, gid); err == nil {
+		err := f.Chown(-1, gid)
+		if err == nil {
 			err = f.Chmod(0o640)
 		}
 		if err != nil {
