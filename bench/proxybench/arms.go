@@ -161,11 +161,13 @@ func startTrellis(ctx context.Context, o options, t *topo) (proxies, error) {
 		if err := os.WriteFile(cfg, []byte(configs[side.name]), 0o600); err != nil {
 			return p, err
 		}
-		if _, err := run(ctx, side.ns, "0,1", o.proxy, "redirect"); err != nil {
+		// The proxy runs as root here, so the capture rules let it
+		// through by the mark it sets rather than by its uid.
+		if _, err := run(ctx, side.ns, "0,1", o.proxy, "redirect", "--proxy-mark", proxyMark); err != nil {
 			return p, err
 		}
 		pr, err := t.start("trellis-"+side.name, side.ns, t.cpus(true), []string{"GOMAXPROCS=" + strconv.Itoa(t.workers)},
-			o.proxy, "--config", cfg, "--cert", filepath.Join(t.dir, side.name+".crt"), "--key", filepath.Join(t.dir, side.name+".key"),
+			o.proxy, "--mark", proxyMark, "--config", cfg, "--cert", filepath.Join(t.dir, side.name+".crt"), "--key", filepath.Join(t.dir, side.name+".key"),
 			"--bundle", filepath.Join(t.dir, "ca.pem"), "--access-log", "off")
 		if err != nil {
 			return p, err
@@ -177,6 +179,10 @@ func startTrellis(ctx context.Context, o options, t *topo) (proxies, error) {
 	}
 	return p, nil
 }
+
+// proxyMark is the socket mark the benchmark's proxies set and their capture
+// rules let through.
+const proxyMark = "0x539"
 
 // startPair writes a client and a server config from the templates, checks
 // each with argv(config file) plus the check flag, and runs them.

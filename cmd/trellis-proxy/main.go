@@ -1,7 +1,7 @@
 // Command trellis-proxy is the sidecar proxy (see internal/proxy).
 //
 //	trellis-proxy --config FILE --cert FILE --key FILE --bundle FILE   run the sidecar
-//	trellis-proxy redirect [--exclude-inbound P,P] [--exclude-outbound P,P]
+//	trellis-proxy redirect [--proxy-uid UID] [--proxy-mark MARK] [--exclude-inbound P,P] [--exclude-outbound P,P]
 //	                                                                   set up capture in this pod
 //
 // It must stay lean: it never links the control plane's packages or

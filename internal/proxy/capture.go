@@ -19,7 +19,10 @@ const CaptureTable = "trellis-capture"
 type CaptureFlags struct {
 	// ProxyUID is the uid the proxy runs as, as the host's kernel sees it:
 	// its sockets are not captured. Default DefaultProxyUID.
-	ProxyUID                        uint32
+	ProxyUID uint32
+	// ProxyMark, when not zero, lets sockets with that mark through too,
+	// for a proxy that runs as root and marks its sockets (--mark).
+	ProxyMark                       uint32
 	ExcludeInbound, ExcludeOutbound string // comma-separated ports
 }
 
@@ -35,6 +38,14 @@ func (c *CaptureFlags) Register(fs *flag.FlagSet) {
 			return fmt.Errorf("%q is not a non-root uid", v)
 		}
 		c.ProxyUID = uint32(n)
+		return nil
+	})
+	fs.Func("proxy-mark", "socket mark of the proxy's own connections, also let through (the proxy's --mark)", func(v string) error {
+		n, err := strconv.ParseUint(v, 0, 32)
+		if err != nil {
+			return fmt.Errorf("%q is not a mark (a 32-bit number)", v)
+		}
+		c.ProxyMark = uint32(n)
 		return nil
 	})
 	fs.StringVar(&c.ExcludeInbound, "exclude-inbound", "", "comma-separated inbound ports not to capture")
@@ -54,7 +65,7 @@ func SetUpCapture(netns int, c CaptureFlags) error {
 		return fmt.Errorf("exclude-outbound: %w", err)
 	}
 	return nft.ApplyCapture(nft.Table{Name: CaptureTable, NetNS: netns}, nft.Capture{
-		OutboundPort: 15001, InboundPort: 15006, ProxyUID: cmp.Or(c.ProxyUID, DefaultProxyUID),
+		OutboundPort: 15001, InboundPort: 15006, ProxyUID: cmp.Or(c.ProxyUID, DefaultProxyUID), ProxyMark: c.ProxyMark,
 		ProxyPorts:     []uint16{15000, 15020, 15021},
 		ExcludeInbound: in, ExcludeOutbound: out,
 	})

@@ -468,6 +468,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "how long in-flight requests may finish after SIGTERM")
 	fs.DurationVar(&c.WriteIdleTimeout, "write-idle-timeout", 5*time.Minute, "cut off a response the client stops reading for this long")
 	fs.IntVar(&c.MaxConnections, "max-connections", DefaultMaxConnections, "connections each side (outbound, inbound) may hold open at once")
+	fs.IntVar(&c.Mark, "mark", 0, "socket mark of the proxy's own connections, for capture rules set up with --proxy-mark (needs CAP_NET_ADMIN); 0: none, the rules let the proxy through by its uid")
 	fs.Func("upstream", "explicit listener NAME.NAMESPACE:PORT=127.0.0.1:LOCALPORT for hosts without the redirect rules (repeatable)", func(v string) error {
 		up, err := ParseUpstream(v)
 		if err == nil {
