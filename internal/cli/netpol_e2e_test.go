@@ -9,10 +9,13 @@ package cli_test
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -630,6 +633,19 @@ func TestMeshMembersOnlyExample(t *testing.T) {
 	}
 	if after[nft.GuardBroadcast] < before[nft.GuardBroadcast]+2 {
 		t.Errorf("multicast from client-deny: the guard's broadcast counter went %d -> %d, want +2", before[nft.GuardBroadcast], after[nft.GuardBroadcast])
+	}
+	// And the node agent shows the count.
+	resp, err := http.Get("http://127.0.0.1:15090/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	const series = `trellis_guard_dropped_packets_total{reason="broadcast"} `
+	_, value, _ := strings.Cut(string(metrics), series)
+	value, _, _ = strings.Cut(value, "\n")
+	if n, err := strconv.ParseUint(value, 10, 64); err != nil || n < after[nft.GuardBroadcast] {
+		t.Errorf("node agent metrics: %s%q, want at least %d", series, value, after[nft.GuardBroadcast])
 	}
 }
 

@@ -43,6 +43,7 @@ func newNodeAgentCmd(o *options) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&cfg.Table, "table", "trellis-netpol", "nftables table (family ip) the agent owns")
 	cmd.Flags().StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:15090", "address for /metrics; empty disables")
+	cmd.Flags().StringVar(&cfg.GuardTable, "guard-table", "", "bridge table guarding the pods' links, whose drop counters /metrics shows (trellis up sets it)")
 	cmd.Flags().DurationVar(&cfg.Resync, "resync", 500*time.Millisecond, "how often the kernel is checked against the applied rules")
 	return cmd
 }

@@ -333,7 +333,8 @@ func (r *Runtime) prepareNodeAgent() error {
 	}
 	// The kernel keeps enforcing while it is down, but come back quickly.
 	r.agent = r.hostProcess("node-agent", []string{r.cfg.Executable, "node-agent",
-		"--state-dir", r.cfg.StateDir, "--table", r.policyTable(), "--metrics-addr", r.cfg.NodeAgentMetrics}, 500*time.Millisecond)
+		"--state-dir", r.cfg.StateDir, "--table", r.policyTable(), "--metrics-addr", r.cfg.NodeAgentMetrics,
+		"--guard-table", GuardTable(r.cfg.Prefix)}, 500*time.Millisecond)
 	return nil
 }
 

@@ -56,6 +56,9 @@ type Config struct {
 	Resync time.Duration
 	// MetricsAddr is where /metrics is served; empty serves nothing.
 	MetricsAddr string
+	// GuardTable, when set, is the bridge table guarding the pods' links
+	// (kept by the runtime), whose drop counters /metrics shows.
+	GuardTable string
 }
 
 // Agent enforces NetworkPolicies. Create with New, then Run.
@@ -215,6 +218,25 @@ func (c deniedCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// guardCollector reads the bridge guard's drop counters at scrape time.
+type guardCollector struct {
+	table string
+	desc  *prometheus.Desc
+}
+
+func (c guardCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c guardCollector) Collect(ch chan<- prometheus.Metric) {
+	counts, err := nft.GuardCounts(nft.Table{Name: c.table})
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	for reason, packets := range counts {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(packets), reason)
+	}
+}
+
 // flowCollector reads the kernel's per-address-pair denial counts at
 // scrape time and names the pods at either end.
 type flowCollector struct {
@@ -282,6 +304,13 @@ func (a *Agent) serveMetrics() (*http.Server, error) {
 			"Packets dropped because no NetworkPolicy allowed them, per source and destination pod (\"unknown\" for other addresses) seen in the last 10 minutes.",
 			[]string{"source_namespace", "source_pod", "destination_namespace", "destination_pod"}, nil),
 	})
+	if a.cfg.GuardTable != "" {
+		reg.MustRegister(guardCollector{table: a.cfg.GuardTable,
+			desc: prometheus.NewDesc("trellis_guard_dropped_packets_total",
+				"Packets the pods' links may not carry, dropped whatever the policies say, by reason: "+
+					"spoofed (a source MAC or address not the link's own), broadcast (IPv4 broadcast and multicast), ipv6, other.",
+				[]string{"reason"}, nil)})
+	}
 	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listener: %w", err)
