@@ -3,8 +3,9 @@
 # It installs what the suite needs when missing, checks that generated code
 # is current, then runs go vet,
 # staticcheck, a short fuzz smoke run of each parser, and go test -race over
-# every package, and last short runs of the proxy benchmark (bench/run.sh:
-# it must keep working; its figures are not checked here). Run it as root:
+# every package, short runs of the proxy benchmark (bench/run.sh: it must
+# keep working; its figures are not checked here), and last the Kubernetes
+# tier on a real single-node cluster (test/k8sbed). Run it as root:
 # the network-namespace tests and the benchmark skip, saying so, without
 # root.
 set -euo pipefail
@@ -105,3 +106,19 @@ fi
 
 log "control-plane benchmark smoke run (bench/run-control.sh with 50 proxies; the figures are not checked)"
 bench/run-control.sh -proxies 50 -flips 2
+
+# The Kubernetes tier: a real single-node cluster (test/k8sbed, its own
+# module). Its components build once per version set into
+# /var/cache/trellis-k8sbed (a cold build takes about 15 minutes on 2 cores).
+log "Kubernetes test bed (test/k8sbed)"
+if [ "$(id -u)" -eq 0 ]; then
+  scripts/k8sbed.sh build
+  (
+    cd test/k8sbed
+    go vet ./...
+    "$GOBIN/staticcheck" ./...
+    go test -count=1 -timeout 45m ./...
+  )
+else
+  echo "NOTE: not root: the Kubernetes tier skips" >&2
+fi

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestBedRunsPodsAndCleansUp brings the bed up (building it when the cache
+// lacks this version set), runs a Deployment of a locally built image,
+// reaches it from the host by pod address and ClusterIP, resolves a
+// service name through cluster DNS from inside a pod, and takes the bed
+// down again, checking that nothing of it is left on the host.
+func TestBedRunsPodsAndCleansUp(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the bed makes a network namespace, mounts and cgroups")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute) // a cold build is most of it
+	defer cancel()
+	bed := &Bed{cfg: Config{
+		Dir:    filepath.Join(t.TempDir(), "bed"),
+		Cache:  envOr("K8SBED_CACHE", "/var/cache/trellis-k8sbed"),
+		Source: ".",
+	}}
+	t.Cleanup(func() {
+		if err := bed.Down(context.Background()); err != nil {
+			t.Errorf("Down() = %v", err)
+		}
+	})
+	start := time.Now()
+	step := func(what string) { t.Logf("%6.1fs %s", time.Since(start).Seconds(), what) }
+	if err := bed.Up(ctx); err != nil {
+		t.Fatalf("Up() = %v", err)
+	}
+	step("up")
+
+	hello := filepath.Join(t.TempDir(), "hello")
+	build := exec.Command("go", "build", "-o", hello, "./testdata/hello")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build hello: %v\n%s", err, out)
+	}
+	if err := bed.LoadImage(ctx, "trellis.local/test/hello:1", hello, nil); err != nil {
+		t.Fatal(err)
+	}
+	manifest := filepath.Join(t.TempDir(), "hello.yaml")
+	if err := os.WriteFile(manifest, []byte(helloManifest), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A fresh namespace's default ServiceAccount comes a moment later.
+	if _, err := bed.kubectl(ctx, "create", "namespace", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(ctx, "apply", 30*time.Second, func() error {
+		_, err := bed.kubectl(ctx, "apply", "-f", manifest)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bed.kubectl(ctx, "-n", "hello", "rollout", "status", "deployment/hello", "--timeout=90s"); err != nil {
+		t.Fatal(err)
+	}
+	step("hello deployed")
+	podIP, _ := bed.kubectl(ctx, "-n", "hello", "get", "pods", "-o", "jsonpath={.items[0].status.podIP}")
+	clusterIP, _ := bed.kubectl(ctx, "-n", "hello", "get", "service", "hello", "-o", "jsonpath={.spec.clusterIP}")
+
+	for _, url := range []string{"http://" + podIP + ":8080/", "http://" + clusterIP + ":80/"} {
+		if got := get(t, url); !strings.HasPrefix(got, "hello from hello-") {
+			t.Errorf("GET %s from the host = %q, want the pod's greeting", url, got)
+		}
+	}
+	want := "[" + clusterIP + "]"
+	if got := strings.TrimSpace(get(t, "http://"+podIP+":8080/resolve?name=hello.hello.svc.cluster.local")); got != want {
+		t.Errorf("cluster DNS in the pod: hello.hello.svc.cluster.local = %q, want %s", got, want)
+	}
+
+	step("reached and resolved")
+	if err := bed.Down(ctx); err != nil {
+		t.Fatalf("Down() = %v", err)
+	}
+	step("down")
+	checkNothingLeft(t, bed)
+
+	// A crash: every component SIGKILLed with the pods still running
+	// (their shims, containers, cgroups, mounts and network namespaces).
+	if err := bed.Up(ctx); err != nil {
+		t.Fatalf("Up() again = %v", err)
+	}
+	step("up again")
+	for _, p := range processes() {
+		if err := syscall.Kill(bed.pid(p.name), syscall.SIGKILL); err != nil {
+			t.Errorf("kill %s: %v", p.name, err)
+		}
+	}
+	if err := bed.Down(ctx); err != nil {
+		t.Fatalf("Down() after a crash = %v", err)
+	}
+	step("down after a crash")
+	checkNothingLeft(t, bed)
+}
+
+// checkNothingLeft fails t for anything of the bed left on the host.
+func checkNothingLeft(t *testing.T, bed *Bed) {
+	t.Helper()
+	for _, p := range append([]string{"/run/netns/" + netnsName, "/sys/class/net/" + hostLink, bed.cfg.Dir}, pathsOutsideDir...) {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("after Down, %s is still there", p)
+		}
+	}
+	if left, _ := filepath.Glob("/sys/fs/cgroup/*/kubepods*"); len(left) > 0 {
+		t.Errorf("after Down, pod cgroups are left: %v", left)
+	}
+	if pids := running("-f", bed.bin); len(pids) > 0 {
+		t.Errorf("after Down, processes of the bed still run: %v", pids)
+	}
+	if pids := running("-x", "pause"); len(pids) > 0 {
+		t.Errorf("after Down, pod sandboxes still run: %v", pids)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), bed.cfg.Dir) {
+		t.Errorf("after Down, mounts under %s are left", bed.cfg.Dir)
+	}
+	if routes, _ := exec.Command("ip", "route", "show", podCIDR).Output(); len(routes) > 0 {
+		t.Errorf("after Down, the route to the pods is left: %s", routes)
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second}
+	var last error
+	for range 20 {
+		resp, err := client.Get(url)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return string(body)
+		}
+		last = err
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Errorf("GET %s: %v", url, last)
+	return fmt.Sprint(last)
+}
+
+const helloManifest = `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello, namespace: hello}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: hello}}
+  template:
+    metadata: {labels: {app: hello}}
+    spec:
+      containers:
+      - name: hello
+        image: trellis.local/test/hello:1
+        imagePullPolicy: Never
+        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+        ports: [{containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello, namespace: hello}
+spec:
+  selector: {app: hello}
+  ports: [{port: 80, targetPort: 8080}]
+`
+
+// running lists the processes pgrep finds with args that are alive (a
+// killed one may wait a moment for its reaper).
+func running(args ...string) []int {
+	out, _ := exec.Command("pgrep", args...).Output()
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		pid, _ := strconv.Atoi(f)
+		for i := 0; alive(pid) && i < 50; i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if alive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// The images every node needs, built from the bed's binaries (there is no
+// registry to pull from).
+const (
+	pauseImage   = "trellis.local/k8sbed/pause:bed"
+	corednsImage = "trellis.local/k8sbed/coredns:bed"
+)
+
+// LoadImage builds a one-layer image whose only file is binary (a static
+// executable; a bare name is one of the bed's), started as
+// /NAME ARGS..., and imports it into the node's containerd as ref.
+func (b *Bed) LoadImage(ctx context.Context, ref, binary string, args []string) error {
+	if b.bin == "" {
+		data, err := os.ReadFile(b.path("bin"))
+		if err != nil {
+			return fmt.Errorf("the bed is not up: %w", err)
+		}
+		b.bin = string(data)
+	}
+	if !strings.Contains(binary, "/") {
+		binary = filepath.Join(b.bin, binary)
+	}
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return fmt.Errorf("image %q: %w", ref, err)
+	}
+	exe, err := os.ReadFile(binary)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", ref, err)
+	}
+	base := filepath.Base(binary)
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(tarOf(base, exe))), nil
+	})
+	if err != nil {
+		return err
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return err
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture = "linux", "amd64"
+	cfg.Config.Entrypoint = append([]string{"/" + base}, args...)
+	if img, err = mutate.ConfigFile(img, cfg); err != nil {
+		return err
+	}
+	archive := b.path("images", strings.NewReplacer("/", "_", ":", "_").Replace(ref)+".tar")
+	if err := os.MkdirAll(filepath.Dir(archive), 0o700); err != nil {
+		return err
+	}
+	if err := tarball.WriteToFile(archive, tag, img); err != nil {
+		return fmt.Errorf("image %s: %w", ref, err)
+	}
+	out, err := exec.CommandContext(ctx, filepath.Join(b.bin, "ctr"), "--address", b.containerdSocket(),
+		"-n", "k8s.io", "images", "import", archive).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("import image %s: %w: %s", ref, err, out)
+	}
+	return nil
+}
+
+// tarOf is a tar archive holding one executable at /name.
+func tarOf(name string, exe []byte) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	_ = tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(exe)), Typeflag: tar.TypeReg})
+	_, _ = tw.Write(exe)
+	_ = tw.Close()
+	return buf.Bytes()
+}
