@@ -7,7 +7,6 @@ import (
 	"go/token"
 	"io"
 	"io/fs"
-	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
@@ -88,19 +87,30 @@ func TestDependencyRules(t *testing.T) {
 			}
 		}
 	}
-	forbidden := []string{module + "/internal/ca", module + "/internal/discovery", module + "/internal/push",
-		module + "/internal/proxycfg", "k8s.io/client-go"}
-	// Deps is the whole transitive dependency list: of the proxy binary,
-	// and already of the packages it is built from.
-	proxySide := []string{"./internal/proxy", "./internal/meshtls", "./internal/balancer", "./internal/controlclient"}
-	if _, err := os.Stat("cmd/trellis-proxy"); err == nil {
-		proxySide = append(proxySide, "./cmd/trellis-proxy")
+	// Each binary links only what it runs. Deps is the whole transitive
+	// dependency list: of each binary, and already of the packages the
+	// proxy is built from.
+	cli := []string{module + "/internal/cli", module + "/examples", "github.com/spf13/cobra", "github.com/chromedp"}
+	binaries := []struct {
+		pkgs      []string
+		forbidden []string
+	}{
+		{[]string{"./cmd/trellis-proxy", "./internal/proxy", "./internal/meshtls", "./internal/balancer", "./internal/controlclient"},
+			append([]string{module + "/internal/ca", module + "/internal/discovery", module + "/internal/push",
+				module + "/internal/proxycfg", module + "/internal/localmesh", "k8s.io/client-go"}, cli...)},
+		{[]string{"./cmd/trellis-node"},
+			append([]string{module + "/internal/proxy", module + "/internal/controlplane", module + "/internal/dashboard",
+				module + "/internal/localmesh", module + "/internal/ca"}, cli...)},
+		{[]string{"./cmd/trellis-control"},
+			append([]string{module + "/internal/proxy", module + "/internal/localmesh", module + "/internal/nodeagent"}, cli...)},
 	}
-	for _, bin := range listPackages(t, proxySide...) {
-		for _, d := range bin.Deps {
-			for _, f := range forbidden {
-				if d == f || strings.HasPrefix(d, f+"/") {
-					t.Errorf("%s depends on %s; the proxy must not link it", bin.ImportPath, d)
+	for _, b := range binaries {
+		for _, pkg := range listPackages(t, b.pkgs...) {
+			for _, d := range pkg.Deps {
+				for _, f := range b.forbidden {
+					if d == f || strings.HasPrefix(d, f+"/") {
+						t.Errorf("%s depends on %s; it must not link it", pkg.ImportPath, d)
+					}
 				}
 			}
 		}

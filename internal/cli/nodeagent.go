@@ -1,12 +1,11 @@
 package cli
 
 import (
-	"context"
+	"flag"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -15,7 +14,7 @@ import (
 )
 
 // newNodeAgentCmd runs the node agent against a one-host mesh. `trellis up`
-// starts it; cmd/trellis-node runs the same command as its own binary.
+// starts it; cmd/trellis-node runs the same agent as its own binary.
 func newNodeAgentCmd(o *options) *cobra.Command {
 	var cfg nodeagent.Config
 	cmd := &cobra.Command{
@@ -31,7 +30,7 @@ func newNodeAgentCmd(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg.Source = meshSource{localmesh.NewClient(stateDir)}
+			cfg.Source = nodeagent.OneHostSource(localmesh.SocketPath(stateDir))
 			agent, err := nodeagent.New(cfg)
 			if err != nil {
 				return err
@@ -41,27 +40,8 @@ func newNodeAgentCmd(o *options) *cobra.Command {
 			return agent.Run(ctx)
 		},
 	}
-	cmd.Flags().StringVar(&cfg.Table, "table", "trellis-netpol", "nftables table (family ip) the agent owns")
-	cmd.Flags().StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:15090", "address for /metrics; empty disables")
-	cmd.Flags().StringVar(&cfg.GuardTable, "guard-table", "", "bridge table guarding the pods' links, whose drop counters /metrics shows (trellis up sets it)")
-	cmd.Flags().DurationVar(&cfg.Resync, "resync", 500*time.Millisecond, "how often the kernel is checked against the applied rules")
+	fs := flag.NewFlagSet("node-agent", flag.ContinueOnError)
+	cfg.RegisterFlags(fs)
+	cmd.Flags().AddGoFlagSet(fs)
 	return cmd
-}
-
-// NodeAgentCommand is the node agent as a root command, for cmd/trellis-node.
-func NodeAgentCommand(stateDir string) *cobra.Command {
-	o := &options{stateDir: stateDir, out: os.Stdout, err: os.Stderr}
-	cmd := newNodeAgentCmd(o)
-	cmd.Use, cmd.Hidden = "trellis-node", false
-	cmd.SilenceUsage = true
-	cmd.PersistentFlags().StringVar(&o.stateDir, "state-dir", stateDir, "state directory of the one-host mesh to enforce")
-	return cmd
-}
-
-// meshSource feeds the agent from a one-host mesh's API.
-type meshSource struct{ c *localmesh.Client }
-
-func (s meshSource) Next(ctx context.Context, version uint64, wait time.Duration) (nodeagent.Snapshot, error) {
-	snap, err := s.c.Policy(ctx, version, wait)
-	return nodeagent.Snapshot{Version: snap.Version, Input: snap.Input}, err
 }

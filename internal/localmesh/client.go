@@ -25,8 +25,12 @@ type Client struct {
 // NewClient returns a client for the mesh using stateDir. It does not
 // connect until a call is made.
 func NewClient(stateDir string) *Client {
-	return &Client{stateDir: stateDir, api: unixapi.NewClient(filepath.Join(stateDir, socketFile), 60*time.Second)}
+	return &Client{stateDir: stateDir, api: unixapi.NewClient(SocketPath(stateDir), 60*time.Second)}
 }
+
+// SocketPath is the API socket of the mesh using stateDir (the node agent
+// reads its policy there: nodeagent.OneHostSource).
+func SocketPath(stateDir string) string { return filepath.Join(stateDir, socketFile) }
 
 // Status returns the mesh's status; ErrNotRunning when none answers.
 func (c *Client) Status(ctx context.Context) (Status, error) {
@@ -56,14 +60,6 @@ func (c *Client) Namespaces(ctx context.Context) ([]NamespaceStatus, error) {
 func (c *Client) NetworkPolicies(ctx context.Context) ([]NetworkPolicyStatus, error) {
 	var out []NetworkPolicyStatus
 	return out, c.do(ctx, http.MethodGet, "/v1/networkpolicies", nil, &out)
-}
-
-// Policy returns the node agent's input once its version is newer than
-// after, or the current one after waiting up to wait.
-func (c *Client) Policy(ctx context.Context, after uint64, wait time.Duration) (PolicySnapshot, error) {
-	var out PolicySnapshot
-	path := fmt.Sprintf("/v1/policy?after=%d&wait=%d", after, wait.Milliseconds())
-	return out, c.do(ctx, http.MethodGet, path, nil, &out)
 }
 
 // Apply sends manifests to apply.

@@ -14,7 +14,8 @@ import (
 	"github.com/trellis-mesh/trellis/internal/unixapi"
 )
 
-// PolicySnapshot is one version of what the node agent enforces.
+// PolicySnapshot is one version of what the node agent enforces; the agent
+// decodes it as a nodeagent.Snapshot (the same JSON).
 type PolicySnapshot struct {
 	Version uint64          `json:"version"`
 	Input   netpolicy.Input `json:"input"`

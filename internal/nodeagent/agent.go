@@ -13,6 +13,7 @@ package nodeagent
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -74,6 +75,14 @@ type Agent struct {
 	ruleset  netpolicy.RuleSet
 	expected map[string]int
 	applies  int
+}
+
+// RegisterFlags defines the agent's flags on fs (Source is not one).
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Table, "table", "trellis-netpol", "nftables table (family ip) the agent owns")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "127.0.0.1:15090", "address for /metrics; empty disables")
+	fs.DurationVar(&c.Resync, "resync", 500*time.Millisecond, "how often the kernel is checked against the applied rules")
+	fs.StringVar(&c.GuardTable, "guard-table", "", "bridge table guarding the pods' links, whose drop counters /metrics shows (trellis up sets it)")
 }
 
 // New checks cfg and returns an agent that has not touched the kernel.

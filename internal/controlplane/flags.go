@@ -1,0 +1,32 @@
+package controlplane
+
+import (
+	"flag"
+	"strings"
+	"time"
+)
+
+// RegisterFlags defines the control plane's flags on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.StateDir, "control-state-dir", "", "directory of the CA, spent tokens and the admin socket (required)")
+	fs.StringVar(&c.Registry, "registry", "", "registry file the mesh is discovered from (required)")
+	fs.StringVar(&c.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", ":15012", "address of the CA and config-stream gRPC service (TLS)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "127.0.0.1:15014", "address of /metrics")
+	fs.StringVar(&c.DashboardAddr, "dashboard-addr", "127.0.0.1:20001", "address of the dashboard and its API")
+	fs.BoolVar(&c.NoDashboard, "no-dashboard", false, "serve no dashboard and scrape no sidecar")
+	fs.DurationVar(&c.ScrapeInterval, "scrape-interval", 5*time.Second, "how often the dashboard scrapes the sidecars' metrics")
+	fs.Func("node-agent-metrics", "node agents' metrics URLs, scraped for the flows network policy denied (repeatable, or comma-separated)", func(v string) error {
+		for _, u := range strings.Split(v, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				c.NodeAgents = append(c.NodeAgents, u)
+			}
+		}
+		return nil
+	})
+	fs.StringVar(&c.PrometheusURL, "prometheus", "", "read the dashboard's figures from this Prometheus server (http://host:9090) instead of scraping the sidecars")
+	fs.StringVar(&c.CACert, "ca-cert", "", "an operator's root or intermediate certificate (PEM), with its chain")
+	fs.StringVar(&c.CAKey, "ca-key", "", "the key of --ca-cert (PEM, PKCS#8)")
+	fs.DurationVar(&c.SVIDTTL, "svid-ttl", 24*time.Hour, "lifetime of workload certificates (renewed at half life)")
+	fs.DurationVar(&c.Debounce, "debounce", 100*time.Millisecond, "how long a burst of changes may settle before it is pushed")
+}
