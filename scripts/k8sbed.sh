@@ -7,6 +7,7 @@
 #   scripts/k8sbed.sh status      what runs
 #   scripts/k8sbed.sh kubeconfig  print the admin kubeconfig's path
 #   scripts/k8sbed.sh build       only build
+#   scripts/k8sbed.sh import A.tar load image archives into the node (trellis images build --load-into-k8sbed does)
 #
 # Needs root. K8SBED_DIR (default /var/lib/trellis-k8sbed) holds the running
 # cluster, K8SBED_CACHE (default /var/cache/trellis-k8sbed) the binaries.

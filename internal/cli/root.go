@@ -40,7 +40,7 @@ func New(stateDir string) *cobra.Command {
 		newUpCmd(o), newDownCmd(o), newApplyCmd(o), newDeleteCmd(o),
 		newGetCmd(o), newExecCmd(o), newLogsCmd(o), newExampleCmd(o), newNodeAgentCmd(o), newProxyCmd(), newControlCmd(),
 		newProxyStatusCmd(o), newProxyConfigCmd(o), newCACmd(o), newControlPlaneCmd(o),
-		newDemoCmd(o), newGraphCmd(o), newDashboardCmd(o),
+		newDemoCmd(o), newGraphCmd(o), newDashboardCmd(o), newImagesCmd(o),
 	)
 	return root
 }

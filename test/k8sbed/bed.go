@@ -238,12 +238,10 @@ func (b *Bed) Status(ctx context.Context, w io.Writer) error {
 
 // kubectl runs the bed's kubectl with the admin kubeconfig.
 func (b *Bed) kubectl(ctx context.Context, args ...string) (string, error) {
-	bin := b.bin
-	if bin == "" {
-		data, _ := os.ReadFile(b.path("bin"))
-		bin = string(data)
+	if err := b.findBin(); err != nil {
+		return "", err
 	}
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "kubectl"), append([]string{"--kubeconfig", b.Kubeconfig()}, args...)...)
+	cmd := exec.CommandContext(ctx, filepath.Join(b.bin, "kubectl"), append([]string{"--kubeconfig", b.Kubeconfig()}, args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)

@@ -84,6 +84,35 @@ func TestBedRunsPodsAndCleansUp(t *testing.T) {
 	}
 
 	step("reached and resolved")
+
+	// Trellis's own images, built by its CLI from this checkout and
+	// loaded into the node, run there (as the user each image names).
+	images := exec.CommandContext(ctx, "go", "run", "./cmd/trellis", "images", "build", "--tag", "bedtest",
+		"--out", t.TempDir(), "--load-into-k8sbed")
+	images.Dir = "../.."
+	images.Env = append(os.Environ(), "K8SBED_DIR="+bed.cfg.Dir)
+	if out, err := images.CombinedOutput(); err != nil {
+		t.Fatalf("trellis images build --load-into-k8sbed: %v\n%s", err, out)
+	}
+	if err := os.WriteFile(manifest, []byte(imagesManifest()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bed.kubectl(ctx, "apply", "-f", manifest); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"trellis-control", "trellis-proxy", "trellis-node"} {
+		if err := waitFor(ctx, name+" to run", time.Minute, func() error {
+			phase, err := bed.kubectl(ctx, "-n", "hello", "get", "pod", name, "-o", "jsonpath={.status.phase}")
+			if err == nil && phase != "Succeeded" {
+				err = fmt.Errorf("phase %q", phase)
+			}
+			return err
+		}); err != nil {
+			logs, _ := bed.kubectl(ctx, "-n", "hello", "logs", name)
+			t.Errorf("%v\n%s", err, logs)
+		}
+	}
+	step("trellis images ran")
 	if err := bed.Down(ctx); err != nil {
 		t.Fatalf("Down() = %v", err)
 	}
@@ -192,4 +221,19 @@ func running(args ...string) []int {
 		}
 	}
 	return pids
+}
+
+// imagesManifest runs each Trellis image once with -help (which exits 0).
+func imagesManifest() string {
+	var docs []string
+	for _, name := range []string{"trellis-control", "trellis-proxy", "trellis-node"} {
+		docs = append(docs, fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %[1]s, namespace: hello}
+spec:
+  restartPolicy: Never
+  containers: [{name: c, image: trellis.local/%[1]s:bedtest, imagePullPolicy: Never, args: [-help]}]
+`, name))
+	}
+	return strings.Join(docs, "---\n")
 }

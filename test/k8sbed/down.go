@@ -71,12 +71,11 @@ func (b *Bed) drainPods(ctx context.Context) {
 	if _, err := b.kubectl(ctx, "delete", "pods", "--all", "--all-namespaces", "--grace-period=1", "--timeout=40s"); err != nil {
 		log.Printf("delete pods: %v", err)
 	}
-	crictl := filepath.Join(b.bin, "crictl")
-	if b.bin == "" {
-		data, _ := os.ReadFile(b.path("bin"))
-		crictl = filepath.Join(string(data), "crictl")
+	if err := b.findBin(); err != nil {
+		log.Printf("crictl rmp: %v", err)
+		return
 	}
-	out, err := exec.CommandContext(ctx, crictl, "--runtime-endpoint", "unix://"+b.containerdSocket(), "rmp", "-fa").CombinedOutput()
+	out, err := exec.CommandContext(ctx, filepath.Join(b.bin, "crictl"), "--runtime-endpoint", "unix://"+b.containerdSocket(), "rmp", "-fa").CombinedOutput()
 	if err != nil {
 		log.Printf("crictl rmp: %v: %s", err, out)
 	}

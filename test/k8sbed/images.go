@@ -28,12 +28,8 @@ const (
 // executable; a bare name is one of the bed's), started as
 // /NAME ARGS..., and imports it into the node's containerd as ref.
 func (b *Bed) LoadImage(ctx context.Context, ref, binary string, args []string) error {
-	if b.bin == "" {
-		data, err := os.ReadFile(b.path("bin"))
-		if err != nil {
-			return fmt.Errorf("the bed is not up: %w", err)
-		}
-		b.bin = string(data)
+	if err := b.findBin(); err != nil {
+		return err
 	}
 	if !strings.Contains(binary, "/") {
 		binary = filepath.Join(b.bin, binary)
@@ -74,10 +70,21 @@ func (b *Bed) LoadImage(ctx context.Context, ref, binary string, args []string) 
 	if err := tarball.WriteToFile(archive, tag, img); err != nil {
 		return fmt.Errorf("image %s: %w", ref, err)
 	}
-	out, err := exec.CommandContext(ctx, filepath.Join(b.bin, "ctr"), "--address", b.containerdSocket(),
-		"-n", "k8s.io", "images", "import", archive).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("import image %s: %w: %s", ref, err, out)
+	return b.Import(ctx, archive)
+}
+
+// Import loads image archives (docker or OCI format, as `docker save`
+// writes them) into the node's containerd, where pods find them by name.
+func (b *Bed) Import(ctx context.Context, archives ...string) error {
+	if err := b.findBin(); err != nil {
+		return err
+	}
+	for _, a := range archives {
+		out, err := exec.CommandContext(ctx, filepath.Join(b.bin, "ctr"), "--address", b.containerdSocket(),
+			"-n", "k8s.io", "images", "import", a).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("import %s: %w: %s", a, err, out)
+		}
 	}
 	return nil
 }
@@ -90,4 +97,17 @@ func tarOf(name string, exe []byte) []byte {
 	_, _ = tw.Write(exe)
 	_ = tw.Close()
 	return buf.Bytes()
+}
+
+// findBin sets b.bin from the running bed's record when Up did not.
+func (b *Bed) findBin() error {
+	if b.bin != "" {
+		return nil
+	}
+	data, err := os.ReadFile(b.path("bin"))
+	if err != nil {
+		return fmt.Errorf("the bed is not up: %w", err)
+	}
+	b.bin = string(data)
+	return nil
 }

@@ -8,6 +8,8 @@
 //	k8sbed kubeconfig   print the admin kubeconfig's path
 //	k8sbed image NAME:TAG BINARY [ARG...]
 //	                    build a one-binary image and load it into the node
+//	k8sbed import ARCHIVE...
+//	                    load image archives (docker save's format) into the node
 //
 // It needs root. Everything runs in the network namespace trellis-k8sbed,
 // reached from the host over one veth link; nothing is routed off the
@@ -43,7 +45,7 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	if fs.NArg() == 0 {
-		return errors.New("give a command: build, up, down, status, kubeconfig or image")
+		return errors.New("give a command: build, up, down, status, kubeconfig, image or import")
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it creates a network namespace, mounts and cgroups; run it with sudo")
@@ -67,8 +69,13 @@ func run(ctx context.Context, args []string) error {
 			return errors.New("usage: k8sbed image NAME:TAG BINARY [ARG...]")
 		}
 		return bed.LoadImage(ctx, rest[0], rest[1], rest[2:])
+	case "import":
+		if len(rest) == 0 {
+			return errors.New("usage: k8sbed import ARCHIVE [ARCHIVE ...]")
+		}
+		return bed.Import(ctx, rest...)
 	default:
-		return fmt.Errorf("unknown command %q: give build, up, down, status, kubeconfig or image", cmd)
+		return fmt.Errorf("unknown command %q: give build, up, down, status, kubeconfig, image or import", cmd)
 	}
 }
 
