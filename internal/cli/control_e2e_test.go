@@ -112,6 +112,22 @@ func (m *mesh) proxyStatus() []push.ProxyStatus {
 	return st
 }
 
+// waitClientServed waits until the client's sidecar serves hello.web: the
+// proxies may have acked a version pushed before the replicas turned ready
+// (the control plane debounces), whose endpoint list is still empty.
+func (m *mesh) waitClientServed(t *testing.T) {
+	t.Helper()
+	waitFor(t, "the client's sidecar to know hello.web's endpoints", 15*time.Second, func() bool {
+		got := m.responders("client", "client", helloURL, 5)
+		for answer := range got { // pod names, or an error page or FAILED
+			if answer == "FAILED" || strings.Contains(answer, " ") {
+				return false
+			}
+		}
+		return len(got) > 0
+	})
+}
+
 // allSynced: every pod's proxy is connected and acked what the control
 // plane would send it now.
 func (m *mesh) allSynced(want int) bool {
@@ -181,6 +197,7 @@ func TestControlPlaneOutageRotationAndScaling(t *testing.T) {
 	waitFor(t, "2 ready replicas and 3 synced proxies", 60*time.Second, func() bool {
 		return len(m.readyPods("web")) == 2 && m.allSynced(3)
 	})
+	m.waitClientServed(t)
 
 	t.Run("control plane away for 60 s: no failed request, an endpoint added meanwhile is learned", func(t *testing.T) {
 		before := m.readyPods("web")
@@ -276,6 +293,7 @@ func TestShortLivedCertificatesUnderLoad(t *testing.T) {
 	waitFor(t, "2 ready replicas and 3 synced proxies", 60*time.Second, func() bool {
 		return len(m.readyPods("web")) == 2 && m.allSynced(3)
 	})
+	m.waitClientServed(t)
 	serials := func() map[string]bool {
 		out := map[string]bool{}
 		for _, p := range m.proxyStatus() {
