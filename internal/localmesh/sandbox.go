@@ -97,8 +97,8 @@ func (r *Runtime) sandboxLocked(p *pod, spec catalog.Container) Sandbox {
 			s.View.Hide = append(s.View.Hide, f)
 		}
 	}
-	if s.Dir == "" {
-		s.Dir = r.cfg.WorkDir
+	if !filepath.IsAbs(s.Dir) { // "" included: the directory trellis up ran in
+		s.Dir = filepath.Join(r.cfg.WorkDir, s.Dir)
 	}
 	// The working directory is shown as it is on the host, unless it is
 	// the host's root or a directory every view has anyway.
