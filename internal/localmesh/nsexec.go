@@ -71,11 +71,17 @@ type Sandbox struct {
 // sandboxArgs is the argument vector that starts argv in sandbox s through
 // the trellis binary exe.
 func sandboxArgs(exe string, s Sandbox, argv []string) ([]string, error) {
+	return stepArgs(exe, NSExecCommand, s, argv)
+}
+
+// stepArgs is `ARG0 STEP SANDBOX -- ARGV...`, the command line of both
+// steps (__nsexec, __nsinit).
+func stepArgs(arg0, step string, s Sandbox, argv []string) ([]string, error) {
 	spec, err := json.Marshal(s)
 	if err != nil {
 		return nil, err
 	}
-	return append([]string{exe, NSExecCommand, string(spec), "--"}, argv...), nil
+	return append([]string{arg0, step, string(spec), "--"}, argv...), nil
 }
 
 // ParseSandbox reads the SANDBOX argument of __nsexec and __nsinit.
@@ -114,7 +120,7 @@ func RunSandboxed(s Sandbox, argv, env []string) (int, error) {
 	if err := enterSandbox(s); err != nil {
 		return 127, err
 	}
-	spec, err := json.Marshal(s)
+	args, err := stepArgs("trellis", NSInitCommand, s, argv)
 	if err != nil {
 		return 127, err
 	}
@@ -123,7 +129,7 @@ func RunSandboxed(s Sandbox, argv, env []string) (int, error) {
 		// The view may not show the binary under its host path, but
 		// /proc/self/exe always reaches it.
 		Path:   "/proc/self/exe",
-		Args:   append([]string{"trellis", NSInitCommand, string(spec), "--"}, argv...),
+		Args:   args,
 		Env:    env,
 		Dir:    s.Dir,
 		Stdin:  os.Stdin,

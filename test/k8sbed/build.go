@@ -12,7 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 )
@@ -72,8 +72,8 @@ func (b *Bed) build(ctx context.Context) (string, error) {
 		}
 	}
 	if len(missing) > 0 {
-		sort.Strings(missing)
-		return "", fmt.Errorf("missing Debian packages: apt-get install %s (scripts/k8sbed.sh does)", strings.Join(dedupe(missing), " "))
+		slices.Sort(missing)
+		return "", fmt.Errorf("missing Debian packages: apt-get install %s (scripts/k8sbed.sh does)", strings.Join(slices.Compact(missing), " "))
 	}
 	key, err := b.versionKey()
 	if err != nil {
@@ -141,14 +141,4 @@ func (b *Bed) versionKey() (string, error) {
 		h.Write(data)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
-}
-
-func dedupe(s []string) []string {
-	var out []string
-	for i, v := range s {
-		if i == 0 || v != s[i-1] {
-			out = append(out, v)
-		}
-	}
-	return out
 }
