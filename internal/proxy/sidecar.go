@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,6 +36,13 @@ type Config struct {
 	// the sidecar gets its certificate and config from it, and needs
 	// ControlPlaneBundle, Identity, PodNamespace, PodName and TokenFile.
 	ControlPlane string
+	// AppProbes are the app's Kubernetes probes the health listener runs
+	// on the kubelet's behalf (JSON keyed by /app-health/CONTAINER/KIND,
+	// see AppProbe). Empty: none.
+	AppProbes string
+	// Cluster is the source_cluster and destination_cluster of the
+	// metrics: "one-host", or "Kubernetes" (Istio's default) in a cluster.
+	Cluster string
 	// ControlPlaneBundle holds the roots (PEM) that verify the control
 	// plane until it sends a bundle of its own.
 	ControlPlaneBundle string
@@ -88,6 +96,7 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() error {
+	c.Cluster = cmp.Or(c.Cluster, "one-host")
 	switch {
 	case c.ControlPlane != "":
 		if c.ControlPlaneBundle == "" || c.Identity == "" || c.PodNamespace == "" || c.PodName == "" || c.TokenFile == "" {
@@ -146,6 +155,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.setDefaults(); err != nil {
 		return err
 	}
+	appProbes, err := parseAppProbes(cfg.AppProbes)
+	if err != nil {
+		return err
+	}
 	var first *meshpb.ProxyConfig
 	var self identity.ID
 	if cfg.ControlPlane == "" {
@@ -159,7 +172,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	store := &meshtls.Store{}
 	dialer := MarkedDialer(cfg.Mark)
-	metrics := telemetry.New("one-host")
+	metrics := telemetry.New(cfg.Cluster)
 	tracing, err := cfg.tracing(ctx, store, dialer, self)
 	if err != nil {
 		return err
@@ -239,6 +252,10 @@ func Run(ctx context.Context, cfg Config) error {
 
 	var draining atomic.Bool
 	health := safehttp.Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p, ok := appProbes[r.URL.Path]; ok {
+			serveAppProbe(w, r, p)
+			return
+		}
 		if r.URL.Path != "/healthz/ready" {
 			http.NotFound(w, r)
 			return
@@ -476,6 +493,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		}
 		return err
 	})
+	fs.StringVar(&c.AppProbes, "app-probes", os.Getenv(AppProbesEnv), "the app's probes the health listener runs at /app-health/CONTAINER/KIND (JSON, as the injector writes it; default $"+AppProbesEnv+")")
+	fs.StringVar(&c.Cluster, "cluster", "one-host", "the cluster name in metrics (source_cluster, destination_cluster)")
 	fs.StringVar(&c.AccessLog, "access-log", "stdout", "where the access log goes (JSON lines): stdout, stderr or off")
 	fs.Float64Var(&c.TraceSampling, "trace-sampling", 1, "percentage of new traces recorded, as Istio's default 1 (a request that comes with a trace keeps its decision)")
 	fs.StringVar(&c.OTLPEndpoint, "otlp-endpoint", "", "where spans go over OTLP/gRPC: control-plane, or a collector's host:port (plaintext); empty: nowhere")
