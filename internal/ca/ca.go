@@ -111,11 +111,18 @@ func (s *SVID) TLSCertificate() tls.Certificate {
 
 // Issue generates a P-256 key and an SVID for id, valid for ttl.
 func (a *Authority) Issue(id identity.ID, ttl time.Duration) (*SVID, error) {
+	return a.IssueServing(id, nil, ttl)
+}
+
+// IssueServing is Issue with DNS names beside the SPIFFE ID, for a server
+// that clients outside the mesh verify by name (the API server calling
+// the injection webhook).
+func (a *Authority) IssueServing(id identity.ID, dnsNames []string, ttl time.Duration) (*SVID, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("issue %s: %w", id, err)
 	}
-	chain, err := a.sign(key.Public(), id, ttl)
+	chain, err := a.sign(key.Public(), id, ttl, dnsNames...)
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +149,7 @@ func (a *Authority) SignCSR(csrDER []byte, id identity.ID, ttl time.Duration) ([
 	return a.sign(csr.PublicKey, id, ttl)
 }
 
-func (a *Authority) sign(pub crypto.PublicKey, id identity.ID, ttl time.Duration) ([]*x509.Certificate, error) {
+func (a *Authority) sign(pub crypto.PublicKey, id identity.ID, ttl time.Duration, dnsNames ...string) ([]*x509.Certificate, error) {
 	if id.TrustDomain() != a.trustDomain {
 		return nil, fmt.Errorf("issue %s: %w %s", id, ErrTrustDomain, a.trustDomain)
 	}
@@ -153,6 +160,7 @@ func (a *Authority) sign(pub crypto.PublicKey, id identity.ID, ttl time.Duration
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
 		URIs:                  []*url.URL{id.URL()},
+		DNSNames:              dnsNames,
 		NotBefore:             now.Add(-time.Minute), // clock skew between hosts
 		NotAfter:              now.Add(ttl),
 		KeyUsage:              x509.KeyUsageDigitalSignature,

@@ -1,9 +1,12 @@
 package controlplane
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"path/filepath"
 	"sort"
 	"time"
 
@@ -98,6 +101,11 @@ func (p *plane) rotate(step string) error {
 	}
 	if err != nil {
 		return err
+	}
+	if p.kube != nil {
+		if err := p.kube.persistCA(context.Background(), filepath.Join(p.cfg.StateDir, "ca")); err != nil {
+			return fmt.Errorf("rotation step %s taken but not stored: %w", step, err)
+		}
 	}
 	p.publishBundleLocked()
 	return nil

@@ -6,6 +6,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -35,6 +36,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/discovery"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/kube"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/push"
 	"github.com/trellis-mesh/trellis/internal/safehttp"
@@ -47,8 +49,26 @@ type Config struct {
 	// StateDir keeps the CA (ca/, key mode 0600), spent bootstrap tokens
 	// and the admin socket. Required.
 	StateDir string
-	// Registry is the registry file to discover the mesh from. Required.
+	// Registry is the registry file to discover the mesh from. Required
+	// unless Kubernetes is set.
 	Registry string
+	// Kubernetes discovers the mesh from the API server instead of a
+	// registry, proves first certificates with TokenReview, keeps the CA
+	// in a Secret of Namespace and serves sidecar injection on
+	// WebhookAddr (see docs/kubernetes.md).
+	Kubernetes bool
+	// Kubeconfig connects to the API server from outside a pod; empty:
+	// $KUBECONFIG, else the pod's service account.
+	Kubeconfig string
+	// Namespace the control plane runs in. Default $POD_NAMESPACE, else
+	// trellis-system.
+	Namespace string
+	// WebhookAddr serves the injection webhook (TLS). Default :15017.
+	WebhookAddr string
+	// ProxyImage, ProxyPullPolicy and ControlPlaneAddr are what the
+	// webhook injects: the sidecar's image and where it finds the control
+	// plane (default trellis-control.NAMESPACE.svc:15012).
+	ProxyImage, ProxyPullPolicy, ControlPlaneAddr string
 	// TrustDomain of the mesh. Default cluster.local.
 	TrustDomain string
 	// GRPCAddr serves CertificateService and ConfigService with TLS.
@@ -93,8 +113,16 @@ func ServerID(td string) (identity.ID, error) {
 func SocketPath(stateDir string) string { return filepath.Join(stateDir, "control.sock") }
 
 func (c *Config) setDefaults() error {
-	if c.StateDir == "" || c.Registry == "" {
-		return errors.New("control plane: a state directory (--control-state-dir) and a registry file (--registry) are required")
+	if c.StateDir == "" || (c.Registry == "") == !c.Kubernetes {
+		return errors.New("control plane: a state directory (--control-state-dir) and either a registry file (--registry) or --kubernetes are required")
+	}
+	if c.Kubernetes {
+		c.Namespace = cmp.Or(c.Namespace, os.Getenv("POD_NAMESPACE"), "trellis-system")
+		c.WebhookAddr = cmp.Or(c.WebhookAddr, ":15017")
+		c.ControlPlaneAddr = cmp.Or(c.ControlPlaneAddr, "trellis-control."+c.Namespace+".svc:15012")
+		if c.ProxyImage == "" {
+			return errors.New("control plane: --kubernetes needs the sidecar's image (--proxy-image) to inject")
+		}
 	}
 	if (c.CACert == "") != (c.CAKey == "") {
 		return errors.New("control plane: --ca-cert and --ca-key go together")
@@ -121,6 +149,7 @@ func (c *Config) setDefaults() error {
 type plane struct {
 	cfg    Config
 	keeper *ca.Keeper
+	kube   *kubeMode // nil in one-host mode
 	push   *push.Server
 	reg    *prometheus.Registry
 	id     identity.ID
@@ -148,18 +177,34 @@ func Run(ctx context.Context, cfg Config) error {
 	if p.id, err = ServerID(cfg.TrustDomain); err != nil {
 		return err
 	}
-	var supplied *ca.Authority
-	if cfg.CACert != "" {
-		if supplied, err = loadSupplied(cfg.CACert, cfg.CAKey, cfg.TrustDomain); err != nil {
+	var src discovery.Source
+	var att ca.Attestor
+	onSnapshot := func(*catalog.Snapshot) {}
+	if cfg.Kubernetes {
+		if p.kube, err = newKubeMode(&cfg); err != nil {
 			return err
 		}
-	}
-	if p.keeper, err = ca.OpenKeeper(filepath.Join(cfg.StateDir, "ca"), cfg.TrustDomain, supplied); err != nil {
-		return err
-	}
-	att, err := newTokenAttestor(cfg.TrustDomain, filepath.Join(cfg.StateDir, "spent-tokens"))
-	if err != nil {
-		return err
+		if p.keeper, err = p.kube.openKeeper(ctx, &cfg); err != nil {
+			return err
+		}
+		src = &kube.Source{Client: p.kube.Client, Dynamic: p.kube.Dynamic}
+		att = &kube.TokenAttestor{Client: p.kube.Client, TrustDomain: cfg.TrustDomain, Reserved: []identity.ID{p.id}}
+	} else {
+		var supplied *ca.Authority
+		if cfg.CACert != "" {
+			if supplied, err = loadSupplied(cfg.CACert, cfg.CAKey, cfg.TrustDomain); err != nil {
+				return err
+			}
+		}
+		if p.keeper, err = ca.OpenKeeper(filepath.Join(cfg.StateDir, "ca"), cfg.TrustDomain, supplied); err != nil {
+			return err
+		}
+		tokens, err := newTokenAttestor(cfg.TrustDomain, filepath.Join(cfg.StateDir, "spent-tokens"))
+		if err != nil {
+			return err
+		}
+		att, onSnapshot = tokens, tokens.setSnapshot
+		src = &discovery.File{Path: cfg.Registry, OnError: func(err error) { slog.Error("discovery", "err", err) }}
 	}
 	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.push = push.New(push.Config{TrustDomain: cfg.TrustDomain, Debounce: cfg.Debounce, Metrics: push.NewMetrics(p.reg)})
@@ -174,8 +219,13 @@ func Run(ctx context.Context, cfg Config) error {
 	meshpb.RegisterConfigServiceServer(grpcSrv, p.push)
 	traces := tracestore.New()
 	collectorpb.RegisterTraceServiceServer(grpcSrv, &tracestore.Service{Store: traces})
-	var dash *dashboardRun
 	addrs := []string{cfg.GRPCAddr, cfg.MetricsAddr}
+	var webhook *http.Server
+	if p.kube != nil {
+		webhook = p.webhookServer()
+		addrs = append(addrs, cfg.WebhookAddr)
+	}
+	var dash *dashboardRun
 	if !cfg.NoDashboard {
 		if dash, err = p.newDashboard(traces); err != nil {
 			return err
@@ -195,12 +245,11 @@ func Run(ctx context.Context, cfg Config) error {
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
 	metrics, admin := safehttp.Server(metricsMux), safehttp.Server(p.adminMux())
 
-	src := &discovery.File{Path: cfg.Registry, OnError: func(err error) { slog.Error("discovery", "err", err) }}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return src.Run(ctx, func(s *catalog.Snapshot) {
 			p.snap.Store(s)
-			att.setSnapshot(s)
+			onSnapshot(s)
 			p.push.Update(s)
 		})
 	})
@@ -208,14 +257,24 @@ func Run(ctx context.Context, cfg Config) error {
 	g.Go(func() error { return grpcSrv.Serve(lns[0]) })
 	g.Go(func() error { return ignoreClosed(metrics.Serve(lns[1])) })
 	g.Go(func() error { return ignoreClosed(admin.Serve(adminLn)) })
+	next := lns[2:]
+	if webhook != nil {
+		ln := next[0]
+		next = next[1:]
+		g.Go(func() error { return ignoreClosed(webhook.ServeTLS(ln, "", "")) })
+		g.Go(func() error { return p.keepWebhookTrusted(ctx) })
+	}
 	if dash != nil {
-		g.Go(func() error { return dash.run(ctx, lns[2]) })
+		g.Go(func() error { return dash.run(ctx, next[0]) })
 	}
 	g.Go(func() error {
 		<-ctx.Done()
 		grpcSrv.Stop() // proxies reconnect to the next instance; nothing to drain
 		metrics.Close()
 		admin.Close()
+		if webhook != nil {
+			webhook.Close()
+		}
 		return nil
 	})
 	slog.Info("control plane running", "grpc", cfg.GRPCAddr, "metrics", cfg.MetricsAddr, "dashboard", cfg.DashboardAddr,
@@ -318,13 +377,30 @@ func (p *plane) servingCert() (*tls.Certificate, error) {
 			return c, nil
 		}
 	}
-	svid, err := auth.Issue(p.id, 24*time.Hour)
+	svid, err := auth.IssueServing(p.id, p.dnsNames(), 24*time.Hour)
 	if err != nil {
 		return nil, fmt.Errorf("control plane certificate: %w", err)
 	}
 	cert := svid.TLSCertificate()
 	p.cert, p.certFor = &cert, auth.SigningCert()
 	return p.cert, nil
+}
+
+// dnsNames are the control plane Service's names on Kubernetes, which the
+// API server checks when it calls the injection webhook; none on one host.
+func (p *plane) dnsNames() []string {
+	if p.kube == nil {
+		return nil
+	}
+	svc, ns := "trellis-control", p.cfg.Namespace
+	return []string{svc, svc + "." + ns, svc + "." + ns + ".svc", svc + "." + ns + ".svc.cluster.local"}
+}
+
+// servingTLS is the TLS of the webhook: the control plane's certificate,
+// HTTP/1.1, no client certificate.
+func (p *plane) servingTLS() *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"http/1.1"},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return p.servingCert() }}
 }
 
 // publishBundleLocked hands the current trust bundle and renewal demand

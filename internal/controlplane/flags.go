@@ -9,7 +9,14 @@ import (
 // RegisterFlags defines the control plane's flags on fs.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.StateDir, "control-state-dir", "", "directory of the CA, spent tokens and the admin socket (required)")
-	fs.StringVar(&c.Registry, "registry", "", "registry file the mesh is discovered from (required)")
+	fs.StringVar(&c.Registry, "registry", "", "registry file the mesh is discovered from (one host)")
+	fs.BoolVar(&c.Kubernetes, "kubernetes", false, "discover the mesh from the Kubernetes API server, prove first certificates with TokenReview and serve sidecar injection")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig of the API server (with --kubernetes; default $KUBECONFIG, else in-cluster)")
+	fs.StringVar(&c.Namespace, "namespace", "", "the control plane's namespace (with --kubernetes; default $POD_NAMESPACE, else trellis-system)")
+	fs.StringVar(&c.WebhookAddr, "webhook-addr", ":15017", "address of the injection webhook (TLS, with --kubernetes)")
+	fs.StringVar(&c.ProxyImage, "proxy-image", "", "image of the sidecar the webhook injects (with --kubernetes)")
+	fs.StringVar(&c.ProxyPullPolicy, "proxy-pull-policy", "", "pull policy of the injected sidecar's image (Always, IfNotPresent, Never; default the cluster's)")
+	fs.StringVar(&c.ControlPlaneAddr, "control-plane-addr", "", "where injected sidecars reach the control plane (default trellis-control.NAMESPACE.svc:15012)")
 	fs.StringVar(&c.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", ":15012", "address of the CA and config-stream gRPC service (TLS)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "127.0.0.1:15014", "address of /metrics")

@@ -81,3 +81,18 @@ func mtlsMode(s, field string) (catalog.MTLSMode, error) {
 	}
 	return "", fmt.Errorf("%s %q: use STRICT, PERMISSIVE or UNSET", field, s)
 }
+
+// DecodePeerAuthentication decodes one PeerAuthentication (YAML or JSON, in
+// any of the accepted apiVersions) with the rules of a manifest file, for
+// sources that read them elsewhere (the Kubernetes API server).
+func DecodePeerAuthentication(doc []byte) (*catalog.PeerAuthentication, error) {
+	_, obj, err := decodeDocument(doc)
+	if err != nil {
+		return nil, err
+	}
+	pa, ok := obj.(*catalog.PeerAuthentication)
+	if !ok {
+		return nil, fmt.Errorf("not a PeerAuthentication")
+	}
+	return pa, nil
+}

@@ -1,0 +1,311 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/yaml"
+
+	"github.com/trellis-mesh/trellis/internal/inject"
+	"github.com/trellis-mesh/trellis/internal/install"
+	"github.com/trellis-mesh/trellis/internal/kube"
+)
+
+// valuesFlags are the install's -f and --set.
+type valuesFlags struct {
+	files, sets []string
+}
+
+// register adds the flags; short is -f's meaning ("" where -f names a
+// manifest, as in `trellis inject`).
+func (f *valuesFlags) register(cmd *cobra.Command, short string) {
+	cmd.Flags().StringArrayVarP(&f.files, "values", short, nil, "values file (YAML; repeatable, later wins)")
+	cmd.Flags().StringArrayVar(&f.sets, "set", nil, "KEY=VALUE (repeatable): image.repository, image.tag, image.pullPolicy, controlPlane.replicas, trustDomain, namespace")
+}
+
+func (f *valuesFlags) values() (install.Values, error) {
+	return f.valuesFor(false)
+}
+
+// valuesFor reads the values; anyImage is set where the images do not
+// matter (uninstall), so a CLI without a version needs no image.tag.
+func (f *valuesFlags) valuesFor(anyImage bool) (install.Values, error) {
+	v := install.Defaults()
+	for _, file := range f.files {
+		if err := v.LoadFile(file); err != nil {
+			return v, err
+		}
+	}
+	for _, s := range f.sets {
+		if err := v.Set(s); err != nil {
+			return v, err
+		}
+	}
+	if anyImage && v.Image.Tag == "" {
+		v.Image.Tag = "any"
+	}
+	return v, v.Check()
+}
+
+// objects renders the install as unstructured objects.
+func objects(v install.Values) ([]*unstructured.Unstructured, error) {
+	var out []*unstructured.Unstructured
+	for _, o := range install.Objects(v) {
+		u, err := kube.Unstructured(o)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+func newInstallCmd(o *options) *cobra.Command {
+	var vf valuesFlags
+	var dryRun, wait bool
+	var kubeconfig string
+	cmd := &cobra.Command{
+		Use:   "install [--dry-run] [-f values.yaml] [--set KEY=VALUE] [--wait=false]",
+		Short: "Install Trellis into a Kubernetes cluster (CRDs, RBAC, control plane, injection webhook), or print it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, err := vf.values()
+			if err != nil {
+				return err
+			}
+			if dryRun {
+				data, err := install.Render(v)
+				if err != nil {
+					return err
+				}
+				_, err = o.out.Write(data)
+				return err
+			}
+			objs, err := objects(v)
+			if err != nil {
+				return err
+			}
+			a, err := applier(kubeconfig)
+			if err != nil {
+				return err
+			}
+			if err := a.Install(cmd.Context(), objs, wait, o.out); err != nil {
+				return err
+			}
+			fmt.Fprintf(o.out, "Trellis is installed in namespace %s. Label a namespace to mesh its new pods:\n  kubectl label namespace NAME trellis.io/inject=enabled\n", v.Namespace)
+			return nil
+		},
+	}
+	vf.register(cmd, "f")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the objects (YAML) instead of applying them")
+	cmd.Flags().BoolVar(&wait, "wait", true, "wait until the control plane is ready and the webhook trusted")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default $KUBECONFIG)")
+	return cmd
+}
+
+func newUninstallCmd(o *options) *cobra.Command {
+	var vf valuesFlags
+	var kubeconfig string
+	cmd := &cobra.Command{
+		Use:   "uninstall [-f values.yaml] [--set KEY=VALUE]",
+		Short: "Remove everything trellis install created; meshed pods keep running and come back without a sidecar",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, err := vf.valuesFor(true)
+			if err != nil {
+				return err
+			}
+			objs, err := objects(v)
+			if err != nil {
+				return err
+			}
+			a, err := applier(kubeconfig)
+			if err != nil {
+				return err
+			}
+			if err := a.Uninstall(cmd.Context(), objs, o.out); err != nil {
+				return err
+			}
+			fmt.Fprintln(o.out, "Trellis is uninstalled.")
+			return nil
+		},
+	}
+	vf.register(cmd, "f")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default $KUBECONFIG)")
+	return cmd
+}
+
+func applier(kubeconfig string) (*kube.Applier, error) {
+	rc, err := kube.RESTConfig(kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	rc.UserAgent = "trellis-install"
+	return kube.NewApplier(rc)
+}
+
+func newInjectCmd(o *options) *cobra.Command {
+	var vf valuesFlags
+	var file, rootFile, kubeconfig, namespace string
+	cmd := &cobra.Command{
+		Use:   "inject -f FILE [--ca-root FILE] [--set KEY=VALUE]",
+		Short: "Add the sidecar to the pods and pod templates of a manifest offline, as the webhook would (for GitOps)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v, err := vf.values()
+			if err != nil {
+				return err
+			}
+			var in []byte
+			if file == "-" {
+				in, err = io.ReadAll(io.LimitReader(os.Stdin, 64<<20))
+			} else {
+				in, err = os.ReadFile(file)
+			}
+			if err != nil {
+				return err
+			}
+			roots, err := injectRoots(cmd.Context(), rootFile, kubeconfig)
+			if err != nil {
+				return err
+			}
+			cfg := inject.Config{ProxyImage: v.Image.Repository + "/trellis-proxy:" + v.Image.Tag, PullPolicy: corev1.PullPolicy(v.Image.PullPolicy),
+				ControlPlane: install.ControlPlane + "." + v.Namespace + ".svc:15012", TrustDomain: v.TrustDomain, RootPEM: roots}
+			out, err := injectManifest(in, namespace, cfg)
+			if err != nil {
+				return err
+			}
+			_, err = o.out.Write(out)
+			return err
+		},
+	}
+	vf.register(cmd, "") // -f is the manifest, as in kubectl and istioctl kube-inject
+	cmd.Flags().StringVarP(&file, "filename", "f", "", "manifest to inject (YAML, one or more documents; - for stdin)")
+	cmd.Flags().StringVar(&rootFile, "ca-root", "", "the mesh's roots (PEM); default: read from the cluster's webhook registration")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster the roots are read from (default $KUBECONFIG)")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of objects that name none")
+	_ = cmd.MarkFlagRequired("filename")
+	return cmd
+}
+
+// injectRoots reads the mesh's roots from file, or from the caBundle the
+// control plane keeps in the webhook registration.
+func injectRoots(ctx context.Context, file, kubeconfig string) ([]byte, error) {
+	if file != "" {
+		return os.ReadFile(file)
+	}
+	client, _, err := kube.NewClient(kubeconfig, "trellis-inject")
+	if err != nil {
+		return nil, fmt.Errorf("%w (or give the roots with --ca-root)", err)
+	}
+	roots, err := kube.WebhookCABundle(ctx, client, kube.WebhookConfigName)
+	if err != nil {
+		return nil, fmt.Errorf("read the mesh's roots from the cluster: %w (is Trellis installed? or give --ca-root)", err)
+	}
+	return roots, nil
+}
+
+// podTemplatePaths are where each workload kind keeps its pod template.
+var podTemplatePaths = map[string][]string{
+	"Deployment": {"spec", "template"}, "StatefulSet": {"spec", "template"}, "DaemonSet": {"spec", "template"},
+	"ReplicaSet": {"spec", "template"}, "Job": {"spec", "template"}, "CronJob": {"spec", "jobTemplate", "spec", "template"},
+}
+
+// injectManifest injects every Pod and pod template of a multi-document
+// manifest and writes every document back, the others unchanged.
+func injectManifest(in []byte, defaultNS string, cfg inject.Config) ([]byte, error) {
+	var out bytes.Buffer
+	for i, doc := range splitYAML(in) {
+		var obj map[string]any
+		if err := yaml.Unmarshal(doc, &obj); err != nil {
+			return nil, fmt.Errorf("document %d: %w", i+1, err)
+		}
+		if obj == nil {
+			continue
+		}
+		u := &unstructured.Unstructured{Object: obj}
+		ns := u.GetNamespace()
+		if ns == "" {
+			ns = defaultNS
+		}
+		path, workload := podTemplatePaths[u.GetKind()]
+		if u.GetKind() == "Pod" {
+			path = []string{}
+		}
+		if workload || u.GetKind() == "Pod" {
+			if err := injectAt(u, path, ns, cfg); err != nil {
+				return nil, fmt.Errorf("%s %s: %w", u.GetKind(), u.GetName(), err)
+			}
+		}
+		data, err := yaml.Marshal(u.Object)
+		if err != nil {
+			return nil, err
+		}
+		out.WriteString("---\n")
+		out.Write(data)
+	}
+	return out.Bytes(), nil
+}
+
+// injectAt injects the pod (or pod template) at path in u.
+func injectAt(u *unstructured.Unstructured, path []string, ns string, cfg inject.Config) error {
+	m := u.Object
+	if len(path) > 0 {
+		var ok bool
+		if m, ok, _ = unstructured.NestedMap(u.Object, path...); !ok {
+			return fmt.Errorf("no pod template at %s", strings.Join(path, "."))
+		}
+	}
+	var pod corev1.Pod
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(m, &pod); err != nil {
+		return err
+	}
+	var skipped *inject.Skipped
+	if err := inject.Pod(&pod, ns, cfg); errors.As(err, &skipped) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	data, err := json.Marshal(&pod)
+	if err != nil {
+		return err
+	}
+	var injected map[string]any
+	if err := json.Unmarshal(data, &injected); err != nil {
+		return err
+	}
+	delete(injected, "status")
+	if meta, ok := injected["metadata"].(map[string]any); ok {
+		delete(meta, "creationTimestamp")
+	}
+	if len(path) == 0 {
+		u.Object = injected
+		return nil
+	}
+	return unstructured.SetNestedMap(u.Object, injected, path...)
+}
+
+// splitYAML splits a stream at "---" lines.
+func splitYAML(in []byte) [][]byte {
+	var docs [][]byte
+	var cur []byte
+	for line := range bytes.SplitAfterSeq(in, []byte("\n")) {
+		if t := bytes.TrimSpace(line); bytes.Equal(t, []byte("---")) {
+			docs = append(docs, cur)
+			cur = nil
+			continue
+		}
+		cur = append(cur, line...)
+	}
+	return append(docs, cur)
+}

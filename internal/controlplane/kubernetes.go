@@ -1,0 +1,129 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/inject"
+	"github.com/trellis-mesh/trellis/internal/kube"
+	"github.com/trellis-mesh/trellis/internal/safehttp"
+)
+
+// Secrets the control plane reads in its namespace on Kubernetes.
+const (
+	// CASecretName keeps the generated root (and rotation state).
+	CASecretName = "trellis-ca"
+	// SuppliedCASecretName is an operator's root or intermediate, in
+	// Istio's shape: ca-cert.pem, ca-key.pem, and cert-chain.pem and
+	// root-cert.pem when ca-cert.pem is an intermediate.
+	SuppliedCASecretName = "cacerts"
+)
+
+// kubeMode is what the control plane does differently on Kubernetes.
+type kubeMode struct {
+	*kube.Clients
+	secret kube.CASecret
+}
+
+func newKubeMode(cfg *Config) (*kubeMode, error) {
+	c, err := kube.Connect(cfg.Kubeconfig, "trellis-control")
+	if err != nil {
+		return nil, err
+	}
+	return &kubeMode{Clients: c, secret: kube.CASecret{Client: c.Client, Namespace: cfg.Namespace, Name: CASecretName}}, nil
+}
+
+// openKeeper opens the CA kept in the trellis-ca Secret, creating it on
+// first start; of two replicas starting at once, the second takes the
+// first's. An operator's cacerts Secret, when there, signs instead.
+func (k *kubeMode) openKeeper(ctx context.Context, cfg *Config) (*ca.Keeper, error) {
+	supplied, err := k.suppliedCA(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(cfg.StateDir, "ca")
+	for range 2 {
+		found, err := k.secret.Restore(ctx, dir)
+		if err != nil {
+			return nil, err
+		}
+		keeper, err := ca.OpenKeeper(dir, cfg.TrustDomain, supplied)
+		if err != nil || found {
+			return keeper, err
+		}
+		if err = k.secret.Save(ctx, dir, true); !errors.Is(err, kube.ErrSecretExists) {
+			return keeper, err
+		}
+		if err := os.RemoveAll(dir); err != nil { // another replica was first: take its root
+			return nil, err
+		}
+	}
+	return nil, errors.New("control plane: the CA secret keeps changing under it")
+}
+
+// suppliedCA loads the cacerts Secret, or returns nil when there is none.
+func (k *kubeMode) suppliedCA(ctx context.Context, cfg *Config) (*ca.Authority, error) {
+	dir := filepath.Join(cfg.StateDir, "cacerts")
+	found, err := kube.CASecret{Client: k.Client, Namespace: cfg.Namespace, Name: SuppliedCASecretName}.Restore(ctx, dir)
+	if err != nil || !found {
+		return nil, err
+	}
+	read := func(name string) []byte { b, _ := os.ReadFile(filepath.Join(dir, name)); return b }
+	chain := read("cert-chain.pem")
+	if len(chain) == 0 {
+		chain = append(read("ca-cert.pem"), read("root-cert.pem")...)
+	}
+	auth, err := ca.Load(chain, read("ca-key.pem"), cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("secret %s/%s: %w", cfg.Namespace, SuppliedCASecretName, err)
+	}
+	slog.Info("signing with the operator's CA", "secret", cfg.Namespace+"/"+SuppliedCASecretName)
+	return auth, nil
+}
+
+// persistCA stores the CA directory after a rotation step.
+func (k *kubeMode) persistCA(ctx context.Context, dir string) error {
+	return k.secret.Save(ctx, dir, false)
+}
+
+// injectConfig is what the webhook injects with: the mesh's roots now.
+func (p *plane) injectConfig() inject.Config {
+	var roots []byte
+	for _, c := range p.keeper.Authority().Bundle() {
+		roots = append(roots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return inject.Config{ProxyImage: p.cfg.ProxyImage, PullPolicy: corev1.PullPolicy(p.cfg.ProxyPullPolicy),
+		ControlPlane: p.cfg.ControlPlaneAddr, TrustDomain: p.cfg.TrustDomain, RootPEM: roots}
+}
+
+// webhookServer serves sidecar injection with the control plane's
+// certificate (its DNS names are the Service's).
+func (p *plane) webhookServer() *http.Server {
+	reviews := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_control_injections_total",
+		Help: "Admission reviews of pods, by outcome (injected, skipped, refused)."}, []string{"outcome"})
+	p.reg.MustRegister(reviews)
+	mux := http.NewServeMux()
+	mux.Handle("/inject", &inject.Webhook{Config: p.injectConfig, OnReview: func(o string) { reviews.WithLabelValues(o).Inc() }})
+	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ready\n")) })
+	srv := safehttp.Server(mux)
+	srv.TLSConfig = p.servingTLS()
+	return srv
+}
+
+// keepWebhookTrusted keeps the webhook configuration's caBundle set to
+// the mesh's roots until ctx is done.
+func (p *plane) keepWebhookTrusted(ctx context.Context) error {
+	kube.KeepWebhookCABundle(ctx, p.kube.Client, kube.WebhookConfigName, func() []byte { return p.injectConfig().RootPEM }, 5*time.Second)
+	return nil
+}

@@ -1,0 +1,104 @@
+package install
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+)
+
+// TestRBACVerbs lists every permission the control plane is granted; a new
+// one fails here until it is added to this list on purpose (and to
+// docs/kubernetes.md, which explains each).
+func TestRBACVerbs(t *testing.T) {
+	var got []string
+	for scope, rules := range map[string][]rbacv1.PolicyRule{"cluster": ClusterRules(), "namespace": NamespaceRules()} {
+		for _, r := range rules {
+			for _, g := range r.APIGroups {
+				for _, res := range r.Resources {
+					for _, v := range r.Verbs {
+						got = append(got, strings.Join([]string{scope, g, res, v, strings.Join(r.ResourceNames, "|")}, " "))
+					}
+				}
+			}
+		}
+	}
+	slices.Sort(got)
+	want := []string{
+		"cluster  namespaces get ",
+		"cluster  namespaces list ",
+		"cluster  namespaces watch ",
+		"cluster  pods get ",
+		"cluster  pods list ",
+		"cluster  pods watch ",
+		"cluster  services get ",
+		"cluster  services list ",
+		"cluster  services watch ",
+		"cluster admissionregistration.k8s.io mutatingwebhookconfigurations get trellis-sidecar-injector",
+		"cluster admissionregistration.k8s.io mutatingwebhookconfigurations update trellis-sidecar-injector",
+		"cluster authentication.k8s.io tokenreviews create ",
+		"cluster security.istio.io peerauthentications get ",
+		"cluster security.istio.io peerauthentications list ",
+		"cluster security.istio.io peerauthentications watch ",
+		"cluster security.trellis.io peerauthentications get ",
+		"cluster security.trellis.io peerauthentications list ",
+		"cluster security.trellis.io peerauthentications watch ",
+		"namespace  secrets create ",
+		"namespace  secrets get trellis-ca|cacerts",
+		"namespace  secrets update trellis-ca|cacerts",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("granted:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// TestValues: -f and --set reach the rendered objects; mistakes name the
+// key and the fix.
+func TestValues(t *testing.T) {
+	v := Defaults()
+	file := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(file, []byte("image:\n  repository: registry.example.com/mesh\ncontrolPlane:\n  replicas: 2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.LoadFile(file); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"image.tag=v9", "trustDomain=example.org"} {
+		if err := v.Set(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := Render(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"image: registry.example.com/mesh/trellis-control:v9", "- registry.example.com/mesh/trellis-proxy:v9",
+		"replicas: 2", "- example.org"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("rendered install lacks %q", want)
+		}
+	}
+	for _, c := range []struct{ set, want string }{
+		{"image.tga=v1", "unknown key; known keys: image.repository"},
+		{"controlPlane.replicas=two", "not a number"},
+		{"novalue", "write KEY=VALUE"},
+	} {
+		if err := v.Set(c.set); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("--set %s: %v, want an error saying %q", c.set, err, c.want)
+		}
+	}
+	bad := Defaults()
+	bad.Image.Tag = ""
+	if _, err := Render(bad); err == nil || !strings.Contains(err.Error(), "--set image.tag=") {
+		t.Errorf("no tag: %v, want the fix named", err)
+	}
+	if err := os.WriteFile(file, []byte("imagee: {}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.LoadFile(file); err == nil || !strings.Contains(err.Error(), "imagee") {
+		t.Errorf("unknown key in a values file: %v", err)
+	}
+}

@@ -1,0 +1,224 @@
+package install
+
+import (
+	"bytes"
+	"fmt"
+
+	admissionregv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
+)
+
+// Names of what an install creates.
+const (
+	ControlPlane = "trellis-control"
+	// WebhookConfig must match kube.WebhookConfigName.
+	WebhookConfig = "trellis-sidecar-injector"
+	// PartOf labels every object of an install.
+	PartOf = "app.kubernetes.io/part-of"
+)
+
+// Ports of the control plane.
+const (
+	grpcPort      = 15012
+	metricsPort   = 15014
+	webhookPort   = 15017
+	dashboardPort = 20001
+)
+
+// Render returns every object of an install, in apply order (CRDs and the
+// namespace first, the webhook registration last), as YAML documents.
+func Render(v Values) ([]byte, error) {
+	if err := v.Check(); err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	for _, o := range Objects(v) {
+		data, err := yaml.Marshal(o)
+		if err != nil {
+			return nil, err
+		}
+		buf.WriteString("---\n")
+		buf.Write(data)
+	}
+	return buf.Bytes(), nil
+}
+
+// Objects are the install's objects, in apply order.
+func Objects(v Values) []any {
+	labels := map[string]string{PartOf: "trellis", "app": ControlPlane}
+	om := func(name string) metav1.ObjectMeta {
+		return metav1.ObjectMeta{Name: name, Namespace: v.Namespace, Labels: map[string]string{PartOf: "trellis"}}
+	}
+	cluster := func(name string) metav1.ObjectMeta {
+		return metav1.ObjectMeta{Name: name, Labels: map[string]string{PartOf: "trellis"}}
+	}
+	tm := func(apiVersion, kind string) metav1.TypeMeta {
+		return metav1.TypeMeta{APIVersion: apiVersion, Kind: kind}
+	}
+	return []any{
+		peerAuthenticationCRD(),
+		&corev1.Namespace{TypeMeta: tm("v1", "Namespace"), ObjectMeta: cluster(v.Namespace)},
+		&corev1.ServiceAccount{TypeMeta: tm("v1", "ServiceAccount"), ObjectMeta: om(ControlPlane)},
+		&rbacv1.ClusterRole{TypeMeta: tm("rbac.authorization.k8s.io/v1", "ClusterRole"), ObjectMeta: cluster(ControlPlane), Rules: ClusterRules()},
+		&rbacv1.ClusterRoleBinding{TypeMeta: tm("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"), ObjectMeta: cluster(ControlPlane),
+			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: ControlPlane},
+			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: ControlPlane, Namespace: v.Namespace}}},
+		&rbacv1.Role{TypeMeta: tm("rbac.authorization.k8s.io/v1", "Role"), ObjectMeta: om(ControlPlane), Rules: NamespaceRules()},
+		&rbacv1.RoleBinding{TypeMeta: tm("rbac.authorization.k8s.io/v1", "RoleBinding"), ObjectMeta: om(ControlPlane),
+			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: ControlPlane},
+			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: ControlPlane, Namespace: v.Namespace}}},
+		&corev1.Service{TypeMeta: tm("v1", "Service"), ObjectMeta: om(ControlPlane), Spec: corev1.ServiceSpec{
+			Selector: map[string]string{"app": ControlPlane},
+			Ports: []corev1.ServicePort{
+				{Name: "grpc-trellis", Port: grpcPort, TargetPort: intstr.FromInt32(grpcPort)},
+				{Name: "http-monitoring", Port: metricsPort, TargetPort: intstr.FromInt32(metricsPort)},
+				{Name: "https-webhook", Port: 443, TargetPort: intstr.FromInt32(webhookPort)},
+				{Name: "http-dashboard", Port: dashboardPort, TargetPort: intstr.FromInt32(dashboardPort)},
+			}}},
+		controlPlaneDeployment(v, labels, om(ControlPlane)),
+		webhookConfiguration(v, cluster(WebhookConfig)),
+	}
+}
+
+// ClusterRules are everything the control plane may do cluster-wide:
+// read what it discovers, review tokens, and keep its own webhook
+// registration's caBundle. A test pins the list.
+func ClusterRules() []rbacv1.PolicyRule {
+	read := []string{"get", "list", "watch"}
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"namespaces", "pods", "services"}, Verbs: read},
+		{APIGroups: []string{"security.trellis.io", "security.istio.io"}, Resources: []string{"peerauthentications"}, Verbs: read},
+		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
+		{APIGroups: []string{"admissionregistration.k8s.io"}, Resources: []string{"mutatingwebhookconfigurations"},
+			ResourceNames: []string{WebhookConfig}, Verbs: []string{"get", "update"}},
+	}
+}
+
+// NamespaceRules are what the control plane may do in its own namespace:
+// keep its CA in a Secret and read an operator's.
+func NamespaceRules() []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}},
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"trellis-ca", "cacerts"}, Verbs: []string{"get", "update"}},
+	}
+}
+
+func controlPlaneDeployment(v Values, labels map[string]string, meta metav1.ObjectMeta) *appsv1.Deployment {
+	ptr := func(b bool) *bool { return &b }
+	uid := int64(65532)
+	ready := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(webhookPort), Scheme: corev1.URISchemeHTTPS}},
+		PeriodSeconds: 2, TimeoutSeconds: 2, FailureThreshold: 3}
+	live := ready.DeepCopy()
+	live.PeriodSeconds, live.FailureThreshold = 10, 6
+	return &appsv1.Deployment{TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"}, ObjectMeta: meta,
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &v.ControlPlane.Replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": ControlPlane}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{"sidecar.istio.io/inject": "false"}},
+				Spec: corev1.PodSpec{
+					ServiceAccountName: ControlPlane,
+					SecurityContext:    &corev1.PodSecurityContext{RunAsNonRoot: ptr(true), RunAsUser: &uid, RunAsGroup: &uid},
+					Containers: []corev1.Container{{
+						Name: ControlPlane, Image: v.image("trellis-control"), ImagePullPolicy: corev1.PullPolicy(v.Image.PullPolicy),
+						Args: []string{"--kubernetes", "--control-state-dir", "/var/run/trellis-control",
+							"--trust-domain", v.TrustDomain,
+							"--proxy-image", v.image("trellis-proxy"), "--proxy-pull-policy", v.Image.PullPolicy,
+							"--metrics-addr", fmt.Sprintf(":%d", metricsPort), "--dashboard-addr", fmt.Sprintf(":%d", dashboardPort)},
+						Env: []corev1.EnvVar{{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}}},
+						Ports: []corev1.ContainerPort{
+							{Name: "grpc-trellis", ContainerPort: grpcPort}, {Name: "http-monitoring", ContainerPort: metricsPort},
+							{Name: "https-webhook", ContainerPort: webhookPort}, {Name: "http-dashboard", ContainerPort: dashboardPort},
+						},
+						ReadinessProbe: ready, LivenessProbe: live,
+						Resources: corev1.ResourceRequirements{
+							Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+							Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")},
+						},
+						SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: ptr(false), ReadOnlyRootFilesystem: ptr(true),
+							Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
+						VolumeMounts: []corev1.VolumeMount{{Name: "state", MountPath: "/var/run/trellis-control"}},
+					}},
+					Volumes: []corev1.Volume{{Name: "state", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}}},
+				},
+			},
+		}}
+}
+
+// webhookConfiguration registers injection for pods in namespaces labelled
+// trellis.io/inject=enabled, or istio-injection=enabled (Istio's label)
+// without a trellis.io/inject label; pods labelled
+// sidecar.istio.io/inject=false or trellis.io/inject=false are never
+// sent. Its caBundle is left empty: the control plane fills it with the
+// mesh's roots (and keeps it so). Why each setting is what it is:
+// docs/kubernetes.md.
+func webhookConfiguration(v Values, meta metav1.ObjectMeta) *admissionregv1.MutatingWebhookConfiguration {
+	path := "/inject"
+	port := int32(443)
+	fail := admissionregv1.Fail
+	none := admissionregv1.SideEffectClassNone
+	timeout := int32(10)
+	reinvoke := admissionregv1.IfNeededReinvocationPolicy
+	objects := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+		{Key: "sidecar.istio.io/inject", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"false"}},
+		{Key: "trellis.io/inject", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"false"}},
+	}}
+	hook := func(name string, ns *metav1.LabelSelector) admissionregv1.MutatingWebhook {
+		return admissionregv1.MutatingWebhook{
+			Name: name,
+			ClientConfig: admissionregv1.WebhookClientConfig{Service: &admissionregv1.ServiceReference{
+				Namespace: v.Namespace, Name: ControlPlane, Path: &path, Port: &port}},
+			Rules: []admissionregv1.RuleWithOperations{{Operations: []admissionregv1.OperationType{admissionregv1.Create},
+				Rule: admissionregv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}},
+			FailurePolicy: &fail, SideEffects: &none, TimeoutSeconds: &timeout, ReinvocationPolicy: &reinvoke,
+			AdmissionReviewVersions: []string{"v1"},
+			NamespaceSelector:       ns, ObjectSelector: objects,
+		}
+	}
+	return &admissionregv1.MutatingWebhookConfiguration{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration"},
+		ObjectMeta: meta,
+		Webhooks: []admissionregv1.MutatingWebhook{
+			hook("namespace.sidecar.trellis.io", &metav1.LabelSelector{MatchLabels: map[string]string{"trellis.io/inject": "enabled"}}),
+			hook("istio-namespace.sidecar.trellis.io", &metav1.LabelSelector{
+				MatchLabels:      map[string]string{"istio-injection": "enabled"},
+				MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "trellis.io/inject", Operator: metav1.LabelSelectorOpDoesNotExist}},
+			}),
+		},
+	}
+}
+
+// peerAuthenticationCRD is security.trellis.io/v1 PeerAuthentication: the
+// documented subset of Istio's (selector.matchLabels, mtls.mode,
+// portLevelMtls), with a structural schema so the API server refuses
+// unknown fields and bad modes.
+func peerAuthenticationCRD() map[string]any {
+	mode := map[string]any{"type": "object", "properties": map[string]any{
+		"mode": map[string]any{"type": "string", "enum": []string{"UNSET", "PERMISSIVE", "STRICT"}}}}
+	return map[string]any{
+		"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+		"metadata": map[string]any{"name": "peerauthentications.security.trellis.io", "labels": map[string]any{PartOf: "trellis"}},
+		"spec": map[string]any{
+			"group": "security.trellis.io", "scope": "Namespaced",
+			"names": map[string]any{"kind": "PeerAuthentication", "listKind": "PeerAuthenticationList", "plural": "peerauthentications",
+				"singular": "peerauthentication", "shortNames": []string{"pa"}},
+			"versions": []any{map[string]any{
+				"name": "v1", "served": true, "storage": true,
+				"schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "properties": map[string]any{
+					"spec": map[string]any{"type": "object", "properties": map[string]any{
+						"selector": map[string]any{"type": "object", "properties": map[string]any{
+							"matchLabels": map[string]any{"type": "object", "additionalProperties": map[string]any{"type": "string"}}}},
+						"mtls":          mode,
+						"portLevelMtls": map[string]any{"type": "object", "additionalProperties": mode},
+					}},
+				}}},
+			}},
+		},
+	}
+}

@@ -1,0 +1,71 @@
+// Package kube is Trellis's Kubernetes side: the discovery source fed by
+// informers, TokenReview attestation of first certificates, the CA root
+// kept in a Secret, the injection webhook's registration, and applying the
+// objects `trellis install` renders. It is the only package (with
+// internal/discovery) that links client-go: the proxy never does.
+package kube
+
+import (
+	"fmt"
+	"os"
+
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// RESTConfig is the API server connection: from kubeconfig when given,
+// else from $KUBECONFIG, else the pod's in-cluster service account.
+func RESTConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		kubeconfig = os.Getenv("KUBECONFIG")
+	}
+	if kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes: not in a pod (%v); give --kubeconfig or set KUBECONFIG", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes: kubeconfig %s: %w", kubeconfig, err)
+	}
+	return cfg, nil
+}
+
+// NewClient connects to the API server (see RESTConfig), identifying as
+// userAgent.
+func NewClient(kubeconfig, userAgent string) (kubernetes.Interface, *rest.Config, error) {
+	cfg, err := RESTConfig(kubeconfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.UserAgent = userAgent
+	cfg.QPS, cfg.Burst = 50, 100
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	return cs, cfg, nil
+}
+
+// Clients are the typed and dynamic clients of one API server.
+type Clients struct {
+	Client  kubernetes.Interface
+	Dynamic dynamic.Interface
+}
+
+// Connect makes both clients (see NewClient).
+func Connect(kubeconfig, userAgent string) (*Clients, error) {
+	client, rc, err := NewClient(kubeconfig, userAgent)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	return &Clients{Client: client, Dynamic: dyn}, nil
+}

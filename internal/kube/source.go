@@ -1,0 +1,291 @@
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
+	"github.com/trellis-mesh/trellis/internal/discovery"
+	"github.com/trellis-mesh/trellis/internal/manifest"
+)
+
+// SidecarContainer is the name of the proxy's container in an injected
+// pod (a native sidecar: an init container that keeps running).
+const SidecarContainer = "trellis-proxy"
+
+// PeerAuthenticationResources are the groups a PeerAuthentication is read
+// from: Trellis's own, and Istio's when its CRDs are installed (the same
+// schema, see docs/kubernetes.md).
+var PeerAuthenticationResources = []schema.GroupVersionResource{
+	{Group: "security.trellis.io", Version: "v1", Resource: "peerauthentications"},
+	{Group: "security.istio.io", Version: "v1", Resource: "peerauthentications"},
+}
+
+// Source is a discovery.Source fed by informers on the API server:
+// Namespaces, Pods, Services and PeerAuthentications of every namespace
+// become catalog snapshots, published at most once per Settle after a
+// burst of changes (scaling a Deployment changes many pods at once).
+type Source struct {
+	Client  kubernetes.Interface
+	Dynamic dynamic.Interface
+	// Settle is how long changes are gathered before a snapshot is
+	// built. Default 50 ms; the control plane debounces its pushes too.
+	Settle time.Duration
+	// Resync lists everything again this often, repairing a missed event.
+	// Default 10 minutes.
+	Resync time.Duration
+}
+
+var _ discovery.Source = (*Source)(nil)
+
+// Run implements discovery.Source.
+func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error {
+	settle := s.Settle
+	if settle <= 0 {
+		settle = 50 * time.Millisecond
+	}
+	resync := s.Resync
+	if resync <= 0 {
+		resync = 10 * time.Minute
+	}
+	changed := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { poke() },
+		UpdateFunc: func(any, any) { poke() },
+		DeleteFunc: func(any) { poke() },
+	}
+	f := informers.NewSharedInformerFactory(s.Client, resync)
+	nsInf, podInf, svcInf := f.Core().V1().Namespaces(), f.Core().V1().Pods(), f.Core().V1().Services()
+	for _, inf := range []cache.SharedIndexInformer{nsInf.Informer(), podInf.Informer(), svcInf.Informer()} {
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return err
+		}
+	}
+	df := dynamicinformer.NewDynamicSharedInformerFactory(s.Dynamic, resync)
+	var paListers []cache.GenericLister
+	for _, gvr := range s.servedPeerAuthentications() {
+		inf := df.ForResource(gvr)
+		if _, err := inf.Informer().AddEventHandler(handler); err != nil {
+			return err
+		}
+		paListers = append(paListers, inf.Lister())
+	}
+	f.Start(ctx.Done())
+	df.Start(ctx.Done())
+	defer f.Shutdown()
+	defer df.Shutdown()
+	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return ignoreDone(ctx, fmt.Errorf("kubernetes: informer for %v did not sync", typ))
+		}
+	}
+	for gvr, ok := range df.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return ignoreDone(ctx, fmt.Errorf("kubernetes: informer for %v did not sync", gvr))
+		}
+	}
+	var version uint64
+	warned := map[string]bool{} // PeerAuthentications already reported as invalid
+	for {
+		version++
+		snap := &catalog.Snapshot{Version: version, Time: time.Now()}
+		nss, _ := nsInf.Lister().List(labels.Everything())
+		for _, ns := range nss {
+			snap.Namespaces = append(snap.Namespaces, &catalog.Namespace{Meta: meta(ns.Name, "", ns.Labels, ns.Annotations)})
+		}
+		svcs, _ := svcInf.Lister().List(labels.Everything())
+		for _, svc := range svcs {
+			if c := Service(svc); c != nil {
+				snap.Services = append(snap.Services, c)
+			}
+		}
+		pods, _ := podInf.Lister().List(labels.Everything())
+		for _, p := range pods {
+			snap.Pods = append(snap.Pods, RunningPod(p))
+		}
+		for _, l := range paListers {
+			objs, _ := l.List(labels.Everything())
+			for _, o := range objs {
+				pa, err := peerAuthentication(o)
+				if err != nil {
+					if !warned[err.Error()] {
+						warned[err.Error()] = true
+						slog.Warn("PeerAuthentication ignored", "err", err)
+					}
+					continue
+				}
+				snap.PeerAuthentications = append(snap.PeerAuthentications, pa)
+			}
+		}
+		sortSnapshot(snap)
+		publish(snap)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+		select { // gather the rest of the burst
+		case <-ctx.Done():
+			return nil
+		case <-time.After(settle):
+		}
+	}
+}
+
+// servedPeerAuthentications are the PeerAuthentication resources the API
+// server serves (Istio's only when its CRDs are installed).
+func (s *Source) servedPeerAuthentications() []schema.GroupVersionResource {
+	var out []schema.GroupVersionResource
+	for _, gvr := range PeerAuthenticationResources {
+		res, err := s.Client.Discovery().ServerResourcesForGroupVersion(gvr.GroupVersion().String())
+		if err != nil {
+			continue
+		}
+		if slices.ContainsFunc(res.APIResources, func(r metav1.APIResource) bool { return r.Name == gvr.Resource }) {
+			out = append(out, gvr)
+		}
+	}
+	return out
+}
+
+func ignoreDone(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func meta(name, namespace string, l, a map[string]string) catalog.Meta {
+	return catalog.Meta{Name: name, Namespace: namespace, Labels: l, Annotations: a}
+}
+
+// Service is the catalog's view of svc, or nil for a Service without a
+// cluster IP (headless or ExternalName): there is no address to capture.
+func Service(svc *corev1.Service) *catalog.Service {
+	ip, err := netip.ParseAddr(svc.Spec.ClusterIP)
+	if err != nil {
+		return nil
+	}
+	c := &catalog.Service{Meta: meta(svc.Name, svc.Namespace, svc.Labels, svc.Annotations), Selector: svc.Spec.Selector, ClusterIP: ip}
+	for _, p := range svc.Spec.Ports {
+		sp := catalog.ServicePort{Name: p.Name, Protocol: catalog.Protocol(p.Protocol), Port: p.Port}
+		if p.AppProtocol != nil {
+			sp.AppProtocol = *p.AppProtocol
+		}
+		switch {
+		case p.TargetPort.StrVal != "":
+			sp.TargetPortName = p.TargetPort.StrVal
+		case p.TargetPort.IntVal != 0:
+			sp.TargetPort = p.TargetPort.IntVal
+		default:
+			sp.TargetPort = p.Port
+		}
+		c.Ports = append(c.Ports, sp)
+	}
+	return c
+}
+
+// RunningPod is the catalog's view of p: its labels, service account,
+// container ports (for named target ports), owning Deployment, address
+// and readiness, and whether it was injected with a sidecar.
+func RunningPod(p *corev1.Pod) *catalog.RunningPod {
+	cp := &catalog.Pod{Meta: meta(p.Name, p.Namespace, p.Labels, p.Annotations), Owner: deploymentOf(p)}
+	cp.Spec.ServiceAccount = p.Spec.ServiceAccountName
+	if cp.Spec.ServiceAccount == "" {
+		cp.Spec.ServiceAccount = "default"
+	}
+	rp := &catalog.RunningPod{Pod: cp}
+	for _, c := range p.Spec.Containers {
+		cc := catalog.Container{Name: c.Name, Image: c.Image}
+		for _, port := range c.Ports {
+			cc.Ports = append(cc.Ports, catalog.ContainerPort{Name: port.Name, Port: port.ContainerPort, Protocol: catalog.Protocol(port.Protocol)})
+		}
+		cp.Spec.Containers = append(cp.Spec.Containers, cc)
+	}
+	for _, c := range p.Spec.InitContainers {
+		if c.Name == SidecarContainer {
+			rp.Sidecar = true
+		}
+	}
+	if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil {
+		rp.IP = ip
+	}
+	if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				rp.Ready = true
+			}
+		}
+	}
+	return rp
+}
+
+// deploymentOf names the Deployment that owns p through a ReplicaSet
+// (NAME-HASH, the hash also in the pod's pod-template-hash label), or
+// "" when p has none.
+func deploymentOf(p *corev1.Pod) string {
+	hash := p.Labels["pod-template-hash"]
+	for _, o := range p.OwnerReferences {
+		if o.Kind == "ReplicaSet" && hash != "" {
+			if name, ok := strings.CutSuffix(o.Name, "-"+hash); ok {
+				return name
+			}
+		}
+	}
+	return ""
+}
+
+// peerAuthentication decodes a PeerAuthentication read from the API
+// server with the same rules as one-host manifests.
+func peerAuthentication(o any) (*catalog.PeerAuthentication, error) {
+	u, ok := o.(*unstructured.Unstructured)
+	if !ok {
+		return nil, fmt.Errorf("unexpected object %T", o)
+	}
+	content := u.UnstructuredContent()
+	doc := map[string]any{"apiVersion": content["apiVersion"], "kind": content["kind"], "spec": content["spec"],
+		"metadata": map[string]any{"name": u.GetName(), "namespace": u.GetNamespace(), "labels": u.GetLabels(), "annotations": u.GetAnnotations()}}
+	data, err := json.Marshal(doc)
+	if err != nil {
+		return nil, err
+	}
+	pa, err := manifest.DecodePeerAuthentication(data)
+	if err != nil {
+		return nil, fmt.Errorf("PeerAuthentication %s/%s: %w", u.GetNamespace(), u.GetName(), err)
+	}
+	return pa, nil
+}
+
+func sortSnapshot(s *catalog.Snapshot) {
+	slices.SortFunc(s.Namespaces, func(a, b *catalog.Namespace) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(s.Services, func(a, b *catalog.Service) int {
+		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	})
+	slices.SortFunc(s.Pods, func(a, b *catalog.RunningPod) int { return strings.Compare(a.Key(), b.Key()) })
+	slices.SortFunc(s.PeerAuthentications, func(a, b *catalog.PeerAuthentication) int {
+		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	})
+}
