@@ -127,7 +127,8 @@ func (b *Bed) Up(ctx context.Context) (err error) {
 }
 
 // network creates the node's namespace and its link to the host, with
-// host routes to the pod and service ranges and none off the machine.
+// host routes to the pod and service ranges, the node's route to the
+// service range, and none off the machine.
 func (b *Bed) network() error {
 	steps := [][]string{
 		{"ip", "netns", "add", netnsName},
@@ -139,6 +140,10 @@ func (b *Bed) network() error {
 		{"ip", "-n", netnsName, "link", "set", "lo", "up"},
 		{"ip", "route", "add", podCIDR, "via", nodeAddr},
 		{"ip", "route", "add", serviceCIDR, "via", nodeAddr},
+		// The node's own processes (the API server calling a webhook
+		// Service) need a route to the service range for kube-proxy's
+		// DNAT to apply: a real node has its default route.
+		{"ip", "-n", netnsName, "route", "add", serviceCIDR, "dev", "eth0"},
 	}
 	for _, s := range steps {
 		if out, err := exec.Command(s[0], s[1:]...).CombinedOutput(); err != nil {
