@@ -309,3 +309,83 @@ func splitYAML(in []byte) [][]byte {
 	}
 	return append(docs, cur)
 }
+
+func newCheckCmd(o *options) *cobra.Command {
+	var pre bool
+	var kubeconfig, namespace string
+	cmd := &cobra.Command{
+		Use:   "check [--pre]",
+		Short: "Check a Kubernetes cluster before install (--pre), or the installed mesh: control plane, webhook, roots, sidecars",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			clients, err := kube.Connect(kubeconfig, "trellis-check")
+			if err != nil {
+				return err
+			}
+			c := &kube.Checker{Clients: clients, Namespace: namespace}
+			var results []kube.CheckResult
+			if pre {
+				results = c.Pre(cmd.Context())
+			} else {
+				results = c.Installed(cmd.Context())
+			}
+			failed := 0
+			group := ""
+			for _, r := range results {
+				if r.Group != group {
+					group = r.Group
+					fmt.Fprintf(o.out, "%s\n%s\n", group, strings.Repeat("-", len(group)))
+				}
+				mark := map[string]string{"ok": "√", "warn": "‼", "fail": "×"}[r.Status]
+				line := mark + " " + r.Name
+				if r.Detail != "" {
+					line += ": " + r.Detail
+				}
+				fmt.Fprintln(o.out, line)
+				if r.Hint != "" && r.Status != "ok" {
+					fmt.Fprintln(o.out, "    → "+r.Hint)
+				}
+				if r.Status == "fail" {
+					failed++
+				}
+			}
+			if failed > 0 {
+				fmt.Fprintf(o.out, "\n%d check(s) failed\n", failed)
+				return exitCode(1)
+			}
+			fmt.Fprintln(o.out, "\nStatus check results are √")
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&pre, "pre", false, "check the cluster can take an install, instead of the installed mesh")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default $KUBECONFIG)")
+	cmd.Flags().StringVar(&namespace, "trellis-namespace", "trellis-system", "the namespace Trellis is installed in")
+	return cmd
+}
+
+func newRestartInjectedCmd(o *options) *cobra.Command {
+	var kubeconfig, namespace string
+	cmd := &cobra.Command{
+		Use:   "restart-injected -n NAMESPACE",
+		Short: "Restart the Deployments, StatefulSets and DaemonSets of a meshed namespace whose pods run without a sidecar",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			clients, err := kube.Connect(kubeconfig, "trellis-restart-injected")
+			if err != nil {
+				return err
+			}
+			done, err := kube.RestartInjected(cmd.Context(), clients, namespace)
+			for _, d := range done {
+				fmt.Fprintf(o.out, "restarted %s/%s\n", namespace, d)
+			}
+			if err == nil && len(done) == 0 {
+				fmt.Fprintf(o.out, "every pod of %s has its sidecar (or opted out)\n", namespace)
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default $KUBECONFIG)")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "the meshed namespace (required)")
+	_ = cmd.MarkFlagRequired("namespace")
+	return cmd
+}

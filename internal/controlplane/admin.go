@@ -40,13 +40,7 @@ type RotateRequest struct {
 
 func (p *plane) adminMux() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/proxies", func(w http.ResponseWriter, _ *http.Request) {
-		st := p.push.Status()
-		sort.Slice(st, func(i, j int) bool {
-			return st[i].Namespace+"/"+st[i].Pod < st[j].Namespace+"/"+st[j].Pod
-		})
-		unixapi.WriteJSON(w, http.StatusOK, st)
-	})
+	mux.HandleFunc("GET /v1/proxies", p.proxiesHandler)
 	mux.HandleFunc("GET /v1/ca", func(w http.ResponseWriter, _ *http.Request) { unixapi.WriteJSON(w, http.StatusOK, p.caStatus()) })
 	mux.HandleFunc("POST /v1/ca/rotate", func(w http.ResponseWriter, r *http.Request) {
 		var req RotateRequest
@@ -64,6 +58,15 @@ func (p *plane) adminMux() http.Handler {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	return mux
+}
+
+// proxiesHandler answers with every proxy's status, by namespace and pod.
+func (p *plane) proxiesHandler(w http.ResponseWriter, _ *http.Request) {
+	st := p.push.Status()
+	sort.Slice(st, func(i, j int) bool {
+		return st[i].Namespace+"/"+st[i].Pod < st[j].Namespace+"/"+st[j].Pod
+	})
+	unixapi.WriteJSON(w, http.StatusOK, st)
 }
 
 func (p *plane) caStatus() CAStatus {

@@ -243,6 +243,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
+	// Which proxies are connected and synced, for `trellis check` on
+	// Kubernetes (through the API server's pod proxy): the admin socket's
+	// GET /v1/proxies, read-only.
+	metricsMux.HandleFunc("GET /debug/proxies", p.proxiesHandler)
 	metrics, admin := safehttp.Server(metricsMux), safehttp.Server(p.adminMux())
 
 	g, ctx := errgroup.WithContext(ctx)

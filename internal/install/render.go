@@ -121,7 +121,7 @@ func controlPlaneDeployment(v Values, labels map[string]string, meta metav1.Obje
 			Replicas: &v.ControlPlane.Replicas,
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": ControlPlane}},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{"sidecar.istio.io/inject": "false"}},
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
 					ServiceAccountName: ControlPlane,
 					SecurityContext:    &corev1.PodSecurityContext{RunAsNonRoot: ptr(true), RunAsUser: &uid, RunAsGroup: &uid},
