@@ -29,6 +29,7 @@ missing=()
 command -v ip >/dev/null || missing+=(iproute2)
 command -v nsenter >/dev/null || missing+=(util-linux)
 command -v pgrep >/dev/null || missing+=(procps)
+command -v tcpdump >/dev/null || missing+=(tcpdump) # the tests look at the wire between pods
 if [ ${#missing[@]} -gt 0 ]; then
   echo "k8sbed: installing ${missing[*]}" >&2
   apt-get update -qq

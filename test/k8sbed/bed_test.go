@@ -44,7 +44,7 @@ func TestBedRunsPodsAndCleansUp(t *testing.T) {
 	step("up")
 
 	hello := filepath.Join(t.TempDir(), "hello")
-	build := exec.Command("go", "build", "-o", hello, "./testdata/hello")
+	build := exec.Command("go", "build", "-o", hello, "./workloads/hello")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build hello: %v\n%s", err, out)

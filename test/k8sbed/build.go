@@ -45,7 +45,7 @@ var components = []component{
 	}},
 	{dir: "components/crictl", pkgs: []string{"sigs.k8s.io/cri-tools/cmd/crictl"}},
 	{dir: "components/coredns", pkgs: []string{"github.com/coredns/coredns"}},
-	{dir: ".", pkgs: []string{"./images/pause"}},
+	{dir: "images/pause", pkgs: []string{"."}},
 }
 
 // hostTools are what the bed takes from Debian's packages (scripts/k8sbed.sh

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,6 +36,9 @@ func TestMeshOnKubernetes(t *testing.T) {
 	trellis := buildTrellis(t, ctx, bed)
 	step("images loaded")
 
+	if out, err := trellis("check", "--pre").CombinedOutput(); err != nil {
+		t.Fatalf("trellis check --pre: %v\n%s", err, out)
+	}
 	install := trellis("install", "--set", "image.tag=bedtest", "--set", "image.pullPolicy=Never")
 	if out, err := install.CombinedOutput(); err != nil {
 		logs, _ := bed.kubectl(ctx, "-n", "trellis-system", "logs", "deploy/trellis-control", "--tail=50")
@@ -76,14 +81,17 @@ func TestMeshOnKubernetes(t *testing.T) {
 		t.Errorf("a pod of an unlabelled namespace was injected: %s", outsideInits)
 	}
 	meshClient := podIP(t, ctx, bed, "mesh", "app=client")
-	outsideClient := podIP(t, ctx, bed, "outside", "app=client")
 	helloURL := "http://hello.mesh.svc.cluster.local/"
 
-	for _, proto := range []string{"http1", "h2c"} {
-		lines := fetch(t, meshClient, helloURL, 30, proto)
+	for _, proto := range []string{"http1", "h2c", "grpc"} {
+		url := helloURL
+		if proto == "grpc" {
+			url = "hello.mesh.svc.cluster.local:9090"
+		}
+		lines := fetch(t, meshClient, url, 30, proto)
 		seen := map[string]int{}
 		for _, l := range lines {
-			if m := regexp.MustCompile(`^200 hello from (hello-\S+)`).FindStringSubmatch(l); m != nil {
+			if m := regexp.MustCompile(`^(?:200|OK) hello from (hello-\S+)`).FindStringSubmatch(l); m != nil {
 				seen[m[1]]++
 			} else {
 				t.Errorf("%s: a response through the mesh was %q", proto, l)
@@ -98,7 +106,68 @@ func TestMeshOnKubernetes(t *testing.T) {
 	if !regexp.MustCompile(`istio_requests_total\{[^}]*connection_security_policy="mutual_tls"[^}]*source_workload="client"`).MatchString(metrics) {
 		t.Errorf("the server's sidecar counted no mTLS request from the client; its metrics:\n%s", grepLines(metrics, "istio_requests_total"))
 	}
+	// The redirect step captured the client app's own traffic to the
+	// ClusterIP: its sidecar reported the requests as their source.
+	clientMetrics := get(t, "http://"+net.JoinHostPort(meshClient, "15020")+"/stats/prometheus")
+	if !regexp.MustCompile(`istio_requests_total\{[^}]*destination_service="hello.mesh.svc.cluster.local"[^}]*reporter="source"`).MatchString(clientMetrics) {
+		t.Errorf("the client's sidecar reported no request of its app to hello; its metrics:\n%s", grepLines(clientMetrics, "istio_requests_total"))
+	}
 	step("balanced over mTLS")
+
+	// The wire between the pods: a capture on every link of the node sees
+	// the greeting in plaintext when the unmeshed client asks
+	// (PERMISSIVE), and never when the meshed one does.
+	outsideClient := podIP(t, ctx, bed, "outside", "app=client")
+	if wire := capture(t, ctx, func() { fetch(t, outsideClient, helloURL, 3, "http1") }); !strings.Contains(wire, "hello from") {
+		t.Errorf("the capture saw no plaintext greeting of the unmeshed client's requests: it does not see the pods' links")
+	}
+	if wire := capture(t, ctx, func() {
+		fetch(t, meshClient, helloURL, 10, "http1")
+		fetch(t, meshClient, "hello.mesh.svc.cluster.local:9090", 10, "grpc")
+	}); strings.Contains(wire, "hello from") {
+		t.Errorf("plaintext between meshed pods:\n%s", grepLines(wire, "hello from"))
+	}
+	step("no plaintext on the wire")
+
+	// Scaling under load: 200 requests a second from the meshed client
+	// while the server goes 3 -> 5 -> 1 replicas; not one may fail.
+	loadDone := startLoad(meshClient, helloURL, 200, 30)
+	for _, n := range []string{"5", "1"} {
+		if out, err := bed.kubectl(ctx, "-n", "mesh", "scale", "deployment/hello", "--replicas="+n); err != nil {
+			t.Fatal(err, out)
+		}
+		if out, err := bed.kubectl(ctx, "-n", "mesh", "rollout", "status", "deployment/hello", "--timeout=120s"); err != nil {
+			t.Fatal(err, out)
+		}
+		time.Sleep(5 * time.Second)
+	}
+	if got := <-loadDone; !onlyOK(got) {
+		t.Errorf("scaling 3 -> 5 -> 1 under load: outcomes\n%s", got)
+	} else {
+		t.Logf("scaling 3 -> 5 -> 1 under load: %s", strings.ReplaceAll(got, "\n", "; "))
+	}
+	if out, err := bed.kubectl(ctx, "-n", "mesh", "scale", "deployment/hello", "--replicas=3"); err != nil {
+		t.Fatal(err, out)
+	}
+	step("scaled under load")
+
+	// The control plane's pod deleted under load: the sidecars keep
+	// serving their last config, and reconnect to its successor.
+	loadDone = startLoad(meshClient, helloURL, 200, 20)
+	time.Sleep(3 * time.Second)
+	if out, err := bed.kubectl(ctx, "-n", "trellis-system", "delete", "pod", "-l", "app=trellis-control", "--wait=false"); err != nil {
+		t.Fatal(err, out)
+	}
+	if got := <-loadDone; !onlyOK(got) {
+		t.Errorf("control plane deleted under load: outcomes\n%s", got)
+	}
+	if out, err := bed.kubectl(ctx, "-n", "trellis-system", "rollout", "status", "deployment/trellis-control", "--timeout=120s"); err != nil {
+		t.Fatal(err, out)
+	}
+	if out, err := bed.kubectl(ctx, "-n", "mesh", "rollout", "status", "deployment/hello", "--timeout=120s"); err != nil {
+		t.Fatal(err, out)
+	}
+	step("control plane replaced under load")
 
 	// PERMISSIVE (no policy): a client outside the mesh is served.
 	if lines := fetch(t, outsideClient, helloURL, 3, "http1"); !allPrefixed(lines, "200 hello from") {
@@ -134,29 +203,52 @@ spec: {mtls: {mode: STRICT}}
 	if out, err := bed.kubectl(ctx, "-n", "gitops", "rollout", "status", "deployment/client", "--timeout=120s"); err != nil {
 		t.Fatal(err, out)
 	}
-	if lines := fetch(t, podIP(t, ctx, bed, "gitops", "app=client"), helloURL, 3, "http1"); !allPrefixed(lines, "200 hello from") {
+	gitopsClient := podIP(t, ctx, bed, "gitops", "app=client")
+	if lines := fetch(t, gitopsClient, helloURL, 3, "http1"); !allPrefixed(lines, "200 hello from") {
 		t.Errorf("under STRICT, the client injected by trellis inject got %q, want the greeting", lines)
 	}
+	// Its port 9090 is excluded from the outbound capture: gRPC leaves
+	// without its sidecar, in plaintext, and STRICT refuses it.
+	if lines := fetch(t, gitopsClient, "hello.mesh.svc.cluster.local:9090", 1, "grpc"); allPrefixed(lines, "OK") {
+		t.Errorf("gRPC on an excluded outbound port was served under STRICT (%q): it went through the sidecar", lines)
+	}
 	step("trellis inject meshes a manifest offline")
+
+	// A namespace labelled after its pods started: check names them,
+	// restart-injected rolls them, and then every sidecar is connected
+	// and synced.
+	if _, err := bed.kubectl(ctx, "label", "namespace", "outside", "trellis.io/inject=enabled"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := trellis("check").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "‼ pods of outside without a sidecar: client-") {
+		t.Errorf("trellis check with a pod created before injection: %v, want it named\n%s", err, out)
+	}
+	if out, err := trellis("restart-injected", "-n", "outside").CombinedOutput(); err != nil || !strings.Contains(string(out), "restarted outside/Deployment/client") {
+		t.Errorf("trellis restart-injected: %v\n%s", err, out)
+	}
+	if out, err := bed.kubectl(ctx, "-n", "outside", "rollout", "status", "deployment/client", "--timeout=120s"); err != nil {
+		t.Fatal(err, out)
+	}
+	if err := waitFor(ctx, "trellis check", time.Minute, func() error {
+		out, err := trellis("check").CombinedOutput()
+		if err == nil && (strings.Contains(string(out), "‼") || !strings.Contains(string(out), "√ sidecars connected and synced: 6 injected pod(s)")) {
+			err = fmt.Errorf("not all √")
+		}
+		if err != nil {
+			return fmt.Errorf("%v\n%s", err, out)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	step("trellis check, restart-injected")
 
 	uninstall := trellis("uninstall")
 	if out, err := uninstall.CombinedOutput(); err != nil {
 		t.Fatalf("trellis uninstall: %v\n%s", err, out)
 	}
-	for _, check := range [][]string{
-		{"get", "namespace", "trellis-system"},
-		{"get", "crd", "peerauthentications.security.trellis.io"},
-		{"get", "mutatingwebhookconfiguration", "trellis-sidecar-injector"},
-		{"get", "clusterrole", "trellis-control"},
-		{"get", "clusterrolebinding", "trellis-control"},
-	} {
-		if out, err := bed.kubectl(ctx, check...); err == nil || !strings.Contains(out, "NotFound") {
-			t.Errorf("after uninstall, kubectl %s: %s", strings.Join(check, " "), out)
-		}
-	}
-	if left, _ := bed.kubectl(ctx, "get", "all,sa,role,rolebinding,secret,configmap", "-A", "-l", "app.kubernetes.io/part-of=trellis", "-o", "name"); strings.TrimSpace(left) != "" {
-		t.Errorf("after uninstall, objects of Trellis are left:\n%s", left)
-	}
+	checkNoTrellis(t, ctx, bed)
 	if out, err := bed.kubectl(ctx, "-n", "mesh", "get", "deployment", "hello", "-o", "jsonpath={.status.readyReplicas}"); err != nil || out != "3" {
 		t.Errorf("after uninstall, the meshed deployment has %q ready replicas (%v), want 3 still running", out, err)
 	}
@@ -177,6 +269,25 @@ spec: {mtls: {mode: STRICT}}
 		t.Errorf("after uninstall: %v", err)
 	}
 	step("uninstalled")
+}
+
+// checkNoTrellis fails t for anything of Trellis left in the cluster.
+func checkNoTrellis(t *testing.T, ctx context.Context, bed *Bed) {
+	t.Helper()
+	for _, check := range [][]string{
+		{"get", "namespace", "trellis-system"},
+		{"get", "crd", "peerauthentications.security.trellis.io"},
+		{"get", "mutatingwebhookconfiguration", "trellis-sidecar-injector"},
+		{"get", "clusterrole", "trellis-control"},
+		{"get", "clusterrolebinding", "trellis-control"},
+	} {
+		if out, err := bed.kubectl(ctx, check...); err == nil || !strings.Contains(out, "NotFound") {
+			t.Errorf("after uninstall, kubectl %s: %s", strings.Join(check, " "), out)
+		}
+	}
+	if left, _ := bed.kubectl(ctx, "get", "all,sa,role,rolebinding,secret,configmap", "-A", "-l", "app.kubernetes.io/part-of=trellis", "-o", "name"); strings.TrimSpace(left) != "" {
+		t.Errorf("after uninstall, objects of Trellis are left:\n%s", left)
+	}
 }
 
 // startBed brings a bed up in a temporary directory and takes it down
@@ -204,7 +315,7 @@ func startBed(t *testing.T, ctx context.Context) *Bed {
 func loadHello(t *testing.T, ctx context.Context, bed *Bed) {
 	t.Helper()
 	hello := filepath.Join(t.TempDir(), "hello")
-	build := exec.CommandContext(ctx, "go", "build", "-o", hello, "./testdata/hello")
+	build := exec.CommandContext(ctx, "go", "build", "-o", hello, "./workloads/hello")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build hello: %v\n%s", err, out)
@@ -278,6 +389,54 @@ func fetch(t *testing.T, podIP, url string, n int, proto string) []string {
 	return lines[1:]
 }
 
+// capture records the TCP packets between pods on the node's links (the
+// host ends of the pods' veths) while during runs, as text.
+func capture(t *testing.T, ctx context.Context, during func()) string {
+	t.Helper()
+	if _, err := exec.LookPath("tcpdump"); err != nil {
+		t.Fatal("tcpdump is missing: apt-get install tcpdump (scripts/k8sbed.sh does)")
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, "ip", "netns", "exec", netnsName, "tcpdump", "-i", "any", "-nn", "-l", "-A", "-s", "0",
+		"tcp and not host "+hostAddr+" and not port 15021") // not the test's own calls from the host, nor the kubelet's probes (answered in plaintext, as without a mesh)
+	var out strings.Builder
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // tcpdump opens its sockets
+	during()
+	time.Sleep(500 * time.Millisecond)
+	_ = cmd.Process.Signal(os.Interrupt)
+	_ = cmd.Wait()
+	return out.String()
+}
+
+// startLoad has the hello pod at podIP call url at rps for seconds, and
+// delivers its report (outcome counts, first errors) when done.
+func startLoad(podIP, url string, rps, seconds int) <-chan string {
+	done := make(chan string, 1)
+	go func() {
+		client := &http.Client{Timeout: time.Duration(seconds+30) * time.Second}
+		resp, err := client.Get(fmt.Sprintf("http://%s:8080/load?rps=%d&seconds=%d&url=%s", podIP, rps, seconds, url))
+		if err != nil {
+			done <- "load: " + err.Error()
+			return
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		done <- strings.TrimSpace(string(body))
+	}()
+	return done
+}
+
+// onlyOK reports whether a load report has successes only.
+func onlyOK(report string) bool {
+	lines := strings.Split(report, "\n")
+	return len(lines) == 1 && (strings.HasPrefix(lines[0], "200 ") || strings.HasPrefix(lines[0], "OK "))
+}
+
 func allPrefixed(lines []string, prefix string) bool {
 	for _, l := range lines {
 		if !strings.HasPrefix(l, prefix) {
@@ -319,7 +478,7 @@ spec:
         image: trellis.local/test/hello:1
         imagePullPolicy: Never
         env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
-        ports: [{name: http, containerPort: 8080}]
+        ports: [{name: http, containerPort: 8080}, {name: grpc, containerPort: 9090}]
         readinessProbe: {httpGet: {path: /, port: http}, periodSeconds: 1}
 ---
 apiVersion: v1
@@ -327,7 +486,7 @@ kind: Service
 metadata: {name: hello, namespace: mesh}
 spec:
   selector: {app: hello}
-  ports: [{name: http, port: 80, targetPort: http}]
+  ports: [{name: http, port: 80, targetPort: http}, {name: grpc, port: 9090, targetPort: grpc}]
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -373,7 +532,9 @@ spec:
   replicas: 1
   selector: {matchLabels: {app: client}}
   template:
-    metadata: {labels: {app: client}, annotations: {traffic.sidecar.istio.io/excludeInboundPorts: "8080"}}
+    metadata:
+      labels: {app: client}
+      annotations: {traffic.sidecar.istio.io/excludeInboundPorts: "8080", traffic.sidecar.istio.io/excludeOutboundPorts: "9090"}
     spec:
       containers:
       - name: client
