@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -43,6 +44,9 @@ type Service struct {
 	Attestor Attestor
 	// TTL is the lifetime of issued certificates. Default 24 h.
 	TTL time.Duration
+	// Reserved are identities never issued to a caller, however proven
+	// (the control plane's own).
+	Reserved []identity.ID
 	// OnIssue and OnRefuse, when set, observe each outcome (metrics, logs).
 	OnIssue  func(id identity.ID)
 	OnRefuse func(reason string, err error)
@@ -55,6 +59,9 @@ func (s *Service) Sign(ctx context.Context, req *meshpb.SignRequest) (*meshpb.Si
 	csr, id, err := parseCSR(req.GetCsr())
 	if err != nil {
 		return nil, s.refuse("bad_csr", status.Error(codes.InvalidArgument, err.Error()))
+	}
+	if slices.Contains(s.Reserved, id) {
+		return nil, s.refuse("not_proven", status.Errorf(codes.PermissionDenied, "%s is reserved for Trellis itself and never issued to a workload", id))
 	}
 	if err := s.prove(ctx, req, csr, id); err != nil {
 		if errors.Is(err, ErrNotReady) {

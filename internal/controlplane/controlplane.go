@@ -188,7 +188,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		src = &kube.Source{Client: p.kube.Client, Dynamic: p.kube.Dynamic}
-		att = &kube.TokenAttestor{Client: p.kube.Client, TrustDomain: cfg.TrustDomain, Reserved: []identity.ID{p.id}}
+		att = &kube.TokenAttestor{Client: p.kube.Client, TrustDomain: cfg.TrustDomain}
 	} else {
 		var supplied *ca.Authority
 		if cfg.CACert != "" {
@@ -332,7 +332,7 @@ func (p *plane) caService(att ca.Attestor) *ca.Service {
 	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_control_certificates_refused_total",
 		Help: "Certificate requests refused, by reason (bad_csr, not_proven, sign)."}, []string{"reason"})
 	p.reg.MustRegister(issued, refused)
-	return &ca.Service{Keeper: p.keeper, Attestor: att, TTL: p.cfg.SVIDTTL,
+	return &ca.Service{Keeper: p.keeper, Attestor: att, TTL: p.cfg.SVIDTTL, Reserved: []identity.ID{p.id},
 		OnIssue: func(id identity.ID) { issued.Inc(); slog.Debug("certificate issued", "identity", id) },
 		OnRefuse: func(reason string, err error) {
 			refused.WithLabelValues(reason).Inc()

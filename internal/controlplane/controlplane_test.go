@@ -215,6 +215,7 @@ func TestSignRefusesWhatIsNotProven(t *testing.T) {
 		{"a replayed token from another key", &meshpb.SignRequest{Csr: csrFor(t, helloID, p256(t)), BootstrapToken: r.tokens["web/a"], PodNamespace: "web", PodName: "a"}, codes.PermissionDenied, "used already"},
 		{"an unknown pod", &meshpb.SignRequest{Csr: csrFor(t, helloID, key), BootstrapToken: "x", PodNamespace: "web", PodName: "nope"}, codes.PermissionDenied, "no pod web/nope"},
 		{"a token for another identity", &meshpb.SignRequest{Csr: csrFor(t, "spiffe://cluster.local/ns/web/sa/admin", p256(t)), BootstrapToken: r.tokens["web/b"], PodNamespace: "web", PodName: "b"}, codes.PermissionDenied, "not as the spiffe://cluster.local/ns/web/sa/admin"},
+		{"the control plane's own identity", &meshpb.SignRequest{Csr: csrFor(t, "spiffe://cluster.local/ns/trellis-system/sa/trellis-control", p256(t)), BootstrapToken: r.tokens["web/b"], PodNamespace: "web", PodName: "b"}, codes.PermissionDenied, "reserved for Trellis"},
 		{"garbage CSR", &meshpb.SignRequest{Csr: []byte("not a csr"), BootstrapToken: r.tokens["web/b"], PodNamespace: "web", PodName: "b"}, codes.InvalidArgument, "not a PKCS#10"},
 		{"empty CSR", &meshpb.SignRequest{}, codes.InvalidArgument, "empty"},
 		{"RSA key", &meshpb.SignRequest{Csr: csrFor(t, helloID, rsaKey), BootstrapToken: r.tokens["web/b"], PodNamespace: "web", PodName: "b"}, codes.InvalidArgument, "P-256"},

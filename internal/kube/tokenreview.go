@@ -39,9 +39,6 @@ const (
 type TokenAttestor struct {
 	Client      kubernetes.Interface
 	TrustDomain string
-	// Reserved are identities never issued to a workload (the control
-	// plane's own).
-	Reserved []identity.ID
 }
 
 var _ ca.Attestor = (*TokenAttestor)(nil)
@@ -50,9 +47,6 @@ var _ ca.Attestor = (*TokenAttestor)(nil)
 // while it is valid (a restarted sidecar asks again); it is bound to one
 // pod and audience and readable only by that pod's sidecar.
 func (a *TokenAttestor) Attest(ctx context.Context, token, namespace, name string, want identity.ID, _ string) error {
-	if slices.Contains(a.Reserved, want) {
-		return fmt.Errorf("%s is reserved for Trellis itself and never issued to a workload", want)
-	}
 	tr, err := a.Client.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{
 		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{TokenAudience}},
 	}, metav1.CreateOptions{})

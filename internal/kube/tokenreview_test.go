@@ -34,8 +34,8 @@ func testCluster(t *testing.T) kubernetes.Interface {
 // TestTokenAttestor presents real tokens the API server issued to the CA's
 // attestor: the bound token of the pod asking passes; another service
 // account's identity, the wrong audience, a token bound to no pod, a
-// deleted pod's token, another pod's token and the control plane's own
-// identity are refused, each with its reason.
+// deleted pod's token and another pod's token are refused, each with its
+// reason.
 func TestTokenAttestor(t *testing.T) {
 	client := testCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -94,8 +94,7 @@ func TestTokenAttestor(t *testing.T) {
 		}
 		return v
 	}
-	control, _ := identity.ForWorkload("cluster.local", "trellis-system", "trellis-control")
-	att := &TokenAttestor{Client: client, TrustDomain: "cluster.local", Reserved: []identity.ID{control}}
+	att := &TokenAttestor{Client: client, TrustDomain: "cluster.local"}
 	for _, c := range []struct {
 		name, token, pod string
 		want             identity.ID
@@ -107,7 +106,6 @@ func TestTokenAttestor(t *testing.T) {
 		{"a token bound to no pod", token("a", TokenAudience, nil), "p1", id("a"), "not bound to a pod"},
 		{"a deleted pod's token", goneToken, "gone", id("a"), "refused the token"},
 		{"another pod's token", token("a", TokenAudience, p2), "p1", id("a"), "not " + ns + "/p1's"},
-		{"the control plane's identity", token("a", TokenAudience, p1), "p1", control, "reserved"},
 	} {
 		err := att.Attest(ctx, c.token, ns, c.pod, c.want, "")
 		switch {

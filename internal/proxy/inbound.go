@@ -100,7 +100,7 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 		p, _ := port.(uint16)
 		return p
 	})
-	in.mtlsH2 = in.server(true, func(c net.Conn) uint16 { return c.(*guardedTLS).port })
+	in.mtlsH2 = in.server(true, func(c net.Conn) uint16 { return c.(*guardedH2).port })
 	in.h1 = in.server(false, func(c net.Conn) uint16 { return c.(*portConn).port })
 	go func() { _ = in.mtls.Serve(in.mtlsConns) }()
 	go func() { _ = in.mtlsH2.Serve(in.h2Conns) }()
@@ -110,8 +110,9 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 
 // server builds an inbound HTTP server whose requests carry the app port
 // portOf finds for their connection. A guarded server speaks only HTTP/2 on
-// connections whose TLS is already done (guardedTLS); the others speak
-// HTTP/1.1, and HTTP/2 over TLS only: never h2c from outside the pod.
+// connections whose TLS, if any, is already done (guardedH2); the others speak
+// HTTP/1.1, and HTTP/2 over TLS only: h2c from outside the pod comes
+// through the guarded server, after the flood guard.
 func (in *Inbound) server(guarded bool, portOf func(net.Conn) uint16) *http.Server {
 	protocols := new(http.Protocols)
 	if guarded {
@@ -133,8 +134,15 @@ func (in *Inbound) server(guarded bool, portOf func(net.Conn) uint16) *http.Serv
 			MaxReceiveBufferPerStream:     1 << 20,
 		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if g, ok := c.(*guardedTLS); ok {
-				ctx = context.WithValue(ctx, tlsStateKey{}, &g.state)
+			switch c := c.(type) {
+			case *guardedH2:
+				if c.state != nil {
+					ctx = context.WithValue(ctx, tlsStateKey{}, c.state)
+				}
+			case *portConn:
+				if c.state != nil {
+					ctx = context.WithValue(ctx, tlsStateKey{}, c.state)
+				}
 			}
 			return context.WithValue(ctx, appPortKey{}, portOf(c))
 		},
@@ -203,11 +211,24 @@ func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 		c.Close()
 		return
 	}
-	if p == HTTP1 {
-		in.plainConns.push(&portConn{Conn: guardHTTP1(conn, &in.floods), port: appPort})
-		return
+	in.serveDetected(conn, p, appPort, nil, "")
+}
+
+// serveDetected serves a connection whose first bytes were sniffed as p:
+// every HTTP request (HTTP/1 with any method, h2c) takes the HTTP path,
+// where the identity headers are stripped and set by the sidecar; only
+// what is not HTTP is tunnelled to the app as it is. state is the mTLS
+// peer's handshake (nil for plaintext) and meta its tunnel preamble.
+func (in *Inbound) serveDetected(c net.Conn, p Protocol, appPort uint16, state *tls.ConnectionState, meta string) {
+	switch p {
+	case HTTP1:
+		in.plainConns.push(&portConn{Conn: guardHTTP1(c, &in.floods), port: appPort, state: state})
+	case HTTP2:
+		in.floods.serveAfterPenalty(c.RemoteAddr())
+		in.h2Conns.push(&guardedH2{Conn: c, r: newH2Guard(c, c.RemoteAddr(), &peerBudgets, &in.floods), state: state, port: appPort})
+	default:
+		in.tunnel(c, appPort, meta)
 	}
-	in.tunnel(conn, appPort, "")
 }
 
 func (in *Inbound) strict(port uint16) bool {
@@ -240,36 +261,46 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 			tc.Close()
 			return
 		}
-		in.tunnel(tc, appPort, meta)
+		// The caller's ALPN says TCP, but what it tunnels may be HTTP:
+		// a peer's choice cannot take a request past the HTTP path.
+		br := bufio.NewReader(tc)
+		p, err := Sniff(tc, br, 100*time.Millisecond)
+		if err != nil {
+			tc.Close()
+			return
+		}
+		cs := tc.ConnectionState()
+		in.serveDetected(&peekedTLS{peekedConn: peekedConn{Conn: tc, r: br}, tc: tc}, p, appPort, &cs, meta)
 		return
 	}
 	if cs := tc.ConnectionState(); cs.NegotiatedProtocol == "h2" {
 		in.floods.serveAfterPenalty(c.RemoteAddr())
-		in.h2Conns.push(&guardedTLS{Conn: tc, r: newH2Guard(tc, c.RemoteAddr(), &peerBudgets, &in.floods), state: cs, port: appPort})
+		in.h2Conns.push(&guardedH2{Conn: tc, r: newH2Guard(tc, c.RemoteAddr(), &peerBudgets, &in.floods), state: &cs, port: appPort})
 		return
 	}
 	in.ports.Store(tc, appPort)
 	in.mtlsConns.push(tc)
 }
 
-// guardedTLS is a handshaken mTLS connection whose HTTP/2 frames pass the
-// flood guard before net/http reads them: a peer is authenticated, not
-// necessarily well-behaved. It is not a *tls.Conn, so net/http serves it
-// as HTTP/2 with prior knowledge (the TLS is already done) and the
+// guardedH2 is an HTTP/2 connection whose frames pass the flood guard
+// before net/http reads them: a handshaken mTLS connection (a peer is
+// authenticated, not necessarily well-behaved), or plaintext h2c from
+// outside the mesh (state nil). It is not a *tls.Conn, so net/http serves
+// it as HTTP/2 with prior knowledge (the TLS is already done) and the
 // handshake's state travels in the request context (tlsStateKey).
-type guardedTLS struct {
+type guardedH2 struct {
 	net.Conn
 	r     io.Reader
-	state tls.ConnectionState
+	state *tls.ConnectionState
 	port  uint16
 }
 
-func (c *guardedTLS) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *guardedH2) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 type tlsStateKey struct{}
 
 // tlsState is the request's mutual TLS state: net/http's for connections it
-// handshook, guardedTLS's for the rest; nil for plaintext.
+// handshook, the connection wrapper's for the rest; nil for plaintext.
 func tlsState(r *http.Request) *tls.ConnectionState {
 	if r.TLS != nil {
 		return r.TLS
@@ -282,13 +313,14 @@ func tlsState(r *http.Request) *tls.ConnectionState {
 // caller's metadata header is believed only over mutual TLS, and never
 // passed on to the app.
 func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer countPanics()
 	start := time.Now()
 	ex := &exchange{}
 	src := telemetry.Unknown
 	if cs := tlsState(r); cs != nil {
 		if id, err := meshtls.PeerID(*cs); err == nil {
 			var v url.Values
-			src, v = decodePeer(r.Header.Get(peerHeader), id.String())
+			src, v = decodePeer(r.Header.Get(peerHeader), id)
 			ex.service, ex.svcName, ex.svcNS = v.Get("service"), v.Get("service_name"), v.Get("service_namespace")
 			ex.mutualTLS = true
 		}
@@ -380,10 +412,13 @@ func (in *Inbound) tcpOpened(c net.Conn, meta string) func(sent, received int64)
 	}
 	conn := telemetry.Connection{Reporter: "destination", Source: telemetry.Unknown, Dest: *in.self.Load(),
 		Service: "unknown", ServiceName: "unknown", ServiceNamespace: "unknown"}
+	if p, ok := c.(*peekedTLS); ok {
+		c = p.tc
+	}
 	if tc, ok := c.(*tls.Conn); ok {
 		if id, err := meshtls.PeerID(tc.ConnectionState()); err == nil {
 			var v url.Values
-			conn.Source, v = decodePeer(meta, id.String())
+			conn.Source, v = decodePeer(meta, id)
 			conn.MutualTLS = true
 			if v.Get("service") != "" {
 				conn.Service, conn.ServiceName, conn.ServiceNamespace = v.Get("service"), v.Get("service_name"), v.Get("service_namespace")
@@ -420,10 +455,19 @@ type peekedConn struct {
 
 func (p *peekedConn) Read(b []byte) (int, error) { return p.r.Read(b) }
 
-// portConn remembers which app port a plaintext connection was meant for.
+// portConn remembers which app port an HTTP/1 connection was meant for,
+// and over mTLS (a tunnel that carried HTTP) the peer's handshake.
 type portConn struct {
 	net.Conn
-	port uint16
+	port  uint16
+	state *tls.ConnectionState
+}
+
+// peekedTLS is a sniffed mTLS connection: reads go through the sniffer's
+// buffer, and tcpOpened still finds the peer's certificate.
+type peekedTLS struct {
+	peekedConn
+	tc *tls.Conn
 }
 
 // connListener is a net.Listener fed by HandleConn, so one http.Server can

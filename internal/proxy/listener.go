@@ -100,7 +100,7 @@ func (s *OutboundServer) ServeExplicit(ln net.Listener, up Upstream) {
 			c.Close()
 			return
 		}
-		go s.HandleConn(c, dst)
+		serveConn(c, func() { s.HandleConn(c, dst) })
 	})
 }
 
@@ -137,7 +137,10 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 		slog.Warn("outbound connection refused: connection limit reached", "limit", s.limit.max.Load())
 		return
 	}
-	r, ok := s.out.lookup(dst)
+	// One look at the routes: a config pushed while this connection is
+	// set up must not change (or remove) the route it was taken for.
+	rt := s.out.routes.Load()
+	r, ok := rt.byVIP[dst]
 	if !ok {
 		s.passthrough(c, dst)
 		return
@@ -145,7 +148,7 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 	// Declared ports skip detection: no delay at all.
 	switch r.protocol {
 	case meshpb.Protocol_PROTOCOL_TCP:
-		s.tunnel(c, dst)
+		s.tunnel(c, rt, r)
 		return
 	case meshpb.Protocol_PROTOCOL_HTTP, meshpb.Protocol_PROTOCOL_HTTP2, meshpb.Protocol_PROTOCOL_GRPC:
 		s.conns.push(&connDst{Conn: guardHTTP1(c, &s.floods), dst: dst}) // the server tells HTTP/1.1 from h2c itself
@@ -162,7 +165,7 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 		s.conns.push(&connDst{Conn: guardHTTP1(conn, &s.floods), dst: dst})
 		return
 	}
-	s.tunnel(conn, dst)
+	s.tunnel(conn, rt, r)
 }
 
 // passthrough connects the app to a destination outside the mesh as if the
@@ -183,14 +186,12 @@ func (s *OutboundServer) passthrough(c net.Conn, dst netip.AddrPort) {
 
 // tunnel balances one opaque TCP connection to an endpoint, over mTLS to
 // its sidecar when it has one.
-func (s *OutboundServer) tunnel(c net.Conn, dst netip.AddrPort) {
+func (s *OutboundServer) tunnel(c net.Conn, rt *routeTable, r *route) {
 	defer c.Close()
 	if !s.tunnels.add(c) {
 		return // shutting down
 	}
 	defer s.tunnels.remove(c)
-	rt := s.out.routes.Load()
-	r := rt.byVIP[dst]
 	ep, err := r.bal.Pick()
 	if err != nil {
 		slog.Warn("TCP: no healthy upstream", "service", r.service)

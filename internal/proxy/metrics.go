@@ -8,12 +8,15 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
@@ -145,19 +148,55 @@ func readPreamble(r io.Reader) (string, error) {
 	return string(b), err
 }
 
-func decodePeer(s, principal string) (telemetry.Peer, url.Values) {
+// decodePeer reads the caller's metadata (the peer header or tunnel
+// preamble) for the mTLS peer id. Every value is cleaned (valid UTF-8,
+// length-capped: they become metric labels, span attributes and log
+// fields), and a claim the certificate contradicts is not believed: when
+// the claimed namespace is not the certificate's, the labels fall back to
+// what the certificate proves and the mismatch is counted.
+func decodePeer(s string, id identity.ID) (telemetry.Peer, url.Values) {
+	certNS, _, _ := id.Workload()
+	proven := telemetry.Unknown
+	proven.Principal, proven.Namespace = id.String(), cmp.Or(certNS, "unknown")
+	if len(s) > maxPreamble {
+		return proven, url.Values{}
+	}
 	v, err := url.ParseQuery(s)
 	if err != nil || v.Get("workload") == "" {
-		p := telemetry.Unknown
-		p.Principal = principal
-		return p, url.Values{}
+		return proven, url.Values{}
+	}
+	for k, vals := range v {
+		if len(vals) != 1 || !slices.Contains(peerKeys, k) {
+			delete(v, k)
+			continue
+		}
+		vals[0] = telemetry.CleanValue(vals[0])
+	}
+	if v.Get("namespace") != certNS {
+		peerMismatches.Add(1)
+		peerMismatchOnce.Do(func() {
+			slog.Warn("a peer's metadata contradicts its certificate; its labels are what the certificate proves",
+				"principal", id.String(), "claimedNamespace", v.Get("namespace"))
+		})
+		return proven, url.Values{}
 	}
 	return telemetry.Peer{
-		Workload: v.Get("workload"), Namespace: v.Get("namespace"), Principal: principal,
+		Workload: v.Get("workload"), Namespace: certNS, Principal: id.String(),
 		App: v.Get("app"), Version: v.Get("version"),
 		CanonicalService: v.Get("canonical_service"), CanonicalRevision: v.Get("canonical_revision"),
 	}, v
 }
+
+// peerKeys are the metadata keys a peer may send.
+var peerKeys = []string{"workload", "namespace", "app", "version", "canonical_service", "canonical_revision",
+	"service", "service_name", "service_namespace"}
+
+// Peers whose metadata contradicted their certificate, since start (the
+// trellis_proxy_peer_metadata_mismatches_total counter reads it).
+var (
+	peerMismatches   atomic.Int64
+	peerMismatchOnce sync.Once
+)
 
 // observed wraps a handler's response to learn its status, size and gRPC
 // status. Unwrap lets http.ResponseController reach the real writer.

@@ -186,12 +186,6 @@ func (o *Outbound) serviceAddr(name, namespace string, port uint16) (netip.AddrP
 	return netip.AddrPort{}, false
 }
 
-// lookup returns the route of a service port of the current config.
-func (o *Outbound) lookup(dst netip.AddrPort) (*route, bool) {
-	r, ok := o.routes.Load().byVIP[dst]
-	return r, ok
-}
-
 type dstKey struct{}
 
 // WithDestination records the service address a request was sent to, as
@@ -203,6 +197,7 @@ func WithDestination(ctx context.Context, dst netip.AddrPort) context.Context {
 
 // ServeHTTP forwards one request from the app and records it.
 func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer countPanics()
 	start := time.Now()
 	ex := &exchange{dest: telemetry.Unknown}
 	ow, body := observe(w, r, o.WriteIdleTimeout)

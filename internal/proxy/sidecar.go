@@ -173,6 +173,10 @@ func Run(ctx context.Context, cfg Config) error {
 	store := &meshtls.Store{}
 	dialer := MarkedDialer(cfg.Mark)
 	metrics := telemetry.New(cfg.Cluster)
+	metrics.CountFunc("trellis_proxy_panics_total", "Panics of connection and request handlers, each recovered: the connection closed, the sidecar serving on.",
+		func() float64 { return float64(panics.Load()) })
+	metrics.CountFunc("trellis_proxy_peer_metadata_mismatches_total", "Peers whose metadata named another namespace than their certificate; their labels are what the certificate proves.",
+		func() float64 { return float64(peerMismatches.Load()) })
 	tracing, err := cfg.tracing(ctx, store, dialer, self)
 	if err != nil {
 		return err
@@ -199,9 +203,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	// Stop the config source first, then wait for it: returning early
+	// (a port taken) must not wait on a source that runs until cancelled.
+	defer func() { cancel(); wg.Wait() }()
 	var sourceErr error
 	if cfg.ControlPlane != "" {
 		ctl, err := cfg.control(self, store, dialer, func(c *meshpb.ProxyConfig) error { apply(c); return nil })
@@ -279,6 +284,11 @@ func Run(ctx context.Context, cfg Config) error {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			closeAll(lns)
+			for _, srv := range servers[:i] {
+				srv.Close()
+			}
+			outSrv.Close()
+			in.Close()
 			return fmt.Errorf("listen on %s: %w", addr, err)
 		}
 		srv := servers[i]
@@ -402,7 +412,7 @@ func accept(ln net.Listener, handle func(net.Conn, netip.AddrPort)) {
 			c.Close()
 			return
 		}
-		go handle(c, dst)
+		serveConn(c, func() { handle(c, dst) })
 	})
 }
 

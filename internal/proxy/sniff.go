@@ -12,6 +12,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -33,7 +34,8 @@ func (p Protocol) String() string {
 // h2Preface starts every HTTP/2 connection with prior knowledge.
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-// httpMethods are the request methods detection recognises.
+// httpMethods are the common request methods, recognised at once; any
+// other method is recognised by the shape of its request line.
 var httpMethods = []string{"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"}
 
 // maxSniff bounds how many bytes detection may wait for.
@@ -93,16 +95,45 @@ func classify(prefix []byte) (p Protocol, more bool) {
 		// "PRI" is also a possible HTTP/1 method prefix: keep reading.
 		return TCP, true
 	}
-	candidate := false
 	for _, m := range httpMethods {
 		token := m + " "
-		n := min(len(prefix), len(token))
-		if bytes.Equal(prefix[:n], []byte(token[:n])) {
-			if n == len(token) {
-				return HTTP1, false
-			}
-			candidate = true
+		if len(prefix) >= len(token) && bytes.Equal(prefix[:len(token)], []byte(token)) {
+			return HTTP1, false
 		}
 	}
-	return TCP, candidate
+	return classifyRequestLine(prefix)
+}
+
+// maxMethod is the longest method a request line may start with for
+// detection (WebDAV's VERSION-CONTROL is 15; QUERY, PROPFIND and
+// extension methods are shorter).
+const maxMethod = 20
+
+// classifyRequestLine recognises any HTTP/1 request line, not only the
+// common methods: a method token, a space, and a request target starting
+// as one does ("/", "*" or an absolute "http"). An app's HTTP server
+// accepts any token as a method, so anything it would parse as a request
+// must take the HTTP path, where the identity headers are set by the
+// sidecar rather than passed through.
+func classifyRequestLine(prefix []byte) (p Protocol, more bool) {
+	for i, c := range prefix {
+		switch {
+		case c == ' ' && i > 0:
+			if i+1 == len(prefix) {
+				return TCP, true // the target's first byte decides
+			}
+			if t := prefix[i+1]; t == '/' || t == '*' || t == 'h' || t == 'H' {
+				return HTTP1, false
+			}
+			return TCP, false
+		case !isTokenByte(c) || i >= maxMethod:
+			return TCP, false
+		}
+	}
+	return TCP, true
+}
+
+// isTokenByte reports whether c may appear in an HTTP token (RFC 9110).
+func isTokenByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }

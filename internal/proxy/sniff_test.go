@@ -26,9 +26,20 @@ func TestClassify(t *testing.T) {
 		{"\x16\x03\x01\x02\x00", TLS, false},
 		{"\x16\x05", TCP, true},
 		{"\x16\x05\x00", TCP, false},
-		{"SSH-2.0-OpenSSH", TCP, false},
-		{"get / HTTP/1.1", TCP, false}, // methods are case-sensitive
-		{"GETX", TCP, false},
+		{"SSH-2.0-OpenSSH_9.2p1 Debian", TCP, false}, // 21 token bytes: too long for a method
+		{"SSH-2.0-OpenSSH", TCP, true},
+		// Any method the app's HTTP server would parse takes the HTTP path
+		// (where the sidecar sets the identity headers), not a raw tunnel.
+		{"get / HTTP/1.1", HTTP1, false},
+		{"PROPFIND /dav HTTP/1.1", HTTP1, false},
+		{"QUERY /x HTTP/1.1", HTTP1, false},
+		{"FOO * HTTP/1.1", HTTP1, false},
+		{"M-SEARCH http://a/ HTTP/1.1", HTTP1, false},
+		{"GETX", TCP, true},
+		{"GETX ", TCP, true},
+		{"get key\r\n", TCP, false}, // memcached
+		{"PING\r\n", TCP, false},    // redis
+		{"\x00\x00\x00\x08", TCP, false},
 	}
 	for _, tt := range tests {
 		got, more := classify([]byte(tt.in))

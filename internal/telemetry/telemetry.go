@@ -97,7 +97,7 @@ func (m *Metrics) peerValues(reporter string, s, d Peer, service, name, namespac
 	return []string{
 		reporter,
 		s.Workload, s.Namespace, s.Principal, s.App, s.Version, s.CanonicalService, s.CanonicalRevision, m.cluster,
-		d.Workload, d.Namespace, d.Principal, d.App, d.Version, service, name, namespace,
+		d.Workload, d.Namespace, d.Principal, d.App, d.Version, CleanValue(service), CleanValue(name), CleanValue(namespace),
 		d.CanonicalService, d.CanonicalRevision, m.cluster,
 	}
 }
@@ -107,6 +107,18 @@ func securityPolicy(mutualTLS bool) string {
 		return "mutual_tls"
 	}
 	return "none"
+}
+
+// grpcStatusLabel is a gRPC status as a label: one of the 17 codes, "-"
+// for none, "unknown" for anything else a peer sent.
+func grpcStatusLabel(s string) string {
+	if s == "" {
+		return "-"
+	}
+	if n, err := strconv.Atoi(s); err != nil || n < 0 || n > 16 || strconv.Itoa(n) != s {
+		return "unknown"
+	}
+	return s
 }
 
 func orDash(s string) string {
@@ -208,7 +220,13 @@ func (m *Metrics) ObserveRequest(r Request) {
 
 func (m *Metrics) labelValues(r Request) []string {
 	return append(m.peerValues(r.Reporter, r.Source, r.Dest, r.Service, r.ServiceName, r.ServiceNamespace),
-		r.Protocol, strconv.Itoa(r.Code), orDash(r.GRPCStatus), securityPolicy(r.MutualTLS), orDash(r.Flags))
+		r.Protocol, strconv.Itoa(r.Code), grpcStatusLabel(r.GRPCStatus), securityPolicy(r.MutualTLS), orDash(r.Flags))
+}
+
+// CountFunc exposes a counter its caller keeps (a process-wide atomic)
+// under name.
+func (m *Metrics) CountFunc(name, help string, value func() float64) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, value))
 }
 
 // Handler serves the metrics in Prometheus text format.

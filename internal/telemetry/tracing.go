@@ -72,7 +72,7 @@ func (t *Tracing) Start(r *http.Request, kind trace.SpanKind) (*http.Request, tr
 		return r, trace.SpanFromContext(context.Background())
 	}
 	ctx := t.prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-	ctx, span := t.tracer.Start(ctx, r.Host+r.URL.Path, trace.WithSpanKind(kind))
+	ctx, span := t.tracer.Start(ctx, CleanValue(r.Host+r.URL.Path), trace.WithSpanKind(kind))
 	t.prop.Inject(ctx, propagation.HeaderCarrier(r.Header))
 	return r.WithContext(ctx), span
 }
@@ -85,18 +85,18 @@ func (t *Tracing) End(span trace.Span, req Request) string {
 		return ""
 	}
 	span.SetAttributes(
-		attribute.String("http.request.method", req.Method),
-		attribute.String("url.path", req.Path),
+		attribute.String("http.request.method", CleanValue(req.Method)),
+		attribute.String("url.path", CleanValue(req.Path)),
 		attribute.Int("http.response.status_code", req.Code),
 		attribute.String("istio.reporter", req.Reporter),
 		attribute.String("istio.source_workload", peerName(req.Source)),
 		attribute.String("istio.destination_workload", peerName(req.Dest)),
-		attribute.String("istio.destination_service", req.Service),
-		attribute.String("istio.destination_service_name", req.ServiceName),
-		attribute.String("istio.destination_service_namespace", req.ServiceNamespace),
+		attribute.String("istio.destination_service", CleanValue(req.Service)),
+		attribute.String("istio.destination_service_name", CleanValue(req.ServiceName)),
+		attribute.String("istio.destination_service_namespace", CleanValue(req.ServiceNamespace)),
 		attribute.String("istio.destination_principal", req.Dest.Principal),
 		attribute.String("istio.request_protocol", req.Protocol),
-		attribute.String("istio.grpc_status", req.GRPCStatus),
+		attribute.String("istio.grpc_status", CleanValue(req.GRPCStatus)),
 		attribute.String("istio.response_flags", req.Flags),
 		attribute.Bool("istio.mutual_tls", req.MutualTLS),
 	)

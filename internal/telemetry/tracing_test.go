@@ -4,6 +4,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -95,5 +96,40 @@ func TestTracingSampling(t *testing.T) {
 	r, span = none.Start(in, trace.SpanKindClient)
 	if none.End(span, Request{}) != "" || r != in || r.Header.Get("traceparent") != "" || r.Header.Get("X-B3-TraceId") != "4bf92f3577b34da6a3ce929d0e0e4736" {
 		t.Error("tracing without an exporter changed the request; want its headers passed through as they came")
+	}
+}
+
+// TestSpansFromHostileRequests: a path or host that is not valid UTF-8
+// (a request for /%FF) once made the whole OTLP batch fail to marshal,
+// hiding its neighbours' spans; what reaches a span is valid, capped UTF-8.
+func TestSpansFromHostileRequests(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tr := NewTracing(TracingConfig{Sampling: 100, Exporter: exp, Service: "alpha.db"})
+	r := httptest.NewRequest("GET", "http://alpha.db/%FF", nil)
+	r, span := tr.Start(r, trace.SpanKindServer)
+	tr.End(span, Request{Reporter: "destination", Protocol: "http", Code: 200, Method: "G\xffT", Path: r.URL.Path,
+		Service: strings.Repeat("s", 10000), GRPCStatus: "\xfe"})
+	if err := tr.tp.ForceFlush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	spans := exp.GetSpans()
+	if len(spans) != 1 {
+		t.Fatalf("%d spans", len(spans))
+	}
+	if !utf8.ValidString(spans[0].Name) {
+		t.Errorf("span name %q is not UTF-8", spans[0].Name)
+	}
+	for _, a := range spans[0].Attributes {
+		if v := a.Value.String(); !utf8.ValidString(v) || len(v) > MaxValueBytes {
+			t.Errorf("attribute %s = %q (%d bytes)", a.Key, v, len(v))
+		}
+	}
+}
+
+func TestGRPCStatusLabel(t *testing.T) {
+	for in, want := range map[string]string{"": "-", "0": "0", "16": "16", "17": "unknown", "-1": "unknown", "007": "unknown", "OK": "unknown"} {
+		if got := grpcStatusLabel(in); got != want {
+			t.Errorf("grpcStatusLabel(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

@@ -15,14 +15,14 @@ import (
 	"time"
 )
 
-// TestMeshOnKubernetes installs Trellis on a fresh bed with `trellis
-// install`, meshes a namespace, and checks what a user of the mesh relies
-// on: pods come up with the native sidecar first; a client's requests over
-// one connection are balanced across the three replicas of a service
-// (HTTP/1.1 and h2c) over mTLS (the servers' metrics say so);
-// under the default PERMISSIVE a pod outside the mesh is served, under
-// STRICT it is refused while the meshed client still is; `trellis
-// uninstall` leaves nothing of Trellis while the meshed pods keep running.
+// TestMeshOnKubernetes installs Trellis (two control plane replicas) on a
+// fresh bed with `trellis install`, meshes a namespace, and checks what a
+// user of the mesh relies on, step by step (docs/kubernetes.md lists
+// them): injection, per-request balancing over one connection (HTTP/1.1,
+// h2c, gRPC) over mTLS with no plaintext on the wire, scaling and control
+// plane replacement under load without a failed request, PERMISSIVE and
+// STRICT, excluded ports, `trellis inject`, `trellis check`,
+// `trellis restart-injected` and `trellis uninstall`.
 func TestMeshOnKubernetes(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the bed makes a network namespace, mounts and cgroups")
@@ -39,7 +39,7 @@ func TestMeshOnKubernetes(t *testing.T) {
 	if out, err := trellis("check", "--pre").CombinedOutput(); err != nil {
 		t.Fatalf("trellis check --pre: %v\n%s", err, out)
 	}
-	install := trellis("install", "--set", "image.tag=bedtest", "--set", "image.pullPolicy=Never")
+	install := trellis("install", "--set", "image.tag=bedtest", "--set", "image.pullPolicy=Never", "--set", "controlPlane.replicas=2")
 	if out, err := install.CombinedOutput(); err != nil {
 		logs, _ := bed.kubectl(ctx, "-n", "trellis-system", "logs", "deploy/trellis-control", "--tail=50")
 		t.Fatalf("trellis install: %v\n%s\ncontrol plane logs:\n%s", err, out, logs)

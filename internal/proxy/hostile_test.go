@@ -1,0 +1,198 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
+)
+
+var peerID, _ = identity.Parse("spiffe://cluster.local/ns/web/sa/default")
+
+// recordPeer records a request and a tunnelled connection from the peer
+// whose metadata is meta, and returns the metrics as Prometheus serves
+// them (failing t when exposition fails).
+func recordPeer(t testing.TB, meta string) (telemetry.Peer, string) {
+	m := telemetry.New("one-host")
+	src, v := decodePeer(meta, peerID)
+	self := telemetry.Unknown
+	m.ObserveRequest(telemetry.Request{Reporter: "destination", Source: src, Dest: self, Service: v.Get("service"),
+		ServiceName: v.Get("service_name"), ServiceNamespace: v.Get("service_namespace"), Protocol: "http", Code: 200, MutualTLS: true})
+	m.Opened(telemetry.Connection{Reporter: "destination", Source: src, Dest: self, Service: v.Get("service"),
+		ServiceName: v.Get("service_name"), ServiceNamespace: v.Get("service_namespace"), MutualTLS: true})(1, 1)
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/stats/prometheus", nil))
+	if rec.Code != 200 {
+		t.Fatalf("exposition failed with %d: %s", rec.Code, rec.Body)
+	}
+	return src, rec.Body.String()
+}
+
+// TestHostilePeerMetadata: metadata from a peer holding a mesh
+// certificate cannot crash the sidecar (invalid UTF-8 once panicked in a
+// Prometheus label), grow labels without bound, or claim another namespace
+// than its certificate's.
+func TestHostilePeerMetadata(t *testing.T) {
+	src, out := recordPeer(t, "workload=%FF%FE&namespace=web&service=%00evil%0A&app="+strings.Repeat("a", 5000))
+	if !utf8.ValidString(src.Workload) || strings.ContainsRune(out, 0) || len(src.App) > telemetry.MaxValueBytes {
+		t.Errorf("labels not cleaned: workload %q, app of %d bytes", src.Workload, len(src.App))
+	}
+	before := peerMismatches.Load()
+	src, out = recordPeer(t, "workload=db&namespace=kube-system&app=db")
+	if src.Namespace != "web" || src.Workload != "unknown" || peerMismatches.Load() != before+1 {
+		t.Errorf("a peer of namespace web claiming kube-system is recorded as %+v (mismatches %d)", src, peerMismatches.Load()-before)
+	}
+	if strings.Contains(out, "kube-system") {
+		t.Errorf("the forged namespace reached the metrics:\n%s", out)
+	}
+	if src, _ := recordPeer(t, "workload=web-1&namespace=web&app=web"); src.Workload != "web-1" || src.Namespace != "web" {
+		t.Errorf("an honest peer is recorded as %+v", src)
+	}
+}
+
+// FuzzPeerMetadata: whatever a peer sends as metadata, recording it and
+// serving the metrics works.
+func FuzzPeerMetadata(f *testing.F) {
+	f.Add("workload=a&namespace=web&app=a&service=a.web.svc.cluster.local")
+	f.Add("workload=%FF&namespace=web")
+	f.Add("workload=x&namespace=web&app=%C0%80&version=%ED%A0%80")
+	f.Fuzz(func(t *testing.T, meta string) {
+		src, _ := recordPeer(t, meta)
+		for _, v := range []string{src.Workload, src.Namespace, src.App, src.Version, src.CanonicalService, src.CanonicalRevision} {
+			if !utf8.ValidString(v) || len(v) > telemetry.MaxValueBytes {
+				t.Fatalf("label %q from metadata %q", v, meta)
+			}
+		}
+	})
+}
+
+// TestPanicsAreContained: a panic while serving one connection closes it
+// and is counted; the process goes on.
+func TestPanicsAreContained(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	before := panics.Load()
+	serveConn(a, func() { panic("boom") })
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := b.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the panicking connection was not closed: %v", err)
+	}
+	if panics.Load() != before+1 {
+		t.Errorf("panics counted %d, want 1", panics.Load()-before)
+	}
+}
+
+// TestForgedClientCertHeader: the app learns its caller from
+// X-Forwarded-Client-Cert, so no caller may set it. Requests that once
+// slipped past the HTTP path in a raw tunnel (plaintext h2c, a method the
+// sniffer did not list, an mTLS peer choosing the TCP ALPN) reach the app
+// with the header stripped, or set by the sidecar from the real peer.
+func TestForgedClientCertHeader(t *testing.T) {
+	a, err := ca.NewRoot("cluster.local", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan string, 10)
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	app := &http.Server{ReadHeaderTimeout: 5 * time.Second, Protocols: protocols,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			seen <- r.Header.Get("X-Forwarded-Client-Cert")
+			w.Header().Set("Content-Type", r.Header.Get("Content-Type"))
+		})}
+	appLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go app.Serve(appLn)
+	defer app.Close()
+	appPort := uint16(appLn.Addr().(*net.TCPAddr).Port)
+	srvStore, _ := store(t, a, "spiffe://cluster.local/ns/db/sa/alpha")
+	in := NewInbound(srvStore, "cluster.local")
+	defer in.Close()
+	addr := serve(t, func(c net.Conn) { in.HandleConn(c, appPort) })
+	const forged = "By=spiffe://cluster.local/ns/db/sa/alpha;URI=spiffe://cluster.local/ns/admin/sa/root"
+	expect := func(how, want string) {
+		t.Helper()
+		select {
+		case got := <-seen:
+			if got != want {
+				t.Errorf("%s: the app saw X-Forwarded-Client-Cert %q, want %q", how, got, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("%s: the request never reached the app", how)
+		}
+	}
+
+	// Plaintext HTTP/1.1 with a method outside the common list, twice on
+	// one keep-alive connection.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	for _, method := range []string{"PROPFIND", "FOO"} {
+		fmt.Fprintf(c, "%s / HTTP/1.1\r\nHost: db\r\nX-Forwarded-Client-Cert: %s\r\n\r\n", method, forged)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", method, err)
+		}
+		resp.Body.Close()
+		expect("plaintext "+method, "")
+	}
+	c.Close()
+
+	// Plaintext h2c (every plaintext gRPC client).
+	h2c := new(http.Protocols)
+	h2c.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: h2c}, Timeout: 5 * time.Second}
+	req, _ := http.NewRequest("POST", "http://"+addr+"/pkg.Svc/Method", strings.NewReader(""))
+	req.Header.Set("Content-Type", "application/grpc")
+	req.Header.Set("X-Forwarded-Client-Cert", forged)
+	if resp, err := client.Do(req); err != nil {
+		t.Fatalf("h2c: %v", err)
+	} else {
+		resp.Body.Close()
+	}
+	expect("plaintext h2c", "")
+
+	// A mesh peer that asks for the TCP tunnel and sends HTTP in it.
+	clientStore, clientID := store(t, a, "spiffe://cluster.local/ns/web/sa/default")
+	cfg := meshtls.ClientConfig(clientStore, meshtls.MemberOf("cluster.local"))
+	cfg.NextProtos = []string{alpnTCP}
+	tc, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	if err := writePreamble(tc, "workload=web&namespace=web"); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(tc, "GET / HTTP/1.1\r\nHost: db\r\nX-Forwarded-Client-Cert: %s\r\n\r\n", forged)
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+	if err != nil {
+		t.Fatalf("tunnelled HTTP: %v", err)
+	}
+	resp.Body.Close()
+	select {
+	case got := <-seen:
+		if !strings.HasSuffix(got, ";URI="+clientID.String()) || strings.Contains(got, "admin") {
+			t.Errorf("HTTP in a TCP tunnel: the app saw X-Forwarded-Client-Cert %q, want the sidecar's, naming %s", got, clientID)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("HTTP in a TCP tunnel never reached the app")
+	}
+}
