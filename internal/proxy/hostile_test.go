@@ -123,6 +123,7 @@ func TestForgedClientCertHeader(t *testing.T) {
 	srvStore, _ := store(t, a, "spiffe://cluster.local/ns/db/sa/alpha")
 	in := NewInbound(srvStore, "cluster.local")
 	defer in.Close()
+	in.Metrics = telemetry.New("test")
 	addr := serve(t, func(c net.Conn) { in.HandleConn(c, appPort) })
 	const forged = "By=spiffe://cluster.local/ns/db/sa/alpha;URI=spiffe://cluster.local/ns/admin/sa/root"
 	expect := func(how, want string) {
@@ -145,7 +146,7 @@ func TestForgedClientCertHeader(t *testing.T) {
 	}
 	br := bufio.NewReader(c)
 	for _, method := range []string{"PROPFIND", "FOO"} {
-		fmt.Fprintf(c, "%s / HTTP/1.1\r\nHost: db\r\nX-Forwarded-Client-Cert: %s\r\n\r\n", method, forged)
+		fmt.Fprintf(c, "%s / HTTP/1.1\r\nHost: evil-%s.db.svc.cluster.local\r\nX-Forwarded-Client-Cert: %s\r\n\r\n", method, method, forged)
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", method, err)
@@ -194,5 +195,13 @@ func TestForgedClientCertHeader(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("HTTP in a TCP tunnel never reached the app")
+	}
+
+	// The callers' Host headers named services this workload does not
+	// serve: the metrics say "unknown", not whatever a caller chose.
+	rec := httptest.NewRecorder()
+	in.Metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	if strings.Contains(rec.Body.String(), "evil") || !strings.Contains(rec.Body.String(), `destination_service="unknown"`) {
+		t.Errorf("a caller's Host header reached the metrics:\n%s", rec.Body.String())
 	}
 }

@@ -49,6 +49,7 @@ type Inbound struct {
 	trustDomain string
 	policy      atomic.Pointer[meshpb.InboundPolicy]
 	self        atomic.Pointer[telemetry.Peer]
+	services    atomic.Pointer[map[string]bool] // "name.namespace" of the services this workload's identity serves
 
 	mtls   *http.Server // serves handshaken mTLS conns (HTTP/1.1 for Upgrades) handed to it
 	mtlsH2 *http.Server // serves handshaken mTLS HTTP/2 conns, through the flood guard
@@ -164,6 +165,36 @@ func (in *Inbound) Shutdown(ctx context.Context) error {
 func (in *Inbound) SetWorkload(w *meshpb.Workload) {
 	p := selfPeer(w)
 	in.self.Store(&p)
+}
+
+// SetConfig learns from a config which services this workload serves:
+// those with an endpoint of its identity. Only they may name the
+// destination service in its metrics; a caller's Host header or claim
+// naming anything else is recorded as "unknown", so callers cannot grow
+// the metrics without bound.
+func (in *Inbound) SetConfig(c *meshpb.ProxyConfig) {
+	in.SetWorkload(c.GetWorkload())
+	own := map[string]bool{}
+	for _, svc := range c.GetServices() {
+		for _, port := range svc.GetPorts() {
+			for _, ep := range port.GetEndpoints() {
+				if ep.GetIdentity() == c.GetWorkload().GetIdentity() {
+					own[svc.GetName()+"."+svc.GetNamespace()] = true
+				}
+			}
+		}
+	}
+	in.services.Store(&own)
+}
+
+// destService names the service a request or connection was for, as
+// metrics record it: name and namespace, if this workload serves that
+// service, else "unknown".
+func (in *Inbound) destService(name, namespace string) (host, n, ns string) {
+	if own := in.services.Load(); own == nil || !(*own)[name+"."+namespace] {
+		return "unknown", "unknown", "unknown"
+	}
+	return name + "." + namespace + ".svc.cluster.local", name, namespace // as the outbound names it
 }
 
 // SetMaxConnections sets how many connections may be open at once (0: no
@@ -321,7 +352,7 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if id, err := meshtls.PeerID(*cs); err == nil {
 			var v url.Values
 			src, v = decodePeer(r.Header.Get(peerHeader), id)
-			ex.service, ex.svcName, ex.svcNS = v.Get("service"), v.Get("service_name"), v.Get("service_namespace")
+			ex.service, ex.svcName, ex.svcNS = in.destService(v.Get("service_name"), v.Get("service_namespace"))
 			ex.mutualTLS = true
 		}
 	}
@@ -330,9 +361,9 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ex.mutualTLS {
 		r.Header.Set(xfccHeader, xfcc(in.self.Load().Principal, tlsState(r)))
 	}
-	if ex.service == "" {
-		ex.service, _, _ = strings.Cut(r.Host, ":")
-		ex.svcName, ex.svcNS = serviceOfHost(ex.service)
+	if ex.service == "unknown" || ex.service == "" {
+		host, _, _ := strings.Cut(r.Host, ":")
+		ex.service, ex.svcName, ex.svcNS = in.destService(serviceOfHost(host))
 	}
 	ow, body := observe(w, r, in.WriteIdleTimeout)
 	if port, ok := r.Context().Value(appPortKey{}).(uint16); ok {
@@ -420,9 +451,7 @@ func (in *Inbound) tcpOpened(c net.Conn, meta string) func(sent, received int64)
 			var v url.Values
 			conn.Source, v = decodePeer(meta, id)
 			conn.MutualTLS = true
-			if v.Get("service") != "" {
-				conn.Service, conn.ServiceName, conn.ServiceNamespace = v.Get("service"), v.Get("service_name"), v.Get("service_namespace")
-			}
+			conn.Service, conn.ServiceName, conn.ServiceNamespace = in.destService(v.Get("service_name"), v.Get("service_namespace"))
 		}
 	}
 	return in.Metrics.Opened(conn)

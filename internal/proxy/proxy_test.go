@@ -353,11 +353,12 @@ func TestTCPTunnel(t *testing.T) {
 			appPort := uint16(netip.MustParseAddrPort(appAddr).Port())
 			in := m.inbounds[0]
 			inAddr := netip.MustParseAddrPort(serve(t, func(c net.Conn) { in.HandleConn(c, appPort) }))
+			services := []*meshpb.Service{{Namespace: "db", Name: "smtp", Vip: vip.Addr().String(),
+				Ports: []*meshpb.ServicePort{{Port: uint32(vip.Port()), Protocol: proto, Endpoints: []*meshpb.Endpoint{
+					{Address: inAddr.Addr().String(), Port: uint32(inAddr.Port()), Identity: m.serverID.String()}}}}}}
 			m.outbound.Update(&meshpb.ProxyConfig{Version: "t", Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default",
-				Name: "web-client", Namespace: "web"},
-				Services: []*meshpb.Service{{Namespace: "db", Name: "smtp", Vip: vip.Addr().String(),
-					Ports: []*meshpb.ServicePort{{Port: uint32(vip.Port()), Protocol: proto, Endpoints: []*meshpb.Endpoint{
-						{Address: inAddr.Addr().String(), Port: uint32(inAddr.Port()), Identity: m.serverID.String()}}}}}}})
+				Name: "web-client", Namespace: "web"}, Services: services})
+			in.SetConfig(&meshpb.ProxyConfig{Workload: &meshpb.Workload{Identity: m.serverID.String()}, Services: services})
 			c, err := net.Dial("tcp", m.appAddr)
 			if err != nil {
 				t.Fatal(err)
@@ -401,14 +402,14 @@ func TestIstioStandardMetrics(t *testing.T) {
 	src, dst := telemetry.New("test"), telemetry.New("test")
 	m.outbound.Metrics = src
 	m.inbounds[0].Metrics = dst
-	m.inbounds[0].SetWorkload(&meshpb.Workload{Namespace: "db", Name: "alpha", Identity: m.serverID.String(),
-		Labels: map[string]string{"app": "alpha", "version": "v2"}})
+	services := []*meshpb.Service{{Namespace: "db", Name: "alpha", Vip: vip.Addr().String(),
+		Ports: []*meshpb.ServicePort{{Port: uint32(vip.Port()), Protocol: meshpb.Protocol_PROTOCOL_HTTP,
+			Endpoints: []*meshpb.Endpoint{{Address: m.endpoints[0].GetAddress(), Port: m.endpoints[0].GetPort(),
+				Identity: m.serverID.String(), Workload: "alpha", Namespace: "db", Labels: map[string]string{"app": "alpha", "version": "v2"}}}}}}}
+	m.inbounds[0].SetConfig(&meshpb.ProxyConfig{Workload: &meshpb.Workload{Namespace: "db", Name: "alpha", Identity: m.serverID.String(),
+		Labels: map[string]string{"app": "alpha", "version": "v2"}}, Services: services})
 	m.outbound.Update(&meshpb.ProxyConfig{Version: "t", Workload: &meshpb.Workload{Namespace: "web", Name: "frontend",
-		Identity: "spiffe://cluster.local/ns/web/sa/default", Labels: map[string]string{"app": "frontend"}},
-		Services: []*meshpb.Service{{Namespace: "db", Name: "alpha", Vip: vip.Addr().String(),
-			Ports: []*meshpb.ServicePort{{Port: uint32(vip.Port()), Protocol: meshpb.Protocol_PROTOCOL_HTTP,
-				Endpoints: []*meshpb.Endpoint{{Address: m.endpoints[0].GetAddress(), Port: m.endpoints[0].GetPort(),
-					Identity: m.serverID.String(), Workload: "alpha", Namespace: "db", Labels: map[string]string{"app": "alpha", "version": "v2"}}}}}}}})
+		Identity: "spiffe://cluster.local/ns/web/sa/default", Labels: map[string]string{"app": "frontend"}}, Services: services})
 	for range 7 {
 		resp, err := http.Get("http://" + m.appAddr + "/")
 		if err != nil {

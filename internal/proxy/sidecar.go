@@ -197,7 +197,7 @@ func Run(ctx context.Context, cfg Config) error {
 	apply := func(c *meshpb.ProxyConfig) {
 		out.Update(c)
 		in.SetPolicy(c.GetInbound())
-		in.SetWorkload(c.GetWorkload())
+		in.SetConfig(c)
 		current.Store(c)
 		slog.Info("config applied", "version", c.GetVersion(), "services", len(c.GetServices()))
 	}

@@ -11,12 +11,14 @@
 package telemetry
 
 import (
+	"fmt"
 	"net/http"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -146,7 +148,34 @@ type Metrics struct {
 	tcp       tcpMetrics
 	cluster   string
 
-	children sync.Map // label key -> *children
+	children  sync.Map        // label key -> *children
+	tcpKeys   sync.Map        // label key of a TCP series -> struct{}
+	series    [2]atomic.Int64 // label sets per reporter: source, destination
+	maxSeries int64
+	overflow  prometheus.Counter
+}
+
+// MaxSeries caps the label sets each reporter keeps, so no caller can grow
+// the metrics without bound; an observation that would need one more is
+// counted in trellis_proxy_metric_series_overflow_total instead.
+const MaxSeries = 10000
+
+func (m *Metrics) seriesOf(reporter string) *atomic.Int64 {
+	if reporter == "destination" {
+		return &m.series[1]
+	}
+	return &m.series[0]
+}
+
+// admitSeries reports whether a new label set of reporter may be made.
+func (m *Metrics) admitSeries(reporter string) bool {
+	n := m.seriesOf(reporter)
+	if n.Add(1) > m.maxSeries {
+		n.Add(-1)
+		m.overflow.Inc()
+		return false
+	}
+	return true
 }
 
 type children struct {
@@ -158,8 +187,9 @@ type children struct {
 // New returns empty metrics; cluster fills the *_cluster labels.
 func New(cluster string) *Metrics {
 	m := &Metrics{
-		reg:     prometheus.NewRegistry(),
-		cluster: cluster,
+		reg:       prometheus.NewRegistry(),
+		cluster:   cluster,
+		maxSeries: MaxSeries,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "istio_requests_total", Help: "Requests handled by the proxy.",
 		}, requestLabels),
@@ -179,7 +209,9 @@ func New(cluster string) *Metrics {
 			Name: "istio_response_messages_total", Help: "gRPC messages sent by servers.",
 		}, requestLabels),
 	}
-	m.reg.MustRegister(m.requests, m.duration, m.reqBytes, m.respBytes, m.reqMsgs, m.respMsgs,
+	m.overflow = prometheus.NewCounter(prometheus.CounterOpts{Name: "trellis_proxy_metric_series_overflow_total",
+		Help: fmt.Sprintf("Requests and connections not recorded because their reporter already keeps %d label sets.", MaxSeries)})
+	m.reg.MustRegister(m.requests, m.duration, m.reqBytes, m.respBytes, m.reqMsgs, m.respMsgs, m.overflow,
 		// The process's own cost, as operators read it off any Go
 		// service: CPU, memory, file descriptors, goroutines, and the
 		// runtime's estimate of the CPU its garbage collector takes.
@@ -196,6 +228,9 @@ func (m *Metrics) ObserveRequest(r Request) {
 	key := strings.Join(values, "\x00")
 	c, ok := m.children.Load(key)
 	if !ok {
+		if !m.admitSeries(r.Reporter) {
+			return
+		}
 		nc := &children{
 			requests:  m.requests.WithLabelValues(values...),
 			duration:  m.duration.WithLabelValues(values...),
@@ -205,7 +240,10 @@ func (m *Metrics) ObserveRequest(r Request) {
 		if r.Protocol == "grpc" {
 			nc.reqMsgs, nc.respMsgs = m.reqMsgs.WithLabelValues(values...), m.respMsgs.WithLabelValues(values...)
 		}
-		c, _ = m.children.LoadOrStore(key, nc)
+		var loaded bool
+		if c, loaded = m.children.LoadOrStore(key, nc); loaded {
+			m.seriesOf(r.Reporter).Add(-1) // another request made it first
+		}
 	}
 	ch := c.(*children)
 	ch.requests.Inc()
@@ -272,6 +310,15 @@ func newTCPMetrics(reg *prometheus.Registry) tcpMetrics {
 func (m *Metrics) Opened(c Connection) (closed func(sent, received int64)) {
 	values := append(m.peerValues(c.Reporter, c.Source, c.Dest, c.Service, c.ServiceName, c.ServiceNamespace),
 		"tcp", securityPolicy(c.MutualTLS), orDash(c.Flags))
+	key := strings.Join(values, "\x00")
+	if _, ok := m.tcpKeys.Load(key); !ok {
+		if !m.admitSeries(c.Reporter) {
+			return func(int64, int64) {}
+		}
+		if _, loaded := m.tcpKeys.LoadOrStore(key, struct{}{}); loaded {
+			m.seriesOf(c.Reporter).Add(-1)
+		}
+	}
 	m.tcp.opened.WithLabelValues(values...).Inc()
 	return func(sent, received int64) {
 		m.tcp.sent.WithLabelValues(values...).Add(float64(sent))

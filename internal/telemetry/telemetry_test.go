@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -36,4 +37,43 @@ func TestScrapeHasProcessCost(t *testing.T) {
 			t.Errorf("the scrape has no %s", name)
 		}
 	}
+}
+
+// TestSeriesAreCapped: callers choosing label values (their workload
+// names, say) cannot make a reporter keep more label sets than the cap;
+// what does not fit is counted, and known series keep counting.
+func TestSeriesAreCapped(t *testing.T) {
+	m := New("test")
+	m.maxSeries = 5
+	for i := range 8 {
+		for range 2 {
+			m.ObserveRequest(Request{Reporter: "destination", Source: Peer{Workload: fmt.Sprint("w", i)}, Protocol: "http", Code: 200})
+		}
+		m.Opened(Connection{Reporter: "source", Source: Peer{Workload: fmt.Sprint("w", i)}})(1, 1)
+	}
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	out := rec.Body.String()
+	if n := strings.Count(out, "istio_requests_total{"); n != 5 {
+		t.Errorf("%d request series, want the cap of 5", n)
+	}
+	if n := strings.Count(out, "istio_tcp_connections_opened_total{"); n != 5 {
+		t.Errorf("%d TCP series, want the cap of 5", n)
+	}
+	if !strings.Contains(out, "trellis_proxy_metric_series_overflow_total 9") {
+		t.Errorf("overflow not counted as 6 requests + 3 connections:\n%s", grep(out, "overflow"))
+	}
+	if !strings.Contains(out, `source_workload="w0"`) || !strings.Contains(out, "} 2\n") {
+		t.Errorf("known series stopped counting")
+	}
+}
+
+func grep(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
