@@ -85,6 +85,7 @@ func measure(trellis string, n, flips int) error {
 	}
 	cp := exec.Command(trellis, "control", "--control-state-dir", filepath.Join(dir, "control"), "--registry", s.registry,
 		"--grpc-addr", s.addr, "--metrics-addr", "127.0.0.1:0",
+		"--max-conns-per-source", "-1", // every simulated proxy dials from 127.0.0.1
 		"--no-dashboard") // its pods are made up: nothing to scrape
 	cp.Stderr = nil
 	if err := cp.Start(); err != nil {

@@ -86,6 +86,14 @@ type Config struct {
 	// DashboardAddr serves the dashboard and its API. Default
 	// 127.0.0.1:20001.
 	DashboardAddr string
+	// DashboardHosts are host names the dashboard answers to besides
+	// localhost and IP addresses (a name in front of it, a Service's).
+	DashboardHosts []string
+	// MaxConns and MaxConnsPerSource cap the gRPC connections open at
+	// once, in all and per client address. Default 20 000 and 256;
+	// negative: no cap (benchmarks with thousands of proxies on one
+	// address).
+	MaxConns, MaxConnsPerSource int
 	// NoDashboard serves no dashboard and so scrapes nothing: for tests
 	// and benchmarks whose pods' addresses are made up (the scrape would
 	// send packets to them).
@@ -141,6 +149,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.SVIDTTL <= 0 {
 		c.SVIDTTL = 24 * time.Hour
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = 20000
+	}
+	if c.MaxConnsPerSource == 0 {
+		c.MaxConnsPerSource = 256
 	}
 	return nil
 }
@@ -258,7 +272,9 @@ func Run(ctx context.Context, cfg Config) error {
 		})
 	})
 	g.Go(func() error { return p.push.Run(ctx) })
-	g.Go(func() error { return grpcSrv.Serve(lns[0]) })
+	g.Go(func() error {
+		return grpcSrv.Serve(newLimitListener(lns[0], max(cfg.MaxConns, 0), max(cfg.MaxConnsPerSource, 0)))
+	})
 	g.Go(func() error { return ignoreClosed(metrics.Serve(lns[1])) })
 	g.Go(func() error { return ignoreClosed(admin.Serve(adminLn)) })
 	next := lns[2:]
@@ -364,6 +380,7 @@ func (p *plane) grpcServer() *grpc.Server {
 		grpc.MaxConcurrentStreams(100),
 		grpc.ConnectionTimeout(10*time.Second),
 		grpc.MaxRecvMsgSize(64<<10),
+		grpc.MaxHeaderListSize(64<<10),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)

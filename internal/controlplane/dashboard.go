@@ -52,7 +52,7 @@ func (p *plane) newDashboard(traces *tracestore.Store) (*dashboardRun, error) {
 
 // run serves the dashboard on ln and feeds it until ctx is done.
 func (d *dashboardRun) run(ctx context.Context, ln net.Listener) error {
-	cfg := dashboard.Config{Source: d.src, Traces: d.traces.Trace,
+	cfg := dashboard.Config{Source: d.src, Traces: d.traces.Trace, Hosts: d.p.cfg.DashboardHosts,
 		Requests:  func() []dashboard.Request { return dashboard.RequestsFromSpans(d.traces.Recent()) },
 		Inventory: func() servicegraph.Inventory { return inventory(d.p.snap.Load()) }}
 	if d.store != nil {

@@ -21,6 +21,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", ":15012", "address of the CA and config-stream gRPC service (TLS)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "127.0.0.1:15014", "address of /metrics")
 	fs.StringVar(&c.DashboardAddr, "dashboard-addr", "127.0.0.1:20001", "address of the dashboard and its API")
+	fs.Func("dashboard-host", "a host name the dashboard answers to besides localhost and IP addresses (repeatable); others are refused against DNS rebinding", func(v string) error {
+		c.DashboardHosts = append(c.DashboardHosts, v)
+		return nil
+	})
 	fs.BoolVar(&c.NoDashboard, "no-dashboard", false, "serve no dashboard and scrape no sidecar")
 	fs.DurationVar(&c.ScrapeInterval, "scrape-interval", 5*time.Second, "how often the dashboard scrapes the sidecars' metrics")
 	fs.Func("node-agent-metrics", "node agents' metrics URLs, scraped for the flows network policy denied (repeatable, or comma-separated)", func(v string) error {
@@ -35,5 +39,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CACert, "ca-cert", "", "an operator's root or intermediate certificate (PEM), with its chain")
 	fs.StringVar(&c.CAKey, "ca-key", "", "the key of --ca-cert (PEM, PKCS#8)")
 	fs.DurationVar(&c.SVIDTTL, "svid-ttl", 24*time.Hour, "lifetime of workload certificates (renewed at half life)")
+	fs.IntVar(&c.MaxConns, "max-conns", 20000, "gRPC connections open at once, in all (-1: no cap)")
+	fs.IntVar(&c.MaxConnsPerSource, "max-conns-per-source", 256, "gRPC connections open at once from one address (-1: no cap)")
 	fs.DurationVar(&c.Debounce, "debounce", 100*time.Millisecond, "how long a burst of changes may settle before it is pushed")
 }

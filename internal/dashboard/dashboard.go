@@ -13,7 +13,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +45,10 @@ type Config struct {
 	Targets func() []metricstore.TargetStatus
 	// Lookback is the span each chart point covers. Default 15 s.
 	Lookback time.Duration
+	// Hosts are the host names the dashboard answers to besides loopback
+	// names and IP literals (--dashboard-host): a page of another site
+	// whose name resolves to the dashboard (DNS rebinding) is refused.
+	Hosts []string
 }
 
 // Request is one recent request, as its sidecars' spans tell it: its
@@ -126,7 +134,34 @@ func Handler(cfg Config) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, ws)
 	})
-	return mux
+	return checkOrigin(cfg.Hosts, mux)
+}
+
+// checkOrigin refuses requests whose Host is not the dashboard's (a name
+// an attacker's page made resolve to it: DNS rebinding), and requests
+// other than GET and HEAD that come from another origin.
+func checkOrigin(hosts []string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = strings.Trim(host, "[]")
+		_, ipErr := netip.ParseAddr(host)
+		if ipErr != nil && host != "localhost" && !slices.Contains(hosts, host) {
+			http.Error(w, fmt.Sprintf("the dashboard does not answer to host %q: open it by IP address or localhost, or start the control plane with --dashboard-host %s", host, host), http.StatusMisdirectedRequest)
+			return
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			if o := r.Header.Get("Origin"); o != "" {
+				if u, err := url.Parse(o); err != nil || u.Host != r.Host {
+					http.Error(w, "cross-origin request refused", http.StatusForbidden)
+					return
+				}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 type server struct{ cfg Config }

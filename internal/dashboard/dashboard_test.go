@@ -128,3 +128,36 @@ func spans(n int) []*tracepb.ResourceSpans {
 	ss = append(ss, span(n, "source"))
 	return []*tracepb.ResourceSpans{{ScopeSpans: []*tracepb.ScopeSpans{{Spans: ss}}}}
 }
+
+// TestDNSRebindingRefused: a page of another site whose name was made to
+// resolve to the dashboard sends that name as Host; the dashboard refuses
+// it, and answers loopback names, IP addresses and --dashboard-host names.
+func TestDNSRebindingRefused(t *testing.T) {
+	srv := httptest.NewServer(Handler(Config{Source: servicegraph.Local(metricstore.New(metricstore.Config{})), Hosts: []string{"mesh.example.com"}}))
+	defer srv.Close()
+	for host, want := range map[string]int{
+		"attacker.example:20001": http.StatusMisdirectedRequest, "evil": http.StatusMisdirectedRequest,
+		"localhost:20001": 200, "127.0.0.1:20001": 200, "[::1]:20001": 200, "10.0.0.5": 200, "mesh.example.com": 200,
+	} {
+		req, _ := http.NewRequest("GET", srv.URL+"/api/windows", nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("Host %s: %s, want %d", host, resp.Status, want)
+		}
+	}
+	req, _ := http.NewRequest("POST", srv.URL+"/api/windows", nil)
+	req.Header.Set("Origin", "http://attacker.example")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a cross-origin POST: %s, want 403", resp.Status)
+	}
+}

@@ -24,7 +24,10 @@ type Target struct {
 // done; it returns nil then. targets is called once per round, on Run's
 // goroutine. A failed scrape is recorded in Targets, never fatal.
 func (s *Store) Run(ctx context.Context, targets func() []Target) error {
-	hc := &http.Client{Timeout: s.cfg.Timeout}
+	// A target answers for itself: a redirect (to another pod, or off
+	// the mesh) is a failed scrape, never followed.
+	hc := &http.Client{Timeout: s.cfg.Timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	tick := time.NewTicker(s.cfg.Interval)
 	defer tick.Stop()
 	for {

@@ -118,3 +118,29 @@ func TestMaxSeries(t *testing.T) {
 		t.Errorf("Targets() = %+v, want 3 kept and 7 dropped", st)
 	}
 }
+
+// TestScrapeFollowsNoRedirect: a target answers for itself; one that
+// redirects the scraper elsewhere is a failed scrape.
+func TestScrapeFollowsNoRedirect(t *testing.T) {
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		t.Error("the scraper followed a redirect")
+	}))
+	defer elsewhere.Close()
+	redirect := httptest.NewServer(http.RedirectHandler(elsewhere.URL, http.StatusFound))
+	defer redirect.Close()
+	s := New(Config{Interval: time.Hour, Timeout: 2 * time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- s.Run(ctx, func() []Target { return []Target{{Key: "r", URL: redirect.URL}} }) }()
+	for range 100 {
+		if st := s.Targets(); len(st) == 1 && st[0].LastError != "" {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if st := s.Targets(); len(st) != 1 || !strings.Contains(st[0].LastError, "302") {
+		t.Errorf("Targets() = %+v, want the redirect as an error", st)
+	}
+}
