@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,10 +97,16 @@ func drain(ctx context.Context, t *tunnels, servers ...*http.Server) error {
 type connLimit struct {
 	max  atomic.Int64 // 0: no limit
 	open atomic.Int64
+	// perSource, when set, also caps what one client address holds: a
+	// quarter of max (the inbound side, where clients are many; the
+	// outbound side's one client is the app).
+	perSource bool
+	mu        sync.Mutex
+	bySource  map[netip.Addr]int64 // guarded by mu
 }
 
 // admit returns c wrapped to give its slot back when closed, or nil, with
-// c closed, when the limit is reached.
+// c closed, when the limit (or its address's share) is reached.
 func (l *connLimit) admit(c net.Conn) net.Conn {
 	limit := l.max.Load()
 	if limit <= 0 {
@@ -110,17 +117,47 @@ func (l *connLimit) admit(c net.Conn) net.Conn {
 		c.Close()
 		return nil
 	}
-	return &limitedConn{Conn: c, l: l}
+	lc := &limitedConn{Conn: c, l: l}
+	if l.perSource {
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+			lc.src = ap.Addr().Unmap()
+		}
+		l.mu.Lock()
+		if l.bySource == nil {
+			l.bySource = map[netip.Addr]int64{}
+		}
+		over := l.bySource[lc.src] >= max(limit/4, 1)
+		if !over {
+			l.bySource[lc.src]++
+		}
+		l.mu.Unlock()
+		if over {
+			l.open.Add(-1)
+			c.Close()
+			return nil
+		}
+	}
+	return lc
 }
 
 type limitedConn struct {
 	net.Conn
 	l    *connLimit
+	src  netip.Addr
 	once sync.Once
 }
 
 func (c *limitedConn) Close() error {
-	c.once.Do(func() { c.l.open.Add(-1) })
+	c.once.Do(func() {
+		c.l.open.Add(-1)
+		if c.l.perSource {
+			c.l.mu.Lock()
+			if c.l.bySource[c.src]--; c.l.bySource[c.src] <= 0 {
+				delete(c.l.bySource, c.src)
+			}
+			c.l.mu.Unlock()
+		}
+	})
 	return c.Conn.Close()
 }
 

@@ -205,3 +205,39 @@ func TestForgedClientCertHeader(t *testing.T) {
 		t.Errorf("a caller's Host header reached the metrics:\n%s", rec.Body.String())
 	}
 }
+
+// TestInboundShareIsPerSource: one client address cannot hold more than
+// a quarter of the inbound's connections; others are still served.
+func TestInboundShareIsPerSource(t *testing.T) {
+	m := newTestMesh(t, 1)
+	in := m.inbounds[0]
+	in.SetMaxConnections(8) // a share of 2 per address
+	addr := serve(t, func(c net.Conn) { in.HandleConn(c, m.appPort) })
+	dial := func(from string) net.Conn {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	closedAtOnce := func(c net.Conn) bool {
+		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		return err == io.EOF
+	}
+	hog := []net.Conn{dial("127.0.0.1"), dial("127.0.0.1")}
+	time.Sleep(100 * time.Millisecond)
+	if c := dial("127.0.0.1"); !closedAtOnce(c) {
+		t.Error("a third connection from one address was kept; its share is 2 of 8")
+	}
+	other := dial("127.0.0.2")
+	fmt.Fprint(other, "GET / HTTP/1.1\r\nHost: alpha.db\r\n\r\n")
+	other.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(other), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Errorf("another address was not served while the first held its share: %v", err)
+	}
+	_ = hog
+}

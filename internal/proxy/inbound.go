@@ -71,6 +71,7 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 	in := &Inbound{store: store, trustDomain: trustDomain, mtlsConns: newConnListener(), h2Conns: newConnListener(),
 		plainConns: newConnListener()}
 	in.limit.max.Store(DefaultMaxConnections)
+	in.limit.perSource = true
 	in.policy.Store(&meshpb.InboundPolicy{})
 	in.self.Store(&telemetry.Unknown)
 	in.toApp1 = &http.Transport{
@@ -218,8 +219,10 @@ func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { r
 // HandleConn serves one accepted connection meant for the app's appPort.
 // It returns when the connection is done.
 func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
+	from := c.RemoteAddr()
 	if c = in.limit.admit(c); c == nil {
-		slog.Warn("inbound connection refused: connection limit reached", "limit", in.limit.max.Load())
+		refusals.log(slog.LevelWarn, "inbound connection refused: connection limit reached (in all, or this address's quarter)",
+			"limit", in.limit.max.Load(), "from", from)
 		return
 	}
 	br := bufio.NewReader(c)
@@ -234,7 +237,7 @@ func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 		return
 	}
 	if in.strict(appPort) {
-		slog.Info("refused plaintext connection: STRICT mutual TLS", "from", c.RemoteAddr(), "port", appPort)
+		refusals.log(slog.LevelInfo, "refused plaintext connection: STRICT mutual TLS", "from", c.RemoteAddr(), "port", appPort)
 		if in.Metrics != nil { // as Envoy counts it: a TCP connection no filter chain took (NR)
 			in.Metrics.Opened(telemetry.Connection{Reporter: "destination", Source: telemetry.Unknown, Dest: *in.self.Load(),
 				Service: "unknown", ServiceName: "unknown", ServiceNamespace: "unknown", Flags: "NR"})(0, 0)
@@ -279,7 +282,7 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		slog.Info("refused mTLS peer", "from", c.RemoteAddr(), "err", err)
+		refusals.log(slog.LevelInfo, "refused mTLS peer", "from", c.RemoteAddr(), "err", err)
 		c.Close()
 		return
 	}
@@ -288,7 +291,7 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 		meta, err := readPreamble(tc)
 		tc.SetReadDeadline(time.Time{})
 		if err != nil {
-			slog.Info("refused TCP tunnel: bad preamble", "from", c.RemoteAddr(), "err", err)
+			refusals.log(slog.LevelInfo, "refused TCP tunnel: bad preamble", "from", c.RemoteAddr(), "err", err)
 			tc.Close()
 			return
 		}
