@@ -47,6 +47,11 @@ type Service struct {
 	// Reserved are identities never issued to a caller, however proven
 	// (the control plane's own).
 	Reserved []identity.ID
+	// Runs, when set, says whether a workload with an identity still
+	// runs: a renewal (proven by the current certificate) is refused for
+	// an identity nothing runs as any more, so a certificate taken from a
+	// deleted pod dies with its expiry.
+	Runs func(identity.ID) error
 	// OnIssue and OnRefuse, when set, observe each outcome (metrics, logs).
 	OnIssue  func(id identity.ID)
 	OnRefuse func(reason string, err error)
@@ -141,6 +146,9 @@ func (s *Service) prove(ctx context.Context, req *meshpb.SignRequest, csr *x509.
 	}
 	if peerID != id {
 		return fmt.Errorf("the client certificate is %s, not the %s asked for", peerID, id)
+	}
+	if s.Runs != nil {
+		return s.Runs(id)
 	}
 	return nil
 }

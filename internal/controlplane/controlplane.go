@@ -38,6 +38,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/kube"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/proxycfg"
 	"github.com/trellis-mesh/trellis/internal/push"
 	"github.com/trellis-mesh/trellis/internal/safehttp"
 	"github.com/trellis-mesh/trellis/internal/tracestore"
@@ -348,7 +349,7 @@ func (p *plane) caService(att ca.Attestor) *ca.Service {
 	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_control_certificates_refused_total",
 		Help: "Certificate requests refused, by reason (bad_csr, not_proven, sign)."}, []string{"reason"})
 	p.reg.MustRegister(issued, refused)
-	return &ca.Service{Keeper: p.keeper, Attestor: att, TTL: p.cfg.SVIDTTL, Reserved: []identity.ID{p.id},
+	return &ca.Service{Keeper: p.keeper, Attestor: att, TTL: p.cfg.SVIDTTL, Reserved: []identity.ID{p.id}, Runs: p.identityRuns,
 		OnIssue: func(id identity.ID) { issued.Inc(); slog.Debug("certificate issued", "identity", id) },
 		OnRefuse: func(reason string, err error) {
 			refused.WithLabelValues(reason).Inc()
@@ -405,6 +406,24 @@ func (p *plane) servingCert() (*tls.Certificate, error) {
 	cert := svid.TLSCertificate()
 	p.cert, p.certFor = &cert, auth.SigningCert()
 	return p.cert, nil
+}
+
+// identityRuns says whether a meshed pod runs as id in the latest
+// snapshot (ca.ErrNotReady before the first).
+func (p *plane) identityRuns(id identity.ID) error {
+	snap := p.snap.Load()
+	if snap == nil {
+		return ca.ErrNotReady
+	}
+	for _, pod := range snap.Pods {
+		if !pod.Sidecar {
+			continue
+		}
+		if pid, err := proxycfg.PodIdentity(pod.Pod, p.cfg.TrustDomain); err == nil && pid == id {
+			return nil
+		}
+	}
+	return fmt.Errorf("no meshed pod runs as %s any more: its certificate is not renewed", id)
 }
 
 // dnsNames are the control plane Service's names on Kubernetes, which the

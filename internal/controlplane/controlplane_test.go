@@ -569,3 +569,40 @@ func mustParse(t *testing.T, der []byte) *x509.Certificate {
 	}
 	return c
 }
+
+// TestRenewalOnlyWhileTheIdentityRuns: a certificate proves who its holder
+// was; once no meshed pod runs as that identity (the pod deleted, its key
+// perhaps taken), it is not renewed.
+func TestRenewalOnlyWhileTheIdentityRuns(t *testing.T) {
+	r := newRig(t)
+	ctx := ctxT(t)
+	key := p256(t)
+	resp, err := meshpb.NewCertificateServiceClient(r.client(nil)).Sign(ctx,
+		&meshpb.SignRequest{Csr: csrFor(t, helloID, key), BootstrapToken: r.tokens["web/a"], PodNamespace: "web", PodName: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := tls.Certificate{PrivateKey: key}
+	for _, der := range resp.GetChain() {
+		cert.Certificate = append(cert.Certificate, der)
+	}
+	renew := func() error {
+		_, err := meshpb.NewCertificateServiceClient(r.client(&cert)).Sign(ctx, &meshpb.SignRequest{Csr: csrFor(t, helloID, p256(t))})
+		return err
+	}
+	if err := renew(); err != nil {
+		t.Fatalf("renewal while the pods run: %v", err)
+	}
+	r.snap.Pods = nil // both pods of the identity deleted
+	r.write()
+	var err2 error
+	for range 100 {
+		if err2 = renew(); err2 != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if status.Code(err2) != codes.PermissionDenied || !strings.Contains(err2.Error(), "any more") {
+		t.Errorf("renewal after the pods were deleted: %v, want PermissionDenied saying nothing runs as it any more", err2)
+	}
+}
