@@ -172,3 +172,62 @@ func (c *limitedConn) CloseWrite() error {
 
 func (c *limitedConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
 func (c *limitedConn) WriteTo(w io.Writer) (int64, error)  { return io.Copy(w, c.Conn) }
+
+// idleWatch closes its connections once no byte was read on any of them
+// for its timeout.
+type idleWatch struct {
+	last atomic.Int64 // unix nanoseconds of the last read
+	done chan struct{}
+	once sync.Once
+}
+
+// closeWhenIdle starts watching conns; call the result to stop, and read
+// through track so reads count as activity.
+func closeWhenIdle(timeout time.Duration, conns ...net.Conn) *idleWatch {
+	w := &idleWatch{done: make(chan struct{})}
+	w.last.Store(time.Now().UnixNano())
+	go func() {
+		tick := time.NewTicker(max(timeout/4, 10*time.Millisecond))
+		defer tick.Stop()
+		for {
+			select {
+			case <-w.done:
+				return
+			case now := <-tick.C:
+				if now.Sub(time.Unix(0, w.last.Load())) >= timeout {
+					for _, c := range conns {
+						c.Close()
+					}
+					return
+				}
+			}
+		}
+	}()
+	return w
+}
+
+func (w *idleWatch) stop() { w.once.Do(func() { close(w.done) }) }
+
+// track wraps c so its reads count as activity.
+func (w *idleWatch) track(c net.Conn) net.Conn { return &activeConn{Conn: c, w: w} }
+
+type activeConn struct {
+	net.Conn
+	w *idleWatch
+}
+
+func (c *activeConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.w.last.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// CloseWrite keeps half-close working through the wrapper.
+func (c *activeConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -240,4 +241,42 @@ func TestInboundShareIsPerSource(t *testing.T) {
 		t.Errorf("another address was not served while the first held its share: %v", err)
 	}
 	_ = hog
+}
+
+// TestPlaintextTunnelIdleTimeout: a stranger's raw tunnel (PERMISSIVE)
+// that moves no byte is closed after the idle timeout; one in use is not.
+func TestPlaintextTunnelIdleTimeout(t *testing.T) {
+	echo := serve(t, func(c net.Conn) { defer c.Close(); io.Copy(c, c) })
+	appPort := uint16(netip.MustParseAddrPort(echo).Port())
+	m := newTestMesh(t, 1)
+	in := m.inbounds[0]
+	in.PlaintextIdleTimeout = 300 * time.Millisecond
+	addr := serve(t, func(c net.Conn) { in.HandleConn(c, appPort) })
+
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	busy, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	start := time.Now()
+	buf := make([]byte, 4)
+	for time.Since(start) < time.Second { // the busy one echoes every 100 ms
+		busy.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := busy.Write([]byte("ping")); err != nil {
+			t.Fatalf("the busy tunnel was closed after %v: %v", time.Since(start), err)
+		}
+		if _, err := io.ReadFull(busy, buf); err != nil {
+			t.Fatalf("the busy tunnel was closed after %v: %v", time.Since(start), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	idle.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := idle.Read(buf); err != io.EOF {
+		t.Errorf("the idle tunnel was not closed after 1 s with a 300 ms idle timeout: %v", err)
+	}
 }

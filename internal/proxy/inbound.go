@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -44,6 +45,11 @@ type Inbound struct {
 	// WriteIdleTimeout cuts off a response whose writes make no progress
 	// for that long (a client that stopped reading); 0 never does.
 	WriteIdleTimeout time.Duration
+	// PlaintextIdleTimeout closes a tunnel from outside the mesh
+	// (PERMISSIVE) after no byte moved either way for that long, so idle
+	// strangers do not keep connection slots. Default 1 h (Istio's TCP
+	// idle timeout).
+	PlaintextIdleTimeout time.Duration
 
 	store       *meshtls.Store
 	trustDomain string
@@ -435,6 +441,11 @@ func (in *Inbound) tunnel(c net.Conn, appPort uint16, meta string) {
 	}
 	defer app.Close()
 	closed := in.tcpOpened(c, meta)
+	if meta == "" { // from outside the mesh
+		w := closeWhenIdle(cmp.Or(in.PlaintextIdleTimeout, time.Hour), c, app)
+		defer w.stop()
+		c, app = w.track(c), w.track(app)
+	}
 	request, response := pipe(c, app)
 	closed(response, request)
 }
