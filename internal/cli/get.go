@@ -107,7 +107,7 @@ func show[T any](g *getOptions, items []T, what string, table func(io.Writer, []
 		}
 		return nil
 	}
-	tw := tabwriter.NewWriter(g.out, 0, 8, 3, ' ', 0)
+	tw := tabwriter.NewWriter(terminalSafe(g.out), 0, 8, 3, ' ', 0)
 	table(tw, items, g.allNamespaces, g.output == "wide")
 	return tw.Flush()
 }

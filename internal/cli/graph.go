@@ -94,7 +94,7 @@ func printGraph(w io.Writer, g *servicegraph.Graph) error {
 	for _, n := range g.Nodes {
 		nodes[n.ID] = n
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(terminalSafe(w), 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "FROM\tTO\tPROTOCOL\tRPS\tSUCCESS\tP95\tMTLS\t(last %s)\n", g.Window)
 	lines := 0
 	for _, e := range g.Edges {

@@ -134,7 +134,7 @@ func showProxyConfig(w io.Writer, nsName, what string, asJSON bool) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(out)
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(terminalSafe(w), 0, 4, 2, ' ', 0)
 	defer tw.Flush()
 	if what == "listeners" || what == "all" {
 		fmt.Fprintln(tw, "ADDRESS\tPORT\tPROTOCOL\tSERVICE")

@@ -29,7 +29,7 @@ func newProxyStatusCmd(o *options) *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			tw := tabwriter.NewWriter(o.out, 0, 4, 2, ' ', 0)
+			tw := tabwriter.NewWriter(terminalSafe(o.out), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAMESPACE\tPOD\tCONNECTED\tCONFIG\tVERSION\tLAST ACK\tCERT EXPIRES\tNACK")
 			for _, p := range st {
 				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Pod, p.Connected, syncState(p),
