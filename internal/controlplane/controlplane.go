@@ -233,7 +233,10 @@ func Run(ctx context.Context, cfg Config) error {
 	meshpb.RegisterCertificateServiceServer(grpcSrv, certs)
 	meshpb.RegisterConfigServiceServer(grpcSrv, p.push)
 	traces := tracestore.New()
-	collectorpb.RegisterTraceServiceServer(grpcSrv, &tracestore.Service{Store: traces})
+	droppedSpans := prometheus.NewCounter(prometheus.CounterOpts{Name: "trellis_control_spans_dropped_total",
+		Help: "Spans a proxy exported that it could not have recorded (another workload's), dropped."})
+	p.reg.MustRegister(droppedSpans)
+	collectorpb.RegisterTraceServiceServer(grpcSrv, &tracestore.Service{Store: traces, OnDropped: func(n int) { droppedSpans.Add(float64(n)) }})
 	addrs := []string{cfg.GRPCAddr, cfg.MetricsAddr}
 	var webhook *http.Server
 	if p.kube != nil {

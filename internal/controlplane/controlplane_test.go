@@ -582,10 +582,7 @@ func TestRenewalOnlyWhileTheIdentityRuns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert := tls.Certificate{PrivateKey: key}
-	for _, der := range resp.GetChain() {
-		cert.Certificate = append(cert.Certificate, der)
-	}
+	cert := tls.Certificate{PrivateKey: key, Certificate: resp.GetChain()}
 	renew := func() error {
 		_, err := meshpb.NewCertificateServiceClient(r.client(&cert)).Sign(ctx, &meshpb.SignRequest{Csr: csrFor(t, helloID, p256(t))})
 		return err

@@ -24,6 +24,9 @@ func CleanValue(s string) string {
 	if clean && len(s) <= MaxValueBytes {
 		return s
 	}
+	if len(s) > 4*MaxValueBytes { // no need to look further
+		s = s[:4*MaxValueBytes]
+	}
 	s = strings.ToValidUTF8(s, "\uFFFD")
 	s = strings.Map(func(r rune) rune {
 		if unicode.IsControl(r) {
