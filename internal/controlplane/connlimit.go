@@ -4,14 +4,13 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"time"
 )
 
 // limitListener caps the connections open at once on a listener, in all
 // and per source address, so no one client (a compromised pod, anything
 // outside the mesh) can hold the control plane's sockets and memory. A
-// connection over a cap is closed at once; refusals are logged at most
-// once a minute, with their count.
+// connection over a cap is closed at once (and logged at most once a
+// second).
 type limitListener struct {
 	net.Listener
 	max, perSource int // 0: no cap
@@ -19,8 +18,6 @@ type limitListener struct {
 	mu       sync.Mutex
 	open     int            // guarded by mu
 	bySource map[string]int // guarded by mu
-	refused  int            // guarded by mu: since the last log line
-	logged   time.Time      // guarded by mu
 }
 
 func newLimitListener(ln net.Listener, max, perSource int) *limitListener {
@@ -45,11 +42,7 @@ func (l *limitListener) admit(src string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if (l.max > 0 && l.open >= l.max) || (l.perSource > 0 && l.bySource[src] >= l.perSource) {
-		l.refused++
-		if time.Since(l.logged) > time.Minute {
-			slog.Warn("connections refused: over the cap", "total", l.max, "perSource", l.perSource, "lastSource", src, "refused", l.refused)
-			l.refused, l.logged = 0, time.Now()
-		}
+		refusals.Log(slog.LevelWarn, "connection refused: over the cap", "total", l.max, "perSource", l.perSource, "from", src)
 		return false
 	}
 	l.open++

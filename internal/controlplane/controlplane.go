@@ -40,6 +40,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/proxycfg"
 	"github.com/trellis-mesh/trellis/internal/push"
+	"github.com/trellis-mesh/trellis/internal/ratelog"
 	"github.com/trellis-mesh/trellis/internal/safehttp"
 	"github.com/trellis-mesh/trellis/internal/tracestore"
 	"github.com/trellis-mesh/trellis/internal/unixapi"
@@ -307,6 +308,10 @@ func Run(ctx context.Context, cfg Config) error {
 	return g.Wait()
 }
 
+// refusals logs what a caller can cause once per request (a refused
+// certificate, a refused connection) at most once a second per kind.
+var refusals = &ratelog.Logger{}
+
 // listenTCP listens on every address, or on none.
 func listenTCP(addrs ...string) ([]net.Listener, error) {
 	var lns []net.Listener
@@ -356,7 +361,7 @@ func (p *plane) caService(att ca.Attestor) *ca.Service {
 		OnIssue: func(id identity.ID) { issued.Inc(); slog.Debug("certificate issued", "identity", id) },
 		OnRefuse: func(reason string, err error) {
 			refused.WithLabelValues(reason).Inc()
-			slog.Warn("certificate refused", "reason", reason, "err", err)
+			refusals.Log(slog.LevelWarn, "certificate refused", "reason", reason, "err", err)
 		}}
 }
 

@@ -194,7 +194,7 @@ func (g *h1Guard) scan() bool {
 	for len(g.buf) > 0 {
 		ok, err := g.step()
 		if err != nil {
-			refusals.log(slog.LevelInfo, "refused HTTP/1.1 request", "from", g.from, "reason", err)
+			refusals.Log(slog.LevelInfo, "refused HTTP/1.1 request", "from", g.from, "reason", err)
 			g.held, g.buf, g.state = nil, nil, gsDead
 			if !errors.Is(err, errNotHTTP1) {
 				g.ready = append(g.ready, guardRefusalBytes...)

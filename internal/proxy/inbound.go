@@ -99,7 +99,11 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 		BufferPool: copyBuffers,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if !clientGone(r, err) {
-				failWith(w, exchangeOf(r), http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
+				// The caller may be anyone: it learns that the app did
+				// not answer, the access log learns why.
+				ex := exchangeOf(r)
+				failWith(w, ex, http.StatusServiceUnavailable, "UF", "the app did not answer")
+				ex.reason = "the app did not answer: " + err.Error()
 			}
 		},
 	}
@@ -227,7 +231,7 @@ func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { r
 func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 	from := c.RemoteAddr()
 	if c = in.limit.admit(c); c == nil {
-		refusals.log(slog.LevelWarn, "inbound connection refused: connection limit reached (in all, or this address's quarter)",
+		refusals.Log(slog.LevelWarn, "inbound connection refused: connection limit reached (in all, or this address's quarter)",
 			"limit", in.limit.max.Load(), "from", from)
 		return
 	}
@@ -243,7 +247,7 @@ func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 		return
 	}
 	if in.strict(appPort) {
-		refusals.log(slog.LevelInfo, "refused plaintext connection: STRICT mutual TLS", "from", c.RemoteAddr(), "port", appPort)
+		refusals.Log(slog.LevelInfo, "refused plaintext connection: STRICT mutual TLS", "from", c.RemoteAddr(), "port", appPort)
 		if in.Metrics != nil { // as Envoy counts it: a TCP connection no filter chain took (NR)
 			in.Metrics.Opened(telemetry.Connection{Reporter: "destination", Source: telemetry.Unknown, Dest: *in.self.Load(),
 				Service: "unknown", ServiceName: "unknown", ServiceNamespace: "unknown", Flags: "NR"})(0, 0)
@@ -288,7 +292,7 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 	err := tc.HandshakeContext(ctx)
 	cancel()
 	if err != nil {
-		refusals.log(slog.LevelInfo, "refused mTLS peer", "from", c.RemoteAddr(), "err", err)
+		refusals.Log(slog.LevelInfo, "refused mTLS peer", "from", c.RemoteAddr(), "err", err)
 		c.Close()
 		return
 	}
@@ -297,7 +301,7 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 		meta, err := readPreamble(tc)
 		tc.SetReadDeadline(time.Time{})
 		if err != nil {
-			refusals.log(slog.LevelInfo, "refused TCP tunnel: bad preamble", "from", c.RemoteAddr(), "err", err)
+			refusals.Log(slog.LevelInfo, "refused TCP tunnel: bad preamble", "from", c.RemoteAddr(), "err", err)
 			tc.Close()
 			return
 		}

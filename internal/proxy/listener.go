@@ -134,7 +134,7 @@ func ParseUpstream(s string) (Upstream, error) {
 // HandleConn routes one outbound connection headed for dst.
 func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 	if c = s.limit.admit(c); c == nil {
-		refusals.log(slog.LevelWarn, "outbound connection refused: connection limit reached", "limit", s.limit.max.Load())
+		refusals.Log(slog.LevelWarn, "outbound connection refused: connection limit reached", "limit", s.limit.max.Load())
 		return
 	}
 	// One look at the routes: a config pushed while this connection is

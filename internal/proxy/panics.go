@@ -1,16 +1,15 @@
 package proxy
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"runtime/debug"
-	"sync"
 	"sync/atomic"
-	"time"
+
+	"github.com/trellis-mesh/trellis/internal/ratelog"
 )
 
 // panics counts handler panics since start (trellis_proxy_panics_total).
@@ -48,31 +47,4 @@ func countPanics() {
 // refusals is the log of refused connections and requests: a client can
 // cause one per connection, so at most one line a second is written per
 // kind, saying how many were left out since.
-var refusals = &rateLog{}
-
-type rateLog struct {
-	mu    sync.Mutex
-	last  map[string]time.Time // guarded by mu: by message
-	quiet map[string]int       // guarded by mu: left out since
-}
-
-// log writes msg at level, unless msg was written less than a second ago.
-func (r *rateLog) log(level slog.Level, msg string, args ...any) {
-	r.mu.Lock()
-	if r.last == nil {
-		r.last, r.quiet = map[string]time.Time{}, map[string]int{}
-	}
-	now := time.Now()
-	if now.Sub(r.last[msg]) < time.Second {
-		r.quiet[msg]++
-		r.mu.Unlock()
-		return
-	}
-	left := r.quiet[msg]
-	r.last[msg], r.quiet[msg] = now, 0
-	r.mu.Unlock()
-	if left > 0 {
-		args = append(args, "alsoRefusedSinceLastLine", left)
-	}
-	slog.Log(context.Background(), level, msg, args...)
-}
+var refusals = &ratelog.Logger{}
