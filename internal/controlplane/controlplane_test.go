@@ -576,13 +576,7 @@ func mustParse(t *testing.T, der []byte) *x509.Certificate {
 func TestRenewalOnlyWhileTheIdentityRuns(t *testing.T) {
 	r := newRig(t)
 	ctx := ctxT(t)
-	key := p256(t)
-	resp, err := meshpb.NewCertificateServiceClient(r.client(nil)).Sign(ctx,
-		&meshpb.SignRequest{Csr: csrFor(t, helloID, key), BootstrapToken: r.tokens["web/a"], PodNamespace: "web", PodName: "a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert := tls.Certificate{PrivateKey: key, Certificate: resp.GetChain()}
+	cert := r.firstCert(t, "a")
 	renew := func() error {
 		_, err := meshpb.NewCertificateServiceClient(r.client(&cert)).Sign(ctx, &meshpb.SignRequest{Csr: csrFor(t, helloID, p256(t))})
 		return err
@@ -601,5 +595,45 @@ func TestRenewalOnlyWhileTheIdentityRuns(t *testing.T) {
 	}
 	if status.Code(err2) != codes.PermissionDenied || !strings.Contains(err2.Error(), "any more") {
 		t.Errorf("renewal after the pods were deleted: %v, want PermissionDenied saying nothing runs as it any more", err2)
+	}
+}
+
+// firstCert gets pod name its first certificate with its token.
+func (r *rig) firstCert(t *testing.T, name string) tls.Certificate {
+	t.Helper()
+	key := p256(t)
+	resp, err := meshpb.NewCertificateServiceClient(r.client(nil)).Sign(ctxT(t),
+		&meshpb.SignRequest{Csr: csrFor(t, helloID, key), BootstrapToken: r.tokens["web/"+name], PodNamespace: "web", PodName: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{PrivateKey: key, Certificate: resp.GetChain()}
+}
+
+// TestStreamsPerPodAreCapped: a holder of a pod's certificate cannot open
+// config streams without end; the fifth at once is refused.
+func TestStreamsPerPodAreCapped(t *testing.T) {
+	r := newRig(t)
+	ctx := ctxT(t)
+	cert := r.firstCert(t, "a")
+	conn := r.client(&cert)
+	open := func() error {
+		st, err := meshpb.NewConfigServiceClient(conn).StreamConfig(ctx)
+		if err != nil {
+			return err
+		}
+		if err := st.Send(&meshpb.ConfigRequest{PodNamespace: "web", PodName: "a"}); err != nil {
+			return err
+		}
+		_, err = st.Recv() // the config, or the refusal
+		return err
+	}
+	for i := range push.MaxStreamsPerPod {
+		if err := open(); err != nil {
+			t.Fatalf("stream %d: %v", i+1, err)
+		}
+	}
+	if err := open(); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("stream %d of one pod: %v, want ResourceExhausted", push.MaxStreamsPerPod+1, err)
 	}
 }

@@ -247,7 +247,9 @@ func (s *Server) StreamConfig(srv meshpb.ConfigService_StreamConfigServer) error
 	}
 	st := &stream{srv: srv, s: s, key: key, namespace: hello.GetPodNamespace(), name: hello.GetPodName(),
 		notify: make(chan struct{}, 1), answers: make(chan *meshpb.ConfigRequest, 1)}
-	s.connect(st, id.String(), hello)
+	if !s.connect(st, id.String(), hello) {
+		return status.Errorf(codes.ResourceExhausted, "config stream: pod %s has %d streams open already", key, MaxStreamsPerPod)
+	}
 	defer s.disconnect(st)
 	slog.Info("proxy connected", "pod", key, "identity", id, "version", hello.GetVersion())
 	return st.run()
@@ -274,13 +276,23 @@ func recvWithin(srv meshpb.ConfigService_StreamConfigServer, d time.Duration) (*
 	}
 }
 
-func (s *Server) connect(st *stream, id string, hello *meshpb.ConfigRequest) {
+// MaxStreamsPerPod bounds the config streams one pod's identity may hold
+// open: its proxy needs one, and a few while a reconnect overlaps the old
+// stream's end.
+const MaxStreamsPerPod = 4
+
+// connect registers a stream, or reports false when its pod holds
+// MaxStreamsPerPod already.
+func (s *Server) connect(st *stream, id string, hello *meshpb.ConfigRequest) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.proxies[st.key]
 	if p == nil {
 		p = &proxy{namespace: st.namespace, name: st.name}
 		s.proxies[st.key] = p
+	}
+	if p.streams >= MaxStreamsPerPod {
+		return false
 	}
 	p.identity, p.connected, p.since, p.nack = id, true, time.Now(), ""
 	p.observe(hello)
@@ -289,6 +301,7 @@ func (s *Server) connect(st *stream, id string, hello *meshpb.ConfigRequest) {
 	if s.cfg.Metrics != nil {
 		s.cfg.Metrics.connected.Inc()
 	}
+	return true
 }
 
 func (s *Server) disconnect(st *stream) {
