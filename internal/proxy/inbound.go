@@ -382,7 +382,11 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if port, ok := r.Context().Value(appPortKey{}).(uint16); ok {
 		ex.upstream = "127.0.0.1:" + strconv.Itoa(int(port))
 	}
-	r, ex.span = in.Tracing.Start(r, trace.SpanKindServer)
+	if ex.mutualTLS {
+		r, ex.span = in.Tracing.Start(r, trace.SpanKindServer)
+	} else {
+		r, ex.span = in.Tracing.StartUntrusted(r)
+	}
 	defer recordAfter(recorder{in.Metrics, in.AccessLog, in.Tracing}, "destination", src, in.self.Load(), ex, r, ow, body, start)
 	if !checkRequest(ow, r, ex) || cancelledEarly(r, ex) {
 		return

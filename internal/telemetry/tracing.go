@@ -68,11 +68,30 @@ func NewTracing(cfg TracingConfig) *Tracing {
 // carry, and rewrites those headers so the next hop is its child. End the
 // span with End.
 func (t *Tracing) Start(r *http.Request, kind trace.SpanKind) (*http.Request, trace.Span) {
+	return t.start(r, kind, true)
+}
+
+// StartUntrusted is Start for a request from outside the mesh: the trace
+// its headers claim is not continued (a stranger could join or steer any
+// trace, and force sampling); the span starts a new trace, linked to the
+// claimed one for whoever wants to follow it.
+func (t *Tracing) StartUntrusted(r *http.Request) (*http.Request, trace.Span) {
+	return t.start(r, trace.SpanKindServer, false)
+}
+
+func (t *Tracing) start(r *http.Request, kind trace.SpanKind, trusted bool) (*http.Request, trace.Span) {
 	if t == nil {
 		return r, trace.SpanFromContext(context.Background())
 	}
 	ctx := t.prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-	ctx, span := t.tracer.Start(ctx, CleanValue(r.Host+r.URL.Path), trace.WithSpanKind(kind))
+	opts := []trace.SpanStartOption{trace.WithSpanKind(kind)}
+	if !trusted {
+		if remote := trace.SpanContextFromContext(ctx); remote.IsValid() {
+			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: remote}))
+		}
+		opts = append(opts, trace.WithNewRoot())
+	}
+	ctx, span := t.tracer.Start(ctx, CleanValue(r.Host+r.URL.Path), opts...)
 	t.prop.Inject(ctx, propagation.HeaderCarrier(r.Header))
 	return r.WithContext(ctx), span
 }

@@ -133,3 +133,29 @@ func TestGRPCStatusLabel(t *testing.T) {
 		}
 	}
 }
+
+// TestUntrustedTraceIsLinkedNotContinued: a caller outside the mesh cannot
+// join (or force the sampling of) a trace by sending its traceparent: its
+// request starts a new trace, linked to the one it named.
+func TestUntrustedTraceIsLinkedNotContinued(t *testing.T) {
+	const claimed = "4bf92f3577b34da6a3ce929d0e0e4736"
+	exp := tracetest.NewInMemoryExporter()
+	tr := NewTracing(TracingConfig{Sampling: 100, Exporter: exp, Service: "alpha.db"})
+	r := httptest.NewRequest("GET", "http://alpha.db/", nil)
+	r.Header.Set("traceparent", "00-"+claimed+"-00f067aa0ba902b7-01")
+	r, span := tr.StartUntrusted(r)
+	got := tr.End(span, Request{Reporter: "destination", Protocol: "http", Code: 200})
+	if err := tr.tp.ForceFlush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	spans := exp.GetSpans()
+	if got == claimed || len(spans) != 1 || spans[0].Parent.IsValid() {
+		t.Fatalf("the stranger's trace was continued (trace %s, parent %v)", got, spans[0].Parent)
+	}
+	if len(spans[0].Links) != 1 || spans[0].Links[0].SpanContext.TraceID().String() != claimed {
+		t.Errorf("links %v, want one to the claimed trace", spans[0].Links)
+	}
+	if !strings.Contains(r.Header.Get("traceparent"), got) {
+		t.Errorf("the app was handed traceparent %q, not the new trace %s", r.Header.Get("traceparent"), got)
+	}
+}
