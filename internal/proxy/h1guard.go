@@ -3,13 +3,16 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // h1Guard checks the framing of HTTP/1.1 requests on a connection before
@@ -23,8 +26,9 @@ import (
 // valid (for a chunked body, together with its first chunk size, unless
 // the client waits for 100 Continue). On a violation the guard passes on
 // a request line net/http answers with 400 and a closed connection, so the
-// bad request is never forwarded. After an Upgrade request it steps aside;
-// HTTP/2 connections go on through h2Guard.
+// bad request is never forwarded. It steps aside only once an Upgrade is
+// answered with 101 (switched; an Upgrade refused keeps the connection an
+// HTTP/1.1 one, guarded); HTTP/2 connections go on through h2Guard.
 type h1Guard struct {
 	src     io.Reader
 	from    net.Addr
@@ -38,6 +42,38 @@ type h1Guard struct {
 	left    int64 // bytes of body or chunk data still to pass
 	after   guardState
 	err     error // from src, returned once ready is drained
+	// upgraded is set (from the handler's goroutine) when the app
+	// answered an Upgrade with 101: the bytes after it are another
+	// protocol's.
+	upgraded atomic.Bool
+}
+
+// switched tells the guard that its connection switched protocols: from
+// its next read on, it steps aside.
+func (g *h1Guard) switched() { g.upgraded.Store(true) }
+
+type guardKey struct{}
+
+// withGuard records c's framing guard, if c has one, in a connection's
+// context.
+func withGuard(ctx context.Context, c net.Conn) context.Context {
+	if gc, ok := c.(*guardedConn); ok {
+		return context.WithValue(ctx, guardKey{}, gc.g)
+	}
+	return ctx
+}
+
+// stepAsideOnSwitch is the reverse proxies' ModifyResponse: when the
+// upstream switches protocols (101), the client connection's guard steps
+// aside before the bytes of the new protocol flow. An Upgrade answered
+// otherwise leaves the connection an HTTP/1.1 one, still guarded.
+func stepAsideOnSwitch(resp *http.Response) error {
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if g, ok := resp.Request.Context().Value(guardKey{}).(*h1Guard); ok {
+			g.switched()
+		}
+	}
+	return nil
 }
 
 type guardState int
@@ -49,7 +85,7 @@ const (
 	gsChunkData
 	gsChunkEnd
 	gsTrailers
-	gsPass // HTTP/2 or upgraded: no more checks
+	gsPass // HTTP/2 or switched protocols: no more checks
 	gsDead // refused: nothing more is read
 )
 
@@ -84,6 +120,10 @@ type guardedConn struct {
 func (c *guardedConn) Read(p []byte) (int, error) { return c.g.Read(p) }
 
 func (g *h1Guard) Read(p []byte) (int, error) {
+	if g.state != gsPass && g.upgraded.Load() {
+		g.ready = append(append(g.ready, g.held...), g.buf...)
+		g.held, g.buf, g.state = nil, nil, gsPass
+	}
 	for len(g.ready) == 0 {
 		if g.h2 != nil {
 			return g.h2.Read(p)
@@ -290,9 +330,6 @@ func (g *h1Guard) head() (bool, error) {
 		return false, err
 	}
 	g.after = gsHead
-	if req.upgrade {
-		g.after = gsPass
-	}
 	switch {
 	case req.chunked && !req.expectContinue:
 		g.held = append(g.held, g.buf[:end]...)
@@ -362,8 +399,8 @@ func blockEnd(b []byte) (int, error) {
 }
 
 type framing struct {
-	length                           int64
-	chunked, upgrade, expectContinue bool
+	length                  int64
+	chunked, expectContinue bool
 }
 
 // isHTTP1Version reports whether v is HTTP/1.x (net/http answers an
@@ -382,7 +419,6 @@ func parseFraming(block string) (framing, error) {
 		return f, fmt.Errorf("%w: %q", errNotHTTP1, lines[0])
 	}
 	var lengths, encodings []string
-	var upgrade, connUpgrade bool
 	for _, line := range lines[1:] {
 		if line == "" {
 			continue
@@ -400,15 +436,10 @@ func parseFraming(block string) (framing, error) {
 			lengths = append(lengths, value)
 		case "transfer-encoding":
 			encodings = append(encodings, value)
-		case "upgrade":
-			upgrade = value != ""
-		case "connection":
-			connUpgrade = connUpgrade || hasToken(value, "upgrade")
 		case "expect":
 			f.expectContinue = strings.EqualFold(value, "100-continue")
 		}
 	}
-	f.upgrade = upgrade && connUpgrade
 	switch {
 	case len(lengths) > 0 && len(encodings) > 0:
 		return f, fmt.Errorf("%w: both Content-Length and Transfer-Encoding", errSmuggling)
@@ -426,13 +457,4 @@ func parseFraming(block string) (framing, error) {
 		f.length = n
 	}
 	return f, nil
-}
-
-func hasToken(list, token string) bool {
-	for _, t := range strings.Split(list, ",") {
-		if strings.EqualFold(strings.TrimSpace(t), token) {
-			return true
-		}
-	}
-	return false
 }

@@ -161,3 +161,43 @@ func (r *chunkedReader) Read(p []byte) (int, error) {
 	r.data = r.data[k:]
 	return k, nil
 }
+
+// TestGuardStaysAfterARefusedUpgrade: an Upgrade the app answers with
+// anything but 101 leaves the connection HTTP/1.1, so the guard keeps
+// checking what follows on it, on both sides (the inbound over mTLS too).
+func TestGuardStaysAfterARefusedUpgrade(t *testing.T) {
+	var reached atomic.Int32
+	m := newTestMeshApp(t, 1, func(string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/smuggled" {
+				reached.Add(1)
+			}
+			w.WriteHeader(http.StatusUpgradeRequired) // no switch
+		})
+	})
+	inbound := serve(t, func(c net.Conn) { m.inbounds[0].HandleConn(c, m.appPort) })
+	for side, addr := range map[string]string{"outbound": m.appAddr, "inbound (plaintext)": inbound} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(c)
+		io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: alpha.db\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: the upgrade: %v", side, err)
+		}
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+		// Bare LFs: net/http would take this request; the guard must not.
+		io.WriteString(c, "GET /smuggled HTTP/1.1\nHost: alpha.db\n\n")
+		if resp, err := http.ReadResponse(br, nil); err == nil {
+			resp.Body.Close()
+		}
+		c.Close()
+		if reached.Load() != 0 {
+			t.Errorf("%s: a request with bare LFs after a refused Upgrade reached the app", side)
+		}
+	}
+}

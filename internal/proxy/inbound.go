@@ -57,25 +57,22 @@ type Inbound struct {
 	self        atomic.Pointer[telemetry.Peer]
 	services    atomic.Pointer[map[string]bool] // "name.namespace" of the services this workload's identity serves
 
-	mtls   *http.Server // serves handshaken mTLS conns (HTTP/1.1 for Upgrades) handed to it
-	mtlsH2 *http.Server // serves handshaken mTLS HTTP/2 conns, through the flood guard
-	h1     *http.Server // serves plaintext HTTP/1.1 conns handed to it
+	h2     *http.Server // serves HTTP/2 conns (mTLS, or plaintext h2c) through the flood guard
+	h1     *http.Server // serves HTTP/1.1 conns (plaintext, or mTLS for Upgrades) through the framing guard
 	toApp1 *http.Transport
 	toApp2 *http.Transport // h2c to the app, for gRPC
 	proxy  *httputil.ReverseProxy
 
-	mtlsConns, h2Conns, plainConns *connListener
-	tunnels                        tunnels
-	limit                          connLimit
-	floods                         penaltyBox // clients cut off for HTTP/2 floods
-	ports                          sync.Map   // *tls.Conn -> app port, until its server picks it up
+	h2Conns, h1Conns *connListener
+	tunnels          tunnels
+	limit            connLimit
+	floods           penaltyBox // clients cut off for HTTP/2 floods
 }
 
 // NewInbound accepts peers of trustDomain presenting certificates that
 // verify against store's bundle.
 func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
-	in := &Inbound{store: store, trustDomain: trustDomain, mtlsConns: newConnListener(), h2Conns: newConnListener(),
-		plainConns: newConnListener()}
+	in := &Inbound{store: store, trustDomain: trustDomain, h2Conns: newConnListener(), h1Conns: newConnListener()}
 	in.limit.max.Store(DefaultMaxConnections)
 	in.limit.perSource = true
 	in.policy.Store(&meshpb.InboundPolicy{})
@@ -94,9 +91,10 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 		IdleConnTimeout: time.Minute,
 	}
 	in.proxy = &httputil.ReverseProxy{
-		Rewrite:    func(*httputil.ProxyRequest) {},
-		Transport:  roundTripperFunc(in.toApp),
-		BufferPool: copyBuffers,
+		Rewrite:        func(*httputil.ProxyRequest) {},
+		Transport:      roundTripperFunc(in.toApp),
+		BufferPool:     copyBuffers,
+		ModifyResponse: stepAsideOnSwitch,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if !clientGone(r, err) {
 				// The caller may be anyone: it learns that the app did
@@ -107,31 +105,25 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 			}
 		},
 	}
-	in.mtls = in.server(false, func(c net.Conn) uint16 {
-		port, _ := in.ports.LoadAndDelete(c)
-		p, _ := port.(uint16)
-		return p
-	})
-	in.mtlsH2 = in.server(true, func(c net.Conn) uint16 { return c.(*guardedH2).port })
+	in.h2 = in.server(true, func(c net.Conn) uint16 { return c.(*guardedH2).port })
 	in.h1 = in.server(false, func(c net.Conn) uint16 { return c.(*portConn).port })
-	go func() { _ = in.mtls.Serve(in.mtlsConns) }()
-	go func() { _ = in.mtlsH2.Serve(in.h2Conns) }()
-	go func() { _ = in.h1.Serve(in.plainConns) }()
+	go func() { _ = in.h2.Serve(in.h2Conns) }()
+	go func() { _ = in.h1.Serve(in.h1Conns) }()
 	return in
 }
 
 // server builds an inbound HTTP server whose requests carry the app port
-// portOf finds for their connection. A guarded server speaks only HTTP/2 on
-// connections whose TLS, if any, is already done (guardedH2); the others speak
-// HTTP/1.1, and HTTP/2 over TLS only: h2c from outside the pod comes
-// through the guarded server, after the flood guard.
-func (in *Inbound) server(guarded bool, portOf func(net.Conn) uint16) *http.Server {
+// portOf finds for their connection. Every connection handed to either
+// comes with its TLS, if any, already done and through its guard: the h2
+// server speaks HTTP/2 with prior knowledge (guardedH2: mTLS h2, or h2c
+// from outside), the h1 server HTTP/1.1 (portConn: plaintext, mTLS for
+// Upgrades, HTTP found inside a TCP tunnel).
+func (in *Inbound) server(h2 bool, portOf func(net.Conn) uint16) *http.Server {
 	protocols := new(http.Protocols)
-	if guarded {
+	if h2 {
 		protocols.SetUnencryptedHTTP2(true)
 	} else {
 		protocols.SetHTTP1(true)
-		protocols.SetHTTP2(true)
 	}
 	return &http.Server{
 		Handler:           in,
@@ -155,6 +147,7 @@ func (in *Inbound) server(guarded bool, portOf func(net.Conn) uint16) *http.Serv
 				if c.state != nil {
 					ctx = context.WithValue(ctx, tlsStateKey{}, c.state)
 				}
+				ctx = withGuard(ctx, c.Conn)
 			}
 			return context.WithValue(ctx, appPortKey{}, portOf(c))
 		},
@@ -163,13 +156,13 @@ func (in *Inbound) server(guarded bool, portOf func(net.Conn) uint16) *http.Serv
 
 // Close stops serving connections handed to the inbound side at once.
 func (in *Inbound) Close() error {
-	return errors.Join(in.mtls.Close(), in.mtlsH2.Close(), in.h1.Close())
+	return errors.Join(in.h2.Close(), in.h1.Close())
 }
 
 // Shutdown stops taking connections and lets the requests and tunnels in
 // flight finish until ctx ends; then it closes what is left.
 func (in *Inbound) Shutdown(ctx context.Context) error {
-	return drain(ctx, &in.tunnels, in.mtls, in.mtlsH2, in.h1)
+	return drain(ctx, &in.tunnels, in.h2, in.h1)
 }
 
 // SetWorkload names the workload this proxy serves, for metrics.
@@ -266,7 +259,7 @@ func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 func (in *Inbound) serveDetected(c net.Conn, p Protocol, appPort uint16, state *tls.ConnectionState, meta string) {
 	switch p {
 	case HTTP1:
-		in.plainConns.push(&portConn{Conn: guardHTTP1(c, &in.floods), port: appPort, state: state})
+		in.h1Conns.push(&portConn{Conn: guardHTTP1(c, &in.floods), port: appPort, state: state})
 	case HTTP2:
 		in.floods.serveAfterPenalty(c.RemoteAddr())
 		in.h2Conns.push(&guardedH2{Conn: c, r: newH2Guard(c, c.RemoteAddr(), &peerBudgets, &in.floods), state: state, port: appPort})
@@ -322,8 +315,8 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 		in.h2Conns.push(&guardedH2{Conn: tc, r: newH2Guard(tc, c.RemoteAddr(), &peerBudgets, &in.floods), state: &cs, port: appPort})
 		return
 	}
-	in.ports.Store(tc, appPort)
-	in.mtlsConns.push(tc)
+	cs := tc.ConnectionState() // HTTP/1.1, for Upgrades
+	in.h1Conns.push(&portConn{Conn: guardHTTP1(tc, &in.floods), port: appPort, state: &cs})
 }
 
 // guardedH2 is an HTTP/2 connection whose frames pass the flood guard

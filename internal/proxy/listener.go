@@ -71,7 +71,8 @@ func NewOutboundServer(out *Outbound, store *meshtls.Store, dial *net.Dialer) *O
 			MaxReceiveBufferPerStream:     1 << 20,
 		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return WithDestination(ctx, c.(*connDst).dst)
+			cd := c.(*connDst)
+			return withGuard(WithDestination(ctx, cd.dst), cd.Conn)
 		},
 	}
 	go func() { _ = s.http.Serve(s.conns) }()

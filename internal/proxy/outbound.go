@@ -119,8 +119,9 @@ func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 		// server-sent events) is flushed as each piece arrives anyway, and
 		// one of known length goes out in as few writes as it fills, not
 		// one write for the body and another for its end.
-		BufferPool:   copyBuffers,
-		ErrorHandler: o.fail,
+		BufferPool:     copyBuffers,
+		ModifyResponse: stepAsideOnSwitch,
+		ErrorHandler:   o.fail,
 	}
 	return o
 }
