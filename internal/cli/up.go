@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -32,6 +33,7 @@ type upOptions struct {
 	caCert      string
 	caKey       string
 	prometheus  string
+	logMax      int64
 }
 
 func newUpCmd(o *options) *cobra.Command {
@@ -53,6 +55,7 @@ in the background with -d (stop it with 'trellis down').`,
 	cmd.Flags().DurationVar(&u.svidTTL, "svid-ttl", 24*time.Hour, "lifetime of sidecar certificates (renewed at half life); seconds are fine for tests")
 	cmd.Flags().StringVar(&u.caCert, "ca-cert", "", "sign with this root or intermediate (PEM, with its chain up to the root) instead of the mesh's own root")
 	cmd.Flags().StringVar(&u.caKey, "ca-key", "", "the private key of --ca-cert (PEM, PKCS#8)")
+	cmd.Flags().Int64Var(&u.logMax, "log-max-bytes", localmesh.DefaultLogMaxBytes, "rotate a container's log at this size, keeping one older file")
 	cmd.Flags().StringVar(&u.prometheus, "prometheus", "", "the dashboard reads its figures from this Prometheus server (http://HOST:PORT) instead of scraping the sidecars")
 	_ = cmd.MarkFlagRequired("filename")
 	return cmd
@@ -106,7 +109,10 @@ func (u *upOptions) prepare() (localmesh.Config, *manifest.Set, error) {
 	if err := checkPrometheusURL(u.prometheus); err != nil {
 		return cfg, nil, err
 	}
-	cfg = localmesh.Config{StateDir: stateDir, PodCIDR: pod, ServiceCIDR: svc, SVIDTTL: u.svidTTL, Prometheus: u.prometheus}
+	if u.logMax < 4<<10 {
+		return cfg, nil, fmt.Errorf("--log-max-bytes %d: use at least 4096", u.logMax)
+	}
+	cfg = localmesh.Config{StateDir: stateDir, PodCIDR: pod, ServiceCIDR: svc, SVIDTTL: u.svidTTL, Prometheus: u.prometheus, LogMaxBytes: u.logMax}
 	if cfg.CACert, cfg.CAKey, err = checkSuppliedCA(u.caCert, u.caKey); err != nil {
 		return cfg, nil, err
 	}
@@ -199,7 +205,7 @@ func (u *upOptions) startDetached(ctx context.Context) error {
 		return err
 	}
 	args := []string{"up", "--state-dir", u.stateDir, "--pod-cidr", u.podCIDR, "--service-cidr", u.serviceCIDR,
-		"--svid-ttl", u.svidTTL.String()}
+		"--svid-ttl", u.svidTTL.String(), "--log-max-bytes", strconv.FormatInt(u.logMax, 10)}
 	if u.prometheus != "" {
 		args = append(args, "--prometheus", u.prometheus)
 	}

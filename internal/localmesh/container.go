@@ -1,11 +1,11 @@
 package localmesh
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"os/exec"
 	"runtime"
 	"sync"
@@ -179,7 +179,7 @@ func (c *container) setState(state, reason string, code int) {
 // runOnce runs the process to its end, or until ctx is done. It returns the
 // exit code (-1 when killed by a signal or never started).
 func (c *container) runOnce(ctx context.Context) (int, error) {
-	logf, err := openNoFollow(c.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	logf, err := openRotatingLog(c.logPath, cmp.Or(c.cfg.LogMaxBytes, DefaultLogMaxBytes))
 	if err != nil {
 		return -1, fmt.Errorf("open log: %w", err)
 	}

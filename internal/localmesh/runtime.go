@@ -80,6 +80,9 @@ type Config struct {
 	// Prometheus, when set, is a Prometheus server's URL the dashboard
 	// reads instead of scraping the sidecars itself.
 	Prometheus string
+	// LogMaxBytes is the size at which a container's log is rotated (one
+	// older file kept). Default DefaultLogMaxBytes.
+	LogMaxBytes int64
 }
 
 // DefaultPodCIDR and DefaultServiceCIDR are the default address ranges.
