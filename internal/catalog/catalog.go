@@ -293,6 +293,11 @@ func FormatLabels(labels map[string]string) string {
 	return b.String()
 }
 
+// AnnotationInboundToLocalhost, "true" on a pod, makes its sidecar reach
+// the app on 127.0.0.1 instead of the pod's address (for an app that
+// listens on loopback only, which the mesh then reaches too).
+const AnnotationInboundToLocalhost = "trellis.io/inbound-to-localhost"
+
 // KindPeerAuthentication is the Istio-shaped PeerAuthentication kind.
 const KindPeerAuthentication Kind = "PeerAuthentication"
 

@@ -16,6 +16,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
 )
 
 // Names of what injection adds.
@@ -183,6 +185,11 @@ func Pod(pod *corev1.Pod, ns string, cfg Config) error {
 	env := []corev1.EnvVar{
 		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 		{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+	}
+	if strings.EqualFold(pod.Annotations[catalog.AnnotationInboundToLocalhost], "true") {
+		env = append(env, corev1.EnvVar{Name: "POD_IP", Value: "127.0.0.1"})
+	} else {
+		env = append(env, corev1.EnvVar{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}})
 	}
 	if len(probes) > 0 {
 		data, err := json.Marshal(probes)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -74,7 +75,12 @@ func (r *Runtime) prepareSidecarLocked(p *pod) (catalog.Container, error) {
 	if err != nil {
 		return catalog.Container{}, err
 	}
-	var env []catalog.EnvVar
+	// The sidecar reaches the app at the pod's address (POD_IP), unless
+	// the pod asks for loopback.
+	env := []catalog.EnvVar{{Name: "POD_IP", FieldPath: "status.podIP"}}
+	if strings.EqualFold(p.obj.Annotations[catalog.AnnotationInboundToLocalhost], "true") {
+		env = []catalog.EnvVar{{Name: "POD_IP", Value: "127.0.0.1"}}
+	}
 	if workers > 0 {
 		env = append(env, catalog.EnvVar{Name: "GOMAXPROCS", Value: strconv.Itoa(workers)})
 	}

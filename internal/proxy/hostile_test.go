@@ -280,3 +280,36 @@ func TestPlaintextTunnelIdleTimeout(t *testing.T) {
 		t.Errorf("the idle tunnel was not closed after 1 s with a 300 ms idle timeout: %v", err)
 	}
 }
+
+// TestInboundReachesThePodAddress: the inbound forwards to the pod's
+// address (AppAddr), so an app's loopback-only listener (an admin port,
+// say) is not reachable through the mesh; an app on the pod's address is.
+func TestInboundReachesThePodAddress(t *testing.T) {
+	m := newTestMesh(t, 1)
+	in := m.inbounds[0]
+	in.AppAddr = "127.0.0.2" // the pod's address here; the app of newTestMesh listens on 127.0.0.1 only
+	addr := serve(t, func(c net.Conn) { in.HandleConn(c, m.appPort) })
+	get := func() int {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: alpha.db\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(); code != http.StatusServiceUnavailable {
+		t.Errorf("a loopback-only app answered through the mesh: %d", code)
+	}
+	in.AppAddr = "127.0.0.1" // the pod asked for loopback
+	if code := get(); code != 200 {
+		t.Errorf("with the app on the address the inbound uses: %d, want 200", code)
+	}
+}

@@ -45,6 +45,10 @@ type Inbound struct {
 	// WriteIdleTimeout cuts off a response whose writes make no progress
 	// for that long (a client that stopped reading); 0 never does.
 	WriteIdleTimeout time.Duration
+	// AppAddr is the address the app is reached at: the pod's own
+	// (Istio's way since 1.10), so an app's loopback-only listeners stay
+	// out of the mesh's reach; empty: 127.0.0.1.
+	AppAddr string
 	// PlaintextIdleTimeout closes a tunnel from outside the mesh
 	// (PERMISSIVE) after no byte moved either way for that long, so idle
 	// strangers do not keep connection slots. Default 1 h (Istio's TCP
@@ -373,7 +377,7 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ow, body := observe(w, r, in.WriteIdleTimeout)
 	if port, ok := r.Context().Value(appPortKey{}).(uint16); ok {
-		ex.upstream = "127.0.0.1:" + strconv.Itoa(int(port))
+		ex.upstream = net.JoinHostPort(in.appHost(), strconv.Itoa(int(port)))
 	}
 	if ex.mutualTLS {
 		r, ex.span = in.Tracing.Start(r, trace.SpanKindServer)
@@ -418,7 +422,7 @@ func xfcc(self string, cs *tls.ConnectionState) string {
 func (in *Inbound) toApp(req *http.Request) (*http.Response, error) {
 	port, _ := req.Context().Value(appPortKey{}).(uint16)
 	req.URL.Scheme = "http"
-	req.URL.Host = net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	req.URL.Host = net.JoinHostPort(in.appHost(), strconv.Itoa(int(port)))
 	if req.ProtoMajor == 2 && strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc") {
 		resp, err := in.toApp2.RoundTrip(req)
 		grpcTrailersOnly(resp)
@@ -426,6 +430,8 @@ func (in *Inbound) toApp(req *http.Request) (*http.Response, error) {
 	}
 	return in.toApp1.RoundTrip(req)
 }
+
+func (in *Inbound) appHost() string { return cmp.Or(in.AppAddr, "127.0.0.1") }
 
 // tunnel copies an opaque connection to the app; meta is the caller's
 // metadata from the tunnel preamble (mTLS only).
@@ -435,7 +441,7 @@ func (in *Inbound) tunnel(c net.Conn, appPort uint16, meta string) {
 		return // shutting down
 	}
 	defer in.tunnels.remove(c)
-	app, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(appPort))), 5*time.Second)
+	app, err := net.DialTimeout("tcp", net.JoinHostPort(in.appHost(), strconv.Itoa(int(appPort))), 5*time.Second)
 	if err != nil {
 		slog.Warn("inbound TCP: app unreachable", "port", appPort, "err", err)
 		return

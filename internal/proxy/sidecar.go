@@ -40,6 +40,9 @@ type Config struct {
 	// on the kubelet's behalf (JSON keyed by /app-health/CONTAINER/KIND,
 	// see AppProbe). Empty: none.
 	AppProbes string
+	// AppAddr is where the inbound reaches the app: the pod's address
+	// (default $POD_IP), or 127.0.0.1 when empty.
+	AppAddr string
 	// Cluster is the source_cluster and destination_cluster of the
 	// metrics: "one-host", or "Kubernetes" (Istio's default) in a cluster.
 	Cluster string
@@ -97,6 +100,9 @@ type Config struct {
 
 func (c *Config) setDefaults() error {
 	c.Cluster = cmp.Or(c.Cluster, "one-host")
+	if _, err := netip.ParseAddr(c.AppAddr); c.AppAddr != "" && err != nil {
+		return fmt.Errorf("sidecar: --app-address %q is not an IP address", c.AppAddr)
+	}
 	switch {
 	case c.ControlPlane != "":
 		if c.ControlPlaneBundle == "" || c.Identity == "" || c.PodNamespace == "" || c.PodName == "" || c.TokenFile == "" {
@@ -189,6 +195,7 @@ func Run(ctx context.Context, cfg Config) error {
 	out := NewOutbound(store, dialer)
 	out.Metrics, out.Tracing = metrics, tracing
 	in := NewInbound(store, self.TrustDomain())
+	in.AppAddr = cfg.AppAddr
 	in.Metrics, in.Tracing = metrics, tracing
 	accessLog := cfg.accessLogger()
 	out.AccessLog, in.AccessLog = accessLog, accessLog
@@ -504,6 +511,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		return err
 	})
 	fs.StringVar(&c.AppProbes, "app-probes", os.Getenv(AppProbesEnv), "the app's probes the health listener runs at /app-health/CONTAINER/KIND (JSON, as the injector writes it; default $"+AppProbesEnv+")")
+	fs.StringVar(&c.AppAddr, "app-address", os.Getenv("POD_IP"), "the address the inbound reaches the app at: the pod's (default $POD_IP), so loopback-only listeners stay private; 127.0.0.1 for apps that listen on loopback only")
 	fs.StringVar(&c.Cluster, "cluster", "one-host", "the cluster name in metrics (source_cluster, destination_cluster)")
 	fs.StringVar(&c.AccessLog, "access-log", "stdout", "where the access log goes (JSON lines): stdout, stderr or off")
 	fs.Float64Var(&c.TraceSampling, "trace-sampling", 1, "percentage of new traces recorded, as Istio's default 1 (a request that comes with a trace keeps its decision)")
