@@ -10,12 +10,14 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
 
 	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
@@ -311,5 +313,32 @@ func TestInboundReachesThePodAddress(t *testing.T) {
 	in.AppAddr = "127.0.0.1" // the pod asked for loopback
 	if code := get(); code != 200 {
 		t.Errorf("with the app on the address the inbound uses: %d, want 200", code)
+	}
+}
+
+// TestHTTPPortCarriesNoRawTunnel: on a port its Service declares HTTP,
+// bytes that are not HTTP are refused, never tunnelled raw to the app.
+func TestHTTPPortCarriesNoRawTunnel(t *testing.T) {
+	var reached atomic.Int32
+	app := serve(t, func(c net.Conn) { reached.Add(1); c.Close() })
+	appPort := uint16(netip.MustParseAddrPort(app).Port())
+	m := newTestMesh(t, 1)
+	in := m.inbounds[0]
+	in.SetConfig(&meshpb.ProxyConfig{Workload: &meshpb.Workload{Identity: m.serverID.String()},
+		Services: []*meshpb.Service{{Namespace: "db", Name: "alpha", Vip: vip.Addr().String(), Ports: []*meshpb.ServicePort{
+			{Port: 80, Protocol: meshpb.Protocol_PROTOCOL_HTTP, Endpoints: []*meshpb.Endpoint{{Address: "127.0.0.1", Port: uint32(appPort), Identity: m.serverID.String()}}}}}}})
+	addr := serve(t, func(c net.Conn) { in.HandleConn(c, appPort) })
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("\x00\x01 binary, not HTTP"))
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the connection was not refused: %v", err)
+	}
+	if reached.Load() != 0 {
+		t.Error("non-HTTP bytes on an HTTP port reached the app")
 	}
 }

@@ -60,6 +60,7 @@ type Inbound struct {
 	policy      atomic.Pointer[meshpb.InboundPolicy]
 	self        atomic.Pointer[telemetry.Peer]
 	services    atomic.Pointer[map[string]bool] // "name.namespace" of the services this workload's identity serves
+	httpPorts   atomic.Pointer[map[uint16]bool] // app ports a service declares HTTP, HTTP/2 or gRPC
 
 	h2     *http.Server // serves HTTP/2 conns (mTLS, or plaintext h2c) through the flood guard
 	h1     *http.Server // serves HTTP/1.1 conns (plaintext, or mTLS for Upgrades) through the framing guard
@@ -182,17 +183,23 @@ func (in *Inbound) SetWorkload(w *meshpb.Workload) {
 // the metrics without bound.
 func (in *Inbound) SetConfig(c *meshpb.ProxyConfig) {
 	in.SetWorkload(c.GetWorkload())
-	own := map[string]bool{}
+	own, httpPorts := map[string]bool{}, map[uint16]bool{}
 	for _, svc := range c.GetServices() {
 		for _, port := range svc.GetPorts() {
 			for _, ep := range port.GetEndpoints() {
-				if ep.GetIdentity() == c.GetWorkload().GetIdentity() {
-					own[svc.GetName()+"."+svc.GetNamespace()] = true
+				if ep.GetIdentity() != c.GetWorkload().GetIdentity() {
+					continue
+				}
+				own[svc.GetName()+"."+svc.GetNamespace()] = true
+				switch port.GetProtocol() {
+				case meshpb.Protocol_PROTOCOL_HTTP, meshpb.Protocol_PROTOCOL_HTTP2, meshpb.Protocol_PROTOCOL_GRPC:
+					httpPorts[uint16(ep.GetPort())] = true
 				}
 			}
 		}
 	}
 	in.services.Store(&own)
+	in.httpPorts.Store(&httpPorts)
 }
 
 // destService names the service a request or connection was for, as
@@ -268,6 +275,13 @@ func (in *Inbound) serveDetected(c net.Conn, p Protocol, appPort uint16, state *
 		in.floods.serveAfterPenalty(c.RemoteAddr())
 		in.h2Conns.push(&guardedH2{Conn: c, r: newH2Guard(c, c.RemoteAddr(), &peerBudgets, &in.floods), state: state, port: appPort})
 	default:
+		if ports := in.httpPorts.Load(); ports != nil && (*ports)[appPort] {
+			// The port is declared HTTP: bytes that are not HTTP are
+			// not passed to the app raw, past the identity headers.
+			refusals.Log(slog.LevelInfo, "refused a connection that is not HTTP on an HTTP port", "from", c.RemoteAddr(), "port", appPort)
+			c.Close()
+			return
+		}
 		in.tunnel(c, appPort, meta)
 	}
 }
