@@ -83,6 +83,36 @@ func OpenKeeper(dir, trustDomain string, supplied *Authority) (*Keeper, error) {
 	return k, k.saveBundleLocked()
 }
 
+// Reload reads the directory again, after another writer (a replica of
+// the control plane on Kubernetes) replaced its files. A supplied
+// authority has nothing to reload.
+func (k *Keeper) Reload() error {
+	if k.supplied {
+		return nil
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	td := k.cur.trustDomain
+	certPEM, err := os.ReadFile(filepath.Join(k.dir, certFile))
+	if err != nil {
+		return fmt.Errorf("reload CA: %w", err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(k.dir, keyFile))
+	if err != nil {
+		return fmt.Errorf("reload CA: %w", err)
+	}
+	cur, err := Load(certPEM, keyPEM, td)
+	if err != nil {
+		return fmt.Errorf("reload CA: %w", err)
+	}
+	k.cur, k.next, k.phase, k.activatedAt, k.bundle = cur, nil, PhaseStable, time.Time{}, cur.Bundle()
+	if err := k.loadRotationLocked(td); err != nil {
+		return err
+	}
+	k.cur = k.cur.withRoots(k.bundle)
+	return nil
+}
+
 // loadRotationLocked reads the bundle and a prepared next root, if any.
 func (k *Keeper) loadRotationLocked(trustDomain string) error {
 	if data, err := os.ReadFile(filepath.Join(k.dir, bundleFile)); err == nil {

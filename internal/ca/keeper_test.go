@@ -91,3 +91,33 @@ func TestKeeperRefusesRotatingASuppliedCA(t *testing.T) {
 		t.Error("Prepare of an operator's CA succeeded")
 	}
 }
+
+// TestKeeperReload: a keeper follows the rotation another writer (a
+// control plane replica) stored in its directory.
+func TestKeeperReload(t *testing.T) {
+	dir := t.TempDir()
+	a, err := OpenKeeper(dir, "cluster.local", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := OpenKeeper(dir, "cluster.local", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		do    func() error
+		phase string
+		roots int
+	}{{a.Prepare, PhasePrepared, 2}, {a.Activate, PhaseActivated, 2}, {a.Finish, PhaseStable, 1}} {
+		if err := step.do(); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		if b.Phase() != step.phase || len(b.Authority().Bundle()) != step.roots ||
+			!b.Authority().SigningCert().Equal(a.Authority().SigningCert()) {
+			t.Errorf("after %s, the other keeper has phase %s with %d roots", step.phase, b.Phase(), len(b.Authority().Bundle()))
+		}
+	}
+}

@@ -15,6 +15,8 @@ import (
 func newCACmd(o *options) *cobra.Command {
 	cmd := &cobra.Command{Use: "ca", Short: "Inspect and rotate the mesh's certificate authority"}
 	var timeout time.Duration
+	var kubernetes bool
+	var kubeconfig, namespace string
 	rotate := &cobra.Command{
 		Use:   "rotate",
 		Short: "Rotate the root: add a new root to the bundle, switch signing to it, drop the old one",
@@ -22,18 +24,38 @@ func newCACmd(o *options) *cobra.Command {
   1. prepare:  a new root joins the trust bundle; wait until every proxy holds it
   2. activate: the new root signs; wait until every proxy has renewed its certificate
   3. finish:   the old root leaves the bundle; wait until every proxy holds the new bundle
-A rotation interrupted part way resumes from its phase.`,
+A rotation interrupted part way resumes from its phase. With --kubernetes it
+rotates an installed mesh's root (kept in the Secret trellis-system/trellis-ca).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return rotateRoot(cmd.Context(), o, controlClient(o.stateDir), timeout)
+			if !kubernetes {
+				return rotateRoot(cmd.Context(), o, controlClient(o.stateDir), timeout)
+			}
+			admin, err := newKubeCAAdmin(kubeconfig, namespace, timeout)
+			if err != nil {
+				return err
+			}
+			return rotateRoot(cmd.Context(), o, admin, timeout)
 		},
 	}
 	rotate.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long each phase may wait for the proxies")
+	rotate.Flags().BoolVar(&kubernetes, "kubernetes", false, "rotate the root of the mesh installed in the cluster of --kubeconfig")
+	rotate.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (with --kubernetes; default $KUBECONFIG)")
+	rotate.Flags().StringVar(&namespace, "trellis-namespace", "trellis-system", "the namespace Trellis is installed in (with --kubernetes)")
 	cmd.AddCommand(rotate)
 	return cmd
 }
 
-func rotateRoot(ctx context.Context, o *options, admin *controlplane.Client, timeout time.Duration) error {
+// caAdmin is what root rotation needs of a control plane: the one-host
+// admin socket (controlplane.Client), or an installed mesh's replicas
+// (kubeCAAdmin).
+type caAdmin interface {
+	CA(ctx context.Context) (controlplane.CAStatus, error)
+	Rotate(ctx context.Context, step string) (controlplane.CAStatus, error)
+	Proxies(ctx context.Context) ([]push.ProxyStatus, error)
+}
+
+func rotateRoot(ctx context.Context, o *options, admin caAdmin, timeout time.Duration) error {
 	st, err := admin.CA(ctx)
 	if err != nil {
 		return err
@@ -77,7 +99,7 @@ func holdsBundle(c controlplane.CAStatus, p push.ProxyStatus) bool {
 
 // waitProxies polls until every connected proxy satisfies ok, and
 // returns how many there are.
-func waitProxies(ctx context.Context, admin *controlplane.Client, timeout time.Duration, ok func(push.ProxyStatus) bool) (int, error) {
+func waitProxies(ctx context.Context, admin caAdmin, timeout time.Duration, ok func(push.ProxyStatus) bool) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tick := time.NewTicker(200 * time.Millisecond)

@@ -89,6 +89,21 @@ func (p *plane) caStatus() CAStatus {
 func (p *plane) rotate(step string) error {
 	p.rotMu.Lock()
 	defer p.rotMu.Unlock()
+	if err := p.rotateLocked(step); err != nil {
+		return err
+	}
+	if p.kube != nil {
+		if err := p.kube.persistCA(context.Background(), filepath.Join(p.cfg.StateDir, "ca")); err != nil {
+			return fmt.Errorf("rotation step %s taken but not stored: %w", step, err)
+		}
+	}
+	p.publishBundleLocked()
+	return nil
+}
+
+// rotateLocked takes one step in the keeper, and records when the new root
+// started signing; the caller stores and publishes the result.
+func (p *plane) rotateLocked(step string) error {
 	var err error
 	switch step {
 	case "prepare":
@@ -102,16 +117,7 @@ func (p *plane) rotate(step string) error {
 	default:
 		return errUnknownStep(step)
 	}
-	if err != nil {
-		return err
-	}
-	if p.kube != nil {
-		if err := p.kube.persistCA(context.Background(), filepath.Join(p.cfg.StateDir, "ca")); err != nil {
-			return fmt.Errorf("rotation step %s taken but not stored: %w", step, err)
-		}
-	}
-	p.publishBundleLocked()
-	return nil
+	return err
 }
 
 type errUnknownStep string

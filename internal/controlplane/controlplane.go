@@ -266,6 +266,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// Kubernetes (through the API server's pod proxy): the admin socket's
 	// GET /v1/proxies, read-only.
 	metricsMux.HandleFunc("GET /debug/proxies", p.proxiesHandler)
+	metricsMux.HandleFunc("GET /debug/ca", func(w http.ResponseWriter, _ *http.Request) { unixapi.WriteJSON(w, http.StatusOK, p.caStatus()) })
 	metrics, admin := safehttp.Server(metricsMux), safehttp.Server(p.adminMux())
 
 	g, ctx := errgroup.WithContext(ctx)
@@ -288,6 +289,7 @@ func Run(ctx context.Context, cfg Config) error {
 		next = next[1:]
 		g.Go(func() error { return ignoreClosed(webhook.ServeTLS(ln, "", "")) })
 		g.Go(func() error { return p.keepWebhookTrusted(ctx) })
+		g.Go(func() error { return p.syncCA(ctx) })
 	}
 	if dash != nil {
 		g.Go(func() error { return dash.run(ctx, next[0]) })

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -126,4 +127,82 @@ func (p *plane) webhookServer() *http.Server {
 func (p *plane) keepWebhookTrusted(ctx context.Context) error {
 	kube.KeepWebhookCABundle(ctx, p.kube.Client, kube.WebhookConfigName, func() []byte { return p.injectConfig().RootPEM }, 5*time.Second)
 	return nil
+}
+
+// syncCA keeps this replica's CA the one in the Secret, and carries out the
+// rotation steps asked for there (kube.AnnotationRotate): the replica that
+// stores its step first wins (optimistic concurrency on the Secret); the
+// others reload what it stored. It runs until ctx is done.
+func (p *plane) syncCA(ctx context.Context) error {
+	dir := filepath.Join(p.cfg.StateDir, "ca")
+	seen := "" // the Secret's resourceVersion this replica's CA holds
+	for {
+		if sec, err := p.kube.secret.Read(ctx); err != nil {
+			if ctx.Err() == nil {
+				refusals.Log(slog.LevelWarn, "CA secret unreadable", "err", err)
+			}
+		} else {
+			if sec.ResourceVersion != seen {
+				if err := p.reloadCA(sec, dir); err != nil {
+					slog.Error("CA secret: cannot load it", "err", err)
+				} else {
+					seen = sec.ResourceVersion
+				}
+			}
+			if rv, ok := p.rotateAsAsked(ctx, sec, dir); ok {
+				seen = rv
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// reloadCA makes the CA the Secret's, and publishes its bundle.
+func (p *plane) reloadCA(sec *corev1.Secret, dir string) error {
+	p.rotMu.Lock()
+	defer p.rotMu.Unlock()
+	if err := kube.WriteDir(sec, dir); err != nil {
+		return err
+	}
+	if err := p.keeper.Reload(); err != nil {
+		return err
+	}
+	p.renewBefore = 0
+	if at := p.keeper.ActivatedAt(); !at.IsZero() {
+		p.renewBefore = at.Unix() + 1
+	}
+	p.publishBundleLocked()
+	return nil
+}
+
+// rotateAsAsked takes the rotation step the Secret asks for, if it is not
+// taken (or refused) yet, and stores the result. It returns the Secret's
+// new resourceVersion when this replica's step was stored; "" and false
+// otherwise (a step another replica stored first is reloaded next round).
+func (p *plane) rotateAsAsked(ctx context.Context, sec *corev1.Secret, dir string) (string, bool) {
+	req := sec.Annotations[kube.AnnotationRotate]
+	if req == "" || req == sec.Annotations[kube.AnnotationRotated] || strings.HasPrefix(sec.Annotations[kube.AnnotationRotateError], req+": ") {
+		return "", false
+	}
+	step, _, _ := strings.Cut(req, "/")
+	p.rotMu.Lock()
+	defer p.rotMu.Unlock()
+	if err := p.rotateLocked(step); err != nil {
+		_, _ = p.kube.secret.Update(ctx, sec, dir, map[string]string{kube.AnnotationRotateError: req + ": " + err.Error()})
+		return "", false
+	}
+	out, err := p.kube.secret.Update(ctx, sec, dir, map[string]string{kube.AnnotationRotated: req})
+	if err != nil {
+		// Another replica was first, or the API server failed: the next
+		// round reloads what the Secret holds.
+		slog.Info("rotation step not stored; reloading the CA secret", "step", step, "err", err)
+		return "", false
+	}
+	slog.Info("root rotation step taken", "step", step, "phase", p.keeper.Phase())
+	p.publishBundleLocked()
+	return out.ResourceVersion, true
 }

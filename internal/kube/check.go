@@ -279,26 +279,47 @@ func optedOut(p *corev1.Pod) bool {
 // proxyStatuses asks every control plane pod (through the API server's
 // pod proxy) which proxies it serves.
 func (c *Checker) proxyStatuses(ctx context.Context) (map[string]proxyStatus, error) {
-	cs := c.Clients.Client
-	pods, err := cs.CoreV1().Pods(c.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=trellis-control", FieldSelector: "status.phase=Running"})
+	answers, err := ControlPlaneGet(ctx, c.Clients, c.Namespace, "/debug/proxies")
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]proxyStatus{}
-	for _, p := range pods.Items {
-		data, err := cs.CoreV1().Pods(c.Namespace).ProxyGet("http", p.Name, "15014", "/debug/proxies", nil).DoRaw(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("ask control plane pod %s: %w", p.Name, err)
-		}
+	for pod, data := range answers {
 		var sts []proxyStatus
 		if err := json.Unmarshal(data, &sts); err != nil {
-			return nil, fmt.Errorf("control plane pod %s: %w", p.Name, err)
+			return nil, fmt.Errorf("control plane pod %s: %w", pod, err)
 		}
 		for _, s := range sts {
 			if s.Connected || out[s.Namespace+"/"+s.Pod].Pod == "" {
 				out[s.Namespace+"/"+s.Pod] = s
 			}
 		}
+	}
+	return out, nil
+}
+
+// ControlPlaneGet asks every running control plane pod of namespace ns
+// for path on its metrics port (15014), through the API server's pod
+// proxy, and returns the answers by pod name.
+func ControlPlaneGet(ctx context.Context, clients *Clients, ns, path string) (map[string][]byte, error) {
+	cs := clients.Client
+	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=trellis-control", FieldSelector: "status.phase=Running"})
+	if err != nil {
+		return nil, err
+	}
+	if len(pods.Items) == 0 {
+		return nil, fmt.Errorf("no control plane pod runs in %s", ns)
+	}
+	out := map[string][]byte{}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil {
+			continue
+		}
+		data, err := cs.CoreV1().Pods(ns).ProxyGet("http", p.Name, "15014", path, nil).DoRaw(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("ask control plane pod %s: %w", p.Name, err)
+		}
+		out[p.Name] = data
 	}
 	return out, nil
 }

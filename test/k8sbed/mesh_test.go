@@ -19,8 +19,9 @@ import (
 // fresh bed with `trellis install`, meshes a namespace, and checks what a
 // user of the mesh relies on, step by step (docs/kubernetes.md lists
 // them): injection, per-request balancing over one connection (HTTP/1.1,
-// h2c, gRPC) over mTLS with no plaintext on the wire, scaling and control
-// plane replacement under load without a failed request, PERMISSIVE and
+// h2c, gRPC) over mTLS with no plaintext on the wire, scaling, root
+// rotation and control plane replacement under load without a failed
+// request, PERMISSIVE and
 // STRICT, excluded ports, `trellis inject`, `trellis check`,
 // `trellis restart-injected` and `trellis uninstall`.
 func TestMeshOnKubernetes(t *testing.T) {
@@ -150,6 +151,19 @@ func TestMeshOnKubernetes(t *testing.T) {
 		t.Fatal(err, out)
 	}
 	step("scaled under load")
+
+	// The root rotated under load, in its three phases, across both
+	// control plane replicas: not one request fails, and every sidecar
+	// ends with a certificate of the new root.
+	loadDone = startLoad(meshClient, helloURL, 100, 45)
+	if out, err := trellis("ca", "rotate", "--kubernetes", "--timeout", "90s").CombinedOutput(); err != nil || !strings.Contains(string(out), "root rotated") {
+		logs, _ := bed.kubectl(ctx, "-n", "trellis-system", "logs", "-l", "app=trellis-control", "--tail=30")
+		t.Errorf("trellis ca rotate --kubernetes: %v\n%s\ncontrol plane:\n%s", err, out, logs)
+	}
+	if got := <-loadDone; !onlyOK(got) {
+		t.Errorf("root rotation under load: outcomes\n%s", got)
+	}
+	step("root rotated under load")
 
 	// The control plane's pod deleted under load: the sidecars keep
 	// serving their last config, and reconnect to its successor.
