@@ -1,12 +1,10 @@
 package controlplane
 
 import (
-	"context"
 	"encoding/json"
-	"fmt"
+	"errors"
 	"net/http"
 	"net/http/pprof"
-	"path/filepath"
 	"sort"
 	"time"
 
@@ -87,15 +85,13 @@ func (p *plane) caStatus() CAStatus {
 // bundle (prepare, finish), or the demand that every certificate issued
 // so far be renewed (activate).
 func (p *plane) rotate(step string) error {
+	if p.kube != nil {
+		return errors.New("on Kubernetes every replica must take the step: rotate with `trellis ca rotate --kubernetes`")
+	}
 	p.rotMu.Lock()
 	defer p.rotMu.Unlock()
 	if err := p.rotateLocked(step); err != nil {
 		return err
-	}
-	if p.kube != nil {
-		if err := p.kube.persistCA(context.Background(), filepath.Join(p.cfg.StateDir, "ca")); err != nil {
-			return fmt.Errorf("rotation step %s taken but not stored: %w", step, err)
-		}
 	}
 	p.publishBundleLocked()
 	return nil

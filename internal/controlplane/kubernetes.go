@@ -63,7 +63,7 @@ func (k *kubeMode) openKeeper(ctx context.Context, cfg *Config) (*ca.Keeper, err
 		if err != nil || found {
 			return keeper, err
 		}
-		if err = k.secret.Save(ctx, dir, true); !errors.Is(err, kube.ErrSecretExists) {
+		if err = k.secret.Create(ctx, dir); !errors.Is(err, kube.ErrSecretExists) {
 			return keeper, err
 		}
 		if err := os.RemoveAll(dir); err != nil { // another replica was first: take its root
@@ -91,11 +91,6 @@ func (k *kubeMode) suppliedCA(ctx context.Context, cfg *Config) (*ca.Authority, 
 	}
 	slog.Info("signing with the operator's CA", "secret", cfg.Namespace+"/"+SuppliedCASecretName)
 	return auth, nil
-}
-
-// persistCA stores the CA directory after a rotation step.
-func (k *kubeMode) persistCA(ctx context.Context, dir string) error {
-	return k.secret.Save(ctx, dir, false)
 }
 
 // injectConfig is what the webhook injects with: the mesh's roots now.

@@ -21,7 +21,7 @@ import (
 // read: read it again.
 var ErrConflict = errors.New("the CA secret changed meanwhile")
 
-// ErrSecretExists is Save's answer when another replica stored its CA
+// ErrSecretExists is Create's answer when another replica stored its CA
 // first: restore that one instead.
 var ErrSecretExists = errors.New("the CA secret exists already")
 
@@ -125,24 +125,18 @@ func dirData(dir string) (map[string][]byte, error) {
 	return data, nil
 }
 
-// Save stores every file of dir in the secret: creating it when create is
-// set (ErrSecretExists when another replica was first), else replacing
-// its data.
-func (s CASecret) Save(ctx context.Context, dir string, create bool) error {
+// Create stores every file of dir as a new secret (ErrSecretExists when
+// another replica was first).
+func (s CASecret) Create(ctx context.Context, dir string) error {
 	data, err := dirData(dir)
 	if err != nil {
 		return err
 	}
 	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: s.Name, Namespace: s.Namespace,
 		Labels: map[string]string{"app.kubernetes.io/part-of": "trellis"}}, Data: data}
-	secrets := s.Client.CoreV1().Secrets(s.Namespace)
-	if create {
-		_, err = secrets.Create(ctx, sec, metav1.CreateOptions{})
-		if apierrors.IsAlreadyExists(err) {
-			return ErrSecretExists
-		}
-	} else {
-		_, err = secrets.Update(ctx, sec, metav1.UpdateOptions{})
+	_, err = s.Client.CoreV1().Secrets(s.Namespace).Create(ctx, sec, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return ErrSecretExists
 	}
 	if err != nil {
 		return fmt.Errorf("store secret %s/%s: %w", s.Namespace, s.Name, err)
