@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,6 +36,10 @@ type upOptions struct {
 	prometheus  string
 	logMax      int64
 }
+
+// logMaxBytes is --log-max-bytes, or the default when the options were
+// made without flags (trellis demo).
+func (u *upOptions) logMaxBytes() int64 { return cmp.Or(u.logMax, localmesh.DefaultLogMaxBytes) }
 
 func newUpCmd(o *options) *cobra.Command {
 	u := &upOptions{options: o}
@@ -109,10 +114,10 @@ func (u *upOptions) prepare() (localmesh.Config, *manifest.Set, error) {
 	if err := checkPrometheusURL(u.prometheus); err != nil {
 		return cfg, nil, err
 	}
-	if u.logMax < 4<<10 {
+	if u.logMaxBytes() < 4<<10 {
 		return cfg, nil, fmt.Errorf("--log-max-bytes %d: use at least 4096", u.logMax)
 	}
-	cfg = localmesh.Config{StateDir: stateDir, PodCIDR: pod, ServiceCIDR: svc, SVIDTTL: u.svidTTL, Prometheus: u.prometheus, LogMaxBytes: u.logMax}
+	cfg = localmesh.Config{StateDir: stateDir, PodCIDR: pod, ServiceCIDR: svc, SVIDTTL: u.svidTTL, Prometheus: u.prometheus, LogMaxBytes: u.logMaxBytes()}
 	if cfg.CACert, cfg.CAKey, err = checkSuppliedCA(u.caCert, u.caKey); err != nil {
 		return cfg, nil, err
 	}
@@ -205,7 +210,7 @@ func (u *upOptions) startDetached(ctx context.Context) error {
 		return err
 	}
 	args := []string{"up", "--state-dir", u.stateDir, "--pod-cidr", u.podCIDR, "--service-cidr", u.serviceCIDR,
-		"--svid-ttl", u.svidTTL.String(), "--log-max-bytes", strconv.FormatInt(u.logMax, 10)}
+		"--svid-ttl", u.svidTTL.String(), "--log-max-bytes", strconv.FormatInt(u.logMaxBytes(), 10)}
 	if u.prometheus != "" {
 		args = append(args, "--prometheus", u.prometheus)
 	}
