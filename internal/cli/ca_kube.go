@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/controlplane"
@@ -80,26 +82,9 @@ func (k *kubeCAAdmin) Rotate(ctx context.Context, step string) (controlplane.CAS
 
 // Proxies are the proxies of every replica (a proxy streams from one).
 func (k *kubeCAAdmin) Proxies(ctx context.Context) ([]push.ProxyStatus, error) {
-	answers, err := kube.ControlPlaneGet(ctx, k.clients, k.namespace, "/debug/proxies")
+	byPod, err := kube.ProxyStatuses(ctx, k.clients, k.namespace)
 	if err != nil {
 		return nil, err
 	}
-	byPod := map[string]push.ProxyStatus{}
-	for pod, data := range answers {
-		var sts []push.ProxyStatus
-		if err := json.Unmarshal(data, &sts); err != nil {
-			return nil, fmt.Errorf("control plane pod %s: %w", pod, err)
-		}
-		for _, s := range sts {
-			key := s.Namespace + "/" + s.Pod
-			if old, ok := byPod[key]; !ok || (s.Connected && !old.Connected) {
-				byPod[key] = s
-			}
-		}
-	}
-	out := make([]push.ProxyStatus, 0, len(byPod))
-	for _, s := range byPod {
-		out = append(out, s)
-	}
-	return out, nil
+	return slices.Collect(maps.Values(byPod)), nil
 }

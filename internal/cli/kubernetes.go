@@ -57,17 +57,24 @@ func (f *valuesFlags) valuesFor(anyImage bool) (install.Values, error) {
 	return v, v.Check()
 }
 
-// objects renders the install as unstructured objects.
-func objects(v install.Values) ([]*unstructured.Unstructured, error) {
-	var out []*unstructured.Unstructured
+// plan renders the install's objects for the cluster of kubeconfig and
+// connects to it.
+func plan(v install.Values, kubeconfig string) ([]*unstructured.Unstructured, *kube.Applier, error) {
+	var objs []*unstructured.Unstructured
 	for _, o := range install.Objects(v) {
 		u, err := kube.Unstructured(o)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		out = append(out, u)
+		objs = append(objs, u)
 	}
-	return out, nil
+	rc, err := kube.RESTConfig(kubeconfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	rc.UserAgent = "trellis-install"
+	a, err := kube.NewApplier(rc)
+	return objs, a, err
 }
 
 func newInstallCmd(o *options) *cobra.Command {
@@ -91,11 +98,7 @@ func newInstallCmd(o *options) *cobra.Command {
 				_, err = o.out.Write(data)
 				return err
 			}
-			objs, err := objects(v)
-			if err != nil {
-				return err
-			}
-			a, err := applier(kubeconfig)
+			objs, a, err := plan(v, kubeconfig)
 			if err != nil {
 				return err
 			}
@@ -125,11 +128,7 @@ func newUninstallCmd(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			objs, err := objects(v)
-			if err != nil {
-				return err
-			}
-			a, err := applier(kubeconfig)
+			objs, a, err := plan(v, kubeconfig)
 			if err != nil {
 				return err
 			}
@@ -143,15 +142,6 @@ func newUninstallCmd(o *options) *cobra.Command {
 	vf.register(cmd, "f")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default $KUBECONFIG)")
 	return cmd
-}
-
-func applier(kubeconfig string) (*kube.Applier, error) {
-	rc, err := kube.RESTConfig(kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	rc.UserAgent = "trellis-install"
-	return kube.NewApplier(rc)
 }
 
 func newInjectCmd(o *options) *cobra.Command {

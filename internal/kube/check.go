@@ -18,6 +18,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/version"
+
+	"github.com/trellis-mesh/trellis/internal/push"
 )
 
 // CheckResult is one line of `trellis check`.
@@ -197,18 +199,6 @@ func Meshed(labels map[string]string) bool {
 	return v == "enabled" || (!ok && labels["istio-injection"] == "enabled")
 }
 
-// proxyStatus is what the control plane says of one proxy
-// (push.ProxyStatus, the fields checked).
-type proxyStatus struct {
-	Namespace    string    `json:"namespace"`
-	Pod          string    `json:"pod"`
-	Connected    bool      `json:"connected"`
-	AckedVersion string    `json:"ackedVersion"`
-	WantVersion  string    `json:"wantVersion"`
-	NACK         string    `json:"nack"`
-	CertNotAfter time.Time `json:"certNotAfter"`
-}
-
 // dataPlane checks every running pod with a sidecar (connected, synced,
 // certified) and every pod of a meshed namespace without one.
 func (c *Checker) dataPlane(ctx context.Context, meshed []string) []CheckResult {
@@ -216,7 +206,7 @@ func (c *Checker) dataPlane(ctx context.Context, meshed []string) []CheckResult 
 	add := func(name, status, detail, hint string) {
 		out = append(out, CheckResult{"data-plane", name, status, detail, hint})
 	}
-	status, err := c.proxyStatuses(ctx)
+	status, err := ProxyStatuses(ctx, c.Clients, c.Namespace)
 	if err != nil {
 		add("sidecars connected", "fail", err.Error(), "kubectl -n "+c.Namespace+" logs deploy/trellis-control")
 		return out
@@ -276,22 +266,24 @@ func optedOut(p *corev1.Pod) bool {
 	return p.Spec.HostNetwork
 }
 
-// proxyStatuses asks every control plane pod (through the API server's
-// pod proxy) which proxies it serves.
-func (c *Checker) proxyStatuses(ctx context.Context) (map[string]proxyStatus, error) {
-	answers, err := ControlPlaneGet(ctx, c.Clients, c.Namespace, "/debug/proxies")
+// ProxyStatuses asks every control plane replica of namespace ns which
+// proxies it serves, and returns them by "namespace/pod" (a proxy streams
+// from one replica; the one it is connected to wins).
+func ProxyStatuses(ctx context.Context, clients *Clients, ns string) (map[string]push.ProxyStatus, error) {
+	answers, err := ControlPlaneGet(ctx, clients, ns, "/debug/proxies")
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]proxyStatus{}
+	out := map[string]push.ProxyStatus{}
 	for pod, data := range answers {
-		var sts []proxyStatus
+		var sts []push.ProxyStatus
 		if err := json.Unmarshal(data, &sts); err != nil {
 			return nil, fmt.Errorf("control plane pod %s: %w", pod, err)
 		}
 		for _, s := range sts {
-			if s.Connected || out[s.Namespace+"/"+s.Pod].Pod == "" {
-				out[s.Namespace+"/"+s.Pod] = s
+			key := s.Namespace + "/" + s.Pod
+			if old, ok := out[key]; !ok || (s.Connected && !old.Connected) {
+				out[key] = s
 			}
 		}
 	}
