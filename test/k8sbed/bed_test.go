@@ -26,46 +26,12 @@ func TestBedRunsPodsAndCleansUp(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute) // a cold build is most of it
 	defer cancel()
-	bed := &Bed{cfg: Config{
-		Dir:    filepath.Join(t.TempDir(), "bed"),
-		Cache:  envOr("K8SBED_CACHE", "/var/cache/trellis-k8sbed"),
-		Source: ".",
-	}}
-	t.Cleanup(func() {
-		if err := bed.Down(context.Background()); err != nil {
-			t.Errorf("Down() = %v", err)
-		}
-	})
-	start := time.Now()
-	step := func(what string) { t.Logf("%6.1fs %s", time.Since(start).Seconds(), what) }
-	if err := bed.Up(ctx); err != nil {
-		t.Fatalf("Up() = %v", err)
-	}
+	step := stepper(t)
+	bed := startBed(t, ctx)
 	step("up")
 
-	hello := filepath.Join(t.TempDir(), "hello")
-	build := exec.Command("go", "build", "-o", hello, "./workloads/hello")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build hello: %v\n%s", err, out)
-	}
-	if err := bed.LoadImage(ctx, "trellis.local/test/hello:1", hello, nil); err != nil {
-		t.Fatal(err)
-	}
-	manifest := filepath.Join(t.TempDir(), "hello.yaml")
-	if err := os.WriteFile(manifest, []byte(helloManifest), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// A fresh namespace's default ServiceAccount comes a moment later.
-	if _, err := bed.kubectl(ctx, "create", "namespace", "hello"); err != nil {
-		t.Fatal(err)
-	}
-	if err := waitFor(ctx, "apply", 30*time.Second, func() error {
-		_, err := bed.kubectl(ctx, "apply", "-f", manifest)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
+	loadHello(t, ctx, bed)
+	apply(t, ctx, bed, helloManifest)
 	if _, err := bed.kubectl(ctx, "-n", "hello", "rollout", "status", "deployment/hello", "--timeout=90s"); err != nil {
 		t.Fatal(err)
 	}
@@ -87,19 +53,8 @@ func TestBedRunsPodsAndCleansUp(t *testing.T) {
 
 	// Trellis's own images, built by its CLI from this checkout and
 	// loaded into the node, run there (as the user each image names).
-	images := exec.CommandContext(ctx, "go", "run", "./cmd/trellis", "images", "build", "--tag", "bedtest",
-		"--out", t.TempDir(), "--load-into-k8sbed")
-	images.Dir = "../.."
-	images.Env = append(os.Environ(), "K8SBED_DIR="+bed.cfg.Dir)
-	if out, err := images.CombinedOutput(); err != nil {
-		t.Fatalf("trellis images build --load-into-k8sbed: %v\n%s", err, out)
-	}
-	if err := os.WriteFile(manifest, []byte(imagesManifest()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := bed.kubectl(ctx, "apply", "-f", manifest); err != nil {
-		t.Fatal(err)
-	}
+	buildTrellis(t, ctx, bed)
+	apply(t, ctx, bed, imagesManifest())
 	for _, name := range []string{"trellis-control", "trellis-proxy", "trellis-node"} {
 		if err := waitFor(ctx, name+" to run", time.Minute, func() error {
 			phase, err := bed.kubectl(ctx, "-n", "hello", "get", "pod", name, "-o", "jsonpath={.status.phase}")
@@ -181,23 +136,7 @@ func get(t *testing.T, url string) string {
 	return fmt.Sprint(last)
 }
 
-const helloManifest = `apiVersion: apps/v1
-kind: Deployment
-metadata: {name: hello, namespace: hello}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: hello}}
-  template:
-    metadata: {labels: {app: hello}}
-    spec:
-      containers:
-      - name: hello
-        image: trellis.local/test/hello:1
-        imagePullPolicy: Never
-        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
-        ports: [{containerPort: 8080}]
-        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
----
+var helloManifest = "apiVersion: v1\nkind: Namespace\nmetadata: {name: hello}\n" + helloDeployment("hello", "hello", 1, "") + `---
 apiVersion: v1
 kind: Service
 metadata: {name: hello, namespace: hello}

@@ -188,26 +188,8 @@ func TestHelmInstall(t *testing.T) {
 		"--set", "image.tag=bedtest", "--set", "image.pullPolicy=Never", "--wait", "--timeout", "3m"); err != nil {
 		t.Fatal(err)
 	}
-	apply(t, ctx, bed, `apiVersion: v1
-kind: Namespace
-metadata: {name: mesh, labels: {istio-injection: enabled}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: hello, namespace: mesh}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: hello}}
-  template:
-    metadata: {labels: {app: hello}}
-    spec:
-      containers:
-      - name: hello
-        image: trellis.local/test/hello:1
-        imagePullPolicy: Never
-        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
-        ports: [{containerPort: 8080}]
-`)
+	apply(t, ctx, bed, "apiVersion: v1\nkind: Namespace\nmetadata: {name: mesh, labels: {istio-injection: enabled}}\n"+
+		helloDeployment("mesh", "hello", 2, ""))
 	if out, err := bed.kubectl(ctx, "-n", "mesh", "rollout", "status", "deployment/hello", "--timeout=180s"); err != nil {
 		t.Fatal(err, out)
 	}

@@ -31,8 +31,7 @@ func TestMeshOnKubernetes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
 	bed := startBed(t, ctx)
-	start := time.Now()
-	step := func(what string) { t.Logf("%6.1fs %s", time.Since(start).Seconds(), what) }
+	step := stepper(t)
 	loadHello(t, ctx, bed)
 	trellis := buildTrellis(t, ctx, bed)
 	step("images loaded")
@@ -304,6 +303,12 @@ func checkNoTrellis(t *testing.T, ctx context.Context, bed *Bed) {
 	}
 }
 
+// stepper logs each step of a test with the time since it began.
+func stepper(t *testing.T) func(what string) {
+	start := time.Now()
+	return func(what string) { t.Logf("%6.1fs %s", time.Since(start).Seconds(), what) }
+}
+
 // startBed brings a bed up in a temporary directory and takes it down
 // when the test ends.
 func startBed(t *testing.T, ctx context.Context) *Bed {
@@ -403,6 +408,10 @@ func fetch(t *testing.T, podIP, url string, n int, proto string) []string {
 	return lines[1:]
 }
 
+// nodeGateway is the node's address on the pod bridge (host-local's first
+// address), where the kubelet's probes come from.
+const nodeGateway = "10.244.0.1"
+
 // capture records the TCP packets between pods on the node's links (the
 // host ends of the pods' veths) while during runs, as text.
 func capture(t *testing.T, ctx context.Context, during func()) string {
@@ -413,7 +422,7 @@ func capture(t *testing.T, ctx context.Context, during func()) string {
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, "ip", "netns", "exec", netnsName, "tcpdump", "-i", "any", "-nn", "-l", "-A", "-s", "0",
-		"tcp and not host "+hostAddr+" and not port 15021") // not the test's own calls from the host, nor the kubelet's probes (answered in plaintext, as without a mesh)
+		"tcp and src net "+nodePodCIDR+" and dst net "+nodePodCIDR+" and not host "+nodeGateway) // pod to pod: not the test's calls from the host, nor the kubelet's probes (from the node, answered in plaintext as without a mesh)
 	var out strings.Builder
 	cmd.Stdout = &out
 	if err := cmd.Start(); err != nil {
@@ -470,7 +479,11 @@ func grepLines(s, sub string) string {
 	return strings.Join(out, "\n")
 }
 
-const meshManifest = `apiVersion: v1
+// meshManifest: a meshed namespace with the 3-replica server and a client,
+// and a client in a namespace outside the mesh. The test drives the meshed
+// client from the host, outside the mesh: its port 8080 is left out of the
+// inbound capture (its outbound is not).
+var meshManifest = `apiVersion: v1
 kind: Namespace
 metadata: {name: mesh, labels: {trellis.io/inject: enabled}}
 ---
@@ -478,82 +491,41 @@ apiVersion: v1
 kind: Namespace
 metadata: {name: outside}
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: hello, namespace: mesh}
-spec:
-  replicas: 3
-  selector: {matchLabels: {app: hello}}
-  template:
-    metadata: {labels: {app: hello}}
-    spec:
-      containers:
-      - name: hello
-        image: trellis.local/test/hello:1
-        imagePullPolicy: Never
-        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
-        ports: [{name: http, containerPort: 8080}, {name: grpc, containerPort: 9090}]
-        readinessProbe: {httpGet: {path: /, port: http}, periodSeconds: 1}
----
 apiVersion: v1
 kind: Service
 metadata: {name: hello, namespace: mesh}
 spec:
   selector: {app: hello}
   ports: [{name: http, port: 80, targetPort: http}, {name: grpc, port: 9090, targetPort: grpc}]
----
+` + helloDeployment("mesh", "hello", 3, "") +
+	helloDeployment("mesh", "client", 1, `traffic.sidecar.istio.io/excludeInboundPorts: "8080"`) +
+	helloDeployment("outside", "client", 1, "")
+
+// helloDeployment is a Deployment of the test workload (HTTP on 8080,
+// gRPC on 9090, ready when / answers), as a YAML document; annotations are
+// the pod template's (flow-map entries, or "").
+func helloDeployment(ns, name string, replicas int, annotations string) string {
+	return fmt.Sprintf(`---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: client, namespace: mesh}
+metadata: {name: %[2]s, namespace: %[1]s}
 spec:
-  replicas: 1
-  selector: {matchLabels: {app: client}}
+  replicas: %[3]d
+  selector: {matchLabels: {app: %[2]s}}
   template:
-    # The test drives the client from the host, outside the mesh: its
-    # port 8080 is left out of the inbound capture (its outbound is not).
-    metadata: {labels: {app: client}, annotations: {traffic.sidecar.istio.io/excludeInboundPorts: "8080"}}
+    metadata: {labels: {app: %[2]s}, annotations: {%[4]s}}
     spec:
       containers:
-      - name: client
+      - name: %[2]s
         image: trellis.local/test/hello:1
         imagePullPolicy: Never
         env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
-        ports: [{containerPort: 8080}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: client, namespace: outside}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: client}}
-  template:
-    metadata: {labels: {app: client}}
-    spec:
-      containers:
-      - name: client
-        image: trellis.local/test/hello:1
-        imagePullPolicy: Never
-        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
-        ports: [{containerPort: 8080}]
-`
+        ports: [{name: http, containerPort: 8080}, {name: grpc, containerPort: 9090}]
+        readinessProbe: {httpGet: {path: /, port: http}, periodSeconds: 1}
+`, ns, name, replicas, annotations)
+}
 
 // gitopsManifest is the client as a GitOps repository holds it, before
 // `trellis inject`.
-const gitopsManifest = `apiVersion: apps/v1
-kind: Deployment
-metadata: {name: client, namespace: gitops}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: client}}
-  template:
-    metadata:
-      labels: {app: client}
-      annotations: {traffic.sidecar.istio.io/excludeInboundPorts: "8080", traffic.sidecar.istio.io/excludeOutboundPorts: "9090"}
-    spec:
-      containers:
-      - name: client
-        image: trellis.local/test/hello:1
-        imagePullPolicy: Never
-        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
-        ports: [{containerPort: 8080}]
-`
+var gitopsManifest = helloDeployment("gitops", "client", 1,
+	`traffic.sidecar.istio.io/excludeInboundPorts: "8080", traffic.sidecar.istio.io/excludeOutboundPorts: "9090"`)
