@@ -122,7 +122,7 @@ func (a *Authority) IssueServing(id identity.ID, dnsNames []string, ttl time.Dur
 	if err != nil {
 		return nil, fmt.Errorf("issue %s: %w", id, err)
 	}
-	chain, err := a.sign(key.Public(), id, ttl, dnsNames...)
+	chain, err := a.sign(key.Public(), id, "", ttl, dnsNames)
 	if err != nil {
 		return nil, err
 	}
@@ -131,8 +131,11 @@ func (a *Authority) IssueServing(id identity.ID, dnsNames []string, ttl time.Dur
 
 // SignCSR issues an SVID for id from a PKCS#10 request, which must be
 // self-signed and ask for exactly id as its only URI SAN. The caller must
-// already have established that the requester is id.
-func (a *Authority) SignCSR(csrDER []byte, id identity.ID, ttl time.Duration) ([]*x509.Certificate, error) {
+// already have established that the requester is id, running in the pod
+// whose UID is pod. The certificate names that pod as its subject
+// serialNumber (identity.PodOf), so peers can refuse it once the pod is
+// deleted; an empty pod names none.
+func (a *Authority) SignCSR(csrDER []byte, id identity.ID, pod string, ttl time.Duration) ([]*x509.Certificate, error) {
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
 		return nil, fmt.Errorf("sign CSR for %s: %w", id, err)
@@ -146,10 +149,10 @@ func (a *Authority) SignCSR(csrDER []byte, id identity.ID, ttl time.Duration) ([
 	if pub, ok := csr.PublicKey.(*ecdsa.PublicKey); !ok || pub.Curve != elliptic.P256() {
 		return nil, fmt.Errorf("sign CSR for %s: key must be ECDSA P-256", id)
 	}
-	return a.sign(csr.PublicKey, id, ttl)
+	return a.sign(csr.PublicKey, id, pod, ttl, nil)
 }
 
-func (a *Authority) sign(pub crypto.PublicKey, id identity.ID, ttl time.Duration, dnsNames ...string) ([]*x509.Certificate, error) {
+func (a *Authority) sign(pub crypto.PublicKey, id identity.ID, pod string, ttl time.Duration, dnsNames []string) ([]*x509.Certificate, error) {
 	if id.TrustDomain() != a.trustDomain {
 		return nil, fmt.Errorf("issue %s: %w %s", id, ErrTrustDomain, a.trustDomain)
 	}
@@ -159,6 +162,7 @@ func (a *Authority) sign(pub crypto.PublicKey, id identity.ID, ttl time.Duration
 	now := a.now()
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial(),
+		Subject:               pkix.Name{SerialNumber: pod},
 		URIs:                  []*url.URL{id.URL()},
 		DNSNames:              dnsNames,
 		NotBefore:             now.Add(-time.Minute), // clock skew between hosts

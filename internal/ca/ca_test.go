@@ -71,13 +71,16 @@ func TestIssueRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.SignCSR(csr, want, time.Hour); !errors.Is(err, ErrCSR) {
+	if _, err := a.SignCSR(csr, want, "", time.Hour); !errors.Is(err, ErrCSR) {
 		t.Errorf("SignCSR(asks for another ID) error = %v, want ErrCSR", err)
 	}
 	csr, _ = x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{want.URL()}}, key)
-	chain, err := a.SignCSR(csr, want, time.Hour)
+	chain, err := a.SignCSR(csr, want, "2f0c7c1e-pod-uid", time.Hour)
 	if err != nil || chain[0].URIs[0].String() != want.String() {
-		t.Errorf("SignCSR(good) = %v, %v", chain, err)
+		t.Fatalf("SignCSR(good) = %v, %v", chain, err)
+	}
+	if got := identity.PodOf(chain[0]); got != "2f0c7c1e-pod-uid" {
+		t.Errorf("the certificate names pod %q, want the one it was issued to", got)
 	}
 }
 

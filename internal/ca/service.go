@@ -28,12 +28,13 @@ const MaxCSRBytes = 8 << 10
 
 // Attestor checks a bootstrap token: that it was given to pod
 // namespace/name, which runs as want, and has not been spent; then it
-// spends it, so it never works again. Nothing is spent on refusal.
-// csrKey is the SHA-256 of the request's public key, so an attestor may
-// let the same key retry after a lost answer. Errors are the reason the
-// caller is refused. Called on gRPC's goroutines, concurrently.
+// spends it, so it never works again, and returns the pod's UID (which
+// the certificate will name). Nothing is spent on refusal. csrKey is the
+// SHA-256 of the request's public key, so an attestor may let the same key
+// retry after a lost answer. Errors are the reason the caller is refused.
+// Called on gRPC's goroutines, concurrently.
 type Attestor interface {
-	Attest(ctx context.Context, token, namespace, name string, want identity.ID, csrKey string) error
+	Attest(ctx context.Context, token, namespace, name string, want identity.ID, csrKey string) (podUID string, err error)
 }
 
 // Service serves CertificateService: it signs CSRs for callers that proved
@@ -47,11 +48,12 @@ type Service struct {
 	// Reserved are identities never issued to a caller, however proven
 	// (the control plane's own).
 	Reserved []identity.ID
-	// Runs, when set, says whether a workload with an identity still
-	// runs: a renewal (proven by the current certificate) is refused for
-	// an identity nothing runs as any more, so a certificate taken from a
-	// deleted pod dies with its expiry.
-	Runs func(identity.ID) error
+	// Runs, when set, says whether the pod a certificate names (by UID;
+	// empty for a certificate that names none) still runs as id: a
+	// renewal (proven by the current certificate) is refused once that
+	// pod is gone, so a certificate taken from a deleted pod dies with its
+	// expiry at the latest.
+	Runs func(id identity.ID, podUID string) error
 	// OnIssue and OnRefuse, when set, observe each outcome (metrics, logs).
 	OnIssue  func(id identity.ID)
 	OnRefuse func(reason string, err error)
@@ -68,7 +70,8 @@ func (s *Service) Sign(ctx context.Context, req *meshpb.SignRequest) (*meshpb.Si
 	if slices.Contains(s.Reserved, id) {
 		return nil, s.refuse("not_proven", status.Errorf(codes.PermissionDenied, "%s is reserved for Trellis itself and never issued to a workload", id))
 	}
-	if err := s.prove(ctx, req, csr, id); err != nil {
+	pod, err := s.prove(ctx, req, csr, id)
+	if err != nil {
 		if errors.Is(err, ErrNotReady) {
 			return nil, status.Error(codes.Unavailable, err.Error())
 		}
@@ -79,7 +82,7 @@ func (s *Service) Sign(ctx context.Context, req *meshpb.SignRequest) (*meshpb.Si
 	if ttl <= 0 {
 		ttl = 24 * time.Hour
 	}
-	chain, err := auth.SignCSR(req.GetCsr(), id, ttl)
+	chain, err := auth.SignCSR(req.GetCsr(), id, pod, ttl)
 	if err != nil {
 		return nil, s.refuse("sign", status.Error(codes.InvalidArgument, err.Error()))
 	}
@@ -131,40 +134,39 @@ func parseCSR(der []byte) (*x509.CertificateRequest, identity.ID, error) {
 	return csr, id, nil
 }
 
-// prove checks that the caller is id: by a bootstrap token, or by a
-// verified client certificate for id.
-func (s *Service) prove(ctx context.Context, req *meshpb.SignRequest, csr *x509.CertificateRequest, id identity.ID) error {
+// prove checks that the caller is id, and returns the UID of the pod it
+// runs in: by a bootstrap token, or by a verified client certificate for
+// id (whose pod the new one names too).
+func (s *Service) prove(ctx context.Context, req *meshpb.SignRequest, csr *x509.CertificateRequest, id identity.ID) (podUID string, err error) {
 	if tok := req.GetBootstrapToken(); tok != "" {
 		if s.Attestor == nil {
-			return errors.New("this control plane accepts no bootstrap tokens")
+			return "", errors.New("this control plane accepts no bootstrap tokens")
 		}
 		return s.Attestor.Attest(ctx, tok, req.GetPodNamespace(), req.GetPodName(), id, keyHash(csr))
 	}
 	peerID, err := clientIdentity(ctx)
 	if err != nil {
-		return fmt.Errorf("no bootstrap token, and %v", err)
+		return "", fmt.Errorf("no bootstrap token, and %v", err)
 	}
 	if peerID != id {
-		return fmt.Errorf("the client certificate is %s, not the %s asked for", peerID, id)
+		return "", fmt.Errorf("the client certificate is %s, not the %s asked for", peerID, id)
 	}
+	chain, _ := ClientChain(ctx) // clientIdentity read it
+	pod := identity.PodOf(chain[0])
 	if s.Runs != nil {
-		return s.Runs(id)
+		return pod, s.Runs(id, pod)
 	}
-	return nil
+	return pod, nil
 }
 
 // clientIdentity is the SPIFFE ID of the caller's verified TLS client
 // certificate.
 func clientIdentity(ctx context.Context) (identity.ID, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return identity.ID{}, errors.New("no TLS client certificate")
+	chain, err := ClientChain(ctx)
+	if err != nil {
+		return identity.ID{}, err
 	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 {
-		return identity.ID{}, errors.New("no verified TLS client certificate")
-	}
-	leaf := info.State.VerifiedChains[0][0]
+	leaf := chain[0]
 	if len(leaf.URIs) != 1 {
 		return identity.ID{}, errors.New("the client certificate carries no single SPIFFE ID")
 	}
@@ -174,6 +176,21 @@ func clientIdentity(ctx context.Context) (identity.ID, error) {
 // ClientIdentity is the SPIFFE ID of a gRPC caller's verified client
 // certificate, for other services on the same server.
 func ClientIdentity(ctx context.Context) (identity.ID, error) { return clientIdentity(ctx) }
+
+// ClientChain is the chain a gRPC caller's client certificate verified
+// with when its connection was made, leaf first and root last: what the
+// caller proved by its handshake, not what it says.
+func ClientChain(ctx context.Context) ([]*x509.Certificate, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, errors.New("no TLS client certificate")
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return nil, errors.New("no verified TLS client certificate")
+	}
+	return info.State.VerifiedChains[0], nil
+}
 
 func keyHash(csr *x509.CertificateRequest) string {
 	return Fingerprint(&x509.Certificate{Raw: csr.RawSubjectPublicKeyInfo})

@@ -28,6 +28,10 @@ type Snapshot struct {
 // RunningPod is a pod that exists, with what the runtime observed of it.
 type RunningPod struct {
 	Pod *Pod
+	// UID names this run of the pod: a pod deleted and created again under
+	// the same name has a new one. Certificates name the pod they were
+	// issued to by it.
+	UID string
 	// IP is the pod's address; zero before it has one.
 	IP netip.Addr
 	// Ready: every container is ready and the pod is not terminating, so

@@ -5,10 +5,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +30,9 @@ import (
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
 )
+
+// MaxRevokedPods bounds the deny list a config update may carry.
+const MaxRevokedPods = 100_000
 
 // deniedGrace is how long a refused bootstrap token is retried.
 const deniedGrace = 3 * time.Second
@@ -75,13 +76,13 @@ type Control struct {
 
 	cpStore meshtls.Store // the link's own TLS material: current roots, and the SVID once there
 	renew   chan struct{} // buffered(1): renew the certificate now
-	renewed chan struct{} // buffered(1): a new certificate is in place; tell the control plane
-	sendMu  sync.Mutex    // one Send at a time on a stream
+	renewed chan struct{} // buffered(1): a new certificate is in place; open a new stream with it
 
 	mu         sync.Mutex
 	bundle     []*x509.Certificate // guarded by mu
 	bundleVer  string              // guarded by mu
 	cert       *tls.Certificate    // guarded by mu
+	renewAt    time.Time           // guarded by mu: when cert is due for renewal
 	config     *meshpb.ProxyConfig // guarded by mu: the config in force
 	renewAsked int64               // guarded by mu: last renew_issued_before acted on
 }
@@ -122,7 +123,7 @@ func (c *Control) Run(ctx context.Context) error {
 	defer conn.Close()
 	done := make(chan struct{})
 	go func() { defer close(done); c.renewLoop(ctx, meshpb.NewCertificateServiceClient(conn)) }()
-	c.streamLoop(ctx, meshpb.NewConfigServiceClient(conn))
+	c.streamLoop(ctx)
 	<-done
 	return nil
 }
@@ -198,9 +199,8 @@ func (c *Control) renewLoop(ctx context.Context, certs meshpb.CertificateService
 	wait := c.Backoff
 	for {
 		c.mu.Lock()
-		leaf := c.cert.Leaf
+		leaf, due := c.cert.Leaf, c.renewAt
 		c.mu.Unlock()
-		due := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
 		t := time.NewTimer(time.Until(due))
 		select {
 		case <-ctx.Done():
@@ -258,7 +258,10 @@ func (c *Control) sign(ctx context.Context, certs meshpb.CertificateServiceClien
 		roots = append(roots, r)
 	}
 	c.mu.Lock()
-	c.cert = &cert
+	// Half the lifetime left, counted from now: NotBefore is backdated
+	// for clock skew, which would make short certificates due at once.
+	now := time.Now()
+	c.cert, c.renewAt = &cert, now.Add(cert.Leaf.NotAfter.Sub(now)/2)
 	if len(roots) == 0 {
 		roots = c.bundle
 	}
@@ -293,13 +296,20 @@ func (c *Control) setBundle(roots []*x509.Certificate, version string) {
 	c.cpStore.Set(m)
 }
 
-// streamLoop follows the config stream, reconnecting with backoff.
-func (c *Control) streamLoop(ctx context.Context, cfgs meshpb.ConfigServiceClient) {
+// streamLoop follows the config stream, reconnecting with backoff. Each
+// stream has a connection of its own, made with the certificate current
+// then; a renewal ends the stream, so the next one proves the new
+// certificate to the control plane by its handshake.
+func (c *Control) streamLoop(ctx context.Context) {
 	wait := c.Backoff
 	for ctx.Err() == nil {
-		applied, err := c.follow(ctx, cfgs)
+		applied, err := c.follow(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, errRenewed) {
+			wait = c.Backoff
+			continue
 		}
 		if applied {
 			wait = c.Backoff
@@ -312,25 +322,46 @@ func (c *Control) streamLoop(ctx context.Context, cfgs meshpb.ConfigServiceClien
 	}
 }
 
-// follow runs one stream; applied reports whether any update came.
-func (c *Control) follow(ctx context.Context, cfgs meshpb.ConfigServiceClient) (applied bool, err error) {
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	st, err := cfgs.StreamConfig(sctx)
+// errRenewed ends a stream whose connection holds a replaced certificate.
+var errRenewed = errors.New("certificate renewed")
+
+// follow runs one stream on a connection of its own; applied reports
+// whether any update came.
+func (c *Control) follow(ctx context.Context) (applied bool, err error) {
+	select {
+	case <-c.renewed: // the connection made below presents it already
+	default:
+	}
+	conn, err := c.dial()
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close()
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	st, err := meshpb.NewConfigServiceClient(conn).StreamConfig(sctx)
 	if err != nil {
 		return false, err
 	}
 	c.mu.Lock()
 	hello := &meshpb.ConfigRequest{PodNamespace: c.PodNamespace, PodName: c.PodName, Version: c.config.GetVersion()}
 	c.mu.Unlock()
-	if err := c.send(st, c.report(hello)); err != nil {
+	if err := st.Send(c.report(hello)); err != nil {
 		return false, err
 	}
-	sendErr := make(chan error, 1)
-	go c.reportRenewals(sctx, st, sendErr)
+	go func() {
+		select {
+		case <-sctx.Done():
+		case <-c.renewed:
+			cancel(errRenewed)
+		}
+	}()
 	for {
 		upd, err := st.Recv()
 		if err != nil {
+			if cause := context.Cause(sctx); errors.Is(cause, errRenewed) {
+				err = cause
+			}
 			return applied, err
 		}
 		applied = true
@@ -342,69 +373,18 @@ func (c *Control) follow(ctx context.Context, cfgs meshpb.ConfigServiceClient) (
 		c.mu.Lock()
 		ans.Version = c.config.GetVersion()
 		c.mu.Unlock()
-		if err := c.send(st, c.report(ans)); err != nil {
+		if err := st.Send(c.report(ans)); err != nil {
 			return applied, err
-		}
-		select {
-		case err := <-sendErr:
-			return applied, err
-		default:
 		}
 	}
 }
 
-// reportRenewals tells the control plane about each renewed certificate
-// (what root rotation waits for), as sign signals them.
-func (c *Control) reportRenewals(ctx context.Context, st meshpb.ConfigService_StreamConfigClient, sendErr chan<- error) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-c.renewed:
-		}
-		if err := c.send(st, c.report(&meshpb.ConfigRequest{})); err != nil {
-			sendErr <- err
-			return
-		}
-	}
-}
-
-func (c *Control) send(st meshpb.ConfigService_StreamConfigClient, req *meshpb.ConfigRequest) error {
-	c.sendMu.Lock()
-	defer c.sendMu.Unlock()
-	return st.Send(req)
-}
-
-// report fills in the certificate and bundle the proxy holds.
+// report fills in the bundle the proxy holds.
 func (c *Control) report(req *meshpb.ConfigRequest) *meshpb.ConfigRequest {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cert != nil {
-		req.CertificateNotAfter = c.cert.Leaf.NotAfter.Unix()
-		req.CertificateIssuer = issuerOf(c.cert, c.bundle)
-	}
 	req.TrustBundleVersion = c.bundleVer
 	return req
-}
-
-// issuerOf is the SHA-256 (hex) of the certificate that signed the leaf:
-// the next in the chain, else the bundle root that verifies it.
-func issuerOf(cert *tls.Certificate, bundle []*x509.Certificate) string {
-	var issuer []byte
-	if len(cert.Certificate) > 1 {
-		issuer = cert.Certificate[1]
-	} else {
-		for _, r := range bundle {
-			if cert.Leaf.CheckSignatureFrom(r) == nil {
-				issuer = r.Raw
-			}
-		}
-	}
-	if issuer == nil {
-		return ""
-	}
-	sum := sha256.Sum256(issuer)
-	return hex.EncodeToString(sum[:])
 }
 
 // update merges upd into the config in force, validates and applies it.
@@ -427,11 +407,17 @@ func (c *Control) update(upd *meshpb.ConfigUpdate) error {
 		}
 		roots = append(roots, r)
 	}
+	if n := len(upd.GetRevokedPods()); n > MaxRevokedPods {
+		return fmt.Errorf("revoked_pods lists %d pods, more than %d", n, MaxRevokedPods)
+	}
 	if err := c.Apply(next); err != nil {
 		return err
 	}
 	if len(roots) > 0 {
 		c.setBundle(roots, upd.GetTrustBundleVersion())
+	}
+	if upd.GetRevokedVersion() != "" {
+		c.Store.SetRevoked(upd.GetRevokedPods())
 	}
 	c.mu.Lock()
 	c.config = next

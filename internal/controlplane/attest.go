@@ -60,35 +60,38 @@ func (a *tokenAttestor) setSnapshot(s *catalog.Snapshot) {
 
 // Attest implements ca.Attestor. The same CSR key may spend a token twice
 // (a proxy retrying after a lost answer); any other second use is refused.
-func (a *tokenAttestor) Attest(_ context.Context, token, namespace, name string, want identity.ID, csrKey string) error {
+func (a *tokenAttestor) Attest(_ context.Context, token, namespace, name string, want identity.ID, csrKey string) (string, error) {
 	sum := sha256.Sum256([]byte(token))
 	h := hex.EncodeToString(sum[:])
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.snap == nil {
-		return ca.ErrNotReady
+		return "", ca.ErrNotReady
 	}
 	pod := a.snap.Pod(namespace, name)
 	if pod == nil {
-		return fmt.Errorf("no pod %s/%s is known", namespace, name)
+		return "", fmt.Errorf("no pod %s/%s is known", namespace, name)
 	}
 	if pod.BootstrapTokenSHA256 == "" || subtle.ConstantTimeCompare([]byte(h), []byte(pod.BootstrapTokenSHA256)) != 1 {
-		return fmt.Errorf("the bootstrap token was not given to pod %s/%s", namespace, name)
+		return "", fmt.Errorf("the bootstrap token was not given to pod %s/%s", namespace, name)
 	}
 	id, err := proxycfg.PodIdentity(pod.Pod, a.trustDomain)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if id != want {
-		return fmt.Errorf("pod %s/%s runs as %s, not as the %s asked for", namespace, name, id, want)
+		return "", fmt.Errorf("pod %s/%s runs as %s, not as the %s asked for", namespace, name, id, want)
 	}
 	if key, ok := a.spent[h]; ok && key != csrKey {
-		return fmt.Errorf("the bootstrap token of pod %s/%s was used already", namespace, name)
+		return "", fmt.Errorf("the bootstrap token of pod %s/%s was used already", namespace, name)
 	}
 	if _, ok := a.spent[h]; ok {
-		return nil // the same key again: its answer was lost
+		return pod.UID, nil // the same key again: its answer was lost
 	}
-	return a.spendLocked(h, csrKey)
+	if err := a.spendLocked(h, csrKey); err != nil {
+		return "", err
+	}
+	return pod.UID, nil
 }
 
 func (a *tokenAttestor) spendLocked(tok, key string) error {

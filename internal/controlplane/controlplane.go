@@ -172,6 +172,7 @@ type plane struct {
 
 	rotMu       sync.Mutex // serialises rotation steps and bundle pushes
 	renewBefore int64      // guarded by rotMu: Unix seconds, 0 for none
+	revoked     ca.Revocations
 
 	certMu  sync.Mutex
 	cert    *tls.Certificate // guarded by certMu: the serving certificate
@@ -189,6 +190,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("control plane: %w", err)
 	}
 	p := &plane{cfg: cfg, reg: prometheus.NewRegistry()}
+	p.revoked.TTL = cfg.SVIDTTL + time.Minute // what the last renewal could still have issued
 	var err error
 	if p.id, err = ServerID(cfg.TrustDomain); err != nil {
 		return err
@@ -274,6 +276,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return src.Run(ctx, func(s *catalog.Snapshot) {
 			p.snap.Store(s)
 			onSnapshot(s)
+			if uids, changed := p.revoked.Observe(meshedPods(s), time.Now()); changed {
+				p.push.SetRevoked(uids)
+			}
 			p.push.Update(s)
 		})
 	})
@@ -358,8 +363,13 @@ func (p *plane) caService(att ca.Attestor) *ca.Service {
 		Help: "Workload certificates signed."})
 	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_control_certificates_refused_total",
 		Help: "Certificate requests refused, by reason (bad_csr, not_proven, sign)."}, []string{"reason"})
-	p.reg.MustRegister(issued, refused)
-	return &ca.Service{Keeper: p.keeper, Attestor: att, TTL: p.cfg.SVIDTTL, Reserved: []identity.ID{p.id}, Runs: p.identityRuns,
+	revoked := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "trellis_control_revoked_pods",
+		Help: "Deleted pods whose certificates proxies refuse until they expire."}, func() float64 { return float64(p.revoked.Len()) })
+	dropped := prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "trellis_control_revocations_dropped_total",
+		Help: "Deny-list entries dropped because the list was full: those certificates are refused only by expiry."},
+		func() float64 { return float64(p.revoked.Dropped()) })
+	p.reg.MustRegister(issued, refused, revoked, dropped)
+	return &ca.Service{Keeper: p.keeper, Attestor: att, TTL: p.cfg.SVIDTTL, Reserved: []identity.ID{p.id}, Runs: p.podRuns,
 		OnIssue: func(id identity.ID) { issued.Inc(); slog.Debug("certificate issued", "identity", id) },
 		OnRefuse: func(reason string, err error) {
 			refused.WithLabelValues(reason).Inc()
@@ -383,7 +393,7 @@ func (p *plane) grpcServer() *grpc.Server {
 				pool.AddCert(r)
 			}
 			return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{*cert}, NextProtos: []string{"h2"},
-				ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool}, nil
+				ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool, VerifyConnection: p.refuseRevoked}, nil
 		},
 	}
 	return grpc.NewServer(
@@ -395,6 +405,18 @@ func (p *plane) grpcServer() *grpc.Server {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)
+}
+
+// refuseRevoked refuses a client certificate of a deleted pod, as
+// proxies do.
+func (p *plane) refuseRevoked(cs tls.ConnectionState) error {
+	if len(cs.VerifiedChains) == 0 {
+		return nil // no client certificate: a first certificate request
+	}
+	if pod := identity.PodOf(cs.VerifiedChains[0][0]); p.revoked.Has(pod) {
+		return fmt.Errorf("the client certificate was issued to pod %s, which has been deleted", pod)
+	}
+	return nil
 }
 
 // servingCert is the control plane's own certificate, issued by the
@@ -418,20 +440,36 @@ func (p *plane) servingCert() (*tls.Certificate, error) {
 	return p.cert, nil
 }
 
-// identityRuns says whether a meshed pod runs as id in the latest
-// snapshot (ca.ErrNotReady before the first).
-func (p *plane) identityRuns(id identity.ID) error {
+// meshedPods are the UIDs of the pods in snap that run a sidecar: the
+// pods certificates are issued to.
+func meshedPods(snap *catalog.Snapshot) []string {
+	var uids []string
+	for _, pod := range snap.Pods {
+		if pod.Sidecar {
+			uids = append(uids, pod.UID)
+		}
+	}
+	return uids
+}
+
+// podRuns says whether the meshed pod with UID podUID runs as id in the
+// latest snapshot; for a certificate that names no pod, whether any meshed
+// pod runs as id. ca.ErrNotReady before the first snapshot.
+func (p *plane) podRuns(id identity.ID, podUID string) error {
 	snap := p.snap.Load()
 	if snap == nil {
 		return ca.ErrNotReady
 	}
 	for _, pod := range snap.Pods {
-		if !pod.Sidecar {
+		if !pod.Sidecar || (podUID != "" && pod.UID != podUID) {
 			continue
 		}
 		if pid, err := proxycfg.PodIdentity(pod.Pod, p.cfg.TrustDomain); err == nil && pid == id {
 			return nil
 		}
+	}
+	if podUID != "" {
+		return fmt.Errorf("the pod (UID %s) this certificate of %s was issued to does not run any more: it is not renewed", podUID, id)
 	}
 	return fmt.Errorf("no meshed pod runs as %s any more: its certificate is not renewed", id)
 }

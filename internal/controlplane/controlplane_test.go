@@ -15,12 +15,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -90,7 +92,7 @@ func (r *rig) addPod(name string, ip netip.Addr) {
 	tok := name + "-secret-token"
 	sum := sha256.Sum256([]byte(tok))
 	r.tokens["web/"+name] = tok
-	r.snap.Pods = append(r.snap.Pods, &catalog.RunningPod{
+	r.snap.Pods = append(r.snap.Pods, &catalog.RunningPod{UID: "uid-" + name,
 		Pod: &catalog.Pod{Meta: catalog.Meta{Namespace: "web", Name: name, Labels: map[string]string{"app": "hello"}},
 			Spec: catalog.PodSpec{ServiceAccount: "hello"}},
 		IP: ip, Ready: true, Sidecar: true, BootstrapTokenSHA256: hex.EncodeToString(sum[:]),
@@ -584,8 +586,14 @@ func TestRenewalOnlyWhileTheIdentityRuns(t *testing.T) {
 	if err := renew(); err != nil {
 		t.Fatalf("renewal while the pods run: %v", err)
 	}
-	r.snap.Pods = nil // both pods of the identity deleted
+	// Both pods of the identity are deleted while the control plane is
+	// away, so it has no deny-list entry for them (that path is
+	// TestDeletedPodsCertificateIsRefused): the renewal check alone
+	// refuses.
+	r.stop()
+	r.snap.Pods = nil
 	r.write()
+	r.start()
 	var err2 error
 	for range 100 {
 		if err2 = renew(); err2 != nil {
@@ -636,4 +644,145 @@ func TestStreamsPerPodAreCapped(t *testing.T) {
 	if err := open(); status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("stream %d of one pod: %v, want ResourceExhausted", push.MaxStreamsPerPod+1, err)
 	}
+}
+
+// TestProxyStatusIsWhatTheHandshakeProved: the certificate proxy-status
+// and root rotation see is the one the proxy's newest stream was opened
+// with, not anything the proxy says of itself.
+func TestProxyStatusIsWhatTheHandshakeProved(t *testing.T) {
+	r := newRig(t)
+	ctx := ctxT(t)
+	admin := NewClient(filepath.Join(r.dir, "control"))
+	stream := func(cert tls.Certificate) {
+		t.Helper()
+		st, err := meshpb.NewConfigServiceClient(r.client(&cert)).StreamConfig(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&meshpb.ConfigRequest{PodNamespace: "web", PodName: "a"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	status := func() push.ProxyStatus {
+		t.Helper()
+		ps, err := admin.Proxies(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ps {
+			if p.Pod == "a" {
+				return p
+			}
+		}
+		t.Fatalf("pod a is not in proxy-status: %+v", ps)
+		return push.ProxyStatus{}
+	}
+	root, _ := pem.Decode(r.bundle()) // the only root before the rotation
+	firstRoot := sha256.Sum256(root.Bytes)
+
+	old := r.firstCert(t, "a")
+	stream(old)
+	if got, want := status().CertIssuer, hex.EncodeToString(firstRoot[:]); got != want {
+		t.Fatalf("issuer = %q, want the first root %q", got, want)
+	}
+	for _, step := range []string{"prepare", "activate"} {
+		if _, err := admin.Rotate(ctx, step); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca, err := admin.CA(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status().CertIssuer == ca.Signer {
+		t.Fatal("the proxy counts as renewed before it showed a new certificate")
+	}
+	key := p256(t)
+	resp, err := meshpb.NewCertificateServiceClient(r.client(&old)).Sign(ctx, &meshpb.SignRequest{Csr: csrFor(t, helloID, key)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed := tls.Certificate{PrivateKey: key, Certificate: resp.GetChain()}
+	stream(renewed) // the old stream stays open: the newest one counts
+	got := status()
+	if got.CertIssuer != ca.Signer {
+		t.Errorf("issuer after a stream with the renewed certificate = %q, want the new signer %q", got.CertIssuer, ca.Signer)
+	}
+	if want := mustParse(t, renewed.Certificate[0]).NotAfter; !got.CertNotAfter.Equal(want) {
+		t.Errorf("notAfter = %v, want the renewed certificate's %v", got.CertNotAfter, want)
+	}
+}
+
+// TestDeletedPodsCertificateIsRefused: once a pod is deleted, the
+// certificate (and key) it held is refused by another pod's proxy within
+// one push, and by the control plane, long before it expires.
+func TestDeletedPodsCertificateIsRefused(t *testing.T) {
+	r := newRig(t)
+	b := runProxy(t, r, "b")
+	waitConfig(t, b, func(c *meshpb.ProxyConfig) bool { return endpoints(c) == 2 })
+
+	// b's inbound: a real TLS listener with the proxy's server config and
+	// b's store, which the control plane feeds.
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", meshtls.ServerConfig(b.store, meshtls.MemberOf("cluster.local")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	refusals := make(chan error, 100)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if err := c.(*tls.Conn).Handshake(); err != nil {
+				refusals <- err
+			} else {
+				c.Write([]byte("ok"))
+			}
+			c.Close()
+		}
+	}()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(r.bundle())
+	connect := func(cert tls.Certificate) error {
+		var store meshtls.Store
+		store.Set(meshtls.Material{Cert: cert, Roots: pool})
+		c, err := tls.Dial("tcp", ln.Addr().String(), meshtls.ClientConfig(&store, meshtls.MemberOf("cluster.local")))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		buf := make([]byte, 2)
+		_, err = io.ReadFull(c, buf) // TLS 1.3: the server's verdict on our certificate comes with the first read
+		return err
+	}
+
+	stolen := r.firstCert(t, "a")
+	if err := connect(stolen); err != nil {
+		t.Fatalf("a's certificate while a runs: %v", err)
+	}
+	r.snap.Pods = slices.DeleteFunc(r.snap.Pods, func(p *catalog.RunningPod) bool { return p.Pod.Name == "a" })
+	r.write()
+	deadline := time.Now().Add(10 * time.Second)
+	for connect(stolen) == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("b still accepts the deleted pod a's certificate 10 s after the deletion")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := <-refusals; !errors.Is(err, meshtls.ErrRevoked) {
+		t.Errorf("b refused a's certificate with %v, want ErrRevoked", err)
+	}
+	if err := connect(b.store.Current().Cert); err != nil {
+		t.Errorf("b's own certificate (its pod runs) is refused too: %v", err)
+	}
+	_, err = meshpb.NewCertificateServiceClient(r.client(&stolen)).Sign(ctxT(t), &meshpb.SignRequest{Csr: csrFor(t, helloID, p256(t))})
+	if err == nil {
+		t.Error("the control plane renewed the deleted pod's certificate")
+	}
+	t.Logf("the control plane refused the renewal: %v", err)
 }

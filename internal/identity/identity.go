@@ -7,6 +7,7 @@
 package identity
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
@@ -125,3 +126,8 @@ func (id ID) Workload() (namespace, serviceAccount string, err error) {
 	}
 	return parts[2], parts[4], nil
 }
+
+// PodOf is the UID of the pod a certificate was issued to, which the CA
+// writes as its subject serialNumber (see ca.Authority.SignCSR); empty when
+// it names none. Peers refuse certificates of deleted pods by it.
+func PodOf(c *x509.Certificate) string { return c.Subject.SerialNumber }

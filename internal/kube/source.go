@@ -217,7 +217,7 @@ func RunningPod(p *corev1.Pod) *catalog.RunningPod {
 	if cp.Spec.ServiceAccount == "" {
 		cp.Spec.ServiceAccount = "default"
 	}
-	rp := &catalog.RunningPod{Pod: cp}
+	rp := &catalog.RunningPod{Pod: cp, UID: string(p.UID)}
 	for _, c := range p.Spec.Containers {
 		cc := catalog.Container{Name: c.Name, Image: c.Image}
 		for _, port := range c.Ports {

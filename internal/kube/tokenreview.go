@@ -43,15 +43,16 @@ type TokenAttestor struct {
 
 var _ ca.Attestor = (*TokenAttestor)(nil)
 
-// Attest implements ca.Attestor. A token may be presented more than once
+// Attest implements ca.Attestor; the pod's UID is the one the token was
+// bound to. A token may be presented more than once
 // while it is valid (a restarted sidecar asks again); it is bound to one
 // pod and audience and readable only by that pod's sidecar.
-func (a *TokenAttestor) Attest(ctx context.Context, token, namespace, name string, want identity.ID, _ string) error {
+func (a *TokenAttestor) Attest(ctx context.Context, token, namespace, name string, want identity.ID, _ string) (string, error) {
 	tr, err := a.Client.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{
 		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{TokenAudience}},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return fmt.Errorf("%w (TokenReview: %v)", ca.ErrNotReady, err)
+		return "", fmt.Errorf("%w (TokenReview: %v)", ca.ErrNotReady, err)
 	}
 	st := tr.Status
 	if !st.Authenticated {
@@ -59,46 +60,46 @@ func (a *TokenAttestor) Attest(ctx context.Context, token, namespace, name strin
 		if reason == "" {
 			reason = "not authenticated"
 		}
-		return fmt.Errorf("the API server refused the token: %s (a sidecar presents its projected token of audience %q)", reason, TokenAudience)
+		return "", fmt.Errorf("the API server refused the token: %s (a sidecar presents its projected token of audience %q)", reason, TokenAudience)
 	}
 	if !slices.Contains(st.Audiences, TokenAudience) {
-		return fmt.Errorf("the token is not for audience %q", TokenAudience)
+		return "", fmt.Errorf("the token is not for audience %q", TokenAudience)
 	}
 	ns, sa, ok := serviceAccountOf(st.User.Username)
 	if !ok {
-		return fmt.Errorf("the token belongs to %q, not to a service account", st.User.Username)
+		return "", fmt.Errorf("the token belongs to %q, not to a service account", st.User.Username)
 	}
 	podName, podUID := first(st.User.Extra[extraPodName]), first(st.User.Extra[extraPodUID])
 	if podName == "" || podUID == "" {
-		return errors.New("the token is not bound to a pod (use the projected token the injector mounts)")
+		return "", errors.New("the token is not bound to a pod (use the projected token the injector mounts)")
 	}
 	if ns != namespace || podName != name {
-		return fmt.Errorf("the token is pod %s/%s's, not %s/%s's", ns, podName, namespace, name)
+		return "", fmt.Errorf("the token is pod %s/%s's, not %s/%s's", ns, podName, namespace, name)
 	}
 	got, err := identity.ForWorkload(a.TrustDomain, ns, sa)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if got != want {
-		return fmt.Errorf("the token is service account %s/%s's (%s), not %s's", ns, sa, got, want)
+		return "", fmt.Errorf("the token is service account %s/%s's (%s), not %s's", ns, sa, got, want)
 	}
 	pod, err := a.Client.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return fmt.Errorf("pod %s/%s no longer exists", ns, podName)
+		return "", fmt.Errorf("pod %s/%s no longer exists", ns, podName)
 	}
 	if err != nil {
-		return fmt.Errorf("%w (get pod: %v)", ca.ErrNotReady, err)
+		return "", fmt.Errorf("%w (get pod: %v)", ca.ErrNotReady, err)
 	}
 	if string(pod.UID) != podUID {
-		return fmt.Errorf("the token was bound to an earlier pod named %s/%s", ns, podName)
+		return "", fmt.Errorf("the token was bound to an earlier pod named %s/%s", ns, podName)
 	}
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
-		return fmt.Errorf("pod %s/%s has finished", ns, podName)
+		return "", fmt.Errorf("pod %s/%s has finished", ns, podName)
 	}
 	if psa := cmp.Or(pod.Spec.ServiceAccountName, "default"); psa != sa {
-		return fmt.Errorf("pod %s/%s runs as service account %s, not %s", ns, podName, psa, sa)
+		return "", fmt.Errorf("pod %s/%s runs as service account %s, not %s", ns, podName, psa, sa)
 	}
-	return nil
+	return podUID, nil
 }
 
 // serviceAccountOf splits "system:serviceaccount:NS:NAME".

@@ -107,10 +107,12 @@ func TestTokenAttestor(t *testing.T) {
 		{"a deleted pod's token", goneToken, "gone", id("a"), "refused the token"},
 		{"another pod's token", token("a", TokenAudience, p2), "p1", id("a"), "not " + ns + "/p1's"},
 	} {
-		err := att.Attest(ctx, c.token, ns, c.pod, c.want, "")
+		uid, err := att.Attest(ctx, c.token, ns, c.pod, c.want, "")
 		switch {
 		case c.refusal == "" && err != nil:
 			t.Errorf("%s: refused: %v", c.name, err)
+		case c.refusal == "" && uid != string(p1.UID):
+			t.Errorf("%s: attested pod UID %q, want p1's %q (the certificate names it)", c.name, uid, p1.UID)
 		case c.refusal != "" && (err == nil || !strings.Contains(err.Error(), c.refusal)):
 			t.Errorf("%s: Attest() = %v, want a refusal saying %q", c.name, err, c.refusal)
 		default:

@@ -154,7 +154,7 @@ func (r *Runtime) writeRegistryLocked() error {
 		snap.Services = append(snap.Services, &s)
 	}
 	for _, p := range r.pods {
-		snap.Pods = append(snap.Pods, &catalog.RunningPod{Pod: p.obj, IP: p.ip, Ready: p.ready(), Sidecar: p.injected,
+		snap.Pods = append(snap.Pods, &catalog.RunningPod{Pod: p.obj, UID: p.uid, IP: p.ip, Ready: p.ready(), Sidecar: p.injected,
 			BootstrapTokenSHA256: p.tokenHash})
 	}
 	sort.Slice(snap.Pods, func(i, j int) bool { return snap.Pods[i].Key() < snap.Pods[j].Key() })

@@ -2,6 +2,7 @@ package localmesh
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 // pod is one running pod: its network and its supervised containers.
 type pod struct {
 	obj        *catalog.Pod
+	uid        string // this run of the pod (catalog.RunningPod.UID)
 	hash       string // template hash, for pods of a Deployment
 	ip         netip.Addr
 	idBase     uint32 // host uid and gid of the pod's id 0
@@ -89,7 +91,7 @@ func (r *Runtime) startPodLocked(obj *catalog.Pod, hash string) (p *pod, err err
 	}
 	netnsName := podNetnsName(r.cfg.Prefix, obj.Namespace, obj.Name)
 	p = &pod{
-		obj: obj, hash: hash, ip: ip, idBase: idBase, created: time.Now(),
+		obj: obj, uid: rand.Text(), hash: hash, ip: ip, idBase: idBase, created: time.Now(),
 		net: podNet{
 			Netns:    netnsName,
 			HostLink: linkName("tv", netnsName),

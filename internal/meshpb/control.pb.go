@@ -180,11 +180,6 @@ type ConfigRequest struct {
 	// Why the update was refused (NACK); empty for ACK. The proxy keeps its
 	// previous config.
 	Error string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
-	// The proxy's current certificate: expiry (Unix seconds) and the SHA-256
-	// of its issuer's certificate (hex), for `trellis proxy-status` and root
-	// rotation. Zero and empty before it has one.
-	CertificateNotAfter int64  `protobuf:"varint,6,opt,name=certificate_not_after,json=certificateNotAfter,proto3" json:"certificate_not_after,omitempty"`
-	CertificateIssuer   string `protobuf:"bytes,7,opt,name=certificate_issuer,json=certificateIssuer,proto3" json:"certificate_issuer,omitempty"`
 	// The version of the trust bundle the proxy uses (from the last update
 	// that carried one).
 	TrustBundleVersion string `protobuf:"bytes,8,opt,name=trust_bundle_version,json=trustBundleVersion,proto3" json:"trust_bundle_version,omitempty"`
@@ -257,20 +252,6 @@ func (x *ConfigRequest) GetError() string {
 	return ""
 }
 
-func (x *ConfigRequest) GetCertificateNotAfter() int64 {
-	if x != nil {
-		return x.CertificateNotAfter
-	}
-	return 0
-}
-
-func (x *ConfigRequest) GetCertificateIssuer() string {
-	if x != nil {
-		return x.CertificateIssuer
-	}
-	return ""
-}
-
 func (x *ConfigRequest) GetTrustBundleVersion() string {
 	if x != nil {
 		return x.TrustBundleVersion
@@ -302,8 +283,17 @@ type ConfigUpdate struct {
 	// A proxy whose certificate was issued before this time (Unix seconds)
 	// must renew it now (root rotation); 0 means no such demand.
 	RenewIssuedBefore int64 `protobuf:"varint,10,opt,name=renew_issued_before,json=renewIssuedBefore,proto3" json:"renew_issued_before,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The UIDs of pods deleted while a certificate issued to them may still
+	// be valid. Certificates name the pod they were issued to (subject
+	// serialNumber = pod UID); a proxy refuses a peer whose certificate names
+	// one of these pods, so a certificate taken from a deleted pod stops
+	// working within one push instead of at its expiry. The list is complete
+	// whenever revoked_version is set (in a full update, or when it changed);
+	// an empty revoked_version means unchanged.
+	RevokedPods    []string `protobuf:"bytes,11,rep,name=revoked_pods,json=revokedPods,proto3" json:"revoked_pods,omitempty"`
+	RevokedVersion string   `protobuf:"bytes,12,opt,name=revoked_version,json=revokedVersion,proto3" json:"revoked_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ConfigUpdate) Reset() {
@@ -406,6 +396,20 @@ func (x *ConfigUpdate) GetRenewIssuedBefore() int64 {
 	return 0
 }
 
+func (x *ConfigUpdate) GetRevokedPods() []string {
+	if x != nil {
+		return x.RevokedPods
+	}
+	return nil
+}
+
+func (x *ConfigUpdate) GetRevokedVersion() string {
+	if x != nil {
+		return x.RevokedVersion
+	}
+	return ""
+}
+
 var File_trellis_v1_control_proto protoreflect.FileDescriptor
 
 const file_trellis_v1_control_proto_rawDesc = "" +
@@ -419,16 +423,14 @@ const file_trellis_v1_control_proto_rawDesc = "" +
 	"\bpod_name\x18\x04 \x01(\tR\apodName\"G\n" +
 	"\fSignResponse\x12\x14\n" +
 	"\x05chain\x18\x01 \x03(\fR\x05chain\x12!\n" +
-	"\ftrust_bundle\x18\x02 \x03(\fR\vtrustBundle\"\xbb\x02\n" +
+	"\ftrust_bundle\x18\x02 \x03(\fR\vtrustBundle\"\x8f\x02\n" +
 	"\rConfigRequest\x12#\n" +
 	"\rpod_namespace\x18\x01 \x01(\tR\fpodNamespace\x12\x19\n" +
 	"\bpod_name\x18\x02 \x01(\tR\apodName\x12%\n" +
 	"\x0eresponse_nonce\x18\x03 \x01(\tR\rresponseNonce\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12\x14\n" +
-	"\x05error\x18\x05 \x01(\tR\x05error\x122\n" +
-	"\x15certificate_not_after\x18\x06 \x01(\x03R\x13certificateNotAfter\x12-\n" +
-	"\x12certificate_issuer\x18\a \x01(\tR\x11certificateIssuer\x120\n" +
-	"\x14trust_bundle_version\x18\b \x01(\tR\x12trustBundleVersion\"\x83\x03\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x120\n" +
+	"\x14trust_bundle_version\x18\b \x01(\tR\x12trustBundleVersionJ\x04\b\x06\x10\aJ\x04\b\a\x10\bR\x15certificate_not_afterR\x12certificate_issuer\"\xcf\x03\n" +
 	"\fConfigUpdate\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12\x12\n" +
@@ -440,7 +442,9 @@ const file_trellis_v1_control_proto_rawDesc = "" +
 	"\ftrust_bundle\x18\b \x03(\fR\vtrustBundle\x120\n" +
 	"\x14trust_bundle_version\x18\t \x01(\tR\x12trustBundleVersion\x12.\n" +
 	"\x13renew_issued_before\x18\n" +
-	" \x01(\x03R\x11renewIssuedBefore2O\n" +
+	" \x01(\x03R\x11renewIssuedBefore\x12!\n" +
+	"\frevoked_pods\x18\v \x03(\tR\vrevokedPods\x12'\n" +
+	"\x0frevoked_version\x18\f \x01(\tR\x0erevokedVersion2O\n" +
 	"\x12CertificateService\x129\n" +
 	"\x04Sign\x12\x17.trellis.v1.SignRequest\x1a\x18.trellis.v1.SignResponse2X\n" +
 	"\rConfigService\x12G\n" +

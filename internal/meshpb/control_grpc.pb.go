@@ -176,6 +176,9 @@ type ConfigServiceClient interface {
 	// after the proxy ACKed or NACKed the previous one, so an update
 	// describes the change from the last config the proxy accepted. Updates
 	// that happen while one is outstanding are coalesced into the next.
+	// After each certificate renewal the proxy opens a new stream on a new
+	// connection, so the certificate the control plane reports (proxy-status,
+	// root rotation) is the one the proxy proved it holds.
 	//
 	// Errors: UNAUTHENTICATED without a client certificate;
 	// PERMISSION_DENIED when the pod does not run under that identity;
@@ -217,6 +220,9 @@ type ConfigServiceServer interface {
 	// after the proxy ACKed or NACKed the previous one, so an update
 	// describes the change from the last config the proxy accepted. Updates
 	// that happen while one is outstanding are coalesced into the next.
+	// After each certificate renewal the proxy opens a new stream on a new
+	// connection, so the certificate the control plane reports (proxy-status,
+	// root rotation) is the one the proxy proved it holds.
 	//
 	// Errors: UNAUTHENTICATED without a client certificate;
 	// PERMISSION_DENIED when the pod does not run under that identity;

@@ -26,14 +26,37 @@ type Material struct {
 	Roots *x509.CertPool
 }
 
-// Store holds the current Material. The zero value is empty; handshakes
-// fail until Set is called. Safe for concurrent use.
+// Store holds the current Material, and the pods whose certificates are
+// refused. The zero value is empty; handshakes fail until Set is called.
+// Safe for concurrent use.
 type Store struct {
-	cur atomic.Pointer[Material]
+	cur     atomic.Pointer[Material]
+	revoked atomic.Pointer[map[string]struct{}]
 }
 
 // Set replaces the material for every later handshake.
 func (s *Store) Set(m Material) { s.cur.Store(&m) }
+
+// SetRevoked replaces the UIDs of deleted pods whose certificates every
+// later handshake refuses (identity.PodOf names a certificate's pod).
+func (s *Store) SetRevoked(podUIDs []string) {
+	set := make(map[string]struct{}, len(podUIDs))
+	for _, uid := range podUIDs {
+		set[uid] = struct{}{}
+	}
+	s.revoked.Store(&set)
+}
+
+// revokedPod reports whether leaf was issued to a pod that was deleted.
+func (s *Store) revokedPod(leaf *x509.Certificate) bool {
+	set := s.revoked.Load()
+	if set == nil {
+		return false
+	}
+	uid := identity.PodOf(leaf)
+	_, ok := (*set)[uid]
+	return ok && uid != ""
+}
 
 // Current returns the material in use, or nil before the first Set.
 func (s *Store) Current() *Material { return s.cur.Load() }
@@ -49,6 +72,7 @@ var (
 	ErrPeerID         = errors.New("peer certificate must carry exactly one spiffe:// URI SAN")
 	ErrTrustDomain    = errors.New("peer trust domain is not trusted")
 	ErrUnexpectedPeer = errors.New("peer is not the expected identity")
+	ErrRevoked        = errors.New("peer certificate was issued to a pod that has been deleted")
 )
 
 // MemberOf allows any identity of trustDomain.
@@ -148,6 +172,9 @@ func verifyPeer(s *Store, auth Authorizer, cs tls.ConnectionState, usage x509.Ex
 	id, err := idOf(leaf)
 	if err != nil {
 		return identity.ID{}, err
+	}
+	if s.revokedPod(leaf) {
+		return id, fmt.Errorf("%w: %s, pod UID %s", ErrRevoked, id, identity.PodOf(leaf))
 	}
 	if err := auth(id); err != nil {
 		return id, err

@@ -13,7 +13,10 @@ package push
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -65,6 +68,7 @@ type Server struct {
 	mu      sync.Mutex
 	pending *catalog.Snapshot  // guarded by mu: newest snapshot, not yet rendered
 	bundle  Bundle             // guarded by mu
+	revoked revoked            // guarded by mu
 	gen     *generation        // guarded by mu: what streams send from; nil before the first snapshot
 	genWait chan struct{}      // guarded by mu: closed when gen is first set
 	proxies map[string]*proxy  // guarded by mu: by pod key, connected or last seen
@@ -75,11 +79,18 @@ var _ meshpb.ConfigServiceServer = (*Server)(nil)
 
 // generation is one rendered snapshot: immutable, shared by all streams.
 type generation struct {
-	snap   *catalog.Snapshot
-	pods   map[string]*catalog.RunningPod // snap's pods by "namespace/name"
-	rend   *proxycfg.Rendered
-	bundle Bundle
-	time   time.Time // when the change reached the source, for convergence
+	snap    *catalog.Snapshot
+	pods    map[string]*catalog.RunningPod // snap's pods by "namespace/name"
+	rend    *proxycfg.Rendered
+	bundle  Bundle
+	revoked revoked
+	time    time.Time // when the change reached the source, for convergence
+}
+
+// revoked is the deny list proxies must hold, and its version.
+type revoked struct {
+	uids    []string
+	version string
 }
 
 // New returns a Server for cfg.
@@ -110,14 +121,37 @@ func (s *Server) Update(snap *catalog.Snapshot) {
 // hold; pushed without debounce.
 func (s *Server) SetBundle(b Bundle) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.bundle = b
-	if s.gen != nil {
-		g := *s.gen
-		g.bundle, g.time = b, time.Now()
-		s.gen = &g
-		s.wakeAllLocked()
+	s.amendLocked(func(g *generation) { g.bundle = b })
+}
+
+// SetRevoked changes the deny list every proxy must hold: the UIDs of
+// deleted pods whose certificates may still be valid (see ca.Revocations).
+// Pushed without debounce.
+func (s *Server) SetRevoked(podUIDs []string) {
+	h := sha256.New()
+	for _, uid := range podUIDs {
+		h.Write([]byte(uid + "\n"))
 	}
-	s.mu.Unlock()
+	r := revoked{uids: slices.Clone(podUIDs), version: hex.EncodeToString(h.Sum(nil))[:16]}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.revoked = r
+	s.amendLocked(func(g *generation) { g.revoked = r })
+}
+
+// amendLocked makes a generation that differs from the current one by
+// change, and wakes every stream to send it.
+func (s *Server) amendLocked(change func(*generation)) {
+	if s.gen == nil {
+		return // the first snapshot's generation takes it
+	}
+	g := *s.gen
+	change(&g)
+	g.time = time.Now()
+	s.gen = &g
+	s.wakeAllLocked()
 }
 
 func (s *Server) poke() {
@@ -180,7 +214,7 @@ func (s *Server) render() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	first := s.gen == nil
-	s.gen = &generation{snap: snap, pods: pods, rend: rend, bundle: s.bundle, time: snap.Time}
+	s.gen = &generation{snap: snap, pods: pods, rend: rend, bundle: s.bundle, revoked: s.revoked, time: snap.Time}
 	if first {
 		close(s.genWait)
 	}
@@ -247,12 +281,28 @@ func (s *Server) StreamConfig(srv meshpb.ConfigService_StreamConfigServer) error
 	}
 	st := &stream{srv: srv, s: s, key: key, namespace: hello.GetPodNamespace(), name: hello.GetPodName(),
 		notify: make(chan struct{}, 1), answers: make(chan *meshpb.ConfigRequest, 1)}
-	if !s.connect(st, id.String(), hello) {
+	if !s.connect(st, id.String(), hello, provenCert(ctx)) {
 		return status.Errorf(codes.ResourceExhausted, "config stream: pod %s has %d streams open already", key, MaxStreamsPerPod)
 	}
 	defer s.disconnect(st)
 	slog.Info("proxy connected", "pod", key, "identity", id, "version", hello.GetVersion())
 	return st.run()
+}
+
+// provenCertificate is what a proxy's handshake proved of the
+// certificate it holds.
+type provenCertificate struct {
+	notAfter time.Time
+	issuer   string // SHA-256 (hex) of the certificate that signed it
+}
+
+// provenCert reads the certificate a stream's connection was made with.
+func provenCert(ctx context.Context) provenCertificate {
+	chain, err := ca.ClientChain(ctx)
+	if err != nil || len(chain) < 2 {
+		return provenCertificate{}
+	}
+	return provenCertificate{notAfter: chain[0].NotAfter, issuer: ca.Fingerprint(chain[1])}
 }
 
 // recvWithin receives one request, giving up after d.
@@ -283,7 +333,7 @@ const MaxStreamsPerPod = 4
 
 // connect registers a stream, or reports false when its pod holds
 // MaxStreamsPerPod already.
-func (s *Server) connect(st *stream, id string, hello *meshpb.ConfigRequest) bool {
+func (s *Server) connect(st *stream, id string, hello *meshpb.ConfigRequest, cert provenCertificate) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.proxies[st.key]
@@ -295,6 +345,7 @@ func (s *Server) connect(st *stream, id string, hello *meshpb.ConfigRequest) boo
 		return false
 	}
 	p.identity, p.connected, p.since, p.nack = id, true, time.Now(), ""
+	p.cert = cert // the newest stream's handshake: a proxy opens one after each renewal
 	p.observe(hello)
 	p.streams++
 	s.streams[st] = st.key

@@ -28,12 +28,23 @@ type stream struct {
 
 // accepted is a proxy's config as far as the stream knows it.
 type accepted struct {
-	version     string
-	services    map[string]string // service key -> content hash
+	version  string
+	services map[string]string // service key -> content hash
+	trust    trust
+	full     bool // a full config was accepted on this stream
+	from     time.Time
+}
+
+// trust is the mesh-wide part of a proxy's config, by version: the trust
+// bundle, the renewal demand and the deny list.
+type trust struct {
 	bundle      string
 	renewBefore int64
-	full        bool // a full config was accepted on this stream
-	from        time.Time
+	revoked     string
+}
+
+func (g *generation) trust() trust {
+	return trust{bundle: g.bundle.Version, renewBefore: g.bundle.RenewIssuedBefore, revoked: g.revoked.version}
 }
 
 func (st *stream) wake() {
@@ -108,11 +119,11 @@ func (st *stream) next() *meshpb.ConfigUpdate {
 	if err != nil {
 		return nil
 	}
-	b := gen.bundle
-	if cfg.GetVersion() == st.acked.version && b.Version == st.acked.bundle && b.RenewIssuedBefore == st.acked.renewBefore {
+	b, tr := gen.bundle, gen.trust()
+	if cfg.GetVersion() == st.acked.version && tr == st.acked.trust {
 		return nil
 	}
-	if cfg.GetVersion() == st.nacked && b.Version == st.acked.bundle && b.RenewIssuedBefore == st.acked.renewBefore {
+	if cfg.GetVersion() == st.nacked && tr == st.acked.trust {
 		return nil // refused already; wait for a change
 	}
 	upd := &meshpb.ConfigUpdate{
@@ -135,11 +146,13 @@ func (st *stream) next() *meshpb.ConfigUpdate {
 			}
 		}
 	}
-	if upd.Full || b.Version != st.acked.bundle {
+	if upd.Full || tr.bundle != st.acked.trust.bundle {
 		upd.TrustBundle, upd.TrustBundleVersion = b.DER, b.Version
 	}
-	st.sent = accepted{version: cfg.GetVersion(), services: visible, bundle: b.Version,
-		renewBefore: b.RenewIssuedBefore, full: true}
+	if upd.Full || tr.revoked != st.acked.trust.revoked {
+		upd.RevokedPods, upd.RevokedVersion = gen.revoked.uids, gen.revoked.version
+	}
+	st.sent = accepted{version: cfg.GetVersion(), services: visible, trust: tr, full: true}
 	if !upd.Full {
 		st.sent.from = gen.time // a first config measures the connection, not convergence
 	}
@@ -177,8 +190,7 @@ func (st *stream) observe(req *meshpb.ConfigRequest) {
 	st.s.mu.Lock()
 	defer st.s.mu.Unlock()
 	if p := st.s.proxies[st.key]; p != nil {
-		p.observe(&meshpb.ConfigRequest{CertificateNotAfter: req.GetCertificateNotAfter(),
-			CertificateIssuer: req.GetCertificateIssuer(), TrustBundleVersion: req.GetTrustBundleVersion()})
+		p.observe(&meshpb.ConfigRequest{TrustBundleVersion: req.GetTrustBundleVersion()})
 	}
 }
 
@@ -193,8 +205,7 @@ type proxy struct {
 	version         string    // acked
 	lastAck         time.Time
 	nack            string
-	certNotAfter    time.Time
-	certIssuer      string
+	cert            provenCertificate
 	bundle          string
 }
 
@@ -204,12 +215,6 @@ func (p *proxy) observe(req *meshpb.ConfigRequest) {
 	}
 	if v := req.GetVersion(); v != "" {
 		p.version = v
-	}
-	if n := req.GetCertificateNotAfter(); n > 0 {
-		p.certNotAfter = time.Unix(n, 0)
-	}
-	if v := req.GetCertificateIssuer(); v != "" {
-		p.certIssuer = v
 	}
 	if v := req.GetTrustBundleVersion(); v != "" {
 		p.bundle = v
@@ -229,6 +234,9 @@ type ProxyStatus struct {
 	WantVersion  string    `json:"wantVersion"`
 	LastAck      time.Time `json:"lastAck,omitzero"`
 	NACK         string    `json:"nack,omitempty"`
+	// CertNotAfter and CertIssuer (SHA-256 of the certificate that signed
+	// it) describe the certificate the proxy's newest stream was opened
+	// with: proven by its handshake, not reported.
 	CertNotAfter time.Time `json:"certNotAfter,omitzero"`
 	CertIssuer   string    `json:"certIssuer,omitempty"`
 	Bundle       string    `json:"bundleVersion,omitempty"`
@@ -238,5 +246,5 @@ type ProxyStatus struct {
 func (p *proxy) status() ProxyStatus {
 	return ProxyStatus{Namespace: p.namespace, Pod: p.name, Identity: p.identity, Connected: p.connected,
 		ConnectedSince: p.since, AckedVersion: p.version, LastAck: p.lastAck, NACK: p.nack,
-		CertNotAfter: p.certNotAfter, CertIssuer: p.certIssuer, Bundle: p.bundle}
+		CertNotAfter: p.cert.notAfter, CertIssuer: p.cert.issuer, Bundle: p.bundle}
 }
