@@ -70,7 +70,7 @@ func TestDependencyRules(t *testing.T) {
 	leaves := []string{"internal/identity", "internal/catalog", "internal/meshpb"}
 	owners := map[string][]string{
 		"github.com/google/nftables": {"internal/nft"},
-		"k8s.io/client-go":           {"internal/discovery", "internal/kube"},
+		"k8s.io/client-go":           {"internal/discovery", "internal/kube", "internal/kubeclient", "internal/nodeagent", "cmd/trellis-node"},
 	}
 	for _, p := range pkgs {
 		rel := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")

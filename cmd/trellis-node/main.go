@@ -1,45 +1,108 @@
 // Command trellis-node is the node agent: it enforces the mesh's
 // NetworkPolicies with nftables. In one-host mode `trellis up` runs the same
-// agent as `trellis node-agent`. See internal/nodeagent.
+// agent as `trellis node-agent`; on Kubernetes it runs as the DaemonSet
+// trellis-node that `trellis install` creates, one per node, on the host
+// network. See internal/nodeagent.
 //
 //	trellis-node [--mesh-api SOCKET] [--table NAME] [--metrics-addr ADDR] [--resync D] [--guard-table NAME]
+//	trellis-node --kubernetes [--kubeconfig FILE] [--node-name NODE] [--namespace NS] [--table NAME] ...
 //
-// It links the agent and its policy compiler only (a test enforces it).
+// It links the agent, its policy compiler and the API client only (a test
+// enforces it).
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/trellis-mesh/trellis/internal/kubeclient"
+	"github.com/trellis-mesh/trellis/internal/nft"
 	"github.com/trellis-mesh/trellis/internal/nodeagent"
 )
 
+// daemonSet is the name `trellis install` gives the agent's DaemonSet.
+const daemonSet = "trellis-node"
+
+type flags struct {
+	api                             string
+	kubernetes                      bool
+	kubeconfig, nodeName, namespace string
+}
+
 func main() {
 	var cfg nodeagent.Config
+	var f flags
 	fs := flag.NewFlagSet("trellis-node", flag.ExitOnError)
 	cfg.RegisterFlags(fs)
-	api := fs.String("mesh-api", nodeagent.DefaultMeshAPI, "API socket of the one-host mesh whose policies to enforce")
+	fs.StringVar(&f.api, "mesh-api", nodeagent.DefaultMeshAPI, "API socket of the one-host mesh whose policies to enforce")
+	fs.BoolVar(&f.kubernetes, "kubernetes", false, "enforce the NetworkPolicies of a Kubernetes cluster for the pods of this node")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig (with --kubernetes; default $KUBECONFIG, else the pod's service account)")
+	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "the node this agent runs on (with --kubernetes; default $NODE_NAME)")
+	fs.StringVar(&f.namespace, "namespace", cmp.Or(os.Getenv("POD_NAMESPACE"), "trellis-system"), "the namespace Trellis is installed in (with --kubernetes)")
 	_ = fs.Parse(os.Args[1:])
-	if err := run(cfg, *api); err != nil {
+	if err := run(cfg, f); err != nil {
 		fmt.Fprintln(os.Stderr, "trellis-node:", err)
 		os.Exit(1)
 	}
 }
 
-func run(cfg nodeagent.Config, api string) error {
+func run(cfg nodeagent.Config, f flags) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root: it writes nftables rules (CAP_NET_ADMIN)")
 	}
-	cfg.Source = nodeagent.OneHostSource(api)
+	var client kubernetes.Interface
+	if f.kubernetes {
+		if f.nodeName == "" {
+			return fmt.Errorf("--kubernetes needs --node-name (or $NODE_NAME from the pod's spec.nodeName)")
+		}
+		var err error
+		if client, _, err = kubeclient.NewClient(f.kubeconfig, "trellis-node"); err != nil {
+			return err
+		}
+		cfg.Source = nodeagent.KubeSource(client, f.nodeName)
+	} else {
+		cfg.Source = nodeagent.OneHostSource(f.api)
+	}
 	agent, err := nodeagent.New(cfg)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return agent.Run(ctx)
+	if err := agent.Run(ctx); err != nil {
+		return err
+	}
+	if client != nil {
+		return removeIfUninstalled(client, f.namespace, cfg.Table)
+	}
+	return nil
+}
+
+// removeIfUninstalled removes the policy table when the agent stops
+// because Trellis is being uninstalled (its DaemonSet is gone or going),
+// so no stale rule outlives it. On any other stop (a restart, an upgrade)
+// the rules stay in force until the next agent replaces them.
+func removeIfUninstalled(client kubernetes.Interface, namespace, table string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ds, err := client.AppsV1().DaemonSets(namespace).Get(ctx, daemonSet, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err) || (err == nil && ds.DeletionTimestamp != nil):
+		slog.Info("Trellis is being uninstalled: removing the network policy table", "table", table)
+		return nft.DeleteTable(nft.Table{Name: table})
+	case err != nil:
+		slog.Warn("cannot tell whether Trellis is being uninstalled; the network policy table stays", "err", err)
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/controlplane"
 	"github.com/trellis-mesh/trellis/internal/kube"
+	"github.com/trellis-mesh/trellis/internal/kubeclient"
 	"github.com/trellis-mesh/trellis/internal/push"
 )
 
@@ -18,13 +19,13 @@ import (
 // CA and proxies (GET :15014/debug/ca and /debug/proxies, through the API
 // server's pod proxy).
 type kubeCAAdmin struct {
-	clients   *kube.Clients
+	clients   *kubeclient.Clients
 	namespace string
 	timeout   time.Duration
 }
 
 func newKubeCAAdmin(kubeconfig, namespace string, timeout time.Duration) (*kubeCAAdmin, error) {
-	clients, err := kube.Connect(kubeconfig, "trellis-ca-rotate")
+	clients, err := kubeclient.Connect(kubeconfig, "trellis-ca-rotate")
 	if err != nil {
 		return nil, err
 	}

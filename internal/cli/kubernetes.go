@@ -19,6 +19,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/install"
 	"github.com/trellis-mesh/trellis/internal/kube"
+	"github.com/trellis-mesh/trellis/internal/kubeclient"
 )
 
 // valuesFlags are the install's -f and --set.
@@ -37,9 +38,10 @@ func (f *valuesFlags) values() (install.Values, error) {
 	return f.valuesFor(false)
 }
 
-// valuesFor reads the values; anyImage is set where the images do not
-// matter (uninstall), so a CLI without a version needs no image.tag.
-func (f *valuesFlags) valuesFor(anyImage bool) (install.Values, error) {
+// valuesFor reads the values; uninstall is set where the images do not
+// matter, so a CLI without a version needs no image.tag, and where every
+// optional part is planned (deleting one never installed is a no-op).
+func (f *valuesFlags) valuesFor(uninstall bool) (install.Values, error) {
 	v := install.Defaults()
 	for _, file := range f.files {
 		if err := v.LoadFile(file); err != nil {
@@ -51,8 +53,11 @@ func (f *valuesFlags) valuesFor(anyImage bool) (install.Values, error) {
 			return v, err
 		}
 	}
-	if anyImage && v.Image.Tag == "" {
-		v.Image.Tag = "any"
+	if uninstall {
+		if v.Image.Tag == "" {
+			v.Image.Tag = "any"
+		}
+		v.NodeAgent.Enabled = true
 	}
 	return v, v.Check()
 }
@@ -68,7 +73,7 @@ func plan(v install.Values, kubeconfig string) ([]*unstructured.Unstructured, *k
 		}
 		objs = append(objs, u)
 	}
-	rc, err := kube.RESTConfig(kubeconfig)
+	rc, err := kubeclient.RESTConfig(kubeconfig)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -194,7 +199,7 @@ func injectRoots(ctx context.Context, file, kubeconfig string) ([]byte, error) {
 	if file != "" {
 		return os.ReadFile(file)
 	}
-	client, _, err := kube.NewClient(kubeconfig, "trellis-inject")
+	client, _, err := kubeclient.NewClient(kubeconfig, "trellis-inject")
 	if err != nil {
 		return nil, fmt.Errorf("%w (or give the roots with --ca-root)", err)
 	}
@@ -308,7 +313,7 @@ func newCheckCmd(o *options) *cobra.Command {
 		Short: "Check a Kubernetes cluster before install (--pre), or the installed mesh: control plane, webhook, roots, sidecars",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			clients, err := kube.Connect(kubeconfig, "trellis-check")
+			clients, err := kubeclient.Connect(kubeconfig, "trellis-check")
 			if err != nil {
 				return err
 			}
@@ -360,7 +365,7 @@ func newRestartInjectedCmd(o *options) *cobra.Command {
 		Short: "Restart the Deployments, StatefulSets and DaemonSets of a meshed namespace whose pods run without a sidecar",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			clients, err := kube.Connect(kubeconfig, "trellis-restart-injected")
+			clients, err := kubeclient.Connect(kubeconfig, "trellis-restart-injected")
 			if err != nil {
 				return err
 			}

@@ -18,6 +18,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/inject"
 	"github.com/trellis-mesh/trellis/internal/kube"
+	"github.com/trellis-mesh/trellis/internal/kubeclient"
 	"github.com/trellis-mesh/trellis/internal/safehttp"
 )
 
@@ -33,12 +34,12 @@ const (
 
 // kubeMode is what the control plane does differently on Kubernetes.
 type kubeMode struct {
-	*kube.Clients
+	*kubeclient.Clients
 	secret kube.CASecret
 }
 
 func newKubeMode(cfg *Config) (*kubeMode, error) {
-	c, err := kube.Connect(cfg.Kubeconfig, "trellis-control")
+	c, err := kubeclient.Connect(cfg.Kubeconfig, "trellis-control")
 	if err != nil {
 		return nil, err
 	}

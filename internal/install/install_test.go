@@ -10,12 +10,13 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 )
 
-// TestRBACVerbs lists every permission the control plane is granted; a new
-// one fails here until it is added to this list on purpose (and to
-// docs/kubernetes.md, which explains each).
+// TestRBACVerbs lists every permission the control plane and the node
+// agent are granted; a new one fails here until it is added to this list
+// on purpose (and to docs/kubernetes.md, which explains each).
 func TestRBACVerbs(t *testing.T) {
 	var got []string
-	for scope, rules := range map[string][]rbacv1.PolicyRule{"cluster": ClusterRules(), "namespace": NamespaceRules()} {
+	for scope, rules := range map[string][]rbacv1.PolicyRule{"cluster": ClusterRules(), "namespace": NamespaceRules(),
+		"node-cluster": NodeAgentClusterRules(), "node-namespace": NodeAgentNamespaceRules()} {
 		for _, r := range rules {
 			for _, g := range r.APIGroups {
 				for _, res := range r.Resources {
@@ -49,6 +50,16 @@ func TestRBACVerbs(t *testing.T) {
 		"namespace  secrets create ",
 		"namespace  secrets get trellis-ca|cacerts",
 		"namespace  secrets update trellis-ca|cacerts",
+		"node-cluster  namespaces get ",
+		"node-cluster  namespaces list ",
+		"node-cluster  namespaces watch ",
+		"node-cluster  pods get ",
+		"node-cluster  pods list ",
+		"node-cluster  pods watch ",
+		"node-cluster networking.k8s.io networkpolicies get ",
+		"node-cluster networking.k8s.io networkpolicies list ",
+		"node-cluster networking.k8s.io networkpolicies watch ",
+		"node-namespace apps daemonsets get trellis-node",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("granted:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

@@ -17,6 +17,9 @@ import (
 // Names of what an install creates.
 const (
 	ControlPlane = "trellis-control"
+	// NodeAgent is the node agent's DaemonSet (and its service account):
+	// cmd/trellis-node looks for it by this name when it stops.
+	NodeAgent = "trellis-node"
 	// WebhookConfig must match kube.WebhookConfigName.
 	WebhookConfig = "trellis-sidecar-injector"
 	// PartOf labels every object of an install.
@@ -29,6 +32,9 @@ const (
 	metricsPort   = 15014
 	webhookPort   = 15017
 	dashboardPort = 20001
+	// nodeMetricsPort is the node agent's /metrics and readiness, on the
+	// node's address.
+	nodeMetricsPort = 15090
 )
 
 // Render returns every object of an install, in apply order (CRDs and the
@@ -61,18 +67,23 @@ func Objects(v Values) []any {
 	tm := func(apiVersion, kind string) metav1.TypeMeta {
 		return metav1.TypeMeta{APIVersion: apiVersion, Kind: kind}
 	}
-	return []any{
-		peerAuthenticationCRD(),
-		&corev1.Namespace{TypeMeta: tm("v1", "Namespace"), ObjectMeta: cluster(v.Namespace)},
-		&corev1.ServiceAccount{TypeMeta: tm("v1", "ServiceAccount"), ObjectMeta: om(ControlPlane)},
-		&rbacv1.ClusterRole{TypeMeta: tm("rbac.authorization.k8s.io/v1", "ClusterRole"), ObjectMeta: cluster(ControlPlane), Rules: ClusterRules()},
-		&rbacv1.ClusterRoleBinding{TypeMeta: tm("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"), ObjectMeta: cluster(ControlPlane),
-			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: ControlPlane},
-			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: ControlPlane, Namespace: v.Namespace}}},
-		&rbacv1.Role{TypeMeta: tm("rbac.authorization.k8s.io/v1", "Role"), ObjectMeta: om(ControlPlane), Rules: NamespaceRules()},
-		&rbacv1.RoleBinding{TypeMeta: tm("rbac.authorization.k8s.io/v1", "RoleBinding"), ObjectMeta: om(ControlPlane),
-			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: ControlPlane},
-			Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: ControlPlane, Namespace: v.Namespace}}},
+	// account is a service account with its cluster-wide and namespaced
+	// rights.
+	account := func(name string, clusterRules, namespaceRules []rbacv1.PolicyRule) []any {
+		subjects := []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: v.Namespace}}
+		return []any{
+			&corev1.ServiceAccount{TypeMeta: tm("v1", "ServiceAccount"), ObjectMeta: om(name)},
+			&rbacv1.ClusterRole{TypeMeta: tm("rbac.authorization.k8s.io/v1", "ClusterRole"), ObjectMeta: cluster(name), Rules: clusterRules},
+			&rbacv1.ClusterRoleBinding{TypeMeta: tm("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"), ObjectMeta: cluster(name),
+				RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name}, Subjects: subjects},
+			&rbacv1.Role{TypeMeta: tm("rbac.authorization.k8s.io/v1", "Role"), ObjectMeta: om(name), Rules: namespaceRules},
+			&rbacv1.RoleBinding{TypeMeta: tm("rbac.authorization.k8s.io/v1", "RoleBinding"), ObjectMeta: om(name),
+				RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: name}, Subjects: subjects},
+		}
+	}
+	objs := []any{peerAuthenticationCRD(), &corev1.Namespace{TypeMeta: tm("v1", "Namespace"), ObjectMeta: cluster(v.Namespace)}}
+	objs = append(objs, account(ControlPlane, ClusterRules(), NamespaceRules())...)
+	objs = append(objs,
 		&corev1.Service{TypeMeta: tm("v1", "Service"), ObjectMeta: om(ControlPlane), Spec: corev1.ServiceSpec{
 			Selector: map[string]string{"app": ControlPlane},
 			Ports: []corev1.ServicePort{
@@ -81,9 +92,73 @@ func Objects(v Values) []any {
 				{Name: "https-webhook", Port: 443, TargetPort: intstr.FromInt32(webhookPort)},
 				{Name: "http-dashboard", Port: dashboardPort, TargetPort: intstr.FromInt32(dashboardPort)},
 			}}},
-		controlPlaneDeployment(v, labels, om(ControlPlane)),
-		webhookConfiguration(v, cluster(WebhookConfig)),
+		controlPlaneDeployment(v, labels, om(ControlPlane)))
+	if v.NodeAgent.Enabled {
+		objs = append(objs, account(NodeAgent, NodeAgentClusterRules(), NodeAgentNamespaceRules())...)
+		objs = append(objs, nodeAgentDaemonSet(v, om(NodeAgent)))
 	}
+	return append(objs, webhookConfiguration(v, cluster(WebhookConfig)))
+}
+
+// NodeAgentClusterRules are what the node agent may do: read what
+// NetworkPolicies select. A test pins the list.
+func NodeAgentClusterRules() []rbacv1.PolicyRule {
+	read := []string{"get", "list", "watch"}
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"namespaces", "pods"}, Verbs: read},
+		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: read},
+	}
+}
+
+// NodeAgentNamespaceRules: the agent reads its own DaemonSet when it
+// stops, to tell an uninstall (remove the rules) from a restart (keep
+// them).
+func NodeAgentNamespaceRules() []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, ResourceNames: []string{NodeAgent}, Verbs: []string{"get"}},
+	}
+}
+
+// nodeAgentDaemonSet runs the node agent on every node, on the host
+// network (the rules it writes are the node's), as root with NET_ADMIN
+// only: nftables needs it, nothing else does.
+func nodeAgentDaemonSet(v Values, meta metav1.ObjectMeta) *appsv1.DaemonSet {
+	ptr := func(b bool) *bool { return &b }
+	root := int64(0)
+	labels := map[string]string{PartOf: "trellis", "app": NodeAgent}
+	field := func(name, path string) corev1.EnvVar {
+		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
+	}
+	ready := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz/ready", Port: intstr.FromInt32(nodeMetricsPort)}},
+		PeriodSeconds: 2, TimeoutSeconds: 2, FailureThreshold: 3}
+	return &appsv1.DaemonSet{TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: "DaemonSet"}, ObjectMeta: meta,
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": NodeAgent}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					ServiceAccountName: NodeAgent,
+					HostNetwork:        true,
+					DNSPolicy:          corev1.DNSClusterFirstWithHostNet,
+					PriorityClassName:  "system-node-critical",
+					Tolerations:        []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+					Containers: []corev1.Container{{
+						Name: NodeAgent, Image: v.image("trellis-node"), ImagePullPolicy: corev1.PullPolicy(v.Image.PullPolicy),
+						Args:           []string{"--kubernetes", "--metrics-addr", fmt.Sprintf("$(HOST_IP):%d", nodeMetricsPort)},
+						Env:            []corev1.EnvVar{field("NODE_NAME", "spec.nodeName"), field("HOST_IP", "status.hostIP"), field("POD_NAMESPACE", "metadata.namespace")},
+						Ports:          []corev1.ContainerPort{{Name: "http-monitoring", ContainerPort: nodeMetricsPort}},
+						ReadinessProbe: ready,
+						Resources: corev1.ResourceRequirements{
+							Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("32Mi")},
+							Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")},
+						},
+						SecurityContext: &corev1.SecurityContext{RunAsUser: &root, RunAsNonRoot: ptr(false), AllowPrivilegeEscalation: ptr(false),
+							ReadOnlyRootFilesystem: ptr(true),
+							Capabilities:           &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"NET_ADMIN"}}},
+					}},
+				},
+			},
+		}}
 }
 
 // ClusterRules are everything the control plane may do cluster-wide:

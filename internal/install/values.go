@@ -30,6 +30,11 @@ type Values struct {
 	ControlPlane struct {
 		Replicas int32 `json:"replicas"`
 	} `json:"controlPlane"`
+	NodeAgent struct {
+		// Enabled runs the node agent, which enforces NetworkPolicy; turn
+		// it off where another engine (Calico, Cilium) does.
+		Enabled bool `json:"enabled"`
+	} `json:"nodeAgent"`
 	// TrustDomain of the mesh's SPIFFE IDs.
 	TrustDomain string `json:"trustDomain"`
 	// Namespace Trellis runs in.
@@ -37,7 +42,7 @@ type Values struct {
 }
 
 // settable are the keys --set takes.
-var settable = []string{"image.repository", "image.tag", "image.pullPolicy", "controlPlane.replicas", "trustDomain", "namespace"}
+var settable = []string{"image.repository", "image.tag", "image.pullPolicy", "controlPlane.replicas", "nodeAgent.enabled", "trustDomain", "namespace"}
 
 // Defaults are the values of an install given nothing.
 func Defaults() Values {
@@ -46,6 +51,7 @@ func Defaults() Values {
 	v.Image.Tag = version()
 	v.Image.PullPolicy = "IfNotPresent"
 	v.ControlPlane.Replicas = 1
+	v.NodeAgent.Enabled = true
 	v.TrustDomain = "cluster.local"
 	v.Namespace = "trellis-system"
 	return v
@@ -106,6 +112,12 @@ func (v *Values) Set(kv string) error {
 			return fmt.Errorf("--set controlPlane.replicas=%s: not a number", val)
 		}
 		v.ControlPlane.Replicas = int32(n)
+	case "nodeAgent.enabled":
+		b, err := strconv.ParseBool(val)
+		if err != nil {
+			return fmt.Errorf("--set nodeAgent.enabled=%s: use true or false", val)
+		}
+		v.NodeAgent.Enabled = b
 	case "trustDomain":
 		v.TrustDomain = val
 	case "namespace":

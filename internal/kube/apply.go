@@ -96,9 +96,11 @@ func (a *Applier) Get(ctx context.Context, u *unstructured.Unstructured) (*unstr
 	return r.Get(ctx, u.GetName(), metav1.GetOptions{})
 }
 
-// Delete deletes u (its dependents in the background) and reports whether
-// it was there. A kind the API server no longer serves counts as gone.
-func (a *Applier) Delete(ctx context.Context, u *unstructured.Unstructured) (bool, error) {
+// Delete deletes u, its dependents first when foreground is set (u stays,
+// marked as being deleted, until they are gone), else in the background,
+// and reports whether it was there. A kind the API server no longer
+// serves counts as gone.
+func (a *Applier) Delete(ctx context.Context, u *unstructured.Unstructured, foreground bool) (bool, error) {
 	r, err := a.resource(u)
 	if apimeta.IsNoMatchError(err) {
 		return false, nil
@@ -106,8 +108,11 @@ func (a *Applier) Delete(ctx context.Context, u *unstructured.Unstructured) (boo
 	if err != nil {
 		return false, err
 	}
-	bg := metav1.DeletePropagationBackground
-	err = r.Delete(ctx, u.GetName(), metav1.DeleteOptions{PropagationPolicy: &bg})
+	policy := metav1.DeletePropagationBackground
+	if foreground {
+		policy = metav1.DeletePropagationForeground
+	}
+	err = r.Delete(ctx, u.GetName(), metav1.DeleteOptions{PropagationPolicy: &policy})
 	if apierrors.IsNotFound(err) {
 		return false, nil
 	}

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/version"
 
+	"github.com/trellis-mesh/trellis/internal/kubeclient"
 	"github.com/trellis-mesh/trellis/internal/push"
 )
 
@@ -39,7 +40,7 @@ const MinKubernetes = 29
 
 // Checker runs `trellis check`'s checks against one cluster.
 type Checker struct {
-	Clients   *Clients
+	Clients   *kubeclient.Clients
 	Namespace string // Trellis's
 	// Now is the clock certificate expiry is judged by. Default time.Now.
 	Now func() time.Time
@@ -66,6 +67,7 @@ func (c *Checker) Pre(ctx context.Context) []CheckResult {
 		{Group: "admissionregistration.k8s.io", Resource: "mutatingwebhookconfigurations", Verb: "create"},
 		{Resource: "namespaces", Verb: "create"},
 		{Group: "apps", Resource: "deployments", Verb: "create", Namespace: c.Namespace},
+		{Group: "apps", Resource: "daemonsets", Verb: "create", Namespace: c.Namespace},
 	} {
 		name := fmt.Sprintf("can %s %s", r.Verb, r.Resource)
 		review, err := c.Clients.Client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
@@ -83,7 +85,53 @@ func (c *Checker) Pre(ctx context.Context) []CheckResult {
 		out = append(out, CheckResult{"pre-install", "namespace " + c.Namespace, "warn", "exists and was not made by trellis install",
 			"install into it anyway, or choose another with --set namespace=NAME"})
 	}
-	return out
+	return append(out, c.otherPolicyEngines(ctx, "pre-install"))
+}
+
+// policyEngines are the DaemonSets of network plugins that enforce
+// NetworkPolicy themselves, by name.
+var policyEngines = map[string]string{"calico-node": "Calico", "cilium": "Cilium", "kube-router": "kube-router",
+	"antrea-agent": "Antrea", "weave-net": "Weave Net", "canal": "Canal"}
+
+// otherPolicyEngines warns when another NetworkPolicy engine runs: then
+// every packet must pass both its rules and the node agent's.
+func (c *Checker) otherPolicyEngines(ctx context.Context, group string) CheckResult {
+	const name = "no other NetworkPolicy engine"
+	dss, err := c.Clients.Client.AppsV1().DaemonSets("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return CheckResult{group, name, "warn", "cannot list DaemonSets: " + err.Error(), "check the kubeconfig's rights"}
+	}
+	var found []string
+	for _, ds := range dss.Items {
+		if engine, ok := policyEngines[ds.Name]; ok {
+			found = append(found, fmt.Sprintf("%s (%s/%s)", engine, ds.Namespace, ds.Name))
+		}
+	}
+	if len(found) > 0 {
+		return CheckResult{group, name, "warn", strings.Join(found, ", ") + " enforces NetworkPolicy too: a packet must pass both",
+			"keep one engine: remove the other, or install Trellis without its node agent (--set nodeAgent.enabled=false)"}
+	}
+	return CheckResult{group, name, "ok", "none found", ""}
+}
+
+// nodeAgents checks that a node agent enforces NetworkPolicy on every node.
+func (c *Checker) nodeAgents(ctx context.Context) CheckResult {
+	const name = "node agents ready"
+	ds, err := c.Clients.Client.AppsV1().DaemonSets(c.Namespace).Get(ctx, "trellis-node", metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return CheckResult{"network-policy", name, "warn", "installed without the node agent: Trellis enforces no NetworkPolicy",
+			"another engine must, or install with --set nodeAgent.enabled=true"}
+	}
+	if err != nil {
+		return CheckResult{"network-policy", name, "fail", err.Error(), "check the kubeconfig's rights"}
+	}
+	st := ds.Status
+	detail := fmt.Sprintf("%d of %d nodes", st.NumberReady, st.DesiredNumberScheduled)
+	if st.NumberReady < st.DesiredNumberScheduled || st.DesiredNumberScheduled == 0 {
+		return CheckResult{"network-policy", name, "fail", detail + ": NetworkPolicy is not enforced where an agent is not ready",
+			"kubectl -n " + c.Namespace + " describe daemonset trellis-node; kubectl -n " + c.Namespace + " logs ds/trellis-node"}
+	}
+	return CheckResult{"network-policy", name, "ok", detail, ""}
 }
 
 // api checks access and version; the last result fails when there is no
@@ -135,6 +183,7 @@ func (c *Checker) Installed(ctx context.Context) []CheckResult {
 	} else {
 		add("control plane ready", "ok", fmt.Sprintf("%d of %d replicas", dep.Status.ReadyReplicas, want), "")
 	}
+	out = append(out, c.nodeAgents(ctx), c.otherPolicyEngines(ctx, "network-policy"))
 	roots, err := WebhookCABundle(ctx, cs, WebhookConfigName)
 	if err != nil {
 		add("injection webhook has the mesh's roots", "fail", err.Error(), "the control plane sets it: see its logs")
@@ -269,7 +318,7 @@ func optedOut(p *corev1.Pod) bool {
 // ProxyStatuses asks every control plane replica of namespace ns which
 // proxies it serves, and returns them by "namespace/pod" (a proxy streams
 // from one replica; the one it is connected to wins).
-func ProxyStatuses(ctx context.Context, clients *Clients, ns string) (map[string]push.ProxyStatus, error) {
+func ProxyStatuses(ctx context.Context, clients *kubeclient.Clients, ns string) (map[string]push.ProxyStatus, error) {
 	answers, err := ControlPlaneGet(ctx, clients, ns, "/debug/proxies")
 	if err != nil {
 		return nil, err
@@ -293,7 +342,7 @@ func ProxyStatuses(ctx context.Context, clients *Clients, ns string) (map[string
 // ControlPlaneGet asks every running control plane pod of namespace ns
 // for path on its metrics port (15014), through the API server's pod
 // proxy, and returns the answers by pod name.
-func ControlPlaneGet(ctx context.Context, clients *Clients, ns, path string) (map[string][]byte, error) {
+func ControlPlaneGet(ctx context.Context, clients *kubeclient.Clients, ns, path string) (map[string][]byte, error) {
 	cs := clients.Client
 	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=trellis-control", FieldSelector: "status.phase=Running"})
 	if err != nil {
@@ -339,7 +388,7 @@ func parseCerts(pemData []byte) ([]*x509.Certificate, error) {
 // RestartInjected restarts the Deployments, StatefulSets and DaemonSets of
 // namespace ns whose running pods lack the sidecar injection would give
 // them (as `kubectl rollout restart`), and returns what it restarted.
-func RestartInjected(ctx context.Context, clients *Clients, ns string) ([]string, error) {
+func RestartInjected(ctx context.Context, clients *kubeclient.Clients, ns string) ([]string, error) {
 	cs := clients.Client
 	nsObj, err := cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 	if err != nil {

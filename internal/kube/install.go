@@ -12,8 +12,8 @@ import (
 
 // Install applies objs in order and, when wait is set, waits until each
 // is ready: CRDs established before anything after them, Deployments
-// available, a webhook registration trusting its server (its caBundle
-// set). Progress lines go to w.
+// available, DaemonSets ready on every node, a webhook registration
+// trusting its server (its caBundle set). Progress lines go to w.
 func (a *Applier) Install(ctx context.Context, objs []*unstructured.Unstructured, wait bool, w io.Writer) error {
 	for _, u := range objs {
 		if err := a.Apply(ctx, u); err != nil {
@@ -34,6 +34,8 @@ func (a *Applier) Install(ctx context.Context, objs []*unstructured.Unstructured
 		switch u.GetKind() {
 		case "Deployment":
 			check = available
+		case "DaemonSet":
+			check = everyNode
 		case "MutatingWebhookConfiguration":
 			check = caBundleSet
 		default:
@@ -49,21 +51,30 @@ func (a *Applier) Install(ctx context.Context, objs []*unstructured.Unstructured
 
 // Uninstall deletes objs in reverse order (the webhook registration
 // first, so no pod is sent to a control plane going away) and waits until
-// they are gone. Progress lines go to w.
+// they are gone. A DaemonSet is deleted in the foreground and waited for
+// before anything after it: its pods (the node agents) stop while their
+// DaemonSet is still there to say it is going, and their rights to read
+// it, so they remove their rules. Progress lines go to w.
 func (a *Applier) Uninstall(ctx context.Context, objs []*unstructured.Unstructured, w io.Writer) error {
 	rev := slices.Clone(objs)
 	slices.Reverse(rev)
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
 	for _, u := range rev {
-		found, err := a.Delete(ctx, u)
+		foreground := u.GetKind() == "DaemonSet"
+		found, err := a.Delete(ctx, u, foreground)
 		if err != nil {
 			return err
 		}
 		if found {
 			fmt.Fprintf(w, "deleted %s %s\n", u.GetKind(), qualified(u))
 		}
+		if found && foreground {
+			if err := a.WaitGone(wctx, u); err != nil {
+				return err
+			}
+		}
 	}
-	wctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancel()
 	for _, u := range rev {
 		if err := a.WaitGone(wctx, u); err != nil {
 			return err
@@ -117,6 +128,17 @@ func available(u *unstructured.Unstructured) error {
 	updated, _, _ := unstructured.NestedInt64(u.Object, "status", "updatedReplicas")
 	if gen < u.GetGeneration() || ready < want || updated < want {
 		return fmt.Errorf("%d of %d replicas ready (see kubectl -n %s describe deployment %s)", ready, want, u.GetNamespace(), u.GetName())
+	}
+	return nil
+}
+
+func everyNode(u *unstructured.Unstructured) error {
+	want, _, _ := unstructured.NestedInt64(u.Object, "status", "desiredNumberScheduled")
+	gen, _, _ := unstructured.NestedInt64(u.Object, "status", "observedGeneration")
+	ready, _, _ := unstructured.NestedInt64(u.Object, "status", "numberReady")
+	updated, _, _ := unstructured.NestedInt64(u.Object, "status", "updatedNumberScheduled")
+	if gen < u.GetGeneration() || want == 0 || ready < want || updated < want {
+		return fmt.Errorf("ready on %d of %d nodes (see kubectl -n %s describe daemonset %s)", ready, want, u.GetNamespace(), u.GetName())
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/kubeclient"
 )
 
 // testCluster connects to the real API server the Kubernetes tier gives
@@ -24,7 +25,7 @@ func testCluster(t *testing.T) kubernetes.Interface {
 	if kc == "" {
 		t.Skip("needs a real API server: set TRELLIS_TEST_KUBECONFIG (the k8s tier of scripts/test.sh does)")
 	}
-	client, _, err := NewClient(kc, "trellis-test")
+	client, _, err := kubeclient.NewClient(kc, "trellis-test")
 	if err != nil {
 		t.Fatal(err)
 	}

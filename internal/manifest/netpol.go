@@ -17,12 +17,22 @@ func decodeNetworkPolicy(doc []byte) (catalog.Ref, any, error) {
 	if err := strict(doc, &o, "NetworkPolicy"); err != nil {
 		return catalog.Ref{}, nil, err
 	}
-	m := meta(o.ObjectMeta, true)
-	ref := catalog.Ref{Kind: catalog.KindNetworkPolicy, Namespace: m.Namespace, Name: m.Name}
-	np := &catalog.NetworkPolicy{Meta: m}
+	np, err := NetworkPolicy(&o)
+	ref := catalog.Ref{Kind: catalog.KindNetworkPolicy, Namespace: o.Namespace, Name: o.Name}
+	if err != nil {
+		return ref, nil, err
+	}
+	return ref, np, nil
+}
+
+// NetworkPolicy converts a networking.k8s.io/v1 NetworkPolicy (from a
+// manifest, or as an API server holds it) to the catalog's form, with the
+// checks one-host mode makes: ipBlocks are IPv4.
+func NetworkPolicy(o *networkingv1.NetworkPolicy) (*catalog.NetworkPolicy, error) {
+	np := &catalog.NetworkPolicy{Meta: meta(o.ObjectMeta, true)}
 	var err error
 	if np.PodSelector, err = selector(o.Spec.PodSelector, "spec.podSelector"); err != nil {
-		return ref, nil, err
+		return nil, err
 	}
 	// policyTypes defaulting, as the API server does.
 	if len(o.Spec.PolicyTypes) == 0 {
@@ -35,24 +45,24 @@ func decodeNetworkPolicy(doc []byte) (catalog.Ref, any, error) {
 		case networkingv1.PolicyTypeEgress:
 			np.Egress = true
 		default:
-			return ref, nil, fmt.Errorf("spec.policyTypes: %q: use Ingress or Egress", t)
+			return nil, fmt.Errorf("spec.policyTypes: %q: use Ingress or Egress", t)
 		}
 	}
 	for i, r := range o.Spec.Ingress {
 		rule, err := policyRule(r.From, r.Ports, fmt.Sprintf("spec.ingress[%d]", i), "from")
 		if err != nil {
-			return ref, nil, err
+			return nil, err
 		}
 		np.IngressRules = append(np.IngressRules, rule)
 	}
 	for i, r := range o.Spec.Egress {
 		rule, err := policyRule(r.To, r.Ports, fmt.Sprintf("spec.egress[%d]", i), "to")
 		if err != nil {
-			return ref, nil, err
+			return nil, err
 		}
 		np.EgressRules = append(np.EgressRules, rule)
 	}
-	return ref, np, nil
+	return np, nil
 }
 
 func policyRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort, field, peerField string) (catalog.NetworkPolicyRule, error) {

@@ -29,6 +29,9 @@ type Pod struct {
 	IP              netip.Addr
 	Labels          map[string]string
 	Ports           []catalog.ContainerPort
+	// Remote: the pod runs on another node, whose agent isolates it; here
+	// it is only a peer that policies' selectors may name.
+	Remote bool `json:",omitempty"`
 }
 
 // RuleSet is the compiled form of every policy, in namespace/name order.
@@ -98,7 +101,7 @@ func (c *compiler) policy(np *catalog.NetworkPolicy) Policy {
 	p := Policy{Namespace: np.Namespace, Name: np.Name, Ingress: np.Ingress, Egress: np.Egress}
 	var selected []Pod
 	for _, pod := range c.pods {
-		if pod.Namespace == np.Namespace && np.PodSelector.Matches(pod.Labels) {
+		if !pod.Remote && pod.Namespace == np.Namespace && np.PodSelector.Matches(pod.Labels) {
 			selected = append(selected, pod)
 			p.Pods = append(p.Pods, pod.IP)
 		}

@@ -98,3 +98,25 @@ func TestMergeRanges(t *testing.T) {
 		t.Errorf("mergeRanges() = %s", s)
 	}
 }
+
+// A pod of another node is a peer policies may name, never isolated here:
+// its own node's agent isolates it.
+func TestRemotePodsArePeersOnly(t *testing.T) {
+	local, remote := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	web := map[string]string{"app": "web"}
+	in := Input{
+		Namespaces: map[string]map[string]string{"shop": nil},
+		Pods: []Pod{{Namespace: "shop", Name: "here", IP: local, Labels: web},
+			{Namespace: "shop", Name: "there", IP: remote, Labels: web, Remote: true}},
+		Policies: []*catalog.NetworkPolicy{{Meta: catalog.Meta{Namespace: "shop", Name: "web-from-web"},
+			PodSelector: catalog.LabelSelector{MatchLabels: web}, Ingress: true,
+			IngressRules: []catalog.NetworkPolicyRule{{Peers: []catalog.NetworkPolicyPeer{{PodSelector: &catalog.LabelSelector{MatchLabels: web}}}}}}},
+	}
+	p := Compile(in).Policies[0]
+	if len(p.Pods) != 1 || p.Pods[0] != local {
+		t.Errorf("isolated pods %v, want only the local %v", p.Pods, local)
+	}
+	if len(p.IngressRules) != 1 || len(p.IngressRules[0].Peers) != 1 || p.IngressRules[0].Peers[0] != (Range{local, remote}) {
+		t.Errorf("ingress rules %+v, want one allowing both pods %v-%v", p.IngressRules, local, remote)
+	}
+}

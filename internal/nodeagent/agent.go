@@ -68,7 +68,8 @@ type Agent struct {
 	applied prometheus.Histogram
 	rules   prometheus.Gauge
 
-	pods atomic.Pointer[map[netip.Addr]string] // "namespace/name" by address, for denied-flow labels
+	pods  atomic.Pointer[map[netip.Addr]string] // "namespace/name" by address, for denied-flow labels
+	ready atomic.Bool                           // the policies were applied once
 
 	// Owned by Run's goroutine.
 	version  uint64
@@ -172,6 +173,7 @@ func (a *Agent) sync(snap Snapshot) error {
 	a.pods.Store(&pods)
 	a.version, a.ruleset, a.expected = snap.Version, rs, nft.ExpectedRuleCounts(rs)
 	a.applies++
+	a.ready.Store(true)
 	return nil
 }
 
@@ -326,6 +328,15 @@ func (a *Agent) serveMetrics() (*http.Server, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	// Ready once the mesh's policies are in the kernel: the DaemonSet's
+	// readiness probe, which `trellis install` and `trellis check` wait for.
+	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.ready.Load() {
+			http.Error(w, "network policies not applied yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
 	srv := safehttp.Server(mux)
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

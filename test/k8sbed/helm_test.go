@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +29,7 @@ const chartDir = "../../charts/trellis"
 func TestHelmChartRendersTheInstall(t *testing.T) {
 	for _, sets := range [][]string{
 		{"image.tag=v1.2.3"},
+		{"image.tag=v1.2.3", "nodeAgent.enabled=false"},
 		{"image.tag=v9", "image.repository=registry.example.com/mesh", "image.pullPolicy=Always", "controlPlane.replicas=2",
 			"trustDomain=example.org", "namespace=mesh-system"},
 	} {
@@ -76,9 +78,11 @@ func renderChart(t *testing.T, sets []string) string {
 			}
 			m = m[p].(map[string]any)
 		}
-		var val any = v
-		if k == "controlPlane.replicas" {
-			val = 2
+		var val any = v // as helm --set types them: numbers and booleans
+		if n, err := strconv.Atoi(v); err == nil {
+			val = n
+		} else if b, err := strconv.ParseBool(v); err == nil {
+			val = b
 		}
 		m[parts[len(parts)-1]] = val
 	}

@@ -81,7 +81,6 @@ func TestMeshOnKubernetes(t *testing.T) {
 		t.Errorf("a pod of an unlabelled namespace was injected: %s", outsideInits)
 	}
 	meshClient := podIP(t, ctx, bed, "mesh", "app=client")
-	helloURL := "http://hello.mesh.svc.cluster.local/"
 
 	for _, proto := range []string{"http1", "h2c", "grpc"} {
 		url := helloURL
@@ -186,6 +185,8 @@ func TestMeshOnKubernetes(t *testing.T) {
 	if lines := fetch(t, outsideClient, helloURL, 3, "http1"); !allPrefixed(lines, "200 hello from") {
 		t.Errorf("under PERMISSIVE, the unmeshed client got %q, want the greeting", lines)
 	}
+	checkNetworkPolicy(t, ctx, bed, meshClient, outsideClient)
+	step("NetworkPolicy enforced by the node agent")
 	apply(t, ctx, bed, `apiVersion: security.trellis.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: mesh}
@@ -284,7 +285,84 @@ spec: {mtls: {mode: STRICT}}
 	step("uninstalled")
 }
 
-// checkNoTrellis fails t for anything of Trellis left in the cluster.
+// helloURL is the meshed server's Service.
+const helloURL = "http://hello.mesh.svc.cluster.local/"
+
+// meshOnlyPolicy lets only the pods of meshed namespaces reach the
+// server: the walkthrough's policy.
+const meshOnlyPolicy = `apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: mesh-members-only, namespace: mesh}
+spec:
+  podSelector: {matchLabels: {app: hello}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {trellis.io/inject: enabled}}}]
+`
+
+// checkNetworkPolicy: the node agent enforces a NetworkPolicy on the
+// node: an unmeshed client's packets to the server are dropped and
+// counted per policy, a meshed client (through both sidecars) is still
+// served, rules deleted by hand come back, and without the policy the
+// unmeshed client is served again.
+func checkNetworkPolicy(t *testing.T, ctx context.Context, bed *Bed, meshClient, outsideClient string) {
+	t.Helper()
+	apply(t, ctx, bed, meshOnlyPolicy)
+	if err := waitFor(ctx, "the policy to stop the unmeshed client", 30*time.Second, func() error {
+		if lines := fetch(t, outsideClient, helloURL, 1, "http1"); allPrefixed(lines, "200") {
+			return fmt.Errorf("still served: %q", lines)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	if lines := fetch(t, meshClient, helloURL, 5, "http1"); !allPrefixed(lines, "200 hello from") {
+		t.Errorf("with the policy, the meshed client got %q, want the greeting", lines)
+	}
+	metrics := get(t, "http://"+nodeAddr+":15090/metrics")
+	denied := regexp.MustCompile(`trellis_netpol_denied_packets_total\{direction="ingress",namespace="mesh",policy="mesh-members-only"\} ([1-9][0-9]*)`)
+	if !denied.MatchString(metrics) {
+		t.Errorf("the node agent's metrics count no packet denied by mesh/mesh-members-only:\n%s", grepLines(metrics, "trellis_netpol"))
+	}
+	// Drift: every rule of the table flushed by hand is back within
+	// the agent's resync.
+	rules := func() int {
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", netnsName, "nft", "-j", "list", "table", "ip", "trellis-netpol").Output()
+		if err != nil {
+			t.Fatalf("the node agent's table: %v", err)
+		}
+		return strings.Count(string(out), `{"rule":`)
+	}
+	want := rules()
+	if out, err := exec.CommandContext(ctx, "ip", "netns", "exec", netnsName, "nft", "flush", "table", "ip", "trellis-netpol").CombinedOutput(); err != nil {
+		t.Fatalf("nft flush: %v\n%s", err, out)
+	}
+	if err := waitFor(ctx, "the flushed rules to come back", 5*time.Second, func() error {
+		if got := rules(); got != want {
+			return fmt.Errorf("%d of %d rules", got, want)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	if lines := fetch(t, outsideClient, helloURL, 1, "http1"); allPrefixed(lines, "200") {
+		t.Errorf("after the repair, the unmeshed client was served: %q", lines)
+	}
+	if out, err := bed.kubectl(ctx, "-n", "mesh", "delete", "networkpolicy", "mesh-members-only"); err != nil {
+		t.Fatal(err, out)
+	}
+	if err := waitFor(ctx, "the unmeshed client to be served without the policy", 30*time.Second, func() error {
+		if lines := fetch(t, outsideClient, helloURL, 1, "http1"); !allPrefixed(lines, "200 hello from") {
+			return fmt.Errorf("got %q", lines)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+}
+
+// checkNoTrellis fails t for anything of Trellis left in the cluster, and
+// on the node.
 func checkNoTrellis(t *testing.T, ctx context.Context, bed *Bed) {
 	t.Helper()
 	for _, check := range [][]string{
@@ -293,6 +371,8 @@ func checkNoTrellis(t *testing.T, ctx context.Context, bed *Bed) {
 		{"get", "mutatingwebhookconfiguration", "trellis-sidecar-injector"},
 		{"get", "clusterrole", "trellis-control"},
 		{"get", "clusterrolebinding", "trellis-control"},
+		{"get", "clusterrole", "trellis-node"},
+		{"get", "clusterrolebinding", "trellis-node"},
 	} {
 		if out, err := bed.kubectl(ctx, check...); err == nil || !strings.Contains(out, "NotFound") {
 			t.Errorf("after uninstall, kubectl %s: %s", strings.Join(check, " "), out)
@@ -300,6 +380,9 @@ func checkNoTrellis(t *testing.T, ctx context.Context, bed *Bed) {
 	}
 	if left, _ := bed.kubectl(ctx, "get", "all,sa,role,rolebinding,secret,configmap", "-A", "-l", "app.kubernetes.io/part-of=trellis", "-o", "name"); strings.TrimSpace(left) != "" {
 		t.Errorf("after uninstall, objects of Trellis are left:\n%s", left)
+	}
+	if out, err := exec.CommandContext(ctx, "ip", "netns", "exec", netnsName, "nft", "list", "table", "ip", "trellis-netpol").CombinedOutput(); err == nil {
+		t.Errorf("after uninstall, the node agent's rules are still in the node's kernel:\n%.500s", out)
 	}
 }
 

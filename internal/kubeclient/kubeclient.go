@@ -1,9 +1,8 @@
-// Package kube is Trellis's Kubernetes side: the discovery source fed by
-// informers, TokenReview attestation of first certificates, the CA root
-// kept in a Secret, the injection webhook's registration, and applying the
-// objects `trellis install` renders. It is the only package (with
-// internal/discovery) that links client-go: the proxy never does.
-package kube
+// Package kubeclient connects to a Kubernetes API server: from a
+// kubeconfig, or in a pod from its service account. A leaf (it imports
+// client-go only), so the node agent links it without the control plane's
+// Kubernetes side (internal/kube).
+package kubeclient
 
 import (
 	"fmt"
