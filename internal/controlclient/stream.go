@@ -410,8 +410,13 @@ func (c *Control) update(upd *meshpb.ConfigUpdate) error {
 	if n := len(upd.GetRevokedPods()); n > MaxRevokedPods {
 		return fmt.Errorf("revoked_pods lists %d pods, more than %d", n, MaxRevokedPods)
 	}
-	if err := c.Apply(next); err != nil {
-		return err
+	// An update of the trust bundle, deny list or renewal demand alone
+	// leaves the config as it is: nothing to apply.
+	same := !upd.GetFull() && cur != nil && upd.GetVersion() == cur.GetVersion() && len(upd.GetUpsert())+len(upd.GetRemove()) == 0
+	if !same {
+		if err := c.Apply(next); err != nil {
+			return err
+		}
 	}
 	if len(roots) > 0 {
 		c.setBundle(roots, upd.GetTrustBundleVersion())

@@ -164,7 +164,18 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 		}
 	}
 	o.balancers = keep
-	o.routes.Store(t)
+	old := o.routes.Swap(t)
+	for addr := range old.peers {
+		if _, ok := t.peers[addr]; !ok {
+			// An endpoint left. Its address may soon be another pod's: a
+			// pooled connection to the one that left must not carry a
+			// request there, so idle ones go now (busy ones finish; a
+			// dead peer's are found by the HTTP/2 ping).
+			o.mesh.CloseIdleConnections()
+			o.plain.CloseIdleConnections()
+			break
+		}
+	}
 }
 
 func lbPolicy(lb meshpb.LoadBalancing) balancer.Policy {
