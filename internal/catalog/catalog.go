@@ -9,6 +9,7 @@
 package catalog
 
 import (
+	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
@@ -229,6 +230,19 @@ type Service struct {
 	Ports    []ServicePort
 	// ClusterIP is assigned by the runtime; zero until then.
 	ClusterIP netip.Addr
+	// Endpoints of a Service without a selector: the addresses its
+	// EndpointSlices list (kept by whoever manages them, on Kubernetes).
+	// Each may be a meshed pod's address or any other.
+	Endpoints []ServiceEndpoint `json:",omitempty"`
+}
+
+// ServiceEndpoint is one listed address of a Service without a selector.
+type ServiceEndpoint struct {
+	IP    netip.Addr
+	Ready bool
+	// Ports are the port on IP of each service port, by the service port's
+	// name.
+	Ports map[string]int32
 }
 
 // ServicePort maps a service port to a target port on the selected pods.
@@ -297,6 +311,43 @@ func FormatLabels(labels map[string]string) string {
 // the app on 127.0.0.1 instead of the pod's address (for an app that
 // listens on loopback only, which the mesh then reaches too).
 const AnnotationInboundToLocalhost = "trellis.io/inbound-to-localhost"
+
+// AnnotationExcludeOutboundIPRanges (Istio's) lists the IPv4 ranges a
+// pod's outbound traffic reaches without its sidecar, comma-separated
+// (e.g. "10.0.0.0/8,192.168.1.1/32").
+const AnnotationExcludeOutboundIPRanges = "traffic.sidecar.istio.io/excludeOutboundIPRanges"
+
+// MaxExcludedRanges bounds AnnotationExcludeOutboundIPRanges: each range
+// is a rule every new outbound connection passes.
+const MaxExcludedRanges = 64
+
+// ParseIPRanges reads an AnnotationExcludeOutboundIPRanges value: IPv4
+// CIDRs (a bare address is one /32), at most MaxExcludedRanges. The error
+// names the entry and the fix.
+func ParseIPRanges(v string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for f := range strings.SplitSeq(v, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			a, aerr := netip.ParseAddr(f)
+			if aerr != nil {
+				return nil, fmt.Errorf("%q is not an IPv4 range: write it as 10.0.0.0/8 or 192.168.1.1", f)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if !p.Addr().Is4() {
+			return nil, fmt.Errorf("%q: only IPv4 ranges are supported (the capture rules are IPv4)", f)
+		}
+		out = append(out, p.Masked())
+	}
+	if len(out) > MaxExcludedRanges {
+		return nil, fmt.Errorf("%d ranges, more than %d: merge them into wider ones", len(out), MaxExcludedRanges)
+	}
+	return out, nil
+}
 
 // KindPeerAuthentication is the Istio-shaped PeerAuthentication kind.
 const KindPeerAuthentication Kind = "PeerAuthentication"

@@ -48,7 +48,6 @@ const (
 	annTrellisInject    = "trellis.io/inject"
 	annExcludeInbound   = "traffic.sidecar.istio.io/excludeInboundPorts"
 	annExcludeOutbound  = "traffic.sidecar.istio.io/excludeOutboundPorts"
-	annExcludeOutRanges = "traffic.sidecar.istio.io/excludeOutboundIPRanges"
 	annDefaultContainer = "kubectl.kubernetes.io/default-container"
 )
 
@@ -99,10 +98,6 @@ func Pod(pod *corev1.Pod, ns string, cfg Config) error {
 	if _, ok := pod.Annotations[StatusAnnotation]; ok || hasContainer(pod.Spec.InitContainers, ProxyContainer) {
 		return &Skipped{"the pod has a Trellis sidecar already"}
 	}
-	if _, ok := pod.Annotations[annExcludeOutRanges]; ok {
-		return fmt.Errorf("annotation %s is not supported yet: exclude ports with %s instead, or opt the pod out with %s: \"false\"",
-			annExcludeOutRanges, annExcludeOutbound, annInject)
-	}
 	if cfg.ProxyImage == "" || cfg.ControlPlane == "" || cfg.TrustDomain == "" || len(cfg.RootPEM) == 0 {
 		return errors.New("inject: the proxy image, control plane address, trust domain and roots must be configured")
 	}
@@ -125,6 +120,10 @@ func Pod(pod *corev1.Pod, ns string, cfg Config) error {
 	outbound, err := portList(pod.Annotations[annExcludeOutbound], annExcludeOutbound)
 	if err != nil {
 		return err
+	}
+	ranges, err := catalog.ParseIPRanges(pod.Annotations[catalog.AnnotationExcludeOutboundIPRanges])
+	if err != nil {
+		return fmt.Errorf("annotation %s: %w", catalog.AnnotationExcludeOutboundIPRanges, err)
 	}
 	containers := make([]corev1.Container, len(pod.Spec.Containers))
 	for i := range containers {
@@ -159,6 +158,13 @@ func Pod(pod *corev1.Pod, ns string, cfg Config) error {
 	}
 	if outbound != "" {
 		redirect = append(redirect, "--exclude-outbound", outbound)
+	}
+	if len(ranges) > 0 {
+		var rs []string
+		for _, r := range ranges {
+			rs = append(rs, r.String())
+		}
+		redirect = append(redirect, "--exclude-outbound-ranges", strings.Join(rs, ","))
 	}
 	initC := corev1.Container{
 		Name: InitContainer, Image: cfg.ProxyImage, ImagePullPolicy: cfg.PullPolicy, Args: redirect,

@@ -121,9 +121,12 @@ func TestSkipsAndRefusals(t *testing.T) {
 		{"bad port annotation", base(func(p *corev1.Pod) {
 			p.Annotations = map[string]string{"traffic.sidecar.istio.io/excludeOutboundPorts": "80,http"}
 		}), false, `"http" is not a port number`},
-		{"unsupported CIDR annotation", base(func(p *corev1.Pod) {
-			p.Annotations = map[string]string{"traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.0.0.0/8"}
-		}), false, "not supported yet"},
+		{"an IPv6 range to exclude", base(func(p *corev1.Pod) {
+			p.Annotations = map[string]string{"traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.0.0.0/8,fd00::/8"}
+		}), false, "only IPv4 ranges"},
+		{"a range that is not one", base(func(p *corev1.Pod) {
+			p.Annotations = map[string]string{"traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.0.0.0/33"}
+		}), false, "write it as 10.0.0.0/8"},
 		{"a container named like the sidecar", base(func(p *corev1.Pod) { p.Spec.Containers[0].Name = "trellis-proxy" }), false, "rename it"},
 		{"an app running as the sidecar's uid", base(func(p *corev1.Pod) {
 			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: &uid}

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
@@ -39,8 +41,9 @@ var PeerAuthenticationResources = []schema.GroupVersionResource{
 }
 
 // Source is a discovery.Source fed by informers on the API server:
-// Namespaces, Pods, Services and PeerAuthentications of every namespace
-// become catalog snapshots, published at most once per Settle after a
+// Namespaces, Pods, Services, PeerAuthentications and the EndpointSlices
+// of Services without a selector, of every namespace, become catalog
+// snapshots, published at most once per Settle after a
 // burst of changes (scaling a Deployment changes many pods at once).
 type Source struct {
 	Client  kubernetes.Interface
@@ -79,7 +82,14 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 	}
 	f := informers.NewSharedInformerFactory(s.Client, resync)
 	nsInf, podInf, svcInf := f.Core().V1().Namespaces(), f.Core().V1().Pods(), f.Core().V1().Services()
-	for _, inf := range []cache.SharedIndexInformer{nsInf.Informer(), podInf.Informer(), svcInf.Informer()} {
+	// EndpointSlices matter only for Services without a selector (the
+	// endpoints of the others come from their pods): the slices the
+	// endpoint controller keeps, which follow every pod, are not watched.
+	sf := informers.NewSharedInformerFactoryWithOptions(s.Client, resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.LabelSelector = discoveryv1.LabelManagedBy + "!=" + endpointSliceController
+	}))
+	sliceInf := sf.Discovery().V1().EndpointSlices()
+	for _, inf := range []cache.SharedIndexInformer{nsInf.Informer(), podInf.Informer(), svcInf.Informer(), sliceInf.Informer()} {
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return err
 		}
@@ -94,12 +104,16 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 		paListers = append(paListers, inf.Lister())
 	}
 	f.Start(ctx.Done())
+	sf.Start(ctx.Done())
 	df.Start(ctx.Done())
 	defer f.Shutdown()
+	defer sf.Shutdown()
 	defer df.Shutdown()
-	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return ignoreDone(ctx, fmt.Errorf("kubernetes: informer for %v did not sync", typ))
+	for _, synced := range []map[reflect.Type]bool{f.WaitForCacheSync(ctx.Done()), sf.WaitForCacheSync(ctx.Done())} {
+		for typ, ok := range synced {
+			if !ok {
+				return ignoreDone(ctx, fmt.Errorf("kubernetes: informer for %v did not sync", typ))
+			}
 		}
 	}
 	for gvr, ok := range df.WaitForCacheSync(ctx.Done()) {
@@ -119,6 +133,10 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 		svcs, _ := svcInf.Lister().List(labels.Everything())
 		for _, svc := range svcs {
 			if c := Service(svc); c != nil {
+				if len(c.Selector) == 0 {
+					listed, _ := sliceInf.Lister().EndpointSlices(svc.Namespace).List(labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: svc.Name}))
+					c.Endpoints = ListedEndpoints(listed)
+				}
 				snap.Services = append(snap.Services, c)
 			}
 		}
@@ -206,6 +224,44 @@ func Service(svc *corev1.Service) *catalog.Service {
 		c.Ports = append(c.Ports, sp)
 	}
 	return c
+}
+
+// endpointSliceController is the managed-by label of the slices
+// Kubernetes keeps for Services with a selector.
+const endpointSliceController = "endpointslice-controller.k8s.io"
+
+// ListedEndpoints are the IPv4 endpoints EndpointSlices list for a Service
+// without a selector, with the port of each service port by name. An
+// endpoint whose ready condition is unset counts as ready, as the API
+// defines it.
+func ListedEndpoints(slices []*discoveryv1.EndpointSlice) []catalog.ServiceEndpoint {
+	var out []catalog.ServiceEndpoint
+	for _, sl := range slices {
+		if sl.AddressType != discoveryv1.AddressTypeIPv4 {
+			continue
+		}
+		ports := map[string]int32{}
+		for _, p := range sl.Ports {
+			if p.Port != nil && (p.Protocol == nil || *p.Protocol == corev1.ProtocolTCP) {
+				ports[ptrOr(p.Name, "")] = *p.Port
+			}
+		}
+		for _, e := range sl.Endpoints {
+			for _, a := range e.Addresses {
+				if ip, err := netip.ParseAddr(a); err == nil && ip.Is4() {
+					out = append(out, catalog.ServiceEndpoint{IP: ip, Ready: e.Conditions.Ready == nil || *e.Conditions.Ready, Ports: ports})
+				}
+			}
+		}
+	}
+	return out
+}
+
+func ptrOr[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
 }
 
 // RunningPod is the catalog's view of p: its labels, service account,

@@ -148,5 +148,6 @@ func setUpCapture(netnsName string, annotations map[string]string, proxyUID uint
 	return proxy.SetUpCapture(int(ns), proxy.CaptureFlags{
 		ProxyUID:       proxyUID,
 		ExcludeInbound: annotations[excludeInboundAnn], ExcludeOutbound: annotations[excludeOutbound],
+		ExcludeOutboundRanges: annotations[catalog.AnnotationExcludeOutboundIPRanges],
 	})
 }

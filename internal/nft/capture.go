@@ -2,6 +2,8 @@ package nft
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -29,12 +31,15 @@ type Capture struct {
 	// ExcludeInbound and ExcludeOutbound are ports left alone, as Istio's
 	// excludeInboundPorts / excludeOutboundPorts annotations say.
 	ExcludeInbound, ExcludeOutbound []uint16
+	// ExcludeOutboundRanges are IPv4 destinations left alone, as Istio's
+	// excludeOutboundIPRanges annotation says.
+	ExcludeOutboundRanges []netip.Prefix
 }
 
 // ApplyCapture replaces table (in the pod's namespace) with c's rules, in
 // one transaction:
 //
-//	nat output:     proxy's uid or mark -> return; to lo -> return; excluded dport -> return; tcp -> redirect :OutboundPort
+//	nat output:     proxy's uid or mark -> return; to lo -> return; excluded dport or range -> return; tcp -> redirect :OutboundPort
 //	nat prerouting: proxy ports and excluded dports -> return; tcp -> redirect :InboundPort
 func ApplyCapture(table Table, c Capture) error {
 	if (c.ProxyMark == 0 && c.ProxyUID == 0) || c.OutboundPort == 0 || c.InboundPort == 0 {
@@ -70,6 +75,12 @@ func ApplyCapture(table Table, c Capture) error {
 	for _, p := range c.ExcludeOutbound {
 		b.rule(out, append(tcpDport(p), ret)...)
 	}
+	for _, r := range c.ExcludeOutboundRanges {
+		if !r.Addr().Is4() {
+			return fmt.Errorf("capture: excluded range %s is not IPv4", r)
+		}
+		b.rule(out, append(daddrIn(r), ret)...)
+	}
 	b.rule(out, redirectTCP(c.OutboundPort)...)
 
 	pre := b.chain("prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest)
@@ -90,6 +101,17 @@ func tcpDport(port uint16) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
+	}
+}
+
+// daddrIn matches an IPv4 destination inside r.
+func daddrIn(r netip.Prefix) []expr.Any {
+	mask := net.CIDRMask(r.Bits(), 32)
+	addr := r.Masked().Addr().As4()
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr[:]},
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/nft"
 )
 
@@ -24,6 +25,7 @@ type CaptureFlags struct {
 	// for a proxy that runs as root and marks its sockets (--mark).
 	ProxyMark                       uint32
 	ExcludeInbound, ExcludeOutbound string // comma-separated ports
+	ExcludeOutboundRanges           string // comma-separated IPv4 CIDRs (catalog.ParseIPRanges)
 }
 
 // DefaultProxyUID is the uid the proxy runs as unless told otherwise
@@ -50,6 +52,7 @@ func (c *CaptureFlags) Register(fs *flag.FlagSet) {
 	})
 	fs.StringVar(&c.ExcludeInbound, "exclude-inbound", "", "comma-separated inbound ports not to capture")
 	fs.StringVar(&c.ExcludeOutbound, "exclude-outbound", "", "comma-separated outbound ports not to capture")
+	fs.StringVar(&c.ExcludeOutboundRanges, "exclude-outbound-ranges", "", "comma-separated IPv4 CIDRs whose outbound traffic is not captured")
 }
 
 // SetUpCapture writes the capture rules into the network namespace netns
@@ -64,10 +67,14 @@ func SetUpCapture(netns int, c CaptureFlags) error {
 	if err != nil {
 		return fmt.Errorf("exclude-outbound: %w", err)
 	}
+	ranges, err := catalog.ParseIPRanges(c.ExcludeOutboundRanges)
+	if err != nil {
+		return fmt.Errorf("exclude-outbound-ranges: %w", err)
+	}
 	return nft.ApplyCapture(nft.Table{Name: CaptureTable, NetNS: netns}, nft.Capture{
 		OutboundPort: 15001, InboundPort: 15006, ProxyUID: cmp.Or(c.ProxyUID, DefaultProxyUID), ProxyMark: c.ProxyMark,
 		ProxyPorts:     []uint16{15000, 15020, 15021},
-		ExcludeInbound: in, ExcludeOutbound: out,
+		ExcludeInbound: in, ExcludeOutbound: out, ExcludeOutboundRanges: ranges,
 	})
 }
 

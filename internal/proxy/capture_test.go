@@ -134,6 +134,7 @@ func TestTransparentCapture(t *testing.T) {
 	err := nft.ApplyCapture(nft.Table{Name: "trellis-capture", NetNS: fd}, nft.Capture{
 		OutboundPort: 15001, InboundPort: 15006, ProxyMark: testMark,
 		ProxyPorts: []uint16{15021}, ExcludeInbound: []uint16{22}, ExcludeOutbound: []uint16{5432},
+		ExcludeOutboundRanges: []netip.Prefix{netip.MustParsePrefix("10.98.0.128/25")},
 	})
 	if err != nil {
 		t.Fatalf("ApplyCapture() = %v", err)
@@ -163,6 +164,24 @@ func TestTransparentCapture(t *testing.T) {
 			t.Fatal(err)
 		}
 		expect(t, remoteDB, "direct")
+	})
+	t.Run("an excluded outbound range passes; the rest of the VIPs do not", func(t *testing.T) {
+		netnstest.Run(t, client, func() error { // the client answers for one address of the range
+			l, err := netlink.LinkByName("c0")
+			if err != nil {
+				return err
+			}
+			addr, _ := netlink.ParseAddr("10.98.0.200/32")
+			return netlink.AddrAdd(l, addr)
+		})
+		if err := dialFrom(t, pod, "10.98.0.200:9080", &net.Dialer{}); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, remote, "direct")
+		if err := dialFrom(t, pod, "10.98.0.127:9080", &net.Dialer{}); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, outbound, "10.98.0.127:9080")
 	})
 	t.Run("localhost inside the pod is not captured", func(t *testing.T) {
 		if err := dialFrom(t, pod, "127.0.0.1:8080", &net.Dialer{}); err != nil {

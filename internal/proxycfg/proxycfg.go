@@ -9,6 +9,7 @@ package proxycfg
 import (
 	"fmt"
 	"hash/fnv"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -121,6 +122,9 @@ func (r *Rendered) For(ns string) *View {
 }
 
 func endpoints(snap *catalog.Snapshot, svc *catalog.Service, sp catalog.ServicePort, trustDomain string) []*meshpb.Endpoint {
+	if len(svc.Selector) == 0 {
+		return listedEndpoints(snap, svc, sp, trustDomain)
+	}
 	var out []*meshpb.Endpoint
 	for _, rp := range snap.Pods {
 		p := rp.Pod
@@ -141,6 +145,43 @@ func endpoints(snap *catalog.Snapshot, svc *catalog.Service, sp catalog.ServiceP
 		out = append(out, e)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
+	return out
+}
+
+// listedEndpoints are the ready endpoints a Service without a selector
+// lists for sp. An address that is a running pod's is that pod (its
+// identity when it is meshed, so it is reached over mTLS); any other is
+// reached as it is, in plaintext.
+func listedEndpoints(snap *catalog.Snapshot, svc *catalog.Service, sp catalog.ServicePort, trustDomain string) []*meshpb.Endpoint {
+	if len(svc.Endpoints) == 0 {
+		return nil
+	}
+	pods := map[netip.Addr]*catalog.RunningPod{}
+	for _, rp := range snap.Pods {
+		if rp.IP.IsValid() {
+			pods[rp.IP] = rp
+		}
+	}
+	var out []*meshpb.Endpoint
+	for _, le := range svc.Endpoints {
+		port := le.Ports[sp.Name]
+		if !le.Ready || !le.IP.IsValid() || port < 1 || port > 65535 {
+			continue
+		}
+		e := &meshpb.Endpoint{Address: le.IP.String(), Port: uint32(port)}
+		if rp := pods[le.IP]; rp != nil {
+			e.Workload, e.Namespace, e.Labels = WorkloadName(rp.Pod), rp.Pod.Namespace, rp.Pod.Labels
+			if rp.Sidecar {
+				if id, err := identity.ForWorkload(trustDomain, rp.Pod.Namespace, rp.Pod.Spec.ServiceAccount); err == nil {
+					e.Identity = id.String()
+				}
+			}
+		}
+		out = append(out, e)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Address < out[j].Address || (out[i].Address == out[j].Address && out[i].Port < out[j].Port)
+	})
 	return out
 }
 

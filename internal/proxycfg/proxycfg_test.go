@@ -43,6 +43,17 @@ func snapshot() *catalog.Snapshot {
 					{Name: "raft", Protocol: catalog.TCP, Port: 5080, TargetPort: 5080, AppProtocol: "tcp"},
 				}},
 			{Meta: catalog.Meta{Namespace: "db", Name: "pending"}, Selector: map[string]string{"app": "x"}}, // no VIP yet
+			// Without a selector: listed endpoints, a meshed pod (reached
+			// over mTLS), an address outside the mesh, one not ready and
+			// one that lists no port of this name.
+			{Meta: catalog.Meta{Namespace: "db", Name: "listed"}, ClusterIP: netip.MustParseAddr("10.201.0.4"),
+				Ports: []catalog.ServicePort{{Name: "http", Protocol: catalog.TCP, Port: 80}},
+				Endpoints: []catalog.ServiceEndpoint{
+					{IP: netip.MustParseAddr("10.200.0.5"), Ready: true, Ports: map[string]int32{"http": 8080}},
+					{IP: netip.MustParseAddr("192.168.50.10"), Ready: true, Ports: map[string]int32{"http": 8000}},
+					{IP: netip.MustParseAddr("192.168.50.11"), Ready: false, Ports: map[string]int32{"http": 8000}},
+					{IP: netip.MustParseAddr("192.168.50.12"), Ready: true, Ports: map[string]int32{"web": 8000}},
+				}},
 		},
 		Pods: []*catalog.RunningPod{
 			pod("db", "alpha-1", "alpha", "alpha", "10.200.0.5", true, true),

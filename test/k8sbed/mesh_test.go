@@ -258,6 +258,61 @@ spec: {mtls: {mode: STRICT}}
 	}
 	step("trellis check, restart-injected")
 
+	// exportTo: a Service exported only to its own namespace is unknown
+	// to the (now meshed) sidecars of others, whose calls then leave
+	// without mTLS and are refused under STRICT; exported again, it is
+	// served.
+	outsideClient = podIP(t, ctx, bed, "outside", "app=client")
+	for _, c := range []struct{ annotation, want string }{{"networking.istio.io/exportTo=.", "refused"}, {"networking.istio.io/exportTo-", "served"}} {
+		if out, err := bed.kubectl(ctx, "-n", "mesh", "annotate", "service", "hello", c.annotation); err != nil {
+			t.Fatal(err, out)
+		}
+		if err := waitFor(ctx, "the outside client to be "+c.want, 30*time.Second, func() error {
+			if served := allPrefixed(fetch(t, outsideClient, helloURL, 1, "http1"), "200 hello from"); served != (c.want == "served") {
+				return fmt.Errorf("served: %v", served)
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("with %s: %v", c.annotation, err)
+		}
+		if lines := fetch(t, meshClient, helloURL, 3, "http1"); !allPrefixed(lines, "200 hello from") {
+			t.Errorf("with %s, the client of the service's own namespace got %q", c.annotation, lines)
+		}
+	}
+	step("exportTo")
+
+	// A Service without a selector reaches what its EndpointSlice lists:
+	// here one server pod, over mTLS (STRICT is in force), the pod known
+	// by its address.
+	listed, err := bed.kubectl(ctx, "-n", "mesh", "get", "pods", "-l", "app=hello", "--field-selector=status.phase=Running",
+		"-o", "jsonpath={.items[0].metadata.name} {.items[0].status.podIP}")
+	name, ip, ok := strings.Cut(listed, " ")
+	if err != nil || !ok {
+		t.Fatalf("a server pod: %v %q", err, listed)
+	}
+	apply(t, ctx, bed, fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: hello-listed, namespace: mesh}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: hello-listed-1, namespace: mesh, labels: {kubernetes.io/service-name: hello-listed}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: [%q]}]
+`, ip))
+	if err := waitFor(ctx, "the Service without a selector to be served", 30*time.Second, func() error {
+		if lines := fetch(t, meshClient, "http://hello-listed.mesh.svc.cluster.local/", 3, "http1"); !allPrefixed(lines, "200 hello from "+name) {
+			return fmt.Errorf("got %q, want the greeting of %s", lines, name)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	step("a Service without a selector, by its EndpointSlice")
+
 	uninstall := trellis("uninstall")
 	if out, err := uninstall.CombinedOutput(); err != nil {
 		t.Fatalf("trellis uninstall: %v\n%s", err, out)
