@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -76,7 +77,11 @@ type Control struct {
 
 	cpStore meshtls.Store // the link's own TLS material: current roots, and the SVID once there
 	renew   chan struct{} // buffered(1): renew the certificate now
-	renewed chan struct{} // buffered(1): a new certificate is in place; open a new stream with it
+	// conn is the connection to the control plane that renewals and the
+	// config stream share, so a renewal the stream asked for goes to the
+	// replica that asked. Each renewal replaces it, ending the stream: the
+	// next one proves the new certificate by its handshake.
+	conn atomic.Pointer[grpc.ClientConn]
 
 	mu         sync.Mutex
 	bundle     []*x509.Certificate // guarded by mu
@@ -101,7 +106,7 @@ func (c *Control) Run(ctx context.Context) error {
 		var d net.Dialer
 		c.Dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
-	c.renew, c.renewed = make(chan struct{}, 1), make(chan struct{}, 1)
+	c.renew = make(chan struct{}, 1)
 	if err := c.loadBootstrapBundle(ctx); err != nil {
 		return nil // ctx done
 	}
@@ -120,9 +125,10 @@ func (c *Control) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	c.conn.Store(conn)
+	defer func() { c.conn.Load().Close() }()
 	done := make(chan struct{})
-	go func() { defer close(done); c.renewLoop(ctx, meshpb.NewCertificateServiceClient(conn)) }()
+	go func() { defer close(done); c.renewLoop(ctx) }()
 	c.streamLoop(ctx)
 	<-done
 	return nil
@@ -194,8 +200,9 @@ func (c *Control) firstCertificate(ctx context.Context, certs meshpb.Certificate
 }
 
 // renewLoop renews at half life, on the control plane's demand, and keeps
-// retrying (the current certificate stays in use) while it is away.
-func (c *Control) renewLoop(ctx context.Context, certs meshpb.CertificateServiceClient) {
+// retrying (the current certificate stays in use) while it is away. After
+// each renewal the connection is replaced (see conn).
+func (c *Control) renewLoop(ctx context.Context) {
 	wait := c.Backoff
 	for {
 		c.mu.Lock()
@@ -211,7 +218,10 @@ func (c *Control) renewLoop(ctx context.Context, certs meshpb.CertificateService
 			t.Stop()
 		}
 		for ctx.Err() == nil {
-			err := c.sign(ctx, certs, "")
+			err := c.sign(ctx, meshpb.NewCertificateServiceClient(c.conn.Load()), "")
+			if err == nil {
+				err = c.reconnect()
+			}
 			if err == nil {
 				wait = c.Backoff
 				break
@@ -268,10 +278,17 @@ func (c *Control) sign(ctx context.Context, certs meshpb.CertificateServiceClien
 	c.mu.Unlock()
 	c.setBundle(roots, "")
 	slog.Info("certificate issued", "identity", c.Identity, "notAfter", cert.Leaf.NotAfter)
-	select {
-	case c.renewed <- struct{}{}:
-	default:
+	return nil
+}
+
+// reconnect replaces the connection with one made with the current
+// certificate; the stream on the old one ends (errRenewed).
+func (c *Control) reconnect() error {
+	conn, err := c.dial()
+	if err != nil {
+		return err
 	}
+	c.conn.Swap(conn).Close()
 	return nil
 }
 
@@ -296,10 +313,8 @@ func (c *Control) setBundle(roots []*x509.Certificate, version string) {
 	c.cpStore.Set(m)
 }
 
-// streamLoop follows the config stream, reconnecting with backoff. Each
-// stream has a connection of its own, made with the certificate current
-// then; a renewal ends the stream, so the next one proves the new
-// certificate to the control plane by its handshake.
+// streamLoop follows the config stream, reconnecting with backoff, and at
+// once when a renewal replaced the connection.
 func (c *Control) streamLoop(ctx context.Context) {
 	wait := c.Backoff
 	for ctx.Err() == nil {
@@ -322,23 +337,20 @@ func (c *Control) streamLoop(ctx context.Context) {
 	}
 }
 
-// errRenewed ends a stream whose connection holds a replaced certificate.
+// errRenewed ends a stream whose connection a renewal replaced.
 var errRenewed = errors.New("certificate renewed")
 
-// follow runs one stream on a connection of its own; applied reports
+// follow runs one stream on the current connection; applied reports
 // whether any update came.
 func (c *Control) follow(ctx context.Context) (applied bool, err error) {
-	select {
-	case <-c.renewed: // the connection made below presents it already
-	default:
-	}
-	conn, err := c.dial()
-	if err != nil {
-		return false, err
-	}
-	defer conn.Close()
-	sctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+	conn := c.conn.Load()
+	defer func() {
+		if err != nil && c.conn.Load() != conn {
+			err = errRenewed
+		}
+	}()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	st, err := meshpb.NewConfigServiceClient(conn).StreamConfig(sctx)
 	if err != nil {
 		return false, err
@@ -349,19 +361,9 @@ func (c *Control) follow(ctx context.Context) (applied bool, err error) {
 	if err := st.Send(c.report(hello)); err != nil {
 		return false, err
 	}
-	go func() {
-		select {
-		case <-sctx.Done():
-		case <-c.renewed:
-			cancel(errRenewed)
-		}
-	}()
 	for {
 		upd, err := st.Recv()
 		if err != nil {
-			if cause := context.Cause(sctx); errors.Is(cause, errRenewed) {
-				err = cause
-			}
 			return applied, err
 		}
 		applied = true
