@@ -90,16 +90,22 @@ func run(cfg nodeagent.Config, f flags) error {
 }
 
 // removeIfUninstalled removes the policy table when the agent stops
-// because Trellis is being uninstalled (its DaemonSet is gone or going),
-// so no stale rule outlives it. On any other stop (a restart, an upgrade)
-// the rules stay in force until the next agent replaces them.
+// because Trellis is being uninstalled, so no stale rule outlives it: its
+// DaemonSet is gone or going, or its own rights or service account are
+// already gone (Helm deletes those without waiting for the pods). On any
+// other stop (a restart, an upgrade, an eviction) the rules stay in force
+// until the next agent replaces them.
 func removeIfUninstalled(client kubernetes.Interface, namespace, table string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ds, err := client.AppsV1().DaemonSets(namespace).Get(ctx, daemonSet, metav1.GetOptions{})
 	switch {
-	case apierrors.IsNotFound(err) || (err == nil && ds.DeletionTimestamp != nil):
-		slog.Info("Trellis is being uninstalled: removing the network policy table", "table", table)
+	case err == nil && ds.DeletionTimestamp != nil, apierrors.IsNotFound(err), apierrors.IsForbidden(err), apierrors.IsUnauthorized(err):
+		why := "its DaemonSet is being deleted"
+		if err != nil {
+			why = err.Error()
+		}
+		slog.Info("Trellis is being uninstalled: removing the network policy table", "table", table, "because", why)
 		return nft.DeleteTable(nft.Table{Name: table})
 	case err != nil:
 		slog.Warn("cannot tell whether Trellis is being uninstalled; the network policy table stays", "err", err)
