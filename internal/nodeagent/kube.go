@@ -42,24 +42,15 @@ type kubeSource struct {
 	node    string
 	changed chan struct{} // buffered(1): an informer saw a change
 
-	start   sync.Once
-	started error
-	ns      cacheLister
-	pods    cacheLister
-	pols    cacheLister
+	start          sync.Once
+	started        error
+	ns, pods, pols cache.Store // the informers' caches
 
 	// Owned by the agent's goroutine (Next).
 	version uint64
 	last    netpolicy.Input
 	warned  map[string]string // policy key -> the reason last logged
 }
-
-// cacheLister lists an informer's objects.
-type cacheLister interface{ List() []any }
-
-type storeLister struct{ cache.Store }
-
-func (s storeLister) List() []any { return s.Store.List() }
 
 func (s *kubeSource) Next(ctx context.Context, version uint64, wait time.Duration) (Snapshot, error) {
 	s.start.Do(func() { s.started = s.run(ctx) })
@@ -112,7 +103,7 @@ func (s *kubeSource) run(ctx context.Context) error {
 			return fmt.Errorf("kubernetes: the namespaces, pods and network policies could not be listed (%v); check the agent's RBAC", ctx.Err())
 		}
 	}
-	s.ns, s.pods, s.pols = storeLister{inf[0].GetStore()}, storeLister{inf[1].GetStore()}, storeLister{inf[2].GetStore()}
+	s.ns, s.pods, s.pols = inf[0].GetStore(), inf[1].GetStore(), inf[2].GetStore()
 	return nil
 }
 
