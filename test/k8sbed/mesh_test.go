@@ -522,11 +522,26 @@ func apply(t *testing.T, ctx context.Context, bed *Bed, manifest string) {
 	}
 }
 
+// podIP is the address of a running pod of ns matching selector that is
+// not being deleted (a rollout's old pod may still be running).
 func podIP(t *testing.T, ctx context.Context, bed *Bed, ns, selector string) string {
 	t.Helper()
-	ip, err := bed.kubectl(ctx, "-n", ns, "get", "pods", "-l", selector, "--field-selector=status.phase=Running", "-o", "jsonpath={.items[0].status.podIP}")
-	if err != nil || ip == "" {
-		t.Fatalf("no running pod %s in %s: %v", selector, ns, err)
+	var ip string
+	if err := waitFor(ctx, "a running pod "+selector+" in "+ns, 30*time.Second, func() error {
+		out, err := bed.kubectl(ctx, "-n", ns, "get", "pods", "-l", selector, "--field-selector=status.phase=Running",
+			"-o", `jsonpath={range .items[*]}{.metadata.deletionTimestamp}|{.status.podIP}{"\n"}{end}`)
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if deleting, addr, _ := strings.Cut(line, "|"); deleting == "" && addr != "" {
+				ip = addr
+				return nil
+			}
+		}
+		return fmt.Errorf("none yet: %q", out)
+	}); err != nil {
+		t.Fatal(err)
 	}
 	return ip
 }
