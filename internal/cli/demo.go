@@ -35,12 +35,18 @@ type demoOptions struct {
 	keep    bool
 	timeout time.Duration
 	traffic time.Duration
+	// On Kubernetes: the cluster, the demo image, and the install's
+	// values when the demo installs Trellis.
+	kubernetes bool
+	kubeconfig string
+	image      string
+	values     valuesFlags
 }
 
 func newDemoCmd(o *options) *cobra.Command {
 	d := &demoOptions{options: o}
 	cmd := &cobra.Command{
-		Use:   "demo [--keep]",
+		Use:   "demo [--keep] [--kubernetes]",
 		Short: "Run the reference walkthrough: a database only mesh members may reach, and its service graph",
 		Long: `Run the reference walkthrough on this host, narrating each step:
 
@@ -55,7 +61,13 @@ func newDemoCmd(o *options) *cobra.Command {
           queries over HTTP) and the service graph it makes
 
 Exits non-zero when any expected result does not hold. Cleans up after itself
-unless --keep, which leaves the mesh and its dashboard running.`,
+unless --keep, which leaves the mesh and its dashboard running.
+
+With --kubernetes it runs the same walkthrough on the cluster of the
+kubeconfig: it installs Trellis when it is not (and removes it again
+afterwards unless --keep), applies examples/kubernetes (the trellis-demo
+image, built with the others by ` + "`trellis images build`" + `), and makes the
+clients' calls through the API server, as kubectl exec does.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -66,45 +78,71 @@ unless --keep, which leaves the mesh and its dashboard running.`,
 	cmd.Flags().BoolVar(&d.keep, "keep", false, "leave everything running for exploration (stop it with `trellis down`)")
 	cmd.Flags().DurationVar(&d.timeout, "timeout", 3*time.Second, "how long a client waits for an answer before it counts as timed out")
 	cmd.Flags().DurationVar(&d.traffic, "traffic", 10*time.Second, "how long test 3 generates traffic")
+	cmd.Flags().BoolVar(&d.kubernetes, "kubernetes", false, "run on the Kubernetes cluster of the kubeconfig instead of this host")
+	cmd.Flags().StringVar(&d.kubeconfig, "kubeconfig", "", "with --kubernetes: the cluster's kubeconfig (default $KUBECONFIG)")
+	cmd.Flags().StringVar(&d.image, "image", "", "with --kubernetes: the demo workloads' image (default: trellis-demo beside the installed control plane's image)")
+	d.values.register(cmd, "")
 	return cmd
 }
 
-// demoRun is one run of the walkthrough: its clock, its executable and
-// the checks that failed.
+// demoRun is one run of the walkthrough: where it runs, its clock and the
+// checks that failed.
 type demoRun struct {
 	*demoOptions
-	exe      string
+	mesh     demoMesh
 	start    time.Time
 	checks   int
 	failures []string
 }
 
+// demoMesh is where the walkthrough runs: this host or a Kubernetes
+// cluster. The tests are the same on both.
+type demoMesh interface {
+	// where names it for the banner.
+	where() string
+	// up starts the workloads and returns once the clients' calls can
+	// reach the database.
+	up(ctx context.Context, r *demoRun) error
+	// exec runs a command in namespace ns's client pod and returns its
+	// output, or an error with what it printed.
+	exec(ctx context.Context, ns string, args ...string) (string, error)
+	// enforce applies the walkthrough's NetworkPolicy and returns once
+	// the node agent has it in the kernel.
+	enforce(ctx context.Context) error
+	// graph reads the dashboard's service graph.
+	graph(ctx context.Context, window time.Duration, namespaces []string) (*servicegraph.Graph, error)
+	// clientID is the SPIFFE ID of client-allow's pod.
+	clientID() string
+	// curl says whether the client pods have curl.
+	curl() bool
+	// dashboard says where the dashboard is.
+	dashboard() string
+	// down removes what the walkthrough created.
+	down(ctx context.Context) error
+	// keepHint says how to look around and stop what --keep left.
+	keepHint() string
+}
+
 func (d *demoOptions) run(ctx context.Context) error {
-	if err := requireRoot("trellis demo"); err != nil {
-		return err
-	}
 	if d.timeout < 100*time.Millisecond || d.timeout > time.Minute || d.traffic < time.Second || d.traffic > 10*time.Minute {
 		return fmt.Errorf("--timeout must be 100ms..1m and --traffic 1s..10m (got %s, %s)", d.timeout, d.traffic)
 	}
-	if localmesh.Running(d.stateDir) {
-		return fmt.Errorf("a mesh is already running with state directory %s: stop it with `trellis down` first", d.stateDir)
-	}
-	if ln, err := net.Listen("tcp", defaultDashboard); err != nil {
-		return fmt.Errorf("the dashboard's address %s is taken (%v): stop what listens there first", defaultDashboard, err)
+	var mesh demoMesh
+	var err error
+	if d.kubernetes {
+		mesh, err = newKubeDemo(ctx, d)
 	} else {
-		ln.Close()
+		mesh, err = newHostDemo(d)
 	}
-	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	r := &demoRun{demoOptions: d, exe: exe, start: time.Now()}
-	fmt.Fprintf(d.out, "trellis demo: the reference walkthrough, on this host (state %s)\n\n", d.stateDir)
+	r := &demoRun{demoOptions: d, mesh: mesh, start: time.Now()}
+	fmt.Fprintf(d.out, "trellis demo: the reference walkthrough, %s\n\n", mesh.where())
 	err = r.walk(ctx)
 	if !d.keep {
-		r.say("cleaning up (trellis down)")
-		quiet := &options{stateDir: d.stateDir, out: io.Discard, err: d.err}
-		if derr := runDown(context.WithoutCancel(ctx), quiet); derr != nil {
+		r.say("cleaning up")
+		if derr := mesh.down(context.WithoutCancel(ctx)); derr != nil {
 			err = errors.Join(err, fmt.Errorf("clean up: %w", derr))
 		}
 	}
@@ -114,20 +152,28 @@ func (d *demoOptions) run(ctx context.Context) error {
 	if len(r.failures) > 0 {
 		hint := ""
 		if !d.keep {
-			hint = "\n(run `trellis demo --keep` to look around after a failure)"
+			hint = "\n(run `" + d.rerun() + "` to look around after a failure)"
 		}
 		return fmt.Errorf("%d of %d checks failed:\n  %s%s", len(r.failures), r.checks, strings.Join(r.failures, "\n  "), hint)
 	}
 	fmt.Fprintf(d.out, "\nall %d checks passed in %s\n", r.checks, time.Since(r.start).Round(100*time.Millisecond))
 	if d.keep {
-		fmt.Fprintf(d.out, "left running: `trellis dashboard`, `trellis graph`, `trellis get pods -A`; stop it with `trellis down`\n")
+		fmt.Fprintf(d.out, "left running: %s\n", mesh.keepHint())
 	}
 	return nil
 }
 
+// rerun is the command that runs this demo again, leaving it up.
+func (d *demoOptions) rerun() string {
+	if d.kubernetes {
+		return "trellis demo --kubernetes --keep"
+	}
+	return "trellis demo --keep"
+}
+
 // walk runs the steps; an error is a step that could not run at all.
 func (r *demoRun) walk(ctx context.Context) error {
-	if err := r.up(ctx); err != nil {
+	if err := r.mesh.up(ctx, r); err != nil {
 		return err
 	}
 	r.test0(ctx)
@@ -153,9 +199,57 @@ func (r *demoRun) check(what string, ok bool, detail string) {
 	fmt.Fprintf(r.out, "         %s  %-44s %s\n", mark, what, detail)
 }
 
-func (r *demoRun) up(ctx context.Context) error {
+// hostDemo runs the walkthrough on this host, in one-host mode.
+type hostDemo struct {
+	*demoOptions
+	exe string
+}
+
+func newHostDemo(d *demoOptions) (*hostDemo, error) {
+	if err := requireRoot("trellis demo"); err != nil {
+		return nil, err
+	}
+	if localmesh.Running(d.stateDir) {
+		return nil, fmt.Errorf("a mesh is already running with state directory %s: stop it with `trellis down` first", d.stateDir)
+	}
+	if ln, err := net.Listen("tcp", defaultDashboard); err != nil {
+		return nil, fmt.Errorf("the dashboard's address %s is taken (%v): stop what listens there first", defaultDashboard, err)
+	} else {
+		ln.Close()
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return &hostDemo{demoOptions: d, exe: exe}, nil
+}
+
+func (h *hostDemo) where() string { return fmt.Sprintf("on this host (state %s)", h.stateDir) }
+
+func (h *hostDemo) clientID() string { return "spiffe://cluster.local/ns/client-allow/sa/default" }
+
+func (h *hostDemo) dashboard() string { return dashboardURL(defaultDashboard) }
+
+func (h *hostDemo) keepHint() string {
+	return "`trellis dashboard`, `trellis graph`, `trellis get pods -A`; stop it with `trellis down`"
+}
+
+func (h *hostDemo) curl() bool {
+	_, err := exec.LookPath("curl")
+	return err == nil
+}
+
+func (h *hostDemo) graph(ctx context.Context, window time.Duration, namespaces []string) (*servicegraph.Graph, error) {
+	return fetchGraph(ctx, defaultDashboard, window, namespaces)
+}
+
+func (h *hostDemo) down(ctx context.Context) error {
+	return runDown(ctx, &options{stateDir: h.stateDir, out: io.Discard, err: h.err})
+}
+
+func (h *hostDemo) up(ctx context.Context, r *demoRun) error {
 	r.say("start the mesh: namespace db (injected) with demo-graph-alpha and demo-graph-zero; client-allow (injected); client-deny (not injected)")
-	dir := filepath.Join(r.stateDir, "demo")
+	dir := filepath.Join(h.stateDir, "demo")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -163,7 +257,7 @@ func (r *demoRun) up(ctx context.Context) error {
 	if err := os.WriteFile(mesh, demo.Mesh, 0o600); err != nil {
 		return err
 	}
-	u := &upOptions{options: &options{stateDir: r.stateDir, out: io.Discard, err: io.Discard}, files: []string{mesh},
+	u := &upOptions{options: &options{stateDir: h.stateDir, out: io.Discard, err: io.Discard}, files: []string{mesh},
 		podCIDR: localmesh.DefaultPodCIDR.String(), serviceCIDR: localmesh.DefaultServiceCIDR.String(), svidTTL: 24 * time.Hour}
 	if _, _, err := u.prepare(); err != nil {
 		return err
@@ -171,11 +265,11 @@ func (r *demoRun) up(ctx context.Context) error {
 	if err := u.startDetached(ctx); err != nil {
 		return err
 	}
-	pods, err := r.waitReady(ctx, 4, time.Minute)
+	pods, err := h.waitReady(ctx, 4, time.Minute)
 	if err != nil {
 		return err
 	}
-	if err := r.waitRouted(ctx, pods, 30*time.Second); err != nil {
+	if err := h.waitRouted(ctx, pods, 30*time.Second); err != nil {
 		return err
 	}
 	var names []string
@@ -197,10 +291,10 @@ func readyCount(p localmesh.PodStatus) string {
 }
 
 // waitReady waits until want pods are ready.
-func (r *demoRun) waitReady(ctx context.Context, want int, limit time.Duration) ([]localmesh.PodStatus, error) {
+func (h *hostDemo) waitReady(ctx context.Context, want int, limit time.Duration) ([]localmesh.PodStatus, error) {
 	deadline := time.Now().Add(limit)
 	for {
-		pods, err := r.client().Pods(ctx)
+		pods, err := h.client().Pods(ctx)
 		ready := 0
 		for _, p := range pods {
 			if p.Ready {
@@ -224,7 +318,7 @@ func (r *demoRun) waitReady(ctx context.Context, want int, limit time.Duration) 
 // waitRouted waits until each client of the database has its endpoints:
 // the client-allow pod's sidecar alpha's, alpha's sidecar zero's, read
 // from the sidecars' own config.
-func (r *demoRun) waitRouted(ctx context.Context, pods []localmesh.PodStatus, limit time.Duration) error {
+func (h *hostDemo) waitRouted(ctx context.Context, pods []localmesh.PodStatus, limit time.Duration) error {
 	need := map[string]string{"client-allow/": "db/demo-graph-alpha", "db/demo-graph-alpha-": "db/demo-graph-zero"}
 	deadline := time.Now().Add(limit)
 	for prefix, svc := range need {
@@ -270,22 +364,55 @@ func sidecarRoutes(netns, service string) bool {
 	return false
 }
 
-// inClient runs a command in namespace ns's client pod and returns its
-// output, or an error with what it printed.
-func (r *demoRun) inClient(ctx context.Context, ns string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.timeout+r.traffic+10*time.Second)
+func (h *hostDemo) exec(ctx context.Context, ns string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, h.timeout+h.traffic+10*time.Second)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, r.exe, append([]string{"exec", "--state-dir", r.stateDir, "-n", ns, "client", "--"}, args...)...)
+	cmd := exec.CommandContext(ctx, h.exe, append([]string{"exec", "--state-dir", h.stateDir, "-n", ns, "client", "--"}, args...)...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			msg = err.Error()
-		}
-		return stdout.String(), errors.New(strings.TrimPrefix(msg, "error: "))
+		return stdout.String(), commandError(stderr.String(), err)
 	}
 	return stdout.String(), nil
+}
+
+// commandError is a failed command's error: what it printed, or how it
+// ended when it printed nothing.
+func commandError(stderr string, err error) error {
+	msg := strings.TrimSpace(stderr)
+	if msg == "" {
+		msg = err.Error()
+	}
+	return errors.New(strings.TrimPrefix(msg, "error: "))
+}
+
+func (h *hostDemo) enforce(ctx context.Context) error {
+	before, _ := nodeAgentRules()
+	if _, err := h.client().Apply(ctx, []manifest.Source{{Name: "policy.yaml", Data: demo.Policy}}); err != nil {
+		return fmt.Errorf("apply the policy: %w", err)
+	}
+	// The node agent reports its rule count once the kernel has the rules.
+	return waitRulesChange(ctx, before, func(context.Context) (float64, error) { return nodeAgentRules() },
+		"see `trellis get networkpolicies -A` and the mesh log")
+}
+
+// waitRulesChange waits up to 10 s for a node agent's rule count (read by
+// rules) to differ from before: the policy is in the kernel.
+func waitRulesChange(ctx context.Context, before float64, rules func(context.Context) (float64, error), hint string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if n, err := rules(ctx); err == nil && n != before {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the node agent did not apply the policy within 10s; " + hint)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 const (
@@ -321,7 +448,7 @@ func (r *demoRun) calls() []call {
 				return fmt.Sprintf("%s from %s", v.Tag, v.Instance), v.Client, nil
 			}},
 	}
-	if _, err := exec.LookPath("curl"); err == nil {
+	if r.mesh.curl() {
 		cs = append(cs, call{"curl /health", []string{"curl", "-sS", "--fail", "-m", fmt.Sprintf("%.1f", r.timeout.Seconds()), alphaHTTP + "/health"},
 			func(out string) (string, string, error) {
 				var h graphdb.Health
@@ -339,7 +466,7 @@ func (r *demoRun) calls() []call {
 // identity).
 func (r *demoRun) attempt(ctx context.Context, ns string, wantTimeout bool, mtlsAs string) {
 	for _, c := range r.calls() {
-		out, err := r.inClient(ctx, ns, c.args...)
+		out, err := r.mesh.exec(ctx, ns, c.args...)
 		what := fmt.Sprintf("%s → %s", ns, c.label)
 		if wantTimeout {
 			switch {
@@ -392,21 +519,8 @@ func (r *demoRun) test0(ctx context.Context) {
 
 func (r *demoRun) test1(ctx context.Context) error {
 	r.say("TEST 1  apply NetworkPolicy db/mesh-members-only: the client outside the mesh times out (after %s)", r.timeout)
-	before, _ := nodeAgentRules()
-	_, err := r.client().Apply(ctx, []manifest.Source{{Name: "policy.yaml", Data: demo.Policy}})
-	if err != nil {
-		return fmt.Errorf("apply the policy: %w", err)
-	}
-	// The node agent reports its rule count once the kernel has the rules.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if n, err := nodeAgentRules(); err == nil && n != before {
-			break
-		}
-		if time.Now().After(deadline) {
-			return errors.New("the node agent did not apply the policy within 10s; see `trellis get networkpolicies -A` and the mesh log")
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := r.mesh.enforce(ctx); err != nil {
+		return err
 	}
 	r.attempt(ctx, "client-deny", true, "")
 	return nil
@@ -414,12 +528,12 @@ func (r *demoRun) test1(ctx context.Context) error {
 
 func (r *demoRun) test2(ctx context.Context) {
 	r.say("TEST 2  the client in the mesh still succeeds, through its sidecar, with mTLS")
-	r.attempt(ctx, "client-allow", false, "spiffe://cluster.local/ns/client-allow/sa/default")
+	r.attempt(ctx, "client-allow", false, r.mesh.clientID())
 }
 
 func (r *demoRun) test3(ctx context.Context) error {
 	r.say("TEST 3  traffic for %s: health checks, CheckVersion, a Star Wars dataset loaded over gRPC, queries over HTTP", r.traffic)
-	out, err := r.inClient(ctx, "client-allow", "trellis", "example", "graph-client", "traffic", "--http", alphaHTTP, "--grpc", alphaGRPC,
+	out, err := r.mesh.exec(ctx, "client-allow", "trellis", "example", "graph-client", "traffic", "--http", alphaHTTP, "--grpc", alphaGRPC,
 		"--rate", "10", "--duration", r.traffic.String(), "--timeout", r.timeout.String())
 	var counts graphdb.Counts
 	_ = json.Unmarshal([]byte(out), &counts)
@@ -440,7 +554,7 @@ func (r *demoRun) test3(ctx context.Context) error {
 		"wl:db/demo-graph-alpha>svc:db/demo-graph-zero:grpc",
 	}
 	denied := "wl:client-deny/client>wl:db/demo-graph-alpha:ip"
-	g, err := waitGraph(ctx, append(want, denied), 20*time.Second)
+	g, err := r.waitGraph(ctx, append(want, denied), 30*time.Second)
 	if err != nil {
 		return err
 	}
@@ -467,19 +581,19 @@ func (r *demoRun) test3(ctx context.Context) error {
 	} else {
 		r.check("graph edge "+denied, true, fmt.Sprintf("denied, %.0f packets dropped by the policy", e.Requests))
 	}
-	note := " (run `trellis demo --keep` to keep it up)"
+	note := " (run `" + r.rerun() + "` to keep it up)"
 	if r.keep {
 		note = ""
 	}
-	r.say("dashboard: %s%s", dashboardURL(defaultDashboard), note)
+	r.say("dashboard: %s%s", r.mesh.dashboard(), note)
 	return nil
 }
 
 // waitGraph polls the dashboard's graph until it has every edge in want.
-func waitGraph(ctx context.Context, want []string, limit time.Duration) (*servicegraph.Graph, error) {
+func (r *demoRun) waitGraph(ctx context.Context, want []string, limit time.Duration) (*servicegraph.Graph, error) {
 	deadline := time.Now().Add(limit)
 	for {
-		g, err := fetchGraph(ctx, defaultDashboard, time.Minute, []string{"db", "client-allow", "client-deny"})
+		g, err := r.mesh.graph(ctx, time.Minute, []string{"db", "client-allow", "client-deny"})
 		if err == nil {
 			have := map[string]bool{}
 			for _, e := range g.Edges {
@@ -518,7 +632,12 @@ func nodeAgentRules() (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(string(body), "\n") {
+	return rulesGauge(body)
+}
+
+// rulesGauge reads trellis_netpol_rules from a node agent's metrics.
+func rulesGauge(metrics []byte) (float64, error) {
+	for _, line := range strings.Split(string(metrics), "\n") {
 		if v, ok := strings.CutPrefix(line, "trellis_netpol_rules "); ok {
 			return strconv.ParseFloat(strings.TrimSpace(v), 64)
 		}

@@ -32,7 +32,20 @@ func newExampleCmd(o *options) *cobra.Command {
 		},
 	}
 	hello.Flags().StringVar(&addr, "listen", ":8080", "address to listen on")
-	cmd.AddCommand(hello, newPortsServerCmd(o), newProbeCmd(o), newLoadCmd(o))
+	// idle is a client pod's main process where the image has no shell
+	// (trellis-demo): it waits to be stopped, and others are exec'd beside it.
+	idle := &cobra.Command{
+		Use:   "idle",
+		Short: "Wait until stopped (SIGTERM or SIGINT)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			<-ctx.Done()
+			return nil
+		},
+	}
+	cmd.AddCommand(hello, idle, newPortsServerCmd(o), newProbeCmd(o), newLoadCmd(o))
 	cmd.AddCommand(newGraphCmds(o)...)
 	return cmd
 }

@@ -27,6 +27,9 @@ func newGraphCmds(o *options) []*cobra.Command {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			alpha.Instance = os.Getenv("POD_NAME")
+			if alpha.Instance == "" { // a Kubernetes pod's host name is its name
+				alpha.Instance, _ = os.Hostname()
+			}
 			fmt.Fprintf(o.out, "graph-alpha %s: HTTP %s, gRPC %s, zero %s\n", alpha.Instance, alpha.HTTPAddr, alpha.GRPCAddr, alpha.Zero)
 			return graphdb.RunAlpha(ctx, alpha)
 		},

@@ -18,7 +18,7 @@ import (
 const modulePath = "github.com/trellis-mesh/trellis"
 
 func newImagesCmd(o *options) *cobra.Command {
-	cmd := &cobra.Command{Use: "images", Short: "Build the container images of trellis-control, trellis-proxy and trellis-node"}
+	cmd := &cobra.Command{Use: "images", Short: "Build the container images of trellis-control, trellis-proxy, trellis-node and the walkthrough's trellis-demo"}
 	var cfg images.Config
 	var load bool
 	var push string

@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/dashboard"
+	"github.com/trellis-mesh/trellis/internal/kube"
 	"github.com/trellis-mesh/trellis/internal/metricstore"
 	"github.com/trellis-mesh/trellis/internal/proxycfg"
 	"github.com/trellis-mesh/trellis/internal/safehttp"
@@ -36,17 +39,27 @@ func (p *plane) newDashboard(traces *tracestore.Store) (*dashboardRun, error) {
 		d.src, err = servicegraph.Prometheus(p.cfg.PrometheusURL)
 		return d, err
 	}
-	store := metricstore.New(metricstore.Config{Interval: p.cfg.ScrapeInterval})
-	d.src, d.store = servicegraph.Local(store), store
-	d.scrape = func(ctx context.Context) error {
-		return store.Run(ctx, func() []metricstore.Target {
-			ts := scrapeTargets(p.snap.Load(), "/stats/prometheus")
-			for _, u := range p.cfg.NodeAgents {
-				ts = append(ts, metricstore.Target{Key: "node-agent " + u, URL: u})
-			}
-			return ts
-		})
+	cfg := metricstore.Config{Interval: p.cfg.ScrapeInterval}
+	targets := func() []metricstore.Target {
+		ts := scrapeTargets(p.snap.Load(), "/stats/prometheus")
+		for _, u := range p.cfg.NodeAgents {
+			ts = append(ts, metricstore.Target{Key: "node-agent " + u, URL: u})
+		}
+		return ts
 	}
+	if p.kube != nil {
+		rt, err := p.kube.Transport()
+		if err != nil {
+			return nil, fmt.Errorf("dashboard: %w", err)
+		}
+		cfg.Transport = rt
+		targets = func() []metricstore.Target {
+			return podProxyTargets(p.snap.Load(), p.kube.Config.Host, p.cfg.Namespace)
+		}
+	}
+	store := metricstore.New(cfg)
+	d.src, d.store = servicegraph.Local(store), store
+	d.scrape = func(ctx context.Context) error { return store.Run(ctx, targets) }
 	return d, nil
 }
 
@@ -86,6 +99,38 @@ func scrapeTargets(s *catalog.Snapshot, path string) []metricstore.Target {
 			continue
 		}
 		out = append(out, metricstore.Target{Key: p.Key(), URL: proxyURL(p.IP, path)})
+	}
+	return out
+}
+
+// nodeAgentMetricsPort is where a node agent serves /metrics, on its
+// node's address.
+const nodeAgentMetricsPort = 15090
+
+// podProxyTargets are, on Kubernetes, every sidecar's metrics and every
+// ready node agent's (the pods labelled app=trellis-node in the control
+// plane's namespace), reached through the API server's pod proxy at host.
+// The API server, not this pod, then sends each scrape: a NetworkPolicy
+// that isolates meshed pods leaves it alone where the API server runs on
+// the pods' node (traffic from a node to its own pods is never
+// filtered), and elsewhere needs one rule for it, rather than one for
+// every control plane pod. Only these two fixed paths are asked for.
+func podProxyTargets(s *catalog.Snapshot, host, namespace string) []metricstore.Target {
+	if s == nil {
+		return nil
+	}
+	var out []metricstore.Target
+	via := func(p *catalog.RunningPod, port int, path string) metricstore.Target {
+		return metricstore.Target{Key: p.Key(), URL: fmt.Sprintf("%s/api/v1/namespaces/%s/pods/%s:%d/proxy%s",
+			strings.TrimSuffix(host, "/"), url.PathEscape(p.Pod.Namespace), url.PathEscape(p.Pod.Name), port, path)}
+	}
+	for _, p := range s.Pods {
+		switch {
+		case p.Sidecar && p.IP.IsValid():
+			out = append(out, via(p, ProxyMetricsPort, "/stats/prometheus"))
+		case p.Pod.Namespace == namespace && p.Pod.Labels["app"] == kube.NodeAgent && p.Ready:
+			out = append(out, via(p, nodeAgentMetricsPort, "/metrics"))
+		}
 	}
 	return out
 }

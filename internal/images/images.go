@@ -1,6 +1,6 @@
 // Package images builds the OCI images of Trellis's three binaries
-// (trellis-control, trellis-proxy, trellis-node) from a checkout of this
-// module: each a single layer holding one static binary, run as a non-root
+// (trellis-control, trellis-proxy, trellis-node), and of the walkthrough's
+// trellis-demo, from a checkout of this module: each a single layer holding one static binary, run as a non-root
 // user by default, tagged with the module's version. internal/cli's
 // `trellis images build` is its only importer; go-containerregistry stays
 // here.
@@ -9,6 +9,7 @@ package images
 import (
 	"archive/tar"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,19 +31,25 @@ import (
 
 // Spec is one image: a command of this module and the user it runs as.
 type Spec struct {
-	Name string // the image's and the binary's name
-	Pkg  string // the command's package, relative to the module root
-	User string // uid:gid by default; a pod's securityContext may change it
+	Name   string // the image's name
+	Binary string // the binary's name, on the image's PATH; default Name
+	Pkg    string // the command's package, relative to the module root
+	User   string // uid:gid by default; a pod's securityContext may change it
 }
 
-// Specs are the images a Trellis install runs. The proxy runs as 1337
-// (Istio's uid, which the capture rules let through); the others as
-// 65532, the "nonroot" of distroless images. The node agent needs
-// CAP_NET_ADMIN, which its DaemonSet grants.
+func (s Spec) binary() string { return cmp.Or(s.Binary, s.Name) }
+
+// Specs are the images a Trellis install runs, and the walkthrough's
+// (trellis-demo: the trellis CLI, whose hidden `trellis example` commands
+// are the demo database and its clients; examples/kubernetes runs it). The
+// proxy runs as 1337 (Istio's uid, which the capture rules let through);
+// the others as 65532, the "nonroot" of distroless images. The node agent
+// needs CAP_NET_ADMIN, which its DaemonSet grants.
 var Specs = []Spec{
 	{Name: "trellis-control", Pkg: "./cmd/trellis-control", User: "65532:65532"},
 	{Name: "trellis-proxy", Pkg: "./cmd/trellis-proxy", User: "1337:1337"},
 	{Name: "trellis-node", Pkg: "./cmd/trellis-node", User: "65532:65532"},
+	{Name: "trellis-demo", Binary: "trellis", Pkg: "./cmd/trellis", User: "65532:65532"},
 }
 
 // binDir is where the binary sits in each image.
@@ -104,7 +111,7 @@ func build(ctx context.Context, cfg Config, s Spec) (Built, error) {
 	if err != nil {
 		return Built{}, fmt.Errorf("tag: %w (check --repo and --tag)", err)
 	}
-	binary := filepath.Join(cfg.OutDir, s.Name)
+	binary := filepath.Join(cfg.OutDir, s.Name+".bin")
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", binary, s.Pkg)
 	cmd.Dir = cfg.ModuleDir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
@@ -117,7 +124,7 @@ func build(ctx context.Context, cfg Config, s Spec) (Built, error) {
 		return Built{}, err
 	}
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(layerOf(s.Name, exe))), nil
+		return io.NopCloser(bytes.NewReader(layerOf(s.binary(), exe))), nil
 	})
 	if err != nil {
 		return Built{}, err
@@ -132,7 +139,8 @@ func build(ctx context.Context, cfg Config, s Spec) (Built, error) {
 	}
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture, cf.Created = "linux", "amd64", v1.Time{Time: time.Unix(0, 0)}
-	cf.Config.Entrypoint = []string{binDir + "/" + s.Name}
+	cf.Config.Entrypoint = []string{binDir + "/" + s.binary()}
+	cf.Config.Env = []string{"PATH=" + binDir + ":/usr/bin:/bin"}
 	cf.Config.User = s.User
 	cf.Config.Labels = map[string]string{
 		"org.opencontainers.image.title":   s.Name,

@@ -19,7 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
-// TestBuildAndPush builds the three images from this checkout, reads each
+// TestBuildAndPush builds the images from this checkout, reads each
 // archive back as `docker load` would, checks what runs and as whom, and
 // pushes one to a registry (go-containerregistry's, in memory, on
 // loopback) and pulls it back.
@@ -50,13 +50,13 @@ func TestBuildAndPush(t *testing.T) {
 			if cf.Config.User != s.User || strings.HasPrefix(cf.Config.User, "0") {
 				t.Errorf("user = %q, want %q (not root)", cf.Config.User, s.User)
 			}
-			if want := "/usr/local/bin/" + s.Name; len(cf.Config.Entrypoint) != 1 || cf.Config.Entrypoint[0] != want {
+			if want := "/usr/local/bin/" + s.binary(); len(cf.Config.Entrypoint) != 1 || cf.Config.Entrypoint[0] != want {
 				t.Errorf("entrypoint = %v, want [%s]", cf.Config.Entrypoint, want)
 			}
 			if cf.Config.Labels["org.opencontainers.image.version"] != "v1.2.3-test" {
 				t.Errorf("labels = %v, want the version", cf.Config.Labels)
 			}
-			exe := fileInImage(t, img, "usr/local/bin/"+s.Name)
+			exe := fileInImage(t, img, "usr/local/bin/"+s.binary())
 			f, err := elf.NewFile(bytes.NewReader(exe))
 			if err != nil {
 				t.Fatalf("the binary is not ELF: %v", err)

@@ -35,6 +35,7 @@ func TestRBACVerbs(t *testing.T) {
 		"cluster  pods get ",
 		"cluster  pods list ",
 		"cluster  pods watch ",
+		"cluster  pods/proxy get ",
 		"cluster  services get ",
 		"cluster  services list ",
 		"cluster  services watch ",

@@ -18,7 +18,8 @@ import (
 const (
 	ControlPlane = "trellis-control"
 	// NodeAgent is the node agent's DaemonSet (and its service account):
-	// cmd/trellis-node looks for it by this name when it stops.
+	// cmd/trellis-node looks for it by this name when it stops; it must
+	// match kube.NodeAgent.
 	NodeAgent = "trellis-node"
 	// WebhookConfig must match kube.WebhookConfigName.
 	WebhookConfig = "trellis-sidecar-injector"
@@ -162,12 +163,14 @@ func nodeAgentDaemonSet(v Values, meta metav1.ObjectMeta) *appsv1.DaemonSet {
 }
 
 // ClusterRules are everything the control plane may do cluster-wide:
-// read what it discovers, review tokens, and keep its own webhook
+// read what it discovers, scrape the dashboard's metrics through the API
+// server's pod proxy, review tokens, and keep its own webhook
 // registration's caBundle. A test pins the list.
 func ClusterRules() []rbacv1.PolicyRule {
 	read := []string{"get", "list", "watch"}
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"namespaces", "pods", "services"}, Verbs: read},
+		{APIGroups: []string{""}, Resources: []string{"pods/proxy"}, Verbs: []string{"get"}},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: read},
 		{APIGroups: []string{"security.trellis.io", "security.istio.io"}, Resources: []string{"peerauthentications"}, Verbs: read},
 		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},

@@ -117,7 +117,7 @@ func (c *Checker) otherPolicyEngines(ctx context.Context, group string) CheckRes
 // nodeAgents checks that a node agent enforces NetworkPolicy on every node.
 func (c *Checker) nodeAgents(ctx context.Context) CheckResult {
 	const name = "node agents ready"
-	ds, err := c.Clients.Client.AppsV1().DaemonSets(c.Namespace).Get(ctx, "trellis-node", metav1.GetOptions{})
+	ds, err := c.Clients.Client.AppsV1().DaemonSets(c.Namespace).Get(ctx, NodeAgent, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return CheckResult{"network-policy", name, "warn", "installed without the node agent: Trellis enforces no NetworkPolicy",
 			"another engine must, or install with --set nodeAgent.enabled=true"}

@@ -16,6 +16,10 @@ import (
 // creates for sidecar injection.
 const WebhookConfigName = "trellis-sidecar-injector"
 
+// NodeAgent names the node agent's DaemonSet, whose pods are labelled
+// app=NodeAgent, in the install's namespace.
+const NodeAgent = "trellis-node"
+
 // KeepWebhookCABundle sets the caBundle of every webhook in the
 // MutatingWebhookConfiguration name to bundle() (PEM), at once and then
 // every interval until ctx is done: the API server then trusts the

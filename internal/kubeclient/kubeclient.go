@@ -6,6 +6,7 @@ package kubeclient
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 
 	"k8s.io/client-go/dynamic"
@@ -50,10 +51,12 @@ func NewClient(kubeconfig, userAgent string) (kubernetes.Interface, *rest.Config
 	return cs, cfg, nil
 }
 
-// Clients are the typed and dynamic clients of one API server.
+// Clients are the typed and dynamic clients of one API server, and the
+// configuration they were made from.
 type Clients struct {
 	Client  kubernetes.Interface
 	Dynamic dynamic.Interface
+	Config  *rest.Config
 }
 
 // Connect makes both clients (see NewClient).
@@ -66,5 +69,16 @@ func Connect(kubeconfig, userAgent string) (*Clients, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes: %w", err)
 	}
-	return &Clients{Client: client, Dynamic: dyn}, nil
+	return &Clients{Client: client, Dynamic: dyn, Config: rc}, nil
+}
+
+// Transport is an http.RoundTripper that authenticates to the API server
+// as the clients do, for requests to paths of it (a pod proxy's) that the
+// typed clients do not model.
+func (c *Clients) Transport() (http.RoundTripper, error) {
+	rt, err := rest.TransportFor(c.Config)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	return rt, nil
 }

@@ -26,7 +26,7 @@ type Target struct {
 func (s *Store) Run(ctx context.Context, targets func() []Target) error {
 	// A target answers for itself: a redirect (to another pod, or off
 	// the mesh) is a failed scrape, never followed.
-	hc := &http.Client{Timeout: s.cfg.Timeout,
+	hc := &http.Client{Timeout: s.cfg.Timeout, Transport: s.cfg.Transport,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	tick := time.NewTicker(s.cfg.Interval)
 	defer tick.Stop()

@@ -12,6 +12,7 @@ package metricstore
 import (
 	"cmp"
 	"maps"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -32,6 +33,10 @@ type Config struct {
 	MaxSeries int
 	// MaxBytes bounds one scrape's body. Default 16 MiB.
 	MaxBytes int64
+	// Transport makes the scrapes' requests. Default
+	// http.DefaultTransport; on Kubernetes, the API server's (targets are
+	// reached through its pod proxy).
+	Transport http.RoundTripper
 }
 
 func (c *Config) setDefaults() {
