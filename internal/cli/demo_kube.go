@@ -3,7 +3,6 @@ package cli
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -87,11 +86,11 @@ func (k *kubeDemo) clientID() string {
 func (k *kubeDemo) curl() bool { return false }
 
 func (k *kubeDemo) dashboard() string {
-	return fmt.Sprintf("kubectl -n %s port-forward svc/%s 20001, then %s", k.values.Namespace, install.ControlPlane, dashboardURL(defaultDashboard))
+	return "`trellis dashboard --kubernetes` (it port-forwards " + dashboardURL(defaultDashboard) + " to the control plane)"
 }
 
 func (k *kubeDemo) keepHint() string {
-	hint := "kubectl get pods -A; the dashboard: " + k.dashboard() + "; remove it with `kubectl delete namespace " + strings.Join(demoNamespaces, " ") + "`"
+	hint := "`trellis graph --kubernetes`, " + k.dashboard() + ", `kubectl get pods -A`; remove it with `kubectl delete namespace " + strings.Join(demoNamespaces, " ") + "`"
 	if k.install {
 		hint += " and `trellis uninstall`"
 	}
@@ -391,21 +390,8 @@ func (k *kubeDemo) enforce(ctx context.Context) error {
 	return waitRulesChange(ctx, before, rules, fmt.Sprintf("see kubectl -n %s logs %s", k.values.Namespace, agent))
 }
 
-// graph reads the dashboard's graph through the API server's service
-// proxy.
 func (k *kubeDemo) graph(ctx context.Context, window time.Duration, namespaces []string) (*servicegraph.Graph, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	body, err := k.kc.Client.CoreV1().Services(k.values.Namespace).ProxyGet("http", install.ControlPlane, "20001", "api/graph",
-		map[string]string{"window": window.String(), "namespaces": strings.Join(namespaces, ",")}).DoRaw(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("the dashboard (service %s/%s): %w", k.values.Namespace, install.ControlPlane, err)
-	}
-	var g servicegraph.Graph
-	if err := json.Unmarshal(body, &g); err != nil {
-		return nil, fmt.Errorf("dashboard: %w", err)
-	}
-	return &g, nil
+	return clusterGraph(ctx, k.kc, k.values.Namespace, window, namespaces)
 }
 
 // down deletes the demo's namespaces and, when the demo installed Trellis,

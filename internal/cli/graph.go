@@ -5,16 +5,26 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/trellis-mesh/trellis/internal/install"
+	"github.com/trellis-mesh/trellis/internal/kube"
+	"github.com/trellis-mesh/trellis/internal/kubeclient"
 	"github.com/trellis-mesh/trellis/internal/servicegraph"
 )
 
@@ -22,6 +32,41 @@ import (
 const defaultDashboard = "127.0.0.1:20001"
 
 func dashboardURL(addr string) string { return "http://" + addr + "/" }
+
+// clusterFlags aim a command at the control plane of a Kubernetes cluster
+// instead of the one-host mesh.
+type clusterFlags struct {
+	kubernetes bool
+	kubeconfig string
+	namespace  string
+}
+
+func (f *clusterFlags) register(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&f.kubernetes, "kubernetes", false, "the mesh of the Kubernetes cluster of the kubeconfig, not this host's")
+	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "with --kubernetes: the cluster's kubeconfig (default $KUBECONFIG)")
+	cmd.Flags().StringVar(&f.namespace, "control-plane-namespace", install.Defaults().Namespace, "with --kubernetes: where Trellis is installed")
+}
+
+func (f *clusterFlags) connect() (*kubeclient.Clients, error) {
+	return kubeclient.Connect(f.kubeconfig, "trellis")
+}
+
+// clusterGraph reads /api/graph from the dashboard of the control plane
+// installed in namespace ns, through the API server's service proxy.
+func clusterGraph(ctx context.Context, kc *kubeclient.Clients, ns string, window time.Duration, namespaces []string) (*servicegraph.Graph, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	body, err := kc.Client.CoreV1().Services(ns).ProxyGet("http", install.ControlPlane, strconv.Itoa(install.DashboardPort), "api/graph",
+		map[string]string{"window": window.String(), "namespaces": strings.Join(namespaces, ",")}).DoRaw(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("the dashboard (service %s/%s; is Trellis installed? `trellis check`): %w", ns, install.ControlPlane, err)
+	}
+	var g servicegraph.Graph
+	if err := json.Unmarshal(body, &g); err != nil {
+		return nil, fmt.Errorf("dashboard: %w", err)
+	}
+	return &g, nil
+}
 
 // fetchGraph reads /api/graph from the dashboard at addr.
 func fetchGraph(ctx context.Context, addr string, window time.Duration, namespaces []string) (*servicegraph.Graph, error) {
@@ -61,13 +106,23 @@ func newGraphCmd(o *options) *cobra.Command {
 		addr, output string
 		window       time.Duration
 		namespaces   []string
+		cluster      clusterFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "graph [--window 1m] [-n NS,...] [-o json]",
+		Use:   "graph [--window 1m] [-n NS,...] [-o json] [--kubernetes]",
 		Short: "Print the service graph: who calls whom, per protocol, with rate, success, p95 and mTLS",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			g, err := fetchGraph(cmd.Context(), addr, window, namespaces)
+			var g *servicegraph.Graph
+			var err error
+			if cluster.kubernetes {
+				var kc *kubeclient.Clients
+				if kc, err = cluster.connect(); err == nil {
+					g, err = clusterGraph(cmd.Context(), kc, cluster.namespace, window, namespaces)
+				}
+			} else {
+				g, err = fetchGraph(cmd.Context(), addr, window, namespaces)
+			}
 			if err != nil {
 				return err
 			}
@@ -83,6 +138,7 @@ func newGraphCmd(o *options) *cobra.Command {
 	cmd.Flags().DurationVar(&window, "window", time.Minute, "traffic over this long, up to now")
 	cmd.Flags().StringSliceVarP(&namespaces, "namespace", "n", nil, "only these namespaces (and the nodes they talk to)")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
+	cluster.register(cmd)
 	return cmd
 }
 
@@ -133,25 +189,84 @@ func nodeName(n *servicegraph.Node) string {
 func newDashboardCmd(o *options) *cobra.Command {
 	var addr string
 	var open bool
+	var cluster clusterFlags
+	var port int
 	cmd := &cobra.Command{
-		Use:   "dashboard",
+		Use:   "dashboard [--kubernetes [--port 20001]]",
 		Short: "Open the dashboard: the live service graph, charts and recent requests",
-		Args:  cobra.NoArgs,
+		Long: `Print (and, with a display, open) the dashboard's URL.
+
+With --kubernetes it forwards 127.0.0.1:PORT to a ready control plane pod of
+the cluster, as kubectl port-forward does, and keeps forwarding until
+interrupted.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cluster.kubernetes {
+				return forwardDashboard(cmd.Context(), o, &cluster, port, open)
+			}
 			if _, err := fetchGraph(cmd.Context(), addr, time.Minute, nil); err != nil {
 				return err
 			}
-			u := dashboardURL(addr)
-			fmt.Fprintf(o.out, "dashboard: %s\n", u)
-			if open && (os.Getenv("DISPLAY") != "" || os.Getenv("WAYLAND_DISPLAY") != "") {
-				if xdg, err := exec.LookPath("xdg-open"); err == nil {
-					return exec.Command(xdg, u).Start()
-				}
-			}
+			showDashboard(o, dashboardURL(addr), open)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&addr, "dashboard-addr", defaultDashboard, "the control plane's dashboard address")
 	cmd.Flags().BoolVar(&open, "browser", true, "open it in a browser when there is a display")
+	cmd.Flags().IntVar(&port, "port", install.DashboardPort, "with --kubernetes: the local port to forward (on 127.0.0.1)")
+	cluster.register(cmd)
 	return cmd
+}
+
+// showDashboard prints the dashboard's URL and, with a display, opens it.
+func showDashboard(o *options, u string, open bool) {
+	fmt.Fprintf(o.out, "dashboard: %s\n", u)
+	if open && (os.Getenv("DISPLAY") != "" || os.Getenv("WAYLAND_DISPLAY") != "") {
+		if xdg, err := exec.LookPath("xdg-open"); err == nil {
+			_ = exec.Command(xdg, u).Start()
+		}
+	}
+}
+
+// forwardDashboard port-forwards to a ready control plane pod until ctx
+// is done (Ctrl-C).
+func forwardDashboard(ctx context.Context, o *options, cluster *clusterFlags, port int, open bool) error {
+	if port < 1 || port > 65535 {
+		return fmt.Errorf("--port %d is not a port", port)
+	}
+	kc, err := cluster.connect()
+	if err != nil {
+		return err
+	}
+	pods, err := kc.Client.CoreV1().Pods(cluster.namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + install.ControlPlane})
+	if err != nil {
+		return fmt.Errorf("the control plane's pods: %w", err)
+	}
+	pod := ""
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && slices.ContainsFunc(p.Status.Conditions, func(c corev1.PodCondition) bool {
+			return c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue
+		}) {
+			pod = p.Name
+			break
+		}
+	}
+	if pod == "" {
+		return fmt.Errorf("no ready control plane pod in namespace %s (is Trellis installed? `trellis check`)", cluster.namespace)
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- kube.PortForward(ctx, kc, cluster.namespace, pod, port, install.DashboardPort, ready, o.err)
+	}()
+	select {
+	case err := <-done:
+		return fmt.Errorf("port-forward to %s/%s: %w", cluster.namespace, pod, err)
+	case <-ready:
+	}
+	showDashboard(o, dashboardURL(net.JoinHostPort("127.0.0.1", strconv.Itoa(port))), open)
+	fmt.Fprintf(o.out, "forwarding to pod %s/%s; Ctrl-C stops\n", cluster.namespace, pod)
+	return <-done
 }

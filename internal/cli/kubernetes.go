@@ -31,7 +31,7 @@ type valuesFlags struct {
 // manifest, as in `trellis inject`).
 func (f *valuesFlags) register(cmd *cobra.Command, short string) {
 	cmd.Flags().StringArrayVarP(&f.files, "values", short, nil, "values file (YAML; repeatable, later wins)")
-	cmd.Flags().StringArrayVar(&f.sets, "set", nil, "KEY=VALUE (repeatable): image.repository, image.tag, image.pullPolicy, controlPlane.replicas, trustDomain, namespace")
+	cmd.Flags().StringArrayVar(&f.sets, "set", nil, "KEY=VALUE (repeatable): image.repository, image.tag, image.pullPolicy, controlPlane.replicas, nodeAgent.enabled, prometheus.enabled, prometheus.image, prometheus.scrapeInterval, tracing.endpoint, tracing.sampling, trustDomain, namespace")
 }
 
 func (f *valuesFlags) values() (install.Values, error) {
@@ -58,6 +58,7 @@ func (f *valuesFlags) valuesFor(uninstall bool) (install.Values, error) {
 			v.Image.Tag = "any"
 		}
 		v.NodeAgent.Enabled = true
+		v.Prometheus.Enabled = true
 	}
 	return v, v.Check()
 }
@@ -175,7 +176,8 @@ func newInjectCmd(o *options) *cobra.Command {
 				return err
 			}
 			cfg := inject.Config{ProxyImage: v.Image.Repository + "/trellis-proxy:" + v.Image.Tag, PullPolicy: corev1.PullPolicy(v.Image.PullPolicy),
-				ControlPlane: install.ControlPlane + "." + v.Namespace + ".svc:15012", TrustDomain: v.TrustDomain, RootPEM: roots}
+				ControlPlane: install.ControlPlane + "." + v.Namespace + ".svc:15012", TrustDomain: v.TrustDomain, RootPEM: roots,
+				Traces: v.Tracing.Endpoint, TraceSampling: v.Tracing.Sampling}
 			out, err := injectManifest(in, namespace, cfg)
 			if err != nil {
 				return err

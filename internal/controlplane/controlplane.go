@@ -71,6 +71,11 @@ type Config struct {
 	// webhook injects: the sidecar's image and where it finds the control
 	// plane (default trellis-control.NAMESPACE.svc:15012).
 	ProxyImage, ProxyPullPolicy, ControlPlaneAddr string
+	// ProxyTraces and ProxyTraceSampling are where injected sidecars send
+	// their spans ("control-plane", a collector's host:port, or "" for
+	// nowhere) and the percentage of requests they trace.
+	ProxyTraces        string
+	ProxyTraceSampling float64
 	// TrustDomain of the mesh. Default cluster.local.
 	TrustDomain string
 	// GRPCAddr serves CertificateService and ConfigService with TLS.
@@ -130,6 +135,9 @@ func (c *Config) setDefaults() error {
 		c.Namespace = cmp.Or(c.Namespace, os.Getenv("POD_NAMESPACE"), "trellis-system")
 		c.WebhookAddr = cmp.Or(c.WebhookAddr, ":15017")
 		c.ControlPlaneAddr = cmp.Or(c.ControlPlaneAddr, "trellis-control."+c.Namespace+".svc:15012")
+		if c.ProxyTraceSampling < 0 || c.ProxyTraceSampling > 100 {
+			return fmt.Errorf("control plane: --proxy-trace-sampling %g: give a percentage, 0 to 100", c.ProxyTraceSampling)
+		}
 		if c.ProxyImage == "" {
 			return errors.New("control plane: --kubernetes needs the sidecar's image (--proxy-image) to inject")
 		}

@@ -16,6 +16,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.WebhookAddr, "webhook-addr", ":15017", "address of the injection webhook (TLS, with --kubernetes)")
 	fs.StringVar(&c.ProxyImage, "proxy-image", "", "image of the sidecar the webhook injects (with --kubernetes)")
 	fs.StringVar(&c.ProxyPullPolicy, "proxy-pull-policy", "", "pull policy of the injected sidecar's image (Always, IfNotPresent, Never; default the cluster's)")
+	fs.StringVar(&c.ProxyTraces, "proxy-traces", "control-plane", "where injected sidecars send spans over OTLP: control-plane (the dashboard), a collector's host:port, or empty for nowhere")
+	fs.Float64Var(&c.ProxyTraceSampling, "proxy-trace-sampling", 1, "percentage of requests injected sidecars trace")
 	fs.StringVar(&c.ControlPlaneAddr, "control-plane-addr", "", "where injected sidecars reach the control plane (default trellis-control.NAMESPACE.svc:15012)")
 	fs.StringVar(&c.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", ":15012", "address of the CA and config-stream gRPC service (TLS)")

@@ -101,7 +101,8 @@ func (p *plane) injectConfig() inject.Config {
 		roots = append(roots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	return inject.Config{ProxyImage: p.cfg.ProxyImage, PullPolicy: corev1.PullPolicy(p.cfg.ProxyPullPolicy),
-		ControlPlane: p.cfg.ControlPlaneAddr, TrustDomain: p.cfg.TrustDomain, RootPEM: roots}
+		ControlPlane: p.cfg.ControlPlaneAddr, TrustDomain: p.cfg.TrustDomain, RootPEM: roots,
+		Traces: p.cfg.ProxyTraces, TraceSampling: p.cfg.ProxyTraceSampling}
 }
 
 // webhookServer serves sidecar injection with the control plane's

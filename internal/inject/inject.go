@@ -6,6 +6,7 @@
 package inject
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
 // Names of what injection adds.
@@ -68,6 +70,13 @@ type Config struct {
 	ProxyUID int64
 	// Resources of the sidecar; zero: DefaultResources.
 	Resources corev1.ResourceRequirements
+	// Traces is where the sidecar sends its spans over OTLP:
+	// "control-plane" (the dashboard's traces and recent requests), a
+	// collector's host:port, or "" for nowhere.
+	Traces string
+	// TraceSampling is the percentage of requests started at the sidecar
+	// that are traced (a caller's sampling decision is kept).
+	TraceSampling float64
 }
 
 // DefaultResources are the sidecar's requests and limits unless the
@@ -83,6 +92,20 @@ func DefaultResources() corev1.ResourceRequirements {
 type Skipped struct{ Reason string }
 
 func (s *Skipped) Error() string { return "not injected: " + s.Reason }
+
+// workloadOf names the workload a pod being created belongs to: its
+// Deployment (a ReplicaSet's pods are named DEPLOYMENT-HASH-xxxxx, the hash
+// also in their pod-template-hash label), else its name, else the prefix
+// of its generated name.
+func workloadOf(pod *corev1.Pod) string {
+	prefix := strings.TrimSuffix(pod.GenerateName, "-")
+	if hash := pod.Labels["pod-template-hash"]; hash != "" {
+		if name, ok := strings.CutSuffix(prefix, "-"+hash); ok {
+			return name
+		}
+	}
+	return cmp.Or(pod.Name, prefix)
+}
 
 // Pod injects the sidecar into pod, which is in namespace ns. It returns a
 // *Skipped error for a pod that opts out, runs on the host network or is
@@ -204,16 +227,21 @@ func Pod(pod *corev1.Pod, ns string, cfg Config) error {
 		}
 		env = append(env, corev1.EnvVar{Name: ProbesEnv, Value: string(data)})
 	}
+	args := []string{
+		"--control-plane", cfg.ControlPlane, "--control-plane-bundle", identityDir + "/root-cert.pem",
+		"--identity", "spiffe://" + cfg.TrustDomain + "/ns/" + ns + "/sa/" + sa,
+		"--pod-namespace", "$(POD_NAMESPACE)", "--pod-name", "$(POD_NAME)", "--token-file", identityDir + "/token",
+		"--cluster", "Kubernetes",
+	}
+	if cfg.Traces != "" {
+		args = append(args, "--otlp-endpoint", cfg.Traces, "--trace-sampling", strconv.FormatFloat(cfg.TraceSampling, 'f', -1, 64),
+			"--trace-service", telemetry.PeerFromLabels(workloadOf(pod), ns, "", pod.Labels).CanonicalService+"."+ns)
+	}
 	always := corev1.ContainerRestartPolicyAlways
 	proxyC := corev1.Container{
 		Name: ProxyContainer, Image: cfg.ProxyImage, ImagePullPolicy: cfg.PullPolicy, RestartPolicy: &always,
-		Args: []string{
-			"--control-plane", cfg.ControlPlane, "--control-plane-bundle", identityDir + "/root-cert.pem",
-			"--identity", "spiffe://" + cfg.TrustDomain + "/ns/" + ns + "/sa/" + sa,
-			"--pod-namespace", "$(POD_NAMESPACE)", "--pod-name", "$(POD_NAME)", "--token-file", identityDir + "/token",
-			"--cluster", "Kubernetes",
-		},
-		Env: env,
+		Args: args,
+		Env:  env,
 		Ports: []corev1.ContainerPort{
 			{Name: "trellis-prom", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
 			{Name: "trellis-health", ContainerPort: HealthPort, Protocol: corev1.ProtocolTCP},

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/trellis-mesh/trellis/internal/proxy"
@@ -17,7 +18,8 @@ import (
 var update = flag.Bool("update", false, "rewrite testdata/*.injected.yaml")
 
 var testConfig = Config{ProxyImage: "trellis.local/trellis-proxy:v1", ControlPlane: "trellis-control.trellis-system.svc:15012",
-	TrustDomain: "cluster.local", RootPEM: []byte("-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n")}
+	TrustDomain: "cluster.local", RootPEM: []byte("-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n"),
+	Traces: "control-plane", TraceSampling: 1.5}
 
 func loadPod(t *testing.T, path string) *corev1.Pod {
 	t.Helper()
@@ -148,6 +150,23 @@ func TestSkipsAndRefusals(t *testing.T) {
 		}
 		if after, _ := json.Marshal(c.pod); string(after) != string(before) {
 			t.Errorf("%s: the pod was changed although not injected", c.name)
+		}
+	}
+}
+
+// TestWorkloadOf: a sidecar names its spans after the pod's workload,
+// known at admission only from the pod's generated name.
+func TestWorkloadOf(t *testing.T) {
+	for _, c := range []struct {
+		pod  corev1.Pod
+		want string
+	}{
+		{corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: "reviews-v1-7d4b9c5f6-", Labels: map[string]string{"pod-template-hash": "7d4b9c5f6"}}}, "reviews-v1"},
+		{corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: "db-0-"}}, "db-0"},
+		{corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "client", Labels: map[string]string{"pod-template-hash": "x"}}}, "client"},
+	} {
+		if got := workloadOf(&c.pod); got != c.want {
+			t.Errorf("workloadOf(%+v) = %q, want %q", c.pod.ObjectMeta, got, c.want)
 		}
 	}
 }

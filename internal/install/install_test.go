@@ -16,7 +16,7 @@ import (
 func TestRBACVerbs(t *testing.T) {
 	var got []string
 	for scope, rules := range map[string][]rbacv1.PolicyRule{"cluster": ClusterRules(), "namespace": NamespaceRules(),
-		"node-cluster": NodeAgentClusterRules(), "node-namespace": NodeAgentNamespaceRules()} {
+		"node-cluster": NodeAgentClusterRules(), "node-namespace": NodeAgentNamespaceRules(), "prometheus-cluster": PrometheusClusterRules()} {
 		for _, r := range rules {
 			for _, g := range r.APIGroups {
 				for _, res := range r.Resources {
@@ -64,6 +64,10 @@ func TestRBACVerbs(t *testing.T) {
 		"node-cluster networking.k8s.io networkpolicies list ",
 		"node-cluster networking.k8s.io networkpolicies watch ",
 		"node-namespace apps daemonsets get trellis-node",
+		"prometheus-cluster  pods get ",
+		"prometheus-cluster  pods list ",
+		"prometheus-cluster  pods watch ",
+		"prometheus-cluster  pods/proxy get ",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("granted:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -109,6 +113,42 @@ func TestValues(t *testing.T) {
 	bad.Image.Tag = ""
 	if _, err := Render(bad); err == nil || !strings.Contains(err.Error(), "--set image.tag=") {
 		t.Errorf("no tag: %v, want the fix named", err)
+	}
+	// Values that parse but cannot work are refused, naming the key.
+	for _, c := range []struct{ set, want string }{
+		{"prometheus.scrapeInterval=500ms", "prometheus.scrapeInterval"},
+		{"prometheus.scrapeInterval=10m", "prometheus.scrapeInterval"},
+		{"tracing.sampling=101", "tracing.sampling"},
+		{"tracing.sampling=-1", "tracing.sampling"},
+		{"tracing.endpoint=collector", "tracing.endpoint"},
+		{"tracing.endpoint=http://collector:4317", "tracing.endpoint"},
+	} {
+		w := Defaults()
+		w.Image.Tag = "v1"
+		if err := w.Set(c.set); err != nil {
+			t.Fatalf("--set %s: %v", c.set, err)
+		}
+		if _, err := Render(w); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("--set %s: Render() = %v, want an error naming %s", c.set, err, c.want)
+		}
+	}
+	// Prometheus on: its server, and the dashboard reading it.
+	on := Defaults()
+	on.Image.Tag = "v1"
+	for _, s := range []string{"prometheus.enabled=true", "tracing.endpoint=otel.observability:4317", "tracing.sampling=0.5"} {
+		if err := on.Set(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err = Render(on)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"name: trellis-prometheus", "image: docker.io/prom/prometheus:", "- --prometheus\n        - http://trellis-prometheus.trellis-system.svc:9090",
+		"- --proxy-traces\n        - otel.observability:4317", "- --proxy-trace-sampling\n        - \"0.5\""} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("rendered install with Prometheus and a collector lacks %q", want)
+		}
 	}
 	if err := os.WriteFile(file, []byte("imagee: {}\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package install
 import (
 	"bytes"
 	"fmt"
+	"strconv"
 
 	admissionregv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -29,10 +30,12 @@ const (
 
 // Ports of the control plane.
 const (
-	grpcPort      = 15012
-	metricsPort   = 15014
-	webhookPort   = 15017
-	dashboardPort = 20001
+	grpcPort    = 15012
+	metricsPort = 15014
+	webhookPort = 15017
+	// DashboardPort serves the dashboard, on the control plane's Service
+	// too.
+	DashboardPort = 20001
 	// nodeMetricsPort is the node agent's /metrics and readiness, on the
 	// node's address.
 	nodeMetricsPort = 15090
@@ -72,15 +75,19 @@ func Objects(v Values) []any {
 	// rights.
 	account := func(name string, clusterRules, namespaceRules []rbacv1.PolicyRule) []any {
 		subjects := []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: v.Namespace}}
-		return []any{
+		objs := []any{
 			&corev1.ServiceAccount{TypeMeta: tm("v1", "ServiceAccount"), ObjectMeta: om(name)},
 			&rbacv1.ClusterRole{TypeMeta: tm("rbac.authorization.k8s.io/v1", "ClusterRole"), ObjectMeta: cluster(name), Rules: clusterRules},
 			&rbacv1.ClusterRoleBinding{TypeMeta: tm("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"), ObjectMeta: cluster(name),
 				RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name}, Subjects: subjects},
+		}
+		if len(namespaceRules) == 0 {
+			return objs
+		}
+		return append(objs,
 			&rbacv1.Role{TypeMeta: tm("rbac.authorization.k8s.io/v1", "Role"), ObjectMeta: om(name), Rules: namespaceRules},
 			&rbacv1.RoleBinding{TypeMeta: tm("rbac.authorization.k8s.io/v1", "RoleBinding"), ObjectMeta: om(name),
-				RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: name}, Subjects: subjects},
-		}
+				RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: name}, Subjects: subjects})
 	}
 	objs := []any{peerAuthenticationCRD(), &corev1.Namespace{TypeMeta: tm("v1", "Namespace"), ObjectMeta: cluster(v.Namespace)}}
 	objs = append(objs, account(ControlPlane, ClusterRules(), NamespaceRules())...)
@@ -91,12 +98,15 @@ func Objects(v Values) []any {
 				{Name: "grpc-trellis", Port: grpcPort, TargetPort: intstr.FromInt32(grpcPort)},
 				{Name: "http-monitoring", Port: metricsPort, TargetPort: intstr.FromInt32(metricsPort)},
 				{Name: "https-webhook", Port: 443, TargetPort: intstr.FromInt32(webhookPort)},
-				{Name: "http-dashboard", Port: dashboardPort, TargetPort: intstr.FromInt32(dashboardPort)},
+				{Name: "http-dashboard", Port: DashboardPort, TargetPort: intstr.FromInt32(DashboardPort)},
 			}}},
 		controlPlaneDeployment(v, labels, om(ControlPlane)))
 	if v.NodeAgent.Enabled {
 		objs = append(objs, account(NodeAgent, NodeAgentClusterRules(), NodeAgentNamespaceRules())...)
 		objs = append(objs, nodeAgentDaemonSet(v, om(NodeAgent)))
+	}
+	if v.Prometheus.Enabled {
+		objs = append(objs, prometheusObjects(v, om, account)...)
 	}
 	return append(objs, webhookConfiguration(v, cluster(WebhookConfig)))
 }
@@ -136,7 +146,7 @@ func nodeAgentDaemonSet(v Values, meta metav1.ObjectMeta) *appsv1.DaemonSet {
 		Spec: appsv1.DaemonSetSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": NodeAgent}},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: scrapeAnnotations(nodeMetricsPort, "/metrics")},
 				Spec: corev1.PodSpec{
 					ServiceAccountName: NodeAgent,
 					HostNetwork:        true,
@@ -188,6 +198,18 @@ func NamespaceRules() []rbacv1.PolicyRule {
 	}
 }
 
+func controlPlaneArgs(v Values) []string {
+	args := []string{"--kubernetes", "--control-state-dir", "/var/run/trellis-control",
+		"--trust-domain", v.TrustDomain,
+		"--proxy-image", v.image("trellis-proxy"), "--proxy-pull-policy", v.Image.PullPolicy,
+		"--metrics-addr", fmt.Sprintf(":%d", metricsPort), "--dashboard-addr", fmt.Sprintf(":%d", DashboardPort),
+		"--proxy-traces", v.Tracing.Endpoint, "--proxy-trace-sampling", strconv.FormatFloat(v.Tracing.Sampling, 'f', -1, 64)}
+	if v.Prometheus.Enabled {
+		args = append(args, "--prometheus", v.PrometheusURL())
+	}
+	return args
+}
+
 func controlPlaneDeployment(v Values, labels map[string]string, meta metav1.ObjectMeta) *appsv1.Deployment {
 	ptr := func(b bool) *bool { return &b }
 	uid := int64(65532)
@@ -200,20 +222,17 @@ func controlPlaneDeployment(v Values, labels map[string]string, meta metav1.Obje
 			Replicas: &v.ControlPlane.Replicas,
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": ControlPlane}},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: scrapeAnnotations(metricsPort, "/metrics")},
 				Spec: corev1.PodSpec{
 					ServiceAccountName: ControlPlane,
 					SecurityContext:    &corev1.PodSecurityContext{RunAsNonRoot: ptr(true), RunAsUser: &uid, RunAsGroup: &uid},
 					Containers: []corev1.Container{{
 						Name: ControlPlane, Image: v.image("trellis-control"), ImagePullPolicy: corev1.PullPolicy(v.Image.PullPolicy),
-						Args: []string{"--kubernetes", "--control-state-dir", "/var/run/trellis-control",
-							"--trust-domain", v.TrustDomain,
-							"--proxy-image", v.image("trellis-proxy"), "--proxy-pull-policy", v.Image.PullPolicy,
-							"--metrics-addr", fmt.Sprintf(":%d", metricsPort), "--dashboard-addr", fmt.Sprintf(":%d", dashboardPort)},
-						Env: []corev1.EnvVar{{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}}},
+						Args: controlPlaneArgs(v),
+						Env:  []corev1.EnvVar{{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}}},
 						Ports: []corev1.ContainerPort{
 							{Name: "grpc-trellis", ContainerPort: grpcPort}, {Name: "http-monitoring", ContainerPort: metricsPort},
-							{Name: "https-webhook", ContainerPort: webhookPort}, {Name: "http-dashboard", ContainerPort: dashboardPort},
+							{Name: "https-webhook", ContainerPort: webhookPort}, {Name: "http-dashboard", ContainerPort: DashboardPort},
 						},
 						ReadinessProbe: ready, LivenessProbe: live,
 						Resources: corev1.ResourceRequirements{

@@ -7,13 +7,16 @@ package install
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/trellis-mesh/trellis/internal/version"
 )
 
 // Values are the install's settings: -f FILE (YAML, these keys nested) and
@@ -35,6 +38,25 @@ type Values struct {
 		// it off where another engine (Calico, Cilium) does.
 		Enabled bool `json:"enabled"`
 	} `json:"nodeAgent"`
+	Prometheus struct {
+		// Enabled deploys a Prometheus server (trellis-prometheus) that
+		// scrapes every pod annotated prometheus.io/scrape (the sidecars,
+		// the node agents, the control plane), and makes the dashboard
+		// read it.
+		Enabled bool `json:"enabled"`
+		// Image of the Prometheus server.
+		Image string `json:"image"`
+		// ScrapeInterval, a duration of 1s to 5m.
+		ScrapeInterval string `json:"scrapeInterval"`
+	} `json:"prometheus"`
+	Tracing struct {
+		// Endpoint is where injected sidecars send spans over OTLP:
+		// control-plane (the dashboard's traces and recent requests), a
+		// collector's host:port (plaintext gRPC), or empty for nowhere.
+		Endpoint string `json:"endpoint"`
+		// Sampling is the percentage of requests traced, 0 to 100.
+		Sampling float64 `json:"sampling"`
+	} `json:"tracing"`
 	// TrustDomain of the mesh's SPIFFE IDs.
 	TrustDomain string `json:"trustDomain"`
 	// Namespace Trellis runs in.
@@ -42,43 +64,24 @@ type Values struct {
 }
 
 // settable are the keys --set takes.
-var settable = []string{"image.repository", "image.tag", "image.pullPolicy", "controlPlane.replicas", "nodeAgent.enabled", "trustDomain", "namespace"}
+var settable = []string{"image.repository", "image.tag", "image.pullPolicy", "controlPlane.replicas", "nodeAgent.enabled",
+	"prometheus.enabled", "prometheus.image", "prometheus.scrapeInterval", "tracing.endpoint", "tracing.sampling", "trustDomain", "namespace"}
 
 // Defaults are the values of an install given nothing.
 func Defaults() Values {
 	var v Values
 	v.Image.Repository = "trellis.local"
-	v.Image.Tag = version()
+	v.Image.Tag = version.Tag()
 	v.Image.PullPolicy = "IfNotPresent"
 	v.ControlPlane.Replicas = 1
 	v.NodeAgent.Enabled = true
+	v.Prometheus.Image = "docker.io/prom/prometheus:v3.5.0"
+	v.Prometheus.ScrapeInterval = "15s"
+	v.Tracing.Endpoint = "control-plane"
+	v.Tracing.Sampling = 1
 	v.TrustDomain = "cluster.local"
 	v.Namespace = "trellis-system"
 	return v
-}
-
-// version is the CLI's own version in the images' tag form,
-// v0.0.0-COMMIT[-dirty], or "" when the binary carries none.
-func version() string {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return ""
-	}
-	var rev, dirty string
-	for _, s := range info.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				dirty = "-dirty"
-			}
-		}
-	}
-	if len(rev) < 12 {
-		return ""
-	}
-	return "v0.0.0-" + rev[:12] + dirty
 }
 
 // LoadFile merges a values file (YAML) into v; unknown keys are errors.
@@ -112,12 +115,28 @@ func (v *Values) Set(kv string) error {
 			return fmt.Errorf("--set controlPlane.replicas=%s: not a number", val)
 		}
 		v.ControlPlane.Replicas = int32(n)
-	case "nodeAgent.enabled":
+	case "nodeAgent.enabled", "prometheus.enabled":
 		b, err := strconv.ParseBool(val)
 		if err != nil {
-			return fmt.Errorf("--set nodeAgent.enabled=%s: use true or false", val)
+			return fmt.Errorf("--set %s=%s: use true or false", key, val)
 		}
-		v.NodeAgent.Enabled = b
+		if key == "nodeAgent.enabled" {
+			v.NodeAgent.Enabled = b
+		} else {
+			v.Prometheus.Enabled = b
+		}
+	case "prometheus.image":
+		v.Prometheus.Image = val
+	case "prometheus.scrapeInterval":
+		v.Prometheus.ScrapeInterval = val
+	case "tracing.endpoint":
+		v.Tracing.Endpoint = val
+	case "tracing.sampling":
+		f, err := strconv.ParseFloat(val, 64)
+		if err != nil {
+			return fmt.Errorf("--set tracing.sampling=%s: not a number (a percentage, 0 to 100)", val)
+		}
+		v.Tracing.Sampling = f
 	case "trustDomain":
 		v.TrustDomain = val
 	case "namespace":
@@ -143,8 +162,23 @@ func (v *Values) Check() error {
 		return fmt.Errorf("trustDomain %q is not a trust domain name", v.TrustDomain)
 	case v.Namespace == "":
 		return fmt.Errorf("namespace is empty")
+	case v.Prometheus.Enabled && v.Prometheus.Image == "":
+		return fmt.Errorf("prometheus.image is empty: give the Prometheus server's image")
+	case v.Tracing.Sampling < 0 || v.Tracing.Sampling > 100:
+		return fmt.Errorf("tracing.sampling %g: give a percentage, 0 to 100", v.Tracing.Sampling)
+	case v.Tracing.Endpoint != "" && v.Tracing.Endpoint != "control-plane" && !validHostPort(v.Tracing.Endpoint):
+		return fmt.Errorf("tracing.endpoint %q: give control-plane, a collector's host:port, or empty for nowhere", v.Tracing.Endpoint)
+	}
+	if d, err := time.ParseDuration(v.Prometheus.ScrapeInterval); err != nil || d < time.Second || d > 5*time.Minute || d%time.Second != 0 {
+		return fmt.Errorf("prometheus.scrapeInterval %q: use whole seconds from 1s to 5m, such as 15s", v.Prometheus.ScrapeInterval)
 	}
 	return nil
+}
+
+func validHostPort(s string) bool {
+	host, port, err := net.SplitHostPort(s)
+	n, perr := strconv.Atoi(port)
+	return err == nil && host != "" && perr == nil && n > 0 && n < 65536 && !strings.ContainsAny(host, " /@")
 }
 
 // image is the reference of one of the three images.

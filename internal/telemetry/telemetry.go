@@ -11,6 +11,7 @@
 package telemetry
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -24,6 +25,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/trellis-mesh/trellis/internal/version"
 )
 
 // Peer describes one end of a request for labels.
@@ -219,6 +222,12 @@ func New(cluster string) *Metrics {
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
 			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/cpu/classes/(gc/total|total):cpu-seconds$`)})))
 	m.tcp = newTCPMetrics(m.reg)
+	// Which build answers, as Istio's proxies say it (its mesh dashboard
+	// lists components by version from this).
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "istio_build",
+		Help: "The proxy's build: component and version tag, always 1."}, []string{"component", "tag"})
+	build.WithLabelValues("proxy", cmp.Or(version.Tag(), "unknown")).Set(1)
+	m.reg.MustRegister(build)
 	return m
 }
 

@@ -48,6 +48,15 @@ var components = []component{
 	{dir: "images/pause", pkgs: []string{"."}},
 }
 
+// extras are components only some tests run, each cached under its own
+// version key, so that adding one does not rebuild the node's.
+var extras = map[string]component{
+	// The Prometheus server of installs with prometheus.enabled, with its
+	// Kubernetes service discovery only (Debian's build has none).
+	"prometheus": {dir: "components/prometheus", tags: "remove_all_sd,enable_kubernetes_sd",
+		pkgs: []string{"github.com/prometheus/prometheus/cmd/prometheus"}},
+}
+
 // hostTools are what the bed takes from Debian's packages (scripts/k8sbed.sh
 // installs them): runc, the CNI plugins, and what kube-proxy's nftables
 // mode runs.
@@ -92,26 +101,72 @@ func (b *Bed) build(ctx context.Context) (string, error) {
 		return "", err
 	}
 	for _, c := range components {
-		start := time.Now()
-		args := []string{"build", "-trimpath", "-o", tmp + "/"}
-		if c.tags != "" {
-			args = append(args, "-tags", c.tags)
+		if err := compile(ctx, b.cfg.Source, tmp, c); err != nil {
+			return "", err
 		}
-		if c.ldflags != "" {
-			args = append(args, "-ldflags", c.ldflags)
-		}
-		cmd := exec.CommandContext(ctx, "go", append(args, c.pkgs...)...)
-		cmd.Dir = filepath.Join(b.cfg.Source, c.dir)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("build %s: %w\n%s", c.dir, err, out)
-		}
-		log.Printf("built %s in %s", c.dir, time.Since(start).Round(time.Second))
 	}
 	if err := os.WriteFile(filepath.Join(tmp, ".complete"), []byte(key+"\n"), 0o644); err != nil {
 		return "", err
 	}
 	if err := os.RemoveAll(bin); err != nil {
+		return "", err
+	}
+	return bin, os.Rename(tmp, bin)
+}
+
+// compile builds c's commands into dir.
+func compile(ctx context.Context, source, dir string, c component) error {
+	start := time.Now()
+	args := []string{"build", "-trimpath", "-o", dir + "/"}
+	if c.tags != "" {
+		args = append(args, "-tags", c.tags)
+	}
+	if c.ldflags != "" {
+		args = append(args, "-ldflags", c.ldflags)
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, c.pkgs...)...)
+	cmd.Dir = filepath.Join(source, c.dir)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %w\n%s", c.dir, err, out)
+	}
+	log.Printf("built %s in %s", c.dir, time.Since(start).Round(time.Second))
+	return nil
+}
+
+// BuildExtra builds the extra component name unless the cache has it for
+// its version (the Go toolchain, its tags and module files) and returns
+// the directory holding its binaries.
+func (b *Bed) BuildExtra(ctx context.Context, name string) (string, error) {
+	c, ok := extras[name]
+	if !ok {
+		return "", fmt.Errorf("no extra component %q", name)
+	}
+	h := sha256.New()
+	fmt.Fprintln(h, runtime.Version(), c.tags)
+	for _, f := range []string{"go.mod", "go.sum"} {
+		data, err := os.ReadFile(filepath.Join(b.cfg.Source, c.dir, f))
+		if err != nil {
+			return "", fmt.Errorf("version of %s: %w (run k8sbed from test/k8sbed, or give --source)", name, err)
+		}
+		h.Write(data)
+	}
+	bin := filepath.Join(b.cfg.Cache, "extras", name+"-"+hex.EncodeToString(h.Sum(nil))[:16])
+	if _, err := os.Stat(filepath.Join(bin, ".complete")); err == nil {
+		return bin, nil
+	}
+	log.Printf("building %s into %s (a few minutes, once per version)", name, bin)
+	tmp := bin + ".partial"
+	if err := os.RemoveAll(tmp); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return "", err
+	}
+	if err := compile(ctx, b.cfg.Source, tmp, c); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, ".complete"), nil, 0o644); err != nil {
 		return "", err
 	}
 	return bin, os.Rename(tmp, bin)

@@ -30,6 +30,8 @@ func TestHelmChartRendersTheInstall(t *testing.T) {
 	for _, sets := range [][]string{
 		{"image.tag=v1.2.3"},
 		{"image.tag=v1.2.3", "nodeAgent.enabled=false"},
+		{"image.tag=v1.2.3", "prometheus.enabled=true", "prometheus.image=registry.example.com/prometheus:v3", "prometheus.scrapeInterval=2s",
+			"tracing.sampling=100", "tracing.endpoint=otel-collector.observability:4317"},
 		{"image.tag=v9", "image.repository=registry.example.com/mesh", "image.pullPolicy=Always", "controlPlane.replicas=2",
 			"trustDomain=example.org", "namespace=mesh-system"},
 	} {

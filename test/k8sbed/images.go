@@ -6,9 +6,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -24,9 +26,10 @@ const (
 	corednsImage = "trellis.local/k8sbed/coredns:bed"
 )
 
-// LoadImage builds a one-layer image whose only file is binary (a static
-// executable; a bare name is one of the bed's), started as
-// /NAME ARGS..., and imports it into the node's containerd as ref.
+// LoadImage builds a one-layer image holding binary (a bare name is one
+// of the bed's) and, for a dynamically linked one, the shared libraries
+// ldd finds for it, at their host paths; it is started as /NAME ARGS...,
+// and imported into the node's containerd as ref.
 func (b *Bed) LoadImage(ctx context.Context, ref, binary string, args []string) error {
 	if err := b.findBin(); err != nil {
 		return err
@@ -43,8 +46,20 @@ func (b *Bed) LoadImage(ctx context.Context, ref, binary string, args []string) 
 		return fmt.Errorf("image %s: %w", ref, err)
 	}
 	base := filepath.Base(binary)
+	files := map[string][]byte{base: exe}
+	libs, err := sharedLibraries(ctx, binary)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", ref, err)
+	}
+	for _, l := range libs {
+		data, err := os.ReadFile(l)
+		if err != nil {
+			return fmt.Errorf("image %s: %w", ref, err)
+		}
+		files[strings.TrimPrefix(l, "/")] = data
+	}
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(tarOf(base, exe))), nil
+		return io.NopCloser(bytes.NewReader(tarOf(files))), nil
 	})
 	if err != nil {
 		return err
@@ -89,14 +104,49 @@ func (b *Bed) Import(ctx context.Context, archives ...string) error {
 	return nil
 }
 
-// tarOf is a tar archive holding one executable at /name.
-func tarOf(name string, exe []byte) []byte {
+// tarOf is a tar archive holding files (path: content, executable), with
+// the directories above them.
+func tarOf(files map[string][]byte) []byte {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	_ = tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(exe)), Typeflag: tar.TypeReg})
-	_, _ = tw.Write(exe)
+	dirs := map[string]bool{}
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		for d := filepath.Dir(name); d != "." && !dirs[d]; d = filepath.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	for _, d := range slices.Sorted(maps.Keys(dirs)) {
+		_ = tw.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, Typeflag: tar.TypeDir})
+	}
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		_ = tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(files[name])), Typeflag: tar.TypeReg})
+		_, _ = tw.Write(files[name])
+	}
 	_ = tw.Close()
 	return buf.Bytes()
+}
+
+// sharedLibraries are the absolute paths of the libraries (and the
+// loader) a dynamically linked binary needs, as ldd resolves them; none
+// for a static one.
+func sharedLibraries(ctx context.Context, binary string) ([]string, error) {
+	out, err := exec.CommandContext(ctx, "ldd", binary).CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "not a dynamic executable") {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("ldd %s: %w: %s", binary, err, out)
+	}
+	var libs []string
+	for _, line := range strings.Split(string(out), "\n") {
+		for _, f := range strings.Fields(line) {
+			if strings.HasPrefix(f, "/") {
+				libs = append(libs, f)
+				break
+			}
+		}
+	}
+	return libs, nil
 }
 
 // findBin sets b.bin from the running bed's record when Up did not.

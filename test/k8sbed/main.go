@@ -1,7 +1,7 @@
 // Command k8sbed builds and runs a real single-node Kubernetes cluster on
 // this machine, for Trellis's Kubernetes tests (see README.md):
 //
-//	k8sbed build        build the components into the cache (if missing)
+//	k8sbed build        build the components, and the extras tests run, into the cache (if missing)
 //	k8sbed up           start the cluster (building first if needed); returns when the node and DNS are ready
 //	k8sbed down         stop it and remove everything it made, also after a crash
 //	k8sbed status       say what runs
@@ -54,6 +54,11 @@ func run(ctx context.Context, args []string) error {
 	switch cmd, rest := fs.Arg(0), fs.Args()[1:]; cmd {
 	case "build":
 		_, err := bed.build(ctx)
+		for name := range extras {
+			if err == nil {
+				_, err = bed.BuildExtra(ctx, name)
+			}
+		}
 		return err
 	case "up":
 		return bed.Up(ctx)

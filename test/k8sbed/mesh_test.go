@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -127,6 +128,9 @@ func TestMeshOnKubernetes(t *testing.T) {
 		t.Errorf("plaintext between meshed pods:\n%s", grepLines(wire, "hello from"))
 	}
 	step("no plaintext on the wire")
+
+	checkClusterGraph(t, ctx, trellis)
+	step("the graph through the API server: trellis graph and dashboard --kubernetes")
 
 	// Scaling under load: 200 requests a second from the meshed client
 	// while the server goes 3 -> 5 -> 1 replicas; not one may fail.
@@ -438,6 +442,68 @@ func checkNoTrellis(t *testing.T, ctx context.Context, bed *Bed) {
 	}
 	if out, err := exec.CommandContext(ctx, "ip", "netns", "exec", netnsName, "nft", "list", "table", "ip", "trellis-netpol").CombinedOutput(); err == nil {
 		t.Errorf("after uninstall, the node agent's rules are still in the node's kernel:\n%.500s", out)
+	}
+}
+
+// checkClusterGraph reads the graph of the requests made so far, which
+// the dashboard draws from the sidecars' metrics scraped through the API
+// server: `trellis graph --kubernetes` prints the meshed client's edge to
+// hello, and `trellis dashboard --kubernetes` serves the dashboard on a
+// local port (port-forwarded) until interrupted.
+func checkClusterGraph(t *testing.T, ctx context.Context, trellis func(args ...string) *exec.Cmd) {
+	t.Helper()
+	edge := regexp.MustCompile(`mesh/client\s+hello\.mesh \(service\)\s+\S+\s+[\d.]+\s+100\.0%`)
+	if err := waitFor(ctx, "the client's edge in trellis graph --kubernetes", 30*time.Second, func() error {
+		out, err := trellis("graph", "--kubernetes", "-n", "mesh", "--window", "5m").CombinedOutput()
+		if err != nil || !edge.Match(out) {
+			return fmt.Errorf("%v:\n%s", err, out)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	dash := trellis("dashboard", "--kubernetes", "--port", fmt.Sprint(port), "--browser=false")
+	stdout, err := dash.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	dash.Stderr = &stderr
+	if err := dash.Start(); err != nil {
+		t.Fatal(err)
+	}
+	printed := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		printed <- line
+		_, _ = io.Copy(io.Discard, stdout)
+	}()
+	want := fmt.Sprintf("dashboard: http://127.0.0.1:%d/\n", port)
+	select {
+	case line := <-printed:
+		if line != want {
+			t.Errorf("trellis dashboard --kubernetes printed %q, want %q (stderr: %s)", line, want, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("trellis dashboard --kubernetes printed no URL in 30s (stderr: %s)", stderr.String())
+	}
+	if g := get(t, fmt.Sprintf("http://127.0.0.1:%d/api/graph?window=5m&namespaces=mesh", port)); !strings.Contains(g, `"wl:mesh/client\u003esvc:mesh/hello:`) &&
+		!strings.Contains(g, `"wl:mesh/client>svc:mesh/hello:`) {
+		t.Errorf("the port-forwarded dashboard's graph has no edge from the client to hello:\n%.2000s", g)
+	}
+	if page := get(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); !strings.Contains(page, "<html") {
+		t.Errorf("the port-forwarded dashboard's page:\n%.500s", page)
+	}
+	_ = dash.Process.Signal(os.Interrupt)
+	if err := dash.Wait(); err != nil {
+		t.Errorf("trellis dashboard --kubernetes, interrupted: %v (stderr: %s)", err, stderr.String())
 	}
 }
 
