@@ -31,7 +31,7 @@ type valuesFlags struct {
 // manifest, as in `trellis inject`).
 func (f *valuesFlags) register(cmd *cobra.Command, short string) {
 	cmd.Flags().StringArrayVarP(&f.files, "values", short, nil, "values file (YAML; repeatable, later wins)")
-	cmd.Flags().StringArrayVar(&f.sets, "set", nil, "KEY=VALUE (repeatable): image.repository, image.tag, image.pullPolicy, controlPlane.replicas, nodeAgent.enabled, prometheus.enabled, prometheus.image, prometheus.scrapeInterval, tracing.endpoint, tracing.sampling, trustDomain, namespace")
+	cmd.Flags().StringArrayVar(&f.sets, "set", nil, "KEY=VALUE (repeatable): image.repository, image.tag, image.pullPolicy, controlPlane.replicas, controlPlane.certificateTTL, nodeAgent.enabled, prometheus.enabled, prometheus.image, prometheus.scrapeInterval, tracing.endpoint, tracing.sampling, trustDomain, namespace")
 }
 
 func (f *valuesFlags) values() (install.Values, error) {

@@ -1,13 +1,17 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/trellis-mesh/trellis/internal/kube"
 	"github.com/trellis-mesh/trellis/internal/push"
 )
 
@@ -15,12 +19,24 @@ import (
 // proxy-status does.
 func newProxyStatusCmd(o *options) *cobra.Command {
 	var output string
+	var cluster clusterFlags
 	cmd := &cobra.Command{
-		Use:   "proxy-status",
+		Use:   "proxy-status [--kubernetes]",
 		Short: "Show every proxy: connected, config acked, certificate expiry, NACKs",
-		Args:  cobra.NoArgs,
+		Long: `Show every proxy: connected, config acked, certificate expiry, NACKs.
+
+With --kubernetes it asks every control plane replica of the cluster
+(through the API server) and shows each proxy as the replica it streams
+from sees it.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			st, err := controlClient(o.stateDir).Proxies(cmd.Context())
+			var st []push.ProxyStatus
+			var err error
+			if cluster.kubernetes {
+				st, err = clusterProxyStatuses(cmd.Context(), &cluster)
+			} else {
+				st, err = controlClient(o.stateDir).Proxies(cmd.Context())
+			}
 			if err != nil {
 				return err
 			}
@@ -39,7 +55,26 @@ func newProxyStatusCmd(o *options) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
+	cluster.register(cmd)
 	return cmd
+}
+
+// clusterProxyStatuses are the proxies of a cluster's mesh, by namespace
+// and pod.
+func clusterProxyStatuses(ctx context.Context, cluster *clusterFlags) ([]push.ProxyStatus, error) {
+	kc, err := cluster.connect()
+	if err != nil {
+		return nil, err
+	}
+	byPod, err := kube.ProxyStatuses(ctx, kc, cluster.namespace)
+	if err != nil {
+		return nil, fmt.Errorf("%w (is Trellis installed? `trellis check`)", err)
+	}
+	st := make([]push.ProxyStatus, 0, len(byPod))
+	for _, k := range slices.Sorted(maps.Keys(byPod)) {
+		st = append(st, byPod[k])
+	}
+	return st, nil
 }
 
 // syncState is SYNCED when the proxy acked what the control plane would

@@ -116,6 +116,8 @@ func TestValues(t *testing.T) {
 	}
 	// Values that parse but cannot work are refused, naming the key.
 	for _, c := range []struct{ set, want string }{
+		{"controlPlane.certificateTTL=5s", "controlPlane.certificateTTL"},
+		{"controlPlane.certificateTTL=forever", "controlPlane.certificateTTL"},
 		{"prometheus.scrapeInterval=500ms", "prometheus.scrapeInterval"},
 		{"prometheus.scrapeInterval=10m", "prometheus.scrapeInterval"},
 		{"tracing.sampling=101", "tracing.sampling"},

@@ -200,7 +200,7 @@ func NamespaceRules() []rbacv1.PolicyRule {
 
 func controlPlaneArgs(v Values) []string {
 	args := []string{"--kubernetes", "--control-state-dir", "/var/run/trellis-control",
-		"--trust-domain", v.TrustDomain,
+		"--trust-domain", v.TrustDomain, "--svid-ttl", v.ControlPlane.CertificateTTL,
 		"--proxy-image", v.image("trellis-proxy"), "--proxy-pull-policy", v.Image.PullPolicy,
 		"--metrics-addr", fmt.Sprintf(":%d", metricsPort), "--dashboard-addr", fmt.Sprintf(":%d", DashboardPort),
 		"--proxy-traces", v.Tracing.Endpoint, "--proxy-trace-sampling", strconv.FormatFloat(v.Tracing.Sampling, 'f', -1, 64)}

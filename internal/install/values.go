@@ -32,6 +32,9 @@ type Values struct {
 	} `json:"image"`
 	ControlPlane struct {
 		Replicas int32 `json:"replicas"`
+		// CertificateTTL is the lifetime of the workload certificates it
+		// issues (sidecars renew at half life), 10s to 90 days.
+		CertificateTTL string `json:"certificateTTL"`
 	} `json:"controlPlane"`
 	NodeAgent struct {
 		// Enabled runs the node agent, which enforces NetworkPolicy; turn
@@ -64,7 +67,7 @@ type Values struct {
 }
 
 // settable are the keys --set takes.
-var settable = []string{"image.repository", "image.tag", "image.pullPolicy", "controlPlane.replicas", "nodeAgent.enabled",
+var settable = []string{"image.repository", "image.tag", "image.pullPolicy", "controlPlane.replicas", "controlPlane.certificateTTL", "nodeAgent.enabled",
 	"prometheus.enabled", "prometheus.image", "prometheus.scrapeInterval", "tracing.endpoint", "tracing.sampling", "trustDomain", "namespace"}
 
 // Defaults are the values of an install given nothing.
@@ -74,6 +77,7 @@ func Defaults() Values {
 	v.Image.Tag = version.Tag()
 	v.Image.PullPolicy = "IfNotPresent"
 	v.ControlPlane.Replicas = 1
+	v.ControlPlane.CertificateTTL = "24h"
 	v.NodeAgent.Enabled = true
 	v.Prometheus.Image = "docker.io/prom/prometheus:v3.5.0"
 	v.Prometheus.ScrapeInterval = "15s"
@@ -115,6 +119,8 @@ func (v *Values) Set(kv string) error {
 			return fmt.Errorf("--set controlPlane.replicas=%s: not a number", val)
 		}
 		v.ControlPlane.Replicas = int32(n)
+	case "controlPlane.certificateTTL":
+		v.ControlPlane.CertificateTTL = val
 	case "nodeAgent.enabled", "prometheus.enabled":
 		b, err := strconv.ParseBool(val)
 		if err != nil {
@@ -168,6 +174,9 @@ func (v *Values) Check() error {
 		return fmt.Errorf("tracing.sampling %g: give a percentage, 0 to 100", v.Tracing.Sampling)
 	case v.Tracing.Endpoint != "" && v.Tracing.Endpoint != "control-plane" && !validHostPort(v.Tracing.Endpoint):
 		return fmt.Errorf("tracing.endpoint %q: give control-plane, a collector's host:port, or empty for nowhere", v.Tracing.Endpoint)
+	}
+	if d, err := time.ParseDuration(v.ControlPlane.CertificateTTL); err != nil || d < 10*time.Second || d > 90*24*time.Hour {
+		return fmt.Errorf("controlPlane.certificateTTL %q: give a duration from 10s to 2160h (90 days), such as 24h", v.ControlPlane.CertificateTTL)
 	}
 	if d, err := time.ParseDuration(v.Prometheus.ScrapeInterval); err != nil || d < time.Second || d > 5*time.Minute || d%time.Second != 0 {
 		return fmt.Errorf("prometheus.scrapeInterval %q: use whole seconds from 1s to 5m, such as 15s", v.Prometheus.ScrapeInterval)

@@ -89,29 +89,41 @@ func (b *Bed) build(ctx context.Context) (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(b.cfg.Cache, key, "bin")
-	if _, err := os.Stat(filepath.Join(bin, ".complete")); err == nil {
-		return bin, nil
+	return bin, cached(bin, func(tmp string) error {
+		log.Printf("building the bed's components (Kubernetes %s) into %s; a cold build takes about 15 minutes on 2 cores", kubeVersion, bin)
+		for _, c := range components {
+			if err := compile(ctx, b.cfg.Source, tmp, c); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// cached makes dir with build unless it is complete already: build fills
+// a fresh dir.partial, which becomes dir once build succeeds, so a build
+// cut short is never taken for a finished one.
+func cached(dir string, build func(tmp string) error) error {
+	if _, err := os.Stat(filepath.Join(dir, ".complete")); err == nil {
+		return nil
 	}
-	log.Printf("building the bed's components (Kubernetes %s) into %s; a cold build takes about 15 minutes on 2 cores", kubeVersion, bin)
-	tmp := bin + ".partial"
+	tmp := dir + ".partial"
 	if err := os.RemoveAll(tmp); err != nil {
-		return "", err
+		return err
 	}
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		return "", err
+		return err
 	}
-	for _, c := range components {
-		if err := compile(ctx, b.cfg.Source, tmp, c); err != nil {
-			return "", err
-		}
+	if err := build(tmp); err != nil {
+		return err
 	}
-	if err := os.WriteFile(filepath.Join(tmp, ".complete"), []byte(key+"\n"), 0o644); err != nil {
-		return "", err
+	if err := os.WriteFile(filepath.Join(tmp, ".complete"), nil, 0o644); err != nil {
+		return err
 	}
-	if err := os.RemoveAll(bin); err != nil {
-		return "", err
+	if err := os.RemoveAll(dir); err != nil {
+		return err
 	}
-	return bin, os.Rename(tmp, bin)
+	return os.Rename(tmp, dir)
 }
 
 // compile builds c's commands into dir.
@@ -152,24 +164,10 @@ func (b *Bed) BuildExtra(ctx context.Context, name string) (string, error) {
 		h.Write(data)
 	}
 	bin := filepath.Join(b.cfg.Cache, "extras", name+"-"+hex.EncodeToString(h.Sum(nil))[:16])
-	if _, err := os.Stat(filepath.Join(bin, ".complete")); err == nil {
-		return bin, nil
-	}
-	log.Printf("building %s into %s (a few minutes, once per version)", name, bin)
-	tmp := bin + ".partial"
-	if err := os.RemoveAll(tmp); err != nil {
-		return "", err
-	}
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		return "", err
-	}
-	if err := compile(ctx, b.cfg.Source, tmp, c); err != nil {
-		return "", err
-	}
-	if err := os.WriteFile(filepath.Join(tmp, ".complete"), nil, 0o644); err != nil {
-		return "", err
-	}
-	return bin, os.Rename(tmp, bin)
+	return bin, cached(bin, func(tmp string) error {
+		log.Printf("building %s into %s (a few minutes, once per version)", name, bin)
+		return compile(ctx, b.cfg.Source, tmp, c)
+	})
 }
 
 // versionKey hashes what decides the binaries: the Go toolchain and every

@@ -33,7 +33,7 @@ func TestHelmChartRendersTheInstall(t *testing.T) {
 		{"image.tag=v1.2.3", "prometheus.enabled=true", "prometheus.image=registry.example.com/prometheus:v3", "prometheus.scrapeInterval=2s",
 			"tracing.sampling=100", "tracing.endpoint=otel-collector.observability:4317"},
 		{"image.tag=v9", "image.repository=registry.example.com/mesh", "image.pullPolicy=Always", "controlPlane.replicas=2",
-			"trustDomain=example.org", "namespace=mesh-system"},
+			"trustDomain=example.org", "namespace=mesh-system", "controlPlane.certificateTTL=1h30m"},
 	} {
 		args := []string{"run", "./cmd/trellis", "install", "--dry-run"}
 		for _, s := range sets {

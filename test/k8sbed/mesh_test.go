@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -185,6 +188,34 @@ func TestMeshOnKubernetes(t *testing.T) {
 	}
 	step("control plane replaced under load")
 
+	// The control plane away for a minute (scaled to zero, as an
+	// operator or an outage would) under 500 requests a second: the
+	// sidecars serve on their last config and certificates.
+	loadDone = startLoad(meshClient, helloURL, 500, 75)
+	time.Sleep(3 * time.Second)
+	if out, err := bed.kubectl(ctx, "-n", "trellis-system", "scale", "deployment/trellis-control", "--replicas=0"); err != nil {
+		t.Fatal(err, out)
+	}
+	time.Sleep(60 * time.Second)
+	if out, err := bed.kubectl(ctx, "-n", "trellis-system", "scale", "deployment/trellis-control", "--replicas=2"); err != nil {
+		t.Fatal(err, out)
+	}
+	if got := <-loadDone; !onlyOK(got) {
+		t.Errorf("control plane down for 60s under 500 rps: outcomes\n%s", got)
+	} else {
+		t.Logf("control plane down for 60s under 500 rps: %s", strings.ReplaceAll(got, "\n", "; "))
+	}
+	if out, err := bed.kubectl(ctx, "-n", "trellis-system", "rollout", "status", "deployment/trellis-control", "--timeout=120s"); err != nil {
+		t.Fatal(err, out)
+	}
+	step("control plane down for a minute under load")
+
+	checkUpgrade(t, ctx, bed, trellis, meshClient)
+	step("upgraded under load, to certificates of 20s")
+
+	checkShortCertificates(t, ctx, trellis, meshClient)
+	step("certificates of 20s renewed for 2 minutes under load")
+
 	// PERMISSIVE (no policy): a client outside the mesh is served.
 	if lines := fetch(t, outsideClient, helloURL, 3, "http1"); !allPrefixed(lines, "200 hello from") {
 		t.Errorf("under PERMISSIVE, the unmeshed client got %q, want the greeting", lines)
@@ -260,7 +291,13 @@ spec: {mtls: {mode: STRICT}}
 	}); err != nil {
 		t.Error(err)
 	}
-	step("trellis check, restart-injected")
+	// proxy-status: the six sidecars, each SYNCED with the replica it
+	// streams from.
+	if out, err := trellis("proxy-status", "--kubernetes").CombinedOutput(); err != nil || strings.Count(string(out), " SYNCED ") != 6 ||
+		!regexp.MustCompile(`(?m)^outside\s+client-\S+\s+true\s+SYNCED\s`).Match(out) {
+		t.Errorf("trellis proxy-status --kubernetes: %v\n%s\nwant the 6 sidecars SYNCED", err, out)
+	}
+	step("trellis check, restart-injected, proxy-status")
 
 	// exportTo: a Service exported only to its own namespace is unknown
 	// to the (now meshed) sidecars of others, whose calls then leave
@@ -445,6 +482,125 @@ func checkNoTrellis(t *testing.T, ctx context.Context, bed *Bed) {
 	}
 }
 
+// checkUpgrade installs another build over the running one while the
+// meshed client makes 200 requests a second: the same images under a new
+// tag, as a release brings them, and workload certificates of 20 s, which
+// rolls the control plane and the node agents. Not one request may fail; pods already running keep their
+// sidecar, and pods started afterwards get the new one and serve.
+func checkUpgrade(t *testing.T, ctx context.Context, bed *Bed, trellis func(args ...string) *exec.Cmd, meshClient string) {
+	t.Helper()
+	for _, name := range []string{"trellis-control", "trellis-proxy", "trellis-node"} {
+		if err := bed.TagImage(ctx, "trellis.local/"+name+":bedtest", "trellis.local/"+name+":bedtest-next"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	loadDone := startLoad(meshClient, helloURL, 200, 40)
+	time.Sleep(3 * time.Second)
+	out, err := trellis("install", "--set", "image.tag=bedtest-next", "--set", "image.pullPolicy=Never", "--set", "controlPlane.replicas=2",
+		"--set", "controlPlane.certificateTTL=20s").CombinedOutput()
+	if err != nil {
+		t.Errorf("trellis install of the next build: %v\n%s", err, out)
+	}
+	if got := <-loadDone; !onlyOK(got) {
+		t.Errorf("upgrade under load: outcomes\n%s", got)
+	} else {
+		t.Logf("upgrade under load: %s", strings.ReplaceAll(got, "\n", "; "))
+	}
+	for _, app := range []string{"trellis-control", "trellis-node"} {
+		images, _ := bed.kubectl(ctx, "-n", "trellis-system", "get", "pods", "-l", "app="+app, "-o", "jsonpath={.items[*].spec.containers[0].image}")
+		if f := strings.Fields(images); len(f) == 0 || slices.ContainsFunc(f, func(i string) bool { return !strings.HasSuffix(i, ":bedtest-next") }) {
+			t.Errorf("after the upgrade, the %s pods run %q, want only the next build", app, images)
+		}
+	}
+	sidecar := func(ns, selector string) string {
+		images, _ := bed.kubectl(ctx, "-n", ns, "get", "pods", "-l", selector, "-o",
+			`jsonpath={range .items[*]}{.spec.initContainers[?(@.name=="trellis-proxy")].image} {end}`)
+		return strings.TrimSpace(images)
+	}
+	if got := sidecar("mesh", "app=client"); got != "trellis.local/trellis-proxy:bedtest" {
+		t.Errorf("the client's running pod has sidecar %q after the upgrade, want the one it started with", got)
+	}
+	if out, err := bed.kubectl(ctx, "-n", "mesh", "rollout", "restart", "deployment/hello"); err != nil {
+		t.Fatal(err, out)
+	}
+	if out, err := bed.kubectl(ctx, "-n", "mesh", "rollout", "status", "deployment/hello", "--timeout=120s"); err != nil {
+		t.Fatal(err, out)
+	}
+	// The old pods take their grace period to go.
+	if err := waitFor(ctx, "hello's pods on the next build's sidecar", time.Minute, func() error {
+		if got := sidecar("mesh", "app=hello"); got != strings.TrimSpace(strings.Repeat("trellis.local/trellis-proxy:bedtest-next ", 3)) {
+			return fmt.Errorf("hello's pods started after the upgrade have sidecars %q, want the next build's", got)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	if lines := fetch(t, meshClient, helloURL, 30, "http1"); !allPrefixed(lines, "200 hello from") {
+		t.Errorf("through the old client sidecar to the new server sidecars: %q", lines)
+	}
+}
+
+// checkShortCertificates: with the hello pods on certificates of 20 s
+// (they started after the upgrade set that), 200 requests a second for two
+// minutes, through about a dozen renewals of each sidecar, and not one may
+// fail. Then the lifetime goes back to a day, which the sidecars take at
+// their next renewal.
+func checkShortCertificates(t *testing.T, ctx context.Context, trellis func(args ...string) *exec.Cmd, meshClient string) {
+	t.Helper()
+	certs := func() (map[string]time.Duration, error) {
+		out, err := trellis("proxy-status", "--kubernetes", "-o", "json").Output()
+		if err != nil {
+			return nil, err
+		}
+		var sts []struct {
+			Namespace, Pod string
+			CertNotAfter   time.Time
+		}
+		if err := json.Unmarshal(out, &sts); err != nil {
+			return nil, err
+		}
+		left := map[string]time.Duration{}
+		for _, s := range sts {
+			if s.Namespace == "mesh" && strings.HasPrefix(s.Pod, "hello-") {
+				left[s.Pod] = time.Until(s.CertNotAfter)
+			}
+		}
+		return left, nil
+	}
+	if left, err := certs(); err != nil || len(left) != 3 {
+		t.Errorf("proxy-status of the hello pods: %v, %v", left, err)
+	} else {
+		for pod, d := range left {
+			if d > 21*time.Second {
+				t.Errorf("%s's certificate expires in %s, want at most 20s", pod, d)
+			}
+		}
+	}
+	if got := <-startLoad(meshClient, helloURL, 200, 120); !onlyOK(got) {
+		t.Errorf("two minutes on certificates of 20s under load: outcomes\n%s", got)
+	} else {
+		t.Logf("two minutes on certificates of 20s under load: %s", strings.ReplaceAll(got, "\n", "; "))
+	}
+	out, err := trellis("install", "--set", "image.tag=bedtest-next", "--set", "image.pullPolicy=Never", "--set", "controlPlane.replicas=2").CombinedOutput()
+	if err != nil {
+		t.Fatalf("trellis install with certificates of a day again: %v\n%s", err, out)
+	}
+	if err := waitFor(ctx, "the hello pods renewed to certificates of a day", time.Minute, func() error {
+		left, err := certs()
+		for pod, d := range left {
+			if d < time.Hour {
+				err = errors.Join(err, fmt.Errorf("%s: %s left", pod, d))
+			}
+		}
+		if len(left) != 3 {
+			err = errors.Join(err, fmt.Errorf("%d hello pods in proxy-status", len(left)))
+		}
+		return err
+	}); err != nil {
+		t.Error(err)
+	}
+}
+
 // checkClusterGraph reads the graph of the requests made so far, which
 // the dashboard draws from the sidecars' metrics scraped through the API
 // server: `trellis graph --kubernetes` prints the meshed client's edge to
@@ -463,6 +619,24 @@ func checkClusterGraph(t *testing.T, ctx context.Context, trellis func(args ...s
 		t.Error(err)
 	}
 
+	page, stop := forwardDashboard(t, trellis)
+	if g := get(t, page+"api/graph?window=5m&namespaces=mesh"); !strings.Contains(g, `"wl:mesh/client\u003esvc:mesh/hello:`) &&
+		!strings.Contains(g, `"wl:mesh/client>svc:mesh/hello:`) {
+		t.Errorf("the port-forwarded dashboard's graph has no edge from the client to hello:\n%.2000s", g)
+	}
+	if body := get(t, page); !strings.Contains(body, "<html") {
+		t.Errorf("the port-forwarded dashboard's page:\n%.500s", body)
+	}
+	if err := stop(); err != nil {
+		t.Errorf("trellis dashboard --kubernetes, interrupted: %v", err)
+	}
+}
+
+// forwardDashboard starts `trellis dashboard --kubernetes` on a free local
+// port and returns the URL it prints, once it prints it, and a stop that
+// interrupts it and returns how it ended.
+func forwardDashboard(t *testing.T, trellis func(args ...string) *exec.Cmd) (string, func() error) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -479,32 +653,31 @@ func checkClusterGraph(t *testing.T, ctx context.Context, trellis func(args ...s
 	if err := dash.Start(); err != nil {
 		t.Fatal(err)
 	}
+	stop := func() error {
+		_ = dash.Process.Signal(os.Interrupt)
+		if err := dash.Wait(); err != nil {
+			return fmt.Errorf("%v (stderr: %s)", err, stderr.String())
+		}
+		return nil
+	}
 	printed := make(chan string, 1)
 	go func() {
 		line, _ := bufio.NewReader(stdout).ReadString('\n')
 		printed <- line
 		_, _ = io.Copy(io.Discard, stdout)
 	}()
-	want := fmt.Sprintf("dashboard: http://127.0.0.1:%d/\n", port)
+	want := fmt.Sprintf("http://127.0.0.1:%d/", port)
 	select {
 	case line := <-printed:
-		if line != want {
-			t.Errorf("trellis dashboard --kubernetes printed %q, want %q (stderr: %s)", line, want, stderr.String())
+		if line != "dashboard: "+want+"\n" {
+			_ = stop()
+			t.Fatalf("trellis dashboard --kubernetes printed %q, want the URL %s (stderr: %s)", line, want, stderr.String())
 		}
 	case <-time.After(30 * time.Second):
-		t.Errorf("trellis dashboard --kubernetes printed no URL in 30s (stderr: %s)", stderr.String())
+		_ = stop()
+		t.Fatalf("trellis dashboard --kubernetes printed no URL in 30s (stderr: %s)", stderr.String())
 	}
-	if g := get(t, fmt.Sprintf("http://127.0.0.1:%d/api/graph?window=5m&namespaces=mesh", port)); !strings.Contains(g, `"wl:mesh/client\u003esvc:mesh/hello:`) &&
-		!strings.Contains(g, `"wl:mesh/client>svc:mesh/hello:`) {
-		t.Errorf("the port-forwarded dashboard's graph has no edge from the client to hello:\n%.2000s", g)
-	}
-	if page := get(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); !strings.Contains(page, "<html") {
-		t.Errorf("the port-forwarded dashboard's page:\n%.500s", page)
-	}
-	_ = dash.Process.Signal(os.Interrupt)
-	if err := dash.Wait(); err != nil {
-		t.Errorf("trellis dashboard --kubernetes, interrupted: %v (stderr: %s)", err, stderr.String())
-	}
+	return want, stop
 }
 
 // stepper logs each step of a test with the time since it began.

@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -196,37 +193,12 @@ func promQuery(ctx context.Context, bed *Bed, query string) (int, error) {
 // the demo's edges (from Prometheus), the denied one in red dashes.
 func browseClusterDashboard(t *testing.T, ctx context.Context, trellis func(args ...string) *exec.Cmd, chromium string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	dash := trellis("dashboard", "--kubernetes", "--port", fmt.Sprint(port), "--browser=false")
-	stdout, err := dash.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := dash.Start(); err != nil {
-		t.Fatal(err)
-	}
+	page, stop := forwardDashboard(t, trellis)
 	defer func() {
-		_ = dash.Process.Signal(os.Interrupt)
-		_ = dash.Wait()
+		if err := stop(); err != nil {
+			t.Errorf("trellis dashboard --kubernetes, interrupted: %v", err)
+		}
 	}()
-	printed := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(stdout).ReadString('\n')
-		printed <- line
-		_, _ = io.Copy(io.Discard, stdout)
-	}()
-	var page string
-	select {
-	case line := <-printed:
-		page = strings.TrimSpace(strings.TrimPrefix(line, "dashboard: "))
-	case <-time.After(30 * time.Second):
-		t.Fatal("trellis dashboard --kubernetes printed no URL in 30s")
-	}
 
 	opts := append(slices.Clone(chromedp.DefaultExecAllocatorOptions[:]), chromedp.ExecPath(chromium),
 		chromedp.NoSandbox, chromedp.WindowSize(1400, 900))
