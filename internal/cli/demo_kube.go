@@ -100,7 +100,7 @@ func (k *kubeDemo) keepHint() string {
 func (k *kubeDemo) up(ctx context.Context, r *demoRun) error {
 	if k.install {
 		r.say("install Trellis (trellis install, images %s/*:%s)", k.values.Image.Repository, k.values.Image.Tag)
-		objs, err := k.installObjects()
+		objs, err := installObjects(k.values)
 		if err != nil {
 			return err
 		}
@@ -121,7 +121,12 @@ func (k *kubeDemo) up(ctx context.Context, r *demoRun) error {
 		if err := setImage(u, image); err != nil {
 			return err
 		}
-		u.SetLabels(mergeLabels(u.GetLabels(), map[string]string{install.PartOf: "trellis-demo"}))
+		labels := u.GetLabels()
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		labels[install.PartOf] = "trellis-demo"
+		u.SetLabels(labels)
 	}
 	if err := k.applyAll(ctx, objs); err != nil {
 		return err
@@ -152,18 +157,6 @@ func (k *kubeDemo) up(ctx context.Context, r *demoRun) error {
 	}
 	r.say("workloads up: %s", strings.Join(pods, ", "))
 	return nil
-}
-
-func (k *kubeDemo) installObjects() ([]*unstructured.Unstructured, error) {
-	var objs []*unstructured.Unstructured
-	for _, o := range install.Objects(k.values) {
-		u, err := kube.Unstructured(o)
-		if err != nil {
-			return nil, err
-		}
-		objs = append(objs, u)
-	}
-	return objs, nil
 }
 
 // fromControlPlane reads the installed control plane's trust domain and,
@@ -235,17 +228,6 @@ func setImage(u *unstructured.Unstructured, image string) error {
 		}
 	}
 	return unstructured.SetNestedSlice(u.Object, cs, path...)
-}
-
-func mergeLabels(a, b map[string]string) map[string]string {
-	out := map[string]string{}
-	for k, v := range a {
-		out[k] = v
-	}
-	for k, v := range b {
-		out[k] = v
-	}
-	return out
 }
 
 // applyAll applies objs in order, retrying for a while: a fresh
@@ -417,7 +399,7 @@ func (k *kubeDemo) down(ctx context.Context) error {
 		}
 	}
 	if k.install {
-		objs, err := k.installObjects()
+		objs, err := installObjects(k.values)
 		if err == nil {
 			err = k.applier.Uninstall(ctx, objs, io.Discard)
 		}

@@ -63,16 +63,25 @@ func (f *valuesFlags) valuesFor(uninstall bool) (install.Values, error) {
 	return v, v.Check()
 }
 
-// plan renders the install's objects for the cluster of kubeconfig and
-// connects to it.
-func plan(v install.Values, kubeconfig string) ([]*unstructured.Unstructured, *kube.Applier, error) {
+// installObjects are the install's objects, as the API server takes them.
+func installObjects(v install.Values) ([]*unstructured.Unstructured, error) {
 	var objs []*unstructured.Unstructured
 	for _, o := range install.Objects(v) {
 		u, err := kube.Unstructured(o)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		objs = append(objs, u)
+	}
+	return objs, nil
+}
+
+// plan renders the install's objects for the cluster of kubeconfig and
+// connects to it.
+func plan(v install.Values, kubeconfig string) ([]*unstructured.Unstructured, *kube.Applier, error) {
+	objs, err := installObjects(v)
+	if err != nil {
+		return nil, nil, err
 	}
 	rc, err := kubeclient.RESTConfig(kubeconfig)
 	if err != nil {
