@@ -8,16 +8,21 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 )
 
 func newLogsCmd(o *options) *cobra.Command {
 	p := &podOptions{options: o}
 	var follow bool
+	var cluster clusterFlags
 	cmd := &cobra.Command{
-		Use:   "logs [-n NS] POD [-c CONTAINER] [-f]",
+		Use:   "logs [-n NS] POD [-c CONTAINER] [-f] [--kubernetes]",
 		Short: "Print a container's logs (stdout and stderr, across restarts)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if cluster.kubernetes {
+				return clusterLog(cmd.Context(), o.out, &cluster, p.namespace, args[0], p.container, follow)
+			}
 			_, c, err := p.find(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -27,7 +32,27 @@ func newLogsCmd(o *options) *cobra.Command {
 	}
 	p.flags(cmd)
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines until interrupted")
+	cluster.register(cmd)
 	return cmd
+}
+
+// clusterLog copies a cluster pod's container log to w through the API
+// server, as kubectl logs does (the pod's default container when
+// container is empty).
+func clusterLog(ctx context.Context, w io.Writer, cluster *clusterFlags, namespace, pod, container string, follow bool) error {
+	kc, err := cluster.connect()
+	if err != nil {
+		return err
+	}
+	rc, err := kc.Client.CoreV1().Pods(namespace).GetLogs(pod, &corev1.PodLogOptions{Container: container, Follow: follow}).Stream(ctx)
+	if err != nil {
+		return fmt.Errorf("logs of %s/%s: %w", namespace, pod, err)
+	}
+	defer rc.Close()
+	if _, err := io.Copy(w, rc); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("logs of %s/%s: %w", namespace, pod, err)
+	}
+	return nil
 }
 
 // printLog copies the log file to w and, with follow, keeps copying what is

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/vishvananda/netns"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/trellis-mesh/trellis/internal/kube"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 )
 
@@ -22,10 +24,16 @@ import (
 // (127.0.0.1:15000 inside the pod), as istioctl proxy-config does.
 func newProxyConfigCmd(o *options) *cobra.Command {
 	var namespace, output string
+	var cluster clusterFlags
 	cmd := &cobra.Command{
-		Use:   "proxy-config POD [listeners|routes|endpoints|certs|all]",
+		Use:   "proxy-config POD [listeners|routes|endpoints|certs|all] [--kubernetes]",
 		Short: "Show the config a pod's sidecar runs: listeners, routes, endpoints, certificates",
-		Args:  cobra.RangeArgs(1, 2),
+		Long: `Show the config a pod's sidecar runs: listeners, routes, endpoints, certificates,
+read from the sidecar's admin port (127.0.0.1:15000 inside the pod).
+
+With --kubernetes the pod is one of the cluster's, reached by a port-forward
+through the API server, as kubectl port-forward does.`,
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			what := "all"
 			if len(args) == 2 {
@@ -36,16 +44,59 @@ func newProxyConfigCmd(o *options) *cobra.Command {
 			default:
 				return fmt.Errorf("unknown section %q: use listeners, routes, endpoints, certs or all", what)
 			}
+			if cluster.kubernetes {
+				get, stop, err := clusterAdmin(cmd.Context(), &cluster, namespace, args[0], o.err)
+				if err != nil {
+					return err
+				}
+				defer stop()
+				return showProxyConfig(o.out, get, what, output == "json")
+			}
 			nsName, err := podNetns(cmd.Context(), o, namespace, args[0])
 			if err != nil {
 				return err
 			}
-			return showProxyConfig(o.out, nsName, what, output == "json")
+			return showProxyConfig(o.out, func(path string) ([]byte, error) { return adminGet(nsName, path) }, what, output == "json")
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "the pod's namespace")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: json")
+	cluster.register(cmd)
 	return cmd
+}
+
+// clusterAdmin port-forwards a free local port to the admin port of a
+// cluster pod's sidecar and returns a getter of its paths, and what stops
+// the forward. The forward's own errors go to errOut, as kubectl's do.
+func clusterAdmin(ctx context.Context, cluster *clusterFlags, namespace, pod string, errOut io.Writer) (func(string) ([]byte, error), func(), error) {
+	kc, err := cluster.connect()
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- kube.PortForward(ctx, kc, namespace, pod, port, adminPort, ready, errOut) }()
+	select {
+	case err := <-done:
+		cancel()
+		return nil, nil, fmt.Errorf("pod %s/%s: %w (does it exist? kubectl -n %s get pod %s)", namespace, pod, err, namespace, pod)
+	case <-ready:
+	}
+	get := func(path string) ([]byte, error) {
+		data, err := httpGet("http://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(port))+path, nil)
+		if err != nil {
+			return nil, fmt.Errorf("sidecar admin port of %s/%s: %w (does the pod run a sidecar?)", namespace, pod, err)
+		}
+		return data, nil
+	}
+	return get, func() { cancel(); <-done }, nil
 }
 
 func podNetns(ctx context.Context, o *options, namespace, name string) (string, error) {
@@ -65,14 +116,21 @@ func podNetns(ctx context.Context, o *options, namespace, name string) (string, 
 // The socket is created inside the pod's namespace and keeps it after
 // the thread switches back.
 func adminGet(nsName, path string) ([]byte, error) {
-	conn, err := dialInNetns(nsName, "127.0.0.1:15000")
+	conn, err := dialInNetns(nsName, net.JoinHostPort("127.0.0.1", strconv.Itoa(adminPort)))
 	if err != nil {
 		return nil, fmt.Errorf("sidecar admin port of %s: %w (does the pod run a sidecar?)", nsName, err)
 	}
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil },
-	}}
-	resp, err := hc.Get("http://sidecar" + path)
+	return httpGet("http://sidecar"+path, func(context.Context, string, string) (net.Conn, error) { return conn, nil })
+}
+
+// adminPort is where a sidecar serves its admin API, inside its pod.
+const adminPort = 15000
+
+// httpGet fetches url (with dial, when given, as the only connection) and
+// returns the body of a 200 answer, or an error with what came instead.
+func httpGet(url string, dial func(context.Context, string, string) (net.Conn, error)) ([]byte, error) {
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dial}}
+	resp, err := hc.Get(url)
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +140,7 @@ func adminGet(nsName, path string) ([]byte, error) {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("sidecar admin %s: %s: %s", path, resp.Status, data)
+		return nil, fmt.Errorf("%s: %s: %s", url, resp.Status, data)
 	}
 	return data, nil
 }
@@ -107,8 +165,10 @@ func dialInNetns(nsName, addr string) (net.Conn, error) {
 	return net.DialTimeout("tcp", addr, 5*time.Second)
 }
 
-func showProxyConfig(w io.Writer, nsName, what string, asJSON bool) error {
-	data, err := adminGet(nsName, "/config_dump")
+// showProxyConfig prints section what of the config a sidecar's admin API,
+// read by get, serves.
+func showProxyConfig(w io.Writer, get func(path string) ([]byte, error), what string, asJSON bool) error {
+	data, err := get("/config_dump")
 	if err != nil {
 		return err
 	}
@@ -118,7 +178,7 @@ func showProxyConfig(w io.Writer, nsName, what string, asJSON bool) error {
 	}
 	var certs json.RawMessage
 	if what == "certs" || what == "all" {
-		if certs, err = adminGet(nsName, "/certs"); err != nil {
+		if certs, err = get("/certs"); err != nil {
 			return err
 		}
 	}

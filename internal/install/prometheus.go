@@ -41,7 +41,10 @@ func PrometheusClusterRules() []rbacv1.PolicyRule {
 }
 
 // prometheusConfig scrapes every running pod annotated
-// prometheus.io/scrape=true on the port and path of its annotations,
+// prometheus.io/scrape=true on the port and path of its annotations (a
+// path of plain segments only: anyone who can make a pod writes those
+// annotations, and a "..", an escape or a query there would aim the
+// server's pods/proxy right at another pod),
 // labelling each series with the pod's namespace and name. It scrapes
 // through the API server's pod proxy, as the dashboard does (see
 // controlplane's podProxyTargets): a NetworkPolicy that isolates meshed
@@ -67,9 +70,12 @@ scrape_configs:
   - source_labels: [__meta_kubernetes_pod_phase]
     action: keep
     regex: Running
+  - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_path, __meta_kubernetes_pod_annotation_prometheus_io_port]
+    action: keep
+    regex: '(?:/[A-Za-z0-9_-][A-Za-z0-9_.-]*)+;\d+'
   - source_labels: [__meta_kubernetes_namespace, __meta_kubernetes_pod_name, __meta_kubernetes_pod_annotation_prometheus_io_port, __meta_kubernetes_pod_annotation_prometheus_io_path]
     action: replace
-    regex: '([^;]+);([^;]+);(\d+);(/.*)'
+    regex: '([^;]+);([^;]+);(\d+);((?:/[A-Za-z0-9_-][A-Za-z0-9_.-]*)+)'
     replacement: /api/v1/namespaces/$1/pods/$2:$3/proxy$4
     target_label: __metrics_path__
   - action: replace

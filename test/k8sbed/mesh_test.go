@@ -297,7 +297,18 @@ spec: {mtls: {mode: STRICT}}
 		!regexp.MustCompile(`(?m)^outside\s+client-\S+\s+true\s+SYNCED\s`).Match(out) {
 		t.Errorf("trellis proxy-status --kubernetes: %v\n%s\nwant the 6 sidecars SYNCED", err, out)
 	}
-	step("trellis check, restart-injected, proxy-status")
+	// proxy-config and logs of a cluster pod: the client's sidecar knows
+	// hello's three endpoints with their identity, and says it runs.
+	clientPod, _ := bed.kubectl(ctx, "-n", "mesh", "get", "pods", "-l", "app=client", "--field-selector=status.phase=Running", "-o", "jsonpath={.items[0].metadata.name}")
+	if out, err := trellis("proxy-config", "-n", "mesh", clientPod, "endpoints", "--kubernetes").CombinedOutput(); err != nil ||
+		len(regexp.MustCompile(`(?m)^\S+:8080\s+hello\.mesh:80\s+spiffe://cluster\.local/ns/mesh/sa/default$`).FindAll(out, -1)) != 3 {
+		t.Errorf("trellis proxy-config -n mesh %s endpoints --kubernetes: %v\n%s\nwant hello's 3 endpoints and their identity", clientPod, err, out)
+	}
+	if out, err := trellis("logs", "-n", "mesh", clientPod, "-c", "trellis-proxy", "--kubernetes").CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), "sidecar running") {
+		t.Errorf("trellis logs -n mesh %s -c trellis-proxy --kubernetes: %v\n%.2000s", clientPod, err, out)
+	}
+	step("trellis check, restart-injected, proxy-status, proxy-config, logs")
 
 	// exportTo: a Service exported only to its own namespace is unknown
 	// to the (now meshed) sidecars of others, whose calls then leave
