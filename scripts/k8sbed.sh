@@ -6,6 +6,7 @@
 #   scripts/k8sbed.sh down        stop and remove everything, also after a crash
 #   scripts/k8sbed.sh status      what runs
 #   scripts/k8sbed.sh kubeconfig  print the admin kubeconfig's path
+#   scripts/k8sbed.sh bin         print the directory of the running bed's binaries (kubectl among them)
 #   scripts/k8sbed.sh build       only build
 #   scripts/k8sbed.sh import A.tar load image archives into the node (trellis images build --load-into-k8sbed does)
 #

@@ -6,8 +6,9 @@
 //	k8sbed down         stop it and remove everything it made, also after a crash
 //	k8sbed status       say what runs
 //	k8sbed kubeconfig   print the admin kubeconfig's path
+//	k8sbed bin          print the running bed's binaries' directory (its kubectl, for one)
 //	k8sbed image NAME:TAG BINARY [ARG...]
-//	                    build a one-binary image and load it into the node
+//	                    build an image of a binary (and the libraries it links) and load it into the node
 //	k8sbed import ARCHIVE...
 //	                    load image archives (docker save's format) into the node
 //
@@ -45,7 +46,7 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	if fs.NArg() == 0 {
-		return errors.New("give a command: build, up, down, status, kubeconfig, image or import")
+		return errors.New("give a command: build, up, down, status, kubeconfig, bin, image or import")
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it creates a network namespace, mounts and cgroups; run it with sudo")
@@ -69,6 +70,12 @@ func run(ctx context.Context, args []string) error {
 	case "kubeconfig":
 		fmt.Println(bed.Kubeconfig())
 		return nil
+	case "bin":
+		if err := bed.findBin(); err != nil {
+			return err
+		}
+		fmt.Println(bed.bin)
+		return nil
 	case "image":
 		if len(rest) < 2 {
 			return errors.New("usage: k8sbed image NAME:TAG BINARY [ARG...]")
@@ -80,7 +87,7 @@ func run(ctx context.Context, args []string) error {
 		}
 		return bed.Import(ctx, rest...)
 	default:
-		return fmt.Errorf("unknown command %q: give build, up, down, status, kubeconfig, image or import", cmd)
+		return fmt.Errorf("unknown command %q: give build, up, down, status, kubeconfig, bin, image or import", cmd)
 	}
 }
 
