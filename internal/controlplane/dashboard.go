@@ -98,7 +98,7 @@ func scrapeTargets(s *catalog.Snapshot, path string) []metricstore.Target {
 		if !p.Sidecar || !p.IP.IsValid() {
 			continue
 		}
-		out = append(out, metricstore.Target{Key: p.Key(), URL: proxyURL(p.IP, path)})
+		out = append(out, metricstore.Target{Key: p.Key(), URL: proxyURL(p.IP, path), Admit: reportsOwn(p)})
 	}
 	return out
 }
@@ -127,12 +127,35 @@ func podProxyTargets(s *catalog.Snapshot, host, namespace string) []metricstore.
 	for _, p := range s.Pods {
 		switch {
 		case p.Sidecar && p.IP.IsValid():
-			out = append(out, via(p, ProxyMetricsPort, "/stats/prometheus"))
+			t := via(p, ProxyMetricsPort, "/stats/prometheus")
+			t.Admit = reportsOwn(p)
+			out = append(out, t)
 		case p.Pod.Namespace == namespace && p.Pod.Labels["app"] == kube.NodeAgent && p.Ready:
 			out = append(out, via(p, nodeAgentMetricsPort, "/metrics"))
 		}
 	}
 	return out
+}
+
+// reportsOwn admits what the sidecar of pod p may report: the traffic it
+// took part in, as its reporter label says (its workload is the source of
+// what it reports as the source, the destination of what it reports as
+// the destination), and series without a reporter (its process's own).
+// Anything else is a pod claiming another's traffic: a fake sidecar, or a
+// compromised one, drawing edges it was never on.
+func reportsOwn(p *catalog.RunningPod) func(metricstore.Sample) bool {
+	workload, ns := proxycfg.WorkloadName(p.Pod), p.Pod.Namespace
+	return func(s metricstore.Sample) bool {
+		switch s.Labels["reporter"] {
+		case "":
+			return true
+		case "source":
+			return s.Labels["source_workload"] == workload && s.Labels["source_workload_namespace"] == ns
+		case "destination":
+			return s.Labels["destination_workload"] == workload && s.Labels["destination_workload_namespace"] == ns
+		}
+		return false
+	}
 }
 
 func proxyURL(ip netip.Addr, path string) string {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"slices"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -18,6 +19,10 @@ import (
 type Target struct {
 	Key string // stable name, e.g. the pod's namespace/name
 	URL string // e.g. http://10.200.0.4:15020/stats/prometheus
+	// Admit, when set, says which samples the target may report: the
+	// others are refused (and counted), as a target answers for itself
+	// only.
+	Admit func(Sample) bool
 }
 
 // Run scrapes every target targets returns, every Interval, until ctx is
@@ -51,9 +56,19 @@ func (s *Store) ScrapeOnce(ctx context.Context, hc *http.Client, ts []Target) {
 			samples, started, err := s.scrape(ctx, hc, t.URL)
 			if err != nil {
 				s.failed(t.Key, t.URL, at, err)
-			} else {
-				s.add(t.Key, t.URL, at, started, samples)
+				return nil
 			}
+			refused := 0
+			if t.Admit != nil {
+				samples = slices.DeleteFunc(samples, func(smp Sample) bool {
+					if t.Admit(smp) {
+						return false
+					}
+					refused++
+					return true
+				})
+			}
+			s.add(t.Key, t.URL, at, started, samples, refused)
 			return nil
 		})
 	}

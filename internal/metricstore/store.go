@@ -81,6 +81,7 @@ type target struct {
 	lastOK     time.Time
 	lastErr    string
 	dropped    int // series refused by MaxSeries
+	refused    int // samples of the last scrape Target.Admit refused
 	prevScrape time.Time
 }
 
@@ -116,11 +117,13 @@ type Sample struct {
 // first value: at the previous scrape when there was one, else at started
 // (the process's start, when known and within the retention). Its first
 // value is then growth within the window, not history.
-func (s *Store) add(key, url string, at, started time.Time, samples []Sample) {
+// refused counts the samples the target may not report (Target.Admit).
+func (s *Store) add(key, url string, at, started time.Time, samples []Sample, refused int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	tg := s.targetLocked(key)
 	tg.url, tg.lastTry, tg.lastOK, tg.lastErr = url, at, at, ""
+	tg.refused = refused
 	for _, smp := range samples {
 		k := seriesKey(smp.Name, smp.Labels)
 		sr := tg.series[k]
@@ -287,7 +290,10 @@ type TargetStatus struct {
 	LastError     string    `json:"lastError,omitempty"`
 	Series        int       `json:"series"`
 	DroppedSeries int       `json:"droppedSeries"`
-	Scrapes       int       `json:"scrapes"` // successful ones
+	// RefusedSamples are those of the last scrape the target may not
+	// report (another pod's traffic claimed as its own).
+	RefusedSamples int `json:"refusedSamples"`
+	Scrapes        int `json:"scrapes"` // successful ones
 }
 
 // Targets reports every target the store holds, sorted by key.
@@ -297,7 +303,7 @@ func (s *Store) Targets() []TargetStatus {
 	out := make([]TargetStatus, 0, len(s.targets))
 	for key, tg := range s.targets {
 		out = append(out, TargetStatus{Key: key, URL: tg.url, LastScrape: tg.lastTry, LastOK: tg.lastOK, LastError: tg.lastErr,
-			Series: len(tg.series), DroppedSeries: tg.dropped, Scrapes: tg.scrapes})
+			Series: len(tg.series), DroppedSeries: tg.dropped, RefusedSamples: tg.refused, Scrapes: tg.scrapes})
 	}
 	slices.SortFunc(out, func(a, b TargetStatus) int { return cmp.Compare(a.Key, b.Key) })
 	return out

@@ -20,10 +20,10 @@ func TestIncrease(t *testing.T) {
 	c := func(v float64, code string) Sample {
 		return Sample{Name: "req_total", Labels: map[string]string{"code": code, "pod": "a"}, Value: v}
 	}
-	s.add("a", "u", t0, time.Time{}, []Sample{c(10, "200")})
-	s.add("a", "u", t0.Add(5*time.Second), time.Time{}, []Sample{c(15, "200"), c(2, "500")}) // 500 born: +2
-	s.add("a", "u", t0.Add(10*time.Second), time.Time{}, []Sample{c(3, "200"), c(2, "500")}) // reset: +3
-	s.add("a", "u", t0.Add(15*time.Second), time.Time{}, []Sample{c(4, "200"), c(6, "500")})
+	s.add("a", "u", t0, time.Time{}, []Sample{c(10, "200")}, 0)
+	s.add("a", "u", t0.Add(5*time.Second), time.Time{}, []Sample{c(15, "200"), c(2, "500")}, 0) // 500 born: +2
+	s.add("a", "u", t0.Add(10*time.Second), time.Time{}, []Sample{c(3, "200"), c(2, "500")}, 0) // reset: +3
+	s.add("a", "u", t0.Add(15*time.Second), time.Time{}, []Sample{c(4, "200"), c(6, "500")}, 0)
 
 	tests := []struct {
 		name string
@@ -99,8 +99,8 @@ func TestScrape(t *testing.T) {
 
 	short := New(Config{Retention: time.Minute})
 	at := time.Now()
-	short.add("a", "u", at.Add(-2*time.Minute), time.Time{}, []Sample{{Name: "c", Labels: map[string]string{}, Value: 1}})
-	short.add("b", "u", at, time.Time{}, nil)
+	short.add("a", "u", at.Add(-2*time.Minute), time.Time{}, []Sample{{Name: "c", Labels: map[string]string{}, Value: 1}}, 0)
+	short.add("b", "u", at, time.Time{}, nil, 0)
 	if ts := short.Targets(); len(ts) != 1 || ts[0].Key != "b" {
 		t.Errorf("after retention, Targets() = %+v, want only b", ts)
 	}
@@ -113,7 +113,7 @@ func TestMaxSeries(t *testing.T) {
 	for i := range 10 {
 		smp = append(smp, Sample{Name: "c", Labels: map[string]string{"i": fmt.Sprint(i)}, Value: 1})
 	}
-	s.add("a", "u", time.Now(), time.Time{}, smp)
+	s.add("a", "u", time.Now(), time.Time{}, smp, 0)
 	if st := s.Targets()[0]; st.Series != 3 || st.DroppedSeries != 7 {
 		t.Errorf("Targets() = %+v, want 3 kept and 7 dropped", st)
 	}
