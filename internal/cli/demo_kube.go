@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -13,7 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
 
 	kubeexample "github.com/trellis-mesh/trellis/examples/kubernetes"
 	"github.com/trellis-mesh/trellis/internal/install"
@@ -192,32 +193,30 @@ func (k *kubeDemo) fromControlPlane(ctx context.Context) (string, error) {
 
 // decodeObjects reads a multi-document YAML manifest.
 func decodeObjects(data []byte) ([]*unstructured.Unstructured, error) {
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
 	var out []*unstructured.Unstructured
-	for {
+	for i, doc := range splitYAML(data) {
 		var m map[string]any
-		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
-			return out, nil
-		} else if err != nil {
-			return nil, err
+		if err := yaml.Unmarshal(doc, &m); err != nil {
+			return nil, fmt.Errorf("document %d: %w", i+1, err)
 		}
 		if len(m) > 0 {
 			out = append(out, &unstructured.Unstructured{Object: m})
 		}
 	}
+	return out, nil
 }
 
-// setImage sets the image of every container of a Pod or a Deployment.
+// setImage sets the image of every container of a Pod or of a workload's
+// pod template.
 func setImage(u *unstructured.Unstructured, image string) error {
-	var path []string
-	switch u.GetKind() {
-	case "Pod":
-		path = []string{"spec", "containers"}
-	case "Deployment":
-		path = []string{"spec", "template", "spec", "containers"}
-	default:
+	path, ok := podTemplatePaths[u.GetKind()]
+	if u.GetKind() == "Pod" {
+		path, ok = nil, true
+	}
+	if !ok {
 		return nil
 	}
+	path = append(slices.Clone(path), "spec", "containers")
 	cs, _, err := unstructured.NestedSlice(u.Object, path...)
 	if err != nil {
 		return err

@@ -4,8 +4,10 @@ import (
 	"strings"
 	"testing"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
+	kubeexample "github.com/trellis-mesh/trellis/examples/kubernetes"
 	"github.com/trellis-mesh/trellis/internal/inject"
 )
 
@@ -67,5 +69,37 @@ spec: {containers: [{name: solo, image: solo:1}]}
 	}
 	if _, err := injectManifest([]byte("kind: Deployment\napiVersion: apps/v1\nmetadata: {name: x}\nspec: {}\n"), "default", cfg); err == nil {
 		t.Error("a Deployment without a pod template was accepted")
+	}
+}
+
+// TestWalkthroughManifests: the demo reads examples/kubernetes as kubectl
+// would, and runs every container of it on the image it is given.
+func TestWalkthroughManifests(t *testing.T) {
+	objs, err := decodeObjects(kubeexample.Walkthrough)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, u := range objs {
+		kinds[u.GetKind()]++
+		if err := setImage(u, "registry.test/trellis-demo:v1"); err != nil {
+			t.Fatal(err)
+		}
+		path := []string{"spec", "containers"}
+		if u.GetKind() == "Deployment" {
+			path = []string{"spec", "template", "spec", "containers"}
+		}
+		cs, _, _ := unstructured.NestedSlice(u.Object, path...)
+		for _, c := range cs {
+			if img := c.(map[string]any)["image"]; (u.GetKind() == "Pod" || u.GetKind() == "Deployment") && img != "registry.test/trellis-demo:v1" {
+				t.Errorf("%s %s runs %v", u.GetKind(), u.GetName(), img)
+			}
+		}
+	}
+	if kinds["Namespace"] != 3 || kinds["Deployment"] != 2 || kinds["Service"] != 2 || kinds["Pod"] != 2 {
+		t.Errorf("the walkthrough holds %v, want 3 namespaces, 2 deployments, 2 services, 2 pods", kinds)
+	}
+	if policy, err := decodeObjects(kubeexample.Policy); err != nil || len(policy) != 1 || policy[0].GetKind() != "NetworkPolicy" {
+		t.Errorf("policy.yaml: %v, %v", policy, err)
 	}
 }
