@@ -57,7 +57,11 @@ func TestEvenSpreadOverEqualEndpoints(t *testing.T) {
 // Equal endpoints measured with noise still share the default policy's
 // load evenly: small differences are a tie that goes to the endpoint picked
 // less recently, and a lone spike (a GC pause or a descheduled thread on a
-// busy machine) does not mark an endpoint slow.
+// busy machine) does not mark an endpoint slow. Two spikes in a row on one
+// endpoint do look like a slowdown and cost it some picks until it is
+// probed again, so a single round of 3000 may stray further than the total:
+// each round must stay within ±15% (the worst of 4000 rounds measured was
+// 12% under) and the 20 rounds together within ±3%.
 func TestPeakEWMAEvenUnderNoise(t *testing.T) {
 	for _, noise := range []struct {
 		name        string
@@ -68,17 +72,26 @@ func TestPeakEWMAEvenUnderNoise(t *testing.T) {
 		{"0.3-0.5 ms, one in 20 a 20-60 ms spike", 20, 300 * time.Microsecond, 20 * time.Millisecond},
 	} {
 		t.Run(noise.name, func(t *testing.T) {
-			for round := range 20 {
-				got := share(t, newTest(t, P2CPeakEWMA, 3), 3000, func(string) time.Duration {
+			const rounds, perRound = 20, 3000
+			total := map[string]int{}
+			for round := range rounds {
+				got := share(t, newTest(t, P2CPeakEWMA, 3), perRound, func(string) time.Duration {
 					if rand.IntN(noise.spikeOneIn) == 0 {
 						return noise.spike + rand.N(2*noise.spike)
 					}
 					return noise.base + rand.N(noise.base/5)
 				})
 				for addr, n := range got {
-					if !within(n, 1000, 100) {
-						t.Fatalf("round %d: %s served %d of 3000, want 1000 ± 10%% (all: %v)", round, addr, n, got)
+					total[addr] += n
+					if !within(n, perRound/3, perRound/3*15/100) {
+						t.Errorf("round %d: %s served %d of %d, want %d ± 15%% (all: %v)", round, addr, n, perRound, perRound/3, got)
 					}
+				}
+			}
+			want := rounds * perRound / 3
+			for addr, n := range total {
+				if !within(n, want, want*3/100) {
+					t.Errorf("%s served %d of %d in all, want %d ± 3%% (all: %v)", addr, n, rounds*perRound, want, total)
 				}
 			}
 		})
