@@ -161,34 +161,46 @@ func (k *kubeDemo) up(ctx context.Context, r *demoRun) error {
 }
 
 // fromControlPlane reads the installed control plane's trust domain and,
-// unless --image gave it, the demo image: trellis-demo beside the control
-// plane's image, with its tag (`trellis images build` makes both).
+// unless --image gave it, the demo image.
 func (k *kubeDemo) fromControlPlane(ctx context.Context) (string, error) {
-	dep, err := k.kc.Client.AppsV1().Deployments(k.values.Namespace).Get(ctx, install.ControlPlane, metav1.GetOptions{})
+	td, image, err := installedControlPlane(ctx, k.kc, k.values.Namespace)
 	if err != nil {
-		return "", fmt.Errorf("the control plane: %w", err)
+		return "", err
 	}
-	k.trustDomain = "cluster.local"
-	image := k.image
+	k.trustDomain = td
+	if k.image != "" {
+		return k.image, nil
+	}
+	if image == "" {
+		return "", errors.New("cannot tell the demo image from the control plane's: give it with --image")
+	}
+	return image, nil
+}
+
+// installedControlPlane reads the trust domain of the control plane
+// installed in namespace and the trellis-demo image beside its image, with
+// its tag (`trellis images build` makes both); demoImage is empty when the
+// control plane's image is not named as those are.
+func installedControlPlane(ctx context.Context, kc *kubeclient.Clients, namespace string) (trustDomain, demoImage string, err error) {
+	dep, err := kc.Client.AppsV1().Deployments(namespace).Get(ctx, install.ControlPlane, metav1.GetOptions{})
+	if err != nil {
+		return "", "", fmt.Errorf("the control plane: %w", err)
+	}
+	trustDomain = "cluster.local"
 	for _, c := range dep.Spec.Template.Spec.Containers {
 		if c.Name != install.ControlPlane {
 			continue
 		}
 		for i, a := range c.Args {
 			if a == "--trust-domain" && i+1 < len(c.Args) {
-				k.trustDomain = c.Args[i+1]
+				trustDomain = c.Args[i+1]
 			}
 		}
-		if image == "" {
-			if repo, tag, ok := strings.Cut(c.Image, "/"+install.ControlPlane+":"); ok {
-				image = repo + "/trellis-demo:" + tag
-			}
+		if repo, tag, ok := strings.Cut(c.Image, "/"+install.ControlPlane+":"); ok {
+			demoImage = repo + "/trellis-demo:" + tag
 		}
 	}
-	if image == "" {
-		return "", errors.New("cannot tell the demo image from the control plane's: give it with --image")
-	}
-	return image, nil
+	return trustDomain, demoImage, nil
 }
 
 // decodeObjects reads a multi-document YAML manifest.
@@ -380,29 +392,35 @@ func (k *kubeDemo) graph(ctx context.Context, window time.Duration, namespaces [
 func (k *kubeDemo) down(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
-	var errs []error
-	var gone []*unstructured.Unstructured
-	for _, ns := range demoNamespaces {
-		u := &unstructured.Unstructured{}
-		u.SetAPIVersion("v1")
-		u.SetKind("Namespace")
-		u.SetName(ns)
-		if _, err := k.applier.Delete(ctx, u, false); err != nil {
-			errs = append(errs, err)
-		}
-		gone = append(gone, u)
-	}
-	for _, u := range gone {
-		if err := k.applier.WaitGone(ctx, u); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	errs := []error{deleteNamespaces(ctx, k.applier, demoNamespaces)}
 	if k.install {
 		objs, err := installObjects(k.values)
 		if err == nil {
 			err = k.applier.Uninstall(ctx, objs, io.Discard)
 		}
 		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// deleteNamespaces deletes namespaces and waits until they are gone.
+func deleteNamespaces(ctx context.Context, applier *kube.Applier, names []string) error {
+	var errs []error
+	var gone []*unstructured.Unstructured
+	for _, ns := range names {
+		u := &unstructured.Unstructured{}
+		u.SetAPIVersion("v1")
+		u.SetKind("Namespace")
+		u.SetName(ns)
+		if _, err := applier.Delete(ctx, u, false); err != nil {
+			errs = append(errs, err)
+		}
+		gone = append(gone, u)
+	}
+	for _, u := range gone {
+		if err := applier.WaitGone(ctx, u); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -366,6 +366,7 @@ func newCheckCmd(o *options) *cobra.Command {
 	cmd.Flags().BoolVar(&pre, "pre", false, "check the cluster can take an install, instead of the installed mesh")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default $KUBECONFIG)")
 	cmd.Flags().StringVar(&namespace, "trellis-namespace", "trellis-system", "the namespace Trellis is installed in")
+	cmd.AddCommand(newCheckNetpolCmd(o))
 	return cmd
 }
 

@@ -1,20 +1,20 @@
 package cli_test
 
-// The Kubernetes NetworkPolicy conformance truth tables (the upstream netpol
-// e2e suite's model), re-implemented on real network namespaces: namespaces
-// x, y, z with pods a, b, c, each serving TCP and UDP on 80 and 81; for every
-// scenario, every pair of pods is probed on every port and protocol and
-// compared with the expected reachability. Loopback (a pod to itself) is not
-// probed, as upstream.
+// The Kubernetes NetworkPolicy conformance truth tables (package
+// truthtable: the upstream netpol e2e suite's model and scenarios) on real
+// network namespaces in one-host mode: for every scenario, every pair of
+// pods is probed on every port and protocol and compared with the expected
+// reachability. `trellis check network-policies` runs the same tables on a
+// cluster.
 
 import (
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,31 +23,19 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/localmesh"
+	"github.com/trellis-mesh/trellis/internal/netpolicy/truthtable"
 	"github.com/trellis-mesh/trellis/internal/nft"
 )
-
-var (
-	netpolNamespaces = []string{"x", "y", "z"}
-	netpolPods       = []string{"a", "b", "c"}
-	netpolPorts      = []probePort{{"tcp", 80}, {"tcp", 81}, {"udp", 80}, {"udp", 81}}
-)
-
-type probePort struct {
-	proto string
-	port  int
-}
-
-func (p probePort) String() string { return fmt.Sprintf("%s/%d", p.proto, p.port) }
 
 // netpolModel writes the namespaces and pods of the model. Namespace names
 // are quoted: YAML 1.1 reads a bare y as true.
 func netpolModel() string {
 	var b strings.Builder
-	for _, ns := range netpolNamespaces {
+	for _, ns := range truthtable.Namespaces {
 		fmt.Fprintf(&b, "apiVersion: v1\nkind: Namespace\nmetadata: {name: %q, labels: {ns: %q}}\n---\n", ns, ns)
 	}
-	for _, ns := range netpolNamespaces {
-		for _, pod := range netpolPods {
+	for _, ns := range truthtable.Namespaces {
+		for _, pod := range truthtable.Pods {
 			fmt.Fprintf(&b, `apiVersion: v1
 kind: Pod
 metadata: {name: %s, namespace: %q, labels: {pod: %s}}
@@ -112,19 +100,8 @@ func (n *netpolMesh) reachability() map[string]bool {
 	out := map[string]bool{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for _, from := range n.podKeys() {
-		var targets []string
-		index := map[string]string{}
-		for _, to := range n.podKeys() {
-			if to == from {
-				continue
-			}
-			for _, pp := range netpolPorts {
-				target := fmt.Sprintf("%s/%s:%d", pp.proto, n.ips[to], pp.port)
-				targets = append(targets, target)
-				index[target] = caseKey(from, to, pp)
-			}
-		}
+	for _, from := range truthtable.Keys() {
+		targets, cases := truthtable.Targets(from, n.ips)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -138,7 +115,7 @@ func (n *netpolMesh) reachability() map[string]bool {
 			}
 			for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
 				target, result, _ := strings.Cut(line, " ")
-				out[index[target]] = result == "ok"
+				out[cases[target]] = result == "ok"
 			}
 		}()
 	}
@@ -146,245 +123,38 @@ func (n *netpolMesh) reachability() map[string]bool {
 	return out
 }
 
-func (n *netpolMesh) podKeys() []string {
-	var keys []string
-	for _, ns := range netpolNamespaces {
-		for _, p := range netpolPods {
-			keys = append(keys, ns+"/"+p)
-		}
-	}
-	return keys
-}
-
-func caseKey(from, to string, pp probePort) string { return from + " -> " + to + " " + pp.String() }
-
-// expectation says whether from may reach to on pp.
-type expectation func(from, to string, pp probePort) bool
-
 // check probes until the matrix matches want (enforcement is asynchronous)
 // or the attempts run out, and returns matched and total cases.
-func (n *netpolMesh) check(name string, want expectation) (matched, total int) {
+func (n *netpolMesh) check(name string, want truthtable.Expectation) (matched, total int) {
 	n.t.Helper()
 	var mismatches []string
 	for attempt := 0; attempt < 4; attempt++ {
 		if attempt > 0 {
 			time.Sleep(time.Second)
 		}
-		got := n.reachability()
-		mismatches, matched, total = nil, 0, 0
-		for _, from := range n.podKeys() {
-			for _, to := range n.podKeys() {
-				if from == to {
-					continue
-				}
-				for _, pp := range netpolPorts {
-					total++
-					key := caseKey(from, to, pp)
-					if w := want(from, to, pp); got[key] == w {
-						matched++
-					} else {
-						mismatches = append(mismatches, fmt.Sprintf("%s: got %v, want %v", key, got[key], w))
-					}
-				}
-			}
-		}
+		matched, total, mismatches = truthtable.Compare(n.reachability(), want)
 		if len(mismatches) == 0 {
 			return matched, total
 		}
 	}
-	sort.Strings(mismatches)
-	if len(mismatches) > 20 {
-		mismatches = append(mismatches[:20], fmt.Sprintf("... and %d more", len(mismatches)-20))
-	}
-	n.t.Errorf("%s: %d/%d cases match; mismatches:\n%s", name, matched, total, strings.Join(mismatches, "\n"))
+	n.t.Errorf("%s: %d/%d cases match; mismatches:\n%s", name, matched, total, truthtable.Summarize(mismatches))
 	return matched, total
 }
 
-func nsOf(key string) string  { ns, _, _ := strings.Cut(key, "/"); return ns }
-func podOf(key string) string { _, p, _ := strings.Cut(key, "/"); return p }
-
-func allow(string, string, probePort) bool { return true }
-
-// policy writes a NetworkPolicy document; spec is YAML flow or block text
-// indented by two spaces.
-func policy(ns, name, spec string) string {
-	return fmt.Sprintf("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: %s, namespace: %q}\nspec:\n%s\n---\n", name, ns, spec)
-}
-
-type netpolStep struct {
-	apply  string                     // manifests to apply first
-	update func(n *netpolMesh) string // manifests computed from the running mesh
-	delete bool                       // delete every policy first
-	want   expectation
-}
-
-type netpolScenario struct {
-	name  string
-	steps []netpolStep
-}
-
-func netpolScenarios() []netpolScenario {
-	tcp80 := probePort{"tcp", 80}
-	isA := func(k string) bool { return k == "x/a" }
-	return []netpolScenario{
-		{"default-deny-ingress", []netpolStep{{apply: policy("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]"),
-			want: func(f, t string, _ probePort) bool { return nsOf(t) != "x" }}}},
-		{"default-deny-all", []netpolStep{{apply: policy("x", "deny-all", "  podSelector: {}\n  policyTypes: [Ingress, Egress]"),
-			want: func(f, t string, _ probePort) bool { return nsOf(t) != "x" && nsOf(f) != "x" }}}},
-		{"default-deny-egress", []netpolStep{{apply: policy("x", "deny-egress", "  podSelector: {}\n  policyTypes: [Egress]"),
-			want: func(f, t string, _ probePort) bool { return nsOf(f) != "x" }}}},
-		{"allow from pod in same namespace by podSelector", []netpolStep{{
-			apply: policy("x", "allow-b", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]"),
-			want:  func(f, t string, _ probePort) bool { return !isA(t) || f == "x/b" }}}},
-		{"allow from namespace by namespaceSelector", []netpolStep{{
-			apply: policy("x", "allow-ns-y", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]}]"),
-			want:  func(f, t string, _ probePort) bool { return !isA(t) || nsOf(f) == "y" }}}},
-		{"podSelector with matchExpressions", []netpolStep{{
-			apply: policy("x", "allow-in-b", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchExpressions: [{key: pod, operator: In, values: [b]}]}}]}]"),
-			want:  func(f, t string, _ probePort) bool { return !isA(t) || f == "x/b" }}}},
-		{"namespaceSelector with matchExpressions", []netpolStep{{
-			apply: policy("x", "allow-not-x", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}}]}]"),
-			want:  func(f, t string, _ probePort) bool { return !isA(t) || nsOf(f) != "x" }}}},
-		{"podSelector OR namespaceSelector", []netpolStep{{
-			apply: policy("x", "allow-b-or-y", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}, {namespaceSelector: {matchLabels: {ns: \"y\"}}}]}]"),
-			want:  func(f, t string, _ probePort) bool { return !isA(t) || f == "x/b" || nsOf(f) == "y" }}}},
-		{"podSelector AND namespaceSelector", []netpolStep{{
-			apply: policy("x", "allow-y-b", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}, namespaceSelector: {matchLabels: {ns: \"y\"}}}]}]"),
-			want:  func(f, t string, _ probePort) bool { return !isA(t) || f == "y/b" }}}},
-		{"multiple podSelectors and namespaceSelectors", []netpolStep{{
-			apply: policy("x", "allow-multi", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}, podSelector: {matchExpressions: [{key: pod, operator: In, values: [b, c]}]}}]}]"),
-			want:  func(f, t string, _ probePort) bool { return !isA(t) || (nsOf(f) != "x" && podOf(f) != "a") }}}},
-		{"default namespace label kubernetes.io/metadata.name", []netpolStep{{
-			apply: policy("x", "allow-meta-y", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}}]}]"),
-			want:  func(f, t string, _ probePort) bool { return !isA(t) || nsOf(f) == "y" }}}},
-		{"default namespace label with NotIn", []netpolStep{{
-			apply: policy("x", "allow-meta-not-y", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [\"y\"]}]}}]}]"),
-			want:  func(f, t string, _ probePort) bool { return !isA(t) || nsOf(f) != "y" }}}},
-		{"deny ingress from other namespaces", []netpolStep{{
-			apply: policy("x", "same-ns", "  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]"),
-			want:  func(f, t string, _ probePort) bool { return nsOf(t) != "x" || nsOf(f) == "x" }}}},
-		{"allow on one port from a namespace", []netpolStep{{
-			apply: policy("x", "y-on-81", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}], ports: [{port: 81, protocol: TCP}]}]"),
-			want:  func(f, t string, pp probePort) bool { return !isA(t) || (nsOf(f) == "y" && pp == probePort{"tcp", 81}) }}}},
-		{"stacked policies with overlapping podSelectors", []netpolStep{{
-			apply: policy("x", "y-on-81", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}], ports: [{port: 81}]}]") +
-				policy("x", "y-on-80", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}], ports: [{port: 80}]}]"),
-			want: func(f, t string, pp probePort) bool { return !isA(t) || (nsOf(f) == "y" && pp.proto == "tcp") }}}},
-		{"allow-all ingress", []netpolStep{{apply: policy("x", "allow-all", "  podSelector: {}\n  ingress: [{}]"), want: allow}}},
-		{"ingress on one named port", []netpolStep{{
-			apply: policy("x", "named-81", "  podSelector: {}\n  ingress: [{ports: [{port: serve-81-tcp}]}]"),
-			want:  func(f, t string, pp probePort) bool { return nsOf(t) != "x" || pp == probePort{"tcp", 81} }}}},
-		{"ingress from a namespace on one named port", []netpolStep{{
-			apply: policy("x", "y-named-80", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}], ports: [{port: serve-80-tcp}]}]"),
-			want:  func(f, t string, pp probePort) bool { return nsOf(t) != "x" || (nsOf(f) == "y" && pp == tcp80) }}}},
-		{"egress on one named port", []netpolStep{{
-			apply: policy("x", "egress-named-80", "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{ports: [{port: serve-80-tcp}]}]"),
-			want:  func(f, t string, pp probePort) bool { return nsOf(f) != "x" || pp == tcp80 }}}},
-		{"policy updated from allow-all to deny-all", []netpolStep{
-			{apply: policy("x", "changing", "  podSelector: {}\n  ingress: [{}]"), want: allow},
-			{apply: policy("x", "changing", "  podSelector: {}\n  policyTypes: [Ingress]"),
-				want: func(f, t string, _ probePort) bool { return nsOf(t) != "x" }},
-		}},
-		{"ingress from an updated namespace", []netpolStep{
-			{apply: policy("x", "from-team", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: blue}}}]}]"),
-				want: func(f, t string, _ probePort) bool { return !isA(t) }},
-			{apply: "apiVersion: v1\nkind: Namespace\nmetadata: {name: \"y\", labels: {ns: \"y\", team: blue}}\n",
-				want: func(f, t string, _ probePort) bool { return !isA(t) || nsOf(f) == "y" }},
-			{apply: "apiVersion: v1\nkind: Namespace\nmetadata: {name: \"y\", labels: {ns: \"y\"}}\n",
-				want: func(f, t string, _ probePort) bool { return !isA(t) }},
-		}},
-		{"ingress from an updated pod", []netpolStep{
-			{apply: policy("x", "from-updated", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b, state: updated}}}]}]"),
-				want: func(f, t string, _ probePort) bool { return !isA(t) }},
-			{update: func(n *netpolMesh) string { return relabel(netpolModel(), "x", "b", "{pod: b, state: updated}") },
-				want: func(f, t string, _ probePort) bool { return !isA(t) || f == "x/b" }},
-			{update: func(n *netpolMesh) string { return relabel(netpolModel(), "x", "b", "{pod: b}") },
-				want: func(f, t string, _ probePort) bool { return !isA(t) }},
-		}},
-		{"deny ingress to an updated pod", []netpolStep{
-			{apply: policy("x", "isolate", "  podSelector: {matchLabels: {target: isolated}}\n  policyTypes: [Ingress]"), want: allow},
-			{update: func(n *netpolMesh) string { return relabel(netpolModel(), "x", "a", "{pod: a, target: isolated}") },
-				want: func(f, t string, _ probePort) bool { return !isA(t) }},
-			{update: func(n *netpolMesh) string { return relabel(netpolModel(), "x", "a", "{pod: a}") }, want: allow},
-		}},
-		{"ingress and egress together", []netpolStep{{
-			apply: policy("x", "both", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress, Egress]\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]\n  egress: [{to: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]}]"),
-			want: func(f, t string, _ probePort) bool {
-				if isA(t) {
-					return f == "x/b"
-				}
-				return !isA(f) || nsOf(t) == "y"
-			}}}},
-		{"egress deny on the client even when the server allows", []netpolStep{{
-			apply: policy("x", "a-no-egress", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]") +
-				policy("y", "allow-all", "  podSelector: {}\n  ingress: [{}]"),
-			want: func(f, t string, _ probePort) bool { return !isA(f) }}}},
-		{"egress to a pod in another namespace by both selectors", []netpolStep{{
-			apply: policy("x", "to-y-a", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{podSelector: {matchLabels: {pod: a}}, namespaceSelector: {matchLabels: {ns: \"y\"}}}]}]"),
-			want:  func(f, t string, _ probePort) bool { return !isA(f) || t == "y/a" }}}},
-		{"ingress on any port of one protocol", []netpolStep{{
-			apply: policy("x", "tcp-only", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{protocol: TCP}]}]"),
-			want:  func(f, t string, pp probePort) bool { return !isA(t) || pp.proto == "tcp" }}}},
-		{"UDP policy does not allow TCP", []netpolStep{{
-			apply: policy("x", "udp-81", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{protocol: UDP, port: 81}]}]"),
-			want:  func(f, t string, pp probePort) bool { return !isA(t) || pp == probePort{"udp", 81} }}}},
-		{"SCTP policy is not treated as TCP", []netpolStep{{
-			apply: policy("x", "sctp-80", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{protocol: SCTP, port: 80}]}]"),
-			want:  func(f, t string, _ probePort) bool { return !isA(t) }}}},
-		{"ingress allow-all takes precedence", []netpolStep{{
-			apply: policy("x", "only-81", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{port: 81}]}]") +
-				policy("x", "all", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{}]"),
-			want: allow}}},
-		{"egress allow-all takes precedence", []netpolStep{{
-			apply: policy("x", "only-81", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{ports: [{port: 81}]}]") +
-				policy("x", "all", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{}]"),
-			want: allow}}},
-		{"deleted policy stops enforcing", []netpolStep{
-			{apply: policy("x", "deny-all", "  podSelector: {}\n  policyTypes: [Ingress, Egress]"),
-				want: func(f, t string, _ probePort) bool { return nsOf(t) != "x" && nsOf(f) != "x" }},
-			{delete: true, want: allow},
-		}},
-		{"egress to a CIDR", []netpolStep{{
-			update: func(n *netpolMesh) string {
-				return policy("x", "to-cidr", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: "+n.ips["y/b"]+"/32}}]}]")
-			},
-			want: func(f, t string, _ probePort) bool { return !isA(f) || t == "y/b" }}}},
-		{"egress to a CIDR with except", []netpolStep{{
-			update: func(n *netpolMesh) string {
-				return policy("x", "cidr-except", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 10.200.0.0/16, except: ["+n.ips["y/b"]+"/32]}}]}]")
-			},
-			want: func(f, t string, _ probePort) bool { return !isA(f) || t != "y/b" }}}},
-		{"an IP in both CIDR and except, allowed by another policy", []netpolStep{{
-			update: func(n *netpolMesh) string {
-				return policy("x", "cidr-except", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 10.200.0.0/16, except: ["+n.ips["y/b"]+"/32]}}]}]") +
-					policy("x", "cidr-exact", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: "+n.ips["y/b"]+"/32}}]}]")
-			},
-			want: allow}}},
-		{"ingress from a CIDR", []netpolStep{{
-			update: func(n *netpolMesh) string {
-				return policy("x", "from-cidr", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{ipBlock: {cidr: "+n.ips["z/c"]+"/32}}]}]")
-			},
-			want: func(f, t string, _ probePort) bool { return !isA(t) || f == "z/c" }}}},
-		{"ingress and egress controlled independently", []netpolStep{{
-			apply: policy("x", "a-no-egress", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]") +
-				policy("x", "b-no-ingress", "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Ingress]"),
-			want: func(f, t string, _ probePort) bool { return !isA(f) && t != "x/b" }}}},
-		{"endPort range", []netpolStep{{
-			apply: policy("x", "range", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}], ports: [{port: 81, endPort: 90, protocol: TCP}]}]"),
-			want:  func(f, t string, pp probePort) bool { return !isA(t) || (nsOf(f) == "y" && pp == probePort{"tcp", 81}) }}}},
-		{"endPort range covering both ports, UDP", []netpolStep{{
-			apply: policy("x", "range-udp", "  podSelector: {}\n  ingress: [{ports: [{port: 79, endPort: 81, protocol: UDP}]}]"),
-			want:  func(f, t string, pp probePort) bool { return nsOf(t) != "x" || pp.proto == "udp" }}}},
-		{"egress to a namespace", []netpolStep{{
-			apply: policy("x", "to-z", "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: [{namespaceSelector: {matchLabels: {ns: z}}}]}]"),
-			want:  func(f, t string, _ probePort) bool { return nsOf(f) != "x" || nsOf(t) == "z" }}}},
+// label writes the manifest that gives a pod or a namespace of the model
+// new labels: the model with the pod relabelled, or the namespace.
+func label(l *truthtable.Label) string {
+	keys := slices.Sorted(maps.Keys(l.Labels))
+	var pairs []string
+	for _, k := range keys {
+		pairs = append(pairs, fmt.Sprintf("%s: %q", k, l.Labels[k]))
 	}
-}
-
-// relabel rewrites one pod's labels in the model manifest.
-func relabel(model, ns, pod, labels string) string {
-	old := fmt.Sprintf("metadata: {name: %s, namespace: %q, labels: {pod: %s}}", pod, ns, pod)
-	return strings.Replace(model, old, fmt.Sprintf("metadata: {name: %s, namespace: %q, labels: %s}", pod, ns, labels), 1)
+	labels := "{" + strings.Join(pairs, ", ") + "}"
+	if l.Pod == "" {
+		return fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata: {name: %q, labels: %s}\n", l.Namespace, labels)
+	}
+	old := fmt.Sprintf("metadata: {name: %s, namespace: %q, labels: {pod: %s}}", l.Pod, l.Namespace, l.Pod)
+	return strings.Replace(netpolModel(), old, fmt.Sprintf("metadata: {name: %s, namespace: %q, labels: %s}", l.Pod, l.Namespace, labels), 1)
 }
 
 func TestNetworkPolicyConformance(t *testing.T) {
@@ -393,7 +163,7 @@ func TestNetworkPolicyConformance(t *testing.T) {
 	n := &netpolMesh{mesh: m, ips: map[string]string{}, dir: t.TempDir()}
 	waitFor(t, "9 ready pods", time.Minute, func() bool {
 		ready := 0
-		for _, ns := range netpolNamespaces {
+		for _, ns := range truthtable.Namespaces {
 			for _, p := range m.pods(ns) {
 				if p.Ready {
 					ready++
@@ -403,23 +173,23 @@ func TestNetworkPolicyConformance(t *testing.T) {
 		}
 		return ready == 9
 	})
-	t.Run("no policy: everything reaches everything", func(t *testing.T) { n.t = t; n.check("no policy", allow) })
+	t.Run("no policy: everything reaches everything", func(t *testing.T) { n.t = t; n.check("no policy", truthtable.AllowAll) })
 
 	matched, total := 0, 0
-	for _, sc := range netpolScenarios() {
-		t.Run(sc.name, func(t *testing.T) {
+	for _, sc := range truthtable.Scenarios() {
+		t.Run(sc.Name, func(t *testing.T) {
 			n.t = t
-			for i, step := range sc.steps {
-				if step.delete {
+			for i, step := range sc.Steps {
+				if step.DeleteAll {
 					n.deleteAllPolicies()
 				}
-				if step.apply != "" {
-					n.apply(step.apply)
+				if step.Policies != nil {
+					n.apply(step.Policies(n.ips))
 				}
-				if step.update != nil {
-					n.apply(step.update(n))
+				if step.Label != nil {
+					n.apply(label(step.Label))
 				}
-				mt, tt := n.check(fmt.Sprintf("%s, step %d", sc.name, i+1), step.want)
+				mt, tt := n.check(fmt.Sprintf("%s, step %d", sc.Name, i+1), step.Want)
 				matched, total = matched+mt, total+tt
 			}
 			n.deleteAllPolicies()
@@ -433,8 +203,8 @@ func TestNetworkPolicyConformance(t *testing.T) {
 
 	t.Run("denials are counted per policy", func(t *testing.T) {
 		n.t = t
-		n.apply(policy("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]"))
-		n.check("deny-ingress for counting", func(f, t string, _ probePort) bool { return nsOf(t) != "x" })
+		n.apply(truthtable.Policy("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]"))
+		n.check("deny-ingress for counting", func(f, t string, _ truthtable.Port) bool { return truthtable.NsOf(t) != "x" })
 		out := n.must("get", "netpol", "-n", "x")
 		fields := strings.Fields(strings.Split(strings.TrimSpace(out), "\n")[1])
 		if len(fields) < 3 || fields[0] != "deny-ingress" || fields[2] == "0" {
@@ -445,7 +215,7 @@ func TestNetworkPolicyConformance(t *testing.T) {
 
 	t.Run("a hand-flushed chain comes back within 2s", func(t *testing.T) {
 		n.t = t
-		n.apply(policy("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]"))
+		n.apply(truthtable.Policy("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]"))
 		table := nft.Table{Name: "trellis-netpol"}
 		var want map[string]int
 		waitFor(t, "the policy to be applied", 5*time.Second, func() bool {
@@ -462,20 +232,20 @@ func TestNetworkPolicyConformance(t *testing.T) {
 			return err == nil && got["ingress"] == want["ingress"]
 		})
 		fmt.Printf("hand-flushed policy chain restored in %s\n", time.Since(start).Round(time.Millisecond))
-		n.check("deny-ingress after repair", func(f, t string, _ probePort) bool { return nsOf(t) != "x" })
+		n.check("deny-ingress after repair", func(f, t string, _ truthtable.Port) bool { return truthtable.NsOf(t) != "x" })
 		n.deleteAllPolicies()
 	})
 
 	t.Run("a bad policy is refused and nothing is half-applied", func(t *testing.T) {
 		n.t = t
-		good := policy("x", "good", "  podSelector: {}\n  policyTypes: [Ingress]")
+		good := truthtable.Policy("x", "good", "  podSelector: {}\n  policyTypes: [Ingress]")
 		for _, tc := range []struct{ spec, want string }{
 			{"  podSelector: {}\n  ingress: [{ports: [{port: serve-99-tcp}]}]", `port name "serve-99-tcp" matches no TCP container port of any pod`},
 			{"  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]", `ipBlock.cidr "10.0.0.0/33" is not a valid CIDR`},
 			{"  podSelector: {matchExpressions: [{key: pod, operator: Is, values: [a]}]}", `operator "Is": use In, NotIn, Exists or DoesNotExist`},
 		} {
 			path := filepath.Join(n.dir, "bad.yaml")
-			if err := os.WriteFile(path, []byte(good+policy("x", "bad", tc.spec)), 0o600); err != nil {
+			if err := os.WriteFile(path, []byte(good+truthtable.Policy("x", "bad", tc.spec)), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			_, errOut, err := n.run("apply", "-f", path)
@@ -505,7 +275,7 @@ func measureEnforcement(n *netpolMesh) {
 	}
 	for i := 0; i < 20; i++ {
 		start := time.Now()
-		n.apply(policy("x", "latency", fmt.Sprintf("  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{port: %d}]}]", 1000+i)))
+		n.apply(truthtable.Policy("x", "latency", fmt.Sprintf("  podSelector: {matchLabels: {pod: a}}\n  ingress: [{ports: [{port: %d}]}]", 1000+i)))
 		for !hasPolicy() {
 			if time.Since(start) > 5*time.Second {
 				t.Fatalf("policy not enforced after 5s")
@@ -528,8 +298,8 @@ func measureEnforcement(n *netpolMesh) {
 // allowed pair probe continuously: nothing may leak, nothing may fail.
 func restartAgent(n *netpolMesh) {
 	t := n.t
-	n.apply(policy("x", "deny-from-y", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: z}}}]}]"))
-	n.check("deny-from-y", func(f, to string, _ probePort) bool { return !isAKey(to) || nsOf(f) == "z" })
+	n.apply(truthtable.Policy("x", "deny-from-y", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: z}}}]}]"))
+	n.check("deny-from-y", func(f, to string, _ truthtable.Port) bool { return to != "x/a" || truthtable.NsOf(f) == "z" })
 	type result struct{ out, errOut string }
 	probe := func(from string, done chan<- result) {
 		ns, pod, _ := strings.Cut(from, "/")
@@ -569,8 +339,6 @@ func restartAgent(n *netpolMesh) {
 	}
 	n.deleteAllPolicies()
 }
-
-func isAKey(k string) bool { return k == "x/a" }
 
 // The reference policy, from examples/: only namespaces labelled for
 // injection reach the database; the other client times out on both ports.
