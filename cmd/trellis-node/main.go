@@ -47,7 +47,7 @@ func main() {
 	cfg.RegisterFlags(fs)
 	fs.StringVar(&f.api, "mesh-api", nodeagent.DefaultMeshAPI, "API socket of the one-host mesh whose policies to enforce")
 	fs.BoolVar(&f.kubernetes, "kubernetes", false, "enforce the NetworkPolicies of a Kubernetes cluster for the pods of this node")
-	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig (with --kubernetes; default $KUBECONFIG, else the pod's service account)")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig (with --kubernetes; default $KUBECONFIG, else ~/.kube/config, else the pod's service account)")
 	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "the node this agent runs on (with --kubernetes; default $NODE_NAME)")
 	fs.StringVar(&f.namespace, "namespace", cmp.Or(os.Getenv("POD_NAMESPACE"), "trellis-system"), "the namespace Trellis is installed in (with --kubernetes)")
 	_ = fs.Parse(os.Args[1:])
@@ -67,7 +67,7 @@ func run(cfg nodeagent.Config, f flags) error {
 			return fmt.Errorf("--kubernetes needs --node-name (or $NODE_NAME from the pod's spec.nodeName)")
 		}
 		var err error
-		if client, _, err = kubeclient.NewClient(f.kubeconfig, "trellis-node"); err != nil {
+		if client, _, err = kubeclient.NewClient(kubeclient.Target{Kubeconfig: f.kubeconfig}, "trellis-node"); err != nil {
 			return err
 		}
 		cfg.Source = nodeagent.KubeSource(client, f.nodeName)

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/trellis-mesh/trellis/internal/controlplane"
+	"github.com/trellis-mesh/trellis/internal/kubeclient"
 	"github.com/trellis-mesh/trellis/internal/push"
 )
 
@@ -16,7 +17,8 @@ func newCACmd(o *options) *cobra.Command {
 	cmd := &cobra.Command{Use: "ca", Short: "Inspect and rotate the mesh's certificate authority"}
 	var timeout time.Duration
 	var kubernetes bool
-	var kubeconfig, namespace string
+	var cluster kubeclient.Target
+	var namespace string
 	rotate := &cobra.Command{
 		Use:   "rotate",
 		Short: "Rotate the root: add a new root to the bundle, switch signing to it, drop the old one",
@@ -31,7 +33,7 @@ rotates an installed mesh's root (kept in the Secret trellis-system/trellis-ca).
 			if !kubernetes {
 				return rotateRoot(cmd.Context(), o, controlClient(o.stateDir), timeout)
 			}
-			admin, err := newKubeCAAdmin(kubeconfig, namespace, timeout)
+			admin, err := newKubeCAAdmin(cluster, namespace, timeout)
 			if err != nil {
 				return err
 			}
@@ -40,7 +42,7 @@ rotates an installed mesh's root (kept in the Secret trellis-system/trellis-ca).
 	}
 	rotate.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long each phase may wait for the proxies")
 	rotate.Flags().BoolVar(&kubernetes, "kubernetes", false, "rotate the root of the mesh installed in the cluster of --kubeconfig")
-	rotate.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (with --kubernetes; default $KUBECONFIG)")
+	targetFlags(rotate, &cluster, "with --kubernetes: ")
 	rotate.Flags().StringVar(&namespace, "trellis-namespace", "trellis-system", "the namespace Trellis is installed in (with --kubernetes)")
 	cmd.AddCommand(rotate)
 	return cmd

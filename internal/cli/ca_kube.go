@@ -24,8 +24,8 @@ type kubeCAAdmin struct {
 	timeout   time.Duration
 }
 
-func newKubeCAAdmin(kubeconfig, namespace string, timeout time.Duration) (*kubeCAAdmin, error) {
-	clients, err := kubeclient.Connect(kubeconfig, "trellis-ca-rotate")
+func newKubeCAAdmin(cluster kubeclient.Target, namespace string, timeout time.Duration) (*kubeCAAdmin, error) {
+	clients, err := kubeclient.Connect(cluster, "trellis-ca-rotate")
 	if err != nil {
 		return nil, err
 	}

@@ -49,7 +49,8 @@ type netpolCheck struct {
 const netpolPart = "trellis-check-network-policies"
 
 func newCheckNetpolCmd(o *options) *cobra.Command {
-	var kubeconfig, image, run string
+	var cluster kubeclient.Target
+	var image, run string
 	var keep bool
 	c := &netpolCheck{out: o.out}
 	cmd := &cobra.Command{
@@ -70,7 +71,7 @@ that did not match.`,
 			if err != nil {
 				return fmt.Errorf("--run %q: %w", run, err)
 			}
-			kc, err := kubeclient.Connect(kubeconfig, "trellis-check")
+			kc, err := kubeclient.Connect(cluster, "trellis-check")
 			if err != nil {
 				return err
 			}
@@ -89,7 +90,7 @@ that did not match.`,
 			return c.run(cmd.Context(), filter, keep)
 		},
 	}
-	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default $KUBECONFIG)")
+	targetFlags(cmd, &cluster, "")
 	cmd.Flags().StringVar(&c.namespace, "trellis-namespace", "trellis-system", "the namespace Trellis is installed in")
 	cmd.Flags().StringVar(&image, "image", "", "the image of the model's pods, holding the trellis CLI (default: trellis-demo beside the installed control plane's image)")
 	cmd.Flags().StringVar(&run, "run", "", "run only the scenarios whose names match this regular expression")

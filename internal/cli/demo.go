@@ -24,6 +24,7 @@ import (
 	"github.com/trellis-mesh/trellis/examples/demo"
 	"github.com/trellis-mesh/trellis/examples/graphdb"
 	"github.com/trellis-mesh/trellis/examples/graphdb/graphpb"
+	"github.com/trellis-mesh/trellis/internal/kubeclient"
 	"github.com/trellis-mesh/trellis/internal/localmesh"
 	"github.com/trellis-mesh/trellis/internal/manifest"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
@@ -38,7 +39,7 @@ type demoOptions struct {
 	// On Kubernetes: the cluster, the demo image, and the install's
 	// values when the demo installs Trellis.
 	kubernetes bool
-	kubeconfig string
+	cluster    kubeclient.Target
 	image      string
 	values     valuesFlags
 }
@@ -79,7 +80,7 @@ clients' calls through the API server, as kubectl exec does.`,
 	cmd.Flags().DurationVar(&d.timeout, "timeout", 3*time.Second, "how long a client waits for an answer before it counts as timed out")
 	cmd.Flags().DurationVar(&d.traffic, "traffic", 10*time.Second, "how long test 3 generates traffic")
 	cmd.Flags().BoolVar(&d.kubernetes, "kubernetes", false, "run on the Kubernetes cluster of the kubeconfig instead of this host")
-	cmd.Flags().StringVar(&d.kubeconfig, "kubeconfig", "", "with --kubernetes: the cluster's kubeconfig (default $KUBECONFIG)")
+	targetFlags(cmd, &d.cluster, "with --kubernetes: ")
 	cmd.Flags().StringVar(&d.image, "image", "", "with --kubernetes: the demo workloads' image (default: trellis-demo beside the installed control plane's image)")
 	d.values.register(cmd, "")
 	return cmd

@@ -45,7 +45,7 @@ func newKubeDemo(ctx context.Context, d *demoOptions) (*kubeDemo, error) {
 	if verr != nil && (len(d.values.files) > 0 || len(d.values.sets) > 0) {
 		return nil, verr
 	}
-	kc, err := kubeclient.Connect(d.kubeconfig, "trellis-demo")
+	kc, err := kubeclient.Connect(d.cluster, "trellis-demo")
 	if err != nil {
 		return nil, err
 	}
@@ -62,7 +62,7 @@ func newKubeDemo(ctx context.Context, d *demoOptions) (*kubeDemo, error) {
 		}
 		k.install = true
 	case err != nil:
-		return nil, fmt.Errorf("the cluster at %s: %w (check --kubeconfig)", kc.Config.Host, err)
+		return nil, fmt.Errorf("the cluster at %s: %w (check --kubeconfig and --context)", kc.Config.Host, err)
 	}
 	for _, ns := range demoNamespaces {
 		_, err := kc.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})

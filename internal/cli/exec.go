@@ -2,10 +2,14 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilexec "k8s.io/client-go/util/exec"
 
+	"github.com/trellis-mesh/trellis/internal/kube"
 	"github.com/trellis-mesh/trellis/internal/localmesh"
 )
 
@@ -47,13 +51,17 @@ func (p *podOptions) find(ctx context.Context, name string) (localmesh.PodStatus
 
 func newExecCmd(o *options) *cobra.Command {
 	p := &podOptions{options: o}
+	var cluster clusterFlags
 	cmd := &cobra.Command{
-		Use:   "exec [-n NS] POD [-c CONTAINER] -- COMMAND [ARGS...]",
-		Short: "Run a command inside a pod: its network namespace, hosts file and environment",
+		Use:   "exec [-n NS] POD [-c CONTAINER] [--kubernetes] -- COMMAND [ARGS...]",
+		Short: "Run a command inside a pod: its network namespace, hosts file and environment (on a cluster, through the API server, output only)",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() != 1 {
 				return fmt.Errorf("usage: trellis exec [-n NS] POD -- COMMAND [ARGS...]")
+			}
+			if cluster.kubernetes {
+				return clusterExec(cmd.Context(), o, &cluster, p.namespace, args[0], p.container, args[1:])
 			}
 			if err := requireRoot("trellis exec"); err != nil {
 				return err
@@ -78,5 +86,33 @@ func newExecCmd(o *options) *cobra.Command {
 		},
 	}
 	p.flags(cmd)
+	cluster.register(cmd)
 	return cmd
+}
+
+// clusterExec runs a command in a cluster pod's container through the API
+// server, as kubectl exec does without -i: the pod's default container
+// (kubectl.kubernetes.io/default-container, else its first) when container
+// is empty, and the command's exit status as ours.
+func clusterExec(ctx context.Context, o *options, cluster *clusterFlags, namespace, pod, container string, command []string) error {
+	kc, err := cluster.connect()
+	if err != nil {
+		return err
+	}
+	if container == "" {
+		p, err := kc.Client.CoreV1().Pods(namespace).Get(ctx, pod, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("pod %s/%s: %w", namespace, pod, err)
+		}
+		container = p.Annotations["kubectl.kubernetes.io/default-container"]
+		if container == "" && len(p.Spec.Containers) > 0 {
+			container = p.Spec.Containers[0].Name
+		}
+	}
+	err = kube.Exec(ctx, kc, namespace, pod, container, command, o.out, o.err)
+	var exit utilexec.ExitError
+	if errors.As(err, &exit) {
+		return exitCode(exit.ExitStatus())
+	}
+	return err
 }

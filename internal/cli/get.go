@@ -20,13 +20,14 @@ type getOptions struct {
 	namespace     string
 	allNamespaces bool
 	output        string
+	cluster       clusterFlags
 }
 
 func newGetCmd(o *options) *cobra.Command {
 	g := &getOptions{options: o}
 	cmd := &cobra.Command{
-		Use:   "get pods|services|networkpolicies|namespaces [NAME]",
-		Short: "List pods, services, network policies or namespaces of the running mesh",
+		Use:   "get pods|services|networkpolicies|namespaces [NAME] [--kubernetes]",
+		Short: "List pods, services, network policies (with their denial counts) or namespaces of the running mesh",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := ""
@@ -39,6 +40,7 @@ func newGetCmd(o *options) *cobra.Command {
 	cmd.Flags().StringVarP(&g.namespace, "namespace", "n", "default", "namespace to list")
 	cmd.Flags().BoolVarP(&g.allNamespaces, "all-namespaces", "A", false, "list every namespace")
 	cmd.Flags().StringVarP(&g.output, "output", "o", "", "output format: wide or json")
+	g.cluster.register(cmd)
 	return cmd
 }
 
@@ -46,7 +48,18 @@ func (g *getOptions) run(ctx context.Context, resource, name string) error {
 	if g.output != "" && g.output != "wide" && g.output != "json" {
 		return fmt.Errorf("--output %q: use wide or json", g.output)
 	}
-	c := g.client()
+	var c meshLister = g.client()
+	if g.cluster.kubernetes {
+		kc, err := g.cluster.connect()
+		if err != nil {
+			return err
+		}
+		l := &clusterLister{kc: kc, trellisNS: g.cluster.namespace, warn: g.err}
+		if !g.allNamespaces {
+			l.namespace = g.namespace
+		}
+		c = l
+	}
 	switch resource {
 	case "pods", "pod", "po":
 		pods, err := c.Pods(ctx)
@@ -116,8 +129,12 @@ func row(w io.Writer, cols ...string) { fmt.Fprintln(w, strings.Join(cols, "\t")
 
 func printPods(w io.Writer, pods []localmesh.PodStatus, allNS, wide bool) {
 	head := []string{"NAME", "READY", "STATUS", "RESTARTS", "AGE"}
+	where := "NETNS"
+	if len(pods) > 0 && pods[0].Node != "" {
+		where = "NODE"
+	}
 	if wide {
-		head = append(head, "IP", "NETNS")
+		head = append(head, "IP", where)
 	}
 	row(w, withNS(allNS, "NAMESPACE", head)...)
 	for _, p := range pods {
@@ -131,7 +148,7 @@ func printPods(w io.Writer, pods []localmesh.PodStatus, allNS, wide bool) {
 		cols := []string{p.Name, fmt.Sprintf("%d/%d", ready, len(p.Containers)), p.Phase,
 			fmt.Sprint(restarts), age(p.Created)}
 		if wide {
-			cols = append(cols, p.IP, p.Netns)
+			cols = append(cols, orNone(p.IP), p.Netns+p.Node)
 		}
 		row(w, withNS(allNS, p.Namespace, cols)...)
 	}

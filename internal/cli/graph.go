@@ -37,18 +37,25 @@ func dashboardURL(addr string) string { return "http://" + addr + "/" }
 // instead of the one-host mesh.
 type clusterFlags struct {
 	kubernetes bool
-	kubeconfig string
+	cluster    kubeclient.Target
 	namespace  string
 }
 
 func (f *clusterFlags) register(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&f.kubernetes, "kubernetes", false, "the mesh of the Kubernetes cluster of the kubeconfig, not this host's")
-	cmd.Flags().StringVar(&f.kubeconfig, "kubeconfig", "", "with --kubernetes: the cluster's kubeconfig (default $KUBECONFIG)")
+	targetFlags(cmd, &f.cluster, "with --kubernetes: ")
 	cmd.Flags().StringVar(&f.namespace, "control-plane-namespace", install.Defaults().Namespace, "with --kubernetes: where Trellis is installed")
 }
 
+// targetFlags registers --kubeconfig and --context, as kubectl has them;
+// when prefixes their help ("with --kubernetes: ").
+func targetFlags(cmd *cobra.Command, t *kubeclient.Target, when string) {
+	cmd.Flags().StringVar(&t.Kubeconfig, "kubeconfig", "", when+"the cluster's kubeconfig (default $KUBECONFIG, else ~/.kube/config)")
+	cmd.Flags().StringVar(&t.Context, "context", "", when+"the kubeconfig context to use (default its current context)")
+}
+
 func (f *clusterFlags) connect() (*kubeclient.Clients, error) {
-	return kubeclient.Connect(f.kubeconfig, "trellis")
+	return kubeclient.Connect(f.cluster, "trellis")
 }
 
 // clusterGraph reads /api/graph from the dashboard of the control plane

@@ -76,14 +76,14 @@ func installObjects(v install.Values) ([]*unstructured.Unstructured, error) {
 	return objs, nil
 }
 
-// plan renders the install's objects for the cluster of kubeconfig and
+// plan renders the install's objects for the cluster and
 // connects to it.
-func plan(v install.Values, kubeconfig string) ([]*unstructured.Unstructured, *kube.Applier, error) {
+func plan(v install.Values, cluster kubeclient.Target) ([]*unstructured.Unstructured, *kube.Applier, error) {
 	objs, err := installObjects(v)
 	if err != nil {
 		return nil, nil, err
 	}
-	rc, err := kubeclient.RESTConfig(kubeconfig)
+	rc, err := kubeclient.RESTConfig(cluster)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -95,7 +95,7 @@ func plan(v install.Values, kubeconfig string) ([]*unstructured.Unstructured, *k
 func newInstallCmd(o *options) *cobra.Command {
 	var vf valuesFlags
 	var dryRun, wait bool
-	var kubeconfig string
+	var cluster kubeclient.Target
 	cmd := &cobra.Command{
 		Use:   "install [--dry-run] [-f values.yaml] [--set KEY=VALUE] [--wait=false]",
 		Short: "Install Trellis into a Kubernetes cluster (CRDs, RBAC, control plane, injection webhook), or print it",
@@ -113,7 +113,7 @@ func newInstallCmd(o *options) *cobra.Command {
 				_, err = o.out.Write(data)
 				return err
 			}
-			objs, a, err := plan(v, kubeconfig)
+			objs, a, err := plan(v, cluster)
 			if err != nil {
 				return err
 			}
@@ -127,13 +127,13 @@ func newInstallCmd(o *options) *cobra.Command {
 	vf.register(cmd, "f")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the objects (YAML) instead of applying them")
 	cmd.Flags().BoolVar(&wait, "wait", true, "wait until the control plane is ready and the webhook trusted")
-	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default $KUBECONFIG)")
+	targetFlags(cmd, &cluster, "")
 	return cmd
 }
 
 func newUninstallCmd(o *options) *cobra.Command {
 	var vf valuesFlags
-	var kubeconfig string
+	var cluster kubeclient.Target
 	cmd := &cobra.Command{
 		Use:   "uninstall [-f values.yaml] [--set KEY=VALUE]",
 		Short: "Remove everything trellis install created; meshed pods keep running and come back without a sidecar",
@@ -143,7 +143,7 @@ func newUninstallCmd(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			objs, a, err := plan(v, kubeconfig)
+			objs, a, err := plan(v, cluster)
 			if err != nil {
 				return err
 			}
@@ -155,13 +155,14 @@ func newUninstallCmd(o *options) *cobra.Command {
 		},
 	}
 	vf.register(cmd, "f")
-	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default $KUBECONFIG)")
+	targetFlags(cmd, &cluster, "")
 	return cmd
 }
 
 func newInjectCmd(o *options) *cobra.Command {
 	var vf valuesFlags
-	var file, rootFile, kubeconfig, namespace string
+	var file, rootFile, namespace string
+	var cluster kubeclient.Target
 	cmd := &cobra.Command{
 		Use:   "inject -f FILE [--ca-root FILE] [--set KEY=VALUE]",
 		Short: "Add the sidecar to the pods and pod templates of a manifest offline, as the webhook would (for GitOps)",
@@ -180,7 +181,7 @@ func newInjectCmd(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			roots, err := injectRoots(cmd.Context(), rootFile, kubeconfig)
+			roots, err := injectRoots(cmd.Context(), rootFile, cluster)
 			if err != nil {
 				return err
 			}
@@ -198,7 +199,7 @@ func newInjectCmd(o *options) *cobra.Command {
 	vf.register(cmd, "") // -f is the manifest, as in kubectl and istioctl kube-inject
 	cmd.Flags().StringVarP(&file, "filename", "f", "", "manifest to inject (YAML, one or more documents; - for stdin)")
 	cmd.Flags().StringVar(&rootFile, "ca-root", "", "the mesh's roots (PEM); default: read from the cluster's webhook registration")
-	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster the roots are read from (default $KUBECONFIG)")
+	targetFlags(cmd, &cluster, "the cluster the roots are read from: ")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of objects that name none")
 	_ = cmd.MarkFlagRequired("filename")
 	return cmd
@@ -206,11 +207,11 @@ func newInjectCmd(o *options) *cobra.Command {
 
 // injectRoots reads the mesh's roots from file, or from the caBundle the
 // control plane keeps in the webhook registration.
-func injectRoots(ctx context.Context, file, kubeconfig string) ([]byte, error) {
+func injectRoots(ctx context.Context, file string, cluster kubeclient.Target) ([]byte, error) {
 	if file != "" {
 		return os.ReadFile(file)
 	}
-	client, _, err := kubeclient.NewClient(kubeconfig, "trellis-inject")
+	client, _, err := kubeclient.NewClient(cluster, "trellis-inject")
 	if err != nil {
 		return nil, fmt.Errorf("%w (or give the roots with --ca-root)", err)
 	}
@@ -318,13 +319,14 @@ func splitYAML(in []byte) [][]byte {
 
 func newCheckCmd(o *options) *cobra.Command {
 	var pre bool
-	var kubeconfig, namespace string
+	var namespace string
+	var cluster kubeclient.Target
 	cmd := &cobra.Command{
 		Use:   "check [--pre]",
 		Short: "Check a Kubernetes cluster before install (--pre), or the installed mesh: control plane, webhook, roots, sidecars",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			clients, err := kubeclient.Connect(kubeconfig, "trellis-check")
+			clients, err := kubeclient.Connect(cluster, "trellis-check")
 			if err != nil {
 				return err
 			}
@@ -364,20 +366,21 @@ func newCheckCmd(o *options) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&pre, "pre", false, "check the cluster can take an install, instead of the installed mesh")
-	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default $KUBECONFIG)")
+	targetFlags(cmd, &cluster, "")
 	cmd.Flags().StringVar(&namespace, "trellis-namespace", "trellis-system", "the namespace Trellis is installed in")
 	cmd.AddCommand(newCheckNetpolCmd(o))
 	return cmd
 }
 
 func newRestartInjectedCmd(o *options) *cobra.Command {
-	var kubeconfig, namespace string
+	var namespace string
+	var cluster kubeclient.Target
 	cmd := &cobra.Command{
 		Use:   "restart-injected -n NAMESPACE",
 		Short: "Restart the Deployments, StatefulSets and DaemonSets of a meshed namespace whose pods run without a sidecar",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			clients, err := kubeclient.Connect(kubeconfig, "trellis-restart-injected")
+			clients, err := kubeclient.Connect(cluster, "trellis-restart-injected")
 			if err != nil {
 				return err
 			}
@@ -391,7 +394,7 @@ func newRestartInjectedCmd(o *options) *cobra.Command {
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig of the cluster (default $KUBECONFIG)")
+	targetFlags(cmd, &cluster, "")
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "", "the meshed namespace (required)")
 	_ = cmd.MarkFlagRequired("namespace")
 	return cmd

@@ -11,7 +11,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.StateDir, "control-state-dir", "", "directory of the CA, spent tokens and the admin socket (required)")
 	fs.StringVar(&c.Registry, "registry", "", "registry file the mesh is discovered from (one host)")
 	fs.BoolVar(&c.Kubernetes, "kubernetes", false, "discover the mesh from the Kubernetes API server, prove first certificates with TokenReview and serve sidecar injection")
-	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig of the API server (with --kubernetes; default $KUBECONFIG, else in-cluster)")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig of the API server (with --kubernetes; default $KUBECONFIG, else ~/.kube/config, else in-cluster)")
 	fs.StringVar(&c.Namespace, "namespace", "", "the control plane's namespace (with --kubernetes; default $POD_NAMESPACE, else trellis-system)")
 	fs.StringVar(&c.WebhookAddr, "webhook-addr", ":15017", "address of the injection webhook (TLS, with --kubernetes)")
 	fs.StringVar(&c.ProxyImage, "proxy-image", "", "image of the sidecar the webhook injects (with --kubernetes)")

@@ -39,7 +39,7 @@ type kubeMode struct {
 }
 
 func newKubeMode(cfg *Config) (*kubeMode, error) {
-	c, err := kubeclient.Connect(cfg.Kubeconfig, "trellis-control")
+	c, err := kubeclient.Connect(kubeclient.Target{Kubeconfig: cfg.Kubeconfig}, "trellis-control")
 	if err != nil {
 		return nil, err
 	}

@@ -25,7 +25,7 @@ func testCluster(t *testing.T) kubernetes.Interface {
 	if kc == "" {
 		t.Skip("needs a real API server: set TRELLIS_TEST_KUBECONFIG (the k8s tier of scripts/test.sh does)")
 	}
-	client, _, err := kubeclient.NewClient(kc, "trellis-test")
+	client, _, err := kubeclient.NewClient(kubeclient.Target{Kubeconfig: kc}, "trellis-test")
 	if err != nil {
 		t.Fatal(err)
 	}

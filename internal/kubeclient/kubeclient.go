@@ -5,9 +5,9 @@
 package kubeclient
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
-	"os"
 
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -15,30 +15,38 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// RESTConfig is the API server connection: from kubeconfig when given,
-// else from $KUBECONFIG, else the pod's in-cluster service account.
-func RESTConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig == "" {
-		kubeconfig = os.Getenv("KUBECONFIG")
-	}
-	if kubeconfig == "" {
-		cfg, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("kubernetes: not in a pod (%v); give --kubeconfig or set KUBECONFIG", err)
-		}
-		return cfg, nil
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes: kubeconfig %s: %w", kubeconfig, err)
+// Target says which API server to use: a kubeconfig file and a context in
+// it, as kubectl's --kubeconfig and --context do.
+type Target struct {
+	// Kubeconfig is the file; empty means $KUBECONFIG (a list, as for
+	// kubectl), else ~/.kube/config, else the pod's in-cluster service
+	// account.
+	Kubeconfig string
+	// Context is the context to use; empty means the file's current one.
+	Context string
+}
+
+// RESTConfig is the API server connection t names.
+func RESTConfig(t Target) (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = t.Kubeconfig
+	loader := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: t.Context})
+	cfg, err := loader.ClientConfig()
+	switch {
+	case clientcmd.IsEmptyConfig(err):
+		return nil, errors.New("kubernetes: no kubeconfig ($KUBECONFIG unset, no ~/.kube/config) and not in a pod: give --kubeconfig or set KUBECONFIG")
+	case err != nil && t.Context != "":
+		return nil, fmt.Errorf("kubernetes: %w (see kubectl config get-contexts)", err)
+	case err != nil:
+		return nil, fmt.Errorf("kubernetes: %w", err)
 	}
 	return cfg, nil
 }
 
-// NewClient connects to the API server (see RESTConfig), identifying as
+// NewClient connects to the API server t names, identifying as
 // userAgent.
-func NewClient(kubeconfig, userAgent string) (kubernetes.Interface, *rest.Config, error) {
-	cfg, err := RESTConfig(kubeconfig)
+func NewClient(t Target, userAgent string) (kubernetes.Interface, *rest.Config, error) {
+	cfg, err := RESTConfig(t)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -60,8 +68,8 @@ type Clients struct {
 }
 
 // Connect makes both clients (see NewClient).
-func Connect(kubeconfig, userAgent string) (*Clients, error) {
-	client, rc, err := NewClient(kubeconfig, userAgent)
+func Connect(t Target, userAgent string) (*Clients, error) {
+	client, rc, err := NewClient(t, userAgent)
 	if err != nil {
 		return nil, err
 	}

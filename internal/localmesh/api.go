@@ -59,8 +59,9 @@ type PodStatus struct {
 	Name       string            `json:"name"`
 	Labels     map[string]string `json:"labels,omitempty"`
 	IP         string            `json:"ip"`
-	Netns      string            `json:"netns"`
-	HostLink   string            `json:"hostLink"` // host side of the pod's veth
+	Netns      string            `json:"netns,omitempty"`
+	Node       string            `json:"node,omitempty"`     // on a cluster (trellis get --kubernetes)
+	HostLink   string            `json:"hostLink,omitempty"` // host side of the pod's veth
 	Ready      bool              `json:"ready"`
 	Phase      string            `json:"phase"`
 	Created    time.Time         `json:"created"`

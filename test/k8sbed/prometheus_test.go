@@ -75,6 +75,9 @@ func TestPrometheusOnKubernetes(t *testing.T) {
 	}
 	step("the demo passed, its graph read from Prometheus")
 
+	checkClusterVerbs(t, ctx, bed, trellis)
+	step("trellis get and exec on the cluster")
+
 	// A TCP service beside the database, for the dashboards' TCP panels:
 	// the meshed client connects to it for a while.
 	apply(t, ctx, bed, tcpManifest)
