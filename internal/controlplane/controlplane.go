@@ -44,6 +44,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/safehttp"
 	"github.com/trellis-mesh/trellis/internal/tracestore"
 	"github.com/trellis-mesh/trellis/internal/unixapi"
+	"github.com/trellis-mesh/trellis/internal/version"
 )
 
 // Config configures the control plane. Zero fields take the defaults given.
@@ -232,7 +233,12 @@ func Run(ctx context.Context, cfg Config) error {
 		att, onSnapshot = tokens, tokens.setSnapshot
 		src = &discovery.File{Path: cfg.Registry, OnError: func(err error) { slog.Error("discovery", "err", err) }}
 	}
-	p.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Which build answers, as istiod says it (component "pilot"): an
+	// upgrade can be followed replica by replica.
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "istio_build",
+		Help: "The control plane's build: component and version tag, always 1."}, []string{"component", "tag"})
+	build.WithLabelValues("pilot", cmp.Or(version.Tag(), "unknown")).Set(1)
+	p.reg.MustRegister(build, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.push = push.New(push.Config{TrustDomain: cfg.TrustDomain, Debounce: cfg.Debounce, Metrics: push.NewMetrics(p.reg)})
 	if at := p.keeper.ActivatedAt(); !at.IsZero() {
 		p.renewBefore = at.Unix() + 1 // a rotation was activated before a restart

@@ -52,6 +52,9 @@ var Specs = []Spec{
 	{Name: "trellis-demo", Binary: "trellis", Pkg: "./cmd/trellis", User: "65532:65532"},
 }
 
+// versionStamp is the variable that carries a build's version.
+const versionStamp = "github.com/trellis-mesh/trellis/internal/version.stamp"
+
 // binDir is where the binary sits in each image.
 const binDir = "/usr/local/bin"
 
@@ -112,7 +115,8 @@ func build(ctx context.Context, cfg Config, s Spec) (Built, error) {
 		return Built{}, fmt.Errorf("tag: %w (check --repo and --tag)", err)
 	}
 	binary := filepath.Join(cfg.OutDir, s.Name+".bin")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", binary, s.Pkg)
+	// The binaries report the tag they are shipped under (istio_build).
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w -X "+versionStamp+"="+cfg.Version, "-o", binary, s.Pkg)
 	cmd.Dir = cfg.ModuleDir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	if out, err := cmd.CombinedOutput(); err != nil {

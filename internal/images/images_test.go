@@ -57,6 +57,9 @@ func TestBuildAndPush(t *testing.T) {
 				t.Errorf("labels = %v, want the version", cf.Config.Labels)
 			}
 			exe := fileInImage(t, img, "usr/local/bin/"+s.binary())
+			if !bytes.Contains(exe, []byte("v1.2.3-test")) {
+				t.Error("the binary does not carry its tag as its version (istio_build would not say which build runs)")
+			}
 			f, err := elf.NewFile(bytes.NewReader(exe))
 			if err != nil {
 				t.Fatalf("the binary is not ELF: %v", err)

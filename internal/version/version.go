@@ -5,10 +5,17 @@ package version
 
 import "runtime/debug"
 
-// Tag is this binary's version in the images' tag form,
-// v0.0.0-COMMIT[-dirty] (what `trellis images build` tags a checkout's
-// images with), or "" when the binary carries no commit.
+// stamp is the version a build was given (`trellis images build` sets it to
+// the images' tag with -ldflags -X), which Tag prefers.
+var stamp string
+
+// Tag is this binary's version in the images' tag form: the tag
+// `trellis images build` gave its image, else v0.0.0-COMMIT[-dirty] from
+// the checkout it was built in, or "" when the binary carries neither.
 func Tag() string {
+	if stamp != "" {
+		return stamp
+	}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return ""

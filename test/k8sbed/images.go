@@ -104,20 +104,6 @@ func (b *Bed) Import(ctx context.Context, archives ...string) error {
 	return nil
 }
 
-// TagImage gives image src in the node's containerd the name dst too, as
-// a registry would serve the same build under a new tag.
-func (b *Bed) TagImage(ctx context.Context, src, dst string) error {
-	if err := b.findBin(); err != nil {
-		return err
-	}
-	out, err := exec.CommandContext(ctx, filepath.Join(b.bin, "ctr"), "--address", b.containerdSocket(),
-		"-n", "k8s.io", "images", "tag", "--force", src, dst).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("tag %s as %s: %w: %s", src, dst, err, out)
-	}
-	return nil
-}
-
 // tarOf is a tar archive holding files (path: content, executable), with
 // the directories above them.
 func tarOf(files map[string][]byte) []byte {

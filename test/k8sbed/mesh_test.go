@@ -496,17 +496,26 @@ func checkNoTrellis(t *testing.T, ctx context.Context, bed *Bed) {
 }
 
 // checkUpgrade installs another build over the running one while the
-// meshed client makes 200 requests a second: the same images under a new
-// tag, as a release brings them, and workload certificates of 20 s, which
-// rolls the control plane and the node agents. Not one request may fail; pods already running keep their
+// meshed client makes 200 requests a second: the images built again under
+// a new tag and version (bedtest-next), as a release brings them, and
+// workload certificates of 20 s, which rolls the control plane and the
+// node agents. Not one request may fail; pods already running keep their
 // sidecar, and pods started afterwards get the new one and serve.
 func checkUpgrade(t *testing.T, ctx context.Context, bed *Bed, trellis func(args ...string) *exec.Cmd, meshClient string) {
 	t.Helper()
-	for _, name := range []string{"trellis-control", "trellis-proxy", "trellis-node"} {
-		if err := bed.TagImage(ctx, "trellis.local/"+name+":bedtest", "trellis.local/"+name+":bedtest-next"); err != nil {
-			t.Fatal(err)
+	loadImages(t, ctx, bed, trellis().Path, "bedtest-next")
+	onlyTag := func(what string, got map[string]string, want string) {
+		t.Helper()
+		if len(got) == 0 {
+			t.Errorf("%s: no pod found", what)
+		}
+		for pod, tag := range got {
+			if tag != want {
+				t.Errorf("%s: pod %s says it is build %q, want %q", what, pod, tag, want)
+			}
 		}
 	}
+	onlyTag("the control plane before the upgrade", builds(t, ctx, bed, "trellis-system", "app=trellis-control", "15014/metrics"), "bedtest")
 	loadDone := startLoad(meshClient, helloURL, 200, 40)
 	time.Sleep(3 * time.Second)
 	out, err := trellis("install", "--set", "image.tag=bedtest-next", "--set", "image.pullPolicy=Never", "--set", "controlPlane.replicas=2",
@@ -551,6 +560,10 @@ func checkUpgrade(t *testing.T, ctx context.Context, bed *Bed, trellis func(args
 	if lines := fetch(t, meshClient, helloURL, 30, "http1"); !allPrefixed(lines, "200 hello from") {
 		t.Errorf("through the old client sidecar to the new server sidecars: %q", lines)
 	}
+	// The builds say which they are, as istiod's and Envoy's istio_build do.
+	onlyTag("the control plane after the upgrade", builds(t, ctx, bed, "trellis-system", "app=trellis-control", "15014/metrics"), "bedtest-next")
+	onlyTag("hello's new sidecars", builds(t, ctx, bed, "mesh", "app=hello", "15020/stats/prometheus"), "bedtest-next")
+	onlyTag("the client's old sidecar", builds(t, ctx, bed, "mesh", "app=client", "15020/stats/prometheus"), "bedtest")
 }
 
 // checkShortCertificates: with the hello pods on certificates of 20 s
@@ -745,17 +758,51 @@ func buildTrellis(t *testing.T, ctx context.Context, bed *Bed) func(args ...stri
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build trellis: %v\n%s", err, out)
 	}
-	images := exec.CommandContext(ctx, bin, "images", "build", "--tag", "bedtest", "--out", t.TempDir(), "--load-into-k8sbed")
-	images.Dir = "../.."
-	images.Env = append(os.Environ(), "K8SBED_DIR="+bed.cfg.Dir)
-	if out, err := images.CombinedOutput(); err != nil {
-		t.Fatalf("trellis images build --load-into-k8sbed: %v\n%s", err, out)
-	}
+	loadImages(t, ctx, bed, bin, "bedtest")
 	return func(args ...string) *exec.Cmd {
 		cmd := exec.CommandContext(ctx, bin, args...)
 		cmd.Env = append(os.Environ(), "KUBECONFIG="+bed.Kubeconfig())
 		return cmd
 	}
+}
+
+// loadImages builds Trellis's images of this checkout with the CLI at bin,
+// tagged (and versioned) tag, and loads them into the bed.
+func loadImages(t *testing.T, ctx context.Context, bed *Bed, bin, tag string) {
+	t.Helper()
+	images := exec.CommandContext(ctx, bin, "images", "build", "--tag", tag, "--out", t.TempDir(), "--load-into-k8sbed")
+	images.Dir = "../.."
+	images.Env = append(os.Environ(), "K8SBED_DIR="+bed.cfg.Dir)
+	if out, err := images.CombinedOutput(); err != nil {
+		t.Fatalf("trellis images build --tag %s --load-into-k8sbed: %v\n%s", tag, err, out)
+	}
+}
+
+// builds reads the istio_build series of the pods of ns matching
+// selector, through the API server's pod proxy: pod name -> tag.
+func builds(t *testing.T, ctx context.Context, bed *Bed, ns, selector, portPath string) map[string]string {
+	t.Helper()
+	pods, err := bed.kubectl(ctx, "-n", ns, "get", "pods", "-l", selector, "--field-selector", "status.phase=Running",
+		"-o", `jsonpath={range .items[*]}{.metadata.name}={.metadata.deletionTimestamp}{"\n"}{end}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, path, _ := strings.Cut(portPath, "/")
+	out := map[string]string{}
+	tag := regexp.MustCompile(`(?m)^istio_build\{component="[a-z]+",tag="([^"]*)"\} 1$`)
+	for _, line := range strings.Fields(pods) {
+		pod, deleting, _ := strings.Cut(line, "=")
+		if deleting != "" {
+			continue // an old pod on its way out
+		}
+		metrics, err := bed.kubectl(ctx, "get", "--raw", "/api/v1/namespaces/"+ns+"/pods/"+pod+":"+port+"/proxy/"+path)
+		if m := tag.FindStringSubmatch(metrics); err == nil && m != nil {
+			out[pod] = m[1]
+		} else {
+			out[pod] = fmt.Sprintf("no istio_build (%v)", err)
+		}
+	}
+	return out
 }
 
 // apply applies a manifest, retrying while a fresh namespace's default
