@@ -7,16 +7,20 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"os"
+	"os/signal"
 	"regexp"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/util/retry"
 
@@ -39,10 +43,15 @@ type netpolCheck struct {
 	image      string
 	timeout    time.Duration
 	attempts   int
-	ips        map[string]string // "x/a" -> pod IP
-	agents     []string          // node agents on the model's nodes
-	baseline   float64           // their rules before any policy of the check
+	ips        map[string]string    // "x/a" -> pod IP
+	created    map[string]types.UID // the namespaces this run made
+	agents     []string             // node agents on the model's nodes
+	baseline   float64              // their rules before any policy of the check
 	mismatched int
+	// unconfirmed is set when the node agents did not confirm the last
+	// change (or there are none): a table then counts only when two
+	// probe rounds in a row match it.
+	unconfirmed bool
 }
 
 // netpolPart labels what the check creates.
@@ -71,6 +80,16 @@ that did not match.`,
 			if err != nil {
 				return fmt.Errorf("--run %q: %w", run, err)
 			}
+			if !slices.ContainsFunc(truthtable.Scenarios(), func(sc truthtable.Scenario) bool { return filter.MatchString(sc.Name) }) {
+				return fmt.Errorf("--run %q matches no scenario (see `trellis check network-policies` without it for their names)", run)
+			}
+			if c.attempts < 1 {
+				return fmt.Errorf("--attempts %d: give at least 1", c.attempts)
+			}
+			// Ctrl-C stops the run and still cleans up; a second one kills.
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			context.AfterFunc(ctx, stop)
 			kc, err := kubeclient.Connect(cluster, "trellis-check")
 			if err != nil {
 				return err
@@ -81,13 +100,13 @@ that did not match.`,
 			}
 			c.image = image
 			if c.image == "" {
-				_, demo, err := installedControlPlane(cmd.Context(), kc, c.namespace)
+				_, demo, err := installedControlPlane(ctx, kc, c.namespace)
 				if err != nil || demo == "" {
 					return fmt.Errorf("cannot tell the trellis-demo image from Trellis's install (%v): give it with --image", err)
 				}
 				c.image = demo
 			}
-			return c.run(cmd.Context(), filter, keep)
+			return c.run(ctx, filter, keep)
 		},
 	}
 	targetFlags(cmd, &cluster, "")
@@ -167,12 +186,14 @@ func (c *netpolCheck) run(ctx context.Context, filter *regexp.Regexp, keep bool)
 // up creates the model and waits for its pods, then notes the node agents
 // that enforce policy for them.
 func (c *netpolCheck) up(ctx context.Context) error {
+	c.created = map[string]types.UID{}
 	for _, ns := range truthtable.Namespaces {
-		_, err := c.kc.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		made, err := c.kc.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
 			Name: ns, Labels: map[string]string{"ns": ns, install.PartOf: netpolPart}}}, metav1.CreateOptions{})
 		if err != nil {
 			return fmt.Errorf("create namespace %s: %w", ns, err)
 		}
+		c.created[ns] = made.UID
 	}
 	for _, key := range truthtable.Keys() {
 		pod := c.pod(truthtable.NsOf(key), truthtable.PodOf(key))
@@ -203,7 +224,12 @@ func (c *netpolCheck) up(ctx context.Context) error {
 			c.agents = append(c.agents, a.Name)
 		}
 	}
-	c.baseline, _ = c.rules(ctx)
+	if len(c.agents) > 0 {
+		var err error
+		if c.baseline, err = c.agentSum(ctx, "trellis_netpol_rules"); err != nil {
+			return fmt.Errorf("the node agents' metrics: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -276,8 +302,21 @@ func (c *netpolCheck) waitPods(ctx context.Context, limit time.Duration) ([]stri
 	}
 }
 
-// step applies one step's changes.
+// step applies one step's changes and waits (a while) for the node
+// agents to apply a new state after them.
 func (c *netpolCheck) step(ctx context.Context, step truthtable.Step) error {
+	before, err := c.agentSum(ctx, "trellis_netpol_apply_seconds_count")
+	if err := c.change(ctx, step); err != nil {
+		return err
+	}
+	c.unconfirmed = err != nil || !c.waitAgents(ctx, func(ctx context.Context) bool {
+		n, err := c.agentSum(ctx, "trellis_netpol_apply_seconds_count")
+		return err == nil && n > before
+	})
+	return nil
+}
+
+func (c *netpolCheck) change(ctx context.Context, step truthtable.Step) error {
 	if step.DeleteAll {
 		if err := c.deletePolicies(ctx); err != nil {
 			return err
@@ -328,31 +367,40 @@ func (c *netpolCheck) deletePolicies(ctx context.Context) error {
 			return fmt.Errorf("delete the policies of namespace %s: %w", ns, err)
 		}
 	}
-	if len(c.agents) == 0 {
-		return nil
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		if n, err := c.rules(ctx); err == nil && n == c.baseline {
-			return nil
-		}
-		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
-			return err
-		}
-	}
+	c.unconfirmed = !c.waitAgents(ctx, func(ctx context.Context) bool {
+		n, err := c.agentSum(ctx, "trellis_netpol_rules")
+		return err == nil && n == c.baseline
+	})
 	return nil
 }
 
-// rules sums the node agents' rule counts, read through the API server's
-// pod proxy.
-func (c *netpolCheck) rules(ctx context.Context) (float64, error) {
+// waitAgents polls done for up to 10 s and says whether it came true;
+// false at once when no node agent runs on the model's nodes.
+func (c *netpolCheck) waitAgents(ctx context.Context, done func(context.Context) bool) bool {
+	if len(c.agents) == 0 {
+		return false
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		if done(ctx) {
+			return true
+		}
+		if sleepCtx(ctx, 50*time.Millisecond) != nil {
+			return false
+		}
+	}
+	return false
+}
+
+// agentSum sums an unlabelled series over the node agents of the model's
+// nodes, read through the API server's pod proxy.
+func (c *netpolCheck) agentSum(ctx context.Context, series string) (float64, error) {
 	sum := 0.0
 	for _, agent := range c.agents {
-		body, err := c.kc.Client.CoreV1().Pods(c.namespace).ProxyGet("http", agent, "15090", "metrics", nil).DoRaw(ctx)
+		body, err := agentMetrics(ctx, c.kc, c.namespace, agent)
 		if err != nil {
 			return 0, err
 		}
-		n, err := rulesGauge(body)
+		n, err := metricValue(body, series)
 		if err != nil {
 			return 0, err
 		}
@@ -365,7 +413,11 @@ func (c *netpolCheck) rules(ctx context.Context) (float64, error) {
 // prints the result. Only a failure to probe at all is an error.
 func (c *netpolCheck) check(ctx context.Context, name string, want truthtable.Expectation) (matched, total int, err error) {
 	var mismatches []string
-	for attempt := range c.attempts {
+	needed, streak := 1, 0
+	if c.unconfirmed {
+		needed = 2
+	}
+	for attempt := range c.attempts + needed - 1 {
 		if attempt > 0 {
 			if err := sleepCtx(ctx, time.Second); err != nil {
 				return 0, 0, err
@@ -376,7 +428,11 @@ func (c *netpolCheck) check(ctx context.Context, name string, want truthtable.Ex
 			return 0, 0, fmt.Errorf("%s: %w", name, err)
 		}
 		matched, total, mismatches = truthtable.Compare(got, want)
-		if len(mismatches) == 0 {
+		if len(mismatches) > 0 {
+			streak = 0
+			continue
+		}
+		if streak++; streak == needed {
 			fmt.Fprintf(c.out, "√ %s (%d/%d)\n", name, matched, total)
 			return matched, total, nil
 		}
@@ -409,9 +465,16 @@ func (c *netpolCheck) reachability(ctx context.Context) (map[string]bool, error)
 				errs = append(errs, fmt.Errorf("probe from %s: %w", from, commandError(stderr.String(), err)))
 				return
 			}
+			answered := 0
 			for line := range strings.SplitSeq(strings.TrimSpace(stdout.String()), "\n") {
 				target, result, _ := strings.Cut(line, " ")
-				out[cases[target]] = result == "ok"
+				if key, ok := cases[target]; ok && (result == "ok" || result == "fail") {
+					out[key] = result == "ok"
+					answered++
+				}
+			}
+			if answered != len(targets) {
+				errs = append(errs, fmt.Errorf("probe from %s: %d of %d targets reported", from, answered, len(targets)))
 			}
 		}()
 	}
@@ -419,9 +482,30 @@ func (c *netpolCheck) reachability(ctx context.Context) (map[string]bool, error)
 	return out, errors.Join(errs...)
 }
 
-// down deletes the model's namespaces and waits until they are gone.
+// down deletes the namespaces this run created (the same objects, by UID:
+// never one someone else made under the name meanwhile) and waits until
+// they are gone.
 func (c *netpolCheck) down(ctx context.Context) error {
-	return deleteNamespaces(ctx, c.applier, truthtable.Namespaces)
+	var errs []error
+	for ns, uid := range c.created {
+		err := c.kc.Client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete namespace %s: %w", ns, err))
+		}
+	}
+	for ns := range c.created {
+		for {
+			got, err := c.kc.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) || (err == nil && got.UID != c.created[ns]) {
+				break
+			}
+			if err := sleepCtx(ctx, 500*time.Millisecond); err != nil {
+				errs = append(errs, fmt.Errorf("namespace %s still there: %w", ns, err))
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // sleepCtx waits d, or less when ctx ends.

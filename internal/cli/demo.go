@@ -637,11 +637,15 @@ func nodeAgentRules() (float64, error) {
 }
 
 // rulesGauge reads trellis_netpol_rules from a node agent's metrics.
-func rulesGauge(metrics []byte) (float64, error) {
+func rulesGauge(metrics []byte) (float64, error) { return metricValue(metrics, "trellis_netpol_rules") }
+
+// metricValue reads the sample of an unlabelled series from metrics in the
+// text format.
+func metricValue(metrics []byte, name string) (float64, error) {
 	for _, line := range strings.Split(string(metrics), "\n") {
-		if v, ok := strings.CutPrefix(line, "trellis_netpol_rules "); ok {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			return strconv.ParseFloat(strings.TrimSpace(v), 64)
 		}
 	}
-	return 0, errors.New("node agent metrics: no trellis_netpol_rules")
+	return 0, errors.New("node agent metrics: no " + name)
 }

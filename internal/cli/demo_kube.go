@@ -364,7 +364,7 @@ func (k *kubeDemo) enforce(ctx context.Context) error {
 	}
 	agent := agents.Items[0].Name
 	rules := func(ctx context.Context) (float64, error) {
-		body, err := k.kc.Client.CoreV1().Pods(k.values.Namespace).ProxyGet("http", agent, "15090", "metrics", nil).DoRaw(ctx)
+		body, err := agentMetrics(ctx, k.kc, k.values.Namespace, agent)
 		if err != nil {
 			return 0, err
 		}

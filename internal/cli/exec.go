@@ -104,9 +104,10 @@ func clusterExec(ctx context.Context, o *options, cluster *clusterFlags, namespa
 		if err != nil {
 			return fmt.Errorf("pod %s/%s: %w", namespace, pod, err)
 		}
-		container = p.Annotations["kubectl.kubernetes.io/default-container"]
-		if container == "" && len(p.Spec.Containers) > 0 {
-			container = p.Spec.Containers[0].Name
+		for _, c := range p.Spec.Containers {
+			if c.Name == p.Annotations["kubectl.kubernetes.io/default-container"] || container == "" {
+				container = c.Name
+			}
 		}
 	}
 	err = kube.Exec(ctx, kc, namespace, pod, container, command, o.out, o.err)

@@ -54,7 +54,7 @@ func (g *getOptions) run(ctx context.Context, resource, name string) error {
 		if err != nil {
 			return err
 		}
-		l := &clusterLister{kc: kc, trellisNS: g.cluster.namespace, warn: g.err}
+		l := &clusterLister{kc: kc, trellisNS: g.cluster.namespace, warn: terminalSafe(g.err)}
 		if !g.allNamespaces {
 			l.namespace = g.namespace
 		}

@@ -5,8 +5,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"strings"
+	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
@@ -166,7 +169,7 @@ func (l *clusterLister) denied(ctx context.Context) map[string]uint64 {
 		return out
 	}
 	for _, a := range agents.Items {
-		body, err := l.kc.Client.CoreV1().Pods(l.trellisNS).ProxyGet("http", a.Name, "15090", "metrics", nil).DoRaw(ctx)
+		body, err := agentMetrics(ctx, l.kc, l.trellisNS, a.Name)
 		if err == nil {
 			err = addDenied(out, body)
 		}
@@ -175,6 +178,27 @@ func (l *clusterLister) denied(ctx context.Context) map[string]uint64 {
 		}
 	}
 	return out
+}
+
+// maxAgentMetrics bounds what is read of a node agent's metrics.
+const maxAgentMetrics = 4 << 20
+
+// agentMetrics reads a node agent's /metrics through the API server's pod
+// proxy, within 5 s (the API server sets no limit on proxied requests)
+// and at most maxAgentMetrics bytes.
+func agentMetrics(ctx context.Context, kc *kubeclient.Clients, namespace, pod string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rc, err := kc.Client.CoreV1().Pods(namespace).ProxyGet("http", pod, "15090", "metrics", nil).Stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	body, err := io.ReadAll(io.LimitReader(rc, maxAgentMetrics+1))
+	if err == nil && len(body) > maxAgentMetrics {
+		err = fmt.Errorf("node agent %s: metrics over %d bytes", pod, maxAgentMetrics)
+	}
+	return body, err
 }
 
 // addDenied adds the trellis_netpol_denied_packets_total series of a node
@@ -189,13 +213,20 @@ func addDenied(sums map[string]uint64, metrics []byte) error {
 	if !ok {
 		return nil
 	}
+	if mf.GetType() != dto.MetricType_COUNTER {
+		return fmt.Errorf("trellis_netpol_denied_packets_total is a %s, not a counter", mf.GetType())
+	}
 	for _, m := range mf.GetMetric() {
+		v := m.GetCounter().GetValue()
+		if math.IsNaN(v) || v < 0 || v > math.MaxInt64 {
+			continue
+		}
 		labels := map[string]string{}
 		for _, lp := range m.GetLabel() {
 			labels[lp.GetName()] = lp.GetValue()
 		}
 		key := strings.Join([]string{labels["direction"], labels["namespace"], labels["policy"]}, "/")
-		sums[key] += uint64(m.GetCounter().GetValue())
+		sums[key] += uint64(v)
 	}
 	return nil
 }

@@ -26,15 +26,27 @@ type Target struct {
 	Context string
 }
 
-// RESTConfig is the API server connection t names.
+// RESTConfig is the API server connection t names. A kubeconfig given
+// explicitly is that file or an error, never the in-cluster account.
 func RESTConfig(t Target) (*rest.Config, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = t.Kubeconfig
-	loader := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: t.Context})
+	overrides := &clientcmd.ConfigOverrides{CurrentContext: t.Context}
+	var loader clientcmd.ClientConfig
+	if t.Kubeconfig != "" {
+		file, err := clientcmd.LoadFromFile(t.Kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes: kubeconfig %s: %w", t.Kubeconfig, err)
+		}
+		if t.Context == "" && file.CurrentContext == "" {
+			return nil, fmt.Errorf("kubernetes: kubeconfig %s has no current context: give --context", t.Kubeconfig)
+		}
+		loader = clientcmd.NewNonInteractiveClientConfig(*file, t.Context, overrides, nil)
+	} else {
+		loader = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(clientcmd.NewDefaultClientConfigLoadingRules(), overrides)
+	}
 	cfg, err := loader.ClientConfig()
 	switch {
 	case clientcmd.IsEmptyConfig(err):
-		return nil, errors.New("kubernetes: no kubeconfig ($KUBECONFIG unset, no ~/.kube/config) and not in a pod: give --kubeconfig or set KUBECONFIG")
+		return nil, errors.New("kubernetes: no kubeconfig ($KUBECONFIG unset or naming no file, no ~/.kube/config) and not in a pod: give --kubeconfig or set KUBECONFIG")
 	case err != nil && t.Context != "":
 		return nil, fmt.Errorf("kubernetes: %w (see kubectl config get-contexts)", err)
 	case err != nil:

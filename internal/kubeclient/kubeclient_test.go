@@ -55,4 +55,15 @@ func TestRESTConfigTarget(t *testing.T) {
 	if _, err := RESTConfig(Target{Kubeconfig: filepath.Join(dir, "missing")}); err == nil || !strings.Contains(err.Error(), "missing") {
 		t.Errorf("a missing file: %v, want an error naming it", err)
 	}
+	// A given file that names no cluster is an error even in a pod: never
+	// the pod's own cluster instead.
+	t.Setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+	t.Setenv("KUBERNETES_SERVICE_PORT", "6443")
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := RESTConfig(Target{Kubeconfig: empty}); err == nil || !strings.Contains(err.Error(), "no current context") {
+		t.Errorf("an empty kubeconfig given explicitly: %v, %v; want an error", cfg, err)
+	}
 }

@@ -10,8 +10,10 @@ package truthtable
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -88,7 +90,7 @@ func Targets(from string, ips map[string]string) (targets []string, cases map[st
 			continue // a pod to itself is not probed, as upstream
 		}
 		for _, p := range Ports {
-			target := fmt.Sprintf("%s/%s:%d", p.Proto, ips[to], p.Number)
+			target := p.Proto + "/" + net.JoinHostPort(ips[to], strconv.Itoa(p.Number))
 			targets = append(targets, target)
 			cases[target] = Case(from, to, p)
 		}
@@ -145,14 +147,40 @@ func fixed(yaml string) func(map[string]string) string {
 	return func(map[string]string) string { return yaml }
 }
 
-// wide16 is the /16 around a pod's address: a CIDR holding the model's
-// pods on any usual pod network.
-func wide16(ip string) string {
-	a, err := netip.ParseAddr(ip)
-	if err != nil {
-		return ip + "/16"
+// host is a pod's address as a CIDR of that one address.
+func host(ip string) string {
+	if a, err := netip.ParseAddr(ip); err == nil {
+		return netip.PrefixFrom(a, a.BitLen()).String()
 	}
-	p, _ := a.Prefix(16)
+	return ip + "/32"
+}
+
+// covering is the longest prefix holding every pod of the model: a CIDR
+// around them on any pod network.
+func covering(ips map[string]string) string {
+	var first netip.Addr
+	bits := 128
+	for _, k := range Keys() {
+		a, err := netip.ParseAddr(ips[k])
+		if err != nil {
+			continue
+		}
+		if !first.IsValid() {
+			first, bits = a, a.BitLen()
+			continue
+		}
+		for bits > 0 {
+			p, _ := first.Prefix(bits)
+			if p.Contains(a) {
+				break
+			}
+			bits--
+		}
+	}
+	if !first.IsValid() {
+		return "0.0.0.0/0"
+	}
+	p, _ := first.Prefix(bits)
 	return p.String()
 }
 
@@ -286,23 +314,23 @@ func Scenarios() []Scenario {
 		}},
 		{"egress to a CIDR", []Step{{
 			Policies: func(ips map[string]string) string {
-				return Policy("x", "to-cidr", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: "+ips["y/b"]+"/32}}]}]")
+				return Policy("x", "to-cidr", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: "+host(ips["y/b"])+"}}]}]")
 			},
 			Want: func(f, t string, _ Port) bool { return !isA(f) || t == "y/b" }}}},
 		{"egress to a CIDR with except", []Step{{
 			Policies: func(ips map[string]string) string {
-				return Policy("x", "cidr-except", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: "+wide16(ips["y/b"])+", except: ["+ips["y/b"]+"/32]}}]}]")
+				return Policy("x", "cidr-except", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: "+covering(ips)+", except: ["+host(ips["y/b"])+"]}}]}]")
 			},
 			Want: func(f, t string, _ Port) bool { return !isA(f) || t != "y/b" }}}},
 		{"an IP in both CIDR and except, allowed by another policy", []Step{{
 			Policies: func(ips map[string]string) string {
-				return Policy("x", "cidr-except", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: "+wide16(ips["y/b"])+", except: ["+ips["y/b"]+"/32]}}]}]") +
-					Policy("x", "cidr-exact", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: "+ips["y/b"]+"/32}}]}]")
+				return Policy("x", "cidr-except", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: "+covering(ips)+", except: ["+host(ips["y/b"])+"]}}]}]") +
+					Policy("x", "cidr-exact", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: "+host(ips["y/b"])+"}}]}]")
 			},
 			Want: AllowAll}}},
 		{"ingress from a CIDR", []Step{{
 			Policies: func(ips map[string]string) string {
-				return Policy("x", "from-cidr", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{ipBlock: {cidr: "+ips["z/c"]+"/32}}]}]")
+				return Policy("x", "from-cidr", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{ipBlock: {cidr: "+host(ips["z/c"])+"}}]}]")
 			},
 			Want: func(f, t string, _ Port) bool { return !isA(t) || f == "z/c" }}}},
 		{"ingress and egress controlled independently", one(

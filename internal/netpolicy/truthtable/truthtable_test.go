@@ -88,8 +88,26 @@ func TestCompare(t *testing.T) {
 	}
 }
 
-func TestWide16(t *testing.T) {
-	if got := wide16("10.244.3.7"); got != "10.244.0.0/16" {
-		t.Errorf("wide16 = %q", got)
+// The CIDR scenarios hold on any pod network, IPv6 included.
+func TestAddressesOfAnyPodNetwork(t *testing.T) {
+	ips := map[string]string{}
+	for i, k := range Keys() {
+		ips[k] = fmt.Sprintf("10.244.%d.%d", i/4, 10+i) // over three /24s
+	}
+	if got := covering(ips); got != "10.244.0.0/22" {
+		t.Errorf("covering = %q, want 10.244.0.0/22", got)
+	}
+	for i, k := range Keys() {
+		ips[k] = fmt.Sprintf("fd00::%x", 0x100+i)
+	}
+	if got := covering(ips); got != "fd00::100/124" {
+		t.Errorf("covering = %q, want fd00::100/124", got)
+	}
+	if got := host("fd00::105"); got != "fd00::105/128" {
+		t.Errorf("host = %q", got)
+	}
+	targets, _ := Targets("x/a", ips)
+	if targets[0] != "tcp/[fd00::101]:80" {
+		t.Errorf("first target %q, want tcp/[fd00::101]:80", targets[0])
 	}
 }
