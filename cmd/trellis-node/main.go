@@ -5,7 +5,7 @@
 // network. See internal/nodeagent.
 //
 //	trellis-node [--mesh-api SOCKET] [--table NAME] [--metrics-addr ADDR] [--resync D] [--guard-table NAME]
-//	trellis-node --kubernetes [--kubeconfig FILE] [--node-name NODE] [--namespace NS] [--table NAME] ...
+//	trellis-node --kubernetes [--kubeconfig FILE] [--node-name NODE] [--namespace NS] [--table NAME] [--cni-results DIR] ...
 //
 // It links the agent, its policy compiler and the API client only (a test
 // enforces it).
@@ -38,6 +38,7 @@ type flags struct {
 	api                             string
 	kubernetes                      bool
 	kubeconfig, nodeName, namespace string
+	cniResults                      string
 }
 
 func main() {
@@ -49,6 +50,7 @@ func main() {
 	fs.BoolVar(&f.kubernetes, "kubernetes", false, "enforce the NetworkPolicies of a Kubernetes cluster for the pods of this node")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig (with --kubernetes; default $KUBECONFIG, else ~/.kube/config, else the pod's service account)")
 	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "the node this agent runs on (with --kubernetes; default $NODE_NAME)")
+	fs.StringVar(&f.cniResults, "cni-results", "", "with --kubernetes: guard the pods' links (own MAC and IPv4 address only, no IPv6, no broadcast), learnt from libcni's result cache in this directory (/var/lib/cni/results); the bridge table has the policy table's name")
 	fs.StringVar(&f.namespace, "namespace", cmp.Or(os.Getenv("POD_NAMESPACE"), "trellis-system"), "the namespace Trellis is installed in (with --kubernetes)")
 	_ = fs.Parse(os.Args[1:])
 	if err := run(cfg, f); err != nil {
@@ -71,6 +73,9 @@ func run(cfg nodeagent.Config, f flags) error {
 			return err
 		}
 		cfg.Source = nodeagent.KubeSource(client, f.nodeName)
+		if f.cniResults != "" {
+			cfg.GuardTable = cfg.Table
+		}
 	} else {
 		cfg.Source = nodeagent.OneHostSource(f.api)
 	}
@@ -80,8 +85,25 @@ func run(cfg nodeagent.Config, f flags) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	guardDone := make(chan error, 1)
+	if f.kubernetes && f.cniResults != "" {
+		guard := &nodeagent.CNIGuard{Dir: f.cniResults, Table: cfg.GuardTable}
+		go func() {
+			err := guard.Run(ctx)
+			guardDone <- err
+			if err != nil {
+				stop() // a node whose pods cannot be guarded shows as a failing agent
+			}
+		}()
+	} else {
+		guardDone <- nil
+	}
 	if err := agent.Run(ctx); err != nil {
 		return err
+	}
+	stop()
+	if err := <-guardDone; err != nil {
+		return fmt.Errorf("guard the pods' links: %w", err)
 	}
 	if client != nil {
 		return removeIfUninstalled(client, f.namespace, cfg.Table)

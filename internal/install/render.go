@@ -142,6 +142,14 @@ func nodeAgentDaemonSet(v Values, meta metav1.ObjectMeta) *appsv1.DaemonSet {
 	}
 	ready := &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz/ready", Port: intstr.FromInt32(nodeMetricsPort)}},
 		PeriodSeconds: 2, TimeoutSeconds: 2, FailureThreshold: 3}
+	args := []string{"--kubernetes", "--metrics-addr", fmt.Sprintf("$(HOST_IP):%d", nodeMetricsPort)}
+	var volumes []corev1.Volume
+	var mounts []corev1.VolumeMount
+	if dir := v.NodeAgent.CNIResults; dir != "" {
+		args = append(args, "--cni-results", dir)
+		volumes = append(volumes, corev1.Volume{Name: "cni-results", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: dir}}})
+		mounts = append(mounts, corev1.VolumeMount{Name: "cni-results", MountPath: dir, ReadOnly: true})
+	}
 	return &appsv1.DaemonSet{TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: "DaemonSet"}, ObjectMeta: meta,
 		Spec: appsv1.DaemonSetSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": NodeAgent}},
@@ -153,9 +161,11 @@ func nodeAgentDaemonSet(v Values, meta metav1.ObjectMeta) *appsv1.DaemonSet {
 					DNSPolicy:          corev1.DNSClusterFirstWithHostNet,
 					PriorityClassName:  "system-node-critical",
 					Tolerations:        []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+					Volumes:            volumes,
 					Containers: []corev1.Container{{
 						Name: NodeAgent, Image: v.image("trellis-node"), ImagePullPolicy: corev1.PullPolicy(v.Image.PullPolicy),
-						Args:           []string{"--kubernetes", "--metrics-addr", fmt.Sprintf("$(HOST_IP):%d", nodeMetricsPort)},
+						Args:           args,
+						VolumeMounts:   mounts,
 						Env:            []corev1.EnvVar{field("NODE_NAME", "spec.nodeName"), field("HOST_IP", "status.hostIP"), field("POD_NAMESPACE", "metadata.namespace")},
 						Ports:          []corev1.ContainerPort{{Name: "http-monitoring", ContainerPort: nodeMetricsPort}},
 						ReadinessProbe: ready,

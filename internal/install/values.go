@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,6 +41,10 @@ type Values struct {
 		// Enabled runs the node agent, which enforces NetworkPolicy; turn
 		// it off where another engine (Calico, Cilium) does.
 		Enabled bool `json:"enabled"`
+		// CNIResults is the node's libcni result cache, where the agent
+		// learns each pod's link to guard it (own MAC and IPv4 address
+		// only, no IPv6, no broadcast); empty turns the guard off.
+		CNIResults string `json:"cniResults"`
 	} `json:"nodeAgent"`
 	Prometheus struct {
 		// Enabled deploys a Prometheus server (trellis-prometheus) that
@@ -67,7 +72,7 @@ type Values struct {
 }
 
 // settable are the keys --set takes.
-var settable = []string{"image.repository", "image.tag", "image.pullPolicy", "controlPlane.replicas", "controlPlane.certificateTTL", "nodeAgent.enabled",
+var settable = []string{"image.repository", "image.tag", "image.pullPolicy", "controlPlane.replicas", "controlPlane.certificateTTL", "nodeAgent.enabled", "nodeAgent.cniResults",
 	"prometheus.enabled", "prometheus.image", "prometheus.scrapeInterval", "tracing.endpoint", "tracing.sampling", "trustDomain", "namespace"}
 
 // Defaults are the values of an install given nothing.
@@ -79,6 +84,7 @@ func Defaults() Values {
 	v.ControlPlane.Replicas = 1
 	v.ControlPlane.CertificateTTL = "24h"
 	v.NodeAgent.Enabled = true
+	v.NodeAgent.CNIResults = "/var/lib/cni/results"
 	v.Prometheus.Image = "docker.io/prom/prometheus:v3.5.0"
 	v.Prometheus.ScrapeInterval = "15s"
 	v.Tracing.Endpoint = "control-plane"
@@ -131,6 +137,8 @@ func (v *Values) Set(kv string) error {
 		} else {
 			v.Prometheus.Enabled = b
 		}
+	case "nodeAgent.cniResults":
+		v.NodeAgent.CNIResults = val
 	case "prometheus.image":
 		v.Prometheus.Image = val
 	case "prometheus.scrapeInterval":
@@ -177,6 +185,9 @@ func (v *Values) Check() error {
 	}
 	if d, err := time.ParseDuration(v.ControlPlane.CertificateTTL); err != nil || d < 10*time.Second || d > 90*24*time.Hour {
 		return fmt.Errorf("controlPlane.certificateTTL %q: give a duration from 10s to 2160h (90 days), such as 24h", v.ControlPlane.CertificateTTL)
+	}
+	if c := v.NodeAgent.CNIResults; c != "" && (!strings.HasPrefix(c, "/") || path.Clean(c) != c || strings.ContainsAny(c, "\n\"'")) {
+		return fmt.Errorf("nodeAgent.cniResults %q: give a clean absolute directory, such as /var/lib/cni/results, or empty to turn the guard off", c)
 	}
 	if d, err := time.ParseDuration(v.Prometheus.ScrapeInterval); err != nil || d < time.Second || d > 5*time.Minute || d%time.Second != 0 {
 		return fmt.Errorf("prometheus.scrapeInterval %q: use whole seconds from 1s to 5m, such as 15s", v.Prometheus.ScrapeInterval)

@@ -33,8 +33,10 @@ const (
 
 var guardCounters = []string{GuardSpoofed, GuardBroadcast, GuardIPv6, GuardOther}
 
-// Sets of the bridge table: which MAC and which address each link may use.
+// Sets of the bridge table: the pods' links, and which MAC and which
+// address each link may use.
 const (
+	guardLinks = "links"      // ifname
 	guardMACs  = "link-macs"  // ifname . ether_addr
 	guardAddrs = "link-addrs" // ifname . ipv4_addr
 )
@@ -49,15 +51,23 @@ type GuardPort struct {
 
 // Guard is what the bridge table needs to know of the pods' network.
 type Guard struct {
-	// Broadcast is the pod range's broadcast address.
+	// Broadcast is the pod range's broadcast address, when the pods
+	// share one range (one-host mode).
 	Broadcast netip.Addr
+	// Scoped guards only the links SetGuardPorts names and leaves frames
+	// from any other bridge port alone: on a Kubernetes node, where the
+	// CNI plugin makes the links (and other bridges may exist), a pod's
+	// link is guarded once the agent has learnt it. Unscoped, a link the
+	// guard does not know carries nothing (one-host mode, where the
+	// runtime names each link before the pod starts).
+	Scoped bool
 }
 
 // CreateGuard replaces the bridge table named table with the guard's rules
 // and no ports: until SetGuardPorts names a link, every frame from it is
 // dropped. Counters start at zero.
 func CreateGuard(table Table, g Guard) error {
-	if !g.Broadcast.Is4() {
+	if !g.Broadcast.Is4() && !(g.Scoped && !g.Broadcast.IsValid()) {
 		return fmt.Errorf("guard: broadcast address %s is not IPv4", g.Broadcast)
 	}
 	c, err := table.conn()
@@ -68,17 +78,22 @@ func CreateGuard(table Table, g Guard) error {
 	for _, name := range guardCounters {
 		c.AddObj(&nftables.NamedObj{Table: t, Name: name, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
 	}
-	macs, addrs := guardSets(t)
-	if err := c.AddSet(macs, nil); err != nil {
-		return fmt.Errorf("guard set %s: %w", macs.Name, err)
-	}
-	if err := c.AddSet(addrs, nil); err != nil {
-		return fmt.Errorf("guard set %s: %w", addrs.Name, err)
+	links, macs, addrs := guardSets(t)
+	for _, set := range []*nftables.Set{links, macs, addrs} {
+		if err := c.AddSet(set, nil); err != nil {
+			return fmt.Errorf("guard set %s: %w", set.Name, err)
+		}
 	}
 	b := &builder{c: c, t: t}
 	ch := b.chain("prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityRef(-200))
 	drop := func(counter string) []expr.Any {
 		return []expr.Any{&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counter}, &expr.Verdict{Kind: expr.VerdictDrop}}
+	}
+	if g.Scoped {
+		// iifname != @links accept
+		b.rule(ch, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Lookup{SourceRegister: 1, SetName: guardLinks, Invert: true},
+			&expr.Verdict{Kind: expr.VerdictAccept})
 	}
 	// iifname . ether saddr must be the link's own pair (unknown links have none).
 	b.rule(ch, concat(guardMACs, payload(expr.PayloadBaseLLHeader, 6, 6), drop(GuardSpoofed))...)
@@ -93,11 +108,11 @@ func CreateGuard(table Table, g Guard) error {
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{unix.PACKET_OTHERHOST}},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{unix.PACKET_HOST}}),
 		drop(GuardBroadcast)...)...)
-	for _, dst := range []netip.Prefix{
-		netip.PrefixFrom(g.Broadcast, 32),
-		netip.MustParsePrefix("255.255.255.255/32"),
-		netip.MustParsePrefix("224.0.0.0/4"),
-	} {
+	broadcasts := []netip.Prefix{netip.MustParsePrefix("255.255.255.255/32"), netip.MustParsePrefix("224.0.0.0/4")}
+	if g.Broadcast.IsValid() {
+		broadcasts = append(broadcasts, netip.PrefixFrom(g.Broadcast, 32))
+	}
+	for _, dst := range broadcasts {
 		b.rule(ch, append(append(etherType(unix.ETH_P_IP), inPrefix(16, dst)...), drop(GuardBroadcast)...)...)
 	}
 	b.rule(ch, append(etherType(unix.ETH_P_IP), &expr.Verdict{Kind: expr.VerdictAccept})...)
@@ -117,22 +132,23 @@ func SetGuardPorts(table Table, ports []GuardPort) error {
 		return err
 	}
 	t := &nftables.Table{Name: table.Name, Family: nftables.TableFamilyBridge}
-	macs, addrs := guardSets(t)
+	links, macs, addrs := guardSets(t)
+	c.FlushSet(links)
 	c.FlushSet(macs)
 	c.FlushSet(addrs)
-	var macElems, addrElems []nftables.SetElement
+	var linkElems, macElems, addrElems []nftables.SetElement
 	for _, p := range ports {
 		if len(p.MAC) != 6 || !p.Addr.Is4() || len(p.Link) == 0 || len(p.Link) > 15 {
 			return fmt.Errorf("guard: port %q (MAC %s, address %s): need a link name, an Ethernet MAC and an IPv4 address", p.Link, p.MAC, p.Addr)
 		}
+		linkElems = append(linkElems, nftables.SetElement{Key: ifname(p.Link)})
 		macElems = append(macElems, nftables.SetElement{Key: append(ifname(p.Link), padded(p.MAC)...)})
 		addrElems = append(addrElems, nftables.SetElement{Key: append(ifname(p.Link), p.Addr.AsSlice()...)})
 	}
-	if err := c.SetAddElements(macs, macElems); err != nil {
-		return err
-	}
-	if err := c.SetAddElements(addrs, addrElems); err != nil {
-		return err
+	for set, elems := range map[*nftables.Set][]nftables.SetElement{links: linkElems, macs: macElems, addrs: addrElems} {
+		if err := c.SetAddElements(set, elems); err != nil {
+			return err
+		}
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("update nftables table bridge %s: %w", table.Name, err)
@@ -153,12 +169,13 @@ func GuardCounts(table Table) (map[string]uint64, error) {
 	return counterPackets(objs), nil
 }
 
-func guardSets(t *nftables.Table) (macs, addrs *nftables.Set) {
+func guardSets(t *nftables.Table) (links, macs, addrs *nftables.Set) {
+	links = &nftables.Set{Table: t, Name: guardLinks, KeyType: nftables.TypeIFName}
 	macs = &nftables.Set{Table: t, Name: guardMACs, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr)}
 	addrs = &nftables.Set{Table: t, Name: guardAddrs, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr)}
-	return macs, addrs
+	return links, macs, addrs
 }
 
 // concat matches "iifname . <field> not in @set", then applies then. The
@@ -214,4 +231,18 @@ func counterPackets(objs []nftables.Obj) map[string]uint64 {
 		}
 	}
 	return out
+}
+
+// GuardRules counts the rules of the bridge table's chain, so a keeper can
+// tell the table was removed or edited (an error when it is missing).
+func GuardRules(table Table) (int, error) {
+	c, err := table.conn()
+	if err != nil {
+		return 0, err
+	}
+	rules, err := c.GetRules(&nftables.Table{Name: table.Name, Family: nftables.TableFamilyBridge}, &nftables.Chain{Name: "prerouting"})
+	if err != nil {
+		return 0, fmt.Errorf("read nftables chain bridge %s prerouting: %w", table.Name, err)
+	}
+	return len(rules), nil
 }

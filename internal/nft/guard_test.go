@@ -152,3 +152,46 @@ func TestGuardDropsSpoofingBroadcastAndIPv6(t *testing.T) {
 		})
 	}
 }
+
+// Scoped (a Kubernetes node): links the guard was not told of are left
+// alone, as other bridges' ports are; a named link gets the whole guard.
+func TestScopedGuardGuardsOnlyNamedLinks(t *testing.T) {
+	g := newGuardBed(t)
+	table := Table{Name: "guard-test", NetNS: int(g.host)}
+	if err := CreateGuard(table, Guard{Scoped: true}); err != nil {
+		t.Fatalf("CreateGuard: %v", err)
+	}
+	if err := SetGuardPorts(table, nil); err != nil {
+		t.Fatalf("SetGuardPorts(none): %v", err)
+	}
+	if !g.received(t, "fd00::a", "fd00::b") {
+		t.Fatal("a link the scoped guard was not told of lost its traffic")
+	}
+	if err := SetGuardPorts(table, g.ports[:1]); err != nil {
+		t.Fatalf("SetGuardPorts: %v", err)
+	}
+	if !g.received(t, "10.77.0.2", "10.77.0.3") {
+		t.Fatal("a guarded pod's own address to its neighbour did not get through")
+	}
+	netnstest.Run(t, g.a, func() error {
+		eth, _ := netlink.LinkByName("tpa")
+		addr, _ := netlink.ParseAddr("10.77.0.99/32")
+		return netlink.AddrAdd(eth, addr)
+	})
+	for _, tc := range []struct{ name, src, dst, counter string }{
+		{"forged source", "10.77.0.99", "10.77.0.3", GuardSpoofed},
+		{"multicast", "10.77.0.2", "224.0.0.1", GuardBroadcast},
+		{"IPv6", "fd00::a", "fd00::b", GuardIPv6},
+	} {
+		before, err := GuardCounts(table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g.received(t, tc.src, tc.dst) {
+			t.Errorf("%s: %s -> %s got through the guard", tc.name, tc.src, tc.dst)
+		}
+		if after, err := GuardCounts(table); err != nil || after[tc.counter] <= before[tc.counter] {
+			t.Errorf("%s: counter %s = %d after, %d before (%v): the drop was not counted", tc.name, tc.counter, after[tc.counter], before[tc.counter], err)
+		}
+	}
+}

@@ -34,6 +34,8 @@ func TestHelmChartRendersTheInstall(t *testing.T) {
 			"tracing.sampling=100", "tracing.endpoint=otel-collector.observability:4317"},
 		{"image.tag=v9", "image.repository=registry.example.com/mesh", "image.pullPolicy=Always", "controlPlane.replicas=2",
 			"trustDomain=example.org", "namespace=mesh-system", "controlPlane.certificateTTL=1h30m"},
+		{"image.tag=v1.2.3", "nodeAgent.cniResults=/run/cni/results"},
+		{"image.tag=v1.2.3", "nodeAgent.cniResults="},
 	} {
 		args := []string{"run", "./cmd/trellis", "install", "--dry-run"}
 		for _, s := range sets {

@@ -490,8 +490,10 @@ func checkNoTrellis(t *testing.T, ctx context.Context, bed *Bed) {
 	if left, _ := bed.kubectl(ctx, "get", "all,sa,role,rolebinding,secret,configmap", "-A", "-l", "app.kubernetes.io/part-of=trellis", "-o", "name"); strings.TrimSpace(left) != "" {
 		t.Errorf("after uninstall, objects of Trellis are left:\n%s", left)
 	}
-	if out, err := exec.CommandContext(ctx, "ip", "netns", "exec", netnsName, "nft", "list", "table", "ip", "trellis-netpol").CombinedOutput(); err == nil {
-		t.Errorf("after uninstall, the node agent's rules are still in the node's kernel:\n%.500s", out)
+	for _, family := range []string{"ip", "bridge"} {
+		if out, err := exec.CommandContext(ctx, "ip", "netns", "exec", netnsName, "nft", "list", "table", family, "trellis-netpol").CombinedOutput(); err == nil {
+			t.Errorf("after uninstall, the node agent's %s table is still in the node's kernel:\n%.500s", family, out)
+		}
 	}
 }
 
