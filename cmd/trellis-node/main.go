@@ -75,6 +75,8 @@ func run(cfg nodeagent.Config, f flags) error {
 		cfg.Source = nodeagent.KubeSource(client, f.nodeName)
 		if f.cniResults != "" {
 			cfg.GuardTable = cfg.Table
+		} else if err := nft.DeleteGuard(nft.Table{Name: cfg.Table}); err != nil { // the guard was turned off
+			return err
 		}
 	} else {
 		cfg.Source = nodeagent.OneHostSource(f.api)

@@ -22,7 +22,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/util/retry"
 
 	"github.com/trellis-mesh/trellis/internal/install"
 	"github.com/trellis-mesh/trellis/internal/kube"
@@ -199,12 +198,17 @@ func (c *netpolCheck) up(ctx context.Context) error {
 		pod := c.pod(truthtable.NsOf(key), truthtable.PodOf(key))
 		// A fresh namespace's default service account comes a moment
 		// after the namespace; pods are refused until it does.
-		err := retry.OnError(retry.DefaultBackoff, func(err error) bool { return apierrors.IsForbidden(err) }, func() error {
+		for deadline := time.Now().Add(30 * time.Second); ; {
 			_, err := c.kc.Client.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("create pod %s: %w", key, err)
+			if err == nil {
+				break
+			}
+			if !apierrors.IsForbidden(err) || time.Now().After(deadline) {
+				return fmt.Errorf("create pod %s: %w", key, err)
+			}
+			if err := sleepCtx(ctx, 500*time.Millisecond); err != nil {
+				return err
+			}
 		}
 	}
 	nodes, err := c.waitPods(ctx, 3*time.Minute)
@@ -334,7 +338,7 @@ func (c *netpolCheck) change(ctx context.Context, step truthtable.Step) error {
 		}
 	}
 	if l := step.Label; l != nil {
-		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		return onConflict(func() error {
 			if l.Pod == "" {
 				ns, err := c.kc.Client.CoreV1().Namespaces().Get(ctx, l.Namespace, metav1.GetOptions{})
 				if err != nil {
@@ -356,6 +360,17 @@ func (c *netpolCheck) change(ctx context.Context, step truthtable.Step) error {
 		})
 	}
 	return nil
+}
+
+// onConflict runs update again, up to 5 times, while the object changed
+// under it.
+func onConflict(update func() error) error {
+	for range 4 {
+		if err := update(); !apierrors.IsConflict(err) {
+			return err
+		}
+	}
+	return update()
 }
 
 // deletePolicies deletes every policy of the model's namespaces and waits

@@ -2,12 +2,10 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	utilexec "k8s.io/client-go/util/exec"
 
 	"github.com/trellis-mesh/trellis/internal/kube"
 	"github.com/trellis-mesh/trellis/internal/localmesh"
@@ -111,9 +109,8 @@ func clusterExec(ctx context.Context, o *options, cluster *clusterFlags, namespa
 		}
 	}
 	err = kube.Exec(ctx, kc, namespace, pod, container, command, o.out, o.err)
-	var exit utilexec.ExitError
-	if errors.As(err, &exit) {
-		return exitCode(exit.ExitStatus())
+	if code, ok := kube.ExitCode(err); ok {
+		return exitCode(code)
 	}
 	return err
 }

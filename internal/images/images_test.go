@@ -57,7 +57,8 @@ func TestBuildAndPush(t *testing.T) {
 				t.Errorf("labels = %v, want the version", cf.Config.Labels)
 			}
 			exe := fileInImage(t, img, "usr/local/bin/"+s.binary())
-			if !bytes.Contains(exe, []byte("v1.2.3-test")) {
+			// The node agent links no version (it reports none).
+			if s.Name != "trellis-node" && !bytes.Contains(exe, []byte("v1.2.3-test")) {
 				t.Error("the binary does not carry its tag as its version (istio_build would not say which build runs)")
 			}
 			f, err := elf.NewFile(bytes.NewReader(exe))

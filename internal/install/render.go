@@ -3,6 +3,7 @@ package install
 import (
 	"bytes"
 	"fmt"
+	"path"
 	"strconv"
 
 	admissionregv1 "k8s.io/api/admissionregistration/v1"
@@ -146,9 +147,11 @@ func nodeAgentDaemonSet(v Values, meta metav1.ObjectMeta) *appsv1.DaemonSet {
 	var volumes []corev1.Volume
 	var mounts []corev1.VolumeMount
 	if dir := v.NodeAgent.CNIResults; dir != "" {
+		// The directory above it is mounted, so a results directory made
+		// again on the node is seen, not the deleted one.
 		args = append(args, "--cni-results", dir)
-		volumes = append(volumes, corev1.Volume{Name: "cni-results", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: dir}}})
-		mounts = append(mounts, corev1.VolumeMount{Name: "cni-results", MountPath: dir, ReadOnly: true})
+		volumes = append(volumes, corev1.Volume{Name: "cni-results", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: path.Dir(dir)}}})
+		mounts = append(mounts, corev1.VolumeMount{Name: "cni-results", MountPath: path.Dir(dir), ReadOnly: true})
 	}
 	return &appsv1.DaemonSet{TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: "DaemonSet"}, ObjectMeta: meta,
 		Spec: appsv1.DaemonSetSpec{

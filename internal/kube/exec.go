@@ -2,11 +2,13 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"io"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/remotecommand"
+	utilexec "k8s.io/client-go/util/exec"
 	"k8s.io/streaming/pkg/httpstream"
 
 	"github.com/trellis-mesh/trellis/internal/kubeclient"
@@ -34,4 +36,14 @@ func Exec(ctx context.Context, c *kubeclient.Clients, namespace, pod, container 
 		return err
 	}
 	return ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: stdout, Stderr: stderr})
+}
+
+// ExitCode is the exit status of a command Exec ran that ended with one
+// other than 0; ok is false for any other error.
+func ExitCode(err error) (code int, ok bool) {
+	var exit utilexec.ExitError
+	if errors.As(err, &exit) {
+		return exit.ExitStatus(), true
+	}
+	return 0, false
 }

@@ -310,7 +310,7 @@ func (r *Runtime) guardHost() error {
 	a := r.cfg.PodCIDR.Addr().As4()
 	last := binary.BigEndian.Uint32(a[:]) | (1<<(32-r.cfg.PodCIDR.Bits()) - 1)
 	binary.BigEndian.PutUint32(a[:], last)
-	if err := nft.CreateGuard(nft.Table{Name: GuardTable(r.cfg.Prefix)}, nft.Guard{Broadcast: netip.AddrFrom4(a)}); err != nil {
+	if err := nft.CreateGuard(nft.Table{Name: GuardTable(r.cfg.Prefix)}, nft.Guard{Broadcast: netip.AddrFrom4(a)}, nil); err != nil {
 		return err
 	}
 	return nft.ApplyHostGuard(nft.Table{Name: HostTable(r.cfg.Prefix)}, nft.HostGuard{

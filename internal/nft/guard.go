@@ -17,8 +17,9 @@ import (
 //
 //	bridge <guard>: every frame a pod's link brings into the bridge
 //	    (prerouting, before any other hook) must carry that link's MAC and,
-//	    for IPv4 and ARP, that pod's address; IPv4 broadcast and multicast,
-//	    IPv6 and every other ether type are dropped. Each drop is counted.
+//	    for IPv4 and ARP, that pod's address; VLAN tags, IPv4 broadcast and
+//	    multicast, IPv6 and every other ether type are dropped. Each drop
+//	    is counted.
 //	ip <host>: the pod and service ranges are reached only from the bridge
 //	    and by the host's root processes; pods reach the host only on the
 //	    control plane's port, and nothing off the host.
@@ -28,7 +29,7 @@ const (
 	GuardSpoofed   = "spoofed"   // a source MAC or address not the link's own
 	GuardBroadcast = "broadcast" // IPv4 broadcast and multicast
 	GuardIPv6      = "ipv6"      // IPv6 (pods have none)
-	GuardOther     = "other"     // any other ether type (VLAN tags, ...)
+	GuardOther     = "other"     // VLAN tags and any other ether type
 )
 
 var guardCounters = []string{GuardSpoofed, GuardBroadcast, GuardIPv6, GuardOther}
@@ -36,9 +37,10 @@ var guardCounters = []string{GuardSpoofed, GuardBroadcast, GuardIPv6, GuardOther
 // Sets of the bridge table: the pods' links, and which MAC and which
 // address each link may use.
 const (
-	guardLinks = "links"      // ifname
-	guardMACs  = "link-macs"  // ifname . ether_addr
-	guardAddrs = "link-addrs" // ifname . ipv4_addr
+	guardLinks      = "links"      // ifname
+	guardMACs       = "link-macs"  // ifname . ether_addr
+	guardAddrs      = "link-addrs" // ifname . ipv4_addr
+	guardBroadcasts = "broadcasts" // ipv4_addr: the pods' subnets' broadcast addresses
 )
 
 // GuardPort is one pod's link: the host end of its veth, and the MAC and
@@ -47,6 +49,9 @@ type GuardPort struct {
 	Link string
 	MAC  net.HardwareAddr
 	Addr netip.Addr
+	// Broadcast, when valid, is the broadcast address of the pod's
+	// subnet, dropped as a destination (a scoped guard knows no range).
+	Broadcast netip.Addr
 }
 
 // Guard is what the bridge table needs to know of the pods' network.
@@ -64,9 +69,10 @@ type Guard struct {
 }
 
 // CreateGuard replaces the bridge table named table with the guard's rules
-// and no ports: until SetGuardPorts names a link, every frame from it is
-// dropped. Counters start at zero.
-func CreateGuard(table Table, g Guard) error {
+// and ports, in one transaction (a failure leaves the old table as it
+// was). Unscoped, a link SetGuardPorts has not named carries nothing; a
+// scoped guard leaves it alone. Counters start at zero.
+func CreateGuard(table Table, g Guard, ports []GuardPort) error {
 	if !g.Broadcast.Is4() && !(g.Scoped && !g.Broadcast.IsValid()) {
 		return fmt.Errorf("guard: broadcast address %s is not IPv4", g.Broadcast)
 	}
@@ -78,9 +84,13 @@ func CreateGuard(table Table, g Guard) error {
 	for _, name := range guardCounters {
 		c.AddObj(&nftables.NamedObj{Table: t, Name: name, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
 	}
-	links, macs, addrs := guardSets(t)
-	for _, set := range []*nftables.Set{links, macs, addrs} {
-		if err := c.AddSet(set, nil); err != nil {
+	sets := guardSets(t)
+	elems, err := guardElements(ports)
+	if err != nil {
+		return err
+	}
+	for i, set := range sets {
+		if err := c.AddSet(set, elems[i]); err != nil {
 			return fmt.Errorf("guard set %s: %w", set.Name, err)
 		}
 	}
@@ -94,6 +104,14 @@ func CreateGuard(table Table, g Guard) error {
 		b.rule(ch, &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 			&expr.Lookup{SourceRegister: 1, SetName: guardLinks, Invert: true},
 			&expr.Verdict{Kind: expr.VerdictAccept})
+	}
+	// A VLAN tag hides the frame from the ip-family hooks (the policies):
+	// read the ether type as sent, tag included, and drop tagged frames.
+	for _, tag := range []uint16{unix.ETH_P_8021Q, unix.ETH_P_8021AD} {
+		b.rule(ch, append([]expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 12, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(tag)},
+		}, drop(GuardOther)...)...)
 	}
 	// iifname . ether saddr must be the link's own pair (unknown links have none).
 	b.rule(ch, concat(guardMACs, payload(expr.PayloadBaseLLHeader, 6, 6), drop(GuardSpoofed))...)
@@ -115,6 +133,11 @@ func CreateGuard(table Table, g Guard) error {
 	for _, dst := range broadcasts {
 		b.rule(ch, append(append(etherType(unix.ETH_P_IP), inPrefix(16, dst)...), drop(GuardBroadcast)...)...)
 	}
+	// ip daddr @broadcasts: a subnet's broadcast sent to one pod's MAC.
+	b.rule(ch, append(etherType(unix.ETH_P_IP),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: guardBroadcasts},
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: GuardBroadcast}, &expr.Verdict{Kind: expr.VerdictDrop})...)
 	b.rule(ch, append(etherType(unix.ETH_P_IP), &expr.Verdict{Kind: expr.VerdictAccept})...)
 	b.rule(ch, append(etherType(unix.ETH_P_IPV6), drop(GuardIPv6)...)...)
 	b.rule(ch, drop(GuardOther)...)
@@ -131,22 +154,13 @@ func SetGuardPorts(table Table, ports []GuardPort) error {
 	if err != nil {
 		return err
 	}
-	t := &nftables.Table{Name: table.Name, Family: nftables.TableFamilyBridge}
-	links, macs, addrs := guardSets(t)
-	c.FlushSet(links)
-	c.FlushSet(macs)
-	c.FlushSet(addrs)
-	var linkElems, macElems, addrElems []nftables.SetElement
-	for _, p := range ports {
-		if len(p.MAC) != 6 || !p.Addr.Is4() || len(p.Link) == 0 || len(p.Link) > 15 {
-			return fmt.Errorf("guard: port %q (MAC %s, address %s): need a link name, an Ethernet MAC and an IPv4 address", p.Link, p.MAC, p.Addr)
-		}
-		linkElems = append(linkElems, nftables.SetElement{Key: ifname(p.Link)})
-		macElems = append(macElems, nftables.SetElement{Key: append(ifname(p.Link), padded(p.MAC)...)})
-		addrElems = append(addrElems, nftables.SetElement{Key: append(ifname(p.Link), p.Addr.AsSlice()...)})
+	elems, err := guardElements(ports)
+	if err != nil {
+		return err
 	}
-	for set, elems := range map[*nftables.Set][]nftables.SetElement{links: linkElems, macs: macElems, addrs: addrElems} {
-		if err := c.SetAddElements(set, elems); err != nil {
+	for i, set := range guardSets(&nftables.Table{Name: table.Name, Family: nftables.TableFamilyBridge}) {
+		c.FlushSet(set)
+		if err := c.SetAddElements(set, elems[i]); err != nil {
 			return err
 		}
 	}
@@ -154,6 +168,25 @@ func SetGuardPorts(table Table, ports []GuardPort) error {
 		return fmt.Errorf("update nftables table bridge %s: %w", table.Name, err)
 	}
 	return nil
+}
+
+// guardElements are the elements of guardSets' sets for ports.
+func guardElements(ports []GuardPort) ([4][]nftables.SetElement, error) {
+	var out [4][]nftables.SetElement
+	seen := map[netip.Addr]bool{}
+	for _, p := range ports {
+		if len(p.MAC) != 6 || !p.Addr.Is4() || len(p.Link) == 0 || len(p.Link) > 15 {
+			return out, fmt.Errorf("guard: port %q (MAC %s, address %s): need a link name, an Ethernet MAC and an IPv4 address", p.Link, p.MAC, p.Addr)
+		}
+		out[0] = append(out[0], nftables.SetElement{Key: ifname(p.Link)})
+		out[1] = append(out[1], nftables.SetElement{Key: append(ifname(p.Link), padded(p.MAC)...)})
+		out[2] = append(out[2], nftables.SetElement{Key: append(ifname(p.Link), p.Addr.AsSlice()...)})
+		if b := p.Broadcast; b.Is4() && !seen[b] {
+			seen[b] = true
+			out[3] = append(out[3], nftables.SetElement{Key: b.AsSlice()})
+		}
+	}
+	return out, nil
 }
 
 // GuardCounts reads the bridge table's drop counters: packets by counter name.
@@ -169,13 +202,15 @@ func GuardCounts(table Table) (map[string]uint64, error) {
 	return counterPackets(objs), nil
 }
 
-func guardSets(t *nftables.Table) (links, macs, addrs *nftables.Set) {
-	links = &nftables.Set{Table: t, Name: guardLinks, KeyType: nftables.TypeIFName}
-	macs = &nftables.Set{Table: t, Name: guardMACs, Concatenation: true,
-		KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr)}
-	addrs = &nftables.Set{Table: t, Name: guardAddrs, Concatenation: true,
-		KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr)}
-	return links, macs, addrs
+// guardSets are the bridge table's sets: links, link-macs, link-addrs and
+// broadcasts.
+func guardSets(t *nftables.Table) [4]*nftables.Set {
+	return [4]*nftables.Set{
+		{Table: t, Name: guardLinks, KeyType: nftables.TypeIFName},
+		{Table: t, Name: guardMACs, Concatenation: true, KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr)},
+		{Table: t, Name: guardAddrs, Concatenation: true, KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr)},
+		{Table: t, Name: guardBroadcasts, KeyType: nftables.TypeIPAddr},
+	}
 }
 
 // concat matches "iifname . <field> not in @set", then applies then. The
@@ -245,4 +280,25 @@ func GuardRules(table Table) (int, error) {
 		return 0, fmt.Errorf("read nftables chain bridge %s prerouting: %w", table.Name, err)
 	}
 	return len(rules), nil
+}
+
+// DeleteGuard removes the bridge table named table, if there is one.
+func DeleteGuard(table Table) error {
+	c, err := table.conn()
+	if err != nil {
+		return err
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyBridge)
+	if err != nil {
+		return fmt.Errorf("list nftables tables: %w", err)
+	}
+	for _, t := range tables {
+		if t.Name == table.Name {
+			c.DelTable(t)
+			if err := c.Flush(); err != nil {
+				return fmt.Errorf("delete nftables table bridge %s: %w", table.Name, err)
+			}
+		}
+	}
+	return nil
 }

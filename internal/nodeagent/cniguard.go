@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/nft"
@@ -36,8 +37,13 @@ type CNIGuard struct {
 // DefaultCNIResults is where libcni caches results.
 const DefaultCNIResults = "/var/lib/cni/results"
 
-// Run creates the table and keeps its links current until ctx ends; it
-// recreates the table when it disappears. The table stays when Run returns.
+// Run builds the table with the links it reads, then keeps them current
+// until ctx ends: it reads Dir every Interval and rewrites the table's sets
+// (in one transaction), and rebuilds the table when its chain is gone or
+// changed. A directory it cannot read leaves the links as they were. It
+// returns the first error of nftables, so the agent stops and shows as
+// failing; the kernel keeps the last table it accepted. The table stays
+// when Run returns.
 func (g *CNIGuard) Run(ctx context.Context) error {
 	interval := g.Interval
 	if interval <= 0 {
@@ -45,29 +51,30 @@ func (g *CNIGuard) Run(ctx context.Context) error {
 	}
 	table := nft.Table{Name: g.Table}
 	var current []nft.GuardPort
-	rules := -1 // the chain's rules as created
+	rules := -1 // the chain's rules as built; -1 before the first build
 	for {
+		ports, unguarded, err := ReadCNIResults(g.Dir, isBridgePort)
+		if err != nil {
+			slog.Warn("read the CNI results; the pods' links stay as they were", "dir", g.Dir, "err", err)
+			ports = current
+		}
 		if n, err := nft.GuardRules(table); err != nil || n != rules {
 			if rules >= 0 {
-				slog.Warn("the pods' guard was changed outside the agent; restoring it", "table", g.Table)
+				slog.Warn("the pods' guard was changed outside the agent; rebuilding it", "table", g.Table)
 			}
-			if err := nft.CreateGuard(table, nft.Guard{Scoped: true}); err != nil {
+			if err := nft.CreateGuard(table, nft.Guard{Scoped: true}, ports); err != nil {
 				return err
 			}
 			if rules, err = nft.GuardRules(table); err != nil {
 				return err
 			}
-			current = nil
+		} else if err := nft.SetGuardPorts(table, ports); err != nil { // also undoes edits of the sets
+			return err
 		}
-		ports, skipped := ReadCNIResults(g.Dir, isBridgePort)
 		if !slices.Equal(portKeys(ports), portKeys(current)) {
-			if err := nft.SetGuardPorts(table, ports); err != nil {
-				slog.Error("guard the pods' links", "err", err)
-			} else {
-				slog.Info("pods' links guarded", "links", len(ports), "unguarded", skipped)
-				current = ports
-			}
+			slog.Info("pods' links guarded", "links", len(ports), "unguarded", unguarded)
 		}
+		current = ports
 		select {
 		case <-ctx.Done():
 			return nil
@@ -112,13 +119,18 @@ const maxCNIResult = 1 << 20
 
 // ReadCNIResults reads the links of the pods in libcni's result cache dir:
 // for each result, the host-side link that is a bridge port (hostLink
-// says which is), the MAC of the pod's interface and its IPv4 address.
-// Results that do not have that shape (a pod with no IPv4, a plugin that
-// makes no bridge port) are counted in skipped: those pods stay unguarded.
-func ReadCNIResults(dir string, hostLink func(name string) bool) (ports []nft.GuardPort, skipped int) {
+// says which is), the MAC of the pod's interface, its IPv4 address and its
+// subnet's broadcast address. Results of networks that make no bridge port
+// (loopback) are left out; unguarded counts the results with a bridge port
+// that cannot be guarded (no IPv4 address, a malformed file): those pods
+// stay unguarded. A missing dir holds no pods; another error is returned.
+func ReadCNIResults(dir string, hostLink func(name string) bool) (ports []nft.GuardPort, unguarded int, err error) {
 	entries, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return nil, 0, nil
+	}
 	if err != nil {
-		return nil, 0
+		return nil, 0, err
 	}
 	seen := map[string]bool{}
 	for _, e := range entries {
@@ -128,24 +140,27 @@ func ReadCNIResults(dir string, hostLink func(name string) bool) (ports []nft.Gu
 		p, err := readCNIResult(filepath.Join(dir, e.Name()), hostLink)
 		switch {
 		case err != nil:
-			skipped++
+			unguarded++
 		case p.Link == "" || seen[p.Link]:
-			// a network with no link on a bridge (loopback), or a link
-			// already read
+			// no link on a bridge (loopback), or a link already read
 		default:
 			seen[p.Link] = true
 			ports = append(ports, p)
 		}
 	}
-	return ports, skipped
+	return ports, unguarded, nil
 }
 
 func readCNIResult(path string, hostLink func(string) bool) (nft.GuardPort, error) {
-	f, err := os.Open(path)
+	// Not a FIFO or a device put there meanwhile: never block the loop.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return nft.GuardPort{}, err
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return nft.GuardPort{}, fmt.Errorf("%s: not a regular file", path)
+	}
 	var c cniCache
 	if err := json.NewDecoder(&limitedReader{f, maxCNIResult}).Decode(&c); err != nil {
 		return nft.GuardPort{}, fmt.Errorf("%s: %w", path, err)
@@ -176,6 +191,13 @@ func readCNIResult(path string, hostLink func(string) bool) (nft.GuardPort, erro
 			continue
 		}
 		port.Addr, port.MAC = prefix.Addr(), mac
+		if prefix.Bits() < 31 {
+			last := prefix.Masked().Addr().As4()
+			for i := prefix.Bits(); i < 32; i++ {
+				last[i/8] |= 0x80 >> (i % 8)
+			}
+			port.Broadcast = netip.AddrFrom4(last)
+		}
 		return port, nil
 	}
 	return nft.GuardPort{}, fmt.Errorf("%s: link %s but no pod interface with an IPv4 address", path, port.Link)

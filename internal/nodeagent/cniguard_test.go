@@ -38,14 +38,20 @@ func TestReadCNIResults(t *testing.T) {
 		}
 	}
 	isVeth := func(name string) bool { return strings.HasPrefix(name, "veth") }
-	ports, skipped := ReadCNIResults(dir, isVeth)
-	if len(ports) != 1 || ports[0].Link != "vetheae8ddf8" || ports[0].MAC.String() != "8e:4a:fa:f0:f2:50" || ports[0].Addr.String() != "10.244.0.10" {
-		t.Errorf("ports = %+v, want the bridge result's veth, the pod's MAC and address", ports)
+	ports, unguarded, err := ReadCNIResults(dir, isVeth)
+	if err != nil || len(ports) != 1 || ports[0].Link != "vetheae8ddf8" || ports[0].MAC.String() != "8e:4a:fa:f0:f2:50" ||
+		ports[0].Addr.String() != "10.244.0.10" || ports[0].Broadcast.String() != "10.244.0.255" {
+		t.Errorf("ports = %+v (%v), want the bridge result's veth, the pod's MAC, address and subnet broadcast", ports, err)
 	}
-	if skipped != 4 {
-		t.Errorf("skipped = %d, want 4 (IPv6 only, a bad index, bad JSON, too big)", skipped)
+	if unguarded != 4 {
+		t.Errorf("unguarded = %d, want 4 (IPv6 only, a bad index, bad JSON, too big)", unguarded)
 	}
-	if ports, skipped := ReadCNIResults(filepath.Join(dir, "absent"), isVeth); len(ports) != 0 || skipped != 0 {
-		t.Errorf("a missing directory: %v, %d", ports, skipped)
+	if ports, unguarded, err := ReadCNIResults(filepath.Join(dir, "absent"), isVeth); len(ports) != 0 || unguarded != 0 || err != nil {
+		t.Errorf("a missing directory: %v, %d, %v; want no pods", ports, unguarded, err)
+	}
+	// A directory that cannot be read is not one without pods (the guard
+	// keeps its links instead of dropping them all).
+	if _, _, err := ReadCNIResults(filepath.Join(dir, "k8sbed-c1-eth0"), isVeth); err == nil {
+		t.Error("a path that cannot be read as a directory read as holding no pods")
 	}
 }

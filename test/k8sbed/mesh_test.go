@@ -222,6 +222,8 @@ func TestMeshOnKubernetes(t *testing.T) {
 	}
 	checkNetworkPolicy(t, ctx, bed, meshClient, outsideClient)
 	step("NetworkPolicy enforced by the node agent")
+	checkPolicyPortsWithSidecars(t, ctx, bed, meshClient)
+	step("a port rule holds for meshed traffic")
 	apply(t, ctx, bed, `apiVersion: security.trellis.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: mesh}
@@ -467,6 +469,61 @@ func checkNetworkPolicy(t *testing.T, ctx context.Context, bed *Bed, meshClient,
 		return nil
 	}); err != nil {
 		t.Error(err)
+	}
+}
+
+// checkPolicyPortsWithSidecars: a port rule means for meshed traffic what
+// it says (docs/network-policy.md, "Policies and sidecars"): the client's
+// sidecar connects to the server pod's app port over mTLS, and the node
+// checks that port. Allowing the app port (8080) lets the meshed client
+// in; allowing only another port (9090) keeps it out once it must open
+// new connections (established ones pass, as with any policy engine): the
+// servers are restarted for that.
+func checkPolicyPortsWithSidecars(t *testing.T, ctx context.Context, bed *Bed, meshClient string) {
+	t.Helper()
+	allowPort := func(port int) {
+		t.Helper()
+		apply(t, ctx, bed, fmt.Sprintf(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: hello-port, namespace: mesh}
+spec:
+  podSelector: {matchLabels: {app: hello}}
+  ingress: [{ports: [{port: %d, protocol: TCP}]}]
+`, port))
+	}
+	restartServers := func() {
+		t.Helper()
+		for _, args := range [][]string{{"rollout", "restart", "deployment/hello"}, {"rollout", "status", "deployment/hello", "--timeout=120s"}} {
+			if out, err := bed.kubectl(ctx, append([]string{"-n", "mesh"}, args...)...); err != nil {
+				t.Fatal(err, out)
+			}
+		}
+	}
+	allowPort(9090)
+	restartServers()
+	if err := waitFor(ctx, "the meshed client to be kept off the app port", 30*time.Second, func() error {
+		if lines := fetch(t, meshClient, helloURL, 1, "http1"); allPrefixed(lines, "200") {
+			return fmt.Errorf("still served: %q", lines)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	denied := regexp.MustCompile(`trellis_netpol_denied_packets_total\{direction="ingress",namespace="mesh",policy="hello-port"\} [1-9]`)
+	if metrics := get(t, "http://"+nodeAddr+":15090/metrics"); !denied.MatchString(metrics) {
+		t.Errorf("allowing port 9090 only: no packet denied by mesh/hello-port:\n%s", grepLines(metrics, "trellis_netpol_denied"))
+	}
+	allowPort(8080)
+	if err := waitFor(ctx, "the meshed client to be served on the app port", 30*time.Second, func() error {
+		if lines := fetch(t, meshClient, helloURL, 3, "http1"); !allPrefixed(lines, "200 hello from") {
+			return fmt.Errorf("got %q", lines)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	if out, err := bed.kubectl(ctx, "-n", "mesh", "delete", "networkpolicy", "hello-port"); err != nil {
+		t.Fatal(err, out)
 	}
 }
 

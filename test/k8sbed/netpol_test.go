@@ -146,15 +146,15 @@ spec:
 // podNetns finds a pod's network namespace and address in the CNI
 // plugin's result cache (the node's containerd shares this host's
 // /var/lib/cni), as the node agent does.
-func podNetns(t *testing.T, ns, pod string) (path, addr string) {
+func podNetns(t *testing.T, ns, pod string) (path, addr, mac string) {
 	t.Helper()
 	files, _ := filepath.Glob("/var/lib/cni/results/*-eth0")
 	for _, f := range files {
 		var c struct {
 			CNIArgs [][2]string `json:"cniArgs"`
 			Result  struct {
-				Interfaces []struct{ Sandbox string } `json:"interfaces"`
-				IPs        []struct{ Address string } `json:"ips"`
+				Interfaces []struct{ Sandbox, MAC string } `json:"interfaces"`
+				IPs        []struct{ Address string }      `json:"ips"`
 			} `json:"result"`
 		}
 		data, err := os.ReadFile(f)
@@ -171,12 +171,12 @@ func podNetns(t *testing.T, ns, pod string) (path, addr string) {
 		for _, i := range c.Result.Interfaces {
 			if i.Sandbox != "" {
 				ip, _, _ := strings.Cut(c.Result.IPs[0].Address, "/")
-				return i.Sandbox, ip
+				return i.Sandbox, ip, i.MAC
 			}
 		}
 	}
 	t.Fatalf("no CNI result for pod %s/%s", ns, pod)
-	return "", ""
+	return "", "", ""
 }
 
 // inNetns runs fn on a thread in the network namespace at path; the
@@ -230,11 +230,19 @@ func answered(t *testing.T, fromNetns string, local, dst *net.UDPAddr) bool {
 // only without the guard). It returns what got through.
 func guardChecks(t *testing.T, ctx context.Context) (own, forged, ipv6 bool) {
 	t.Helper()
-	aNetns, _ := podNetns(t, "guard", "a")
-	bNetns, bAddr := podNetns(t, "guard", "b")
+	aNetns, _, aMAC := podNetns(t, "guard", "a")
+	bNetns, bAddr, _ := podNetns(t, "guard", "b")
+	// Pod a takes a forged address; b knows where it is without asking
+	// (an ARP answer for it would be dropped too, so only the datagram's
+	// own source decides).
 	const forgedAddr = "10.244.0.250"
-	if out, err := exec.CommandContext(ctx, "nsenter", "--net="+aNetns, "ip", "addr", "replace", forgedAddr+"/32", "dev", "eth0").CombinedOutput(); err != nil {
-		t.Fatalf("give pod a a forged address: %v\n%s", err, out)
+	for _, cmd := range [][]string{
+		{"--net=" + aNetns, "ip", "addr", "replace", forgedAddr + "/32", "dev", "eth0"},
+		{"--net=" + bNetns, "ip", "neigh", "replace", forgedAddr, "lladdr", aMAC, "dev", "eth0", "nud", "permanent"},
+	} {
+		if out, err := exec.CommandContext(ctx, "nsenter", cmd...).CombinedOutput(); err != nil {
+			t.Fatalf("nsenter %s: %v\n%s", strings.Join(cmd, " "), err, out)
+		}
 	}
 	var bLinkLocal net.IP
 	if err := inNetns(bNetns, func() error {
