@@ -280,8 +280,7 @@ func (c *netpolCheck) waitPods(ctx context.Context, limit time.Duration) ([]stri
 			}
 			for _, p := range pods.Items {
 				ready, total, reason := podReadiness(&p)
-				switch reason {
-				case "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName":
+				if cannotPull(reason) {
 					return nil, fmt.Errorf("pod %s/%s cannot have its image %s (%s): build it with `trellis images build` "+
 						"(--load-into-k8sbed on the test bed, --push REGISTRY elsewhere) and give it with --image", ns, p.Name, c.image, reason)
 				}

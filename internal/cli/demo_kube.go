@@ -278,8 +278,7 @@ func (k *kubeDemo) waitReady(ctx context.Context, want int, limit time.Duration,
 			}
 			for _, p := range pods.Items {
 				ready, total, reason := podReadiness(&p)
-				switch reason {
-				case "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName":
+				if cannotPull(reason) {
 					return nil, fmt.Errorf("pod %s/%s cannot have its image (%s): build and load them with `trellis images build --load-into-k8sbed` (the test bed), "+
 						"or push them (`trellis images build --push REGISTRY`) and give the demo's with --image (now %s)", ns, p.Name, reason, image)
 				}
@@ -302,6 +301,15 @@ func (k *kubeDemo) waitReady(ctx context.Context, want int, limit time.Duration,
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// cannotPull says whether a container waits for an image it cannot have.
+func cannotPull(reason string) bool {
+	switch reason {
+	case "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName":
+		return true
+	}
+	return false
 }
 
 // podReadiness counts p's ready containers as kubectl's READY does

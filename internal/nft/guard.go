@@ -283,22 +283,4 @@ func GuardRules(table Table) (int, error) {
 }
 
 // DeleteGuard removes the bridge table named table, if there is one.
-func DeleteGuard(table Table) error {
-	c, err := table.conn()
-	if err != nil {
-		return err
-	}
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyBridge)
-	if err != nil {
-		return fmt.Errorf("list nftables tables: %w", err)
-	}
-	for _, t := range tables {
-		if t.Name == table.Name {
-			c.DelTable(t)
-			if err := c.Flush(); err != nil {
-				return fmt.Errorf("delete nftables table bridge %s: %w", table.Name, err)
-			}
-		}
-	}
-	return nil
-}
+func DeleteGuard(table Table) error { return deleteTables(table, nftables.TableFamilyBridge) }

@@ -98,11 +98,16 @@ func replaceTable(c *nftables.Conn, name string, family nftables.TableFamily) *n
 // DeleteTable removes the table of that name in the ip and bridge
 // families; a missing table is fine.
 func DeleteTable(table Table) error {
+	return deleteTables(table, nftables.TableFamilyIPv4, nftables.TableFamilyBridge)
+}
+
+// deleteTables removes the tables named table in families, if there are.
+func deleteTables(table Table, families ...nftables.TableFamily) error {
 	c, err := table.conn()
 	if err != nil {
 		return err
 	}
-	for _, family := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyBridge} {
+	for _, family := range families {
 		tables, err := c.ListTablesOfFamily(family)
 		if err != nil {
 			return fmt.Errorf("list nftables tables: %w", err)
