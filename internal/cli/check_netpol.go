@@ -308,12 +308,13 @@ func (c *netpolCheck) waitPods(ctx context.Context, limit time.Duration) ([]stri
 // step applies one step's changes and waits (a while) for the node
 // agents to apply a new state after them.
 func (c *netpolCheck) step(ctx context.Context, step truthtable.Step) error {
-	before, err := c.agentSum(ctx, "trellis_netpol_apply_seconds_count")
+	const applies = "trellis_netpol_apply_seconds_count"
+	before, unread := c.agentSum(ctx, applies)
 	if err := c.change(ctx, step); err != nil {
 		return err
 	}
-	c.unconfirmed = err != nil || !c.waitAgents(ctx, func(ctx context.Context) bool {
-		n, err := c.agentSum(ctx, "trellis_netpol_apply_seconds_count")
+	c.unconfirmed = unread != nil || !c.waitAgents(ctx, func(ctx context.Context) bool {
+		n, err := c.agentSum(ctx, applies)
 		return err == nil && n > before
 	})
 	return nil
