@@ -60,15 +60,18 @@ type Decision struct {
 	Policy string
 	// Audited lists the AUDIT policies that matched.
 	Audited []string
-	// DryRun lists the dry-run policies that matched, with their action
-	// ("ALLOW ns/name"): what they would have decided.
-	DryRun []string
+	// DryRun, when dry-run policies apply, is the decision had they been
+	// enforced (what Istio's shadow rules report).
+	DryRun *Decision
 }
 
 // Engine decides for one workload. It is immutable and safe for
 // concurrent use.
 type Engine struct {
-	deny, allow, audit, dryRun []compiled
+	deny, allow, audit []compiled
+	// shadow decides with the dry-run policies enforced too; nil when
+	// none applies.
+	shadow *Engine
 }
 
 type compiled struct {
@@ -87,7 +90,7 @@ type rule struct {
 // mesh-wide ones, and compiles them. A policy that cannot be compiled is an
 // error naming it and its field: nothing is half-applied.
 func Compile(policies []Policy, w Workload, rootNamespace string) (*Engine, error) {
-	e := &Engine{}
+	e, dry := &Engine{}, &Engine{}
 	for _, p := range policies {
 		applies, err := appliesTo(p, w, rootNamespace)
 		if err != nil {
@@ -100,16 +103,21 @@ func Compile(policies []Policy, w Workload, rootNamespace string) (*Engine, erro
 		if err != nil {
 			return nil, fmt.Errorf("AuthorizationPolicy %s/%s: %w", p.Namespace, p.Name, err)
 		}
-		switch {
-		case p.DryRun:
-			e.dryRun = append(e.dryRun, c)
-		case c.action == Deny:
-			e.deny = append(e.deny, c)
-		case c.action == Allow:
-			e.allow = append(e.allow, c)
-		case c.action == Audit:
-			e.audit = append(e.audit, c)
+		into := e
+		if p.DryRun {
+			into = dry
 		}
+		switch c.action {
+		case Deny:
+			into.deny = append(into.deny, c)
+		case Allow:
+			into.allow = append(into.allow, c)
+		case Audit:
+			into.audit = append(into.audit, c)
+		}
+	}
+	if len(dry.deny)+len(dry.allow) > 0 {
+		e.shadow = &Engine{deny: append(slices.Clip(e.deny), dry.deny...), allow: append(slices.Clip(e.allow), dry.allow...)}
 	}
 	return e, nil
 }
@@ -188,10 +196,9 @@ func (e *Engine) Decide(r *Request) Decision {
 			d.Audited = append(d.Audited, c.name)
 		}
 	}
-	for _, c := range e.dryRun {
-		if c.matches(r) {
-			d.DryRun = append(d.DryRun, string(c.action)+" "+c.name)
-		}
+	if e.shadow != nil {
+		shadow := e.shadow.Decide(r)
+		d.DryRun = &shadow
 	}
 	for _, c := range e.deny {
 		if c.matches(r) {

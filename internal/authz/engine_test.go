@@ -123,8 +123,17 @@ func TestEvaluationOrder(t *testing.T) {
 		}
 	}
 	d := decide(t, []Policy{auditAll, dryDeny}, httpReq())
-	if len(d.Audited) != 1 || d.Audited[0] != "db/audit" || len(d.DryRun) != 1 || d.DryRun[0] != "DENY db/dry-deny" {
-		t.Errorf("reported %+v, want the audit and the dry-run deny", d)
+	if len(d.Audited) != 1 || d.Audited[0] != "db/audit" || d.DryRun == nil || d.DryRun.Allowed || d.DryRun.Policy != "db/dry-deny" {
+		t.Errorf("reported %+v (dry run %+v), want the audit and the dry-run deny", d, d.DryRun)
+	}
+	// A dry-run ALLOW that nothing matches: enforced, it would deny.
+	dryAllow := policy(t, "db", "dry-allow", `rules: [{from: [{source: {namespaces: [other]}}]}]`)
+	dryAllow.DryRun = true
+	if d := decide(t, []Policy{dryAllow}, httpReq()); !d.Allowed || d.DryRun == nil || d.DryRun.Allowed {
+		t.Errorf("dry-run ALLOW matching nothing: %+v (dry run %+v), want allowed now and denied in the dry run", d, d.DryRun)
+	}
+	if d := decide(t, []Policy{allowAll}, httpReq()); d.DryRun != nil {
+		t.Errorf("no dry-run policy, yet a dry-run decision: %+v", d.DryRun)
 	}
 }
 
