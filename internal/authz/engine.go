@@ -58,6 +58,10 @@ type Decision struct {
 	// that matched, or the ALLOW that matched; empty when no policy
 	// applied, or when ALLOW policies applied and none matched.
 	Policy string
+	// Action is DENY when a DENY policy decided, ALLOW when ALLOW policies
+	// did (the one that matched, or none matching); empty when no policy
+	// applied.
+	Action Action
 	// Audited lists the AUDIT policies that matched.
 	Audited []string
 	// DryRun, when dry-run policies apply, is the decision had they been
@@ -80,25 +84,39 @@ type compiled struct {
 	rules  []rule
 }
 
-// rule is a compiled rule; httpOnly marks one that uses an HTTP-only field.
+// rule is a compiled rule. httpOnly marks one that uses an HTTP-only
+// field; for a TCP connection such a rule matches nothing in an ALLOW or
+// AUDIT policy, and in a DENY policy it is tcp, the rule without its
+// HTTP-only fields (Istio's way: a DENY rule never gets narrower, so it
+// denies more).
 type rule struct {
-	match    func(*Request) bool
-	httpOnly bool
+	match, tcp func(*Request) bool
+	httpOnly   bool
 }
 
-// Compile picks the policies that apply to w, with rootNamespace's as
-// mesh-wide ones, and compiles them. A policy that cannot be compiled is an
-// error naming it and its field: nothing is half-applied.
-func Compile(policies []Policy, w Workload, rootNamespace string) (*Engine, error) {
-	e, dry := &Engine{}, &Engine{}
+// Select picks the policies that apply to w: its namespace's and, as
+// mesh-wide ones, those of the root namespaces; narrowed by selector or
+// targetRefs. A policy whose scope is invalid is an error naming it.
+func Select(policies []Policy, w Workload, roots []string) ([]Policy, error) {
+	var out []Policy
 	for _, p := range policies {
-		applies, err := appliesTo(p, w, rootNamespace)
+		applies, err := appliesTo(p, w, roots)
 		if err != nil {
 			return nil, fmt.Errorf("AuthorizationPolicy %s/%s: %w", p.Namespace, p.Name, err)
 		}
-		if !applies {
-			continue
+		if applies {
+			out = append(out, p)
 		}
+	}
+	return out, nil
+}
+
+// Compile compiles policies already selected for one workload. A policy
+// that cannot be compiled is an error naming it and its field: nothing is
+// half-applied.
+func Compile(policies []Policy) (*Engine, error) {
+	e, dry := &Engine{}, &Engine{}
+	for _, p := range policies {
 		c, err := compilePolicy(p)
 		if err != nil {
 			return nil, fmt.Errorf("AuthorizationPolicy %s/%s: %w", p.Namespace, p.Name, err)
@@ -124,14 +142,14 @@ func Compile(policies []Policy, w Workload, rootNamespace string) (*Engine, erro
 
 // Check validates a policy without a workload: what Compile would refuse.
 func Check(p Policy) error {
-	if _, err := appliesTo(p, Workload{Namespace: p.Namespace}, ""); err != nil {
+	if _, err := appliesTo(p, Workload{Namespace: p.Namespace}, nil); err != nil {
 		return err
 	}
 	_, err := compilePolicy(p)
 	return err
 }
 
-func appliesTo(p Policy, w Workload, rootNamespace string) (bool, error) {
+func appliesTo(p Policy, w Workload, roots []string) (bool, error) {
 	s := p.Spec
 	if s.Selector != nil && len(s.TargetRefs) > 0 {
 		return false, errors.New("selector and targetRefs: give one of them")
@@ -144,7 +162,7 @@ func appliesTo(p Policy, w Workload, rootNamespace string) (bool, error) {
 			return false, fmt.Errorf("targetRefs: Service %s/%s: a policy targets Services of its own namespace only", ref.Namespace, ref.Name)
 		}
 	}
-	if p.Namespace != w.Namespace && p.Namespace != rootNamespace {
+	if p.Namespace != w.Namespace && !slices.Contains(roots, p.Namespace) {
 		return false, nil
 	}
 	if len(s.TargetRefs) > 0 {
@@ -182,6 +200,13 @@ func compilePolicy(p Policy) (compiled, error) {
 		if err != nil {
 			return compiled{}, fmt.Errorf("rules[%d]: %w", i, err)
 		}
+		if cr.httpOnly && action == Deny {
+			tcp, err := compileRule(withoutHTTP(r))
+			if err != nil {
+				return compiled{}, fmt.Errorf("rules[%d]: %w", i, err)
+			}
+			cr.tcp = tcp.match
+		}
 		c.rules = append(c.rules, cr)
 	}
 	return c, nil
@@ -202,13 +227,14 @@ func (e *Engine) Decide(r *Request) Decision {
 	}
 	for _, c := range e.deny {
 		if c.matches(r) {
-			d.Allowed, d.Policy = false, c.name
+			d.Allowed, d.Policy, d.Action = false, c.name, Deny
 			return d
 		}
 	}
 	if len(e.allow) == 0 {
 		return d
 	}
+	d.Action = Allow
 	for _, c := range e.allow {
 		if c.matches(r) {
 			d.Policy = c.name
@@ -223,14 +249,37 @@ func (e *Engine) Decide(r *Request) Decision {
 // ALLOW policy without rules therefore allows nothing).
 func (c compiled) matches(r *Request) bool {
 	for _, rl := range c.rules {
+		match := rl.match
 		if rl.httpOnly && !r.HTTP {
-			continue
+			if match = rl.tcp; match == nil {
+				continue
+			}
 		}
-		if rl.match(r) {
+		if match(r) {
 			return true
 		}
 	}
 	return false
+}
+
+// withoutHTTP is r without its HTTP-only fields: request principals,
+// hosts, methods, paths and the request.* conditions.
+func withoutHTTP(r Rule) Rule {
+	out := Rule{}
+	for _, f := range r.From {
+		s := f.Source
+		s.RequestPrincipals, s.NotRequestPrincipals = nil, nil
+		out.From = append(out.From, From{Source: s})
+	}
+	for _, t := range r.To {
+		out.To = append(out.To, To{Operation: Operation{Ports: t.Operation.Ports, NotPorts: t.Operation.NotPorts}})
+	}
+	for _, c := range r.When {
+		if !strings.HasPrefix(c.Key, "request.") {
+			out.When = append(out.When, c)
+		}
+	}
+	return out
 }
 
 // matcher is one compiled condition of a rule.

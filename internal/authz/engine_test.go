@@ -35,11 +35,21 @@ func httpReq() *Request {
 
 func decide(t *testing.T, policies []Policy, r *Request) Decision {
 	t.Helper()
-	e, err := Compile(policies, db, "trellis-system")
+	e, err := compileFor(policies, db)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return e.Decide(r)
+}
+
+// compileFor is what the control plane and the proxy do between them:
+// select the policies for w, then compile them.
+func compileFor(policies []Policy, w Workload) (*Engine, error) {
+	selected, err := Select(policies, w, []string{"trellis-system", "istio-system"})
+	if err != nil {
+		return nil, err
+	}
+	return Compile(selected)
 }
 
 // Each field against Istio's documented semantics: an ALLOW policy with
@@ -109,17 +119,18 @@ func TestEvaluationOrder(t *testing.T) {
 		policies []Policy
 		allowed  bool
 		by       string
+		action   Action
 	}{
-		{"no policy allows", nil, true, ""},
-		{"DENY before ALLOW", []Policy{allowAll, denyGet}, false, "db/deny-get"},
-		{"an ALLOW policy with no rules allows nothing", []Policy{allowNothing}, false, ""},
-		{"one ALLOW match is enough", []Policy{allowNothing, allowAll}, true, "db/allow-all"},
-		{"AUDIT decides nothing", []Policy{auditAll}, true, ""},
-		{"dry run decides nothing", []Policy{dryDeny}, true, ""},
+		{"no policy allows", nil, true, "", ""},
+		{"DENY before ALLOW", []Policy{allowAll, denyGet}, false, "db/deny-get", Deny},
+		{"an ALLOW policy with no rules allows nothing", []Policy{allowNothing}, false, "", Allow},
+		{"one ALLOW match is enough", []Policy{allowNothing, allowAll}, true, "db/allow-all", Allow},
+		{"AUDIT decides nothing", []Policy{auditAll}, true, "", ""},
+		{"dry run decides nothing", []Policy{dryDeny}, true, "", ""},
 	} {
 		d := decide(t, tc.policies, httpReq())
-		if d.Allowed != tc.allowed || d.Policy != tc.by {
-			t.Errorf("%s: %+v, want allowed %v by %q", tc.name, d, tc.allowed, tc.by)
+		if d.Allowed != tc.allowed || d.Policy != tc.by || d.Action != tc.action {
+			t.Errorf("%s: %+v, want allowed %v by %q (%s)", tc.name, d, tc.allowed, tc.by, tc.action)
 		}
 	}
 	d := decide(t, []Policy{auditAll, dryDeny}, httpReq())
@@ -137,14 +148,28 @@ func TestEvaluationOrder(t *testing.T) {
 	}
 }
 
-// On a TCP connection a rule with an HTTP-only field matches nothing,
-// whatever the action; the rest of the policy still counts.
-func TestTCPIgnoresHTTPOnlyRules(t *testing.T) {
+// On a TCP connection a rule with an HTTP-only field matches nothing in
+// an ALLOW policy (the rest of the policy still counts), and in a DENY
+// policy it is applied without those fields, so it denies more: Istio's
+// TCP semantics.
+func TestTCPAndHTTPOnlyFields(t *testing.T) {
 	tcp := httpReq()
 	tcp.HTTP, tcp.Method, tcp.Path, tcp.Host = false, "", "", ""
 	denyGet := policy(t, "db", "deny-get", `{action: DENY, rules: [{to: [{operation: {methods: [GET]}}]}]}`)
-	if d := decide(t, []Policy{denyGet}, tcp); !d.Allowed {
-		t.Errorf("a DENY rule on methods denied a TCP connection: %+v", d)
+	if d := decide(t, []Policy{denyGet}, tcp); d.Allowed || d.Policy != "db/deny-get" {
+		t.Errorf("a DENY rule on methods did not deny a TCP connection: %+v", d)
+	}
+	denyPort := policy(t, "db", "deny-port", `{action: DENY, rules: [{to: [{operation: {methods: [GET], ports: ["9000"]}}],
+  when: [{key: "request.headers[x]", values: ["y"]}, {key: "source.namespace", values: [client-allow]}]}]}`)
+	if d := decide(t, []Policy{denyPort}, tcp); !d.Allowed {
+		t.Errorf("a DENY rule for port 9000 denied a connection to %d: %+v", tcp.DestPort, d)
+	}
+	tcp.DestPort = 9000
+	if d := decide(t, []Policy{denyPort}, tcp); d.Allowed {
+		t.Errorf("a DENY rule for port 9000 (and HTTP fields) did not deny a connection to it: %+v", d)
+	}
+	if d := decide(t, []Policy{denyPort}, httpReq()); !d.Allowed {
+		t.Errorf("an HTTP request without the header was denied: %+v", d)
 	}
 	allowPath := policy(t, "db", "allow-path", `rules: [{to: [{operation: {paths: ["/x"]}}]}, {from: [{source: {namespaces: [client-allow]}}]}]`)
 	if d := decide(t, []Policy{allowPath}, tcp); !d.Allowed {
@@ -201,7 +226,7 @@ func TestRefused(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error with %q", tc.spec, err, tc.want)
 		}
-		if _, err := Compile([]Policy{policy(t, "db", "bad", tc.spec)}, db, "trellis-system"); err == nil || !strings.Contains(err.Error(), "AuthorizationPolicy db/bad") {
+		if _, err := compileFor([]Policy{policy(t, "db", "bad", tc.spec)}, db); err == nil || !strings.Contains(err.Error(), "AuthorizationPolicy db/bad") {
 			t.Errorf("Compile %s: %v, want an error naming the policy", tc.spec, err)
 		}
 	}
@@ -246,7 +271,7 @@ func FuzzCompile(f *testing.F) {
 		if yaml.Unmarshal([]byte(spec), &s) != nil {
 			return
 		}
-		e, err := Compile([]Policy{{Namespace: "db", Name: "f", Spec: s}}, db, "root")
+		e, err := compileFor([]Policy{{Namespace: "db", Name: "f", Spec: s}}, db)
 		if err != nil {
 			return
 		}

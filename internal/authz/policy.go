@@ -17,19 +17,20 @@
 // nothing.
 package authz
 
+import "github.com/trellis-mesh/trellis/internal/catalog"
+
 // Action is what a matching policy does.
-type Action string
+type Action = catalog.AuthorizationAction
 
 // The actions.
 const (
-	Allow  Action = "ALLOW"
-	Deny   Action = "DENY"
-	Audit  Action = "AUDIT"
-	Custom Action = "CUSTOM"
+	Allow  = catalog.AuthorizationAllow
+	Deny   = catalog.AuthorizationDeny
+	Audit  = catalog.AuthorizationAudit
+	Custom = catalog.AuthorizationCustom
 )
 
-// Policy is an AuthorizationPolicy as written (security.istio.io/v1 and
-// v1beta1, security.trellis.io/v1): its name, namespace, dry-run
+// Policy is one AuthorizationPolicy: its name, namespace, dry-run
 // annotation and spec.
 type Policy struct {
 	Namespace, Name string
@@ -37,76 +38,20 @@ type Policy struct {
 	Spec            Spec
 }
 
-// Spec is the policy's spec, in Istio's field names.
-type Spec struct {
-	Selector   *Selector   `json:"selector,omitempty"`
-	TargetRefs []TargetRef `json:"targetRefs,omitempty"`
-	Action     Action      `json:"action,omitempty"`
-	Rules      []Rule      `json:"rules,omitempty"`
-	// Provider is CUSTOM's extension provider, refused.
-	Provider map[string]any `json:"provider,omitempty"`
-}
+// The spec's parts, in Istio's field names (see catalog).
+type (
+	Spec      = catalog.AuthorizationSpec
+	Selector  = catalog.WorkloadSelector
+	TargetRef = catalog.PolicyTargetRef
+	Rule      = catalog.AuthorizationRule
+	From      = catalog.AuthorizationFrom
+	Source    = catalog.AuthorizationSource
+	To        = catalog.AuthorizationTo
+	Operation = catalog.AuthorizationOperation
+	Condition = catalog.AuthorizationCondition
+)
 
-// Selector picks workloads by labels.
-type Selector struct {
-	MatchLabels map[string]string `json:"matchLabels,omitempty"`
-}
-
-// TargetRef names a Service the policy attaches to.
-type TargetRef struct {
-	Group     string `json:"group,omitempty"`
-	Kind      string `json:"kind"`
-	Name      string `json:"name"`
-	Namespace string `json:"namespace,omitempty"`
-}
-
-// Rule matches requests.
-type Rule struct {
-	From []From      `json:"from,omitempty"`
-	To   []To        `json:"to,omitempty"`
-	When []Condition `json:"when,omitempty"`
-}
-
-// From holds one source.
-type From struct {
-	Source Source `json:"source"`
-}
-
-// Source is who sends.
-type Source struct {
-	Principals           []string `json:"principals,omitempty"`
-	NotPrincipals        []string `json:"notPrincipals,omitempty"`
-	RequestPrincipals    []string `json:"requestPrincipals,omitempty"`
-	NotRequestPrincipals []string `json:"notRequestPrincipals,omitempty"`
-	Namespaces           []string `json:"namespaces,omitempty"`
-	NotNamespaces        []string `json:"notNamespaces,omitempty"`
-	IPBlocks             []string `json:"ipBlocks,omitempty"`
-	NotIPBlocks          []string `json:"notIpBlocks,omitempty"`
-	RemoteIPBlocks       []string `json:"remoteIpBlocks,omitempty"`
-	NotRemoteIPBlocks    []string `json:"notRemoteIpBlocks,omitempty"`
-}
-
-// To holds one operation.
-type To struct {
-	Operation Operation `json:"operation"`
-}
-
-// Operation is what is asked.
-type Operation struct {
-	Hosts      []string `json:"hosts,omitempty"`
-	NotHosts   []string `json:"notHosts,omitempty"`
-	Ports      []string `json:"ports,omitempty"`
-	NotPorts   []string `json:"notPorts,omitempty"`
-	Methods    []string `json:"methods,omitempty"`
-	NotMethods []string `json:"notMethods,omitempty"`
-	Paths      []string `json:"paths,omitempty"`
-	NotPaths   []string `json:"notPaths,omitempty"`
-}
-
-// Condition is one when entry: a key and the values it must (or must
-// not) have.
-type Condition struct {
-	Key       string   `json:"key"`
-	Values    []string `json:"values,omitempty"`
-	NotValues []string `json:"notValues,omitempty"`
+// FromCatalog is the policy as the engine takes it.
+func FromCatalog(p *catalog.AuthorizationPolicy) Policy {
+	return Policy{Namespace: p.Namespace, Name: p.Name, DryRun: p.DryRun, Spec: p.Spec}
 }

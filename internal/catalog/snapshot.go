@@ -23,6 +23,8 @@ type Snapshot struct {
 	Services            []*Service // ClusterIP set
 	Pods                []*RunningPod
 	PeerAuthentications []*PeerAuthentication
+	// AuthorizationPolicies as written; each passed authz.Check.
+	AuthorizationPolicies []*AuthorizationPolicy
 }
 
 // RunningPod is a pod that exists, with what the runtime observed of it.

@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 )
@@ -51,6 +52,9 @@ func Validate(cfg *meshpb.ProxyConfig) error {
 	}
 	if _, err := identity.Parse(cfg.GetWorkload().GetIdentity()); err != nil {
 		return fmt.Errorf("workload.identity: %w", err)
+	}
+	if _, err := authz.Compile(authz.FromProto(cfg.GetAuthorization())); err != nil {
+		return fmt.Errorf("authorization: %w", err)
 	}
 	seen := map[string]bool{}
 	for i, s := range cfg.GetServices() {

@@ -467,7 +467,8 @@ func Merge(cur *meshpb.ProxyConfig, upd *meshpb.ConfigUpdate) (*meshpb.ProxyConf
 	for _, s := range upd.GetUpsert() {
 		svcs[s.GetNamespace()+"/"+s.GetName()] = s
 	}
-	next := &meshpb.ProxyConfig{Version: upd.GetVersion(), Workload: upd.GetWorkload(), Inbound: upd.GetInbound()}
+	next := &meshpb.ProxyConfig{Version: upd.GetVersion(), Workload: upd.GetWorkload(), Inbound: upd.GetInbound(),
+		Authorization: upd.GetAuthorization()}
 	for _, s := range svcs {
 		next.Services = append(next.Services, s)
 	}

@@ -108,6 +108,11 @@ func Decode(data []byte) (*catalog.Snapshot, error) {
 			return nil, fmt.Errorf("peerAuthentications[%d] is null", i)
 		}
 	}
+	for i, ap := range snap.AuthorizationPolicies {
+		if ap == nil {
+			return nil, fmt.Errorf("authorizationPolicies[%d] is null", i)
+		}
+	}
 	return snap, nil
 }
 

@@ -147,7 +147,8 @@ func (r *Runtime) mintToken(p *pod) error {
 // writeRegistryLocked publishes the mesh as the control plane sees it,
 // when it changed.
 func (r *Runtime) writeRegistryLocked() error {
-	snap := &catalog.Snapshot{Namespaces: r.desired.Namespaces(), PeerAuthentications: r.desired.PeerAuthentications()}
+	snap := &catalog.Snapshot{Namespaces: r.desired.Namespaces(), PeerAuthentications: r.desired.PeerAuthentications(),
+		AuthorizationPolicies: r.desired.AuthorizationPolicies()}
 	for _, svc := range r.desired.Services() {
 		s := *svc
 		s.ClusterIP = r.vips[svc.Namespace+"/"+svc.Name]

@@ -36,6 +36,8 @@ func checkObject(obj any) error {
 		return checkMeta(o.Meta)
 	case *catalog.PeerAuthentication:
 		return checkMeta(o.Meta)
+	case *catalog.AuthorizationPolicy:
+		return checkMeta(o.Meta)
 	}
 	return nil
 }

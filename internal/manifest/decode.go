@@ -35,6 +35,8 @@ var decoders = map[string]decoder{
 	"Deployment":         {"apps/v1", nil, decodeDeployment},
 	"NetworkPolicy":      {"networking.k8s.io/v1", nil, decodeNetworkPolicy},
 	"PeerAuthentication": {"", peerAuthVersions, decodePeerAuthentication},
+	// The same groups as PeerAuthentication's.
+	"AuthorizationPolicy": {"", peerAuthVersions, decodeAuthorizationPolicy},
 }
 
 func (d decoder) accepts(v string) bool {

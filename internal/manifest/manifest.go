@@ -159,6 +159,11 @@ func (s *Set) PeerAuthentications() []*catalog.PeerAuthentication {
 	return collect[*catalog.PeerAuthentication](s)
 }
 
+// AuthorizationPolicies returns the authorization policies.
+func (s *Set) AuthorizationPolicies() []*catalog.AuthorizationPolicy {
+	return collect[*catalog.AuthorizationPolicy](s)
+}
+
 // Services returns the services in namespace/name order.
 func (s *Set) Services() []*catalog.Service { return collect[*catalog.Service](s) }
 
@@ -176,7 +181,8 @@ func collect[T any](s *Set) []T {
 // depend on first.
 func kindOrder(k catalog.Kind) int {
 	for i, kk := range []catalog.Kind{catalog.KindNamespace, catalog.KindServiceAccount,
-		catalog.KindService, catalog.KindDeployment, catalog.KindPod, catalog.KindNetworkPolicy, catalog.KindPeerAuthentication} {
+		catalog.KindService, catalog.KindDeployment, catalog.KindPod, catalog.KindNetworkPolicy, catalog.KindPeerAuthentication,
+		catalog.KindAuthorizationPolicy} {
 		if k == kk {
 			return i
 		}

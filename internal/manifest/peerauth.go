@@ -28,7 +28,8 @@ type peerAuthentication struct {
 	} `json:"spec"`
 }
 
-// peerAuthVersions are the apiVersions a PeerAuthentication may carry.
+// peerAuthVersions are the apiVersions a PeerAuthentication (and an
+// AuthorizationPolicy) may carry.
 var peerAuthVersions = []string{"security.trellis.io/v1", "security.istio.io/v1", "security.istio.io/v1beta1"}
 
 func decodePeerAuthentication(doc []byte) (catalog.Ref, any, error) {
@@ -86,13 +87,5 @@ func mtlsMode(s, field string) (catalog.MTLSMode, error) {
 // any of the accepted apiVersions) with the rules of a manifest file, for
 // sources that read them elsewhere (the Kubernetes API server).
 func DecodePeerAuthentication(doc []byte) (*catalog.PeerAuthentication, error) {
-	_, obj, err := decodeDocument(doc)
-	if err != nil {
-		return nil, err
-	}
-	pa, ok := obj.(*catalog.PeerAuthentication)
-	if !ok {
-		return nil, fmt.Errorf("not a PeerAuthentication")
-	}
-	return pa, nil
+	return decodeAs[*catalog.PeerAuthentication](doc, "a PeerAuthentication")
 }

@@ -204,7 +204,10 @@ type ProxyConfig struct {
 	// unchanged (they are outside the mesh).
 	Services []*Service `protobuf:"bytes,3,rep,name=services,proto3" json:"services,omitempty"`
 	// How inbound connections are accepted.
-	Inbound       *InboundPolicy `protobuf:"bytes,4,opt,name=inbound,proto3" json:"inbound,omitempty"`
+	Inbound *InboundPolicy `protobuf:"bytes,4,opt,name=inbound,proto3" json:"inbound,omitempty"`
+	// Which inbound requests and connections the workload accepts, after
+	// mutual TLS. Unset: all.
+	Authorization *Authorization `protobuf:"bytes,5,opt,name=authorization,proto3" json:"authorization,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -263,6 +266,13 @@ func (x *ProxyConfig) GetServices() []*Service {
 func (x *ProxyConfig) GetInbound() *InboundPolicy {
 	if x != nil {
 		return x.Inbound
+	}
+	return nil
+}
+
+func (x *ProxyConfig) GetAuthorization() *Authorization {
+	if x != nil {
+		return x.Authorization
 	}
 	return nil
 }
@@ -643,17 +653,519 @@ func (x *InboundPolicy) GetPortModes() map[uint32]MTLSMode {
 	return nil
 }
 
+// Authorization is the AuthorizationPolicies (Istio's shape) that apply to
+// this workload, already selected by the control plane: those of its
+// namespace and of the root namespaces that its labels (selector) or one
+// of its Services (targetRefs) match. The proxy compiles them; a config
+// whose policies do not compile is refused (NACK) and the previous one
+// stays in force.
+//
+// Evaluation, as Istio's: DENY policies first (any match denies), then, if
+// any ALLOW policy is listed, a request must match one; AUDIT policies are
+// recorded only; dry-run policies are evaluated and recorded, never
+// enforced. An HTTP request denied is answered 403 "RBAC: access denied"
+// (gRPC: PERMISSION_DENIED with the same text); a denied TCP connection
+// is closed at once.
+type Authorization struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policies      []*AuthorizationPolicy `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Authorization) Reset() {
+	*x = Authorization{}
+	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Authorization) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Authorization) ProtoMessage() {}
+
+func (x *Authorization) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
+func (*Authorization) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Authorization) GetPolicies() []*AuthorizationPolicy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+// AuthorizationPolicy is one policy's action and rules, in Istio's
+// semantics; the string patterns are exact, "prefix*", "*suffix" or "*".
+type AuthorizationPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "namespace" and "name" of the policy, for metrics and logs.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// ALLOW (or empty), DENY or AUDIT.
+	Action string `protobuf:"bytes,3,opt,name=action,proto3" json:"action,omitempty"`
+	// Evaluated and recorded, never enforced (istio.io/dry-run: "true").
+	DryRun bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Any rule matching makes the policy match; a policy without rules
+	// matches nothing.
+	Rules         []*AuthorizationRule `protobuf:"bytes,5,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizationPolicy) Reset() {
+	*x = AuthorizationPolicy{}
+	mi := &file_trellis_v1_config_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizationPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizationPolicy) ProtoMessage() {}
+
+func (x *AuthorizationPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizationPolicy.ProtoReflect.Descriptor instead.
+func (*AuthorizationPolicy) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AuthorizationPolicy) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *AuthorizationPolicy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AuthorizationPolicy) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AuthorizationPolicy) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *AuthorizationPolicy) GetRules() []*AuthorizationRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+// AuthorizationRule matches when its from, to and when all do. Empty
+// from or to match anything.
+type AuthorizationRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Any source matching.
+	From []*AuthorizationSource `protobuf:"bytes,1,rep,name=from,proto3" json:"from,omitempty"`
+	// Any operation matching.
+	To []*AuthorizationOperation `protobuf:"bytes,2,rep,name=to,proto3" json:"to,omitempty"`
+	// Every condition matching.
+	When          []*AuthorizationCondition `protobuf:"bytes,3,rep,name=when,proto3" json:"when,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizationRule) Reset() {
+	*x = AuthorizationRule{}
+	mi := &file_trellis_v1_config_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizationRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizationRule) ProtoMessage() {}
+
+func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizationRule.ProtoReflect.Descriptor instead.
+func (*AuthorizationRule) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AuthorizationRule) GetFrom() []*AuthorizationSource {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *AuthorizationRule) GetTo() []*AuthorizationOperation {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+func (x *AuthorizationRule) GetWhen() []*AuthorizationCondition {
+	if x != nil {
+		return x.When
+	}
+	return nil
+}
+
+// AuthorizationSource is who sends; every field given must match. The
+// not_ fields match when none of their values does.
+type AuthorizationSource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// SPIFFE IDs without "spiffe://" (cluster.local/ns/NS/sa/SA).
+	Principals    []string `protobuf:"bytes,1,rep,name=principals,proto3" json:"principals,omitempty"`
+	NotPrincipals []string `protobuf:"bytes,2,rep,name=not_principals,json=notPrincipals,proto3" json:"not_principals,omitempty"`
+	// A verified JWT's "iss/sub" (HTTP only).
+	RequestPrincipals    []string `protobuf:"bytes,3,rep,name=request_principals,json=requestPrincipals,proto3" json:"request_principals,omitempty"`
+	NotRequestPrincipals []string `protobuf:"bytes,4,rep,name=not_request_principals,json=notRequestPrincipals,proto3" json:"not_request_principals,omitempty"`
+	// The peer's namespace, from its certificate.
+	Namespaces    []string `protobuf:"bytes,5,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
+	NotNamespaces []string `protobuf:"bytes,6,rep,name=not_namespaces,json=notNamespaces,proto3" json:"not_namespaces,omitempty"`
+	// The connection's peer address: IPs or CIDRs.
+	IpBlocks    []string `protobuf:"bytes,7,rep,name=ip_blocks,json=ipBlocks,proto3" json:"ip_blocks,omitempty"`
+	NotIpBlocks []string `protobuf:"bytes,8,rep,name=not_ip_blocks,json=notIpBlocks,proto3" json:"not_ip_blocks,omitempty"`
+	// The original client's address (X-Forwarded-For when trusted), else
+	// the peer's.
+	RemoteIpBlocks    []string `protobuf:"bytes,9,rep,name=remote_ip_blocks,json=remoteIpBlocks,proto3" json:"remote_ip_blocks,omitempty"`
+	NotRemoteIpBlocks []string `protobuf:"bytes,10,rep,name=not_remote_ip_blocks,json=notRemoteIpBlocks,proto3" json:"not_remote_ip_blocks,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *AuthorizationSource) Reset() {
+	*x = AuthorizationSource{}
+	mi := &file_trellis_v1_config_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizationSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizationSource) ProtoMessage() {}
+
+func (x *AuthorizationSource) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizationSource.ProtoReflect.Descriptor instead.
+func (*AuthorizationSource) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AuthorizationSource) GetPrincipals() []string {
+	if x != nil {
+		return x.Principals
+	}
+	return nil
+}
+
+func (x *AuthorizationSource) GetNotPrincipals() []string {
+	if x != nil {
+		return x.NotPrincipals
+	}
+	return nil
+}
+
+func (x *AuthorizationSource) GetRequestPrincipals() []string {
+	if x != nil {
+		return x.RequestPrincipals
+	}
+	return nil
+}
+
+func (x *AuthorizationSource) GetNotRequestPrincipals() []string {
+	if x != nil {
+		return x.NotRequestPrincipals
+	}
+	return nil
+}
+
+func (x *AuthorizationSource) GetNamespaces() []string {
+	if x != nil {
+		return x.Namespaces
+	}
+	return nil
+}
+
+func (x *AuthorizationSource) GetNotNamespaces() []string {
+	if x != nil {
+		return x.NotNamespaces
+	}
+	return nil
+}
+
+func (x *AuthorizationSource) GetIpBlocks() []string {
+	if x != nil {
+		return x.IpBlocks
+	}
+	return nil
+}
+
+func (x *AuthorizationSource) GetNotIpBlocks() []string {
+	if x != nil {
+		return x.NotIpBlocks
+	}
+	return nil
+}
+
+func (x *AuthorizationSource) GetRemoteIpBlocks() []string {
+	if x != nil {
+		return x.RemoteIpBlocks
+	}
+	return nil
+}
+
+func (x *AuthorizationSource) GetNotRemoteIpBlocks() []string {
+	if x != nil {
+		return x.NotRemoteIpBlocks
+	}
+	return nil
+}
+
+// AuthorizationOperation is what is asked; every field given must match.
+// hosts, methods and paths are HTTP only: a rule using them matches no
+// TCP connection.
+type AuthorizationOperation struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Hosts    []string               `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	NotHosts []string               `protobuf:"bytes,2,rep,name=not_hosts,json=notHosts,proto3" json:"not_hosts,omitempty"`
+	// The app's port.
+	Ports      []string `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
+	NotPorts   []string `protobuf:"bytes,4,rep,name=not_ports,json=notPorts,proto3" json:"not_ports,omitempty"`
+	Methods    []string `protobuf:"bytes,5,rep,name=methods,proto3" json:"methods,omitempty"`
+	NotMethods []string `protobuf:"bytes,6,rep,name=not_methods,json=notMethods,proto3" json:"not_methods,omitempty"`
+	// The normalised path; also Istio's templates {*} (one segment) and
+	// {**} (the rest).
+	Paths         []string `protobuf:"bytes,7,rep,name=paths,proto3" json:"paths,omitempty"`
+	NotPaths      []string `protobuf:"bytes,8,rep,name=not_paths,json=notPaths,proto3" json:"not_paths,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizationOperation) Reset() {
+	*x = AuthorizationOperation{}
+	mi := &file_trellis_v1_config_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizationOperation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizationOperation) ProtoMessage() {}
+
+func (x *AuthorizationOperation) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizationOperation.ProtoReflect.Descriptor instead.
+func (*AuthorizationOperation) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AuthorizationOperation) GetHosts() []string {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetNotHosts() []string {
+	if x != nil {
+		return x.NotHosts
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetPorts() []string {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetNotPorts() []string {
+	if x != nil {
+		return x.NotPorts
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetNotMethods() []string {
+	if x != nil {
+		return x.NotMethods
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetPaths() []string {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+func (x *AuthorizationOperation) GetNotPaths() []string {
+	if x != nil {
+		return x.NotPaths
+	}
+	return nil
+}
+
+// AuthorizationCondition is one "when" entry: an Istio attribute key
+// (request.headers[NAME], source.ip, remote.ip, source.namespace,
+// source.principal, request.auth.principal, request.auth.audiences,
+// request.auth.presenter, request.auth.claims[NAME], destination.ip,
+// destination.port, connection.sni) and the values it must, or must not,
+// have.
+type AuthorizationCondition struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Values        []string               `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	NotValues     []string               `protobuf:"bytes,3,rep,name=not_values,json=notValues,proto3" json:"not_values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthorizationCondition) Reset() {
+	*x = AuthorizationCondition{}
+	mi := &file_trellis_v1_config_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthorizationCondition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthorizationCondition) ProtoMessage() {}
+
+func (x *AuthorizationCondition) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthorizationCondition.ProtoReflect.Descriptor instead.
+func (*AuthorizationCondition) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *AuthorizationCondition) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *AuthorizationCondition) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *AuthorizationCondition) GetNotValues() []string {
+	if x != nil {
+		return x.NotValues
+	}
+	return nil
+}
+
 var File_trellis_v1_config_proto protoreflect.FileDescriptor
 
 const file_trellis_v1_config_proto_rawDesc = "" +
 	"\n" +
 	"\x17trellis/v1/config.proto\x12\n" +
-	"trellis.v1\"\xbf\x01\n" +
+	"trellis.v1\"\x80\x02\n" +
 	"\vProxyConfig\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x120\n" +
 	"\bworkload\x18\x02 \x01(\v2\x14.trellis.v1.WorkloadR\bworkload\x12/\n" +
 	"\bservices\x18\x03 \x03(\v2\x13.trellis.v1.ServiceR\bservices\x123\n" +
-	"\ainbound\x18\x04 \x01(\v2\x19.trellis.v1.InboundPolicyR\ainbound\"\xcd\x01\n" +
+	"\ainbound\x18\x04 \x01(\v2\x19.trellis.v1.InboundPolicyR\ainbound\x12?\n" +
+	"\rauthorization\x18\x05 \x01(\v2\x19.trellis.v1.AuthorizationR\rauthorization\"\xcd\x01\n" +
 	"\bWorkload\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -689,7 +1201,50 @@ const file_trellis_v1_config_proto_rawDesc = "" +
 	"port_modes\x18\x02 \x03(\v2(.trellis.v1.InboundPolicy.PortModesEntryR\tportModes\x1aR\n" +
 	"\x0ePortModesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\rR\x03key\x12*\n" +
-	"\x05value\x18\x02 \x01(\x0e2\x14.trellis.v1.MTLSModeR\x05value:\x028\x01*p\n" +
+	"\x05value\x18\x02 \x01(\x0e2\x14.trellis.v1.MTLSModeR\x05value:\x028\x01\"L\n" +
+	"\rAuthorization\x12;\n" +
+	"\bpolicies\x18\x01 \x03(\v2\x1f.trellis.v1.AuthorizationPolicyR\bpolicies\"\xad\x01\n" +
+	"\x13AuthorizationPolicy\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06action\x18\x03 \x01(\tR\x06action\x12\x17\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\x123\n" +
+	"\x05rules\x18\x05 \x03(\v2\x1d.trellis.v1.AuthorizationRuleR\x05rules\"\xb4\x01\n" +
+	"\x11AuthorizationRule\x123\n" +
+	"\x04from\x18\x01 \x03(\v2\x1f.trellis.v1.AuthorizationSourceR\x04from\x122\n" +
+	"\x02to\x18\x02 \x03(\v2\".trellis.v1.AuthorizationOperationR\x02to\x126\n" +
+	"\x04when\x18\x03 \x03(\v2\".trellis.v1.AuthorizationConditionR\x04when\"\xa4\x03\n" +
+	"\x13AuthorizationSource\x12\x1e\n" +
+	"\n" +
+	"principals\x18\x01 \x03(\tR\n" +
+	"principals\x12%\n" +
+	"\x0enot_principals\x18\x02 \x03(\tR\rnotPrincipals\x12-\n" +
+	"\x12request_principals\x18\x03 \x03(\tR\x11requestPrincipals\x124\n" +
+	"\x16not_request_principals\x18\x04 \x03(\tR\x14notRequestPrincipals\x12\x1e\n" +
+	"\n" +
+	"namespaces\x18\x05 \x03(\tR\n" +
+	"namespaces\x12%\n" +
+	"\x0enot_namespaces\x18\x06 \x03(\tR\rnotNamespaces\x12\x1b\n" +
+	"\tip_blocks\x18\a \x03(\tR\bipBlocks\x12\"\n" +
+	"\rnot_ip_blocks\x18\b \x03(\tR\vnotIpBlocks\x12(\n" +
+	"\x10remote_ip_blocks\x18\t \x03(\tR\x0eremoteIpBlocks\x12/\n" +
+	"\x14not_remote_ip_blocks\x18\n" +
+	" \x03(\tR\x11notRemoteIpBlocks\"\xec\x01\n" +
+	"\x16AuthorizationOperation\x12\x14\n" +
+	"\x05hosts\x18\x01 \x03(\tR\x05hosts\x12\x1b\n" +
+	"\tnot_hosts\x18\x02 \x03(\tR\bnotHosts\x12\x14\n" +
+	"\x05ports\x18\x03 \x03(\tR\x05ports\x12\x1b\n" +
+	"\tnot_ports\x18\x04 \x03(\tR\bnotPorts\x12\x18\n" +
+	"\amethods\x18\x05 \x03(\tR\amethods\x12\x1f\n" +
+	"\vnot_methods\x18\x06 \x03(\tR\n" +
+	"notMethods\x12\x14\n" +
+	"\x05paths\x18\a \x03(\tR\x05paths\x12\x1b\n" +
+	"\tnot_paths\x18\b \x03(\tR\bnotPaths\"a\n" +
+	"\x16AuthorizationCondition\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\x12\x1d\n" +
+	"\n" +
+	"not_values\x18\x03 \x03(\tR\tnotValues*p\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x11\n" +
@@ -717,39 +1272,51 @@ func file_trellis_v1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_trellis_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_trellis_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_trellis_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_trellis_v1_config_proto_goTypes = []any{
-	(Protocol)(0),         // 0: trellis.v1.Protocol
-	(LoadBalancing)(0),    // 1: trellis.v1.LoadBalancing
-	(MTLSMode)(0),         // 2: trellis.v1.MTLSMode
-	(*ProxyConfig)(nil),   // 3: trellis.v1.ProxyConfig
-	(*Workload)(nil),      // 4: trellis.v1.Workload
-	(*Service)(nil),       // 5: trellis.v1.Service
-	(*ServicePort)(nil),   // 6: trellis.v1.ServicePort
-	(*Endpoint)(nil),      // 7: trellis.v1.Endpoint
-	(*InboundPolicy)(nil), // 8: trellis.v1.InboundPolicy
-	nil,                   // 9: trellis.v1.Workload.LabelsEntry
-	nil,                   // 10: trellis.v1.Endpoint.LabelsEntry
-	nil,                   // 11: trellis.v1.InboundPolicy.PortModesEntry
+	(Protocol)(0),                  // 0: trellis.v1.Protocol
+	(LoadBalancing)(0),             // 1: trellis.v1.LoadBalancing
+	(MTLSMode)(0),                  // 2: trellis.v1.MTLSMode
+	(*ProxyConfig)(nil),            // 3: trellis.v1.ProxyConfig
+	(*Workload)(nil),               // 4: trellis.v1.Workload
+	(*Service)(nil),                // 5: trellis.v1.Service
+	(*ServicePort)(nil),            // 6: trellis.v1.ServicePort
+	(*Endpoint)(nil),               // 7: trellis.v1.Endpoint
+	(*InboundPolicy)(nil),          // 8: trellis.v1.InboundPolicy
+	(*Authorization)(nil),          // 9: trellis.v1.Authorization
+	(*AuthorizationPolicy)(nil),    // 10: trellis.v1.AuthorizationPolicy
+	(*AuthorizationRule)(nil),      // 11: trellis.v1.AuthorizationRule
+	(*AuthorizationSource)(nil),    // 12: trellis.v1.AuthorizationSource
+	(*AuthorizationOperation)(nil), // 13: trellis.v1.AuthorizationOperation
+	(*AuthorizationCondition)(nil), // 14: trellis.v1.AuthorizationCondition
+	nil,                            // 15: trellis.v1.Workload.LabelsEntry
+	nil,                            // 16: trellis.v1.Endpoint.LabelsEntry
+	nil,                            // 17: trellis.v1.InboundPolicy.PortModesEntry
 }
 var file_trellis_v1_config_proto_depIdxs = []int32{
 	4,  // 0: trellis.v1.ProxyConfig.workload:type_name -> trellis.v1.Workload
 	5,  // 1: trellis.v1.ProxyConfig.services:type_name -> trellis.v1.Service
 	8,  // 2: trellis.v1.ProxyConfig.inbound:type_name -> trellis.v1.InboundPolicy
-	9,  // 3: trellis.v1.Workload.labels:type_name -> trellis.v1.Workload.LabelsEntry
-	6,  // 4: trellis.v1.Service.ports:type_name -> trellis.v1.ServicePort
-	1,  // 5: trellis.v1.Service.load_balancing:type_name -> trellis.v1.LoadBalancing
-	0,  // 6: trellis.v1.ServicePort.protocol:type_name -> trellis.v1.Protocol
-	7,  // 7: trellis.v1.ServicePort.endpoints:type_name -> trellis.v1.Endpoint
-	10, // 8: trellis.v1.Endpoint.labels:type_name -> trellis.v1.Endpoint.LabelsEntry
-	2,  // 9: trellis.v1.InboundPolicy.mode:type_name -> trellis.v1.MTLSMode
-	11, // 10: trellis.v1.InboundPolicy.port_modes:type_name -> trellis.v1.InboundPolicy.PortModesEntry
-	2,  // 11: trellis.v1.InboundPolicy.PortModesEntry.value:type_name -> trellis.v1.MTLSMode
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	9,  // 3: trellis.v1.ProxyConfig.authorization:type_name -> trellis.v1.Authorization
+	15, // 4: trellis.v1.Workload.labels:type_name -> trellis.v1.Workload.LabelsEntry
+	6,  // 5: trellis.v1.Service.ports:type_name -> trellis.v1.ServicePort
+	1,  // 6: trellis.v1.Service.load_balancing:type_name -> trellis.v1.LoadBalancing
+	0,  // 7: trellis.v1.ServicePort.protocol:type_name -> trellis.v1.Protocol
+	7,  // 8: trellis.v1.ServicePort.endpoints:type_name -> trellis.v1.Endpoint
+	16, // 9: trellis.v1.Endpoint.labels:type_name -> trellis.v1.Endpoint.LabelsEntry
+	2,  // 10: trellis.v1.InboundPolicy.mode:type_name -> trellis.v1.MTLSMode
+	17, // 11: trellis.v1.InboundPolicy.port_modes:type_name -> trellis.v1.InboundPolicy.PortModesEntry
+	10, // 12: trellis.v1.Authorization.policies:type_name -> trellis.v1.AuthorizationPolicy
+	11, // 13: trellis.v1.AuthorizationPolicy.rules:type_name -> trellis.v1.AuthorizationRule
+	12, // 14: trellis.v1.AuthorizationRule.from:type_name -> trellis.v1.AuthorizationSource
+	13, // 15: trellis.v1.AuthorizationRule.to:type_name -> trellis.v1.AuthorizationOperation
+	14, // 16: trellis.v1.AuthorizationRule.when:type_name -> trellis.v1.AuthorizationCondition
+	2,  // 17: trellis.v1.InboundPolicy.PortModesEntry.value:type_name -> trellis.v1.MTLSMode
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_trellis_v1_config_proto_init() }
@@ -763,7 +1330,7 @@ func file_trellis_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_trellis_v1_config_proto_rawDesc), len(file_trellis_v1_config_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   9,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -292,8 +292,11 @@ type ConfigUpdate struct {
 	// an empty revoked_version means unchanged.
 	RevokedPods    []string `protobuf:"bytes,11,rep,name=revoked_pods,json=revokedPods,proto3" json:"revoked_pods,omitempty"`
 	RevokedVersion string   `protobuf:"bytes,12,opt,name=revoked_version,json=revokedVersion,proto3" json:"revoked_version,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The workload's authorization policies, complete in every update;
+	// absent: none applies.
+	Authorization *Authorization `protobuf:"bytes,13,opt,name=authorization,proto3" json:"authorization,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConfigUpdate) Reset() {
@@ -410,6 +413,13 @@ func (x *ConfigUpdate) GetRevokedVersion() string {
 	return ""
 }
 
+func (x *ConfigUpdate) GetAuthorization() *Authorization {
+	if x != nil {
+		return x.Authorization
+	}
+	return nil
+}
+
 var File_trellis_v1_control_proto protoreflect.FileDescriptor
 
 const file_trellis_v1_control_proto_rawDesc = "" +
@@ -430,7 +440,7 @@ const file_trellis_v1_control_proto_rawDesc = "" +
 	"\x0eresponse_nonce\x18\x03 \x01(\tR\rresponseNonce\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x120\n" +
-	"\x14trust_bundle_version\x18\b \x01(\tR\x12trustBundleVersionJ\x04\b\x06\x10\aJ\x04\b\a\x10\bR\x15certificate_not_afterR\x12certificate_issuer\"\xcf\x03\n" +
+	"\x14trust_bundle_version\x18\b \x01(\tR\x12trustBundleVersionJ\x04\b\x06\x10\aJ\x04\b\a\x10\bR\x15certificate_not_afterR\x12certificate_issuer\"\x90\x04\n" +
 	"\fConfigUpdate\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12\x12\n" +
@@ -444,7 +454,8 @@ const file_trellis_v1_control_proto_rawDesc = "" +
 	"\x13renew_issued_before\x18\n" +
 	" \x01(\x03R\x11renewIssuedBefore\x12!\n" +
 	"\frevoked_pods\x18\v \x03(\tR\vrevokedPods\x12'\n" +
-	"\x0frevoked_version\x18\f \x01(\tR\x0erevokedVersion2O\n" +
+	"\x0frevoked_version\x18\f \x01(\tR\x0erevokedVersion\x12?\n" +
+	"\rauthorization\x18\r \x01(\v2\x19.trellis.v1.AuthorizationR\rauthorization2O\n" +
 	"\x12CertificateService\x129\n" +
 	"\x04Sign\x12\x17.trellis.v1.SignRequest\x1a\x18.trellis.v1.SignResponse2X\n" +
 	"\rConfigService\x12G\n" +
@@ -471,20 +482,22 @@ var file_trellis_v1_control_proto_goTypes = []any{
 	(*Workload)(nil),      // 4: trellis.v1.Workload
 	(*InboundPolicy)(nil), // 5: trellis.v1.InboundPolicy
 	(*Service)(nil),       // 6: trellis.v1.Service
+	(*Authorization)(nil), // 7: trellis.v1.Authorization
 }
 var file_trellis_v1_control_proto_depIdxs = []int32{
 	4, // 0: trellis.v1.ConfigUpdate.workload:type_name -> trellis.v1.Workload
 	5, // 1: trellis.v1.ConfigUpdate.inbound:type_name -> trellis.v1.InboundPolicy
 	6, // 2: trellis.v1.ConfigUpdate.upsert:type_name -> trellis.v1.Service
-	0, // 3: trellis.v1.CertificateService.Sign:input_type -> trellis.v1.SignRequest
-	2, // 4: trellis.v1.ConfigService.StreamConfig:input_type -> trellis.v1.ConfigRequest
-	1, // 5: trellis.v1.CertificateService.Sign:output_type -> trellis.v1.SignResponse
-	3, // 6: trellis.v1.ConfigService.StreamConfig:output_type -> trellis.v1.ConfigUpdate
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	7, // 3: trellis.v1.ConfigUpdate.authorization:type_name -> trellis.v1.Authorization
+	0, // 4: trellis.v1.CertificateService.Sign:input_type -> trellis.v1.SignRequest
+	2, // 5: trellis.v1.ConfigService.StreamConfig:input_type -> trellis.v1.ConfigRequest
+	1, // 6: trellis.v1.CertificateService.Sign:output_type -> trellis.v1.SignResponse
+	3, // 7: trellis.v1.ConfigService.StreamConfig:output_type -> trellis.v1.ConfigUpdate
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_trellis_v1_control_proto_init() }

@@ -22,6 +22,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
@@ -58,6 +59,7 @@ type Inbound struct {
 	store       *meshtls.Store
 	trustDomain string
 	policy      atomic.Pointer[meshpb.InboundPolicy]
+	authz       atomic.Pointer[authz.Engine] // nil: no AuthorizationPolicy applies
 	self        atomic.Pointer[telemetry.Peer]
 	services    atomic.Pointer[map[string]bool] // "name.namespace" of the services this workload's identity serves
 	httpPorts   atomic.Pointer[map[uint16]bool] // app ports a service declares HTTP, HTTP/2 or gRPC
@@ -176,8 +178,9 @@ func (in *Inbound) SetWorkload(w *meshpb.Workload) {
 	in.self.Store(&p)
 }
 
-// SetConfig learns from a config which services this workload serves:
-// those with an endpoint of its identity. Only they may name the
+// SetConfig learns from a config its AuthorizationPolicies and which
+// services this workload serves: those with an endpoint of its identity.
+// Only they may name the
 // destination service in its metrics; a caller's Host header or claim
 // naming anything else is recorded as "unknown", so callers cannot grow
 // the metrics without bound.
@@ -200,6 +203,7 @@ func (in *Inbound) SetConfig(c *meshpb.ProxyConfig) {
 	}
 	in.services.Store(&own)
 	in.httpPorts.Store(&httpPorts)
+	in.setAuthorization(c.GetAuthorization())
 }
 
 // destService names the service a request or connection was for, as
@@ -390,7 +394,8 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ex.service, ex.svcName, ex.svcNS = in.destService(serviceOfHost(host))
 	}
 	ow, body := observe(w, r, in.WriteIdleTimeout)
-	if port, ok := r.Context().Value(appPortKey{}).(uint16); ok {
+	port, ok := r.Context().Value(appPortKey{}).(uint16)
+	if ok {
 		ex.upstream = net.JoinHostPort(in.appHost(), strconv.Itoa(int(port)))
 	}
 	if ex.mutualTLS {
@@ -399,7 +404,7 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r, ex.span = in.Tracing.StartUntrusted(r)
 	}
 	defer recordAfter(recorder{in.Metrics, in.AccessLog, in.Tracing}, "destination", src, in.self.Load(), ex, r, ow, body, start)
-	if !checkRequest(ow, r, ex) || cancelledEarly(r, ex) {
+	if !checkRequest(ow, r, ex) || !in.authorizeHTTP(ow, r, ex, port) || cancelledEarly(r, ex) {
 		return
 	}
 	in.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
@@ -455,13 +460,22 @@ func (in *Inbound) tunnel(c net.Conn, appPort uint16, meta string) {
 		return // shutting down
 	}
 	defer in.tunnels.remove(c)
+	conn, cs := in.tcpConnection(c, meta)
+	if in.authz.Load() != nil {
+		if d := in.authorize(peerRequest(cs, c.RemoteAddr(), c.LocalAddr(), appPort)); !d.Allowed {
+			refusals.Log(slog.LevelInfo, "refused TCP connection: "+deniedBy(d), "from", c.RemoteAddr(), "port", appPort)
+			conn.Flags = "RBAC"
+			in.opened(conn)(0, 0)
+			return
+		}
+	}
 	app, err := net.DialTimeout("tcp", net.JoinHostPort(in.appHost(), strconv.Itoa(int(appPort))), 5*time.Second)
 	if err != nil {
 		slog.Warn("inbound TCP: app unreachable", "port", appPort, "err", err)
 		return
 	}
 	defer app.Close()
-	closed := in.tcpOpened(c, meta)
+	closed := in.opened(conn)
 	if meta == "" { // from outside the mesh
 		w := closeWhenIdle(cmp.Or(in.PlaintextIdleTimeout, time.Hour), c, app)
 		defer w.stop()
@@ -471,23 +485,33 @@ func (in *Inbound) tunnel(c net.Conn, appPort uint16, meta string) {
 	closed(response, request)
 }
 
-// tcpOpened records a tunnelled connection as the destination reporter.
-func (in *Inbound) tcpOpened(c net.Conn, meta string) func(sent, received int64) {
-	if in.Metrics == nil {
-		return func(int64, int64) {}
-	}
+// tcpConnection is a tunnelled connection as the destination reporter
+// records it, and its mTLS state (nil for plaintext).
+func (in *Inbound) tcpConnection(c net.Conn, meta string) (telemetry.Connection, *tls.ConnectionState) {
 	conn := telemetry.Connection{Reporter: "destination", Source: telemetry.Unknown, Dest: *in.self.Load(),
 		Service: "unknown", ServiceName: "unknown", ServiceNamespace: "unknown"}
 	if p, ok := c.(*peekedTLS); ok {
 		c = p.tc
 	}
-	if tc, ok := c.(*tls.Conn); ok {
-		if id, err := meshtls.PeerID(tc.ConnectionState()); err == nil {
-			var v url.Values
-			conn.Source, v = decodePeer(meta, id)
-			conn.MutualTLS = true
-			conn.Service, conn.ServiceName, conn.ServiceNamespace = in.destService(v.Get("service_name"), v.Get("service_namespace"))
-		}
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return conn, nil
+	}
+	cs := tc.ConnectionState()
+	if id, err := meshtls.PeerID(cs); err == nil {
+		var v url.Values
+		conn.Source, v = decodePeer(meta, id)
+		conn.MutualTLS = true
+		conn.Service, conn.ServiceName, conn.ServiceNamespace = in.destService(v.Get("service_name"), v.Get("service_namespace"))
+	}
+	return conn, &cs
+}
+
+// opened records a tunnelled connection's start; the function it returns,
+// its end.
+func (in *Inbound) opened(conn telemetry.Connection) func(sent, received int64) {
+	if in.Metrics == nil {
+		return func(int64, int64) {}
 	}
 	return in.Metrics.Opened(conn)
 }

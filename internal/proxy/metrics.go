@@ -16,6 +16,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
@@ -33,6 +34,7 @@ type exchange struct {
 	mutualTLS               bool
 	upstream                string // the endpoint (source) or app port (destination) it went to
 	flags, reason           string // set when this proxy failed it
+	authz                   authz.Decision
 	span                    trace.Span
 }
 
@@ -436,10 +438,29 @@ func accessLog(log *slog.Logger, r *http.Request, ex *exchange, req telemetry.Re
 	if ex.reason != "" {
 		attrs = append(attrs, slog.String("reason", ex.reason))
 	}
+	attrs = append(attrs, authzAttrs(ex.authz)...)
 	if req.TraceID != "" {
 		attrs = append(attrs, slog.String("trace_id", req.TraceID))
 	}
 	log.LogAttrs(r.Context(), slog.LevelInfo, "access", attrs...)
+}
+
+// authzAttrs name the AuthorizationPolicies behind a decision: the one
+// that decided (or "-" when ALLOW policies applied and none matched), the
+// AUDIT ones that matched, and the outcome with dry-run policies enforced.
+func authzAttrs(d authz.Decision) []slog.Attr {
+	var attrs []slog.Attr
+	if d.Action != "" {
+		attrs = append(attrs, slog.String("authz_policy", cmp.Or(d.Policy, "-")),
+			slog.String("authz_result", strings.ToLower(string(d.Action))+" "+result(d.Allowed, "")))
+	}
+	if len(d.Audited) > 0 {
+		attrs = append(attrs, slog.String("authz_audited", strings.Join(d.Audited, ",")))
+	}
+	if s := d.DryRun; s != nil && s.Action != "" {
+		attrs = append(attrs, slog.String("authz_dry_run", result(s.Allowed, "")+" by "+cmp.Or(s.Policy, "-")))
+	}
+	return attrs
 }
 
 // grpcTrailersOnly turns a gRPC "trailers-only" response (status in the

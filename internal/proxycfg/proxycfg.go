@@ -17,6 +17,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
@@ -196,14 +197,44 @@ func ForPod(snap *catalog.Snapshot, pod *catalog.RunningPod, r *Rendered, trustD
 	if err != nil {
 		return nil, err
 	}
+	authorization, err := Authorization(snap, pod.Pod)
+	if err != nil {
+		return nil, err
+	}
 	view := r.For(pod.Pod.Namespace)
 	cfg := &meshpb.ProxyConfig{
-		Workload: &meshpb.Workload{Namespace: pod.Pod.Namespace, Name: WorkloadName(pod.Pod), Identity: id.String(), Labels: pod.Pod.Labels},
-		Inbound:  InboundPolicy(snap.PeerAuthentications, pod.Pod),
-		Services: view.Services,
+		Workload:      &meshpb.Workload{Namespace: pod.Pod.Namespace, Name: WorkloadName(pod.Pod), Identity: id.String(), Labels: pod.Pod.Labels},
+		Inbound:       InboundPolicy(snap.PeerAuthentications, pod.Pod),
+		Services:      view.Services,
+		Authorization: authorization,
 	}
-	cfg.Version = version(view.Digest, cfg.Workload, cfg.Inbound)
+	parts := []proto.Message{cfg.Workload, cfg.Inbound}
+	if authorization != nil {
+		parts = append(parts, authorization)
+	}
+	cfg.Version = version(view.Digest, parts...)
 	return cfg, nil
+}
+
+// Authorization is the AuthorizationPolicies that apply to pod: its
+// namespace's and the root namespaces' whose selector matches its labels,
+// or whose targetRefs name a Service selecting it; nil when none does.
+func Authorization(snap *catalog.Snapshot, pod *catalog.Pod) (*meshpb.Authorization, error) {
+	w := authz.Workload{Namespace: pod.Namespace, Labels: pod.Labels}
+	for _, svc := range snap.Services {
+		if svc.Namespace == pod.Namespace && catalog.SelectorMatches(svc.Selector, pod.Labels) {
+			w.Services = append(w.Services, svc.Name)
+		}
+	}
+	policies := make([]authz.Policy, len(snap.AuthorizationPolicies))
+	for i, p := range snap.AuthorizationPolicies {
+		policies[i] = authz.FromCatalog(p)
+	}
+	selected, err := authz.Select(policies, w, catalog.RootNamespaces)
+	if err != nil || len(selected) == 0 {
+		return nil, err
+	}
+	return authz.ToProto(selected), nil
 }
 
 // PodIdentity is the SPIFFE ID a pod's sidecar presents.

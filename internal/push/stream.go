@@ -128,7 +128,7 @@ func (st *stream) next() *meshpb.ConfigUpdate {
 	}
 	upd := &meshpb.ConfigUpdate{
 		Version: cfg.GetVersion(), Nonce: strconv.FormatUint(st.nonce.Add(1), 10),
-		Full: !st.acked.full, Workload: cfg.GetWorkload(), Inbound: cfg.GetInbound(),
+		Full: !st.acked.full, Workload: cfg.GetWorkload(), Inbound: cfg.GetInbound(), Authorization: cfg.GetAuthorization(),
 		RenewIssuedBefore: b.RenewIssuedBefore,
 	}
 	visible := map[string]string{} // what the proxy will have: key -> hash

@@ -149,6 +149,7 @@ type Metrics struct {
 	reqMsgs   *prometheus.CounterVec
 	respMsgs  *prometheus.CounterVec
 	tcp       tcpMetrics
+	authz     *prometheus.CounterVec
 	cluster   string
 
 	children  sync.Map        // label key -> *children
@@ -222,6 +223,11 @@ func New(cluster string) *Metrics {
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
 			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/cpu/classes/(gc/total|total):cpu-seconds$`)})))
 	m.tcp = newTCPMetrics(m.reg)
+	m.authz = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_authz_decisions_total",
+		Help: "Authorization decisions by the policy that made them (\"-\": ALLOW policies applied and none matched): " +
+			"action ALLOW, DENY or AUDIT; result allowed, denied, audited, or dry_run_allowed and dry_run_denied for what the " +
+			"decision would be with the dry-run policies enforced."}, []string{"policy", "action", "result"})
+	m.reg.MustRegister(m.authz)
 	// Which build answers, as Istio's proxies say it (its mesh dashboard
 	// lists components by version from this).
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "istio_build",
@@ -268,6 +274,12 @@ func (m *Metrics) ObserveRequest(r Request) {
 func (m *Metrics) labelValues(r Request) []string {
 	return append(m.peerValues(r.Reporter, r.Source, r.Dest, r.Service, r.ServiceName, r.ServiceNamespace),
 		r.Protocol, strconv.Itoa(r.Code), grpcStatusLabel(r.GRPCStatus), securityPolicy(r.MutualTLS), orDash(r.Flags))
+}
+
+// Authorization counts one authorization decision. The policy names come
+// from the proxy's config, never from the wire, so they are bounded.
+func (m *Metrics) Authorization(policy, action, result string) {
+	m.authz.WithLabelValues(orDash(policy), action, result).Inc()
 }
 
 // CountFunc exposes a counter its caller keeps (a process-wide atomic)
