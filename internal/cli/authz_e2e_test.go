@@ -1,0 +1,189 @@
+package cli_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// authzExtras add to the walkthrough a second meshed client (client-other)
+// and a TCP service in db whose server speaks first, so the same policies
+// are tried on HTTP, gRPC and an opaque TCP port.
+const authzExtras = `
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: client-other, labels: {trellis.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: client-other, labels: {app: client}}
+spec:
+  containers:
+  - {name: shell, image: curlimages/curl, command: [sleep, infinity]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: demo-tcp, namespace: db}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: demo-tcp}}
+  template:
+    metadata: {labels: {app: demo-tcp}}
+    spec:
+      containers:
+      - name: tcp
+        image: trellis/demo-graph
+        command: [trellis, example, ports-server, --port, "9000"]
+        ports: [{name: tcp, containerPort: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: demo-tcp, namespace: db}
+spec:
+  selector: {app: demo-tcp}
+  ports: [{name: tcp, port: 9000, targetPort: tcp}]
+`
+
+// The database's policies as an operator writes them for Istio: only
+// client-allow's principal may use alpha (health, queries, CheckVersion)
+// and the TCP service.
+const authzAllow = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: alpha-clients, namespace: db}
+spec:
+  selector: {matchLabels: {app: demo-graph-alpha}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/client-allow/sa/default]}}]
+    to:
+    - operation: {methods: [GET], paths: [/health]}
+    - operation: {methods: [POST], paths: [/query]}
+    - operation: {paths: [/trellis.demo.graph.v1.Graph/CheckVersion]}
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: tcp-clients, namespace: db}
+spec:
+  targetRefs: [{kind: Service, name: demo-tcp}]
+  rules:
+  - from: [{source: {namespaces: [client-allow]}}]
+`
+
+// A DENY on POST /query from anyone wins over the ALLOW.
+const authzDenyQuery = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-queries, namespace: db}
+spec:
+  selector: {matchLabels: {app: demo-graph-alpha}}
+  action: DENY
+  rules:
+  - to: [{operation: {methods: [POST], paths: [/query]}}]
+`
+
+// The walkthrough extended into the mesh, with real sidecars in network
+// namespaces: with mesh-members-only in place, AuthorizationPolicies let
+// client-allow's principal in and keep another meshed client out, on
+// HTTP (403), gRPC (PERMISSION_DENIED) and TCP (closed); a DENY wins over
+// the ALLOW; the destination sidecar counts each decision by policy.
+func TestAuthorizationPolicyWithSidecars(t *testing.T) {
+	m := newMesh(t)
+	base, err := os.ReadFile("../../examples/demo/mesh.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.up(string(base) + authzExtras)
+	m.must("apply", "-f", "../../examples/demo/policy.yaml")
+	apply := func(doc string) {
+		path := filepath.Join(t.TempDir(), "authz.yaml")
+		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		m.must("apply", "-f", path)
+	}
+	// call runs a graph-client call (or a TCP probe) from ns's client and
+	// returns its output, or its error output when it failed.
+	call := func(ns string, args ...string) (string, bool) {
+		out, errOut, err := m.run(append([]string{"exec", "-n", ns, "client", "--", "trellis", "example"}, args...)...)
+		if err != nil {
+			return errOut, false
+		}
+		return out, true
+	}
+	health := []string{"graph-client", "health", "--timeout", "3s"}
+	query := []string{"graph-client", "query", "--type", "Film", "--timeout", "3s"}
+	version := []string{"graph-client", "check-version", "--timeout", "3s"}
+	tcp := []string{"probe", "--timeout", "2s", "tcp/demo-tcp.db.svc.cluster.local:9000"}
+	waitFor(t, "client-other to reach alpha before any AuthorizationPolicy", 60*time.Second, func() bool {
+		_, ok := call("client-other", health...)
+		return ok
+	})
+
+	apply(authzAllow)
+	waitFor(t, "the ALLOW policy to keep client-other out", 20*time.Second, func() bool {
+		out, ok := call("client-other", health...)
+		return !ok && strings.Contains(out, "403")
+	})
+	for _, c := range []struct {
+		what string
+		args []string
+	}{{"GET /health", health}, {"POST /query", query}, {"CheckVersion", version}} {
+		if out, ok := call("client-allow", c.args...); !ok {
+			t.Errorf("client-allow %s: refused: %s", c.what, out)
+		}
+	}
+	if out, ok := call("client-other", version...); ok || !strings.Contains(out, "PermissionDenied: RBAC: access denied") {
+		t.Errorf("client-other CheckVersion: %q (ok %v), want PERMISSION_DENIED with RBAC: access denied", out, ok)
+	}
+	if out, ok := call("client-other", query...); ok || !strings.Contains(out, "403") {
+		t.Errorf("client-other POST /query: %q (ok %v), want 403", out, ok)
+	}
+	if out, _ := call("client-allow", tcp...); !strings.Contains(out, " ok") {
+		t.Errorf("client-allow to the TCP service: %q, want served", out)
+	}
+	if out, _ := call("client-other", tcp...); !strings.Contains(out, " fail") {
+		t.Errorf("client-other to the TCP service: %q, want the connection closed unanswered", out)
+	}
+
+	apply(authzDenyQuery)
+	waitFor(t, "the DENY policy to win over the ALLOW", 20*time.Second, func() bool {
+		out, ok := call("client-allow", query...)
+		return !ok && strings.Contains(out, "403")
+	})
+	if out, ok := call("client-allow", health...); !ok {
+		t.Errorf("client-allow GET /health after the DENY on POST /query: refused: %s", out)
+	}
+
+	// The destination sidecar counted the decisions by policy, and the
+	// denied requests carry Envoy's RBAC flag.
+	var alphaIP string
+	for _, p := range m.pods("db") {
+		if strings.HasPrefix(p.Name, "demo-graph-alpha") {
+			alphaIP = p.IP
+		}
+	}
+	resp, err := http.Get("http://" + alphaIP + ":15020/stats/prometheus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`trellis_authz_decisions_total{action="DENY",policy="db/no-queries",result="denied"}`,
+		`trellis_authz_decisions_total{action="ALLOW",policy="db/alpha-clients",result="allowed"}`,
+		`trellis_authz_decisions_total{action="ALLOW",policy="-",result="denied"}`,
+		`response_code="403"`, `response_flags="RBAC"`, `grpc_response_status="7"`,
+	} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("alpha's sidecar metrics have no %s", want)
+		}
+	}
+	if t.Failed() {
+		fmt.Println(string(metrics))
+	}
+}
