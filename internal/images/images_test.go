@@ -24,7 +24,10 @@ import (
 // pushes one to a registry (go-containerregistry's, in memory, on
 // loopback) and pulls it back.
 func TestBuildAndPush(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	// Generous: on a cold build cache this compiles every binary from
+	// scratch (-trimpath keys a cache of its own) on a 2-core machine that
+	// runs the other packages' race tests at the same time.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	built, err := Build(ctx, Config{ModuleDir: "../..", Repo: "registry.test/mesh", Version: "v1.2.3-test", OutDir: t.TempDir()})
 	if err != nil {
