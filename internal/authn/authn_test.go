@@ -452,8 +452,6 @@ func TestCheck(t *testing.T) {
 		{"empty param", rule(func(r *JWTRule) { r.FromParams = []string{""} }), "fromParams[0]"},
 		{"bad payload header", rule(func(r *JWTRule) { r.OutputPayloadToHeader = "x:y" }), "outputPayloadToHeader"},
 		{"bad claim header", rule(func(r *JWTRule) { r.OutputClaimToHeaders = []ClaimToHeader{{Header: "a\nb", Claim: "sub"}} }), "outputClaimToHeaders[0].header"},
-		{"selector and targetRefs", Spec{Selector: &authz.Selector{}, TargetRefs: []authz.TargetRef{{Kind: "Service", Name: "a"}}}, "give one of them"},
-		{"gateway target", Spec{TargetRefs: []authz.TargetRef{{Group: "gateway.networking.k8s.io", Kind: "Gateway", Name: "a"}}}, "only a Service"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := Check(tc.spec)

@@ -9,73 +9,21 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
-	"github.com/trellis-mesh/trellis/internal/authz"
+	"github.com/trellis-mesh/trellis/internal/catalog"
 )
 
-// Spec is a RequestAuthentication's spec (security.istio.io/v1 and
-// v1beta1), in Istio's field names. Policies that apply to one workload
-// have their JWTRules concatenated before Compile, as Istio merges them.
-type Spec struct {
-	Selector   *authz.Selector   `json:"selector,omitempty"`
-	TargetRefs []authz.TargetRef `json:"targetRefs,omitempty"`
-	JWTRules   []JWTRule         `json:"jwtRules,omitempty"`
-}
+// The spec's parts, in Istio's field names (see catalog).
+type (
+	Spec          = catalog.RequestAuthenticationSpec
+	JWTRule       = catalog.JWTRule
+	JWTHeader     = catalog.JWTHeader
+	ClaimToHeader = catalog.ClaimToHeader
+)
 
-// JWTRule accepts the tokens of one issuer: where they are carried, the
-// keys that sign them and what the proxy does with a verified one.
-type JWTRule struct {
-	// Issuer is the exact iss a token must carry. Required.
-	Issuer string `json:"issuer"`
-	// Audiences, when set, must contain one of the token's aud; empty
-	// means aud is not checked.
-	Audiences []string `json:"audiences,omitempty"`
-	// JWKSURI is where the control plane fetches the signing keys:
-	// https, or http to a loopback host. Give JWKSURI or JWKS, not both.
-	JWKSURI string `json:"jwksUri,omitempty"`
-	// JWKS is the key set inline, as a JSON string.
-	JWKS string `json:"jwks,omitempty"`
-	// FromHeaders, FromParams and FromCookies say where tokens are; with
-	// none of them, the Authorization header after "Bearer " and the
-	// access_token query parameter.
-	FromHeaders []JWTHeader `json:"fromHeaders,omitempty"`
-	FromParams  []string    `json:"fromParams,omitempty"`
-	FromCookies []string    `json:"fromCookies,omitempty"`
-	// ForwardOriginalToken keeps a verified token in the request passed
-	// to the workload; by default it is removed.
-	ForwardOriginalToken bool `json:"forwardOriginalToken,omitempty"`
-	// OutputPayloadToHeader, when set, names a header that receives the
-	// verified payload, base64url-encoded without padding.
-	OutputPayloadToHeader string `json:"outputPayloadToHeader,omitempty"`
-	// OutputClaimToHeaders copies claims into headers.
-	OutputClaimToHeaders []ClaimToHeader `json:"outputClaimToHeaders,omitempty"`
-}
-
-// JWTHeader is a header carrying a token after Prefix (matched without
-// regard to case, e.g. "Bearer "); an empty Prefix takes the whole value.
-type JWTHeader struct {
-	Name   string `json:"name"`
-	Prefix string `json:"prefix,omitempty"`
-}
-
-// ClaimToHeader copies one claim, a string, number or boolean, into
-// Header. Claim names a top-level claim, or a nested one as "a.b".
-type ClaimToHeader struct {
-	Header string `json:"header"`
-	Claim  string `json:"claim"`
-}
-
-// Check validates a spec: what Compile would refuse, and the targeting
-// the proxy cannot honour. Keys behind a jwksUri are the Fetcher's to
-// check.
+// Check validates a spec's rules: what Compile would refuse. Keys behind
+// a jwksUri are the Fetcher's to check; the selector and targetRefs,
+// authz.Scope's.
 func Check(s Spec) error {
-	if s.Selector != nil && len(s.TargetRefs) > 0 {
-		return errors.New("selector and targetRefs: give one of them")
-	}
-	for i, ref := range s.TargetRefs {
-		if ref.Kind != "Service" || (ref.Group != "" && ref.Group != "core") {
-			return fmt.Errorf("targetRefs[%d]: kind %q of group %q: only a Service (group \"\") can be targeted", i, ref.Kind, ref.Group)
-		}
-	}
 	for i, r := range s.JWTRules {
 		if _, err := compileRule(r); err != nil {
 			return fmt.Errorf("jwtRules[%d].%w", i, err)

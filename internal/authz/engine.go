@@ -150,7 +150,23 @@ func Check(p Policy) error {
 }
 
 func appliesTo(p Policy, w Workload, roots []string) (bool, error) {
-	s := p.Spec
+	return Scope{Namespace: p.Namespace, Selector: p.Spec.Selector, TargetRefs: p.Spec.TargetRefs}.Applies(w, roots)
+}
+
+// Scope is where an Istio security policy (AuthorizationPolicy,
+// RequestAuthentication) applies: its namespace, narrowed by a selector
+// or by targetRefs.
+type Scope struct {
+	Namespace  string
+	Selector   *Selector
+	TargetRefs []TargetRef
+}
+
+// Applies reports whether the scope covers w: the policy is in w's
+// namespace or in a root namespace (mesh-wide), and its selector matches
+// w's labels or its targetRefs name a Service selecting w (targetRefs
+// only within the policy's own namespace). An invalid scope is an error.
+func (s Scope) Applies(w Workload, roots []string) (bool, error) {
 	if s.Selector != nil && len(s.TargetRefs) > 0 {
 		return false, errors.New("selector and targetRefs: give one of them")
 	}
@@ -158,15 +174,15 @@ func appliesTo(p Policy, w Workload, roots []string) (bool, error) {
 		if ref.Kind != "Service" || (ref.Group != "" && ref.Group != "core") {
 			return false, fmt.Errorf("targetRefs: kind %q of group %q: only a Service (group \"\") can be targeted", ref.Kind, ref.Group)
 		}
-		if ref.Namespace != "" && ref.Namespace != p.Namespace {
+		if ref.Namespace != "" && ref.Namespace != s.Namespace {
 			return false, fmt.Errorf("targetRefs: Service %s/%s: a policy targets Services of its own namespace only", ref.Namespace, ref.Name)
 		}
 	}
-	if p.Namespace != w.Namespace && !slices.Contains(roots, p.Namespace) {
+	if s.Namespace != w.Namespace && !slices.Contains(roots, s.Namespace) {
 		return false, nil
 	}
 	if len(s.TargetRefs) > 0 {
-		if p.Namespace != w.Namespace {
+		if s.Namespace != w.Namespace {
 			return false, nil
 		}
 		return slices.ContainsFunc(s.TargetRefs, func(r TargetRef) bool { return slices.Contains(w.Services, r.Name) }), nil

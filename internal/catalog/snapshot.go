@@ -25,6 +25,11 @@ type Snapshot struct {
 	PeerAuthentications []*PeerAuthentication
 	// AuthorizationPolicies as written; each passed authz.Check.
 	AuthorizationPolicies []*AuthorizationPolicy
+	// RequestAuthentications as written; each passed authn.Check.
+	RequestAuthentications []*RequestAuthentication
+	// JWKS are the key sets the control plane fetched for the jwksUris
+	// of RequestAuthentications, by URI; a source leaves it empty.
+	JWKS map[string][]byte `json:",omitempty"`
 }
 
 // RunningPod is a pod that exists, with what the runtime observed of it.

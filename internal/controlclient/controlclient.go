@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/trellis-mesh/trellis/internal/authn"
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
@@ -55,6 +56,9 @@ func Validate(cfg *meshpb.ProxyConfig) error {
 	}
 	if _, err := authz.Compile(authz.FromProto(cfg.GetAuthorization())); err != nil {
 		return fmt.Errorf("authorization: %w", err)
+	}
+	if _, err := authn.Compile(authn.FromProto(cfg.GetAuthentication())); err != nil {
+		return fmt.Errorf("authentication: %w", err)
 	}
 	seen := map[string]bool{}
 	for i, s := range cfg.GetServices() {

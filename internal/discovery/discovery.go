@@ -113,6 +113,11 @@ func Decode(data []byte) (*catalog.Snapshot, error) {
 			return nil, fmt.Errorf("authorizationPolicies[%d] is null", i)
 		}
 	}
+	for i, ra := range snap.RequestAuthentications {
+		if ra == nil {
+			return nil, fmt.Errorf("requestAuthentications[%d] is null", i)
+		}
+	}
 	return snap, nil
 }
 

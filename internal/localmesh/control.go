@@ -148,7 +148,7 @@ func (r *Runtime) mintToken(p *pod) error {
 // when it changed.
 func (r *Runtime) writeRegistryLocked() error {
 	snap := &catalog.Snapshot{Namespaces: r.desired.Namespaces(), PeerAuthentications: r.desired.PeerAuthentications(),
-		AuthorizationPolicies: r.desired.AuthorizationPolicies()}
+		AuthorizationPolicies: r.desired.AuthorizationPolicies(), RequestAuthentications: r.desired.RequestAuthentications()}
 	for _, svc := range r.desired.Services() {
 		s := *svc
 		s.ClusterIP = r.vips[svc.Namespace+"/"+svc.Name]

@@ -490,9 +490,10 @@ func objectName(ref catalog.Ref) string {
 	kinds := map[catalog.Kind]string{
 		catalog.KindNamespace: "namespace", catalog.KindServiceAccount: "serviceaccount",
 		catalog.KindPod: "pod", catalog.KindDeployment: "deployment.apps", catalog.KindService: "service",
-		catalog.KindNetworkPolicy:       "networkpolicy.networking.k8s.io",
-		catalog.KindPeerAuthentication:  "peerauthentication.security.trellis.io",
-		catalog.KindAuthorizationPolicy: "authorizationpolicy.security.trellis.io",
+		catalog.KindNetworkPolicy:         "networkpolicy.networking.k8s.io",
+		catalog.KindPeerAuthentication:    "peerauthentication.security.trellis.io",
+		catalog.KindAuthorizationPolicy:   "authorizationpolicy.security.trellis.io",
+		catalog.KindRequestAuthentication: "requestauthentication.security.trellis.io",
 	}
 	name := ref.Name
 	if ref.Namespace != "" {

@@ -38,6 +38,8 @@ func checkObject(obj any) error {
 		return checkMeta(o.Meta)
 	case *catalog.AuthorizationPolicy:
 		return checkMeta(o.Meta)
+	case *catalog.RequestAuthentication:
+		return checkMeta(o.Meta)
 	}
 	return nil
 }

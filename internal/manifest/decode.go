@@ -36,7 +36,8 @@ var decoders = map[string]decoder{
 	"NetworkPolicy":      {"networking.k8s.io/v1", nil, decodeNetworkPolicy},
 	"PeerAuthentication": {"", peerAuthVersions, decodePeerAuthentication},
 	// The same groups as PeerAuthentication's.
-	"AuthorizationPolicy": {"", peerAuthVersions, decodeAuthorizationPolicy},
+	"AuthorizationPolicy":   {"", peerAuthVersions, decodeAuthorizationPolicy},
+	"RequestAuthentication": {"", peerAuthVersions, decodeRequestAuthentication},
 }
 
 func (d decoder) accepts(v string) bool {

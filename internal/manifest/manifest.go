@@ -164,6 +164,11 @@ func (s *Set) AuthorizationPolicies() []*catalog.AuthorizationPolicy {
 	return collect[*catalog.AuthorizationPolicy](s)
 }
 
+// RequestAuthentications returns the JWT policies.
+func (s *Set) RequestAuthentications() []*catalog.RequestAuthentication {
+	return collect[*catalog.RequestAuthentication](s)
+}
+
 // Services returns the services in namespace/name order.
 func (s *Set) Services() []*catalog.Service { return collect[*catalog.Service](s) }
 
@@ -182,7 +187,7 @@ func collect[T any](s *Set) []T {
 func kindOrder(k catalog.Kind) int {
 	for i, kk := range []catalog.Kind{catalog.KindNamespace, catalog.KindServiceAccount,
 		catalog.KindService, catalog.KindDeployment, catalog.KindPod, catalog.KindNetworkPolicy, catalog.KindPeerAuthentication,
-		catalog.KindAuthorizationPolicy} {
+		catalog.KindAuthorizationPolicy, catalog.KindRequestAuthentication} {
 		if k == kk {
 			return i
 		}

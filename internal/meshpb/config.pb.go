@@ -208,8 +208,11 @@ type ProxyConfig struct {
 	// Which inbound requests and connections the workload accepts, after
 	// mutual TLS. Unset: all.
 	Authorization *Authorization `protobuf:"bytes,5,opt,name=authorization,proto3" json:"authorization,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Which JWTs the workload's sidecar verifies before authorization.
+	// Unset: none; requests pass unauthenticated.
+	Authentication *Authentication `protobuf:"bytes,6,opt,name=authentication,proto3" json:"authentication,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ProxyConfig) Reset() {
@@ -273,6 +276,13 @@ func (x *ProxyConfig) GetInbound() *InboundPolicy {
 func (x *ProxyConfig) GetAuthorization() *Authorization {
 	if x != nil {
 		return x.Authorization
+	}
+	return nil
+}
+
+func (x *ProxyConfig) GetAuthentication() *Authentication {
+	if x != nil {
+		return x.Authentication
 	}
 	return nil
 }
@@ -1154,18 +1164,313 @@ func (x *AuthorizationCondition) GetNotValues() []string {
 	return nil
 }
 
+// Authentication is the jwtRules of the RequestAuthentications (Istio's
+// shape) that apply to this workload, merged as Istio merges them. A
+// request without a token passes unauthenticated (an AuthorizationPolicy
+// with requestPrincipals ["*"] makes one mandatory); a request with a
+// token that no rule verifies is answered 401. Algorithms RS*, PS*, ES*
+// and EdDSA; "none" and HMAC are refused; exp and nbf with 60 s of skew.
+type Authentication struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JwtRules      []*JwtRule             `protobuf:"bytes,1,rep,name=jwt_rules,json=jwtRules,proto3" json:"jwt_rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Authentication) Reset() {
+	*x = Authentication{}
+	mi := &file_trellis_v1_config_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Authentication) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Authentication) ProtoMessage() {}
+
+func (x *Authentication) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Authentication.ProtoReflect.Descriptor instead.
+func (*Authentication) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Authentication) GetJwtRules() []*JwtRule {
+	if x != nil {
+		return x.JwtRules
+	}
+	return nil
+}
+
+// JwtRule accepts the tokens of one issuer.
+type JwtRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The exact "iss" of the tokens. Required.
+	Issuer string `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// When set, a token's "aud" must hold one of them.
+	Audiences []string `protobuf:"bytes,2,rep,name=audiences,proto3" json:"audiences,omitempty"`
+	// Where the issuer publishes its key set; the control plane fetches it
+	// (proxies never do) and sends it in keys.
+	JwksUri string `protobuf:"bytes,3,opt,name=jwks_uri,json=jwksUri,proto3" json:"jwks_uri,omitempty"`
+	// The key set inline (JSON), as written; or empty with jwks_uri.
+	Jwks string `protobuf:"bytes,4,opt,name=jwks,proto3" json:"jwks,omitempty"`
+	// The key set the control plane fetched from jwks_uri; empty until it
+	// has one, and the issuer's tokens are refused meanwhile.
+	Keys string `protobuf:"bytes,5,opt,name=keys,proto3" json:"keys,omitempty"`
+	// Where tokens are; none of the three: "Authorization: Bearer" and the
+	// access_token query parameter.
+	FromHeaders []*JwtHeader `protobuf:"bytes,6,rep,name=from_headers,json=fromHeaders,proto3" json:"from_headers,omitempty"`
+	FromParams  []string     `protobuf:"bytes,7,rep,name=from_params,json=fromParams,proto3" json:"from_params,omitempty"`
+	FromCookies []string     `protobuf:"bytes,8,rep,name=from_cookies,json=fromCookies,proto3" json:"from_cookies,omitempty"`
+	// Keep the verified token in the request passed to the app (by
+	// default it is removed).
+	ForwardOriginalToken bool `protobuf:"varint,9,opt,name=forward_original_token,json=forwardOriginalToken,proto3" json:"forward_original_token,omitempty"`
+	// A header that receives the verified payload (base64url).
+	OutputPayloadToHeader string `protobuf:"bytes,10,opt,name=output_payload_to_header,json=outputPayloadToHeader,proto3" json:"output_payload_to_header,omitempty"`
+	// Claims copied into headers.
+	OutputClaimToHeaders []*ClaimToHeader `protobuf:"bytes,11,rep,name=output_claim_to_headers,json=outputClaimToHeaders,proto3" json:"output_claim_to_headers,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *JwtRule) Reset() {
+	*x = JwtRule{}
+	mi := &file_trellis_v1_config_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JwtRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JwtRule) ProtoMessage() {}
+
+func (x *JwtRule) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JwtRule.ProtoReflect.Descriptor instead.
+func (*JwtRule) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *JwtRule) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *JwtRule) GetAudiences() []string {
+	if x != nil {
+		return x.Audiences
+	}
+	return nil
+}
+
+func (x *JwtRule) GetJwksUri() string {
+	if x != nil {
+		return x.JwksUri
+	}
+	return ""
+}
+
+func (x *JwtRule) GetJwks() string {
+	if x != nil {
+		return x.Jwks
+	}
+	return ""
+}
+
+func (x *JwtRule) GetKeys() string {
+	if x != nil {
+		return x.Keys
+	}
+	return ""
+}
+
+func (x *JwtRule) GetFromHeaders() []*JwtHeader {
+	if x != nil {
+		return x.FromHeaders
+	}
+	return nil
+}
+
+func (x *JwtRule) GetFromParams() []string {
+	if x != nil {
+		return x.FromParams
+	}
+	return nil
+}
+
+func (x *JwtRule) GetFromCookies() []string {
+	if x != nil {
+		return x.FromCookies
+	}
+	return nil
+}
+
+func (x *JwtRule) GetForwardOriginalToken() bool {
+	if x != nil {
+		return x.ForwardOriginalToken
+	}
+	return false
+}
+
+func (x *JwtRule) GetOutputPayloadToHeader() string {
+	if x != nil {
+		return x.OutputPayloadToHeader
+	}
+	return ""
+}
+
+func (x *JwtRule) GetOutputClaimToHeaders() []*ClaimToHeader {
+	if x != nil {
+		return x.OutputClaimToHeaders
+	}
+	return nil
+}
+
+// JwtHeader is a header carrying a token after prefix.
+type JwtHeader struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Prefix        string                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JwtHeader) Reset() {
+	*x = JwtHeader{}
+	mi := &file_trellis_v1_config_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JwtHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JwtHeader) ProtoMessage() {}
+
+func (x *JwtHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JwtHeader.ProtoReflect.Descriptor instead.
+func (*JwtHeader) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *JwtHeader) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *JwtHeader) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+// ClaimToHeader copies a claim (string, number or boolean) into a header.
+type ClaimToHeader struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        string                 `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Claim         string                 `protobuf:"bytes,2,opt,name=claim,proto3" json:"claim,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClaimToHeader) Reset() {
+	*x = ClaimToHeader{}
+	mi := &file_trellis_v1_config_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClaimToHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClaimToHeader) ProtoMessage() {}
+
+func (x *ClaimToHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClaimToHeader.ProtoReflect.Descriptor instead.
+func (*ClaimToHeader) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ClaimToHeader) GetHeader() string {
+	if x != nil {
+		return x.Header
+	}
+	return ""
+}
+
+func (x *ClaimToHeader) GetClaim() string {
+	if x != nil {
+		return x.Claim
+	}
+	return ""
+}
+
 var File_trellis_v1_config_proto protoreflect.FileDescriptor
 
 const file_trellis_v1_config_proto_rawDesc = "" +
 	"\n" +
 	"\x17trellis/v1/config.proto\x12\n" +
-	"trellis.v1\"\x80\x02\n" +
+	"trellis.v1\"\xc4\x02\n" +
 	"\vProxyConfig\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x120\n" +
 	"\bworkload\x18\x02 \x01(\v2\x14.trellis.v1.WorkloadR\bworkload\x12/\n" +
 	"\bservices\x18\x03 \x03(\v2\x13.trellis.v1.ServiceR\bservices\x123\n" +
 	"\ainbound\x18\x04 \x01(\v2\x19.trellis.v1.InboundPolicyR\ainbound\x12?\n" +
-	"\rauthorization\x18\x05 \x01(\v2\x19.trellis.v1.AuthorizationR\rauthorization\"\xcd\x01\n" +
+	"\rauthorization\x18\x05 \x01(\v2\x19.trellis.v1.AuthorizationR\rauthorization\x12B\n" +
+	"\x0eauthentication\x18\x06 \x01(\v2\x1a.trellis.v1.AuthenticationR\x0eauthentication\"\xcd\x01\n" +
 	"\bWorkload\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -1244,7 +1549,29 @@ const file_trellis_v1_config_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06values\x18\x02 \x03(\tR\x06values\x12\x1d\n" +
 	"\n" +
-	"not_values\x18\x03 \x03(\tR\tnotValues*p\n" +
+	"not_values\x18\x03 \x03(\tR\tnotValues\"B\n" +
+	"\x0eAuthentication\x120\n" +
+	"\tjwt_rules\x18\x01 \x03(\v2\x13.trellis.v1.JwtRuleR\bjwtRules\"\xc1\x03\n" +
+	"\aJwtRule\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12\x1c\n" +
+	"\taudiences\x18\x02 \x03(\tR\taudiences\x12\x19\n" +
+	"\bjwks_uri\x18\x03 \x01(\tR\ajwksUri\x12\x12\n" +
+	"\x04jwks\x18\x04 \x01(\tR\x04jwks\x12\x12\n" +
+	"\x04keys\x18\x05 \x01(\tR\x04keys\x128\n" +
+	"\ffrom_headers\x18\x06 \x03(\v2\x15.trellis.v1.JwtHeaderR\vfromHeaders\x12\x1f\n" +
+	"\vfrom_params\x18\a \x03(\tR\n" +
+	"fromParams\x12!\n" +
+	"\ffrom_cookies\x18\b \x03(\tR\vfromCookies\x124\n" +
+	"\x16forward_original_token\x18\t \x01(\bR\x14forwardOriginalToken\x127\n" +
+	"\x18output_payload_to_header\x18\n" +
+	" \x01(\tR\x15outputPayloadToHeader\x12P\n" +
+	"\x17output_claim_to_headers\x18\v \x03(\v2\x19.trellis.v1.ClaimToHeaderR\x14outputClaimToHeaders\"7\n" +
+	"\tJwtHeader\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\"=\n" +
+	"\rClaimToHeader\x12\x16\n" +
+	"\x06header\x18\x01 \x01(\tR\x06header\x12\x14\n" +
+	"\x05claim\x18\x02 \x01(\tR\x05claim*p\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x11\n" +
@@ -1272,7 +1599,7 @@ func file_trellis_v1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_trellis_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_trellis_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_trellis_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_trellis_v1_config_proto_goTypes = []any{
 	(Protocol)(0),                  // 0: trellis.v1.Protocol
 	(LoadBalancing)(0),             // 1: trellis.v1.LoadBalancing
@@ -1289,34 +1616,42 @@ var file_trellis_v1_config_proto_goTypes = []any{
 	(*AuthorizationSource)(nil),    // 12: trellis.v1.AuthorizationSource
 	(*AuthorizationOperation)(nil), // 13: trellis.v1.AuthorizationOperation
 	(*AuthorizationCondition)(nil), // 14: trellis.v1.AuthorizationCondition
-	nil,                            // 15: trellis.v1.Workload.LabelsEntry
-	nil,                            // 16: trellis.v1.Endpoint.LabelsEntry
-	nil,                            // 17: trellis.v1.InboundPolicy.PortModesEntry
+	(*Authentication)(nil),         // 15: trellis.v1.Authentication
+	(*JwtRule)(nil),                // 16: trellis.v1.JwtRule
+	(*JwtHeader)(nil),              // 17: trellis.v1.JwtHeader
+	(*ClaimToHeader)(nil),          // 18: trellis.v1.ClaimToHeader
+	nil,                            // 19: trellis.v1.Workload.LabelsEntry
+	nil,                            // 20: trellis.v1.Endpoint.LabelsEntry
+	nil,                            // 21: trellis.v1.InboundPolicy.PortModesEntry
 }
 var file_trellis_v1_config_proto_depIdxs = []int32{
 	4,  // 0: trellis.v1.ProxyConfig.workload:type_name -> trellis.v1.Workload
 	5,  // 1: trellis.v1.ProxyConfig.services:type_name -> trellis.v1.Service
 	8,  // 2: trellis.v1.ProxyConfig.inbound:type_name -> trellis.v1.InboundPolicy
 	9,  // 3: trellis.v1.ProxyConfig.authorization:type_name -> trellis.v1.Authorization
-	15, // 4: trellis.v1.Workload.labels:type_name -> trellis.v1.Workload.LabelsEntry
-	6,  // 5: trellis.v1.Service.ports:type_name -> trellis.v1.ServicePort
-	1,  // 6: trellis.v1.Service.load_balancing:type_name -> trellis.v1.LoadBalancing
-	0,  // 7: trellis.v1.ServicePort.protocol:type_name -> trellis.v1.Protocol
-	7,  // 8: trellis.v1.ServicePort.endpoints:type_name -> trellis.v1.Endpoint
-	16, // 9: trellis.v1.Endpoint.labels:type_name -> trellis.v1.Endpoint.LabelsEntry
-	2,  // 10: trellis.v1.InboundPolicy.mode:type_name -> trellis.v1.MTLSMode
-	17, // 11: trellis.v1.InboundPolicy.port_modes:type_name -> trellis.v1.InboundPolicy.PortModesEntry
-	10, // 12: trellis.v1.Authorization.policies:type_name -> trellis.v1.AuthorizationPolicy
-	11, // 13: trellis.v1.AuthorizationPolicy.rules:type_name -> trellis.v1.AuthorizationRule
-	12, // 14: trellis.v1.AuthorizationRule.from:type_name -> trellis.v1.AuthorizationSource
-	13, // 15: trellis.v1.AuthorizationRule.to:type_name -> trellis.v1.AuthorizationOperation
-	14, // 16: trellis.v1.AuthorizationRule.when:type_name -> trellis.v1.AuthorizationCondition
-	2,  // 17: trellis.v1.InboundPolicy.PortModesEntry.value:type_name -> trellis.v1.MTLSMode
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	15, // 4: trellis.v1.ProxyConfig.authentication:type_name -> trellis.v1.Authentication
+	19, // 5: trellis.v1.Workload.labels:type_name -> trellis.v1.Workload.LabelsEntry
+	6,  // 6: trellis.v1.Service.ports:type_name -> trellis.v1.ServicePort
+	1,  // 7: trellis.v1.Service.load_balancing:type_name -> trellis.v1.LoadBalancing
+	0,  // 8: trellis.v1.ServicePort.protocol:type_name -> trellis.v1.Protocol
+	7,  // 9: trellis.v1.ServicePort.endpoints:type_name -> trellis.v1.Endpoint
+	20, // 10: trellis.v1.Endpoint.labels:type_name -> trellis.v1.Endpoint.LabelsEntry
+	2,  // 11: trellis.v1.InboundPolicy.mode:type_name -> trellis.v1.MTLSMode
+	21, // 12: trellis.v1.InboundPolicy.port_modes:type_name -> trellis.v1.InboundPolicy.PortModesEntry
+	10, // 13: trellis.v1.Authorization.policies:type_name -> trellis.v1.AuthorizationPolicy
+	11, // 14: trellis.v1.AuthorizationPolicy.rules:type_name -> trellis.v1.AuthorizationRule
+	12, // 15: trellis.v1.AuthorizationRule.from:type_name -> trellis.v1.AuthorizationSource
+	13, // 16: trellis.v1.AuthorizationRule.to:type_name -> trellis.v1.AuthorizationOperation
+	14, // 17: trellis.v1.AuthorizationRule.when:type_name -> trellis.v1.AuthorizationCondition
+	16, // 18: trellis.v1.Authentication.jwt_rules:type_name -> trellis.v1.JwtRule
+	17, // 19: trellis.v1.JwtRule.from_headers:type_name -> trellis.v1.JwtHeader
+	18, // 20: trellis.v1.JwtRule.output_claim_to_headers:type_name -> trellis.v1.ClaimToHeader
+	2,  // 21: trellis.v1.InboundPolicy.PortModesEntry.value:type_name -> trellis.v1.MTLSMode
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_trellis_v1_config_proto_init() }
@@ -1330,7 +1665,7 @@ func file_trellis_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_trellis_v1_config_proto_rawDesc), len(file_trellis_v1_config_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   15,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

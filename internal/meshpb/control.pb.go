@@ -295,8 +295,10 @@ type ConfigUpdate struct {
 	// The workload's authorization policies, complete in every update;
 	// absent: none applies.
 	Authorization *Authorization `protobuf:"bytes,13,opt,name=authorization,proto3" json:"authorization,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The workload's JWT rules, complete in every update; absent: none.
+	Authentication *Authentication `protobuf:"bytes,14,opt,name=authentication,proto3" json:"authentication,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ConfigUpdate) Reset() {
@@ -420,6 +422,13 @@ func (x *ConfigUpdate) GetAuthorization() *Authorization {
 	return nil
 }
 
+func (x *ConfigUpdate) GetAuthentication() *Authentication {
+	if x != nil {
+		return x.Authentication
+	}
+	return nil
+}
+
 var File_trellis_v1_control_proto protoreflect.FileDescriptor
 
 const file_trellis_v1_control_proto_rawDesc = "" +
@@ -440,7 +449,7 @@ const file_trellis_v1_control_proto_rawDesc = "" +
 	"\x0eresponse_nonce\x18\x03 \x01(\tR\rresponseNonce\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x120\n" +
-	"\x14trust_bundle_version\x18\b \x01(\tR\x12trustBundleVersionJ\x04\b\x06\x10\aJ\x04\b\a\x10\bR\x15certificate_not_afterR\x12certificate_issuer\"\x90\x04\n" +
+	"\x14trust_bundle_version\x18\b \x01(\tR\x12trustBundleVersionJ\x04\b\x06\x10\aJ\x04\b\a\x10\bR\x15certificate_not_afterR\x12certificate_issuer\"\xd4\x04\n" +
 	"\fConfigUpdate\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12\x12\n" +
@@ -455,7 +464,8 @@ const file_trellis_v1_control_proto_rawDesc = "" +
 	" \x01(\x03R\x11renewIssuedBefore\x12!\n" +
 	"\frevoked_pods\x18\v \x03(\tR\vrevokedPods\x12'\n" +
 	"\x0frevoked_version\x18\f \x01(\tR\x0erevokedVersion\x12?\n" +
-	"\rauthorization\x18\r \x01(\v2\x19.trellis.v1.AuthorizationR\rauthorization2O\n" +
+	"\rauthorization\x18\r \x01(\v2\x19.trellis.v1.AuthorizationR\rauthorization\x12B\n" +
+	"\x0eauthentication\x18\x0e \x01(\v2\x1a.trellis.v1.AuthenticationR\x0eauthentication2O\n" +
 	"\x12CertificateService\x129\n" +
 	"\x04Sign\x12\x17.trellis.v1.SignRequest\x1a\x18.trellis.v1.SignResponse2X\n" +
 	"\rConfigService\x12G\n" +
@@ -475,29 +485,31 @@ func file_trellis_v1_control_proto_rawDescGZIP() []byte {
 
 var file_trellis_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_trellis_v1_control_proto_goTypes = []any{
-	(*SignRequest)(nil),   // 0: trellis.v1.SignRequest
-	(*SignResponse)(nil),  // 1: trellis.v1.SignResponse
-	(*ConfigRequest)(nil), // 2: trellis.v1.ConfigRequest
-	(*ConfigUpdate)(nil),  // 3: trellis.v1.ConfigUpdate
-	(*Workload)(nil),      // 4: trellis.v1.Workload
-	(*InboundPolicy)(nil), // 5: trellis.v1.InboundPolicy
-	(*Service)(nil),       // 6: trellis.v1.Service
-	(*Authorization)(nil), // 7: trellis.v1.Authorization
+	(*SignRequest)(nil),    // 0: trellis.v1.SignRequest
+	(*SignResponse)(nil),   // 1: trellis.v1.SignResponse
+	(*ConfigRequest)(nil),  // 2: trellis.v1.ConfigRequest
+	(*ConfigUpdate)(nil),   // 3: trellis.v1.ConfigUpdate
+	(*Workload)(nil),       // 4: trellis.v1.Workload
+	(*InboundPolicy)(nil),  // 5: trellis.v1.InboundPolicy
+	(*Service)(nil),        // 6: trellis.v1.Service
+	(*Authorization)(nil),  // 7: trellis.v1.Authorization
+	(*Authentication)(nil), // 8: trellis.v1.Authentication
 }
 var file_trellis_v1_control_proto_depIdxs = []int32{
 	4, // 0: trellis.v1.ConfigUpdate.workload:type_name -> trellis.v1.Workload
 	5, // 1: trellis.v1.ConfigUpdate.inbound:type_name -> trellis.v1.InboundPolicy
 	6, // 2: trellis.v1.ConfigUpdate.upsert:type_name -> trellis.v1.Service
 	7, // 3: trellis.v1.ConfigUpdate.authorization:type_name -> trellis.v1.Authorization
-	0, // 4: trellis.v1.CertificateService.Sign:input_type -> trellis.v1.SignRequest
-	2, // 5: trellis.v1.ConfigService.StreamConfig:input_type -> trellis.v1.ConfigRequest
-	1, // 6: trellis.v1.CertificateService.Sign:output_type -> trellis.v1.SignResponse
-	3, // 7: trellis.v1.ConfigService.StreamConfig:output_type -> trellis.v1.ConfigUpdate
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	8, // 4: trellis.v1.ConfigUpdate.authentication:type_name -> trellis.v1.Authentication
+	0, // 5: trellis.v1.CertificateService.Sign:input_type -> trellis.v1.SignRequest
+	2, // 6: trellis.v1.ConfigService.StreamConfig:input_type -> trellis.v1.ConfigRequest
+	1, // 7: trellis.v1.CertificateService.Sign:output_type -> trellis.v1.SignResponse
+	3, // 8: trellis.v1.ConfigService.StreamConfig:output_type -> trellis.v1.ConfigUpdate
+	7, // [7:9] is the sub-list for method output_type
+	5, // [5:7] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_trellis_v1_control_proto_init() }

@@ -22,6 +22,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/trellis-mesh/trellis/internal/authn"
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
@@ -59,7 +60,8 @@ type Inbound struct {
 	store       *meshtls.Store
 	trustDomain string
 	policy      atomic.Pointer[meshpb.InboundPolicy]
-	authz       atomic.Pointer[authz.Engine] // nil: no AuthorizationPolicy applies
+	authz       atomic.Pointer[authz.Engine]        // nil: no AuthorizationPolicy applies
+	authn       atomic.Pointer[authn.Authenticator] // nil: no RequestAuthentication applies
 	self        atomic.Pointer[telemetry.Peer]
 	services    atomic.Pointer[map[string]bool] // "name.namespace" of the services this workload's identity serves
 	httpPorts   atomic.Pointer[map[uint16]bool] // app ports a service declares HTTP, HTTP/2 or gRPC
@@ -204,6 +206,7 @@ func (in *Inbound) SetConfig(c *meshpb.ProxyConfig) {
 	in.services.Store(&own)
 	in.httpPorts.Store(&httpPorts)
 	in.setAuthorization(c.GetAuthorization())
+	in.setAuthentication(c.GetAuthentication())
 }
 
 // destService names the service a request or connection was for, as
@@ -404,7 +407,11 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r, ex.span = in.Tracing.StartUntrusted(r)
 	}
 	defer recordAfter(recorder{in.Metrics, in.AccessLog, in.Tracing}, "destination", src, in.self.Load(), ex, r, ow, body, start)
-	if !checkRequest(ow, r, ex) || !in.authorizeHTTP(ow, r, ex, port) || cancelledEarly(r, ex) {
+	if !checkRequest(ow, r, ex) || cancelledEarly(r, ex) {
+		return
+	}
+	auth, ok := in.authenticate(ow, r, ex)
+	if !ok || !in.authorizeHTTP(ow, r, ex, port, auth) {
 		return
 	}
 	in.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))

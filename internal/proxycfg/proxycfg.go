@@ -17,6 +17,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/trellis-mesh/trellis/internal/authn"
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/identity"
@@ -197,35 +198,50 @@ func ForPod(snap *catalog.Snapshot, pod *catalog.RunningPod, r *Rendered, trustD
 	if err != nil {
 		return nil, err
 	}
-	authorization, err := Authorization(snap, pod.Pod)
+	w := policyWorkload(snap, pod.Pod)
+	authorization, err := Authorization(snap, w)
+	if err != nil {
+		return nil, err
+	}
+	authentication, err := Authentication(snap, w)
 	if err != nil {
 		return nil, err
 	}
 	view := r.For(pod.Pod.Namespace)
 	cfg := &meshpb.ProxyConfig{
-		Workload:      &meshpb.Workload{Namespace: pod.Pod.Namespace, Name: WorkloadName(pod.Pod), Identity: id.String(), Labels: pod.Pod.Labels},
-		Inbound:       InboundPolicy(snap.PeerAuthentications, pod.Pod),
-		Services:      view.Services,
-		Authorization: authorization,
+		Workload:       &meshpb.Workload{Namespace: pod.Pod.Namespace, Name: WorkloadName(pod.Pod), Identity: id.String(), Labels: pod.Pod.Labels},
+		Inbound:        InboundPolicy(snap.PeerAuthentications, pod.Pod),
+		Services:       view.Services,
+		Authorization:  authorization,
+		Authentication: authentication,
 	}
 	parts := []proto.Message{cfg.Workload, cfg.Inbound}
 	if authorization != nil {
 		parts = append(parts, authorization)
 	}
+	if authentication != nil {
+		parts = append(parts, authentication)
+	}
 	cfg.Version = version(view.Digest, parts...)
 	return cfg, nil
 }
 
-// Authorization is the AuthorizationPolicies that apply to pod: its
-// namespace's and the root namespaces' whose selector matches its labels,
-// or whose targetRefs name a Service selecting it; nil when none does.
-func Authorization(snap *catalog.Snapshot, pod *catalog.Pod) (*meshpb.Authorization, error) {
+// policyWorkload is pod as security policies select it: its namespace,
+// labels and the Services (of its namespace) that select it.
+func policyWorkload(snap *catalog.Snapshot, pod *catalog.Pod) authz.Workload {
 	w := authz.Workload{Namespace: pod.Namespace, Labels: pod.Labels}
 	for _, svc := range snap.Services {
 		if svc.Namespace == pod.Namespace && catalog.SelectorMatches(svc.Selector, pod.Labels) {
 			w.Services = append(w.Services, svc.Name)
 		}
 	}
+	return w
+}
+
+// Authorization is the AuthorizationPolicies that apply to w: its
+// namespace's and the root namespaces' whose selector matches its labels,
+// or whose targetRefs name a Service selecting it; nil when none does.
+func Authorization(snap *catalog.Snapshot, w authz.Workload) (*meshpb.Authorization, error) {
 	policies := make([]authz.Policy, len(snap.AuthorizationPolicies))
 	for i, p := range snap.AuthorizationPolicies {
 		policies[i] = authz.FromCatalog(p)
@@ -235,6 +251,27 @@ func Authorization(snap *catalog.Snapshot, pod *catalog.Pod) (*meshpb.Authorizat
 		return nil, err
 	}
 	return authz.ToProto(selected), nil
+}
+
+// Authentication is the jwtRules of the RequestAuthentications that apply
+// to w (selected as AuthorizationPolicies are), merged, with the key sets
+// fetched for them; nil when none applies.
+func Authentication(snap *catalog.Snapshot, w authz.Workload) (*meshpb.Authentication, error) {
+	var rules []authn.JWTRule
+	for _, ra := range snap.RequestAuthentications {
+		scope := authz.Scope{Namespace: ra.Namespace, Selector: ra.Spec.Selector, TargetRefs: ra.Spec.TargetRefs}
+		applies, err := scope.Applies(w, catalog.RootNamespaces)
+		if err != nil {
+			return nil, fmt.Errorf("RequestAuthentication %s/%s: %w", ra.Namespace, ra.Name, err)
+		}
+		if applies {
+			rules = append(rules, ra.Spec.JWTRules...)
+		}
+	}
+	if len(rules) == 0 {
+		return nil, nil
+	}
+	return authn.ToProto(rules, snap.JWKS), nil
 }
 
 // PodIdentity is the SPIFFE ID a pod's sidecar presents.
