@@ -79,6 +79,18 @@ func (f *Fetcher) Keys(ctx context.Context, uri string, now time.Time) ([]byte, 
 	return data, nil
 }
 
+// Forget drops the cached sets of the URIs keep refuses, so the cache
+// follows the policies in force rather than every URI ever seen.
+func (f *Fetcher) Forget(keep func(uri string) bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for uri := range f.sets {
+		if !keep(uri) {
+			delete(f.sets, uri)
+		}
+	}
+}
+
 func (f *Fetcher) fetch(ctx context.Context, uri string) ([]byte, error) {
 	if err := checkURI(uri); err != nil {
 		return nil, fmt.Errorf("fetch jwks: %w", err)

@@ -286,6 +286,8 @@ func Run(ctx context.Context, cfg Config) error {
 	metrics, admin := safehttp.Server(metricsMux), safehttp.Server(p.adminMux())
 
 	g, ctx := errgroup.WithContext(ctx)
+	jwks := newJWKSKeeper(p.push.Update)
+	g.Go(func() error { return jwks.run(ctx) })
 	g.Go(func() error {
 		return src.Run(ctx, func(s *catalog.Snapshot) {
 			p.snap.Store(s)
@@ -293,7 +295,7 @@ func Run(ctx context.Context, cfg Config) error {
 			if uids, changed := p.revoked.Observe(meshedPods(s), time.Now()); changed {
 				p.push.SetRevoked(uids)
 			}
-			p.push.Update(s)
+			jwks.update(s)
 		})
 	})
 	g.Go(func() error { return p.push.Run(ctx) })
