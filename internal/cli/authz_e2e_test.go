@@ -1,14 +1,21 @@
 package cli_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 // authzExtras add to the walkthrough a second meshed client (client-other)
@@ -99,13 +106,14 @@ func TestAuthorizationPolicyWithSidecars(t *testing.T) {
 	}
 	m.up(string(base) + authzExtras)
 	m.must("apply", "-f", "../../examples/demo/policy.yaml")
-	apply := func(doc string) {
+	file := func(doc string) string {
 		path := filepath.Join(t.TempDir(), "authz.yaml")
 		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		m.must("apply", "-f", path)
+		return path
 	}
+	apply := func(doc string) { m.must("apply", "-f", file(doc)) }
 	// call runs a graph-client call (or a TCP probe) from ns's client and
 	// returns its output, or its error output when it failed.
 	call := func(ns string, args ...string) (string, bool) {
@@ -150,7 +158,8 @@ func TestAuthorizationPolicyWithSidecars(t *testing.T) {
 		t.Errorf("client-other to the TCP service: %q, want the connection closed unanswered", out)
 	}
 
-	apply(authzDenyQuery)
+	denyQuery := file(authzDenyQuery)
+	m.must("apply", "-f", denyQuery)
 	waitFor(t, "the DENY policy to win over the ALLOW", 20*time.Second, func() bool {
 		out, ok := call("client-allow", query...)
 		return !ok && strings.Contains(out, "403")
@@ -186,4 +195,74 @@ func TestAuthorizationPolicyWithSidecars(t *testing.T) {
 	if t.Failed() {
 		fmt.Println(string(metrics))
 	}
+
+	// JWT: the control plane fetches the issuer's keys from its jwksUri
+	// (served here, on the host's loopback) and pushes them; POST /query
+	// then needs a valid token, while GET /health still needs none.
+	m.must("delete", "-f", denyQuery)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: key.Public(), KeyID: "k1", Use: "sig"}}})
+	issuer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(jwks) }))
+	defer issuer.Close()
+	apply(fmt.Sprintf(authzJWT, issuer.URL+"/keys"))
+	token := func(exp time.Duration) string {
+		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		payload, _ := json.Marshal(map[string]any{"iss": "https://issuer.trellis.test", "sub": "alice", "exp": time.Now().Add(exp).Unix()})
+		jws, err := s.Sign(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _ := jws.CompactSerialize()
+		return tok
+	}
+	curl := func(method, path, tok string) string {
+		args := []string{"exec", "-n", "client-allow", "client", "--", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "3",
+			"-X", method, "http://demo-graph-alpha.db.svc.cluster.local:8080" + path}
+		if tok != "" {
+			args = append(args, "-H", "Authorization: Bearer "+tok)
+		}
+		if method == "POST" {
+			args = append(args, "-H", "Content-Type: application/json", "-d", `{"type":"Film"}`)
+		}
+		out, _, _ := m.run(args...)
+		return out
+	}
+	waitFor(t, "POST /query without a token to be refused", 20*time.Second, func() bool { return curl("POST", "/query", "") == "403" })
+	waitFor(t, "the issuer's keys to reach alpha's sidecar", 20*time.Second, func() bool { return curl("POST", "/query", token(time.Minute)) == "200" })
+	for _, c := range []struct{ what, method, path, tok, want string }{
+		{"GET /health without a token", "GET", "/health", "", "200"},
+		{"an expired token", "GET", "/health", token(-5 * time.Minute), "401"},
+		{"not a token", "POST", "/query", "not-a-jwt", "401"},
+	} {
+		if got := curl(c.method, c.path, c.tok); got != c.want {
+			t.Errorf("%s: %s %s answered %s, want %s", c.what, c.method, c.path, got, c.want)
+		}
+	}
 }
+
+// authzJWT makes tokens of an issuer, whose keys are at %s, verified for
+// alpha, and POST /query need one.
+const authzJWT = `apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: issuer, namespace: db}
+spec:
+  selector: {matchLabels: {app: demo-graph-alpha}}
+  jwtRules:
+  - {issuer: "https://issuer.trellis.test", jwksUri: "%s"}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: query-needs-token, namespace: db}
+spec:
+  selector: {matchLabels: {app: demo-graph-alpha}}
+  action: DENY
+  rules:
+  - from: [{source: {notRequestPrincipals: ["*"]}}]
+    to: [{operation: {methods: [POST], paths: [/query]}}]
+`
