@@ -3,11 +3,14 @@ package install
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
 	rbacv1 "k8s.io/api/rbac/v1"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
 )
 
 // TestRBACVerbs lists every permission the control plane and the node
@@ -45,12 +48,24 @@ func TestRBACVerbs(t *testing.T) {
 		"cluster discovery.k8s.io endpointslices get ",
 		"cluster discovery.k8s.io endpointslices list ",
 		"cluster discovery.k8s.io endpointslices watch ",
+		"cluster security.istio.io authorizationpolicies get ",
+		"cluster security.istio.io authorizationpolicies list ",
+		"cluster security.istio.io authorizationpolicies watch ",
 		"cluster security.istio.io peerauthentications get ",
 		"cluster security.istio.io peerauthentications list ",
 		"cluster security.istio.io peerauthentications watch ",
+		"cluster security.istio.io requestauthentications get ",
+		"cluster security.istio.io requestauthentications list ",
+		"cluster security.istio.io requestauthentications watch ",
+		"cluster security.trellis.io authorizationpolicies get ",
+		"cluster security.trellis.io authorizationpolicies list ",
+		"cluster security.trellis.io authorizationpolicies watch ",
 		"cluster security.trellis.io peerauthentications get ",
 		"cluster security.trellis.io peerauthentications list ",
 		"cluster security.trellis.io peerauthentications watch ",
+		"cluster security.trellis.io requestauthentications get ",
+		"cluster security.trellis.io requestauthentications list ",
+		"cluster security.trellis.io requestauthentications watch ",
 		"namespace  secrets create ",
 		"namespace  secrets get trellis-ca|cacerts",
 		"namespace  secrets update trellis-ca|cacerts",
@@ -157,5 +172,57 @@ func TestValues(t *testing.T) {
 	}
 	if err := v.LoadFile(file); err == nil || !strings.Contains(err.Error(), "imagee") {
 		t.Errorf("unknown key in a values file: %v", err)
+	}
+}
+
+// TestSecurityPolicySchemas: each policy CRD's schema has every field of
+// its catalog type, at every depth, and no other, but
+// AuthorizationPolicy's provider (CUSTOM's, refused by the API server): a
+// field added to the type and not to the schema would be pruned by the
+// API server.
+func TestSecurityPolicySchemas(t *testing.T) {
+	for _, c := range []struct {
+		crd map[string]any
+		typ reflect.Type
+	}{
+		{authorizationPolicyCRD(), reflect.TypeFor[catalog.AuthorizationSpec]()},
+		{requestAuthenticationCRD(), reflect.TypeFor[catalog.RequestAuthenticationSpec]()},
+	} {
+		version := c.crd["spec"].(map[string]any)["versions"].([]any)[0].(map[string]any)
+		root := version["schema"].(map[string]any)["openAPIV3Schema"].(map[string]any)
+		spec := root["properties"].(map[string]any)["spec"].(map[string]any)
+		checkSchema(t, "spec", c.typ, spec)
+	}
+}
+
+func checkSchema(t *testing.T, path string, typ reflect.Type, schema map[string]any) {
+	for typ.Kind() == reflect.Pointer || typ.Kind() == reflect.Slice {
+		if typ.Kind() == reflect.Slice {
+			schema, _ = schema["items"].(map[string]any)
+		}
+		typ = typ.Elem()
+	}
+	if typ.Kind() != reflect.Struct {
+		return
+	}
+	props, _ := schema["properties"].(map[string]any)
+	var fields []string
+	for f := range typ.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "provider" {
+			continue
+		}
+		fields = append(fields, name)
+		sub, ok := props[name].(map[string]any)
+		if !ok {
+			t.Errorf("schema of %s (%s) has no %s", path, typ.Name(), name)
+			continue
+		}
+		checkSchema(t, path+"."+name, f.Type, sub)
+	}
+	for name := range props {
+		if !slices.Contains(fields, name) {
+			t.Errorf("schema of %s has %s, which %s does not", path, name, typ.Name())
+		}
 	}
 }

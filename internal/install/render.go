@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path"
 	"strconv"
+	"strings"
 
 	admissionregv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -90,7 +91,7 @@ func Objects(v Values) []any {
 			&rbacv1.RoleBinding{TypeMeta: tm("rbac.authorization.k8s.io/v1", "RoleBinding"), ObjectMeta: om(name),
 				RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: name}, Subjects: subjects})
 	}
-	objs := []any{peerAuthenticationCRD(), &corev1.Namespace{TypeMeta: tm("v1", "Namespace"), ObjectMeta: cluster(v.Namespace)}}
+	objs := []any{peerAuthenticationCRD(), authorizationPolicyCRD(), requestAuthenticationCRD(), &corev1.Namespace{TypeMeta: tm("v1", "Namespace"), ObjectMeta: cluster(v.Namespace)}}
 	objs = append(objs, account(ControlPlane, ClusterRules(), NamespaceRules())...)
 	objs = append(objs,
 		&corev1.Service{TypeMeta: tm("v1", "Service"), ObjectMeta: om(ControlPlane), Spec: corev1.ServiceSpec{
@@ -196,6 +197,8 @@ func ClusterRules() []rbacv1.PolicyRule {
 		{APIGroups: []string{""}, Resources: []string{"pods/proxy"}, Verbs: []string{"get"}},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: read},
 		{APIGroups: []string{"security.trellis.io", "security.istio.io"}, Resources: []string{"peerauthentications"}, Verbs: read},
+		{APIGroups: []string{"security.trellis.io", "security.istio.io"}, Resources: []string{"authorizationpolicies"}, Verbs: read},
+		{APIGroups: []string{"security.trellis.io", "security.istio.io"}, Resources: []string{"requestauthentications"}, Verbs: read},
 		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
 		{APIGroups: []string{"admissionregistration.k8s.io"}, Resources: []string{"mutatingwebhookconfigurations"},
 			ResourceNames: []string{WebhookConfig}, Verbs: []string{"get", "update"}},
@@ -310,26 +313,96 @@ func webhookConfiguration(v Values, meta metav1.ObjectMeta) *admissionregv1.Muta
 // portLevelMtls), with a structural schema so the API server refuses
 // unknown fields and bad modes.
 func peerAuthenticationCRD() map[string]any {
-	mode := map[string]any{"type": "object", "properties": map[string]any{
-		"mode": map[string]any{"type": "string", "enum": []string{"UNSET", "PERMISSIVE", "STRICT"}}}}
+	mode := object(map[string]any{"mode": map[string]any{"type": "string", "enum": []string{"UNSET", "PERMISSIVE", "STRICT"}}})
+	return securityCRD("PeerAuthentication", "peerauthentications", "pa", map[string]any{
+		"selector":      workloadSelector(),
+		"mtls":          mode,
+		"portLevelMtls": map[string]any{"type": "object", "additionalProperties": mode},
+	})
+}
+
+// authorizationPolicyCRD is security.trellis.io/v1 AuthorizationPolicy:
+// the documented subset of Istio's (docs/authorization.md), with a
+// structural schema so the API server refuses unknown fields and bad
+// actions (CUSTOM and its provider included: there is no external
+// authorizer). What the schema cannot say (a selector and targetRefs
+// together, an unsupported when key) the control plane refuses, logging
+// it, as for a manifest.
+func authorizationPolicyCRD() map[string]any {
+	stringLists := func(names ...string) map[string]any {
+		props := map[string]any{}
+		for _, n := range names {
+			props[n] = map[string]any{"type": "array", "items": map[string]any{"type": "string"}}
+		}
+		return object(props)
+	}
+	list := func(items map[string]any) map[string]any { return map[string]any{"type": "array", "items": items} }
+	str := map[string]any{"type": "string"}
+	targetRef := object(map[string]any{"group": str, "kind": str, "name": str, "namespace": str})
+	targetRef["required"] = []string{"kind", "name"}
+	condition := object(map[string]any{"key": str, "values": list(str), "notValues": list(str)})
+	condition["required"] = []string{"key"}
+	return securityCRD("AuthorizationPolicy", "authorizationpolicies", "ap", map[string]any{
+		"selector":   workloadSelector(),
+		"targetRefs": list(targetRef),
+		"action":     map[string]any{"type": "string", "enum": []string{"ALLOW", "DENY", "AUDIT"}},
+		"rules": list(object(map[string]any{
+			"from": list(object(map[string]any{"source": stringLists("principals", "notPrincipals", "requestPrincipals", "notRequestPrincipals",
+				"namespaces", "notNamespaces", "ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks")})),
+			"to":   list(object(map[string]any{"operation": stringLists("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths")})),
+			"when": list(condition),
+		})),
+	})
+}
+
+// requestAuthenticationCRD is security.trellis.io/v1
+// RequestAuthentication: Istio's jwtRules (docs/authorization.md), with a
+// structural schema. What it cannot say (a rule with both jwks and
+// jwksUri, an http jwksUri off loopback, an invalid key set) the control
+// plane refuses, logging it.
+func requestAuthenticationCRD() map[string]any {
+	str := map[string]any{"type": "string"}
+	list := func(items map[string]any) map[string]any { return map[string]any{"type": "array", "items": items} }
+	targetRef := object(map[string]any{"group": str, "kind": str, "name": str, "namespace": str})
+	targetRef["required"] = []string{"kind", "name"}
+	rule := object(map[string]any{
+		"issuer": str, "audiences": list(str), "jwksUri": str, "jwks": str,
+		"fromHeaders": list(object(map[string]any{"name": str, "prefix": str})),
+		"fromParams":  list(str), "fromCookies": list(str),
+		"forwardOriginalToken":  map[string]any{"type": "boolean"},
+		"outputPayloadToHeader": str,
+		"outputClaimToHeaders":  list(object(map[string]any{"header": str, "claim": str})),
+	})
+	rule["required"] = []string{"issuer"}
+	return securityCRD("RequestAuthentication", "requestauthentications", "ra", map[string]any{
+		"selector": workloadSelector(), "targetRefs": list(targetRef), "jwtRules": list(rule),
+	})
+}
+
+// securityCRD is the namespaced security.trellis.io/v1 custom resource
+// kind (plural, and short name short), its spec of the given properties.
+func securityCRD(kind, plural, short string, spec map[string]any) map[string]any {
 	return map[string]any{
 		"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-		"metadata": map[string]any{"name": "peerauthentications.security.trellis.io", "labels": map[string]any{PartOf: "trellis"}},
+		"metadata": map[string]any{"name": plural + ".security.trellis.io", "labels": map[string]any{PartOf: "trellis"}},
 		"spec": map[string]any{
 			"group": "security.trellis.io", "scope": "Namespaced",
-			"names": map[string]any{"kind": "PeerAuthentication", "listKind": "PeerAuthenticationList", "plural": "peerauthentications",
-				"singular": "peerauthentication", "shortNames": []string{"pa"}},
+			"names": map[string]any{"kind": kind, "listKind": kind + "List", "plural": plural,
+				"singular": strings.ToLower(kind), "shortNames": []string{short}},
 			"versions": []any{map[string]any{
 				"name": "v1", "served": true, "storage": true,
-				"schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "properties": map[string]any{
-					"spec": map[string]any{"type": "object", "properties": map[string]any{
-						"selector": map[string]any{"type": "object", "properties": map[string]any{
-							"matchLabels": map[string]any{"type": "object", "additionalProperties": map[string]any{"type": "string"}}}},
-						"mtls":          mode,
-						"portLevelMtls": map[string]any{"type": "object", "additionalProperties": mode},
-					}},
-				}}},
+				"schema": map[string]any{"openAPIV3Schema": object(map[string]any{"spec": object(spec)})},
 			}},
 		},
 	}
+}
+
+// workloadSelector is the schema of Istio's selector.matchLabels.
+func workloadSelector() map[string]any {
+	return object(map[string]any{"matchLabels": map[string]any{"type": "object", "additionalProperties": map[string]any{"type": "string"}}})
+}
+
+// object is the schema of an object with these properties.
+func object(props map[string]any) map[string]any {
+	return map[string]any{"type": "object", "properties": props}
 }

@@ -40,11 +40,27 @@ var PeerAuthenticationResources = []schema.GroupVersionResource{
 	{Group: "security.istio.io", Version: "v1", Resource: "peerauthentications"},
 }
 
+// AuthorizationPolicyResources are the groups an AuthorizationPolicy is
+// read from, as PeerAuthenticationResources.
+var AuthorizationPolicyResources = []schema.GroupVersionResource{
+	{Group: "security.trellis.io", Version: "v1", Resource: "authorizationpolicies"},
+	{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"},
+}
+
+// RequestAuthenticationResources are the groups a RequestAuthentication
+// is read from, as PeerAuthenticationResources.
+var RequestAuthenticationResources = []schema.GroupVersionResource{
+	{Group: "security.trellis.io", Version: "v1", Resource: "requestauthentications"},
+	{Group: "security.istio.io", Version: "v1", Resource: "requestauthentications"},
+}
+
 // Source is a discovery.Source fed by informers on the API server:
-// Namespaces, Pods, Services, PeerAuthentications and the EndpointSlices
-// of Services without a selector, of every namespace, become catalog
-// snapshots, published at most once per Settle after a
-// burst of changes (scaling a Deployment changes many pods at once).
+// Namespaces, Pods, Services, PeerAuthentications, AuthorizationPolicies,
+// RequestAuthentications and the EndpointSlices of Services without a selector, of every
+// namespace, become catalog snapshots, published at most once per Settle
+// after a burst of changes (scaling a Deployment changes many pods at
+// once). A policy that does not decode is left out of the snapshots and
+// logged once.
 type Source struct {
 	Client  kubernetes.Interface
 	Dynamic dynamic.Interface
@@ -95,13 +111,28 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 		}
 	}
 	df := dynamicinformer.NewDynamicSharedInformerFactory(s.Dynamic, resync)
-	var paListers []cache.GenericLister
-	for _, gvr := range s.servedPeerAuthentications() {
-		inf := df.ForResource(gvr)
-		if _, err := inf.Informer().AddEventHandler(handler); err != nil {
-			return err
+	listers := func(gvrs []schema.GroupVersionResource) ([]cache.GenericLister, error) {
+		var out []cache.GenericLister
+		for _, gvr := range s.served(gvrs) {
+			inf := df.ForResource(gvr)
+			if _, err := inf.Informer().AddEventHandler(handler); err != nil {
+				return nil, err
+			}
+			out = append(out, inf.Lister())
 		}
-		paListers = append(paListers, inf.Lister())
+		return out, nil
+	}
+	paListers, err := listers(PeerAuthenticationResources)
+	if err != nil {
+		return err
+	}
+	apListers, err := listers(AuthorizationPolicyResources)
+	if err != nil {
+		return err
+	}
+	raListers, err := listers(RequestAuthenticationResources)
+	if err != nil {
+		return err
 	}
 	f.Start(ctx.Done())
 	sf.Start(ctx.Done())
@@ -122,7 +153,7 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 		}
 	}
 	var version uint64
-	warned := map[string]bool{} // PeerAuthentications already reported as invalid
+	warned := map[string]bool{} // policies already reported as invalid, by error
 	for {
 		version++
 		snap := &catalog.Snapshot{Version: version, Time: time.Now()}
@@ -144,20 +175,9 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 		for _, p := range pods {
 			snap.Pods = append(snap.Pods, RunningPod(p))
 		}
-		for _, l := range paListers {
-			objs, _ := l.List(labels.Everything())
-			for _, o := range objs {
-				pa, err := peerAuthentication(o)
-				if err != nil {
-					if !warned[err.Error()] {
-						warned[err.Error()] = true
-						slog.Warn("PeerAuthentication ignored", "err", err)
-					}
-					continue
-				}
-				snap.PeerAuthentications = append(snap.PeerAuthentications, pa)
-			}
-		}
+		snap.PeerAuthentications = decodeListed(paListers, "PeerAuthentication", manifest.DecodePeerAuthentication, warned)
+		snap.AuthorizationPolicies = decodeListed(apListers, "AuthorizationPolicy", manifest.DecodeAuthorizationPolicy, warned)
+		snap.RequestAuthentications = decodeListed(raListers, "RequestAuthentication", manifest.DecodeRequestAuthentication, warned)
 		sortSnapshot(snap)
 		publish(snap)
 		select {
@@ -173,11 +193,11 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 	}
 }
 
-// servedPeerAuthentications are the PeerAuthentication resources the API
-// server serves (Istio's only when its CRDs are installed).
-func (s *Source) servedPeerAuthentications() []schema.GroupVersionResource {
+// served are the resources of gvrs the API server serves (Istio's only
+// when its CRDs are installed).
+func (s *Source) served(gvrs []schema.GroupVersionResource) []schema.GroupVersionResource {
 	var out []schema.GroupVersionResource
-	for _, gvr := range PeerAuthenticationResources {
+	for _, gvr := range gvrs {
 		res, err := s.Client.Discovery().ServerResourcesForGroupVersion(gvr.GroupVersion().String())
 		if err != nil {
 			continue
@@ -314,25 +334,57 @@ func deploymentOf(p *corev1.Pod) string {
 	return ""
 }
 
-// peerAuthentication decodes a PeerAuthentication read from the API
-// server with the same rules as one-host manifests.
-func peerAuthentication(o any) (*catalog.PeerAuthentication, error) {
+// decodeListed decodes every object ls hold, custom resources of kind,
+// with decode (a manifest decoder: the rules of one-host manifests). An
+// object that does not decode is left out and logged, once per error
+// (warned remembers them across snapshots).
+func decodeListed[T any](ls []cache.GenericLister, kind string, decode func(doc []byte) (T, error), warned map[string]bool) []T {
+	var out []T
+	for _, l := range ls {
+		objs, _ := l.List(labels.Everything())
+		for _, o := range objs {
+			v, err := decodeObject(o, kind, decode)
+			if err != nil {
+				if !warned[err.Error()] {
+					warned[err.Error()] = true
+					slog.Warn(kind+" ignored", "err", err)
+				}
+				continue
+			}
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// decodeObject decodes o, a custom resource of kind a dynamic informer
+// listed, with decode; the error names the object.
+func decodeObject[T any](o any, kind string, decode func(doc []byte) (T, error)) (T, error) {
+	var zero T
 	u, ok := o.(*unstructured.Unstructured)
 	if !ok {
-		return nil, fmt.Errorf("unexpected object %T", o)
+		return zero, fmt.Errorf("%s: unexpected object %T", kind, o)
 	}
+	doc, err := manifestDoc(u)
+	if err != nil {
+		return zero, fmt.Errorf("%s %s/%s: %w", kind, u.GetNamespace(), u.GetName(), err)
+	}
+	v, err := decode(doc)
+	if err != nil {
+		return zero, fmt.Errorf("%s %s/%s: %w", kind, u.GetNamespace(), u.GetName(), err)
+	}
+	return v, nil
+}
+
+// manifestDoc is u as a manifest would write it, in JSON: its apiVersion,
+// kind, spec, and the metadata a manifest gives (name, namespace, labels,
+// annotations); what the API server adds (status, uid, managedFields...)
+// is left out.
+func manifestDoc(u *unstructured.Unstructured) ([]byte, error) {
 	content := u.UnstructuredContent()
 	doc := map[string]any{"apiVersion": content["apiVersion"], "kind": content["kind"], "spec": content["spec"],
 		"metadata": map[string]any{"name": u.GetName(), "namespace": u.GetNamespace(), "labels": u.GetLabels(), "annotations": u.GetAnnotations()}}
-	data, err := json.Marshal(doc)
-	if err != nil {
-		return nil, err
-	}
-	pa, err := manifest.DecodePeerAuthentication(data)
-	if err != nil {
-		return nil, fmt.Errorf("PeerAuthentication %s/%s: %w", u.GetNamespace(), u.GetName(), err)
-	}
-	return pa, nil
+	return json.Marshal(doc)
 }
 
 func sortSnapshot(s *catalog.Snapshot) {
@@ -342,6 +394,12 @@ func sortSnapshot(s *catalog.Snapshot) {
 	})
 	slices.SortFunc(s.Pods, func(a, b *catalog.RunningPod) int { return strings.Compare(a.Key(), b.Key()) })
 	slices.SortFunc(s.PeerAuthentications, func(a, b *catalog.PeerAuthentication) int {
+		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	})
+	slices.SortFunc(s.AuthorizationPolicies, func(a, b *catalog.AuthorizationPolicy) int {
+		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	})
+	slices.SortFunc(s.RequestAuthentications, func(a, b *catalog.RequestAuthentication) int {
 		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
 	})
 }

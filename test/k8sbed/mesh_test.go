@@ -534,6 +534,8 @@ func checkNoTrellis(t *testing.T, ctx context.Context, bed *Bed) {
 	for _, check := range [][]string{
 		{"get", "namespace", "trellis-system"},
 		{"get", "crd", "peerauthentications.security.trellis.io"},
+		{"get", "crd", "authorizationpolicies.security.trellis.io"},
+		{"get", "crd", "requestauthentications.security.trellis.io"},
 		{"get", "mutatingwebhookconfiguration", "trellis-sidecar-injector"},
 		{"get", "clusterrole", "trellis-control"},
 		{"get", "clusterrolebinding", "trellis-control"},

@@ -24,7 +24,8 @@ import (
 // every query of the panels of Istio's Grafana dashboards (istio-mesh,
 // istio-service, istio-workload) runs against it, and the dashboard,
 // port-forwarded by `trellis dashboard --kubernetes`, draws the demo's
-// edges in headless Chromium.
+// edges in headless Chromium. Last, an AuthorizationPolicy applied as a
+// custom resource is enforced by the database's sidecar.
 func TestPrometheusOnKubernetes(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the bed makes a network namespace, mounts and cgroups")
@@ -95,6 +96,9 @@ func TestPrometheusOnKubernetes(t *testing.T) {
 
 	browseClusterDashboard(t, ctx, trellis, chromium)
 	step("the dashboard in Chromium")
+
+	checkAuthorizationOnKubernetes(t, ctx, bed, trellis)
+	step("AuthorizationPolicy as a custom resource")
 }
 
 // checkIstioDashboards runs every query of testdata/istio-dashboards.promql
