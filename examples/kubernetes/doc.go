@@ -1,8 +1,8 @@
 // Package kubernetes holds the manifests of the reference walkthrough on
 // a Kubernetes cluster, which `trellis demo --kubernetes` (internal/cli)
 // applies: walkthrough.yaml (the graph database in namespace db and two
-// client namespaces) and policy.yaml (the "mesh members only"
-// NetworkPolicy). They are plain files for `kubectl apply` as well; the
+// client namespaces), policy.yaml (the "mesh members only"
+// NetworkPolicy) and authz.yaml (the AuthorizationPolicy of test 4). They are plain files for `kubectl apply` as well; the
 // README's Kubernetes section walks the same tests with kubectl.
 package kubernetes
 
@@ -13,4 +13,6 @@ var (
 	Walkthrough []byte
 	//go:embed policy.yaml
 	Policy []byte
+	//go:embed authz.yaml
+	Authz []byte
 )

@@ -110,6 +110,8 @@ type demoMesh interface {
 	// enforce applies the walkthrough's NetworkPolicy and returns once
 	// the node agent has it in the kernel.
 	enforce(ctx context.Context) error
+	// authorize applies the walkthrough's AuthorizationPolicy.
+	authorize(ctx context.Context) error
 	// graph reads the dashboard's service graph.
 	graph(ctx context.Context, window time.Duration, namespaces []string) (*servicegraph.Graph, error)
 	// clientID is the SPIFFE ID of client-allow's pod.
@@ -182,7 +184,18 @@ func (r *demoRun) walk(ctx context.Context) error {
 		return err
 	}
 	r.test2(ctx)
-	return r.test3(ctx)
+	if err := r.test3(ctx); err != nil {
+		return err
+	}
+	if err := r.test4(ctx); err != nil {
+		return err
+	}
+	note := " (run `" + r.rerun() + "` to keep it up)"
+	if r.keep {
+		note = ""
+	}
+	r.say("dashboard: %s%s", r.mesh.dashboard(), note)
+	return nil
 }
 
 func (r *demoRun) say(format string, args ...any) {
@@ -397,6 +410,13 @@ func (h *hostDemo) enforce(ctx context.Context) error {
 		"see `trellis get networkpolicies -A` and the mesh log")
 }
 
+func (h *hostDemo) authorize(ctx context.Context) error {
+	if _, err := h.client().Apply(ctx, []manifest.Source{{Name: "authz.yaml", Data: demo.Authz}}); err != nil {
+		return fmt.Errorf("apply the AuthorizationPolicy: %w", err)
+	}
+	return nil
+}
+
 // waitRulesChange waits up to 10 s for a node agent's rule count (read by
 // rules) to differ from before: the policy is in the kernel.
 func waitRulesChange(ctx context.Context, before float64, rules func(context.Context) (float64, error), hint string) error {
@@ -582,11 +602,51 @@ func (r *demoRun) test3(ctx context.Context) error {
 	} else {
 		r.check("graph edge "+denied, true, fmt.Sprintf("denied, %.0f packets dropped by the policy", e.Requests))
 	}
-	note := " (run `" + r.rerun() + "` to keep it up)"
-	if r.keep {
-		note = ""
+	return nil
+}
+
+// test4 restricts the mesh from within: the AuthorizationPolicy
+// db/alpha-readers lets client-allow's identity check alpha's health and
+// version, and nothing else; its query is refused by alpha's sidecar.
+func (r *demoRun) test4(ctx context.Context) error {
+	r.say("TEST 4  apply AuthorizationPolicy db/alpha-readers: inside the mesh, client-allow may only check alpha's health and version")
+	if err := r.mesh.authorize(ctx); err != nil {
+		return err
 	}
-	r.say("dashboard: %s%s", r.mesh.dashboard(), note)
+	query := []string{"trellis", "example", "graph-client", "query", "--type", "Film", "--http", alphaHTTP, "--timeout", r.timeout.String()}
+	var out string
+	var err error
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		if out, err = r.mesh.exec(ctx, "client-allow", query...); err != nil && strings.Contains(err.Error(), "RBAC: access denied") {
+			break
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if err == nil || !strings.Contains(err.Error(), "403") {
+		r.check("client-allow → HTTP POST /query", false, fmt.Sprintf("want 403 RBAC: access denied within 15s, got %q, %v", oneLine(out), err))
+	} else {
+		r.check("client-allow → HTTP POST /query", true, "refused by alpha's sidecar: "+oneLine(err.Error()))
+	}
+	for _, c := range r.calls()[:2] {
+		out, err := r.mesh.exec(ctx, "client-allow", c.args...)
+		if err != nil {
+			r.check("client-allow → "+c.label, false, oneLine(err.Error()))
+			continue
+		}
+		desc, _, perr := c.parse(out)
+		if perr != nil {
+			r.check("client-allow → "+c.label, false, perr.Error())
+			continue
+		}
+		r.check("client-allow → "+c.label, true, desc+"; allowed by db/alpha-readers")
+	}
 	return nil
 }
 

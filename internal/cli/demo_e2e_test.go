@@ -27,6 +27,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("trellis demo: %v\nstdout:\n%s\nstderr:\n%s", err, out, errOut)
 	}
 	for _, want := range []string{"TEST 0", "TEST 1", "TEST 2", "TEST 3", "timed out", "mTLS, caller spiffe://cluster.local/ns/client-allow/sa/default",
+		"TEST 4", "refused by alpha's sidecar: POST /query: 403 Forbidden: RBAC: access denied",
 		"dashboard: http://127.0.0.1:20001/", "checks passed"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("trellis demo printed no %q:\n%s", want, out)

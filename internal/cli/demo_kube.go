@@ -391,6 +391,19 @@ func (k *kubeDemo) enforce(ctx context.Context) error {
 	return waitRulesChange(ctx, before, rules, fmt.Sprintf("see kubectl -n %s logs %s", k.values.Namespace, agent))
 }
 
+func (k *kubeDemo) authorize(ctx context.Context) error {
+	objs, err := decodeObjects(kubeexample.Authz)
+	if err != nil {
+		return err
+	}
+	for _, u := range objs {
+		if err := k.applier.Apply(ctx, u); err != nil {
+			return fmt.Errorf("apply the AuthorizationPolicy: %w", err)
+		}
+	}
+	return nil
+}
+
 func (k *kubeDemo) graph(ctx context.Context, window time.Duration, namespaces []string) (*servicegraph.Graph, error) {
 	return clusterGraph(ctx, k.kc, k.values.Namespace, window, namespaces)
 }

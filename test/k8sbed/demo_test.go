@@ -17,7 +17,8 @@ import (
 // client timing out on both ports after the policy, the meshed client
 // answered over mTLS under its SPIFFE ID, and the graph's HTTP and gRPC
 // edges into the database, the database's edge to its coordinator and the
-// denied edge. Before that, it must refuse to run over a namespace that is
+// denied edge, and test 4's AuthorizationPolicy (a custom resource)
+// refusing the meshed client's query while allowing its CheckVersion. Before that, it must refuse to run over a namespace that is
 // the user's.
 func TestDemoOnKubernetes(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -52,8 +53,8 @@ func TestDemoOnKubernetes(t *testing.T) {
 		t.Fatalf("the demo failed: %v", err)
 	}
 	m := regexp.MustCompile(`all (\d+) checks passed`).FindSubmatch(out)
-	if n, _ := strconv.Atoi(string(m2(m))); n < 13 {
-		t.Errorf("the demo made %d checks, want all 13 of the walkthrough", n)
+	if n, _ := strconv.Atoi(string(m2(m))); n < 16 {
+		t.Errorf("the demo made %d checks, want all 16 of the walkthrough", n)
 	}
 	for _, want := range []string{
 		`ok +client-deny → HTTP GET /health +timed out`,
@@ -64,6 +65,8 @@ func TestDemoOnKubernetes(t *testing.T) {
 		`ok +graph edge wl:client-allow/client>svc:db/demo-graph-alpha:grpc `,
 		`ok +graph edge wl:db/demo-graph-alpha>svc:db/demo-graph-zero:grpc `,
 		`ok +graph edge wl:client-deny/client>wl:db/demo-graph-alpha:ip denied`,
+		`ok +client-allow → HTTP POST /query +refused by alpha's sidecar: POST /query: 403 Forbidden: RBAC: access denied`,
+		`ok +client-allow → gRPC CheckVersion +v\S+ from demo-graph-alpha-\S+; allowed by db/alpha-readers`,
 	} {
 		if !regexp.MustCompile(want).Match(out) {
 			t.Errorf("the demo's output has no line matching %q", want)
