@@ -174,8 +174,12 @@ func printGraph(w io.Writer, g *servicegraph.Graph) error {
 		if e.P95 != nil {
 			p95 = fmt.Sprintf("%.1fms", *e.P95)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%.1f%%\t%s\t%.0f%%\t\n", nodeName(from), nodeName(to), e.Protocol, e.RPS,
-			100*(1-e.ErrorRate), p95, 100*e.MTLS)
+		note := ""
+		if e.AuthzDenied > 0 {
+			note = fmt.Sprintf("%g denied by AuthorizationPolicy", e.AuthzDenied)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%.1f%%\t%s\t%.0f%%\t%s\n", nodeName(from), nodeName(to), e.Protocol, e.RPS,
+			100*(1-e.ErrorRate), p95, 100*e.MTLS, note)
 	}
 	if lines == 0 {
 		fmt.Fprintf(tw, "(no traffic in the last %s)\n", g.Window)

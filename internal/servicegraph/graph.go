@@ -71,10 +71,15 @@ type Edge struct {
 	MTLS float64 `json:"mtls"`
 	// BytesPerSec in both directions (TCP).
 	BytesPerSec float64 `json:"bytesPerSec,omitempty"`
-	// Denied: these were refused (by network policy, or plaintext at a
-	// STRICT mTLS port); Requests counts the refusals, Reason says which.
+	// Denied: these were refused (by network policy, by an
+	// AuthorizationPolicy, or plaintext at a STRICT mTLS port); Requests
+	// counts the refusals, Reason says which.
 	Denied bool   `json:"denied,omitempty"`
 	Reason string `json:"reason,omitempty"`
+	// AuthzDenied counts the requests (or connections) of the window an
+	// AuthorizationPolicy refused (Envoy's flag RBAC); when it is all of
+	// them, the edge is Denied. They are not errors of the destination.
+	AuthzDenied float64 `json:"authzDenied,omitempty"`
 }
 
 // Inventory is what exists, traffic or not: the graph shows idle
@@ -109,7 +114,7 @@ type Options struct {
 // request labels the graph groups istio_requests_total by.
 var requestBy = []string{"reporter", "source_workload", "source_workload_namespace", "destination_principal",
 	"destination_service_name", "destination_service_namespace", "destination_workload", "destination_workload_namespace",
-	"request_protocol", "response_code", "grpc_response_status", "connection_security_policy"}
+	"request_protocol", "response_code", "grpc_response_status", "connection_security_policy", "response_flags"}
 
 var latencyBy = []string{"reporter", "source_workload", "source_workload_namespace", "destination_principal",
 	"destination_service_name", "destination_service_namespace", "destination_workload", "destination_workload_namespace",
@@ -187,8 +192,12 @@ func counted(l map[string]string) bool {
 	return l["reporter"] == "destination" || (l["reporter"] == "source" && l["destination_principal"] == "unknown")
 }
 
-// failed says whether a request group is an error.
+// failed says whether a request group is an error. A request an
+// AuthorizationPolicy refused is the policy working, not an error.
 func failed(l map[string]string) bool {
+	if l["response_flags"] == "RBAC" {
+		return false
+	}
 	if l["request_protocol"] == "grpc" {
 		if s := l["grpc_response_status"]; s != "" && s != "-" {
 			return s != "0"
@@ -284,6 +293,9 @@ func (b *builder) request(g Group) {
 		if bad {
 			e.failed += g.Value
 		}
+		if l["response_flags"] == "RBAC" {
+			e.edge.AuthzDenied += g.Value
+		}
 		if l["connection_security_policy"] == "mutual_tls" {
 			e.mtls += g.Value
 		}
@@ -335,6 +347,13 @@ func (b *builder) tcp(g Group, bytes bool) {
 			}
 			continue
 		}
+		if l["response_flags"] == "RBAC" {
+			if !bytes {
+				e.edge.Requests += g.Value
+				e.edge.AuthzDenied += g.Value
+			}
+			continue
+		}
 		if bytes {
 			e.bytes += g.Value
 			continue
@@ -376,6 +395,9 @@ func (b *builder) finish() *Graph {
 		}
 		if es.denied && es.bytes == 0 && es.mtls == 0 {
 			e.Denied = true
+		}
+		if e.AuthzDenied > 0 && e.AuthzDenied == e.Requests {
+			e.Denied, e.Reason = true, "refused by an AuthorizationPolicy (RBAC)"
 		}
 		e.RPS = e.Requests / secs
 		e.BytesPerSec = es.bytes / secs

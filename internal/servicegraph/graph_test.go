@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,6 +48,10 @@ func TestBuildFromScrapedProxies(t *testing.T) {
 	req(alpha, alphaSvc(telemetry.Request{Reporter: "destination", Source: allow, Protocol: "grpc", Code: 200, GRPCStatus: "0", MutualTLS: true, Duration: 30 * time.Millisecond}), 27)
 	req(alpha, alphaSvc(telemetry.Request{Reporter: "destination", Source: allow, Protocol: "grpc", Code: 200, GRPCStatus: "14", MutualTLS: true, Duration: 30 * time.Millisecond}), 3)
 	req(alpha, alphaSvc(telemetry.Request{Reporter: "destination", Source: telemetry.Unknown, Protocol: "http", Code: 200, Duration: 2 * time.Millisecond}), 30)
+	// 10 gRPC calls from another meshed client, every one refused by an
+	// AuthorizationPolicy.
+	req(alpha, alphaSvc(telemetry.Request{Reporter: "destination", Source: peer("client-other", "client"), Protocol: "grpc", Code: 200, GRPCStatus: "7",
+		Flags: "RBAC", MutualTLS: true, Duration: time.Millisecond}), 10)
 	toZero := telemetry.Request{Source: alphaP, Dest: zeroP, Service: "demo-graph-zero.db.svc.cluster.local", ServiceName: "demo-graph-zero",
 		ServiceNamespace: "db", Protocol: "grpc", Code: 200, GRPCStatus: "0", MutualTLS: true, Duration: time.Millisecond}
 	toZero.Reporter = "source"
@@ -73,15 +78,17 @@ func TestBuildFromScrapedProxies(t *testing.T) {
 		requests, errs float64
 		mtls           float64
 		denied         bool
+		authzDenied    float64
 	}{
-		{"wl:client-allow/client>svc:db/demo-graph-alpha:http", 90, 0, 1, false},
-		{"wl:client-allow/client>svc:db/demo-graph-alpha:grpc", 30, 0.1, 1, false},
-		{"unknown>svc:db/demo-graph-alpha:http", 30, 0, 0, false},
-		{"svc:db/demo-graph-alpha>wl:db/demo-graph-alpha:http", 120, 0, 0.75, false},
-		{"svc:db/demo-graph-alpha>wl:db/demo-graph-alpha:grpc", 30, 0.1, 1, false},
-		{"wl:db/demo-graph-alpha>svc:db/demo-graph-zero:grpc", 20, 0, 1, false},
-		{"svc:db/demo-graph-zero>wl:db/demo-graph-zero:grpc", 20, 0, 1, false},
-		{"unknown>wl:db/demo-graph-zero:tcp", 5, 0, 0, true},
+		{"wl:client-allow/client>svc:db/demo-graph-alpha:http", 90, 0, 1, false, 0},
+		{"wl:client-allow/client>svc:db/demo-graph-alpha:grpc", 30, 0.1, 1, false, 0},
+		{"unknown>svc:db/demo-graph-alpha:http", 30, 0, 0, false, 0},
+		{"svc:db/demo-graph-alpha>wl:db/demo-graph-alpha:http", 120, 0, 0.75, false, 0},
+		{"svc:db/demo-graph-alpha>wl:db/demo-graph-alpha:grpc", 40, 0.075, 1, false, 10},
+		{"wl:client-other/client>svc:db/demo-graph-alpha:grpc", 10, 0, 1, true, 10},
+		{"wl:db/demo-graph-alpha>svc:db/demo-graph-zero:grpc", 20, 0, 1, false, 0},
+		{"svc:db/demo-graph-zero>wl:db/demo-graph-zero:grpc", 20, 0, 1, false, 0},
+		{"unknown>wl:db/demo-graph-zero:tcp", 5, 0, 0, true, 0},
 	}
 	for _, w := range want {
 		e := edges[w.id]
@@ -89,10 +96,13 @@ func TestBuildFromScrapedProxies(t *testing.T) {
 			t.Errorf("no edge %s; have %v", w.id, keys(edges))
 			continue
 		}
-		if e.Requests != w.requests || e.ErrorRate != w.errs || e.MTLS != w.mtls || e.Denied != w.denied {
-			t.Errorf("edge %s = %g requests, %g errors, %g mTLS, denied %v; want %g, %g, %g, %v",
-				w.id, e.Requests, e.ErrorRate, e.MTLS, e.Denied, w.requests, w.errs, w.mtls, w.denied)
+		if e.Requests != w.requests || e.ErrorRate != w.errs || e.MTLS != w.mtls || e.Denied != w.denied || e.AuthzDenied != w.authzDenied {
+			t.Errorf("edge %s = %g requests, %g errors, %g mTLS, denied %v, %g by authorization; want %g, %g, %g, %v, %g",
+				w.id, e.Requests, e.ErrorRate, e.MTLS, e.Denied, e.AuthzDenied, w.requests, w.errs, w.mtls, w.denied, w.authzDenied)
 		}
+	}
+	if e := edges["wl:client-other/client>svc:db/demo-graph-alpha:grpc"]; e != nil && !strings.Contains(e.Reason, "AuthorizationPolicy") {
+		t.Errorf("the refused edge's reason %q does not name authorization", e.Reason)
 	}
 	if len(g.Edges) != len(want) {
 		t.Errorf("%d edges %v, want %d", len(g.Edges), keys(edges), len(want))

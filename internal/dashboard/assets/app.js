@@ -77,6 +77,7 @@ function edgeLabel(e) {
     head.push(`${num(e.bytesPerSec / 1024)} KiB/s`);
   }
   head.push(`mTLS ${pct(e.mtls)}`);
+  if (e.authzDenied) head.push(`${Math.round(e.authzDenied)} denied by policy`);
   return head.join(' · ') + latency;
 }
 
@@ -206,7 +207,8 @@ async function showPanel(id, fresh = true) {
     : `${d.kind}${d.namespace ? ' in namespace ' + d.namespace : ''} · ${d.health}`;
   const stats = el.isEdge()
     ? [['rate', `${num(d.rps)}/s (${Math.round(d.requests)} in ${state.window})`], ['errors', pct(d.errorRate)],
-       ['p50 / p95 / p99', `${ms(d.p50)} / ${ms(d.p95)} / ${ms(d.p99)}`], ['mTLS', pct(d.mtls)]]
+       ['p50 / p95 / p99', `${ms(d.p50)} / ${ms(d.p95)} / ${ms(d.p99)}`], ['mTLS', pct(d.mtls)],
+       ['denied by AuthorizationPolicy', `${Math.round(d.authzDenied || 0)} in ${state.window}`]]
     : [['rate', `${num(d.rps)}/s`], ['errors', pct(d.errorRate)], ['sidecar', d.kind === 'workload' ? (d.sidecar ? 'yes' : 'no') : '–']];
   document.getElementById('panel-stats').replaceChildren(...stats.flatMap(([k, v]) => {
     const dt = document.createElement('dt'); dt.textContent = k;
