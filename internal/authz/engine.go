@@ -58,6 +58,9 @@ type Decision struct {
 	// that matched, or the ALLOW that matched; empty when no policy
 	// applied, or when ALLOW policies applied and none matched.
 	Policy string
+	// Rule is the index, in Policy's rules, of the rule that matched;
+	// meaningful only when Policy is set.
+	Rule int
 	// Action is DENY when a DENY policy decided, ALLOW when ALLOW policies
 	// did (the one that matched, or none matching); empty when no policy
 	// applied.
@@ -233,7 +236,7 @@ func compilePolicy(p Policy) (compiled, error) {
 func (e *Engine) Decide(r *Request) Decision {
 	d := Decision{Allowed: true}
 	for _, c := range e.audit {
-		if c.matches(r) {
+		if _, ok := c.matches(r); ok {
 			d.Audited = append(d.Audited, c.name)
 		}
 	}
@@ -242,8 +245,8 @@ func (e *Engine) Decide(r *Request) Decision {
 		d.DryRun = &shadow
 	}
 	for _, c := range e.deny {
-		if c.matches(r) {
-			d.Allowed, d.Policy, d.Action = false, c.name, Deny
+		if i, ok := c.matches(r); ok {
+			d.Allowed, d.Policy, d.Rule, d.Action = false, c.name, i, Deny
 			return d
 		}
 	}
@@ -252,8 +255,8 @@ func (e *Engine) Decide(r *Request) Decision {
 	}
 	d.Action = Allow
 	for _, c := range e.allow {
-		if c.matches(r) {
-			d.Policy = c.name
+		if i, ok := c.matches(r); ok {
+			d.Policy, d.Rule = c.name, i
 			return d
 		}
 	}
@@ -261,10 +264,11 @@ func (e *Engine) Decide(r *Request) Decision {
 	return d
 }
 
-// matches: any rule matches. A policy with no rules matches nothing (an
-// ALLOW policy without rules therefore allows nothing).
-func (c compiled) matches(r *Request) bool {
-	for _, rl := range c.rules {
+// matches reports the first rule that matches. A policy with no rules
+// matches nothing (an ALLOW policy without rules therefore allows
+// nothing).
+func (c compiled) matches(r *Request) (int, bool) {
+	for i, rl := range c.rules {
 		match := rl.match
 		if rl.httpOnly && !r.HTTP {
 			if match = rl.tcp; match == nil {
@@ -272,10 +276,10 @@ func (c compiled) matches(r *Request) bool {
 			}
 		}
 		if match(r) {
-			return true
+			return i, true
 		}
 	}
-	return false
+	return 0, false
 }
 
 // withoutHTTP is r without its HTTP-only fields: request principals,

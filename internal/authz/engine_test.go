@@ -107,6 +107,15 @@ func TestFields(t *testing.T) {
 	}
 }
 
+// The decision names the rule that matched, for the access log and
+// trellis explain.
+func TestDecisionNamesTheRule(t *testing.T) {
+	p := policy(t, "db", "two", `rules: [{to: [{operation: {methods: [POST]}}]}, {to: [{operation: {paths: ["/health"]}}]}]`)
+	if d := decide(t, []Policy{p}, httpReq()); !d.Allowed || d.Policy != "db/two" || d.Rule != 1 {
+		t.Errorf("GET /health: %+v, want allowed by db/two rule 1", d)
+	}
+}
+
 func TestEvaluationOrder(t *testing.T) {
 	allowAll := policy(t, "db", "allow-all", `rules: [{}]`)
 	denyGet := policy(t, "db", "deny-get", `{action: DENY, rules: [{to: [{operation: {methods: [GET]}}]}]}`)

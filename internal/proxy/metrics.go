@@ -453,6 +453,9 @@ func authzAttrs(d authz.Decision) []slog.Attr {
 	if d.Action != "" {
 		attrs = append(attrs, slog.String("authz_policy", cmp.Or(d.Policy, "-")),
 			slog.String("authz_result", strings.ToLower(string(d.Action))+" "+result(d.Allowed, "")))
+		if d.Policy != "" {
+			attrs = append(attrs, slog.Int("authz_rule", d.Rule))
+		}
 	}
 	if len(d.Audited) > 0 {
 		attrs = append(attrs, slog.String("authz_audited", strings.Join(d.Audited, ",")))
