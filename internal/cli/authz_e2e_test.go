@@ -151,6 +151,15 @@ func TestAuthorizationPolicyWithSidecars(t *testing.T) {
 	if out, ok := call("client-other", query...); ok || !strings.Contains(out, "403") {
 		t.Errorf("client-other POST /query: %q (ok %v), want 403", out, ok)
 	}
+	// trellis explain says the same from the sidecars' configs.
+	for _, c := range []struct{ ns, want string }{
+		{"client-allow", "allowed by db/alpha-clients, rule 0"},
+		{"client-other", "denied: ALLOW policies apply and none of their rules matches"},
+	} {
+		if out := m.must("explain", "-n", c.ns, "client", "http://demo-graph-alpha.db:8080/health"); !strings.Contains(out, c.want) {
+			t.Errorf("trellis explain from %s:\n%s\nwant %q", c.ns, out, c.want)
+		}
+	}
 	if out, _ := call("client-allow", tcp...); !strings.Contains(out, " ok") {
 		t.Errorf("client-allow to the TCP service: %q, want served", out)
 	}
@@ -235,6 +244,11 @@ func TestAuthorizationPolicyWithSidecars(t *testing.T) {
 	}
 	waitFor(t, "POST /query without a token to be refused", 20*time.Second, func() bool { return curl("POST", "/query", "") == "403" })
 	waitFor(t, "the issuer's keys to reach alpha's sidecar", 20*time.Second, func() bool { return curl("POST", "/query", token(time.Minute)) == "200" })
+	if out := m.must("explain", "-n", "client-allow", "client", "http://demo-graph-alpha.db:8080/query", "-X", "POST",
+		"-H", "Authorization: Bearer "+token(time.Minute)); !strings.Contains(out, "verified: request principal https://issuer.trellis.test/alice") ||
+		!strings.Contains(out, "allowed by db/alpha-clients, rule 0") {
+		t.Errorf("trellis explain with a token:\n%s\nwant it verified and allowed", out)
+	}
 	for _, c := range []struct{ what, method, path, tok, want string }{
 		{"GET /health without a token", "GET", "/health", "", "200"},
 		{"an expired token", "GET", "/health", token(-5 * time.Minute), "401"},

@@ -35,7 +35,7 @@ func checkRequest(w http.ResponseWriter, r *http.Request, ex *exchange) bool {
 		refuse(http.StatusBadRequest, "a fragment (#...) in the request target; clients must not send one")
 		return false
 	}
-	p, err := normalizePath(r.URL.EscapedPath())
+	p, err := NormalizePath(r.URL.EscapedPath())
 	if err != nil {
 		refuse(http.StatusBadRequest, err.Error())
 		return false
@@ -52,13 +52,13 @@ func checkRequest(w http.ResponseWriter, r *http.Request, ex *exchange) bool {
 	return true
 }
 
-// normalizePath is what the app receives for an escaped request path, as
+// NormalizePath is what the app receives for an escaped request path, as
 // Istio's default (BASE) normalisation: percent-encoded unreserved
 // characters are decoded and other escapes upper-cased, then "." and ".."
 // segments are resolved (RFC 3986, 5.2.4). Encoded slashes and backslashes
 // (%2F, %5C) stay encoded and "//" stays as is, so the app sees the
 // segments the client meant. A fragment is refused: clients never send one.
-func normalizePath(escaped string) (string, error) {
+func NormalizePath(escaped string) (string, error) {
 	if escaped == "" {
 		return "/", nil
 	}

@@ -108,7 +108,7 @@ func FuzzNormalizePath(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, p string) {
-		n, err := normalizePath(p)
+		n, err := NormalizePath(p)
 		if err != nil {
 			return
 		}
@@ -120,7 +120,7 @@ func FuzzNormalizePath(f *testing.F) {
 				t.Fatalf("normalizePath(%q) = %q keeps a dot segment", p, n)
 			}
 		}
-		if again, err := normalizePath(n); err != nil || again != n {
+		if again, err := NormalizePath(n); err != nil || again != n {
 			t.Fatalf("normalizePath is not idempotent: %q -> %q -> %q, %v", p, n, again, err)
 		}
 	})
