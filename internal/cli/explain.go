@@ -111,8 +111,10 @@ func explainRequest(raw, method string, headers []string) (*http.Request, error)
 
 // explainer reads what it explains from pods and their sidecars.
 type explainer struct {
-	out    io.Writer
-	pods   interface{ Pods(context.Context) ([]localmesh.PodStatus, error) }
+	out  io.Writer
+	pods interface {
+		Pods(context.Context) ([]localmesh.PodStatus, error)
+	}
 	config func(ctx context.Context, ns, pod string) (*meshpb.ProxyConfig, error)
 }
 
