@@ -132,6 +132,44 @@ func TestAuthorizationPolicyWithSidecars(t *testing.T) {
 		return ok
 	})
 
+	// Policies suggested from what the sidecars let in: applied, they deny
+	// nothing that was observed (client-other's health checks, client-allow's
+	// CheckVersion) and what was not (client-allow's health checks,
+	// client-other's CheckVersion).
+	if out, ok := call("client-allow", version...); !ok {
+		t.Fatalf("client-allow CheckVersion before any policy: %s", out)
+	}
+	suggested := m.must("authz", "suggest", "-n", "db", "--window", "10m")
+	for _, want := range []string{"name: demo-graph-alpha-observed", "istio.io/dry-run: \"true\"", "cluster.local/ns/client-other/sa/default",
+		"/trellis.demo.graph.v1.Graph/CheckVersion", "/health"} {
+		if !strings.Contains(suggested, want) {
+			t.Errorf("trellis authz suggest has no %q:\n%s", want, suggested)
+		}
+	}
+	if out := m.must("authz", "check", "-f", file(suggested), "--window", "10m"); !strings.Contains(out, "nothing observed would be denied") {
+		t.Errorf("trellis authz check of the suggestion: %s", out)
+	}
+	if out, _, err := m.run("authz", "check", "-f", file(authzAllow), "--window", "10m"); err == nil ||
+		!strings.Contains(out, "cluster.local/ns/client-other/sa/default") || !strings.Contains(out, "/health") {
+		t.Errorf("trellis authz check of a policy keeping client-other out: %v\n%s\nwant client-other's health checks listed, exit 1", err, out)
+	}
+	enforced := file(strings.ReplaceAll(suggested, `istio.io/dry-run: "true"`, `istio.io/dry-run: "false"`))
+	m.must("apply", "-f", enforced)
+	waitFor(t, "the suggested policy to refuse what was not observed", 20*time.Second, func() bool {
+		out, ok := call("client-allow", health...)
+		return !ok && strings.Contains(out, "403")
+	})
+	if out, ok := call("client-other", health...); !ok {
+		t.Errorf("client-other's observed health check, under the suggested policy: %s", out)
+	}
+	if out, ok := call("client-allow", version...); !ok {
+		t.Errorf("client-allow's observed CheckVersion, under the suggested policy: %s", out)
+	}
+	if out, ok := call("client-other", version...); ok || !strings.Contains(out, "PermissionDenied") {
+		t.Errorf("client-other's CheckVersion, never observed, under the suggested policy: %s", out)
+	}
+	m.must("delete", "-f", enforced)
+
 	apply(authzAllow)
 	waitFor(t, "the ALLOW policy to keep client-other out", 20*time.Second, func() bool {
 		out, ok := call("client-other", health...)

@@ -51,32 +51,11 @@ that decide, and why. It reads the configs the sidecars run; it sends nothing.
 			if err != nil {
 				return err
 			}
-			e := &explainer{out: o.out}
-			if cluster.kubernetes {
-				kc, err := cluster.connect()
-				if err != nil {
-					return err
-				}
-				e.pods = &clusterLister{kc: kc, trellisNS: cluster.namespace, warn: terminalSafe(o.err)}
-				e.config = func(ctx context.Context, ns, pod string) (*meshpb.ProxyConfig, error) {
-					get, stop, err := clusterAdmin(ctx, &cluster, ns, pod, io.Discard)
-					if err != nil {
-						return nil, err
-					}
-					defer stop()
-					return sidecarConfig(get)
-				}
-			} else {
-				e.pods = o.client()
-				e.config = func(ctx context.Context, ns, pod string) (*meshpb.ProxyConfig, error) {
-					nsName, err := podNetns(ctx, o, ns, pod)
-					if err != nil {
-						return nil, err
-					}
-					return sidecarConfig(func(path string) ([]byte, error) { return adminGet(nsName, path) })
-				}
+			sc, err := newSidecars(o, &cluster)
+			if err != nil {
+				return err
 			}
-			return e.explain(cmd.Context(), namespace, args[0], req)
+			return (&explainer{out: o.out, sidecars: sc}).explain(cmd.Context(), namespace, args[0], req)
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "the calling pod's namespace")
@@ -111,15 +90,48 @@ func explainRequest(raw, method string, headers []string) (*http.Request, error)
 
 // explainer reads what it explains from pods and their sidecars.
 type explainer struct {
-	out  io.Writer
+	out io.Writer
+	*sidecars
+}
+
+// sidecars reads pods and their sidecars' admin APIs: on this host
+// through each pod's network namespace, on a cluster by a port-forward
+// through the API server.
+type sidecars struct {
 	pods interface {
 		Pods(context.Context) ([]localmesh.PodStatus, error)
 	}
-	config func(ctx context.Context, ns, pod string) (*meshpb.ProxyConfig, error)
+	admin func(ctx context.Context, ns, pod, path string) ([]byte, error)
 }
 
-func sidecarConfig(get func(path string) ([]byte, error)) (*meshpb.ProxyConfig, error) {
-	data, err := get("/config_dump")
+func newSidecars(o *options, cluster *clusterFlags) (*sidecars, error) {
+	if !cluster.kubernetes {
+		return &sidecars{pods: o.client(), admin: func(ctx context.Context, ns, pod, path string) ([]byte, error) {
+			nsName, err := podNetns(ctx, o, ns, pod)
+			if err != nil {
+				return nil, err
+			}
+			return adminGet(nsName, path)
+		}}, nil
+	}
+	kc, err := cluster.connect()
+	if err != nil {
+		return nil, err
+	}
+	return &sidecars{pods: &clusterLister{kc: kc, trellisNS: cluster.namespace, warn: terminalSafe(o.err)},
+		admin: func(ctx context.Context, ns, pod, path string) ([]byte, error) {
+			get, stop, err := clusterAdmin(ctx, cluster, ns, pod, io.Discard)
+			if err != nil {
+				return nil, err
+			}
+			defer stop()
+			return get(path)
+		}}, nil
+}
+
+// config is the ProxyConfig pod's sidecar runs.
+func (s *sidecars) config(ctx context.Context, ns, pod string) (*meshpb.ProxyConfig, error) {
+	data, err := s.admin(ctx, ns, pod, "/config_dump")
 	if err != nil {
 		return nil, err
 	}

@@ -41,7 +41,7 @@ func New(stateDir string) *cobra.Command {
 		newGetCmd(o), newExecCmd(o), newLogsCmd(o), newExampleCmd(o), newNodeAgentCmd(o), newProxyCmd(), newControlCmd(),
 		newProxyStatusCmd(o), newProxyConfigCmd(o), newCACmd(o), newControlPlaneCmd(o),
 		newDemoCmd(o), newGraphCmd(o), newDashboardCmd(o), newImagesCmd(o),
-		newInstallCmd(o), newUninstallCmd(o), newInjectCmd(o), newCheckCmd(o), newRestartInjectedCmd(o), newExplainCmd(o),
+		newInstallCmd(o), newUninstallCmd(o), newInjectCmd(o), newCheckCmd(o), newRestartInjectedCmd(o), newExplainCmd(o), newAuthzCmd(o),
 	)
 	return root
 }

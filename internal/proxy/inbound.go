@@ -76,6 +76,7 @@ type Inbound struct {
 	tunnels          tunnels
 	limit            connLimit
 	floods           penaltyBox // clients cut off for HTTP/2 floods
+	observed         observedAccess
 }
 
 // NewInbound accepts peers of trustDomain presenting certificates that
@@ -414,6 +415,7 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok || !in.authorizeHTTP(ow, r, ex, port, auth) {
 		return
 	}
+	in.observe(src, ex.mutualTLS, port, r.Method, r.URL.EscapedPath())
 	in.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
 }
 
@@ -476,6 +478,7 @@ func (in *Inbound) tunnel(c net.Conn, appPort uint16, meta string) {
 			return
 		}
 	}
+	in.observe(conn.Source, conn.MutualTLS, appPort, "", "")
 	app, err := net.DialTimeout("tcp", net.JoinHostPort(in.appHost(), strconv.Itoa(int(appPort))), 5*time.Second)
 	if err != nil {
 		slog.Warn("inbound TCP: app unreachable", "port", appPort, "err", err)

@@ -282,7 +282,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		fmt.Fprintln(w, "ready")
 	}))
-	admin := safehttp.Server(adminMux(&current, store, out))
+	admin := safehttp.Server(adminMux(&current, store, out, in))
 	statsMux := http.NewServeMux()
 	statsMux.Handle("/stats/prometheus", metrics.Handler())
 	stats := safehttp.Server(statsMux)
@@ -442,8 +442,10 @@ func acceptLoop(ln net.Listener, take func(net.Conn)) {
 
 // adminMux serves the admin endpoints: /config_dump (the ProxyConfig in
 // force), /certs (identity and expiry), /clusters (endpoints and their
-// state), /debug/pprof/ (profiles).
-func adminMux(cfg *atomic.Pointer[meshpb.ProxyConfig], store *meshtls.Store, out *Outbound) http.Handler {
+// state), /authz/observed (the access the inbound side let in, for
+// `trellis authz suggest`; ?window=10m for the recent part only),
+// /debug/pprof/ (profiles).
+func adminMux(cfg *atomic.Pointer[meshpb.ProxyConfig], store *meshtls.Store, out *Outbound, in *Inbound) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, _ *http.Request) {
 		data, err := protojson.MarshalOptions{Multiline: true}.Marshal(cfg.Load())
@@ -464,6 +466,19 @@ func adminMux(cfg *atomic.Pointer[meshpb.ProxyConfig], store *meshtls.Store, out
 	})
 	mux.HandleFunc("/clusters", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSONTo(w, out.clusters())
+	})
+	mux.HandleFunc("/authz/observed", func(w http.ResponseWriter, r *http.Request) {
+		var since time.Time
+		if v := r.URL.Query().Get("window"); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				http.Error(w, "window: give a positive duration such as 10m", http.StatusBadRequest)
+				return
+			}
+			since = time.Now().Add(-d)
+		}
+		seen, overflow := in.Observed(since)
+		writeJSONTo(w, map[string]any{"access": seen, "overflow": overflow})
 	})
 	// Go's profiler, for `go tool pprof http://127.0.0.1:15000/debug/pprof/profile`
 	// from inside the pod (the admin port is never reachable from outside).
