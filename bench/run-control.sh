@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The control plane's push benchmark: N simulated proxies (real gRPC
 # streams, real certificates) against one `trellis control` process; one
-# endpoint flips; change-to-ACK latency and RSS per proxy. Arguments go to
+# endpoint flips (or, with -change policy, an AuthorizationPolicy); change-to-ACK
+# latency and RSS per proxy. Arguments go to
 # bench/controlbench (default: -proxies 100,1000,5000 -flips 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,8 +1,11 @@
 // Command controlbench measures the control plane's push: N simulated
 // proxies (real gRPC streams with real certificates, in this process)
-// against one `trellis control` process; one endpoint flips and each
-// proxy's time from the registry change to its ACK is recorded, with the
-// control plane's RSS per connected proxy. Run by bench/run-control.sh.
+// against one `trellis control` process; one endpoint flips (or, with
+// -change policy, an AuthorizationPolicy covering every proxy changes,
+// which each simulated proxy compiles, as a real one does, before it
+// ACKs: the ACK is the moment the policy is enforced) and each proxy's
+// time from the registry change to its ACK is recorded, with the control
+// plane's RSS per connected proxy. Run by bench/run-control.sh.
 package main
 
 import (
@@ -32,6 +35,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/discovery"
 	"github.com/trellis-mesh/trellis/internal/identity"
@@ -42,8 +46,12 @@ import (
 func main() {
 	trellis := flag.String("trellis", "bin/trellis", "the trellis binary")
 	sizes := flag.String("proxies", "100,1000,5000", "proxy counts to measure")
-	flips := flag.Int("flips", 5, "endpoint flips per size")
+	flips := flag.Int("flips", 5, "changes per size")
+	change := flag.String("change", "endpoint", "what changes: endpoint (one endpoint flips) or policy (an AuthorizationPolicy over every proxy)")
 	flag.Parse()
+	if *change != "endpoint" && *change != "policy" {
+		fail(fmt.Errorf("-change %q: use endpoint or policy", *change))
+	}
 	var lim syscall.Rlimit
 	_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
 	lim.Cur = lim.Max
@@ -55,7 +63,7 @@ func main() {
 		if err != nil {
 			fail(err)
 		}
-		if err := measure(*trellis, n, *flips); err != nil {
+		if err := measure(*trellis, n, *flips, *change == "policy"); err != nil {
 			fail(err)
 		}
 	}
@@ -72,7 +80,7 @@ type sim struct {
 	tokens              []string
 }
 
-func measure(trellis string, n, flips int) error {
+func measure(trellis string, n, flips int, policy bool) error {
 	dir, err := os.MkdirTemp("", "controlbench")
 	if err != nil {
 		return err
@@ -116,7 +124,13 @@ func measure(trellis string, n, flips int) error {
 	rss := rssKiB(cp.Process.Pid)
 	var lat []time.Duration
 	for f := range flips {
-		s.snap.Pods[0].Ready = f%2 == 0 // the one endpoint flips: in, out, in, ...
+		if policy { // what the namespace's DENY policy names changes each time
+			s.snap.AuthorizationPolicies = []*catalog.AuthorizationPolicy{{Meta: catalog.Meta{Namespace: "sim", Name: "deny"},
+				Spec: catalog.AuthorizationSpec{Action: catalog.AuthorizationDeny, Rules: []catalog.AuthorizationRule{{
+					To: []catalog.AuthorizationTo{{Operation: catalog.AuthorizationOperation{Paths: []string{fmt.Sprintf("/admin/%d/*", f)}}}}}}}}}
+		} else {
+			s.snap.Pods[0].Ready = f%2 == 0 // the one endpoint flips: in, out, in, ...
+		}
 		s.snap.Version++
 		start := time.Now()
 		if err := discovery.WriteFile(s.registry, s.snap); err != nil {
@@ -224,6 +238,11 @@ func (s *sim) proxy(ctx context.Context, i int, setup chan struct{}, ready chan<
 	for err == nil {
 		var upd *meshpb.ConfigUpdate
 		if upd, err = st.Recv(); err != nil {
+			return
+		}
+		// As a proxy does before it ACKs: compile the policies it is to
+		// enforce.
+		if _, err = authz.Compile(authz.FromProto(upd.GetAuthorization())); err != nil {
 			return
 		}
 		err = st.Send(&meshpb.ConfigRequest{ResponseNonce: upd.GetNonce(), Version: upd.GetVersion()})
