@@ -104,8 +104,9 @@ if [ "$(id -u)" -eq 0 ]; then
   bench/run.sh -duration 2s -rates 1000 -workers 1 -idle 100 -flood 1s
 fi
 
-log "control-plane benchmark smoke run (bench/run-control.sh with 50 proxies; the figures are not checked)"
+log "control-plane benchmark smoke runs (bench/run-control.sh with 50 proxies, endpoint and policy changes; the figures are not checked)"
 bench/run-control.sh -proxies 50 -flips 2
+bench/run-control.sh -proxies 50 -flips 2 -change policy
 
 # The Kubernetes tier: a real single-node cluster (test/k8sbed, its own
 # module). Its components build once per version set into
