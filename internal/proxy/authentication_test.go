@@ -14,9 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +23,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -144,23 +141,8 @@ func TestRequestAuthenticationOnHTTP(t *testing.T) {
 }
 
 func TestRequestAuthenticationOnGRPC(t *testing.T) {
-	m := newTestMesh(t, 1)
-	srv := grpc.NewServer(grpc.MaxConcurrentStreams(100))
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(srv.Stop)
+	m, services := newGRPCMesh(t)
 	in := m.inbounds[0]
-	appPort := uint16(ln.Addr().(*net.TCPAddr).Port)
-	addr := netip.MustParseAddrPort(serve(t, func(c net.Conn) { in.HandleConn(c, appPort) }))
-	services := []*meshpb.Service{{Namespace: "db", Name: "alpha", Vip: vip.Addr().String(),
-		Ports: []*meshpb.ServicePort{{Port: uint32(vip.Port()), Protocol: meshpb.Protocol_PROTOCOL_GRPC,
-			Endpoints: []*meshpb.Endpoint{{Address: addr.Addr().String(), Port: uint32(addr.Port()), Identity: m.serverID.String()}}}}}}
-	m.outbound.Update(&meshpb.ProxyConfig{Version: "g", Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default"},
-		Services: services})
 	k := newIssuerKey(t)
 	in.SetConfig(&meshpb.ProxyConfig{Workload: &meshpb.Workload{Namespace: "db", Name: "alpha", Identity: m.serverID.String()},
 		Services: services, Authentication: authn.ToProto([]authn.JWTRule{{Issuer: issuer, JWKS: k.jwks}}, nil),

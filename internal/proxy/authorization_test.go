@@ -162,7 +162,11 @@ func accessEntries(t *testing.T, log *syncBuffer, n int) map[string]map[string]a
 	return out
 }
 
-func TestAuthorizationPolicyOnGRPC(t *testing.T) {
+// newGRPCMesh is a test mesh whose one endpoint is a gRPC health server
+// behind its inbound proxy, the outbound routing to it; it returns the
+// services, for the inbound's config.
+func newGRPCMesh(t *testing.T) (*testMesh, []*meshpb.Service) {
+	t.Helper()
 	m := newTestMesh(t, 1)
 	srv := grpc.NewServer(grpc.MaxConcurrentStreams(100))
 	healthpb.RegisterHealthServer(srv, health.NewServer())
@@ -180,6 +184,12 @@ func TestAuthorizationPolicyOnGRPC(t *testing.T) {
 			Endpoints: []*meshpb.Endpoint{{Address: addr.Addr().String(), Port: uint32(addr.Port()), Identity: m.serverID.String()}}}}}}
 	m.outbound.Update(&meshpb.ProxyConfig{Version: "g", Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default"},
 		Services: services})
+	return m, services
+}
+
+func TestAuthorizationPolicyOnGRPC(t *testing.T) {
+	m, services := newGRPCMesh(t)
+	in := m.inbounds[0]
 	dst := telemetry.New("test")
 	in.Metrics = dst
 	m.authorize(services, policy(t, "no-check", `{action: DENY, rules: [{to: [{operation: {paths: ["/grpc.health.v1.Health/Check"]}}]}]}`))
