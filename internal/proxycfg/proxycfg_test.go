@@ -18,7 +18,8 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 // snapshot: db with alpha (2 replicas, one not ready) behind a Service
 // with an HTTP and a gRPC port, zero (no sidecar) behind a TCP port; a
-// client pod; STRICT in db; zero exported to its own namespace only.
+// client pod; STRICT in db; zero exported to its own namespace only;
+// authorization policies of every scope and a JWT issuer for alpha.
 func snapshot() *catalog.Snapshot {
 	pod := func(ns, name, owner, app string, ip string, ready, sidecar bool) *catalog.RunningPod {
 		return &catalog.RunningPod{
@@ -62,6 +63,27 @@ func snapshot() *catalog.Snapshot {
 			pod("client", "client", "", "client", "10.200.0.9", true, true),
 		},
 		PeerAuthentications: []*catalog.PeerAuthentication{{Meta: catalog.Meta{Namespace: "db", Name: "default"}, Mode: catalog.MTLSStrict}},
+		// alpha gets its own policy and the mesh-wide one; the one targeting
+		// zero's Service and the other namespace's apply to neither alpha
+		// nor the client, which gets the mesh-wide one only.
+		AuthorizationPolicies: []*catalog.AuthorizationPolicy{
+			{Meta: catalog.Meta{Namespace: "db", Name: "alpha-readers"}, Spec: catalog.AuthorizationSpec{
+				Selector: &catalog.WorkloadSelector{MatchLabels: map[string]string{"app": "alpha"}},
+				Rules: []catalog.AuthorizationRule{{
+					From: []catalog.AuthorizationFrom{{Source: catalog.AuthorizationSource{Principals: []string{"cluster.local/ns/client/sa/client"}}}},
+					To:   []catalog.AuthorizationTo{{Operation: catalog.AuthorizationOperation{Methods: []string{"GET"}, Paths: []string{"/health"}}}},
+				}}}},
+			{Meta: catalog.Meta{Namespace: "db", Name: "zero-only"}, DryRun: true, Spec: catalog.AuthorizationSpec{
+				TargetRefs: []catalog.PolicyTargetRef{{Kind: "Service", Name: "zero"}}, Action: catalog.AuthorizationDeny,
+				Rules: []catalog.AuthorizationRule{{}}}},
+			{Meta: catalog.Meta{Namespace: "other", Name: "elsewhere"}, Spec: catalog.AuthorizationSpec{Rules: []catalog.AuthorizationRule{{}}}},
+			{Meta: catalog.Meta{Namespace: "trellis-system", Name: "no-debug"}, Spec: catalog.AuthorizationSpec{Action: catalog.AuthorizationDeny,
+				Rules: []catalog.AuthorizationRule{{To: []catalog.AuthorizationTo{{Operation: catalog.AuthorizationOperation{Paths: []string{"/debug/{**}"}}}}}}}},
+		},
+		RequestAuthentications: []*catalog.RequestAuthentication{{Meta: catalog.Meta{Namespace: "db", Name: "issuer"},
+			Spec: catalog.RequestAuthenticationSpec{Selector: &catalog.WorkloadSelector{MatchLabels: map[string]string{"app": "alpha"}},
+				JWTRules: []catalog.JWTRule{{Issuer: "https://issuer.example", JWKSURI: "https://issuer.example/keys", Audiences: []string{"graph"}}}}}},
+		JWKS: map[string][]byte{"https://issuer.example/keys": []byte(`{"keys":[]}`)},
 	}
 }
 
