@@ -218,6 +218,9 @@ func (e *explainer) decide(out termWriter, req *http.Request, src *meshpb.ProxyC
 			return
 		}
 		res, err := a.Authenticate(r, time.Now())
+		if err == nil {
+			res.Apply(r) // as the sidecar: the token out, its headers in
+		}
 		switch {
 		case err != nil:
 			out.line("  jwt", "401: %v", err)
@@ -246,9 +249,15 @@ func (e *explainer) decide(out termWriter, req *http.Request, src *meshpb.ProxyC
 	}
 	dstIP, _ := netip.ParseAddr(ep.GetAddress())
 	principal := strings.TrimPrefix(src.GetWorkload().GetIdentity(), "spiffe://")
+	header := func(name string) []string {
+		if strings.EqualFold(name, "host") || name == ":authority" {
+			return []string{r.URL.Host}
+		}
+		return r.Header.Values(name)
+	}
 	d := engine.Decide(&authz.Request{HTTP: true, Principal: principal, Namespace: src.GetWorkload().GetNamespace(),
 		SourceIP: srcIP, RemoteIP: srcIP, DestIP: dstIP, DestPort: int(ep.GetPort()),
-		Host: r.URL.Host, Method: r.Method, Path: path, Header: r.Header.Values, Auth: auth})
+		Host: r.URL.Host, Method: r.Method, Path: path, Header: header, Auth: auth})
 	var names []string
 	for _, p := range policies {
 		names = append(names, fmt.Sprintf("%s/%s (%s%s)", p.Namespace, p.Name, cmp.Or(string(p.Spec.Action), "ALLOW"), map[bool]string{true: ", dry run"}[p.DryRun]))

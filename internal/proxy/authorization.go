@@ -92,7 +92,12 @@ func (in *Inbound) authorizeHTTP(w http.ResponseWriter, r *http.Request, ex *exc
 	req := peerRequest(tlsState(r), remoteAddr(r), localAddr(r), appPort)
 	req.HTTP = true
 	req.Host, req.Method, req.Path = r.Host, r.Method, r.URL.EscapedPath()
-	req.Header = r.Header.Values
+	req.Header = func(name string) []string {
+		if strings.EqualFold(name, "host") || name == ":authority" { // net/http keeps it out of the header map
+			return []string{r.Host}
+		}
+		return r.Header.Values(name)
+	}
 	req.Auth = auth
 	d := in.authorize(req)
 	ex.authz = d
@@ -125,11 +130,15 @@ func (in *Inbound) setAuthentication(a *meshpb.Authentication) {
 	}
 	au, err := authn.Compile(authn.FromProto(a))
 	if err != nil {
-		slog.Error("JWT rules do not compile: refusing every token until a config fixes them", "err", err)
-		au, _ = authn.Compile([]authn.JWTRule{{Issuer: "-", JWKS: `{"keys":[]}`}}, nil)
+		slog.Error("JWT rules do not compile: refusing every request until a config fixes them", "err", err)
+		au = brokenAuthn
 	}
 	in.authn.Store(au)
 }
+
+// brokenAuthn stands for JWT rules that did not compile (a config
+// validation makes that impossible): every request is refused.
+var brokenAuthn = &authn.Authenticator{}
 
 // authenticate verifies the request's JWTs (RequestAuthentication). A
 // request without one passes unauthenticated (nil); one with a token that
@@ -141,6 +150,10 @@ func (in *Inbound) authenticate(w http.ResponseWriter, r *http.Request, ex *exch
 	a := in.authn.Load()
 	if a == nil {
 		return nil, true
+	}
+	if a == brokenAuthn {
+		failWith(w, ex, http.StatusServiceUnavailable, "UAEX", "the workload's JWT rules do not compile")
+		return nil, false
 	}
 	res, err := a.Authenticate(r, time.Now())
 	if err != nil {

@@ -77,6 +77,10 @@ type Inbound struct {
 	limit            connLimit
 	floods           penaltyBox // clients cut off for HTTP/2 floods
 	observed         observedAccess
+	// unconfigured: connections are refused until the first config
+	// (HoldUntilConfigured), so a restarted sidecar never serves without
+	// its mTLS mode and policies.
+	unconfigured atomic.Bool
 }
 
 // NewInbound accepts peers of trustDomain presenting certificates that
@@ -208,6 +212,7 @@ func (in *Inbound) SetConfig(c *meshpb.ProxyConfig) {
 	in.httpPorts.Store(&httpPorts)
 	in.setAuthorization(c.GetAuthorization())
 	in.setAuthentication(c.GetAuthentication())
+	in.unconfigured.Store(false)
 }
 
 // destService names the service a request or connection was for, as
@@ -238,10 +243,20 @@ type roundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
+// HoldUntilConfigured makes the inbound side refuse connections until
+// SetConfig: a sidecar whose config comes later (from the control plane)
+// has no PeerAuthentication or AuthorizationPolicy to enforce before it.
+func (in *Inbound) HoldUntilConfigured() { in.unconfigured.Store(true) }
+
 // HandleConn serves one accepted connection meant for the app's appPort.
 // It returns when the connection is done.
 func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 	from := c.RemoteAddr()
+	if in.unconfigured.Load() {
+		refusals.Log(slog.LevelWarn, "inbound connection refused: no config yet (its mTLS mode and policies are not known)", "from", from)
+		c.Close()
+		return
+	}
 	if c = in.limit.admit(c); c == nil {
 		refusals.Log(slog.LevelWarn, "inbound connection refused: connection limit reached (in all, or this address's quarter)",
 			"limit", in.limit.max.Load(), "from", from)

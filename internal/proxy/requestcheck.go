@@ -28,8 +28,16 @@ func checkRequest(w http.ResponseWriter, r *http.Request, ex *exchange) bool {
 		refuse(http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("%d header fields; at most %d are accepted", n, maxHeaderCount))
 		return false
 	}
-	if r.URL.Opaque != "" || r.Method == http.MethodConnect || r.Method == http.MethodOptions && r.URL.Path == "*" {
-		return true // authority or asterisk form: no path
+	// Only a path (origin form), an absolute URL or OPTIONS * are
+	// forwarded: any other target (CONNECT's authority form, a rootless
+	// "GET admin") has no path for policies to match, and apps read it as
+	// they like.
+	if r.Method == http.MethodOptions && r.RequestURI == "*" {
+		return true
+	}
+	if r.Method == http.MethodConnect || r.URL.Opaque != "" {
+		refuse(http.StatusBadRequest, "the request target is not a path: send an origin-form target (/PATH) or an absolute URL")
+		return false
 	}
 	if strings.ContainsRune(r.RequestURI, '#') { // as sent; the parsed path has it escaped
 		refuse(http.StatusBadRequest, "a fragment (#...) in the request target; clients must not send one")

@@ -125,3 +125,26 @@ func FuzzNormalizePath(f *testing.F) {
 		}
 	})
 }
+
+// A target that is not a path (a rootless "GET admin", CONNECT's
+// authority form) has nothing for a path policy to match and is refused
+// at the destination sidecar; OPTIONS * passes.
+func TestTargetsWithoutAPathAreRefused(t *testing.T) {
+	m := newTestMesh(t, 1)
+	direct := fmt.Sprintf("%s:%d", m.endpoints[0].GetAddress(), m.endpoints[0].GetPort())
+	for _, tc := range []struct {
+		target string
+		want   int
+	}{
+		{"GET admin", http.StatusBadRequest},
+		{"GET http:admin", http.StatusBadRequest},
+		{"CONNECT /public/../admin", http.StatusBadRequest},
+		{"CONNECT alpha.db:443", http.StatusBadRequest},
+		{"OPTIONS *", http.StatusOK},
+		{"GET http://alpha.db/a/../b", http.StatusOK},
+	} {
+		if code, body := rawRequest(t, direct, tc.target+" HTTP/1.1\r\nHost: alpha.db\r\nConnection: close\r\n\r\n"); code != tc.want {
+			t.Errorf("%s: %d %q, want %d", tc.target, code, body, tc.want)
+		}
+	}
+}

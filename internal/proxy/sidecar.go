@@ -195,6 +195,7 @@ func Run(ctx context.Context, cfg Config) error {
 	out := NewOutbound(store, dialer)
 	out.Metrics, out.Tracing = metrics, tracing
 	in := NewInbound(store, self.TrustDomain())
+	in.HoldUntilConfigured()
 	in.AppAddr = cfg.AppAddr
 	in.Metrics, in.Tracing = metrics, tracing
 	accessLog := cfg.accessLogger()
