@@ -2,10 +2,14 @@ package authn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -15,7 +19,7 @@ import (
 // runs inside Keys, on the caller's goroutine, when the cached set is due.
 // The zero Fetcher is ready; it is safe for concurrent use.
 type Fetcher struct {
-	// Client sends the requests; nil means http.DefaultClient. A redirect
+	// Client sends the requests; nil means SafeClient(false). A redirect
 	// it follows must stay on https (or loopback http).
 	Client *http.Client
 	// Timeout bounds one fetch; zero means 5 s.
@@ -104,7 +108,7 @@ func (f *Fetcher) fetch(ctx context.Context, uri string) ([]byte, error) {
 	req.Header.Set("Accept", "application/json")
 	client := f.Client
 	if client == nil {
-		client = http.DefaultClient
+		client = SafeClient(false)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
@@ -139,4 +143,37 @@ func orDefault(v, def time.Duration) time.Duration {
 		return def
 	}
 	return v
+}
+
+// SafeClient is the client a Fetcher uses by default: whoever writes a
+// RequestAuthentication names the URL, and the control plane fetches it,
+// so it must not reach what the writer could not. Every redirect is
+// checked as the URL was (https, or http to loopback), at most three are
+// followed, and connections to link-local addresses (cloud metadata
+// services) are refused, as are, unless loopback is set (one-host mode,
+// where issuers may run on the host), loopback ones.
+func SafeClient(loopback bool) *http.Client {
+	dialer := &net.Dialer{Timeout: 5 * time.Second, Control: func(_, address string, _ syscall.RawConn) error {
+		ap, err := netip.ParseAddrPort(address)
+		if err != nil {
+			return err
+		}
+		a := ap.Addr().Unmap()
+		switch {
+		case a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsUnspecified():
+			return fmt.Errorf("jwksUri: %s is a link-local or unspecified address: refused", a)
+		case a.IsLoopback() && !loopback:
+			return fmt.Errorf("jwksUri: %s is a loopback address, the control plane's own: refused", a)
+		}
+		return nil
+	}}
+	return &http.Client{
+		Transport: &http.Transport{DialContext: dialer.DialContext, TLSHandshakeTimeout: 5 * time.Second, ResponseHeaderTimeout: 5 * time.Second},
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) >= 3 {
+				return errors.New("more than 3 redirects")
+			}
+			return checkURI(req.URL.String())
+		},
+	}
 }

@@ -128,3 +128,28 @@ func TestFetcherRefusals(t *testing.T) {
 type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// The default client reaches neither the control plane's own loopback
+// (unless allowed, as in one-host mode) nor, through a redirect, what a
+// URL could not name.
+func TestSafeClient(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/bounce" {
+			http.Redirect(w, r, "http://169.254.169.254/latest/meta-data", http.StatusFound)
+			return
+		}
+		w.Write([]byte(`{"keys":[]}`))
+	}))
+	defer srv.Close()
+	if _, err := SafeClient(false).Get(srv.URL); err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Errorf("a loopback issuer without leave: %v, want refused", err)
+	}
+	if resp, err := SafeClient(true).Get(srv.URL); err != nil {
+		t.Errorf("a loopback issuer in one-host mode: %v", err)
+	} else {
+		resp.Body.Close()
+	}
+	if _, err := SafeClient(true).Get(srv.URL + "/bounce"); err == nil || !strings.Contains(err.Error(), "169.254.169.254") {
+		t.Errorf("a redirect to the metadata service: %v, want refused", err)
+	}
+}

@@ -166,10 +166,13 @@ func writeSuggestions(w io.Writer, seen map[string]*workloadAccess, window time.
 		if len(wa.access) == 0 {
 			continue
 		}
-		doc, err := suggestion(wa)
+		doc, notes, err := suggestion(wa)
 		if err != nil {
 			fmt.Fprintf(w, "# %s: %v\n", k, err)
 			continue
+		}
+		for _, n := range notes {
+			fmt.Fprintf(w, "# %s: %s\n", k, n)
 		}
 		data, err := yaml.Marshal(doc)
 		if err != nil {
@@ -188,8 +191,9 @@ func writeSuggestions(w io.Writer, seen map[string]*workloadAccess, window time.
 // method, paths are suggested by their first segment.
 const maxSuggestedPaths = 16
 
-// suggestion is the ALLOW policy of one workload's observed access.
-func suggestion(wa *workloadAccess) (map[string]any, error) {
+// suggestion is the ALLOW policy of one workload's observed access, and
+// notes on what it leaves out.
+func suggestion(wa *workloadAccess) (map[string]any, []string, error) {
 	wl := wa.config.GetWorkload()
 	sel := map[string]string{}
 	if app, ok := wl.GetLabels()["app"]; ok {
@@ -202,7 +206,7 @@ func suggestion(wa *workloadAccess) (map[string]any, error) {
 		}
 	}
 	if len(sel) == 0 {
-		return nil, fmt.Errorf("its pods have no labels to select them by: add an app label")
+		return nil, nil, fmt.Errorf("its pods have no labels to select them by: add an app label")
 	}
 	type opKey struct {
 		port   uint16
@@ -221,6 +225,7 @@ func suggestion(wa *workloadAccess) (map[string]any, error) {
 		}
 	}
 	var rules []catalog.AuthorizationRule
+	var notes []string
 	for _, principal := range slices.Sorted(mapKeys(byCaller)) {
 		src := catalog.AuthorizationSource{Principals: []string{principal}}
 		if principal == "" {
@@ -235,11 +240,24 @@ func suggestion(wa *workloadAccess) (map[string]any, error) {
 			op := catalog.AuthorizationOperation{Ports: []string{strconv.Itoa(int(k.port))}}
 			if k.method != "" {
 				op.Methods = []string{k.method}
-				op.Paths = suggestedPaths(ops[k])
+				var more bool
+				if op.Paths, more = suggestedPaths(ops[k]); more {
+					notes = append(notes, fmt.Sprintf("%s used more distinct paths with %s on port %d than its sidecar keeps: only those kept are allowed",
+						cmp.Or(principal, "a caller from outside the mesh"), k.method, k.port))
+				}
+				if len(op.Paths) == 0 {
+					continue
+				}
 			}
 			rule.To = append(rule.To, catalog.AuthorizationTo{Operation: op})
 		}
+		if len(rule.To) == 0 {
+			continue
+		}
 		rules = append(rules, rule)
+	}
+	if len(rules) == 0 {
+		return nil, notes, fmt.Errorf("nothing it let in can be written as an ALLOW rule")
 	}
 	spec := catalog.AuthorizationSpec{Selector: &catalog.WorkloadSelector{MatchLabels: sel}, Action: catalog.AuthorizationAllow, Rules: rules}
 	return map[string]any{
@@ -247,25 +265,22 @@ func suggestion(wa *workloadAccess) (map[string]any, error) {
 		"metadata": map[string]any{"name": wl.GetName() + "-observed", "namespace": wl.GetNamespace(),
 			"annotations": map[string]string{"istio.io/dry-run": "true"}},
 		"spec": spec,
-	}, nil
+	}, notes, nil
 }
 
-// suggestedPaths are the paths to allow: as seen, or, when there are many
-// (or the sidecar kept them as "*"), their first segments as prefixes;
-// nil (any path) when "*" is all there is.
-func suggestedPaths(paths []string) []string {
-	if slices.Contains(paths, "*") && len(paths) == 1 {
-		return nil
+// suggestedPaths are the paths to allow: as seen, or, when there are
+// many, their first segments as prefixes. The sidecar's "*" (more paths
+// than it keeps) never widens to any path: a caller could spray paths to
+// be allowed them all; more reports that it was there.
+func suggestedPaths(paths []string) (out []string, more bool) {
+	if i := slices.Index(paths, "*"); i >= 0 {
+		paths, more = slices.Delete(slices.Clone(paths), i, i+1), true
 	}
-	if len(paths) <= maxSuggestedPaths && !slices.Contains(paths, "*") {
+	if len(paths) <= maxSuggestedPaths {
 		slices.Sort(paths)
-		return paths
+		return paths, more
 	}
-	var out []string
 	for _, p := range paths {
-		if p == "*" {
-			return nil // more than the sidecar kept: any path
-		}
 		seg, _, more := strings.Cut(strings.TrimPrefix(p, "/"), "/")
 		prefix := "/" + seg
 		if more {
@@ -276,7 +291,7 @@ func suggestedPaths(paths []string) []string {
 		}
 	}
 	slices.Sort(out)
-	return out
+	return out, more
 }
 
 func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {

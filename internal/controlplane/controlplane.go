@@ -286,7 +286,7 @@ func Run(ctx context.Context, cfg Config) error {
 	metrics, admin := safehttp.Server(metricsMux), safehttp.Server(p.adminMux())
 
 	g, ctx := errgroup.WithContext(ctx)
-	jwks := newJWKSKeeper(p.push.Update)
+	jwks := newJWKSKeeper(p.push.Update, !cfg.Kubernetes)
 	g.Go(func() error { return jwks.run(ctx) })
 	g.Go(func() error {
 		return src.Run(ctx, func(s *catalog.Snapshot) {

@@ -13,11 +13,17 @@ import (
 	"github.com/trellis-mesh/trellis/internal/catalog"
 )
 
-// maxJWKSURIs bounds the key sets fetched: whoever may write a
+// Bounds of the key sets fetched: whoever may write a
 // RequestAuthentication names the URIs, so they must not make the control
-// plane fetch without end. Past it, the rest are not fetched (their
-// issuers' tokens are refused) and a warning says so.
-const maxJWKSURIs = 64
+// plane fetch without end, nor crowd out other namespaces' issuers. The
+// root namespaces' URIs come first; each namespace has a quota; past
+// either bound the rest are not fetched (their issuers' tokens are
+// refused) and a warning says so. Fetches run a few at a time.
+const (
+	maxJWKSURIs         = 256
+	maxJWKSURIsPerNS    = 8
+	parallelJWKSFetches = 8
+)
 
 // jwksKeeper fetches the key sets behind the jwksUris of the mesh's
 // RequestAuthentications, so proxies never fetch: each snapshot goes on
@@ -27,6 +33,7 @@ type jwksKeeper struct {
 	fetcher authn.Fetcher
 	publish func(*catalog.Snapshot) // called under mu; must not block
 	wake    chan struct{}
+	skipped int // URIs left out last round; the run loop's
 
 	mu   sync.Mutex
 	last *catalog.Snapshot // guarded by mu: as the source published it
@@ -34,8 +41,10 @@ type jwksKeeper struct {
 	errs map[string]string // guarded by mu: the failure last reported per URI
 }
 
-func newJWKSKeeper(publish func(*catalog.Snapshot)) *jwksKeeper {
-	return &jwksKeeper{publish: publish, wake: make(chan struct{}, 1), errs: map[string]string{}}
+// newJWKSKeeper fetches with a client that may reach loopback issuers
+// only when loopback is set (one-host mode).
+func newJWKSKeeper(publish func(*catalog.Snapshot), loopback bool) *jwksKeeper {
+	return &jwksKeeper{fetcher: authn.Fetcher{Client: authn.SafeClient(loopback)}, publish: publish, wake: make(chan struct{}, 1), errs: map[string]string{}}
 }
 
 // update publishes the source's snapshot with the key sets known now.
@@ -68,16 +77,32 @@ func (k *jwksKeeper) run(ctx context.Context) error {
 		k.mu.Lock()
 		s := k.last
 		k.mu.Unlock()
-		uris := jwksURIs(s)
+		uris, skipped := jwksURIs(s)
+		if skipped > 0 && skipped != k.skipped {
+			slog.Warn("RequestAuthentications name more jwksUris than are fetched (per namespace, or in all): the rest are not, and their issuers' tokens are refused",
+				"notFetched", skipped, "perNamespace", maxJWKSURIsPerNS, "inAll", maxJWKSURIs)
+		}
+		k.skipped = skipped
 		k.fetcher.Forget(func(uri string) bool { return slices.Contains(uris, uri) })
 		fresh := map[string][]byte{}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, parallelJWKSFetches)
 		for _, uri := range uris {
-			data, err := k.fetcher.Keys(ctx, uri, time.Now())
-			k.report(uri, err)
-			if data != nil {
-				fresh[uri] = data
-			}
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				data, err := k.fetcher.Keys(ctx, uri, time.Now())
+				k.report(uri, err)
+				if data != nil {
+					mu.Lock()
+					fresh[uri] = data
+					mu.Unlock()
+				}
+			}()
 		}
+		wg.Wait()
 		k.mu.Lock()
 		if !maps.EqualFunc(fresh, k.keys, bytes.Equal) {
 			k.keys = fresh
@@ -101,26 +126,41 @@ func (k *jwksKeeper) report(uri string, err error) {
 	}
 }
 
-// jwksURIs are the distinct jwksUris of s's RequestAuthentications, at
-// most maxJWKSURIs of them.
-func jwksURIs(s *catalog.Snapshot) []string {
+// jwksURIs are the distinct jwksUris of s's RequestAuthentications to
+// fetch: the root namespaces' first, at most maxJWKSURIsPerNS of each
+// namespace and maxJWKSURIs in all.
+func jwksURIs(s *catalog.Snapshot) (uris []string, skipped int) {
 	if s == nil {
-		return nil
+		return nil, 0
 	}
-	var uris []string
-	for _, ra := range s.RequestAuthentications {
+	ras := slices.Clone(s.RequestAuthentications)
+	root := func(ra *catalog.RequestAuthentication) bool {
+		return slices.Contains(catalog.RootNamespaces, ra.Namespace)
+	}
+	slices.SortStableFunc(ras, func(a, b *catalog.RequestAuthentication) int {
+		switch ra, rb := root(a), root(b); {
+		case ra && !rb:
+			return -1
+		case rb && !ra:
+			return 1
+		}
+		return 0
+	})
+	perNS := map[string]int{}
+	for _, ra := range ras {
 		for _, r := range ra.Spec.JWTRules {
-			if r.JWKSURI != "" && !slices.Contains(uris, r.JWKSURI) {
-				uris = append(uris, r.JWKSURI)
+			if r.JWKSURI == "" || slices.Contains(uris, r.JWKSURI) {
+				continue
 			}
+			if perNS[ra.Namespace] >= maxJWKSURIsPerNS || len(uris) >= maxJWKSURIs {
+				skipped++
+				continue
+			}
+			perNS[ra.Namespace]++
+			uris = append(uris, r.JWKSURI)
 		}
 	}
-	if len(uris) > maxJWKSURIs {
-		slog.Warn("RequestAuthentications name more jwksUris than are fetched: the rest are not, and their issuers' tokens are refused",
-			"uris", len(uris), "fetched", maxJWKSURIs)
-		uris = uris[:maxJWKSURIs]
-	}
-	return uris
+	return uris, skipped
 }
 
 // withKeys is s with keys as its JWKS; s itself is never changed.

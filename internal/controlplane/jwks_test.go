@@ -1,8 +1,10 @@
 package controlplane
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -28,7 +30,7 @@ func TestJWKSKeeperFetchesAndRepublishes(t *testing.T) {
 		mu.Lock()
 		published = append(published, s)
 		mu.Unlock()
-	})
+	}, true) // the issuer is on loopback
 	go k.run(t.Context())
 	ra := &catalog.RequestAuthentication{Meta: catalog.Meta{Namespace: "db", Name: "jwt"},
 		Spec: catalog.RequestAuthenticationSpec{JWTRules: []catalog.JWTRule{{Issuer: "i", JWKSURI: srv.URL + "/keys"}}}}
@@ -60,5 +62,24 @@ func TestJWKSKeeperFetchesAndRepublishes(t *testing.T) {
 	}
 	if n := fetches.Load(); n != 1 {
 		t.Errorf("the set was fetched %d times, want once (cached for 20 min)", n)
+	}
+}
+
+// Whoever writes RequestAuthentications in one namespace cannot crowd out
+// another's issuers: each namespace has a quota, the root namespaces'
+// come first.
+func TestJWKSURIsPerNamespace(t *testing.T) {
+	ra := func(ns string, n int) *catalog.RequestAuthentication {
+		r := &catalog.RequestAuthentication{Meta: catalog.Meta{Namespace: ns, Name: "jwt"}}
+		for i := range n {
+			r.Spec.JWTRules = append(r.Spec.JWTRules, catalog.JWTRule{Issuer: "i", JWKSURI: fmt.Sprintf("https://%s.example/%d", ns, i)})
+		}
+		return r
+	}
+	uris, skipped := jwksURIs(&catalog.Snapshot{RequestAuthentications: []*catalog.RequestAuthentication{
+		ra("tenant", 100), ra("web", 1), ra("istio-system", 1)}})
+	if len(uris) != maxJWKSURIsPerNS+2 || skipped != 100-maxJWKSURIsPerNS || uris[0] != "https://istio-system.example/0" ||
+		!slices.Contains(uris, "https://web.example/0") {
+		t.Errorf("fetched %v (%d skipped); want the root namespace's first, web's, and %d of tenant's", uris, skipped, maxJWKSURIsPerNS)
 	}
 }

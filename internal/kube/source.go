@@ -176,7 +176,7 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 			snap.Pods = append(snap.Pods, RunningPod(p))
 		}
 		snap.PeerAuthentications = decodeListed(paListers, "PeerAuthentication", manifest.DecodePeerAuthentication, warned)
-		snap.AuthorizationPolicies = decodeListed(apListers, "AuthorizationPolicy", manifest.DecodeAuthorizationPolicy, warned)
+		snap.AuthorizationPolicies = decodeListedOr(apListers, "AuthorizationPolicy", manifest.DecodeAuthorizationPolicy, denyInScope, warned)
 		snap.RequestAuthentications = decodeListed(raListers, "RequestAuthentication", manifest.DecodeRequestAuthentication, warned)
 		sortSnapshot(snap)
 		publish(snap)
@@ -339,22 +339,57 @@ func deploymentOf(p *corev1.Pod) string {
 // object that does not decode is left out and logged, once per error
 // (warned remembers them across snapshots).
 func decodeListed[T any](ls []cache.GenericLister, kind string, decode func(doc []byte) (T, error), warned map[string]bool) []T {
+	return decodeListedOr(ls, kind, decode, nil, warned)
+}
+
+// decodeListedOr is decodeListed, with instead standing in for an object
+// that does not decode, when it gives one.
+func decodeListedOr[T any](ls []cache.GenericLister, kind string, decode func(doc []byte) (T, error),
+	instead func(*unstructured.Unstructured) (T, bool), warned map[string]bool) []T {
 	var out []T
 	for _, l := range ls {
 		objs, _ := l.List(labels.Everything())
 		for _, o := range objs {
 			v, err := decodeObject(o, kind, decode)
-			if err != nil {
-				if !warned[err.Error()] {
-					warned[err.Error()] = true
-					slog.Warn(kind+" ignored", "err", err)
-				}
+			if err == nil {
+				out = append(out, v)
 				continue
 			}
-			out = append(out, v)
+			u, _ := o.(*unstructured.Unstructured)
+			if u != nil && instead != nil {
+				if v, ok := instead(u); ok {
+					out = append(out, v)
+					if !warned[err.Error()] {
+						warned[err.Error()] = true
+						slog.Error(kind+" cannot be enforced as written: every request in its scope is denied until it is fixed", "err", err)
+					}
+					continue
+				}
+			}
+			if !warned[err.Error()] {
+				warned[err.Error()] = true
+				slog.Warn(kind+" ignored", "err", err)
+			}
 		}
 	}
 	return out
+}
+
+// denyInScope stands in for an AuthorizationPolicy the control plane
+// cannot enforce as written (the API server's schema does not refuse
+// everything the policy engine does): it fails closed, denying every
+// request in the policy's scope, its selector when that is readable,
+// else its whole namespace. Dropping it instead could lift a DENY, or
+// leave a workload whose only ALLOW it was open to all.
+func denyInScope(u *unstructured.Unstructured) (*catalog.AuthorizationPolicy, bool) {
+	p := &catalog.AuthorizationPolicy{Meta: meta(u.GetName(), u.GetNamespace(), u.GetLabels(), u.GetAnnotations()),
+		Spec: catalog.AuthorizationSpec{Action: catalog.AuthorizationDeny, Rules: []catalog.AuthorizationRule{{}}}}
+	if sel, ok, err := unstructured.NestedStringMap(u.Object, "spec", "selector", "matchLabels"); ok && err == nil && len(sel) > 0 {
+		if _, refs, _ := unstructured.NestedSlice(u.Object, "spec", "targetRefs"); !refs {
+			p.Spec.Selector = &catalog.WorkloadSelector{MatchLabels: sel}
+		}
+	}
+	return p, true
 }
 
 // decodeObject decodes o, a custom resource of kind a dynamic informer

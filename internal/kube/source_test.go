@@ -73,7 +73,7 @@ status: {validationMessages: []}
 		{istio, `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: ext, namespace: web}
-spec: {action: CUSTOM, provider: {name: opa}}
+spec: {selector: {matchLabels: {app: api}}, action: CUSTOM, provider: {name: opa}}
 `},
 		{istio, `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -95,13 +95,13 @@ spec: {action: DENY, rules: [{}]}
 	defer slog.SetDefault(prev)
 	warned := map[string]bool{}
 	for range 2 { // two snapshots
-		got := decodeListed(ls, "AuthorizationPolicy", manifest.DecodeAuthorizationPolicy, warned)
+		got := decodeListedOr(ls, "AuthorizationPolicy", manifest.DecodeAuthorizationPolicy, denyInScope, warned)
 		sortSnapshot(&catalog.Snapshot{AuthorizationPolicies: got})
 		var names []string
 		for _, ap := range got {
 			names = append(names, ap.Namespace+"/"+ap.Name)
 		}
-		if want := []string{"data/db", "web/deny-all"}; !reflect.DeepEqual(names, want) {
+		if want := []string{"data/db", "web/deny-all", "web/ext"}; !reflect.DeepEqual(names, want) {
 			t.Fatalf("decodeListed = %v, want %v", names, want)
 		}
 		db := got[0]
@@ -112,9 +112,14 @@ spec: {action: DENY, rules: [{}]}
 		if got[1].Spec.Action != catalog.AuthorizationDeny {
 			t.Errorf("web/deny-all: action %q, want DENY", got[1].Spec.Action)
 		}
+		// The policy the engine refuses fails closed in its scope.
+		if ext := got[2]; ext.Spec.Action != catalog.AuthorizationDeny || len(ext.Spec.Rules) != 1 || ext.Spec.Selector == nil ||
+			ext.Spec.Selector.MatchLabels["app"] != "api" {
+			t.Errorf("web/ext, which cannot be enforced as written, stands as %+v; want DENY of everything for app=api", ext.Spec)
+		}
 	}
 	out := logs.String()
-	if n := strings.Count(out, "AuthorizationPolicy ignored"); n != 1 || !strings.Contains(out, "web/ext") || !strings.Contains(out, "CUSTOM") {
-		t.Errorf("warnings (want one, naming web/ext and CUSTOM):\n%s", out)
+	if n := strings.Count(out, "cannot be enforced as written"); n != 1 || !strings.Contains(out, "web/ext") || !strings.Contains(out, "CUSTOM") {
+		t.Errorf("errors logged (want one, naming web/ext and CUSTOM):\n%s", out)
 	}
 }

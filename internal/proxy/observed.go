@@ -61,9 +61,14 @@ type observedAccess struct {
 	paths map[accessKey]int // guarded by mu: distinct paths per key without path
 }
 
-// record notes one request (method and path empty for TCP).
+// record notes one request (method and path empty for TCP). Requests
+// with a method that is not HTTP's own, or the asterisk target, are not
+// noted: callers would choose them to fill the table.
 func (o *observedAccess) record(principal, namespace string, port uint16, method, path string, now time.Time) {
-	k := accessKey{principal, namespace, port, clip(method, 16), clip(path, maxObservedPath)}
+	if method != "" && (!slices.Contains(httpMethods, method) || path == "*") {
+		return
+	}
+	k := accessKey{principal, namespace, port, method, clip(path, maxObservedPath)}
 	e, ok := o.entries.Load(k)
 	if !ok {
 		if k, ok = o.admit(k); !ok {

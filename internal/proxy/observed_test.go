@@ -28,8 +28,14 @@ func TestObservedAccessIsBounded(t *testing.T) {
 	if counts["*"] != 1000-maxPathsPerCaller || counts["/items/1"] != 2 {
 		t.Errorf("counts: * %d, /items/1 %d; want %d and 2", counts["*"], counts["/items/1"], 1000-maxPathsPerCaller)
 	}
-	for i := range 2 * maxObserved {
+	for i := range 100 {
 		o.record("", "", 9000, fmt.Sprintf("M%d", i), "/", now) // a plaintext caller inventing methods
+	}
+	if n := len(o.list(time.Time{})); n != maxPathsPerCaller+1 {
+		t.Errorf("made-up methods were kept: %d kinds", n)
+	}
+	for i := range 2 * maxObserved {
+		o.record("", "", uint16(9000+i%2000), "GET", fmt.Sprintf("/%d", i), now) // and ports and paths
 	}
 	if n := len(o.list(time.Time{})); n != maxObserved {
 		t.Errorf("%d kinds kept, want the cap %d", n, maxObserved)
