@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/vishvananda/netns"
@@ -197,13 +198,22 @@ func enterSandbox(s Sandbox) error {
 // pid).
 func joinContainer(s Sandbox, pod netns.NsHandle) error {
 	dir := fmt.Sprintf("/proc/%d/ns/", s.Join)
-	net, err := netns.GetFromPath(dir + "net")
-	if err != nil {
-		return fmt.Errorf("sandbox: container process %d: %w (has it exited?)", s.Join, err)
-	}
-	defer net.Close()
-	if !net.Equal(pod) {
-		return fmt.Errorf("sandbox: process %d is not in the pod's network namespace %s (the container restarted; try again)", s.Join, s.Netns)
+	// A container counts as running from the moment its supervisor
+	// starts, a few milliseconds before that supervisor has entered the
+	// pod's namespaces: a command right after it waits for that, briefly.
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		net, err := netns.GetFromPath(dir + "net")
+		if err != nil {
+			return fmt.Errorf("sandbox: container process %d: %w (has it exited?)", s.Join, err)
+		}
+		in := net.Equal(pod)
+		net.Close()
+		if in {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("sandbox: process %d is not in the pod's network namespace %s (the container restarted; try again)", s.Join, s.Netns)
+		}
 	}
 	mnt, err := os.Open(dir + "mnt")
 	if err != nil {
@@ -225,7 +235,7 @@ func joinContainer(s Sandbox, pod netns.NsHandle) error {
 	if err := unix.Unshare(unix.CLONE_FS); err != nil {
 		return fmt.Errorf("sandbox: unshare the filesystem context: %w", err)
 	}
-	if err := unix.Setns(int(net), unix.CLONE_NEWNET); err != nil {
+	if err := unix.Setns(int(pod), unix.CLONE_NEWNET); err != nil { // the process's, checked above
 		return fmt.Errorf("sandbox: join the pod's network namespace: %w", err)
 	}
 	if err := unix.Setns(int(mnt.Fd()), unix.CLONE_NEWNS); err != nil {
