@@ -200,7 +200,13 @@ func joinContainer(s Sandbox, pod netns.NsHandle) error {
 	dir := fmt.Sprintf("/proc/%d/ns/", s.Join)
 	// A container counts as running from the moment its supervisor
 	// starts, a few milliseconds before that supervisor has entered the
-	// pod's namespaces: a command right after it waits for that, briefly.
+	// pod's network namespace and pivoted into its finished view (the
+	// last step of enterSandbox): a command right after it waits for
+	// both, briefly.
+	var host unix.Stat_t
+	if err := unix.Stat("/", &host); err != nil {
+		return fmt.Errorf("sandbox: %w", err)
+	}
 	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		net, err := netns.GetFromPath(dir + "net")
 		if err != nil {
@@ -208,11 +214,19 @@ func joinContainer(s Sandbox, pod netns.NsHandle) error {
 		}
 		in := net.Equal(pod)
 		net.Close()
-		if in {
+		var root unix.Stat_t
+		if err := unix.Stat(fmt.Sprintf("/proc/%d/root", s.Join), &root); err != nil {
+			return fmt.Errorf("sandbox: container process %d: %w (has it exited?)", s.Join, err)
+		}
+		pivoted := root.Dev != host.Dev || root.Ino != host.Ino
+		if in && pivoted {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("sandbox: process %d is not in the pod's network namespace %s (the container restarted; try again)", s.Join, s.Netns)
+			if !in {
+				return fmt.Errorf("sandbox: process %d is not in the pod's network namespace %s (the container restarted; try again)", s.Join, s.Netns)
+			}
+			return fmt.Errorf("sandbox: process %d has not entered its container's view (is it a container's supervisor?)", s.Join)
 		}
 	}
 	mnt, err := os.Open(dir + "mnt")

@@ -120,7 +120,9 @@ func checkNothingLeft(t *testing.T, bed *Bed) {
 
 func get(t *testing.T, url string) string {
 	t.Helper()
-	client := &http.Client{Timeout: 5 * time.Second}
+	// Longer than the workloads' own calls take to fail (10s): a /fetch
+	// whose call a policy drops answers with that failure, not our timeout.
+	client := &http.Client{Timeout: 15 * time.Second}
 	var last error
 	for range 20 {
 		resp, err := client.Get(url)
