@@ -106,12 +106,17 @@ func waitProxies(ctx context.Context, admin caAdmin, timeout time.Duration, ok f
 	defer cancel()
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
+	behind := ""
 	for {
 		st, err := admin.Proxies(ctx)
 		if err != nil {
+			if ctx.Err() != nil && behind != "" {
+				return 0, fmt.Errorf("timed out waiting for proxy %s", behind)
+			}
 			return 0, err
 		}
-		n, behind := 0, ""
+		n := 0
+		behind = ""
 		for _, p := range st {
 			if !p.Connected {
 				continue

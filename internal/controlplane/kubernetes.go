@@ -165,12 +165,21 @@ func (p *plane) reloadCA(sec *corev1.Secret, dir string) error {
 	if err := kube.WriteDir(sec, dir); err != nil {
 		return err
 	}
+	signed := ca.Fingerprint(p.keeper.Authority().SigningCert())
 	if err := p.keeper.Reload(); err != nil {
 		return err
 	}
+	prev := p.renewBefore
 	p.renewBefore = 0
 	if at := p.keeper.ActivatedAt(); !at.IsZero() {
-		p.renewBefore = at.Unix() + 1
+		p.renewBefore = max(prev, at.Unix()+1) // a demand of this rotation stands
+		if ca.Fingerprint(p.keeper.Authority().SigningCert()) != signed {
+			// Another replica activated the new root; this one signed
+			// with the old root until now, after the activation too
+			// (it polls the Secret): those certificates are renewed as
+			// well, with a second's margin for a signature in flight.
+			p.renewBefore = max(p.renewBefore, time.Now().Unix()+2)
+		}
 	}
 	p.publishBundleLocked()
 	return nil
