@@ -53,6 +53,15 @@ func TestMeshOnKubernetes(t *testing.T) {
 		if t.Failed() {
 			logs, _ := bed.kubectl(context.Background(), "-n", "trellis-system", "logs", "deploy/trellis-control", "--tail=80")
 			t.Logf("control plane logs:\n%s", logs)
+			// What the mesh's pods were doing.
+			for _, args := range [][]string{
+				{"-n", "mesh", "get", "pods", "-o", "wide"},
+				{"-n", "mesh", "get", "events", "--sort-by=.lastTimestamp"},
+				{"-n", "mesh", "logs", "-l", "app=hello", "-c", "trellis-proxy", "--prefix", "--tail=25"},
+			} {
+				out, _ := bed.kubectl(context.Background(), args...)
+				t.Logf("kubectl %s:\n%.6000s", strings.Join(args, " "), out)
+			}
 		}
 	})
 
