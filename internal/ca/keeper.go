@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -39,6 +40,11 @@ const (
 	nextCertFile  = "next-ca-cert.pem"
 	nextKeyFile   = "next-ca-key.pem"
 	activatedFile = "activated-at" // Unix seconds of Activate, while in PhaseActivated
+	// crossFile holds the new root signed by the old one, from Prepare to
+	// Finish: whoever still trusts only the old root (a pod injected
+	// before the rotation that starts after its activation) verifies the
+	// new root's certificates through it.
+	crossFile = "cross-ca-cert.pem"
 )
 
 // Keeper holds a mesh's authority in a directory and walks root rotation
@@ -55,6 +61,7 @@ type Keeper struct {
 	phase       string              // guarded by mu
 	bundle      []*x509.Certificate // guarded by mu
 	activatedAt time.Time           // guarded by mu: in PhaseActivated
+	cross       *x509.Certificate   // guarded by mu: the new root signed by the old, during a rotation
 }
 
 // OpenKeeper loads the authority kept in dir, creating a root for
@@ -105,7 +112,7 @@ func (k *Keeper) Reload() error {
 	if err != nil {
 		return fmt.Errorf("reload CA: %w", err)
 	}
-	k.cur, k.next, k.phase, k.activatedAt, k.bundle = cur, nil, PhaseStable, time.Time{}, cur.Bundle()
+	k.cur, k.next, k.phase, k.activatedAt, k.bundle, k.cross = cur, nil, PhaseStable, time.Time{}, cur.Bundle(), nil
 	if err := k.loadRotationLocked(td); err != nil {
 		return err
 	}
@@ -113,8 +120,16 @@ func (k *Keeper) Reload() error {
 	return nil
 }
 
-// loadRotationLocked reads the bundle and a prepared next root, if any.
+// loadRotationLocked reads the bundle, the cross-signed root and a
+// prepared next root, if any.
 func (k *Keeper) loadRotationLocked(trustDomain string) error {
+	if data, err := os.ReadFile(filepath.Join(k.dir, crossFile)); err == nil {
+		certs, err := parsePEMCerts(data)
+		if err != nil || len(certs) != 1 {
+			return fmt.Errorf("load the cross-signed root %s: want one certificate (%v)", crossFile, err)
+		}
+		k.cross = certs[0]
+	}
 	if data, err := os.ReadFile(filepath.Join(k.dir, bundleFile)); err == nil {
 		certs, err := parsePEMCerts(data)
 		if err != nil {
@@ -183,10 +198,17 @@ func (k *Keeper) Prepare() error {
 	if err != nil {
 		return err
 	}
+	cross, err := crossSign(k.cur, next)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(k.dir, crossFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cross.Raw}), 0o644); err != nil {
+		return fmt.Errorf("prepare: %w", err)
+	}
 	if err := next.saveAs(k.dir, nextCertFile, nextKeyFile); err != nil {
 		return err
 	}
-	k.next, k.phase = next, PhasePrepared
+	k.next, k.phase, k.cross = next, PhasePrepared, cross
 	k.bundle = append(k.bundle, next.cert)
 	k.cur = k.cur.withRoots(k.bundle)
 	return k.saveBundleLocked()
@@ -229,12 +251,44 @@ func (k *Keeper) Finish() error {
 		return fmt.Errorf("finish: %w (it is %s)", ErrPhase, k.phase)
 	}
 	k.bundle = []*x509.Certificate{k.cur.rootCert()}
-	k.cur, k.phase, k.activatedAt = k.cur.withRoots(k.bundle), PhaseStable, time.Time{}
+	k.cur, k.phase, k.activatedAt, k.cross = k.cur.withRoots(k.bundle), PhaseStable, time.Time{}, nil
 	if err := k.saveBundleLocked(); err != nil {
 		return err
 	}
 	_ = os.Remove(filepath.Join(k.dir, activatedFile))
+	_ = os.Remove(filepath.Join(k.dir, crossFile))
 	return nil
+}
+
+// ChainExtra is what to send after a certificate the signing root issued
+// so that a peer trusting only the old root verifies it: the new root
+// signed by the old one while a rotation is activated, nothing otherwise.
+func (k *Keeper) ChainExtra() []*x509.Certificate {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.phase != PhaseActivated || k.cross == nil {
+		return nil
+	}
+	return []*x509.Certificate{k.cross}
+}
+
+// crossSign certifies next's root (its subject and key) under old's.
+func crossSign(old, next *Authority) (*x509.Certificate, error) {
+	n := next.cert
+	notAfter := n.NotAfter
+	if old.cert.NotAfter.Before(notAfter) {
+		notAfter = old.cert.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(), Subject: n.Subject, SubjectKeyId: n.SubjectKeyId, URIs: n.URIs,
+		NotBefore: n.NotBefore, NotAfter: notAfter,
+		KeyUsage: n.KeyUsage, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, old.cert, n.PublicKey, old.signer)
+	if err != nil {
+		return nil, fmt.Errorf("cross-sign the new root: %w", err)
+	}
+	return x509.ParseCertificate(der)
 }
 
 func (k *Keeper) saveBundleLocked() error {

@@ -121,3 +121,70 @@ func TestKeeperReload(t *testing.T) {
 		}
 	}
 }
+
+// A peer that trusts only the old root (a pod injected before the
+// rotation, starting after its activation) verifies a certificate of the
+// new root when it comes with ChainExtra, across a restart; after Finish
+// there is nothing extra to send.
+func TestKeeperCrossSignsTheNewRoot(t *testing.T) {
+	dir := t.TempDir()
+	k, err := OpenKeeper(dir, "cluster.local", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldOnly := x509.NewCertPool()
+	oldOnly.AddCert(k.Authority().SigningCert())
+	if err := k.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	if extra := k.ChainExtra(); extra != nil {
+		t.Errorf("prepared (the old root signs): ChainExtra %d certificates, want none", len(extra))
+	}
+	if err := k.Activate(); err != nil {
+		t.Fatal(err)
+	}
+	k, err = OpenKeeper(dir, "cluster.local", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newOnly := x509.NewCertPool()
+	newOnly.AddCert(k.Authority().SigningCert())
+	svid, err := k.Authority().IssueServing(mustID(t, "spiffe://cluster.local/ns/trellis-system/sa/trellis-control"), []string{"control.trellis"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := svid.Chain[0]
+	verifies := func(roots *x509.CertPool, extra []*x509.Certificate) bool {
+		inter := x509.NewCertPool()
+		for _, c := range extra {
+			inter.AddCert(c)
+		}
+		_, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		return err == nil
+	}
+	extra := k.ChainExtra()
+	if len(extra) != 1 {
+		t.Fatalf("activated: ChainExtra %d certificates, want the cross-signed root", len(extra))
+	}
+	if verifies(oldOnly, nil) {
+		t.Fatal("the new root's certificate verified against the old root alone without the cross-signed root: the test proves nothing")
+	}
+	if !verifies(oldOnly, extra) {
+		t.Error("a peer trusting only the old root cannot verify the new root's certificate with ChainExtra")
+	}
+	if !verifies(newOnly, extra) {
+		t.Error("a peer trusting only the new root cannot verify with ChainExtra sent along")
+	}
+	if err := k.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	if extra := k.ChainExtra(); extra != nil {
+		t.Errorf("finished: ChainExtra %d certificates, want none", len(extra))
+	}
+	if k, err = OpenKeeper(dir, "cluster.local", nil); err != nil {
+		t.Fatal(err)
+	}
+	if extra := k.ChainExtra(); extra != nil {
+		t.Errorf("reopened after Finish: ChainExtra %d certificates, want none", len(extra))
+	}
+}

@@ -452,6 +452,12 @@ func (p *plane) servingCert() (*tls.Certificate, error) {
 		return nil, fmt.Errorf("control plane certificate: %w", err)
 	}
 	cert := svid.TLSCertificate()
+	// While a rotation is activated, the new root signed by the old one
+	// goes along: a pod injected before the rotation trusts only the old
+	// root until its first connection brings it the bundle.
+	for _, c := range p.keeper.ChainExtra() {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
 	p.cert, p.certFor = &cert, auth.SigningCert()
 	return p.cert, nil
 }

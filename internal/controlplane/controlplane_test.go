@@ -148,8 +148,14 @@ func (r *rig) bundle() []byte {
 // when not nil.
 func (r *rig) client(cert *tls.Certificate) *grpc.ClientConn {
 	r.t.Helper()
+	return r.clientTrusting(r.bundle(), cert)
+}
+
+// clientTrusting is client with the roots of bundle (PEM).
+func (r *rig) clientTrusting(bundle []byte, cert *tls.Certificate) *grpc.ClientConn {
+	r.t.Helper()
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(r.bundle())
+	pool.AppendCertsFromPEM(bundle)
 	var store meshtls.Store
 	m := meshtls.Material{Roots: pool}
 	if cert != nil {
@@ -713,6 +719,30 @@ func TestProxyStatusIsWhatTheHandshakeProved(t *testing.T) {
 	}
 	if want := mustParse(t, renewed.Certificate[0]).NotAfter; !got.CertNotAfter.Equal(want) {
 		t.Errorf("notAfter = %v, want the renewed certificate's %v", got.CertNotAfter, want)
+	}
+}
+
+// TestPodInjectedBeforeARotationStartsAfterIt: a sidecar that trusts only
+// the old root (injected before the rotation began) gets its first
+// certificate from a control plane whose new root is already signing, and
+// the new bundle with it.
+func TestPodInjectedBeforeARotationStartsAfterIt(t *testing.T) {
+	r := newRig(t)
+	ctx := ctxT(t)
+	admin := NewClient(filepath.Join(r.dir, "control"))
+	oldBundle := r.bundle()
+	for _, step := range []string{"prepare", "activate"} {
+		if _, err := admin.Rotate(ctx, step); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := meshpb.NewCertificateServiceClient(r.clientTrusting(oldBundle, nil)).Sign(ctx,
+		&meshpb.SignRequest{Csr: csrFor(t, helloID, p256(t)), BootstrapToken: r.tokens["web/a"], PodNamespace: "web", PodName: "a"})
+	if err != nil {
+		t.Fatalf("first certificate with only the old root trusted: %v", err)
+	}
+	if len(resp.GetTrustBundle()) != 2 {
+		t.Errorf("the answer carries %d roots, want both of the rotation", len(resp.GetTrustBundle()))
 	}
 }
 
