@@ -19,13 +19,14 @@ import (
 	"time"
 )
 
-var allArms = []string{"direct", "trellis", "haproxy", "nginx"}
+var allArms = append([]string{"direct", "trellis", "haproxy", "nginx"}, floorArms...)
 
 // targets are where an arm's load generators aim.
 type targets struct {
 	http, h2 string // URLs
 	grpc     string // host:port
 	balanced bool   // gRPC calls are spread over the three replicas
+	floor    bool   // HTTP/1.1 only (a floor arm)
 }
 
 // proxies are an arm's client-side and server-side proxies (none for
@@ -61,6 +62,9 @@ func setUp(ctx context.Context, o options, arm string, t *topo) (targets, proxie
 			err = waitReady(ctx, clientNS, local, p.client)
 		}
 		return targets{http: local, h2: "http://127.0.0.1:10081/", grpc: "127.0.0.1:10090", balanced: true}, p, err
+	case "tunnel", "tunnel-raw", "relay", "relay-raw":
+		p, err := startFloor(ctx, t, arm)
+		return targets{http: local, floor: true}, p, err
 	}
 	return targets{}, proxies{}, fmt.Errorf("unknown arm %q", arm)
 }
@@ -178,6 +182,24 @@ func startTrellis(ctx context.Context, o options, t *topo) (proxies, error) {
 		}
 	}
 	return p, nil
+}
+
+// startFloor runs a floor arm's two sides (proxybench floor), each with as
+// many threads for Go code as the other pairs have workers.
+func startFloor(ctx context.Context, t *topo, arm string) (proxies, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return proxies{}, err
+	}
+	var p proxies
+	env := []string{"GOMAXPROCS=" + strconv.Itoa(t.workers)}
+	if p.server, err = t.start(arm+"-server", serverNS, t.cpus(true), env, self, "floor", arm, "server", t.dir); err != nil {
+		return p, err
+	}
+	if p.client, err = t.start(arm+"-client", clientNS, t.cpus(true), env, self, "floor", arm, "client", t.dir); err != nil {
+		return p, err
+	}
+	return p, waitReady(ctx, clientNS, "http://127.0.0.1:10080/", p.client)
 }
 
 // proxyMark is the socket mark the benchmark's proxies set and their capture

@@ -18,8 +18,9 @@
 // PROXYBENCH_KEEP=1 leaves the last arm's namespaces, configs and logs in
 // place for a look (the next run removes the namespaces).
 //
-// The same binary is the backend (proxybench backend) and the client-side
-// helpers (proxybench get, idle and flood), started inside the namespaces.
+// The same binary is the backend (proxybench backend), the client-side
+// helpers (proxybench get, idle and flood) and the floor arms' proxies
+// (proxybench floor, see floor.go), started inside the namespaces.
 package main
 
 import (
@@ -47,6 +48,8 @@ func main() {
 			err = runIdle(os.Args[2:])
 		case "flood":
 			err = runFlood(os.Args[2:])
+		case "floor":
+			err = runFloor(os.Args[2:])
 		default:
 			err = runBench(os.Args[1:])
 		}

@@ -51,6 +51,38 @@ type phase struct {
 	cpu      [2]time.Duration // per request
 	rss      [2]int64         // KiB, at the end
 	gcShare  [2]float64       // of the proxy's CPU; NaN when unknown
+	switches [2]switches
+}
+
+// switches are a proxy's context switches during a phase.
+type switches struct {
+	voluntary, involuntary float64 // per request
+	threads                int     // threads that switched at all
+	top                    float64 // the busiest thread's share
+}
+
+// switchesOver is what happened between two samples of a proxy's threads.
+func switchesOver(before, after map[int][2]int64, requests int64) switches {
+	var s switches
+	var total, top int64
+	for tid, a := range after {
+		b := before[tid]
+		v, i := a[0]-b[0], a[1]-b[1]
+		if v+i == 0 {
+			continue
+		}
+		s.threads++
+		s.voluntary += float64(v)
+		s.involuntary += float64(i)
+		total += v + i
+		top = max(top, v+i)
+	}
+	s.voluntary /= float64(requests)
+	s.involuntary /= float64(requests)
+	if total > 0 {
+		s.top = float64(top) / float64(total)
+	}
+	return s
 }
 
 // The load generators' shape: connections for fixed rates and for the
@@ -100,6 +132,14 @@ func measure(ctx context.Context, o options, arm string, workers int) (*result, 
 	}
 	if r.max, err = t.phase(ctx, px, func() (phase, error) { return fortio(ctx, t, tg.http, 0, maxConns, short, false) }); err != nil {
 		return nil, fmt.Errorf("maximum throughput: %w", err)
+	}
+	if tg.floor { // HTTP/1.1 only; nothing else checks their answers
+		for _, ph := range append(r.h1, r.max) {
+			if ph.errors > 0 {
+				return nil, fmt.Errorf("%d of %d requests failed (rate %d)", ph.errors, ph.requests, ph.rate)
+			}
+		}
+		return r, nil
 	}
 	if r.h2, err = t.phase(ctx, px, func() (phase, error) { return fortio(ctx, t, tg.h2, otherRate, conns, short, true) }); err != nil {
 		return nil, fmt.Errorf("HTTP/2: %w", err)
@@ -195,8 +235,9 @@ func floods(ctx context.Context, t *topo, o options, tg targets, px proxies, r *
 }
 
 // phase runs load and adds what it cost the proxies: CPU per request from
-// the processes' own accounting, RSS at the end, and for Trellis the share
-// of its CPU the runtime estimates its garbage collector took.
+// the processes' own accounting, RSS at the end, context switches per
+// thread, and for Trellis the share of its CPU the runtime estimates its
+// garbage collector took.
 func (t *topo) phase(ctx context.Context, px proxies, load func() (phase, error)) (phase, error) {
 	procs := []*proc{px.client, px.server}
 	var before [2]usage
@@ -221,6 +262,7 @@ func (t *topo) phase(ctx context.Context, px proxies, load func() (phase, error)
 		u := treeUsage(p.cmd.Process.Pid)
 		ph.cpu[i] = (u.cpu - before[i].cpu) / time.Duration(ph.requests)
 		ph.rss[i] = u.rss
+		ph.switches[i] = switchesOver(before[i].switches, u.switches, ph.requests)
 		if px.metrics {
 			gc := gcSeconds(ctx, []string{clientNS, serverNS}[i])
 			if d := gc[1] - gcBefore[i][1]; d > 0 {

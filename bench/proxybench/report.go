@@ -38,7 +38,7 @@ func checkTools(o options) error {
 }
 
 // report prints the figures as Markdown: one table per worker count, then
-// Trellis's ratios to HAProxy against the targets.
+// Trellis's ratios to HAProxy against the targets, then the floor arms'.
 func report(w io.Writer, o options, results []*result) {
 	host, _ := os.Hostname()
 	fmt.Fprintf(w, "proxybench on %s: %d CPUs (%s), %s, %s; %s per fixed-rate phase\n", host, runtime.NumCPU(), cpuModel(), kernel(),
@@ -73,34 +73,45 @@ func report(w io.Writer, o options, results []*result) {
 			row("  CPU µs per request, client / server proxy", func(r *result) string { return cpu(r, h(r)) })
 			row("  RSS MiB, client / server proxy", func(r *result) string { return rss(r, h(r)) })
 			row("  GC share of proxy CPU, client / server", func(r *result) string { return gc(h(r)) })
+			row("  context switches per request (voluntary+involuntary; threads switching; busiest thread's share), client / server", func(r *result) string { return csw(r, h(r)) })
 		}
 		row("max HTTP/1.1 throughput (rps, errors)", func(r *result) string { return fmt.Sprintf("%.0f, %d", r.max.rps, r.max.errors) })
 		row("  CPU µs per request, client / server proxy", func(r *result) string { return cpu(r, r.max) })
-		row(fmt.Sprintf("HTTP/2 (h2c from the client) @%d rps: p99 ms, errors", otherRate), func(r *result) string { return fmt.Sprintf("%s, %d", ms(r.h2.p99), r.h2.errors) })
-		row("  CPU µs per request, client / server proxy", func(r *result) string { return cpu(r, r.h2) })
-		row(fmt.Sprintf("gRPC unary @%d rps, 1 connection: p99 ms, errors", otherRate), func(r *result) string { return fmt.Sprintf("%s, %d", ms(r.grpc.p99), r.grpc.errors) })
-		row("  CPU µs per request, client / server proxy", func(r *result) string { return cpu(r, r.grpc) })
-		row("  calls per replica (max/min)", func(r *result) string {
+		row("  context switches per request, client / server", func(r *result) string { return csw(r, r.max) })
+		// The floor arms serve HTTP/1.1 only: the rest is not theirs.
+		fullRow := func(name string, cell func(r *result) string) {
+			row(name, func(r *result) string {
+				if slices.Contains(floorArms, r.arm) {
+					return "—"
+				}
+				return cell(r)
+			})
+		}
+		fullRow(fmt.Sprintf("HTTP/2 (h2c from the client) @%d rps: p99 ms, errors", otherRate), func(r *result) string { return fmt.Sprintf("%s, %d", ms(r.h2.p99), r.h2.errors) })
+		fullRow("  CPU µs per request, client / server proxy", func(r *result) string { return cpu(r, r.h2) })
+		fullRow(fmt.Sprintf("gRPC unary @%d rps, 1 connection: p99 ms, errors", otherRate), func(r *result) string { return fmt.Sprintf("%s, %d", ms(r.grpc.p99), r.grpc.errors) })
+		fullRow("  CPU µs per request, client / server proxy", func(r *result) string { return cpu(r, r.grpc) })
+		fullRow("  calls per replica (max/min)", func(r *result) string {
 			if len(r.balance) == 0 {
 				return "—"
 			}
 			return fmt.Sprintf("%v (%.3f)", r.balance, spread(r.balance))
 		})
-		row(fmt.Sprintf("client proxy RSS per idle connection (KiB, %d held)", o.idle), func(r *result) string {
+		fullRow(fmt.Sprintf("client proxy RSS per idle connection (KiB, %d held)", o.idle), func(r *result) string {
 			if math.IsNaN(r.idleKiB) {
 				return "—"
 			}
 			return fmt.Sprintf("%.1f", r.idleKiB)
 		})
 		if o.flood > 0 {
-			row(fmt.Sprintf("neighbour alone @%d rps: p99 ms, errors", neighbourRate), func(r *result) string {
+			fullRow(fmt.Sprintf("neighbour alone @%d rps: p99 ms, errors", neighbourRate), func(r *result) string {
 				if len(r.floods) == 0 {
 					return "—"
 				}
 				return fmt.Sprintf("%s, %d", ms(r.calm.p99), r.calm.errors)
 			})
 			for i, kind := range h2flood.Kinds {
-				row(kind+": neighbour p99 ms (× alone), errors; abusive connections cut/opened; peak RSS MiB", func(r *result) string {
+				fullRow(kind+": neighbour p99 ms (× alone), errors; abusive connections cut/opened; peak RSS MiB", func(r *result) string {
 					if len(r.floods) <= i {
 						return "—"
 					}
@@ -116,6 +127,7 @@ func report(w io.Writer, o options, results []*result) {
 		}
 		fmt.Fprintln(w)
 		ratios(w, o, rs, direct)
+		floors(w, o, rs, direct)
 	}
 }
 
@@ -147,7 +159,7 @@ func ratios(w io.Writer, o options, rs []*result, direct *result) {
 	for i, rate := range o.rates {
 		if ha != nil {
 			c := float64(total(tr.h1[i].cpu)) / float64(total(ha.h1[i].cpu))
-			line(fmt.Sprintf("CPU per request @%d rps, pair, × HAProxy", rate), c, "≤ 1.5", c <= 1.5)
+			line(fmt.Sprintf("CPU per request @%d rps, pair, × HAProxy", rate), c, "≤ 1.2", c <= 1.2)
 			if direct != nil {
 				// Trellis's added latency over HAProxy's; NaN when HAProxy added none.
 				added := func(p func(phase) time.Duration) float64 {
@@ -158,7 +170,11 @@ func ratios(w io.Writer, o options, rs []*result, direct *result) {
 					return float64(t-d) / float64(h-d)
 				}
 				a := added(func(ph phase) time.Duration { return ph.p99 })
-				line(fmt.Sprintf("added p99 @%d rps × HAProxy", rate), a, "≤ 1.5", a <= 1.5)
+				limit := 1.5
+				if rate >= 5000 {
+					limit = 2
+				}
+				line(fmt.Sprintf("added p99 @%d rps × HAProxy", rate), a, fmt.Sprintf("≤ %g", limit), a <= limit)
 				figure(fmt.Sprintf("added p50 @%d rps × HAProxy", rate), added(func(ph phase) time.Duration { return ph.p50 }))
 			}
 		}
@@ -173,12 +189,15 @@ func ratios(w io.Writer, o options, rs []*result, direct *result) {
 	}
 	if ha != nil {
 		t := tr.max.rps / ha.max.rps
-		line("max throughput × HAProxy", t, "≥ 0.7", t >= 0.7)
+		line("max throughput × HAProxy", t, "≥ 0.8", t >= 0.8)
 		figure("CPU per request at max throughput × HAProxy", float64(total(tr.max.cpu))/float64(total(ha.max.cpu)))
-		figure("HTTP/2 CPU per request × HAProxy", float64(total(tr.h2.cpu))/float64(total(ha.h2.cpu)))
-		figure("gRPC CPU per request × HAProxy", float64(total(tr.grpc.cpu))/float64(total(ha.grpc.cpu)))
+		h2 := float64(total(tr.h2.cpu)) / float64(total(ha.h2.cpu))
+		line(fmt.Sprintf("HTTP/2 CPU per request @%d rps × HAProxy", otherRate), h2, "≤ 1.2", h2 <= 1.2)
+		g := float64(total(tr.grpc.cpu)) / float64(total(ha.grpc.cpu))
+		line(fmt.Sprintf("gRPC CPU per request @%d rps × HAProxy", otherRate), g, "≤ 1.2", g <= 1.2)
 		figure("RSS per idle connection × HAProxy", tr.idleKiB/ha.idleKiB)
 	}
+	line("client proxy RSS per idle connection (KiB)", tr.idleKiB, "≤ 6", tr.idleKiB <= 6)
 	b := spread(tr.balance)
 	line("gRPC balance over 3 replicas, max/min", b, "≤ 1.1", b <= 1.1)
 	if len(tr.floods) > 0 {
@@ -189,6 +208,51 @@ func ratios(w io.Writer, o options, rs []*result, direct *result) {
 		}
 		line("neighbour p99 under the worst flood × alone", worst, "≤ 10", worst <= 10)
 		line("neighbour errors under floods", float64(errs), "0", errs == 0)
+	}
+	fmt.Fprintln(w)
+}
+
+// floors prints each floor arm (and Trellis) against HAProxy on HTTP/1.1:
+// what the request path's design can reach at best. The relay's gate is
+// the issue's: at least 0.85× HAProxy's maximum and at most 1.1× its CPU
+// at 1000 rps, or the targets are revisited with these figures.
+func floors(w io.Writer, o options, rs []*result, direct *result) {
+	ha := find(rs, "haproxy")
+	if ha == nil {
+		return
+	}
+	var shown []*result
+	for _, r := range rs {
+		if r.arm == "trellis" || slices.Contains(floorArms, r.arm) {
+			shown = append(shown, r)
+		}
+	}
+	if len(shown) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "| HTTP/1.1 × HAProxy (%d worker(s)) | max throughput |", ha.workers)
+	for _, rate := range o.rates {
+		fmt.Fprintf(w, " CPU @%d | added p99 @%d |", rate, rate)
+	}
+	fmt.Fprintf(w, "\n|---|---|%s\n", strings.Repeat("---|---|", len(o.rates)))
+	for _, r := range shown {
+		fmt.Fprintf(w, "| %s | %.2f |", r.arm, r.max.rps/ha.max.rps)
+		for i := range o.rates {
+			added := math.NaN()
+			if d := direct; d != nil && ha.h1[i].p99 > d.h1[i].p99 {
+				added = float64(r.h1[i].p99-d.h1[i].p99) / float64(ha.h1[i].p99-d.h1[i].p99)
+			}
+			fmt.Fprintf(w, " %.2f | %.2f |", float64(total(r.h1[i].cpu))/float64(total(ha.h1[i].cpu)), added)
+		}
+		fmt.Fprintln(w)
+	}
+	if relay := find(rs, "relay"); relay != nil && len(o.rates) > 0 && o.rates[0] == 1000 {
+		t, c := relay.max.rps/ha.max.rps, float64(total(relay.h1[0].cpu))/float64(total(ha.h1[0].cpu))
+		verdict := "passed: build the design"
+		if t < 0.85 || c > 1.1 {
+			verdict = "**not passed**: the figures above say what stands in the way"
+		}
+		fmt.Fprintf(w, "\nThe relay's gate (max ≥ 0.85×, CPU @1000 ≤ 1.1×): %.2f×, %.2f×, %s.\n", t, c, verdict)
 	}
 	fmt.Fprintln(w)
 }
@@ -227,6 +291,16 @@ func cpu(r *result, p phase) string {
 	}
 	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 	return fmt.Sprintf("%.0f / %.0f", us(p.cpu[0]), us(p.cpu[1]))
+}
+
+func csw(r *result, p phase) string {
+	if r.arm == "direct" {
+		return "—"
+	}
+	side := func(s switches) string {
+		return fmt.Sprintf("%.2f+%.2f; %d; %.0f %%", s.voluntary, s.involuntary, s.threads, 100*s.top)
+	}
+	return side(p.switches[0]) + " / " + side(p.switches[1])
 }
 
 func rss(r *result, p phase) string {

@@ -174,10 +174,12 @@ func waitReady(ctx context.Context, ns, url string, p *proc) error {
 	}
 }
 
-// usage is a process tree's cumulative CPU and current memory.
+// usage is a process tree's cumulative CPU, current memory and context
+// switches per thread.
 type usage struct {
-	cpu time.Duration
-	rss int64 // KiB
+	cpu      time.Duration
+	rss      int64            // KiB
+	switches map[int][2]int64 // thread id: voluntary, involuntary
 }
 
 // treeUsage sums CPU and RSS over pid and its descendants (nginx's
@@ -194,12 +196,13 @@ func treeUsage(pid int) usage {
 			children[st.ppid] = append(children[st.ppid], n)
 		}
 	}
-	var u usage
+	u := usage{switches: map[int][2]int64{}}
 	for queue := []int{pid}; len(queue) > 0; queue = queue[1:] {
 		p := queue[0]
 		if st, err := readStat(p); err == nil {
 			u.cpu += st.cpu
 			u.rss += rssKiB(p)
+			threadSwitches(p, u.switches)
 		}
 		queue = append(queue, children[p]...)
 	}
@@ -229,6 +232,31 @@ func readStat(pid int) (stat, error) {
 	utime, _ := strconv.ParseInt(f[11], 10, 64)
 	stime, _ := strconv.ParseInt(f[12], 10, 64)
 	return stat{ppid: ppid, cpu: time.Duration(utime+stime) * clockTick}, nil
+}
+
+// threadSwitches adds the context switches of each of pid's threads to
+// into.
+func threadSwitches(pid int, into map[int][2]int64) {
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, task := range tasks {
+		tid, err := strconv.Atoi(task.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
+		if err != nil {
+			continue
+		}
+		var n [2]int64
+		for _, line := range strings.Split(string(data), "\n") {
+			for i, key := range []string{"voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"} {
+				if v, ok := strings.CutPrefix(line, key); ok {
+					n[i], _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				}
+			}
+		}
+		into[tid] = n
+	}
 }
 
 func rssKiB(pid int) int64 {

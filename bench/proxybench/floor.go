@@ -1,0 +1,737 @@
+package main
+
+// The floor arms: what a Go proxy pair over the same mutual TLS costs at
+// its least, to tell what the request path's design can reach before it
+// is built (issue #18). They serve HTTP/1.1 only and are not proxies a
+// mesh could use: no routing, no policy, no metrics.
+//
+//   - tunnel: a TCP tunnel, one mTLS connection per app connection, two
+//     goroutines per connection copying bytes (net's I/O, which passes the
+//     runtime's entersyscall/exitsyscall on every read and write).
+//   - tunnel-raw: the same, every socket read and write (under crypto/tls
+//     too) a raw system call inside syscall.RawConn's readiness callbacks,
+//     as cloudwego/netpoll does: the netpoller still parks and wakes the
+//     goroutine, the runtime never sees the call.
+//   - relay: HTTP/1.1 -> HTTP/2 over one mTLS connection -> HTTP/1.1, built
+//     as the issue's design: no goroutine per request, the goroutine that
+//     reads an event does the work it enables, frames of all streams
+//     coalesced into one TLS write.
+//   - relay-raw: the relay on tunnel-raw's I/O.
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+var floorArms = []string{"tunnel", "tunnel-raw", "relay", "relay-raw"}
+
+// The floor arms listen where the HAProxy pair does: the client side on
+// loopback, the server side on the server's address.
+const (
+	floorClientAddr = "127.0.0.1:10080"
+	floorServerPort = "8443"
+)
+
+// runFloor is `proxybench floor ARM client|server DIR`.
+func runFloor(args []string) error {
+	if len(args) != 3 {
+		return errors.New("usage: proxybench floor tunnel|tunnel-raw|relay|relay-raw client|server DIR")
+	}
+	arm, side, dir := args[0], args[1], args[2]
+	relay, raw := strings.HasPrefix(arm, "relay"), strings.HasSuffix(arm, "-raw")
+	certs, err := floorTLS(dir, side, relay)
+	if err != nil {
+		return err
+	}
+	upstream := net.JoinHostPort(serverIP, floorServerPort)
+	switch {
+	case side == "client" && relay:
+		return relayClient(certs, upstream, raw)
+	case side == "server" && relay:
+		return relayServer(certs, upstream, raw)
+	case side == "client":
+		return tunnel(floorClientAddr, raw, func(c net.Conn) net.Conn { return c }, func() (net.Conn, error) {
+			c, err := net.Dial("tcp", upstream)
+			if err != nil {
+				return nil, err
+			}
+			tc := tls.Client(wrapRaw(c, raw), certs)
+			return tc, tc.Handshake()
+		})
+	case side == "server":
+		return tunnel(upstream, raw, func(c net.Conn) net.Conn { return tls.Server(c, certs) }, func() (net.Conn, error) {
+			c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(httpPort))
+			if err != nil {
+				return nil, err
+			}
+			return wrapRaw(c, raw), nil
+		})
+	}
+	return fmt.Errorf("floor: unknown side %q", side)
+}
+
+// floorTLS is a side's TLS config with the run's certificates: TLS 1.3,
+// each side verifying the other against the CA, as the other pairs do.
+func floorTLS(dir, side string, h2 bool) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, side+".crt"), filepath.Join(dir, side+".key"))
+	if err != nil {
+		return nil, err
+	}
+	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("floor: no CA in ca.pem")
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+	if side == "client" {
+		cfg.RootCAs, cfg.ServerName = pool, "server.bench"
+	} else {
+		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	if h2 {
+		cfg.NextProtos = []string{"h2"}
+	}
+	return cfg, nil
+}
+
+// tunnel accepts on addr and copies each connection, as accept wraps it,
+// both ways to the one dial makes for it.
+func tunnel(addr string, raw bool, accept func(net.Conn) net.Conn, dial func() (net.Conn, error)) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			in := accept(wrapRaw(c, raw))
+			defer in.Close()
+			out, err := dial()
+			if err != nil {
+				return
+			}
+			defer out.Close()
+			go copyAll(out, in)
+			copyAll(in, out)
+		}()
+	}
+}
+
+func copyAll(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	dst.Close()
+	src.Close()
+}
+
+// rawConn does its reads and writes as raw system calls inside the
+// netpoller's readiness callbacks.
+type rawConn struct {
+	net.Conn
+	rc syscall.RawConn
+}
+
+func wrapRaw(c net.Conn, raw bool) net.Conn {
+	if !raw {
+		return c
+	}
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return c
+	}
+	return &rawConn{Conn: c, rc: rc}
+}
+
+func (c *rawConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var n int
+	var errno syscall.Errno
+	err := c.rc.Read(func(fd uintptr) bool {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		if e == syscall.EAGAIN {
+			return false
+		}
+		n, errno = int(r), e
+		return true
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case errno != 0:
+		return 0, errno
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+func (c *rawConn) Write(p []byte) (int, error) {
+	done := 0
+	var errno syscall.Errno
+	err := c.rc.Write(func(fd uintptr) bool {
+		for done < len(p) {
+			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
+			if e == syscall.EAGAIN {
+				return false
+			}
+			if e != 0 {
+				errno = e
+				return true
+			}
+			done += int(r)
+		}
+		return true
+	})
+	if err == nil && errno != 0 {
+		err = errno
+	}
+	return done, err
+}
+
+// h2conn is one HTTP/2 connection of the relay: frames written by any
+// goroutine go into a pending buffer under mu, and whichever goroutine
+// finds no write under way sends what is pending, after one yield when the
+// batch is small so that other streams can add to it, until nothing is.
+type h2conn struct {
+	conn net.Conn
+	rd   *http2.Framer
+
+	mu       sync.Mutex
+	pending  []byte
+	spare    []byte
+	writing  bool
+	wr       *http2.Framer // writes into pending
+	enc      *hpack.Encoder
+	hbuf     bytes.Buffer
+	received uint32 // DATA bytes since the last connection WINDOW_UPDATE
+}
+
+// pendingWriter appends what the framer writes to the pending buffer
+// (called with mu held).
+type pendingWriter struct{ c *h2conn }
+
+func (w pendingWriter) Write(p []byte) (int, error) {
+	w.c.pending = append(w.c.pending, p...)
+	return len(p), nil
+}
+
+// The relay's windows: both ends are ours and grant each other this much,
+// so flow control never stalls a stream of the benchmark.
+const relayWindow = 1 << 30
+
+func newH2conn(conn net.Conn) *h2conn {
+	c := &h2conn{conn: conn, rd: http2.NewFramer(nil, bufio.NewReaderSize(conn, 32<<10))}
+	c.rd.SetReuseFrames()
+	c.rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.rd.MaxHeaderListSize = 64 << 10
+	c.wr = http2.NewFramer(pendingWriter{c}, nil)
+	c.enc = hpack.NewEncoder(&c.hbuf)
+	return c
+}
+
+// start queues SETTINGS and the connection window (after the preface, on
+// the client side).
+func (c *h2conn) start(client bool) error {
+	c.mu.Lock()
+	if client {
+		c.pending = append(c.pending, http2.ClientPreface...)
+	}
+	_ = c.wr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayWindow},
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1000})
+	_ = c.wr.WriteWindowUpdate(0, relayWindow-65535)
+	return c.flushLocked()
+}
+
+// flushLocked sends what is pending unless another goroutine is already
+// sending; it releases mu.
+func (c *h2conn) flushLocked() error {
+	if c.writing {
+		c.mu.Unlock()
+		return nil
+	}
+	c.writing = true
+	yielded := false
+	for len(c.pending) > 0 {
+		if len(c.pending) < 1000 && !yielded {
+			yielded = true
+			c.mu.Unlock()
+			runtime.Gosched()
+			c.mu.Lock()
+			continue
+		}
+		out := c.pending
+		c.pending = c.spare[:0]
+		c.mu.Unlock()
+		_, err := c.conn.Write(out)
+		c.mu.Lock()
+		c.spare = out[:0]
+		if err != nil {
+			c.writing = false
+			c.mu.Unlock()
+			return err
+		}
+	}
+	c.writing = false
+	c.mu.Unlock()
+	return nil
+}
+
+// headersLocked queues a HEADERS frame of fields (pairs of name, value).
+func (c *h2conn) headersLocked(id uint32, fields []string, end bool) {
+	c.hbuf.Reset()
+	for i := 0; i+1 < len(fields); i += 2 {
+		_ = c.enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+	}
+	_ = c.wr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true, EndStream: end})
+}
+
+// dataLocked queues p as DATA frames of at most the default frame size.
+func (c *h2conn) dataLocked(id uint32, p []byte, end bool) {
+	for {
+		n := min(len(p), 16384)
+		_ = c.wr.WriteData(id, end && n == len(p), p[:n])
+		p = p[n:]
+		if len(p) == 0 {
+			return
+		}
+	}
+}
+
+// control answers the frames every reader handles alike; it reports
+// whether f was one of them.
+func (c *h2conn) control(f http2.Frame) (bool, error) {
+	switch f := f.(type) {
+	case *http2.SettingsFrame:
+		if !f.IsAck() {
+			c.mu.Lock()
+			_ = c.wr.WriteSettingsAck()
+			return true, c.flushLocked()
+		}
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			c.mu.Lock()
+			_ = c.wr.WritePing(true, f.Data)
+			return true, c.flushLocked()
+		}
+	case *http2.DataFrame:
+		return false, c.credit(f.Length)
+	case *http2.GoAwayFrame:
+		return true, errors.New("relay: GOAWAY")
+	case *http2.WindowUpdateFrame:
+	default:
+		return false, nil
+	}
+	return true, nil
+}
+
+// credit gives the peer back the connection window received DATA used,
+// in large steps.
+func (c *h2conn) credit(n uint32) error {
+	c.received += n
+	if c.received < relayWindow/2 {
+		return nil
+	}
+	c.mu.Lock()
+	_ = c.wr.WriteWindowUpdate(0, c.received)
+	c.received = 0
+	return c.flushLocked()
+}
+
+// hopByHop are the HTTP/1.1 fields that do not cross to HTTP/2.
+var hopByHop = map[string]bool{"connection": true, "keep-alive": true, "proxy-connection": true, "transfer-encoding": true, "upgrade": true, "te": true}
+
+// readHead reads an HTTP/1.1 start line and fields (names lowercased,
+// hop-by-hop fields left out) from br, and the body's length (-1: no
+// Content-Length); chunked bodies and folded lines are refused (the floor
+// serves Content-Length bodies only).
+func readHead(br *bufio.Reader) (start []string, fields []string, length int64, err error) {
+	length = -1
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	start = strings.SplitN(strings.TrimRight(string(line), "\r\n"), " ", 3)
+	if len(start) < 2 {
+		return nil, nil, 0, fmt.Errorf("bad start line %q", line)
+	}
+	for {
+		line, err = br.ReadSlice('\n')
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		l := strings.TrimRight(string(line), "\r\n")
+		if l == "" {
+			return start, fields, length, nil
+		}
+		name, value, ok := strings.Cut(l, ":")
+		if !ok || name == "" || strings.ContainsAny(name, " \t") {
+			return nil, nil, 0, fmt.Errorf("bad field line %q", l)
+		}
+		name, value = strings.ToLower(name), strings.TrimSpace(value)
+		switch {
+		case name == "transfer-encoding":
+			return nil, nil, 0, errors.New("chunked bodies are not relayed")
+		case name == "content-length":
+			if length, err = strconv.ParseInt(value, 10, 64); err != nil || length < 0 {
+				return nil, nil, 0, fmt.Errorf("bad content-length %q", value)
+			}
+		}
+		if !hopByHop[name] {
+			fields = append(fields, name, value)
+		}
+	}
+}
+
+// relayClient accepts HTTP/1.1 on loopback and sends every request as a
+// stream of one HTTP/2 connection to the server side. Each app connection
+// has one goroutine, which parses its requests and queues their frames;
+// the connection's reader writes each response to its app connection.
+func relayClient(cfg *tls.Config, upstream string, raw bool) error {
+	var conn net.Conn
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var c net.Conn
+		if c, err = net.Dial("tcp", upstream); err == nil {
+			tc := tls.Client(wrapRaw(c, raw), cfg)
+			if err = tc.Handshake(); err != nil {
+				c.Close()
+			}
+			conn = tc
+		}
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		return err
+	}
+	h := newH2conn(conn)
+	if err := h.start(true); err != nil {
+		return err
+	}
+	type app struct {
+		conn net.Conn
+		turn chan struct{} // held while a response is due: no pipelining
+		out  []byte
+	}
+	var nextID uint32 = 1
+	streams := map[uint32]*app{} // under h.mu
+	go func() {
+		defer os.Exit(1) // the one upstream connection is gone
+		for {
+			f, err := h.rd.ReadFrame()
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "relay client:", err)
+				return
+			}
+			if ok, err := h.control(f); err != nil {
+				fmt.Fprintln(os.Stderr, "relay client:", err)
+				return
+			} else if ok {
+				continue
+			}
+			id := f.Header().StreamID
+			h.mu.Lock()
+			a := streams[id]
+			h.mu.Unlock()
+			if a == nil {
+				continue
+			}
+			end := false
+			switch f := f.(type) {
+			case *http2.MetaHeadersFrame:
+				a.out = append(a.out[:0], "HTTP/1.1 "...)
+				a.out = append(a.out, f.PseudoValue("status")...)
+				a.out = append(a.out, " \r\n"...)
+				for _, hf := range f.RegularFields() {
+					a.out = append(append(append(append(a.out, hf.Name...), ": "...), hf.Value...), "\r\n"...)
+				}
+				a.out = append(a.out, "\r\n"...)
+				end = f.StreamEnded()
+			case *http2.DataFrame:
+				a.out = append(a.out, f.Data()...)
+				end = f.StreamEnded()
+			case *http2.RSTStreamFrame:
+				a.conn.Close()
+				end = true
+			}
+			// A slow app connection holds up every stream here: a
+			// real engine queues and writes without blocking.
+			if end || len(a.out) > 64<<10 {
+				_, _ = a.conn.Write(a.out)
+				a.out = a.out[:0]
+			}
+			if end {
+				h.mu.Lock()
+				delete(streams, id)
+				h.mu.Unlock()
+				<-a.turn
+			}
+		}
+	}()
+	ln, err := net.Listen("tcp", floorClientAddr)
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		c = wrapRaw(c, raw)
+		go func() {
+			defer c.Close()
+			a := &app{conn: c, turn: make(chan struct{}, 1)}
+			br := bufio.NewReaderSize(c, 4096)
+			for {
+				start, fields, length, err := readHead(br)
+				if err != nil {
+					return
+				}
+				var body []byte
+				if length > 0 {
+					if length > 1<<20 {
+						return
+					}
+					body = make([]byte, length)
+					if _, err := io.ReadFull(br, body); err != nil {
+						return
+					}
+				}
+				authority := ""
+				for i := 0; i < len(fields); i += 2 {
+					if fields[i] == "host" { // becomes :authority
+						authority = fields[i+1]
+						fields = append(fields[:i], fields[i+2:]...)
+						break
+					}
+				}
+				a.turn <- struct{}{}
+				h.mu.Lock()
+				id := nextID
+				nextID += 2
+				streams[id] = a
+				h.headersLocked(id, append([]string{":method", start[0], ":scheme", "http", ":authority", authority, ":path", start[1]}, fields...), len(body) == 0)
+				if len(body) > 0 {
+					h.dataLocked(id, body, true)
+				}
+				if err := h.flushLocked(); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// backend is one pooled HTTP/1.1 connection to the app. Its goroutine
+// reads each response and queues it as frames on the stream it answers.
+type backend struct {
+	conn net.Conn
+	br   *bufio.Reader
+	cur  atomic.Pointer[relayStream] // nil: idle; deadStream: closed
+}
+
+type relayStream struct {
+	h  *h2conn
+	id uint32
+}
+
+var deadStream = &relayStream{}
+
+// badGateway answers a stream the app did not.
+var badGateway = []string{":status", "502", "content-length", "0"}
+
+// backendPool holds the idle backends.
+type backendPool struct {
+	raw  bool // dial them with raw I/O
+	mu   sync.Mutex
+	idle []*backend
+}
+
+// take returns an idle backend claimed for s, dialling one when none is.
+func (p *backendPool) take(s *relayStream) (*backend, error) {
+	for {
+		p.mu.Lock()
+		var b *backend
+		if n := len(p.idle); n > 0 {
+			b, p.idle = p.idle[n-1], p.idle[:n-1]
+		}
+		p.mu.Unlock()
+		if b == nil {
+			break
+		}
+		if b.cur.CompareAndSwap(nil, s) {
+			return b, nil
+		}
+	}
+	c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(httpPort))
+	if err != nil {
+		return nil, err
+	}
+	c = wrapRaw(c, p.raw)
+	b := &backend{conn: c, br: bufio.NewReaderSize(c, 16<<10)}
+	b.cur.Store(s)
+	go b.serve(p)
+	return b, nil
+}
+
+// serve reads responses until the connection ends, answering a stream
+// still waiting then with 502.
+func (b *backend) serve(p *backendPool) {
+	defer b.conn.Close()
+	for {
+		start, fields, length, err := readHead(b.br)
+		s := b.cur.Load()
+		if err == nil && length < 0 { // a body until the app closes: not relayed
+			err = errors.New("no content-length")
+		}
+		if err != nil || s == nil || s == deadStream {
+			if s = b.cur.Swap(deadStream); s != nil && s != deadStream {
+				s.h.mu.Lock()
+				s.h.headersLocked(s.id, badGateway, true)
+				_ = s.h.flushLocked()
+			}
+			return
+		}
+		// The body is queued as it is buffered; the connection's lock is
+		// never held across a read from the app.
+		s.h.mu.Lock()
+		s.h.headersLocked(s.id, append([]string{":status", start[1]}, fields...), length == 0)
+		for length > 0 {
+			if b.br.Buffered() == 0 {
+				_ = s.h.flushLocked()
+				_, err := b.br.Peek(1)
+				s.h.mu.Lock()
+				if err != nil {
+					_ = s.h.wr.WriteRSTStream(s.id, http2.ErrCodeInternal)
+					_ = s.h.flushLocked()
+					b.cur.Store(deadStream)
+					return
+				}
+			}
+			chunk, _ := b.br.Peek(int(min(length, int64(b.br.Buffered()))))
+			length -= int64(len(chunk))
+			s.h.dataLocked(s.id, chunk, length == 0)
+			_, _ = b.br.Discard(len(chunk))
+		}
+		b.cur.Store(nil)
+		p.mu.Lock()
+		p.idle = append(p.idle, b)
+		p.mu.Unlock()
+		_ = s.h.flushLocked()
+	}
+}
+
+// relayServer accepts the client side's mTLS HTTP/2 connections; each
+// one's reader writes every request straight to a pooled backend.
+func relayServer(cfg *tls.Config, addr string, raw bool) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	pool := &backendPool{raw: raw}
+	for {
+		tc, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		c := tls.Server(wrapRaw(tc, raw), cfg)
+		go func() {
+			defer c.Close()
+			preface := make([]byte, len(http2.ClientPreface))
+			if _, err := io.ReadFull(c, preface); err != nil || string(preface) != http2.ClientPreface {
+				return
+			}
+			h := newH2conn(c)
+			if err := h.start(false); err != nil {
+				return
+			}
+			open := map[uint32]*backend{} // streams whose request body is still coming
+			var req []byte
+			for {
+				f, err := h.rd.ReadFrame()
+				if err != nil {
+					return
+				}
+				if ok, err := h.control(f); err != nil {
+					return
+				} else if ok {
+					continue
+				}
+				id := f.Header().StreamID
+				switch f := f.(type) {
+				case *http2.MetaHeadersFrame:
+					req = append(req[:0], f.PseudoValue("method")...)
+					req = append(append(append(req, ' '), f.PseudoValue("path")...), " HTTP/1.1\r\nhost: "...)
+					req = append(append(req, f.PseudoValue("authority")...), "\r\n"...)
+					for _, hf := range f.RegularFields() {
+						req = append(append(append(append(req, hf.Name...), ": "...), hf.Value...), "\r\n"...)
+					}
+					req = append(req, "\r\n"...)
+					b, err := pool.take(&relayStream{h: h, id: id})
+					if err == nil {
+						_, err = b.conn.Write(req)
+					}
+					if err != nil {
+						h.mu.Lock()
+						h.headersLocked(id, badGateway, true)
+						_ = h.flushLocked()
+						continue
+					}
+					if !f.StreamEnded() {
+						open[id] = b
+					}
+				case *http2.DataFrame:
+					if b := open[id]; b != nil {
+						_, _ = b.conn.Write(f.Data())
+						if f.StreamEnded() {
+							delete(open, id)
+						}
+					}
+				case *http2.RSTStreamFrame:
+					if b := open[id]; b != nil {
+						b.conn.Close()
+						delete(open, id)
+					}
+				}
+			}
+		}()
+	}
+}
