@@ -161,13 +161,8 @@ func ratios(w io.Writer, o options, rs []*result, direct *result) {
 			c := float64(total(tr.h1[i].cpu)) / float64(total(ha.h1[i].cpu))
 			line(fmt.Sprintf("CPU per request @%d rps, pair, × HAProxy", rate), c, "≤ 1.2", c <= 1.2)
 			if direct != nil {
-				// Trellis's added latency over HAProxy's; NaN when HAProxy added none.
 				added := func(p func(phase) time.Duration) float64 {
-					t, h, d := p(tr.h1[i]), p(ha.h1[i]), p(direct.h1[i])
-					if h <= d {
-						return math.NaN()
-					}
-					return float64(t-d) / float64(h-d)
+					return addedRatio(p(tr.h1[i]), p(ha.h1[i]), p(direct.h1[i]))
 				}
 				a := added(func(ph phase) time.Duration { return ph.p99 })
 				limit := 1.5
@@ -239,10 +234,14 @@ func floors(w io.Writer, o options, rs []*result, direct *result) {
 		fmt.Fprintf(w, "| %s | %.2f |", r.arm, r.max.rps/ha.max.rps)
 		for i := range o.rates {
 			added := math.NaN()
-			if d := direct; d != nil && ha.h1[i].p99 > d.h1[i].p99 {
-				added = float64(r.h1[i].p99-d.h1[i].p99) / float64(ha.h1[i].p99-d.h1[i].p99)
+			if direct != nil {
+				added = addedRatio(r.h1[i].p99, ha.h1[i].p99, direct.h1[i].p99)
 			}
-			fmt.Fprintf(w, " %.2f | %.2f |", float64(total(r.h1[i].cpu))/float64(total(ha.h1[i].cpu)), added)
+			a := "n/a"
+			if !math.IsNaN(added) {
+				a = fmt.Sprintf("%.2f", added)
+			}
+			fmt.Fprintf(w, " %.2f | %s |", float64(total(r.h1[i].cpu))/float64(total(ha.h1[i].cpu)), a)
 		}
 		fmt.Fprintln(w)
 	}
@@ -255,6 +254,16 @@ func floors(w io.Writer, o options, rs []*result, direct *result) {
 		fmt.Fprintf(w, "\nThe relay's gate (max ≥ 0.85×, CPU @1000 ≤ 1.1×): %.2f×, %.2f×, %s.\n", t, c, verdict)
 	}
 	fmt.Fprintln(w)
+}
+
+// addedRatio is the latency an arm adds over direct as a multiple of what
+// HAProxy adds; NaN when HAProxy's is within fortio's resolution (50 µs),
+// where the ratio would be noise over almost nothing.
+func addedRatio(arm, haproxy, direct time.Duration) float64 {
+	if haproxy-direct < 50*time.Microsecond {
+		return math.NaN()
+	}
+	return float64(arm-direct) / float64(haproxy-direct)
 }
 
 func find(rs []*result, arm string) *result {
