@@ -119,6 +119,22 @@ func floorTLS(dir, side string, h2 bool) (*tls.Config, error) {
 // tunnel accepts on addr and copies each connection, as accept wraps it,
 // both ways to the one dial makes for it.
 func tunnel(addr string, raw bool, accept func(net.Conn) net.Conn, dial func() (net.Conn, error)) error {
+	return serveTCP(addr, raw, func(c net.Conn) {
+		in := accept(c)
+		defer in.Close()
+		out, err := dial()
+		if err != nil {
+			return
+		}
+		defer out.Close()
+		go copyAll(out, in)
+		copyAll(in, out)
+	})
+}
+
+// serveTCP accepts on addr and runs handle on each connection (with raw
+// I/O when raw), each on a goroutine of its own.
+func serveTCP(addr string, raw bool, handle func(net.Conn)) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -128,17 +144,7 @@ func tunnel(addr string, raw bool, accept func(net.Conn) net.Conn, dial func() (
 		if err != nil {
 			return err
 		}
-		go func() {
-			in := accept(wrapRaw(c, raw))
-			defer in.Close()
-			out, err := dial()
-			if err != nil {
-				return
-			}
-			defer out.Close()
-			go copyAll(out, in)
-			copyAll(in, out)
-		}()
+		go handle(wrapRaw(c, raw))
 	}
 }
 
@@ -506,58 +512,47 @@ func relayClient(cfg *tls.Config, upstream string, raw bool) error {
 			}
 		}
 	}()
-	ln, err := net.Listen("tcp", floorClientAddr)
-	if err != nil {
-		return err
-	}
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return err
-		}
-		c = wrapRaw(c, raw)
-		go func() {
-			defer c.Close()
-			a := &app{conn: c, turn: make(chan struct{}, 1)}
-			br := bufio.NewReaderSize(c, 4096)
-			for {
-				start, fields, length, err := readHead(br)
-				if err != nil {
+	return serveTCP(floorClientAddr, raw, func(c net.Conn) {
+		defer c.Close()
+		a := &app{conn: c, turn: make(chan struct{}, 1)}
+		br := bufio.NewReaderSize(c, 4096)
+		for {
+			start, fields, length, err := readHead(br)
+			if err != nil {
+				return
+			}
+			var body []byte
+			if length > 0 {
+				if length > 1<<20 {
 					return
 				}
-				var body []byte
-				if length > 0 {
-					if length > 1<<20 {
-						return
-					}
-					body = make([]byte, length)
-					if _, err := io.ReadFull(br, body); err != nil {
-						return
-					}
-				}
-				authority := ""
-				for i := 0; i < len(fields); i += 2 {
-					if fields[i] == "host" { // becomes :authority
-						authority = fields[i+1]
-						fields = append(fields[:i], fields[i+2:]...)
-						break
-					}
-				}
-				a.turn <- struct{}{}
-				h.mu.Lock()
-				id := nextID
-				nextID += 2
-				streams[id] = a
-				h.headersLocked(id, append([]string{":method", start[0], ":scheme", "http", ":authority", authority, ":path", start[1]}, fields...), len(body) == 0)
-				if len(body) > 0 {
-					h.dataLocked(id, body, true)
-				}
-				if err := h.flushLocked(); err != nil {
+				body = make([]byte, length)
+				if _, err := io.ReadFull(br, body); err != nil {
 					return
 				}
 			}
-		}()
-	}
+			authority := ""
+			for i := 0; i < len(fields); i += 2 {
+				if fields[i] == "host" { // becomes :authority
+					authority = fields[i+1]
+					fields = append(fields[:i], fields[i+2:]...)
+					break
+				}
+			}
+			a.turn <- struct{}{}
+			h.mu.Lock()
+			id := nextID
+			nextID += 2
+			streams[id] = a
+			h.headersLocked(id, append([]string{":method", start[0], ":scheme", "http", ":authority", authority, ":path", start[1]}, fields...), len(body) == 0)
+			if len(body) > 0 {
+				h.dataLocked(id, body, true)
+			}
+			if err := h.flushLocked(); err != nil {
+				return
+			}
+		}
+	})
 }
 
 // backend is one pooled HTTP/1.1 connection to the app. Its goroutine
@@ -662,76 +657,66 @@ func (b *backend) serve(p *backendPool) {
 // relayServer accepts the client side's mTLS HTTP/2 connections; each
 // one's reader writes every request straight to a pooled backend.
 func relayServer(cfg *tls.Config, addr string, raw bool) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
 	pool := &backendPool{raw: raw}
-	for {
-		tc, err := ln.Accept()
-		if err != nil {
-			return err
+	return serveTCP(addr, raw, func(tc net.Conn) {
+		c := tls.Server(tc, cfg)
+		defer c.Close()
+		preface := make([]byte, len(http2.ClientPreface))
+		if _, err := io.ReadFull(c, preface); err != nil || string(preface) != http2.ClientPreface {
+			return
 		}
-		c := tls.Server(wrapRaw(tc, raw), cfg)
-		go func() {
-			defer c.Close()
-			preface := make([]byte, len(http2.ClientPreface))
-			if _, err := io.ReadFull(c, preface); err != nil || string(preface) != http2.ClientPreface {
+		h := newH2conn(c)
+		if err := h.start(false); err != nil {
+			return
+		}
+		open := map[uint32]*backend{} // streams whose request body is still coming
+		var req []byte
+		for {
+			f, err := h.rd.ReadFrame()
+			if err != nil {
 				return
 			}
-			h := newH2conn(c)
-			if err := h.start(false); err != nil {
+			if ok, err := h.control(f); err != nil {
 				return
+			} else if ok {
+				continue
 			}
-			open := map[uint32]*backend{} // streams whose request body is still coming
-			var req []byte
-			for {
-				f, err := h.rd.ReadFrame()
-				if err != nil {
-					return
+			id := f.Header().StreamID
+			switch f := f.(type) {
+			case *http2.MetaHeadersFrame:
+				req = append(req[:0], f.PseudoValue("method")...)
+				req = append(append(append(req, ' '), f.PseudoValue("path")...), " HTTP/1.1\r\nhost: "...)
+				req = append(append(req, f.PseudoValue("authority")...), "\r\n"...)
+				for _, hf := range f.RegularFields() {
+					req = append(append(append(append(req, hf.Name...), ": "...), hf.Value...), "\r\n"...)
 				}
-				if ok, err := h.control(f); err != nil {
-					return
-				} else if ok {
+				req = append(req, "\r\n"...)
+				b, err := pool.take(&relayStream{h: h, id: id})
+				if err == nil {
+					_, err = b.conn.Write(req)
+				}
+				if err != nil {
+					h.mu.Lock()
+					h.headersLocked(id, badGateway, true)
+					_ = h.flushLocked()
 					continue
 				}
-				id := f.Header().StreamID
-				switch f := f.(type) {
-				case *http2.MetaHeadersFrame:
-					req = append(req[:0], f.PseudoValue("method")...)
-					req = append(append(append(req, ' '), f.PseudoValue("path")...), " HTTP/1.1\r\nhost: "...)
-					req = append(append(req, f.PseudoValue("authority")...), "\r\n"...)
-					for _, hf := range f.RegularFields() {
-						req = append(append(append(append(req, hf.Name...), ": "...), hf.Value...), "\r\n"...)
-					}
-					req = append(req, "\r\n"...)
-					b, err := pool.take(&relayStream{h: h, id: id})
-					if err == nil {
-						_, err = b.conn.Write(req)
-					}
-					if err != nil {
-						h.mu.Lock()
-						h.headersLocked(id, badGateway, true)
-						_ = h.flushLocked()
-						continue
-					}
-					if !f.StreamEnded() {
-						open[id] = b
-					}
-				case *http2.DataFrame:
-					if b := open[id]; b != nil {
-						_, _ = b.conn.Write(f.Data())
-						if f.StreamEnded() {
-							delete(open, id)
-						}
-					}
-				case *http2.RSTStreamFrame:
-					if b := open[id]; b != nil {
-						b.conn.Close()
+				if !f.StreamEnded() {
+					open[id] = b
+				}
+			case *http2.DataFrame:
+				if b := open[id]; b != nil {
+					_, _ = b.conn.Write(f.Data())
+					if f.StreamEnded() {
 						delete(open, id)
 					}
 				}
+			case *http2.RSTStreamFrame:
+				if b := open[id]; b != nil {
+					b.conn.Close()
+					delete(open, id)
+				}
 			}
-		}()
-	}
+		}
+	})
 }
