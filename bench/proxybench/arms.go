@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -62,7 +63,8 @@ func setUp(ctx context.Context, o options, arm string, t *topo) (targets, proxie
 			err = waitReady(ctx, clientNS, local, p.client)
 		}
 		return targets{http: local, h2: "http://127.0.0.1:10081/", grpc: "127.0.0.1:10090", balanced: true}, p, err
-	case "tunnel", "tunnel-raw", "relay", "relay-raw":
+	}
+	if slices.Contains(floorArms, arm) {
 		p, err := startFloor(ctx, t, arm)
 		return targets{http: local, floor: true}, p, err
 	}
