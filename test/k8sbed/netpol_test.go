@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -73,8 +74,15 @@ func TestNetworkPolicyTruthTablesOnKubernetes(t *testing.T) {
 	if out, err := bed.kubectl(ctx, "-n", "guard", "wait", "--for=condition=Ready", "pod/a", "pod/b", "--timeout=120s"); err != nil {
 		t.Fatal(err, out)
 	}
-	if own, forged, ipv6 := guardChecks(t, ctx); !own || !forged || !ipv6 {
-		t.Fatalf("without the guard: own address %v, forged %v, IPv6 %v; want all answered (else this check proves nothing)", own, forged, ipv6)
+	// Ready comes as the server process starts, a moment before it
+	// listens (and before b's IPv6 link-local address leaves DAD).
+	if err := waitFor(ctx, "pod b to answer everything without the guard", 20*time.Second, func() error {
+		if own, forged, ipv6 := guardChecks(t, ctx); !own || !forged || !ipv6 {
+			return fmt.Errorf("own address %v, forged %v, IPv6 %v; want all answered (else this check proves nothing)", own, forged, ipv6)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 
 	install("true")
