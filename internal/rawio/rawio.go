@@ -1,0 +1,161 @@
+// Package rawio gives TCP connections reads and writes that are raw system
+// calls made inside the netpoller's readiness callbacks
+// (syscall.RawConn), as cloudwego/netpoll does. The goroutine still parks
+// and wakes with the netpoller, and deadlines hold, but the Go runtime
+// never enters its syscall path: it does not hand the thread's P to
+// another thread while a loopback or veth write does the receiver's TCP
+// work inline. On this project's benchmark machine that halves the
+// context switches of a proxied request (bench/RESULTS.md, "The request
+// path's floor").
+//
+// The request path's engines (internal/proxy) import it for the sockets
+// they own; crypto/tls runs over a Conn unchanged.
+package rawio
+
+import (
+	"io"
+	"net"
+	"syscall"
+	"unsafe"
+)
+
+// Conn is a TCP connection whose Read and Write are raw system calls; its
+// other methods (deadlines, CloseWrite, addresses) are *net.TCPConn's.
+// Like net.Conn, one Read and one Write may run at once.
+type Conn struct {
+	*net.TCPConn
+	rc syscall.RawConn
+}
+
+// Wrap returns c with raw reads and writes when it is a *net.TCPConn, and
+// c itself otherwise (a Unix socket, a test pipe).
+func Wrap(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	return &Conn{TCPConn: tc, rc: rc}
+}
+
+// Read reads once what the socket holds, waiting for it as net does. At
+// the end of the stream it returns io.EOF; past a read deadline,
+// os.ErrDeadlineExceeded; on a closed Conn, net.ErrClosed.
+func (c *Conn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var n int
+	var errno syscall.Errno
+	err := c.rc.Read(func(fd uintptr) bool {
+		n, errno = rawRead(fd, p)
+		return errno != syscall.EAGAIN
+	})
+	return c.readResult(n, errno, err)
+}
+
+// ReadPooled waits until the socket is readable and only then takes a
+// buffer from get, reads into it and returns it with the count read. An
+// idle connection thus holds no read buffer while it waits. When the read
+// fails the buffer is handed back to put (which may be nil) and nil is
+// returned with the error.
+func (c *Conn) ReadPooled(get func() []byte, put func([]byte)) ([]byte, int, error) {
+	var buf []byte
+	var n int
+	var errno syscall.Errno
+	err := c.rc.Read(func(fd uintptr) bool {
+		if buf == nil {
+			buf = get()
+		}
+		if n, errno = rawRead(fd, buf); errno == syscall.EAGAIN {
+			if put != nil {
+				put(buf) // not ready: park without it
+			}
+			buf = nil
+			return false
+		}
+		return true
+	})
+	n, err = c.readResult(n, errno, err)
+	if err != nil && buf != nil {
+		if put != nil {
+			put(buf)
+		}
+		buf = nil
+	}
+	return buf, n, err
+}
+
+func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		if e != syscall.EINTR {
+			return int(r), e
+		}
+	}
+}
+
+func (c *Conn) readResult(n int, errno syscall.Errno, err error) (int, error) {
+	switch {
+	case err != nil:
+		return 0, c.opError("read", err)
+	case errno != 0:
+		return 0, c.opError("read", errno)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// Write writes all of p, waiting for room in the socket as net does; it
+// returns fewer bytes only with an error (past the write deadline,
+// os.ErrDeadlineExceeded).
+func (c *Conn) Write(p []byte) (int, error) {
+	done := 0
+	var errno syscall.Errno
+	err := c.rc.Write(func(fd uintptr) bool {
+		for done < len(p) {
+			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
+			switch e {
+			case 0:
+				done += int(r)
+			case syscall.EAGAIN:
+				return false
+			case syscall.EINTR:
+			default:
+				errno = e
+				return true
+			}
+		}
+		return true
+	})
+	if err == nil && errno != 0 {
+		err = errno
+	}
+	if err != nil {
+		return done, c.opError("write", err)
+	}
+	return done, nil
+}
+
+// opError names the operation and the connection's addresses in err, as
+// net.OpError does for net's own calls, keeping errors.Is(err,
+// os.ErrDeadlineExceeded) and net.ErrClosed true.
+func (c *Conn) opError(op string, err error) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
+
+// ReadFrom copies r into the connection through Write: TCPConn's own
+// would splice through the runtime's syscall path.
+func (c *Conn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(writerOnly{c}, r) }
+
+// WriteTo copies the connection to w through Read (see ReadFrom).
+func (c *Conn) WriteTo(w io.Writer) (int64, error) { return io.Copy(w, readerOnly{c}) }
+
+// writerOnly and readerOnly hide ReadFrom and WriteTo from io.Copy, which
+// would call back into them.
+type writerOnly struct{ io.Writer }
+type readerOnly struct{ io.Reader }

@@ -1,0 +1,253 @@
+package rawio
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"math/big"
+	mrand "math/rand/v2"
+	"net"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// pair returns both ends of a real loopback TCP connection, each wrapped.
+func pair(t *testing.T) (client, server *Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Error(err)
+		}
+		accepted <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-accepted
+	if s == nil {
+		t.FailNow()
+	}
+	client, server = Wrap(c).(*Conn), Wrap(s).(*Conn)
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return client, server
+}
+
+func TestWrapLeavesOtherConnsAlone(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if got := Wrap(a); got != a {
+		t.Errorf("Wrap(pipe) = %T, want the pipe itself", got)
+	}
+}
+
+// A large write to a slow reader arrives whole and in order: Write waits
+// for room and goes on where the socket took less.
+func TestLargeWriteToSlowReader(t *testing.T) {
+	client, server := pair(t)
+	data := make([]byte, 16<<20)
+	for i := range data {
+		data[i] = byte(mrand.Uint32())
+	}
+	want := sha256.Sum256(data)
+	done := make(chan error, 1)
+	go func() {
+		n, err := client.Write(data)
+		if err == nil && n != len(data) {
+			err = io.ErrShortWrite
+		}
+		client.CloseWrite()
+		done <- err
+	}()
+	h := sha256.New()
+	buf := make([]byte, 1500)
+	for total := 0; ; {
+		n, err := server.Read(buf)
+		h.Write(buf[:n])
+		total += n
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("Read after %d bytes: %v", total, err)
+		}
+		if total < 1<<20 {
+			time.Sleep(time.Millisecond) // slow at first: the socket buffers fill
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if got := h.Sum(nil); !bytes.Equal(got, want[:]) {
+		t.Error("the bytes read differ from the bytes written")
+	}
+}
+
+// After the peer's CloseWrite a Read returns io.EOF and the other
+// direction still works; after its Close, so does this end.
+func TestEOFAndHalfClose(t *testing.T) {
+	client, server := pair(t)
+	if _, err := client.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(server)
+	if err != nil || string(got) != "request" {
+		t.Fatalf("server ReadAll = %q, %v, want %q, nil", got, err, "request")
+	}
+	if _, err := server.Write([]byte("response")); err != nil {
+		t.Fatalf("Write after the peer's CloseWrite: %v", err)
+	}
+	server.Close()
+	got, err = io.ReadAll(client)
+	if err != nil || string(got) != "response" {
+		t.Fatalf("client ReadAll = %q, %v, want %q, nil", got, err, "response")
+	}
+	if _, err := server.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Read on a closed Conn: %v, want net.ErrClosed", err)
+	}
+}
+
+// Deadlines cut reads and writes as net's do, and a cleared deadline lets
+// them go on.
+func TestDeadlines(t *testing.T) {
+	client, server := pair(t)
+	server.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	start := time.Now()
+	_, err := server.Read(make([]byte, 10))
+	var ne net.Error
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("Read past its deadline: %v, want a timeout with os.ErrDeadlineExceeded", err)
+	}
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Errorf("Read returned %v after its deadline", waited)
+	}
+	server.SetReadDeadline(time.Time{})
+	client.Write([]byte("x"))
+	if n, err := server.Read(make([]byte, 10)); n != 1 || err != nil {
+		t.Fatalf("Read after the deadline was cleared = %d, %v", n, err)
+	}
+
+	// Nobody reads: the socket buffers fill and the write deadline cuts
+	// the write, reporting what went out.
+	client.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	n, err := client.Write(make([]byte, 64<<20))
+	if !errors.Is(err, os.ErrDeadlineExceeded) || n <= 0 || n >= 64<<20 {
+		t.Fatalf("Write past its deadline = %d, %v, want part of it and os.ErrDeadlineExceeded", n, err)
+	}
+}
+
+// ReadPooled holds no buffer while the connection is idle and hands back
+// the one it took when the read fails.
+func TestReadPooledHoldsNoBufferWhileIdle(t *testing.T) {
+	client, server := pair(t)
+	var gets, puts atomic.Int32
+	get := func() []byte { gets.Add(1); return make([]byte, 4096) }
+	put := func([]byte) { puts.Add(1) }
+	type result struct {
+		buf []byte
+		n   int
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		buf, n, err := server.ReadPooled(get, put)
+		res <- result{buf, n, err}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for puts.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if g, p := gets.Load(), puts.Load(); g == 0 || g != p {
+		t.Fatalf("while idle: %d buffers taken, %d given back; want every one given back", g, p)
+	}
+	client.Write([]byte("hello"))
+	r := <-res
+	if r.err != nil || string(r.buf[:r.n]) != "hello" {
+		t.Fatalf("ReadPooled = %q, %v, want %q", r.buf[:r.n], r.err, "hello")
+	}
+	if g, p := gets.Load(), puts.Load(); g != p+1 {
+		t.Errorf("after a read: %d taken, %d given back; want exactly the one returned held", g, p)
+	}
+
+	client.Close()
+	buf, _, err := server.ReadPooled(get, put)
+	if err != io.EOF || buf != nil {
+		t.Errorf("ReadPooled at EOF = %v, %v, want nil, io.EOF", buf, err)
+	}
+	if g, p := gets.Load(), puts.Load(); g != p+1 {
+		t.Errorf("after EOF: %d taken, %d given back; the failed read's buffer was kept", g, p)
+	}
+}
+
+// crypto/tls runs over Conns unchanged, with io.Copy (ReadFrom/WriteTo)
+// on top.
+func TestTLSOverConn(t *testing.T) {
+	client, server := pair(t)
+	cert, pool := selfSigned(t, "server")
+	srvCfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	cliCfg := &tls.Config{RootCAs: pool, ServerName: "server"}
+	ts, tc := tls.Server(server, srvCfg), tls.Client(client, cliCfg)
+	data := bytes.Repeat([]byte("trellis "), 1<<17)
+	go func() {
+		io.Copy(ts, ts) // echo
+		ts.CloseWrite()
+	}()
+	go func() {
+		tc.Write(data)
+		tc.CloseWrite()
+	}()
+	got, err := io.ReadAll(tc)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("echo over TLS: %d bytes, %v; want %d bytes back", len(got), err, len(data))
+	}
+	var sink bytes.Buffer
+	client2, server2 := pair(t)
+	go func() { client2.ReadFrom(bytes.NewReader(data)); client2.CloseWrite() }()
+	if n, err := server2.WriteTo(&sink); err != nil || n != int64(len(data)) {
+		t.Fatalf("WriteTo = %d, %v, want %d", n, err, len(data))
+	}
+}
+
+// selfSigned is a certificate for name that the returned pool trusts.
+func selfSigned(t *testing.T, name string) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	pub, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+}
