@@ -147,8 +147,9 @@ func TestDeadlines(t *testing.T) {
 
 	// Nobody reads: the socket buffers fill and the write deadline cuts
 	// the write, reporting what went out.
-	client.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-	n, err := client.Write(make([]byte, 64<<20))
+	big := make([]byte, 64<<20)
+	client.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+	n, err := client.Write(big)
 	if !errors.Is(err, os.ErrDeadlineExceeded) || n <= 0 || n >= 64<<20 {
 		t.Fatalf("Write past its deadline = %d, %v, want part of it and os.ErrDeadlineExceeded", n, err)
 	}
