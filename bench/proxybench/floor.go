@@ -10,12 +10,13 @@ package main
 //     runtime's entersyscall/exitsyscall on every read and write).
 //   - tunnel-raw: the same, every socket read and write (under crypto/tls
 //     too) a raw system call inside syscall.RawConn's readiness callbacks,
-//     as cloudwego/netpoll does: the netpoller still parks and wakes the
-//     goroutine, the runtime never sees the call.
+//     as cloudwego/netpoll does (internal/rawio): the netpoller still
+//     parks and wakes the goroutine, the runtime never sees the call.
 //   - relay: HTTP/1.1 -> HTTP/2 over one mTLS connection -> HTTP/1.1, built
 //     as the design: no goroutine per request, the goroutine that
 //     reads an event does the work it enables, frames of all streams
-//     coalesced into one TLS write.
+//     coalesced into one TLS write. Heads are parsed by the proxy's codec
+//     (internal/proxy/h1).
 //   - relay-raw: the relay on tunnel-raw's I/O.
 
 import (
@@ -34,12 +35,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/h1"
+	"github.com/trellis-mesh/trellis/internal/rawio"
 )
 
 var floorArms = []string{"tunnel", "tunnel-raw", "relay", "relay-raw"}
@@ -165,70 +167,11 @@ func copyAll(dst, src net.Conn) {
 	src.Close()
 }
 
-// rawConn does its reads and writes as raw system calls inside the
-// netpoller's readiness callbacks.
-type rawConn struct {
-	net.Conn
-	rc syscall.RawConn
-}
-
 func wrapRaw(c net.Conn, raw bool) net.Conn {
-	if !raw {
-		return c
+	if raw {
+		return rawio.Wrap(c)
 	}
-	rc, err := c.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		return c
-	}
-	return &rawConn{Conn: c, rc: rc}
-}
-
-func (c *rawConn) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		if e == syscall.EAGAIN {
-			return false
-		}
-		n, errno = int(r), e
-		return true
-	})
-	switch {
-	case err != nil:
-		return 0, err
-	case errno != 0:
-		return 0, errno
-	case n == 0:
-		return 0, io.EOF
-	}
-	return n, nil
-}
-
-func (c *rawConn) Write(p []byte) (int, error) {
-	done := 0
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for done < len(p) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
-			if e == syscall.EAGAIN {
-				return false
-			}
-			if e != 0 {
-				errno = e
-				return true
-			}
-			done += int(r)
-		}
-		return true
-	})
-	if err == nil && errno != 0 {
-		err = errno
-	}
-	return done, err
+	return c
 }
 
 // h2conn is one HTTP/2 connection of the relay: frames written by any
@@ -383,46 +326,48 @@ func (c *h2conn) credit(n uint32) error {
 // hopByHop are the HTTP/1.1 fields that do not cross to HTTP/2.
 var hopByHop = map[string]bool{"connection": true, "keep-alive": true, "proxy-connection": true, "transfer-encoding": true, "upgrade": true, "te": true}
 
-// readHead reads an HTTP/1.1 start line and fields (names lowercased,
-// hop-by-hop fields left out) from br, and the body's length (-1: no
-// Content-Length); chunked bodies and folded lines are refused (the floor
+// readHead reads an HTTP/1.1 request head (or, with response, a response
+// head) from br with the proxy's codec: the start line's first two parts,
+// the fields (names lowercased, hop-by-hop fields left out), and the
+// body's length (-1: none given). Chunked bodies are refused (the floor
 // serves Content-Length bodies only).
-func readHead(br *bufio.Reader) (start []string, fields []string, length int64, err error) {
-	length = -1
-	line, err := br.ReadSlice('\n')
-	if err != nil {
-		return nil, nil, 0, err
-	}
-	start = strings.SplitN(strings.TrimRight(string(line), "\r\n"), " ", 3)
-	if len(start) < 2 {
-		return nil, nil, 0, fmt.Errorf("bad start line %q", line)
-	}
+func readHead(br *bufio.Reader, response bool) (start []string, fields []string, length int64, err error) {
+	var req h1.Request
+	var resp h1.Response
 	for {
-		line, err = br.ReadSlice('\n')
+		buf, _ := br.Peek(br.Buffered())
+		var n int
+		if response {
+			n, err = h1.ParseResponse(buf, h1.Limits{MaxHeadBytes: br.Size()}, false, &resp)
+		} else {
+			n, err = h1.ParseRequest(buf, h1.Limits{MaxHeadBytes: br.Size()}, &req)
+		}
 		if err != nil {
 			return nil, nil, 0, err
 		}
-		l := strings.TrimRight(string(line), "\r\n")
-		if l == "" {
-			return start, fields, length, nil
+		if n > 0 {
+			defer br.Discard(n)
+			break
 		}
-		name, value, ok := strings.Cut(l, ":")
-		if !ok || name == "" || strings.ContainsAny(name, " \t") {
-			return nil, nil, 0, fmt.Errorf("bad field line %q", l)
-		}
-		name, value = strings.ToLower(name), strings.TrimSpace(value)
-		switch {
-		case name == "transfer-encoding":
-			return nil, nil, 0, errors.New("chunked bodies are not relayed")
-		case name == "content-length":
-			if length, err = strconv.ParseInt(value, 10, 64); err != nil || length < 0 {
-				return nil, nil, 0, fmt.Errorf("bad content-length %q", value)
-			}
-		}
-		if !hopByHop[name] {
-			fields = append(fields, name, value)
+		if _, err := br.Peek(len(buf) + 1); err != nil {
+			return nil, nil, 0, err
 		}
 	}
+	hf, body := req.Fields, req.Body
+	start = []string{string(req.Method), string(req.Target)}
+	if response {
+		hf, body = resp.Fields, resp.Body
+		start = []string{"HTTP/1.1", strconv.Itoa(resp.Status)}
+	}
+	if body.Chunked {
+		return nil, nil, 0, errors.New("chunked bodies are not relayed")
+	}
+	for _, f := range hf {
+		if name := strings.ToLower(string(f.Name)); !hopByHop[name] {
+			fields = append(fields, name, string(f.Value))
+		}
+	}
+	return start, fields, body.Length, nil
 }
 
 // relayClient accepts HTTP/1.1 on loopback and sends every request as a
@@ -517,7 +462,7 @@ func relayClient(cfg *tls.Config, upstream string, raw bool) error {
 		a := &app{conn: c, turn: make(chan struct{}, 1)}
 		br := bufio.NewReaderSize(c, 4096)
 		for {
-			start, fields, length, err := readHead(br)
+			start, fields, length, err := readHead(br, false)
 			if err != nil {
 				return
 			}
@@ -612,7 +557,7 @@ func (p *backendPool) take(s *relayStream) (*backend, error) {
 func (b *backend) serve(p *backendPool) {
 	defer b.conn.Close()
 	for {
-		start, fields, length, err := readHead(b.br)
+		start, fields, length, err := readHead(b.br, true)
 		s := b.cur.Load()
 		if err == nil && length < 0 { // a body until the app closes: not relayed
 			err = errors.New("no content-length")
