@@ -60,24 +60,31 @@ func TestParseRequest(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var r Request
 			n, err := ParseRequest([]byte(tc.in), Limits{}, &r)
-			var got string
-			var herr *Error
-			switch {
-			case errors.As(err, &herr):
-				got = "refused " + itoa(herr.Status)
-			case err != nil:
-				t.Fatalf("ParseRequest: %T %v, want an *Error", err, err)
-			case n != len(tc.in):
-				t.Fatalf("ParseRequest = %d, want the whole head, %d bytes", n, len(tc.in))
-			default:
-				got = strings.Join([]string{string(r.Method), string(r.Target), itoa(int(r.Minor)), string(r.Host),
-					itoa(int(r.Body.Length)), bool2s(r.Body.Chunked), bool2s(r.Close), bool2s(r.Upgrade)}, " ")
-			}
+			got := outcome(t, tc.in, n, err, func() []string {
+				return []string{string(r.Method), string(r.Target), itoa(int(r.Minor)), string(r.Host),
+					itoa(int(r.Body.Length)), bool2s(r.Body.Chunked), bool2s(r.Close), bool2s(r.Upgrade)}
+			})
 			if got != tc.want {
 				t.Errorf("ParseRequest(%q) = %s (%v), want %s", tc.in, got, err, tc.want)
 			}
 		})
 	}
+}
+
+// outcome describes a parse of the head in: "refused STATUS", or what
+// accepted returns, joined by spaces.
+func outcome(t *testing.T, in string, n int, err error, accepted func() []string) string {
+	t.Helper()
+	var herr *Error
+	switch {
+	case errors.As(err, &herr):
+		return "refused " + itoa(herr.Status)
+	case err != nil:
+		t.Fatalf("parsing %q: %T %v, want an *Error", in, err, err)
+	case n != len(in):
+		t.Fatalf("parsing %q used %d bytes, want the whole head, %d", in, n, len(in))
+	}
+	return strings.Join(accepted(), " ")
 }
 
 // Every prefix of a valid head needs more bytes; none is refused or taken
@@ -117,18 +124,9 @@ func TestParseResponse(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var r Response
 			n, err := ParseResponse([]byte(tc.in), Limits{}, tc.head, &r)
-			var got string
-			var herr *Error
-			switch {
-			case errors.As(err, &herr):
-				got = "refused " + itoa(herr.Status)
-			case err != nil:
-				t.Fatalf("ParseResponse: %T %v, want an *Error", err, err)
-			case n != len(tc.in):
-				t.Fatalf("ParseResponse = %d, want the whole head, %d bytes", n, len(tc.in))
-			default:
-				got = strings.Join([]string{itoa(r.Status), itoa(int(r.Body.Length)), bool2s(r.Body.Chunked), bool2s(r.Body.UntilClose), bool2s(r.Close)}, " ")
-			}
+			got := outcome(t, tc.in, n, err, func() []string {
+				return []string{itoa(r.Status), itoa(int(r.Body.Length)), bool2s(r.Body.Chunked), bool2s(r.Body.UntilClose), bool2s(r.Close)}
+			})
 			if got != tc.want {
 				t.Errorf("ParseResponse(%q) = %s (%v), want %s", tc.in, got, err, tc.want)
 			}
