@@ -21,7 +21,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -30,7 +29,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +39,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/h1"
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/rawio"
 )
 
@@ -174,31 +173,13 @@ func wrapRaw(c net.Conn, raw bool) net.Conn {
 	return c
 }
 
-// h2conn is one HTTP/2 connection of the relay: frames written by any
-// goroutine go into a pending buffer under mu, and whichever goroutine
-// finds no write under way sends what is pending, after one yield when the
-// batch is small so that other streams can add to it, until nothing is.
+// h2conn is one HTTP/2 connection of the relay: its reader, and the
+// proxy's coalescing writer (internal/proxy/h2) for the frames of all its
+// streams.
 type h2conn struct {
-	conn net.Conn
-	rd   *http2.Framer
-
-	mu       sync.Mutex
-	pending  []byte
-	spare    []byte
-	writing  bool
-	wr       *http2.Framer // writes into pending
-	enc      *hpack.Encoder
-	hbuf     bytes.Buffer
-	received uint32 // DATA bytes since the last connection WINDOW_UPDATE
-}
-
-// pendingWriter appends what the framer writes to the pending buffer
-// (called with mu held).
-type pendingWriter struct{ c *h2conn }
-
-func (w pendingWriter) Write(p []byte) (int, error) {
-	w.c.pending = append(w.c.pending, p...)
-	return len(p), nil
+	rd       *http2.Framer
+	w        *h2.Writer
+	received uint32 // DATA bytes since the last connection WINDOW_UPDATE (reader only)
 }
 
 // The relay's windows: both ends are ours and grant each other this much,
@@ -206,81 +187,29 @@ func (w pendingWriter) Write(p []byte) (int, error) {
 const relayWindow = 1 << 30
 
 func newH2conn(conn net.Conn) *h2conn {
-	c := &h2conn{conn: conn, rd: http2.NewFramer(nil, bufio.NewReaderSize(conn, 32<<10))}
+	c := &h2conn{rd: http2.NewFramer(nil, bufio.NewReaderSize(conn, 32<<10)), w: h2.NewWriter(conn, 0)}
 	c.rd.SetReuseFrames()
 	c.rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.rd.MaxHeaderListSize = 64 << 10
-	c.wr = http2.NewFramer(pendingWriter{c}, nil)
-	c.enc = hpack.NewEncoder(&c.hbuf)
 	return c
 }
 
-// start queues SETTINGS and the connection window (after the preface, on
+// start sends SETTINGS and the connection window (after the preface, on
 // the client side).
 func (c *h2conn) start(client bool) error {
-	c.mu.Lock()
-	if client {
-		c.pending = append(c.pending, http2.ClientPreface...)
-	}
-	_ = c.wr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayWindow},
-		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1000})
-	_ = c.wr.WriteWindowUpdate(0, relayWindow-65535)
-	return c.flushLocked()
+	return c.w.Queue(func(f *h2.Frames) {
+		if client {
+			f.Raw([]byte(http2.ClientPreface))
+		}
+		_ = f.Framer().WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: relayWindow},
+			http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1000})
+		_ = f.Framer().WriteWindowUpdate(0, relayWindow-65535)
+	})
 }
 
-// flushLocked sends what is pending unless another goroutine is already
-// sending; it releases mu.
-func (c *h2conn) flushLocked() error {
-	if c.writing {
-		c.mu.Unlock()
-		return nil
-	}
-	c.writing = true
-	yielded := false
-	for len(c.pending) > 0 {
-		if len(c.pending) < 1000 && !yielded {
-			yielded = true
-			c.mu.Unlock()
-			runtime.Gosched()
-			c.mu.Lock()
-			continue
-		}
-		out := c.pending
-		c.pending = c.spare[:0]
-		c.mu.Unlock()
-		_, err := c.conn.Write(out)
-		c.mu.Lock()
-		c.spare = out[:0]
-		if err != nil {
-			c.writing = false
-			c.mu.Unlock()
-			return err
-		}
-	}
-	c.writing = false
-	c.mu.Unlock()
-	return nil
-}
-
-// headersLocked queues a HEADERS frame of fields (pairs of name, value).
-func (c *h2conn) headersLocked(id uint32, fields []string, end bool) {
-	c.hbuf.Reset()
-	for i := 0; i+1 < len(fields); i += 2 {
-		_ = c.enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
-	}
-	_ = c.wr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true, EndStream: end})
-}
-
-// dataLocked queues p as DATA frames of at most the default frame size.
-func (c *h2conn) dataLocked(id uint32, p []byte, end bool) {
-	for {
-		n := min(len(p), 16384)
-		_ = c.wr.WriteData(id, end && n == len(p), p[:n])
-		p = p[n:]
-		if len(p) == 0 {
-			return
-		}
-	}
+// headers sends a stream's HEADERS frame.
+func (c *h2conn) headers(id uint32, fields []h2.Field, end bool) error {
+	return c.w.Queue(func(f *h2.Frames) { f.Headers(id, end, fields...) })
 }
 
 // control answers the frames every reader handles alike; it reports
@@ -289,15 +218,11 @@ func (c *h2conn) control(f http2.Frame) (bool, error) {
 	switch f := f.(type) {
 	case *http2.SettingsFrame:
 		if !f.IsAck() {
-			c.mu.Lock()
-			_ = c.wr.WriteSettingsAck()
-			return true, c.flushLocked()
+			return true, c.w.Queue(func(q *h2.Frames) { _ = q.Framer().WriteSettingsAck() })
 		}
 	case *http2.PingFrame:
 		if !f.IsAck() {
-			c.mu.Lock()
-			_ = c.wr.WritePing(true, f.Data)
-			return true, c.flushLocked()
+			return true, c.w.Queue(func(q *h2.Frames) { _ = q.Framer().WritePing(true, f.Data) })
 		}
 	case *http2.DataFrame:
 		return false, c.credit(f.Length)
@@ -317,10 +242,8 @@ func (c *h2conn) credit(n uint32) error {
 	if c.received < relayWindow/2 {
 		return nil
 	}
-	c.mu.Lock()
-	_ = c.wr.WriteWindowUpdate(0, c.received)
-	c.received = 0
-	return c.flushLocked()
+	n, c.received = c.received, 0
+	return c.w.Queue(func(f *h2.Frames) { _ = f.Framer().WriteWindowUpdate(0, n) })
 }
 
 // hopByHop are the HTTP/1.1 fields that do not cross to HTTP/2.
@@ -331,7 +254,7 @@ var hopByHop = map[string]bool{"connection": true, "keep-alive": true, "proxy-co
 // the fields (names lowercased, hop-by-hop fields left out), and the
 // body's length (-1: none given). Chunked bodies are refused (the floor
 // serves Content-Length bodies only).
-func readHead(br *bufio.Reader, response bool) (start []string, fields []string, length int64, err error) {
+func readHead(br *bufio.Reader, response bool) (start []string, fields []h2.Field, length int64, err error) {
 	var req h1.Request
 	var resp h1.Response
 	for {
@@ -364,7 +287,7 @@ func readHead(br *bufio.Reader, response bool) (start []string, fields []string,
 	}
 	for _, f := range hf {
 		if name := strings.ToLower(string(f.Name)); !hopByHop[name] {
-			fields = append(fields, name, string(f.Value))
+			fields = append(fields, h2.Field{Name: name, Value: string(f.Value)})
 		}
 	}
 	return start, fields, body.Length, nil
@@ -403,7 +326,8 @@ func relayClient(cfg *tls.Config, upstream string, raw bool) error {
 		out  []byte
 	}
 	var nextID uint32 = 1
-	streams := map[uint32]*app{} // under h.mu
+	var mu sync.Mutex
+	streams := map[uint32]*app{} // guarded by mu
 	go func() {
 		defer os.Exit(1) // the one upstream connection is gone
 		for {
@@ -419,9 +343,9 @@ func relayClient(cfg *tls.Config, upstream string, raw bool) error {
 				continue
 			}
 			id := f.Header().StreamID
-			h.mu.Lock()
+			mu.Lock()
 			a := streams[id]
-			h.mu.Unlock()
+			mu.Unlock()
 			if a == nil {
 				continue
 			}
@@ -450,9 +374,9 @@ func relayClient(cfg *tls.Config, upstream string, raw bool) error {
 				a.out = a.out[:0]
 			}
 			if end {
-				h.mu.Lock()
+				mu.Lock()
 				delete(streams, id)
-				h.mu.Unlock()
+				mu.Unlock()
 				<-a.turn
 			}
 		}
@@ -477,23 +401,28 @@ func relayClient(cfg *tls.Config, upstream string, raw bool) error {
 				}
 			}
 			authority := ""
-			for i := 0; i < len(fields); i += 2 {
-				if fields[i] == "host" { // becomes :authority
-					authority = fields[i+1]
-					fields = append(fields[:i], fields[i+2:]...)
+			for i, f := range fields {
+				if f.Name == "host" { // becomes :authority
+					authority = f.Value
+					fields = append(fields[:i], fields[i+1:]...)
 					break
 				}
 			}
 			a.turn <- struct{}{}
-			h.mu.Lock()
-			id := nextID
-			nextID += 2
-			streams[id] = a
-			h.headersLocked(id, append([]string{":method", start[0], ":scheme", "http", ":authority", authority, ":path", start[1]}, fields...), len(body) == 0)
-			if len(body) > 0 {
-				h.dataLocked(id, body, true)
-			}
-			if err := h.flushLocked(); err != nil {
+			err = h.w.Queue(func(f *h2.Frames) {
+				// Stream IDs are taken in the order their HEADERS go out.
+				id := nextID
+				nextID += 2
+				mu.Lock()
+				streams[id] = a
+				mu.Unlock()
+				f.Headers(id, len(body) == 0, append([]h2.Field{{Name: ":method", Value: start[0]}, {Name: ":scheme", Value: "http"},
+					{Name: ":authority", Value: authority}, {Name: ":path", Value: start[1]}}, fields...)...)
+				if len(body) > 0 {
+					f.Data(id, body, true)
+				}
+			})
+			if err != nil {
 				return
 			}
 		}
@@ -516,7 +445,7 @@ type relayStream struct {
 var deadStream = &relayStream{}
 
 // badGateway answers a stream the app did not.
-var badGateway = []string{":status", "502", "content-length", "0"}
+var badGateway = []h2.Field{{Name: ":status", Value: "502"}, {Name: "content-length", Value: "0"}}
 
 // backendPool holds the idle backends.
 type backendPool struct {
@@ -564,38 +493,40 @@ func (b *backend) serve(p *backendPool) {
 		}
 		if err != nil || s == nil || s == deadStream {
 			if s = b.cur.Swap(deadStream); s != nil && s != deadStream {
-				s.h.mu.Lock()
-				s.h.headersLocked(s.id, badGateway, true)
-				_ = s.h.flushLocked()
+				_ = s.h.headers(s.id, badGateway, true)
 			}
 			return
 		}
-		// The body is queued as it is buffered; the connection's lock is
-		// never held across a read from the app.
-		s.h.mu.Lock()
-		s.h.headersLocked(s.id, append([]string{":status", start[1]}, fields...), length == 0)
-		for length > 0 {
-			if b.br.Buffered() == 0 {
-				_ = s.h.flushLocked()
-				_, err := b.br.Peek(1)
-				s.h.mu.Lock()
-				if err != nil {
-					_ = s.h.wr.WriteRSTStream(s.id, http2.ErrCodeInternal)
-					_ = s.h.flushLocked()
+		// The head goes out with what of the body is buffered, the rest
+		// as it arrives; the writer's lock is never held across a read
+		// from the app.
+		fields = append([]h2.Field{{Name: ":status", Value: start[1]}}, fields...)
+		for first := true; first || length > 0; first = false {
+			if length > 0 && b.br.Buffered() == 0 {
+				if _, err := b.br.Peek(1); err != nil {
+					_ = s.h.w.Queue(func(f *h2.Frames) { _ = f.Framer().WriteRSTStream(s.id, http2.ErrCodeInternal) })
 					b.cur.Store(deadStream)
 					return
 				}
 			}
-			chunk, _ := b.br.Peek(int(min(length, int64(b.br.Buffered()))))
+			chunk, _ := b.br.Peek(int(min(max(length, 0), int64(b.br.Buffered()))))
 			length -= int64(len(chunk))
-			s.h.dataLocked(s.id, chunk, length == 0)
+			if length == 0 {
+				b.cur.Store(nil) // the next response is another stream's
+				p.mu.Lock()
+				p.idle = append(p.idle, b)
+				p.mu.Unlock()
+			}
+			_ = s.h.w.Queue(func(f *h2.Frames) {
+				if first {
+					f.Headers(s.id, length <= 0 && len(chunk) == 0, fields...)
+				}
+				if len(chunk) > 0 {
+					f.Data(s.id, chunk, length == 0)
+				}
+			})
 			_, _ = b.br.Discard(len(chunk))
 		}
-		b.cur.Store(nil)
-		p.mu.Lock()
-		p.idle = append(p.idle, b)
-		p.mu.Unlock()
-		_ = s.h.flushLocked()
 	}
 }
 
@@ -641,9 +572,7 @@ func relayServer(cfg *tls.Config, addr string, raw bool) error {
 					_, err = b.conn.Write(req)
 				}
 				if err != nil {
-					h.mu.Lock()
-					h.headersLocked(id, badGateway, true)
-					_ = h.flushLocked()
+					_ = h.headers(id, badGateway, true)
 					continue
 				}
 				if !f.StreamEnded() {
