@@ -8,6 +8,7 @@ package h2
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"runtime"
 	"sync"
@@ -118,9 +119,39 @@ func (w *Writer) sendLocked() error {
 		}
 	}
 	w.writing = false
+	w.room.Broadcast() // CloseWrite waits for the last batch
 	err := w.err
 	w.mu.Unlock()
 	return err
+}
+
+// ErrWriterClosed is returned by Queue after CloseWrite.
+var ErrWriterClosed = errors.New("h2: the connection's sending side is closed")
+
+// CloseWrite sends what is pending and then ends the connection's
+// sending side (CloseWrite, where the connection has one), so the peer
+// reads everything queued before it and then the end of the stream. Later
+// Queue calls return ErrWriterClosed.
+func (w *Writer) CloseWrite() error {
+	if err := w.Queue(func(*Frames) {}); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	for w.err == nil && (w.writing || len(w.pending) > 0) {
+		w.room.Wait()
+	}
+	if w.err != nil {
+		err := w.err
+		w.mu.Unlock()
+		return err
+	}
+	w.err = ErrWriterClosed
+	w.room.Broadcast()
+	w.mu.Unlock()
+	if cw, ok := w.conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 // Frames adds frames to a Writer's pending bytes inside Queue; it is
