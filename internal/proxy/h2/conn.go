@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -28,6 +29,27 @@ type Config struct {
 	// PrefaceTimeout bounds the wait for the client's preface and first
 	// SETTINGS (server role); default 10 s.
 	PrefaceTimeout time.Duration
+	// Budgets bound what the peer may send per second; the zero value
+	// sets no bound.
+	Budgets Budgets
+	// OnFlood, if set, is called on the reader goroutine with what the
+	// peer flooded, before the connection ends with ENHANCE_YOUR_CALM.
+	OnFlood func(what string)
+}
+
+// Budgets are what a peer may send each second on one connection: frames
+// that are cheap to send and cost the receiver work with no request to
+// show for it (Rapid Reset, CVE-2023-44487; PING and SETTINGS floods),
+// and decoded header bytes (HPACK bombs: blocks cheap on the wire and
+// expensive to decode). A header section that decodes to over four times
+// MaxHeaderListSize always ends the connection. Zero fields: no bound.
+type Budgets struct {
+	Resets   int // RST_STREAM frames
+	Settings int // SETTINGS frames, not counting ACKs
+	// Pings are PING frames, not counting ACKs; each request's HEADERS
+	// earns two more (gRPC's bandwidth estimator pings as data arrives).
+	Pings       int
+	HeaderBytes int // decoded header bytes (RFC 9113's size: name + value + 32)
 }
 
 func (c Config) withDefaults() Config {
@@ -40,6 +62,9 @@ func (c Config) withDefaults() Config {
 	def(&c.StreamWindow, 1<<20)
 	def(&c.ConnWindow, 4<<20)
 	def(&c.MaxHeaderListSize, 64<<10)
+	if c.OnFlood == nil {
+		c.OnFlood = func(string) {}
+	}
 	if c.PrefaceTimeout == 0 {
 		c.PrefaceTimeout = 10 * time.Second
 	}
@@ -87,6 +112,7 @@ type Conn struct {
 	handler Handler
 	rd      *http2.Framer
 	w       *Writer
+	spent   spending // the reader's only
 
 	mu sync.Mutex
 	// Guarded by mu:
@@ -123,7 +149,10 @@ func newConn(c net.Conn, cfg Config, h Handler, server bool) *Conn {
 	cn.rd = http2.NewFramer(nil, bufio.NewReaderSize(c, 16<<10))
 	cn.rd.SetReuseFrames()
 	cn.rd.SetMaxReadFrameSize(maxFrame) // SETTINGS_MAX_FRAME_SIZE is left at its default
-	cn.rd.MaxHeaderListSize = cfg.MaxHeaderListSize
+	// Decoding stops (the block is Truncated) at four times what is
+	// advertised: past the advertised size a request gets 431, past this
+	// the connection ends (an HPACK bomb).
+	cn.rd.MaxHeaderListSize = 4 * cfg.MaxHeaderListSize
 	cn.rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	cn.w = NewWriter(c, 0)
 	if !server {
@@ -194,10 +223,19 @@ func (c *Conn) queueSettings(f *Frames) {
 
 func (c *Conn) readLoop() error {
 	for {
-		f, err := c.rd.ReadFrame()
+		fh, err := c.rd.ReadFrameHeader()
+		var f http2.Frame
+		if err == nil {
+			f, err = c.rd.ReadFrameForHeader(fh)
+		}
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
+				if fh.Type == http2.FrameHeaders {
+					if err := c.spendMalformed(); err != nil {
+						return err
+					}
+				}
 				c.resetStream(se.StreamID, se.Code)
 				continue
 			}
@@ -206,10 +244,90 @@ func (c *Conn) readLoop() error {
 			}
 			return err
 		}
+		if err := c.spend(f); err != nil {
+			return err
+		}
 		if err := c.frame(f); err != nil {
 			return err
 		}
 	}
+}
+
+// spending is what the peer sent in the current second.
+type spending struct {
+	since                             time.Time
+	resets, settings, pings, requests int
+	headerBytes                       int
+}
+
+// spentNow returns what the peer sent in the current second, starting a
+// new second when the last is over.
+func (c *Conn) spentNow() *spending {
+	if now := time.Now(); now.Sub(c.spent.since) > time.Second {
+		c.spent = spending{since: now}
+	}
+	return &c.spent
+}
+
+// spend counts f against the budgets and ends the connection when one is
+// exceeded.
+func (c *Conn) spend(f http2.Frame) error {
+	b, s := &c.cfg.Budgets, c.spentNow()
+	var over string
+	switch f := f.(type) {
+	case *http2.RSTStreamFrame:
+		if s.resets++; b.Resets > 0 && s.resets > b.Resets {
+			over = "RST_STREAM frames"
+		}
+	case *http2.SettingsFrame:
+		if f.IsAck() {
+			break
+		}
+		if s.settings++; b.Settings > 0 && s.settings > b.Settings {
+			over = "SETTINGS frames"
+		}
+	case *http2.PingFrame:
+		if f.IsAck() {
+			break
+		}
+		if s.pings++; b.Pings > 0 && s.pings > b.Pings+2*s.requests {
+			over = "PING frames"
+		}
+	case *http2.MetaHeadersFrame:
+		s.requests++
+		for _, hf := range f.Fields {
+			s.headerBytes += int(hf.Size())
+		}
+		switch {
+		case f.Truncated:
+			over = "a header section decoding to over " + strconv.Itoa(int(c.rd.MaxHeaderListSize>>10)) + " KiB (an HPACK bomb)"
+		case b.HeaderBytes > 0 && s.headerBytes > b.HeaderBytes:
+			over = "header bytes"
+		}
+	}
+	return c.flood(over)
+}
+
+// spendMalformed charges a malformed header section (the Framer refused
+// it after decoding it) what the largest one costs to decode: an honest
+// client sends none, and a bomb of malformed blocks is caught as one of
+// well-formed blocks would be.
+func (c *Conn) spendMalformed() error {
+	b, s := &c.cfg.Budgets, c.spentNow()
+	if s.headerBytes += int(c.rd.MaxHeaderListSize); b.HeaderBytes > 0 && s.headerBytes > b.HeaderBytes {
+		return c.flood("malformed header sections")
+	}
+	return nil
+}
+
+// flood reports what the peer flooded, if anything, and returns the
+// connection error that ends the connection for it.
+func (c *Conn) flood(over string) error {
+	if over == "" {
+		return nil
+	}
+	c.cfg.OnFlood(over)
+	return fmt.Errorf("%w: the peer sent too many %s", http2.ConnectionError(http2.ErrCodeEnhanceYourCalm), over)
 }
 
 // frame handles one frame; a returned error ends the connection.

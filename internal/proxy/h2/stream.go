@@ -80,6 +80,16 @@ func (c *Conn) headers(f *http2.MetaHeadersFrame) error {
 
 // request opens the stream a client's request starts (server role).
 func (c *Conn) request(f *http2.MetaHeadersFrame) error {
+	if listSize(f) > c.cfg.MaxHeaderListSize {
+		// As net/http answers: 431, and the stream ends.
+		_ = c.w.Queue(func(q *Frames) {
+			q.Headers(f.StreamID, true, Field{":status", "431"}, Field{"content-length", "0"})
+			if !f.StreamEnded() {
+				_ = q.Framer().WriteRSTStream(f.StreamID, http2.ErrCodeNo)
+			}
+		})
+		return nil
+	}
 	declared, err := checkRequest(f)
 	if err != nil {
 		_ = c.w.Queue(func(q *Frames) { _ = q.Framer().WriteRSTStream(f.StreamID, http2.ErrCodeProtocol) })
@@ -90,6 +100,16 @@ func (c *Conn) request(f *http2.MetaHeadersFrame) error {
 	st.gotFinal, st.declared = true, declared
 	c.mu.Unlock()
 	return c.deliverHeaders(st, f)
+}
+
+// listSize is a header section's size as SETTINGS_MAX_HEADER_LIST_SIZE
+// counts it.
+func listSize(f *http2.MetaHeadersFrame) uint32 {
+	var n uint32
+	for _, hf := range f.Fields {
+		n += hf.Size()
+	}
+	return n
 }
 
 // response checks a response's header section (client role).
