@@ -113,7 +113,16 @@ func (c *Conn) readResult(n int, errno syscall.Errno, err error) (int, error) {
 // Write writes all of p, waiting for room in the socket as net does; it
 // returns fewer bytes only with an error (past the write deadline,
 // os.ErrDeadlineExceeded).
-func (c *Conn) Write(p []byte) (int, error) {
+func (c *Conn) Write(p []byte) (int, error) { return c.write(p, true) }
+
+// TryWrite writes what of p the socket takes now, without waiting for
+// room: a goroutine that must not block (an HTTP/2 connection's reader
+// relaying a response) writes what it can and hands the rest to one that
+// may wait. It returns the bytes written, fewer than len(p) when the
+// socket was full, and an error only when the write failed.
+func (c *Conn) TryWrite(p []byte) (int, error) { return c.write(p, false) }
+
+func (c *Conn) write(p []byte, wait bool) (int, error) {
 	done := 0
 	var errno syscall.Errno
 	err := c.rc.Write(func(fd uintptr) bool {
@@ -123,7 +132,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			case 0:
 				done += int(r)
 			case syscall.EAGAIN:
-				return false
+				return !wait // full: park until writable, or give up
 			case syscall.EINTR:
 			default:
 				errno = e

@@ -155,6 +155,34 @@ func TestDeadlines(t *testing.T) {
 	}
 }
 
+// TryWrite takes what fits and returns at once when the socket is full;
+// the bytes it took arrive in order, and a Write sends the rest.
+func TestTryWriteNeverWaits(t *testing.T) {
+	client, server := pair(t)
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1<<20) // 16 MiB: more than loopback buffers
+	start := time.Now()
+	n, err := client.TryWrite(data)
+	if err != nil || n <= 0 || n >= len(data) {
+		t.Fatalf("TryWrite of 16 MiB nobody reads = %d, %v; want part of it and no error", n, err)
+	}
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Errorf("TryWrite took %v", waited)
+	}
+	if m, err := client.TryWrite(data[n:]); err != nil || m > 1<<20 {
+		t.Fatalf("TryWrite on a full socket = %d, %v; want (almost) nothing and no error", m, err)
+	} else {
+		n += m
+	}
+	go func() {
+		client.Write(data[n:])
+		client.CloseWrite()
+	}()
+	got, err := io.ReadAll(server)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, %v; want the %d written, in order", len(got), err, len(data))
+	}
+}
+
 // ReadPooled holds no buffer while the connection is idle and hands back
 // the one it took when the read fails.
 func TestReadPooledHoldsNoBufferWhileIdle(t *testing.T) {
