@@ -289,36 +289,35 @@ func (s *Stream) Consumed(n int) {
 // new streams. head says the request is a HEAD (its response has no
 // body).
 func (c *Conn) NewStream(value any, head, end bool, fields ...Field) (*Stream, error) {
-	var st *Stream
+	// The ID is taken under the writer's lock, so streams open on the
+	// wire in the order of their IDs.
+	if err := c.w.lockRoom(); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
 	var err error
-	qerr := c.w.Queue(func(f *Frames) {
-		// The ID is taken under the writer's lock, so streams open on
-		// the wire in the order of their IDs.
-		c.mu.Lock()
-		switch {
-		case c.err != nil:
-			err = c.err
-		case c.goingAway || c.peerAway:
-			err = ErrGoingAway
-		case uint32(c.activeLocked()) >= c.peerMax:
-			err = ErrMaxStreams
-		case c.nextID > 1<<31-1:
-			err = ErrGoingAway
-		}
-		if err != nil {
-			c.mu.Unlock()
-			return
-		}
-		st = c.newStreamLocked(c.nextID)
-		c.nextID += 2
-		st.Value, st.noBodyExpect, st.localEnded = value, head, end
-		c.mu.Unlock()
-		f.Headers(st.ID, end, fields...)
-	})
-	if err == nil {
-		err = qerr
+	switch {
+	case c.err != nil:
+		err = c.err
+	case c.goingAway || c.peerAway || c.nextID > 1<<31-1:
+		err = ErrGoingAway
+	case uint32(c.activeLocked()) >= c.peerMax:
+		err = ErrMaxStreams
 	}
 	if err != nil {
+		c.mu.Unlock()
+		c.w.mu.Unlock()
+		return nil, err
+	}
+	st := c.newStreamLocked(c.nextID)
+	c.nextID += 2
+	st.Value, st.noBodyExpect, st.localEnded = value, head, end
+	c.mu.Unlock()
+	(&Frames{w: c.w}).Headers(st.ID, end, fields...)
+	if err := c.w.sendLocked(); err != nil {
+		c.mu.Lock()
+		c.removeLocked(st) // the caller has the error: no Closed follows
+		c.mu.Unlock()
 		return nil, err
 	}
 	return st, nil
@@ -330,7 +329,7 @@ func (s *Stream) WriteHeaders(end bool, fields ...Field) error {
 	if err := s.endLocal(end); err != nil {
 		return err
 	}
-	return s.c.w.Queue(func(f *Frames) { f.Headers(s.ID, end, fields...) })
+	return s.c.w.QueueHeaders(s.ID, end, fields...)
 }
 
 // endLocal checks s can still be written and records that this side ends
@@ -372,8 +371,7 @@ func (s *Stream) WriteData(p []byte, end bool) error {
 			c.finishLocked(s)
 		}
 		c.mu.Unlock()
-		chunk := p[:n]
-		if err := c.w.Queue(func(f *Frames) { f.Data(s.ID, chunk, last) }); err != nil {
+		if err := c.w.QueueData(s.ID, p[:n], last); err != nil {
 			return err
 		}
 		p = p[n:]
@@ -387,7 +385,7 @@ func (s *Stream) WriteData(p []byte, end bool) error {
 			if err := s.endLocal(true); err != nil {
 				return err
 			}
-			return c.w.Queue(func(f *Frames) { f.Data(s.ID, nil, true) })
+			return c.w.QueueData(s.ID, nil, true)
 		}
 	}
 	return nil

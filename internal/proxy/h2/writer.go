@@ -76,6 +76,35 @@ func (p pendingWriter) Write(b []byte) (int, error) {
 // first write error, if any, once it happened (its frames are then
 // dropped); it may block while the connection is backed up.
 func (w *Writer) Queue(fn func(*Frames)) error {
+	if err := w.lockRoom(); err != nil {
+		return err
+	}
+	fn(&Frames{w: w})
+	return w.sendLocked()
+}
+
+// QueueHeaders is Queue of one Frames.Headers, without a closure to
+// allocate.
+func (w *Writer) QueueHeaders(id uint32, end bool, fields ...Field) error {
+	if err := w.lockRoom(); err != nil {
+		return err
+	}
+	(&Frames{w: w}).Headers(id, end, fields...)
+	return w.sendLocked()
+}
+
+// QueueData is Queue of one Frames.Data, without a closure to allocate.
+func (w *Writer) QueueData(id uint32, p []byte, end bool) error {
+	if err := w.lockRoom(); err != nil {
+		return err
+	}
+	(&Frames{w: w}).Data(id, p, end)
+	return w.sendLocked()
+}
+
+// lockRoom takes the lock once the pending bytes are under the bound; it
+// returns the write error, unlocked, if there was one.
+func (w *Writer) lockRoom() error {
 	w.mu.Lock()
 	for w.err == nil && len(w.pending) > w.maxPending {
 		w.room.Wait()
@@ -85,8 +114,7 @@ func (w *Writer) Queue(fn func(*Frames)) error {
 		w.mu.Unlock()
 		return err
 	}
-	fn(&Frames{w: w})
-	return w.sendLocked()
+	return nil
 }
 
 // sendLocked sends pending unless another goroutine is; it releases mu.
