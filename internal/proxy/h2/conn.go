@@ -86,8 +86,10 @@ type Handler interface {
 	// goes back to the peer only once s.Consumed is called for them.
 	Data(s *Stream, p []byte, end bool)
 	// Closed says a stream ended before both sides finished it: the peer
-	// reset it (a StreamError with its code), or the connection ended.
-	// Nothing else is delivered for s afterwards.
+	// reset it or the engine did for a protocol error (a StreamError with
+	// the code), or the connection ended. Nothing else is delivered for s
+	// afterwards. A stream this side ends with Stream.Reset is not
+	// reported.
 	Closed(s *Stream, err error)
 }
 

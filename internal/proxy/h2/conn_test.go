@@ -328,6 +328,26 @@ func TestClientConnWithNetHTTPServer(t *testing.T) {
 	}
 	wg.Wait()
 
+	// A stream reset by this side ends at the server, with no event for
+	// the handler, and the connection goes on.
+	cancelled := &response{done: make(chan struct{})}
+	s, err := conn.NewStream(cancelled, false, false, Field{":method", "POST"}, Field{":scheme", "http"}, Field{":authority", "app"}, Field{":path", "/echo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Reset(http2.ErrCodeCancel)
+	if err := s.WriteData([]byte("late"), true); !errors.Is(err, ErrStreamClosed) {
+		t.Errorf("WriteData after Reset: %v, want ErrStreamClosed", err)
+	}
+	if r := send("/echo", []byte("after")); func() bool { <-r.done; return r.status != "200" }() {
+		t.Errorf("a stream after a reset one: %v, status %q", r.err, r.status)
+	}
+	select {
+	case <-cancelled.done:
+		t.Error("the handler heard of a stream this side reset")
+	default:
+	}
+
 	// The server allows 20 streams at once: the 21st is refused here,
 	// before it reaches the wire, until one ends.
 	var held []*response

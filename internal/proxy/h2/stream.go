@@ -391,5 +391,16 @@ func (s *Stream) WriteData(p []byte, end bool) error {
 	return nil
 }
 
-// Reset ends s with RST_STREAM and code; the handler's Closed follows.
-func (s *Stream) Reset(code http2.ErrCode) { s.c.resetStream(s.ID, code) }
+// Reset ends s with RST_STREAM and code, from any goroutine. The handler
+// is not told (its caller knows): no event for s starts afterwards,
+// though one already under way on the reader goroutine finishes.
+func (s *Stream) Reset(code http2.ErrCode) {
+	c := s.c
+	c.mu.Lock()
+	open := !s.closed
+	c.removeLocked(s)
+	c.mu.Unlock()
+	if open {
+		_ = c.w.Queue(func(f *Frames) { _ = f.Framer().WriteRSTStream(s.ID, code) })
+	}
+}
