@@ -297,9 +297,7 @@ func (c *Conn) spend(f http2.Frame) error {
 		}
 	case *http2.MetaHeadersFrame:
 		s.requests++
-		for _, hf := range f.Fields {
-			s.headerBytes += int(hf.Size())
-		}
+		s.headerBytes += int(listSize(f))
 		switch {
 		case f.Truncated:
 			over = "a header section decoding to over " + strconv.Itoa(int(c.rd.MaxHeaderListSize>>10)) + " KiB (an HPACK bomb)"
