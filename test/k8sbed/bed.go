@@ -29,6 +29,8 @@ const (
 	apiServiceIP = "10.245.0.1"
 	dnsServiceIP = "10.245.0.10"
 	nodeName     = "k8sbed"
+	// netnsOwner names the directory of the bed that made the namespace.
+	netnsOwner = "/run/trellis-k8sbed.dir"
 )
 
 // Config says where the bed keeps its files. Both are required.
@@ -72,10 +74,8 @@ func (b *Bed) Up(ctx context.Context) (err error) {
 	if b.running() {
 		return fmt.Errorf("the bed is already running (%s); run k8sbed down first", b.cfg.Dir)
 	}
-	if _, err := os.Stat(b.cfg.Dir); err != nil {
-		if _, err := os.Stat("/run/netns/" + netnsName); err == nil {
-			return fmt.Errorf("another bed holds the network namespace %s: take it down with k8sbed --dir DIR down, its DIR being where it keeps its files", netnsName)
-		}
+	if err := b.takeOverNetwork(ctx); err != nil {
+		return err
 	}
 	bin, err := b.build(ctx)
 	if err != nil {
@@ -126,6 +126,33 @@ func (b *Bed) Up(ctx context.Context) (err error) {
 	return nil
 }
 
+// takeOverNetwork makes sure the node's namespace is this bed's to
+// create: one left by a bed whose processes all died (a killed test run,
+// a machine restored from a snapshot) is taken down with everything that
+// bed made; one of a running bed, or of no bed known, is an error.
+func (b *Bed) takeOverNetwork(ctx context.Context) error {
+	if _, err := os.Stat("/run/netns/" + netnsName); err != nil {
+		return nil
+	}
+	owner, _ := os.ReadFile(netnsOwner)
+	dir := strings.TrimSpace(string(owner))
+	switch {
+	case dir == b.cfg.Dir:
+		return nil // Up's own Down cleans it
+	case dir == "":
+		return fmt.Errorf("the network namespace %s exists and no bed says it made it: take that bed down with k8sbed --dir DIR down, or delete the namespace with ip netns delete %s", netnsName, netnsName)
+	}
+	other := &Bed{cfg: Config{Dir: dir, Cache: b.cfg.Cache, Source: b.cfg.Source}}
+	if other.running() {
+		return fmt.Errorf("another bed runs in %s and holds the network namespace %s: take it down with k8sbed --dir %s down", dir, netnsName, dir)
+	}
+	log.Printf("a bed left by a crash holds %s; taking it down (%s)", netnsName, dir)
+	if err := other.Down(ctx); err != nil {
+		return fmt.Errorf("take down the bed left in %s: %w", dir, err)
+	}
+	return nil
+}
+
 // network creates the node's namespace and its link to the host, with
 // host routes to the pod and service ranges, the node's route to the
 // service range, and none off the machine.
@@ -148,6 +175,11 @@ func (b *Bed) network() error {
 	for _, s := range steps {
 		if out, err := exec.Command(s[0], s[1:]...).CombinedOutput(); err != nil {
 			return fmt.Errorf("%s: %v: %s", strings.Join(s, " "), err, out)
+		}
+		if s[1] == "netns" {
+			if err := os.WriteFile(netnsOwner, []byte(b.cfg.Dir), 0o644); err != nil {
+				return err
+			}
 		}
 	}
 	// Forwarding and bridged traffic through the hooks, in the node's

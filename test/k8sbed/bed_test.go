@@ -80,13 +80,19 @@ func TestBedRunsPodsAndCleansUp(t *testing.T) {
 		t.Fatalf("Up() again = %v", err)
 	}
 	step("up again")
+	next := &Bed{cfg: Config{Dir: filepath.Join(t.TempDir(), "next"), Cache: bed.cfg.Cache, Source: bed.cfg.Source}}
+	if err := next.takeOverNetwork(ctx); err == nil || !strings.Contains(err.Error(), "another bed runs") {
+		t.Errorf("a new bed while one runs: %v, want it refused", err)
+	}
 	for _, p := range processes() {
 		if err := syscall.Kill(bed.pid(p.name), syscall.SIGKILL); err != nil {
 			t.Errorf("kill %s: %v", p.name, err)
 		}
 	}
-	if err := bed.Down(ctx); err != nil {
-		t.Fatalf("Down() after a crash = %v", err)
+	// The next bed, in a directory of its own, finds the namespace held
+	// by the crashed one and takes that bed down before making its own.
+	if err := next.takeOverNetwork(ctx); err != nil {
+		t.Fatalf("a new bed after a crash: %v", err)
 	}
 	step("down after a crash")
 	checkNothingLeft(t, bed)
@@ -95,7 +101,7 @@ func TestBedRunsPodsAndCleansUp(t *testing.T) {
 // checkNothingLeft fails t for anything of the bed left on the host.
 func checkNothingLeft(t *testing.T, bed *Bed) {
 	t.Helper()
-	for _, p := range append([]string{"/run/netns/" + netnsName, "/sys/class/net/" + hostLink, bed.cfg.Dir}, pathsOutsideDir...) {
+	for _, p := range append([]string{"/run/netns/" + netnsName, netnsOwner, "/sys/class/net/" + hostLink, bed.cfg.Dir}, pathsOutsideDir...) {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("after Down, %s is still there", p)
 		}

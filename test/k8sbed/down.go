@@ -196,8 +196,13 @@ func (b *Bed) removeNetwork() error {
 			return fmt.Errorf("ip netns delete %s: %v: %s", netnsName, err, out)
 		}
 	}
+	if err := os.Remove(netnsOwner); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
 	if _, err := os.Stat("/sys/class/net/" + hostLink); err == nil {
-		if out, err := exec.Command("ip", "link", "delete", hostLink).CombinedOutput(); err != nil {
+		// Deleting the namespace takes the link's other end and so this
+		// one, soon: gone meanwhile is as good as deleted.
+		if out, err := exec.Command("ip", "link", "delete", hostLink).CombinedOutput(); err != nil && !strings.Contains(string(out), "Cannot find device") {
 			return fmt.Errorf("ip link delete %s: %v: %s", hostLink, err, out)
 		}
 	}
