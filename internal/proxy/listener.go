@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -85,7 +86,9 @@ func (s *OutboundServer) Close() error { return s.http.Close() }
 // Shutdown stops taking connections and lets the requests and tunnels in
 // flight finish until ctx ends; then it closes what is left.
 func (s *OutboundServer) Shutdown(ctx context.Context) error {
-	return drain(ctx, &s.tunnels, s.http)
+	engine := make(chan error, 1)
+	go func() { engine <- s.out.engineConns.shutdown(ctx) }()
+	return errors.Join(drain(ctx, &s.tunnels, s.http), <-engine)
 }
 
 // ServeExplicit accepts on ln and sends everything to the service port up
@@ -152,8 +155,10 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 		s.tunnel(c, rt, r)
 		return
 	case meshpb.Protocol_PROTOCOL_HTTP, meshpb.Protocol_PROTOCOL_HTTP2, meshpb.Protocol_PROTOCOL_GRPC:
-		s.conns.push(&connDst{Conn: guardHTTP1(c, &s.floods), dst: dst}) // the server tells HTTP/1.1 from h2c itself
-		return
+		if !s.out.engine.Load() {
+			s.conns.push(&connDst{Conn: guardHTTP1(c, &s.floods), dst: dst}) // the server tells HTTP/1.1 from h2c itself
+			return
+		}
 	}
 	br := bufio.NewReader(c)
 	p, err := Sniff(c, br, s.SniffWait)
@@ -162,7 +167,16 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 		return
 	}
 	conn := &peekedConn{Conn: c, r: br}
-	if p == HTTP1 || p == HTTP2 {
+	declared := r.protocol == meshpb.Protocol_PROTOCOL_HTTP || r.protocol == meshpb.Protocol_PROTOCOL_HTTP2 || r.protocol == meshpb.Protocol_PROTOCOL_GRPC
+	if p == HTTP1 && s.out.engine.Load() {
+		buffered, _ := br.Peek(br.Buffered())
+		s.out.serveH1(c, dst, append(make([]byte, 0, 16<<10), buffered...), h1Options{
+			headerTimeout: s.http.ReadHeaderTimeout, idleTimeout: s.http.IdleTimeout,
+			handoff: func(c net.Conn) { s.conns.push(&connDst{Conn: guardHTTP1(c, &s.floods), dst: dst}) },
+		})
+		return
+	}
+	if p == HTTP1 || p == HTTP2 || declared {
 		s.conns.push(&connDst{Conn: guardHTTP1(conn, &s.floods), dst: dst})
 		return
 	}

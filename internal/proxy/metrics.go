@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"cmp"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -26,6 +27,9 @@ import (
 // sidecar to the destination sidecar, as Istio's x-envoy-peer-metadata
 // does. It is trusted only on mutual TLS and never reaches an app.
 const peerHeader = "X-Trellis-Peer"
+
+// peerHeaderField is peerHeader as an HTTP/2 field name.
+const peerHeaderField = "x-trellis-peer"
 
 // exchange is what RoundTrip learned about a request, for its metrics.
 type exchange struct {
@@ -413,17 +417,20 @@ func recordAfter(rec recorder, reporter string, src telemetry.Peer, dst *telemet
 		rec.metrics.ObserveRequest(req)
 	}
 	if rec.log != nil {
-		accessLog(rec.log, r, ex, req)
+		accessLog(rec.log, requestLine{r.Method, r.Host, r.URL.Path, r.Proto}, ex, req)
 	}
 }
 
+// requestLine is what the access log names a request by.
+type requestLine struct{ method, authority, path, proto string }
+
 // accessLog writes one request's access-log entry: Envoy's usual fields,
 // and for a request the proxy failed, the flags and the reason.
-func accessLog(log *slog.Logger, r *http.Request, ex *exchange, req telemetry.Request) {
+func accessLog(log *slog.Logger, r requestLine, ex *exchange, req telemetry.Request) {
 	attrs := []slog.Attr{
 		slog.String("reporter", req.Reporter),
-		slog.String("method", r.Method), slog.String("authority", r.Host), slog.String("path", r.URL.Path),
-		slog.String("protocol", r.Proto), slog.Int("code", req.Code),
+		slog.String("method", r.method), slog.String("authority", r.authority), slog.String("path", r.path),
+		slog.String("protocol", r.proto), slog.Int("code", req.Code),
 		slog.String("flags", cmp.Or(req.Flags, "-")),
 		slog.Float64("duration_ms", float64(req.Duration.Microseconds())/1000),
 		slog.Int64("bytes_received", req.RequestBytes), slog.Int64("bytes_sent", req.ResponseBytes),
@@ -442,7 +449,7 @@ func accessLog(log *slog.Logger, r *http.Request, ex *exchange, req telemetry.Re
 	if req.TraceID != "" {
 		attrs = append(attrs, slog.String("trace_id", req.TraceID))
 	}
-	log.LogAttrs(r.Context(), slog.LevelInfo, "access", attrs...)
+	log.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
 }
 
 // authzAttrs name the AuthorizationPolicies behind a decision: the one

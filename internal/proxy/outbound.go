@@ -44,11 +44,14 @@ type Outbound struct {
 	store *meshtls.Store
 	dial  *net.Dialer // carries the proxy's socket mark
 
-	routes atomic.Pointer[routeTable]
+	routes      atomic.Pointer[routeTable]
+	engine      atomic.Bool // SetEngine
+	engineConns engineConns
 
 	mu        sync.Mutex                         // serialises Update
 	balancers map[balancerKey]*balancer.Balancer // guarded by mu: kept across updates
 
+	pool    *meshPool       // the engine's mTLS h2 connections to sidecars
 	mesh    *http.Transport // mTLS h2 to sidecars, one pool per endpoint
 	upgrade *http.Transport // mTLS HTTP/1.1 to sidecars, a connection per Upgrade request
 	plain   *http.Transport // to endpoints outside the mesh
@@ -78,12 +81,16 @@ type route struct {
 	protocol        meshpb.Protocol
 	bal             *balancer.Balancer
 	meta            string // the caller's metadata for this service (encodePeer), sent to meshed endpoints
+	// outside: some endpoint has no sidecar (no identity); it takes
+	// plain HTTP, which the engine leaves to net/http.
+	outside bool
 }
 
 // NewOutbound returns an outbound forwarder that presents store's SVID and
 // dials with d (which should set the proxy's socket mark).
 func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 	o := &Outbound{store: store, dial: d, balancers: map[balancerKey]*balancer.Balancer{}}
+	o.engine.Store(true)
 	o.routes.Store(&routeTable{byVIP: map[netip.AddrPort]*route{}, identities: map[string]identity.ID{},
 		peers: map[string]telemetry.Peer{}, self: telemetry.Unknown})
 	h2only := new(http.Protocols)
@@ -112,6 +119,10 @@ func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 		IdleConnTimeout:       time.Hour,
 		ResponseHeaderTimeout: 15 * time.Second,
 	}
+	meshDial := o.dialMesh("h2")
+	o.pool = &meshPool{handler: h1Responder{}, dial: func(addr string) (net.Conn, error) {
+		return meshDial(context.Background(), "tcp", addr)
+	}}
 	o.proxy = &httputil.ReverseProxy{
 		Rewrite:   func(*httputil.ProxyRequest) {}, // RoundTrip sets the endpoint
 		Transport: o,
@@ -147,19 +158,22 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 				b, _ = balancer.New(key.policy, balancer.Outlier{})
 			}
 			var addrs []string
+			outside := false
 			for _, e := range p.GetEndpoints() {
 				addr := net.JoinHostPort(e.GetAddress(), fmt.Sprint(e.GetPort()))
 				addrs = append(addrs, addr)
 				t.peers[addr] = endpointPeer(e)
 				if id, err := identity.Parse(e.GetIdentity()); err == nil {
 					t.identities[addr] = id
+				} else {
+					outside = true
 				}
 			}
 			b.Update(addrs)
 			keep[key] = b
 			t.byVIP[dst] = &route{service: s.GetName() + "." + s.GetNamespace(),
 				host: s.GetName() + "." + s.GetNamespace() + ".svc.cluster.local", name: s.GetName(), namespace: s.GetNamespace(),
-				protocol: p.GetProtocol(), bal: b}
+				protocol: p.GetProtocol(), bal: b, outside: outside}
 			t.byVIP[dst].meta = encodePeer(t.self, t.byVIP[dst].host, s.GetName(), s.GetNamespace())
 		}
 	}
@@ -176,6 +190,7 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 			break
 		}
 	}
+	o.pool.retire(func(addr string) bool { _, ok := t.identities[addr]; return ok })
 }
 
 func lbPolicy(lb meshpb.LoadBalancing) balancer.Policy {
@@ -187,6 +202,10 @@ func lbPolicy(lb meshpb.LoadBalancing) balancer.Policy {
 	}
 	return balancer.P2CPeakEWMA
 }
+
+// SetEngine serves the app's HTTP/1.1 connections accepted from now on
+// with the request path's engine (on by default), or with net/http.
+func (o *Outbound) SetEngine(on bool) { o.engine.Store(on) }
 
 // serviceAddr returns the address of a service port of the current config.
 func (o *Outbound) serviceAddr(name, namespace string, port uint16) (netip.AddrPort, bool) {

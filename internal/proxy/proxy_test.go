@@ -248,6 +248,10 @@ func TestPerRequestBalancingOverOneConnection(t *testing.T) {
 
 func TestProxyFailuresSayWhy(t *testing.T) {
 	m := newTestMesh(t, 1)
+	// Set before any request: a field changed while requests run races
+	// with their recording.
+	var log syncBuffer
+	m.outbound.AccessLog = slog.New(slog.NewJSONHandler(&log, nil))
 	get := func() (int, string, string) {
 		resp, err := http.Get("http://" + m.appAddr + "/")
 		if err != nil {
@@ -264,22 +268,24 @@ func TestProxyFailuresSayWhy(t *testing.T) {
 		t.Errorf("endpoint with another identity: %d %s %q; want 503 UF naming the identity mismatch", code, flag, body)
 	}
 	m.update(t, nil)
-	var log syncBuffer
-	m.outbound.AccessLog = slog.New(slog.NewJSONHandler(&log, nil))
 	if code, flag, body := get(); code != 503 || flag != "UH" || !strings.Contains(body, "no healthy upstream") {
 		t.Errorf("no endpoints: %d %s %q; want 503 UH no healthy upstream", code, flag, body)
 	}
 	// The access log says the same (written as the handler returns, which
 	// may be just after the client has the response).
-	for deadline := time.Now().Add(2 * time.Second); log.String() == "" && time.Now().Before(deadline); {
+	last := func() string {
+		lines := strings.Split(strings.TrimSpace(log.String()), "\n")
+		return lines[len(lines)-1]
+	}
+	for deadline := time.Now().Add(2 * time.Second); !strings.Contains(last(), `"UH"`) && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	var entry struct {
 		Msg, Flags, Reason, Method, Path string
 		Code                             int
 	}
-	if err := json.Unmarshal([]byte(log.String()), &entry); err != nil {
-		t.Fatalf("access log %q: %v", log.String(), err)
+	if err := json.Unmarshal([]byte(last()), &entry); err != nil {
+		t.Fatalf("access log %q: %v", last(), err)
 	}
 	if entry.Msg != "access" || entry.Code != 503 || entry.Flags != "UH" || entry.Method != "GET" || entry.Path != "/" ||
 		!strings.Contains(entry.Reason, "no healthy upstream") {

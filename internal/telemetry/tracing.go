@@ -83,7 +83,23 @@ func (t *Tracing) start(r *http.Request, kind trace.SpanKind, trusted bool) (*ht
 	if t == nil {
 		return r, trace.SpanFromContext(context.Background())
 	}
-	ctx := t.prop.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	ctx, span := t.startIn(r.Context(), propagation.HeaderCarrier(r.Header), kind, trusted, r.Host+r.URL.Path)
+	return r.WithContext(ctx), span
+}
+
+// StartCarrier is Start for a request whose headers carrier reads and
+// rewrites (the proxy's own request path keeps them as a list of fields,
+// lower-case, not as an http.Header); name is the request's host and path.
+func (t *Tracing) StartCarrier(carrier propagation.TextMapCarrier, kind trace.SpanKind, name string) trace.Span {
+	if t == nil {
+		return trace.SpanFromContext(context.Background())
+	}
+	_, span := t.startIn(context.Background(), carrier, kind, true, name)
+	return span
+}
+
+func (t *Tracing) startIn(ctx context.Context, carrier propagation.TextMapCarrier, kind trace.SpanKind, trusted bool, name string) (context.Context, trace.Span) {
+	ctx = t.prop.Extract(ctx, carrier)
 	opts := []trace.SpanStartOption{trace.WithSpanKind(kind)}
 	if !trusted {
 		if remote := trace.SpanContextFromContext(ctx); remote.IsValid() {
@@ -91,9 +107,9 @@ func (t *Tracing) start(r *http.Request, kind trace.SpanKind, trusted bool) (*ht
 		}
 		opts = append(opts, trace.WithNewRoot())
 	}
-	ctx, span := t.tracer.Start(ctx, CleanValue(r.Host+r.URL.Path), opts...)
-	t.prop.Inject(ctx, propagation.HeaderCarrier(r.Header))
-	return r.WithContext(ctx), span
+	ctx, span := t.tracer.Start(ctx, CleanValue(name), opts...)
+	t.prop.Inject(ctx, carrier)
+	return ctx, span
 }
 
 // End finishes span with what req says of the exchange, and returns the

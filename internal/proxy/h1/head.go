@@ -182,7 +182,9 @@ func framing(fields []Field, minor byte) (Body, connection, *Error) {
 			body.Length = n
 		case EqualFold(f.Name, "transfer-encoding"):
 			if encodings++; encodings > 1 || !EqualFold(f.Value, "chunked") {
-				return body, conn, refuseStrict(501, "Transfer-Encoding other than a single chunked: only chunked is accepted")
+				// 400, not RFC 9112 6.1's 501: a coding listed with chunked
+				// is a framing a server behind the proxy may read otherwise.
+				return body, conn, refuseStrict(400, "Transfer-Encoding other than a single chunked: only chunked is accepted")
 			}
 			body.Chunked = true
 		case EqualFold(f.Name, "connection"):

@@ -1,0 +1,801 @@
+package proxy
+
+// The outbound side of the engine (issue #18) for an app's HTTP/1.1
+// connections: no goroutine per request; responses written by the mesh
+// connection's reader. docs/architecture.md, "The request path's engine".
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/net/http2"
+
+	"github.com/trellis-mesh/trellis/internal/balancer"
+	"github.com/trellis-mesh/trellis/internal/proxy/h1"
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
+	"github.com/trellis-mesh/trellis/internal/rawio"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
+)
+
+// h1App is one app HTTP/1.1 connection served by the engine. Its
+// goroutine reads and forwards requests; the h2 connection's reader writes
+// each response back (h1Responder), handing the rest to a flush goroutine
+// only when the app's socket is full.
+type h1App struct {
+	o    *Outbound
+	conn net.Conn // rawio
+	dst  netip.AddrPort
+	buf  []byte // read, not consumed yet
+	req  h1.Request
+
+	opt    h1Options
+	done   chan struct{} // one token per finished response
+	served bool          // a request was read
+
+	outMu        sync.Mutex
+	out          []byte // response bytes waiting for the socket (guarded by outMu)
+	credit       map[*h2.Stream]int
+	flushing     bool
+	current      *h1Exchange // the exchange whose response is being written
+	closePending bool        // close once flushed
+	flushed      sync.Cond   // signalled when flushing ends
+}
+
+// h1Exchange is one request in flight: the stream's Value.
+type h1Exchange struct {
+	app     *h1App
+	head    bool // HEAD: the response has no body
+	minor   byte
+	chunked bool // the response goes to the app chunked
+	started bool // the response head went out
+	start   time.Time
+	done    func(balancer.Result)
+
+	// For the metrics and the access log.
+	line      requestLine
+	ex        exchange
+	code      int
+	reqBytes  int64
+	respBytes int64
+	finished  atomic.Bool // finish ran
+	// closeAfter: the connection ends with this exchange (the request
+	// asked, HTTP/1.0, a body until close, a refusal).
+	closeAfter bool
+	stream     *h2.Stream // set before the first byte of the request body is sent
+}
+
+// engineConns are the engine's app connections, for a drain: it refuses
+// new ones, closes those waiting for a request and lets the others finish
+// the response in flight.
+type engineConns struct {
+	mu       sync.Mutex
+	conns    map[*h1App]bool // -> waiting for a request
+	draining bool
+}
+
+var errDraining = errors.New("the proxy is draining")
+
+func (e *engineConns) add(a *h1App) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.draining {
+		return false
+	}
+	if e.conns == nil {
+		e.conns = map[*h1App]bool{}
+	}
+	e.conns[a] = false
+	return true
+}
+
+func (e *engineConns) remove(a *h1App) {
+	e.mu.Lock()
+	delete(e.conns, a)
+	e.mu.Unlock()
+}
+
+// setIdle records whether a waits for a request; false when a must not
+// wait (draining).
+func (e *engineConns) setIdle(a *h1App, idle bool) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if idle && e.draining {
+		return false
+	}
+	if _, ok := e.conns[a]; ok { // not once its goroutine has left
+		e.conns[a] = idle
+	}
+	return true
+}
+
+// shutdown drains the connections until ctx ends, then closes the rest.
+func (e *engineConns) shutdown(ctx context.Context) error {
+	e.mu.Lock()
+	e.draining = true
+	for a, idle := range e.conns {
+		if idle {
+			a.conn.Close()
+		}
+	}
+	e.mu.Unlock()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		e.mu.Lock()
+		n := len(e.conns)
+		e.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			e.mu.Lock()
+			for a := range e.conns {
+				a.conn.Close()
+			}
+			e.mu.Unlock()
+			return ctx.Err()
+		}
+	}
+}
+
+// h1Options are what the listener gives the engine's connections.
+type h1Options struct {
+	// headerTimeout bounds the read of a request head from its first
+	// byte; idleTimeout the wait for the next request.
+	headerTimeout, idleTimeout time.Duration
+	// handoff serves a connection the engine does not (an Upgrade such
+	// as WebSocket, CONNECT) on today's net/http path, with the bytes
+	// read of it.
+	handoff func(net.Conn)
+}
+
+// serveH1 serves c, whose first bytes are in buffered, until it closes.
+func (o *Outbound) serveH1(c net.Conn, dst netip.AddrPort, buffered []byte, opt h1Options) {
+	if lc, ok := c.(*limitedConn); ok {
+		lc.Conn = rawio.Wrap(lc.Conn) // raw I/O under the slot's Close
+	} else {
+		c = rawio.Wrap(c)
+	}
+	a := &h1App{o: o, conn: c, dst: dst, buf: buffered, done: make(chan struct{}, 1), opt: opt}
+	a.flushed.L = &a.outMu
+	if !o.engineConns.add(a) {
+		c.Close() // draining
+		return
+	}
+	defer o.engineConns.remove(a)
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			a.closeAfterFlush()
+		}
+	}()
+	for {
+		n, err := a.readHead()
+		var herr *h1.Error
+		switch {
+		case errors.As(err, &herr) && bytes.HasPrefix(a.buf, []byte("PRI ")):
+			return // an HTTP/2 preface gone wrong: no answer it could read (RFC 9113 3.4)
+		case errors.As(err, &herr):
+			a.newExchange().fail(herr.Status, "DPE", herr.Reason)
+			return
+		case err != nil:
+			return
+		}
+		if a.handedOff() {
+			a.waitFlushed()
+			handedOff = true
+			opt.handoff(&peekedConn{Conn: a.conn, r: bufio.NewReader(io.MultiReader(bytes.NewReader(a.buf), a.conn))})
+			return
+		}
+		ex := a.newExchange()
+		if !a.forward(ex, n) || !a.awaitResponse(ex) || ex.closeAfter {
+			return
+		}
+	}
+}
+
+// handedOff reports whether the request parsed is one for net/http:
+//   - an Upgrade (WebSocket) or CONNECT, which make the connection a byte
+//     stream;
+//   - Expect: 100-continue, whose interim answer net/http's server gives
+//     when the body is first read;
+//   - one to a service with an endpoint outside the mesh (plain HTTP).
+//
+// The connection stays there for the rest of its requests.
+func (a *h1App) handedOff() bool {
+	if a.req.Upgrade || a.req.Form == h1.FormAuthority || a.req.ExpectContinue {
+		return true
+	}
+	r, ok := a.o.routes.Load().byVIP[a.dst]
+	return ok && r.outside
+}
+
+// closeAfterFlush closes the connection once the response bytes waiting
+// for the socket are written.
+func (a *h1App) closeAfterFlush() {
+	a.outMu.Lock()
+	if a.flushing {
+		a.closePending = true
+		a.outMu.Unlock()
+		return
+	}
+	a.outMu.Unlock()
+	a.conn.Close()
+}
+
+// awaitResponse waits for ex's response to be written, reading meanwhile:
+// the app's next request, or the end of its connection, which means it
+// gave up on the response (DC). false ends the connection.
+func (a *h1App) awaitResponse(ex *h1Exchange) bool {
+	// With the next request already buffered (pipelined), there is
+	// nothing to read until this response is out.
+	for len(a.buf) == 0 && !ex.finished.Load() {
+		a.conn.SetReadDeadline(time.Now().Add(cmp.Or(a.opt.idleTimeout, 5*time.Minute)))
+		err := a.fill()
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			continue // a slow response: keep waiting for it
+		}
+		if err != nil {
+			if !ex.finished.Load() {
+				ex.gone()
+			}
+			return false
+		}
+		a.o.engineConns.setIdle(a, false)
+		break // the next request (pipelined) waits in buf
+	}
+	<-a.done
+	return true
+}
+
+// waitFlushed waits until no response bytes wait for the socket.
+func (a *h1App) waitFlushed() {
+	a.outMu.Lock()
+	for a.flushing {
+		a.flushed.Wait()
+	}
+	a.outMu.Unlock()
+}
+
+// readHead reads until buf holds a whole request head and returns its
+// length.
+func (a *h1App) readHead() (int, error) {
+	defer a.conn.SetReadDeadline(time.Time{})
+	if len(a.buf) == 0 {
+		// Between requests the idle timeout holds; a new connection's
+		// first request has the header timeout from its start, as
+		// net/http does.
+		wait := cmp.Or(a.opt.idleTimeout, 5*time.Minute)
+		if !a.served {
+			wait = cmp.Or(a.opt.headerTimeout, 10*time.Second)
+		}
+		a.conn.SetReadDeadline(time.Now().Add(wait))
+		if !a.o.engineConns.setIdle(a, true) {
+			return 0, errDraining
+		}
+		err := a.fill()
+		a.o.engineConns.setIdle(a, false)
+		if err != nil {
+			return 0, err
+		}
+	}
+	a.served = true
+	a.conn.SetReadDeadline(time.Now().Add(cmp.Or(a.opt.headerTimeout, 10*time.Second)))
+	for {
+		n, err := h1.ParseRequest(a.buf, h1.Limits{}, &a.req)
+		if n > 0 || err != nil {
+			return n, err
+		}
+		if err := a.fill(); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// fill reads more of the connection into buf.
+func (a *h1App) fill() error {
+	if cap(a.buf)-len(a.buf) < 4<<10 {
+		a.buf = append(make([]byte, 0, 2*cap(a.buf)+16<<10), a.buf...)
+	}
+	n, err := a.conn.Read(a.buf[len(a.buf):cap(a.buf)])
+	a.buf = a.buf[:len(a.buf)+n]
+	return err
+}
+
+// forward sends the parsed request (its head the first n bytes of buf)
+// on a stream to a picked endpoint; false ends the connection.
+// newExchange starts the record of the request parsed into a.req (all
+// "unknown" for one refused before it parsed).
+func (a *h1App) newExchange() *h1Exchange {
+	r := &a.req
+	return &h1Exchange{app: a, head: string(r.Method) == "HEAD", minor: r.Minor, start: time.Now(), closeAfter: r.Close,
+		line: requestLine{string(r.Method), string(r.Host), string(pathOf(r.Target)), "HTTP/1." + strconv.Itoa(int(r.Minor))},
+		ex:   exchange{dest: telemetry.Unknown, service: "unknown", svcName: "unknown", svcNS: "unknown"}}
+}
+
+func (a *h1App) forward(ex *h1Exchange, n int) bool {
+	r := &a.req
+	rt := a.o.routes.Load()
+	path, err := NormalizePath(ex.line.path)
+	if err != nil {
+		return ex.fail(400, "DPE", err.Error())
+	}
+	ex.line.path = path
+	fields := []h2.Field{{Name: ":method", Value: ex.line.method}, {Name: ":scheme", Value: "http"},
+		{Name: ":authority", Value: ex.line.authority}, {Name: ":path", Value: path + string(queryOf(r.Target))}}
+	for _, f := range r.Fields {
+		name := string(bytes.ToLower(f.Name))
+		if hopByHopField(name) || name == "host" || name == peerHeaderField {
+			continue
+		}
+		fields = append(fields, h2.Field{Name: name, Value: string(f.Value)})
+	}
+	if a.o.Tracing != nil {
+		ex.ex.span = a.o.Tracing.StartCarrier(fieldCarrier{&fields}, trace.SpanKindClient, ex.line.authority+path)
+	}
+	route, ok := rt.byVIP[a.dst]
+	if !ok {
+		return ex.fail(404, "NR", a.dst.String()+" is not a service this proxy knows")
+	}
+	ex.ex.service, ex.ex.svcName, ex.ex.svcNS = route.host, route.name, route.namespace
+	ep, err := route.bal.Pick()
+	if err != nil {
+		return ex.fail(503, "UH", route.service+": "+err.Error())
+	}
+	ex.ex.dest, ex.ex.upstream, ex.done = rt.peers[ep.Addr], ep.Addr, ep.Start()
+	if _, meshed := rt.identities[ep.Addr]; !meshed {
+		// The config changed since handedOff looked: the next
+		// connection goes to net/http.
+		return ex.fail(503, "UF", route.service+": endpoint "+ep.Addr+" left the mesh; retry")
+	}
+	ex.ex.mutualTLS = true
+	fields = append(fields, h2.Field{Name: peerHeaderField, Value: route.meta})
+	body := r.Body
+	a.buf = a.buf[n:]
+	if body.Chunked && !r.ExpectContinue {
+		// The request goes out only once its first chunk-size line is
+		// known good, so malformed framing never reaches the app.
+		for {
+			var probe h1.Chunks
+			_, used, _, err := probe.Next(a.buf)
+			if err != nil {
+				return ex.fail(400, "DPE", err.Error())
+			}
+			if used > 0 {
+				break
+			}
+			if err := a.fill(); err != nil {
+				return false
+			}
+		}
+	}
+	a.outMu.Lock()
+	a.current = ex
+	a.outMu.Unlock()
+	st, err := a.o.pool.stream(ep.Addr, ex, ex.head, body.None(), fields...)
+	ex.stream = st
+	if err != nil {
+		return ex.fail(503, "UF", route.service+": endpoint "+ep.Addr+": "+err.Error())
+	}
+	if !body.None() {
+		return a.sendBody(st, body)
+	}
+	return true
+}
+
+// gone records that the app closed its connection before the response
+// ended (DC; code 0 if none had started) and resets the stream.
+func (ex *h1Exchange) gone() {
+	if ex.stream != nil {
+		ex.stream.Reset(http2.ErrCodeCancel)
+	}
+	if !ex.claim() {
+		return
+	}
+	if !ex.started {
+		ex.code = 0
+	}
+	ex.ex.flags = "DC"
+	ex.recordClaimed(true)
+	ex.release()
+}
+
+// fail answers a request the engine could not forward, or refused, and
+// records it; the connection then ends.
+func (ex *h1Exchange) fail(code int, flag, reason string) bool {
+	if !ex.claim() {
+		return false
+	}
+	ex.code, ex.ex.flags, ex.ex.reason = code, flag, reason
+	ex.closeAfter = true
+	ex.recordClaimed(true)
+	ex.app.refuse(code, flag, reason)
+	ex.release()
+	return false
+}
+
+// sendBody forwards the request body, as much as is buffered and then
+// from the socket.
+func (a *h1App) sendBody(st *h2.Stream, body h1.Body) bool {
+	if body.Chunked {
+		var ch h1.Chunks
+		for {
+			data, n, done, err := ch.Next(a.buf)
+			if err != nil {
+				a.abort(st, "DPE")
+				return false
+			}
+			if len(data) > 0 || done {
+				st.Value.(*h1Exchange).reqBytes += int64(len(data))
+				if st.WriteData(data, done) != nil {
+					return false
+				}
+			}
+			a.buf = a.buf[n:]
+			if done {
+				return true
+			}
+			if n == 0 && a.fill() != nil {
+				a.abort(st, "DC")
+				return false
+			}
+		}
+	}
+	for left := body.Length; left > 0; {
+		if len(a.buf) == 0 && a.fill() != nil {
+			a.abort(st, "DC")
+			return false
+		}
+		k := int(min(left, int64(len(a.buf))))
+		left -= int64(k)
+		st.Value.(*h1Exchange).reqBytes += int64(k)
+		if st.WriteData(a.buf[:k], left == 0) != nil {
+			return false
+		}
+		a.buf = a.buf[k:]
+	}
+	return true
+}
+
+// abort resets a stream whose request body could not be read to its end
+// (the app went away, DC, or sent malformed chunks, DPE) and records it.
+func (a *h1App) abort(st *h2.Stream, flag string) {
+	st.Reset(http2.ErrCodeCancel)
+	ex := st.Value.(*h1Exchange)
+	if flag == "DPE" && !ex.started {
+		ex.fail(400, "DPE", "malformed chunked request body")
+		return
+	}
+	if !ex.claim() {
+		return
+	}
+	ex.ex.flags = flag
+	ex.recordClaimed(true)
+	ex.release()
+}
+
+// refuse answers the current request itself and ends the connection.
+func (a *h1App) refuse(status int, flag, reason string) bool {
+	msg := reason + "\n"
+	resp := "HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+		flagsHeader + ": " + flag + "\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(msg)) + "\r\n\r\n" + msg
+	_, _ = a.conn.Write([]byte(resp))
+	return false
+}
+
+func pathOf(target []byte) []byte {
+	if i := bytes.IndexByte(target, '?'); i >= 0 {
+		return target[:i]
+	}
+	return target
+}
+
+func queryOf(target []byte) []byte {
+	if i := bytes.IndexByte(target, '?'); i >= 0 {
+		return target[i:]
+	}
+	return nil
+}
+
+func hopByHopField(name string) bool {
+	switch name {
+	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te":
+		return true
+	}
+	return false
+}
+
+// h1Responder writes the responses of the engine's mesh connections back
+// to the app connections that asked, on the h2 connection's reader
+// goroutine.
+type h1Responder struct{}
+
+func (h1Responder) Headers(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
+	ex := s.Value.(*h1Exchange)
+	if ex.started { // trailers
+		ex.record(false)
+		if ex.chunked {
+			ex.app.write(s, appendTrailers([]byte("0\r\n"), f), 0)
+		}
+		ex.release()
+		return
+	}
+	status := f.PseudoValue("status")
+	code, _ := strconv.Atoi(status)
+	if code < 200 && ex.minor == 0 {
+		return // an interim answer an HTTP/1.0 client cannot read (RFC 9110 15.2)
+	}
+	hdr := append([]byte("HTTP/1."+strconv.Itoa(int(ex.minor))+" "), status...)
+	hdr = append(append(append(hdr, ' '), http.StatusText(code)...), "\r\n"...)
+	length := false
+	for _, hf := range f.RegularFields() {
+		if hopByHopField(hf.Name) || hf.Name == peerHeaderField {
+			continue
+		}
+		length = length || hf.Name == "content-length"
+		hdr = append(append(append(append(hdr, hf.Name...), ": "...), hf.Value...), "\r\n"...)
+	}
+	if code >= 200 {
+		ex.started, ex.code = true, code
+		noBody := ex.head || code == 204 || code == 304
+		if !length && !noBody && !end {
+			ex.chunked = ex.minor == 1
+			if ex.chunked {
+				hdr = append(hdr, "transfer-encoding: chunked\r\n"...)
+			} else {
+				ex.closeAfter = true // HTTP/1.0: the body runs until close
+			}
+		}
+	}
+	hdr = append(hdr, "\r\n"...)
+	if end {
+		ex.record(false)
+	}
+	ex.app.write(s, hdr, 0)
+	if end {
+		ex.release()
+	}
+}
+
+func (h1Responder) Data(s *h2.Stream, p []byte, end bool) {
+	ex := s.Value.(*h1Exchange)
+	ex.respBytes += int64(len(p))
+	out := p
+	if ex.chunked && len(p) > 0 {
+		out = append(strconv.AppendInt(nil, int64(len(p)), 16), "\r\n"...)
+		out = append(append(out, p...), "\r\n"...)
+	}
+	if ex.chunked && end {
+		out = append(out, "0\r\n\r\n"...)
+	}
+	if end {
+		ex.record(false)
+	}
+	ex.app.write(s, out, len(p))
+	if end {
+		ex.release()
+	}
+}
+
+func (h1Responder) Closed(s *h2.Stream, _ error) {
+	ex := s.Value.(*h1Exchange)
+	if !ex.started {
+		ex.fail(503, "UF", "the endpoint reset the request")
+		return
+	}
+	if !ex.claim() {
+		return
+	}
+	ex.ex.flags = "UC"
+	ex.recordClaimed(true)
+	ex.app.conn.Close() // cut off midway: the app must see it
+	ex.release()
+}
+
+// record records the exchange's end, once: the balancer's result, the
+// metrics, the access log. It runs before the response's last bytes are
+// written, so an app that has its answer finds it counted. It reports
+// whether this call recorded it.
+func (ex *h1Exchange) record(failed bool) bool {
+	if !ex.claim() {
+		return false
+	}
+	ex.recordClaimed(failed)
+	return true
+}
+
+// claim makes the caller the one that ends the exchange: the reader's
+// goroutine and the app's can both see it end (a reset racing a failed
+// write); only the winner may set its outcome and record it.
+func (ex *h1Exchange) claim() bool { return !ex.finished.Swap(true) }
+
+func (ex *h1Exchange) recordClaimed(failed bool) {
+	d := time.Since(ex.start)
+	if ex.done != nil {
+		ex.done(balancer.Result{Failed: failed || ex.code >= 500, Latency: d})
+	}
+	o := ex.app.o
+	req := telemetry.Request{Reporter: "source", Source: o.routes.Load().self, Dest: ex.ex.dest,
+		Service: ex.ex.service, ServiceName: ex.ex.svcName, ServiceNamespace: ex.ex.svcNS,
+		Protocol: "http", Code: ex.code, MutualTLS: ex.ex.mutualTLS, Flags: ex.ex.flags, Duration: d,
+		RequestBytes: ex.reqBytes, ResponseBytes: ex.respBytes, Method: ex.line.method, Path: ex.line.path}
+	if ex.ex.span != nil {
+		req.TraceID = o.Tracing.End(ex.ex.span, req)
+	}
+	if o.Metrics != nil {
+		o.Metrics.ObserveRequest(req)
+	}
+	if o.AccessLog != nil {
+		accessLog(o.AccessLog, ex.line, &ex.ex, req)
+	}
+}
+
+// release lets the app connection go on after a recorded exchange: the
+// next request, or the end of the connection.
+func (ex *h1Exchange) release() {
+	// Draining, the connection ends with its response; otherwise it
+	// waits for the next request (idle, for a drain that comes).
+	if !ex.app.o.engineConns.setIdle(ex.app, true) || ex.closeAfter {
+		ex.app.closeAfterFlush() // the app's goroutine sees its read end
+	}
+	select {
+	case ex.app.done <- struct{}{}:
+	default:
+	}
+}
+
+// write sends p to the app without blocking the caller: what the socket
+// does not take now is flushed by a goroutine of its own, and the stream's
+// window for consumed body bytes goes back once they are written.
+func (a *h1App) write(s *h2.Stream, p []byte, consumed int) {
+	a.outMu.Lock()
+	if a.flushing {
+		a.out = append(a.out, p...)
+		if a.credit == nil {
+			a.credit = map[*h2.Stream]int{}
+		}
+		a.credit[s] += consumed
+		a.outMu.Unlock()
+		return
+	}
+	a.outMu.Unlock()
+	n, err := tryWrite(a.conn, p)
+	if err != nil {
+		return
+	}
+	if n == len(p) {
+		if consumed > 0 {
+			s.Consumed(consumed)
+		}
+		return
+	}
+	a.outMu.Lock()
+	a.out = append(a.out, p[n:]...)
+	if a.credit == nil {
+		a.credit = map[*h2.Stream]int{}
+	}
+	a.credit[s] += consumed
+	a.flushing = true
+	a.outMu.Unlock()
+	go a.flush()
+}
+
+// writeProgressing writes p, failing when a piece of it makes no progress
+// for the outbound side's WriteIdleTimeout (a client that stopped
+// reading).
+func (a *h1App) writeProgressing(p []byte) error {
+	idle := a.o.WriteIdleTimeout
+	for len(p) > 0 {
+		n := min(len(p), 64<<10)
+		if idle > 0 {
+			a.conn.SetWriteDeadline(time.Now().Add(idle))
+		}
+		if _, err := a.conn.Write(p[:n]); err != nil {
+			return err
+		}
+		p = p[n:]
+	}
+	if idle > 0 {
+		a.conn.SetWriteDeadline(time.Time{})
+	}
+	return nil
+}
+
+// tryWrite writes what c takes of p now; a connection without raw I/O
+// (not TCP, or wrapped) is written to in full, waiting.
+func tryWrite(c net.Conn, p []byte) (int, error) {
+	if lc, ok := c.(*limitedConn); ok {
+		c = lc.Conn
+	}
+	if rc, ok := c.(*rawio.Conn); ok {
+		return rc.TryWrite(p)
+	}
+	return c.Write(p)
+}
+
+// flush writes out what the socket did not take, waiting for room.
+func (a *h1App) flush() {
+	for {
+		a.outMu.Lock()
+		out, credit := a.out, a.credit
+		a.out, a.credit = nil, nil
+		if len(out) == 0 {
+			a.flushing = false
+			a.flushed.Broadcast()
+			closing := a.closePending
+			a.outMu.Unlock()
+			if closing {
+				a.conn.Close()
+			}
+			return
+		}
+		a.outMu.Unlock()
+		if err := a.writeProgressing(out); err != nil {
+			a.outMu.Lock()
+			a.flushing = false
+			a.flushed.Broadcast()
+			ex := a.current
+			a.outMu.Unlock()
+			if ex != nil {
+				ex.gone() // a client that stopped reading: DC
+			}
+			a.conn.Close()
+			return
+		}
+		for s, n := range credit {
+			s.Consumed(n)
+		}
+	}
+}
+
+// fieldCarrier reads and rewrites a request's trace headers among its
+// fields (names in lower case) for the tracing propagators.
+type fieldCarrier struct{ fields *[]h2.Field }
+
+func (c fieldCarrier) Get(key string) string {
+	for _, f := range *c.fields {
+		if f.Name == key {
+			return f.Value
+		}
+	}
+	return ""
+}
+
+func (c fieldCarrier) Set(key, value string) {
+	for i, f := range *c.fields {
+		if f.Name == key {
+			(*c.fields)[i].Value = value
+			return
+		}
+	}
+	*c.fields = append(*c.fields, h2.Field{Name: key, Value: value})
+}
+
+func (c fieldCarrier) Keys() []string {
+	keys := make([]string, 0, len(*c.fields))
+	for _, f := range *c.fields {
+		keys = append(keys, f.Name)
+	}
+	return keys
+}
+
+func appendTrailers(b []byte, f *http2.MetaHeadersFrame) []byte {
+	for _, hf := range f.RegularFields() {
+		b = append(append(append(append(b, hf.Name...), ": "...), hf.Value...), "\r\n"...)
+	}
+	return append(b, "\r\n"...)
+}
