@@ -37,7 +37,8 @@ type h1App struct {
 	o    *Outbound
 	conn net.Conn // rawio
 	dst  netip.AddrPort
-	buf  []byte // read, not consumed yet
+	buf  []byte // read, not consumed yet: a window of base
+	base []byte // the read buffer, from readBuffers; nil while none is held
 	req  h1.Request
 
 	opt    h1Options
@@ -163,6 +164,11 @@ type h1Options struct {
 	handoff func(net.Conn)
 }
 
+// readBuffers are the app connections' read buffers, held only while a
+// request is being read or forwarded (the way to a few KiB per idle
+// keep-alive connection).
+var readBuffers = &bufferPool{size: 16 << 10}
+
 // serveH1 serves c, whose first bytes are in buffered, until it closes.
 func (o *Outbound) serveH1(c net.Conn, dst netip.AddrPort, buffered []byte, opt h1Options) {
 	if lc, ok := c.(*limitedConn); ok {
@@ -170,7 +176,11 @@ func (o *Outbound) serveH1(c net.Conn, dst netip.AddrPort, buffered []byte, opt 
 	} else {
 		c = rawio.Wrap(c)
 	}
-	a := &h1App{o: o, conn: c, dst: dst, buf: buffered, done: make(chan struct{}, 1), opt: opt}
+	a := &h1App{o: o, conn: c, dst: dst, done: make(chan struct{}, 1), opt: opt}
+	if len(buffered) > 0 {
+		a.base = readBuffers.Get()
+		a.buf = append(a.base[:0], buffered...)
+	}
 	a.flushed.L = &a.outMu
 	if !o.engineConns.add(a) {
 		c.Close() // draining
@@ -179,8 +189,9 @@ func (o *Outbound) serveH1(c net.Conn, dst netip.AddrPort, buffered []byte, opt 
 	defer o.engineConns.remove(a)
 	handedOff := false
 	defer func() {
-		if !handedOff {
+		if !handedOff { // net/http reads the rest of buf
 			a.closeAfterFlush()
+			a.dropBuffer()
 		}
 	}()
 	for {
@@ -306,14 +317,44 @@ func (a *h1App) readHead() (int, error) {
 	}
 }
 
-// fill reads more of the connection into buf.
+// fill reads more of the connection into buf. With nothing buffered it
+// gives the read buffer back and waits for the socket without one,
+// taking one only once bytes are there.
 func (a *h1App) fill() error {
+	if len(a.buf) == 0 {
+		a.dropBuffer()
+		if rc := rawConn(a.conn); rc != nil {
+			buf, n, err := rc.ReadPooled(readBuffers.Get, readBuffers.Put)
+			if buf != nil {
+				a.base, a.buf = buf, buf[:n]
+			}
+			return err
+		}
+		a.base = readBuffers.Get()
+		a.buf = a.base[:0]
+	}
 	if cap(a.buf)-len(a.buf) < 4<<10 {
-		a.buf = append(make([]byte, 0, 2*cap(a.buf)+16<<10), a.buf...)
+		if len(a.buf) <= cap(a.base)/2 {
+			a.buf = append(a.base[:0], a.buf...) // consumed bytes make room
+		} else { // a large head or body piece: a larger buffer, not pooled
+			a.dropBuffer()
+			a.base = append(make([]byte, 0, 2*cap(a.buf)+16<<10), a.buf...)
+			a.buf = a.base
+		}
 	}
 	n, err := a.conn.Read(a.buf[len(a.buf):cap(a.buf)])
 	a.buf = a.buf[:len(a.buf)+n]
 	return err
+}
+
+// dropBuffer gives the read buffer back to the pool: nothing may point
+// into it any more (a parsed request's fields are copied out by the time
+// its bytes are consumed).
+func (a *h1App) dropBuffer() {
+	if cap(a.base) == readBuffers.size {
+		readBuffers.Put(a.base[:cap(a.base)])
+	}
+	a.base = nil
 }
 
 // forward sends the parsed request (its head the first n bytes of buf)
@@ -718,13 +759,20 @@ func (a *h1App) writeProgressing(p []byte) error {
 // tryWrite writes what c takes of p now; a connection without raw I/O
 // (not TCP, or wrapped) is written to in full, waiting.
 func tryWrite(c net.Conn, p []byte) (int, error) {
-	if lc, ok := c.(*limitedConn); ok {
-		c = lc.Conn
-	}
-	if rc, ok := c.(*rawio.Conn); ok {
+	if rc := rawConn(c); rc != nil {
 		return rc.TryWrite(p)
 	}
 	return c.Write(p)
+}
+
+// rawConn is c's raw I/O, under a connection slot's wrapper; nil if c has
+// none.
+func rawConn(c net.Conn) *rawio.Conn {
+	if lc, ok := c.(*limitedConn); ok {
+		c = lc.Conn
+	}
+	rc, _ := c.(*rawio.Conn)
+	return rc
 }
 
 // flush writes out what the socket did not take, waiting for room.

@@ -170,7 +170,7 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 	declared := r.protocol == meshpb.Protocol_PROTOCOL_HTTP || r.protocol == meshpb.Protocol_PROTOCOL_HTTP2 || r.protocol == meshpb.Protocol_PROTOCOL_GRPC
 	if p == HTTP1 && s.out.engine.Load() {
 		buffered, _ := br.Peek(br.Buffered())
-		s.out.serveH1(c, dst, append(make([]byte, 0, 16<<10), buffered...), h1Options{
+		s.out.serveH1(c, dst, buffered, h1Options{
 			headerTimeout: s.http.ReadHeaderTimeout, idleTimeout: s.http.IdleTimeout,
 			handoff: func(c net.Conn) { s.conns.push(&connDst{Conn: guardHTTP1(c, &s.floods), dst: dst}) },
 		})
