@@ -171,11 +171,7 @@ var readBuffers = &bufferPool{size: 16 << 10}
 
 // serveH1 serves c, whose first bytes are in buffered, until it closes.
 func (o *Outbound) serveH1(c net.Conn, dst netip.AddrPort, buffered []byte, opt h1Options) {
-	if lc, ok := c.(*limitedConn); ok {
-		lc.Conn = rawio.Wrap(lc.Conn) // raw I/O under the slot's Close
-	} else {
-		c = rawio.Wrap(c)
-	}
+	c = withRawIO(c)
 	a := &h1App{o: o, conn: c, dst: dst, done: make(chan struct{}, 1), opt: opt}
 	if len(buffered) > 0 {
 		a.base = readBuffers.Get()
@@ -763,6 +759,16 @@ func tryWrite(c net.Conn, p []byte) (int, error) {
 		return rc.TryWrite(p)
 	}
 	return c.Write(p)
+}
+
+// withRawIO gives c raw I/O (rawio), under a connection slot's wrapper
+// so that the slot's Close still frees it.
+func withRawIO(c net.Conn) net.Conn {
+	if lc, ok := c.(*limitedConn); ok {
+		lc.Conn = rawio.Wrap(lc.Conn)
+		return lc
+	}
+	return rawio.Wrap(c)
 }
 
 // rawConn is c's raw I/O, under a connection slot's wrapper; nil if c has

@@ -26,6 +26,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/rawio"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
@@ -92,7 +93,7 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 	in.policy.Store(&meshpb.InboundPolicy{})
 	in.self.Store(&telemetry.Unknown)
 	in.toApp1 = &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		DialContext:           rawDial(&net.Dialer{Timeout: 5 * time.Second}),
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       time.Minute,
 		ResponseHeaderTimeout: 15 * time.Second,
@@ -262,6 +263,9 @@ func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 			"limit", in.limit.max.Load(), "from", from)
 		return
 	}
+	// Raw I/O under TLS and net/http too: fewer thread hand-offs per
+	// request (bench/RESULTS.md).
+	c = withRawIO(c)
 	br := bufio.NewReader(c)
 	p, err := Sniff(c, br, 100*time.Millisecond)
 	if err != nil {
@@ -472,6 +476,17 @@ func (in *Inbound) toApp(req *http.Request) (*http.Response, error) {
 		return resp, err
 	}
 	return in.toApp1.RoundTrip(req)
+}
+
+// rawDial is d's DialContext with raw I/O on the connections.
+func rawDial(d *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return rawio.Wrap(c), nil
+	}
 }
 
 func (in *Inbound) appHost() string { return cmp.Or(in.AppAddr, "127.0.0.1") }

@@ -146,9 +146,10 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 	rt := s.out.routes.Load()
 	r, ok := rt.byVIP[dst]
 	if !ok {
-		s.passthrough(c, dst)
+		s.passthrough(c, dst) // may splice: net's own I/O
 		return
 	}
+	c = withRawIO(c)
 	// Declared ports skip detection: no delay at all.
 	switch r.protocol {
 	case meshpb.Protocol_PROTOCOL_TCP:

@@ -120,7 +120,10 @@ func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 		IdleConnTimeout:       time.Hour,
 		ResponseHeaderTimeout: 15 * time.Second,
 	}
-	o.pool = &meshPool{handler: h1Responder{}, dial: o.dialEngine}
+	meshDial := o.dialMesh("h2")
+	o.pool = &meshPool{handler: h1Responder{}, dial: func(addr string) (net.Conn, error) {
+		return meshDial(context.Background(), "tcp", addr)
+	}}
 	o.proxy = &httputil.ReverseProxy{
 		Rewrite:   func(*httputil.ProxyRequest) {}, // RoundTrip sets the endpoint
 		Transport: o,
@@ -303,48 +306,25 @@ var errNoRoute = errors.New("no route")
 // endpoint.
 func (o *Outbound) dialMesh(alpn string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		cfg, err := o.meshTLS(addr, alpn)
+		want, ok := o.routes.Load().identities[addr]
+		if !ok {
+			return nil, fmt.Errorf("dial %s: endpoint left the config", addr)
+		}
+		cfg := meshtls.ClientConfig(o.store, meshtls.Exactly(want))
+		cfg.NextProtos = []string{alpn}
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		c, err := o.dial.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		d := &tls.Dialer{NetDialer: o.dial, Config: cfg}
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		return d.DialContext(dctx, network, addr)
+		tc := tls.Client(rawio.Wrap(c), cfg) // raw I/O under TLS: fewer thread hand-offs
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return tc, nil
 	}
-}
-
-// meshTLS is the TLS config of a connection to an endpoint's sidecar: it
-// must present the identity the config names for the endpoint.
-func (o *Outbound) meshTLS(addr, alpn string) (*tls.Config, error) {
-	want, ok := o.routes.Load().identities[addr]
-	if !ok {
-		return nil, fmt.Errorf("dial %s: endpoint left the config", addr)
-	}
-	cfg := meshtls.ClientConfig(o.store, meshtls.Exactly(want))
-	cfg.NextProtos = []string{alpn}
-	return cfg, nil
-}
-
-// dialEngine opens the engine's mTLS HTTP/2 connection to an endpoint's
-// sidecar, its TLS over raw I/O.
-func (o *Outbound) dialEngine(addr string) (net.Conn, error) {
-	cfg, err := o.meshTLS(addr, "h2")
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := o.dial.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	tc := tls.Client(rawio.Wrap(c), cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return tc, nil
 }
 
 // fail answers a request the proxy could not forward, saying why.

@@ -8,15 +8,16 @@
 // context switches of a proxied request (bench/RESULTS.md, "The request
 // path's floor").
 //
-// The request path's engines (internal/proxy) import it for the sockets
-// they own; crypto/tls runs over a Conn unchanged.
+// The proxy (internal/proxy) uses it for the sockets of its HTTP paths;
+// crypto/tls runs over a Conn unchanged. Built with -race, the calls go
+// through package syscall instead, for the race detector's sake
+// (sys_race.go).
 package rawio
 
 import (
 	"io"
 	"net"
 	"syscall"
-	"unsafe"
 )
 
 // Conn is a TCP connection whose Read and Write are raw system calls; its
@@ -91,9 +92,9 @@ func (c *Conn) ReadPooled(get func() []byte, put func([]byte)) ([]byte, int, err
 
 func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
 	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		n, e := sysRead(fd, p)
 		if e != syscall.EINTR {
-			return int(r), e
+			return n, e
 		}
 	}
 }
@@ -127,10 +128,10 @@ func (c *Conn) write(p []byte, wait bool) (int, error) {
 	var errno syscall.Errno
 	err := c.rc.Write(func(fd uintptr) bool {
 		for done < len(p) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[done])), uintptr(len(p)-done))
+			n, e := sysWrite(fd, p[done:])
 			switch e {
 			case 0:
-				done += int(r)
+				done += n
 			case syscall.EAGAIN:
 				return !wait // full: park until writable, or give up
 			case syscall.EINTR:
