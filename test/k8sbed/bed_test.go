@@ -89,6 +89,14 @@ func TestBedRunsPodsAndCleansUp(t *testing.T) {
 			t.Errorf("kill %s: %v", p.name, err)
 		}
 	}
+	if err := waitFor(ctx, "the killed components to be gone", 10*time.Second, func() error {
+		if bed.running() {
+			return fmt.Errorf("some still run")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	// The next bed, in a directory of its own, finds the namespace held
 	// by the crashed one and takes that bed down before making its own.
 	if err := next.takeOverNetwork(ctx); err != nil {
