@@ -48,23 +48,31 @@ func (t *tunnels) shutdown(ctx context.Context) error {
 	t.mu.Lock()
 	t.draining = true
 	t.mu.Unlock()
+	return awaitEmpty(ctx, &t.mu, func() int { return len(t.conns) }, func() {
+		for c := range t.conns {
+			c.Close()
+		}
+	})
+}
+
+// awaitEmpty waits until count, read under mu, is 0, or until ctx ends:
+// then it calls closeAll under mu and returns ctx's error.
+func awaitEmpty(ctx context.Context, mu *sync.Mutex, count func() int, closeAll func()) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		t.mu.Lock()
-		n := len(t.conns)
-		t.mu.Unlock()
+		mu.Lock()
+		n := count()
+		mu.Unlock()
 		if n == 0 {
 			return nil
 		}
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
-			t.mu.Lock()
-			for c := range t.conns {
-				c.Close()
-			}
-			t.mu.Unlock()
+			mu.Lock()
+			closeAll()
+			mu.Unlock()
 			return ctx.Err()
 		}
 	}

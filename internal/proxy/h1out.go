@@ -131,26 +131,11 @@ func (e *engineConns) shutdown(ctx context.Context) error {
 		}
 	}
 	e.mu.Unlock()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		e.mu.Lock()
-		n := len(e.conns)
-		e.mu.Unlock()
-		if n == 0 {
-			return nil
+	return awaitEmpty(ctx, &e.mu, func() int { return len(e.conns) }, func() {
+		for a := range e.conns {
+			a.conn.Close()
 		}
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			e.mu.Lock()
-			for a := range e.conns {
-				a.conn.Close()
-			}
-			e.mu.Unlock()
-			return ctx.Err()
-		}
-	}
+	})
 }
 
 // h1Options are what the listener gives the engine's connections.
