@@ -338,8 +338,6 @@ func (a *h1App) dropBuffer() {
 	a.base = nil
 }
 
-// forward sends the parsed request (its head the first n bytes of buf)
-// on a stream to a picked endpoint; false ends the connection.
 // newExchange starts the record of the request parsed into a.req (all
 // "unknown" for one refused before it parsed).
 func (a *h1App) newExchange() *h1Exchange {
@@ -349,6 +347,8 @@ func (a *h1App) newExchange() *h1Exchange {
 		ex:   exchange{dest: telemetry.Unknown, service: "unknown", svcName: "unknown", svcNS: "unknown"}}
 }
 
+// forward sends the parsed request (its head the first n bytes of buf)
+// on a stream to a picked endpoint; false ends the connection.
 func (a *h1App) forward(ex *h1Exchange, n int) bool {
 	r := &a.req
 	rt := a.o.routes.Load()
