@@ -378,10 +378,19 @@ func (a *h1App) forward(ex *h1Exchange, n int) bool {
 	if err != nil {
 		return ex.fail(503, "UH", route.service+": "+err.Error())
 	}
+	if _, known := rt.identities[ep.Addr]; !known {
+		// Balancers outlive configs: Update gives one its new
+		// endpoints before it swaps the table in, so a pick may name an
+		// endpoint of a table still being built. Update holds mu until
+		// the swap: look again once it is done.
+		a.o.mu.Lock()
+		rt = a.o.routes.Load()
+		a.o.mu.Unlock()
+	}
 	ex.ex.dest, ex.ex.upstream, ex.done = rt.peers[ep.Addr], ep.Addr, ep.Start()
 	if _, meshed := rt.identities[ep.Addr]; !meshed {
-		// The config changed since handedOff looked: the next
-		// connection goes to net/http.
+		// The endpoint has no sidecar now (handedOff saw the service
+		// differently): this connection ends, the next goes to net/http.
 		return ex.fail(503, "UF", route.service+": endpoint "+ep.Addr+" left the mesh; retry")
 	}
 	ex.ex.mutualTLS = true
