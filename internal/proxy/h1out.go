@@ -664,15 +664,7 @@ func (ex *h1Exchange) recordClaimed(failed bool) {
 		Service: ex.ex.service, ServiceName: ex.ex.svcName, ServiceNamespace: ex.ex.svcNS,
 		Protocol: "http", Code: ex.code, MutualTLS: ex.ex.mutualTLS, Flags: ex.ex.flags, Duration: d,
 		RequestBytes: ex.reqBytes, ResponseBytes: ex.respBytes, Method: ex.line.method, Path: ex.line.path}
-	if ex.ex.span != nil {
-		req.TraceID = o.Tracing.End(ex.ex.span, req)
-	}
-	if o.Metrics != nil {
-		o.Metrics.ObserveRequest(req)
-	}
-	if o.AccessLog != nil {
-		accessLog(o.AccessLog, ex.line, &ex.ex, req)
-	}
+	recorder{o.Metrics, o.AccessLog, o.Tracing}.record(ex.line, &ex.ex, req)
 }
 
 // release lets the app connection go on after a recorded exchange: the

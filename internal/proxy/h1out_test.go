@@ -41,13 +41,7 @@ func TestEngineOutboundHTTP1(t *testing.T) {
 		})
 	})
 	m.outbound.SetEngine(true)
-	c, err := net.Dial("tcp", m.appAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	br := bufio.NewReader(c)
+	c, br := dialApp(t, m.appAddr)
 	seen := map[string]int{}
 	for i := range 20 {
 		body := bytes.Repeat([]byte("x"), i*5000)
@@ -99,13 +93,7 @@ func TestEngineHandsOffWhatItDoesNotServe(t *testing.T) {
 	m.outbound.SetEngine(true)
 
 	// Expect: 100-continue: the body goes only after the interim answer.
-	c, err := net.Dial("tcp", m.appAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	br := bufio.NewReader(c)
+	c, br := dialApp(t, m.appAddr)
 	fmt.Fprint(c, "POST /upload HTTP/1.1\r\nHost: alpha.db\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
 	if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 ") {
 		t.Fatalf("before the body: %q, %v; want 100 Continue", line, err)
@@ -242,4 +230,17 @@ func (k *keptSpans) get() []sdktrace.ReadOnlySpan {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.spans
+}
+
+// dialApp opens a connection to the outbound listener as an app would,
+// closed when t ends, with 30 s to do its work.
+func dialApp(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	return c, bufio.NewReader(c)
 }

@@ -410,6 +410,12 @@ func recordAfter(rec recorder, reporter string, src telemetry.Peer, dst *telemet
 		RequestMessages: body.msgs.count(), ResponseMessages: w.msgs.count(),
 		Method: r.Method, Path: r.URL.Path,
 	}
+	rec.record(requestLine{r.Method, r.Host, r.URL.Path, r.Proto}, ex, req)
+}
+
+// record ends ex's span (its trace ID goes into req) and records req in the
+// metrics and the access log.
+func (rec recorder) record(line requestLine, ex *exchange, req telemetry.Request) {
 	if ex.span != nil {
 		req.TraceID = rec.tracing.End(ex.span, req)
 	}
@@ -417,7 +423,7 @@ func recordAfter(rec recorder, reporter string, src telemetry.Peer, dst *telemet
 		rec.metrics.ObserveRequest(req)
 	}
 	if rec.log != nil {
-		accessLog(rec.log, requestLine{r.Method, r.Host, r.URL.Path, r.Proto}, ex, req)
+		accessLog(rec.log, line, ex, req)
 	}
 }
 
