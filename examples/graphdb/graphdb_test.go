@@ -2,6 +2,8 @@ package graphdb
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
@@ -14,9 +16,12 @@ import (
 	"github.com/trellis-mesh/trellis/examples/graphdb/graphpb"
 )
 
+// The port is free when freeAddr returns, not held: it is on a loopback
+// address of its own (all of 127/8 is loopback), so that another test's
+// connections from 127.0.0.1 do not take it meanwhile.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.%d.%d.%d:0", 1+rand.IntN(254), rand.IntN(256), 1+rand.IntN(254)))
 	if err != nil {
 		t.Fatal(err)
 	}
