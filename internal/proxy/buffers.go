@@ -1,6 +1,9 @@
 package proxy
 
-import "sync"
+import (
+	"net"
+	"sync"
+)
 
 // bufferPool recycles byte buffers of one size; it is also the reverse
 // proxies' httputil.BufferPool.
@@ -26,3 +29,55 @@ var copyBuffers = &bufferPool{size: 32 << 10}
 // scanBuffers are the HTTP/1.1 guards' scan buffers, shared between
 // connections.
 var scanBuffers = &bufferPool{size: 16 << 10}
+
+// readBuffers are the engine's connection read buffers, held only while
+// bytes wait to be parsed or forwarded (the way to a few KiB per idle
+// kept-alive connection).
+var readBuffers = &bufferPool{size: 16 << 10}
+
+// readBuf is a connection's read buffer in the engine: buf holds what was
+// read and not consumed yet, a window of base, which is from readBuffers
+// (or larger, for a large head) and nil while nothing waits.
+type readBuf struct {
+	buf  []byte
+	base []byte
+}
+
+// fill reads more of c into buf. With nothing buffered it gives the
+// buffer back and waits for the socket without one, taking one only once
+// bytes are there (raw I/O; otherwise it reads into a fresh one).
+func (r *readBuf) fill(c net.Conn) error {
+	if len(r.buf) == 0 {
+		r.drop()
+		if rc := rawConn(c); rc != nil {
+			buf, n, err := rc.ReadPooled(readBuffers.Get, readBuffers.Put)
+			if buf != nil {
+				r.base, r.buf = buf, buf[:n]
+			}
+			return err
+		}
+		r.base = readBuffers.Get()
+		r.buf = r.base[:0]
+	}
+	if cap(r.buf)-len(r.buf) < 4<<10 {
+		if len(r.buf) <= cap(r.base)/2 {
+			r.buf = append(r.base[:0], r.buf...) // consumed bytes make room
+		} else { // a large head or body piece: a larger buffer, not pooled
+			larger := append(make([]byte, 0, 2*cap(r.buf)+16<<10), r.buf...)
+			r.drop() // only once its bytes are copied out
+			r.base, r.buf = larger, larger
+		}
+	}
+	n, err := c.Read(r.buf[len(r.buf):cap(r.buf)])
+	r.buf = r.buf[:len(r.buf)+n]
+	return err
+}
+
+// drop gives the buffer back to the pool: nothing may point into it any
+// more.
+func (r *readBuf) drop() {
+	if cap(r.base) == readBuffers.size {
+		readBuffers.Put(r.base[:cap(r.base)])
+	}
+	r.base, r.buf = nil, nil
+}

@@ -37,9 +37,8 @@ type h1App struct {
 	o    *Outbound
 	conn net.Conn // rawio
 	dst  netip.AddrPort
-	buf  []byte // read, not consumed yet: a window of base
-	base []byte // the read buffer, from readBuffers; nil while none is held
-	req  h1.Request
+	readBuf
+	req h1.Request
 
 	opt    h1Options
 	done   chan struct{} // one token per finished response
@@ -149,11 +148,6 @@ type h1Options struct {
 	handoff func(net.Conn)
 }
 
-// readBuffers are the app connections' read buffers, held only while a
-// request is being read or forwarded (the way to a few KiB per idle
-// keep-alive connection).
-var readBuffers = &bufferPool{size: 16 << 10}
-
 // serveH1 serves c, whose first bytes are in buffered, until it closes.
 func (o *Outbound) serveH1(c net.Conn, dst netip.AddrPort, buffered []byte, opt h1Options) {
 	c = withRawIO(c)
@@ -172,7 +166,7 @@ func (o *Outbound) serveH1(c net.Conn, dst netip.AddrPort, buffered []byte, opt 
 	defer func() {
 		if !handedOff { // net/http reads the rest of buf
 			a.closeAfterFlush()
-			a.dropBuffer()
+			a.drop()
 		}
 	}()
 	for {
@@ -298,45 +292,7 @@ func (a *h1App) readHead() (int, error) {
 	}
 }
 
-// fill reads more of the connection into buf. With nothing buffered it
-// gives the read buffer back and waits for the socket without one,
-// taking one only once bytes are there.
-func (a *h1App) fill() error {
-	if len(a.buf) == 0 {
-		a.dropBuffer()
-		if rc := rawConn(a.conn); rc != nil {
-			buf, n, err := rc.ReadPooled(readBuffers.Get, readBuffers.Put)
-			if buf != nil {
-				a.base, a.buf = buf, buf[:n]
-			}
-			return err
-		}
-		a.base = readBuffers.Get()
-		a.buf = a.base[:0]
-	}
-	if cap(a.buf)-len(a.buf) < 4<<10 {
-		if len(a.buf) <= cap(a.base)/2 {
-			a.buf = append(a.base[:0], a.buf...) // consumed bytes make room
-		} else { // a large head or body piece: a larger buffer, not pooled
-			a.dropBuffer()
-			a.base = append(make([]byte, 0, 2*cap(a.buf)+16<<10), a.buf...)
-			a.buf = a.base
-		}
-	}
-	n, err := a.conn.Read(a.buf[len(a.buf):cap(a.buf)])
-	a.buf = a.buf[:len(a.buf)+n]
-	return err
-}
-
-// dropBuffer gives the read buffer back to the pool: nothing may point
-// into it any more (a parsed request's fields are copied out by the time
-// its bytes are consumed).
-func (a *h1App) dropBuffer() {
-	if cap(a.base) == readBuffers.size {
-		readBuffers.Put(a.base[:cap(a.base)])
-	}
-	a.base = nil
-}
+func (a *h1App) fill() error { return a.readBuf.fill(a.conn) }
 
 // newExchange starts the record of the request parsed into a.req (all
 // "unknown" for one refused before it parsed).

@@ -74,6 +74,9 @@ type Inbound struct {
 	proxy  *httputil.ReverseProxy
 
 	h2Conns, h1Conns *connListener
+	engine           atomic.Bool // SetEngine
+	engineConns      h2Conns     // the engine's HTTP/2 connections
+	apps             appPool     // the engine's connections to the app
 	tunnels          tunnels
 	limit            connLimit
 	floods           penaltyBox // clients cut off for HTTP/2 floods
@@ -88,6 +91,7 @@ type Inbound struct {
 // verify against store's bundle.
 func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 	in := &Inbound{store: store, trustDomain: trustDomain, h2Conns: newConnListener(), h1Conns: newConnListener()}
+	in.engine.Store(true)
 	in.limit.max.Store(DefaultMaxConnections)
 	in.limit.perSource = true
 	in.policy.Store(&meshpb.InboundPolicy{})
@@ -169,15 +173,26 @@ func (in *Inbound) server(h2 bool, portOf func(net.Conn) uint16) *http.Server {
 	}
 }
 
+// SetEngine serves the HTTP/2 connections accepted from now on (from
+// sidecars, and h2c from outside) with the request path's engine, or with
+// net/http.
+func (in *Inbound) SetEngine(on bool) { in.engine.Store(on) }
+
 // Close stops serving connections handed to the inbound side at once.
 func (in *Inbound) Close() error {
+	in.engineConns.close()
+	in.apps.closeIdle()
 	return errors.Join(in.h2.Close(), in.h1.Close())
 }
 
 // Shutdown stops taking connections and lets the requests and tunnels in
 // flight finish until ctx ends; then it closes what is left.
 func (in *Inbound) Shutdown(ctx context.Context) error {
-	return drain(ctx, &in.tunnels, in.h2, in.h1)
+	engine := make(chan error, 1)
+	go func() { engine <- in.engineConns.shutdown(ctx) }()
+	err := errors.Join(drain(ctx, &in.tunnels, in.h2, in.h1), <-engine)
+	in.apps.closeIdle()
+	return err
 }
 
 // SetWorkload names the workload this proxy serves, for metrics.
@@ -299,6 +314,10 @@ func (in *Inbound) serveDetected(c net.Conn, p Protocol, appPort uint16, state *
 	case HTTP1:
 		in.h1Conns.push(&portConn{Conn: guardHTTP1(c, &in.floods), port: appPort, state: state})
 	case HTTP2:
+		if in.engine.Load() {
+			in.serveH2(c, state, appPort)
+			return
+		}
 		in.floods.serveAfterPenalty(c.RemoteAddr())
 		in.h2Conns.push(&guardedH2{Conn: c, r: newH2Guard(c, c.RemoteAddr(), &peerBudgets, &in.floods), state: state, port: appPort})
 	default:
@@ -356,6 +375,10 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 		return
 	}
 	if cs := tc.ConnectionState(); cs.NegotiatedProtocol == "h2" {
+		if in.engine.Load() {
+			in.serveH2(tc, &cs, appPort)
+			return
+		}
 		in.floods.serveAfterPenalty(c.RemoteAddr())
 		in.h2Conns.push(&guardedH2{Conn: tc, r: newH2Guard(tc, c.RemoteAddr(), &peerBudgets, &in.floods), state: &cs, port: appPort})
 		return
@@ -394,7 +417,16 @@ func tlsState(r *http.Request) *tls.ConnectionState {
 // ServeHTTP forwards one inbound request to the app and records it. The
 // caller's metadata header is believed only over mutual TLS, and never
 // passed on to the app.
-func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) { in.serve(w, r, nil) }
+
+// forwarder sends an admitted request to the app in place of the reverse
+// proxy, and records it when it ends.
+type forwarder func(r *http.Request, ex *exchange, src telemetry.Peer, start time.Time)
+
+// serve checks, authenticates and authorizes a request, answering it if
+// it is refused, and forwards it to the app: with forward if set, else
+// with the reverse proxy.
+func (in *Inbound) serve(w http.ResponseWriter, r *http.Request, forward forwarder) {
 	defer countPanics()
 	start := time.Now()
 	ex := &exchange{}
@@ -435,6 +467,11 @@ func (in *Inbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	in.observe(src, ex.mutualTLS, port, r.Method, r.URL.EscapedPath())
+	if forward != nil {
+		ex.recordedLater = true
+		forward(r, ex, src, start)
+		return
+	}
 	in.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
 }
 

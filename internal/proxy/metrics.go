@@ -40,6 +40,9 @@ type exchange struct {
 	flags, reason           string // set when this proxy failed it
 	authz                   authz.Decision
 	span                    trace.Span
+	// recordedLater: the request was handed on to a forwarder, which
+	// records it when it ends.
+	recordedLater bool
 }
 
 // recorder is where a finished request is recorded; nil fields record
@@ -399,6 +402,9 @@ func recordAfter(rec recorder, reporter string, src telemetry.Peer, dst *telemet
 	p := recover()
 	if p != nil {
 		defer panic(p)
+	}
+	if ex.recordedLater {
+		return
 	}
 	w.endStream()
 	req := telemetry.Request{

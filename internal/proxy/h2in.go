@@ -1,0 +1,472 @@
+package proxy
+
+// The inbound side of the engine (issue #18): another sidecar's HTTP/2
+// connection (mutual TLS), or h2c from outside the mesh, served by an h2
+// server Conn, whose budgets and HPACK limit are the flood guard. Each
+// request is checked, authenticated and authorized on the connection's
+// reader goroutine. One without a body for an HTTP/1.1 app is sent by the
+// reader itself on a pooled app connection, whose goroutine writes the
+// response back as frames (h2inapp.go); the others (gRPC, request bodies)
+// are served by Inbound.ServeHTTP on a goroutine of their own, over the
+// stream (streamWriter, streamBody). docs/architecture.md, "The request
+// path's engine".
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/net/http2"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
+)
+
+// engineBudgets are b as the engine's Conn counts them.
+func engineBudgets(b *h2Budgets) h2.Budgets {
+	return h2.Budgets{Resets: b.frames[0x3], Settings: b.frames[0x4], Pings: b.frames[0x6], HeaderBytes: b.block}
+}
+
+// h2In handles the stream events of one inbound HTTP/2 connection.
+type h2In struct {
+	in     *Inbound
+	ctx    context.Context // every request's: the app port, the local address, the TLS state
+	state  *tls.ConnectionState
+	remote string
+}
+
+// serveH2 serves c, an HTTP/2 connection whose TLS (state; nil for h2c)
+// is done, until it ends.
+func (in *Inbound) serveH2(c net.Conn, state *tls.ConnectionState, port uint16) {
+	from := c.RemoteAddr()
+	in.floods.serveAfterPenalty(from)
+	ctx := context.WithValue(context.Background(), appPortKey{}, port)
+	ctx = context.WithValue(ctx, http.LocalAddrContextKey, c.LocalAddr())
+	if state != nil {
+		ctx = context.WithValue(ctx, tlsStateKey{}, state)
+	}
+	h := &h2In{in: in, ctx: ctx, state: state, remote: from.String()}
+	conn := h2.NewServerConn(c, h2.Config{Budgets: engineBudgets(&peerBudgets), OnFlood: func(what string) {
+		slog.Info("HTTP/2 flood: closing the connection", "from", from, "flood", what)
+		in.floods.strike(from)
+	}}, h)
+	if !in.engineConns.add(conn) {
+		c.Close() // draining
+		return
+	}
+	defer in.engineConns.remove(conn)
+	_ = conn.Run()
+}
+
+func (h *h2In) Headers(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
+	switch v := s.Value.(type) {
+	case nil:
+		h.request(s, f, end)
+	case *bridged:
+		if v.body != nil {
+			v.body.push(nil, true) // request trailers: not passed on
+		}
+	}
+}
+
+func (h *h2In) Data(s *h2.Stream, p []byte, end bool) {
+	if b, ok := s.Value.(*bridged); ok && b.body != nil {
+		b.body.push(p, end)
+		return
+	}
+	s.Consumed(len(p))
+}
+
+func (h *h2In) Closed(s *h2.Stream, err error) {
+	switch v := s.Value.(type) {
+	case *bridged:
+		v.cancel()
+		if v.body != nil {
+			v.body.fail(err)
+		}
+	case *appExchange:
+		v.gone()
+	}
+}
+
+// request serves a stream's request: on this goroutine and a pooled app
+// connection if it has no body and is not gRPC, else bridged to ServeHTTP.
+func (h *h2In) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
+	r, err := h.newRequest(f, end)
+	if err != nil {
+		s.Reset(http2.ErrCodeProtocol)
+		return
+	}
+	if end && protocolOf(r) != "grpc" {
+		x := &appExchange{in: h.in, s: s}
+		s.Value = x
+		w := &streamWriter{s: s, onReader: true}
+		h.in.serve(w, r, x.forward)
+		if !x.forwarded {
+			w.finish()
+		}
+		return
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	b := &bridged{cancel: cancel}
+	if !end {
+		b.body = &streamBody{s: s}
+		b.body.more.L = &b.body.mu
+		r.Body = b.body
+	}
+	s.Value = b
+	go b.serve(h.in, s, r.WithContext(ctx))
+}
+
+// newRequest builds a request's net/http form from its header section.
+func (h *h2In) newRequest(f *http2.MetaHeadersFrame, end bool) (*http.Request, error) {
+	method, path, authority := f.PseudoValue("method"), f.PseudoValue("path"), f.PseudoValue("authority")
+	u := &url.URL{Host: authority} // CONNECT's: no path, refused by checkRequest
+	if path != "" {
+		var err error
+		if u, err = url.ParseRequestURI(path); err != nil {
+			return nil, err
+		}
+	}
+	fields := f.RegularFields()
+	hdr := make(http.Header, len(fields))
+	for _, hf := range fields {
+		k := http.CanonicalHeaderKey(hf.Name)
+		hdr[k] = append(hdr[k], hf.Value)
+	}
+	if c := hdr["Cookie"]; len(c) > 1 { // RFC 9113 8.2.3: split crumbs join again
+		hdr["Cookie"] = []string{strings.Join(c, "; ")}
+	}
+	if authority == "" {
+		authority = hdr.Get("Host")
+	}
+	delete(hdr, "Host")
+	r := &http.Request{Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: hdr, Host: authority,
+		RequestURI: path, RemoteAddr: h.remote, TLS: h.state, Body: http.NoBody}
+	switch {
+	case end:
+	case hdr.Get("Content-Length") != "":
+		r.ContentLength, _ = strconv.ParseInt(hdr.Get("Content-Length"), 10, 64) // checked by the Conn
+	default:
+		r.ContentLength = -1
+	}
+	return r.WithContext(h.ctx), nil
+}
+
+// bridged is a stream served by ServeHTTP on a goroutine of its own.
+type bridged struct {
+	cancel context.CancelFunc
+	body   *streamBody // nil: the request has none
+}
+
+func (b *bridged) serve(in *Inbound, s *h2.Stream, r *http.Request) {
+	defer b.cancel()
+	w := &streamWriter{s: s}
+	defer func() {
+		if p := recover(); p != nil { // counted by serve; the stream cannot end well
+			if err, ok := p.(error); !ok || !errors.Is(err, http.ErrAbortHandler) {
+				slog.Error("inbound request handler panicked", "panic", p)
+			}
+			s.Reset(http2.ErrCodeInternal)
+			return
+		}
+		w.finish()
+		if b.body != nil && !b.body.ended() {
+			s.Reset(http2.ErrCodeNo) // the answer is out: the rest of the body is not wanted
+		}
+	}()
+	in.serve(w, r, nil)
+}
+
+// streamWriter is an http.ResponseWriter that answers on a stream. The
+// head goes out with the first body bytes, a Flush, or the end; trailers
+// are the fields the Trailer header announced, and those named with
+// http.TrailerPrefix, as net/http's servers take them. onReader: it is
+// written on the connection's reader goroutine, which must not wait for
+// send window, so the body is held until finish and sent by a goroutine.
+type streamWriter struct {
+	s        *h2.Stream
+	onReader bool
+	header   http.Header
+	code     int    // the final status; 0 until WriteHeader
+	sent     bool   // the head went out
+	held     []byte // onReader: the body, until finish
+	err      error
+}
+
+func (w *streamWriter) Header() http.Header {
+	if w.header == nil {
+		w.header = http.Header{}
+	}
+	return w.header
+}
+
+func (w *streamWriter) WriteHeader(code int) {
+	if w.code != 0 || code < 100 || code > 999 {
+		return
+	}
+	if code < 200 {
+		if code != http.StatusSwitchingProtocols { // no 101 in HTTP/2
+			_ = w.s.WriteHeaders(false, responseFields(code, w.header)...)
+		}
+		return
+	}
+	w.code = code
+}
+
+func (w *streamWriter) Write(p []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	if w.onReader {
+		w.held = append(w.held, p...)
+		return len(p), nil
+	}
+	w.sendHead(false)
+	if w.err == nil {
+		w.err = w.s.WriteData(p, false)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	return len(p), nil
+}
+
+// Flush sends the head if it has not gone out; frames leave as they are
+// queued.
+func (w *streamWriter) Flush() {
+	w.WriteHeader(http.StatusOK)
+	if !w.onReader {
+		w.sendHead(false)
+	}
+}
+
+func (w *streamWriter) sendHead(end bool) {
+	if w.sent || w.err != nil {
+		return
+	}
+	w.sent = true
+	w.err = w.s.WriteHeaders(end, responseFields(w.code, w.header)...)
+}
+
+// finish ends the response: its head if still held, its body, its
+// trailers.
+func (w *streamWriter) finish() {
+	w.WriteHeader(http.StatusOK)
+	trailers := w.trailers()
+	if len(w.held) == 0 && len(trailers) == 0 {
+		if !w.sent {
+			w.sendHead(true)
+		} else if w.err == nil {
+			_ = w.s.WriteData(nil, true)
+		}
+		return
+	}
+	w.sendHead(false)
+	if w.err != nil {
+		return
+	}
+	end := func() {
+		if len(w.held) > 0 && w.s.WriteData(w.held, len(trailers) == 0) != nil {
+			return
+		}
+		if len(trailers) > 0 {
+			_ = w.s.WriteHeaders(true, trailers...)
+		}
+	}
+	if w.onReader && len(w.held) > 0 {
+		go end()
+		return
+	}
+	end()
+}
+
+// trailers are the response's trailer fields.
+func (w *streamWriter) trailers() []h2.Field {
+	var out []h2.Field
+	for _, names := range w.header["Trailer"] {
+		for name := range strings.SplitSeq(names, ",") {
+			name = http.CanonicalHeaderKey(strings.TrimSpace(name))
+			for _, v := range w.header[name] {
+				out = append(out, h2.Field{Name: strings.ToLower(name), Value: v})
+			}
+		}
+	}
+	for k, vs := range w.header {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+			for _, v := range vs {
+				out = append(out, h2.Field{Name: strings.ToLower(name), Value: v})
+			}
+		}
+	}
+	return out
+}
+
+// responseFields are a response head's fields: the status, then the
+// header's fields but for hop-by-hop ones and trailers.
+func responseFields(code int, header http.Header) []h2.Field {
+	fields := make([]h2.Field, 1, 1+len(header))
+	fields[0] = h2.Field{Name: ":status", Value: strconv.Itoa(code)}
+	announced := header["Trailer"]
+	for k, vs := range header {
+		name := strings.ToLower(k)
+		if hopByHopField(name) || name == "trailer" || strings.HasPrefix(k, http.TrailerPrefix) || announces(announced, k) {
+			continue
+		}
+		for _, v := range vs {
+			fields = append(fields, h2.Field{Name: name, Value: v})
+		}
+	}
+	return fields
+}
+
+// announces reports whether a Trailer header's values name field k.
+func announces(trailer []string, k string) bool {
+	for _, names := range trailer {
+		for name := range strings.SplitSeq(names, ",") {
+			if strings.EqualFold(strings.TrimSpace(name), k) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// streamBody is a bridged request's body: the reader goroutine pushes
+// what arrives, the handler reads it, and the window of what it read goes
+// back to the peer (so flow control bounds what is held).
+type streamBody struct {
+	s      *h2.Stream
+	mu     sync.Mutex
+	more   sync.Cond
+	buf    []byte
+	done   bool  // the peer ended the body
+	err    error // why it ended early
+	closed bool  // the handler is done with it
+}
+
+func (b *streamBody) push(p []byte, end bool) {
+	b.mu.Lock()
+	if b.closed {
+		b.done = b.done || end
+		b.mu.Unlock()
+		b.s.Consumed(len(p))
+		return
+	}
+	b.buf = append(b.buf, p...)
+	b.done = b.done || end
+	b.mu.Unlock()
+	b.more.Signal()
+}
+
+func (b *streamBody) fail(err error) {
+	b.mu.Lock()
+	if !b.done && b.err == nil {
+		b.err = errors.Join(io.ErrUnexpectedEOF, err)
+	}
+	b.mu.Unlock()
+	b.more.Broadcast()
+}
+
+func (b *streamBody) ended() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.done
+}
+
+func (b *streamBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	for len(b.buf) == 0 && !b.done && b.err == nil && !b.closed {
+		b.more.Wait()
+	}
+	if len(b.buf) > 0 && !b.closed {
+		n := copy(p, b.buf)
+		b.buf = b.buf[n:]
+		b.mu.Unlock()
+		b.s.Consumed(n)
+		return n, nil
+	}
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return 0, http.ErrBodyReadAfterClose
+	case b.err != nil:
+		return 0, b.err
+	}
+	return 0, io.EOF
+}
+
+func (b *streamBody) Close() error {
+	b.mu.Lock()
+	b.closed = true
+	n := len(b.buf)
+	b.buf = nil
+	b.mu.Unlock()
+	b.more.Broadcast()
+	if n > 0 {
+		b.s.Consumed(n)
+	}
+	return nil
+}
+
+// h2Conns are the inbound engine's connections, for a drain: GOAWAY
+// stops new streams, each closes once its open ones end.
+type h2Conns struct {
+	mu       sync.Mutex
+	conns    map[*h2.Conn]bool
+	draining bool
+}
+
+func (e *h2Conns) add(c *h2.Conn) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.draining {
+		return false
+	}
+	if e.conns == nil {
+		e.conns = map[*h2.Conn]bool{}
+	}
+	e.conns[c] = true
+	return true
+}
+
+func (e *h2Conns) remove(c *h2.Conn) {
+	e.mu.Lock()
+	delete(e.conns, c)
+	e.mu.Unlock()
+}
+
+// shutdown sends every connection GOAWAY and waits for them to end until
+// ctx does, then closes the rest.
+func (e *h2Conns) shutdown(ctx context.Context) error {
+	e.mu.Lock()
+	e.draining = true
+	conns := make([]*h2.Conn, 0, len(e.conns))
+	for c := range e.conns {
+		conns = append(conns, c)
+	}
+	e.mu.Unlock()
+	for _, c := range conns {
+		c.GoAway()
+	}
+	return awaitEmpty(ctx, &e.mu, func() int { return len(e.conns) }, e.closeAllLocked)
+}
+
+// close closes every connection at once.
+func (e *h2Conns) close() {
+	e.mu.Lock()
+	e.draining = true
+	e.closeAllLocked()
+	e.mu.Unlock()
+}
+
+func (e *h2Conns) closeAllLocked() {
+	for c := range e.conns {
+		c.Close()
+	}
+}

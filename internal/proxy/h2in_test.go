@@ -1,0 +1,243 @@
+package proxy
+
+// The inbound side of the engine against an HTTP/1.1 app that answers
+// from a script over a real socket: what the engine must relay (interim
+// answers, chunked bodies with trailers, bodies until close), what it must
+// not (the connection's own fields), and what it must survive (an app
+// that closes a kept-alive connection, a caller that gives up).
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/ca"
+	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
+)
+
+// scriptedApp is an HTTP/1.1 app on loopback: each request it reads is
+// answered by answer, which writes the raw response and says whether the
+// connection stays open.
+type scriptedApp struct {
+	port     uint16
+	conns    atomic.Int32
+	requests chan *http.Request
+	closed   chan struct{} // one token per connection that ended
+}
+
+func newScriptedApp(t *testing.T, answer func(r *http.Request, w io.Writer) bool) *scriptedApp {
+	app := &scriptedApp{requests: make(chan *http.Request, 100), closed: make(chan struct{}, 100)}
+	addr := serve(t, func(c net.Conn) {
+		defer func() { app.closed <- struct{}{} }()
+		defer c.Close()
+		app.conns.Add(1)
+		br := bufio.NewReader(c)
+		for {
+			r, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			app.requests <- r
+			if !answer(r, c) {
+				return
+			}
+		}
+	})
+	_, port, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(port)
+	app.port = uint16(n)
+	return app
+}
+
+// meshClientTo starts an inbound proxy in front of the app on appPort and
+// returns it with an HTTP/2 client holding a mesh identity, and the URL it
+// reaches the proxy at.
+func meshClientTo(t *testing.T, appPort uint16) (*Inbound, *http.Client, string) {
+	t.Helper()
+	a, err := ca.NewRoot("cluster.local", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, _ := store(t, a, "spiffe://cluster.local/ns/web/sa/default")
+	srv, serverID := store(t, a, "spiffe://cluster.local/ns/db/sa/alpha")
+	in := NewInbound(srv, "cluster.local")
+	in.Metrics = telemetry.New("test")
+	t.Cleanup(func() { in.Close() })
+	addr := serve(t, func(c net.Conn) { in.HandleConn(c, appPort) })
+	cfg := meshtls.ClientConfig(client, meshtls.Exactly(serverID))
+	cfg.NextProtos = []string{"h2"}
+	h2only := new(http.Protocols)
+	h2only.SetHTTP2(true)
+	tr := &http.Transport{TLSClientConfig: cfg, Protocols: h2only}
+	t.Cleanup(tr.CloseIdleConnections)
+	return in, &http.Client{Transport: tr, Timeout: 10 * time.Second}, "https://" + addr
+}
+
+func TestInboundEngineRelaysHTTP1Responses(t *testing.T) {
+	var drops atomic.Int32
+	app := newScriptedApp(t, func(r *http.Request, w io.Writer) bool {
+		switch r.URL.Path {
+		case "/chunked":
+			io.WriteString(w, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"+
+				"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 42\r\n\r\n")
+		case "/until-close":
+			io.WriteString(w, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close")
+			return false
+		case "/hints":
+			io.WriteString(w, "HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"+
+				"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		case "/private":
+			io.WriteString(w, "HTTP/1.1 200 OK\r\nConnection: x-private\r\nX-Private: secret\r\nX-Public: yes\r\nContent-Length: 0\r\n\r\n")
+		case "/head":
+			io.WriteString(w, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+		case "/once":
+			// The second request on a kept-alive connection finds it
+			// closed without an answer (the app's idle timeout ran out
+			// as it was sent): the proxy must send it again on a new
+			// connection, unseen by the caller.
+			if drops.Add(1) == 2 {
+				return false
+			}
+			io.WriteString(w, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce")
+		default:
+			io.WriteString(w, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nalpha")
+		}
+		return true
+	})
+	_, client, url := meshClientTo(t, app.port)
+	get := func(method, path string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, url+path, nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("%s %s: body: %v", method, path, err)
+		}
+		return resp, string(body)
+	}
+
+	for i := range 5 {
+		if _, body := get("GET", "/"); body != "alpha" {
+			t.Fatalf("request %d: %q", i, body)
+		}
+	}
+	if n := app.conns.Load(); n != 1 {
+		t.Errorf("5 requests one after another took %d app connections, want 1 kept alive", n)
+	}
+	r := <-app.requests
+	if r.Header.Get(xfccHeader) == "" || r.Header.Get(peerHeader) != "" || r.Host != strings.TrimPrefix(url, "https://") {
+		t.Errorf("the app got Host %q, XFCC %q, peer header %q", r.Host, r.Header.Get(xfccHeader), r.Header.Get(peerHeader))
+	}
+	for range 4 {
+		<-app.requests
+	}
+
+	resp, body := get("GET", "/chunked")
+	if body != "hello world" || resp.Trailer.Get("X-Sum") != "42" {
+		t.Errorf("chunked: %q, trailers %v; want the body and X-Sum: 42", body, resp.Trailer)
+	}
+	if _, body := get("GET", "/until-close"); body != "until close" {
+		t.Errorf("a body until close: %q", body)
+	}
+	var interim []int
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, _ textproto.MIMEHeader) error { interim = append(interim, code); return nil }}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", url+"/hints", nil)
+	if resp, err := client.Do(req); err != nil {
+		t.Errorf("hints: %v", err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "ok" || len(interim) != 1 || interim[0] != 103 {
+			t.Errorf("hints: %q after interim answers %v, want ok after [103]", b, interim)
+		}
+	}
+	if resp, _ := get("GET", "/private"); resp.Header.Get("X-Private") != "" || resp.Header.Get("X-Public") != "yes" {
+		t.Errorf("a field the app's Connection names reached the caller: %v", resp.Header)
+	}
+	if resp, body := get("HEAD", "/head"); resp.StatusCode != 200 || body != "" || resp.ContentLength != 5 {
+		t.Errorf("HEAD: %d %q length %d", resp.StatusCode, body, resp.ContentLength)
+	}
+	for i := range 2 {
+		if resp, body := get("GET", "/once"); resp.StatusCode != 200 || body != "once" {
+			t.Errorf("after the app closed a kept-alive connection, request %d: %d %q", i, resp.StatusCode, body)
+		}
+	}
+	if _, body := get("POST", "/"); body != "alpha" {
+		t.Errorf("POST without a body: %q", body)
+	}
+	for len(app.requests) > 1 {
+		<-app.requests
+	}
+	if r := <-app.requests; r.Method != "POST" || r.ContentLength != 0 || r.Header.Get("Content-Length") != "0" {
+		t.Errorf("the app got %s with Content-Length %q", r.Method, r.Header.Get("Content-Length"))
+	}
+}
+
+// A caller that gives up mid-response cuts the app's connection off (the
+// app sees it close) and is recorded as Envoy records it: DC, code 0 if
+// no response had started. An app that is not there is the proxy's 503 UF.
+func TestInboundEngineCallerGoneAndAppDown(t *testing.T) {
+	app := newScriptedApp(t, func(r *http.Request, w io.Writer) bool {
+		// No answer: wait for the proxy to close the connection.
+		w.(net.Conn).SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _ = w.(net.Conn).Read(make([]byte, 1))
+		return false
+	})
+	in, client, url := meshClientTo(t, app.port)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", url+"/slow", nil)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	<-app.requests
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("a cancelled request succeeded")
+	}
+	select {
+	case <-app.closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the app's connection stayed open after the caller gave up")
+	}
+	if n := scrapeWait(t, in.Metrics, "istio_requests_total", []string{`response_code="0"`, `response_flags="DC"`}, 1); n != 1 {
+		t.Errorf("istio_requests_total{response_code=0,response_flags=DC} = %v, want 1", n)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	in2, client2, url2 := meshClientTo(t, down)
+	resp, err := client2.Get(url2 + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get(flagsHeader) != "UF" {
+		t.Errorf("no app: %d flags %q, want 503 UF", resp.StatusCode, resp.Header.Get(flagsHeader))
+	}
+	if n := scrapeWait(t, in2.Metrics, "istio_requests_total", []string{`response_code="503"`, `response_flags="UF"`}, 1); n != 1 {
+		t.Errorf("istio_requests_total{response_code=503,response_flags=UF} = %v, want 1", n)
+	}
+}

@@ -1,0 +1,506 @@
+package proxy
+
+// The engine's inbound requests to an HTTP/1.1 app: written by the mesh
+// connection's reader goroutine on a pooled app connection, whose own
+// goroutine reads the response and writes it back as frames.
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/h1"
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
+)
+
+// appExchange is a request the engine sends to the app itself; the
+// stream's Value.
+type appExchange struct {
+	in        *Inbound
+	s         *h2.Stream
+	forwarded bool // forward took it (not refused)
+
+	r         *http.Request
+	ex        *exchange
+	src       telemetry.Peer
+	start     time.Time
+	head      []byte                  // the request head as the app gets it, for a second try
+	code      int                     // the app's status, set before started
+	started   atomic.Bool             // the response head went out
+	respBytes atomic.Int64            // body bytes relayed
+	finished  atomic.Bool             // recorded
+	app       atomic.Pointer[appConn] // the connection the request went on
+}
+
+// forward sends an admitted request to the app (a forwarder).
+func (x *appExchange) forward(r *http.Request, ex *exchange, src telemetry.Peer, start time.Time) {
+	x.forwarded, x.r, x.ex, x.src, x.start = true, r, ex, src, start
+	head, err := appendRequestHead(nil, r)
+	if err != nil {
+		x.fail(http.StatusBadRequest, "DPE", err.Error())
+		return
+	}
+	x.head = head
+	x.in.apps.send(ex.upstream, x, false)
+}
+
+// appendRequestHead is r's head in HTTP/1.1 for the app.
+func appendRequestHead(b []byte, r *http.Request) ([]byte, error) {
+	b = append(append(append(append(b, r.Method...), ' '), r.URL.RequestURI()...), " HTTP/1.1\r\nHost: "...)
+	b = append(append(b, r.Host...), "\r\n"...)
+	length := false
+	for k, vs := range r.Header {
+		if hopByHopHeader(k) {
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(k) {
+			return nil, errors.New("header field name " + strconv.Quote(k) + " is not valid")
+		}
+		length = length || k == "Content-Length"
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return nil, errors.New("header field " + k + " has a value that is not valid")
+			}
+			b = append(append(append(append(b, k...), ": "...), v...), "\r\n"...)
+		}
+	}
+	if !length && (r.Method == "POST" || r.Method == "PUT" || r.Method == "PATCH") {
+		b = append(b, "Content-Length: 0\r\n"...) // as net/http sends an empty body
+	}
+	return append(b, "\r\n"...), nil
+}
+
+func hopByHopHeader(k string) bool {
+	switch k {
+	case "Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Te":
+		return true
+	}
+	return false
+}
+
+// claim makes the caller the one that records the exchange.
+func (x *appExchange) claim() bool { return !x.finished.Swap(true) }
+
+// fail answers the request with the proxy's own response (the app did
+// not answer) and records it.
+func (x *appExchange) fail(code int, flag, reason string) {
+	if !x.claim() {
+		return
+	}
+	x.ex.flags, x.ex.reason = flag, reason
+	x.recordClaimed(code)
+	msg := []byte("trellis proxy: " + reason + "\n")
+	err := x.s.WriteHeaders(false, h2.Field{Name: ":status", Value: strconv.Itoa(code)},
+		h2.Field{Name: "content-type", Value: "text/plain; charset=utf-8"}, h2.Field{Name: strings.ToLower(flagsHeader), Value: flag},
+		h2.Field{Name: "content-length", Value: strconv.Itoa(len(msg))})
+	if err == nil {
+		go x.s.WriteData(msg, true) // not on the reader goroutine: it may wait for window
+	}
+}
+
+// gone records a request whose caller reset the stream (DC; code 0 if no
+// response had started) and cuts off the app connection serving it.
+func (x *appExchange) gone() {
+	if !x.forwarded {
+		return // refused: recorded already
+	}
+	claimed := x.claim()
+	if c := x.app.Load(); c != nil && c.cur.Load() == x {
+		c.conn.Close()
+	}
+	if !claimed {
+		return
+	}
+	code := 0
+	if x.started.Load() {
+		code = x.code
+	}
+	x.ex.flags = "DC"
+	x.recordClaimed(code)
+}
+
+// record records the exchange's end, once, before its last frame goes
+// out: a caller that has its answer finds it counted.
+func (x *appExchange) record() {
+	if x.claim() {
+		x.recordClaimed(x.code)
+	}
+}
+
+func (x *appExchange) recordClaimed(code int) {
+	r, ex := x.r, x.ex
+	req := telemetry.Request{Reporter: "destination", Source: x.src, Dest: *x.in.self.Load(),
+		Service: ex.service, ServiceName: ex.svcName, ServiceNamespace: ex.svcNS,
+		Protocol: "http", Code: code, MutualTLS: ex.mutualTLS, Flags: ex.flags, Duration: time.Since(x.start),
+		ResponseBytes: x.respBytes.Load(), Method: r.Method, Path: r.URL.Path}
+	recorder{x.in.Metrics, x.in.AccessLog, x.in.Tracing}.record(requestLine{r.Method, r.Host, r.URL.Path, r.Proto}, ex, req)
+}
+
+// appPool holds kept-alive HTTP/1.1 connections to the app, by address.
+type appPool struct {
+	mu   sync.Mutex
+	idle map[string][]*appConn
+}
+
+// appConn is one connection to the app. Its goroutine reads the response
+// to each request written on it and writes it to the request's stream;
+// between requests it waits, without a read buffer, for the app to close
+// it.
+type appConn struct {
+	pool  *appPool
+	addr  string
+	conn  net.Conn
+	cur   atomic.Pointer[appExchange] // nil: idle; deadExchange: closed
+	fresh bool                        // no response was read on it yet
+	readBuf
+	resp h1.Response
+}
+
+// deadExchange marks an app connection that serves no more requests.
+var deadExchange = &appExchange{}
+
+const (
+	appDialTimeout = 5 * time.Second
+	appHeadTimeout = 15 * time.Second // the wait for a response head
+	appIdleTimeout = time.Minute
+	appMaxIdle     = 64
+)
+
+// send writes x's request on an idle connection to addr, or on a new
+// one; fresh: only on a new one (a kept-alive one failed it).
+func (p *appPool) send(addr string, x *appExchange, fresh bool) {
+	for !fresh {
+		c := p.takeIdle(addr)
+		if c == nil {
+			break
+		}
+		if !c.cur.CompareAndSwap(nil, x) {
+			continue // it ended meanwhile
+		}
+		x.app.Store(c)
+		c.conn.SetWriteDeadline(time.Now().Add(appDialTimeout))
+		_, err := c.conn.Write(x.head)
+		c.conn.SetWriteDeadline(time.Time{})
+		if err != nil {
+			c.conn.Close() // its goroutine sends x again
+		}
+		return
+	}
+	c := &appConn{pool: p, addr: addr, fresh: true}
+	c.cur.Store(x)
+	go c.dialAndServe()
+}
+
+func (p *appPool) takeIdle(addr string) *appConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	list := p.idle[addr]
+	if len(list) == 0 {
+		return nil
+	}
+	c := list[len(list)-1]
+	p.idle[addr] = list[:len(list)-1]
+	return c
+}
+
+// putIdle keeps c for the next request; false if there are enough.
+func (p *appPool) putIdle(c *appConn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.idle[c.addr]) >= appMaxIdle {
+		return false
+	}
+	if p.idle == nil {
+		p.idle = map[string][]*appConn{}
+	}
+	p.idle[c.addr] = append(p.idle[c.addr], c)
+	return true
+}
+
+func (p *appPool) drop(c *appConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	list := p.idle[c.addr]
+	for i, o := range list {
+		if o == c {
+			p.idle[c.addr] = append(list[:i], list[i+1:]...)
+			return
+		}
+	}
+}
+
+// closeIdle closes the idle connections.
+func (p *appPool) closeIdle() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, list := range p.idle {
+		for _, c := range list {
+			c.conn.Close()
+		}
+	}
+}
+
+func (c *appConn) dialAndServe() {
+	x := c.cur.Load()
+	conn, err := rawDial(&net.Dialer{Timeout: appDialTimeout})(x.r.Context(), "tcp", c.addr)
+	if err != nil {
+		x.fail(http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
+		return
+	}
+	c.conn = conn
+	x.app.Store(c)         // before the check: gone closes it, or this sees gone
+	if x.finished.Load() { // the caller left meanwhile
+		conn.Close()
+		return
+	}
+	c.conn.SetWriteDeadline(time.Now().Add(appDialTimeout))
+	_, err = c.conn.Write(x.head)
+	c.conn.SetWriteDeadline(time.Time{})
+	if err != nil {
+		c.conn.Close()
+		x.fail(http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
+		return
+	}
+	c.serve()
+}
+
+// serve reads responses until the connection ends.
+func (c *appConn) serve() {
+	defer func() {
+		c.conn.Close()
+		c.drop()
+	}()
+	for {
+		x := c.cur.Load()
+		keep, err := c.relay(x)
+		if err != nil {
+			c.cur.Store(deadExchange)
+			c.failed(x, err)
+			return
+		}
+		if !keep {
+			c.cur.Store(deadExchange)
+			return
+		}
+		c.fresh = false
+		c.resp.Status = 0 // nothing of the next response read yet
+		c.cur.Store(nil)
+		if !c.pool.putIdle(c) {
+			c.cur.Store(deadExchange)
+			return
+		}
+		// Idle: the next request's response, or the app closing it.
+		c.conn.SetReadDeadline(time.Now().Add(appIdleTimeout))
+		err = c.fill(c.conn)
+		c.conn.SetReadDeadline(time.Time{})
+		if c.cur.CompareAndSwap(nil, deadExchange) {
+			c.pool.drop(c)
+			return
+		}
+		if err != nil { // a request was written just as it ended
+			c.failed(c.cur.Load(), err)
+			return
+		}
+	}
+}
+
+// failed ends x, whose response did not come whole: sent again on a new
+// connection if this kept-alive one ended before any of it did and x may
+// be sent twice, else
+// answered with 503 if nothing went out yet, else reset.
+func (c *appConn) failed(x *appExchange, err error) {
+	switch {
+	case x.finished.Load():
+	case !x.started.Load() && !c.fresh && len(c.buf) == 0 && c.resp.Status == 0 && replayable(x.r):
+		c.pool.send(c.addr, x, true)
+	case !x.started.Load():
+		x.fail(http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
+	default:
+		x.s.Reset(http2.ErrCodeInternal)
+		if x.claim() {
+			x.ex.flags, x.ex.reason = "UC", "the app's response broke off: "+err.Error()
+			x.recordClaimed(x.code)
+		}
+	}
+}
+
+// relay reads x's response and writes it to x's stream; keep says the
+// connection can serve another request.
+func (c *appConn) relay(x *appExchange) (keep bool, err error) {
+	c.resp = h1.Response{Fields: c.resp.Fields[:0]}
+	c.conn.SetReadDeadline(time.Now().Add(appHeadTimeout))
+	var n int
+	for {
+		n, err = c.readHead(x.r.Method == "HEAD")
+		if err != nil {
+			return false, err
+		}
+		if c.resp.Status >= 200 {
+			break
+		}
+		if c.resp.Status == http.StatusSwitchingProtocols {
+			return false, errors.New("101 Switching Protocols, which HTTP/2 has no way to pass on")
+		}
+		if x.s.WriteHeaders(false, c.fields(c.resp.Status)...) != nil {
+			return false, nil
+		}
+		c.buf = c.buf[n:]
+	}
+	c.conn.SetReadDeadline(time.Time{})
+	body := c.resp.Body
+	x.code = c.resp.Status
+	x.started.Store(true)
+	fields := c.fields(c.resp.Status)
+	c.buf = c.buf[n:]
+	if body.None() {
+		x.record()
+		_ = x.s.WriteHeaders(true, fields...)
+		return !c.resp.Close, nil
+	}
+	if x.s.WriteHeaders(false, fields...) != nil {
+		return false, nil
+	}
+	switch {
+	case body.Chunked:
+		err = c.relayChunked(x)
+	default:
+		err = c.relayLength(x, body.Length, body.UntilClose)
+	}
+	return !c.resp.Close && err == nil, err
+}
+
+// readHead reads until buf holds a response head and parses it.
+func (c *appConn) readHead(head bool) (int, error) {
+	for {
+		if len(c.buf) > 0 {
+			n, err := h1.ParseResponse(c.buf, h1.Limits{}, head, &c.resp)
+			if n > 0 || err != nil {
+				return n, err
+			}
+		}
+		if err := c.fill(c.conn); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// fields are the response head's fields for HTTP/2: names in lower case,
+// without those of the connection.
+func (c *appConn) fields(status int) []h2.Field {
+	out := make([]h2.Field, 1, 1+len(c.resp.Fields))
+	out[0] = h2.Field{Name: ":status", Value: strconv.Itoa(status)}
+	conn := c.resp.Field("connection")
+	for _, f := range c.resp.Fields {
+		name := string(bytes.ToLower(f.Name))
+		if hopByHopField(name) || name == peerHeaderField || listed(conn, name) {
+			continue
+		}
+		out = append(out, h2.Field{Name: name, Value: string(f.Value)})
+	}
+	return out
+}
+
+// listed reports whether a Connection field's value names field name.
+func listed(connection []byte, name string) bool {
+	for tok := range bytes.SplitSeq(connection, []byte(",")) {
+		if h1.EqualFold(bytes.TrimSpace(tok), name) {
+			return true
+		}
+	}
+	return false
+}
+
+// relayLength relays a body of length bytes, or one that runs until the
+// app closes the connection.
+func (c *appConn) relayLength(x *appExchange, length int64, untilClose bool) error {
+	for left := length; untilClose || left > 0; {
+		if len(c.buf) == 0 {
+			err := c.fill(c.conn)
+			if untilClose && err == io.EOF {
+				x.record()
+				_ = x.s.WriteData(nil, true)
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+		k := len(c.buf)
+		if !untilClose {
+			k = int(min(left, int64(k)))
+			left -= int64(k)
+		}
+		x.respBytes.Add(int64(k))
+		last := !untilClose && left == 0
+		if last {
+			x.record()
+		}
+		if err := x.s.WriteData(c.buf[:k], last); err != nil {
+			return errStreamGone
+		}
+		c.buf = c.buf[k:]
+	}
+	return nil
+}
+
+// errStreamGone: the caller reset the stream; gone recorded it.
+var errStreamGone = errors.New("the caller reset the stream")
+
+func (c *appConn) relayChunked(x *appExchange) error {
+	var ch h1.Chunks
+	for {
+		data, n, done, err := ch.Next(c.buf)
+		if err != nil {
+			return err
+		}
+		c.buf = c.buf[n:]
+		if len(data) > 0 {
+			x.respBytes.Add(int64(len(data)))
+			if x.s.WriteData(data, false) != nil {
+				return errStreamGone
+			}
+		}
+		if done {
+			x.record()
+			if len(ch.Trailers) == 0 {
+				_ = x.s.WriteData(nil, true)
+				return nil
+			}
+			trailers := make([]h2.Field, 0, len(ch.Trailers))
+			for _, f := range ch.Trailers {
+				trailers = append(trailers, h2.Field{Name: string(bytes.ToLower(f.Name)), Value: string(f.Value)})
+			}
+			_ = x.s.WriteHeaders(true, trailers...)
+			return nil
+		}
+		if n == 0 {
+			if err := c.fill(c.conn); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// replayable reports whether a request without a body may reach the app
+// twice, as net/http's transport decides: an idempotent method, or an
+// idempotency key.
+func replayable(r *http.Request) bool {
+	switch r.Method {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	_, key := r.Header["Idempotency-Key"]
+	_, xkey := r.Header["X-Idempotency-Key"]
+	return key || xkey
+}
