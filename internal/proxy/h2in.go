@@ -53,10 +53,11 @@ func (in *Inbound) serveH2(c net.Conn, state *tls.ConnectionState, port uint16) 
 		ctx = context.WithValue(ctx, tlsStateKey{}, state)
 	}
 	h := &h2In{in: in, ctx: ctx, state: state, remote: from.String()}
-	conn := h2.NewServerConn(c, h2.Config{Budgets: engineBudgets(&peerBudgets), OnFlood: func(what string) {
-		slog.Info("HTTP/2 flood: closing the connection", "from", from, "flood", what)
-		in.floods.strike(from)
-	}}, h)
+	conn := h2.NewServerConn(c, h2.Config{Budgets: engineBudgets(&peerBudgets), WriteIdleTimeout: in.WriteIdleTimeout,
+		OnFlood: func(what string) {
+			slog.Info("HTTP/2 flood: closing the connection", "from", from, "flood", what)
+			in.floods.strike(from)
+		}}, h)
 	if !in.engineConns.add(conn) {
 		c.Close() // draining
 		return

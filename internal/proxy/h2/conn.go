@@ -35,6 +35,11 @@ type Config struct {
 	// OnFlood, if set, is called on the reader goroutine with what the
 	// peer flooded, before the connection ends with ENHANCE_YOUR_CALM.
 	OnFlood func(what string)
+	// WriteIdleTimeout bounds how long a write may make no progress
+	// (a peer that stopped reading): a stream whose send window stays
+	// shut that long is reset (CANCEL), and a connection whose socket
+	// takes nothing that long ends. 0: no bound.
+	WriteIdleTimeout time.Duration
 }
 
 // Budgets are what a peer may send each second on one connection: frames
@@ -103,6 +108,9 @@ var (
 	ErrGoingAway = errors.New("h2: the connection is going away")
 	// ErrStreamClosed: the stream was reset or has ended.
 	ErrStreamClosed = errors.New("h2: stream closed")
+	// ErrStalled: the peer granted no send window for WriteIdleTimeout;
+	// the stream was reset.
+	ErrStalled = errors.New("h2: the peer granted no send window for the write idle timeout")
 )
 
 // Conn is one HTTP/2 connection in the server or the client role. Run
@@ -157,6 +165,7 @@ func newConn(c net.Conn, cfg Config, h Handler, server bool) *Conn {
 	cn.rd.MaxHeaderListSize = 4 * cfg.MaxHeaderListSize
 	cn.rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	cn.w = NewWriter(c, 0)
+	cn.w.idle = cfg.WriteIdleTimeout
 	if !server {
 		// Queued now, so that they precede the first stream however soon
 		// it is opened; they go out with it, or when Run starts.

@@ -450,3 +450,41 @@ func TestServerConnGoAwayDrains(t *testing.T) {
 		t.Errorf("%d new connections after GoAway, want 1", len(conns))
 	}
 }
+
+// A peer that grants no send window gets its stream reset once the write
+// idle timeout passes: the writer waiting for window does not wait forever.
+func TestStalledWindowResetsTheStream(t *testing.T) {
+	addr := echoServer(t, Config{WriteIdleTimeout: 200 * time.Millisecond})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &holdingHandler{closed: make(chan error, 1)}
+	cc := NewClientConn(c, Config{StreamWindow: 16 << 10}, h)
+	go cc.Run()
+	defer cc.Close()
+	st, err := cc.NewStream(nil, false, false, Field{":method", "POST"}, Field{":scheme", "http"},
+		Field{":authority", "echo"}, Field{":path", "/echo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The echo answers with the body: 64 KiB against a 16 KiB window
+	// this side never returns.
+	go st.WriteData(make([]byte, 64<<10), true)
+	select {
+	case err := <-h.closed:
+		var se http2.StreamError
+		if !errors.As(err, &se) || se.Code != http2.ErrCodeCancel {
+			t.Errorf("the stream ended with %v, want a reset with CANCEL", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stream is still open 10 s after its window stalled")
+	}
+}
+
+// holdingHandler never consumes what it is sent.
+type holdingHandler struct{ closed chan error }
+
+func (*holdingHandler) Headers(*Stream, *http2.MetaHeadersFrame, bool) {}
+func (*holdingHandler) Data(*Stream, []byte, bool)                     {}
+func (h *holdingHandler) Closed(_ *Stream, err error)                  { h.closed <- err }

@@ -3,6 +3,7 @@ package h2
 import (
 	"fmt"
 	"strconv"
+	"time"
 
 	"golang.org/x/net/http2"
 )
@@ -355,8 +356,10 @@ func (s *Stream) WriteData(p []byte, end bool) error {
 	c := s.c
 	for len(p) > 0 {
 		c.mu.Lock()
-		for !s.closed && c.err == nil && (s.sendWindow <= 0 || c.sendWindow <= 0) {
-			c.windowReady.Wait()
+		if err := s.awaitWindowLocked(); err != nil {
+			c.mu.Unlock()
+			s.Reset(http2.ErrCodeCancel)
+			return err
 		}
 		if s.closed || c.err != nil || s.localEnded {
 			c.mu.Unlock()
@@ -387,6 +390,31 @@ func (s *Stream) WriteData(p []byte, end bool) error {
 			}
 			return c.w.QueueData(s.ID, nil, true)
 		}
+	}
+	return nil
+}
+
+// awaitWindowLocked waits (c.mu held) until s may send, it is closed, or
+// the connection ends; ErrStalled if the window stays shut for the write
+// idle timeout.
+func (s *Stream) awaitWindowLocked() error {
+	c := s.c
+	var timer *time.Timer
+	expired := false
+	for !s.closed && c.err == nil && (s.sendWindow <= 0 || c.sendWindow <= 0) {
+		if expired {
+			return ErrStalled
+		}
+		if timer == nil && c.cfg.WriteIdleTimeout > 0 {
+			timer = time.AfterFunc(c.cfg.WriteIdleTimeout, func() {
+				c.mu.Lock()
+				expired = true
+				c.mu.Unlock()
+				c.windowReady.Broadcast()
+			})
+			defer timer.Stop()
+		}
+		c.windowReady.Wait()
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -35,6 +36,7 @@ const DefaultMaxPending = 4 << 20
 type Writer struct {
 	conn       io.Writer
 	maxPending int
+	idle       time.Duration // a batch's write deadline (Config.WriteIdleTimeout); 0: none
 
 	mu sync.Mutex
 	// Guarded by mu:
@@ -137,6 +139,9 @@ func (w *Writer) sendLocked() error {
 		w.pending = w.spare[:0]
 		w.room.Broadcast()
 		w.mu.Unlock()
+		if d, ok := w.conn.(interface{ SetWriteDeadline(time.Time) error }); ok && w.idle > 0 {
+			_ = d.SetWriteDeadline(time.Now().Add(w.idle))
+		}
 		_, err := w.conn.Write(out)
 		w.mu.Lock()
 		w.spare = out[:0]
