@@ -74,12 +74,20 @@ func (h *h2In) Headers(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		if v.body != nil {
 			v.body.push(nil, true) // request trailers: not passed on
 		}
+	case *grpcExchange:
+		v.fromCaller(s, nil, true) // request trailers: not passed on
 	}
 }
 
 func (h *h2In) Data(s *h2.Stream, p []byte, end bool) {
-	if b, ok := s.Value.(*bridged); ok && b.body != nil {
-		b.body.push(p, end)
+	switch v := s.Value.(type) {
+	case *bridged:
+		if v.body != nil {
+			v.body.push(p, end)
+			return
+		}
+	case *grpcExchange:
+		v.fromCaller(s, p, end)
 		return
 	}
 	s.Consumed(len(p))
@@ -94,6 +102,8 @@ func (h *h2In) Closed(s *h2.Stream, err error) {
 		}
 	case *appExchange:
 		v.gone()
+	case *grpcExchange:
+		v.callerGone()
 	}
 }
 
@@ -105,14 +115,16 @@ func (h *h2In) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		s.Reset(http2.ErrCodeProtocol)
 		return
 	}
-	if end && protocolOf(r) != "grpc" {
-		x := &appExchange{in: h.in, s: s}
+	switch grpc := protocolOf(r) == "grpc"; {
+	case grpc:
+		x := newGRPCExchange(h.in, s, end)
 		s.Value = x
-		w := &streamWriter{s: s, onReader: true}
-		h.in.serve(w, r, x.forward)
-		if !x.forwarded {
-			w.finish()
-		}
+		h.serveNative(s, r, end, &x.inExchange, x.forward)
+		return
+	case end:
+		x := &appExchange{inExchange: inExchange{in: h.in, s: s}}
+		s.Value = x
+		h.serveNative(s, r, end, &x.inExchange, x.forward)
 		return
 	}
 	ctx, cancel := context.WithCancel(r.Context())
@@ -124,6 +136,16 @@ func (h *h2In) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	}
 	s.Value = b
 	go b.serve(h.in, s, r.WithContext(ctx))
+}
+
+// serveNative serves a request with one of the engine's forwarders, on
+// the reader goroutine; a refusal is answered here.
+func (h *h2In) serveNative(s *h2.Stream, r *http.Request, end bool, x *inExchange, forward forwarder) {
+	w := &streamWriter{s: s, onReader: true, resetAfter: !end}
+	h.in.serve(w, r, forward)
+	if !x.forwarded {
+		w.finish()
+	}
 }
 
 // newRequest builds a request's net/http form from its header section.
@@ -195,11 +217,14 @@ func (b *bridged) serve(in *Inbound, s *h2.Stream, r *http.Request) {
 type streamWriter struct {
 	s        *h2.Stream
 	onReader bool
-	header   http.Header
-	code     int    // the final status; 0 until WriteHeader
-	sent     bool   // the head went out
-	held     []byte // onReader: the body, until finish
-	err      error
+	// resetAfter: the request's body is still coming; once the answer
+	// is out, RST_STREAM (NO_ERROR) tells the caller to stop sending it.
+	resetAfter bool
+	header     http.Header
+	code       int    // the final status; 0 until WriteHeader
+	sent       bool   // the head went out
+	held       []byte // onReader: the body, until finish
+	err        error
 }
 
 func (w *streamWriter) Header() http.Header {
@@ -264,8 +289,9 @@ func (w *streamWriter) finish() {
 		if !w.sent {
 			w.sendHead(true)
 		} else if w.err == nil {
-			_ = w.s.WriteData(nil, true)
+			w.err = w.s.WriteData(nil, true)
 		}
+		w.ended()
 		return
 	}
 	w.sendHead(false)
@@ -273,18 +299,26 @@ func (w *streamWriter) finish() {
 		return
 	}
 	end := func() {
-		if len(w.held) > 0 && w.s.WriteData(w.held, len(trailers) == 0) != nil {
-			return
+		if len(w.held) > 0 {
+			w.err = w.s.WriteData(w.held, len(trailers) == 0)
 		}
-		if len(trailers) > 0 {
-			_ = w.s.WriteHeaders(true, trailers...)
+		if len(trailers) > 0 && w.err == nil {
+			w.err = w.s.WriteHeaders(true, trailers...)
 		}
+		w.ended()
 	}
 	if w.onReader && len(w.held) > 0 {
 		go end()
 		return
 	}
 	end()
+}
+
+// ended resets the stream once the answer is out, if resetAfter.
+func (w *streamWriter) ended() {
+	if w.resetAfter && w.err == nil {
+		w.s.Reset(http2.ErrCodeNo)
+	}
 }
 
 // trailers are the response's trailer fields.

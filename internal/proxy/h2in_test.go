@@ -9,6 +9,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -59,10 +60,10 @@ func newScriptedApp(t *testing.T, answer func(r *http.Request, w io.Writer) bool
 	return app
 }
 
-// meshClientTo starts an inbound proxy in front of the app on appPort and
-// returns it with an HTTP/2 client holding a mesh identity, and the URL it
-// reaches the proxy at.
-func meshClientTo(t *testing.T, appPort uint16) (*Inbound, *http.Client, string) {
+// meshTLSTo starts an inbound proxy in front of the app on appPort and
+// returns it with the TLS config of a mesh identity that may call it
+// ("h2"), and its address.
+func meshTLSTo(t *testing.T, appPort uint16) (*Inbound, *tls.Config, string) {
 	t.Helper()
 	a, err := ca.NewRoot("cluster.local", 0)
 	if err != nil {
@@ -76,6 +77,14 @@ func meshClientTo(t *testing.T, appPort uint16) (*Inbound, *http.Client, string)
 	addr := serve(t, func(c net.Conn) { in.HandleConn(c, appPort) })
 	cfg := meshtls.ClientConfig(client, meshtls.Exactly(serverID))
 	cfg.NextProtos = []string{"h2"}
+	return in, cfg, addr
+}
+
+// meshClientTo is meshTLSTo with an HTTP/2 client and the URL it reaches
+// the proxy at.
+func meshClientTo(t *testing.T, appPort uint16) (*Inbound, *http.Client, string) {
+	t.Helper()
+	in, cfg, addr := meshTLSTo(t, appPort)
 	h2only := new(http.Protocols)
 	h2only.SetHTTP2(true)
 	tr := &http.Transport{TLSClientConfig: cfg, Protocols: h2only}

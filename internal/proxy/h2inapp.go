@@ -24,28 +24,44 @@ import (
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
-// appExchange is a request the engine sends to the app itself; the
+// inExchange is a request the engine forwards to the app itself, as its
+// forwarders share it: what is recorded when it ends, and who ends it.
+type inExchange struct {
+	in        *Inbound
+	s         *h2.Stream // the caller's
+	forwarded bool       // a forwarder took it (it was not refused)
+
+	r          *http.Request
+	ex         *exchange
+	src        telemetry.Peer
+	start      time.Time
+	code       int          // the app's status, set before started
+	started    atomic.Bool  // the response head went out
+	reqBytes   atomic.Int64 // body bytes relayed each way
+	respBytes  atomic.Int64
+	finished   atomic.Bool   // recorded
+	grpc       bool          // gRPC: messages and status are recorded
+	reqMsgs    *grpcMessages // fed on the caller's reader goroutine
+	respMsgs   *grpcMessages // fed on the app's
+	grpcStatus string        // set before the exchange is recorded
+}
+
+// admit records what serve learned of an admitted request.
+func (x *inExchange) admit(r *http.Request, ex *exchange, src telemetry.Peer, start time.Time) {
+	x.forwarded, x.r, x.ex, x.src, x.start = true, r, ex, src, start
+}
+
+// appExchange is a request without a body for an HTTP/1.1 app: the
 // stream's Value.
 type appExchange struct {
-	in        *Inbound
-	s         *h2.Stream
-	forwarded bool // forward took it (not refused)
-
-	r         *http.Request
-	ex        *exchange
-	src       telemetry.Peer
-	start     time.Time
-	head      []byte                  // the request head as the app gets it, for a second try
-	code      int                     // the app's status, set before started
-	started   atomic.Bool             // the response head went out
-	respBytes atomic.Int64            // body bytes relayed
-	finished  atomic.Bool             // recorded
-	app       atomic.Pointer[appConn] // the connection the request went on
+	inExchange
+	head []byte                  // the request head as the app gets it, for a second try
+	app  atomic.Pointer[appConn] // the connection the request went on
 }
 
 // forward sends an admitted request to the app (a forwarder).
 func (x *appExchange) forward(r *http.Request, ex *exchange, src telemetry.Peer, start time.Time) {
-	x.forwarded, x.r, x.ex, x.src, x.start = true, r, ex, src, start
+	x.admit(r, ex, src, start)
 	head, err := appendRequestHead(nil, r)
 	if err != nil {
 		x.fail(http.StatusBadRequest, "DPE", err.Error())
@@ -90,11 +106,11 @@ func hopByHopHeader(k string) bool {
 }
 
 // claim makes the caller the one that records the exchange.
-func (x *appExchange) claim() bool { return !x.finished.Swap(true) }
+func (x *inExchange) claim() bool { return !x.finished.Swap(true) }
 
 // fail answers the request with the proxy's own response (the app did
 // not answer) and records it.
-func (x *appExchange) fail(code int, flag, reason string) {
+func (x *inExchange) fail(code int, flag, reason string) {
 	if !x.claim() {
 		return
 	}
@@ -109,8 +125,8 @@ func (x *appExchange) fail(code int, flag, reason string) {
 	}
 }
 
-// gone records a request whose caller reset the stream (DC; code 0 if no
-// response had started) and cuts off the app connection serving it.
+// gone records a request whose caller reset the stream and cuts off the
+// app connection serving it.
 func (x *appExchange) gone() {
 	if !x.forwarded {
 		return // refused: recorded already
@@ -119,9 +135,14 @@ func (x *appExchange) gone() {
 	if c := x.app.Load(); c != nil && c.cur.Load() == x {
 		c.conn.Close()
 	}
-	if !claimed {
-		return
+	if claimed {
+		x.recordGone()
 	}
+}
+
+// recordGone records a claimed exchange whose caller went away: DC, code
+// 0 if no response had started.
+func (x *inExchange) recordGone() {
 	code := 0
 	if x.started.Load() {
 		code = x.code
@@ -132,18 +153,22 @@ func (x *appExchange) gone() {
 
 // record records the exchange's end, once, before its last frame goes
 // out: a caller that has its answer finds it counted.
-func (x *appExchange) record() {
+func (x *inExchange) record() {
 	if x.claim() {
 		x.recordClaimed(x.code)
 	}
 }
 
-func (x *appExchange) recordClaimed(code int) {
+func (x *inExchange) recordClaimed(code int) {
 	r, ex := x.r, x.ex
 	req := telemetry.Request{Reporter: "destination", Source: x.src, Dest: *x.in.self.Load(),
 		Service: ex.service, ServiceName: ex.svcName, ServiceNamespace: ex.svcNS,
 		Protocol: "http", Code: code, MutualTLS: ex.mutualTLS, Flags: ex.flags, Duration: time.Since(x.start),
-		ResponseBytes: x.respBytes.Load(), Method: r.Method, Path: r.URL.Path}
+		RequestBytes: x.reqBytes.Load(), ResponseBytes: x.respBytes.Load(), Method: r.Method, Path: r.URL.Path}
+	if x.grpc {
+		req.Protocol, req.GRPCStatus = "grpc", x.grpcStatus
+		req.RequestMessages, req.ResponseMessages = x.reqMsgs.count(), x.respMsgs.count()
+	}
 	recorder{x.in.Metrics, x.in.AccessLog, x.in.Tracing}.record(requestLine{r.Method, r.Host, r.URL.Path, r.Proto}, ex, req)
 }
 

@@ -76,7 +76,8 @@ type Inbound struct {
 	h2Conns, h1Conns *connListener
 	engine           atomic.Bool // SetEngine
 	engineConns      h2Conns     // the engine's HTTP/2 connections
-	apps             appPool     // the engine's connections to the app
+	apps             appPool     // the engine's HTTP/1.1 connections to the app
+	appsH2           *meshPool   // the engine's h2c connections to the app, for gRPC
 	tunnels          tunnels
 	limit            connLimit
 	floods           penaltyBox // clients cut off for HTTP/2 floods
@@ -92,6 +93,7 @@ type Inbound struct {
 func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 	in := &Inbound{store: store, trustDomain: trustDomain, h2Conns: newConnListener(), h1Conns: newConnListener()}
 	in.engine.Store(true)
+	in.appsH2 = newAppH2Pool()
 	in.limit.max.Store(DefaultMaxConnections)
 	in.limit.perSource = true
 	in.policy.Store(&meshpb.InboundPolicy{})
@@ -182,6 +184,7 @@ func (in *Inbound) SetEngine(on bool) { in.engine.Store(on) }
 func (in *Inbound) Close() error {
 	in.engineConns.close()
 	in.apps.closeIdle()
+	in.appsH2.close()
 	return errors.Join(in.h2.Close(), in.h1.Close())
 }
 
@@ -192,6 +195,7 @@ func (in *Inbound) Shutdown(ctx context.Context) error {
 	go func() { engine <- in.engineConns.shutdown(ctx) }()
 	err := errors.Join(drain(ctx, &in.tunnels, in.h2, in.h1), <-engine)
 	in.apps.closeIdle()
+	in.appsH2.close()
 	return err
 }
 

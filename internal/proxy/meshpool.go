@@ -133,3 +133,14 @@ func (p *meshPool) retire(keep func(addr string) bool) {
 		}
 	}
 }
+
+// close closes every connection at once.
+func (p *meshPool) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, list := range p.conns {
+		for _, c := range list {
+			c.Close()
+		}
+	}
+}

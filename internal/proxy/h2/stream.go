@@ -394,6 +394,33 @@ func (s *Stream) WriteData(p []byte, end bool) error {
 	return nil
 }
 
+// TryWriteData sends as much of p on s as the send windows take now,
+// without waiting, ending the stream after it when end and all of p
+// went; it returns how many bytes went. It may be called on the reader
+// goroutine (it waits only while the connection's writer is backed up,
+// as every frame queued there does).
+func (s *Stream) TryWriteData(p []byte, end bool) (int, error) {
+	c := s.c
+	c.mu.Lock()
+	if s.closed || c.err != nil || s.localEnded {
+		c.mu.Unlock()
+		return 0, ErrStreamClosed
+	}
+	n := min(int64(len(p)), max(s.sendWindow, 0), max(c.sendWindow, 0))
+	s.sendWindow -= n
+	c.sendWindow -= n
+	last := end && n == int64(len(p))
+	if last {
+		s.localEnded = true
+		c.finishLocked(s)
+	}
+	c.mu.Unlock()
+	if n == 0 && !last {
+		return 0, nil
+	}
+	return int(n), c.w.QueueData(s.ID, p[:n], last)
+}
+
 // awaitWindowLocked waits (c.mu held) until s may send, it is closed, or
 // the connection ends; ErrStalled if the window stays shut for the write
 // idle timeout.
