@@ -15,44 +15,71 @@ import (
 // tunnels tracks the connections served outside an http.Server (TCP
 // tunnels and passthrough), so a shutdown can wait for them and then close
 // what is left.
-type tunnels struct {
+type tunnels = connSet[net.Conn]
+
+// connSet is a set of open connections for a drain: once it drains it
+// takes no more.
+type connSet[C interface {
+	comparable
+	Close() error
+}] struct {
 	mu       sync.Mutex
-	conns    map[net.Conn]struct{}
+	conns    map[C]struct{}
 	draining bool
 }
 
 // add registers c, or reports false when draining (the caller then closes
 // c instead of serving it).
-func (t *tunnels) add(c net.Conn) bool {
+func (t *connSet[C]) add(c C) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.draining {
 		return false
 	}
 	if t.conns == nil {
-		t.conns = map[net.Conn]struct{}{}
+		t.conns = map[C]struct{}{}
 	}
 	t.conns[c] = struct{}{}
 	return true
 }
 
-func (t *tunnels) remove(c net.Conn) {
+func (t *connSet[C]) remove(c C) {
 	t.mu.Lock()
 	delete(t.conns, c)
 	t.mu.Unlock()
 }
 
-// shutdown refuses new tunnels, waits until the open ones end or ctx does,
-// then closes the rest.
-func (t *tunnels) shutdown(ctx context.Context) error {
+// shutdown refuses new connections, calls begin (if set) on each open one
+// to start its drain, waits until they end or ctx does, then closes the
+// rest.
+func (t *connSet[C]) shutdown(ctx context.Context, begin func(C)) error {
 	t.mu.Lock()
 	t.draining = true
-	t.mu.Unlock()
-	return awaitEmpty(ctx, &t.mu, func() int { return len(t.conns) }, func() {
+	var open []C
+	if begin != nil {
 		for c := range t.conns {
-			c.Close()
+			open = append(open, c)
 		}
-	})
+	}
+	t.mu.Unlock()
+	for _, c := range open {
+		begin(c)
+	}
+	return awaitEmpty(ctx, &t.mu, func() int { return len(t.conns) }, t.closeAllLocked)
+}
+
+// close refuses new connections and closes the open ones at once.
+func (t *connSet[C]) close() {
+	t.mu.Lock()
+	t.draining = true
+	t.closeAllLocked()
+	t.mu.Unlock()
+}
+
+func (t *connSet[C]) closeAllLocked() {
+	for c := range t.conns {
+		c.Close()
+	}
 }
 
 // awaitEmpty waits until count, read under mu, is 0, or until ctx ends:
@@ -93,7 +120,7 @@ func drain(ctx context.Context, t *tunnels, servers ...*http.Server) error {
 			}
 		}()
 	}
-	errs[len(servers)] = t.shutdown(ctx)
+	errs[len(servers)] = t.shutdown(ctx, nil)
 	wg.Wait()
 	return errors.Join(errs...)
 }

@@ -71,9 +71,7 @@ func (h *h2In) Headers(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	case nil:
 		h.request(s, f, end)
 	case *bridged:
-		if v.body != nil {
-			v.body.push(nil, true) // request trailers: not passed on
-		}
+		v.body.push(nil, true) // request trailers: not passed on
 	case *grpcExchange:
 		v.fromCaller(s, nil, true) // request trailers: not passed on
 	}
@@ -82,24 +80,19 @@ func (h *h2In) Headers(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 func (h *h2In) Data(s *h2.Stream, p []byte, end bool) {
 	switch v := s.Value.(type) {
 	case *bridged:
-		if v.body != nil {
-			v.body.push(p, end)
-			return
-		}
+		v.body.push(p, end)
 	case *grpcExchange:
 		v.fromCaller(s, p, end)
-		return
+	default:
+		s.Consumed(len(p))
 	}
-	s.Consumed(len(p))
 }
 
 func (h *h2In) Closed(s *h2.Stream, err error) {
 	switch v := s.Value.(type) {
 	case *bridged:
 		v.cancel()
-		if v.body != nil {
-			v.body.fail(err)
-		}
+		v.body.fail(err)
 	case *appExchange:
 		v.gone()
 	case *grpcExchange:
@@ -107,8 +100,9 @@ func (h *h2In) Closed(s *h2.Stream, err error) {
 	}
 }
 
-// request serves a stream's request: on this goroutine and a pooled app
-// connection if it has no body and is not gRPC, else bridged to ServeHTTP.
+// request serves a stream's request with one of the engine's forwarders
+// (gRPC: relayed to an h2c stream to the app; no body: written to a pooled
+// HTTP/1.1 app connection), else bridged to ServeHTTP.
 func (h *h2In) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	r, err := h.newRequest(f, end)
 	if err != nil {
@@ -128,12 +122,9 @@ func (h *h2In) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		return
 	}
 	ctx, cancel := context.WithCancel(r.Context())
-	b := &bridged{cancel: cancel}
-	if !end {
-		b.body = &streamBody{s: s}
-		b.body.more.L = &b.body.mu
-		r.Body = b.body
-	}
+	b := &bridged{cancel: cancel, body: &streamBody{s: s}}
+	b.body.more.L = &b.body.mu
+	r.Body = b.body
 	s.Value = b
 	go b.serve(h.in, s, r.WithContext(ctx))
 }
@@ -183,10 +174,11 @@ func (h *h2In) newRequest(f *http2.MetaHeadersFrame, end bool) (*http.Request, e
 	return r.WithContext(h.ctx), nil
 }
 
-// bridged is a stream served by ServeHTTP on a goroutine of its own.
+// bridged is a stream served by ServeHTTP on a goroutine of its own (a
+// request with a body for an HTTP/1.1 app).
 type bridged struct {
 	cancel context.CancelFunc
-	body   *streamBody // nil: the request has none
+	body   *streamBody
 }
 
 func (b *bridged) serve(in *Inbound, s *h2.Stream, r *http.Request) {
@@ -201,7 +193,7 @@ func (b *bridged) serve(in *Inbound, s *h2.Stream, r *http.Request) {
 			return
 		}
 		w.finish()
-		if b.body != nil && !b.body.ended() {
+		if !b.body.ended() {
 			s.Reset(http2.ErrCodeNo) // the answer is out: the rest of the body is not wanted
 		}
 	}()
@@ -447,61 +439,4 @@ func (b *streamBody) Close() error {
 		b.s.Consumed(n)
 	}
 	return nil
-}
-
-// h2Conns are the inbound engine's connections, for a drain: GOAWAY
-// stops new streams, each closes once its open ones end.
-type h2Conns struct {
-	mu       sync.Mutex
-	conns    map[*h2.Conn]bool
-	draining bool
-}
-
-func (e *h2Conns) add(c *h2.Conn) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.draining {
-		return false
-	}
-	if e.conns == nil {
-		e.conns = map[*h2.Conn]bool{}
-	}
-	e.conns[c] = true
-	return true
-}
-
-func (e *h2Conns) remove(c *h2.Conn) {
-	e.mu.Lock()
-	delete(e.conns, c)
-	e.mu.Unlock()
-}
-
-// shutdown sends every connection GOAWAY and waits for them to end until
-// ctx does, then closes the rest.
-func (e *h2Conns) shutdown(ctx context.Context) error {
-	e.mu.Lock()
-	e.draining = true
-	conns := make([]*h2.Conn, 0, len(e.conns))
-	for c := range e.conns {
-		conns = append(conns, c)
-	}
-	e.mu.Unlock()
-	for _, c := range conns {
-		c.GoAway()
-	}
-	return awaitEmpty(ctx, &e.mu, func() int { return len(e.conns) }, e.closeAllLocked)
-}
-
-// close closes every connection at once.
-func (e *h2Conns) close() {
-	e.mu.Lock()
-	e.draining = true
-	e.closeAllLocked()
-	e.mu.Unlock()
-}
-
-func (e *h2Conns) closeAllLocked() {
-	for c := range e.conns {
-		c.Close()
-	}
 }

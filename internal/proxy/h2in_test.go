@@ -21,8 +21,11 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/trellis-mesh/trellis/internal/ca"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
@@ -250,3 +253,58 @@ func TestInboundEngineCallerGoneAndAppDown(t *testing.T) {
 		t.Errorf("istio_requests_total{response_code=503,response_flags=UF} = %v, want 1", n)
 	}
 }
+
+// HTTP/2 carries a request's method and target as fields, which may hold
+// spaces; they never reach an HTTP/1.1 app's request line, where the app
+// would read a target other than the one policies matched.
+func TestInboundEngineRefusesWhatARequestLineCannotCarry(t *testing.T) {
+	app := newScriptedApp(t, func(r *http.Request, w io.Writer) bool {
+		io.WriteString(w, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return true
+	})
+	_, cfg, addr := meshTLSTo(t, app.port)
+	for _, c := range []struct{ method, path string }{
+		{"GET", "/public?a HTTP/1.1"},
+		{"GET /admin", "/public"},
+		{"GET", "/ok"}, // the control: answered by the app
+	} {
+		tc, err := tls.Dial("tcp", addr, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan string, 1)
+		conn := h2.NewClientConn(tc, h2.Config{}, statusOnly(got))
+		go conn.Run()
+		if _, err := conn.NewStream(nil, false, true, h2.Field{Name: ":method", Value: c.method}, h2.Field{Name: ":scheme", Value: "https"},
+			h2.Field{Name: ":authority", Value: "alpha.db"}, h2.Field{Name: ":path", Value: c.path}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case status := <-got:
+			want := "400"
+			if c.path == "/ok" {
+				want = "200"
+			}
+			if status != want {
+				t.Errorf("%q %q: %s, want %s", c.method, c.path, status, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("%q %q: no answer", c.method, c.path)
+		}
+		conn.Close()
+	}
+	if n := len(app.requests); n != 1 {
+		t.Errorf("the app got %d requests, want only the control", n)
+	}
+}
+
+// statusOnly is an h2 client handler that reports each response's status.
+type statusOnly chan string
+
+func (s statusOnly) Headers(st *h2.Stream, f *http2.MetaHeadersFrame, _ bool) {
+	if v := f.PseudoValue("status"); v != "" {
+		s <- v
+	}
+}
+func (statusOnly) Data(st *h2.Stream, p []byte, _ bool) { st.Consumed(len(p)) }
+func (statusOnly) Closed(*h2.Stream, error)             {}

@@ -26,6 +26,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/rawio"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
@@ -74,10 +75,10 @@ type Inbound struct {
 	proxy  *httputil.ReverseProxy
 
 	h2Conns, h1Conns *connListener
-	engine           atomic.Bool // SetEngine
-	engineConns      h2Conns     // the engine's HTTP/2 connections
-	apps             appPool     // the engine's HTTP/1.1 connections to the app
-	appsH2           *meshPool   // the engine's h2c connections to the app, for gRPC
+	engine           atomic.Bool       // SetEngine
+	engineConns      connSet[*h2.Conn] // the engine's HTTP/2 connections: a drain sends GOAWAY
+	apps             appPool           // the engine's HTTP/1.1 connections to the app
+	appsH2           *meshPool         // the engine's h2c connections to the app, for gRPC
 	tunnels          tunnels
 	limit            connLimit
 	floods           penaltyBox // clients cut off for HTTP/2 floods
@@ -192,7 +193,7 @@ func (in *Inbound) Close() error {
 // flight finish until ctx ends; then it closes what is left.
 func (in *Inbound) Shutdown(ctx context.Context) error {
 	engine := make(chan error, 1)
-	go func() { engine <- in.engineConns.shutdown(ctx) }()
+	go func() { engine <- in.engineConns.shutdown(ctx, (*h2.Conn).GoAway) }()
 	err := errors.Join(drain(ctx, &in.tunnels, in.h2, in.h1), <-engine)
 	in.apps.closeIdle()
 	in.appsH2.close()

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // maxHeaderCount bounds the header fields of a request; the listeners'
@@ -32,6 +34,17 @@ func checkRequest(w http.ResponseWriter, r *http.Request, ex *exchange) bool {
 	// forwarded: any other target (CONNECT's authority form, a rootless
 	// "GET admin") has no path for policies to match, and apps read it as
 	// they like.
+	// HTTP/2 lets a method or :path hold spaces; written into an
+	// HTTP/1.1 request line they would make the app read another target
+	// than the one policies matched.
+	if !httpguts.ValidHeaderFieldName(r.Method) {
+		refuse(http.StatusBadRequest, "the method is not a token (RFC 9110 9.1)")
+		return false
+	}
+	if strings.ContainsRune(r.RequestURI, ' ') {
+		refuse(http.StatusBadRequest, "a space in the request target; send it percent-encoded (%20)")
+		return false
+	}
 	if r.Method == http.MethodOptions && r.RequestURI == "*" {
 		return true
 	}

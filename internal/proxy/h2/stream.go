@@ -361,19 +361,11 @@ func (s *Stream) WriteData(p []byte, end bool) error {
 			s.Reset(http2.ErrCodeCancel)
 			return err
 		}
-		if s.closed || c.err != nil || s.localEnded {
-			c.mu.Unlock()
-			return ErrStreamClosed
-		}
-		n := min(int64(len(p)), s.sendWindow, c.sendWindow)
-		s.sendWindow -= n
-		c.sendWindow -= n
-		last := end && n == int64(len(p))
-		if last {
-			s.localEnded = true
-			c.finishLocked(s)
-		}
+		n, last, err := s.takeWindowLocked(len(p), end)
 		c.mu.Unlock()
+		if err != nil {
+			return err
+		}
 		if err := c.w.QueueData(s.ID, p[:n], last); err != nil {
 			return err
 		}
@@ -402,23 +394,33 @@ func (s *Stream) WriteData(p []byte, end bool) error {
 func (s *Stream) TryWriteData(p []byte, end bool) (int, error) {
 	c := s.c
 	c.mu.Lock()
-	if s.closed || c.err != nil || s.localEnded {
-		c.mu.Unlock()
-		return 0, ErrStreamClosed
-	}
-	n := min(int64(len(p)), max(s.sendWindow, 0), max(c.sendWindow, 0))
-	s.sendWindow -= n
-	c.sendWindow -= n
-	last := end && n == int64(len(p))
-	if last {
-		s.localEnded = true
-		c.finishLocked(s)
-	}
+	n, last, err := s.takeWindowLocked(len(p), end)
 	c.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
 	if n == 0 && !last {
 		return 0, nil
 	}
 	return int(n), c.w.QueueData(s.ID, p[:n], last)
+}
+
+// takeWindowLocked takes send window for up to size bytes of s (c.mu
+// held) and records that this side ends s when end and all of them fit.
+func (s *Stream) takeWindowLocked(size int, end bool) (n int64, last bool, err error) {
+	c := s.c
+	if s.closed || c.err != nil || s.localEnded {
+		return 0, false, ErrStreamClosed
+	}
+	n = min(int64(size), max(s.sendWindow, 0), max(c.sendWindow, 0))
+	s.sendWindow -= n
+	c.sendWindow -= n
+	last = end && n == int64(size)
+	if last {
+		s.localEnded = true
+		c.finishLocked(s)
+	}
+	return n, last, nil
 }
 
 // awaitWindowLocked waits (c.mu held) until s may send, it is closed, or
