@@ -9,6 +9,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -101,7 +102,7 @@ func (grpcAppSide) Headers(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		if code != "" && code[0] == '1' {
 			return // interim: nothing gRPC uses
 		}
-		x.code = atoiStatus(code)
+		x.code, _ = strconv.Atoi(code) // three digits: checked by the Conn
 		x.started.Store(true)
 	}
 	fields := make([]h2.Field, 0, len(f.Fields))
@@ -153,17 +154,6 @@ func (grpcAppSide) Closed(s *h2.Stream, err error) {
 		x.ex.flags, x.ex.reason = "UC", "the app's response broke off: "+err.Error()
 		x.recordClaimed(x.code)
 	}
-}
-
-func atoiStatus(s string) int {
-	n := 0
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return 0
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n
 }
 
 // streamPipe moves one direction of a relayed stream's body to dst: by
