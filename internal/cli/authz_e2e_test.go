@@ -127,9 +127,15 @@ func TestAuthorizationPolicyWithSidecars(t *testing.T) {
 	query := []string{"graph-client", "query", "--type", "Film", "--timeout", "3s"}
 	version := []string{"graph-client", "check-version", "--timeout", "3s"}
 	tcp := []string{"probe", "--timeout", "2s", "tcp/demo-tcp.db.svc.cluster.local:9000"}
-	waitFor(t, "client-other to reach alpha before any AuthorizationPolicy", 60*time.Second, func() bool {
-		_, ok := call("client-other", health...)
-		return ok
+	// Until client-other's sidecar has its config, its calls leave it
+	// plaintext (passthrough) and alpha's sidecar sees no principal: wait
+	// for one it saw over mutual TLS.
+	waitFor(t, "client-other to reach alpha over mTLS before any AuthorizationPolicy", 60*time.Second, func() bool {
+		if _, ok := call("client-other", health...); !ok {
+			return false
+		}
+		out, _, err := m.run("authz", "suggest", "-n", "db", "--window", "10m")
+		return err == nil && strings.Contains(out, "cluster.local/ns/client-other/sa/default")
 	})
 
 	// Policies suggested from what the sidecars let in: applied, they deny
