@@ -715,10 +715,18 @@ func checkClusterGraph(t *testing.T, ctx context.Context, trellis func(args ...s
 		t.Error(err)
 	}
 
+	// The port-forward reaches one replica, and each replica scrapes the
+	// sidecars on its own every 5s: the one reached may not yet have
+	// scraped since the traffic the other one already shows.
 	page, stop := forwardDashboard(t, trellis)
-	if g := get(t, page+"api/graph?window=5m&namespaces=mesh"); !strings.Contains(g, `"wl:mesh/client\u003esvc:mesh/hello:`) &&
-		!strings.Contains(g, `"wl:mesh/client>svc:mesh/hello:`) {
-		t.Errorf("the port-forwarded dashboard's graph has no edge from the client to hello:\n%.2000s", g)
+	if err := waitFor(ctx, "the client's edge in the port-forwarded dashboard's graph", 30*time.Second, func() error {
+		g := get(t, page+"api/graph?window=5m&namespaces=mesh")
+		if !strings.Contains(g, `"wl:mesh/client\u003esvc:mesh/hello:`) && !strings.Contains(g, `"wl:mesh/client>svc:mesh/hello:`) {
+			return fmt.Errorf("no edge from the client to hello:\n%.2000s", g)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
 	}
 	if body := get(t, page); !strings.Contains(body, "<html") {
 		t.Errorf("the port-forwarded dashboard's page:\n%.500s", body)
