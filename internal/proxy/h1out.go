@@ -31,7 +31,7 @@ import (
 
 // h1App is one app HTTP/1.1 connection served by the engine. Its
 // goroutine reads and forwards requests; the h2 connection's reader writes
-// each response back (h1Responder), handing the rest to a flush goroutine
+// each response back (h1Exchange.upHeaders), handing the rest to a flush goroutine
 // only when the app's socket is full.
 type h1App struct {
 	o    *Outbound
@@ -506,13 +506,9 @@ func hopByHopField(name string) bool {
 	return false
 }
 
-// h1Responder writes the responses of the engine's mesh connections back
-// to the app connections that asked, on the h2 connection's reader
-// goroutine.
-type h1Responder struct{}
-
-func (h1Responder) Headers(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
-	ex := s.Value.(*h1Exchange)
+// upHeaders, upData and upClosed write the response back to the app
+// connection that asked, on the mesh connection's reader goroutine.
+func (ex *h1Exchange) upHeaders(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	if ex.started { // trailers
 		ex.record(false)
 		if ex.chunked {
@@ -558,8 +554,7 @@ func (h1Responder) Headers(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	}
 }
 
-func (h1Responder) Data(s *h2.Stream, p []byte, end bool) {
-	ex := s.Value.(*h1Exchange)
+func (ex *h1Exchange) upData(s *h2.Stream, p []byte, end bool) {
 	ex.respBytes += int64(len(p))
 	out := p
 	if ex.chunked && len(p) > 0 {
@@ -578,8 +573,7 @@ func (h1Responder) Data(s *h2.Stream, p []byte, end bool) {
 	}
 }
 
-func (h1Responder) Closed(s *h2.Stream, _ error) {
-	ex := s.Value.(*h1Exchange)
+func (ex *h1Exchange) upClosed(*h2.Stream, error) {
 	if !ex.started {
 		ex.fail(503, "UF", "the endpoint reset the request")
 		return

@@ -23,15 +23,25 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http2"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/h2"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
-// engineBudgets are b as the engine's Conn counts them.
-func engineBudgets(b *h2Budgets) h2.Budgets {
-	return h2.Budgets{Resets: b.frames[0x3], Settings: b.frames[0x4], Pings: b.frames[0x6], HeaderBytes: b.block}
+// engineServerConfig configures the engine's server Conns: budgets b,
+// and a flood from the client at from puts it in the penalty box.
+func engineServerConfig(b *h2Budgets, writeIdle time.Duration, floods *penaltyBox, from net.Addr) h2.Config {
+	return h2.Config{
+		Budgets:          h2.Budgets{Resets: b.frames[0x3], Settings: b.frames[0x4], Pings: b.frames[0x6], HeaderBytes: b.block},
+		WriteIdleTimeout: writeIdle,
+		OnFlood: func(what string) {
+			slog.Info("HTTP/2 flood: closing the connection", "from", from, "flood", what)
+			floods.strike(from)
+		},
+	}
 }
 
 // h2In handles the stream events of one inbound HTTP/2 connection.
@@ -53,11 +63,7 @@ func (in *Inbound) serveH2(c net.Conn, state *tls.ConnectionState, port uint16) 
 		ctx = context.WithValue(ctx, tlsStateKey{}, state)
 	}
 	h := &h2In{in: in, ctx: ctx, state: state, remote: from.String()}
-	conn := h2.NewServerConn(c, h2.Config{Budgets: engineBudgets(&peerBudgets), WriteIdleTimeout: in.WriteIdleTimeout,
-		OnFlood: func(what string) {
-			slog.Info("HTTP/2 flood: closing the connection", "from", from, "flood", what)
-			in.floods.strike(from)
-		}}, h)
+	conn := h2.NewServerConn(c, engineServerConfig(&peerBudgets, in.WriteIdleTimeout, &in.floods, from), callerHandler{h.request})
 	if !in.engineConns.add(conn) {
 		c.Close() // draining
 		return
@@ -66,37 +72,47 @@ func (in *Inbound) serveH2(c net.Conn, state *tls.ConnectionState, port uint16) 
 	_ = conn.Run()
 }
 
-func (h *h2In) Headers(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
-	switch v := s.Value.(type) {
-	case nil:
+// caller is a stream's Value once its request is taken: it gets the
+// stream's later events (on the caller connection's reader goroutine).
+type caller interface {
+	// fromCaller delivers request body bytes, or trailers (then p is
+	// empty and end is true).
+	fromCaller(s *h2.Stream, p []byte, end bool, trailers []h2.Field)
+	// callerGone says the caller reset the stream, or its connection
+	// ended.
+	callerGone(err error)
+}
+
+// callerHandler hands a server Conn's new streams to request, and their
+// later events to their Value.
+type callerHandler struct {
+	request func(s *h2.Stream, f *http2.MetaHeadersFrame, end bool)
+}
+
+func (h callerHandler) Headers(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
+	if s.Value == nil {
 		h.request(s, f, end)
-	case *bridged:
-		v.body.push(nil, true) // request trailers: not passed on
-	case *grpcExchange:
-		v.fromCaller(s, nil, true) // request trailers: not passed on
+		return
 	}
+	fields := f.RegularFields()
+	trailers := make([]h2.Field, len(fields))
+	for i, hf := range fields {
+		trailers[i] = h2.Field{Name: hf.Name, Value: hf.Value}
+	}
+	s.Value.(caller).fromCaller(s, nil, true, trailers)
 }
 
-func (h *h2In) Data(s *h2.Stream, p []byte, end bool) {
-	switch v := s.Value.(type) {
-	case *bridged:
-		v.body.push(p, end)
-	case *grpcExchange:
-		v.fromCaller(s, p, end)
-	default:
-		s.Consumed(len(p))
+func (callerHandler) Data(s *h2.Stream, p []byte, end bool) {
+	if c, ok := s.Value.(caller); ok {
+		c.fromCaller(s, p, end, nil)
+		return
 	}
+	s.Consumed(len(p))
 }
 
-func (h *h2In) Closed(s *h2.Stream, err error) {
-	switch v := s.Value.(type) {
-	case *bridged:
-		v.cancel()
-		v.body.fail(err)
-	case *appExchange:
-		v.gone()
-	case *grpcExchange:
-		v.callerGone()
+func (callerHandler) Closed(s *h2.Stream, err error) {
+	if c, ok := s.Value.(caller); ok {
+		c.callerGone(err)
 	}
 }
 
@@ -104,34 +120,35 @@ func (h *h2In) Closed(s *h2.Stream, err error) {
 // (gRPC: relayed to an h2c stream to the app; no body: written to a pooled
 // HTTP/1.1 app connection), else bridged to ServeHTTP.
 func (h *h2In) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
-	r, err := h.newRequest(f, end)
+	r, err := newStreamRequest(h.ctx, f, end, h.remote, h.state)
 	if err != nil {
 		s.Reset(http2.ErrCodeProtocol)
 		return
 	}
+	in := h.in
 	switch grpc := protocolOf(r) == "grpc"; {
 	case grpc:
-		x := newGRPCExchange(h.in, s, end)
+		x := newRelay(s, end, true, recorder{in.Metrics, in.AccessLog, in.Tracing}, "destination")
 		s.Value = x
-		h.serveNative(s, r, end, &x.inExchange, x.forward)
+		h.serveNative(s, r, end, &x.engineExchange, func(r *http.Request, ex *exchange, src telemetry.Peer, start time.Time) {
+			x.admit(r, ex, src, *in.self.Load(), start)
+			if err := x.open(in.appsH2, ex.upstream, requestFields(r)); err != nil {
+				x.fail(http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
+			}
+		})
 		return
 	case end:
-		x := &appExchange{inExchange: inExchange{in: h.in, s: s}}
+		x := &appExchange{engineExchange: engineExchange{s: s, rec: recorder{in.Metrics, in.AccessLog, in.Tracing}, reporter: "destination"}, in: in}
 		s.Value = x
-		h.serveNative(s, r, end, &x.inExchange, x.forward)
+		h.serveNative(s, r, end, &x.engineExchange, x.forward)
 		return
 	}
-	ctx, cancel := context.WithCancel(r.Context())
-	b := &bridged{cancel: cancel, body: &streamBody{s: s}}
-	b.body.more.L = &b.body.mu
-	r.Body = b.body
-	s.Value = b
-	go b.serve(h.in, s, r.WithContext(ctx))
+	bridge(s, r, in)
 }
 
 // serveNative serves a request with one of the engine's forwarders, on
 // the reader goroutine; a refusal is answered here.
-func (h *h2In) serveNative(s *h2.Stream, r *http.Request, end bool, x *inExchange, forward forwarder) {
+func (h *h2In) serveNative(s *h2.Stream, r *http.Request, end bool, x *engineExchange, forward forwarder) {
 	w := &streamWriter{s: s, onReader: true, resetAfter: !end}
 	h.in.serve(w, r, forward)
 	if !x.forwarded {
@@ -139,8 +156,9 @@ func (h *h2In) serveNative(s *h2.Stream, r *http.Request, end bool, x *inExchang
 	}
 }
 
-// newRequest builds a request's net/http form from its header section.
-func (h *h2In) newRequest(f *http2.MetaHeadersFrame, end bool) (*http.Request, error) {
+// newStreamRequest builds a request's net/http form from its header
+// section, with ctx, from remote over TLS state (nil: h2c).
+func newStreamRequest(ctx context.Context, f *http2.MetaHeadersFrame, end bool, remote string, state *tls.ConnectionState) (*http.Request, error) {
 	method, path, authority := f.PseudoValue("method"), f.PseudoValue("path"), f.PseudoValue("authority")
 	u := &url.URL{Host: authority} // CONNECT's: no path, refused by checkRequest
 	if path != "" {
@@ -163,7 +181,7 @@ func (h *h2In) newRequest(f *http2.MetaHeadersFrame, end bool) (*http.Request, e
 	}
 	delete(hdr, "Host")
 	r := &http.Request{Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: hdr, Host: authority,
-		RequestURI: path, RemoteAddr: h.remote, TLS: h.state, Body: http.NoBody}
+		RequestURI: path, RemoteAddr: remote, TLS: state, Body: http.NoBody}
 	switch {
 	case end:
 	case hdr.Get("Content-Length") != "":
@@ -171,23 +189,43 @@ func (h *h2In) newRequest(f *http2.MetaHeadersFrame, end bool) (*http.Request, e
 	default:
 		r.ContentLength = -1
 	}
-	return r.WithContext(h.ctx), nil
+	return r.WithContext(ctx), nil
 }
 
-// bridged is a stream served by ServeHTTP on a goroutine of its own (a
-// request with a body for an HTTP/1.1 app).
+// bridged is a stream served by a net/http handler on a goroutine of
+// its own (a request the engine does not forward itself).
 type bridged struct {
 	cancel context.CancelFunc
 	body   *streamBody
 }
 
-func (b *bridged) serve(in *Inbound, s *h2.Stream, r *http.Request) {
+// bridge serves the request r of stream s with h, on a goroutine of its
+// own: its body and response pass over the stream.
+func bridge(s *h2.Stream, r *http.Request, h http.Handler) {
+	ctx, cancel := context.WithCancel(r.Context())
+	b := &bridged{cancel: cancel, body: &streamBody{s: s}}
+	b.body.more.L = &b.body.mu
+	r.Body = b.body
+	s.Value = b
+	go b.serve(h, s, r.WithContext(ctx))
+}
+
+func (b *bridged) fromCaller(_ *h2.Stream, p []byte, end bool, _ []h2.Field) {
+	b.body.push(p, end) // request trailers: not passed on
+}
+
+func (b *bridged) callerGone(err error) {
+	b.cancel()
+	b.body.fail(err)
+}
+
+func (b *bridged) serve(h http.Handler, s *h2.Stream, r *http.Request) {
 	defer b.cancel()
 	w := &streamWriter{s: s}
 	defer func() {
-		if p := recover(); p != nil { // counted by serve; the stream cannot end well
+		if p := recover(); p != nil { // counted by the handler; the stream cannot end well
 			if err, ok := p.(error); !ok || !errors.Is(err, http.ErrAbortHandler) {
-				slog.Error("inbound request handler panicked", "panic", p)
+				slog.Error("HTTP/2 request handler panicked", "panic", p)
 			}
 			s.Reset(http2.ErrCodeInternal)
 			return
@@ -197,7 +235,7 @@ func (b *bridged) serve(in *Inbound, s *h2.Stream, r *http.Request) {
 			s.Reset(http2.ErrCodeNo) // the answer is out: the rest of the body is not wanted
 		}
 	}()
-	in.serve(w, r, nil)
+	h.ServeHTTP(w, r)
 }
 
 // streamWriter is an http.ResponseWriter that answers on a stream. The
@@ -440,3 +478,9 @@ func (b *streamBody) Close() error {
 	}
 	return nil
 }
+
+var (
+	_ caller = (*bridged)(nil)
+	_ caller = (*appExchange)(nil)
+	_ caller = (*relay)(nil)
+)

@@ -19,49 +19,53 @@ import (
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 
+	"github.com/trellis-mesh/trellis/internal/balancer"
 	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
-// inExchange is a request the engine forwards to the app itself, as its
+// engineExchange is a request the engine forwards itself, as its
 // forwarders share it: what is recorded when it ends, and who ends it.
-type inExchange struct {
-	in        *Inbound
+type engineExchange struct {
 	s         *h2.Stream // the caller's
-	forwarded bool       // a forwarder took it (it was not refused)
+	rec       recorder
+	reporter  string // "destination" (inbound) or "source" (outbound)
+	forwarded bool   // a forwarder took it (it was not refused)
 
 	r          *http.Request
 	ex         *exchange
-	src        telemetry.Peer
+	src, dst   telemetry.Peer
 	start      time.Time
-	code       int          // the app's status, set before started
-	started    atomic.Bool  // the response head went out
-	reqBytes   atomic.Int64 // body bytes relayed each way
+	done       func(balancer.Result) // the endpoint's result (outbound); nil inbound
+	code       int                   // the upstream's status, set before started
+	started    atomic.Bool           // the response head went out
+	reqBytes   atomic.Int64          // body bytes relayed each way
 	respBytes  atomic.Int64
 	finished   atomic.Bool   // recorded
 	grpc       bool          // gRPC: messages and status are recorded
 	reqMsgs    *grpcMessages // fed on the caller's reader goroutine
-	respMsgs   *grpcMessages // fed on the app's
+	respMsgs   *grpcMessages // fed on the upstream's
 	grpcStatus string        // set before the exchange is recorded
 }
 
-// admit records what serve learned of an admitted request.
-func (x *inExchange) admit(r *http.Request, ex *exchange, src telemetry.Peer, start time.Time) {
-	x.forwarded, x.r, x.ex, x.src, x.start = true, r, ex, src, start
+// admit records what is known of an admitted request.
+func (x *engineExchange) admit(r *http.Request, ex *exchange, src, dst telemetry.Peer, start time.Time) {
+	x.forwarded, x.r, x.ex, x.src, x.dst, x.start = true, r, ex, src, dst, start
 }
 
 // appExchange is a request without a body for an HTTP/1.1 app: the
 // stream's Value.
 type appExchange struct {
-	inExchange
+	engineExchange
+	in   *Inbound
 	head []byte                  // the request head as the app gets it, for a second try
 	app  atomic.Pointer[appConn] // the connection the request went on
 }
 
 // forward sends an admitted request to the app (a forwarder).
 func (x *appExchange) forward(r *http.Request, ex *exchange, src telemetry.Peer, start time.Time) {
-	x.admit(r, ex, src, start)
+	x.admit(r, ex, src, *x.in.self.Load(), start)
 	head, err := appendRequestHead(nil, r)
 	if err != nil {
 		x.fail(http.StatusBadRequest, "DPE", err.Error())
@@ -106,11 +110,11 @@ func hopByHopHeader(k string) bool {
 }
 
 // claim makes the caller the one that records the exchange.
-func (x *inExchange) claim() bool { return !x.finished.Swap(true) }
+func (x *engineExchange) claim() bool { return !x.finished.Swap(true) }
 
 // fail answers the request with the proxy's own response (the app did
 // not answer) and records it.
-func (x *inExchange) fail(code int, flag, reason string) {
+func (x *engineExchange) fail(code int, flag, reason string) {
 	if !x.claim() {
 		return
 	}
@@ -125,9 +129,13 @@ func (x *inExchange) fail(code int, flag, reason string) {
 	}
 }
 
-// gone records a request whose caller reset the stream and cuts off the
-// app connection serving it.
-func (x *appExchange) gone() {
+// fromCaller drops what the caller sends after a request without a body
+// (only trailers can come; they are not passed on).
+func (x *appExchange) fromCaller(s *h2.Stream, p []byte, _ bool, _ []h2.Field) { s.Consumed(len(p)) }
+
+// callerGone records a request whose caller reset the stream and cuts off
+// the app connection serving it.
+func (x *appExchange) callerGone(error) {
 	if !x.forwarded {
 		return // refused: recorded already
 	}
@@ -142,7 +150,7 @@ func (x *appExchange) gone() {
 
 // recordGone records a claimed exchange whose caller went away: DC, code
 // 0 if no response had started.
-func (x *inExchange) recordGone() {
+func (x *engineExchange) recordGone() {
 	code := 0
 	if x.started.Load() {
 		code = x.code
@@ -153,23 +161,27 @@ func (x *inExchange) recordGone() {
 
 // record records the exchange's end, once, before its last frame goes
 // out: a caller that has its answer finds it counted.
-func (x *inExchange) record() {
+func (x *engineExchange) record() {
 	if x.claim() {
 		x.recordClaimed(x.code)
 	}
 }
 
-func (x *inExchange) recordClaimed(code int) {
+func (x *engineExchange) recordClaimed(code int) {
 	r, ex := x.r, x.ex
-	req := telemetry.Request{Reporter: "destination", Source: x.src, Dest: *x.in.self.Load(),
+	d := time.Since(x.start)
+	if x.done != nil {
+		x.done(balancer.Result{Failed: code == 0 || code >= 500 || ex.flags == "UC", Latency: d})
+	}
+	req := telemetry.Request{Reporter: x.reporter, Source: x.src, Dest: x.dst,
 		Service: ex.service, ServiceName: ex.svcName, ServiceNamespace: ex.svcNS,
-		Protocol: "http", Code: code, MutualTLS: ex.mutualTLS, Flags: ex.flags, Duration: time.Since(x.start),
+		Protocol: "http", Code: code, MutualTLS: ex.mutualTLS, Flags: ex.flags, Duration: d,
 		RequestBytes: x.reqBytes.Load(), ResponseBytes: x.respBytes.Load(), Method: r.Method, Path: r.URL.Path}
 	if x.grpc {
 		req.Protocol, req.GRPCStatus = "grpc", x.grpcStatus
 		req.RequestMessages, req.ResponseMessages = x.reqMsgs.count(), x.respMsgs.count()
 	}
-	recorder{x.in.Metrics, x.in.AccessLog, x.in.Tracing}.record(requestLine{r.Method, r.Host, r.URL.Path, r.Proto}, ex, req)
+	x.rec.record(requestLine{r.Method, r.Host, r.URL.Path, r.Proto}, ex, req)
 }
 
 // appPool holds kept-alive HTTP/1.1 connections to the app, by address.

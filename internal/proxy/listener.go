@@ -15,6 +15,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
@@ -81,14 +82,18 @@ func NewOutboundServer(out *Outbound, store *meshtls.Store, dial *net.Dialer) *O
 }
 
 // Close stops the HTTP side at once; tunnels end with their connections.
-func (s *OutboundServer) Close() error { return s.http.Close() }
+func (s *OutboundServer) Close() error {
+	s.out.h2Conns.close()
+	return s.http.Close()
+}
 
 // Shutdown stops taking connections and lets the requests and tunnels in
 // flight finish until ctx ends; then it closes what is left.
 func (s *OutboundServer) Shutdown(ctx context.Context) error {
-	engine := make(chan error, 1)
-	go func() { engine <- s.out.engineConns.shutdown(ctx) }()
-	return errors.Join(drain(ctx, &s.tunnels, s.http), <-engine)
+	h1, h2c := make(chan error, 1), make(chan error, 1)
+	go func() { h1 <- s.out.engineConns.shutdown(ctx) }()
+	go func() { h2c <- s.out.h2Conns.shutdown(ctx, (*h2.Conn).GoAway) }()
+	return errors.Join(drain(ctx, &s.tunnels, s.http), <-h1, <-h2c)
 }
 
 // ServeExplicit accepts on ln and sends everything to the service port up
@@ -175,6 +180,10 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 			headerTimeout: s.http.ReadHeaderTimeout, idleTimeout: s.http.IdleTimeout,
 			handoff: func(c net.Conn) { s.conns.push(&connDst{Conn: guardHTTP1(c, &s.floods), dst: dst}) },
 		})
+		return
+	}
+	if p == HTTP2 && s.out.engine.Load() && !r.outside {
+		s.out.serveH2(conn, dst, &s.floods)
 		return
 	}
 	if p == HTTP1 || p == HTTP2 || declared {

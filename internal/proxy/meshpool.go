@@ -5,6 +5,8 @@ import (
 	"net"
 	"sync"
 
+	"golang.org/x/net/http2"
+
 	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 )
 
@@ -17,14 +19,32 @@ type meshPool struct {
 	// dial opens an mTLS connection to an endpoint's sidecar, verifying
 	// the identity the config names for it, with "h2" negotiated.
 	dial func(addr string) (net.Conn, error)
-	// handler receives every connection's stream events (responses).
-	handler h2.Handler
-	cfg     h2.Config
+	cfg  h2.Config
 
 	mu      sync.Mutex
 	conns   map[string][]*h2.Conn // guarded by mu
 	dialing map[string]*dialCall  // guarded by mu
 }
+
+// upstream is the Value of every stream a meshPool opens: it gets the
+// stream's events (the response), on the connection's reader goroutine.
+type upstream interface {
+	upHeaders(s *h2.Stream, f *http2.MetaHeadersFrame, end bool)
+	upData(s *h2.Stream, p []byte, end bool)
+	upClosed(s *h2.Stream, err error)
+}
+
+// upstreamHandler hands a pooled connection's stream events to the
+// streams' Values.
+type upstreamHandler struct{}
+
+func (upstreamHandler) Headers(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
+	s.Value.(upstream).upHeaders(s, f, end)
+}
+
+func (upstreamHandler) Data(s *h2.Stream, p []byte, end bool) { s.Value.(upstream).upData(s, p, end) }
+
+func (upstreamHandler) Closed(s *h2.Stream, err error) { s.Value.(upstream).upClosed(s, err) }
 
 // dialCall is a dial in progress that other requests wait for.
 type dialCall struct {
@@ -35,7 +55,7 @@ type dialCall struct {
 
 // stream opens a stream to addr with a request's header section (see
 // h2.Conn.NewStream).
-func (p *meshPool) stream(addr string, value any, head, end bool, fields ...h2.Field) (*h2.Stream, error) {
+func (p *meshPool) stream(addr string, value upstream, head, end bool, fields ...h2.Field) (*h2.Stream, error) {
 	for attempt := 0; ; attempt++ {
 		for _, c := range p.open(addr) {
 			st, err := c.NewStream(value, head, end, fields...)
@@ -89,7 +109,7 @@ func (p *meshPool) connect(addr string) (*h2.Conn, error) {
 	// allow 100 at once, the limit assumed until then.
 	raw, err := p.dial(addr)
 	if err == nil {
-		d.conn = h2.NewClientConn(raw, p.cfg, p.handler)
+		d.conn = h2.NewClientConn(raw, p.cfg, upstreamHandler{})
 	}
 	d.err = err
 	p.mu.Lock()
@@ -144,3 +164,8 @@ func (p *meshPool) close() {
 		}
 	}
 }
+
+var (
+	_ upstream = (*h1Exchange)(nil)
+	_ upstream = (*relay)(nil)
+)

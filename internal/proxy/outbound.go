@@ -21,6 +21,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/rawio"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
@@ -46,8 +47,9 @@ type Outbound struct {
 	dial  *net.Dialer // carries the proxy's socket mark
 
 	routes      atomic.Pointer[routeTable]
-	engine      atomic.Bool // SetEngine
-	engineConns engineConns
+	engine      atomic.Bool       // SetEngine
+	engineConns engineConns       // the engine's app HTTP/1.1 connections
+	h2Conns     connSet[*h2.Conn] // the engine's app HTTP/2 connections: a drain sends GOAWAY
 
 	mu        sync.Mutex                         // serialises Update
 	balancers map[balancerKey]*balancer.Balancer // guarded by mu: kept across updates
@@ -121,7 +123,7 @@ func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 		ResponseHeaderTimeout: 15 * time.Second,
 	}
 	meshDial := o.dialMesh("h2")
-	o.pool = &meshPool{handler: h1Responder{}, dial: func(addr string) (net.Conn, error) {
+	o.pool = &meshPool{dial: func(addr string) (net.Conn, error) {
 		return meshDial(context.Background(), "tcp", addr)
 	}}
 	o.proxy = &httputil.ReverseProxy{
@@ -204,7 +206,7 @@ func lbPolicy(lb meshpb.LoadBalancing) balancer.Policy {
 	return balancer.P2CPeakEWMA
 }
 
-// SetEngine serves the app's HTTP/1.1 connections accepted from now on
+// SetEngine serves the app's HTTP/1.1 and HTTP/2 connections accepted from now on
 // with the request path's engine (on by default), or with net/http.
 func (o *Outbound) SetEngine(on bool) { o.engine.Store(on) }
 

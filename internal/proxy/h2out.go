@@ -1,0 +1,106 @@
+package proxy
+
+// The outbound side of the engine for an app's HTTP/2 (h2c, gRPC): the
+// app's connection is an h2 server Conn, and each request is relayed
+// frame by frame to a stream of a pooled mTLS connection to the picked
+// endpoint's sidecar (relay.go), so no goroutine serves a request. A
+// service with an endpoint outside the mesh takes plain HTTP/1.1, which
+// net/http's reverse proxy sends: its requests are bridged to
+// Outbound.ServeHTTP. docs/architecture.md, "The request path's engine".
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/net/http2"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
+)
+
+// h2Out handles the stream events of one app HTTP/2 connection.
+type h2Out struct {
+	o      *Outbound
+	conn   *h2.Conn
+	dst    netip.AddrPort  // the service address the app connected to
+	ctx    context.Context // every request's: the destination, the local address
+	remote string
+}
+
+// serveH2 serves c, the app's HTTP/2 connection to service address dst
+// (its preface not read yet), until it ends; floods put the app's
+// address in the penalty box.
+func (o *Outbound) serveH2(c net.Conn, dst netip.AddrPort, floods *penaltyBox) {
+	from := c.RemoteAddr()
+	floods.serveAfterPenalty(from)
+	ctx := context.WithValue(WithDestination(context.Background(), dst), http.LocalAddrContextKey, c.LocalAddr())
+	h := &h2Out{o: o, dst: dst, ctx: ctx, remote: from.String()}
+	conn := h2.NewServerConn(c, engineServerConfig(&appBudgets, o.WriteIdleTimeout, floods, from), callerHandler{h.request})
+	h.conn = conn
+	if !o.h2Conns.add(conn) {
+		c.Close() // draining
+		return
+	}
+	defer o.h2Conns.remove(conn)
+	_ = conn.Run()
+}
+
+// request relays a stream's request to an endpoint's sidecar, or bridges
+// it to ServeHTTP when its service has endpoints outside the mesh.
+func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
+	r, err := newStreamRequest(h.ctx, f, end, h.remote, nil)
+	if err != nil {
+		s.Reset(http2.ErrCodeProtocol)
+		return
+	}
+	o := h.o
+	rt := o.routes.Load()
+	route, ok := rt.byVIP[h.dst]
+	if !ok || route.outside {
+		bridge(s, r, o) // ServeHTTP answers NR, or sends plain HTTP/1.1
+		return
+	}
+	start := time.Now()
+	x := newRelay(s, end, protocolOf(r) == "grpc", recorder{o.Metrics, o.AccessLog, o.Tracing}, "source")
+	s.Value = x
+	ex := &exchange{dest: telemetry.Unknown, service: route.host, svcName: route.name, svcNS: route.namespace}
+	r.Header.Del(peerHeader) // only sidecars set it
+	r, ex.span = o.Tracing.Start(r, trace.SpanKindClient)
+	x.admit(r, ex, rt.self, telemetry.Unknown, start)
+	w := &streamWriter{s: s, onReader: true, resetAfter: !end}
+	if !checkRequest(w, r, ex) {
+		if x.claim() {
+			x.recordClaimed(w.code)
+		}
+		w.finish()
+		return
+	}
+	ep, err := route.bal.Pick()
+	if err != nil {
+		x.fail(http.StatusServiceUnavailable, "UH", route.service+": "+err.Error())
+		return
+	}
+	if _, known := rt.identities[ep.Addr]; !known {
+		// A pick may name an endpoint of a table still being built (see
+		// h1App.forward): look again once Update is done.
+		o.mu.Lock()
+		rt = o.routes.Load()
+		o.mu.Unlock()
+	}
+	x.dst, ex.dest, ex.upstream, x.done = rt.peers[ep.Addr], rt.peers[ep.Addr], ep.Addr, ep.Start()
+	if _, meshed := rt.identities[ep.Addr]; !meshed {
+		// The service gained an endpoint outside the mesh since the
+		// app connected: its next connection is served by net/http.
+		x.fail(http.StatusServiceUnavailable, "UF", route.service+": endpoint "+ep.Addr+" left the mesh; retry")
+		go h.conn.GoAway()
+		return
+	}
+	ex.mutualTLS = true
+	if err := x.open(o.pool, ep.Addr, requestFields(r, h2.Field{Name: peerHeaderField, Value: route.meta})); err != nil {
+		x.fail(http.StatusServiceUnavailable, "UF", route.service+": endpoint "+ep.Addr+": "+err.Error())
+	}
+}
