@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/net/http2"
 
@@ -25,6 +26,8 @@ type relay struct {
 	engineExchange
 	bodyless       bool // the caller ended its stream with the request's head
 	toUp, toCaller streamPipe
+	upEnded        atomic.Bool // the upstream ended its response
+	upGone         atomic.Bool // the upstream's stream is closed: it takes no more
 }
 
 // newRelay starts the relay of the request on caller stream s, recorded
@@ -80,8 +83,8 @@ func (x *relay) open(pool *meshPool, addr string, fields []h2.Field) error {
 // fromCaller relays the request body and trailers (on the caller's
 // reader goroutine).
 func (x *relay) fromCaller(s *h2.Stream, p []byte, end bool, trailers []h2.Field) {
-	if x.toUp.dst == nil || x.finished.Load() {
-		s.Consumed(len(p)) // refused or failed: nobody takes it
+	if x.toUp.dst == nil || x.upGone.Load() {
+		s.Consumed(len(p)) // refused, failed, or answered: nobody takes it
 		return
 	}
 	x.reqBytes.Add(int64(len(p)))
@@ -118,6 +121,7 @@ func (x *relay) upHeaders(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		x.started.Store(true)
 	}
 	if end {
+		x.upEnded.Store(true)
 		if x.claim() {
 			x.grpcStatus = status
 			x.recordClaimed(x.code)
@@ -154,6 +158,7 @@ func (x *relay) upData(s *h2.Stream, p []byte, end bool) {
 	x.respBytes.Add(int64(len(p)))
 	x.respMsgs.feed(p)
 	if end {
+		x.upEnded.Store(true)
 		x.record()
 	}
 	x.toCaller.push(s, p, end, nil)
@@ -162,14 +167,21 @@ func (x *relay) upData(s *h2.Stream, p []byte, end bool) {
 // upClosed handles the upstream's stream ending early: reset by the
 // upstream, the connection lost, or stalled writes of the request body.
 func (x *relay) upClosed(_ *h2.Stream, err error) {
-	if !x.started.Load() {
-		x.fail(http.StatusServiceUnavailable, "UF", "the upstream did not answer: "+err.Error())
+	if x.upGone.Swap(true) {
 		return
 	}
-	x.s.Reset(http2.ErrCodeInternal) // cut off midway: the caller must see it
-	if x.claim() {
-		x.ex.flags, x.ex.reason = "UC", "the upstream's response broke off: "+err.Error()
-		x.recordClaimed(x.code)
+	switch {
+	case x.upEnded.Load():
+		// Answered in full, then reset: the upstream wants no more of
+		// the request body, which is dropped from now on.
+	case !x.started.Load():
+		x.fail(http.StatusServiceUnavailable, "UF", "the upstream did not answer: "+err.Error())
+	default:
+		x.s.Reset(http2.ErrCodeInternal) // cut off midway: the caller must see it
+		if x.claim() {
+			x.ex.flags, x.ex.reason = "UC", "the upstream's response broke off: "+err.Error()
+			x.recordClaimed(x.code)
+		}
 	}
 }
 
