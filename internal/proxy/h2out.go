@@ -6,7 +6,8 @@ package proxy
 // endpoint's sidecar (relay.go), so no goroutine serves a request. A
 // service with an endpoint outside the mesh takes plain HTTP/1.1, which
 // net/http's reverse proxy sends: its requests are bridged to
-// Outbound.ServeHTTP. docs/architecture.md, "The request path's engine".
+// Outbound.ServeHTTP, each on a goroutine of its own.
+// docs/architecture.md, "The request path's engine".
 
 import (
 	"context"
@@ -25,7 +26,6 @@ import (
 // h2Out handles the stream events of one app HTTP/2 connection.
 type h2Out struct {
 	o      *Outbound
-	conn   *h2.Conn
 	dst    netip.AddrPort  // the service address the app connected to
 	ctx    context.Context // every request's: the destination, the local address
 	remote string
@@ -40,7 +40,6 @@ func (o *Outbound) serveH2(c net.Conn, dst netip.AddrPort, floods *penaltyBox) {
 	ctx := context.WithValue(WithDestination(context.Background(), dst), http.LocalAddrContextKey, c.LocalAddr())
 	h := &h2Out{o: o, dst: dst, ctx: ctx, remote: from.String()}
 	conn := h2.NewServerConn(c, engineServerConfig(&appBudgets, o.WriteIdleTimeout, floods, from), callerHandler{h.request})
-	h.conn = conn
 	if !o.h2Conns.add(conn) {
 		c.Close() // draining
 		return
@@ -64,6 +63,20 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		bridge(s, r, o) // ServeHTTP answers NR, or sends plain HTTP/1.1
 		return
 	}
+	ep, pickErr := route.bal.Pick()
+	if pickErr == nil {
+		if _, known := rt.identities[ep.Addr]; !known {
+			// A pick may name an endpoint of a table still being built
+			// (see h1App.forward): look again once Update is done.
+			o.mu.Lock()
+			rt = o.routes.Load()
+			o.mu.Unlock()
+		}
+		if _, meshed := rt.identities[ep.Addr]; !meshed {
+			bridge(s, r, o) // the service has an endpoint outside the mesh now
+			return
+		}
+	}
 	start := time.Now()
 	x := newRelay(s, end, protocolOf(r) == "grpc", recorder{o.Metrics, o.AccessLog, o.Tracing}, "source")
 	s.Value = x
@@ -79,26 +92,11 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		w.finish()
 		return
 	}
-	ep, err := route.bal.Pick()
-	if err != nil {
-		x.fail(http.StatusServiceUnavailable, "UH", route.service+": "+err.Error())
+	if pickErr != nil {
+		x.fail(http.StatusServiceUnavailable, "UH", route.service+": "+pickErr.Error())
 		return
-	}
-	if _, known := rt.identities[ep.Addr]; !known {
-		// A pick may name an endpoint of a table still being built (see
-		// h1App.forward): look again once Update is done.
-		o.mu.Lock()
-		rt = o.routes.Load()
-		o.mu.Unlock()
 	}
 	x.dst, ex.dest, ex.upstream, x.done = rt.peers[ep.Addr], rt.peers[ep.Addr], ep.Addr, ep.Start()
-	if _, meshed := rt.identities[ep.Addr]; !meshed {
-		// The service gained an endpoint outside the mesh since the
-		// app connected: its next connection is served by net/http.
-		x.fail(http.StatusServiceUnavailable, "UF", route.service+": endpoint "+ep.Addr+" left the mesh; retry")
-		go h.conn.GoAway()
-		return
-	}
 	ex.mutualTLS = true
 	if err := x.open(o.pool, ep.Addr, requestFields(r, h2.Field{Name: peerHeaderField, Value: route.meta})); err != nil {
 		x.fail(http.StatusServiceUnavailable, "UF", route.service+": endpoint "+ep.Addr+": "+err.Error())

@@ -132,4 +132,18 @@ func TestOutboundEngineHTTP2(t *testing.T) {
 	if n := conns.Load(); n != 1 {
 		t.Errorf("the client opened %d connections, want 1", n)
 	}
+	// A new connection to it is the engine's too.
+	other, _ := oneH2CConnection(t)
+	resp, err = other.Get(url + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m.outbound.h2Conns.mu.Lock()
+	served = len(m.outbound.h2Conns.conns)
+	m.outbound.h2Conns.mu.Unlock()
+	if string(body) != "plain HTTP/1.1" || served != 2 {
+		t.Errorf("outside the mesh, a new connection: got %s %q; the engine holds %d connections, want 2", resp.Status, body, served)
+	}
 }

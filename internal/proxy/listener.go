@@ -182,7 +182,7 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 		})
 		return
 	}
-	if p == HTTP2 && s.out.engine.Load() && !r.outside {
+	if p == HTTP2 && s.out.engine.Load() {
 		s.out.serveH2(conn, dst, &s.floods)
 		return
 	}

@@ -123,7 +123,7 @@ func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 		ResponseHeaderTimeout: 15 * time.Second,
 	}
 	meshDial := o.dialMesh("h2")
-	o.pool = &meshPool{dial: func(addr string) (net.Conn, error) {
+	o.pool = &meshPool{cfg: h2.Config{IdleTimeout: time.Hour}, dial: func(addr string) (net.Conn, error) {
 		return meshDial(context.Background(), "tcp", addr)
 	}}
 	o.proxy = &httputil.ReverseProxy{

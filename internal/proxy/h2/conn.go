@@ -35,6 +35,9 @@ type Config struct {
 	// OnFlood, if set, is called on the reader goroutine with what the
 	// peer flooded, before the connection ends with ENHANCE_YOUR_CALM.
 	OnFlood func(what string)
+	// IdleTimeout ends, with GOAWAY, a connection that has had no open
+	// stream for that long. 0: no bound.
+	IdleTimeout time.Duration
 	// WriteIdleTimeout bounds how long a write may make no progress
 	// (a peer that stopped reading): a stream whose send window stays
 	// shut that long is reset (CANCEL), and a connection whose socket
@@ -138,6 +141,7 @@ type Conn struct {
 	peerAway    bool          // the peer sent GOAWAY: no new streams
 	ending      bool          // endIdleLocked ran
 	settled     chan struct{} // closed when the peer's first SETTINGS is applied
+	idle        *time.Timer   // IdleTimeout's, running while no stream is open; nil without one
 	err         error         // why the connection ended
 	windowReady sync.Cond     // signalled when any send window grows or the connection ends
 }
@@ -166,6 +170,9 @@ func newConn(c net.Conn, cfg Config, h Handler, server bool) *Conn {
 	cn.rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	cn.w = NewWriter(c, 0)
 	cn.w.idle = cfg.WriteIdleTimeout
+	if cfg.IdleTimeout > 0 {
+		cn.idle = time.AfterFunc(cfg.IdleTimeout, cn.idleExpired)
+	}
 	if !server {
 		// Queued now, so that they precede the first stream however soon
 		// it is opened; they go out with it, or when Run starts.
@@ -514,6 +521,19 @@ func (c *Conn) removeLocked(st *Stream) {
 	st.closed = true
 	delete(c.streams, st.ID)
 	c.windowReady.Broadcast()
+	if c.idle != nil && len(c.streams) == 0 && c.err == nil {
+		c.idle.Reset(c.cfg.IdleTimeout)
+	}
+}
+
+// idleExpired ends the connection if it is still idle.
+func (c *Conn) idleExpired() {
+	c.mu.Lock()
+	idle := len(c.streams) == 0 && c.err == nil
+	c.mu.Unlock()
+	if idle {
+		c.GoAway()
+	}
 }
 
 // shutdown ends the connection for err: a connection error is sent as
@@ -533,6 +553,9 @@ func (c *Conn) shutdown(err error) error {
 	c.mu.Lock()
 	if c.err == nil {
 		c.err = err
+	}
+	if c.idle != nil {
+		c.idle.Stop()
 	}
 	open := make([]*Stream, 0, len(c.streams))
 	for _, st := range c.streams {

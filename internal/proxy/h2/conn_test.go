@@ -2,6 +2,7 @@ package h2
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -488,3 +490,46 @@ type holdingHandler struct{ closed chan error }
 func (*holdingHandler) Headers(*Stream, *http2.MetaHeadersFrame, bool) {}
 func (*holdingHandler) Data(*Stream, []byte, bool)                     {}
 func (h *holdingHandler) Closed(_ *Stream, err error)                  { h.closed <- err }
+
+// IdleTimeout ends a connection that has had no stream for that long
+// (the client's next request goes on a new one, and succeeds), never one
+// with a stream open, however long the stream lasts.
+func TestIdleTimeoutEndsOnlyIdleConnections(t *testing.T) {
+	addr := echoServer(t, Config{IdleTimeout: 300 * time.Millisecond})
+	var dials atomic.Int32
+	h2c := new(http.Protocols)
+	h2c.SetUnencryptedHTTP2(true)
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{Protocols: h2c,
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+			dials.Add(1)
+			return (&net.Dialer{}).DialContext(ctx, network, a)
+		}}}
+	post := func(body io.Reader) {
+		t.Helper()
+		resp, err := client.Post("http://"+addr+"/", "text/plain", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	// A stream open for three idle timeouts: its body comes slowly.
+	pr, pw := io.Pipe()
+	go func() {
+		for range 6 {
+			time.Sleep(150 * time.Millisecond)
+			pw.Write([]byte("slow"))
+		}
+		pw.Close()
+	}()
+	post(pr)
+	post(strings.NewReader("at once"))
+	if n := dials.Load(); n != 1 {
+		t.Errorf("%d connections for two requests in a row, want 1", n)
+	}
+	time.Sleep(time.Second)
+	post(strings.NewReader("after an idle second"))
+	if n := dials.Load(); n != 2 {
+		t.Errorf("%d connections after an idle second, want 2 (the idle one ended)", n)
+	}
+}

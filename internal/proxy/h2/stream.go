@@ -172,6 +172,9 @@ func (c *Conn) finishLocked(st *Stream) {
 func (c *Conn) newStreamLocked(id uint32) *Stream {
 	st := &Stream{ID: id, c: c, sendWindow: int64(c.peerWindow), recvWindow: int64(c.cfg.StreamWindow), declared: -1}
 	c.streams[id] = st
+	if c.idle != nil {
+		c.idle.Stop()
+	}
 	return st
 }
 
