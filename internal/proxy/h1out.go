@@ -40,9 +40,10 @@ type h1App struct {
 	readBuf
 	req h1.Request
 
-	opt    h1Options
-	done   chan struct{} // one token per finished response
-	served bool          // a request was read
+	opt       h1Options
+	done      chan struct{} // one token per finished response
+	served    bool          // a request was read
+	idleUntil time.Time     // when the wait for the next request times out
 
 	outMu        sync.Mutex
 	out          []byte // response bytes waiting for the socket (guarded by outMu)
@@ -161,18 +162,38 @@ func (o *Outbound) serveH1(c net.Conn, dst netip.AddrPort, buffered []byte, opt 
 		c.Close() // draining
 		return
 	}
-	defer o.engineConns.remove(a)
-	handedOff := false
+	a.serve()
+}
+
+// idleGrace is how long an app connection's goroutine waits for the next
+// request itself. Past it the wait goes to the idle poller
+// (rawio.WaitReadable) and the goroutine ends: a busy connection keeps
+// its goroutine, an idle one holds none (nor its stack).
+const idleGrace = 50 * time.Millisecond
+
+// serve reads and forwards the connection's requests until it ends, or
+// until it waits idle in the poller, which calls serve again, on a new
+// goroutine, when the next request comes.
+func (a *h1App) serve() {
+	handedOff, parked := false, false
 	defer func() {
+		if parked {
+			return
+		}
 		if !handedOff { // net/http reads the rest of buf
 			a.closeAfterFlush()
 			a.drop()
 		}
+		a.o.engineConns.remove(a)
 	}()
 	for {
 		n, err := a.readHead()
 		var herr *h1.Error
 		switch {
+		case errors.Is(err, errIdle):
+			parked = true
+			a.park()
+			return
 		case errors.As(err, &herr) && bytes.HasPrefix(a.buf, []byte("PRI ")):
 			return // an HTTP/2 preface gone wrong: no answer it could read (RFC 9113 3.4)
 		case errors.As(err, &herr):
@@ -184,7 +205,7 @@ func (o *Outbound) serveH1(c net.Conn, dst netip.AddrPort, buffered []byte, opt 
 		if a.handedOff() {
 			a.waitFlushed()
 			handedOff = true
-			opt.handoff(&peekedConn{Conn: a.conn, r: bufio.NewReader(io.MultiReader(bytes.NewReader(a.buf), a.conn))})
+			a.opt.handoff(&peekedConn{Conn: a.conn, r: bufio.NewReader(io.MultiReader(bytes.NewReader(a.buf), a.conn))})
 			return
 		}
 		ex := a.newExchange()
@@ -192,6 +213,24 @@ func (o *Outbound) serveH1(c net.Conn, dst netip.AddrPort, buffered []byte, opt 
 			return
 		}
 	}
+}
+
+// errIdle: the connection waited idleGrace for its next request; it waits
+// on in the idle poller.
+var errIdle = errors.New("idle")
+
+// park hands the wait for the next request to the idle poller. Past the
+// idle timeout, or closed by a drain, the connection ends.
+func (a *h1App) park() {
+	rawConn(a.conn).WaitReadable(time.Until(a.idleUntil), func(err error) {
+		if err == nil {
+			contained(a.conn, a.serve) // as the connection's first goroutine was
+			return
+		}
+		a.closeAfterFlush()
+		a.drop()
+		a.o.engineConns.remove(a)
+	})
 }
 
 // handedOff reports whether the request parsed is one for net/http:
@@ -230,7 +269,9 @@ func (a *h1App) awaitResponse(ex *h1Exchange) bool {
 	// With the next request already buffered (pipelined), there is
 	// nothing to read until this response is out.
 	for len(a.buf) == 0 && !ex.finished.Load() {
-		a.conn.SetReadDeadline(time.Now().Add(cmp.Or(a.opt.idleTimeout, 5*time.Minute)))
+		// A short wait, looked at again: once the response is out, the
+		// wait for the next request may go to the idle poller.
+		a.conn.SetReadDeadline(time.Now().Add(idleGrace))
 		err := a.fill()
 		if ne, ok := err.(net.Error); ok && ne.Timeout() {
 			continue // a slow response: keep waiting for it
@@ -269,11 +310,20 @@ func (a *h1App) readHead() (int, error) {
 		if !a.served {
 			wait = cmp.Or(a.opt.headerTimeout, 10*time.Second)
 		}
-		a.conn.SetReadDeadline(time.Now().Add(wait))
+		a.idleUntil = time.Now().Add(wait)
+		grace := a.served && wait > idleGrace && rawConn(a.conn) != nil
+		if grace {
+			a.conn.SetReadDeadline(time.Now().Add(idleGrace))
+		} else {
+			a.conn.SetReadDeadline(a.idleUntil)
+		}
 		if !a.o.engineConns.setIdle(a, true) {
 			return 0, errDraining
 		}
 		err := a.fill()
+		if ne, ok := err.(net.Error); ok && ne.Timeout() && grace {
+			return 0, errIdle // still idle, for a drain to find
+		}
 		a.o.engineConns.setIdle(a, false)
 		if err != nil {
 			return 0, err

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -243,4 +244,80 @@ func dialApp(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	return c, bufio.NewReader(c)
+}
+
+// Kept-alive app connections that wait for their next request hold no
+// goroutine (the idle poller waits for them), and still serve that
+// request, time out when idle too long, and close at once in a drain.
+func TestEngineIdleConnectionsHoldNoGoroutine(t *testing.T) {
+	m := newTestMesh(t, 1)
+	const n = 50
+	request := func(c net.Conn, br *bufio.Reader) error {
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: alpha.db\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("status %s", resp.Status)
+		}
+		return nil
+	}
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", m.appAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		br := bufio.NewReader(c)
+		if err := request(c, br); err != nil {
+			t.Fatal(err)
+		}
+		return c, br
+	}
+	dial() // the mesh connection and its goroutines exist before the count
+	time.Sleep(4 * idleGrace)
+	before := runtime.NumGoroutine()
+	conns, readers := make([]net.Conn, n), make([]*bufio.Reader, n)
+	for i := range n {
+		conns[i], readers[i] = dial()
+	}
+	time.Sleep(4 * idleGrace)
+	if grew := runtime.NumGoroutine() - before; grew > n/5 {
+		t.Errorf("%d idle kept-alive connections hold %d goroutines", n, grew)
+	}
+	for i, c := range conns {
+		if err := request(c, readers[i]); err != nil {
+			t.Fatalf("the next request on an idle connection: %v", err)
+		}
+	}
+
+	// The idle timeout holds while the poller waits.
+	m.outServer.http.IdleTimeout = 300 * time.Millisecond // read by connections accepted from now
+	c, _ := dial()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("past the idle timeout: read %v, want EOF", err)
+	}
+
+	// A drain closes the waiting connections at once.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := m.outServer.Shutdown(ctx); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("the drain took %v with only idle connections", d)
+	}
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("an idle connection after the drain: read %v, want EOF", err)
+		}
+	}
 }

@@ -18,17 +18,18 @@ var panics atomic.Int64
 // serveConn runs handle for one connection on its own goroutine; a panic
 // in it closes that connection, is logged with its stack and counted,
 // and never takes the sidecar down.
-func serveConn(c net.Conn, handle func()) {
-	go func() {
-		defer func() {
-			if r := recover(); r != nil {
-				panics.Add(1)
-				slog.Error("panic serving a connection; it is closed", "from", c.RemoteAddr(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-				c.Close()
-			}
-		}()
-		handle()
+func serveConn(c net.Conn, handle func()) { go contained(c, handle) }
+
+// contained is serveConn's handle run on the calling goroutine.
+func contained(c net.Conn, handle func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			panics.Add(1)
+			slog.Error("panic serving a connection; it is closed", "from", c.RemoteAddr(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			c.Close()
+		}
 	}()
+	handle()
 }
 
 // countPanics counts a panic of an HTTP handler and lets it go on to

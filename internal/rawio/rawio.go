@@ -17,6 +17,7 @@ package rawio
 import (
 	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -25,7 +26,8 @@ import (
 // Like net.Conn, one Read and one Write may run at once.
 type Conn struct {
 	*net.TCPConn
-	rc syscall.RawConn
+	rc      syscall.RawConn
+	waiting atomic.Uint64 // the WaitReadable under way, 0 if none
 }
 
 // Wrap returns c with raw reads and writes when it is a *net.TCPConn, and
