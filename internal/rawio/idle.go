@@ -69,7 +69,7 @@ type idlePoller struct {
 	broken atomic.Bool // epoll_wait failed: waits are net's from then on
 
 	mu    sync.Mutex
-	next  uint64                // the last wait's id
+	next  uint64               // the last wait's id
 	waits map[uint64]*idleWait // guarded by mu
 }
 
