@@ -32,14 +32,20 @@ func (rawCodec) Unmarshal(data []byte, v any) error {
 func (rawCodec) Name() string { return "raw" }
 
 func TestInboundEngineGRPC(t *testing.T) {
-	cancelled := make(chan struct{}, 1)
+	held, cancelled := make(chan struct{}, 1), make(chan struct{}, 1)
 	srv := grpc.NewServer(grpc.ForceServerCodec(rawCodec{}), grpc.MaxRecvMsgSize(16<<20), grpc.MaxSendMsgSize(16<<20),
 		grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
 			method, _ := grpc.MethodFromServerStream(stream)
+			// Each reads its request first: an answer that came before
+			// the message passed the proxy would be recorded without it.
+			var m []byte
 			switch method {
 			case "/t.T/Deny": // trailers-only: a status before any message
+				stream.RecvMsg(&m)
 				return status.Error(codes.PermissionDenied, "not you")
 			case "/t.T/Hold": // wait for the caller to give up
+				stream.RecvMsg(&m)
+				held <- struct{}{}
 				<-stream.Context().Done()
 				cancelled <- struct{}{}
 				return stream.Context().Err()
@@ -104,7 +110,7 @@ func TestInboundEngineGRPC(t *testing.T) {
 	hctx, hcancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- conn.Invoke(hctx, "/t.T/Hold", &small, &out) }()
-	time.Sleep(100 * time.Millisecond) // the call is at the app
+	<-held
 	hcancel()
 	if err := <-done; status.Code(err) != codes.Canceled {
 		t.Errorf("cancelled call: %v", err)
