@@ -127,9 +127,10 @@ func (h *h2In) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		return
 	}
 	in := h.in
+	rec := recorder{in.Metrics, in.AccessLog, in.Tracing}
 	switch grpc := protocolOf(r) == "grpc"; {
 	case grpc:
-		x := newRelay(s, end, true, recorder{in.Metrics, in.AccessLog, in.Tracing}, "destination")
+		x := newRelay(s, end, true, rec, "destination")
 		s.Value = x
 		h.serveNative(s, r, end, &x.engineExchange, func(r *http.Request, ex *exchange, src telemetry.Peer, start time.Time) {
 			x.admit(r, ex, src, *in.self.Load(), start)
@@ -139,12 +140,12 @@ func (h *h2In) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		})
 		return
 	case end:
-		x := &appExchange{engineExchange: engineExchange{s: s, rec: recorder{in.Metrics, in.AccessLog, in.Tracing}, reporter: "destination"}, in: in}
+		x := &appExchange{engineExchange: engineExchange{s: s, rec: rec, reporter: "destination"}, in: in}
 		s.Value = x
 		h.serveNative(s, r, end, &x.engineExchange, x.forward)
 		return
 	}
-	bridge(s, r, in)
+	bridge(s, r, end, in)
 }
 
 // serveNative serves a request with one of the engine's forwarders, on
@@ -197,27 +198,37 @@ func newStreamRequest(ctx context.Context, f *http2.MetaHeadersFrame, end bool, 
 // its own (a request the engine does not forward itself).
 type bridged struct {
 	cancel context.CancelFunc
-	body   *streamBody
+	body   *streamBody // nil: the request has none
 }
 
 // bridge serves the request r of stream s with h, on a goroutine of its
-// own: its body and response pass over the stream.
-func bridge(s *h2.Stream, r *http.Request, h http.Handler) {
+// own: its body (unless the caller ended the stream with the head) and
+// response pass over the stream.
+func bridge(s *h2.Stream, r *http.Request, end bool, h http.Handler) {
 	ctx, cancel := context.WithCancel(r.Context())
-	b := &bridged{cancel: cancel, body: &streamBody{s: s}}
-	b.body.more.L = &b.body.mu
-	r.Body = b.body
+	b := &bridged{cancel: cancel}
+	if !end {
+		b.body = &streamBody{s: s}
+		b.body.more.L = &b.body.mu
+		r.Body = b.body
+	}
 	s.Value = b
 	go b.serve(h, s, r.WithContext(ctx))
 }
 
-func (b *bridged) fromCaller(_ *h2.Stream, p []byte, end bool, _ []h2.Field) {
+func (b *bridged) fromCaller(s *h2.Stream, p []byte, end bool, _ []h2.Field) {
+	if b.body == nil {
+		s.Consumed(len(p))
+		return
+	}
 	b.body.push(p, end) // request trailers: not passed on
 }
 
 func (b *bridged) callerGone(err error) {
 	b.cancel()
-	b.body.fail(err)
+	if b.body != nil {
+		b.body.fail(err)
+	}
 }
 
 func (b *bridged) serve(h http.Handler, s *h2.Stream, r *http.Request) {
@@ -232,7 +243,7 @@ func (b *bridged) serve(h http.Handler, s *h2.Stream, r *http.Request) {
 			return
 		}
 		w.finish()
-		if !b.body.ended() {
+		if b.body != nil && !b.body.ended() {
 			s.Reset(http2.ErrCodeNo) // the answer is out: the rest of the body is not wanted
 		}
 	}()

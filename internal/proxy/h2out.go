@@ -60,7 +60,7 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	rt := o.routes.Load()
 	route, ok := rt.byVIP[h.dst]
 	if !ok || route.outside {
-		bridge(s, r, o) // ServeHTTP answers NR, or sends plain HTTP/1.1
+		bridge(s, r, end, o) // ServeHTTP answers NR, or sends plain HTTP/1.1
 		return
 	}
 	ep, pickErr := route.bal.Pick()
@@ -73,7 +73,7 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 			o.mu.Unlock()
 		}
 		if _, meshed := rt.identities[ep.Addr]; !meshed {
-			bridge(s, r, o) // the service has an endpoint outside the mesh now
+			bridge(s, r, end, o) // the service has an endpoint outside the mesh now
 			return
 		}
 	}
@@ -96,7 +96,8 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		x.fail(http.StatusServiceUnavailable, "UH", route.service+": "+pickErr.Error())
 		return
 	}
-	x.dst, ex.dest, ex.upstream, x.done = rt.peers[ep.Addr], rt.peers[ep.Addr], ep.Addr, ep.Start()
+	peer := rt.peers[ep.Addr]
+	x.dst, ex.dest, ex.upstream, x.done = peer, peer, ep.Addr, ep.Start()
 	ex.mutualTLS = true
 	if err := x.open(o.pool, ep.Addr, requestFields(r, h2.Field{Name: peerHeaderField, Value: route.meta})); err != nil {
 		x.fail(http.StatusServiceUnavailable, "UF", route.service+": endpoint "+ep.Addr+": "+err.Error())
