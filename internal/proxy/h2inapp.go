@@ -200,6 +200,7 @@ type appConn struct {
 	conn  net.Conn
 	cur   atomic.Pointer[appExchange] // nil: idle; deadExchange: closed
 	fresh bool                        // no response was read on it yet
+	kept  bool                        // the last response released it
 	readBuf
 	resp h1.Response
 }
@@ -327,16 +328,11 @@ func (c *appConn) serve() {
 			return
 		}
 		if !keep {
-			c.cur.Store(deadExchange)
+			c.cur.CompareAndSwap(x, deadExchange)
 			return
 		}
 		c.fresh = false
 		c.resp.Status = 0 // nothing of the next response read yet
-		c.cur.Store(nil)
-		if !c.pool.putIdle(c) {
-			c.cur.Store(deadExchange)
-			return
-		}
 		// Idle: the next request's response, or the app closing it.
 		c.conn.SetReadDeadline(time.Now().Add(appIdleTimeout))
 		err = c.fill(c.conn)
@@ -373,9 +369,11 @@ func (c *appConn) failed(x *appExchange, err error) {
 }
 
 // relay reads x's response and writes it to x's stream; keep says the
-// connection can serve another request.
+// connection is in the pool for another request (and may already carry
+// one).
 func (c *appConn) relay(x *appExchange) (keep bool, err error) {
 	c.resp = h1.Response{Fields: c.resp.Fields[:0]}
+	c.kept = false
 	c.conn.SetReadDeadline(time.Now().Add(appHeadTimeout))
 	var n int
 	for {
@@ -401,9 +399,9 @@ func (c *appConn) relay(x *appExchange) (keep bool, err error) {
 	fields := c.fields(c.resp.Status)
 	c.buf = c.buf[n:]
 	if body.None() {
-		x.record()
+		c.finish(x)
 		_ = x.s.WriteHeaders(true, fields...)
-		return !c.resp.Close, nil
+		return c.kept, nil
 	}
 	if x.s.WriteHeaders(false, fields...) != nil {
 		return false, nil
@@ -414,7 +412,26 @@ func (c *appConn) relay(x *appExchange) (keep bool, err error) {
 	default:
 		err = c.relayLength(x, body.Length, body.UntilClose)
 	}
-	return !c.resp.Close && err == nil, err
+	return c.kept, err
+}
+
+// finish records x once its response has been read whole and, unless the
+// app closes the connection after it, puts the connection back in the
+// pool before the response's last frame goes out: a caller that sends
+// its next request the moment it has this answer finds the connection
+// idle, as net/http's transport does before a body's EOF. Nothing after
+// this may fail the connection: it may already carry the next request.
+func (c *appConn) finish(x *appExchange) {
+	x.record()
+	if c.resp.Close {
+		return
+	}
+	c.cur.Store(nil)
+	if c.pool.putIdle(c) {
+		c.kept = true
+		return
+	}
+	c.cur.Store(deadExchange)
 }
 
 // readHead reads until buf holds a response head and parses it.
@@ -481,9 +498,9 @@ func (c *appConn) relayLength(x *appExchange, length int64, untilClose bool) err
 		x.respBytes.Add(int64(k))
 		last := !untilClose && left == 0
 		if last {
-			x.record()
+			c.finish(x)
 		}
-		if err := x.s.WriteData(c.buf[:k], last); err != nil {
+		if err := x.s.WriteData(c.buf[:k], last); err != nil && !last {
 			return errStreamGone
 		}
 		c.buf = c.buf[k:]
@@ -509,7 +526,7 @@ func (c *appConn) relayChunked(x *appExchange) error {
 			}
 		}
 		if done {
-			x.record()
+			c.finish(x)
 			if len(ch.Trailers) == 0 {
 				_ = x.s.WriteData(nil, true)
 				return nil

@@ -55,7 +55,10 @@ type Budgets struct {
 	Resets   int // RST_STREAM frames
 	Settings int // SETTINGS frames, not counting ACKs
 	// Pings are PING frames, not counting ACKs; each request's HEADERS
-	// earns two more (gRPC's bandwidth estimator pings as data arrives).
+	// earns two more, and a PING that follows DATA this side sent is
+	// free: gRPC's bandwidth estimator pings as data arrives, as often
+	// as once a round trip while a large message streams (grpc-go's own
+	// server counts a ping against a client only when it sent no data).
 	Pings       int
 	HeaderBytes int // decoded header bytes (RFC 9113's size: name + value + 32)
 }
@@ -126,6 +129,7 @@ type Conn struct {
 	rd      *http2.Framer
 	w       *Writer
 	spent   spending // the reader's only
+	pinged  int64    // dataSent at the peer's last PING; the reader's only
 
 	mu sync.Mutex
 	// Guarded by mu:
@@ -135,6 +139,7 @@ type Conn struct {
 	peerMax     uint32        // the peer's MAX_CONCURRENT_STREAMS
 	peerWindow  int32         // the peer's SETTINGS_INITIAL_WINDOW_SIZE
 	sendWindow  int64         // connection send window
+	dataSent    int64         // DATA bytes sent, in all
 	recvWindow  int64         // connection receive window left
 	recvCredit  int64         // consumed bytes not yet returned to the peer
 	goingAway   bool          // this side sent GOAWAY: it closes once no stream is open
@@ -305,7 +310,7 @@ func (c *Conn) spend(f http2.Frame) error {
 			over = "SETTINGS frames"
 		}
 	case *http2.PingFrame:
-		if f.IsAck() {
+		if f.IsAck() || c.sentDataSincePing() {
 			break
 		}
 		if s.pings++; b.Pings > 0 && s.pings > b.Pings+2*s.requests {
@@ -322,6 +327,17 @@ func (c *Conn) spend(f http2.Frame) error {
 		}
 	}
 	return c.flood(over)
+}
+
+// sentDataSincePing reports whether DATA went to the peer since its
+// last PING.
+func (c *Conn) sentDataSincePing() bool {
+	c.mu.Lock()
+	sent := c.dataSent
+	c.mu.Unlock()
+	fresh := sent != c.pinged
+	c.pinged = sent
+	return fresh
 }
 
 // spendMalformed charges a malformed header section (the Framer refused
@@ -355,7 +371,7 @@ func (c *Conn) frame(f http2.Frame) error {
 		}
 		return c.settings(f)
 	case *http2.PingFrame:
-		if f.IsAck() {
+		if f.IsAck() || c.sentDataSincePing() {
 			return nil
 		}
 		return c.w.Queue(func(q *Frames) { _ = q.Framer().WritePing(true, f.Data) })

@@ -1,12 +1,16 @@
 package h2
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/trellis-mesh/trellis/internal/h2flood"
 )
@@ -66,6 +70,72 @@ func TestBudgetsLeaveHonestClientsAlone(t *testing.T) {
 	case what := <-flooded:
 		t.Fatalf("an honest client was cut off for %s", what)
 	default:
+	}
+}
+
+// A client that pings after every DATA frame it receives, as gRPC's
+// bandwidth estimator does while a large message streams in, is left
+// alone however many it sends: here 512 in well under a second, against
+// a budget of 100.
+func TestPingsThatFollowDataAreFree(t *testing.T) {
+	flooded := make(chan string, 1)
+	addr := echoServer(t, Config{Budgets: testBudgets, OnFlood: func(what string) { flooded <- what }})
+	c, err := netDial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	// A 1 KiB stream window: the 512 KiB echo comes in 512 DATA frames.
+	const frame, body = 1 << 10, 512 << 10
+	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: frame})
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":authority", "app"}, {":path", "/"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
+	for sent := 0; sent < body; sent += 16 << 10 {
+		fr.WriteData(1, sent+16<<10 == body, make([]byte, 16<<10))
+	}
+	got, pings := 0, 0
+	for got < body {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("after %d bytes and %d PINGs: %v", got, pings, err)
+		}
+		switch f := f.(type) {
+		case *http2.GoAwayFrame:
+			t.Fatalf("after %d bytes and %d PINGs: GOAWAY %v", got, pings, f.ErrCode)
+		case *http2.DataFrame:
+			n := len(f.Data())
+			if got += n; n == 0 || got == body {
+				continue
+			}
+			pings++
+			fr.WritePing(false, [8]byte{byte(pings)})
+			fr.WriteWindowUpdate(1, uint32(n))
+			fr.WriteWindowUpdate(0, uint32(n))
+		}
+	}
+	if pings < 500 {
+		t.Fatalf("only %d PINGs went out", pings)
+	}
+	// Without DATA in between, the budget holds.
+	for i := range 200 {
+		if fr.WritePing(false, [8]byte{0xff, byte(i)}) != nil {
+			break
+		}
+	}
+	select {
+	case what := <-flooded:
+		if what != "PING frames" {
+			t.Fatalf("cut off for %s, want PING frames", what)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("200 PINGs with no DATA between them went unnoticed")
 	}
 }
 

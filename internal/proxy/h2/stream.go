@@ -418,6 +418,7 @@ func (s *Stream) takeWindowLocked(size int, end bool) (n int64, last bool, err e
 	n = min(int64(size), max(s.sendWindow, 0), max(c.sendWindow, 0))
 	s.sendWindow -= n
 	c.sendWindow -= n
+	c.dataSent += n
 	last = end && n == int64(size)
 	if last {
 		s.localEnded = true
