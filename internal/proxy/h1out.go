@@ -75,6 +75,10 @@ type h1Exchange struct {
 	// asked, HTTP/1.0, a body until close, a refusal).
 	closeAfter bool
 	stream     *h2.Stream // set before the first byte of the request body is sent
+	// held is the response head, kept back on the reader goroutine to go
+	// out with the body's first bytes (or when the reader has handled
+	// all it read): one write to the app instead of two.
+	held []byte
 }
 
 // engineConns are the engine's app connections, for a drain: it refuses
@@ -561,8 +565,13 @@ func hopByHopField(name string) bool {
 func (ex *h1Exchange) upHeaders(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	if ex.started { // trailers
 		ex.record(false)
+		out := ex.held
 		if ex.chunked {
-			ex.app.write(s, appendTrailers([]byte("0\r\n"), f), 0)
+			out = appendTrailers(append(out, "0\r\n"...), f)
+		}
+		ex.held = nil
+		if len(out) > 0 {
+			ex.app.write(s, out, 0)
 		}
 		ex.release()
 		return
@@ -595,6 +604,10 @@ func (ex *h1Exchange) upHeaders(s *h2.Stream, f *http2.MetaHeadersFrame, end boo
 		}
 	}
 	hdr = append(hdr, "\r\n"...)
+	if code >= 200 && !end {
+		ex.held = hdr
+		return
+	}
 	if end {
 		ex.record(false)
 	}
@@ -604,15 +617,30 @@ func (ex *h1Exchange) upHeaders(s *h2.Stream, f *http2.MetaHeadersFrame, end boo
 	}
 }
 
+func (ex *h1Exchange) holding() bool { return ex.held != nil }
+
+func (ex *h1Exchange) flushHeld() {
+	if ex.held != nil {
+		ex.app.write(nil, ex.held, 0)
+		ex.held = nil
+	}
+}
+
 func (ex *h1Exchange) upData(s *h2.Stream, p []byte, end bool) {
 	ex.respBytes += int64(len(p))
 	out := p
-	if ex.chunked && len(p) > 0 {
-		out = append(strconv.AppendInt(nil, int64(len(p)), 16), "\r\n"...)
-		out = append(append(out, p...), "\r\n"...)
-	}
-	if ex.chunked && end {
-		out = append(out, "0\r\n\r\n"...)
+	if ex.held != nil || ex.chunked {
+		out = ex.held
+		if ex.chunked && len(p) > 0 {
+			out = append(strconv.AppendInt(out, int64(len(p)), 16), "\r\n"...)
+			out = append(append(out, p...), "\r\n"...)
+		} else {
+			out = append(out, p...)
+		}
+		if ex.chunked && end {
+			out = append(out, "0\r\n\r\n"...)
+		}
+		ex.held = nil
 	}
 	if end {
 		ex.record(false)
@@ -628,6 +656,7 @@ func (ex *h1Exchange) upClosed(*h2.Stream, error) {
 		ex.fail(503, "UF", "the endpoint reset the request")
 		return
 	}
+	ex.held = nil
 	if !ex.claim() {
 		return
 	}
@@ -688,10 +717,7 @@ func (a *h1App) write(s *h2.Stream, p []byte, consumed int) {
 	a.outMu.Lock()
 	if a.flushing {
 		a.out = append(a.out, p...)
-		if a.credit == nil {
-			a.credit = map[*h2.Stream]int{}
-		}
-		a.credit[s] += consumed
+		a.creditLocked(s, consumed)
 		a.outMu.Unlock()
 		return
 	}
@@ -708,10 +734,7 @@ func (a *h1App) write(s *h2.Stream, p []byte, consumed int) {
 	}
 	a.outMu.Lock()
 	a.out = append(a.out, p[n:]...)
-	if a.credit == nil {
-		a.credit = map[*h2.Stream]int{}
-	}
-	a.credit[s] += consumed
+	a.creditLocked(s, consumed)
 	a.flushing = true
 	a.outMu.Unlock()
 	go a.flush()
@@ -736,6 +759,18 @@ func (a *h1App) writeProgressing(p []byte) error {
 		a.conn.SetWriteDeadline(time.Time{})
 	}
 	return nil
+}
+
+// creditLocked notes (outMu held) that consumed bytes of s's body go back
+// to its window once what is queued is written.
+func (a *h1App) creditLocked(s *h2.Stream, consumed int) {
+	if consumed == 0 {
+		return
+	}
+	if a.credit == nil {
+		a.credit = map[*h2.Stream]int{}
+	}
+	a.credit[s] += consumed
 }
 
 // tryWrite writes what c takes of p now; a connection without raw I/O

@@ -61,7 +61,7 @@ func (in *Inbound) serveH2(c net.Conn, state *tls.ConnectionState, port uint16) 
 	ctx := context.WithValue(context.Background(), appPortKey{}, port)
 	ctx = context.WithValue(ctx, http.LocalAddrContextKey, c.LocalAddr())
 	if state != nil {
-		ctx = context.WithValue(ctx, tlsStateKey{}, state)
+		ctx = withConnTLS(ctx, state)
 	}
 	h := &h2In{in: in, ctx: ctx, state: state, remote: from.String()}
 	conn := h2.NewServerConn(c, engineServerConfig(&peerBudgets, in.WriteIdleTimeout, &in.floods, from), callerHandler{h.request})

@@ -308,3 +308,36 @@ func (s statusOnly) Headers(st *h2.Stream, f *http2.MetaHeadersFrame, _ bool) {
 }
 func (statusOnly) Data(st *h2.Stream, p []byte, _ bool) { st.Consumed(len(p)) }
 func (statusOnly) Closed(*h2.Stream, error)             {}
+
+// A peer's metadata is decoded once per connection while it stays the
+// same, but a change on the same connection (the client's one HTTP/2
+// connection) is seen at once, and a claim
+// the certificate contradicts is refused (and counted) each time.
+func TestInboundPeerMetadataPerRequest(t *testing.T) {
+	app := newScriptedApp(t, func(r *http.Request, w io.Writer) bool {
+		io.WriteString(w, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return true
+	})
+	in, client, url := meshClientTo(t, app.port)
+	before := peerMismatches.Load()
+	for _, meta := range []string{"workload=a&namespace=web", "workload=a&namespace=web", "workload=b&namespace=web",
+		"workload=forged&namespace=db", "workload=forged&namespace=db", "workload=a&namespace=web"} {
+		req, _ := http.NewRequest("GET", url+"/", nil)
+		req.Header.Set(peerHeader, meta)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		<-app.requests
+	}
+	for workload, want := range map[string]float64{"a": 3, "b": 1, "forged": 0, "unknown": 2} {
+		if n := scrape(t, in.Metrics, "istio_requests_total", []string{`source_workload="` + workload + `"`}); n != want {
+			t.Errorf("requests from source_workload %q: %v, want %v", workload, n, want)
+		}
+	}
+	if n := peerMismatches.Load() - before; n != 2 {
+		t.Errorf("mismatched claims counted: %d, want 2", n)
+	}
+}

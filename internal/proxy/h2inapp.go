@@ -403,14 +403,17 @@ func (c *appConn) relay(x *appExchange) (keep bool, err error) {
 		_ = x.s.WriteHeaders(true, fields...)
 		return c.kept, nil
 	}
-	if x.s.WriteHeaders(false, fields...) != nil {
-		return false, nil
+	if body.Chunked || len(c.buf) == 0 {
+		if x.s.WriteHeaders(false, fields...) != nil {
+			return false, nil
+		}
+		fields = nil
 	}
 	switch {
 	case body.Chunked:
 		err = c.relayChunked(x)
 	default:
-		err = c.relayLength(x, body.Length, body.UntilClose)
+		err = c.relayLength(x, body.Length, body.UntilClose, fields)
 	}
 	return c.kept, err
 }
@@ -476,8 +479,9 @@ func listed(connection []byte, name string) bool {
 }
 
 // relayLength relays a body of length bytes, or one that runs until the
-// app closes the connection.
-func (c *appConn) relayLength(x *appExchange, length int64, untilClose bool) error {
+// app closes the connection; head, if not nil, is the response's header
+// section, still to be sent, with the body's first bytes (at hand in buf).
+func (c *appConn) relayLength(x *appExchange, length int64, untilClose bool, head []h2.Field) error {
 	for left := length; untilClose || left > 0; {
 		if len(c.buf) == 0 {
 			err := c.fill(c.conn)
@@ -500,16 +504,34 @@ func (c *appConn) relayLength(x *appExchange, length int64, untilClose bool) err
 		if last {
 			c.finish(x)
 		}
-		if err := x.s.WriteData(c.buf[:k], last); err != nil && !last {
-			return errStreamGone
+		p := c.buf[:k]
+		c.buf = c.buf[k:] // p stays valid: only this goroutine fills buf
+		if head != nil {
+			sent, err := x.s.WriteHeadersData(head, p, last)
+			if err != nil {
+				return streamGone(last)
+			}
+			head, p = nil, p[sent:]
 		}
-		c.buf = c.buf[k:]
+		if err := x.s.WriteData(p, last); err != nil {
+			return streamGone(last)
+		}
 	}
 	return nil
 }
 
 // errStreamGone: the caller reset the stream; gone recorded it.
 var errStreamGone = errors.New("the caller reset the stream")
+
+// streamGone is what a failed write to the caller means for the app
+// connection: nothing after the response's last bytes (read whole, the
+// connection may already serve the next request), else errStreamGone.
+func streamGone(last bool) error {
+	if last {
+		return nil
+	}
+	return errStreamGone
+}
 
 func (c *appConn) relayChunked(x *appExchange) error {
 	var ch h1.Chunks

@@ -34,17 +34,40 @@ type upstream interface {
 	upClosed(s *h2.Stream, err error)
 }
 
-// upstreamHandler hands a pooled connection's stream events to the
-// streams' Values.
-type upstreamHandler struct{}
-
-func (upstreamHandler) Headers(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
-	s.Value.(upstream).upHeaders(s, f, end)
+// headHolder is an upstream that may hold a response head back, to go
+// out in one write with the body that usually follows it in the same
+// read; flushHeld sends what it holds.
+type headHolder interface {
+	holding() bool
+	flushHeld()
 }
 
-func (upstreamHandler) Data(s *h2.Stream, p []byte, end bool) { s.Value.(upstream).upData(s, p, end) }
+// upstreamHandler hands a pooled connection's stream events to the
+// streams' Values, on its reader goroutine. Once the reader has handled
+// all it read, the heads still held go out (h2.Drainer).
+type upstreamHandler struct {
+	held []headHolder
+}
 
-func (upstreamHandler) Closed(s *h2.Stream, err error) { s.Value.(upstream).upClosed(s, err) }
+func (h *upstreamHandler) Headers(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
+	u := s.Value.(upstream)
+	u.upHeaders(s, f, end)
+	if hh, ok := u.(headHolder); ok && hh.holding() {
+		h.held = append(h.held, hh)
+	}
+}
+
+func (*upstreamHandler) Data(s *h2.Stream, p []byte, end bool) { s.Value.(upstream).upData(s, p, end) }
+
+func (*upstreamHandler) Closed(s *h2.Stream, err error) { s.Value.(upstream).upClosed(s, err) }
+
+func (h *upstreamHandler) Drained() {
+	for i, hh := range h.held {
+		hh.flushHeld()
+		h.held[i] = nil
+	}
+	h.held = h.held[:0]
+}
 
 // dialCall is a dial in progress that other requests wait for.
 type dialCall struct {
@@ -109,7 +132,7 @@ func (p *meshPool) connect(addr string) (*h2.Conn, error) {
 	// allow 100 at once, the limit assumed until then.
 	raw, err := p.dial(addr)
 	if err == nil {
-		d.conn = h2.NewClientConn(raw, p.cfg, upstreamHandler{})
+		d.conn = h2.NewClientConn(raw, p.cfg, &upstreamHandler{})
 	}
 	d.err = err
 	p.mu.Lock()

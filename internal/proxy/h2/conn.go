@@ -104,6 +104,14 @@ type Handler interface {
 	Closed(s *Stream, err error)
 }
 
+// A Drainer is a Handler told each time the reader has handled every
+// frame it has read and is about to wait for more. A handler may hold a
+// write back to join one that usually follows in the same read (a
+// response head and its body); what it still holds must go out then.
+type Drainer interface {
+	Drained()
+}
+
 // Errors a Conn returns.
 var (
 	// ErrMaxStreams: the peer's MAX_CONCURRENT_STREAMS are all open; open
@@ -127,6 +135,8 @@ type Conn struct {
 	server  bool
 	handler Handler
 	rd      *http2.Framer
+	br      *bufio.Reader // rd's
+	drainer Drainer       // the handler, if it is one
 	w       *Writer
 	spent   spending // the reader's only
 	pinged  int64    // dataSent at the peer's last PING; the reader's only
@@ -165,7 +175,9 @@ func newConn(c net.Conn, cfg Config, h Handler, server bool) *Conn {
 		nextID: 1, peerMax: 100, peerWindow: 65535, sendWindow: 65535, recvWindow: int64(cfg.ConnWindow),
 		settled: make(chan struct{})}
 	cn.windowReady.L = &cn.mu
-	cn.rd = http2.NewFramer(nil, bufio.NewReaderSize(c, 16<<10))
+	cn.br = bufio.NewReaderSize(c, 16<<10)
+	cn.drainer, _ = h.(Drainer)
+	cn.rd = http2.NewFramer(nil, cn.br)
 	cn.rd.SetReuseFrames()
 	cn.rd.SetMaxReadFrameSize(maxFrame) // SETTINGS_MAX_FRAME_SIZE is left at its default
 	// Decoding stops (the block is Truncated) at four times what is
@@ -272,6 +284,9 @@ func (c *Conn) readLoop() error {
 		}
 		if err := c.frame(f); err != nil {
 			return err
+		}
+		if c.drainer != nil && c.br.Buffered() == 0 {
+			c.drainer.Drained()
 		}
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -532,4 +534,98 @@ func TestIdleTimeoutEndsOnlyIdleConnections(t *testing.T) {
 	if n := dials.Load(); n != 2 {
 		t.Errorf("%d connections after an idle second, want 2 (the idle one ended)", n)
 	}
+}
+
+// A response whose body is at hand leaves with its header section in one
+// write; a body over the send window goes in part, the rest with
+// WriteData as the window opens.
+func TestWriteHeadersData(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	rec := &recordingConn{}
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		rec.Conn = c
+		NewServerConn(rec, Config{}, headersDataHandler{}).Run()
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := NewClientConn(c, Config{StreamWindow: 16 << 10}, collector{})
+	go conn.Run()
+	defer conn.Close()
+	for _, size := range []int{1000, 40 << 10} {
+		r := &response{done: make(chan struct{})}
+		path := "/" + strconv.Itoa(size)
+		if _, err := conn.NewStream(r, false, true, Field{":method", "GET"}, Field{":scheme", "http"},
+			Field{":authority", "app"}, Field{":path", path}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("GET %s: no answer", path)
+		}
+		if r.status != "200" || r.fields["x-size"] != strconv.Itoa(size) || r.body.Len() != size || r.err != nil {
+			t.Fatalf("GET %s: status %q, fields %v, %d bytes, %v", path, r.status, r.fields, r.body.Len(), r.err)
+		}
+	}
+	// Stream 1's HEADERS and its one DATA frame, ending it, left together.
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	for _, w := range rec.writes {
+		fr := http2.NewFramer(nil, bytes.NewReader(w))
+		var types []http2.FrameType
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				break
+			}
+			if f.Header().StreamID == 1 {
+				types = append(types, f.Header().Type)
+			}
+		}
+		if slices.Equal(types, []http2.FrameType{http2.FrameHeaders, http2.FrameData}) {
+			return
+		}
+	}
+	t.Errorf("no write held stream 1's HEADERS and DATA together (%d writes)", len(rec.writes))
+}
+
+// headersDataHandler answers GET /N with N bytes, sent with
+// WriteHeadersData and then WriteData.
+type headersDataHandler struct{}
+
+func (headersDataHandler) Headers(s *Stream, f *http2.MetaHeadersFrame, _ bool) {
+	size, _ := strconv.Atoi(strings.TrimPrefix(f.PseudoValue("path"), "/"))
+	go func() {
+		body := bytes.Repeat([]byte("x"), size)
+		n, err := s.WriteHeadersData([]Field{{":status", "200"}, {"x-size", strconv.Itoa(size)}}, body, true)
+		if err == nil {
+			s.WriteData(body[n:], true)
+		}
+	}()
+}
+func (headersDataHandler) Data(*Stream, []byte, bool) {}
+func (headersDataHandler) Closed(*Stream, error)      {}
+
+// recordingConn keeps a copy of each write.
+type recordingConn struct {
+	net.Conn
+	mu     sync.Mutex
+	writes [][]byte
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.writes = append(c.writes, bytes.Clone(p))
+	c.mu.Unlock()
+	return c.Conn.Write(p)
 }

@@ -336,6 +336,34 @@ func (s *Stream) WriteHeaders(end bool, fields ...Field) error {
 	return s.c.w.QueueHeaders(s.ID, end, fields...)
 }
 
+// WriteHeadersData sends a header section that does not end s and, in
+// the same write, as much of p as the send windows take now, ending s
+// after it when end and all of p went. It returns how many bytes of p
+// went; the caller sends the rest with WriteData. A response whose body
+// is at hand leaves in one write instead of two.
+func (s *Stream) WriteHeadersData(fields []Field, p []byte, end bool) (int, error) {
+	c := s.c
+	c.mu.Lock()
+	if s.closed || s.localEnded {
+		c.mu.Unlock()
+		return 0, ErrStreamClosed
+	}
+	n, last, err := s.takeWindowLocked(len(p), end)
+	c.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if err := c.w.lockRoom(); err != nil {
+		return 0, err
+	}
+	f := &Frames{w: c.w}
+	f.Headers(s.ID, false, fields...)
+	if n > 0 || last {
+		f.Data(s.ID, p[:n], last)
+	}
+	return int(n), c.w.sendLocked()
+}
+
 // endLocal checks s can still be written and records that this side ends
 // it, when end.
 func (s *Stream) endLocal(end bool) error {
