@@ -50,6 +50,7 @@ type phase struct {
 	p50, p99 time.Duration
 	cpu      [2]time.Duration // per request
 	rss      [2]int64         // KiB, at the end
+	anon     [2]int64         // KiB of rss that is anonymous
 	gcShare  [2]float64       // of the proxy's CPU; NaN when unknown
 	switches [2]switches
 }
@@ -261,7 +262,7 @@ func (t *topo) phase(ctx context.Context, px proxies, load func() (phase, error)
 		}
 		u := treeUsage(p.cmd.Process.Pid)
 		ph.cpu[i] = (u.cpu - before[i].cpu) / time.Duration(ph.requests)
-		ph.rss[i] = u.rss
+		ph.rss[i], ph.anon[i] = u.rss, u.anon
 		ph.switches[i] = switchesOver(before[i].switches, u.switches, ph.requests)
 		if px.metrics {
 			gc := gcSeconds(ctx, []string{clientNS, serverNS}[i])

@@ -72,6 +72,7 @@ func report(w io.Writer, o options, results []*result) {
 			})
 			row("  CPU µs per request, client / server proxy", func(r *result) string { return cpu(r, h(r)) })
 			row("  RSS MiB, client / server proxy", func(r *result) string { return rss(r, h(r)) })
+			row("  of it anonymous (not the binary's shared pages), MiB", func(r *result) string { return anonRSS(r, h(r)) })
 			row("  GC share of proxy CPU, client / server", func(r *result) string { return gc(h(r)) })
 			row("  context switches per request (voluntary+involuntary; threads switching; busiest thread's share), client / server", func(r *result) string { return csw(r, h(r)) })
 		}
@@ -177,8 +178,12 @@ func ratios(w io.Writer, o options, rs []*result, direct *result) {
 			larger := func(r *result) float64 { return float64(max(r.h1[i].rss[0], r.h1[i].rss[1])) / 1024 }
 			m := larger(tr)
 			line("proxy RSS @1000 rps (MiB, the larger)", m, "≤ 20", m <= 20)
+			anon := float64(max(tr.h1[i].anon[0], tr.h1[i].anon[1])) / 1024
+			figure("of it anonymous (MiB, the larger; the rest is the binary's pages, shared)", anon)
 			if ha != nil {
 				figure("proxy RSS @1000 rps × HAProxy (the larger of each pair)", m/larger(ha))
+				haAnon := float64(max(ha.h1[i].anon[0], ha.h1[i].anon[1])) / 1024
+				figure("anonymous RSS @1000 rps × HAProxy (the larger of each pair)", anon/haAnon)
 			}
 		}
 	}
@@ -317,6 +322,13 @@ func rss(r *result, p phase) string {
 		return "—"
 	}
 	return fmt.Sprintf("%.1f / %.1f", float64(p.rss[0])/1024, float64(p.rss[1])/1024)
+}
+
+func anonRSS(r *result, p phase) string {
+	if r.arm == "direct" {
+		return "—"
+	}
+	return fmt.Sprintf("%.1f / %.1f", float64(p.anon[0])/1024, float64(p.anon[1])/1024)
 }
 
 func gc(p phase) string {

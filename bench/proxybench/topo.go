@@ -179,6 +179,7 @@ func waitReady(ctx context.Context, ns, url string, p *proc) error {
 type usage struct {
 	cpu      time.Duration
 	rss      int64            // KiB
+	anon     int64            // KiB of rss that is the process's own (RssAnon), not the program's file pages
 	switches map[int][2]int64 // thread id: voluntary, involuntary
 }
 
@@ -201,7 +202,9 @@ func treeUsage(pid int) usage {
 		p := queue[0]
 		if st, err := readStat(p); err == nil {
 			u.cpu += st.cpu
-			u.rss += rssKiB(p)
+			rss, anon := rssKiB(p)
+			u.rss += rss
+			u.anon += anon
 			threadSwitches(p, u.switches)
 		}
 		queue = append(queue, children[p]...)
@@ -259,18 +262,26 @@ func threadSwitches(pid int, into map[int][2]int64) {
 	}
 }
 
-func rssKiB(pid int) int64 {
+// rssKiB is pid's resident memory (VmRSS) and the part of it that is
+// anonymous (RssAnon: heap, stacks), not pages of the program's files,
+// which every process running the same binary shares.
+func rssKiB(pid int) (rss, anon int64) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
+	kib := func(v string) int64 {
+		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		return n
+	}
 	for sc.Scan() {
 		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return n
+			rss = kib(v)
+		} else if v, ok := strings.CutPrefix(sc.Text(), "RssAnon:"); ok {
+			anon = kib(v)
 		}
 	}
-	return 0
+	return rss, anon
 }
