@@ -740,23 +740,21 @@ func (a *h1App) write(s *h2.Stream, p []byte, consumed int) {
 	go a.flush()
 }
 
-// writeProgressing writes p, failing when a piece of it makes no progress
-// for the outbound side's WriteIdleTimeout (a client that stopped
-// reading).
-func (a *h1App) writeProgressing(p []byte) error {
-	idle := a.o.WriteIdleTimeout
+// writeProgressing writes p to c, failing when a piece of it makes no
+// progress for idle (a peer that stopped reading); 0: no bound.
+func writeProgressing(c net.Conn, p []byte, idle time.Duration) error {
 	for len(p) > 0 {
 		n := min(len(p), 64<<10)
 		if idle > 0 {
-			a.conn.SetWriteDeadline(time.Now().Add(idle))
+			c.SetWriteDeadline(time.Now().Add(idle))
 		}
-		if _, err := a.conn.Write(p[:n]); err != nil {
+		if _, err := c.Write(p[:n]); err != nil {
 			return err
 		}
 		p = p[n:]
 	}
 	if idle > 0 {
-		a.conn.SetWriteDeadline(time.Time{})
+		c.SetWriteDeadline(time.Time{})
 	}
 	return nil
 }
@@ -819,7 +817,7 @@ func (a *h1App) flush() {
 			return
 		}
 		a.outMu.Unlock()
-		if err := a.writeProgressing(out); err != nil {
+		if err := writeProgressing(a.conn, out, a.o.WriteIdleTimeout); err != nil {
 			a.outMu.Lock()
 			a.flushing = false
 			a.flushed.Broadcast()

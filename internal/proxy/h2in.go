@@ -117,9 +117,9 @@ func (callerHandler) Closed(s *h2.Stream, err error) {
 	}
 }
 
-// request serves a stream's request with one of the engine's forwarders
-// (gRPC: relayed to an h2c stream to the app; no body: written to a pooled
-// HTTP/1.1 app connection), else bridged to ServeHTTP.
+// request serves a stream's request with one of the engine's forwarders:
+// gRPC is relayed to an h2c stream to the app, the rest written to a
+// pooled HTTP/1.1 app connection.
 func (h *h2In) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	r, err := newStreamRequest(h.ctx, f, end, h.remote, h.state)
 	if err != nil {
@@ -128,8 +128,7 @@ func (h *h2In) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	}
 	in := h.in
 	rec := recorder{in.Metrics, in.AccessLog, in.Tracing}
-	switch grpc := protocolOf(r) == "grpc"; {
-	case grpc:
+	if protocolOf(r) == "grpc" {
 		x := newRelay(s, end, true, rec, "destination")
 		s.Value = x
 		h.serveNative(s, r, end, &x.engineExchange, func(r *http.Request, ex *exchange, src telemetry.Peer, start time.Time) {
@@ -139,13 +138,10 @@ func (h *h2In) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 			}
 		})
 		return
-	case end:
-		x := &appExchange{engineExchange: engineExchange{s: s, rec: rec, reporter: "destination"}, in: in}
-		s.Value = x
-		h.serveNative(s, r, end, &x.engineExchange, x.forward)
-		return
 	}
-	bridge(s, r, end, in)
+	x := newAppExchange(in, s, end, rec)
+	s.Value = x
+	h.serveNative(s, r, end, &x.engineExchange, x.forward)
 }
 
 // serveNative serves a request with one of the engine's forwarders, on

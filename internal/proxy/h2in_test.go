@@ -8,8 +8,12 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -340,4 +344,86 @@ func TestInboundPeerMetadataPerRequest(t *testing.T) {
 	if n := peerMismatches.Load() - before; n != 2 {
 		t.Errorf("mismatched claims counted: %d, want 2", n)
 	}
+}
+
+// Request bodies reach an HTTP/1.1 app on the engine: with a length or
+// chunked (with trailers), over the stream's window, to an app that reads
+// slowly, one after another on one kept-alive app connection. An app
+// that answers before the body is in gets its answer through, and the
+// caller is told to stop sending; the caller's connection window is
+// whole after all of it.
+func TestInboundEngineRequestBodies(t *testing.T) {
+	app := newScriptedApp(t, func(r *http.Request, w io.Writer) bool {
+		if r.URL.Path == "/early" { // refuse without reading the body
+			io.WriteString(w, "HTTP/1.1 413 Content Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+			return false
+		}
+		h := sha256.New()
+		n, err := io.CopyBuffer(h, slowReader{r.Body}, make([]byte, 64<<10))
+		if err != nil {
+			return false
+		}
+		fmt.Fprintf(w, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Len: %d\r\nX-Sum: %x\r\nX-Chunked: %v\r\nX-Trailer: %s\r\n\r\n",
+			n, h.Sum(nil)[:8], len(r.TransferEncoding) > 0, r.Trailer.Get("X-Trailer"))
+		return true
+	})
+	_, client, url := meshClientTo(t, app.port)
+	body := make([]byte, 3<<20)
+	rand.Read(body)
+	sum := sha256.Sum256(body)
+	post := func(path string, chunked bool, trailer string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("POST", url+path, bytes.NewReader(body))
+		if chunked {
+			req.Body = io.NopCloser(bytes.NewReader(body))
+			req.ContentLength = -1
+		}
+		if trailer != "" {
+			req.Trailer = http.Header{"X-Trailer": {trailer}}
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("POST %s: %v", path, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	for i, c := range []struct {
+		chunked bool
+		trailer string
+	}{{false, ""}, {true, "t1"}, {false, ""}, {true, ""}} {
+		resp := post("/", c.chunked, c.trailer)
+		if resp.StatusCode != 200 || resp.Header.Get("X-Len") != strconv.Itoa(len(body)) || resp.Header.Get("X-Sum") != fmt.Sprintf("%x", sum[:8]) {
+			t.Fatalf("upload %d: %d, length %s, sum %s", i, resp.StatusCode, resp.Header.Get("X-Len"), resp.Header.Get("X-Sum"))
+		}
+		if got := resp.Header.Get("X-Chunked"); got != strconv.FormatBool(c.chunked) || resp.Header.Get("X-Trailer") != c.trailer {
+			t.Errorf("upload %d: the app read chunked %s with trailer %q, want %v and %q", i, got, resp.Header.Get("X-Trailer"), c.chunked, c.trailer)
+		}
+		<-app.requests
+	}
+	if n := app.conns.Load(); n != 1 {
+		t.Errorf("4 uploads one after another took %d app connections, want 1 kept alive", n)
+	}
+	for range 3 {
+		if resp := post("/early", true, ""); resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("an answer before the body is in: %d, want 413", resp.StatusCode)
+		}
+		<-app.requests
+	}
+	// The connection window (4 MiB) is whole: what the early answers
+	// left unsent was given back.
+	body = make([]byte, 6<<20)
+	sum = sha256.Sum256(body)
+	if resp := post("/", false, ""); resp.StatusCode != 200 || resp.Header.Get("X-Sum") != fmt.Sprintf("%x", sum[:8]) {
+		t.Fatalf("an upload after the early answers: %d, sum %s", resp.StatusCode, resp.Header.Get("X-Sum"))
+	}
+}
+
+// slowReader reads as an app busy with each piece does.
+type slowReader struct{ r io.Reader }
+
+func (s slowReader) Read(p []byte) (int, error) {
+	time.Sleep(time.Millisecond)
+	return s.r.Read(p)
 }

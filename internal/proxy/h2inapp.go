@@ -54,20 +54,33 @@ func (x *engineExchange) admit(r *http.Request, ex *exchange, src, dst telemetry
 	x.forwarded, x.r, x.ex, x.src, x.dst, x.start = true, r, ex, src, dst, start
 }
 
-// appExchange is a request without a body for an HTTP/1.1 app: the
-// stream's Value.
+// appExchange is a request for an HTTP/1.1 app: the stream's Value.
 type appExchange struct {
 	engineExchange
 	in   *Inbound
 	head []byte                  // the request head as the app gets it, for a second try
 	app  atomic.Pointer[appConn] // the connection the request went on
+	up   *upload                 // the request body's way to the app; nil without a body
+}
+
+// newAppExchange is the exchange of a request on s; end: it has no body.
+func newAppExchange(in *Inbound, s *h2.Stream, end bool, rec recorder) *appExchange {
+	x := &appExchange{engineExchange: engineExchange{s: s, rec: rec, reporter: "destination"}, in: in}
+	if !end {
+		x.up = &upload{s: s, idle: in.WriteIdleTimeout}
+	}
+	return x
 }
 
 // forward sends an admitted request to the app (a forwarder).
 func (x *appExchange) forward(r *http.Request, ex *exchange, src telemetry.Peer, start time.Time) {
 	x.admit(r, ex, src, *x.in.self.Load(), start)
-	head, err := appendRequestHead(nil, r)
+	if x.up != nil {
+		x.up.chunked = r.ContentLength < 0
+	}
+	head, err := appendRequestHead(nil, r, x.up != nil && x.up.chunked)
 	if err != nil {
+		x.up.abandonIfAny()
 		x.fail(http.StatusBadRequest, "DPE", err.Error())
 		return
 	}
@@ -75,8 +88,16 @@ func (x *appExchange) forward(r *http.Request, ex *exchange, src telemetry.Peer,
 	x.in.apps.send(ex.upstream, x, false)
 }
 
-// appendRequestHead is r's head in HTTP/1.1 for the app.
-func appendRequestHead(b []byte, r *http.Request) ([]byte, error) {
+// sent starts the body, if any, after the head went on c.
+func (x *appExchange) sent(c net.Conn) {
+	if x.up != nil {
+		x.up.attach(c)
+	}
+}
+
+// appendRequestHead is r's head in HTTP/1.1 for the app; chunked: its
+// body, of no known length, goes chunked.
+func appendRequestHead(b []byte, r *http.Request, chunked bool) ([]byte, error) {
 	b = append(append(append(append(b, r.Method...), ' '), r.URL.RequestURI()...), " HTTP/1.1\r\nHost: "...)
 	b = append(append(b, r.Host...), "\r\n"...)
 	length := false
@@ -95,7 +116,10 @@ func appendRequestHead(b []byte, r *http.Request) ([]byte, error) {
 			b = append(append(append(append(b, k...), ": "...), v...), "\r\n"...)
 		}
 	}
-	if !length && (r.Method == "POST" || r.Method == "PUT" || r.Method == "PATCH") {
+	switch {
+	case chunked:
+		b = append(b, "Transfer-Encoding: chunked\r\n"...)
+	case !length && (r.Method == "POST" || r.Method == "PUT" || r.Method == "PATCH"):
 		b = append(b, "Content-Length: 0\r\n"...) // as net/http sends an empty body
 	}
 	return append(b, "\r\n"...), nil
@@ -129,9 +153,16 @@ func (x *engineExchange) fail(code int, flag, reason string) {
 	}
 }
 
-// fromCaller drops what the caller sends after a request without a body
-// (only trailers can come; they are not passed on).
-func (x *appExchange) fromCaller(s *h2.Stream, p []byte, _ bool, _ []h2.Field) { s.Consumed(len(p)) }
+// fromCaller passes the request body on to the app; without one (or
+// once the request is refused) what comes is dropped: only trailers can.
+func (x *appExchange) fromCaller(s *h2.Stream, p []byte, end bool, trailers []h2.Field) {
+	if x.up == nil || !x.forwarded {
+		s.Consumed(len(p))
+		return
+	}
+	x.reqBytes.Add(int64(len(p)))
+	x.up.push(p, end, trailers)
+}
 
 // callerGone records a request whose caller reset the stream and cuts off
 // the app connection serving it.
@@ -140,6 +171,7 @@ func (x *appExchange) callerGone(error) {
 		return // refused: recorded already
 	}
 	claimed := x.claim()
+	x.up.abandonIfAny()
 	if c := x.app.Load(); c != nil && c.cur.Load() == x {
 		c.conn.Close()
 	}
@@ -231,8 +263,10 @@ func (p *appPool) send(addr string, x *appExchange, fresh bool) {
 		_, err := c.conn.Write(x.head)
 		c.conn.SetWriteDeadline(time.Time{})
 		if err != nil {
-			c.conn.Close() // its goroutine sends x again
+			c.conn.Close() // its goroutine sends x again, or fails it
+			return
 		}
+		x.sent(c.conn)
 		return
 	}
 	c := &appConn{pool: p, addr: addr, fresh: true}
@@ -293,6 +327,7 @@ func (c *appConn) dialAndServe() {
 	x := c.cur.Load()
 	conn, err := rawDial(&net.Dialer{Timeout: appDialTimeout})(x.r.Context(), "tcp", c.addr)
 	if err != nil {
+		x.up.abandonIfAny()
 		x.fail(http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
 		return
 	}
@@ -307,9 +342,11 @@ func (c *appConn) dialAndServe() {
 	c.conn.SetWriteDeadline(time.Time{})
 	if err != nil {
 		c.conn.Close()
+		x.up.abandonIfAny()
 		x.fail(http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
 		return
 	}
+	x.sent(c.conn)
 	c.serve()
 }
 
@@ -329,6 +366,12 @@ func (c *appConn) serve() {
 		}
 		if !keep {
 			c.cur.CompareAndSwap(x, deadExchange)
+			if x.up != nil && !x.up.complete() {
+				// The answer is out before the body is in: the rest is
+				// not wanted (RST_STREAM NO_ERROR, RFC 9113 8.1).
+				x.up.abandon()
+				x.s.Reset(http2.ErrCodeNo)
+			}
 			return
 		}
 		c.fresh = false
@@ -350,12 +393,13 @@ func (c *appConn) serve() {
 
 // failed ends x, whose response did not come whole: sent again on a new
 // connection if this kept-alive one ended before any of it did and x may
-// be sent twice, else
-// answered with 503 if nothing went out yet, else reset.
+// be sent twice (it has no body), else answered with 503 if nothing went
+// out yet, else reset.
 func (c *appConn) failed(x *appExchange, err error) {
+	x.up.abandonIfAny() // a body is never sent twice: only bodyless requests are
 	switch {
 	case x.finished.Load():
-	case !x.started.Load() && !c.fresh && len(c.buf) == 0 && c.resp.Status == 0 && replayable(x.r):
+	case !x.started.Load() && !c.fresh && len(c.buf) == 0 && c.resp.Status == 0 && x.up == nil && replayable(x.r):
 		c.pool.send(c.addr, x, true)
 	case !x.started.Load():
 		x.fail(http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
@@ -379,6 +423,10 @@ func (c *appConn) relay(x *appExchange) (keep bool, err error) {
 	for {
 		n, err = c.readHead(x.r.Method == "HEAD")
 		if err != nil {
+			if wait := x.headWait(); wait > 0 && isTimeout(err) {
+				c.conn.SetReadDeadline(time.Now().Add(wait))
+				continue
+			}
 			return false, err
 		}
 		if c.resp.Status >= 200 {
@@ -426,7 +474,7 @@ func (c *appConn) relay(x *appExchange) (keep bool, err error) {
 // this may fail the connection: it may already carry the next request.
 func (c *appConn) finish(x *appExchange) {
 	x.record()
-	if c.resp.Close {
+	if c.resp.Close || x.up != nil && !x.up.complete() {
 		return
 	}
 	c.cur.Store(nil)
