@@ -152,9 +152,10 @@ type Metrics struct {
 	authz     *prometheus.CounterVec
 	cluster   string
 
-	children  sync.Map        // label key -> *children
-	tcpKeys   sync.Map        // label key of a TCP series -> struct{}
-	series    [2]atomic.Int64 // label sets per reporter: source, destination
+	childMu   sync.RWMutex
+	children  map[requestKey]*children // guarded by childMu
+	tcpKeys   sync.Map                 // label key of a TCP series -> struct{}
+	series    [2]atomic.Int64          // label sets per reporter: source, destination
 	maxSeries int64
 	overflow  prometheus.Counter
 }
@@ -239,28 +240,17 @@ func New(cluster string) *Metrics {
 
 // ObserveRequest records one request.
 func (m *Metrics) ObserveRequest(r Request) {
-	values := m.labelValues(r)
-	key := strings.Join(values, "\x00")
-	c, ok := m.children.Load(key)
-	if !ok {
-		if !m.admitSeries(r.Reporter) {
+	key := requestKey{reporter: r.Reporter, src: r.Source, dst: r.Dest,
+		service: CleanValue(r.Service), name: CleanValue(r.ServiceName), namespace: CleanValue(r.ServiceNamespace),
+		protocol: r.Protocol, code: r.Code, grpcStatus: grpcStatusLabel(r.GRPCStatus), mutualTLS: r.MutualTLS, flags: orDash(r.Flags)}
+	m.childMu.RLock()
+	ch := m.children[key]
+	m.childMu.RUnlock()
+	if ch == nil {
+		if ch = m.newChildren(key); ch == nil {
 			return
 		}
-		nc := &children{
-			requests:  m.requests.WithLabelValues(values...),
-			duration:  m.duration.WithLabelValues(values...),
-			reqBytes:  m.reqBytes.WithLabelValues(values...),
-			respBytes: m.respBytes.WithLabelValues(values...),
-		}
-		if r.Protocol == "grpc" {
-			nc.reqMsgs, nc.respMsgs = m.reqMsgs.WithLabelValues(values...), m.respMsgs.WithLabelValues(values...)
-		}
-		var loaded bool
-		if c, loaded = m.children.LoadOrStore(key, nc); loaded {
-			m.seriesOf(r.Reporter).Add(-1) // another request made it first
-		}
 	}
-	ch := c.(*children)
 	ch.requests.Inc()
 	ch.duration.Observe(float64(r.Duration) / float64(time.Millisecond))
 	ch.reqBytes.Observe(float64(r.RequestBytes))
@@ -271,9 +261,50 @@ func (m *Metrics) ObserveRequest(r Request) {
 	}
 }
 
-func (m *Metrics) labelValues(r Request) []string {
-	return append(m.peerValues(r.Reporter, r.Source, r.Dest, r.Service, r.ServiceName, r.ServiceNamespace),
-		r.Protocol, strconv.Itoa(r.Code), grpcStatusLabel(r.GRPCStatus), securityPolicy(r.MutualTLS), orDash(r.Flags))
+// requestKey is a request's label set, as labelValues spells it out: a
+// comparable value, so that finding its series costs no allocation.
+type requestKey struct {
+	reporter                 string
+	src, dst                 Peer
+	service, name, namespace string
+	protocol                 string
+	code                     int
+	grpcStatus               string
+	mutualTLS                bool
+	flags                    string
+}
+
+// newChildren makes the series of key, if its reporter may have one more;
+// nil if not.
+func (m *Metrics) newChildren(key requestKey) *children {
+	m.childMu.Lock()
+	defer m.childMu.Unlock()
+	if ch := m.children[key]; ch != nil { // another request made it first
+		return ch
+	}
+	if !m.admitSeries(key.reporter) {
+		return nil
+	}
+	values := m.labelValues(key)
+	ch := &children{
+		requests:  m.requests.WithLabelValues(values...),
+		duration:  m.duration.WithLabelValues(values...),
+		reqBytes:  m.reqBytes.WithLabelValues(values...),
+		respBytes: m.respBytes.WithLabelValues(values...),
+	}
+	if key.protocol == "grpc" {
+		ch.reqMsgs, ch.respMsgs = m.reqMsgs.WithLabelValues(values...), m.respMsgs.WithLabelValues(values...)
+	}
+	if m.children == nil {
+		m.children = map[requestKey]*children{}
+	}
+	m.children[key] = ch
+	return ch
+}
+
+func (m *Metrics) labelValues(k requestKey) []string {
+	return append(m.peerValues(k.reporter, k.src, k.dst, k.service, k.name, k.namespace),
+		k.protocol, strconv.Itoa(k.code), k.grpcStatus, securityPolicy(k.mutualTLS), k.flags)
 }
 
 // Authorization counts one authorization decision. The policy names come
