@@ -30,6 +30,11 @@ var copyBuffers = &bufferPool{size: 32 << 10}
 // connections.
 var scanBuffers = &bufferPool{size: 16 << 10}
 
+// headBuffers are where the engine builds a response head for an app
+// connection, with the body bytes that join it in one write; each goes
+// back once written (write copies what the socket does not take).
+var headBuffers = &bufferPool{size: 4 << 10}
+
 // readBuffers are the engine's connection read buffers, held only while
 // bytes wait to be parsed or forwarded (the way to a few KiB per idle
 // kept-alive connection).

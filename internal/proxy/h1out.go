@@ -567,11 +567,15 @@ func (ex *h1Exchange) upHeaders(s *h2.Stream, f *http2.MetaHeadersFrame, end boo
 		ex.record(false)
 		out := ex.held
 		if ex.chunked {
+			if out == nil {
+				out = headBuffers.Get()[:0]
+			}
 			out = appendTrailers(append(out, "0\r\n"...), f)
 		}
 		ex.held = nil
-		if len(out) > 0 {
+		if out != nil {
 			ex.app.write(s, out, 0)
+			headBuffers.Put(out)
 		}
 		ex.release()
 		return
@@ -581,7 +585,7 @@ func (ex *h1Exchange) upHeaders(s *h2.Stream, f *http2.MetaHeadersFrame, end boo
 	if code < 200 && ex.minor == 0 {
 		return // an interim answer an HTTP/1.0 client cannot read (RFC 9110 15.2)
 	}
-	hdr := append([]byte("HTTP/1."+strconv.Itoa(int(ex.minor))+" "), status...)
+	hdr := append(append(append(headBuffers.Get()[:0], "HTTP/1."...), '0'+ex.minor, ' '), status...)
 	hdr = append(append(append(hdr, ' '), http.StatusText(code)...), "\r\n"...)
 	length := false
 	for _, hf := range f.RegularFields() {
@@ -612,6 +616,7 @@ func (ex *h1Exchange) upHeaders(s *h2.Stream, f *http2.MetaHeadersFrame, end boo
 		ex.record(false)
 	}
 	ex.app.write(s, hdr, 0)
+	headBuffers.Put(hdr)
 	if end {
 		ex.release()
 	}
@@ -622,15 +627,19 @@ func (ex *h1Exchange) holding() bool { return ex.held != nil }
 func (ex *h1Exchange) flushHeld() {
 	if ex.held != nil {
 		ex.app.write(nil, ex.held, 0)
+		headBuffers.Put(ex.held)
 		ex.held = nil
 	}
 }
 
 func (ex *h1Exchange) upData(s *h2.Stream, p []byte, end bool) {
 	ex.respBytes += int64(len(p))
-	out := p
+	out, pooled := p, false
 	if ex.held != nil || ex.chunked {
-		out = ex.held
+		out, pooled = ex.held, true
+		if out == nil {
+			out = headBuffers.Get()[:0]
+		}
 		if ex.chunked && len(p) > 0 {
 			out = append(strconv.AppendInt(out, int64(len(p)), 16), "\r\n"...)
 			out = append(append(out, p...), "\r\n"...)
@@ -646,6 +655,9 @@ func (ex *h1Exchange) upData(s *h2.Stream, p []byte, end bool) {
 		ex.record(false)
 	}
 	ex.app.write(s, out, len(p))
+	if pooled {
+		headBuffers.Put(out)
+	}
 	if end {
 		ex.release()
 	}
@@ -656,7 +668,10 @@ func (ex *h1Exchange) upClosed(*h2.Stream, error) {
 		ex.fail(503, "UF", "the endpoint reset the request")
 		return
 	}
-	ex.held = nil
+	if ex.held != nil {
+		headBuffers.Put(ex.held)
+		ex.held = nil
+	}
 	if !ex.claim() {
 		return
 	}

@@ -322,7 +322,7 @@ func TestEngineIdleConnectionsHoldNoGoroutine(t *testing.T) {
 	}
 
 	// The idle timeout holds while the poller waits.
-	m.outServer.http.IdleTimeout = 300 * time.Millisecond // read by connections accepted from now
+	m.outServer.engineIdle.Store(int64(300 * time.Millisecond)) // read by connections accepted from now
 	c, _ := dial()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); err != io.EOF {

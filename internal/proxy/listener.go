@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/meshpb"
@@ -35,6 +36,10 @@ type OutboundServer struct {
 	tunnels tunnels
 	limit   connLimit
 	floods  penaltyBox // clients cut off for HTTP/2 floods
+	// engineIdle is the engine's keep-alive idle timeout for connections
+	// accepted from now, as http.IdleTimeout is net/http's (which may not
+	// change once it serves).
+	engineIdle atomic.Int64
 	// SniffWait bounds how long an undeclared port waits for the client's
 	// first bytes before treating it as server-first TCP.
 	SniffWait time.Duration
@@ -77,6 +82,7 @@ func NewOutboundServer(out *Outbound, store *meshtls.Store, dial *net.Dialer) *O
 			return withGuard(WithDestination(ctx, cd.dst), cd.Conn)
 		},
 	}
+	s.engineIdle.Store(int64(s.http.IdleTimeout))
 	go func() { _ = s.http.Serve(s.conns) }()
 	return s
 }
@@ -177,7 +183,7 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 	if p == HTTP1 && s.out.engine.Load() {
 		buffered, _ := br.Peek(br.Buffered())
 		s.out.serveH1(c, dst, buffered, h1Options{
-			headerTimeout: s.http.ReadHeaderTimeout, idleTimeout: s.http.IdleTimeout,
+			headerTimeout: s.http.ReadHeaderTimeout, idleTimeout: time.Duration(s.engineIdle.Load()),
 			handoff: func(c net.Conn) { s.conns.push(&connDst{Conn: guardHTTP1(c, &s.floods), dst: dst}) },
 		})
 		return
