@@ -78,7 +78,7 @@ func (x *appExchange) forward(r *http.Request, ex *exchange, src telemetry.Peer,
 	if x.up != nil {
 		x.up.chunked = r.ContentLength < 0
 	}
-	head, err := appendRequestHead(nil, r, x.up != nil && x.up.chunked)
+	head, err := appendRequestHead(make([]byte, 0, requestHeadSize(r)), r, x.up != nil && x.up.chunked)
 	if err != nil {
 		x.up.abandonIfAny()
 		x.fail(http.StatusBadRequest, "DPE", err.Error())
@@ -93,6 +93,18 @@ func (x *appExchange) sent(c net.Conn) {
 	if x.up != nil {
 		x.up.attach(c)
 	}
+}
+
+// requestHeadSize is about the size of r's head in HTTP/1.1: room to build
+// it in one allocation.
+func requestHeadSize(r *http.Request) int {
+	n := len(r.Method) + len(r.URL.Path) + len(r.URL.RawQuery) + len(r.Host) + 64
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
 }
 
 // appendRequestHead is r's head in HTTP/1.1 for the app; chunked: its
