@@ -19,7 +19,13 @@ func (b *bufferPool) Get() []byte {
 	return make([]byte, b.size)
 }
 
-func (b *bufferPool) Put(buf []byte) { b.pool.Put(&buf) }
+// Put keeps buf for the next Get, unless it grew far past the pool's
+// size (the pool would hold on to the largest buffers).
+func (b *bufferPool) Put(buf []byte) {
+	if cap(buf) <= 4*b.size {
+		b.pool.Put(&buf)
+	}
+}
 
 // copyBuffers are the buffers the reverse proxies copy bodies through.
 // Without them each request allocated (and zeroed) 32 KiB: three quarters

@@ -664,13 +664,13 @@ func (ex *h1Exchange) upData(s *h2.Stream, p []byte, end bool) {
 }
 
 func (ex *h1Exchange) upClosed(*h2.Stream, error) {
+	if ex.held != nil { // reset before any of the response reached the app
+		headBuffers.Put(ex.held)
+		ex.held, ex.started = nil, false
+	}
 	if !ex.started {
 		ex.fail(503, "UF", "the endpoint reset the request")
 		return
-	}
-	if ex.held != nil {
-		headBuffers.Put(ex.held)
-		ex.held = nil
 	}
 	if !ex.claim() {
 		return

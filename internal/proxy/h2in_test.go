@@ -347,7 +347,7 @@ func TestInboundPeerMetadataPerRequest(t *testing.T) {
 }
 
 // Request bodies reach an HTTP/1.1 app on the engine: with a length or
-// chunked (with trailers), over the stream's window, to an app that reads
+// chunked (with the trailers it declared, but never an XFCC), over the stream's window, to an app that reads
 // slowly, one after another on one kept-alive app connection. An app
 // that answers before the body is in gets its answer through, and the
 // caller is told to stop sending; the caller's connection window is
@@ -363,8 +363,8 @@ func TestInboundEngineRequestBodies(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		fmt.Fprintf(w, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Len: %d\r\nX-Sum: %x\r\nX-Chunked: %v\r\nX-Trailer: %s\r\n\r\n",
-			n, h.Sum(nil)[:8], len(r.TransferEncoding) > 0, r.Trailer.Get("X-Trailer"))
+		fmt.Fprintf(w, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Len: %d\r\nX-Sum: %x\r\nX-Chunked: %v\r\nX-Trailer: %s\r\nX-Xfcc-Trailer: %s\r\n\r\n",
+			n, h.Sum(nil)[:8], len(r.TransferEncoding) > 0, r.Trailer.Get("X-Trailer"), r.Trailer.Get(xfccHeader))
 		return true
 	})
 	_, client, url := meshClientTo(t, app.port)
@@ -378,8 +378,8 @@ func TestInboundEngineRequestBodies(t *testing.T) {
 			req.Body = io.NopCloser(bytes.NewReader(body))
 			req.ContentLength = -1
 		}
-		if trailer != "" {
-			req.Trailer = http.Header{"X-Trailer": {trailer}}
+		if trailer != "" { // and a forged XFCC the app must not get
+			req.Trailer = http.Header{"X-Trailer": {trailer}, xfccHeader: {"By=spiffe://forged"}}
 		}
 		resp, err := client.Do(req)
 		if err != nil {
@@ -399,6 +399,9 @@ func TestInboundEngineRequestBodies(t *testing.T) {
 		}
 		if got := resp.Header.Get("X-Chunked"); got != strconv.FormatBool(c.chunked) || resp.Header.Get("X-Trailer") != c.trailer {
 			t.Errorf("upload %d: the app read chunked %s with trailer %q, want %v and %q", i, got, resp.Header.Get("X-Trailer"), c.chunked, c.trailer)
+		}
+		if xfcc := resp.Header.Get("X-Xfcc-Trailer"); xfcc != "" {
+			t.Errorf("upload %d: the app got a caller's XFCC trailer %q", i, xfcc)
 		}
 		<-app.requests
 	}

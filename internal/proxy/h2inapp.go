@@ -77,6 +77,11 @@ func (x *appExchange) forward(r *http.Request, ex *exchange, src telemetry.Peer,
 	x.admit(r, ex, src, *x.in.self.Load(), start)
 	if x.up != nil {
 		x.up.chunked = r.ContentLength < 0
+		for _, v := range r.Header["Trailer"] {
+			for name := range strings.SplitSeq(v, ",") {
+				x.up.trailers = append(x.up.trailers, strings.ToLower(strings.TrimSpace(name)))
+			}
+		}
 	}
 	head, err := appendRequestHead(make([]byte, 0, requestHeadSize(r)), r, x.up != nil && x.up.chunked)
 	if err != nil {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -26,15 +27,18 @@ type upload struct {
 	mu       sync.Mutex
 	conn     net.Conn // nil until the head is on a connection
 	out      []byte   // framed for HTTP/1.1, not yet written
-	credit   int      // DATA bytes of out, to give back once written
+	raw      []byte   // chunked: body bytes not framed yet (one chunk per write, however the caller split them)
+	last     []byte   // chunked: the last chunk and trailers, once the caller ended
+	credit   int      // DATA bytes of out and raw, to give back once written
 	flushing bool     // a write is under way; others only queue
-	ended    bool     // the caller's last bytes are in out or written
+	ended    bool     // the caller's last bytes are queued or written
 	broken   bool     // abandoned: nothing more is written
 	doneAt   time.Time
+	trailers []string // the trailer fields the request declared (lower case)
 }
 
 // push queues what the caller sent (on the reader goroutine): body bytes,
-// and at the end the chunked body's last chunk with any trailers (a body
+// and at the end the chunked body's last chunk with its trailers (a body
 // with a length cannot carry them; they are dropped).
 func (u *upload) push(p []byte, end bool, trailers []h2.Field) {
 	u.mu.Lock()
@@ -43,9 +47,8 @@ func (u *upload) push(p []byte, end bool, trailers []h2.Field) {
 		u.s.Consumed(len(p))
 		return
 	}
-	if u.chunked && len(p) > 0 {
-		u.out = append(strconv.AppendInt(u.out, int64(len(p)), 16), "\r\n"...)
-		u.out = append(append(u.out, p...), "\r\n"...)
+	if u.chunked {
+		u.raw = append(u.raw, p...)
 	} else {
 		u.out = append(u.out, p...)
 	}
@@ -53,27 +56,51 @@ func (u *upload) push(p []byte, end bool, trailers []h2.Field) {
 	if end {
 		u.ended = true
 		if u.chunked {
-			u.out = append(u.out, "0\r\n"...)
+			u.last = append(u.last, "0\r\n"...)
 			for _, f := range trailers {
-				if validTrailer(f) {
-					u.out = append(append(append(append(u.out, f.Name...), ": "...), f.Value...), "\r\n"...)
+				if u.passTrailer(f.Name) {
+					u.last = append(append(append(append(u.last, f.Name...), ": "...), f.Value...), "\r\n"...)
 				}
 			}
-			u.out = append(u.out, "\r\n"...)
+			u.last = append(u.last, "\r\n"...)
 		}
 	}
 	u.mu.Unlock()
 	u.kick()
 }
 
-// validTrailer: a request trailer the app may get (the stream's fields
-// were checked as HTTP/2 fields; these must also not frame the message).
-func validTrailer(f h2.Field) bool {
-	switch f.Name {
-	case "content-length", "transfer-encoding", "host", "trailer", peerHeaderField:
+// passTrailer reports whether a request trailer goes to the app: only
+// one the request's Trailer field announced, and never one that frames
+// the message, routes it, or carries credentials or the proxy's own
+// identity fields (RFC 9110 6.5.1; an app that merges trailers into the
+// header must not find a forged XFCC there).
+func (u *upload) passTrailer(name string) bool {
+	switch name {
+	case "content-length", "transfer-encoding", "host", "trailer", "authorization", "proxy-authorization",
+		"cookie", "set-cookie", "content-type", "content-encoding", "content-range", "expect", "max-forwards",
+		peerHeaderField, xfccField:
 		return false
 	}
-	return !hopByHopField(f.Name)
+	return !hopByHopField(name) && slices.Contains(u.trailers, name)
+}
+
+// queuedLocked reports whether anything waits to be written (mu held).
+func (u *upload) queuedLocked() bool { return len(u.out) > 0 || len(u.raw) > 0 || u.last != nil }
+
+// takeLocked takes what waits to be written (mu held): the chunked body's
+// bytes framed as one chunk, then its last chunk once the caller ended.
+func (u *upload) takeLocked() (out []byte, credit int) {
+	if len(u.raw) > 0 {
+		u.out = append(strconv.AppendInt(u.out, int64(len(u.raw)), 16), "\r\n"...)
+		u.out = append(append(u.out, u.raw...), "\r\n"...)
+		u.raw = u.raw[:0]
+	}
+	if u.last != nil {
+		u.out, u.last = append(u.out, u.last...), nil
+	}
+	out, credit = u.out, u.credit
+	u.out, u.credit = nil, 0
+	return out, credit
 }
 
 // attach starts writing to c, on which the request head has been
@@ -94,9 +121,8 @@ func (u *upload) kick() {
 		return
 	}
 	u.flushing = true
-	for len(u.out) > 0 {
-		out, credit := u.out, u.credit
-		u.out, u.credit = nil, 0
+	for u.queuedLocked() {
+		out, credit := u.takeLocked()
 		u.mu.Unlock()
 		n, err := tryWrite(u.conn, out)
 		if err != nil {
@@ -132,13 +158,12 @@ func (u *upload) flush() {
 			u.abandon() // gives back what is queued
 			return
 		}
-		if len(u.out) == 0 {
+		if !u.queuedLocked() {
 			u.doneLocked()
 			u.mu.Unlock()
 			return
 		}
-		out, credit := u.out, u.credit
-		u.out, u.credit = nil, 0
+		out, credit := u.takeLocked()
 		u.mu.Unlock()
 		if err := writeProgressing(u.conn, out, u.idle); err != nil {
 			u.fail(credit, err)
@@ -152,7 +177,7 @@ func (u *upload) flush() {
 // byte went.
 func (u *upload) doneLocked() {
 	u.flushing = false
-	if u.ended && len(u.out) == 0 && u.doneAt.IsZero() {
+	if u.ended && !u.queuedLocked() && u.doneAt.IsZero() {
 		u.doneAt = time.Now()
 	}
 }
@@ -175,7 +200,7 @@ func (u *upload) fail(credit int, err error) {
 func (u *upload) abandon() {
 	u.mu.Lock()
 	credit := u.credit
-	u.out, u.credit, u.broken = nil, 0, true
+	u.out, u.raw, u.last, u.credit, u.broken = nil, nil, nil, 0, true
 	u.flushing = false
 	u.mu.Unlock()
 	u.s.Consumed(credit)

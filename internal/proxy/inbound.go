@@ -556,7 +556,10 @@ func serviceOfHost(host string) (name, namespace string) {
 // xfccHeader tells the app who called, as Envoy's
 // x-forwarded-client-cert does with Istio's default (SANITIZE_SET): set by
 // the sidecar from the verified mTLS peer, removed from anything else.
-const xfccHeader = "X-Forwarded-Client-Cert"
+const (
+	xfccHeader = "X-Forwarded-Client-Cert"
+	xfccField  = "x-forwarded-client-cert" // as HTTP/2 spells it
+)
 
 // xfcc is the header's value: this proxy's identity (By), the hash of
 // the caller's certificate and its SPIFFE ID (URI).

@@ -55,10 +55,11 @@ type Budgets struct {
 	Resets   int // RST_STREAM frames
 	Settings int // SETTINGS frames, not counting ACKs
 	// Pings are PING frames, not counting ACKs; each request's HEADERS
-	// earns two more, and a PING that follows DATA this side sent is
-	// free: gRPC's bandwidth estimator pings as data arrives, as often
-	// as once a round trip while a large message streams (grpc-go's own
-	// server counts a ping against a client only when it sent no data).
+	// earns two more, and a PING that follows 1 KiB or more of DATA this
+	// side sent is free: gRPC's bandwidth estimator pings as data
+	// arrives, as often as once a round trip while a large message
+	// streams (grpc-go's own server counts a ping against a client only
+	// when it sent no data).
 	Pings       int
 	HeaderBytes int // decoded header bytes (RFC 9113's size: name + value + 32)
 }
@@ -258,6 +259,9 @@ func (c *Conn) queueSettings(f *Frames) {
 
 func (c *Conn) readLoop() error {
 	for {
+		if c.drainer != nil && c.br.Buffered() == 0 {
+			c.drainer.Drained() // before waiting for more
+		}
 		fh, err := c.rd.ReadFrameHeader()
 		var f http2.Frame
 		if err == nil {
@@ -284,9 +288,6 @@ func (c *Conn) readLoop() error {
 		}
 		if err := c.frame(f); err != nil {
 			return err
-		}
-		if c.drainer != nil && c.br.Buffered() == 0 {
-			c.drainer.Drained()
 		}
 	}
 }
@@ -344,16 +345,21 @@ func (c *Conn) spend(f http2.Frame) error {
 	return c.flood(over)
 }
 
-// sentDataSincePing reports whether DATA went to the peer since its
-// last PING.
+// sentDataSincePing reports whether at least freePingData bytes of DATA
+// went to the peer since its last PING.
 func (c *Conn) sentDataSincePing() bool {
 	c.mu.Lock()
 	sent := c.dataSent
 	c.mu.Unlock()
-	fresh := sent != c.pinged
+	fresh := sent-c.pinged >= freePingData
 	c.pinged = sent
 	return fresh
 }
+
+// freePingData is the DATA a PING must follow to be free: a peer that
+// shrinks its window to make this side send tiny frames does not get a
+// free PING for each.
+const freePingData = 1 << 10
 
 // spendMalformed charges a malformed header section (the Framer refused
 // it after decoding it) what the largest one costs to decode: an honest
@@ -386,7 +392,7 @@ func (c *Conn) frame(f http2.Frame) error {
 		}
 		return c.settings(f)
 	case *http2.PingFrame:
-		if f.IsAck() || c.sentDataSincePing() {
+		if f.IsAck() {
 			return nil
 		}
 		return c.w.Queue(func(q *Frames) { _ = q.Framer().WritePing(true, f.Data) })

@@ -75,8 +75,8 @@ func TestBudgetsLeaveHonestClientsAlone(t *testing.T) {
 
 // A client that pings after every DATA frame it receives, as gRPC's
 // bandwidth estimator does while a large message streams in, is left
-// alone however many it sends: here 512 in well under a second, against
-// a budget of 100.
+// alone however many it sends (here 512 in well under a second, against
+// a budget of 100), and each PING is answered.
 func TestPingsThatFollowDataAreFree(t *testing.T) {
 	flooded := make(chan string, 1)
 	addr := echoServer(t, Config{Budgets: testBudgets, OnFlood: func(what string) { flooded <- what }})
@@ -100,15 +100,19 @@ func TestPingsThatFollowDataAreFree(t *testing.T) {
 	for sent := 0; sent < body; sent += 16 << 10 {
 		fr.WriteData(1, sent+16<<10 == body, make([]byte, 16<<10))
 	}
-	got, pings := 0, 0
-	for got < body {
+	got, pings, acks := 0, 0, 0
+	for got < body || acks < pings {
 		f, err := fr.ReadFrame()
 		if err != nil {
-			t.Fatalf("after %d bytes and %d PINGs: %v", got, pings, err)
+			t.Fatalf("after %d bytes, %d PINGs and %d ACKs: %v", got, pings, acks, err)
 		}
 		switch f := f.(type) {
 		case *http2.GoAwayFrame:
 			t.Fatalf("after %d bytes and %d PINGs: GOAWAY %v", got, pings, f.ErrCode)
+		case *http2.PingFrame:
+			if f.IsAck() {
+				acks++
+			}
 		case *http2.DataFrame:
 			n := len(f.Data())
 			if got += n; n == 0 || got == body {
