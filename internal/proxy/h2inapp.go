@@ -85,12 +85,18 @@ func (x *appExchange) forward(r *http.Request, ex *exchange, src telemetry.Peer,
 	}
 	head, err := appendRequestHead(make([]byte, 0, requestHeadSize(r)), r, x.up != nil && x.up.chunked)
 	if err != nil {
-		x.up.abandonIfAny()
 		x.fail(http.StatusBadRequest, "DPE", err.Error())
 		return
 	}
 	x.head = head
 	x.in.apps.send(ex.upstream, x, false)
+}
+
+// fail answers x with the proxy's own response and records it; its body,
+// if any, is not sent.
+func (x *appExchange) fail(code int, flag, reason string) {
+	x.up.abandonIfAny()
+	x.engineExchange.fail(code, flag, reason)
 }
 
 // sent starts the body, if any, after the head went on c.
@@ -344,7 +350,6 @@ func (c *appConn) dialAndServe() {
 	x := c.cur.Load()
 	conn, err := rawDial(&net.Dialer{Timeout: appDialTimeout})(x.r.Context(), "tcp", c.addr)
 	if err != nil {
-		x.up.abandonIfAny()
 		x.fail(http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
 		return
 	}
@@ -359,7 +364,6 @@ func (c *appConn) dialAndServe() {
 	c.conn.SetWriteDeadline(time.Time{})
 	if err != nil {
 		c.conn.Close()
-		x.up.abandonIfAny()
 		x.fail(http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
 		return
 	}
