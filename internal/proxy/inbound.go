@@ -447,10 +447,10 @@ func connTLSOf(r *http.Request) *connTLS {
 
 // tlsState is the request's mutual TLS state; nil for plaintext.
 func tlsState(r *http.Request) *tls.ConnectionState {
-	if c := connTLSOf(r); c != nil {
+	if c, _ := r.Context().Value(tlsStateKey{}).(*connTLS); c != nil {
 		return c.state
 	}
-	return nil
+	return r.TLS
 }
 
 // source is the peer that sent metadata header, as decodePeer reads it;
