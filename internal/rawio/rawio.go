@@ -28,6 +28,22 @@ type Conn struct {
 	*net.TCPConn
 	rc      syscall.RawConn
 	waiting atomic.Uint64 // the WaitReadable under way, 0 if none
+	// rd and wr are the read and the write under way: the callbacks
+	// RawConn runs are bound to them once, so a call allocates nothing.
+	rd, wr              op
+	read, pooled, write func(fd uintptr) bool
+}
+
+// op is one read or write: its buffer, the callbacks' results, and for
+// a pooled read where buffers come from. Only its own Read (or Write)
+// touches it, and it holds no buffer between calls.
+type op struct {
+	p     []byte
+	n     int
+	errno syscall.Errno
+	wait  bool // write: park until the socket takes all of p
+	get   func() []byte
+	put   func([]byte)
 }
 
 // Wrap returns c with raw reads and writes when it is a *net.TCPConn, and
@@ -41,7 +57,9 @@ func Wrap(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &Conn{TCPConn: tc, rc: rc}
+	rw := &Conn{TCPConn: tc, rc: rc}
+	rw.read, rw.pooled, rw.write = rw.rd.readOnce, rw.rd.readPooled, rw.wr.writeAll
+	return rw
 }
 
 // Read reads once what the socket holds, waiting for it as net does. At
@@ -51,38 +69,29 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		n, errno = rawRead(fd, p)
-		return errno != syscall.EAGAIN
-	})
-	return c.readResult(n, errno, err)
+	c.rd.p = p
+	err := c.rc.Read(c.read)
+	c.rd.p = nil
+	return c.readResult(c.rd.n, c.rd.errno, err)
+}
+
+func (o *op) readOnce(fd uintptr) bool {
+	o.n, o.errno = rawRead(fd, o.p)
+	return o.errno != syscall.EAGAIN
 }
 
 // ReadPooled waits until the socket is readable and only then takes a
 // buffer from get, reads into it and returns it with the count read. An
 // idle connection thus holds no read buffer while it waits. When the read
 // fails the buffer is handed back to put (which may be nil) and nil is
-// returned with the error.
+// returned with the error. get and put should be values made once (a
+// method value made per call allocates).
 func (c *Conn) ReadPooled(get func() []byte, put func([]byte)) ([]byte, int, error) {
-	var buf []byte
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		if buf == nil {
-			buf = get()
-		}
-		if n, errno = rawRead(fd, buf); errno == syscall.EAGAIN {
-			if put != nil {
-				put(buf) // not ready: park without it
-			}
-			buf = nil
-			return false
-		}
-		return true
-	})
-	n, err = c.readResult(n, errno, err)
+	c.rd.get, c.rd.put = get, put
+	err := c.rc.Read(c.pooled)
+	buf := c.rd.p
+	c.rd.p, c.rd.get, c.rd.put = nil, nil, nil
+	n, err := c.readResult(c.rd.n, c.rd.errno, err)
 	if err != nil && buf != nil {
 		if put != nil {
 			put(buf)
@@ -90,6 +99,20 @@ func (c *Conn) ReadPooled(get func() []byte, put func([]byte)) ([]byte, int, err
 		buf = nil
 	}
 	return buf, n, err
+}
+
+func (o *op) readPooled(fd uintptr) bool {
+	if o.p == nil {
+		o.p = o.get()
+	}
+	if o.n, o.errno = rawRead(fd, o.p); o.errno == syscall.EAGAIN {
+		if o.put != nil {
+			o.put(o.p) // not ready: park without it
+		}
+		o.p = nil
+		return false
+	}
+	return true
 }
 
 func rawRead(fd uintptr, p []byte) (int, syscall.Errno) {
@@ -116,34 +139,20 @@ func (c *Conn) readResult(n int, errno syscall.Errno, err error) (int, error) {
 // Write writes all of p, waiting for room in the socket as net does; it
 // returns fewer bytes only with an error (past the write deadline,
 // os.ErrDeadlineExceeded).
-func (c *Conn) Write(p []byte) (int, error) { return c.write(p, true) }
+func (c *Conn) Write(p []byte) (int, error) { return c.writeOp(p, true) }
 
 // TryWrite writes what of p the socket takes now, without waiting for
 // room: a goroutine that must not block (an HTTP/2 connection's reader
 // relaying a response) writes what it can and hands the rest to one that
 // may wait. It returns the bytes written, fewer than len(p) when the
 // socket was full, and an error only when the write failed.
-func (c *Conn) TryWrite(p []byte) (int, error) { return c.write(p, false) }
+func (c *Conn) TryWrite(p []byte) (int, error) { return c.writeOp(p, false) }
 
-func (c *Conn) write(p []byte, wait bool) (int, error) {
-	done := 0
-	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		for done < len(p) {
-			n, e := sysWrite(fd, p[done:])
-			switch e {
-			case 0:
-				done += n
-			case syscall.EAGAIN:
-				return !wait // full: park until writable, or give up
-			case syscall.EINTR:
-			default:
-				errno = e
-				return true
-			}
-		}
-		return true
-	})
+func (c *Conn) writeOp(p []byte, wait bool) (int, error) {
+	c.wr.p, c.wr.n, c.wr.errno, c.wr.wait = p, 0, 0, wait
+	err := c.rc.Write(c.write)
+	done, errno := c.wr.n, c.wr.errno
+	c.wr.p = nil
 	if err == nil && errno != 0 {
 		err = errno
 	}
@@ -151,6 +160,25 @@ func (c *Conn) write(p []byte, wait bool) (int, error) {
 		return done, c.opError("write", err)
 	}
 	return done, nil
+}
+
+// writeAll writes o.p from o.n on; it reports done when all is written,
+// the write failed, or the socket is full and o.wait is false.
+func (o *op) writeAll(fd uintptr) bool {
+	for o.n < len(o.p) {
+		n, e := sysWrite(fd, o.p[o.n:])
+		switch e {
+		case 0:
+			o.n += n
+		case syscall.EAGAIN:
+			return !o.wait // full: park until writable, or give up
+		case syscall.EINTR:
+		default:
+			o.errno = e
+			return true
+		}
+	}
+	return true
 }
 
 // opError names the operation and the connection's addresses in err, as

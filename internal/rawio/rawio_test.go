@@ -280,3 +280,29 @@ func selfSigned(t *testing.T, name string) (tls.Certificate, *x509.CertPool) {
 	pool.AddCert(leaf)
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
 }
+
+// A read and a write allocate nothing: the proxy makes several of each
+// per request.
+func TestReadWriteDoNotAllocate(t *testing.T) {
+	c, s := pair(t)
+	msg, buf := []byte("ping"), make([]byte, 16)
+	pool := make([]byte, 16)
+	get, put := func() []byte { return pool }, func([]byte) {}
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(s, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.TryWrite(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := c.ReadPooled(get, put); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("a Write, Read, TryWrite and ReadPooled allocate %v times, want 0", allocs)
+	}
+}
