@@ -6,15 +6,21 @@ import (
 )
 
 // bufferPool recycles byte buffers of one size; it is also the reverse
-// proxies' httputil.BufferPool.
+// proxies' httputil.BufferPool. The pool holds each buffer in a *[]byte
+// box, and the boxes are recycled too, so neither Get nor Put allocates
+// once the pool is warm.
 type bufferPool struct {
-	size int
-	pool sync.Pool
+	size  int
+	pool  sync.Pool // *[]byte holding a buffer
+	boxes sync.Pool // *[]byte holding nil
 }
 
 func (b *bufferPool) Get() []byte {
-	if buf, ok := b.pool.Get().(*[]byte); ok {
-		return *buf
+	if box, ok := b.pool.Get().(*[]byte); ok {
+		buf := *box
+		*box = nil
+		b.boxes.Put(box)
+		return buf
 	}
 	return make([]byte, b.size)
 }
@@ -22,9 +28,15 @@ func (b *bufferPool) Get() []byte {
 // Put keeps buf for the next Get, unless it grew far past the pool's
 // size (the pool would hold on to the largest buffers).
 func (b *bufferPool) Put(buf []byte) {
-	if cap(buf) <= 4*b.size {
-		b.pool.Put(&buf)
+	if cap(buf) > 4*b.size {
+		return
 	}
+	box, ok := b.boxes.Get().(*[]byte)
+	if !ok {
+		box = new([]byte)
+	}
+	*box = buf
+	b.pool.Put(box)
 }
 
 // copyBuffers are the buffers the reverse proxies copy bodies through.
@@ -46,6 +58,11 @@ var headBuffers = &bufferPool{size: 4 << 10}
 // kept-alive connection).
 var readBuffers = &bufferPool{size: 16 << 10}
 
+// getReadBuffer and putReadBuffer are readBuffers' methods as values made
+// once, for rawio.Conn.ReadPooled (a method value made per call
+// allocates).
+var getReadBuffer, putReadBuffer = readBuffers.Get, readBuffers.Put
+
 // readBuf is a connection's read buffer in the engine: buf holds what was
 // read and not consumed yet, a window of base, which is from readBuffers
 // (or larger, for a large head) and nil while nothing waits.
@@ -61,7 +78,7 @@ func (r *readBuf) fill(c net.Conn) error {
 	if len(r.buf) == 0 {
 		r.drop()
 		if rc := rawConn(c); rc != nil {
-			buf, n, err := rc.ReadPooled(readBuffers.Get, readBuffers.Put)
+			buf, n, err := rc.ReadPooled(getReadBuffer, putReadBuffer)
 			if buf != nil {
 				r.base, r.buf = buf, buf[:n]
 			}
