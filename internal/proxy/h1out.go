@@ -352,8 +352,9 @@ func (a *h1App) fill() error { return a.readBuf.fill(a.conn) }
 // "unknown" for one refused before it parsed).
 func (a *h1App) newExchange() *h1Exchange {
 	r := &a.req
-	return &h1Exchange{app: a, head: string(r.Method) == "HEAD", minor: r.Minor, start: time.Now(), closeAfter: r.Close,
-		line: requestLine{string(r.Method), string(r.Host), string(pathOf(r.Target)), "HTTP/1." + strconv.Itoa(int(r.Minor))},
+	method := h1.Method(r.Method)
+	return &h1Exchange{app: a, head: method == "HEAD", minor: r.Minor, start: time.Now(), closeAfter: r.Close,
+		line: requestLine{method, string(r.Host), string(pathOf(r.Target)), httpVersion(r.Minor)},
 		ex:   exchange{dest: telemetry.Unknown, service: "unknown", svcName: "unknown", svcNS: "unknown"}}
 }
 
@@ -367,10 +368,11 @@ func (a *h1App) forward(ex *h1Exchange, n int) bool {
 		return ex.fail(400, "DPE", err.Error())
 	}
 	ex.line.path = path
-	fields := []h2.Field{{Name: ":method", Value: ex.line.method}, {Name: ":scheme", Value: "http"},
-		{Name: ":authority", Value: ex.line.authority}, {Name: ":path", Value: path + string(queryOf(r.Target))}}
+	fields := make([]h2.Field, 4, 4+len(r.Fields)+2) // room for the trace context
+	fields[0], fields[1] = h2.Field{Name: ":method", Value: ex.line.method}, h2.Field{Name: ":scheme", Value: "http"}
+	fields[2], fields[3] = h2.Field{Name: ":authority", Value: ex.line.authority}, h2.Field{Name: ":path", Value: path + string(queryOf(r.Target))}
 	for _, f := range r.Fields {
-		name := string(bytes.ToLower(f.Name))
+		name := h1.LowerName(f.Name)
 		if hopByHopField(name) || name == "host" || name == peerHeaderField {
 			continue
 		}
@@ -886,4 +888,13 @@ func appendTrailers(b []byte, f *http2.MetaHeadersFrame) []byte {
 		b = append(append(append(append(b, hf.Name...), ": "...), hf.Value...), "\r\n"...)
 	}
 	return append(b, "\r\n"...)
+}
+
+// httpVersion is the protocol of an HTTP/1.x request, as its request line
+// and access log entry spell it.
+func httpVersion(minor byte) string {
+	if minor == 1 {
+		return "HTTP/1.1"
+	}
+	return "HTTP/1." + strconv.Itoa(int(minor))
 }

@@ -528,7 +528,7 @@ func (c *appConn) fields(status int) []h2.Field {
 	out[0] = h2.Field{Name: ":status", Value: strconv.Itoa(status)}
 	conn := c.resp.Field("connection")
 	for _, f := range c.resp.Fields {
-		name := string(bytes.ToLower(f.Name))
+		name := h1.LowerName(f.Name)
 		if hopByHopField(name) || name == peerHeaderField || listed(conn, name) {
 			continue
 		}
@@ -624,7 +624,7 @@ func (c *appConn) relayChunked(x *appExchange) error {
 			}
 			trailers := make([]h2.Field, 0, len(ch.Trailers))
 			for _, f := range ch.Trailers {
-				trailers = append(trailers, h2.Field{Name: string(bytes.ToLower(f.Name)), Value: string(f.Value)})
+				trailers = append(trailers, h2.Field{Name: h1.LowerName(f.Name), Value: string(f.Value)})
 			}
 			_ = x.s.WriteHeaders(true, trailers...)
 			return nil

@@ -250,3 +250,27 @@ func TestParsersDoNotAllocate(t *testing.T) {
 		t.Errorf("ParseResponse allocates %v times per response, want 0", n)
 	}
 }
+
+func TestLowerName(t *testing.T) {
+	long := strings.Repeat("X-Long-", 6) + "Name"
+	for _, c := range []struct{ in, want string }{
+		{"Content-Length", "content-length"},
+		{"content-type", "content-type"},
+		{"X-Custom-Field", "x-custom-field"},
+		{"X-TRELLIS-PEER", "x-trellis-peer"},
+		{long, strings.ToLower(long)},
+		{"", ""},
+	} {
+		if got := LowerName([]byte(c.in)); got != c.want {
+			t.Errorf("LowerName(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = LowerName([]byte("User-Agent")) }); n != 0 {
+		t.Errorf("LowerName(a common name) allocates %v times, want 0", n)
+	}
+	for _, m := range []string{"GET", "POST", "PROPFIND"} {
+		if got := Method([]byte(m)); got != m {
+			t.Errorf("Method(%q) = %q", m, got)
+		}
+	}
+}

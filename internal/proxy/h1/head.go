@@ -290,3 +290,64 @@ var tokenTable = func() (t [256]bool) {
 	}
 	return t
 }()
+
+// LowerName is field name b in lower case, as HTTP/2 carries names. The
+// names most messages carry come from a table, without an allocation.
+func LowerName(b []byte) string {
+	var buf [32]byte
+	if len(b) <= len(buf) {
+		lower := buf[:len(b)]
+		for i, c := range b {
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			lower[i] = c
+		}
+		if s, ok := commonNames[string(lower)]; ok { // no copy for the lookup
+			return s
+		}
+		return string(lower)
+	}
+	return string(bytes.ToLower(b))
+}
+
+// commonNames are the field names LowerName hands out without copying.
+var commonNames = func() map[string]string {
+	m := map[string]string{}
+	for _, n := range []string{"accept", "accept-encoding", "accept-language", "accept-ranges", "age",
+		"authorization", "cache-control", "connection", "content-encoding", "content-length",
+		"content-type", "cookie", "date", "etag", "expires", "grpc-status", "grpc-message", "host",
+		"if-modified-since", "if-none-match", "keep-alive", "last-modified", "location", "origin",
+		"referer", "server", "set-cookie", "te", "trailer", "transfer-encoding", "upgrade",
+		"user-agent", "vary", "via", "x-forwarded-for", "x-forwarded-proto", "x-request-id",
+		"traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-trellis-peer"} {
+		m[n] = n
+	}
+	return m
+}()
+
+// Method is a request's method as a string; the registered methods come
+// from a table, without an allocation.
+func Method(b []byte) string {
+	switch string(b) {
+	case "GET":
+		return "GET"
+	case "HEAD":
+		return "HEAD"
+	case "POST":
+		return "POST"
+	case "PUT":
+		return "PUT"
+	case "DELETE":
+		return "DELETE"
+	case "PATCH":
+		return "PATCH"
+	case "OPTIONS":
+		return "OPTIONS"
+	case "CONNECT":
+		return "CONNECT"
+	case "TRACE":
+		return "TRACE"
+	}
+	return string(b)
+}
