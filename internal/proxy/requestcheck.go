@@ -89,6 +89,9 @@ func NormalizePath(escaped string) (string, error) {
 	if strings.ContainsRune(escaped, '#') {
 		return "", errors.New("a fragment (#...) in the request path; clients must not send one")
 	}
+	if normal(escaped) {
+		return escaped, nil // the common case, without a copy
+	}
 	var b strings.Builder
 	for i := 0; i < len(escaped); i++ {
 		c := escaped[i]
@@ -108,6 +111,20 @@ func NormalizePath(escaped string) (string, error) {
 		i += 2
 	}
 	return removeDotSegments(b.String()), nil
+}
+
+// normal reports whether an absolute path is its own normal form: no
+// percent-escape and no "." or ".." segment.
+func normal(p string) bool {
+	if strings.IndexByte(p, '%') >= 0 {
+		return false
+	}
+	for seg := range strings.SplitSeq(p[1:], "/") {
+		if seg == "." || seg == ".." {
+			return false
+		}
+	}
+	return true
 }
 
 // removeDotSegments is RFC 3986's algorithm for an absolute path: it never
