@@ -21,9 +21,11 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/trellis-mesh/trellis/internal/h2flood"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
 func TestHTTP2FloodsAreCutOff(t *testing.T) {
@@ -56,7 +58,7 @@ func TestHTTP2FloodsAreCutOff(t *testing.T) {
 	}
 	for _, side := range sides {
 		if side.name == "inbound mTLS" {
-			peerBudgets.frames[0x3], peerBudgets.block = 200, appBudgets.block
+			peerBudgets.frames[0x3], peerBudgets.block, peerBudgets.decoded = 200, appBudgets.block, appBudgets.decoded
 		}
 		for _, name := range h2flood.Kinds {
 			flood, err := h2flood.New(name, "alpha.db")
@@ -303,5 +305,36 @@ func TestPenaltyBox(t *testing.T) {
 	}
 	if len(b.m) > penaltyClients {
 		t.Errorf("the box holds %d clients, want at most %d", len(b.m), penaltyClients)
+	}
+}
+
+// The engine's budget for decoded header bytes must hold an honest peak:
+// a request as a sidecar sends it to another (trace context, request id,
+// the caller's metadata) at 60 000 a second on one mesh connection, and
+// 15 000 a second on one h2c or gRPC connection from an app. At 16 MiB
+// the mesh connection of BenchmarkPairHTTP1 was cut as a flood.
+func TestHeaderBudgetsHoldHonestPeaks(t *testing.T) {
+	peer := encodePeer(telemetry.Peer{Workload: "productpage-v1", Namespace: "bookinfo", App: "productpage", Version: "v1",
+		CanonicalService: "productpage", CanonicalRevision: "v1"}, "reviews.bookinfo.svc.cluster.local", "reviews", "bookinfo")
+	section := []hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"},
+		{Name: ":authority", Value: "reviews.bookinfo.svc.cluster.local:9080"}, {Name: ":path", Value: "/api/v1/products/12345/reviews?page=2"},
+		{Name: "user-agent", Value: "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"},
+		{Name: "accept", Value: "application/json"}, {Name: "x-request-id", Value: "9d2c1f7e-3b7a-4c52-a1e3-6f0f4b8e2d11"},
+		{Name: "traceparent", Value: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, {Name: peerHeaderField, Value: peer}}
+	size := 0
+	for _, f := range section {
+		size += int(f.Size())
+	}
+	for _, c := range []struct {
+		name   string
+		budget int
+		want   int
+	}{
+		{"a sidecar's mesh connection", peerBudgets.decoded, 60000},
+		{"an app's h2c connection", appBudgets.decoded, 15000},
+	} {
+		if got := c.budget / size; got < c.want {
+			t.Errorf("%s: %d B/s of decoded headers holds %d requests of %d B a second, want %d", c.name, c.budget, got, size, c.want)
+		}
 	}
 }

@@ -73,7 +73,14 @@ const frameTypes = 10
 // h2Budgets are what one connection may send per second.
 type h2Budgets struct {
 	frames [frameTypes]int // by frame type; 0: no limit
-	block  int             // header block bytes
+	block  int             // header block bytes, as they came (the guard)
+	// decoded is header bytes as they decode (RFC 9113's size: name +
+	// value + 32 per field), which the engine counts: a block's size on
+	// the wire says little once HPACK has indexed its fields. It bounds
+	// the work a connection's header sections cost each second, bombs or
+	// not; a single section past four times MaxHeaderListSize ends the
+	// connection at once.
+	decoded int
 }
 
 // appBudgets apply to an app's own connections, and are generous for real
@@ -92,6 +99,9 @@ var appBudgets = h2Budgets{
 		0x6: 100,  // PING (not ACKs), plus two per HEADERS
 	},
 	block: 1 << 20,
+	// 16 MiB: 35 000 requests a second of the 450 bytes a sidecar's
+	// request decodes to, more than one connection's share of a core.
+	decoded: 16 << 20,
 }
 
 // peerBudgets apply to another sidecar's pooled connection, which carries
@@ -101,6 +111,9 @@ var appBudgets = h2Budgets{
 var peerBudgets = h2Budgets{
 	frames: [frameTypes]int{0x3: 16000, 0x4: 100, 0x6: 100},
 	block:  16 << 20,
+	// 64 MiB: at 16 MiB the pair's mesh connection was cut as a flood at
+	// 37 000 requests a second of 450 bytes (BenchmarkPairHTTP1).
+	decoded: 64 << 20,
 }
 
 // refusedFrame is a PING on stream 1: a connection error for net/http.

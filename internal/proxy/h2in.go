@@ -35,7 +35,7 @@ import (
 // and a flood from the client at from puts it in the penalty box.
 func engineServerConfig(b *h2Budgets, writeIdle time.Duration, floods *penaltyBox, from net.Addr) h2.Config {
 	return h2.Config{
-		Budgets:          h2.Budgets{Resets: b.frames[0x3], Settings: b.frames[0x4], Pings: b.frames[0x6], HeaderBytes: b.block},
+		Budgets:          h2.Budgets{Resets: b.frames[0x3], Settings: b.frames[0x4], Pings: b.frames[0x6], HeaderBytes: b.decoded},
 		IdleTimeout:      5 * time.Minute, // as net/http's servers here
 		WriteIdleTimeout: writeIdle,
 		OnFlood: func(what string) {
