@@ -47,7 +47,7 @@ type testMesh struct {
 	lb        meshpb.LoadBalancing
 }
 
-func store(t *testing.T, a *ca.Authority, who string) (*meshtls.Store, identity.ID) {
+func store(t testing.TB, a *ca.Authority, who string) (*meshtls.Store, identity.ID) {
 	t.Helper()
 	id, err := identity.Parse(who)
 	if err != nil {
@@ -64,7 +64,7 @@ func store(t *testing.T, a *ca.Authority, who string) (*meshtls.Store, identity.
 	return s, id
 }
 
-func serve(t *testing.T, accept func(net.Conn)) string {
+func serve(t testing.TB, accept func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -96,7 +96,7 @@ func newTestMesh(t *testing.T, n int) *testMesh {
 }
 
 // newTestMeshApp is newTestMesh with the app servers' handler.
-func newTestMeshApp(t *testing.T, n int, app func(name string) http.Handler) *testMesh {
+func newTestMeshApp(t testing.TB, n int, app func(name string) http.Handler) *testMesh {
 	t.Helper()
 	a, err := ca.NewRoot("cluster.local", 0)
 	if err != nil {
@@ -132,7 +132,7 @@ func newTestMeshApp(t *testing.T, n int, app func(name string) http.Handler) *te
 	return m
 }
 
-func (m *testMesh) update(t *testing.T, eps []*meshpb.Endpoint) {
+func (m *testMesh) update(t testing.TB, eps []*meshpb.Endpoint) {
 	t.Helper()
 	m.outbound.Update(&meshpb.ProxyConfig{Version: "t", Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default"},
 		Services: []*meshpb.Service{{Namespace: "db", Name: "alpha", Vip: vip.Addr().String(), LoadBalancing: m.lb,
