@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,23 +26,23 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/h2flood"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
 func TestHTTP2FloodsAreCutOff(t *testing.T) {
-	// The guard counts frames as net/http reads them, and under -race on a
-	// loaded machine net/http may handle fewer than 1000 streams a second,
-	// so Rapid Reset would never reach the production budget here, nor an
-	// HPACK bomb a sidecar's 16 MiB a second (the budgets themselves are
-	// checked at full speed in TestH2GuardBudgets). No test in this package
-	// runs in parallel.
+	// Under -race on a loaded machine the engine may handle fewer than
+	// 1000 streams a second, so Rapid Reset would never reach the
+	// production budget here (the budgets themselves are checked at full
+	// speed in TestEngineBudgets). No test in this package runs in
+	// parallel.
 	// A sidecar's connection to another keeps the budgets it had when it
 	// was opened; it relays what each app connection behind it sends
 	// within that one's budget, so it gets sixteen times the room, as in
 	// production. Those flooding the inbound side directly get the
 	// lowered budget.
 	savedApp, savedPeer := appBudgets, peerBudgets
-	appBudgets.frames[0x3], peerBudgets.frames[0x3], peerBudgets.block = 200, 16*200, 16*appBudgets.block
+	appBudgets.Resets, peerBudgets.Resets = 200, 16*200
 	t.Cleanup(func() { appBudgets, peerBudgets = savedApp, savedPeer })
 	m := newTestMesh(t, 1)
 	peer := meshtls.ClientConfig(m.client, meshtls.Exactly(m.serverID))
@@ -58,7 +59,7 @@ func TestHTTP2FloodsAreCutOff(t *testing.T) {
 	}
 	for _, side := range sides {
 		if side.name == "inbound mTLS" {
-			peerBudgets.frames[0x3], peerBudgets.block, peerBudgets.decoded = 200, appBudgets.block, appBudgets.decoded
+			peerBudgets.Resets, peerBudgets.HeaderBytes = 200, appBudgets.HeaderBytes
 		}
 		for _, name := range h2flood.Kinds {
 			flood, err := h2flood.New(name, "alpha.db")
@@ -139,84 +140,125 @@ func floodOnce(t *testing.T, m *testMesh, dial func() (net.Conn, error), name st
 	}
 }
 
-// TestH2GuardBudgets feeds the guard alone what a client sends within one
-// second (its clock stands still, however slow the machine): a well-behaved
-// client stays under every budget; one past a budget gets the refusing PING
-// (then EOF) instead of its frames.
-func TestH2GuardBudgets(t *testing.T) {
+// TestEngineBudgets feeds an engine server Conn, over loopback, what a
+// client sends within one second (its budget clock stands still, however
+// slow the machine), with the production budgets: a well-behaved client
+// stays under every one; one past a budget is cut off as a flood.
+func TestEngineBudgets(t *testing.T) {
+	// Header blocks as one client's encoder makes them, in order: the
+	// request alone (reusable: it only adds :authority to the table), or
+	// a bomb: a 4 kB field indexed, then sections that reference it.
+	encode := func(enc *hpack.Encoder, buf *bytes.Buffer, extra ...hpack.HeaderField) []byte {
+		buf.Reset()
+		for _, f := range append([]hpack.HeaderField{{Name: ":method", Value: "GET"}, {Name: ":scheme", Value: "http"},
+			{Name: ":path", Value: "/"}, {Name: ":authority", Value: "alpha.db"}}, extra...) {
+			enc.WriteField(f)
+		}
+		return bytes.Clone(buf.Bytes())
+	}
+	var buf bytes.Buffer
+	request := encode(hpack.NewEncoder(&buf), &buf)
+	enc := hpack.NewEncoder(&buf)
+	bomb := encode(enc, &buf, hpack.HeaderField{Name: "x-bomb", Value: strings.Repeat("b", 4000)})
+	refs := append(encode(enc, &buf), bytes.Repeat([]byte{0xbe}, 15)...) // index 62, x-bomb: 60 kB decoded
 	frames := func(write func(fr *http2.Framer, i int), n int) []byte {
 		var b bytes.Buffer
 		b.WriteString(http2.ClientPreface)
 		fr := http2.NewFramer(&b, nil)
+		fr.WriteSettings()
 		for i := range n {
 			write(fr, i)
 		}
 		return b.Bytes()
 	}
 	headers := func(fr *http2.Framer, i int) {
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: []byte{0x82}, EndHeaders: true, EndStream: true})
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: request, EndHeaders: true, EndStream: true})
 	}
 	cancelled := func(fr *http2.Framer, i int) { // a request, then its cancellation
 		headers(fr, i)
 		fr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel)
 	}
-	bomb := func(fr *http2.Framer, i int) { // one header block of 16 kB frames
+	bombs := func(fr *http2.Framer, i int) {
+		b := refs
 		if i == 0 {
-			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: make([]byte, 16000)})
-			return
+			b = bomb
 		}
-		fr.WriteContinuation(1, false, make([]byte, 16000))
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: b, EndHeaders: true, EndStream: true})
+		fr.WriteRSTStream(uint32(2*i+1), http2.ErrCodeCancel)
 	}
 	cases := []struct {
 		name    string
 		stream  []byte
-		refused bool
+		flooded bool
 		peer    bool // another sidecar's pooled connection
 	}{
 		{"1000 requests, each cancelled", frames(cancelled, 1000), false, false},
 		{"Rapid Reset past 1000 a second", frames(cancelled, 1001), true, false},
-		{"100 SETTINGS", frames(func(fr *http2.Framer, i int) { fr.WriteSettings() }, 100), false, false},
-		{"101 SETTINGS", frames(func(fr *http2.Framer, i int) { fr.WriteSettings() }, 101), true, false},
+		{"100 SETTINGS past the preface's", frames(func(fr *http2.Framer, i int) { fr.WriteSettings() }, 100), false, false},
+		{"101 SETTINGS past the preface's", frames(func(fr *http2.Framer, i int) { fr.WriteSettings() }, 101), true, false},
 		{"a sidecar's pooled connection: 5000 cancellations", frames(cancelled, 5000), false, true},
 		{"a sidecar's pooled connection: Rapid Reset past 16000", frames(cancelled, 16001), true, true},
-		{"a sidecar's pooled connection: 16 kB blocks past 16 MiB", frames(bomb, 1050), true, true},
 		{"SETTINGS ACKs are free", frames(func(fr *http2.Framer, i int) { fr.WriteSettingsAck() }, 5000), false, false},
 		{"gRPC: a request and two BDP pings each", frames(func(fr *http2.Framer, i int) {
-			headers(fr, i)
+			cancelled(fr, i)
 			fr.WritePing(false, [8]byte{})
 			fr.WritePing(false, [8]byte{})
-		}, 500), false, false},
+		}, 400), false, false},
 		{"101 PINGs and no requests", frames(func(fr *http2.Framer, i int) { fr.WritePing(false, [8]byte{}) }, 101), true, false},
-		{"1 MB of header blocks", frames(func(fr *http2.Framer, i int) {
-			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: make([]byte, 1000), EndHeaders: true, EndStream: true})
-		}, 1000), false, false},
-		{"HPACK bomb: 16 kB blocks past 1 MiB", frames(bomb, 70), true, false},
+		{"250 header sections of 60 kB", frames(bombs, 250), false, false},
+		{"HPACK bomb: 60 kB sections past 16 MiB", frames(bombs, 300), true, false},
+		{"a sidecar's pooled connection: 1000 header sections of 60 kB", frames(bombs, 1000), false, true},
+		{"a sidecar's pooled connection: 60 kB sections past 64 MiB", frames(bombs, 1150), true, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			budgets := &appBudgets
+			budgets := appBudgets
 			if c.peer {
-				budgets = &peerBudgets
+				budgets = peerBudgets
 			}
-			g := newH2Guard(bytes.NewReader(c.stream), nil, budgets, nil)
 			start := time.Now()
-			g.clock = func() time.Time { return start } // all within one second, however slow the machine
-			got, err := io.ReadAll(g)
-			if err != nil {
-				t.Fatal(err)
-			}
-			refused := bytes.HasSuffix(got, refusedFrame)
-			if refused != c.refused {
-				t.Fatalf("refused = %v, want %v", refused, c.refused)
-			}
-			if !refused && !bytes.Equal(got, c.stream) {
-				t.Fatalf("the guard changed a well-behaved stream (%d bytes in, %d out)", len(c.stream), len(got))
-			}
-			if refused && !bytes.HasPrefix(c.stream, got[:len(got)-len(refusedFrame)]) {
-				t.Fatal("what the guard passed before refusing is not a prefix of the input")
+			budgets.Clock = func() time.Time { return start } // all within one second
+			if got := floodsEngine(t, budgets, c.stream); got != c.flooded {
+				t.Errorf("cut off as a flood = %v, want %v", got, c.flooded)
 			}
 		})
 	}
+}
+
+// unanswered is a server handler that leaves every request unanswered.
+type unanswered struct{}
+
+func (unanswered) Headers(*h2.Stream, *http2.MetaHeadersFrame, bool) {}
+func (unanswered) Data(st *h2.Stream, p []byte, _ bool)              { st.Consumed(len(p)) }
+func (unanswered) Closed(*h2.Stream, error)                          {}
+
+// floodsEngine writes stream to an engine server Conn with budgets b,
+// reads all it answers, and reports whether it cut the client off as a
+// flood.
+func floodsEngine(t *testing.T, b h2.Budgets, stream []byte) bool {
+	t.Helper()
+	var flooded atomic.Bool
+	cfg := engineServerConfig(b, 0, &penaltyBox{}, nil)
+	cfg.OnFlood = func(string) { flooded.Store(true) }
+	served := make(chan struct{})
+	addr := serve(t, func(c net.Conn) {
+		defer close(served)
+		defer c.Close()
+		_ = h2.NewServerConn(c, cfg, unanswered{}).Run()
+	})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	go func() {
+		c.Write(stream)
+		c.(*net.TCPConn).CloseWrite() // the server reads all of it, then EOF
+	}()
+	io.Copy(io.Discard, c)
+	<-served
+	return flooded.Load()
 }
 
 // A client cut off for an HTTP/2 flood waits before its next HTTP/2
@@ -225,7 +267,7 @@ func TestH2GuardBudgets(t *testing.T) {
 // held.
 func TestFloodPenalty(t *testing.T) {
 	saved := appBudgets
-	appBudgets.frames[0x3] = 200 // as in TestHTTP2FloodsAreCutOff: -race is slow
+	appBudgets.Resets = 200 // as in TestHTTP2FloodsAreCutOff: -race is slow
 	t.Cleanup(func() { appBudgets = saved })
 	m := newTestMesh(t, 1)
 	get := func(h2 bool) error {
@@ -330,8 +372,8 @@ func TestHeaderBudgetsHoldHonestPeaks(t *testing.T) {
 		budget int
 		want   int
 	}{
-		{"a sidecar's mesh connection", peerBudgets.decoded, 60000},
-		{"an app's h2c connection", appBudgets.decoded, 15000},
+		{"a sidecar's mesh connection", peerBudgets.HeaderBytes, 60000},
+		{"an app's h2c connection", appBudgets.HeaderBytes, 15000},
 	} {
 		if got := c.budget / size; got < c.want {
 			t.Errorf("%s: %d B/s of decoded headers holds %d requests of %d B a second, want %d", c.name, c.budget, got, size, c.want)

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -28,20 +27,18 @@ import (
 // a request line net/http answers with 400 and a closed connection, so the
 // bad request is never forwarded. It steps aside only once an Upgrade is
 // answered with 101 (switched; an Upgrade refused keeps the connection an
-// HTTP/1.1 one, guarded); HTTP/2 connections go on through h2Guard.
+// HTTP/1.1 one, guarded). HTTP/2 never reaches it: the engine serves it.
 type h1Guard struct {
-	src     io.Reader
-	from    net.Addr
-	store   []byte      // backs buf
-	buf     []byte      // read from src, not scanned yet
-	ready   []byte      // checked, for Read to return
-	held    []byte      // a checked header block waiting for its first chunk size
-	h2      *h2Guard    // on HTTP/2 connections, everything goes through it
-	penalty *penaltyBox // clients cut off for HTTP/2 floods; nil: none
-	state   guardState
-	left    int64 // bytes of body or chunk data still to pass
-	after   guardState
-	err     error // from src, returned once ready is drained
+	src   io.Reader
+	from  net.Addr
+	store []byte // backs buf
+	buf   []byte // read from src, not scanned yet
+	ready []byte // checked, for Read to return
+	held  []byte // a checked header block waiting for its first chunk size
+	state guardState
+	left  int64 // bytes of body or chunk data still to pass
+	after guardState
+	err   error // from src, returned once ready is drained
 	// upgraded is set (from the handler's goroutine) when the app
 	// answered an Upgrade with 101: the bytes after it are another
 	// protocol's.
@@ -106,10 +103,9 @@ var (
 	errNotHTTP1 = errors.New("not an HTTP/1 request line")
 )
 
-// guardHTTP1 wraps a plaintext connection whose requests net/http serves;
-// an HTTP/2 flood on it is recorded in penalty.
-func guardHTTP1(c net.Conn, penalty *penaltyBox) net.Conn {
-	return &guardedConn{Conn: c, g: &h1Guard{src: c, from: c.RemoteAddr(), penalty: penalty}}
+// guardHTTP1 wraps a plaintext connection whose requests net/http serves.
+func guardHTTP1(c net.Conn) net.Conn {
+	return &guardedConn{Conn: c, g: &h1Guard{src: c, from: c.RemoteAddr()}}
 }
 
 type guardedConn struct {
@@ -125,9 +121,6 @@ func (g *h1Guard) Read(p []byte) (int, error) {
 		g.held, g.buf, g.state = nil, nil, gsPass
 	}
 	for len(g.ready) == 0 {
-		if g.h2 != nil {
-			return g.h2.Read(p)
-		}
 		if g.err != nil {
 			return 0, g.err
 		}
@@ -298,21 +291,6 @@ func (g *h1Guard) release(n int) {
 
 // head checks one request's header block.
 func (g *h1Guard) head() (bool, error) {
-	if bytes.HasPrefix(g.buf, []byte("PRI * HTTP/2.0")) || bytes.HasPrefix([]byte("PRI * HTTP/2.0"), g.buf) {
-		if len(g.buf) < len("PRI * HTTP/2.0") {
-			return false, nil
-		}
-		// HTTP/2 prior knowledge: net/http's HTTP/2 server checks the
-		// framing; h2Guard limits floods. A client cut off for one
-		// waits first.
-		g.penalty.serveAfterPenalty(g.from)
-		// Buffered: net/http reads a frame's header and its payload
-		// separately, two system calls a frame on a plain connection.
-		g.h2 = newH2Guard(bufio.NewReaderSize(io.MultiReader(bytes.NewReader(g.buf), g.src), 4<<10), g.from, &appBudgets, g.penalty)
-		// The reader keeps the scan buffer: never give it back to the pool.
-		g.buf, g.store, g.state = nil, nil, gsPass
-		return true, nil
-	}
 	end, err := blockEnd(g.buf)
 	if err != nil {
 		return false, err

@@ -98,7 +98,7 @@ func TestSmugglingIsRefused(t *testing.T) {
 }
 
 // The guard passes a stream on unchanged, or a checked prefix of it and
-// then a request line (or, on HTTP/2, a frame) net/http refuses, or a
+// then a request line net/http refuses, or a
 // prefix up to a request line that is not HTTP/1 and nothing after it:
 // never anything else.
 func FuzzH1Guard(f *testing.F) {
@@ -121,9 +121,6 @@ func FuzzH1Guard(f *testing.F) {
 			return
 		}
 		prefix, refused := bytes.CutSuffix(out, []byte(guardRefusalBytes))
-		if !refused { // an HTTP/2 flood
-			prefix, refused = bytes.CutSuffix(out, refusedFrame)
-		}
 		if !refused && bytes.HasPrefix(in, out) {
 			prefix, refused = out, notHTTP1(in[len(out):])
 		}

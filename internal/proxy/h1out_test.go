@@ -52,7 +52,6 @@ func TestEngineOutboundHTTP1(t *testing.T) {
 			fmt.Fprintf(w, "%s %s %d", name, r.URL.Path, len(body))
 		})
 	})
-	m.outbound.SetEngine(true)
 	c, br := dialApp(t, m.appAddr)
 	seen := map[string]int{}
 	for i := range 20 {
@@ -116,7 +115,6 @@ func TestEngineHandsOffWhatItDoesNotServe(t *testing.T) {
 			fmt.Fprintf(w, "%s %d", name, len(body))
 		})
 	})
-	m.outbound.SetEngine(true)
 
 	// Expect: 100-continue: the body goes only after the interim answer.
 	c, br := dialApp(t, m.appAddr)
@@ -173,7 +171,6 @@ func TestEngineInterimResponses(t *testing.T) {
 			fmt.Fprint(w, "done")
 		})
 	})
-	m.outbound.SetEngine(true)
 	for _, tt := range []struct {
 		proto, want string
 	}{
@@ -203,7 +200,6 @@ func TestEngineTraces(t *testing.T) {
 			fmt.Fprint(w, r.Header.Get("traceparent"))
 		})
 	})
-	m.outbound.SetEngine(true)
 	exp := &keptSpans{}
 	m.outbound.Tracing = telemetry.NewTracing(telemetry.TracingConfig{Sampling: 100, Exporter: exp, Service: "web"})
 	var log syncBuffer

@@ -33,9 +33,9 @@ import (
 
 // engineServerConfig configures the engine's server Conns: budgets b,
 // and a flood from the client at from puts it in the penalty box.
-func engineServerConfig(b *h2Budgets, writeIdle time.Duration, floods *penaltyBox, from net.Addr) h2.Config {
+func engineServerConfig(b h2.Budgets, writeIdle time.Duration, floods *penaltyBox, from net.Addr) h2.Config {
 	return h2.Config{
-		Budgets:          h2.Budgets{Resets: b.frames[0x3], Settings: b.frames[0x4], Pings: b.frames[0x6], HeaderBytes: b.decoded},
+		Budgets:          b,
 		IdleTimeout:      5 * time.Minute, // as net/http's servers here
 		WriteIdleTimeout: writeIdle,
 		OnFlood: func(what string) {
@@ -64,7 +64,7 @@ func (in *Inbound) serveH2(c net.Conn, state *tls.ConnectionState, port uint16) 
 		ctx = withConnTLS(ctx, state)
 	}
 	h := &h2In{in: in, ctx: ctx, state: state, remote: from.String()}
-	conn := h2.NewServerConn(c, engineServerConfig(&peerBudgets, in.WriteIdleTimeout, &in.floods, from), callerHandler{h.request})
+	conn := h2.NewServerConn(c, engineServerConfig(peerBudgets, in.WriteIdleTimeout, &in.floods, from), callerHandler{h.request})
 	if !in.engineConns.add(conn) {
 		c.Close() // draining
 		return

@@ -39,7 +39,7 @@ func (o *Outbound) serveH2(c net.Conn, dst netip.AddrPort, floods *penaltyBox) {
 	floods.serveAfterPenalty(from)
 	ctx := context.WithValue(WithDestination(context.Background(), dst), http.LocalAddrContextKey, c.LocalAddr())
 	h := &h2Out{o: o, dst: dst, ctx: ctx, remote: from.String()}
-	conn := h2.NewServerConn(c, engineServerConfig(&appBudgets, o.WriteIdleTimeout, floods, from), callerHandler{h.request})
+	conn := h2.NewServerConn(c, engineServerConfig(appBudgets, o.WriteIdleTimeout, floods, from), callerHandler{h.request})
 	if !o.h2Conns.add(conn) {
 		c.Close() // draining
 		return

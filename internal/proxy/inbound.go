@@ -68,21 +68,21 @@ type Inbound struct {
 	services    atomic.Pointer[map[string]bool] // "name.namespace" of the services this workload's identity serves
 	httpPorts   atomic.Pointer[map[uint16]bool] // app ports a service declares HTTP, HTTP/2 or gRPC
 
-	h2     *http.Server // serves HTTP/2 conns (mTLS, or plaintext h2c) through the flood guard
-	h1     *http.Server // serves HTTP/1.1 conns (plaintext, or mTLS for Upgrades) through the framing guard
-	toApp1 *http.Transport
-	toApp2 *http.Transport // h2c to the app, for gRPC
-	proxy  *httputil.ReverseProxy
+	// h1 serves HTTP/1.1 connections (plaintext, mTLS for Upgrades)
+	// through the framing guard, and forwards their requests with proxy
+	// over toApp; the engine serves HTTP/2.
+	h1    *http.Server
+	toApp *http.Transport
+	proxy *httputil.ReverseProxy
 
-	h2Conns, h1Conns *connListener
-	engine           atomic.Bool       // SetEngine
-	engineConns      connSet[*h2.Conn] // the engine's HTTP/2 connections: a drain sends GOAWAY
-	apps             appPool           // the engine's HTTP/1.1 connections to the app
-	appsH2           *meshPool         // the engine's h2c connections to the app, for gRPC
-	tunnels          tunnels
-	limit            connLimit
-	floods           penaltyBox // clients cut off for HTTP/2 floods
-	observed         observedAccess
+	h1Conns     *connListener
+	engineConns connSet[*h2.Conn] // the engine's HTTP/2 connections: a drain sends GOAWAY
+	apps        appPool           // the engine's HTTP/1.1 connections to the app
+	appsH2      *meshPool         // the engine's h2c connections to the app, for gRPC
+	tunnels     tunnels
+	limit       connLimit
+	floods      penaltyBox // clients cut off for HTTP/2 floods
+	observed    observedAccess
 	// unconfigured: connections are refused until the first config
 	// (HoldUntilConfigured), so a restarted sidecar never serves without
 	// its mTLS mode and policies.
@@ -92,29 +92,21 @@ type Inbound struct {
 // NewInbound accepts peers of trustDomain presenting certificates that
 // verify against store's bundle.
 func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
-	in := &Inbound{store: store, trustDomain: trustDomain, h2Conns: newConnListener(), h1Conns: newConnListener()}
-	in.engine.Store(true)
+	in := &Inbound{store: store, trustDomain: trustDomain, h1Conns: newConnListener()}
 	in.appsH2 = newAppH2Pool()
 	in.limit.max.Store(DefaultMaxConnections)
 	in.limit.perSource = true
 	in.policy.Store(&meshpb.InboundPolicy{})
 	in.self.Store(&telemetry.Unknown)
-	in.toApp1 = &http.Transport{
+	in.toApp = &http.Transport{
 		DialContext:           rawDial(&net.Dialer{Timeout: 5 * time.Second}),
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       time.Minute,
 		ResponseHeaderTimeout: 15 * time.Second,
 	}
-	h2c := new(http.Protocols)
-	h2c.SetUnencryptedHTTP2(true)
-	in.toApp2 = &http.Transport{
-		DialContext:     (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		Protocols:       h2c,
-		IdleConnTimeout: time.Minute,
-	}
 	in.proxy = &httputil.ReverseProxy{
 		Rewrite:        func(*httputil.ProxyRequest) {},
-		Transport:      roundTripperFunc(in.toApp),
+		Transport:      roundTripperFunc(in.roundTrip),
 		BufferPool:     copyBuffers,
 		ModifyResponse: stepAsideOnSwitch,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -127,66 +119,40 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 			}
 		},
 	}
-	in.h2 = in.server(true, func(c net.Conn) uint16 { return c.(*guardedH2).port })
-	in.h1 = in.server(false, func(c net.Conn) uint16 { return c.(*portConn).port })
-	go func() { _ = in.h2.Serve(in.h2Conns) }()
+	in.h1 = in.server()
 	go func() { _ = in.h1.Serve(in.h1Conns) }()
 	return in
 }
 
-// server builds an inbound HTTP server whose requests carry the app port
-// portOf finds for their connection. Every connection handed to either
-// comes with its TLS, if any, already done and through its guard: the h2
-// server speaks HTTP/2 with prior knowledge (guardedH2: mTLS h2, or h2c
-// from outside), the h1 server HTTP/1.1 (portConn: plaintext, mTLS for
-// Upgrades, HTTP found inside a TCP tunnel).
-func (in *Inbound) server(h2 bool, portOf func(net.Conn) uint16) *http.Server {
+// server builds the inbound HTTP/1.1 server. Every connection handed to
+// it (portConn: plaintext, mTLS for Upgrades, HTTP found inside a TCP
+// tunnel) comes with its TLS, if any, already done and through the
+// framing guard; its requests carry the connection's app port.
+func (in *Inbound) server() *http.Server {
 	protocols := new(http.Protocols)
-	if h2 {
-		protocols.SetUnencryptedHTTP2(true)
-	} else {
-		protocols.SetHTTP1(true)
-	}
+	protocols.SetHTTP1(true)
 	return &http.Server{
 		Handler:           in,
 		Protocols:         protocols,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams:          100,
-			MaxReadFrameSize:              16 << 10,
-			MaxReceiveBufferPerConnection: 1 << 20,
-			MaxReceiveBufferPerStream:     1 << 20,
-		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			switch c := c.(type) {
-			case *guardedH2:
-				if c.state != nil {
-					ctx = withConnTLS(ctx, c.state)
-				}
-			case *portConn:
-				if c.state != nil {
-					ctx = withConnTLS(ctx, c.state)
-				}
-				ctx = withGuard(ctx, c.Conn)
+			pc := c.(*portConn)
+			if pc.state != nil {
+				ctx = withConnTLS(ctx, pc.state)
 			}
-			return context.WithValue(ctx, appPortKey{}, portOf(c))
+			return context.WithValue(withGuard(ctx, pc.Conn), appPortKey{}, pc.port)
 		},
 	}
 }
-
-// SetEngine serves the HTTP/2 connections accepted from now on (from
-// sidecars, and h2c from outside) with the request path's engine, or with
-// net/http.
-func (in *Inbound) SetEngine(on bool) { in.engine.Store(on) }
 
 // Close stops serving connections handed to the inbound side at once.
 func (in *Inbound) Close() error {
 	in.engineConns.close()
 	in.apps.closeIdle()
 	in.appsH2.close()
-	return errors.Join(in.h2.Close(), in.h1.Close())
+	return in.h1.Close()
 }
 
 // Shutdown stops taking connections and lets the requests and tunnels in
@@ -194,7 +160,7 @@ func (in *Inbound) Close() error {
 func (in *Inbound) Shutdown(ctx context.Context) error {
 	engine := make(chan error, 1)
 	go func() { engine <- in.engineConns.shutdown(ctx, (*h2.Conn).GoAway) }()
-	err := errors.Join(drain(ctx, &in.tunnels, in.h2, in.h1), <-engine)
+	err := errors.Join(drain(ctx, &in.tunnels, in.h1), <-engine)
 	in.apps.closeIdle()
 	in.appsH2.close()
 	return err
@@ -317,14 +283,9 @@ func (in *Inbound) HandleConn(c net.Conn, appPort uint16) {
 func (in *Inbound) serveDetected(c net.Conn, p Protocol, appPort uint16, state *tls.ConnectionState, meta string) {
 	switch p {
 	case HTTP1:
-		in.h1Conns.push(&portConn{Conn: guardHTTP1(c, &in.floods), port: appPort, state: state})
+		in.h1Conns.push(&portConn{Conn: guardHTTP1(c), port: appPort, state: state})
 	case HTTP2:
-		if in.engine.Load() {
-			in.serveH2(c, state, appPort)
-			return
-		}
-		in.floods.serveAfterPenalty(c.RemoteAddr())
-		in.h2Conns.push(&guardedH2{Conn: c, r: newH2Guard(c, c.RemoteAddr(), &peerBudgets, &in.floods), state: state, port: appPort})
+		in.serveH2(c, state, appPort)
 	default:
 		if ports := in.httpPorts.Load(); ports != nil && (*ports)[appPort] {
 			// The port is declared HTTP: bytes that are not HTTP are
@@ -380,32 +341,12 @@ func (in *Inbound) serveMTLS(c net.Conn, appPort uint16) {
 		return
 	}
 	if cs := tc.ConnectionState(); cs.NegotiatedProtocol == "h2" {
-		if in.engine.Load() {
-			in.serveH2(tc, &cs, appPort)
-			return
-		}
-		in.floods.serveAfterPenalty(c.RemoteAddr())
-		in.h2Conns.push(&guardedH2{Conn: tc, r: newH2Guard(tc, c.RemoteAddr(), &peerBudgets, &in.floods), state: &cs, port: appPort})
+		in.serveH2(tc, &cs, appPort)
 		return
 	}
 	cs := tc.ConnectionState() // HTTP/1.1, for Upgrades
-	in.h1Conns.push(&portConn{Conn: guardHTTP1(tc, &in.floods), port: appPort, state: &cs})
+	in.h1Conns.push(&portConn{Conn: guardHTTP1(tc), port: appPort, state: &cs})
 }
-
-// guardedH2 is an HTTP/2 connection whose frames pass the flood guard
-// before net/http reads them: a handshaken mTLS connection (a peer is
-// authenticated, not necessarily well-behaved), or plaintext h2c from
-// outside the mesh (state nil). It is not a *tls.Conn, so net/http serves
-// it as HTTP/2 with prior knowledge (the TLS is already done) and the
-// handshake's state travels in the request context (tlsStateKey).
-type guardedH2 struct {
-	net.Conn
-	r     io.Reader
-	state *tls.ConnectionState
-	port  uint16
-}
-
-func (c *guardedH2) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 type tlsStateKey struct{}
 
@@ -573,16 +514,11 @@ func xfcc(self string, cs *tls.ConnectionState) string {
 	return "By=" + self + ";Hash=" + hex.EncodeToString(sum[:]) + ";URI=" + uri
 }
 
-func (in *Inbound) toApp(req *http.Request) (*http.Response, error) {
+func (in *Inbound) roundTrip(req *http.Request) (*http.Response, error) {
 	port, _ := req.Context().Value(appPortKey{}).(uint16)
 	req.URL.Scheme = "http"
 	req.URL.Host = net.JoinHostPort(in.appHost(), strconv.Itoa(int(port)))
-	if req.ProtoMajor == 2 && strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc") {
-		resp, err := in.toApp2.RoundTrip(req)
-		grpcTrailersOnly(resp)
-		return resp, err
-	}
-	return in.toApp1.RoundTrip(req)
+	return in.toApp.RoundTrip(req)
 }
 
 // rawDial is d's DialContext with raw I/O on the connections.

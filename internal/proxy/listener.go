@@ -63,20 +63,13 @@ func NewOutboundServer(out *Outbound, store *meshtls.Store, dial *net.Dialer) *O
 	s := &OutboundServer{out: out, store: store, dial: dial, conns: newConnListener(), SniffWait: 100 * time.Millisecond}
 	s.limit.max.Store(DefaultMaxConnections)
 	protocols := new(http.Protocols)
-	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true) // only from the app in our own pod
+	protocols.SetHTTP1(true) // Upgrades and what the engine hands over; HTTP/2 is the engine's
 	s.http = &http.Server{
 		Handler:           out,
 		Protocols:         protocols,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
-		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams:          100,
-			MaxReadFrameSize:              16 << 10,
-			MaxReceiveBufferPerConnection: 1 << 20,
-			MaxReceiveBufferPerStream:     1 << 20,
-		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			cd := c.(*connDst)
 			return withGuard(WithDestination(ctx, cd.dst), cd.Conn)
@@ -161,16 +154,9 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 		return
 	}
 	c = withRawIO(c)
-	// Declared ports skip detection: no delay at all.
-	switch r.protocol {
-	case meshpb.Protocol_PROTOCOL_TCP:
+	if r.protocol == meshpb.Protocol_PROTOCOL_TCP {
 		s.tunnel(c, rt, r)
 		return
-	case meshpb.Protocol_PROTOCOL_HTTP, meshpb.Protocol_PROTOCOL_HTTP2, meshpb.Protocol_PROTOCOL_GRPC:
-		if !s.out.engine.Load() {
-			s.conns.push(&connDst{Conn: guardHTTP1(c, &s.floods), dst: dst}) // the server tells HTTP/1.1 from h2c itself
-			return
-		}
 	}
 	br := bufio.NewReader(c)
 	p, err := Sniff(c, br, s.SniffWait)
@@ -180,20 +166,20 @@ func (s *OutboundServer) HandleConn(c net.Conn, dst netip.AddrPort) {
 	}
 	conn := &peekedConn{Conn: c, r: br}
 	declared := r.protocol == meshpb.Protocol_PROTOCOL_HTTP || r.protocol == meshpb.Protocol_PROTOCOL_HTTP2 || r.protocol == meshpb.Protocol_PROTOCOL_GRPC
-	if p == HTTP1 && s.out.engine.Load() {
+	if p == HTTP1 {
 		buffered, _ := br.Peek(br.Buffered())
 		s.out.serveH1(c, dst, buffered, h1Options{
 			headerTimeout: s.http.ReadHeaderTimeout, idleTimeout: time.Duration(s.engineIdle.Load()),
-			handoff: func(c net.Conn) { s.conns.push(&connDst{Conn: guardHTTP1(c, &s.floods), dst: dst}) },
+			handoff: func(c net.Conn) { s.conns.push(&connDst{Conn: guardHTTP1(c), dst: dst}) },
 		})
 		return
 	}
-	if p == HTTP2 && s.out.engine.Load() {
+	if p == HTTP2 {
 		s.out.serveH2(conn, dst, &s.floods)
 		return
 	}
-	if p == HTTP1 || p == HTTP2 || declared {
-		s.conns.push(&connDst{Conn: guardHTTP1(conn, &s.floods), dst: dst})
+	if declared { // net/http answers what is not HTTP/1.1 with 400
+		s.conns.push(&connDst{Conn: guardHTTP1(conn), dst: dst})
 		return
 	}
 	s.tunnel(conn, rt, r)

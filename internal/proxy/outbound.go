@@ -47,7 +47,6 @@ type Outbound struct {
 	dial  *net.Dialer // carries the proxy's socket mark
 
 	routes      atomic.Pointer[routeTable]
-	engine      atomic.Bool       // SetEngine
 	engineConns engineConns       // the engine's app HTTP/1.1 connections
 	h2Conns     connSet[*h2.Conn] // the engine's app HTTP/2 connections: a drain sends GOAWAY
 
@@ -93,7 +92,6 @@ type route struct {
 // dials with d (which should set the proxy's socket mark).
 func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 	o := &Outbound{store: store, dial: d, balancers: map[balancerKey]*balancer.Balancer{}}
-	o.engine.Store(true)
 	o.routes.Store(&routeTable{byVIP: map[netip.AddrPort]*route{}, identities: map[string]identity.ID{},
 		peers: map[string]telemetry.Peer{}, self: telemetry.Unknown})
 	h2only := new(http.Protocols)
@@ -205,10 +203,6 @@ func lbPolicy(lb meshpb.LoadBalancing) balancer.Policy {
 	}
 	return balancer.P2CPeakEWMA
 }
-
-// SetEngine serves the app's HTTP/1.1 and HTTP/2 connections accepted from now on
-// with the request path's engine (on by default), or with net/http.
-func (o *Outbound) SetEngine(on bool) { o.engine.Store(on) }
 
 // serviceAddr returns the address of a service port of the current config.
 func (o *Outbound) serviceAddr(name, namespace string, port uint16) (netip.AddrPort, bool) {

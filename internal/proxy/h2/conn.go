@@ -62,6 +62,9 @@ type Budgets struct {
 	// when it sent no data).
 	Pings       int
 	HeaderBytes int // decoded header bytes (RFC 9113's size: name + value + 32)
+	// Clock tells the time the budgets' seconds are counted by; nil:
+	// time.Now. A test stops it to send a second's worth at any speed.
+	Clock func() time.Time
 }
 
 func (c Config) withDefaults() Config {
@@ -302,7 +305,11 @@ type spending struct {
 // spentNow returns what the peer sent in the current second, starting a
 // new second when the last is over.
 func (c *Conn) spentNow() *spending {
-	if now := time.Now(); now.Sub(c.spent.since) > time.Second {
+	now := time.Now
+	if c.cfg.Budgets.Clock != nil {
+		now = c.cfg.Budgets.Clock
+	}
+	if now := now(); now.Sub(c.spent.since) > time.Second {
 		c.spent = spending{since: now}
 	}
 	return &c.spent
