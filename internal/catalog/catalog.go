@@ -50,6 +50,13 @@ type Meta struct {
 	Namespace   string // empty for Namespace objects
 	Labels      map[string]string
 	Annotations map[string]string
+	// CreationTimestamp is when the API server created the object; zero
+	// when the source has none (a manifest file). Route precedence breaks
+	// ties by it.
+	CreationTimestamp time.Time `json:",omitzero"`
+	// Generation is the API server's metadata.generation; zero when the
+	// source has none. Status conditions report it as observedGeneration.
+	Generation int64 `json:",omitzero"`
 }
 
 // Namespace groups objects; its labels drive injection and policy.
