@@ -1,0 +1,336 @@
+package route
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
+)
+
+// Table is the compiled routes of one Service port for one client
+// namespace. It is immutable and safe for concurrent use; a nil Table has
+// no routes.
+type Table struct {
+	target  Target
+	grpc    bool    // the routes are GRPCRoutes
+	entries []entry // every match of every rule, in precedence order
+}
+
+// entry is one match of one rule.
+type entry struct {
+	r *rule
+	m *match
+}
+
+// Compile builds the Table of target from the routes attached to it:
+// those with a parentRef to the target's Service (group "", kind Service)
+// that selects the target's port, from the client namespace's consumer
+// routes if it has any and the producer routes otherwise. Routes that
+// are not accepted (see Validate) and rules dropped as invalid add
+// nothing.
+//
+// Precedence is the spec's, over every match of every rule. HTTPRoute: an
+// Exact path; then a regular expression path (the spec leaves them to the
+// implementation; longer patterns first); then a PathPrefix, longer
+// first; then a match with a method; then more header matches; then more
+// query parameter matches. GRPCRoute: more characters in the service,
+// then in the method, then more header matches. Remaining ties go to the
+// oldest route (creationTimestamp; none counts as oldest), then to
+// "namespace/name" in alphabetical order, then to rule order within the
+// route, then to match order within the rule.
+func Compile(target Target, rs Routes, cfg Config) *Table {
+	c := newCompiler(cfg)
+	port, ok := findPort(cfg.Services, target)
+	if !ok {
+		return &Table{target: target}
+	}
+	var http, grpc []*checked
+	for _, rt := range rs.HTTP {
+		if ch := c.checkHTTP(rt); ch.accepted() {
+			http = append(http, ch)
+		}
+	}
+	for _, rt := range rs.GRPC {
+		if ch := c.checkGRPC(rt); ch.accepted() {
+			grpc = append(grpc, ch)
+		}
+	}
+	attached := func(chs []*checked, ns string) []*checked {
+		var out []*checked
+		for _, ch := range chs {
+			if ch.src.ref.Namespace == ns && ch.attaches(target.Namespace, target.Name, port) {
+				out = append(out, ch)
+			}
+		}
+		return out
+	}
+	ns := target.Namespace
+	if cn := target.ClientNamespace; cn != "" && len(attached(http, cn))+len(attached(grpc, cn)) > 0 {
+		ns = cn
+	}
+	t := &Table{target: target}
+	chosen := attached(http, ns)
+	if g := attached(grpc, ns); len(g) > 0 {
+		t.grpc, chosen = true, g // GEP-1294: a GRPCRoute wins over an HTTPRoute
+	}
+	for _, ch := range chosen {
+		for _, r := range ch.rules {
+			for i := range r.matches {
+				t.entries = append(t.entries, entry{r: r, m: &r.matches[i]})
+			}
+		}
+	}
+	slices.SortStableFunc(t.entries, compareEntries)
+	return t
+}
+
+func findPort(svcs []Service, t Target) (Port, bool) {
+	for _, s := range svcs {
+		if s.Namespace == t.Namespace && s.Name == t.Name {
+			i := slices.IndexFunc(s.Ports, func(p Port) bool { return p.Port == t.Port })
+			if i >= 0 {
+				return s.Ports[i], true
+			}
+		}
+	}
+	return Port{}, false
+}
+
+// attaches reports whether one of the route's parentRefs selects port of
+// Service ns/name.
+func (c *checked) attaches(ns, name string, port Port) bool {
+	return slices.ContainsFunc(c.parents, func(p catalog.ParentReference) bool {
+		return isService(p) && cmp(p.Namespace, c.src.ref.Namespace) == ns && p.Name == name && selectsPort(p, port)
+	})
+}
+
+// isService reports whether p names a Service: group "" and kind Service.
+func isService(p catalog.ParentReference) bool {
+	return p.Group != nil && *p.Group == "" && p.Kind == "Service"
+}
+
+// selectsPort: no port and no sectionName select every port; each one
+// given must match.
+func selectsPort(p catalog.ParentReference, port Port) bool {
+	return (p.Port == 0 || p.Port == port.Port) && (p.SectionName == "" || p.SectionName == port.Name)
+}
+
+// compareEntries orders entries by precedence, the best first.
+func compareEntries(a, b entry) int {
+	if c := compareMatches(a, b); c != 0 {
+		return c
+	}
+	sa, sb := a.r.src, b.r.src
+	if c := sa.created.Compare(sb.created); c != 0 {
+		return c
+	}
+	if c := strings.Compare(sa.key, sb.key); c != 0 {
+		return c
+	}
+	return a.r.index - b.r.index // then match order: the sort is stable
+}
+
+func compareMatches(a, b entry) int {
+	ma, mb := a.m, b.m
+	if a.r.grpc {
+		return cmpDesc(len(ma.service.exact), len(mb.service.exact), len(ma.grpcMethod.exact), len(mb.grpcMethod.exact),
+			len(ma.headers), len(mb.headers))
+	}
+	if ma.kind != mb.kind {
+		return int(ma.kind) - int(mb.kind)
+	}
+	return cmpDesc(len(ma.path.exact), len(mb.path.exact), b2i(ma.method != ""), b2i(mb.method != ""),
+		len(ma.headers), len(mb.headers), len(ma.query), len(mb.query))
+}
+
+// cmpDesc compares pairs in turn, the larger first.
+func cmpDesc(pairs ...int) int {
+	for i := 0; i < len(pairs); i += 2 {
+		if pairs[i] != pairs[i+1] {
+			return pairs[i+1] - pairs[i]
+		}
+	}
+	return 0
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Route decides r. rnd is a random number from the caller: it picks the
+// backend by weight and which mirrors get a copy. Route does not allocate
+// unless the rule rewrites a path prefix, redirects, or mirrors only a
+// share of requests; it never panics.
+func (t *Table) Route(r *Request, rnd uint64) Decision {
+	if t == nil || len(t.entries) == 0 {
+		return Decision{}
+	}
+	for i := range t.entries {
+		e := &t.entries[i]
+		if t.grpc && e.m.matchGRPC(r) || !t.grpc && e.m.matchHTTP(r) {
+			return t.decide(e.r, r, rnd)
+		}
+	}
+	// The spec: a request no rule matches gets 404.
+	d := Decision{Routed: true, Status: 404}
+	if r.GRPC {
+		d.GRPCStatus = 12 // UNIMPLEMENTED, what gRPC makes of 404
+	}
+	return d
+}
+
+func (t *Table) decide(rl *rule, r *Request, rnd uint64) Decision {
+	d := Decision{Routed: true, Route: rl.src.ref, Rule: rl.index, Timeouts: rl.timeouts, Retry: rl.retry,
+		ResponseHeaders: rl.respHeaders}
+	if rl.redirect != nil {
+		d.Status, d.Location = rl.redirect.status, t.location(rl, r)
+		if d.Location == "" {
+			d.Status = 400 // the Host or path cannot go in a Location header
+		}
+		return d
+	}
+	d.Mirrors = rl.pickMirrors(rnd)
+	b := rl.pick(rnd)
+	if b == nil || b.invalid {
+		// The spec: requests a rule would send to an invalid backend, or
+		// that a rule has no backend for, get 500; gRPC calls UNAVAILABLE.
+		d.Status = 500
+		if r.GRPC {
+			d.GRPCStatus = 14
+		}
+		return d
+	}
+	d.Backend, d.RequestHeaders, d.ResponseHeaders = b.Backend, b.reqHeaders, b.respHeaders
+	if rl.rewrite != nil {
+		d.Path = rl.rewrite.apply(r.Path, rl.prefix)
+	}
+	d.Host = rl.rewriteHost
+	return d
+}
+
+// pick chooses a backend by weight: rnd modulo the total weight falls in
+// one backend's range. A backend of weight 0 is never chosen; nil when
+// there is nothing to choose.
+func (rl *rule) pick(rnd uint64) *backend {
+	if rl.total == 0 {
+		return nil
+	}
+	x := rnd % rl.total
+	for i := range rl.backends {
+		b := &rl.backends[i]
+		if x < b.weight {
+			return b
+		}
+		x -= b.weight
+	}
+	return nil
+}
+
+// pickMirrors returns the mirrors this request goes to. Each mirror draws
+// its own number from rnd, so its share is independent of the backend
+// chosen.
+func (rl *rule) pickMirrors(rnd uint64) []Backend {
+	if len(rl.mirrors) == len(rl.allMirrors) {
+		return rl.allMirrors
+	}
+	var out []Backend
+	for i, m := range rl.mirrors {
+		if m.num == m.den || mix(rnd, uint64(i))%m.den < m.num {
+			out = append(out, m.Backend)
+		}
+	}
+	return out
+}
+
+// mix derives a well-spread number from rnd and i (SplitMix64's
+// finaliser).
+func mix(rnd, i uint64) uint64 {
+	z := rnd + (i+1)*0x9e3779b97f4a7c15
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	return z ^ z>>31
+}
+
+// location is the Location of a redirect, or "" when the request's Host
+// or path cannot be written in one. The spec: the scheme, host and path
+// are the request's unless the filter sets them; the port is the
+// filter's, else the scheme's well-known port when the filter sets a
+// scheme, else the Service port (the mesh's listener); it is left out
+// when it is the scheme's default. The query is kept.
+func (t *Table) location(rl *rule, r *Request) string {
+	rd := rl.redirect
+	scheme := cmp(rd.scheme, cmp(r.Scheme, "http"))
+	host := cmp(rd.host, hostOnly(r.Host))
+	port := rd.port
+	switch {
+	case port != 0:
+	case rd.scheme == "https":
+		port = 443
+	case rd.scheme == "http":
+		port = 80
+	default:
+		port = t.target.Port
+	}
+	path := r.Path
+	if rd.path != nil {
+		path = rd.path.apply(r.Path, rl.prefix)
+	}
+	if !hostname(host) || !urlSafe(path) || !urlSafe(r.RawQuery) || !strings.HasPrefix(path, "/") {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString(scheme + "://")
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	b.WriteString(host)
+	if !(scheme == "http" && port == 80 || scheme == "https" && port == 443) {
+		b.WriteString(":" + strconv.Itoa(int(port)))
+	}
+	b.WriteString(path)
+	if r.RawQuery != "" {
+		b.WriteString("?" + r.RawQuery)
+	}
+	return b.String()
+}
+
+// hostOnly is host without its port, and an IPv6 address without
+// brackets.
+func hostOnly(host string) string {
+	if strings.HasPrefix(host, "[") {
+		h, _, _ := strings.Cut(host[1:], "]")
+		return h
+	}
+	if strings.Count(host, ":") == 1 {
+		h, _, _ := strings.Cut(host, ":")
+		return h
+	}
+	return host
+}
+
+// hostname reports whether h is a DNS name or an IP address (IPv6 without
+// brackets): nothing that could change the Location's meaning.
+func hostname(h string) bool {
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '-' || c == '_' || c == ':') {
+			return false
+		}
+	}
+	return h != ""
+}
+
+// urlSafe reports whether s is printable ASCII without spaces, so it can
+// go in a header value.
+func urlSafe(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
