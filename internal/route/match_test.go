@@ -95,9 +95,6 @@ spec:
     backendRefs: [{name: graph-v2, port: 9090, weight: 0}]
 `
 	tbl := Compile(Target{Namespace: "db", Name: "graph", Port: 9090}, parse(t, grpcRoute), mesh)
-	call := func(path string, kv ...string) *Request {
-		return &Request{GRPC: true, Method: "POST", Path: path, Header: header(kv...)}
-	}
 	for _, tc := range []struct {
 		name string
 		req  *Request
