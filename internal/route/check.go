@@ -349,7 +349,8 @@ func timeouts(in *catalog.HTTPRouteTimeouts) (Timeouts, error) {
 	if t.BackendRequest, err = timeout(in.BackendRequest); err != nil {
 		return t, at("backendRequest", unsupported("%v", err))
 	}
-	if t.Request != 0 && t.BackendRequest > t.Request {
+	// As the CRD checks it: "0s" is zero here, so either may be "0s".
+	if t.Request != NoTimeout && t.BackendRequest != NoTimeout && t.Request != 0 && t.BackendRequest > t.Request {
 		return t, at("backendRequest", unsupported("%s is longer than the request timeout %s: it covers one attempt of the request, so make it shorter",
 			in.BackendRequest, in.Request))
 	}

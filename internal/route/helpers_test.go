@@ -117,3 +117,5 @@ func decided(d Decision) string {
 	}
 	return d.Route.Name + "[" + strconv.Itoa(d.Rule) + "] " + d.Backend.String()
 }
+
+func durationOf(s string) catalog.Duration { return catalog.Duration(s) }

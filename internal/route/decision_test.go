@@ -1,0 +1,241 @@
+package route
+
+import (
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+)
+
+// share counts, over n random numbers from a fixed seed, the fraction of
+// decisions that come out as each decided() string.
+func share(tbl *Table, req *Request, n int) map[string]float64 {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	out := map[string]float64{}
+	for range n {
+		out[decided(tbl.Route(req, rnd.Uint64()))] += 1 / float64(n)
+	}
+	return out
+}
+
+// A 90/10 split lands within 3 points over 2000 requests.
+func TestWeightedSplit(t *testing.T) {
+	tbl := compile(t, route+`  rules:
+  - backendRefs: [{name: graph-v1, port: 8080, weight: 90}, {name: graph-v2, port: 8080, weight: 10}]
+`)
+	got := share(tbl, get("/"), 2000)
+	for backend, want := range map[string]float64{"r[0] db/graph-v1:8080": 0.9, "r[0] db/graph-v2:8080": 0.1} {
+		if d := got[backend] - want; d > 0.03 || d < -0.03 {
+			t.Errorf("%s drew %.3f of requests, want %.2f ± 0.03 (all: %v)", backend, got[backend], want, got)
+		}
+	}
+}
+
+func TestWeightsAndInvalidBackends(t *testing.T) {
+	for _, tc := range []struct {
+		name, backends string
+		want           map[string]float64 // share, ± 0.03
+	}{
+		{"weight 0 is never chosen", `[{name: graph-v1, port: 8080, weight: 0}, {name: graph-v2, port: 8080}]`,
+			map[string]float64{"r[0] db/graph-v2:8080": 1}},
+		{"all weights 0: 500", `[{name: graph-v1, port: 8080, weight: 0}]`,
+			map[string]float64{"r[0] Internal Server Error": 1}},
+		{"no backends: 500", `[]`, map[string]float64{"r[0] Internal Server Error": 1}},
+		{"an invalid backend's share gets 500", `[{name: graph-v1, port: 8080}, {name: missing, port: 8080}]`,
+			map[string]float64{"r[0] db/graph-v1:8080": 0.5, "r[0] Internal Server Error": 0.5}},
+		{"an invalid kind's share too", `[{name: graph-v1, port: 8080, weight: 3}, {kind: ServiceImport, group: multicluster.x-k8s.io, name: graph, port: 8080}]`,
+			map[string]float64{"r[0] db/graph-v1:8080": 0.75, "r[0] Internal Server Error": 0.25}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tbl := compile(t, route+"  rules: [{backendRefs: "+tc.backends+"}]\n")
+			got := share(tbl, get("/"), 2000)
+			for k, want := range tc.want {
+				if d := got[k] - want; d > 0.03 || d < -0.03 {
+					t.Errorf("%s: %.3f, want %.2f (all: %v)", k, got[k], want, got)
+				}
+			}
+			if len(got) != len(tc.want) {
+				t.Errorf("outcomes %v, want only %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// The rule's header changes come before the chosen backend's; both are
+// applied in order.
+func TestHeaderChanges(t *testing.T) {
+	tbl := compile(t, route+`  rules:
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-env, value: prod}], add: [{name: x-trace, value: "on"}], remove: [x-debug]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {remove: [server]}
+    backendRefs:
+    - name: graph-v2
+      port: 8080
+      filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-version, value: "2"}]}}]
+`)
+	d := tbl.Route(get("/"), 0)
+	h := http.Header{"X-Env": {"dev"}, "X-Trace": {"a"}, "X-Debug": {"1"}}
+	d.RequestHeaders.Apply(h)
+	want := http.Header{"X-Env": {"prod"}, "X-Trace": {"a", "on"}, "X-Version": {"2"}}
+	if !equalHeaders(h, want) {
+		t.Errorf("request headers after %s = %v, want %v", d.RequestHeaders, h, want)
+	}
+	if got := d.ResponseHeaders.String(); got != "remove Server" {
+		t.Errorf("response headers %q, want %q", got, "remove Server")
+	}
+}
+
+func equalHeaders(a, b http.Header) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if !slices.Equal(v, b[k]) {
+			return false
+		}
+	}
+	return true
+}
+
+// ReplacePrefixMatch, row by row from the spec's table.
+func TestReplacePrefixMatch(t *testing.T) {
+	for _, tc := range []struct{ path, prefix, replace, want string }{
+		{"/foo/bar", "/foo", "/xyz", "/xyz/bar"},
+		{"/foo/bar", "/foo", "/xyz/", "/xyz/bar"},
+		{"/foo/bar", "/foo/", "/xyz", "/xyz/bar"},
+		{"/foo/bar", "/foo/", "/xyz/", "/xyz/bar"},
+		{"/foo", "/foo", "/xyz", "/xyz"},
+		{"/foo/", "/foo", "/xyz", "/xyz/"},
+		{"/foo/bar", "/foo", "", "/bar"},
+		{"/foo/", "/foo", "", "/"},
+		{"/foo", "/foo", "", "/"},
+		{"/foo/", "/foo", "/", "/"},
+		{"/foo", "/foo", "/", "/"},
+		{"/a/b", "/", "/x", "/x/a/b"},
+	} {
+		tbl := compile(t, route+`  rules:
+  - matches: [{path: {type: PathPrefix, value: "`+tc.prefix+`"}}]
+    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: "`+tc.replace+`"}}}]
+    backendRefs: [{name: graph-v2, port: 8080}]
+`)
+		if d := tbl.Route(get(tc.path), 0); d.Path != tc.want {
+			t.Errorf("%s with prefix %q replaced by %q = %q, want %q", tc.path, tc.prefix, tc.replace, d.Path, tc.want)
+		}
+	}
+}
+
+func TestRewrite(t *testing.T) {
+	tbl := compile(t, route+`  rules:
+  - filters: [{type: URLRewrite, urlRewrite: {hostname: graph-v2.db.svc.cluster.local, path: {type: ReplaceFullPath, replaceFullPath: /v2/health}}}]
+    backendRefs: [{name: graph-v2, port: 8080}]
+`)
+	if d := tbl.Route(get("/health?full=1"), 0); d.Path != "/v2/health" || d.Host != "graph-v2.db.svc.cluster.local" {
+		t.Errorf("rewrite = path %q host %q, want /v2/health and graph-v2.db.svc.cluster.local", d.Path, d.Host)
+	}
+}
+
+// Redirects: the Location the spec derives, port included only when it
+// is not the scheme's own.
+func TestRedirect(t *testing.T) {
+	for _, tc := range []struct {
+		name, filter string
+		req          *Request
+		status       int
+		location     string
+	}{
+		{"defaults: 302, the request's host, the Service port", `{}`, get("/a?b=1"), 302, "http://graph.db:8080/a?b=1"},
+		{"scheme https: port 443 left out", `{scheme: https, statusCode: 301}`, get("/a"), 301, "https://graph.db/a"},
+		{"scheme and port", `{scheme: https, port: 8443}`, get("/a"), 302, "https://graph.db:8443/a"},
+		{"http on 80", `{hostname: example.com, port: 80}`, get("/a"), 302, "http://example.com/a"},
+		{"full path", `{path: {type: ReplaceFullPath, replaceFullPath: /b}, statusCode: 308}`, get("/a"), 308, "http://graph.db:8080/b"},
+		{"IPv6 host", `{}`, &Request{Method: "GET", Host: "[fd00::1]:8080", Path: "/a"}, 302, "http://[fd00::1]:8080/a"},
+		{"a Host that cannot be written", `{}`, &Request{Method: "GET", Host: "evil.com/x?", Path: "/a"}, 400, ""},
+		{"a path that cannot be written", `{}`, &Request{Method: "GET", Host: "graph", Path: "/a\r\nX: y"}, 400, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tbl := compile(t, route+"  rules: [{filters: [{type: RequestRedirect, requestRedirect: "+tc.filter+"}]}]\n")
+			d := tbl.Route(tc.req, 0)
+			if d.Status != tc.status || d.Location != tc.location || d.Backend != (Backend{}) {
+				t.Errorf("redirect %s of %s%s = %d %q (backend %v), want %d %q", tc.filter, tc.req.Host, tc.req.Path, d.Status, d.Location, d.Backend, tc.status, tc.location)
+			}
+		})
+	}
+	tbl := compile(t, route+`  rules:
+  - matches: [{path: {value: /old}}]
+    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}}]
+`)
+	if d := tbl.Route(get("/old/x"), 0); d.Location != "http://graph.db:8080/new/x" {
+		t.Errorf("prefix redirect of /old/x to %q, want http://graph.db:8080/new/x", d.Location)
+	}
+}
+
+func TestMirrors(t *testing.T) {
+	tbl := compile(t, route+`  rules:
+  - filters:
+    - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 8080}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: graph-v1, port: 8080}, fraction: {numerator: 1, denominator: 4}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: missing, port: 8080}}}
+    backendRefs: [{name: graph-v2, port: 8080}]
+`)
+	rnd := rand.New(rand.NewPCG(3, 4))
+	counts := map[Backend]int{}
+	const n = 2000
+	for range n {
+		for _, m := range tbl.Route(get("/"), rnd.Uint64()).Mirrors {
+			counts[m]++
+		}
+	}
+	shadow, v1 := Backend{"db", "shadow", 8080}, Backend{"db", "graph-v1", 8080}
+	if counts[shadow] != n || len(counts) != 2 {
+		t.Errorf("mirrored %v, want every request to %v, some to %v, none to the missing Service", counts, shadow, v1)
+	}
+	if got := float64(counts[v1]) / n; got < 0.22 || got > 0.28 {
+		t.Errorf("mirrored %.3f of requests to %v, want 0.25 ± 0.03", got, v1)
+	}
+}
+
+func TestTimeoutsAndRetry(t *testing.T) {
+	tbl := compile(t, route+`  rules:
+  - matches: [{path: {value: /slow}}]
+    timeouts: {request: 1m30s, backendRequest: 0s}
+    retry: {codes: [502, 503], attempts: 3, backoff: 250ms}
+    backendRefs: [{name: graph-v2, port: 8080}]
+  - matches: [{path: {value: /off}}]
+    timeouts: {request: 0s, backendRequest: 1h}
+    backendRefs: [{name: graph-v2, port: 8080}]
+`)
+	d := tbl.Route(get("/slow"), 0)
+	if want := (Timeouts{Request: 90 * time.Second, BackendRequest: NoTimeout}); d.Timeouts != want {
+		t.Errorf("timeouts %+v, want %+v", d.Timeouts, want)
+	}
+	if r := d.Retry; r == nil || !slices.Equal(r.Codes, []int{502, 503}) || r.Attempts != 3 || r.Backoff != 250*time.Millisecond {
+		t.Errorf("retry %+v, want codes 502 503, 3 attempts, 250ms", r)
+	}
+	if d := tbl.Route(get("/off"), 0); d.Timeouts.Request != NoTimeout || d.Timeouts.BackendRequest != time.Hour || d.Retry != nil {
+		t.Errorf("/off: timeouts %+v, retry %v; want none for the request, 1h a try, no retry", d.Timeouts, d.Retry)
+	}
+}
+
+func TestDuration(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"0s": 0, "500ms": 500 * time.Millisecond, "1h30m": 90 * time.Minute, "00060m": time.Hour,
+		"1h2h20m10m": 3*time.Hour + 30*time.Minute, "1h30m30s500ms": time.Hour + 30*time.Minute + 30*time.Second + 500*time.Millisecond,
+	} {
+		if got, err := parseDuration(durationOf(in)); err != nil || got != want {
+			t.Errorf("parseDuration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+		if in == "1h30m" || in == "500ms" || in == "0s" {
+			if got := formatDuration(want); got != in {
+				t.Errorf("formatDuration(%v) = %q, want %q", want, got, in)
+			}
+		}
+	}
+	for _, in := range []string{"", "0", "1.5s", "-1s", "1d", "123456s", "1h1m1s1ms1h", "1us", "s"} {
+		if got, err := parseDuration(durationOf(in)); err == nil {
+			t.Errorf("parseDuration(%q) = %v, want an error", in, got)
+		}
+	}
+}
