@@ -120,7 +120,7 @@ func (c *compiler) backendRef(field string, ref catalog.BackendObjectReference, 
 		c.refs = append(c.refs, refProblem{reason: reason, msg: field + ": " + fmt.Sprintf(format, a...) + effect})
 		return out, true, nil
 	}
-	if kind := cmp(ref.Kind, "Service"); ref.Group != "" || kind != "Service" {
+	if kind := orDefault(ref.Kind, "Service"); ref.Group != "" || kind != "Service" {
 		return bad(ReasonInvalidKind, "kind %q of group %q: a backend is a Service (group \"\")", kind, ref.Group)
 	}
 	if ref.Port == 0 {
@@ -151,7 +151,8 @@ func portList(ps []Port) string {
 	return strings.Join(s, ", ")
 }
 
-func cmp(v, def string) string {
+// orDefault is v, or def when v is empty.
+func orDefault(v, def string) string {
 	if v == "" {
 		return def
 	}
@@ -408,10 +409,10 @@ func (r *rule) pathChange(p *catalog.HTTPPathModifier, matches []catalog.HTTPRou
 			return nil, at("replacePrefixMatch", err)
 		}
 	}
-	if len(matches) != 1 || matches[0].Path == nil || cmp(matches[0].Path.Type, catalog.MatchPathPrefix) != catalog.MatchPathPrefix {
+	if len(matches) != 1 || matches[0].Path == nil || orDefault(matches[0].Path.Type, catalog.MatchPathPrefix) != catalog.MatchPathPrefix {
 		return nil, unsupported("ReplacePrefixMatch needs the rule to have exactly one match, with a PathPrefix path: split the rule or use ReplaceFullPath")
 	}
-	r.prefix = strings.TrimSuffix(cmp(matches[0].Path.Value, "/"), "/")
+	r.prefix = strings.TrimSuffix(orDefault(matches[0].Path.Value, "/"), "/")
 	return &pathChange{value: strings.TrimSuffix(v, "/"), source: v}, nil
 }
 

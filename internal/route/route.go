@@ -143,8 +143,8 @@ type Request struct {
 	Path     string
 	RawQuery string
 	// Header returns a request header's values, nil for none. It is
-	// called with canonical names ("X-Canary"); it must not be nil when a
-	// route matches on headers, and need not answer for Host.
+	// called with canonical names ("X-Canary") and never for Host. A nil
+	// Header is a request without headers.
 	Header func(name string) []string
 }
 

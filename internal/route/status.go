@@ -90,7 +90,7 @@ func accepted(ch *checked, i int, all []*checked, svcs []Service) (reason, msg s
 	if p.Group == nil {
 		return ReasonNoMatchingParent, field + `: without group, kind Service means a Service of gateway.networking.k8s.io: write group: "" for a Kubernetes Service`
 	}
-	ns := cmp(p.Namespace, ch.src.ref.Namespace)
+	ns := orDefault(p.Namespace, ch.src.ref.Namespace)
 	si := slices.IndexFunc(svcs, func(s Service) bool { return s.Namespace == ns && s.Name == p.Name })
 	if si < 0 {
 		return ReasonNoMatchingParent, fmt.Sprintf("%s: Service %s/%s does not exist", field, ns, p.Name)

@@ -40,40 +40,13 @@ type entry struct {
 // "namespace/name" in alphabetical order, then to rule order within the
 // route, then to match order within the rule.
 func Compile(target Target, rs Routes, cfg Config) *Table {
-	c := newCompiler(cfg)
+	t := &Table{target: target}
 	port, ok := findPort(cfg.Services, target)
 	if !ok {
-		return &Table{target: target}
+		return t
 	}
-	var http, grpc []*checked
-	for _, rt := range rs.HTTP {
-		if ch := c.checkHTTP(rt); ch.accepted() {
-			http = append(http, ch)
-		}
-	}
-	for _, rt := range rs.GRPC {
-		if ch := c.checkGRPC(rt); ch.accepted() {
-			grpc = append(grpc, ch)
-		}
-	}
-	attached := func(chs []*checked, ns string) []*checked {
-		var out []*checked
-		for _, ch := range chs {
-			if ch.src.ref.Namespace == ns && ch.attaches(target.Namespace, target.Name, port) {
-				out = append(out, ch)
-			}
-		}
-		return out
-	}
-	ns := target.Namespace
-	if cn := target.ClientNamespace; cn != "" && len(attached(http, cn))+len(attached(grpc, cn)) > 0 {
-		ns = cn
-	}
-	t := &Table{target: target}
-	chosen := attached(http, ns)
-	if g := attached(grpc, ns); len(g) > 0 {
-		t.grpc, chosen = true, g // GEP-1294: a GRPCRoute wins over an HTTPRoute
-	}
+	var chosen []*checked
+	chosen, t.grpc = attachedRoutes(newCompiler(cfg), rs, target, port)
 	for _, ch := range chosen {
 		for _, r := range ch.rules {
 			for i := range r.matches {
@@ -83,6 +56,35 @@ func Compile(target Target, rs Routes, cfg Config) *Table {
 	}
 	slices.SortStableFunc(t.entries, compareEntries)
 	return t
+}
+
+// attachedRoutes returns the accepted routes the target uses: the client
+// namespace's consumer routes if it has any, else the producer routes;
+// of those, the GRPCRoutes if there are any (GEP-1294: they win over
+// HTTPRoutes), else the HTTPRoutes.
+func attachedRoutes(c *compiler, rs Routes, target Target, port Port) (chosen []*checked, grpc bool) {
+	var http, rpc []*checked
+	for _, rt := range rs.HTTP {
+		if ch := c.checkHTTP(rt); ch.accepted() && ch.attaches(target.Namespace, target.Name, port) {
+			http = append(http, ch)
+		}
+	}
+	for _, rt := range rs.GRPC {
+		if ch := c.checkGRPC(rt); ch.accepted() && ch.attaches(target.Namespace, target.Name, port) {
+			rpc = append(rpc, ch)
+		}
+	}
+	from := func(chs []*checked, ns string) []*checked {
+		return slices.DeleteFunc(slices.Clone(chs), func(ch *checked) bool { return ch.src.ref.Namespace != ns })
+	}
+	ns := target.Namespace
+	if cn := target.ClientNamespace; cn != "" && len(from(http, cn))+len(from(rpc, cn)) > 0 {
+		ns = cn
+	}
+	if g := from(rpc, ns); len(g) > 0 {
+		return g, true
+	}
+	return from(http, ns), false
 }
 
 func findPort(svcs []Service, t Target) (Port, bool) {
@@ -101,7 +103,7 @@ func findPort(svcs []Service, t Target) (Port, bool) {
 // Service ns/name.
 func (c *checked) attaches(ns, name string, port Port) bool {
 	return slices.ContainsFunc(c.parents, func(p catalog.ParentReference) bool {
-		return isService(p) && cmp(p.Namespace, c.src.ref.Namespace) == ns && p.Name == name && selectsPort(p, port)
+		return isService(p) && orDefault(p.Namespace, c.src.ref.Namespace) == ns && p.Name == name && selectsPort(p, port)
 	})
 }
 
@@ -263,8 +265,8 @@ func mix(rnd, i uint64) uint64 {
 // when it is the scheme's default. The query is kept.
 func (t *Table) location(rl *rule, r *Request) string {
 	rd := rl.redirect
-	scheme := cmp(rd.scheme, cmp(r.Scheme, "http"))
-	host := cmp(rd.host, hostOnly(r.Host))
+	scheme := orDefault(rd.scheme, orDefault(r.Scheme, "http"))
+	host := orDefault(rd.host, hostOnly(r.Host))
 	port := rd.port
 	switch {
 	case port != 0:
