@@ -163,10 +163,12 @@ func b2i(b bool) int {
 	return 0
 }
 
-// Route decides r. rnd is a random number from the caller: it picks the
-// backend by weight and which mirrors get a copy. Route does not allocate
-// unless the rule rewrites a path prefix, redirects, or mirrors only a
-// share of requests; it never panics.
+// Route decides r; it may be called from any goroutine, and never
+// panics. rnd is a random number from the caller: it picks the backend by
+// weight and which mirrors get a copy. Route does not allocate unless it
+// unescapes a query parameter, matches a regular expression against a
+// repeated header, rewrites a path prefix, redirects, or mirrors only a
+// share of requests.
 func (t *Table) Route(r *Request, rnd uint64) Decision {
 	if t == nil || len(t.entries) == 0 {
 		return Decision{}
