@@ -294,9 +294,9 @@ func (c *compiler) headerFilter(f *catalog.HTTPHeaderFilter) (HeaderOps, error) 
 		out = append(out, HeaderOp{Action: action, Name: cn, Value: val})
 		return nil
 	}
-	for field, n := range map[string]int{"set": len(f.Set), "add": len(f.Add), "remove": len(f.Remove)} {
+	for i, n := range []int{len(f.Set), len(f.Add), len(f.Remove)} {
 		if n > c.limits.MaxHeaderChanges {
-			return nil, at(field, unsupported("%d headers, more than %d", n, c.limits.MaxHeaderChanges))
+			return nil, at([]string{"set", "add", "remove"}[i], unsupported("%d headers, more than %d", n, c.limits.MaxHeaderChanges))
 		}
 	}
 	for i, h := range f.Set {
