@@ -32,6 +32,7 @@ command -v chromium >/dev/null || missing+=(chromium)
 [ -x /usr/bin/prometheus ] || missing+=(prometheus)
 command -v getent >/dev/null || missing+=(libc-bin)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/struct.proto ] || missing+=(libprotobuf-dev) # the well-known types proto/ imports
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing ${missing[*]}: install them (apt-get install ${missing[*]}) or run this script as root" >&2

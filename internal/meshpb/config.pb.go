@@ -20,6 +20,7 @@ package meshpb
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -211,8 +212,17 @@ type ProxyConfig struct {
 	// Which JWTs the workload's sidecar verifies before authorization.
 	// Unset: none; requests pass unauthenticated.
 	Authentication *Authentication `protobuf:"bytes,6,opt,name=authentication,proto3" json:"authentication,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The Gateway API routes (HTTPRoute, GRPCRoute) attached to services
+	// listed above (GAMMA: a parentRef to the Service), with the workload's
+	// namespace deciding between consumer and producer routes as Gateway
+	// API's mesh binding says. The proxy compiles them per service port
+	// (internal/route) and sends each HTTP or gRPC request to such a port
+	// where its matching rule says: a backend by weight, or an answer of
+	// its own (a redirect, 404 when no rule matches). Services with no
+	// route attached are balanced as before.
+	Routes        []*Route `protobuf:"bytes,7,rep,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProxyConfig) Reset() {
@@ -287,6 +297,106 @@ func (x *ProxyConfig) GetAuthentication() *Authentication {
 	return nil
 }
 
+func (x *ProxyConfig) GetRoutes() []*Route {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+// Route is one HTTPRoute or GRPCRoute as its author wrote it.
+type Route struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "HTTPRoute" or "GRPCRoute".
+	Kind      string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// metadata.creationTimestamp, RFC 3339: of two routes whose matches
+	// tie, the older one wins. Empty counts as oldest.
+	Created string `protobuf:"bytes,4,opt,name=created,proto3" json:"created,omitempty"`
+	// metadata.generation, echoed in status.
+	Generation int64 `protobuf:"varint,5,opt,name=generation,proto3" json:"generation,omitempty"`
+	// The route's spec, gateway.networking.k8s.io/v1 field names and
+	// values. A config whose routes do not decode is refused (NACK); rules
+	// the proxy cannot apply are dropped, as the control plane's status for
+	// the route says.
+	Spec          *structpb.Struct `protobuf:"bytes,6,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Route) Reset() {
+	*x = Route{}
+	mi := &file_trellis_v1_config_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Route) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Route) ProtoMessage() {}
+
+func (x *Route) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Route.ProtoReflect.Descriptor instead.
+func (*Route) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Route) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Route) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Route) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Route) GetCreated() string {
+	if x != nil {
+		return x.Created
+	}
+	return ""
+}
+
+func (x *Route) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Route) GetSpec() *structpb.Struct {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
 // Workload identifies the pod a proxy serves.
 type Workload struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -304,7 +414,7 @@ type Workload struct {
 
 func (x *Workload) Reset() {
 	*x = Workload{}
-	mi := &file_trellis_v1_config_proto_msgTypes[1]
+	mi := &file_trellis_v1_config_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -316,7 +426,7 @@ func (x *Workload) String() string {
 func (*Workload) ProtoMessage() {}
 
 func (x *Workload) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[1]
+	mi := &file_trellis_v1_config_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -329,7 +439,7 @@ func (x *Workload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Workload.ProtoReflect.Descriptor instead.
 func (*Workload) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{1}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Workload) GetNamespace() string {
@@ -378,7 +488,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_trellis_v1_config_proto_msgTypes[2]
+	mi := &file_trellis_v1_config_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -390,7 +500,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[2]
+	mi := &file_trellis_v1_config_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -403,7 +513,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{2}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Service) GetNamespace() string {
@@ -460,7 +570,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_trellis_v1_config_proto_msgTypes[3]
+	mi := &file_trellis_v1_config_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +582,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[3]
+	mi := &file_trellis_v1_config_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +595,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{3}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ServicePort) GetPort() uint32 {
@@ -538,7 +648,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_trellis_v1_config_proto_msgTypes[4]
+	mi := &file_trellis_v1_config_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +660,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[4]
+	mi := &file_trellis_v1_config_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +673,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{4}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -621,7 +731,7 @@ type InboundPolicy struct {
 
 func (x *InboundPolicy) Reset() {
 	*x = InboundPolicy{}
-	mi := &file_trellis_v1_config_proto_msgTypes[5]
+	mi := &file_trellis_v1_config_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +743,7 @@ func (x *InboundPolicy) String() string {
 func (*InboundPolicy) ProtoMessage() {}
 
 func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[5]
+	mi := &file_trellis_v1_config_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +756,7 @@ func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboundPolicy.ProtoReflect.Descriptor instead.
 func (*InboundPolicy) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{5}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *InboundPolicy) GetMode() MTLSMode {
@@ -685,7 +795,7 @@ type Authorization struct {
 
 func (x *Authorization) Reset() {
 	*x = Authorization{}
-	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	mi := &file_trellis_v1_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +807,7 @@ func (x *Authorization) String() string {
 func (*Authorization) ProtoMessage() {}
 
 func (x *Authorization) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	mi := &file_trellis_v1_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +820,7 @@ func (x *Authorization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
 func (*Authorization) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{6}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Authorization) GetPolicies() []*AuthorizationPolicy {
@@ -740,7 +850,7 @@ type AuthorizationPolicy struct {
 
 func (x *AuthorizationPolicy) Reset() {
 	*x = AuthorizationPolicy{}
-	mi := &file_trellis_v1_config_proto_msgTypes[7]
+	mi := &file_trellis_v1_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +862,7 @@ func (x *AuthorizationPolicy) String() string {
 func (*AuthorizationPolicy) ProtoMessage() {}
 
 func (x *AuthorizationPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[7]
+	mi := &file_trellis_v1_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +875,7 @@ func (x *AuthorizationPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationPolicy.ProtoReflect.Descriptor instead.
 func (*AuthorizationPolicy) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{7}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AuthorizationPolicy) GetNamespace() string {
@@ -819,7 +929,7 @@ type AuthorizationRule struct {
 
 func (x *AuthorizationRule) Reset() {
 	*x = AuthorizationRule{}
-	mi := &file_trellis_v1_config_proto_msgTypes[8]
+	mi := &file_trellis_v1_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -831,7 +941,7 @@ func (x *AuthorizationRule) String() string {
 func (*AuthorizationRule) ProtoMessage() {}
 
 func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[8]
+	mi := &file_trellis_v1_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -844,7 +954,7 @@ func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationRule.ProtoReflect.Descriptor instead.
 func (*AuthorizationRule) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{8}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AuthorizationRule) GetFrom() []*AuthorizationSource {
@@ -894,7 +1004,7 @@ type AuthorizationSource struct {
 
 func (x *AuthorizationSource) Reset() {
 	*x = AuthorizationSource{}
-	mi := &file_trellis_v1_config_proto_msgTypes[9]
+	mi := &file_trellis_v1_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1016,7 @@ func (x *AuthorizationSource) String() string {
 func (*AuthorizationSource) ProtoMessage() {}
 
 func (x *AuthorizationSource) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[9]
+	mi := &file_trellis_v1_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1029,7 @@ func (x *AuthorizationSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationSource.ProtoReflect.Descriptor instead.
 func (*AuthorizationSource) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{9}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AuthorizationSource) GetPrincipals() []string {
@@ -1014,7 +1124,7 @@ type AuthorizationOperation struct {
 
 func (x *AuthorizationOperation) Reset() {
 	*x = AuthorizationOperation{}
-	mi := &file_trellis_v1_config_proto_msgTypes[10]
+	mi := &file_trellis_v1_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1136,7 @@ func (x *AuthorizationOperation) String() string {
 func (*AuthorizationOperation) ProtoMessage() {}
 
 func (x *AuthorizationOperation) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[10]
+	mi := &file_trellis_v1_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1149,7 @@ func (x *AuthorizationOperation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationOperation.ProtoReflect.Descriptor instead.
 func (*AuthorizationOperation) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{10}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AuthorizationOperation) GetHosts() []string {
@@ -1115,7 +1225,7 @@ type AuthorizationCondition struct {
 
 func (x *AuthorizationCondition) Reset() {
 	*x = AuthorizationCondition{}
-	mi := &file_trellis_v1_config_proto_msgTypes[11]
+	mi := &file_trellis_v1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1237,7 @@ func (x *AuthorizationCondition) String() string {
 func (*AuthorizationCondition) ProtoMessage() {}
 
 func (x *AuthorizationCondition) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[11]
+	mi := &file_trellis_v1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1250,7 @@ func (x *AuthorizationCondition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationCondition.ProtoReflect.Descriptor instead.
 func (*AuthorizationCondition) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{11}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AuthorizationCondition) GetKey() string {
@@ -1179,7 +1289,7 @@ type Authentication struct {
 
 func (x *Authentication) Reset() {
 	*x = Authentication{}
-	mi := &file_trellis_v1_config_proto_msgTypes[12]
+	mi := &file_trellis_v1_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1301,7 @@ func (x *Authentication) String() string {
 func (*Authentication) ProtoMessage() {}
 
 func (x *Authentication) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[12]
+	mi := &file_trellis_v1_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1314,7 @@ func (x *Authentication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authentication.ProtoReflect.Descriptor instead.
 func (*Authentication) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{12}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Authentication) GetJwtRules() []*JwtRule {
@@ -1247,7 +1357,7 @@ type JwtRule struct {
 
 func (x *JwtRule) Reset() {
 	*x = JwtRule{}
-	mi := &file_trellis_v1_config_proto_msgTypes[13]
+	mi := &file_trellis_v1_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1369,7 @@ func (x *JwtRule) String() string {
 func (*JwtRule) ProtoMessage() {}
 
 func (x *JwtRule) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[13]
+	mi := &file_trellis_v1_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1382,7 @@ func (x *JwtRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JwtRule.ProtoReflect.Descriptor instead.
 func (*JwtRule) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{13}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *JwtRule) GetIssuer() string {
@@ -1363,7 +1473,7 @@ type JwtHeader struct {
 
 func (x *JwtHeader) Reset() {
 	*x = JwtHeader{}
-	mi := &file_trellis_v1_config_proto_msgTypes[14]
+	mi := &file_trellis_v1_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1485,7 @@ func (x *JwtHeader) String() string {
 func (*JwtHeader) ProtoMessage() {}
 
 func (x *JwtHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[14]
+	mi := &file_trellis_v1_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1498,7 @@ func (x *JwtHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JwtHeader.ProtoReflect.Descriptor instead.
 func (*JwtHeader) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{14}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *JwtHeader) GetName() string {
@@ -1416,7 +1526,7 @@ type ClaimToHeader struct {
 
 func (x *ClaimToHeader) Reset() {
 	*x = ClaimToHeader{}
-	mi := &file_trellis_v1_config_proto_msgTypes[15]
+	mi := &file_trellis_v1_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1538,7 @@ func (x *ClaimToHeader) String() string {
 func (*ClaimToHeader) ProtoMessage() {}
 
 func (x *ClaimToHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[15]
+	mi := &file_trellis_v1_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1551,7 @@ func (x *ClaimToHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimToHeader.ProtoReflect.Descriptor instead.
 func (*ClaimToHeader) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{15}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ClaimToHeader) GetHeader() string {
@@ -1463,14 +1573,24 @@ var File_trellis_v1_config_proto protoreflect.FileDescriptor
 const file_trellis_v1_config_proto_rawDesc = "" +
 	"\n" +
 	"\x17trellis/v1/config.proto\x12\n" +
-	"trellis.v1\"\xc4\x02\n" +
+	"trellis.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xef\x02\n" +
 	"\vProxyConfig\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x120\n" +
 	"\bworkload\x18\x02 \x01(\v2\x14.trellis.v1.WorkloadR\bworkload\x12/\n" +
 	"\bservices\x18\x03 \x03(\v2\x13.trellis.v1.ServiceR\bservices\x123\n" +
 	"\ainbound\x18\x04 \x01(\v2\x19.trellis.v1.InboundPolicyR\ainbound\x12?\n" +
 	"\rauthorization\x18\x05 \x01(\v2\x19.trellis.v1.AuthorizationR\rauthorization\x12B\n" +
-	"\x0eauthentication\x18\x06 \x01(\v2\x1a.trellis.v1.AuthenticationR\x0eauthentication\"\xcd\x01\n" +
+	"\x0eauthentication\x18\x06 \x01(\v2\x1a.trellis.v1.AuthenticationR\x0eauthentication\x12)\n" +
+	"\x06routes\x18\a \x03(\v2\x11.trellis.v1.RouteR\x06routes\"\xb4\x01\n" +
+	"\x05Route\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x18\n" +
+	"\acreated\x18\x04 \x01(\tR\acreated\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x05 \x01(\x03R\n" +
+	"generation\x12+\n" +
+	"\x04spec\x18\x06 \x01(\v2\x17.google.protobuf.StructR\x04spec\"\xcd\x01\n" +
 	"\bWorkload\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -1599,59 +1719,63 @@ func file_trellis_v1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_trellis_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_trellis_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_trellis_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_trellis_v1_config_proto_goTypes = []any{
 	(Protocol)(0),                  // 0: trellis.v1.Protocol
 	(LoadBalancing)(0),             // 1: trellis.v1.LoadBalancing
 	(MTLSMode)(0),                  // 2: trellis.v1.MTLSMode
 	(*ProxyConfig)(nil),            // 3: trellis.v1.ProxyConfig
-	(*Workload)(nil),               // 4: trellis.v1.Workload
-	(*Service)(nil),                // 5: trellis.v1.Service
-	(*ServicePort)(nil),            // 6: trellis.v1.ServicePort
-	(*Endpoint)(nil),               // 7: trellis.v1.Endpoint
-	(*InboundPolicy)(nil),          // 8: trellis.v1.InboundPolicy
-	(*Authorization)(nil),          // 9: trellis.v1.Authorization
-	(*AuthorizationPolicy)(nil),    // 10: trellis.v1.AuthorizationPolicy
-	(*AuthorizationRule)(nil),      // 11: trellis.v1.AuthorizationRule
-	(*AuthorizationSource)(nil),    // 12: trellis.v1.AuthorizationSource
-	(*AuthorizationOperation)(nil), // 13: trellis.v1.AuthorizationOperation
-	(*AuthorizationCondition)(nil), // 14: trellis.v1.AuthorizationCondition
-	(*Authentication)(nil),         // 15: trellis.v1.Authentication
-	(*JwtRule)(nil),                // 16: trellis.v1.JwtRule
-	(*JwtHeader)(nil),              // 17: trellis.v1.JwtHeader
-	(*ClaimToHeader)(nil),          // 18: trellis.v1.ClaimToHeader
-	nil,                            // 19: trellis.v1.Workload.LabelsEntry
-	nil,                            // 20: trellis.v1.Endpoint.LabelsEntry
-	nil,                            // 21: trellis.v1.InboundPolicy.PortModesEntry
+	(*Route)(nil),                  // 4: trellis.v1.Route
+	(*Workload)(nil),               // 5: trellis.v1.Workload
+	(*Service)(nil),                // 6: trellis.v1.Service
+	(*ServicePort)(nil),            // 7: trellis.v1.ServicePort
+	(*Endpoint)(nil),               // 8: trellis.v1.Endpoint
+	(*InboundPolicy)(nil),          // 9: trellis.v1.InboundPolicy
+	(*Authorization)(nil),          // 10: trellis.v1.Authorization
+	(*AuthorizationPolicy)(nil),    // 11: trellis.v1.AuthorizationPolicy
+	(*AuthorizationRule)(nil),      // 12: trellis.v1.AuthorizationRule
+	(*AuthorizationSource)(nil),    // 13: trellis.v1.AuthorizationSource
+	(*AuthorizationOperation)(nil), // 14: trellis.v1.AuthorizationOperation
+	(*AuthorizationCondition)(nil), // 15: trellis.v1.AuthorizationCondition
+	(*Authentication)(nil),         // 16: trellis.v1.Authentication
+	(*JwtRule)(nil),                // 17: trellis.v1.JwtRule
+	(*JwtHeader)(nil),              // 18: trellis.v1.JwtHeader
+	(*ClaimToHeader)(nil),          // 19: trellis.v1.ClaimToHeader
+	nil,                            // 20: trellis.v1.Workload.LabelsEntry
+	nil,                            // 21: trellis.v1.Endpoint.LabelsEntry
+	nil,                            // 22: trellis.v1.InboundPolicy.PortModesEntry
+	(*structpb.Struct)(nil),        // 23: google.protobuf.Struct
 }
 var file_trellis_v1_config_proto_depIdxs = []int32{
-	4,  // 0: trellis.v1.ProxyConfig.workload:type_name -> trellis.v1.Workload
-	5,  // 1: trellis.v1.ProxyConfig.services:type_name -> trellis.v1.Service
-	8,  // 2: trellis.v1.ProxyConfig.inbound:type_name -> trellis.v1.InboundPolicy
-	9,  // 3: trellis.v1.ProxyConfig.authorization:type_name -> trellis.v1.Authorization
-	15, // 4: trellis.v1.ProxyConfig.authentication:type_name -> trellis.v1.Authentication
-	19, // 5: trellis.v1.Workload.labels:type_name -> trellis.v1.Workload.LabelsEntry
-	6,  // 6: trellis.v1.Service.ports:type_name -> trellis.v1.ServicePort
-	1,  // 7: trellis.v1.Service.load_balancing:type_name -> trellis.v1.LoadBalancing
-	0,  // 8: trellis.v1.ServicePort.protocol:type_name -> trellis.v1.Protocol
-	7,  // 9: trellis.v1.ServicePort.endpoints:type_name -> trellis.v1.Endpoint
-	20, // 10: trellis.v1.Endpoint.labels:type_name -> trellis.v1.Endpoint.LabelsEntry
-	2,  // 11: trellis.v1.InboundPolicy.mode:type_name -> trellis.v1.MTLSMode
-	21, // 12: trellis.v1.InboundPolicy.port_modes:type_name -> trellis.v1.InboundPolicy.PortModesEntry
-	10, // 13: trellis.v1.Authorization.policies:type_name -> trellis.v1.AuthorizationPolicy
-	11, // 14: trellis.v1.AuthorizationPolicy.rules:type_name -> trellis.v1.AuthorizationRule
-	12, // 15: trellis.v1.AuthorizationRule.from:type_name -> trellis.v1.AuthorizationSource
-	13, // 16: trellis.v1.AuthorizationRule.to:type_name -> trellis.v1.AuthorizationOperation
-	14, // 17: trellis.v1.AuthorizationRule.when:type_name -> trellis.v1.AuthorizationCondition
-	16, // 18: trellis.v1.Authentication.jwt_rules:type_name -> trellis.v1.JwtRule
-	17, // 19: trellis.v1.JwtRule.from_headers:type_name -> trellis.v1.JwtHeader
-	18, // 20: trellis.v1.JwtRule.output_claim_to_headers:type_name -> trellis.v1.ClaimToHeader
-	2,  // 21: trellis.v1.InboundPolicy.PortModesEntry.value:type_name -> trellis.v1.MTLSMode
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	5,  // 0: trellis.v1.ProxyConfig.workload:type_name -> trellis.v1.Workload
+	6,  // 1: trellis.v1.ProxyConfig.services:type_name -> trellis.v1.Service
+	9,  // 2: trellis.v1.ProxyConfig.inbound:type_name -> trellis.v1.InboundPolicy
+	10, // 3: trellis.v1.ProxyConfig.authorization:type_name -> trellis.v1.Authorization
+	16, // 4: trellis.v1.ProxyConfig.authentication:type_name -> trellis.v1.Authentication
+	4,  // 5: trellis.v1.ProxyConfig.routes:type_name -> trellis.v1.Route
+	23, // 6: trellis.v1.Route.spec:type_name -> google.protobuf.Struct
+	20, // 7: trellis.v1.Workload.labels:type_name -> trellis.v1.Workload.LabelsEntry
+	7,  // 8: trellis.v1.Service.ports:type_name -> trellis.v1.ServicePort
+	1,  // 9: trellis.v1.Service.load_balancing:type_name -> trellis.v1.LoadBalancing
+	0,  // 10: trellis.v1.ServicePort.protocol:type_name -> trellis.v1.Protocol
+	8,  // 11: trellis.v1.ServicePort.endpoints:type_name -> trellis.v1.Endpoint
+	21, // 12: trellis.v1.Endpoint.labels:type_name -> trellis.v1.Endpoint.LabelsEntry
+	2,  // 13: trellis.v1.InboundPolicy.mode:type_name -> trellis.v1.MTLSMode
+	22, // 14: trellis.v1.InboundPolicy.port_modes:type_name -> trellis.v1.InboundPolicy.PortModesEntry
+	11, // 15: trellis.v1.Authorization.policies:type_name -> trellis.v1.AuthorizationPolicy
+	12, // 16: trellis.v1.AuthorizationPolicy.rules:type_name -> trellis.v1.AuthorizationRule
+	13, // 17: trellis.v1.AuthorizationRule.from:type_name -> trellis.v1.AuthorizationSource
+	14, // 18: trellis.v1.AuthorizationRule.to:type_name -> trellis.v1.AuthorizationOperation
+	15, // 19: trellis.v1.AuthorizationRule.when:type_name -> trellis.v1.AuthorizationCondition
+	17, // 20: trellis.v1.Authentication.jwt_rules:type_name -> trellis.v1.JwtRule
+	18, // 21: trellis.v1.JwtRule.from_headers:type_name -> trellis.v1.JwtHeader
+	19, // 22: trellis.v1.JwtRule.output_claim_to_headers:type_name -> trellis.v1.ClaimToHeader
+	2,  // 23: trellis.v1.InboundPolicy.PortModesEntry.value:type_name -> trellis.v1.MTLSMode
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_trellis_v1_config_proto_init() }
@@ -1665,7 +1789,7 @@ func file_trellis_v1_config_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_trellis_v1_config_proto_rawDesc), len(file_trellis_v1_config_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
