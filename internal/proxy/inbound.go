@@ -137,6 +137,14 @@ func (in *Inbound) server() *http.Server {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
+		// Protocols leave HTTP/2 off (the engine serves it); its limits
+		// stay set, so turning it on can never serve it unbounded.
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          100,
+			MaxReadFrameSize:              16 << 10,
+			MaxReceiveBufferPerConnection: 1 << 20,
+			MaxReceiveBufferPerStream:     1 << 20,
+		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			pc := c.(*portConn)
 			if pc.state != nil {

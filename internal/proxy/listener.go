@@ -70,6 +70,14 @@ func NewOutboundServer(out *Outbound, store *meshtls.Store, dial *net.Dialer) *O
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
+		// Protocols leave HTTP/2 off (the engine serves it); its limits
+		// stay set, so turning it on can never serve it unbounded.
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          100,
+			MaxReadFrameSize:              16 << 10,
+			MaxReceiveBufferPerConnection: 1 << 20,
+			MaxReceiveBufferPerStream:     1 << 20,
+		},
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			cd := c.(*connDst)
 			return withGuard(WithDestination(ctx, cd.dst), cd.Conn)
