@@ -22,6 +22,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/route"
 )
 
 // Load reads and validates a ProxyConfig written as protobuf JSON.
@@ -59,6 +60,9 @@ func Validate(cfg *meshpb.ProxyConfig) error {
 	}
 	if _, err := authn.Compile(authn.FromProto(cfg.GetAuthentication())); err != nil {
 		return fmt.Errorf("authentication: %w", err)
+	}
+	if _, err := route.FromProto(cfg.GetRoutes()); err != nil {
+		return fmt.Errorf("routes: %w", err)
 	}
 	seen := map[string]bool{}
 	for i, s := range cfg.GetServices() {

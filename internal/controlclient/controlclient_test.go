@@ -56,6 +56,11 @@ func TestDecode(t *testing.T) {
 			t.Errorf("Decode(with %s) error = %v, want %q", replacements[b.edit], err, b.want)
 		}
 	}
+	route := `"routes": [{"kind": "HTTPRoute", "namespace": "db", "name": "r", "spec": {"rules": [{"backendRefs": "all"}]}}], "inbound"`
+	if _, err := Decode([]byte(strings.Replace(good, `"inbound"`, route, 1)), "cfg.json"); err == nil ||
+		!strings.Contains(err.Error(), "cfg.json: routes: HTTPRoute db/r: the spec does not decode") {
+		t.Errorf("Decode(with a route whose spec does not decode) error = %v, want one naming it", err)
+	}
 }
 
 func TestFileSourceKeepsLastGoodConfig(t *testing.T) {

@@ -26,6 +26,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/h1"
 	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/rawio"
+	routing "github.com/trellis-mesh/trellis/internal/route"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
@@ -75,6 +76,7 @@ type h1Exchange struct {
 	// asked, HTTP/1.0, a body until close, a refusal).
 	closeAfter bool
 	stream     *h2.Stream // set before the first byte of the request body is sent
+	location   string     // a route's redirect, for fail to answer with
 	// held is the response head, kept back on the reader goroutine to go
 	// out with the body's first bytes (or when the reader has handled
 	// all it read): one write to the app instead of two.
@@ -386,6 +388,18 @@ func (a *h1App) forward(ex *h1Exchange, n int) bool {
 		return ex.fail(404, "NR", a.dst.String()+" is not a service this proxy knows")
 	}
 	ex.ex.service, ex.ex.svcName, ex.ex.svcNS = route.host, route.name, route.namespace
+	if route.table != nil {
+		var d routing.Decision
+		route, d = rt.routed(route, &routing.Request{Method: ex.line.method, Host: ex.line.authority, Path: path,
+			RawQuery: string(bytes.TrimPrefix(queryOf(r.Target), []byte("?"))), Header: fieldsView(fields)})
+		if d.Status != 0 {
+			flag, reason := routeRefusal(d)
+			ex.location = d.Location
+			return ex.fail(d.Status, flag, reason)
+		}
+		fields = applyRoute(fields, d)
+		ex.ex.service, ex.ex.svcName, ex.ex.svcNS = route.host, route.name, route.namespace
+	}
 	ep, err := route.bal.Pick()
 	if err != nil {
 		return ex.fail(503, "UH", route.service+": "+err.Error())
@@ -466,7 +480,7 @@ func (ex *h1Exchange) fail(code int, flag, reason string) bool {
 	ex.code, ex.ex.flags, ex.ex.reason = code, flag, reason
 	ex.closeAfter = true
 	ex.recordClaimed(true)
-	ex.app.refuse(code, flag, reason)
+	ex.app.refuse(code, flag, reason, ex.location)
 	ex.release()
 	return false
 }
@@ -532,10 +546,16 @@ func (a *h1App) abort(st *h2.Stream, flag string) {
 }
 
 // refuse answers the current request itself and ends the connection.
-func (a *h1App) refuse(status int, flag, reason string) bool {
+func (a *h1App) refuse(status int, flag, reason, location string) bool {
 	msg := reason + "\n"
-	resp := "HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\nContent-Type: text/plain; charset=utf-8\r\n" +
-		flagsHeader + ": " + flag + "\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(msg)) + "\r\n\r\n" + msg
+	resp := "HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\nContent-Type: text/plain; charset=utf-8\r\n"
+	if flag != "" {
+		resp += flagsHeader + ": " + flag + "\r\n"
+	}
+	if location != "" {
+		resp += "Location: " + location + "\r\n"
+	}
+	resp += "Connection: close\r\nContent-Length: " + strconv.Itoa(len(msg)) + "\r\n\r\n" + msg
 	_, _ = a.conn.Write([]byte(resp))
 	return false
 }

@@ -176,6 +176,17 @@ func (x *engineExchange) fail(code int, flag, reason string) {
 	}
 }
 
+// answer ends the exchange with the proxy's own answer, a header section
+// that ends the stream (fields, with its :status code), and records it.
+func (x *engineExchange) answer(code int, flag, reason string, fields []h2.Field) {
+	if !x.claim() {
+		return
+	}
+	x.ex.flags, x.ex.reason = flag, reason
+	x.recordClaimed(code)
+	_ = x.s.WriteHeaders(true, fields...)
+}
+
 // fromCaller passes the request body on to the app; without one (or
 // once the request is refused) what comes is dropped: only trailers can.
 func (x *appExchange) fromCaller(s *h2.Stream, p []byte, end bool, trailers []h2.Field) {

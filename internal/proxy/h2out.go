@@ -20,6 +20,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/h2"
+	routing "github.com/trellis-mesh/trellis/internal/route"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
@@ -63,6 +64,13 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		bridge(s, r, end, o) // ServeHTTP answers NR, or sends plain HTTP/1.1
 		return
 	}
+	var d routing.Decision
+	if route.table != nil {
+		if route, d = rt.routed(route, httpView(r)); route.outside {
+			bridge(s, r, end, o) // ServeHTTP routes it again, and sends plain HTTP/1.1
+			return
+		}
+	}
 	ep, pickErr := route.bal.Pick()
 	if pickErr == nil {
 		if _, known := rt.identities[ep.Addr]; !known {
@@ -92,6 +100,19 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		w.finish()
 		return
 	}
+	if d.Status != 0 {
+		flag, reason := routeRefusal(d)
+		if fields := routeAnswer(d, x.grpc, flag, reason); fields != nil {
+			code := d.Status
+			if x.grpc {
+				code = http.StatusOK // a gRPC refusal is in its grpc-status
+			}
+			x.answer(code, flag, reason, fields)
+		} else {
+			x.fail(d.Status, flag, reason)
+		}
+		return
+	}
 	if pickErr != nil {
 		x.fail(http.StatusServiceUnavailable, "UH", route.service+": "+pickErr.Error())
 		return
@@ -99,7 +120,8 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	peer := rt.peers[ep.Addr]
 	x.dst, ex.dest, ex.upstream, x.done = peer, peer, ep.Addr, ep.Start()
 	ex.mutualTLS = true
-	if err := x.open(o.pool, ep.Addr, requestFields(r, h2.Field{Name: peerHeaderField, Value: route.meta})); err != nil {
+	fields := applyRoute(requestFields(r, h2.Field{Name: peerHeaderField, Value: route.meta}), d)
+	if err := x.open(o.pool, ep.Addr, fields); err != nil {
 		x.fail(http.StatusServiceUnavailable, "UF", route.service+": endpoint "+ep.Addr+": "+err.Error())
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/meshtls"
 	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/rawio"
+	routing "github.com/trellis-mesh/trellis/internal/route"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
@@ -70,6 +71,7 @@ type balancerKey struct {
 // routeTable is one config's routes, immutable once built.
 type routeTable struct {
 	byVIP      map[netip.AddrPort]*route
+	byService  map[svcPort]*route        // the same routes by name, for routes' backends
 	identities map[string]identity.ID    // endpoint "ip:port" -> expected identity
 	peers      map[string]telemetry.Peer // endpoint "ip:port" -> its workload, for metrics
 	self       telemetry.Peer
@@ -86,6 +88,9 @@ type route struct {
 	// outside: some endpoint has no sidecar (no identity); it takes
 	// plain HTTP, which the engine leaves to net/http.
 	outside bool
+	// table holds the Gateway API routes attached to the service port;
+	// nil: none, requests are balanced over its own endpoints.
+	table *routing.Table
 }
 
 // NewOutbound returns an outbound forwarder that presents store's SVID and
@@ -143,7 +148,7 @@ func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
 func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	t := &routeTable{byVIP: map[netip.AddrPort]*route{}, identities: map[string]identity.ID{},
+	t := &routeTable{byVIP: map[netip.AddrPort]*route{}, byService: map[svcPort]*route{}, identities: map[string]identity.ID{},
 		peers: map[string]telemetry.Peer{}, self: selfPeer(cfg.GetWorkload())}
 	keep := map[balancerKey]*balancer.Balancer{}
 	for _, s := range cfg.GetServices() {
@@ -176,8 +181,10 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 				host: s.GetName() + "." + s.GetNamespace() + ".svc.cluster.local", name: s.GetName(), namespace: s.GetNamespace(),
 				protocol: p.GetProtocol(), bal: b, outside: outside}
 			t.byVIP[dst].meta = encodePeer(t.self, t.byVIP[dst].host, s.GetName(), s.GetNamespace())
+			t.byService[svcPort{s.GetNamespace(), s.GetName(), uint16(p.GetPort())}] = t.byVIP[dst]
 		}
 	}
+	t.compileRoutes(cfg)
 	o.balancers = keep
 	old := o.routes.Swap(t)
 	for addr := range old.peers {
@@ -235,8 +242,28 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !checkRequest(ow, r, ex) || cancelledEarly(r, ex) {
 		return
 	}
-	o.proxy.ServeHTTP(ow, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
+	ctx := context.WithValue(r.Context(), exchangeKey{}, ex)
+	dst, _ := r.Context().Value(dstKey{}).(netip.AddrPort)
+	rt := o.routes.Load()
+	if base := rt.byVIP[dst]; base != nil && base.table != nil {
+		to, d := rt.routed(base, httpView(r))
+		if d.Status != 0 {
+			flag, reason := routeRefusal(d)
+			if d.Location != "" {
+				ow.Header().Set("Location", d.Location)
+			}
+			failWith(ow, ex, d.Status, flag, reason)
+			return
+		}
+		applyRouteHTTP(r, d)
+		ctx = context.WithValue(ctx, backendKey{}, to)
+	}
+	o.proxy.ServeHTTP(ow, r.WithContext(ctx))
 }
+
+// backendKey carries the service port a route sent a request to, when it
+// is not the one the app called.
+type backendKey struct{}
 
 // RoundTrip picks an endpoint for this request and sends it there. It is
 // the ReverseProxy's transport.
@@ -244,6 +271,9 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 	dst, _ := req.Context().Value(dstKey{}).(netip.AddrPort)
 	rt := o.routes.Load()
 	r, ok := rt.byVIP[dst]
+	if to, routed := req.Context().Value(backendKey{}).(*route); routed {
+		r, ok = to, true
+	}
 	if !ok {
 		return nil, fmt.Errorf("%w: %s is not a service this proxy knows", errNoRoute, dst)
 	}

@@ -338,3 +338,7 @@ func urlSafe(s string) bool {
 	}
 	return true
 }
+
+// Empty reports whether no route attaches to t's target: Route would
+// never route a request.
+func (t *Table) Empty() bool { return t == nil || len(t.entries) == 0 }

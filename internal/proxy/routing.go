@@ -1,0 +1,173 @@
+package proxy
+
+import (
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
+	routing "github.com/trellis-mesh/trellis/internal/route"
+)
+
+// svcPort names a service port the way a route's backends do.
+type svcPort struct {
+	namespace, name string
+	port            uint16
+}
+
+// compileRoutes gives each service port of t the table of the routes in
+// cfg attached to it, as the workload's namespace sees them (its own
+// consumer routes before the producer's). Validate has refused a config
+// whose routes do not decode.
+func (t *routeTable) compileRoutes(cfg *meshpb.ProxyConfig) {
+	rs, err := routing.FromProto(cfg.GetRoutes())
+	if err != nil || len(rs.HTTP)+len(rs.GRPC) == 0 {
+		return
+	}
+	var services []routing.Service
+	for _, s := range cfg.GetServices() {
+		svc := routing.Service{Namespace: s.GetNamespace(), Name: s.GetName()}
+		for _, p := range s.GetPorts() {
+			svc.Ports = append(svc.Ports, routing.Port{Name: p.GetName(), Port: int32(p.GetPort())})
+		}
+		services = append(services, svc)
+	}
+	rc := routing.Config{Services: services}
+	client := cfg.GetWorkload().GetNamespace()
+	for key, r := range t.byService {
+		target := routing.Target{Namespace: key.namespace, Name: key.name, Port: int32(key.port), ClientNamespace: client}
+		if table := routing.Compile(target, rs, rc); !table.Empty() {
+			r.table = table
+		}
+	}
+}
+
+// routed is where a request to service port r goes: with no route
+// attached, to r itself (and a zero decision); otherwise to the service
+// port its matching rule picked by weight. A decision with a Status is
+// answered by the proxy itself (no rule matched, an invalid backend, a
+// redirect), and r is returned with it.
+func (t *routeTable) routed(r *route, req *routing.Request) (*route, routing.Decision) {
+	if r.table == nil {
+		return r, routing.Decision{}
+	}
+	d := r.table.Route(req, rand.Uint64())
+	if !d.Routed || d.Status != 0 {
+		return r, d
+	}
+	b := t.byService[svcPort{d.Backend.Namespace, d.Backend.Name, uint16(d.Backend.Port)}]
+	if b == nil { // the control plane sent a route to a service it did not send
+		d.Status, d.GRPCStatus = http.StatusInternalServerError, 14
+		return r, d
+	}
+	return b, d
+}
+
+// routeRefusal is the flag and reason a proxy's own answer to a routed
+// request is recorded with.
+func routeRefusal(d routing.Decision) (flag, reason string) {
+	switch {
+	case d.Location != "":
+		return "", "redirected to " + d.Location + " by " + d.Route.String()
+	case d.Status == http.StatusNotFound:
+		return "NR", "no rule of the routes attached to the service matches the request"
+	}
+	return "NR", "the rule that matched has no backend that can take the request: see the route's status"
+}
+
+// routeAnswer is the response head, ending the stream, of the proxy's
+// own answer to a routed request over HTTP/2 when it is a redirect (with
+// its Location) or a gRPC call's refusal (trailers-only, with the
+// decision's grpc-status); nil for a refusal with a body.
+func routeAnswer(d routing.Decision, grpc bool, flag, reason string) []h2.Field {
+	switch {
+	case d.Location != "":
+		return []h2.Field{{Name: ":status", Value: strconv.Itoa(d.Status)}, {Name: "location", Value: d.Location},
+			{Name: "content-length", Value: "0"}}
+	case grpc && d.GRPCStatus != 0:
+		return []h2.Field{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"},
+			{Name: "grpc-status", Value: strconv.Itoa(d.GRPCStatus)}, {Name: "grpc-message", Value: reason},
+			{Name: strings.ToLower(flagsHeader), Value: flag}}
+	}
+	return nil
+}
+
+// applyRoute makes fields, a request's HTTP/2 header section, what the
+// decision sends to the backend: its header changes, and its rewritten
+// path (the query kept) and authority.
+func applyRoute(fields []h2.Field, d routing.Decision) []h2.Field {
+	for i := range fields {
+		switch {
+		case fields[i].Name == ":path" && d.Path != "":
+			_, query, _ := strings.Cut(fields[i].Value, "?")
+			fields[i].Value = d.Path
+			if query != "" {
+				fields[i].Value += "?" + query
+			}
+		case fields[i].Name == ":authority" && d.Host != "":
+			fields[i].Value = d.Host
+		}
+	}
+	for _, op := range d.RequestHeaders {
+		name := strings.ToLower(op.Name)
+		if op.Action != routing.HeaderAdd {
+			fields = removeField(fields, name)
+		}
+		if op.Action != routing.HeaderRemove {
+			fields = append(fields, h2.Field{Name: name, Value: op.Value})
+		}
+	}
+	return fields
+}
+
+func removeField(fields []h2.Field, name string) []h2.Field {
+	out := fields[:0]
+	for _, f := range fields {
+		if f.Name != name {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// fieldsView is a request's header lookup for routes over its HTTP/2
+// header section (names in lower case).
+func fieldsView(fields []h2.Field) func(name string) []string {
+	return func(name string) []string {
+		var vs []string
+		for _, f := range fields {
+			if !strings.HasPrefix(f.Name, ":") && strings.EqualFold(f.Name, name) {
+				vs = append(vs, f.Value)
+			}
+		}
+		return vs
+	}
+}
+
+// httpView is what routes see of a request net/http serves.
+func httpView(r *http.Request) *routing.Request {
+	path, err := NormalizePath(r.URL.EscapedPath())
+	if err != nil {
+		path = r.URL.EscapedPath() // checkRequest has refused it
+	}
+	return &routing.Request{GRPC: protocolOf(r) == "grpc", Method: r.Method, Host: r.Host, Path: path,
+		RawQuery: r.URL.RawQuery, Header: r.Header.Values}
+}
+
+// applyRouteHTTP makes r what the decision sends to the backend (see
+// applyRoute).
+func applyRouteHTTP(r *http.Request, d routing.Decision) {
+	d.RequestHeaders.Apply(r.Header)
+	if d.Path != "" {
+		r.URL.RawPath = d.Path
+		if p, err := url.PathUnescape(d.Path); err == nil {
+			r.URL.Path = p
+		}
+	}
+	if d.Host != "" {
+		r.Host = d.Host
+	}
+}
