@@ -27,6 +27,11 @@ type Snapshot struct {
 	AuthorizationPolicies []*AuthorizationPolicy
 	// RequestAuthentications as written; each passed authn.Check.
 	RequestAuthentications []*RequestAuthentication
+	// HTTPRoutes and GRPCRoutes as written, valid or not: internal/route
+	// decides what each changes and writes its status. Sorted by
+	// namespace and name.
+	HTTPRoutes []*HTTPRoute `json:",omitempty"`
+	GRPCRoutes []*GRPCRoute `json:",omitempty"`
 	// JWKS are the key sets the control plane fetched for the jwksUris
 	// of RequestAuthentications, by URI; a source leaves it empty.
 	JWKS map[string][]byte `json:",omitempty"`

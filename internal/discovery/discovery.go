@@ -118,6 +118,16 @@ func Decode(data []byte) (*catalog.Snapshot, error) {
 			return nil, fmt.Errorf("requestAuthentications[%d] is null", i)
 		}
 	}
+	for i, r := range snap.HTTPRoutes {
+		if r == nil {
+			return nil, fmt.Errorf("httpRoutes[%d] is null", i)
+		}
+	}
+	for i, r := range snap.GRPCRoutes {
+		if r == nil {
+			return nil, fmt.Errorf("grpcRoutes[%d] is null", i)
+		}
+	}
 	return snap, nil
 }
 
