@@ -40,6 +40,10 @@ func checkObject(obj any) error {
 		return checkMeta(o.Meta)
 	case *catalog.RequestAuthentication:
 		return checkMeta(o.Meta)
+	case *catalog.HTTPRoute:
+		return checkMeta(o.Meta)
+	case *catalog.GRPCRoute:
+		return checkMeta(o.Meta)
 	}
 	return nil
 }

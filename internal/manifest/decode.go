@@ -38,6 +38,8 @@ var decoders = map[string]decoder{
 	// The same groups as PeerAuthentication's.
 	"AuthorizationPolicy":   {"", peerAuthVersions, decodeAuthorizationPolicy},
 	"RequestAuthentication": {"", peerAuthVersions, decodeRequestAuthentication},
+	"HTTPRoute":             {"", httpRouteVersions, decodeHTTPRoute},
+	"GRPCRoute":             {"", grpcRouteVersions, decodeGRPCRoute},
 }
 
 func (d decoder) accepts(v string) bool {

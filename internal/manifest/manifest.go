@@ -169,6 +169,13 @@ func (s *Set) RequestAuthentications() []*catalog.RequestAuthentication {
 	return collect[*catalog.RequestAuthentication](s)
 }
 
+// HTTPRoutes returns the HTTPRoutes in namespace/name order, valid or
+// not (internal/route says which are).
+func (s *Set) HTTPRoutes() []*catalog.HTTPRoute { return collect[*catalog.HTTPRoute](s) }
+
+// GRPCRoutes returns the GRPCRoutes in namespace/name order.
+func (s *Set) GRPCRoutes() []*catalog.GRPCRoute { return collect[*catalog.GRPCRoute](s) }
+
 // Services returns the services in namespace/name order.
 func (s *Set) Services() []*catalog.Service { return collect[*catalog.Service](s) }
 
@@ -187,7 +194,7 @@ func collect[T any](s *Set) []T {
 func kindOrder(k catalog.Kind) int {
 	for i, kk := range []catalog.Kind{catalog.KindNamespace, catalog.KindServiceAccount,
 		catalog.KindService, catalog.KindDeployment, catalog.KindPod, catalog.KindNetworkPolicy, catalog.KindPeerAuthentication,
-		catalog.KindAuthorizationPolicy, catalog.KindRequestAuthentication} {
+		catalog.KindAuthorizationPolicy, catalog.KindRequestAuthentication, catalog.KindHTTPRoute, catalog.KindGRPCRoute} {
 		if k == kk {
 			return i
 		}
