@@ -147,18 +147,7 @@ func (r *Runtime) mintToken(p *pod) error {
 // writeRegistryLocked publishes the mesh as the control plane sees it,
 // when it changed.
 func (r *Runtime) writeRegistryLocked() error {
-	snap := &catalog.Snapshot{Namespaces: r.desired.Namespaces(), PeerAuthentications: r.desired.PeerAuthentications(),
-		AuthorizationPolicies: r.desired.AuthorizationPolicies(), RequestAuthentications: r.desired.RequestAuthentications()}
-	for _, svc := range r.desired.Services() {
-		s := *svc
-		s.ClusterIP = r.vips[svc.Namespace+"/"+svc.Name]
-		snap.Services = append(snap.Services, &s)
-	}
-	for _, p := range r.pods {
-		snap.Pods = append(snap.Pods, &catalog.RunningPod{Pod: p.obj, UID: p.uid, IP: p.ip, Ready: p.ready(), Sidecar: p.injected,
-			BootstrapTokenSHA256: p.tokenHash})
-	}
-	sort.Slice(snap.Pods, func(i, j int) bool { return snap.Pods[i].Key() < snap.Pods[j].Key() })
+	snap := r.snapshotLocked()
 	data, err := json.Marshal(snap)
 	if err != nil {
 		return fmt.Errorf("registry: %w", err)
@@ -173,4 +162,34 @@ func (r *Runtime) writeRegistryLocked() error {
 	}
 	r.registryLast = string(data)
 	return nil
+}
+
+// snapshotLocked is the mesh as the control plane sees it, version aside:
+// services with their VIPs, running pods, policies, and routes with the
+// time they were applied as their creation time (older routes win ties,
+// as in Kubernetes).
+func (r *Runtime) snapshotLocked() *catalog.Snapshot {
+	snap := &catalog.Snapshot{Namespaces: r.desired.Namespaces(), PeerAuthentications: r.desired.PeerAuthentications(),
+		AuthorizationPolicies: r.desired.AuthorizationPolicies(), RequestAuthentications: r.desired.RequestAuthentications()}
+	for _, svc := range r.desired.Services() {
+		s := *svc
+		s.ClusterIP = r.vips[svc.Namespace+"/"+svc.Name]
+		snap.Services = append(snap.Services, &s)
+	}
+	for _, p := range r.pods {
+		snap.Pods = append(snap.Pods, &catalog.RunningPod{Pod: p.obj, UID: p.uid, IP: p.ip, Ready: p.ready(), Sidecar: p.injected,
+			BootstrapTokenSHA256: p.tokenHash})
+	}
+	sort.Slice(snap.Pods, func(i, j int) bool { return snap.Pods[i].Key() < snap.Pods[j].Key() })
+	for _, rt := range r.desired.HTTPRoutes() {
+		c := *rt
+		c.CreationTimestamp = r.created[catalog.Ref{Kind: catalog.KindHTTPRoute, Namespace: rt.Namespace, Name: rt.Name}]
+		snap.HTTPRoutes = append(snap.HTTPRoutes, &c)
+	}
+	for _, rt := range r.desired.GRPCRoutes() {
+		c := *rt
+		c.CreationTimestamp = r.created[catalog.Ref{Kind: catalog.KindGRPCRoute, Namespace: rt.Namespace, Name: rt.Name}]
+		snap.GRPCRoutes = append(snap.GRPCRoutes, &c)
+	}
+	return snap
 }

@@ -494,6 +494,8 @@ func objectName(ref catalog.Ref) string {
 		catalog.KindPeerAuthentication:    "peerauthentication.security.trellis.io",
 		catalog.KindAuthorizationPolicy:   "authorizationpolicy.security.trellis.io",
 		catalog.KindRequestAuthentication: "requestauthentication.security.trellis.io",
+		catalog.KindHTTPRoute:             "httproute.gateway.networking.k8s.io",
+		catalog.KindGRPCRoute:             "grpcroute.gateway.networking.k8s.io",
 	}
 	name := ref.Name
 	if ref.Namespace != "" {
