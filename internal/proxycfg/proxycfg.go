@@ -191,8 +191,8 @@ func listedEndpoints(snap *catalog.Snapshot, svc *catalog.Service, sp catalog.Se
 func ServiceKey(s *meshpb.Service) string { return s.GetNamespace() + "/" + s.GetName() }
 
 // ForPod is the whole ProxyConfig of pod's sidecar, given what Render made
-// of the same snapshot. Its version is a hash of the content, so equal
-// configs have equal versions.
+// of the same snapshot, with the routes Routes picks for it. Its version
+// is a hash of the content, so equal configs have equal versions.
 func ForPod(snap *catalog.Snapshot, pod *catalog.RunningPod, r *Rendered, trustDomain string) (*meshpb.ProxyConfig, error) {
 	id, err := PodIdentity(pod.Pod, trustDomain)
 	if err != nil {
@@ -208,12 +208,17 @@ func ForPod(snap *catalog.Snapshot, pod *catalog.RunningPod, r *Rendered, trustD
 		return nil, err
 	}
 	view := r.For(pod.Pod.Namespace)
+	routes, err := Routes(snap, pod.Pod.Namespace, view.Services)
+	if err != nil {
+		return nil, err
+	}
 	cfg := &meshpb.ProxyConfig{
 		Workload:       &meshpb.Workload{Namespace: pod.Pod.Namespace, Name: WorkloadName(pod.Pod), Identity: id.String(), Labels: pod.Pod.Labels},
 		Inbound:        InboundPolicy(snap.PeerAuthentications, pod.Pod),
 		Services:       view.Services,
 		Authorization:  authorization,
 		Authentication: authentication,
+		Routes:         routes,
 	}
 	parts := []proto.Message{cfg.Workload, cfg.Inbound}
 	if authorization != nil {
@@ -221,6 +226,9 @@ func ForPod(snap *catalog.Snapshot, pod *catalog.RunningPod, r *Rendered, trustD
 	}
 	if authentication != nil {
 		parts = append(parts, authentication)
+	}
+	for _, rt := range routes {
+		parts = append(parts, rt)
 	}
 	cfg.Version = version(view.Digest, parts...)
 	return cfg, nil

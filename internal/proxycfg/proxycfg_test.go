@@ -19,7 +19,8 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 // snapshot: db with alpha (2 replicas, one not ready) behind a Service
 // with an HTTP and a gRPC port, zero (no sidecar) behind a TCP port; a
 // client pod; STRICT in db; zero exported to its own namespace only;
-// authorization policies of every scope and a JWT issuer for alpha.
+// authorization policies of every scope and a JWT issuer for alpha; the
+// routes of testRoutes.
 func snapshot() *catalog.Snapshot {
 	pod := func(ns, name, owner, app string, ip string, ready, sidecar bool) *catalog.RunningPod {
 		return &catalog.RunningPod{
@@ -83,7 +84,9 @@ func snapshot() *catalog.Snapshot {
 		RequestAuthentications: []*catalog.RequestAuthentication{{Meta: catalog.Meta{Namespace: "db", Name: "issuer"},
 			Spec: catalog.RequestAuthenticationSpec{Selector: &catalog.WorkloadSelector{MatchLabels: map[string]string{"app": "alpha"}},
 				JWTRules: []catalog.JWTRule{{Issuer: "https://issuer.example", JWKSURI: "https://issuer.example/keys", Audiences: []string{"graph"}}}}}},
-		JWKS: map[string][]byte{"https://issuer.example/keys": []byte(`{"keys":[]}`)},
+		JWKS:       map[string][]byte{"https://issuer.example/keys": []byte(`{"keys":[]}`)},
+		HTTPRoutes: testRoutes.HTTPRoutes(),
+		GRPCRoutes: testRoutes.GRPCRoutes(),
 	}
 }
 

@@ -1,0 +1,81 @@
+package proxycfg
+
+import (
+	"github.com/trellis-mesh/trellis/internal/catalog"
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/route"
+)
+
+// Routes are the routes the proxy of a pod in namespace ns needs, given
+// the services it sees: every HTTPRoute and GRPCRoute of snap with a
+// parentRef (group "", kind Service) to one of services, that is a
+// producer route (in the Service's namespace) or a consumer route of ns.
+// Other namespaces' consumer routes do not apply to this client and are
+// left out. Routes go as written, valid or not: the proxy compiles them
+// (internal/route), which drops what RouteStatus reports as invalid. The
+// order is snap's: HTTPRoutes, then GRPCRoutes, each by namespace and
+// name.
+func Routes(snap *catalog.Snapshot, ns string, services []*meshpb.Service) ([]*meshpb.Route, error) {
+	seen := make(map[string]bool, len(services))
+	for _, s := range services {
+		seen[ServiceKey(s)] = true
+	}
+	applies := func(m catalog.Meta, parents []catalog.ParentReference) bool {
+		for _, p := range parents {
+			if p.Group == nil || *p.Group != "" || p.Kind != "Service" {
+				continue
+			}
+			svcNS := p.Namespace
+			if svcNS == "" {
+				svcNS = m.Namespace
+			}
+			if seen[svcNS+"/"+p.Name] && (m.Namespace == svcNS || m.Namespace == ns) {
+				return true
+			}
+		}
+		return false
+	}
+	var rs route.Routes
+	for _, r := range snap.HTTPRoutes {
+		if applies(r.Meta, r.Spec.ParentRefs) {
+			rs.HTTP = append(rs.HTTP, r)
+		}
+	}
+	for _, r := range snap.GRPCRoutes {
+		if applies(r.Meta, r.Spec.ParentRefs) {
+			rs.GRPC = append(rs.GRPC, r)
+		}
+	}
+	return route.ToProto(rs)
+}
+
+// RouteStatus is the status of every route of snap, HTTPRoutes then
+// GRPCRoutes in snap's order, as route.Validate gives it against
+// RouteConfig(snap). The control plane and `trellis get httproutes` call
+// it; LastTransitionTime is left zero.
+func RouteStatus(snap *catalog.Snapshot) []route.Status {
+	return route.Validate(route.Routes{HTTP: snap.HTTPRoutes, GRPC: snap.GRPCRoutes}, RouteConfig(snap))
+}
+
+// RouteConfig is what routes attach to and send to: the Services of snap
+// that have a VIP, each with its TCP ports, named. These are the services
+// and ports Render gives proxies, so the status a route gets is what
+// proxies do with it. A backend in another namespace than its route's is
+// refused as RefNotPermitted (route.Config's default): Trellis has no
+// ReferenceGrant yet.
+func RouteConfig(snap *catalog.Snapshot) route.Config {
+	var cfg route.Config
+	for _, svc := range snap.Services {
+		if !svc.ClusterIP.IsValid() {
+			continue
+		}
+		s := route.Service{Namespace: svc.Namespace, Name: svc.Name}
+		for _, sp := range svc.Ports {
+			if sp.Protocol == catalog.TCP {
+				s.Ports = append(s.Ports, route.Port{Name: sp.Name, Port: sp.Port})
+			}
+		}
+		cfg.Services = append(cfg.Services, s)
+	}
+	return cfg
+}
