@@ -62,6 +62,12 @@ func (c *Client) NetworkPolicies(ctx context.Context) ([]NetworkPolicyStatus, er
 	return out, c.do(ctx, http.MethodGet, "/v1/networkpolicies", nil, &out)
 }
 
+// Routes lists the HTTPRoutes and GRPCRoutes with their status.
+func (c *Client) Routes(ctx context.Context) ([]RouteStatus, error) {
+	var out []RouteStatus
+	return out, c.do(ctx, http.MethodGet, "/v1/routes", nil, &out)
+}
+
 // Apply sends manifests to apply.
 func (c *Client) Apply(ctx context.Context, srcs []manifest.Source) (ApplyResult, error) {
 	var out ApplyResult

@@ -1,9 +1,13 @@
 package localmesh
 
 import (
+	"context"
+	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/discovery"
 )
@@ -60,5 +64,51 @@ func TestRegistryCarriesRoutes(t *testing.T) {
 	}
 	if a := r.desired.HTTPRoutes()[0]; !a.CreationTimestamp.IsZero() {
 		t.Errorf("the applied route itself was changed: creation time %v", a.CreationTimestamp)
+	}
+}
+
+// `trellis get httproutes` reads each route's status through the API: a
+// backend in another namespace is refused, the GRPCRoute is accepted on
+// its port, and a route whose Service does not exist is listed, not
+// accepted.
+func TestRoutesThroughAPI(t *testing.T) {
+	r := testRuntime(t, routedMesh+`---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: lost}
+spec:
+  parentRefs: [{group: "", kind: Service, name: nowhere}]
+`)
+	api, err := r.serveAPI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer api.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	routes, err := NewClient(r.cfg.StateDir).Routes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, rt := range routes {
+		var conds []string
+		for _, p := range rt.Status.Parents {
+			for _, c := range p.Conditions {
+				conds = append(conds, c.Type+"="+string(c.Status)+"/"+c.Reason)
+			}
+		}
+		got[rt.Kind+" "+rt.Namespace+"/"+rt.Name] = strings.Join(conds, ",")
+		if rt.Created.IsZero() {
+			t.Errorf("%s %s/%s has no creation time", rt.Kind, rt.Namespace, rt.Name)
+		}
+	}
+	want := map[string]string{
+		"HTTPRoute db/split":     "Accepted=True/Accepted,ResolvedRefs=False/RefNotPermitted",
+		"HTTPRoute default/lost": "Accepted=False/NoMatchingParent,ResolvedRefs=True/ResolvedRefs",
+		"GRPCRoute db/rpc":       "Accepted=True/Accepted,ResolvedRefs=True/ResolvedRefs",
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("Routes() = %v, want %v", got, want)
 	}
 }
