@@ -26,8 +26,8 @@ type getOptions struct {
 func newGetCmd(o *options) *cobra.Command {
 	g := &getOptions{options: o}
 	cmd := &cobra.Command{
-		Use:   "get pods|services|networkpolicies|namespaces [NAME] [--kubernetes]",
-		Short: "List pods, services, network policies (with their denial counts) or namespaces of the running mesh",
+		Use:   "get pods|services|networkpolicies|namespaces|httproutes|grpcroutes [NAME] [--kubernetes]",
+		Short: "List pods, services, network policies (with their denial counts), namespaces or routes (with their status) of the running mesh",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := ""
@@ -86,8 +86,28 @@ func (g *getOptions) run(ctx context.Context, resource, name string) error {
 		}
 		all := &getOptions{options: g.options, allNamespaces: true}
 		return show(g, filter(nss, all, name, func(n localmesh.NamespaceStatus) (string, string) { return "", n.Name }), "namespaces", printNamespaces)
+	case "httproutes", "httproute":
+		return g.routes(ctx, c, catalog.KindHTTPRoute, name)
+	case "grpcroutes", "grpcroute":
+		return g.routes(ctx, c, catalog.KindGRPCRoute, name)
 	}
-	return fmt.Errorf("unknown resource type %q: use pods, services, networkpolicies or namespaces", resource)
+	return fmt.Errorf("unknown resource type %q: use pods, services, networkpolicies, namespaces, httproutes or grpcroutes", resource)
+}
+
+// routes shows the routes of one kind with their status.
+func (g *getOptions) routes(ctx context.Context, c meshLister, kind catalog.Kind, name string) error {
+	all, err := c.Routes(ctx)
+	if err != nil {
+		return err
+	}
+	var routes []localmesh.RouteStatus
+	for _, r := range all {
+		if r.Kind == string(kind) {
+			routes = append(routes, r)
+		}
+	}
+	what := strings.ToLower(string(kind)) + "s"
+	return show(g, filter(routes, g, name, func(r localmesh.RouteStatus) (string, string) { return r.Namespace, r.Name }), what, printRoutes)
 }
 
 func filter[T any](items []T, g *getOptions, name string, key func(T) (string, string)) []T {

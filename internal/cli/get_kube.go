@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -29,6 +30,7 @@ type meshLister interface {
 	Services(context.Context) ([]localmesh.ServiceStatus, error)
 	NetworkPolicies(context.Context) ([]localmesh.NetworkPolicyStatus, error)
 	Namespaces(context.Context) ([]localmesh.NamespaceStatus, error)
+	Routes(context.Context) ([]localmesh.RouteStatus, error)
 }
 
 // clusterLister reads a cluster's objects in the shapes one-host mode
@@ -241,4 +243,12 @@ func (l *clusterLister) Namespaces(ctx context.Context) ([]localmesh.NamespaceSt
 		out = append(out, localmesh.NamespaceStatus{Name: n.Name, Labels: n.Labels, Created: n.CreationTimestamp.Time})
 	}
 	return out, nil
+}
+
+// errNoClusterRoutes: Trellis does not watch routes in a cluster yet.
+var errNoClusterRoutes = errors.New("trellis get httproutes and grpcroutes read one-host meshes only: Trellis does not watch routes in a cluster yet; use kubectl get httproutes,grpcroutes")
+
+// Routes is not available on a cluster yet: errNoClusterRoutes.
+func (l *clusterLister) Routes(context.Context) ([]localmesh.RouteStatus, error) {
+	return nil, errNoClusterRoutes
 }
