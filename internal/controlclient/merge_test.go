@@ -55,3 +55,34 @@ func TestMerge(t *testing.T) {
 		t.Error("Merge modified the config in force")
 	}
 }
+
+// Routes are complete in every update, full or not: an incremental
+// update replaces the routes in force, and one without routes removes
+// them.
+func TestMergeRoutes(t *testing.T) {
+	r := func(name string) *meshpb.Route { return &meshpb.Route{Kind: "HTTPRoute", Namespace: "web", Name: name} }
+	cur := &meshpb.ProxyConfig{Version: "1", Services: []*meshpb.Service{svc("a", "10.0.0.1")}, Routes: []*meshpb.Route{r("old")}}
+	for _, tc := range []struct {
+		name string
+		upd  *meshpb.ConfigUpdate
+		want []string
+	}{
+		{"full", &meshpb.ConfigUpdate{Version: "2", Full: true, Routes: []*meshpb.Route{r("split")}}, []string{"split"}},
+		{"incremental", &meshpb.ConfigUpdate{Version: "2", Routes: []*meshpb.Route{r("split"), r("mirror")}}, []string{"split", "mirror"}},
+		{"incremental without routes", &meshpb.ConfigUpdate{Version: "2"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Merge(cur, tc.upd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var g []string
+			for _, rt := range got.GetRoutes() {
+				g = append(g, rt.GetName())
+			}
+			if !slices.Equal(g, tc.want) {
+				t.Errorf("Merge() routes = %v, want %v", g, tc.want)
+			}
+		})
+	}
+}

@@ -468,7 +468,7 @@ func Merge(cur *meshpb.ProxyConfig, upd *meshpb.ConfigUpdate) (*meshpb.ProxyConf
 		svcs[s.GetNamespace()+"/"+s.GetName()] = s
 	}
 	next := &meshpb.ProxyConfig{Version: upd.GetVersion(), Workload: upd.GetWorkload(), Inbound: upd.GetInbound(),
-		Authorization: upd.GetAuthorization(), Authentication: upd.GetAuthentication()}
+		Authorization: upd.GetAuthorization(), Authentication: upd.GetAuthentication(), Routes: upd.GetRoutes()}
 	for _, s := range svcs {
 		next.Services = append(next.Services, s)
 	}

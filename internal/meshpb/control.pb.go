@@ -297,8 +297,11 @@ type ConfigUpdate struct {
 	Authorization *Authorization `protobuf:"bytes,13,opt,name=authorization,proto3" json:"authorization,omitempty"`
 	// The workload's JWT rules, complete in every update; absent: none.
 	Authentication *Authentication `protobuf:"bytes,14,opt,name=authentication,proto3" json:"authentication,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The routes of the workload's config (ProxyConfig.routes), complete in
+	// every update; empty: none.
+	Routes        []*Route `protobuf:"bytes,15,rep,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConfigUpdate) Reset() {
@@ -429,6 +432,13 @@ func (x *ConfigUpdate) GetAuthentication() *Authentication {
 	return nil
 }
 
+func (x *ConfigUpdate) GetRoutes() []*Route {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
 var File_trellis_v1_control_proto protoreflect.FileDescriptor
 
 const file_trellis_v1_control_proto_rawDesc = "" +
@@ -449,7 +459,7 @@ const file_trellis_v1_control_proto_rawDesc = "" +
 	"\x0eresponse_nonce\x18\x03 \x01(\tR\rresponseNonce\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x120\n" +
-	"\x14trust_bundle_version\x18\b \x01(\tR\x12trustBundleVersionJ\x04\b\x06\x10\aJ\x04\b\a\x10\bR\x15certificate_not_afterR\x12certificate_issuer\"\xd4\x04\n" +
+	"\x14trust_bundle_version\x18\b \x01(\tR\x12trustBundleVersionJ\x04\b\x06\x10\aJ\x04\b\a\x10\bR\x15certificate_not_afterR\x12certificate_issuer\"\xff\x04\n" +
 	"\fConfigUpdate\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12\x12\n" +
@@ -465,7 +475,8 @@ const file_trellis_v1_control_proto_rawDesc = "" +
 	"\frevoked_pods\x18\v \x03(\tR\vrevokedPods\x12'\n" +
 	"\x0frevoked_version\x18\f \x01(\tR\x0erevokedVersion\x12?\n" +
 	"\rauthorization\x18\r \x01(\v2\x19.trellis.v1.AuthorizationR\rauthorization\x12B\n" +
-	"\x0eauthentication\x18\x0e \x01(\v2\x1a.trellis.v1.AuthenticationR\x0eauthentication2O\n" +
+	"\x0eauthentication\x18\x0e \x01(\v2\x1a.trellis.v1.AuthenticationR\x0eauthentication\x12)\n" +
+	"\x06routes\x18\x0f \x03(\v2\x11.trellis.v1.RouteR\x06routes2O\n" +
 	"\x12CertificateService\x129\n" +
 	"\x04Sign\x12\x17.trellis.v1.SignRequest\x1a\x18.trellis.v1.SignResponse2X\n" +
 	"\rConfigService\x12G\n" +
@@ -494,6 +505,7 @@ var file_trellis_v1_control_proto_goTypes = []any{
 	(*Service)(nil),        // 6: trellis.v1.Service
 	(*Authorization)(nil),  // 7: trellis.v1.Authorization
 	(*Authentication)(nil), // 8: trellis.v1.Authentication
+	(*Route)(nil),          // 9: trellis.v1.Route
 }
 var file_trellis_v1_control_proto_depIdxs = []int32{
 	4, // 0: trellis.v1.ConfigUpdate.workload:type_name -> trellis.v1.Workload
@@ -501,15 +513,16 @@ var file_trellis_v1_control_proto_depIdxs = []int32{
 	6, // 2: trellis.v1.ConfigUpdate.upsert:type_name -> trellis.v1.Service
 	7, // 3: trellis.v1.ConfigUpdate.authorization:type_name -> trellis.v1.Authorization
 	8, // 4: trellis.v1.ConfigUpdate.authentication:type_name -> trellis.v1.Authentication
-	0, // 5: trellis.v1.CertificateService.Sign:input_type -> trellis.v1.SignRequest
-	2, // 6: trellis.v1.ConfigService.StreamConfig:input_type -> trellis.v1.ConfigRequest
-	1, // 7: trellis.v1.CertificateService.Sign:output_type -> trellis.v1.SignResponse
-	3, // 8: trellis.v1.ConfigService.StreamConfig:output_type -> trellis.v1.ConfigUpdate
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	9, // 5: trellis.v1.ConfigUpdate.routes:type_name -> trellis.v1.Route
+	0, // 6: trellis.v1.CertificateService.Sign:input_type -> trellis.v1.SignRequest
+	2, // 7: trellis.v1.ConfigService.StreamConfig:input_type -> trellis.v1.ConfigRequest
+	1, // 8: trellis.v1.CertificateService.Sign:output_type -> trellis.v1.SignResponse
+	3, // 9: trellis.v1.ConfigService.StreamConfig:output_type -> trellis.v1.ConfigUpdate
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_trellis_v1_control_proto_init() }

@@ -129,7 +129,7 @@ func (st *stream) next() *meshpb.ConfigUpdate {
 	upd := &meshpb.ConfigUpdate{
 		Version: cfg.GetVersion(), Nonce: strconv.FormatUint(st.nonce.Add(1), 10),
 		Full: !st.acked.full, Workload: cfg.GetWorkload(), Inbound: cfg.GetInbound(),
-		Authorization: cfg.GetAuthorization(), Authentication: cfg.GetAuthentication(),
+		Authorization: cfg.GetAuthorization(), Authentication: cfg.GetAuthentication(), Routes: cfg.GetRoutes(),
 		RenewIssuedBefore: b.RenewIssuedBefore,
 	}
 	visible := map[string]string{} // what the proxy will have: key -> hash
