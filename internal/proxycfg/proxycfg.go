@@ -3,7 +3,8 @@
 // It does no I/O and keeps no state; the same input always gives the same
 // output, which golden tests pin (go test -update rewrites them).
 //
-// The control plane (internal/push) imports it; the proxy never does.
+// The control plane (internal/push) imports it, and the one-host runtime
+// for route status; the proxy never does.
 package proxycfg
 
 import (
