@@ -77,6 +77,7 @@ type h1Exchange struct {
 	closeAfter bool
 	stream     *h2.Stream // set before the first byte of the request body is sent
 	location   string     // a route's redirect, for fail to answer with
+	respEdit   fieldEdit  // a route's changes to the response head
 	// held is the response head, kept back on the reader goroutine to go
 	// out with the body's first bytes (or when the reader has handled
 	// all it read): one write to the app instead of two.
@@ -397,7 +398,7 @@ func (a *h1App) forward(ex *h1Exchange, n int) bool {
 			ex.location = d.Location
 			return ex.fail(d.Status, flag, reason)
 		}
-		fields = applyRoute(fields, d)
+		fields, ex.respEdit = applyRoute(fields, d), editFields(d.ResponseHeaders)
 		ex.ex.service, ex.ex.svcName, ex.ex.svcNS = route.host, route.name, route.namespace
 	}
 	ep, err := route.bal.Pick()
@@ -610,11 +611,18 @@ func (ex *h1Exchange) upHeaders(s *h2.Stream, f *http2.MetaHeadersFrame, end boo
 	hdr := append(append(append(headBuffers.Get()[:0], "HTTP/1."...), '0'+ex.minor, ' '), status...)
 	hdr = append(append(append(hdr, ' '), http.StatusText(code)...), "\r\n"...)
 	length := false
+	edit := ex.respEdit
+	if code < 200 {
+		edit = fieldEdit{} // a route changes the final head only
+	}
 	for _, hf := range f.RegularFields() {
-		if hopByHopField(hf.Name) || hf.Name == peerHeaderField {
+		if hopByHopField(hf.Name) || hf.Name == peerHeaderField || edit.drop[hf.Name] {
 			continue
 		}
 		length = length || hf.Name == "content-length"
+		hdr = append(append(append(append(hdr, hf.Name...), ": "...), hf.Value...), "\r\n"...)
+	}
+	for _, hf := range edit.add {
 		hdr = append(append(append(append(hdr, hf.Name...), ": "...), hf.Value...), "\r\n"...)
 	}
 	if code >= 200 {

@@ -121,6 +121,7 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	x.dst, ex.dest, ex.upstream, x.done = peer, peer, ep.Addr, ep.Start()
 	ex.mutualTLS = true
 	fields := applyRoute(requestFields(r, h2.Field{Name: peerHeaderField, Value: route.meta}), d)
+	x.respEdit = editFields(d.ResponseHeaders)
 	if err := x.open(o.pool, ep.Addr, fields); err != nil {
 		x.fail(http.StatusServiceUnavailable, "UF", route.service+": endpoint "+ep.Addr+": "+err.Error())
 	}

@@ -256,14 +256,20 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		applyRouteHTTP(r, d)
-		ctx = context.WithValue(ctx, backendKey{}, to)
+		ctx = context.WithValue(ctx, backendKey{}, routedTo{to, d.ResponseHeaders})
 	}
 	o.proxy.ServeHTTP(ow, r.WithContext(ctx))
 }
 
-// backendKey carries the service port a route sent a request to, when it
-// is not the one the app called.
+// backendKey carries where a route sent a request (routedTo).
 type backendKey struct{}
+
+// routedTo is the service port a route sent a request to, and the route's
+// changes to its response head.
+type routedTo struct {
+	r    *route
+	resp routing.HeaderOps
+}
 
 // RoundTrip picks an endpoint for this request and sends it there. It is
 // the ReverseProxy's transport.
@@ -271,8 +277,9 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 	dst, _ := req.Context().Value(dstKey{}).(netip.AddrPort)
 	rt := o.routes.Load()
 	r, ok := rt.byVIP[dst]
-	if to, routed := req.Context().Value(backendKey{}).(*route); routed {
-		r, ok = to, true
+	to, routed := req.Context().Value(backendKey{}).(routedTo)
+	if routed {
+		r, ok = to.r, true
 	}
 	if !ok {
 		return nil, fmt.Errorf("%w: %s is not a service this proxy knows", errNoRoute, dst)
@@ -322,6 +329,9 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("%s: endpoint %s: %w", r.service, ep.Addr, err)
 	}
 	grpcTrailersOnly(resp)
+	if resp.StatusCode >= 200 {
+		to.resp.Apply(resp.Header)
+	}
 	return resp, nil
 }
 

@@ -29,6 +29,7 @@ type relay struct {
 	toUp, toCaller streamPipe
 	upEnded        atomic.Bool // the upstream ended its response
 	upGone         atomic.Bool // the upstream's stream is closed: it takes no more
+	respEdit       fieldEdit   // a route's changes to the response head
 }
 
 // newRelay starts the relay of the request on caller stream s, recorded
@@ -120,6 +121,7 @@ func (x *relay) upHeaders(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		}
 		x.code, _ = strconv.Atoi(code) // three digits: checked by the Conn
 		x.started.Store(true)
+		fields = x.respEdit.apply(fields)
 	}
 	if end {
 		x.upEnded.Store(true)

@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -111,26 +112,49 @@ func applyRoute(fields []h2.Field, d routing.Decision) []h2.Field {
 			fields[i].Value = d.Host
 		}
 	}
-	for _, op := range d.RequestHeaders {
-		name := strings.ToLower(op.Name)
-		if op.Action != routing.HeaderAdd {
-			fields = removeField(fields, name)
-		}
-		if op.Action != routing.HeaderRemove {
-			fields = append(fields, h2.Field{Name: name, Value: op.Value})
-		}
-	}
-	return fields
+	return editFields(d.RequestHeaders).apply(fields)
 }
 
-func removeField(fields []h2.Field, name string) []h2.Field {
+// fieldEdit is what a route's header changes do to a header section:
+// the names whose values it drops (lower case) and the fields it adds.
+// Applied in one pass, it does what the changes do one after another: a
+// set or remove drops the values before it, an add appends.
+type fieldEdit struct {
+	drop map[string]bool
+	add  []h2.Field
+}
+
+// editFields is the edit of ops; the zero fieldEdit, without ops.
+func editFields(ops routing.HeaderOps) fieldEdit {
+	if len(ops) == 0 {
+		return fieldEdit{}
+	}
+	e := fieldEdit{drop: map[string]bool{}}
+	for _, op := range ops {
+		name := strings.ToLower(op.Name)
+		if op.Action != routing.HeaderAdd {
+			e.drop[name] = true
+			e.add = slices.DeleteFunc(e.add, func(f h2.Field) bool { return f.Name == name })
+		}
+		if op.Action != routing.HeaderRemove {
+			e.add = append(e.add, h2.Field{Name: name, Value: op.Value})
+		}
+	}
+	return e
+}
+
+// apply is fields without those e drops, and with those it adds.
+func (e fieldEdit) apply(fields []h2.Field) []h2.Field {
+	if e.drop == nil {
+		return fields
+	}
 	out := fields[:0]
 	for _, f := range fields {
-		if f.Name != name {
+		if !e.drop[f.Name] {
 			out = append(out, f)
 		}
 	}
-	return out
+	return append(out, e.add...)
 }
 
 // fieldsView is a request's header lookup for routes over its HTTP/2

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	routing "github.com/trellis-mesh/trellis/internal/route"
 )
 
@@ -69,6 +71,7 @@ func newRoutedMesh(t *testing.T, routes string) *testMesh {
 	t.Helper()
 	m := newTestMeshApp(t, 2, func(name string) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("X-App", name)
 			fmt.Fprint(w, name)
 			if v := r.Header.Get("X-Route"); v != "" {
 				fmt.Fprint(w, " x-route="+v)
@@ -96,7 +99,9 @@ spec:
     - {name: alpha-v1, port: 80, weight: 90}
     - {name: alpha-v2, port: 80, weight: 10}
   - matches: [{headers: [{name: x-canary, value: always}]}]
-    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-route, value: canary}]}}]
+    filters:
+    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-route, value: canary}]}}
+    - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-served-by, value: canary}], remove: [x-app]}}
     backendRefs: [{name: alpha-v2, port: 80}]
   - matches: [{path: {type: Exact, value: /old}}]
     filters: [{type: RequestRedirect, requestRedirect: {statusCode: 301, path: {type: ReplaceFullPath, replaceFullPath: /new}}}]
@@ -131,9 +136,7 @@ func TestRoutesSplitMatchAndAnswer(t *testing.T) {
 			req, _ := http.NewRequest("GET", "http://"+m.appAddr+"/", nil)
 			req.Header.Set("X-Canary", "always")
 			for range 20 {
-				if body := get(t, c.client, req, 200); body != "alpha-1 x-route=canary" {
-					t.Fatalf("x-canary: always went to %q, want alpha-1 (alpha-v2), with the rule's header, every time", body)
-				}
+				checkCanary(t, c.client, req)
 			}
 		})
 	}
@@ -142,10 +145,7 @@ func TestRoutesSplitMatchAndAnswer(t *testing.T) {
 	req, _ := http.NewRequest("POST", "http://"+m.appAddr+"/", strings.NewReader("body"))
 	req.Header.Set("Expect", "100-continue")
 	req.Header.Set("X-Canary", "always")
-	expect := &http.Client{Transport: &http.Transport{ExpectContinueTimeout: 5 * time.Second}, Timeout: 30 * time.Second}
-	if body := get(t, expect, req, 200); body != "alpha-1 x-route=canary" {
-		t.Errorf("a routed request net/http served went to %q, want alpha-1 with the rule's header", body)
-	}
+	checkCanary(t, &http.Client{Transport: &http.Transport{ExpectContinueTimeout: 5 * time.Second}, Timeout: 30 * time.Second}, req)
 	if n := conns.Load(); n != 1 {
 		t.Errorf("the h2c client opened %d connections, want 1", n)
 	}
@@ -171,6 +171,23 @@ func TestRoutesSplitMatchAndAnswer(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 301 || resp.Header.Get("Location") != "http://alpha.db.svc.cluster.local/new?x=1" {
 		t.Errorf("GET /old = %d Location %q, want 301 to /new?x=1", resp.StatusCode, resp.Header.Get("Location"))
+	}
+}
+
+// checkCanary sends req, a request with x-canary: always, and checks that
+// the canary rule served it: alpha-v2 got the rule's request header, and
+// the response has the rule's changes.
+func checkCanary(t *testing.T, c *http.Client, req *http.Request) {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if string(body) != "alpha-1 x-route=canary" || resp.Header.Get("X-Served-By") != "canary" || resp.Header.Get("X-App") != "" {
+		t.Fatalf("x-canary: always got %d %q with x-served-by %q and x-app %q, want alpha-1 (alpha-v2) with the rule's "+
+			"request header, x-served-by canary and no x-app", resp.StatusCode, body, resp.Header.Get("X-Served-By"), resp.Header.Get("X-App"))
 	}
 }
 
@@ -251,5 +268,36 @@ spec:
 	err = conn.Invoke(ctx, "/grpc.health.v1.Health/List", &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{})
 	if st, _ := status.FromError(err); st.Code() != codes.Unimplemented || !strings.Contains(st.Message(), "no rule") {
 		t.Errorf("a call no rule matches = %v, want the proxy's UNIMPLEMENTED saying no rule matches", err)
+	}
+}
+
+// A route's header changes, applied in one pass, do what they would one
+// after another.
+func TestEditFields(t *testing.T) {
+	in := []h2.Field{{Name: "a", Value: "1"}, {Name: "b", Value: "2"}, {Name: "c", Value: "3"}}
+	op := func(a routing.HeaderAction, name, value string) routing.HeaderOp {
+		return routing.HeaderOp{Action: a, Name: name, Value: value}
+	}
+	for _, c := range []struct {
+		name string
+		ops  routing.HeaderOps
+		want string
+	}{
+		{"none", nil, "a=1 b=2 c=3"},
+		{"set replaces", routing.HeaderOps{op(routing.HeaderSet, "B", "x")}, "a=1 c=3 b=x"},
+		{"add appends", routing.HeaderOps{op(routing.HeaderAdd, "A", "y")}, "a=1 b=2 c=3 a=y"},
+		{"remove drops", routing.HeaderOps{op(routing.HeaderRemove, "C", "")}, "a=1 b=2"},
+		{"add, then set", routing.HeaderOps{op(routing.HeaderAdd, "A", "y"), op(routing.HeaderSet, "A", "z")}, "b=2 c=3 a=z"},
+		{"set, then add", routing.HeaderOps{op(routing.HeaderSet, "A", "z"), op(routing.HeaderAdd, "A", "y")}, "b=2 c=3 a=z a=y"},
+		{"add, then remove", routing.HeaderOps{op(routing.HeaderAdd, "D", "y"), op(routing.HeaderRemove, "D", "")}, "a=1 b=2 c=3"},
+	} {
+		got := editFields(c.ops).apply(slices.Clone(in))
+		var s []string
+		for _, f := range got {
+			s = append(s, f.Name+"="+f.Value)
+		}
+		if strings.Join(s, " ") != c.want {
+			t.Errorf("%s: %v = %q, want %q", c.name, c.ops, strings.Join(s, " "), c.want)
+		}
 	}
 }
