@@ -1,0 +1,136 @@
+package cli_test
+
+// Gateway API routes in one-host mode: a manifest's HTTPRoute reaches the
+// client's sidecar through the control plane, and the sidecar splits and
+// matches requests by it.
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+const routedMesh = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: web, labels: {trellis.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: client, labels: {trellis.io/inject: enabled}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello-v1, namespace: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: hello, version: v1}}
+  template:
+    metadata: {labels: {app: hello, version: v1}}
+    spec:
+      containers:
+      - name: server
+        command: [trellis, example, hello-server, --listen, ":8080"]
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello-v2, namespace: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: hello, version: v2}}
+  template:
+    metadata: {labels: {app: hello, version: v2}}
+    spec:
+      containers:
+      - name: server
+        command: [trellis, example, hello-server, --listen, ":8080"]
+        ports: [{name: http, containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello, namespace: web}
+spec:
+  selector: {app: hello}
+  ports: [{name: http, port: 8080, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello-v1, namespace: web}
+spec:
+  selector: {app: hello, version: v1}
+  ports: [{name: http, port: 8080, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello-v2, namespace: web}
+spec:
+  selector: {app: hello, version: v2}
+  ports: [{name: http, port: 8080, targetPort: http}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: hello-canary, namespace: web}
+spec:
+  parentRefs: [{group: "", kind: Service, name: hello, port: 8080}]
+  rules:
+  - backendRefs:
+    - {name: hello-v1, port: 8080, weight: 80}
+    - {name: hello-v2, port: 8080, weight: 20}
+  - matches: [{headers: [{name: x-canary, value: always}]}]
+    backendRefs: [{name: hello-v2, port: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: client}
+spec:
+  containers: [{name: shell, command: [sleep, infinity]}]
+`
+
+func TestRoutesInOneHostMode(t *testing.T) {
+	m := newMesh(t)
+	m.up(routedMesh)
+	waitFor(t, "every pod ready", 60*time.Second, func() bool {
+		for _, ns := range []string{"web", "client"} {
+			for _, p := range m.pods(ns) {
+				if !p.Ready {
+					return false
+				}
+			}
+		}
+		return len(m.pods("web")) == 2 && len(m.pods("client")) == 1
+	})
+	if out := m.must("get", "httproutes", "-n", "web"); !strings.Contains(out, "hello-canary") || !strings.Contains(out, "True") {
+		t.Errorf("trellis get httproutes -n web:\n%s\nwant hello-canary accepted", out)
+	}
+	// versions counts which version answered each of n requests sent on
+	// one connection (curl reuses it for every URL of one invocation).
+	url := "http://hello.web.svc.cluster.local:8080/"
+	versions := func(n int, header string) map[string]int {
+		out := m.exec("client", "client", fmt.Sprintf("curl -s -m 20 %s %s", header, strings.TrimSpace(strings.Repeat(url+" ", n))))
+		got := map[string]int{}
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			switch {
+			case strings.Contains(line, "hello-v1-"):
+				got["v1"]++
+			case strings.Contains(line, "hello-v2-"):
+				got["v2"]++
+			default:
+				got[line]++
+			}
+		}
+		return got
+	}
+	// The client's sidecar gets the route with its config: until then
+	// x-canary requests go anywhere.
+	waitFor(t, "x-canary requests to go to v2 only", 30*time.Second, func() bool {
+		return versions(10, "-H 'x-canary: always'")["v2"] == 10
+	})
+	const n = 400
+	if got := versions(n, ""); got["v1"]+got["v2"] != n || got["v1"] < n*72/100 || got["v1"] > n*88/100 {
+		t.Errorf("%d requests on one connection went %v, want v1 80 %% ± 8 points", n, got)
+	}
+}
