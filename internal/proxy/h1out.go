@@ -557,6 +557,7 @@ func (a *h1App) refuse(status int, flag, reason, location string) bool {
 		resp += "Location: " + location + "\r\n"
 	}
 	resp += "Connection: close\r\nContent-Length: " + strconv.Itoa(len(msg)) + "\r\n\r\n" + msg
+	a.waitFlushed() // a pipelined request's refusal follows the response before it
 	_, _ = a.conn.Write([]byte(resp))
 	return false
 }

@@ -104,7 +104,7 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		flag, reason := routeRefusal(d)
 		if fields := routeAnswer(d, x.grpc, flag, reason); fields != nil {
 			code := d.Status
-			if x.grpc {
+			if x.grpc && d.GRPCStatus != 0 {
 				code = http.StatusOK // a gRPC refusal is in its grpc-status
 			}
 			x.answer(code, flag, reason, fields)
@@ -120,7 +120,7 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	peer := rt.peers[ep.Addr]
 	x.dst, ex.dest, ex.upstream, x.done = peer, peer, ep.Addr, ep.Start()
 	ex.mutualTLS = true
-	fields := applyRoute(requestFields(r, h2.Field{Name: peerHeaderField, Value: route.meta}), d)
+	fields := append(applyRoute(requestFields(r), d), h2.Field{Name: peerHeaderField, Value: route.meta})
 	x.respEdit = editFields(d.ResponseHeaders)
 	if err := x.open(o.pool, ep.Addr, fields); err != nil {
 		x.fail(http.StatusServiceUnavailable, "UF", route.service+": endpoint "+ep.Addr+": "+err.Error())

@@ -64,7 +64,9 @@ const flagsHeader = "X-Trellis-Response-Flags"
 func failWith(w http.ResponseWriter, ex *exchange, code int, flag, reason string) {
 	ex.flags, ex.reason = flag, reason
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set(flagsHeader, flag)
+	if flag != "" {
+		w.Header().Set(flagsHeader, flag)
+	}
 	w.WriteHeader(code)
 	fmt.Fprintf(w, "trellis proxy: %s\n", reason)
 }

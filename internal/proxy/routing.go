@@ -39,8 +39,12 @@ func (t *routeTable) compileRoutes(cfg *meshpb.ProxyConfig) {
 	rc := routing.Config{Services: services}
 	client := cfg.GetWorkload().GetNamespace()
 	for key, r := range t.byService {
+		attached := rs.AttachedTo(key.namespace, key.name)
+		if len(attached.HTTP)+len(attached.GRPC) == 0 {
+			continue
+		}
 		target := routing.Target{Namespace: key.namespace, Name: key.name, Port: int32(key.port), ClientNamespace: client}
-		if table := routing.Compile(target, rs, rc); !table.Empty() {
+		if table := routing.Compile(target, attached, rc); !table.Empty() {
 			r.table = table
 		}
 	}
@@ -73,6 +77,8 @@ func routeRefusal(d routing.Decision) (flag, reason string) {
 	switch {
 	case d.Location != "":
 		return "", "redirected to " + d.Location + " by " + d.Route.String()
+	case d.Status == http.StatusBadRequest:
+		return "DPE", "the route redirects, and the request's Host or path cannot go in a Location header"
 	case d.Status == http.StatusNotFound:
 		return "NR", "no rule of the routes attached to the service matches the request"
 	}

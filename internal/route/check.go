@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"regexp/syntax"
 	"slices"
 	"strings"
 	"time"
@@ -307,6 +308,9 @@ func (c *compiler) value(typ, v string) (value, error) {
 		if err != nil {
 			return value{}, unsupported("%q is not a regular expression Go's RE2 syntax accepts: %v", v, err)
 		}
+		if n := regexSize(v); n > maxRegexInstructions {
+			return value{}, unsupported("%q compiles to %d instructions, more than %d (counted repeats such as {1000} copy what they repeat): simplify it", v, n, maxRegexInstructions)
+		}
 		return value{exact: v, re: re}, nil
 	}
 	return value{}, at("type", unsupported("%q: use Exact or RegularExpression", typ))
@@ -393,4 +397,26 @@ func retry(in *catalog.HTTPRouteRetry) (*Retry, error) {
 		out.Backoff = d
 	}
 	return out, nil
+}
+
+// maxRegexInstructions bounds a regular expression's compiled program. A
+// counted repeat copies what it repeats, so a few hundred bytes of them
+// ([a-z]{1000} twenty times) compile to a program of 20 000 instructions,
+// and every proxy that can reach the route's Service compiles it and runs
+// it on requests: RE2 is linear in the input, but its time and memory per
+// match grow with the program.
+const maxRegexInstructions = 5000
+
+// regexSize is the number of instructions v compiles to; one past the
+// budget when it does not parse (regexp.Compile has already said why).
+func regexSize(v string) int {
+	re, err := syntax.Parse(v, syntax.Perl)
+	if err != nil {
+		return maxRegexInstructions + 1
+	}
+	prog, err := syntax.Compile(re.Simplify())
+	if err != nil {
+		return maxRegexInstructions + 1
+	}
+	return len(prog.Inst)
 }

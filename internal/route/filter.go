@@ -159,13 +159,19 @@ func orDefault(v, def string) string {
 	return v
 }
 
-// backendFilters compiles a backendRef's own filters: header changes only.
+// backendFilters compiles a backendRef's own filters: header changes
+// only, each type once (as on a rule).
 func (c *compiler) backendFilters(b *backend, fs []catalog.HTTPRouteFilter) error {
+	seen := map[string]bool{}
 	for i, f := range fs {
 		field := fmt.Sprintf("filters[%d]", i)
 		if err := oneField(f); err != nil {
 			return at(field, err)
 		}
+		if seen[f.Type] {
+			return at(field, unsupported("a second %s filter: merge it into the first", f.Type))
+		}
+		seen[f.Type] = true
 		var ops HeaderOps
 		var err error
 		switch f.Type {
@@ -272,6 +278,18 @@ func lowerFirst(s string) string {
 // message or the connection, and Host is the URLRewrite filter's.
 var hopHeaders = []string{"Connection", "Content-Length", "Host", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
+// meshHeader reports whether the mesh itself sets or reads header cn (in
+// canonical form) between sidecars: the caller's identity and metadata,
+// the trace context, the proxy's response flags. A route may not forge
+// or drop them.
+func meshHeader(cn string) bool {
+	switch cn {
+	case "X-Forwarded-Client-Cert", "Traceparent", "Tracestate", "B3":
+		return true
+	}
+	return strings.HasPrefix(cn, "X-Trellis-") || strings.HasPrefix(cn, "X-B3-")
+}
+
 // headerFilter compiles a header modifier: set, add, then remove; one
 // action per name.
 func (c *compiler) headerFilter(f *catalog.HTTPHeaderFilter) (HeaderOps, error) {
@@ -285,6 +303,8 @@ func (c *compiler) headerFilter(f *catalog.HTTPHeaderFilter) (HeaderOps, error) 
 			return at(field, unsupported("%q is not a header name: letters, digits and -", name))
 		case slices.Contains(hopHeaders, cn):
 			return at(field, unsupported("%s cannot be changed by a filter (it frames the message or names the host: use urlRewrite.hostname for Host)", cn))
+		case meshHeader(cn):
+			return at(field, unsupported("%s is the mesh's own (identity, trace context or response flags): a route cannot change it", cn))
 		case names[cn] != "":
 			return at(field, unsupported("%s already has an action in %s: one action per header", cn, names[cn]))
 		case action != HeaderRemove && !headerValue(val):

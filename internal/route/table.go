@@ -342,3 +342,27 @@ func urlSafe(s string) bool {
 // Empty reports whether no route attaches to t's target: Route would
 // never route a request.
 func (t *Table) Empty() bool { return t == nil || len(t.entries) == 0 }
+
+// AttachedTo is the routes of rs with a parentRef to Service ns/name, on
+// any port: all Compile needs for that Service's ports. A caller that
+// compiles the tables of many Services gives each its own, and so checks
+// each route for the Services it attaches to only.
+func (rs Routes) AttachedTo(ns, name string) Routes {
+	var out Routes
+	to := func(routeNS string, parents []catalog.ParentReference) bool {
+		return slices.ContainsFunc(parents, func(p catalog.ParentReference) bool {
+			return isService(p) && orDefault(p.Namespace, routeNS) == ns && p.Name == name
+		})
+	}
+	for _, r := range rs.HTTP {
+		if to(r.Namespace, r.Spec.ParentRefs) {
+			out.HTTP = append(out.HTTP, r)
+		}
+	}
+	for _, r := range rs.GRPC {
+		if to(r.Namespace, r.Spec.ParentRefs) {
+			out.GRPC = append(out.GRPC, r)
+		}
+	}
+	return out
+}
