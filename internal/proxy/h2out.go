@@ -120,7 +120,9 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	peer := rt.peers[ep.Addr]
 	x.dst, ex.dest, ex.upstream, x.done = peer, peer, ep.Addr, ep.Start()
 	ex.mutualTLS = true
-	fields := append(applyRoute(requestFields(r), d), h2.Field{Name: peerHeaderField, Value: route.meta})
+	// The peer field goes in with the rest (requestFields sizes the slice
+	// for it): a route cannot change it (route refuses the mesh's headers).
+	fields := applyRoute(requestFields(r, h2.Field{Name: peerHeaderField, Value: route.meta}), d)
 	x.respEdit = editFields(d.ResponseHeaders)
 	if err := x.open(o.pool, ep.Addr, fields); err != nil {
 		x.fail(http.StatusServiceUnavailable, "UF", route.service+": endpoint "+ep.Addr+": "+err.Error())
