@@ -79,8 +79,7 @@ func newRoutedMesh(t *testing.T, routes string) *testMesh {
 		})
 	})
 	svc := func(name, vip string, eps ...*meshpb.Endpoint) *meshpb.Service {
-		return &meshpb.Service{Namespace: "db", Name: name, Vip: vip,
-			Ports: []*meshpb.ServicePort{{Port: 80, Name: "http", Protocol: meshpb.Protocol_PROTOCOL_HTTP, Endpoints: eps}}}
+		return dbService(name, vip, meshpb.Protocol_PROTOCOL_HTTP, eps...)
 	}
 	m.outbound.Update(&meshpb.ProxyConfig{Version: "routes",
 		Workload: &meshpb.Workload{Namespace: "web", Name: "frontend", Identity: "spiffe://cluster.local/ns/web/sa/default"},
@@ -179,21 +178,15 @@ func TestRoutesSplitMatchAndAnswer(t *testing.T) {
 // the response has the rule's changes.
 func checkCanary(t *testing.T, c *http.Client, req *http.Request) {
 	t.Helper()
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if string(body) != "alpha-1 x-route=canary" || resp.Header.Get("X-Served-By") != "canary" || resp.Header.Get("X-App") != "" {
+	resp, body := do(t, c, req)
+	if body != "alpha-1 x-route=canary" || resp.Header.Get("X-Served-By") != "canary" || resp.Header.Get("X-App") != "" {
 		t.Fatalf("x-canary: always got %d %q with x-served-by %q and x-app %q, want alpha-1 (alpha-v2) with the rule's "+
 			"request header, x-served-by canary and no x-app", resp.StatusCode, body, resp.Header.Get("X-Served-By"), resp.Header.Get("X-App"))
 	}
 }
 
-// get sends req with c and returns the body, failing unless the status
-// is want.
-func get(t *testing.T, c *http.Client, req *http.Request, want int) string {
+// do sends req with c and reads the whole answer.
+func do(t *testing.T, c *http.Client, req *http.Request) (*http.Response, string) {
 	t.Helper()
 	resp, err := c.Do(req)
 	if err != nil {
@@ -201,10 +194,29 @@ func get(t *testing.T, c *http.Client, req *http.Request, want int) string {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
+	return resp, string(body)
+}
+
+// dbService is a service of namespace db at vip with one port, 80, named
+// for its protocol.
+func dbService(name, vip string, protocol meshpb.Protocol, eps ...*meshpb.Endpoint) *meshpb.Service {
+	port := "http"
+	if protocol == meshpb.Protocol_PROTOCOL_GRPC {
+		port = "grpc"
+	}
+	return &meshpb.Service{Namespace: "db", Name: name, Vip: vip,
+		Ports: []*meshpb.ServicePort{{Port: 80, Name: port, Protocol: protocol, Endpoints: eps}}}
+}
+
+// get sends req with c and returns the body, failing unless the status
+// is want.
+func get(t *testing.T, c *http.Client, req *http.Request, want int) string {
+	t.Helper()
+	resp, body := do(t, c, req)
 	if resp.StatusCode != want {
 		t.Fatalf("%s %s = %d %q (flags %q), want %d", req.Method, req.URL, resp.StatusCode, body, resp.Header.Get(flagsHeader), want)
 	}
-	return string(body)
+	return body
 }
 
 // A GRPCRoute splits one connection's calls of a method by weight; a call
@@ -231,8 +243,7 @@ func TestGRPCRoutes(t *testing.T) {
 		eps = append(eps, &meshpb.Endpoint{Address: addr.Addr().String(), Port: uint32(addr.Port()), Identity: m.serverID.String()})
 	}
 	svc := func(name, vip string, eps ...*meshpb.Endpoint) *meshpb.Service {
-		return &meshpb.Service{Namespace: "db", Name: name, Vip: vip,
-			Ports: []*meshpb.ServicePort{{Port: 80, Name: "grpc", Protocol: meshpb.Protocol_PROTOCOL_GRPC, Endpoints: eps}}}
+		return dbService(name, vip, meshpb.Protocol_PROTOCOL_GRPC, eps...)
 	}
 	m.outbound.Update(&meshpb.ProxyConfig{Version: "grpc-routes",
 		Workload: &meshpb.Workload{Namespace: "web", Name: "frontend", Identity: "spiffe://cluster.local/ns/web/sa/default"},
