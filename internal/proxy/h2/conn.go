@@ -147,18 +147,22 @@ type Conn struct {
 
 	mu sync.Mutex
 	// Guarded by mu:
-	streams     map[uint32]*Stream
-	lastPeerID  uint32        // highest stream ID the peer opened (server role)
-	nextID      uint32        // the next stream ID to open (client role)
-	peerMax     uint32        // the peer's MAX_CONCURRENT_STREAMS
-	peerWindow  int32         // the peer's SETTINGS_INITIAL_WINDOW_SIZE
-	sendWindow  int64         // connection send window
-	dataSent    int64         // DATA bytes sent, in all
-	recvWindow  int64         // connection receive window left
-	recvCredit  int64         // consumed bytes not yet returned to the peer
-	goingAway   bool          // this side sent GOAWAY: it closes once no stream is open
-	peerAway    bool          // the peer sent GOAWAY: no new streams
-	ending      bool          // endIdleLocked ran
+	streams    map[uint32]*Stream
+	lastPeerID uint32 // highest stream ID the peer opened (server role)
+	nextID     uint32 // the next stream ID to open (client role)
+	peerMax    uint32 // the peer's MAX_CONCURRENT_STREAMS
+	peerWindow int32  // the peer's SETTINGS_INITIAL_WINDOW_SIZE
+	sendWindow int64  // connection send window
+	dataSent   int64  // DATA bytes sent, in all
+	recvWindow int64  // connection receive window left
+	recvCredit int64  // consumed bytes not yet returned to the peer
+	goingAway  bool   // this side sent GOAWAY: it closes once no stream is open
+	peerAway   bool   // the peer sent GOAWAY: no new streams
+	ending     bool   // endIdleLocked ran
+	// lastFrames counts streams this side has ended whose last frame is
+	// not queued yet: the end is recorded under mu, the frame queued
+	// after. A drain closes the sending side only once they are queued.
+	lastFrames  sync.WaitGroup
 	settled     chan struct{} // closed when the peer's first SETTINGS is applied
 	idle        *time.Timer   // IdleTimeout's, running while no stream is open; nil without one
 	err         error         // why the connection ended
@@ -650,6 +654,7 @@ func (c *Conn) endIdleLocked() {
 	}
 	c.ending = true
 	go func() {
+		c.lastFrames.Wait()
 		if c.w.CloseWrite() != nil {
 			c.conn.Close()
 			return

@@ -333,7 +333,17 @@ func (s *Stream) WriteHeaders(end bool, fields ...Field) error {
 	if err := s.endLocal(end); err != nil {
 		return err
 	}
-	return s.c.w.QueueHeaders(s.ID, end, fields...)
+	err := s.c.w.QueueHeaders(s.ID, end, fields...)
+	s.c.queued(end)
+	return err
+}
+
+// queued records that a stream's last frame, if last, is queued (see
+// lastFrames).
+func (c *Conn) queued(last bool) {
+	if last {
+		c.lastFrames.Done()
+	}
 }
 
 // WriteHeadersData sends a header section that does not end s and, in
@@ -353,6 +363,7 @@ func (s *Stream) WriteHeadersData(fields []Field, p []byte, end bool) (int, erro
 	if err != nil {
 		return 0, err
 	}
+	defer c.queued(last)
 	if err := c.w.lockRoom(); err != nil {
 		return 0, err
 	}
@@ -375,6 +386,7 @@ func (s *Stream) endLocal(end bool) error {
 	}
 	if end {
 		s.localEnded = true
+		c.lastFrames.Add(1)
 		c.finishLocked(s)
 	}
 	return nil
@@ -397,7 +409,9 @@ func (s *Stream) WriteData(p []byte, end bool) error {
 		if err != nil {
 			return err
 		}
-		if err := c.w.QueueData(s.ID, p[:n], last); err != nil {
+		err = c.w.QueueData(s.ID, p[:n], last)
+		c.queued(last)
+		if err != nil {
 			return err
 		}
 		p = p[n:]
@@ -411,7 +425,9 @@ func (s *Stream) WriteData(p []byte, end bool) error {
 			if err := s.endLocal(true); err != nil {
 				return err
 			}
-			return c.w.QueueData(s.ID, nil, true)
+			err := c.w.QueueData(s.ID, nil, true)
+			c.queued(true)
+			return err
 		}
 	}
 	return nil
@@ -433,7 +449,9 @@ func (s *Stream) TryWriteData(p []byte, end bool) (int, error) {
 	if n == 0 && !last {
 		return 0, nil
 	}
-	return int(n), c.w.QueueData(s.ID, p[:n], last)
+	err = c.w.QueueData(s.ID, p[:n], last)
+	c.queued(last)
+	return int(n), err
 }
 
 // takeWindowLocked takes send window for up to size bytes of s (c.mu
@@ -450,6 +468,7 @@ func (s *Stream) takeWindowLocked(size int, end bool) (n int64, last bool, err e
 	last = end && n == int64(size)
 	if last {
 		s.localEnded = true
+		c.lastFrames.Add(1) // the caller queues the frame, then calls queued
 		c.finishLocked(s)
 	}
 	return n, last, nil
