@@ -11,6 +11,7 @@ package balancer
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,9 +116,10 @@ func (b *Balancer) Update(addrs []string) {
 func (b *Balancer) Endpoints() []*Endpoint { return *b.eps.Load() }
 
 // Pick chooses an endpoint for one request, skipping ejected endpoints
-// unless all are ejected (then any is better than none). The caller must
-// call Start on it and the returned function when the request ends.
-func (b *Balancer) Pick() (*Endpoint, error) {
+// unless all are ejected (then any is better than none), and those in
+// avoid (a retry's earlier attempts) unless no other is left. The caller
+// must call Start on it and the returned function when the request ends.
+func (b *Balancer) Pick(avoid ...*Endpoint) (*Endpoint, error) {
 	all := *b.eps.Load()
 	if len(all) == 0 {
 		return nil, ErrNoEndpoints
@@ -125,17 +127,20 @@ func (b *Balancer) Pick() (*Endpoint, error) {
 	now := b.now().UnixNano()
 	healthy := all
 	for i, e := range all {
-		if e.ejectedUntil.Load() > now {
-			// Rare: copy only when someone is ejected.
+		if e.ejectedUntil.Load() > now || slices.Contains(avoid, e) {
+			// Rare: copy only when someone is left out.
 			healthy = make([]*Endpoint, 0, len(all))
 			healthy = append(healthy, all[:i]...)
 			for _, e2 := range all[i:] {
-				if e2.ejectedUntil.Load() <= now {
+				if e2.ejectedUntil.Load() <= now && !slices.Contains(avoid, e2) {
 					healthy = append(healthy, e2)
 				}
 			}
 			break
 		}
+	}
+	if len(healthy) == 0 && len(avoid) > 0 {
+		return b.Pick() // every endpoint was tried: any healthy one again
 	}
 	if len(healthy) == 0 {
 		healthy = all

@@ -195,3 +195,27 @@ func TestUnknownPolicy(t *testing.T) {
 		t.Error(`New("random") succeeded, want an error naming the policies`)
 	}
 }
+
+func TestPickAvoidsTriedEndpoints(t *testing.T) {
+	b := newTest(t, P2CPeakEWMA, 3)
+	eps := b.Endpoints()
+	for range 100 {
+		e, err := b.Pick(eps[0], eps[1])
+		if err != nil || e != eps[2] {
+			t.Fatalf("Pick avoiding two of three = %v, %v; want the third", e, err)
+		}
+	}
+	// Every endpoint tried: a retry still goes somewhere.
+	if e, err := b.Pick(eps...); err != nil || e == nil {
+		t.Fatalf("Pick avoiding every endpoint = %v, %v; want one of them", e, err)
+	}
+	// An ejected endpoint stays out even when the rest were tried.
+	for range 5 {
+		eps[2].Start()(Result{Failed: true})
+	}
+	for range 50 {
+		if e, _ := b.Pick(eps[0]); e != eps[1] {
+			t.Fatalf("Pick avoiding one with another ejected = %s; want %s", e.Addr, eps[1].Addr)
+		}
+	}
+}

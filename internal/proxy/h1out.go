@@ -245,7 +245,9 @@ func (a *h1App) park() {
 //     stream;
 //   - Expect: 100-continue, whose interim answer net/http's server gives
 //     when the body is first read;
-//   - one to a service with an endpoint outside the mesh (plain HTTP).
+//   - one to a service with an endpoint outside the mesh (plain HTTP);
+//   - one to a service whose routes ask for timeouts, retries or mirrors
+//     (resilience.go).
 //
 // The connection stays there for the rest of its requests.
 func (a *h1App) handedOff() bool {
@@ -253,7 +255,7 @@ func (a *h1App) handedOff() bool {
 		return true
 	}
 	r, ok := a.o.routes.Load().byVIP[a.dst]
-	return ok && r.outside
+	return ok && (r.outside || r.resilient)
 }
 
 // closeAfterFlush closes the connection once the response bytes waiting

@@ -6,7 +6,8 @@ package proxy
 // endpoint's sidecar (relay.go), so no goroutine serves a request. A
 // service with an endpoint outside the mesh takes plain HTTP/1.1, which
 // net/http's reverse proxy sends: its requests are bridged to
-// Outbound.ServeHTTP, each on a goroutine of its own.
+// Outbound.ServeHTTP, each on a goroutine of its own, as are those whose
+// route asks for timeouts, retries or mirrors (resilience.go).
 // docs/architecture.md, "The request path's engine".
 
 import (
@@ -66,8 +67,11 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	}
 	var d routing.Decision
 	if route.table != nil {
-		if route, d = rt.routed(route, httpView(r)); route.outside {
-			bridge(s, r, end, o) // ServeHTTP routes it again, and sends plain HTTP/1.1
+		if route, d = rt.routed(route, httpView(r)); route.outside || d.Resilient() {
+			// ServeHTTP sends plain HTTP/1.1, and waits out timeouts
+			// and retries on a goroutine of the request's own.
+			r = r.WithContext(context.WithValue(r.Context(), backendKey{}, routedTo{route, d}))
+			bridge(s, r, end, o)
 			return
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,6 +70,48 @@ func failWith(w http.ResponseWriter, ex *exchange, code int, flag, reason string
 	}
 	w.WriteHeader(code)
 	fmt.Fprintf(w, "trellis proxy: %s\n", reason)
+}
+
+// failGRPC answers a gRPC call the proxy could not forward, or refused,
+// with a trailers-only response whose grpc-status says why: a gRPC client
+// reads any HTTP error status as UNAVAILABLE or UNKNOWN, a timeout too.
+func failGRPC(w http.ResponseWriter, ex *exchange, status int, flag, reason string) {
+	ex.flags, ex.reason = flag, reason
+	h := w.Header()
+	h.Set("Content-Type", "application/grpc")
+	h.Set("Grpc-Status", strconv.Itoa(status))
+	h.Set("Grpc-Message", grpcMessage("trellis proxy: "+reason))
+	if flag != "" {
+		h.Set(flagsHeader, flag)
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// grpcStatusOf is the gRPC status for the proxy's own HTTP answer code.
+func grpcStatusOf(code int) int {
+	switch code {
+	case http.StatusGatewayTimeout:
+		return 4 // DEADLINE_EXCEEDED
+	case http.StatusNotFound:
+		return 12 // UNIMPLEMENTED
+	case http.StatusBadRequest:
+		return 13 // INTERNAL
+	}
+	return 14 // UNAVAILABLE
+}
+
+// grpcMessage percent-encodes s for grpc-message, as the gRPC HTTP/2
+// protocol says: bytes outside printable ASCII, and '%'.
+func grpcMessage(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '%' {
+			fmt.Fprintf(&b, "%%%02X", c)
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
 
 // clientGone records a request whose client went away before the answer

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -53,6 +54,9 @@ type Outbound struct {
 
 	mu        sync.Mutex                         // serialises Update
 	balancers map[balancerKey]*balancer.Balancer // guarded by mu: kept across updates
+	budgets   map[balancerKey]*retryBudget       // guarded by mu: kept across updates
+
+	mirrorSlots mirrorSlots
 
 	pool    *meshPool       // the engine's mTLS h2 connections to sidecars
 	mesh    *http.Transport // mTLS h2 to sidecars, one pool per endpoint
@@ -91,12 +95,16 @@ type route struct {
 	// table holds the Gateway API routes attached to the service port;
 	// nil: none, requests are balanced over its own endpoints.
 	table *routing.Table
+	// resilient: a rule of table asks for timeouts, retries or mirrors,
+	// which the engine leaves to net/http (resilience.go).
+	resilient bool
+	budget    *retryBudget // retries to this service port
 }
 
 // NewOutbound returns an outbound forwarder that presents store's SVID and
 // dials with d (which should set the proxy's socket mark).
 func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
-	o := &Outbound{store: store, dial: d, balancers: map[balancerKey]*balancer.Balancer{}}
+	o := &Outbound{store: store, dial: d, balancers: map[balancerKey]*balancer.Balancer{}, budgets: map[balancerKey]*retryBudget{}}
 	o.routes.Store(&routeTable{byVIP: map[netip.AddrPort]*route{}, identities: map[string]identity.ID{},
 		peers: map[string]telemetry.Peer{}, self: telemetry.Unknown})
 	h2only := new(http.Protocols)
@@ -151,6 +159,7 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 	t := &routeTable{byVIP: map[netip.AddrPort]*route{}, byService: map[svcPort]*route{}, identities: map[string]identity.ID{},
 		peers: map[string]telemetry.Peer{}, self: selfPeer(cfg.GetWorkload())}
 	keep := map[balancerKey]*balancer.Balancer{}
+	keepBudgets := map[balancerKey]*retryBudget{}
 	for _, s := range cfg.GetServices() {
 		vip, err := netip.ParseAddr(s.GetVip())
 		if err != nil {
@@ -177,15 +186,17 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 			}
 			b.Update(addrs)
 			keep[key] = b
+			budget := cmp.Or(o.budgets[key], &retryBudget{})
+			keepBudgets[key] = budget
 			t.byVIP[dst] = &route{service: s.GetName() + "." + s.GetNamespace(),
 				host: s.GetName() + "." + s.GetNamespace() + ".svc.cluster.local", name: s.GetName(), namespace: s.GetNamespace(),
-				protocol: p.GetProtocol(), bal: b, outside: outside}
+				protocol: p.GetProtocol(), bal: b, outside: outside, budget: budget}
 			t.byVIP[dst].meta = encodePeer(t.self, t.byVIP[dst].host, s.GetName(), s.GetNamespace())
 			t.byService[svcPort{s.GetNamespace(), s.GetName(), uint16(p.GetPort())}] = t.byVIP[dst]
 		}
 	}
 	t.compileRoutes(cfg)
-	o.balancers = keep
+	o.balancers, o.budgets = keep, keepBudgets
 	old := o.routes.Swap(t)
 	for addr := range old.peers {
 		if _, ok := t.peers[addr]; !ok {
@@ -246,17 +257,31 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	dst, _ := r.Context().Value(dstKey{}).(netip.AddrPort)
 	rt := o.routes.Load()
 	if base := rt.byVIP[dst]; base != nil && base.table != nil {
-		to, d := rt.routed(base, httpView(r))
+		to, ok := r.Context().Value(backendKey{}).(routedTo) // the engine's decision, bridged
+		if !ok {
+			to.r, to.d = rt.routed(base, httpView(r))
+		}
+		d := &to.d
 		if d.Status != 0 {
-			flag, reason := routeRefusal(d)
+			flag, reason := routeRefusal(*d)
 			if d.Location != "" {
 				ow.Header().Set("Location", d.Location)
 			}
-			failWith(ow, ex, d.Status, flag, reason)
+			if protocolOf(r) == "grpc" && d.GRPCStatus != 0 {
+				failGRPC(ow, ex, d.GRPCStatus, flag, reason)
+			} else {
+				failWith(ow, ex, d.Status, flag, reason)
+			}
 			return
 		}
-		applyRouteHTTP(r, d)
-		ctx = context.WithValue(ctx, backendKey{}, routedTo{to, d.ResponseHeaders})
+		applyRouteHTTP(r, *d)
+		if r.Header.Get("Upgrade") != "" { // a byte stream after 101: no timeouts, retries nor copies
+			d.Timeouts, d.Retry, d.Mirrors = routing.Timeouts{}, nil, nil
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = withRequestTimeout(ctx, r, *d)
+		defer cancel()
+		ctx = context.WithValue(ctx, backendKey{}, to)
 	}
 	o.proxy.ServeHTTP(ow, r.WithContext(ctx))
 }
@@ -264,11 +289,11 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // backendKey carries where a route sent a request (routedTo).
 type backendKey struct{}
 
-// routedTo is the service port a route sent a request to, and the route's
-// changes to its response head.
+// routedTo is the service port a route sent a request to, and the
+// decision that sent it there.
 type routedTo struct {
-	r    *route
-	resp routing.HeaderOps
+	r *route
+	d routing.Decision
 }
 
 // RoundTrip picks an endpoint for this request and sends it there. It is
@@ -289,9 +314,29 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 		ex = &exchange{}
 	}
 	ex.service, ex.svcName, ex.svcNS = r.host, r.name, r.namespace
-	ep, err := r.bal.Pick()
+	var resp *http.Response
+	var err error
+	if to.d.Resilient() {
+		resp, err = o.resilient(req, r, rt, ex, to.d)
+	} else {
+		resp, _, err = o.attempt(req, r, rt, ex)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", r.service, err)
+		return nil, err
+	}
+	grpcTrailersOnly(resp)
+	if resp.StatusCode >= 200 {
+		to.d.ResponseHeaders.Apply(resp.Header)
+	}
+	return resp, nil
+}
+
+// attempt sends req to an endpoint of r, picked avoiding those tried (by
+// earlier attempts), and returns the endpoint with the outcome.
+func (o *Outbound) attempt(req *http.Request, r *route, rt *routeTable, ex *exchange, tried ...*balancer.Endpoint) (*http.Response, *balancer.Endpoint, error) {
+	ep, err := r.bal.Pick(tried...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", r.service, err)
 	}
 	if peer, ok := rt.peers[ep.Addr]; ok {
 		ex.dest = peer
@@ -326,13 +371,12 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	done(res)
 	if err != nil {
-		return nil, fmt.Errorf("%s: endpoint %s: %w", r.service, ep.Addr, err)
+		if cause := context.Cause(req.Context()); errors.Is(cause, context.DeadlineExceeded) {
+			err = cause // the route's timeout, not how the transport saw it
+		}
+		return nil, ep, fmt.Errorf("%s: endpoint %s: %w", r.service, ep.Addr, err)
 	}
-	grpcTrailersOnly(resp)
-	if resp.StatusCode >= 200 {
-		to.resp.Apply(resp.Header)
-	}
-	return resp, nil
+	return resp, ep, nil
 }
 
 var errNoRoute = errors.New("no route")
@@ -365,7 +409,9 @@ func (o *Outbound) dialMesh(alpn string) func(ctx context.Context, network, addr
 
 // fail answers a request the proxy could not forward, saying why.
 func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
-	if clientGone(r, err) {
+	if cause := context.Cause(r.Context()); errors.Is(cause, errRequestTimeout) {
+		err = cause
+	} else if clientGone(r, err) {
 		return
 	}
 	code, flag := http.StatusServiceUnavailable, "UF" // upstream connection failure
@@ -376,6 +422,10 @@ func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
 		code, flag = http.StatusNotFound, "NR"
 	case errors.Is(err, context.DeadlineExceeded):
 		code, flag = http.StatusGatewayTimeout, "UT"
+	}
+	if protocolOf(r) == "grpc" {
+		failGRPC(w, exchangeOf(r), grpcStatusOf(code), flag, err.Error())
+		return
 	}
 	failWith(w, exchangeOf(r), code, flag, err.Error())
 }

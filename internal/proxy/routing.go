@@ -45,7 +45,7 @@ func (t *routeTable) compileRoutes(cfg *meshpb.ProxyConfig) {
 		}
 		target := routing.Target{Namespace: key.namespace, Name: key.name, Port: int32(key.port), ClientNamespace: client}
 		if table := routing.Compile(target, attached, rc); !table.Empty() {
-			r.table = table
+			r.table, r.resilient = table, table.Resilient()
 		}
 	}
 }

@@ -65,11 +65,12 @@ func routesFrom(t *testing.T, manifest string) []*meshpb.Route {
 }
 
 // newRoutedMesh is two apps answering their names, alpha-0 behind the
-// Service alpha-v1 and alpha-1 behind alpha-v2, and the Service alpha
-// (the app's destination, endpoints of its own none) with routes.
+// Service alpha-v1, alpha-1 behind alpha-v2 and both behind alpha-both,
+// and the Service alpha (the app's destination, endpoints of its own
+// none) with routes.
 func newRoutedMesh(t *testing.T, routes string) *testMesh {
 	t.Helper()
-	m := newTestMeshApp(t, 2, func(name string) http.Handler {
+	return newRoutedMeshApp(t, routes, func(name string) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("X-App", name)
 			fmt.Fprint(w, name)
@@ -78,13 +79,20 @@ func newRoutedMesh(t *testing.T, routes string) *testMesh {
 			}
 		})
 	})
+}
+
+// newRoutedMeshApp is newRoutedMesh with the apps' handler.
+func newRoutedMeshApp(t *testing.T, routes string, app func(name string) http.Handler) *testMesh {
+	t.Helper()
+	m := newTestMeshApp(t, 2, app)
 	svc := func(name, vip string, eps ...*meshpb.Endpoint) *meshpb.Service {
 		return dbService(name, vip, meshpb.Protocol_PROTOCOL_HTTP, eps...)
 	}
 	m.outbound.Update(&meshpb.ProxyConfig{Version: "routes",
 		Workload: &meshpb.Workload{Namespace: "web", Name: "frontend", Identity: "spiffe://cluster.local/ns/web/sa/default"},
 		Services: []*meshpb.Service{svc("alpha", vip.Addr().String()),
-			svc("alpha-v1", "10.98.0.2", m.endpoints[0]), svc("alpha-v2", "10.98.0.3", m.endpoints[1])},
+			svc("alpha-v1", "10.98.0.2", m.endpoints[0]), svc("alpha-v2", "10.98.0.3", m.endpoints[1]),
+			svc("alpha-both", "10.98.0.4", m.endpoints...)},
 		Routes: routesFrom(t, routes)})
 	return m
 }

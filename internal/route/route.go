@@ -188,6 +188,12 @@ type Decision struct {
 	Retry *Retry
 }
 
+// Resilient reports whether the decision asks for a timeout, retries or
+// mirrors: what the proxy serves on a goroutine of the request's own.
+func (d Decision) Resilient() bool {
+	return d.Retry != nil || d.Timeouts != (Timeouts{}) || len(d.Mirrors) > 0
+}
+
 // NoTimeout is a timeout of "0s": the longest the proxy can wait, as the
 // spec says an implementation that cannot disable a timeout must read it.
 const NoTimeout = time.Duration(1<<63 - 1)

@@ -163,6 +163,14 @@ func b2i(b bool) int {
 	return 0
 }
 
+// Resilient reports whether a rule of t may ask for a timeout, retries
+// or mirrors (see Decision.Resilient).
+func (t *Table) Resilient() bool {
+	return t != nil && slices.ContainsFunc(t.entries, func(e entry) bool {
+		return e.r.retry != nil || e.r.timeouts != (Timeouts{}) || len(e.r.mirrors) > 0
+	})
+}
+
 // Route decides r; it may be called from any goroutine, and never
 // panics. rnd is a random number from the caller: it picks the backend by
 // weight and which mirrors get a copy. Route does not allocate unless it

@@ -150,6 +150,8 @@ type Metrics struct {
 	respMsgs  *prometheus.CounterVec
 	tcp       tcpMetrics
 	authz     *prometheus.CounterVec
+	retries   *prometheus.CounterVec
+	mirrors   *prometheus.CounterVec
 	cluster   string
 
 	childMu   sync.RWMutex
@@ -229,6 +231,15 @@ func New(cluster string) *Metrics {
 			"action ALLOW, DENY or AUDIT; result allowed, denied, audited, or dry_run_allowed and dry_run_denied for what the " +
 			"decision would be with the dry-run policies enforced."}, []string{"policy", "action", "result"})
 	m.reg.MustRegister(m.authz)
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_route_retries_total",
+		Help: "Retries a route's retry policy asked for, by the service retried: outcome retried (reason status, " +
+			"timeout or connect), or budget_exhausted when the service's retry budget refused it."},
+		[]string{"destination_service", "outcome", "reason"})
+	m.mirrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_route_mirrored_requests_total",
+		Help: "Copies of requests a route's RequestMirror sent, by the mirror's service: outcome answered, failed, " +
+			"dropped (too many copies in flight) or skipped (the request body was too large to copy)."},
+		[]string{"destination_service", "outcome"})
+	m.reg.MustRegister(m.retries, m.mirrors)
 	// Which build answers, as Istio's proxies say it (its mesh dashboard
 	// lists components by version from this).
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "istio_build",
@@ -311,6 +322,22 @@ func (m *Metrics) labelValues(k requestKey) []string {
 // from the proxy's config, never from the wire, so they are bounded.
 func (m *Metrics) Authorization(policy, action, result string) {
 	m.authz.WithLabelValues(orDash(policy), action, result).Inc()
+}
+
+// Retry counts a retry of a request to service: outcome "retried" with
+// the reason, or "budget_exhausted". A nil m counts nothing.
+func (m *Metrics) Retry(service, outcome, reason string) {
+	if m != nil {
+		m.retries.WithLabelValues(CleanValue(service), outcome, orDash(reason)).Inc()
+	}
+}
+
+// Mirror counts a copy of a request meant for service (see
+// trellis_route_mirrored_requests_total). A nil m counts nothing.
+func (m *Metrics) Mirror(service, outcome string) {
+	if m != nil {
+		m.mirrors.WithLabelValues(CleanValue(service), outcome).Inc()
+	}
 }
 
 // CountFunc exposes a counter its caller keeps (a process-wide atomic)

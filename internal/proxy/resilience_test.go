@@ -1,0 +1,407 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/telemetry"
+)
+
+// resilienceRoutes are alpha's rules for the tests below; alpha-both has
+// both apps as endpoints.
+const resilienceRoutes = `
+metadata: {name: alpha, namespace: db}
+spec:
+  parentRefs: [{group: "", kind: Service, name: alpha, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /flaky}}, {path: {type: PathPrefix, value: /big}}]
+    retry: {codes: [503], attempts: 6}
+    backendRefs: [{name: alpha-both, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /down}}]
+    retry: {codes: [503], attempts: 2, backoff: 10ms}
+    backendRefs: [{name: alpha-both, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /slow}}]
+    timeouts: {request: 300ms}
+    backendRefs: [{name: alpha-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /try}}]
+    timeouts: {request: 2s, backendRequest: 100ms}
+    retry: {attempts: 1}
+    backendRefs: [{name: alpha-both, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /mirror}}]
+    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: alpha-v2, port: 80}}}]
+    backendRefs: [{name: alpha-v1, port: 80}]
+`
+
+// resilienceApp is what the apps behind alpha do, by path, and what they
+// saw.
+type resilienceApp struct {
+	requests atomic.Int64 // every request
+	retried  atomic.Int64 // requests with an attempt past the first
+	slowHits atomic.Int64 // /try requests alpha-0 held
+	mu       sync.Mutex
+	copies   []string // /mirror requests alpha-1 got: host and body
+	bigSum   [sha256.Size]byte
+}
+
+func (a *resilienceApp) handler(name string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.requests.Add(1)
+		if n, _ := strconv.Atoi(r.Header.Get(attemptHeader)); n > 1 {
+			a.retried.Add(1)
+		}
+		body, _ := io.ReadAll(r.Body)
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/flaky") && rand.N(10) < 3, strings.HasPrefix(r.URL.Path, "/down"):
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		case strings.HasPrefix(r.URL.Path, "/big"):
+			a.mu.Lock()
+			a.bigSum = sha256.Sum256(body)
+			a.mu.Unlock()
+			w.WriteHeader(http.StatusServiceUnavailable) // a retry would be answered alike
+			return
+		case strings.HasPrefix(r.URL.Path, "/slow"), strings.HasPrefix(r.URL.Path, "/try") && name == "alpha-0":
+			if strings.HasPrefix(r.URL.Path, "/try") {
+				a.slowHits.Add(1)
+			}
+			select {
+			case <-r.Context().Done():
+			case <-time.After(2 * time.Second):
+			}
+		case strings.HasPrefix(r.URL.Path, "/mirror") && name == "alpha-1":
+			a.mu.Lock()
+			a.copies = append(a.copies, r.Host+" "+string(body))
+			a.mu.Unlock()
+			w.WriteHeader(http.StatusInternalServerError) // the mirror's answer must not matter
+			return
+		}
+		fmt.Fprintf(w, "%s %s", name, body)
+	})
+}
+
+func newResilienceMesh(t *testing.T) (*testMesh, *resilienceApp) {
+	t.Helper()
+	app := &resilienceApp{}
+	m := newRoutedMeshApp(t, resilienceRoutes, app.handler)
+	m.outbound.Metrics = telemetry.New("cluster.local")
+	return m, app
+}
+
+// appClients are an HTTP/1.1 client and an h2c one, each holding one
+// connection: the engine hands both to the path that retries.
+func appClients(t *testing.T) []struct {
+	name string
+	c    *http.Client
+} {
+	h1 := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1}, Timeout: 30 * time.Second}
+	t.Cleanup(h1.CloseIdleConnections)
+	h2c, _ := oneH2CConnection(t)
+	return []struct {
+		name string
+		c    *http.Client
+	}{{"HTTP/1.1", h1}, {"h2c", h2c}}
+}
+
+// A backend failing 30 % of requests with 503, retried on the route's
+// policy: the client sees under 1 % of failures, and the app sees each
+// attempt numbered. 250 requests need about 110 retries, within the
+// budget's floor (100 in 10 s) plus 20 % of them.
+func TestRetriesHideAFlakyBackend(t *testing.T) {
+	for _, c := range appClients(t) {
+		t.Run(c.name, func(t *testing.T) {
+			m, app := newResilienceMesh(t)
+			const n = 250
+			failed := 0
+			for range n {
+				req, _ := http.NewRequest("GET", "http://"+m.appAddr+"/flaky", nil)
+				if resp, _ := do(t, c.c, req); resp.StatusCode != 200 {
+					failed++
+				}
+			}
+			if failed*100 >= n {
+				t.Errorf("%d of %d requests failed, want under 1 %%", failed, n)
+			}
+			retried := app.retried.Load()
+			if retried < n/10 || app.requests.Load() < n+retried {
+				t.Errorf("the apps saw %d requests, %d of them retries; want about 30 %% of %d retried, each numbered in %s",
+					app.requests.Load(), retried, n, attemptHeader)
+			}
+			if got := scrape(t, m.outbound.Metrics, "trellis_route_retries_total", []string{`outcome="retried"`, `reason="status"`}); got != float64(retried) {
+				t.Errorf("trellis_route_retries_total counts %v retries, the apps saw %d", got, retried)
+			}
+		})
+	}
+}
+
+// With the backend failing every request, retries stay within the
+// budget (20 % of the requests plus 10 a second over 10 s), and once it is
+// spent a request fails at its first answer, without waiting to retry.
+func TestRetryBudgetHoldsWhenEverythingFails(t *testing.T) {
+	m, app := newResilienceMesh(t)
+	c := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 8}, Timeout: 30 * time.Second}
+	t.Cleanup(c.CloseIdleConnections)
+	const n, workers = 1000, 8
+	took := make([]time.Duration, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				req, _ := http.NewRequest("GET", "http://"+m.appAddr+"/down", nil)
+				t0 := time.Now()
+				resp, err := c.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				took[i] = time.Since(t0)
+				if resp.StatusCode != 503 {
+					t.Errorf("a request to a backend that is down = %d, want its 503", resp.StatusCode)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if elapsed := time.Since(start); elapsed > 10*time.Second {
+		t.Fatalf("the run took %v, longer than the budget's window: the bound below does not hold", elapsed)
+	}
+	retries := app.requests.Load() - n
+	if budget := int64(n*retryRatio + retryFloor*retryWindow); retries > budget || retries < retryFloor*retryWindow {
+		t.Errorf("%d retries of %d requests, want at least the floor (%d) and at most the budget (%d)", retries, n,
+			retryFloor*retryWindow, budget)
+	}
+	if got := scrape(t, m.outbound.Metrics, "trellis_route_retries_total", []string{`outcome="budget_exhausted"`}); got == 0 {
+		t.Error("trellis_route_retries_total counts no retry refused by the budget")
+	}
+	late := slices.Clone(took[n/2:])
+	slices.Sort(late)
+	if median := late[len(late)/2]; median >= defaultBackoff {
+		t.Errorf("with the budget spent, the median request took %v, want under a backoff (%v): no retry", median, defaultBackoff)
+	}
+}
+
+// The route's request timeout cuts a slow backend off at its value with
+// 504 (flag UT), over HTTP/1.1 and h2c.
+func TestRouteTimeout(t *testing.T) {
+	m, _ := newResilienceMesh(t)
+	for _, c := range appClients(t) {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", "http://"+m.appAddr+"/slow", nil)
+			start := time.Now()
+			resp, body := do(t, c.c, req)
+			took := time.Since(start)
+			if resp.StatusCode != 504 || resp.Header.Get(flagsHeader) != "UT" || !strings.Contains(body, "timeout") {
+				t.Errorf("a slow backend = %d %q (flags %q), want 504 UT saying the timeout passed", resp.StatusCode, body, resp.Header.Get(flagsHeader))
+			}
+			if took < 300*time.Millisecond || took > 350*time.Millisecond {
+				t.Errorf("the answer took %v, want the route's 300ms (+50ms)", took)
+			}
+		})
+	}
+}
+
+// A gRPC call under a route's timeout ends with DEADLINE_EXCEEDED at the
+// timeout, and the app is told the deadline in grpc-timeout; a shorter
+// grpc-timeout of the client's wins.
+func TestRouteTimeoutGRPC(t *testing.T) {
+	m := newTestMesh(t, 1)
+	seen := make(chan time.Duration, 2) // what the app had left of its deadline
+	srv := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, s grpc.ServerStream) error {
+		var left time.Duration
+		if dl, ok := s.Context().Deadline(); ok {
+			left = time.Until(dl)
+		}
+		seen <- left
+		select {
+		case <-s.Context().Done():
+		case <-time.After(2 * time.Second):
+		}
+		return nil
+	}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	appPort := uint16(ln.Addr().(*net.TCPAddr).Port)
+	addr := netip.MustParseAddrPort(serve(t, func(c net.Conn) { m.inbounds[0].HandleConn(c, appPort) }))
+	ep := &meshpb.Endpoint{Address: addr.Addr().String(), Port: uint32(addr.Port()), Identity: m.serverID.String()}
+	m.outbound.Update(&meshpb.ProxyConfig{Version: "grpc-timeout",
+		Workload: &meshpb.Workload{Namespace: "web", Name: "frontend", Identity: "spiffe://cluster.local/ns/web/sa/default"},
+		Services: []*meshpb.Service{dbService("alpha", vip.Addr().String(), meshpb.Protocol_PROTOCOL_GRPC),
+			dbService("alpha-v1", "10.98.0.2", meshpb.Protocol_PROTOCOL_GRPC, ep)},
+		Routes: routesFrom(t, `
+metadata: {name: alpha, namespace: db}
+spec:
+  parentRefs: [{group: "", kind: Service, name: alpha}]
+  rules:
+  - timeouts: {request: 300ms}
+    backendRefs: [{name: alpha-v1, port: 80}]
+`)})
+	conn, err := grpc.NewClient(m.appAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	err = conn.Invoke(context.Background(), "/slow.Service/Call", &emptypb.Empty{}, &emptypb.Empty{})
+	took := time.Since(start)
+	if st, _ := status.FromError(err); st.Code() != codes.DeadlineExceeded || !strings.Contains(st.Message(), "timeout") {
+		t.Errorf("a call to a slow backend = %v, want DEADLINE_EXCEEDED from the proxy", err)
+	}
+	if took < 300*time.Millisecond || took > 350*time.Millisecond {
+		t.Errorf("the call ended after %v, want the route's 300ms (+50ms)", took)
+	}
+	if got := <-seen; got <= 250*time.Millisecond || got > 300*time.Millisecond {
+		t.Errorf("the app had %v left of its deadline (grpc-timeout), want the route's 300ms", got)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_ = conn.Invoke(ctx, "/slow.Service/Call", &emptypb.Empty{}, &emptypb.Empty{})
+	if got := <-seen; got <= 0 || got > 100*time.Millisecond {
+		t.Errorf("with the client's 100ms deadline the app had %v left, want at most 100ms", got)
+	}
+}
+
+// A per-try timeout gives up on a slow endpoint and retries on the other:
+// every request is answered, by the fast one.
+func TestPerTryTimeoutRetriesElsewhere(t *testing.T) {
+	m, app := newResilienceMesh(t)
+	for _, c := range appClients(t) {
+		t.Run(c.name, func(t *testing.T) {
+			for range 10 {
+				req, _ := http.NewRequest("GET", "http://"+m.appAddr+"/try", nil)
+				start := time.Now()
+				if body := get(t, c.c, req, 200); body != "alpha-1 " {
+					t.Fatalf("GET /try = %q, want alpha-1's answer", body)
+				}
+				if took := time.Since(start); took > time.Second {
+					t.Errorf("GET /try took %v: the per-try timeout (100ms) did not cut the slow attempt", took)
+				}
+			}
+		})
+	}
+	if app.slowHits.Load() == 0 {
+		t.Error("no request went to the slow endpoint first: the test saw no per-try timeout")
+	}
+}
+
+// A mirror gets a copy of every request, body and all, with "-shadow" in
+// its Host; its own failing answers change nothing for the client.
+func TestMirrorCopiesWithoutChangingAnswers(t *testing.T) {
+	m, app := newResilienceMesh(t)
+	const n = 100
+	for _, c := range appClients(t) {
+		for i := range n {
+			req, _ := http.NewRequest("POST", "http://"+m.appAddr+"/mirror", strings.NewReader(fmt.Sprintf("n=%d", i)))
+			if body := get(t, c.c, req, 200); body != fmt.Sprintf("alpha-0 n=%d", i) {
+				t.Fatalf("%s: POST /mirror = %q, want alpha-0's echo of n=%d", c.name, body, i)
+			}
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		app.mu.Lock()
+		copies := slices.Clone(app.copies)
+		app.mu.Unlock()
+		if len(copies) == 2*n || time.Now().After(deadline) {
+			if len(copies) != 2*n {
+				t.Fatalf("the mirror got %d copies of %d requests", len(copies), 2*n)
+			}
+			for _, c := range copies {
+				if host, body, _ := strings.Cut(c, " "); !strings.HasPrefix(host, "127.0.0.1-shadow:") || !strings.HasPrefix(body, "n=") {
+					t.Fatalf("a copy came as %q, want the Host with -shadow and the request's body", c)
+				}
+			}
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := scrapeWait(t, m.outbound.Metrics, "trellis_route_mirrored_requests_total", []string{`outcome="answered"`}, 2*n); got != 2*n {
+		t.Errorf("trellis_route_mirrored_requests_total counts %v answered copies, want %d", got, 2*n)
+	}
+}
+
+// A body longer than what is kept for a retry reaches the app whole, once:
+// its failure is the client's answer, not retried.
+func TestLongBodyIsNotRetried(t *testing.T) {
+	m, app := newResilienceMesh(t)
+	big := bytes.Repeat([]byte("0123456789abcdef"), 2*replayLimit/16)
+	for _, c := range appClients(t) {
+		before := app.requests.Load()
+		req, _ := http.NewRequest("POST", "http://"+m.appAddr+"/big", bytes.NewReader(big))
+		if resp, _ := do(t, c.c, req); resp.StatusCode != 503 {
+			t.Errorf("%s: POST /big = %d, want the app's 503", c.name, resp.StatusCode)
+		}
+		app.mu.Lock()
+		sum := app.bigSum
+		app.mu.Unlock()
+		if got := app.requests.Load() - before; got != 1 || sum != sha256.Sum256(big) {
+			t.Errorf("%s: the app got %d requests (body whole: %v), want the one, whole", c.name, got, sum == sha256.Sum256(big))
+		}
+	}
+}
+
+// The budget allows 20 % of the requests plus the floor over its window,
+// and refills as seconds leave it.
+func TestRetryBudgetWindow(t *testing.T) {
+	now := time.Unix(1000, 0)
+	b := &retryBudget{now: func() time.Time { return now }}
+	for range 1000 {
+		b.request()
+	}
+	allowed := 0
+	for allowed < 10000 && b.withdraw() { // bounded: a budget that never runs out fails, not hangs
+		allowed++
+	}
+	if want := 1000*retryRatio + retryFloor*retryWindow; allowed != int(want) {
+		t.Errorf("the budget allowed %d retries of 1000 requests, want %v", allowed, want)
+	}
+	now = now.Add(retryWindow * time.Second)
+	if !b.withdraw() {
+		t.Error("the budget did not refill once its window passed")
+	}
+}
+
+// grpc-timeout values read and write as the gRPC protocol has them.
+func TestGRPCTimeoutFormat(t *testing.T) {
+	for _, d := range []time.Duration{time.Nanosecond, 300 * time.Millisecond, 2 * time.Hour, 1000 * time.Hour} {
+		got, ok := parseGRPCTimeout(formatGRPCTimeout(d))
+		if !ok || got != d {
+			t.Errorf("%v written as %q reads back as %v", d, formatGRPCTimeout(d), got)
+		}
+	}
+	for _, bad := range []string{"", "1", "123456789S", "10x", "-1S", "1.5S"} {
+		if _, ok := parseGRPCTimeout(bad); ok {
+			t.Errorf("grpc-timeout %q read as valid", bad)
+		}
+	}
+}
