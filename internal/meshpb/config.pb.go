@@ -482,6 +482,9 @@ type Service struct {
 	// How requests (HTTP, gRPC) or connections (TCP) are spread over
 	// endpoints. Default: power of two choices over peak-EWMA latency.
 	LoadBalancing LoadBalancing `protobuf:"varint,5,opt,name=load_balancing,json=loadBalancing,proto3,enum=trellis.v1.LoadBalancing" json:"load_balancing,omitempty"`
+	// What a DestinationRule for the service asks of its clients' proxies.
+	// Unset: no limits, and the default ejection (OutlierDetection).
+	TrafficPolicy *TrafficPolicy `protobuf:"bytes,6,opt,name=traffic_policy,json=trafficPolicy,proto3" json:"traffic_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -551,6 +554,225 @@ func (x *Service) GetLoadBalancing() LoadBalancing {
 	return LoadBalancing_LOAD_BALANCING_P2C_PEAK_EWMA
 }
 
+func (x *Service) GetTrafficPolicy() *TrafficPolicy {
+	if x != nil {
+		return x.TrafficPolicy
+	}
+	return nil
+}
+
+// TrafficPolicy is a DestinationRule's trafficPolicy, as much of it as
+// Trellis applies; the control plane fills in Istio's defaults, so the
+// proxy applies each value as it is.
+type TrafficPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The DestinationRule it comes from, "namespace/name", for errors and
+	// the access log.
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// Unset: no limits.
+	ConnectionPool *ConnectionPool `protobuf:"bytes,2,opt,name=connection_pool,json=connectionPool,proto3" json:"connection_pool,omitempty"`
+	// Unset: an endpoint is ejected after 5 failures (connection failures
+	// or 5xx answers) in a row, for 10 s times the number of times it was
+	// ejected (at most 5 min), and any number of endpoints may be.
+	OutlierDetection *OutlierDetection `protobuf:"bytes,3,opt,name=outlier_detection,json=outlierDetection,proto3" json:"outlier_detection,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *TrafficPolicy) Reset() {
+	*x = TrafficPolicy{}
+	mi := &file_trellis_v1_config_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficPolicy) ProtoMessage() {}
+
+func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficPolicy.ProtoReflect.Descriptor instead.
+func (*TrafficPolicy) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TrafficPolicy) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *TrafficPolicy) GetConnectionPool() *ConnectionPool {
+	if x != nil {
+		return x.ConnectionPool
+	}
+	return nil
+}
+
+func (x *TrafficPolicy) GetOutlierDetection() *OutlierDetection {
+	if x != nil {
+		return x.OutlierDetection
+	}
+	return nil
+}
+
+// ConnectionPool limits the HTTP and gRPC requests one proxy has in
+// flight to a service, over all its endpoints (circuit breaking). A
+// request past the limits is answered by the proxy with 503 and flag UO
+// (gRPC: UNAVAILABLE) at once.
+type ConnectionPool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The most requests in flight at once: Istio's http2MaxRequests, and
+	// tcp.maxConnections read as connections carrying one request each (as
+	// HTTP/1.1 does), whichever is lower. 0: no limit.
+	MaxRequests uint32 `protobuf:"varint,1,opt,name=max_requests,json=maxRequests,proto3" json:"max_requests,omitempty"`
+	// With max_requests reached, the most requests waiting for one in
+	// flight to end (Istio's http1MaxPendingRequests). Unset: no limit.
+	MaxPending    *uint32 `protobuf:"varint,2,opt,name=max_pending,json=maxPending,proto3,oneof" json:"max_pending,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectionPool) Reset() {
+	*x = ConnectionPool{}
+	mi := &file_trellis_v1_config_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectionPool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectionPool) ProtoMessage() {}
+
+func (x *ConnectionPool) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectionPool.ProtoReflect.Descriptor instead.
+func (*ConnectionPool) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ConnectionPool) GetMaxRequests() uint32 {
+	if x != nil {
+		return x.MaxRequests
+	}
+	return 0
+}
+
+func (x *ConnectionPool) GetMaxPending() uint32 {
+	if x != nil && x.MaxPending != nil {
+		return *x.MaxPending
+	}
+	return 0
+}
+
+// OutlierDetection says when an endpoint is left out of the balancing for
+// a while (ejected).
+type OutlierDetection struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Failures in a row that eject an endpoint: 5xx answers and connection
+	// failures (consecutive5xxErrors). 0: none do.
+	Consecutive_5Xx uint32 `protobuf:"varint,1,opt,name=consecutive_5xx,json=consecutive5xx,proto3" json:"consecutive_5xx,omitempty"`
+	// Gateway failures in a row that eject an endpoint: 502, 503 and 504
+	// answers and connection failures (consecutiveGatewayErrors). 0: none
+	// do.
+	ConsecutiveGateway uint32 `protobuf:"varint,2,opt,name=consecutive_gateway,json=consecutiveGateway,proto3" json:"consecutive_gateway,omitempty"`
+	// How long the first ejection lasts, in milliseconds; the nth lasts n
+	// times as long, at most 5 min or this, whichever is longer
+	// (baseEjectionTime). Required above 0.
+	BaseEjectionMs uint32 `protobuf:"varint,3,opt,name=base_ejection_ms,json=baseEjectionMs,proto3" json:"base_ejection_ms,omitempty"`
+	// An endpoint is ejected only while the share of the service's
+	// endpoints already ejected is below this percentage
+	// (maxEjectionPercent), so one may be whatever their number, unless it
+	// is 0. At most 100.
+	MaxEjectionPercent uint32 `protobuf:"varint,4,opt,name=max_ejection_percent,json=maxEjectionPercent,proto3" json:"max_ejection_percent,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *OutlierDetection) Reset() {
+	*x = OutlierDetection{}
+	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutlierDetection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutlierDetection) ProtoMessage() {}
+
+func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
+func (*OutlierDetection) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *OutlierDetection) GetConsecutive_5Xx() uint32 {
+	if x != nil {
+		return x.Consecutive_5Xx
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetConsecutiveGateway() uint32 {
+	if x != nil {
+		return x.ConsecutiveGateway
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetBaseEjectionMs() uint32 {
+	if x != nil {
+		return x.BaseEjectionMs
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetMaxEjectionPercent() uint32 {
+	if x != nil {
+		return x.MaxEjectionPercent
+	}
+	return 0
+}
+
 // ServicePort is one port of a service and where its traffic goes.
 type ServicePort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -570,7 +792,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_trellis_v1_config_proto_msgTypes[4]
+	mi := &file_trellis_v1_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +804,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[4]
+	mi := &file_trellis_v1_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +817,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{4}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ServicePort) GetPort() uint32 {
@@ -648,7 +870,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_trellis_v1_config_proto_msgTypes[5]
+	mi := &file_trellis_v1_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +882,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[5]
+	mi := &file_trellis_v1_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +895,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{5}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -731,7 +953,7 @@ type InboundPolicy struct {
 
 func (x *InboundPolicy) Reset() {
 	*x = InboundPolicy{}
-	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	mi := &file_trellis_v1_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -743,7 +965,7 @@ func (x *InboundPolicy) String() string {
 func (*InboundPolicy) ProtoMessage() {}
 
 func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	mi := &file_trellis_v1_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -756,7 +978,7 @@ func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboundPolicy.ProtoReflect.Descriptor instead.
 func (*InboundPolicy) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{6}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *InboundPolicy) GetMode() MTLSMode {
@@ -795,7 +1017,7 @@ type Authorization struct {
 
 func (x *Authorization) Reset() {
 	*x = Authorization{}
-	mi := &file_trellis_v1_config_proto_msgTypes[7]
+	mi := &file_trellis_v1_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +1029,7 @@ func (x *Authorization) String() string {
 func (*Authorization) ProtoMessage() {}
 
 func (x *Authorization) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[7]
+	mi := &file_trellis_v1_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +1042,7 @@ func (x *Authorization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
 func (*Authorization) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{7}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Authorization) GetPolicies() []*AuthorizationPolicy {
@@ -850,7 +1072,7 @@ type AuthorizationPolicy struct {
 
 func (x *AuthorizationPolicy) Reset() {
 	*x = AuthorizationPolicy{}
-	mi := &file_trellis_v1_config_proto_msgTypes[8]
+	mi := &file_trellis_v1_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +1084,7 @@ func (x *AuthorizationPolicy) String() string {
 func (*AuthorizationPolicy) ProtoMessage() {}
 
 func (x *AuthorizationPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[8]
+	mi := &file_trellis_v1_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1097,7 @@ func (x *AuthorizationPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationPolicy.ProtoReflect.Descriptor instead.
 func (*AuthorizationPolicy) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{8}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AuthorizationPolicy) GetNamespace() string {
@@ -929,7 +1151,7 @@ type AuthorizationRule struct {
 
 func (x *AuthorizationRule) Reset() {
 	*x = AuthorizationRule{}
-	mi := &file_trellis_v1_config_proto_msgTypes[9]
+	mi := &file_trellis_v1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -941,7 +1163,7 @@ func (x *AuthorizationRule) String() string {
 func (*AuthorizationRule) ProtoMessage() {}
 
 func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[9]
+	mi := &file_trellis_v1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -954,7 +1176,7 @@ func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationRule.ProtoReflect.Descriptor instead.
 func (*AuthorizationRule) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{9}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AuthorizationRule) GetFrom() []*AuthorizationSource {
@@ -1004,7 +1226,7 @@ type AuthorizationSource struct {
 
 func (x *AuthorizationSource) Reset() {
 	*x = AuthorizationSource{}
-	mi := &file_trellis_v1_config_proto_msgTypes[10]
+	mi := &file_trellis_v1_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1016,7 +1238,7 @@ func (x *AuthorizationSource) String() string {
 func (*AuthorizationSource) ProtoMessage() {}
 
 func (x *AuthorizationSource) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[10]
+	mi := &file_trellis_v1_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1029,7 +1251,7 @@ func (x *AuthorizationSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationSource.ProtoReflect.Descriptor instead.
 func (*AuthorizationSource) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{10}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AuthorizationSource) GetPrincipals() []string {
@@ -1124,7 +1346,7 @@ type AuthorizationOperation struct {
 
 func (x *AuthorizationOperation) Reset() {
 	*x = AuthorizationOperation{}
-	mi := &file_trellis_v1_config_proto_msgTypes[11]
+	mi := &file_trellis_v1_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1358,7 @@ func (x *AuthorizationOperation) String() string {
 func (*AuthorizationOperation) ProtoMessage() {}
 
 func (x *AuthorizationOperation) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[11]
+	mi := &file_trellis_v1_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1371,7 @@ func (x *AuthorizationOperation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationOperation.ProtoReflect.Descriptor instead.
 func (*AuthorizationOperation) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{11}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AuthorizationOperation) GetHosts() []string {
@@ -1225,7 +1447,7 @@ type AuthorizationCondition struct {
 
 func (x *AuthorizationCondition) Reset() {
 	*x = AuthorizationCondition{}
-	mi := &file_trellis_v1_config_proto_msgTypes[12]
+	mi := &file_trellis_v1_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1237,7 +1459,7 @@ func (x *AuthorizationCondition) String() string {
 func (*AuthorizationCondition) ProtoMessage() {}
 
 func (x *AuthorizationCondition) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[12]
+	mi := &file_trellis_v1_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1250,7 +1472,7 @@ func (x *AuthorizationCondition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationCondition.ProtoReflect.Descriptor instead.
 func (*AuthorizationCondition) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{12}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AuthorizationCondition) GetKey() string {
@@ -1289,7 +1511,7 @@ type Authentication struct {
 
 func (x *Authentication) Reset() {
 	*x = Authentication{}
-	mi := &file_trellis_v1_config_proto_msgTypes[13]
+	mi := &file_trellis_v1_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1523,7 @@ func (x *Authentication) String() string {
 func (*Authentication) ProtoMessage() {}
 
 func (x *Authentication) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[13]
+	mi := &file_trellis_v1_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1536,7 @@ func (x *Authentication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authentication.ProtoReflect.Descriptor instead.
 func (*Authentication) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{13}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Authentication) GetJwtRules() []*JwtRule {
@@ -1357,7 +1579,7 @@ type JwtRule struct {
 
 func (x *JwtRule) Reset() {
 	*x = JwtRule{}
-	mi := &file_trellis_v1_config_proto_msgTypes[14]
+	mi := &file_trellis_v1_config_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1369,7 +1591,7 @@ func (x *JwtRule) String() string {
 func (*JwtRule) ProtoMessage() {}
 
 func (x *JwtRule) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[14]
+	mi := &file_trellis_v1_config_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1382,7 +1604,7 @@ func (x *JwtRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JwtRule.ProtoReflect.Descriptor instead.
 func (*JwtRule) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{14}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *JwtRule) GetIssuer() string {
@@ -1473,7 +1695,7 @@ type JwtHeader struct {
 
 func (x *JwtHeader) Reset() {
 	*x = JwtHeader{}
-	mi := &file_trellis_v1_config_proto_msgTypes[15]
+	mi := &file_trellis_v1_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1485,7 +1707,7 @@ func (x *JwtHeader) String() string {
 func (*JwtHeader) ProtoMessage() {}
 
 func (x *JwtHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[15]
+	mi := &file_trellis_v1_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1498,7 +1720,7 @@ func (x *JwtHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JwtHeader.ProtoReflect.Descriptor instead.
 func (*JwtHeader) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{15}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *JwtHeader) GetName() string {
@@ -1526,7 +1748,7 @@ type ClaimToHeader struct {
 
 func (x *ClaimToHeader) Reset() {
 	*x = ClaimToHeader{}
-	mi := &file_trellis_v1_config_proto_msgTypes[16]
+	mi := &file_trellis_v1_config_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1538,7 +1760,7 @@ func (x *ClaimToHeader) String() string {
 func (*ClaimToHeader) ProtoMessage() {}
 
 func (x *ClaimToHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[16]
+	mi := &file_trellis_v1_config_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1551,7 +1773,7 @@ func (x *ClaimToHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimToHeader.ProtoReflect.Descriptor instead.
 func (*ClaimToHeader) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{16}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ClaimToHeader) GetHeader() string {
@@ -1598,13 +1820,28 @@ const file_trellis_v1_config_proto_rawDesc = "" +
 	"\x06labels\x18\x04 \x03(\v2 .trellis.v1.Workload.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbe\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x02\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
 	"\x03vip\x18\x03 \x01(\tR\x03vip\x12-\n" +
 	"\x05ports\x18\x04 \x03(\v2\x17.trellis.v1.ServicePortR\x05ports\x12@\n" +
-	"\x0eload_balancing\x18\x05 \x01(\x0e2\x19.trellis.v1.LoadBalancingR\rloadBalancing\"\x9b\x01\n" +
+	"\x0eload_balancing\x18\x05 \x01(\x0e2\x19.trellis.v1.LoadBalancingR\rloadBalancing\x12@\n" +
+	"\x0etraffic_policy\x18\x06 \x01(\v2\x19.trellis.v1.TrafficPolicyR\rtrafficPolicy\"\xb7\x01\n" +
+	"\rTrafficPolicy\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12C\n" +
+	"\x0fconnection_pool\x18\x02 \x01(\v2\x1a.trellis.v1.ConnectionPoolR\x0econnectionPool\x12I\n" +
+	"\x11outlier_detection\x18\x03 \x01(\v2\x1c.trellis.v1.OutlierDetectionR\x10outlierDetection\"i\n" +
+	"\x0eConnectionPool\x12!\n" +
+	"\fmax_requests\x18\x01 \x01(\rR\vmaxRequests\x12$\n" +
+	"\vmax_pending\x18\x02 \x01(\rH\x00R\n" +
+	"maxPending\x88\x01\x01B\x0e\n" +
+	"\f_max_pending\"\xc8\x01\n" +
+	"\x10OutlierDetection\x12'\n" +
+	"\x0fconsecutive_5xx\x18\x01 \x01(\rR\x0econsecutive5xx\x12/\n" +
+	"\x13consecutive_gateway\x18\x02 \x01(\rR\x12consecutiveGateway\x12(\n" +
+	"\x10base_ejection_ms\x18\x03 \x01(\rR\x0ebaseEjectionMs\x120\n" +
+	"\x14max_ejection_percent\x18\x04 \x01(\rR\x12maxEjectionPercent\"\x9b\x01\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\x120\n" +
 	"\bprotocol\x18\x02 \x01(\x0e2\x14.trellis.v1.ProtocolR\bprotocol\x12\x12\n" +
@@ -1719,7 +1956,7 @@ func file_trellis_v1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_trellis_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_trellis_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_trellis_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_trellis_v1_config_proto_goTypes = []any{
 	(Protocol)(0),                  // 0: trellis.v1.Protocol
 	(LoadBalancing)(0),             // 1: trellis.v1.LoadBalancing
@@ -1728,54 +1965,60 @@ var file_trellis_v1_config_proto_goTypes = []any{
 	(*Route)(nil),                  // 4: trellis.v1.Route
 	(*Workload)(nil),               // 5: trellis.v1.Workload
 	(*Service)(nil),                // 6: trellis.v1.Service
-	(*ServicePort)(nil),            // 7: trellis.v1.ServicePort
-	(*Endpoint)(nil),               // 8: trellis.v1.Endpoint
-	(*InboundPolicy)(nil),          // 9: trellis.v1.InboundPolicy
-	(*Authorization)(nil),          // 10: trellis.v1.Authorization
-	(*AuthorizationPolicy)(nil),    // 11: trellis.v1.AuthorizationPolicy
-	(*AuthorizationRule)(nil),      // 12: trellis.v1.AuthorizationRule
-	(*AuthorizationSource)(nil),    // 13: trellis.v1.AuthorizationSource
-	(*AuthorizationOperation)(nil), // 14: trellis.v1.AuthorizationOperation
-	(*AuthorizationCondition)(nil), // 15: trellis.v1.AuthorizationCondition
-	(*Authentication)(nil),         // 16: trellis.v1.Authentication
-	(*JwtRule)(nil),                // 17: trellis.v1.JwtRule
-	(*JwtHeader)(nil),              // 18: trellis.v1.JwtHeader
-	(*ClaimToHeader)(nil),          // 19: trellis.v1.ClaimToHeader
-	nil,                            // 20: trellis.v1.Workload.LabelsEntry
-	nil,                            // 21: trellis.v1.Endpoint.LabelsEntry
-	nil,                            // 22: trellis.v1.InboundPolicy.PortModesEntry
-	(*structpb.Struct)(nil),        // 23: google.protobuf.Struct
+	(*TrafficPolicy)(nil),          // 7: trellis.v1.TrafficPolicy
+	(*ConnectionPool)(nil),         // 8: trellis.v1.ConnectionPool
+	(*OutlierDetection)(nil),       // 9: trellis.v1.OutlierDetection
+	(*ServicePort)(nil),            // 10: trellis.v1.ServicePort
+	(*Endpoint)(nil),               // 11: trellis.v1.Endpoint
+	(*InboundPolicy)(nil),          // 12: trellis.v1.InboundPolicy
+	(*Authorization)(nil),          // 13: trellis.v1.Authorization
+	(*AuthorizationPolicy)(nil),    // 14: trellis.v1.AuthorizationPolicy
+	(*AuthorizationRule)(nil),      // 15: trellis.v1.AuthorizationRule
+	(*AuthorizationSource)(nil),    // 16: trellis.v1.AuthorizationSource
+	(*AuthorizationOperation)(nil), // 17: trellis.v1.AuthorizationOperation
+	(*AuthorizationCondition)(nil), // 18: trellis.v1.AuthorizationCondition
+	(*Authentication)(nil),         // 19: trellis.v1.Authentication
+	(*JwtRule)(nil),                // 20: trellis.v1.JwtRule
+	(*JwtHeader)(nil),              // 21: trellis.v1.JwtHeader
+	(*ClaimToHeader)(nil),          // 22: trellis.v1.ClaimToHeader
+	nil,                            // 23: trellis.v1.Workload.LabelsEntry
+	nil,                            // 24: trellis.v1.Endpoint.LabelsEntry
+	nil,                            // 25: trellis.v1.InboundPolicy.PortModesEntry
+	(*structpb.Struct)(nil),        // 26: google.protobuf.Struct
 }
 var file_trellis_v1_config_proto_depIdxs = []int32{
 	5,  // 0: trellis.v1.ProxyConfig.workload:type_name -> trellis.v1.Workload
 	6,  // 1: trellis.v1.ProxyConfig.services:type_name -> trellis.v1.Service
-	9,  // 2: trellis.v1.ProxyConfig.inbound:type_name -> trellis.v1.InboundPolicy
-	10, // 3: trellis.v1.ProxyConfig.authorization:type_name -> trellis.v1.Authorization
-	16, // 4: trellis.v1.ProxyConfig.authentication:type_name -> trellis.v1.Authentication
+	12, // 2: trellis.v1.ProxyConfig.inbound:type_name -> trellis.v1.InboundPolicy
+	13, // 3: trellis.v1.ProxyConfig.authorization:type_name -> trellis.v1.Authorization
+	19, // 4: trellis.v1.ProxyConfig.authentication:type_name -> trellis.v1.Authentication
 	4,  // 5: trellis.v1.ProxyConfig.routes:type_name -> trellis.v1.Route
-	23, // 6: trellis.v1.Route.spec:type_name -> google.protobuf.Struct
-	20, // 7: trellis.v1.Workload.labels:type_name -> trellis.v1.Workload.LabelsEntry
-	7,  // 8: trellis.v1.Service.ports:type_name -> trellis.v1.ServicePort
+	26, // 6: trellis.v1.Route.spec:type_name -> google.protobuf.Struct
+	23, // 7: trellis.v1.Workload.labels:type_name -> trellis.v1.Workload.LabelsEntry
+	10, // 8: trellis.v1.Service.ports:type_name -> trellis.v1.ServicePort
 	1,  // 9: trellis.v1.Service.load_balancing:type_name -> trellis.v1.LoadBalancing
-	0,  // 10: trellis.v1.ServicePort.protocol:type_name -> trellis.v1.Protocol
-	8,  // 11: trellis.v1.ServicePort.endpoints:type_name -> trellis.v1.Endpoint
-	21, // 12: trellis.v1.Endpoint.labels:type_name -> trellis.v1.Endpoint.LabelsEntry
-	2,  // 13: trellis.v1.InboundPolicy.mode:type_name -> trellis.v1.MTLSMode
-	22, // 14: trellis.v1.InboundPolicy.port_modes:type_name -> trellis.v1.InboundPolicy.PortModesEntry
-	11, // 15: trellis.v1.Authorization.policies:type_name -> trellis.v1.AuthorizationPolicy
-	12, // 16: trellis.v1.AuthorizationPolicy.rules:type_name -> trellis.v1.AuthorizationRule
-	13, // 17: trellis.v1.AuthorizationRule.from:type_name -> trellis.v1.AuthorizationSource
-	14, // 18: trellis.v1.AuthorizationRule.to:type_name -> trellis.v1.AuthorizationOperation
-	15, // 19: trellis.v1.AuthorizationRule.when:type_name -> trellis.v1.AuthorizationCondition
-	17, // 20: trellis.v1.Authentication.jwt_rules:type_name -> trellis.v1.JwtRule
-	18, // 21: trellis.v1.JwtRule.from_headers:type_name -> trellis.v1.JwtHeader
-	19, // 22: trellis.v1.JwtRule.output_claim_to_headers:type_name -> trellis.v1.ClaimToHeader
-	2,  // 23: trellis.v1.InboundPolicy.PortModesEntry.value:type_name -> trellis.v1.MTLSMode
-	24, // [24:24] is the sub-list for method output_type
-	24, // [24:24] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	7,  // 10: trellis.v1.Service.traffic_policy:type_name -> trellis.v1.TrafficPolicy
+	8,  // 11: trellis.v1.TrafficPolicy.connection_pool:type_name -> trellis.v1.ConnectionPool
+	9,  // 12: trellis.v1.TrafficPolicy.outlier_detection:type_name -> trellis.v1.OutlierDetection
+	0,  // 13: trellis.v1.ServicePort.protocol:type_name -> trellis.v1.Protocol
+	11, // 14: trellis.v1.ServicePort.endpoints:type_name -> trellis.v1.Endpoint
+	24, // 15: trellis.v1.Endpoint.labels:type_name -> trellis.v1.Endpoint.LabelsEntry
+	2,  // 16: trellis.v1.InboundPolicy.mode:type_name -> trellis.v1.MTLSMode
+	25, // 17: trellis.v1.InboundPolicy.port_modes:type_name -> trellis.v1.InboundPolicy.PortModesEntry
+	14, // 18: trellis.v1.Authorization.policies:type_name -> trellis.v1.AuthorizationPolicy
+	15, // 19: trellis.v1.AuthorizationPolicy.rules:type_name -> trellis.v1.AuthorizationRule
+	16, // 20: trellis.v1.AuthorizationRule.from:type_name -> trellis.v1.AuthorizationSource
+	17, // 21: trellis.v1.AuthorizationRule.to:type_name -> trellis.v1.AuthorizationOperation
+	18, // 22: trellis.v1.AuthorizationRule.when:type_name -> trellis.v1.AuthorizationCondition
+	20, // 23: trellis.v1.Authentication.jwt_rules:type_name -> trellis.v1.JwtRule
+	21, // 24: trellis.v1.JwtRule.from_headers:type_name -> trellis.v1.JwtHeader
+	22, // 25: trellis.v1.JwtRule.output_claim_to_headers:type_name -> trellis.v1.ClaimToHeader
+	2,  // 26: trellis.v1.InboundPolicy.PortModesEntry.value:type_name -> trellis.v1.MTLSMode
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_trellis_v1_config_proto_init() }
@@ -1783,13 +2026,14 @@ func file_trellis_v1_config_proto_init() {
 	if File_trellis_v1_config_proto != nil {
 		return
 	}
+	file_trellis_v1_config_proto_msgTypes[5].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_trellis_v1_config_proto_rawDesc), len(file_trellis_v1_config_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   20,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
