@@ -50,14 +50,31 @@ func NewPicker(p Policy) (Picker, error) {
 	return nil, fmt.Errorf("load-balancing policy %q: use %s, %s or %s", p, P2CPeakEWMA, LeastRequest, RoundRobin)
 }
 
-// Outlier configures ejection: after Consecutive failures in a row an
-// endpoint is left out for BaseEjection times the number of times it was
-// ejected (at most MaxEjection). The zero value means 5, 10 s and 5 min.
+// Outlier configures ejection: after Consecutive failures in a row, or
+// ConsecutiveGateway gateway failures in a row, an endpoint is left out
+// for BaseEjection times the number of times it was ejected (at most
+// MaxEjection), unless MaxEjectionPercent of the endpoints or more are
+// out already. The zero value is DefaultOutlier.
 type Outlier struct {
-	Consecutive  int
-	BaseEjection time.Duration
-	MaxEjection  time.Duration
+	// Consecutive counts failures (Result.Failed); 0: they eject none.
+	Consecutive int
+	// ConsecutiveGateway counts gateway failures (Result.Gateway); 0:
+	// they eject none.
+	ConsecutiveGateway int
+	BaseEjection       time.Duration
+	// MaxEjection bounds an ejection; 0: 5 min or BaseEjection, whichever
+	// is longer.
+	MaxEjection time.Duration
+	// MaxEjectionPercent: an endpoint is ejected only while the share of
+	// endpoints out is below it, so one may be whatever their number,
+	// unless it is 0.
+	MaxEjectionPercent int
 }
+
+// DefaultOutlier is the ejection of a service whose traffic policy says
+// none: 5 failures in a row, 10 s growing per ejection up to 5 min, and
+// every endpoint may be out.
+var DefaultOutlier = Outlier{Consecutive: 5, BaseEjection: 10 * time.Second, MaxEjection: 5 * time.Minute, MaxEjectionPercent: 100}
 
 // Balancer is one service's endpoints and policy. Safe for concurrent use.
 type Balancer struct {
@@ -77,14 +94,14 @@ func New(p Policy, o Outlier) (*Balancer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o.Consecutive <= 0 {
-		o.Consecutive = 5
+	if o == (Outlier{}) {
+		o = DefaultOutlier
 	}
 	if o.BaseEjection <= 0 {
-		o.BaseEjection = 10 * time.Second
+		o.BaseEjection = DefaultOutlier.BaseEjection
 	}
 	if o.MaxEjection <= 0 {
-		o.MaxEjection = 5 * time.Minute
+		o.MaxEjection = max(5*time.Minute, o.BaseEjection)
 	}
 	b := &Balancer{picker: picker, outlier: o, now: time.Now}
 	b.eps.Store(&[]*Endpoint{})
@@ -157,6 +174,7 @@ type Endpoint struct {
 
 	inflight     atomic.Int64
 	failures     atomic.Int64 // consecutive
+	gateway      atomic.Int64 // consecutive gateway failures
 	ejections    atomic.Int64
 	ejectedUntil atomic.Int64  // unix nanoseconds
 	lastPick     atomic.Uint64 // Balancer.picks when last chosen; 0 never
@@ -176,6 +194,16 @@ type Result struct {
 	// Failed is true for a connection failure or a 5xx-class response: what
 	// counts toward ejection.
 	Failed bool
+	// Gateway is true for a connection failure or a 502, 503 or 504
+	// response: what counts toward ejection on gateway failures.
+	Gateway bool
+}
+
+// HTTPResult is the Result of a request answered with code (0 for none)
+// or, if connFailed, cut off by its connection.
+func HTTPResult(code int, connFailed bool, latency time.Duration) Result {
+	return Result{Latency: latency, Failed: connFailed || code >= 500,
+		Gateway: connFailed || code >= 502 && code <= 504}
 }
 
 // Start records a request as in flight and returns the function to call,
@@ -187,17 +215,41 @@ func (e *Endpoint) Start() func(Result) {
 		if r.Latency > 0 {
 			e.observe(r.Latency)
 		}
+		if !r.Gateway {
+			e.gateway.Store(0)
+		}
 		if !r.Failed {
 			e.failures.Store(0)
 			return
 		}
-		if e.failures.Add(1) >= int64(e.b.outlier.Consecutive) {
+		o := &e.b.outlier
+		failures, gateway := e.failures.Add(1), int64(0)
+		if r.Gateway {
+			gateway = e.gateway.Add(1)
+		}
+		if (o.Consecutive > 0 && failures >= int64(o.Consecutive) ||
+			o.ConsecutiveGateway > 0 && gateway >= int64(o.ConsecutiveGateway)) && e.b.mayEject() {
 			e.failures.Store(0)
+			e.gateway.Store(0)
 			n := e.ejections.Add(1)
-			d := min(time.Duration(n)*e.b.outlier.BaseEjection, e.b.outlier.MaxEjection)
+			d := min(time.Duration(n)*o.BaseEjection, o.MaxEjection)
 			e.ejectedUntil.Store(e.b.now().Add(d).UnixNano())
 		}
 	}
+}
+
+// mayEject reports whether the share of endpoints out is below the
+// policy's MaxEjectionPercent.
+func (b *Balancer) mayEject() bool {
+	all := *b.eps.Load()
+	now := b.now().UnixNano()
+	out := 0
+	for _, e := range all {
+		if e.ejectedUntil.Load() > now {
+			out++
+		}
+	}
+	return out*100 < b.outlier.MaxEjectionPercent*len(all)
 }
 
 // InFlight returns the requests in flight to e.

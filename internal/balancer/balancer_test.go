@@ -219,3 +219,39 @@ func TestPickAvoidsTriedEndpoints(t *testing.T) {
 		}
 	}
 }
+
+func TestGatewayEjectionAndShare(t *testing.T) {
+	b, err := New(RoundRobin, Outlier{ConsecutiveGateway: 3, BaseEjection: time.Second, MaxEjectionPercent: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	for i := range 10 {
+		addrs = append(addrs, fmt.Sprintf("10.0.0.%d:80", i+1))
+	}
+	b.Update(addrs)
+	eps := b.Endpoints()
+	for range 10 {
+		eps[0].Start()(HTTPResult(500, false, 0))
+	}
+	if eps[0].Ejected() {
+		t.Fatal("500s ejected an endpoint whose policy ejects on gateway failures only")
+	}
+	for i, e := range eps {
+		for range 3 {
+			e.Start()(HTTPResult(503, false, 0))
+		}
+		if want := i < 2; e.Ejected() != want {
+			t.Fatalf("endpoint %d after 3 503s: ejected %v, want %v (20 %% of 10 endpoints may be out)", i, e.Ejected(), want)
+		}
+	}
+	// A success between gateway failures starts the count again.
+	e := eps[5]
+	e.Start()(HTTPResult(200, false, 0))
+	e.Start()(HTTPResult(0, true, 0))
+	e.Start()(HTTPResult(200, false, 0))
+	e.Start()(HTTPResult(502, false, 0))
+	if e.Ejected() {
+		t.Error("failures with a success between them ejected the endpoint")
+	}
+}

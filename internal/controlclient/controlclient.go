@@ -71,6 +71,9 @@ func Validate(cfg *meshpb.ProxyConfig) error {
 		if err != nil {
 			return fmt.Errorf("%s.vip %q is not an IP address", f, s.GetVip())
 		}
+		if err := validPolicy(s.GetTrafficPolicy()); err != nil {
+			return fmt.Errorf("%s.traffic_policy.%w", f, err)
+		}
 		for j, p := range s.GetPorts() {
 			pf := fmt.Sprintf("%s.ports[%d]", f, j)
 			if p.GetPort() == 0 || p.GetPort() > 65535 {
@@ -96,6 +99,21 @@ func Validate(cfg *meshpb.ProxyConfig) error {
 				}
 			}
 		}
+	}
+	return nil
+}
+
+// validPolicy checks what the proxy would otherwise read as something else
+// than it says: an ejection of no time, a share above all.
+func validPolicy(tp *meshpb.TrafficPolicy) error {
+	od := tp.GetOutlierDetection()
+	switch {
+	case od == nil:
+		return nil
+	case od.GetBaseEjectionMs() == 0:
+		return errors.New("outlier_detection.base_ejection_ms is 0: an ejection must last at least 1 ms")
+	case od.GetMaxEjectionPercent() > 100:
+		return fmt.Errorf("outlier_detection.max_ejection_percent %d is above 100", od.GetMaxEjectionPercent())
 	}
 	return nil
 }

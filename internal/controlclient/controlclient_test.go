@@ -61,6 +61,15 @@ func TestDecode(t *testing.T) {
 		!strings.Contains(err.Error(), "cfg.json: routes: HTTPRoute db/r: the spec does not decode") {
 		t.Errorf("Decode(with a route whose spec does not decode) error = %v, want one naming it", err)
 	}
+	for policy, want := range map[string]string{
+		`{"outlierDetection": {"consecutive5xx": 5}}`:                                                    "services[0].traffic_policy.outlier_detection.base_ejection_ms is 0",
+		`{"outlierDetection": {"consecutive5xx": 5, "baseEjectionMs": 1000, "maxEjectionPercent": 101}}`: "max_ejection_percent 101 is above 100",
+	} {
+		edited := strings.Replace(good, `"loadBalancing"`, `"trafficPolicy": `+policy+`, "loadBalancing"`, 1)
+		if _, err := Decode([]byte(edited), "cfg.json"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Decode(with traffic policy %s) error = %v, want %q", policy, err, want)
+		}
+	}
 }
 
 func TestFileSourceKeepsLastGoodConfig(t *testing.T) {

@@ -734,7 +734,7 @@ func (ex *h1Exchange) claim() bool { return !ex.finished.Swap(true) }
 func (ex *h1Exchange) recordClaimed(failed bool) {
 	d := time.Since(ex.start)
 	if ex.done != nil {
-		ex.done(balancer.Result{Failed: failed || ex.code >= 500, Latency: d})
+		ex.done(balancer.HTTPResult(ex.code, failed, d))
 	}
 	o := ex.app.o
 	req := telemetry.Request{Reporter: "source", Source: o.routes.Load().self, Dest: ex.ex.dest,

@@ -237,7 +237,7 @@ func (x *engineExchange) recordClaimed(code int) {
 	r, ex := x.r, x.ex
 	d := time.Since(x.start)
 	if x.done != nil {
-		x.done(balancer.Result{Failed: code == 0 || code >= 500 || ex.flags == "UC", Latency: d})
+		x.done(balancer.HTTPResult(code, code == 0 || ex.flags == "UC", d))
 	}
 	req := telemetry.Request{Reporter: x.reporter, Source: x.src, Dest: x.dst,
 		Service: ex.service, ServiceName: ex.svcName, ServiceNamespace: ex.svcNS,

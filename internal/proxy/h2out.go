@@ -61,15 +61,16 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	o := h.o
 	rt := o.routes.Load()
 	route, ok := rt.byVIP[h.dst]
-	if !ok || route.outside {
-		bridge(s, r, end, o) // ServeHTTP answers NR, or sends plain HTTP/1.1
+	if !ok || route.outside || route.circuit != nil {
+		bridge(s, r, end, o) // ServeHTTP answers NR, sends plain HTTP/1.1, or waits its turn
 		return
 	}
 	var d routing.Decision
 	if route.table != nil {
-		if route, d = rt.routed(route, httpView(r)); route.outside || d.Resilient() {
-			// ServeHTTP sends plain HTTP/1.1, and waits out timeouts
-			// and retries on a goroutine of the request's own.
+		if route, d = rt.routed(route, httpView(r)); route.outside || d.Resilient() || route.circuit != nil {
+			// ServeHTTP sends plain HTTP/1.1, and waits out timeouts,
+			// retries and a full connection pool on a goroutine of the
+			// request's own.
 			r = r.WithContext(context.WithValue(r.Context(), backendKey{}, routedTo{route, d}))
 			bridge(s, r, end, o)
 			return

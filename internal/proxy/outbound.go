@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -52,9 +51,8 @@ type Outbound struct {
 	engineConns engineConns       // the engine's app HTTP/1.1 connections
 	h2Conns     connSet[*h2.Conn] // the engine's app HTTP/2 connections: a drain sends GOAWAY
 
-	mu        sync.Mutex                         // serialises Update
-	balancers map[balancerKey]*balancer.Balancer // guarded by mu: kept across updates
-	budgets   map[balancerKey]*retryBudget       // guarded by mu: kept across updates
+	mu    sync.Mutex                  // serialises Update
+	ports map[portStateKey]*portState // guarded by mu: kept across updates
 
 	mirrorSlots mirrorSlots
 
@@ -65,11 +63,22 @@ type Outbound struct {
 	proxy   *httputil.ReverseProxy
 }
 
-// balancerKey identifies a balancer that may outlive a config: the same
-// service port under the same policy.
-type balancerKey struct {
-	dst    netip.AddrPort
-	policy balancer.Policy
+// portStateKey identifies a portState that may outlive a config: the same
+// service port under the same policies.
+type portStateKey struct {
+	dst     netip.AddrPort
+	policy  balancer.Policy
+	outlier balancer.Outlier
+	limits  circuitLimits
+}
+
+// portState is what a service port keeps across configs while its policies
+// stay: its endpoints' statistics, its retry budget, the requests in
+// flight under its connection pool limits.
+type portState struct {
+	bal     *balancer.Balancer
+	budget  *retryBudget
+	circuit *circuit // nil: no limits
 }
 
 // routeTable is one config's routes, immutable once built.
@@ -96,15 +105,18 @@ type route struct {
 	// nil: none, requests are balanced over its own endpoints.
 	table *routing.Table
 	// resilient: a rule of table asks for timeouts, retries or mirrors,
-	// which the engine leaves to net/http (resilience.go).
+	// or the service port (or a backend of its routes) has connection
+	// pool limits: the engine leaves its requests to net/http
+	// (resilience.go, circuit.go).
 	resilient bool
 	budget    *retryBudget // retries to this service port
+	circuit   *circuit     // nil: no connection pool limits
 }
 
 // NewOutbound returns an outbound forwarder that presents store's SVID and
 // dials with d (which should set the proxy's socket mark).
 func NewOutbound(store *meshtls.Store, d *net.Dialer) *Outbound {
-	o := &Outbound{store: store, dial: d, balancers: map[balancerKey]*balancer.Balancer{}, budgets: map[balancerKey]*retryBudget{}}
+	o := &Outbound{store: store, dial: d, ports: map[portStateKey]*portState{}}
 	o.routes.Store(&routeTable{byVIP: map[netip.AddrPort]*route{}, identities: map[string]identity.ID{},
 		peers: map[string]telemetry.Peer{}, self: telemetry.Unknown})
 	h2only := new(http.Protocols)
@@ -158,8 +170,7 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 	defer o.mu.Unlock()
 	t := &routeTable{byVIP: map[netip.AddrPort]*route{}, byService: map[svcPort]*route{}, identities: map[string]identity.ID{},
 		peers: map[string]telemetry.Peer{}, self: selfPeer(cfg.GetWorkload())}
-	keep := map[balancerKey]*balancer.Balancer{}
-	keepBudgets := map[balancerKey]*retryBudget{}
+	keep := map[portStateKey]*portState{}
 	for _, s := range cfg.GetServices() {
 		vip, err := netip.ParseAddr(s.GetVip())
 		if err != nil {
@@ -167,10 +178,10 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 		}
 		for _, p := range s.GetPorts() {
 			dst := netip.AddrPortFrom(vip, uint16(p.GetPort()))
-			key := balancerKey{dst, lbPolicy(s.GetLoadBalancing())}
-			b := o.balancers[key]
-			if b == nil {
-				b, _ = balancer.New(key.policy, balancer.Outlier{})
+			key := portStateKey{dst, lbPolicy(s.GetLoadBalancing()), outlierOf(s.GetTrafficPolicy()), limitsOf(s.GetTrafficPolicy())}
+			up := o.ports[key]
+			if up == nil {
+				up = newPortState(key)
 			}
 			var addrs []string
 			outside := false
@@ -184,19 +195,18 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 					outside = true
 				}
 			}
-			b.Update(addrs)
-			keep[key] = b
-			budget := cmp.Or(o.budgets[key], &retryBudget{})
-			keepBudgets[key] = budget
+			up.bal.Update(addrs)
+			keep[key] = up
 			t.byVIP[dst] = &route{service: s.GetName() + "." + s.GetNamespace(),
 				host: s.GetName() + "." + s.GetNamespace() + ".svc.cluster.local", name: s.GetName(), namespace: s.GetNamespace(),
-				protocol: p.GetProtocol(), bal: b, outside: outside, budget: budget}
+				protocol: p.GetProtocol(), bal: up.bal, outside: outside, budget: up.budget, circuit: up.circuit,
+				resilient: up.circuit != nil}
 			t.byVIP[dst].meta = encodePeer(t.self, t.byVIP[dst].host, s.GetName(), s.GetNamespace())
 			t.byService[svcPort{s.GetNamespace(), s.GetName(), uint16(p.GetPort())}] = t.byVIP[dst]
 		}
 	}
 	t.compileRoutes(cfg)
-	o.balancers, o.budgets = keep, keepBudgets
+	o.ports = keep
 	old := o.routes.Swap(t)
 	for addr := range old.peers {
 		if _, ok := t.peers[addr]; !ok {
@@ -210,6 +220,40 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 		}
 	}
 	o.pool.retire(func(addr string) bool { _, ok := t.identities[addr]; return ok })
+}
+
+func newPortState(key portStateKey) *portState {
+	b, _ := balancer.New(key.policy, key.outlier) // policy is one of lbPolicy's
+	up := &portState{bal: b, budget: &retryBudget{}}
+	if key.limits.maxActive > 0 {
+		up.circuit = &circuit{circuitLimits: key.limits}
+	}
+	return up
+}
+
+// outlierOf is the ejection a traffic policy asks for; the zero Outlier
+// (the default) when it says none.
+func outlierOf(tp *meshpb.TrafficPolicy) balancer.Outlier {
+	od := tp.GetOutlierDetection()
+	if od == nil {
+		return balancer.Outlier{}
+	}
+	return balancer.Outlier{Consecutive: int(od.GetConsecutive_5Xx()), ConsecutiveGateway: int(od.GetConsecutiveGateway()),
+		BaseEjection: time.Duration(od.GetBaseEjectionMs()) * time.Millisecond, MaxEjectionPercent: int(od.GetMaxEjectionPercent())}
+}
+
+// limitsOf is the connection pool limits a traffic policy sets; zero
+// (none) when it sets none.
+func limitsOf(tp *meshpb.TrafficPolicy) circuitLimits {
+	cp := tp.GetConnectionPool()
+	if cp.GetMaxRequests() == 0 {
+		return circuitLimits{}
+	}
+	l := circuitLimits{maxActive: int(cp.GetMaxRequests()), maxPending: -1, source: tp.GetSource()}
+	if cp.MaxPending != nil {
+		l.maxPending = int(cp.GetMaxPending())
+	}
+	return l
 }
 
 func lbPolicy(lb meshpb.LoadBalancing) balancer.Policy {
@@ -334,6 +378,29 @@ func (o *Outbound) RoundTrip(req *http.Request) (*http.Response, error) {
 // attempt sends req to an endpoint of r, picked avoiding those tried (by
 // earlier attempts), and returns the endpoint with the outcome.
 func (o *Outbound) attempt(req *http.Request, r *route, rt *routeTable, ex *exchange, tried ...*balancer.Endpoint) (*http.Response, *balancer.Endpoint, error) {
+	if r.circuit == nil {
+		return o.send(req, r, rt, ex, tried)
+	}
+	leave, err := r.circuit.enter(req.Context())
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", r.service, err)
+	}
+	resp, ep, err := o.send(req, r, rt, ex, tried)
+	if err != nil {
+		leave()
+		return nil, ep, err
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		leave() // a byte stream now (its body the connection), not a request
+		return resp, ep, nil
+	}
+	resp.Body = &closeCalls{ReadCloser: resp.Body, fn: leave} // in flight until its body is done
+	return resp, ep, nil
+}
+
+// send is attempt's request to one endpoint, once the connection pool let
+// it in.
+func (o *Outbound) send(req *http.Request, r *route, rt *routeTable, ex *exchange, tried []*balancer.Endpoint) (*http.Response, *balancer.Endpoint, error) {
 	ep, err := r.bal.Pick(tried...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", r.service, err)
@@ -365,11 +432,14 @@ func (o *Outbound) attempt(req *http.Request, r *route, rt *routeTable, ex *exch
 		req.URL.Scheme = "http"
 		resp, err = o.plain.RoundTrip(req)
 	}
-	res := balancer.Result{Failed: err != nil || resp.StatusCode >= 500}
-	if reused.Load() {
-		res.Latency = time.Since(start)
+	code, latency := 0, time.Duration(0)
+	if err == nil {
+		code = resp.StatusCode
 	}
-	done(res)
+	if reused.Load() {
+		latency = time.Since(start)
+	}
+	done(balancer.HTTPResult(code, err != nil, latency))
 	if err != nil {
 		if cause := context.Cause(req.Context()); errors.Is(cause, context.DeadlineExceeded) {
 			err = cause // the route's timeout, not how the transport saw it
@@ -418,6 +488,8 @@ func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, balancer.ErrNoEndpoints):
 		flag = "UH" // no healthy upstream
+	case errors.Is(err, errOverflow):
+		flag = "UO" // upstream overflow: the connection pool is full
 	case errors.Is(err, errNoRoute):
 		code, flag = http.StatusNotFound, "NR"
 	case errors.Is(err, context.DeadlineExceeded):
@@ -442,7 +514,7 @@ func (d *tlsDialer) dial(addr string) (net.Conn, error) {
 }
 
 func resultOf(start time.Time, err error) balancer.Result {
-	return balancer.Result{Latency: time.Since(start), Failed: err != nil}
+	return balancer.Result{Latency: time.Since(start), Failed: err != nil, Gateway: err != nil}
 }
 
 // ClusterStatus is one service port's endpoints as the admin port shows them.

@@ -214,19 +214,8 @@ func closingCancels(resp *http.Response, err error, cancel context.CancelFunc) (
 		cancel()
 		return nil, err
 	}
-	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	resp.Body = &closeCalls{ReadCloser: resp.Body, fn: cancel}
 	return resp, nil
-}
-
-type cancelOnClose struct {
-	io.ReadCloser
-	cancel context.CancelFunc
-}
-
-func (c *cancelOnClose) Close() error {
-	err := c.ReadCloser.Close()
-	c.cancel()
-	return err
 }
 
 // retryBudget is one service's allowance of retries, Linkerd's budget:

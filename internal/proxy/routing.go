@@ -45,7 +45,11 @@ func (t *routeTable) compileRoutes(cfg *meshpb.ProxyConfig) {
 		}
 		target := routing.Target{Namespace: key.namespace, Name: key.name, Port: int32(key.port), ClientNamespace: client}
 		if table := routing.Compile(target, attached, rc); !table.Empty() {
-			r.table, r.resilient = table, table.Resilient()
+			r.table = table
+			r.resilient = r.resilient || table.Resilient() || slices.ContainsFunc(table.Backends(), func(b routing.Backend) bool {
+				to := t.byService[svcPort{b.Namespace, b.Name, uint16(b.Port)}]
+				return to != nil && to.circuit != nil
+			})
 		}
 	}
 }

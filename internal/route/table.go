@@ -171,6 +171,20 @@ func (t *Table) Resilient() bool {
 	})
 }
 
+// Backends are the backends t's rules may send to, mirrors included.
+func (t *Table) Backends() []Backend {
+	var out []Backend
+	for _, e := range t.entries {
+		for _, b := range e.r.backends {
+			out = append(out, b.Backend)
+		}
+		for _, m := range e.r.mirrors {
+			out = append(out, m.Backend)
+		}
+	}
+	return out
+}
+
 // Route decides r; it may be called from any goroutine, and never
 // panics. rnd is a random number from the caller: it picks the backend by
 // weight and which mirrors get a copy. Route does not allocate unless it
