@@ -83,6 +83,20 @@ spec:
   - matches: [{headers: [{name: x-canary, value: always}]}]
     backendRefs: [{name: hello-v2, port: 8080}]
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: hello-v2-resilience, namespace: web}
+spec:
+  parentRefs: [{group: "", kind: Service, name: hello-v2, port: 8080}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /delay}}]
+    timeouts: {request: 300ms}
+    backendRefs: [{name: hello-v2, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /flaky}}]
+    retry: {codes: [503], attempts: 5}
+    backendRefs: [{name: hello-v2, port: 8080}]
+  - backendRefs: [{name: hello-v2, port: 8080}]
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: client}
@@ -132,5 +146,22 @@ func TestRoutesInOneHostMode(t *testing.T) {
 	const n = 400
 	if got := versions(n, ""); got["v1"]+got["v2"] != n || got["v1"] < n*72/100 || got["v1"] > n*88/100 {
 		t.Errorf("%d requests on one connection went %v, want v1 80 %% ± 8 points", n, got)
+	}
+	// hello-v2's own route: a timeout cuts /delay/3s at 300ms, and
+	// retries hide /flaky/30's failures.
+	v2 := "http://hello-v2.web.svc.cluster.local:8080"
+	var cut string
+	waitFor(t, "the timeout to cut a slow request", 30*time.Second, func() bool {
+		cut = m.exec("client", "client", "curl -s -o /dev/null -m 10 -w '%{http_code} %{time_total}' "+v2+"/delay/3s")
+		return strings.HasPrefix(cut, "504 ")
+	})
+	var took float64
+	if _, err := fmt.Sscanf(cut, "504 %g", &took); err != nil || took < 0.3 || took > 1 {
+		t.Errorf("a request to /delay/3s ended %q, want 504 after the route's 300ms", cut)
+	}
+	const flaky = 50
+	out := m.exec("client", "client", "curl -s -w '%{http_code}\\n'"+strings.Repeat(" -o /dev/null "+v2+"/flaky/30", flaky))
+	if codes := strings.Fields(out); len(codes) != flaky || flaky-strings.Count(out, "200") > 1 {
+		t.Errorf("%d requests to /flaky/30 with retries answered %q, want at most one failure", flaky, out)
 	}
 }
