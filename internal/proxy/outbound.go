@@ -322,6 +322,9 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Upgrade") != "" { // a byte stream after 101: no timeouts, retries nor copies
 			d.Timeouts, d.Retry, d.Mirrors = routing.Timeouts{}, nil, nil
 		}
+		if d.Delay > 0 && !injectDelay(r, ex, d.Delay) {
+			return
+		}
 		var cancel context.CancelFunc
 		ctx, cancel = withRequestTimeout(ctx, r, *d)
 		defer cancel()

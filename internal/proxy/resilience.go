@@ -78,6 +78,22 @@ func withRequestTimeout(ctx context.Context, r *http.Request, d routing.Decision
 	return context.WithTimeoutCause(ctx, limit, errRequestTimeout)
 }
 
+// injectDelay holds a request for a fault's delay (flag DI), before its
+// timeouts start, as Envoy's fault filter runs before its router. It
+// reports false when the client went away meanwhile.
+func injectDelay(r *http.Request, ex *exchange, d time.Duration) bool {
+	ex.flags, ex.reason = "DI", "delayed by fault injection"
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		ex.flags, ex.reason = "DC", "the client went away during an injected delay"
+		return false
+	}
+}
+
 // parseGRPCTimeout reads a grpc-timeout value: at most 8 digits and a
 // unit (H, M, S, m, u, n).
 func parseGRPCTimeout(v string) (time.Duration, bool) {

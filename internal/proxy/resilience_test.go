@@ -405,3 +405,53 @@ func TestGRPCTimeoutFormat(t *testing.T) {
 		}
 	}
 }
+
+// A VirtualService's fault injection: an abort of 50 % answers half the
+// requests itself (503, flag FI) over HTTP/1.1 and h2c alike, and a delay
+// holds every request for its time (flag DI in the metrics).
+func TestFaultInjection(t *testing.T) {
+	m := newRoutedMesh(t, `
+kind: VirtualService
+metadata: {name: alpha, namespace: db}
+spec:
+  hosts: [alpha]
+  http:
+  - match: [{uri: {prefix: /abort}}]
+    fault: {abort: {httpStatus: 503, percentage: {value: 50}}}
+    route: [{destination: {host: alpha-v1}}]
+  - match: [{uri: {prefix: /delay}}]
+    fault: {delay: {fixedDelay: 200ms}}
+    route: [{destination: {host: alpha-v1}}]
+`)
+	m.outbound.Metrics = telemetry.New("cluster.local")
+	for _, c := range appClients(t) {
+		t.Run(c.name, func(t *testing.T) {
+			const n = 600
+			aborted := 0
+			for range n {
+				req, _ := http.NewRequest("GET", "http://"+m.appAddr+"/abort", nil)
+				resp, body := do(t, c.c, req)
+				switch {
+				case resp.StatusCode == 503 && resp.Header.Get(flagsHeader) == "FI":
+					aborted++
+				case resp.StatusCode != 200 || body != "alpha-0":
+					t.Fatalf("GET /abort = %d %q (flags %q), want alpha-0's answer or the fault's 503 FI",
+						resp.StatusCode, body, resp.Header.Get(flagsHeader))
+				}
+			}
+			if aborted < n*45/100 || aborted > n*55/100 {
+				t.Errorf("%d of %d requests aborted, want 50 %% ± 5 points", aborted, n)
+			}
+			for range 3 {
+				req, _ := http.NewRequest("GET", "http://"+m.appAddr+"/delay", nil)
+				start := time.Now()
+				if body := get(t, c.c, req, 200); body != "alpha-0" || time.Since(start) < 200*time.Millisecond {
+					t.Errorf("GET /delay = %q after %v, want alpha-0's answer after the fault's 200ms", body, time.Since(start))
+				}
+			}
+		})
+	}
+	if got := scrapeWait(t, m.outbound.Metrics, "istio_requests_total", []string{`response_flags="DI"`}, 6); got != 6 {
+		t.Errorf("istio_requests_total counts %v delayed requests (flag DI), want 6", got)
+	}
+}

@@ -25,7 +25,7 @@ type svcPort struct {
 // whose routes do not decode.
 func (t *routeTable) compileRoutes(cfg *meshpb.ProxyConfig) {
 	rs, err := routing.FromProto(cfg.GetRoutes())
-	if err != nil || len(rs.HTTP)+len(rs.GRPC) == 0 {
+	if err != nil || rs.Empty() {
 		return
 	}
 	var services []routing.Service
@@ -40,7 +40,7 @@ func (t *routeTable) compileRoutes(cfg *meshpb.ProxyConfig) {
 	client := cfg.GetWorkload().GetNamespace()
 	for key, r := range t.byService {
 		attached := rs.AttachedTo(key.namespace, key.name)
-		if len(attached.HTTP)+len(attached.GRPC) == 0 {
+		if attached.Empty() {
 			continue
 		}
 		target := routing.Target{Namespace: key.namespace, Name: key.name, Port: int32(key.port), ClientNamespace: client}
@@ -79,6 +79,8 @@ func (t *routeTable) routed(r *route, req *routing.Request) (*route, routing.Dec
 // request is recorded with.
 func routeRefusal(d routing.Decision) (flag, reason string) {
 	switch {
+	case d.Fault:
+		return "FI", "aborted by the fault injection of " + d.Route.String()
 	case d.Location != "":
 		return "", "redirected to " + d.Location + " by " + d.Route.String()
 	case d.Status == http.StatusBadRequest:

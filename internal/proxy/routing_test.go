@@ -28,8 +28,8 @@ import (
 	routing "github.com/trellis-mesh/trellis/internal/route"
 )
 
-// routesFrom reads HTTPRoutes from YAML as a user writes them, into the
-// config's form.
+// routesFrom reads HTTPRoutes, GRPCRoutes and VirtualServices from YAML
+// as a user writes them, into the config's form.
 func routesFrom(t *testing.T, manifest string) []*meshpb.Route {
 	t.Helper()
 	var rs routing.Routes
@@ -44,11 +44,16 @@ func routesFrom(t *testing.T, manifest string) []*meshpb.Route {
 		}
 		meta := catalog.Meta{Name: o.Metadata.Name, Namespace: o.Metadata.Namespace}
 		var err error
-		if o.Kind == "GRPCRoute" {
+		switch o.Kind {
+		case "GRPCRoute":
 			r := &catalog.GRPCRoute{Meta: meta}
 			err = json.Unmarshal(o.Spec, &r.Spec)
 			rs.GRPC = append(rs.GRPC, r)
-		} else {
+		case "VirtualService":
+			r := &catalog.VirtualService{Meta: meta}
+			err = json.Unmarshal(o.Spec, &r.Spec)
+			rs.VS = append(rs.VS, r)
+		default:
 			r := &catalog.HTTPRoute{Meta: meta}
 			err = json.Unmarshal(o.Spec, &r.Spec)
 			rs.HTTP = append(rs.HTTP, r)

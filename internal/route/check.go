@@ -101,10 +101,21 @@ type checked struct {
 	refused error
 	// refs are the backendRef problems: the backends stay, invalid.
 	refs []refProblem
+	// ordered: the rules are tried in order, not by precedence (a
+	// VirtualService's).
+	ordered bool
 }
 
 type refProblem struct {
 	reason, msg string
+}
+
+// ruleField names rule i: a VirtualService's are its http routes.
+func (c *checked) ruleField(i int) string {
+	if c.ordered {
+		return fmt.Sprintf("http[%d]", i)
+	}
+	return fmt.Sprintf("rules[%d]", i)
 }
 
 // accepted reports whether the route has something to attach.
@@ -139,11 +150,11 @@ func (c *compiler) checkRules(out *checked, n int, compile func(i int) (*rule, e
 		first := len(c.refs)
 		r, err := compile(i)
 		for j := first; j < len(c.refs); j++ {
-			c.refs[j].msg = fmt.Sprintf("rules[%d].%s", i, c.refs[j].msg)
+			c.refs[j].msg = fmt.Sprintf("%s.%s", out.ruleField(i), c.refs[j].msg)
 		}
 		if err != nil {
 			c.refs = c.refs[:first] // a dropped rule's references do not count
-			out.dropped = append(out.dropped, at(fmt.Sprintf("rules[%d]", i), err))
+			out.dropped = append(out.dropped, at(out.ruleField(i), err))
 			continue
 		}
 		r.src, r.index, r.grpc = out.src, i, out.grpc

@@ -239,3 +239,55 @@ func TestDuration(t *testing.T) {
 		}
 	}
 }
+
+// A VirtualService decides in order, with Istio's meanings: the first
+// http route that matches wins even when a later one is more specific, a
+// uri prefix is a prefix of the string, and a rewrite replaces exactly
+// it; faults abort and delay their share of requests.
+func TestVirtualServiceDecisions(t *testing.T) {
+	tbl := compile(t, `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: db}
+spec:
+  hosts: [graph]
+  http:
+  - match: [{uri: {prefix: /api}}]
+    rewrite: {uri: /v2}
+    route: [{destination: {host: graph-v2, port: {number: 8080}}}]
+  - match: [{uri: {exact: /api/exact}}]
+    route: [{destination: {host: graph-v1, port: {number: 8080}}}]
+  - match: [{uri: {prefix: /faulty}}]
+    fault: {abort: {httpStatus: 418, grpcStatus: UNAVAILABLE, percentage: {value: 50}}, delay: {fixedDelay: 250ms}}
+    route: [{destination: {host: graph-v1, port: {number: 8080}}}]
+`)
+	for path, want := range map[string]string{
+		"/api/exact": "vs[0] db/graph-v2:8080", // the first match wins
+		"/apis":      "vs[0] db/graph-v2:8080", // a prefix of the string
+		"/other":     "Not Found",
+	} {
+		if got := decided(tbl.Route(get(path), 1)); got != want {
+			t.Errorf("%s: %s, want %s", path, got, want)
+		}
+	}
+	if d := tbl.Route(get("/apis/x"), 1); d.Path != "/v2s/x" {
+		t.Errorf("/apis/x rewritten to %q, want /v2s/x (the prefix /api replaced)", d.Path)
+	}
+	aborted, delayed := 0, 0
+	const n = 10000
+	for i := range uint64(n) {
+		req := get("/faulty")
+		req.GRPC = i%2 == 0
+		d := tbl.Route(req, i*0x9e3779b97f4a7c15)
+		switch {
+		case d.Fault && d.Status == 418 && (req.GRPC == (d.GRPCStatus == 14)):
+			aborted++
+		case d.Status == 0 && d.Delay == 250*time.Millisecond && d.Resilient():
+			delayed++
+		default:
+			t.Fatalf("decision %+v is neither an abort nor a delay", d)
+		}
+	}
+	if aborted < n*48/100 || aborted > n*52/100 || aborted+delayed != n {
+		t.Errorf("%d of %d aborted and %d delayed, want half aborted, the rest delayed", aborted, n, delayed)
+	}
+}

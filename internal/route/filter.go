@@ -35,6 +35,7 @@ type rule struct {
 	total    uint64 // the sum of the weights, invalid backends' included
 	timeouts Timeouts
 	retry    *Retry
+	fault    *fault // VirtualService only
 }
 
 // backend is one backendRef. An invalid one keeps its weight: the requests

@@ -12,7 +12,7 @@ func fuzzTables(t testing.TB) []*Table {
 	for _, f := range []struct {
 		file string
 		port int32
-	}{{"testdata/canary.yaml", 8080}, {"testdata/grpc.yaml", 9090}} {
+	}{{"testdata/canary.yaml", 8080}, {"testdata/grpc.yaml", 9090}, {"testdata/virtualservice.yaml", 8080}} {
 		data, err := os.ReadFile(f.file)
 		if err != nil {
 			t.Fatal(err)

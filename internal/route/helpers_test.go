@@ -33,7 +33,7 @@ func (o object[S]) meta() catalog.Meta {
 	return catalog.Meta{Name: o.Metadata.Name, Namespace: ns, CreationTimestamp: o.Metadata.CreationTimestamp, Generation: o.Metadata.Generation}
 }
 
-// parse reads HTTPRoutes and GRPCRoutes from a multi-document manifest,
+// parse reads HTTPRoutes, GRPCRoutes and VirtualServices from a multi-document manifest,
 // strictly. A route without a namespace is in "db".
 func parse(t testing.TB, manifest string) Routes {
 	t.Helper()
@@ -58,6 +58,12 @@ func parse(t testing.TB, manifest string) Routes {
 				t.Fatalf("%v in\n%s", err, doc)
 			}
 			rs.GRPC = append(rs.GRPC, &catalog.GRPCRoute{Meta: o.meta(), Spec: o.Spec})
+		case "VirtualService":
+			var o object[catalog.VirtualServiceSpec]
+			if err := yaml.UnmarshalStrict([]byte(doc), &o); err != nil {
+				t.Fatalf("%v in\n%s", err, doc)
+			}
+			rs.VS = append(rs.VS, &catalog.VirtualService{Meta: o.meta(), Spec: o.Spec})
 		default:
 			t.Fatalf("kind %q in\n%s", head.Kind, doc)
 		}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
 )
 
 // String prints the table for people and golden files: the target, then
@@ -14,14 +16,17 @@ func (t *Table) String() string {
 		return "no table\n"
 	}
 	var b strings.Builder
-	kind := "HTTPRoutes"
-	if t.grpc {
+	kind, rules := "HTTPRoutes", "rules"
+	switch {
+	case t.grpc:
 		kind = "GRPCRoutes"
+	case len(t.entries) > 0 && t.entries[0].r.src.ref.Kind == catalog.KindVirtualService:
+		kind, rules = "a VirtualService, in order", "http"
 	}
 	fmt.Fprintf(&b, "Service %s/%s port %d, clients in %q: %d matches of %s\n", t.target.Namespace, t.target.Name, t.target.Port,
 		t.target.ClientNamespace, len(t.entries), kind)
 	for i, e := range t.entries {
-		fmt.Fprintf(&b, "%d. %s rules[%d]: %s\n", i+1, e.r.src.ref, e.r.index, e.m.describe(t.grpc))
+		fmt.Fprintf(&b, "%d. %s %s[%d]: %s\n", i+1, e.r.src.ref, rules, e.r.index, e.m.describe(t.grpc))
 		if i+1 < len(t.entries) && t.entries[i+1].r == e.r {
 			continue // the rule's actions follow its last match
 		}
@@ -99,8 +104,34 @@ func (r *rule) describe(b *strings.Builder) {
 		line("timeouts: request %s, backendRequest %s", fmtTimeout(t.Request), fmtTimeout(t.BackendRequest))
 	}
 	if rt := r.retry; rt != nil {
-		line("retry: codes %v, attempts %d, backoff %s", rt.Codes, rt.Attempts, formatDuration(rt.Backoff))
+		line("retry: codes %s, attempts %d, backoff %s", codeRanges(rt.Codes), rt.Attempts, formatDuration(rt.Backoff))
 	}
+	if f := r.fault; f != nil && f.delay > 0 {
+		line("fault: delay %s, %d per million", formatDuration(f.delay), f.delayShare)
+	}
+	if f := r.fault; f != nil && f.abortStatus != 0 {
+		line("fault: abort %d (gRPC %d), %d per million", f.abortStatus, f.abortGRPC, f.abortShare)
+	}
+}
+
+// codeRanges prints sorted status codes with runs as ranges: [500-599].
+func codeRanges(codes []int) string {
+	var s []string
+	for i := 0; i < len(codes); {
+		j := i
+		for j+1 < len(codes) && codes[j+1] == codes[j]+1 {
+			j++
+		}
+		if j-i >= 2 {
+			s = append(s, fmt.Sprintf("%d-%d", codes[i], codes[j]))
+		} else {
+			for k := i; k <= j; k++ {
+				s = append(s, fmt.Sprint(codes[k]))
+			}
+		}
+		i = j + 1
+	}
+	return "[" + strings.Join(s, " ") + "]"
 }
 
 func fmtTimeout(d time.Duration) string {

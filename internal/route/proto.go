@@ -37,6 +37,11 @@ func ToProto(rs Routes) ([]*meshpb.Route, error) {
 			return nil, err
 		}
 	}
+	for _, r := range rs.VS {
+		if err := add(catalog.KindVirtualService, r.Meta, r.Spec); err != nil {
+			return nil, err
+		}
+	}
 	return out, nil
 }
 
@@ -78,8 +83,12 @@ func FromProto(prs []*meshpb.Route) (Routes, error) {
 			r := &catalog.GRPCRoute{Meta: m}
 			err = json.Unmarshal(b, &r.Spec)
 			rs.GRPC = append(rs.GRPC, r)
+		case catalog.KindVirtualService:
+			r := &catalog.VirtualService{Meta: m}
+			err = json.Unmarshal(b, &r.Spec)
+			rs.VS = append(rs.VS, r)
 		default:
-			err = fmt.Errorf("unknown kind: want HTTPRoute or GRPCRoute")
+			err = fmt.Errorf("unknown kind: want HTTPRoute, GRPCRoute or VirtualService")
 		}
 		if err != nil {
 			return Routes{}, fmt.Errorf("%s %s/%s: the spec does not decode: %w", pr.GetKind(), m.Namespace, m.Name, err)

@@ -65,7 +65,14 @@ type Port struct {
 type Routes struct {
 	HTTP []*catalog.HTTPRoute
 	GRPC []*catalog.GRPCRoute
+	// VS are Istio VirtualServices: a Service port with Gateway API
+	// routes uses those, and its VirtualServices are not accepted there
+	// (Conflicted).
+	VS []*catalog.VirtualService
 }
+
+// Empty reports whether there are no routes.
+func (rs Routes) Empty() bool { return len(rs.HTTP)+len(rs.GRPC)+len(rs.VS) == 0 }
 
 // Config is what compiling sees besides the routes.
 type Config struct {
@@ -186,12 +193,17 @@ type Decision struct {
 	Timeouts Timeouts
 	// Retry is nil when the rule says nothing of retries.
 	Retry *Retry
+	// Delay, when not zero, is how long the proxy holds the request
+	// before it sends it: an injected fault (a VirtualService's).
+	Delay time.Duration
+	// Fault is true when Status is an injected abort.
+	Fault bool
 }
 
 // Resilient reports whether the decision asks for a timeout, retries or
 // mirrors: what the proxy serves on a goroutine of the request's own.
 func (d Decision) Resilient() bool {
-	return d.Retry != nil || d.Timeouts != (Timeouts{}) || len(d.Mirrors) > 0
+	return d.Retry != nil || d.Timeouts != (Timeouts{}) || len(d.Mirrors) > 0 || d.Delay > 0
 }
 
 // NoTimeout is a timeout of "0s": the longest the proxy can wait, as the

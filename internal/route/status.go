@@ -43,6 +43,9 @@ func Validate(rs Routes, cfg Config) []Status {
 	for _, rt := range rs.GRPC {
 		all = append(all, c.checkGRPC(rt))
 	}
+	for _, vs := range rs.VS {
+		all = append(all, c.checkVS(vs))
+	}
 	out := make([]Status, 0, len(all))
 	for _, ch := range all {
 		st := Status{Route: ch.src.ref}
@@ -87,6 +90,9 @@ func conditions(ch *checked, i int, all []*checked, svcs []Service) []catalog.Co
 func accepted(ch *checked, i int, all []*checked, svcs []Service) (reason, msg string) {
 	p := ch.parents[i]
 	field := fmt.Sprintf("parentRefs[%d]", i)
+	if ch.ordered {
+		field = fmt.Sprintf("hosts[%d]", i)
+	}
 	if p.Group == nil {
 		return ReasonNoMatchingParent, field + `: without group, kind Service means a Service of gateway.networking.k8s.io: write group: "" for a Kubernetes Service`
 	}
@@ -110,7 +116,12 @@ func accepted(ch *checked, i int, all []*checked, svcs []Service) (reason, msg s
 	case len(ch.rules) == 0:
 		return reasonOf(ch.dropped[0]), "no valid rule: " + joinProblems(ch.dropped)
 	}
-	if !ch.grpc {
+	if ch.ordered {
+		if by := vsConflict(ch, ns, p.Name, ports, all); by != nil {
+			return ReasonConflicted, fmt.Sprintf("%s attaches to Service %s/%s too and wins (Gateway API routes win over VirtualServices, "+
+				"and of VirtualServices the oldest): attach one of them elsewhere", by.src.ref, ns, p.Name)
+		}
+	} else if !ch.grpc {
 		if by := conflict(ch, ns, p.Name, ports, all); by != nil {
 			return ReasonConflicted, fmt.Sprintf("%s attaches to the same port of Service %s/%s, and a GRPCRoute wins over an HTTPRoute (GEP-1294): attach them to different ports",
 				by.src.ref, ns, p.Name)
@@ -126,6 +137,27 @@ func conflict(ch *checked, ns, name string, ports []Port, all []*checked) *check
 	for _, port := range ports {
 		i := slices.IndexFunc(all, func(g *checked) bool {
 			return g.grpc && g.accepted() && g.src.ref.Namespace == ch.src.ref.Namespace && g.attaches(ns, name, port)
+		})
+		if i < 0 {
+			return nil
+		}
+		by = all[i]
+	}
+	return by
+}
+
+// vsConflict returns a route of the VirtualService's namespace that
+// takes all of ports from it: an accepted Gateway API route, or an older
+// VirtualService; nil if there is none.
+func vsConflict(ch *checked, ns, name string, ports []Port, all []*checked) *checked {
+	var by *checked
+	for _, port := range ports {
+		i := slices.IndexFunc(all, func(o *checked) bool {
+			if o == ch || !o.accepted() || o.src.ref.Namespace != ch.src.ref.Namespace || !o.attaches(ns, name, port) {
+				return false
+			}
+			older := o.src.created.Compare(ch.src.created)
+			return !o.ordered || older < 0 || older == 0 && o.src.key < ch.src.key
 		})
 		if i < 0 {
 			return nil

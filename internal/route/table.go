@@ -54,7 +54,9 @@ func Compile(target Target, rs Routes, cfg Config) *Table {
 			}
 		}
 	}
-	slices.SortStableFunc(t.entries, compareEntries)
+	if len(chosen) == 0 || !chosen[0].ordered {
+		slices.SortStableFunc(t.entries, compareEntries)
+	}
 	return t
 }
 
@@ -74,17 +76,37 @@ func attachedRoutes(c *compiler, rs Routes, target Target, port Port) (chosen []
 			rpc = append(rpc, ch)
 		}
 	}
+	var vss []*checked
+	for _, vs := range rs.VS {
+		if ch := c.checkVS(vs); ch.accepted() && ch.attaches(target.Namespace, target.Name, port) {
+			vss = append(vss, ch)
+		}
+	}
 	from := func(chs []*checked, ns string) []*checked {
 		return slices.DeleteFunc(slices.Clone(chs), func(ch *checked) bool { return ch.src.ref.Namespace != ns })
 	}
 	ns := target.Namespace
-	if cn := target.ClientNamespace; cn != "" && len(from(http, cn))+len(from(rpc, cn)) > 0 {
+	if cn := target.ClientNamespace; cn != "" && len(from(http, cn))+len(from(rpc, cn))+len(from(vss, cn)) > 0 {
 		ns = cn
 	}
 	if g := from(rpc, ns); len(g) > 0 {
 		return g, true
 	}
-	return from(http, ns), false
+	if h := from(http, ns); len(h) > 0 {
+		return h, false
+	}
+	// Gateway API routes win; of VirtualServices, the oldest, as Istio
+	// takes the first of several for one host.
+	v := from(vss, ns)
+	if len(v) == 0 {
+		return nil, false
+	}
+	return []*checked{slices.MinFunc(v, func(a, b *checked) int {
+		if c := a.src.created.Compare(b.src.created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.src.key, b.src.key)
+	})}, false
 }
 
 func findPort(svcs []Service, t Target) (Port, bool) {
@@ -163,11 +185,11 @@ func b2i(b bool) int {
 	return 0
 }
 
-// Resilient reports whether a rule of t may ask for a timeout, retries
-// or mirrors (see Decision.Resilient).
+// Resilient reports whether a rule of t may ask for a timeout, retries,
+// mirrors or a delay (see Decision.Resilient).
 func (t *Table) Resilient() bool {
 	return t != nil && slices.ContainsFunc(t.entries, func(e entry) bool {
-		return e.r.retry != nil || e.r.timeouts != (Timeouts{}) || len(e.r.mirrors) > 0
+		return e.r.retry != nil || e.r.timeouts != (Timeouts{}) || len(e.r.mirrors) > 0 || e.r.fault != nil && e.r.fault.delay > 0
 	})
 }
 
@@ -212,6 +234,20 @@ func (t *Table) Route(r *Request, rnd uint64) Decision {
 func (t *Table) decide(rl *rule, r *Request, rnd uint64) Decision {
 	d := Decision{Routed: true, Route: rl.src.ref, Rule: rl.index, Timeouts: rl.timeouts, Retry: rl.retry,
 		ResponseHeaders: rl.respHeaders}
+	if f := rl.fault; f != nil {
+		// Faults come first, as Envoy's fault filter runs before its
+		// router; each draws a number of its own.
+		if f.abortStatus != 0 && mix(rnd, 1000)%1000000 < f.abortShare {
+			d.Status, d.Fault, d.Timeouts, d.Retry = f.abortStatus, true, Timeouts{}, nil
+			if r.GRPC && f.abortGRPC >= 0 {
+				d.GRPCStatus = f.abortGRPC
+			}
+			return d
+		}
+		if f.delay > 0 && mix(rnd, 1001)%1000000 < f.delayShare {
+			d.Delay = f.delay
+		}
+	}
 	if rl.redirect != nil {
 		d.Status, d.Location = rl.redirect.status, t.location(rl, r)
 		if d.Location == "" {
@@ -384,6 +420,14 @@ func (rs Routes) AttachedTo(ns, name string) Routes {
 	for _, r := range rs.GRPC {
 		if to(r.Namespace, r.Spec.ParentRefs) {
 			out.GRPC = append(out.GRPC, r)
+		}
+	}
+	for _, vs := range rs.VS {
+		if slices.ContainsFunc(vs.Spec.Hosts, func(h string) bool {
+			hns, hname, ok := hostService(h, vs.Namespace)
+			return ok && hns == ns && hname == name
+		}) {
+			out.VS = append(out.VS, vs)
 		}
 	}
 	return out
