@@ -85,7 +85,8 @@ type Balancer struct {
 	eps   atomic.Pointer[[]*Endpoint] // the current set, never modified in place
 	picks atomic.Uint64               // stamps Endpoint.lastPick
 
-	mu sync.Mutex // serialises Update
+	mu      sync.Mutex // serialises Update
+	ejectMu sync.Mutex // serialises ejections
 }
 
 // New returns a balancer with no endpoints.
@@ -197,6 +198,9 @@ type Result struct {
 	// Gateway is true for a connection failure or a 502, 503 or 504
 	// response: what counts toward ejection on gateway failures.
 	Gateway bool
+	// Abandoned is true when the client gave up on the request: it says
+	// nothing of the endpoint, and counts neither way.
+	Abandoned bool
 }
 
 // HTTPResult is the Result of a request answered with code (0 for none)
@@ -212,6 +216,9 @@ func (e *Endpoint) Start() func(Result) {
 	e.inflight.Add(1)
 	return func(r Result) {
 		e.inflight.Add(-1)
+		if r.Abandoned {
+			return
+		}
 		if r.Latency > 0 {
 			e.observe(r.Latency)
 		}
@@ -227,19 +234,32 @@ func (e *Endpoint) Start() func(Result) {
 		if r.Gateway {
 			gateway = e.gateway.Add(1)
 		}
-		if (o.Consecutive > 0 && failures >= int64(o.Consecutive) ||
-			o.ConsecutiveGateway > 0 && gateway >= int64(o.ConsecutiveGateway)) && e.b.mayEject() {
-			e.failures.Store(0)
-			e.gateway.Store(0)
-			n := e.ejections.Add(1)
-			d := min(time.Duration(n)*o.BaseEjection, o.MaxEjection)
-			e.ejectedUntil.Store(e.b.now().Add(d).UnixNano())
+		if o.Consecutive > 0 && failures >= int64(o.Consecutive) ||
+			o.ConsecutiveGateway > 0 && gateway >= int64(o.ConsecutiveGateway) {
+			e.eject()
 		}
 	}
 }
 
+// eject leaves e out for its next ejection's time, if the policy's share
+// allows. The count and the ejection are one step, so endpoints failing
+// at once cannot all pass the count.
+func (e *Endpoint) eject() {
+	b := e.b
+	b.ejectMu.Lock()
+	defer b.ejectMu.Unlock()
+	if !b.mayEject() {
+		return
+	}
+	e.failures.Store(0)
+	e.gateway.Store(0)
+	n := e.ejections.Add(1)
+	d := min(time.Duration(n)*b.outlier.BaseEjection, b.outlier.MaxEjection)
+	e.ejectedUntil.Store(b.now().Add(d).UnixNano())
+}
+
 // mayEject reports whether the share of endpoints out is below the
-// policy's MaxEjectionPercent.
+// policy's MaxEjectionPercent (ejectMu held).
 func (b *Balancer) mayEject() bool {
 	all := *b.eps.Load()
 	now := b.now().UnixNano()

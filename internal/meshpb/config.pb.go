@@ -641,7 +641,9 @@ type ConnectionPool struct {
 	// HTTP/1.1 does), whichever is lower. 0: no limit.
 	MaxRequests uint32 `protobuf:"varint,1,opt,name=max_requests,json=maxRequests,proto3" json:"max_requests,omitempty"`
 	// With max_requests reached, the most requests waiting for one in
-	// flight to end (Istio's http1MaxPendingRequests). Unset: no limit.
+	// flight to end (Istio's http1MaxPendingRequests), each for at most
+	// 15 s. Unset or 0: none wait, as Envoy refuses a request past its
+	// max_requests at once.
 	MaxPending    *uint32 `protobuf:"varint,2,opt,name=max_pending,json=maxPending,proto3,oneof" json:"max_pending,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

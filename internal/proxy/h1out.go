@@ -378,8 +378,8 @@ func (a *h1App) forward(ex *h1Exchange, n int) bool {
 	fields[2], fields[3] = h2.Field{Name: ":authority", Value: ex.line.authority}, h2.Field{Name: ":path", Value: path + string(queryOf(r.Target))}
 	for _, f := range r.Fields {
 		name := h1.LowerName(f.Name)
-		if hopByHopField(name) || name == "host" || name == peerHeaderField {
-			continue
+		if hopByHopField(name) || name == "host" || name == peerHeaderField || name == "x-trellis-attempt" {
+			continue // the peer field and the attempt count are the proxies' to set
 		}
 		fields = append(fields, h2.Field{Name: name, Value: string(f.Value)})
 	}
@@ -473,6 +473,10 @@ func (ex *h1Exchange) gone() {
 	ex.recordClaimed(true)
 	ex.release()
 }
+
+// abandoned: the app gave up on the request (DC) or broke its body off
+// (DPE), which says nothing of the endpoint.
+func (ex *h1Exchange) abandoned() bool { return ex.ex.flags == "DC" || ex.ex.flags == "DPE" }
 
 // fail answers a request the engine could not forward, or refused, and
 // records it; the connection then ends.
@@ -734,7 +738,9 @@ func (ex *h1Exchange) claim() bool { return !ex.finished.Swap(true) }
 func (ex *h1Exchange) recordClaimed(failed bool) {
 	d := time.Since(ex.start)
 	if ex.done != nil {
-		ex.done(balancer.HTTPResult(ex.code, failed, d))
+		res := balancer.HTTPResult(ex.code, failed, d)
+		res.Abandoned = ex.abandoned()
+		ex.done(res)
 	}
 	o := ex.app.o
 	req := telemetry.Request{Reporter: "source", Source: o.routes.Load().self, Dest: ex.ex.dest,

@@ -237,7 +237,9 @@ func (x *engineExchange) recordClaimed(code int) {
 	r, ex := x.r, x.ex
 	d := time.Since(x.start)
 	if x.done != nil {
-		x.done(balancer.HTTPResult(code, code == 0 || ex.flags == "UC", d))
+		res := balancer.HTTPResult(code, code == 0 || ex.flags == "UC", d)
+		res.Abandoned = ex.flags == "DC" // the caller gave up: nothing of the endpoint
+		x.done(res)
 	}
 	req := telemetry.Request{Reporter: x.reporter, Source: x.src, Dest: x.dst,
 		Service: ex.service, ServiceName: ex.svcName, ServiceNamespace: ex.svcNS,

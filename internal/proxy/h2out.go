@@ -94,7 +94,8 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	x := newRelay(s, end, protocolOf(r) == "grpc", recorder{o.Metrics, o.AccessLog, o.Tracing}, "source")
 	s.Value = x
 	ex := &exchange{dest: telemetry.Unknown, service: route.host, svcName: route.name, svcNS: route.namespace}
-	r.Header.Del(peerHeader) // only sidecars set it
+	r.Header.Del(peerHeader)    // only sidecars set it
+	r.Header.Del(attemptHeader) // nor this: set when a route retries
 	r, ex.span = o.Tracing.Start(r, trace.SpanKindClient)
 	x.admit(r, ex, rt.self, telemetry.Unknown, start)
 	w := &streamWriter{s: s, onReader: true, resetAfter: !end}

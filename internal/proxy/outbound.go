@@ -249,11 +249,7 @@ func limitsOf(tp *meshpb.TrafficPolicy) circuitLimits {
 	if cp.GetMaxRequests() == 0 {
 		return circuitLimits{}
 	}
-	l := circuitLimits{maxActive: int(cp.GetMaxRequests()), maxPending: -1, source: tp.GetSource()}
-	if cp.MaxPending != nil {
-		l.maxPending = int(cp.GetMaxPending())
-	}
-	return l
+	return circuitLimits{maxActive: int(cp.GetMaxRequests()), maxPending: int(cp.GetMaxPending()), source: tp.GetSource()}
 }
 
 func lbPolicy(lb meshpb.LoadBalancing) balancer.Policy {
@@ -291,7 +287,8 @@ func (o *Outbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ex := &exchange{dest: telemetry.Unknown}
 	ow, body := observe(w, r, o.WriteIdleTimeout)
-	r.Header.Del(peerHeader) // only sidecars set it
+	r.Header.Del(peerHeader)    // only sidecars set it
+	r.Header.Del(attemptHeader) // nor this: set when a route retries
 	r, ex.span = o.Tracing.Start(r, trace.SpanKindClient)
 	defer recordAfter(recorder{o.Metrics, o.AccessLog, o.Tracing}, "source", o.routes.Load().self, &ex.dest, ex, r, ow, body, start)
 	if !checkRequest(ow, r, ex) || cancelledEarly(r, ex) {
@@ -442,7 +439,11 @@ func (o *Outbound) send(req *http.Request, r *route, rt *routeTable, ex *exchang
 	if reused.Load() {
 		latency = time.Since(start)
 	}
-	done(balancer.HTTPResult(code, err != nil, latency))
+	res := balancer.HTTPResult(code, err != nil, latency)
+	// A client that went away, or whose request body broke off, says
+	// nothing of the endpoint.
+	res.Abandoned = err != nil && (errors.Is(req.Context().Err(), context.Canceled) || errors.Is(err, errAttemptOver))
+	done(res)
 	if err != nil {
 		if cause := context.Cause(req.Context()); errors.Is(cause, context.DeadlineExceeded) {
 			err = cause // the route's timeout, not how the transport saw it
@@ -486,6 +487,11 @@ func (o *Outbound) fail(w http.ResponseWriter, r *http.Request, err error) {
 		err = cause
 	} else if clientGone(r, err) {
 		return
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// The request body may still be coming: the answer goes out now,
+		// and net/http must not wait to read the rest first.
+		w.Header().Set("Connection", "close")
 	}
 	code, flag := http.StatusServiceUnavailable, "UF" // upstream connection failure
 	switch {

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -106,7 +107,13 @@ func parseGRPCTimeout(v string) (time.Duration, bool) {
 	}
 	unit, ok := map[byte]time.Duration{'H': time.Hour, 'M': time.Minute, 'S': time.Second,
 		'm': time.Millisecond, 'u': time.Microsecond, 'n': time.Nanosecond}[v[len(v)-1]]
-	return time.Duration(n) * unit, ok
+	if !ok {
+		return 0, false
+	}
+	if n > uint64(math.MaxInt64/unit) {
+		return math.MaxInt64, true // 99999999H: longer than a Duration holds
+	}
+	return time.Duration(n) * unit, true
 }
 
 // formatGRPCTimeout writes d as a grpc-timeout value, in the finest unit
@@ -150,6 +157,9 @@ func (o *Outbound) resilient(req *http.Request, r *route, rt *routeTable, ex *ex
 			tctx, cancel = context.WithTimeoutCause(ctx, t, errTryTimeout)
 			try = try.WithContext(tctx)
 		}
+		if dl, ok := try.Context().Deadline(); ok && protocolOf(req) == "grpc" {
+			try.Header.Set("Grpc-Timeout", formatGRPCTimeout(time.Until(dl))) // what this attempt has left
+		}
 		resp, ep, err := o.attempt(try, r, rt, ex, tried...)
 		reason := retryReason(req.Method, resp, err, d.Retry)
 		if reason == "" || n > retries || !body.replayable() || ctx.Err() != nil {
@@ -159,11 +169,23 @@ func (o *Outbound) resilient(req *http.Request, r *route, rt *routeTable, ex *ex
 			o.Metrics.Retry(r.host, "budget_exhausted", reason)
 			return closingCancels(resp, err, cancel)
 		}
-		o.Metrics.Retry(r.host, "retried", reason)
-		if resp != nil {
-			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
-			resp.Body.Close()
+		// The attempt's outcome stands until the retry is sure: the
+		// request may time out, or its body grow past what is kept,
+		// during the backoff.
+		wait := time.NewTimer(backoff(d.Retry.Backoff, n))
+		select {
+		case <-ctx.Done():
+			wait.Stop()
+			discard(resp)
+			cancel()
+			return nil, context.Cause(ctx)
+		case <-wait.C:
 		}
+		if !body.replayable() {
+			return closingCancels(resp, err, cancel)
+		}
+		o.Metrics.Retry(r.host, "retried", reason)
+		discard(resp)
 		cancel()
 		if try.Body != nil {
 			try.Body.Close()
@@ -171,11 +193,14 @@ func (o *Outbound) resilient(req *http.Request, r *route, rt *routeTable, ex *ex
 		if ep != nil {
 			tried = append(tried, ep)
 		}
-		select {
-		case <-ctx.Done():
-			return nil, context.Cause(ctx)
-		case <-time.After(backoff(d.Retry.Backoff, n)):
-		}
+	}
+}
+
+// discard closes an answer not wanted, unread: a body that stalls must
+// not hold the retry (an HTTP/2 stream is reset).
+func discard(resp *http.Response) {
+	if resp != nil {
+		resp.Body.Close()
 	}
 }
 
@@ -194,7 +219,8 @@ func retryReason(method string, resp *http.Response, err error, p *routing.Retry
 		}
 	case errors.Is(err, errTryTimeout):
 		return "timeout"
-	case errors.Is(err, balancer.ErrNoEndpoints) || errors.Is(err, context.Canceled):
+	case errors.Is(err, balancer.ErrNoEndpoints) || errors.Is(err, context.Canceled) || errors.Is(err, errOverflow) ||
+		errors.Is(err, errAttemptOver):
 	case dialFailed(err) || idempotent(method):
 		return "connect"
 	}
@@ -456,9 +482,17 @@ func (o *Outbound) mirror(req *http.Request, rt *routeTable, mirrors []routing.B
 
 // sendMirror sends one copy of base, with body, to to on a goroutine of
 // its own. Its Host has "-shadow" added, as Envoy's mirrors have, so the
-// mirror can tell copies from requests.
+// mirror can tell copies from requests. A copy never waits for the
+// mirror's connection pool: with it full, the copy is dropped.
 func (o *Outbound) sendMirror(base *http.Request, rt *routeTable, to *route, body []byte) {
-	if !o.mirrorSlots.take(to.host) {
+	leave, ok := func() {}, true
+	if to.circuit != nil {
+		leave, ok = to.circuit.tryEnter()
+	}
+	if !ok || !o.mirrorSlots.take(to.host) {
+		if ok {
+			leave()
+		}
 		o.Metrics.Mirror(to.host, "dropped")
 		return
 	}
@@ -472,9 +506,10 @@ func (o *Outbound) sendMirror(base *http.Request, rt *routeTable, to *route, bod
 	go func() {
 		defer cancel()
 		defer o.mirrorSlots.give(to.host)
+		defer leave()
 		defer countPanics()
 		outcome := "failed"
-		if resp, _, err := o.attempt(m, to, rt, &exchange{}); err == nil {
+		if resp, _, err := o.send(m, to, rt, &exchange{}, nil); err == nil {
 			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 			resp.Body.Close()
 			outcome = "answered"

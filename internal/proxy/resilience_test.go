@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -25,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/trellis-mesh/trellis/internal/meshpb"
+	routing "github.com/trellis-mesh/trellis/internal/route"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
@@ -399,6 +402,9 @@ func TestGRPCTimeoutFormat(t *testing.T) {
 			t.Errorf("%v written as %q reads back as %v", d, formatGRPCTimeout(d), got)
 		}
 	}
+	if got, ok := parseGRPCTimeout("99999999H"); !ok || got <= 0 {
+		t.Errorf("grpc-timeout 99999999H read as %v, %v: want the longest Duration", got, ok)
+	}
 	for _, bad := range []string{"", "1", "123456789S", "10x", "-1S", "1.5S"} {
 		if _, ok := parseGRPCTimeout(bad); ok {
 			t.Errorf("grpc-timeout %q read as valid", bad)
@@ -453,5 +459,129 @@ spec:
 	}
 	if got := scrapeWait(t, m.outbound.Metrics, "istio_requests_total", []string{`response_flags="DI"`}, 6); got != 6 {
 		t.Errorf("istio_requests_total counts %v delayed requests (flag DI), want 6", got)
+	}
+}
+
+// An answer to retry whose body then stalls does not hold the retry: the
+// answer is dropped unread and the next endpoint answers at once.
+func TestRetryDoesNotWaitForAStalledBody(t *testing.T) {
+	var n atomic.Int32
+	m := newRoutedMeshApp(t, `
+metadata: {name: alpha, namespace: db}
+spec:
+  parentRefs: [{group: "", kind: Service, name: alpha, port: 80}]
+  rules:
+  - retry: {codes: [503], attempts: 2, backoff: 10ms}
+    backendRefs: [{name: alpha-both, port: 80}]
+`, func(name string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if n.Add(1) == 1 {
+				w.WriteHeader(503)
+				w.(http.Flusher).Flush()
+				select {
+				case <-r.Context().Done():
+				case <-time.After(3 * time.Second):
+				}
+				return
+			}
+			fmt.Fprint(w, name)
+		})
+	})
+	req, _ := http.NewRequest("GET", "http://"+m.appAddr+"/", nil)
+	start := time.Now()
+	get(t, http.DefaultClient, req, 200)
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the retry came after %v: it waited for the stalled 503's body", took)
+	}
+}
+
+// A request timeout reaches an HTTP/1.1 client whose upload stalls: the
+// 504 goes out at the timeout, not when the body ends.
+func TestRequestTimeoutWithAStalledUpload(t *testing.T) {
+	m := newRoutedMeshApp(t, `
+metadata: {name: alpha, namespace: db}
+spec:
+  parentRefs: [{group: "", kind: Service, name: alpha, port: 80}]
+  rules:
+  - timeouts: {request: 300ms}
+    backendRefs: [{name: alpha-v1, port: 80}]
+`, func(string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) })
+	})
+	conn, err := net.Dial("tcp", m.appAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	fmt.Fprintf(conn, "PUT /up HTTP/1.1\r\nHost: alpha\r\nContent-Length: 100000\r\n\r\n%s", strings.Repeat("x", 1000))
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if took := time.Since(start); err != nil || !strings.HasPrefix(line, "HTTP/1.1 504") || took > time.Second {
+		t.Errorf("a stalled upload got %q (%v) after %v, want 504 at the route's 300ms", line, err, took)
+	}
+}
+
+// Requests the app gave up on say nothing of the endpoint: they do not
+// eject it, however many.
+func TestClientCancelsDoNotEject(t *testing.T) {
+	m := policyMesh(t, 2, &meshpb.TrafficPolicy{Source: "db/alpha",
+		OutlierDetection: &meshpb.OutlierDetection{ConsecutiveGateway: 3, BaseEjectionMs: 30000, MaxEjectionPercent: 50}},
+		func(name string) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				select {
+				case <-r.Context().Done():
+				case <-time.After(200 * time.Millisecond):
+				}
+				fmt.Fprint(w, name)
+			})
+		})
+	for _, c := range appClients(t) {
+		for range 6 {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+			req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+m.appAddr+"/", nil)
+			if resp, err := c.c.Do(req); err == nil {
+				resp.Body.Close()
+			}
+			cancel()
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // the proxy sees the cancels after the client does
+	if ejected(m, 0) || ejected(m, 1) {
+		t.Errorf("requests the app cancelled ejected an endpoint (alpha-0 %v, alpha-1 %v)", ejected(m, 0), ejected(m, 1))
+	}
+}
+
+// What is retried: listed statuses whatever the method, per-try
+// timeouts, failures to connect; a broken connection under an idempotent
+// method only; never a full connection pool, a client gone or a body cut
+// short.
+func TestRetryReason(t *testing.T) {
+	p := &routing.Retry{Codes: []int{503}}
+	dial := &net.OpError{Op: "dial", Err: errors.New("connection refused")}
+	reset := errors.New("connection reset by peer")
+	for _, c := range []struct {
+		method string
+		code   int
+		err    error
+		want   string
+	}{
+		{"POST", 503, nil, "status"},
+		{"GET", 500, nil, ""},
+		{"POST", 0, errTryTimeout, "timeout"},
+		{"POST", 0, dial, "connect"},
+		{"GET", 0, reset, "connect"},
+		{"POST", 0, reset, ""},
+		{"GET", 0, fmt.Errorf("x: %w", errOverflow), ""},
+		{"GET", 0, context.Canceled, ""},
+		{"GET", 0, errAttemptOver, ""},
+	} {
+		var resp *http.Response
+		if c.err == nil {
+			resp = &http.Response{StatusCode: c.code}
+		}
+		if got := retryReason(c.method, resp, c.err, p); got != c.want {
+			t.Errorf("%s with %d / %v: reason %q, want %q", c.method, c.code, c.err, got, c.want)
+		}
 	}
 }
