@@ -32,6 +32,10 @@ type Snapshot struct {
 	// namespace and name.
 	HTTPRoutes []*HTTPRoute `json:",omitempty"`
 	GRPCRoutes []*GRPCRoute `json:",omitempty"`
+	// DestinationRules as written; each passed the manifest's checks (a
+	// host that names a Service, the supported fields only). Sorted by
+	// namespace and name.
+	DestinationRules []*DestinationRule `json:",omitempty"`
 	// JWKS are the key sets the control plane fetched for the jwksUris
 	// of RequestAuthentications, by URI; a source leaves it empty.
 	JWKS map[string][]byte `json:",omitempty"`
