@@ -44,6 +44,8 @@ func checkObject(obj any) error {
 		return checkMeta(o.Meta)
 	case *catalog.GRPCRoute:
 		return checkMeta(o.Meta)
+	case *catalog.DestinationRule:
+		return checkMeta(o.Meta)
 	}
 	return nil
 }
@@ -162,8 +164,9 @@ func checkService(s *catalog.Service) error {
 }
 
 // Validate checks s as a whole: every namespaced object's namespace and every
-// pod's service account exist, and every named targetPort resolves on the
-// pods its service selects. It returns warnings for things that are legal but
+// pod's service account exist, every named targetPort resolves on the
+// pods its service selects, and every DestinationRule names a Service, one
+// rule per Service and namespace. It returns warnings for things that are legal but
 // probably not meant, such as a selector that matches nothing.
 //
 // The namespace "default" and each namespace's "default" service account
@@ -207,6 +210,7 @@ func Validate(s *Set) (warnings []string, err error) {
 		}
 	}
 	errs = append(errs, checkPolicyPortNames(s)...)
+	errs = append(errs, checkDestinationRules(s)...)
 	sort.Strings(warnings)
 	return warnings, errors.Join(errs...)
 }

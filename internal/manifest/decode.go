@@ -40,6 +40,7 @@ var decoders = map[string]decoder{
 	"RequestAuthentication": {"", peerAuthVersions, decodeRequestAuthentication},
 	"HTTPRoute":             {"", httpRouteVersions, decodeHTTPRoute},
 	"GRPCRoute":             {"", grpcRouteVersions, decodeGRPCRoute},
+	"DestinationRule":       {"", destinationRuleVersions, decodeDestinationRule},
 }
 
 func (d decoder) accepts(v string) bool {

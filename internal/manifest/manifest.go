@@ -176,6 +176,11 @@ func (s *Set) HTTPRoutes() []*catalog.HTTPRoute { return collect[*catalog.HTTPRo
 // GRPCRoutes returns the GRPCRoutes in namespace/name order.
 func (s *Set) GRPCRoutes() []*catalog.GRPCRoute { return collect[*catalog.GRPCRoute](s) }
 
+// DestinationRules returns the DestinationRules in namespace/name order.
+func (s *Set) DestinationRules() []*catalog.DestinationRule {
+	return collect[*catalog.DestinationRule](s)
+}
+
 // Services returns the services in namespace/name order.
 func (s *Set) Services() []*catalog.Service { return collect[*catalog.Service](s) }
 
@@ -194,7 +199,8 @@ func collect[T any](s *Set) []T {
 func kindOrder(k catalog.Kind) int {
 	for i, kk := range []catalog.Kind{catalog.KindNamespace, catalog.KindServiceAccount,
 		catalog.KindService, catalog.KindDeployment, catalog.KindPod, catalog.KindNetworkPolicy, catalog.KindPeerAuthentication,
-		catalog.KindAuthorizationPolicy, catalog.KindRequestAuthentication, catalog.KindHTTPRoute, catalog.KindGRPCRoute} {
+		catalog.KindAuthorizationPolicy, catalog.KindRequestAuthentication, catalog.KindHTTPRoute, catalog.KindGRPCRoute,
+		catalog.KindDestinationRule} {
 		if k == kk {
 			return i
 		}
