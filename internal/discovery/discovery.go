@@ -128,6 +128,11 @@ func Decode(data []byte) (*catalog.Snapshot, error) {
 			return nil, fmt.Errorf("grpcRoutes[%d] is null", i)
 		}
 	}
+	for i, dr := range snap.DestinationRules {
+		if dr == nil {
+			return nil, fmt.Errorf("destinationRules[%d] is null", i)
+		}
+	}
 	return snap, nil
 }
 
