@@ -35,9 +35,13 @@ const ExportTo = "networking.istio.io/exportTo"
 // namespace the services its proxies see, with a digest of them. Safe for
 // concurrent use; its messages must not be modified.
 type Rendered struct {
+	// Services carry the DestinationRule of their own namespace (or a
+	// root namespace's); a namespace with a rule of its own for one sees
+	// it in its View instead.
 	Services []*meshpb.Service
-	Hashes   map[string]string   // by ServiceKey
+	Hashes   map[string]string   // by ServiceKey, of Services
 	exports  map[string][]string // by ServiceKey: namespaces that see it; nil for all
+	rules    ruleIndex
 
 	mu    sync.Mutex
 	views map[string]*View // guarded by mu: by namespace
@@ -46,16 +50,21 @@ type Rendered struct {
 // View is what the proxies of one namespace see.
 type View struct {
 	Services []*meshpb.Service
-	Digest   string
+	// Hashes are the content hashes of Services, by ServiceKey: a
+	// service's differs from Rendered's when the namespace has a
+	// DestinationRule of its own for it, so an update compares these.
+	Hashes map[string]string
+	Digest string
 }
 
 // Render renders every service of snap that has a VIP, each with its TCP
 // ports and their ready endpoints, sorted by namespace and name. Endpoints
 // with a sidecar carry the identity their proxy must present. The result
 // is the same for every proxy, so the control plane computes it once per
-// snapshot.
+// snapshot; a namespace's proxies see their own DestinationRules' changes
+// (For).
 func Render(snap *catalog.Snapshot, trustDomain string) *Rendered {
-	r := &Rendered{Hashes: map[string]string{}, exports: map[string][]string{}, views: map[string]*View{}}
+	r := &Rendered{Hashes: map[string]string{}, exports: map[string][]string{}, views: map[string]*View{}, rules: indexRules(snap)}
 	for _, svc := range snap.Services {
 		if !svc.ClusterIP.IsValid() {
 			continue
@@ -68,6 +77,9 @@ func Render(snap *catalog.Snapshot, trustDomain string) *Rendered {
 			port := &meshpb.ServicePort{Port: uint32(sp.Port), Name: sp.Name, Protocol: PortProtocol(sp)}
 			port.Endpoints = endpoints(snap, svc, sp, trustDomain)
 			s.Ports = append(s.Ports, port)
+		}
+		if dr := r.rules.forService(s); dr != nil {
+			s.LoadBalancing, s.TrafficPolicy = DestinationPolicy(dr)
 		}
 		r.Services = append(r.Services, s)
 		r.exports[ServiceKey(s)] = exportedTo(svc)
@@ -102,22 +114,28 @@ func exportedTo(svc *catalog.Service) []string {
 }
 
 // For returns what the proxies of namespace ns see, computed once per
-// namespace.
+// namespace: the services exported to ns, each with the DestinationRule
+// Istio would pick for a client in ns (its own namespace's first).
 func (r *Rendered) For(ns string) *View {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if v := r.views[ns]; v != nil {
 		return v
 	}
-	v := &View{}
+	v := &View{Hashes: map[string]string{}}
 	all := fnv.New64a()
 	for _, s := range r.Services {
 		k := ServiceKey(s)
 		if ex := r.exports[k]; ex != nil && !slices.Contains(ex, ns) {
 			continue
 		}
+		h := r.Hashes[k]
+		if own, ok := r.rules.forClients(s, ns); ok {
+			s, h = own, hash(own)
+		}
 		v.Services = append(v.Services, s)
-		all.Write([]byte(k + "=" + r.Hashes[k] + ";"))
+		v.Hashes[k] = h
+		all.Write([]byte(k + "=" + h + ";"))
 	}
 	v.Digest = fmt.Sprintf("%016x", all.Sum64())
 	r.views[ns] = v

@@ -20,7 +20,7 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 // with an HTTP and a gRPC port, zero (no sidecar) behind a TCP port; a
 // client pod; STRICT in db; zero exported to its own namespace only;
 // authorization policies of every scope and a JWT issuer for alpha; the
-// routes of testRoutes.
+// routes of testRoutes and the DestinationRules of testRules.
 func snapshot() *catalog.Snapshot {
 	pod := func(ns, name, owner, app string, ip string, ready, sidecar bool) *catalog.RunningPod {
 		return &catalog.RunningPod{
@@ -87,6 +87,8 @@ func snapshot() *catalog.Snapshot {
 		JWKS:       map[string][]byte{"https://issuer.example/keys": []byte(`{"keys":[]}`)},
 		HTTPRoutes: testRoutes.HTTPRoutes(),
 		GRPCRoutes: testRoutes.GRPCRoutes(),
+
+		DestinationRules: testRules.DestinationRules(),
 	}
 }
 

@@ -132,10 +132,11 @@ func (st *stream) next() *meshpb.ConfigUpdate {
 		Authorization: cfg.GetAuthorization(), Authentication: cfg.GetAuthentication(), Routes: cfg.GetRoutes(),
 		RenewIssuedBefore: b.RenewIssuedBefore,
 	}
-	visible := map[string]string{} // what the proxy will have: key -> hash
+	visible := map[string]string{}                   // what the proxy will have: key -> hash
+	hashes := gen.rend.For(pod.Pod.Namespace).Hashes // as its namespace sees them (its DestinationRules)
 	for _, svc := range cfg.GetServices() {
 		k := proxycfg.ServiceKey(svc)
-		visible[k] = gen.rend.Hashes[k]
+		visible[k] = hashes[k]
 		if upd.Full || st.acked.services[k] != visible[k] {
 			upd.Upsert = append(upd.Upsert, svc)
 		}

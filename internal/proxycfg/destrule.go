@@ -1,0 +1,156 @@
+package proxycfg
+
+import (
+	"math"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+)
+
+// Istio's defaults for an outlierDetection that leaves them out (Envoy's,
+// which Istio passes on): 5 5xx in a row eject, gateway errors do not,
+// for 30 s, 10 % of the endpoints at most. maxEjectionPercent 0 is unset
+// in Istio's schema, so it is 10 too.
+const (
+	defaultConsecutive5xx     = 5
+	defaultBaseEjection       = 30 * time.Second
+	defaultMaxEjectionPercent = 10
+)
+
+// ruleIndex holds snap's DestinationRules by the namespace they are in,
+// then the Service they are for (ServiceKey).
+type ruleIndex map[string]map[string]*catalog.DestinationRule
+
+// indexRules indexes the rules whose host names a Service. Of two rules
+// of one namespace for one Service, which manifests refuse, the first by
+// name is kept.
+func indexRules(snap *catalog.Snapshot) ruleIndex {
+	idx := ruleIndex{}
+	for _, dr := range snap.DestinationRules {
+		ns, name, err := catalog.DestinationHost(dr.Spec.Host, dr.Namespace)
+		if err != nil {
+			continue
+		}
+		if idx[dr.Namespace] == nil {
+			idx[dr.Namespace] = map[string]*catalog.DestinationRule{}
+		}
+		if k := ns + "/" + name; idx[dr.Namespace][k] == nil {
+			idx[dr.Namespace][k] = dr
+		}
+	}
+	return idx
+}
+
+// forService is the rule the clients of svc get when their own namespace
+// has none for it: the Service's namespace's, else a root namespace's
+// (Trellis's ahead of Istio's), as Istio looks them up.
+func (idx ruleIndex) forService(svc *meshpb.Service) *catalog.DestinationRule {
+	k := ServiceKey(svc)
+	if dr := idx[svc.GetNamespace()][k]; dr != nil {
+		return dr
+	}
+	for _, root := range catalog.RootNamespaces {
+		if dr := idx[root][k]; dr != nil {
+			return dr
+		}
+	}
+	return nil
+}
+
+// forClients is svc as the proxies of namespace ns see it: with ns's own
+// rule for it when ns has one that is not the rule svc carries already
+// (a clone then; svc is shared), else svc itself.
+func (idx ruleIndex) forClients(svc *meshpb.Service, ns string) (*meshpb.Service, bool) {
+	dr := idx[ns][ServiceKey(svc)]
+	if dr == nil || dr == idx.forService(svc) {
+		return svc, false
+	}
+	c := proto.Clone(svc).(*meshpb.Service)
+	c.LoadBalancing, c.TrafficPolicy = DestinationPolicy(dr)
+	return c, true
+}
+
+// DestinationPolicy is what dr asks of its clients' proxies, with Istio's
+// defaults filled in so that the proxy applies each value as it is.
+func DestinationPolicy(dr *catalog.DestinationRule) (meshpb.LoadBalancing, *meshpb.TrafficPolicy) {
+	tp := &meshpb.TrafficPolicy{Source: dr.Namespace + "/" + dr.Name}
+	spec := dr.Spec.TrafficPolicy
+	if spec == nil {
+		return meshpb.LoadBalancing_LOAD_BALANCING_P2C_PEAK_EWMA, tp
+	}
+	tp.ConnectionPool = connectionPool(spec.ConnectionPool)
+	tp.OutlierDetection = outlierDetection(spec.OutlierDetection)
+	return loadBalancing(spec.LoadBalancer), tp
+}
+
+// loadBalancing maps Istio's simple load balancer; UNSPECIFIED, and
+// anything the manifest refuses, is Trellis's default.
+func loadBalancing(lb *catalog.LoadBalancerSettings) meshpb.LoadBalancing {
+	if lb == nil {
+		return meshpb.LoadBalancing_LOAD_BALANCING_P2C_PEAK_EWMA
+	}
+	switch lb.Simple {
+	case catalog.LBRoundRobin:
+		return meshpb.LoadBalancing_LOAD_BALANCING_ROUND_ROBIN
+	case catalog.LBLeastRequest, catalog.LBLeastConn:
+		return meshpb.LoadBalancing_LOAD_BALANCING_LEAST_REQUEST
+	}
+	return meshpb.LoadBalancing_LOAD_BALANCING_P2C_PEAK_EWMA
+}
+
+// connectionPool is the lower of http2MaxRequests and maxConnections
+// (each connection read as carrying one request) as the most requests in
+// flight, and http1MaxPendingRequests as the most waiting; nil when none
+// is set. Values below 1, which the manifest refuses, count as unset.
+func connectionPool(cp *catalog.ConnectionPoolSettings) *meshpb.ConnectionPool {
+	if cp == nil {
+		return nil
+	}
+	var limits []int32
+	if cp.TCP != nil && cp.TCP.MaxConnections != nil && *cp.TCP.MaxConnections > 0 {
+		limits = append(limits, *cp.TCP.MaxConnections)
+	}
+	out := &meshpb.ConnectionPool{}
+	if h := cp.HTTP; h != nil {
+		if h.HTTP2MaxRequests != nil && *h.HTTP2MaxRequests > 0 {
+			limits = append(limits, *h.HTTP2MaxRequests)
+		}
+		if h.HTTP1MaxPendingRequests != nil && *h.HTTP1MaxPendingRequests > 0 {
+			out.MaxPending = proto.Uint32(uint32(*h.HTTP1MaxPendingRequests))
+		}
+	}
+	if len(limits) > 0 {
+		out.MaxRequests = uint32(slices.Min(limits))
+	}
+	if out.MaxRequests == 0 && out.MaxPending == nil {
+		return nil
+	}
+	return out
+}
+
+// outlierDetection fills Istio's defaults in; a value the manifest
+// refuses counts as unset.
+func outlierDetection(od *catalog.OutlierDetection) *meshpb.OutlierDetection {
+	if od == nil {
+		return nil
+	}
+	out := &meshpb.OutlierDetection{Consecutive_5Xx: defaultConsecutive5xx,
+		BaseEjectionMs: uint32(defaultBaseEjection.Milliseconds()), MaxEjectionPercent: defaultMaxEjectionPercent}
+	if od.Consecutive5xxErrors != nil {
+		out.Consecutive_5Xx = *od.Consecutive5xxErrors
+	}
+	if od.ConsecutiveGatewayErrors != nil {
+		out.ConsecutiveGateway = *od.ConsecutiveGatewayErrors
+	}
+	if d, err := catalog.ParseIstioDuration(od.BaseEjectionTime); err == nil && d.Milliseconds() <= math.MaxUint32 {
+		out.BaseEjectionMs = uint32(d.Milliseconds())
+	}
+	if p := od.MaxEjectionPercent; p > 0 && p <= 100 {
+		out.MaxEjectionPercent = uint32(p)
+	}
+	return out
+}
