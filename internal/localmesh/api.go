@@ -30,6 +30,7 @@ import (
 //	GET  /v1/services                   []ServiceStatus
 //	GET  /v1/networkpolicies            []NetworkPolicyStatus
 //	GET  /v1/routes                     []RouteStatus
+//	GET  /v1/destinationrules           []DestinationRuleStatus
 //	GET  /v1/policy?after=V&wait=MS     PolicySnapshot, once newer than V (long poll)
 //	POST /v1/apply   ManifestRequest -> ApplyResult
 //	POST /v1/delete  ManifestRequest -> ApplyResult
@@ -128,6 +129,9 @@ func (r *Runtime) serveAPI() (*apiServer, error) {
 		unixapi.WriteJSON(w, http.StatusOK, r.NetworkPolicies())
 	})
 	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, _ *http.Request) { unixapi.WriteJSON(w, http.StatusOK, r.Routes()) })
+	mux.HandleFunc("GET /v1/destinationrules", func(w http.ResponseWriter, _ *http.Request) {
+		unixapi.WriteJSON(w, http.StatusOK, r.DestinationRules())
+	})
 	mux.HandleFunc("GET /v1/policy", r.servePolicy)
 	mux.HandleFunc("POST /v1/apply", r.manifestHandler(r.Apply))
 	mux.HandleFunc("POST /v1/delete", r.manifestHandler(r.Delete))

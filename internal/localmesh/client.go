@@ -68,6 +68,12 @@ func (c *Client) Routes(ctx context.Context) ([]RouteStatus, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/routes", nil, &out)
 }
 
+// DestinationRules lists the DestinationRules.
+func (c *Client) DestinationRules(ctx context.Context) ([]DestinationRuleStatus, error) {
+	var out []DestinationRuleStatus
+	return out, c.do(ctx, http.MethodGet, "/v1/destinationrules", nil, &out)
+}
+
 // Apply sends manifests to apply.
 func (c *Client) Apply(ctx context.Context, srcs []manifest.Source) (ApplyResult, error) {
 	var out ApplyResult

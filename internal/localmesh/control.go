@@ -165,12 +165,14 @@ func (r *Runtime) writeRegistryLocked() error {
 }
 
 // snapshotLocked is the mesh as the control plane sees it, version aside:
-// services with their VIPs, running pods, policies, and routes with the
+// services with their VIPs, running pods, policies, DestinationRules, and
+// routes with the
 // time they were applied as their creation time (older routes win ties,
 // as in Kubernetes).
 func (r *Runtime) snapshotLocked() *catalog.Snapshot {
 	snap := &catalog.Snapshot{Namespaces: r.desired.Namespaces(), PeerAuthentications: r.desired.PeerAuthentications(),
-		AuthorizationPolicies: r.desired.AuthorizationPolicies(), RequestAuthentications: r.desired.RequestAuthentications()}
+		AuthorizationPolicies: r.desired.AuthorizationPolicies(), RequestAuthentications: r.desired.RequestAuthentications(),
+		DestinationRules: r.desired.DestinationRules()}
 	for _, svc := range r.desired.Services() {
 		s := *svc
 		s.ClusterIP = r.vips[svc.Namespace+"/"+svc.Name]

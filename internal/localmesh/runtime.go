@@ -496,6 +496,7 @@ func objectName(ref catalog.Ref) string {
 		catalog.KindRequestAuthentication: "requestauthentication.security.trellis.io",
 		catalog.KindHTTPRoute:             "httproute.gateway.networking.k8s.io",
 		catalog.KindGRPCRoute:             "grpcroute.gateway.networking.k8s.io",
+		catalog.KindDestinationRule:       "destinationrule.networking.istio.io",
 	}
 	name := ref.Name
 	if ref.Namespace != "" {
