@@ -26,8 +26,8 @@ type getOptions struct {
 func newGetCmd(o *options) *cobra.Command {
 	g := &getOptions{options: o}
 	cmd := &cobra.Command{
-		Use:   "get pods|services|networkpolicies|namespaces|httproutes|grpcroutes [NAME] [--kubernetes]",
-		Short: "List pods, services, network policies (with their denial counts), namespaces or routes (with their status) of the running mesh",
+		Use:   "get pods|services|networkpolicies|namespaces|httproutes|grpcroutes|destinationrules [NAME] [--kubernetes]",
+		Short: "List pods, services, network policies (with their denial counts), namespaces, routes (with their status) or DestinationRules of the running mesh",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := ""
@@ -90,8 +90,10 @@ func (g *getOptions) run(ctx context.Context, resource, name string) error {
 		return g.routes(ctx, c, catalog.KindHTTPRoute, name)
 	case "grpcroutes", "grpcroute":
 		return g.routes(ctx, c, catalog.KindGRPCRoute, name)
+	case "destinationrules", "destinationrule", "dr":
+		return g.destinationRules(ctx, c, name)
 	}
-	return fmt.Errorf("unknown resource type %q: use pods, services, networkpolicies, namespaces, httproutes or grpcroutes", resource)
+	return fmt.Errorf("unknown resource type %q: use pods, services, networkpolicies, namespaces, httproutes, grpcroutes or destinationrules", resource)
 }
 
 // routes shows the routes of one kind with their status.

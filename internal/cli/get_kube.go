@@ -31,6 +31,7 @@ type meshLister interface {
 	NetworkPolicies(context.Context) ([]localmesh.NetworkPolicyStatus, error)
 	Namespaces(context.Context) ([]localmesh.NamespaceStatus, error)
 	Routes(context.Context) ([]localmesh.RouteStatus, error)
+	DestinationRules(context.Context) ([]localmesh.DestinationRuleStatus, error)
 }
 
 // clusterLister reads a cluster's objects in the shapes one-host mode
@@ -251,4 +252,14 @@ var errNoClusterRoutes = errors.New("trellis get httproutes and grpcroutes read 
 // Routes is not available on a cluster yet: errNoClusterRoutes.
 func (l *clusterLister) Routes(context.Context) ([]localmesh.RouteStatus, error) {
 	return nil, errNoClusterRoutes
+}
+
+// errNoClusterDestinationRules: Trellis does not watch DestinationRules
+// in a cluster yet.
+var errNoClusterDestinationRules = errors.New("trellis get destinationrules reads one-host meshes only: Trellis does not watch DestinationRules in a cluster yet; use kubectl get destinationrules")
+
+// DestinationRules is not available on a cluster yet:
+// errNoClusterDestinationRules.
+func (l *clusterLister) DestinationRules(context.Context) ([]localmesh.DestinationRuleStatus, error) {
+	return nil, errNoClusterDestinationRules
 }

@@ -1,0 +1,104 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
+	"github.com/trellis-mesh/trellis/internal/localmesh"
+	"github.com/trellis-mesh/trellis/internal/meshpb"
+	"github.com/trellis-mesh/trellis/internal/proxycfg"
+)
+
+// destinationRules shows the DestinationRules.
+func (g *getOptions) destinationRules(ctx context.Context, c meshLister, name string) error {
+	all, err := c.DestinationRules(ctx)
+	if err != nil {
+		return err
+	}
+	return show(g, filter(all, g, name, func(d localmesh.DestinationRuleStatus) (string, string) { return d.Namespace, d.Name }),
+		"destinationrules", printDestinationRules)
+}
+
+// printDestinationRules prints what each rule makes its clients' proxies
+// do, Istio's defaults filled in, as the proxies get it; -o wide adds the
+// Service the host names.
+func printDestinationRules(w io.Writer, drs []localmesh.DestinationRuleStatus, allNS, wide bool) {
+	head := []string{"NAME", "HOST", "LOAD-BALANCER", "CONNECTION-POOL", "OUTLIER-DETECTION", "AGE"}
+	if wide {
+		head = append(head, "SERVICE")
+	}
+	row(w, withNS(allNS, "NAMESPACE", head)...)
+	for _, d := range drs {
+		dr := &catalog.DestinationRule{Meta: catalog.Meta{Namespace: d.Namespace, Name: d.Name}, Spec: d.Spec}
+		lb, tp := proxycfg.DestinationPolicy(dr)
+		cols := []string{d.Name, d.Spec.Host, strings.TrimPrefix(lb.String(), "LOAD_BALANCING_"),
+			poolText(tp.GetConnectionPool()), outlierText(tp.GetOutlierDetection()), age(d.Created)}
+		if wide {
+			svc := "<none>"
+			if ns, n, err := catalog.DestinationHost(d.Spec.Host, d.Namespace); err == nil {
+				svc = ns + "/" + n
+			}
+			cols = append(cols, svc)
+		}
+		row(w, withNS(allNS, d.Namespace, cols)...)
+	}
+}
+
+// poolText is "max 100 requests, 10 waiting"; "no limit" without a limit
+// of requests in flight, past which alone requests would wait.
+func poolText(cp *meshpb.ConnectionPool) string {
+	if cp.GetMaxRequests() == 0 {
+		return "no limit"
+	}
+	s := "max " + plural(cp.GetMaxRequests(), "request")
+	if cp.MaxPending != nil {
+		s += fmt.Sprintf(", %d waiting", cp.GetMaxPending())
+	}
+	return s
+}
+
+func plural(n uint32, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
+// outlierText is "5×5xx, 30s, 10%": the failures in a row that eject,
+// the first ejection's time and the most of the endpoints ejected; "off"
+// when no failure ejects. Without outlierDetection it is the proxy's
+// default ejection.
+func outlierText(od *meshpb.OutlierDetection) string {
+	if od == nil {
+		return "5×5xx, 10s, 100% (default)"
+	}
+	var parts []string
+	if n := od.GetConsecutive_5Xx(); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d×5xx", n))
+	}
+	if n := od.GetConsecutiveGateway(); n > 0 {
+		parts = append(parts, fmt.Sprintf("%d×gateway", n))
+	}
+	if len(parts) == 0 {
+		return "off"
+	}
+	return strings.Join(append(parts, millis(od.GetBaseEjectionMs()), fmt.Sprintf("%d%%", od.GetMaxEjectionPercent())), ", ")
+}
+
+// millis writes a duration in its largest whole unit: 30s, 2m, 1h, 500ms.
+func millis(ms uint32) string {
+	d := time.Duration(ms) * time.Millisecond
+	switch {
+	case d%time.Hour == 0:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	case d%time.Minute == 0:
+		return fmt.Sprintf("%dm", d/time.Minute)
+	case d%time.Second == 0:
+		return fmt.Sprintf("%ds", d/time.Second)
+	}
+	return fmt.Sprintf("%dms", ms)
+}
