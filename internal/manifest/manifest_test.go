@@ -241,6 +241,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n}\nspec:\n  podSelector: {matchExpressions: [{key: a, operator: In, values: [b]}]}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}], ports: [{port: 80, endPort: 90}]}]\n"))
 	f.Add([]byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x"}}`))
 	f.Add([]byte(reviewsMesh + "---" + reviewsSplit + "---" + reviewsGRPC))
+	f.Add([]byte(reviewsMesh + dr(istioV1, "  host: reviews.shop\n  trafficPolicy: {connectionPool: {http: {http2MaxRequests: 1}}, outlierDetection: {baseEjectionTime: 1s, consecutiveErrors: 0}}")))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		set, err := Parse([]Source{{Name: "f.yaml", Data: data}})
 		if err != nil {
