@@ -97,6 +97,14 @@ spec:
     backendRefs: [{name: hello-v2, port: 8080}]
   - backendRefs: [{name: hello-v2, port: 8080}]
 ---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hello-v2, namespace: web}
+spec:
+  host: hello-v2
+  trafficPolicy:
+    connectionPool: {http: {http2MaxRequests: 1}}
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: client}
@@ -164,4 +172,15 @@ func TestRoutesInOneHostMode(t *testing.T) {
 	if codes := strings.Fields(out); len(codes) != flaky || flaky-strings.Count(out, "200") > 1 {
 		t.Errorf("%d requests to /flaky/30 with retries answered %q, want at most one failure", flaky, out)
 	}
+	// hello-v2's DestinationRule lets one request be in flight: of three
+	// at once, two are refused by the client's sidecar.
+	if out := m.must("get", "destinationrules", "-n", "web"); !strings.Contains(out, "max 1 request") {
+		t.Errorf("trellis get destinationrules -n web:\n%s\nwant hello-v2's limit", out)
+	}
+	parallel := "curl -s -Z --parallel-immediate -w '%{http_code} %header{x-trellis-response-flags}\\n'" +
+		strings.Repeat(" -o /dev/null "+v2+"/delay/200ms", 3)
+	waitFor(t, "two of three requests at once refused (503 UO)", 30*time.Second, func() bool {
+		out := m.exec("client", "client", parallel)
+		return strings.Count(out, "503 UO") == 2 && strings.Count(out, "200 ") == 1
+	})
 }
