@@ -7,8 +7,6 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -40,16 +38,9 @@ func TestGRPCBalancedPerCallOverOneConnection(t *testing.T) {
 		hs := health.NewServer()
 		healths = append(healths, hs)
 		healthpb.RegisterHealthServer(srv, hs)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go srv.Serve(ln)
-		t.Cleanup(srv.Stop)
-		appPort := uint16(ln.Addr().(*net.TCPAddr).Port)
-		addr := netip.MustParseAddrPort(serve(t, func(c net.Conn) { in.HandleConn(c, appPort) }))
-		eps = append(eps, &meshpb.Endpoint{Address: addr.Addr().String(), Port: uint32(addr.Port()), Identity: m.serverID.String(),
-			Workload: "alpha", Namespace: "db"})
+		ep := grpcBehind(t, m, in, srv)
+		ep.Workload, ep.Namespace = "alpha", "db"
+		eps = append(eps, ep)
 	}
 	metrics := telemetry.New("test")
 	m.outbound.Metrics = metrics

@@ -11,7 +11,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -248,15 +247,7 @@ func TestRouteTimeoutGRPC(t *testing.T) {
 		}
 		return nil
 	}))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(srv.Stop)
-	appPort := uint16(ln.Addr().(*net.TCPAddr).Port)
-	addr := netip.MustParseAddrPort(serve(t, func(c net.Conn) { m.inbounds[0].HandleConn(c, appPort) }))
-	ep := &meshpb.Endpoint{Address: addr.Addr().String(), Port: uint32(addr.Port()), Identity: m.serverID.String()}
+	ep := grpcBehind(t, m, m.inbounds[0], srv)
 	m.outbound.Update(&meshpb.ProxyConfig{Version: "grpc-timeout",
 		Workload: &meshpb.Workload{Namespace: "web", Name: "frontend", Identity: "spiffe://cluster.local/ns/web/sa/default"},
 		Services: []*meshpb.Service{dbService("alpha", vip.Addr().String(), meshpb.Protocol_PROTOCOL_GRPC),

@@ -221,6 +221,21 @@ func dbService(name, vip string, protocol meshpb.Protocol, eps ...*meshpb.Endpoi
 		Ports: []*meshpb.ServicePort{{Port: 80, Name: port, Protocol: protocol, Endpoints: eps}}}
 }
 
+// grpcBehind serves srv as an app behind in, m's sidecar, until the
+// test ends, and returns the endpoint it is.
+func grpcBehind(t *testing.T, m *testMesh, in *Inbound, srv *grpc.Server) *meshpb.Endpoint {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	appPort := uint16(ln.Addr().(*net.TCPAddr).Port)
+	addr := netip.MustParseAddrPort(serve(t, func(c net.Conn) { in.HandleConn(c, appPort) }))
+	return &meshpb.Endpoint{Address: addr.Addr().String(), Port: uint32(addr.Port()), Identity: m.serverID.String()}
+}
+
 // get sends req with c and returns the body, failing unless the status
 // is want.
 func get(t *testing.T, c *http.Client, req *http.Request, want int) string {
@@ -245,15 +260,7 @@ func TestGRPCRoutes(t *testing.T) {
 				return h(ctx, req)
 			}))
 		healthpb.RegisterHealthServer(srv, health.NewServer())
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go srv.Serve(ln)
-		t.Cleanup(srv.Stop)
-		appPort := uint16(ln.Addr().(*net.TCPAddr).Port)
-		addr := netip.MustParseAddrPort(serve(t, func(c net.Conn) { in.HandleConn(c, appPort) }))
-		eps = append(eps, &meshpb.Endpoint{Address: addr.Addr().String(), Port: uint32(addr.Port()), Identity: m.serverID.String()})
+		eps = append(eps, grpcBehind(t, m, in, srv))
 	}
 	svc := func(name, vip string, eps ...*meshpb.Endpoint) *meshpb.Service {
 		return dbService(name, vip, meshpb.Protocol_PROTOCOL_GRPC, eps...)
