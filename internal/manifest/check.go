@@ -46,6 +46,8 @@ func checkObject(obj any) error {
 		return checkMeta(o.Meta)
 	case *catalog.DestinationRule:
 		return checkMeta(o.Meta)
+	case *catalog.VirtualService:
+		return checkMeta(o.Meta)
 	}
 	return nil
 }

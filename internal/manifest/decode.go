@@ -41,6 +41,7 @@ var decoders = map[string]decoder{
 	"HTTPRoute":             {"", httpRouteVersions, decodeHTTPRoute},
 	"GRPCRoute":             {"", grpcRouteVersions, decodeGRPCRoute},
 	"DestinationRule":       {"", destinationRuleVersions, decodeDestinationRule},
+	"VirtualService":        {"", virtualServiceVersions, decodeVirtualService},
 }
 
 func (d decoder) accepts(v string) bool {

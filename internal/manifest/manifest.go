@@ -181,6 +181,12 @@ func (s *Set) DestinationRules() []*catalog.DestinationRule {
 	return collect[*catalog.DestinationRule](s)
 }
 
+// VirtualServices returns the VirtualServices in namespace/name order,
+// valid or not (internal/route says what each applies).
+func (s *Set) VirtualServices() []*catalog.VirtualService {
+	return collect[*catalog.VirtualService](s)
+}
+
 // Services returns the services in namespace/name order.
 func (s *Set) Services() []*catalog.Service { return collect[*catalog.Service](s) }
 
@@ -200,7 +206,7 @@ func kindOrder(k catalog.Kind) int {
 	for i, kk := range []catalog.Kind{catalog.KindNamespace, catalog.KindServiceAccount,
 		catalog.KindService, catalog.KindDeployment, catalog.KindPod, catalog.KindNetworkPolicy, catalog.KindPeerAuthentication,
 		catalog.KindAuthorizationPolicy, catalog.KindRequestAuthentication, catalog.KindHTTPRoute, catalog.KindGRPCRoute,
-		catalog.KindDestinationRule} {
+		catalog.KindDestinationRule, catalog.KindVirtualService} {
 		if k == kk {
 			return i
 		}

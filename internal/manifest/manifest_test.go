@@ -242,6 +242,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x"}}`))
 	f.Add([]byte(reviewsMesh + "---" + reviewsSplit + "---" + reviewsGRPC))
 	f.Add([]byte(reviewsMesh + dr(istioV1, "  host: reviews.shop\n  trafficPolicy: {connectionPool: {http: {http2MaxRequests: 1}}, outlierDetection: {baseEjectionTime: 1s, consecutiveErrors: 0}}")))
+	f.Add([]byte(reviewsMesh + vs(istioV1, reviewsVS)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		set, err := Parse([]Source{{Name: "f.yaml", Data: data}})
 		if err != nil {

@@ -1,0 +1,39 @@
+package manifest
+
+import (
+	"encoding/json"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
+)
+
+// virtualServiceVersions are the apiVersions of Istio's VirtualService, as
+// DestinationRule's: the older ones have the same fields for what Trellis
+// reads.
+var virtualServiceVersions = destinationRuleVersions
+
+// virtualService is an Istio VirtualService as written. Status is
+// accepted, so that `kubectl get -o yaml` output loads, and ignored.
+type virtualService struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              catalog.VirtualServiceSpec `json:"spec"`
+	Status            json.RawMessage            `json:"status,omitempty"`
+}
+
+// decodeVirtualService decodes a VirtualService strictly: a field Istio
+// does not have is an error naming it. One that decodes is kept even when
+// Trellis refuses some of it (a subset, tcp routes, a bad regular
+// expression): as for an HTTPRoute, its status says what is refused
+// (internal/route), and the refused rules change nothing in traffic, so a
+// manifest shared with Istio loads whole and says what it lacks.
+func decodeVirtualService(doc []byte) (catalog.Ref, any, error) {
+	var o virtualService
+	if err := strict(doc, &o, "VirtualService (networking.istio.io/v1)"); err != nil {
+		return catalog.Ref{}, nil, err
+	}
+	m := meta(o.ObjectMeta, true)
+	ref := catalog.Ref{Kind: catalog.KindVirtualService, Namespace: m.Namespace, Name: m.Name}
+	return ref, &catalog.VirtualService{Meta: m, Spec: o.Spec}, nil
+}
