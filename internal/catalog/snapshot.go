@@ -36,6 +36,10 @@ type Snapshot struct {
 	// host that names a Service, the supported fields only). Sorted by
 	// namespace and name.
 	DestinationRules []*DestinationRule `json:",omitempty"`
+	// VirtualServices as written, valid or not, as routes are:
+	// internal/route translates each into the routes' model and writes
+	// its status. Sorted by namespace and name.
+	VirtualServices []*VirtualService `json:",omitempty"`
 	// JWKS are the key sets the control plane fetched for the jwksUris
 	// of RequestAuthentications, by URI; a source leaves it empty.
 	JWKS map[string][]byte `json:",omitempty"`

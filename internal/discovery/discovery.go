@@ -133,6 +133,11 @@ func Decode(data []byte) (*catalog.Snapshot, error) {
 			return nil, fmt.Errorf("destinationRules[%d] is null", i)
 		}
 	}
+	for i, vs := range snap.VirtualServices {
+		if vs == nil {
+			return nil, fmt.Errorf("virtualServices[%d] is null", i)
+		}
+	}
 	return snap, nil
 }
 

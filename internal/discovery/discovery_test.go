@@ -103,7 +103,8 @@ func TestFileSource(t *testing.T) {
 
 func TestDecodeRefusesHoles(t *testing.T) {
 	for _, doc := range []string{`{"Pods": [null]}`, `{"Pods": [{}]}`, `{"Services": [null]}`, `{"Namespaces": [null]}`,
-		`{"PeerAuthentications": [null]}`, `{"HTTPRoutes": [null]}`, `{"GRPCRoutes": [null]}`, `not json`} {
+		`{"PeerAuthentications": [null]}`, `{"HTTPRoutes": [null]}`, `{"GRPCRoutes": [null]}`, `{"DestinationRules": [null]}`,
+		`{"VirtualServices": [null]}`, `not json`} {
 		if _, err := Decode([]byte(doc)); err == nil {
 			t.Errorf("Decode(%s) = nil error, want one", doc)
 		}
