@@ -8,12 +8,13 @@ import (
 
 // Routes are the routes the proxy of a pod in namespace ns needs, given
 // the services it sees: every HTTPRoute and GRPCRoute of snap with a
-// parentRef (group "", kind Service) to one of services, that is a
-// producer route (in the Service's namespace) or a consumer route of ns.
-// Other namespaces' consumer routes do not apply to this client and are
-// left out. Routes go as written, valid or not: the proxy compiles them
-// (internal/route), which drops what RouteStatus reports as invalid. The
-// order is snap's: HTTPRoutes, then GRPCRoutes, each by namespace and
+// parentRef (group "", kind Service) to one of services, and every
+// VirtualService with a host naming one, that is a producer route (in the
+// Service's namespace) or a consumer route of ns. Other namespaces'
+// consumer routes do not apply to this client and are left out. Routes go
+// as written, valid or not: the proxy compiles them (internal/route),
+// which drops what RouteStatus reports as invalid. The order is snap's:
+// HTTPRoutes, GRPCRoutes, then VirtualServices, each by namespace and
 // name.
 func Routes(snap *catalog.Snapshot, ns string, services []*meshpb.Service) ([]*meshpb.Route, error) {
 	seen := make(map[string]bool, len(services))
@@ -46,15 +47,42 @@ func Routes(snap *catalog.Snapshot, ns string, services []*meshpb.Service) ([]*m
 			rs.GRPC = append(rs.GRPC, r)
 		}
 	}
+	rs.VS = virtualServices(snap.VirtualServices, ns, services)
 	return route.ToProto(rs)
 }
 
-// RouteStatus is the status of every route of snap, HTTPRoutes then
-// GRPCRoutes in snap's order, as route.Validate gives it against
-// RouteConfig(snap). The control plane and `trellis get httproutes` call
-// it; LastTransitionTime is left zero.
+// virtualServices are those of all with a host naming one of services
+// that are producer routes or consumer routes of ns, in all's order.
+// Hosts are resolved by route.Routes.AttachedTo, the proxy's own reading,
+// so that a VirtualService reaches every proxy that would apply it.
+func virtualServices(all []*catalog.VirtualService, ns string, services []*meshpb.Service) []*catalog.VirtualService {
+	if len(all) == 0 {
+		return nil
+	}
+	applies := map[*catalog.VirtualService]bool{}
+	for _, s := range services {
+		for _, vs := range (route.Routes{VS: all}).AttachedTo(s.GetNamespace(), s.GetName()).VS {
+			if vs.Namespace == s.GetNamespace() || vs.Namespace == ns {
+				applies[vs] = true
+			}
+		}
+	}
+	var out []*catalog.VirtualService
+	for _, vs := range all {
+		if applies[vs] {
+			out = append(out, vs)
+		}
+	}
+	return out
+}
+
+// RouteStatus is the status of every route of snap, HTTPRoutes,
+// GRPCRoutes then VirtualServices in snap's order, as route.Validate
+// gives it against RouteConfig(snap). The control plane and `trellis get
+// httproutes` (and virtualservices) call it; LastTransitionTime is left zero.
 func RouteStatus(snap *catalog.Snapshot) []route.Status {
-	return route.Validate(route.Routes{HTTP: snap.HTTPRoutes, GRPC: snap.GRPCRoutes}, RouteConfig(snap))
+	rs := route.Routes{HTTP: snap.HTTPRoutes, GRPC: snap.GRPCRoutes, VS: snap.VirtualServices}
+	return route.Validate(rs, RouteConfig(snap))
 }
 
 // RouteConfig is what routes attach to and send to: the Services of snap
@@ -62,7 +90,8 @@ func RouteStatus(snap *catalog.Snapshot) []route.Status {
 // and ports Render gives proxies, so the status a route gets is what
 // proxies do with it. A backend in another namespace than its route's is
 // refused as RefNotPermitted (route.Config's default): Trellis has no
-// ReferenceGrant yet.
+// ReferenceGrant yet. (A VirtualService's destinations may be in any
+// namespace, as in Istio: internal/route allows them itself.)
 func RouteConfig(snap *catalog.Snapshot) route.Config {
 	var cfg route.Config
 	for _, svc := range snap.Services {
