@@ -62,7 +62,8 @@ func (c *Client) NetworkPolicies(ctx context.Context) ([]NetworkPolicyStatus, er
 	return out, c.do(ctx, http.MethodGet, "/v1/networkpolicies", nil, &out)
 }
 
-// Routes lists the HTTPRoutes and GRPCRoutes with their status.
+// Routes lists the HTTPRoutes, GRPCRoutes and VirtualServices with their
+// status.
 func (c *Client) Routes(ctx context.Context) ([]RouteStatus, error) {
 	var out []RouteStatus
 	return out, c.do(ctx, http.MethodGet, "/v1/routes", nil, &out)

@@ -166,9 +166,9 @@ func (r *Runtime) writeRegistryLocked() error {
 
 // snapshotLocked is the mesh as the control plane sees it, version aside:
 // services with their VIPs, running pods, policies, DestinationRules, and
-// routes with the
-// time they were applied as their creation time (older routes win ties,
-// as in Kubernetes).
+// routes and VirtualServices with the time they were applied as their
+// creation time (older routes win ties, as in Kubernetes, and the oldest
+// of a namespace's VirtualServices for a host wins, as in Istio).
 func (r *Runtime) snapshotLocked() *catalog.Snapshot {
 	snap := &catalog.Snapshot{Namespaces: r.desired.Namespaces(), PeerAuthentications: r.desired.PeerAuthentications(),
 		AuthorizationPolicies: r.desired.AuthorizationPolicies(), RequestAuthentications: r.desired.RequestAuthentications(),
@@ -192,6 +192,11 @@ func (r *Runtime) snapshotLocked() *catalog.Snapshot {
 		c := *rt
 		c.CreationTimestamp = r.created[catalog.Ref{Kind: catalog.KindGRPCRoute, Namespace: rt.Namespace, Name: rt.Name}]
 		snap.GRPCRoutes = append(snap.GRPCRoutes, &c)
+	}
+	for _, vs := range r.desired.VirtualServices() {
+		c := *vs
+		c.CreationTimestamp = r.created[catalog.Ref{Kind: catalog.KindVirtualService, Namespace: vs.Namespace, Name: vs.Name}]
+		snap.VirtualServices = append(snap.VirtualServices, &c)
 	}
 	return snap
 }

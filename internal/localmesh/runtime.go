@@ -497,6 +497,7 @@ func objectName(ref catalog.Ref) string {
 		catalog.KindHTTPRoute:             "httproute.gateway.networking.k8s.io",
 		catalog.KindGRPCRoute:             "grpcroute.gateway.networking.k8s.io",
 		catalog.KindDestinationRule:       "destinationrule.networking.istio.io",
+		catalog.KindVirtualService:        "virtualservice.networking.istio.io",
 	}
 	name := ref.Name
 	if ref.Namespace != "" {
