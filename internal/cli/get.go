@@ -26,8 +26,8 @@ type getOptions struct {
 func newGetCmd(o *options) *cobra.Command {
 	g := &getOptions{options: o}
 	cmd := &cobra.Command{
-		Use:   "get pods|services|networkpolicies|namespaces|httproutes|grpcroutes|destinationrules [NAME] [--kubernetes]",
-		Short: "List pods, services, network policies (with their denial counts), namespaces, routes (with their status) or DestinationRules of the running mesh",
+		Use:   "get pods|services|networkpolicies|namespaces|httproutes|grpcroutes|virtualservices|destinationrules [NAME] [--kubernetes]",
+		Short: "List pods, services, network policies (with their denial counts), namespaces, routes and VirtualServices (with their status) or DestinationRules of the running mesh",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := ""
@@ -87,17 +87,21 @@ func (g *getOptions) run(ctx context.Context, resource, name string) error {
 		all := &getOptions{options: g.options, allNamespaces: true}
 		return show(g, filter(nss, all, name, func(n localmesh.NamespaceStatus) (string, string) { return "", n.Name }), "namespaces", printNamespaces)
 	case "httproutes", "httproute":
-		return g.routes(ctx, c, catalog.KindHTTPRoute, name)
+		return g.routes(ctx, c, catalog.KindHTTPRoute, name, printRoutes)
 	case "grpcroutes", "grpcroute":
-		return g.routes(ctx, c, catalog.KindGRPCRoute, name)
+		return g.routes(ctx, c, catalog.KindGRPCRoute, name, printRoutes)
+	case "virtualservices", "virtualservice", "vs":
+		return g.routes(ctx, c, catalog.KindVirtualService, name, printVirtualServices)
 	case "destinationrules", "destinationrule", "dr":
 		return g.destinationRules(ctx, c, name)
 	}
-	return fmt.Errorf("unknown resource type %q: use pods, services, networkpolicies, namespaces, httproutes, grpcroutes or destinationrules", resource)
+	return fmt.Errorf("unknown resource type %q: use pods, services, networkpolicies, namespaces, httproutes, grpcroutes, virtualservices or destinationrules", resource)
 }
 
-// routes shows the routes of one kind with their status.
-func (g *getOptions) routes(ctx context.Context, c meshLister, kind catalog.Kind, name string) error {
+// routes shows the routes of one kind with their status, as table prints
+// them.
+func (g *getOptions) routes(ctx context.Context, c meshLister, kind catalog.Kind, name string,
+	table func(io.Writer, []localmesh.RouteStatus, bool, bool)) error {
 	all, err := c.Routes(ctx)
 	if err != nil {
 		return err
@@ -109,7 +113,7 @@ func (g *getOptions) routes(ctx context.Context, c meshLister, kind catalog.Kind
 		}
 	}
 	what := strings.ToLower(string(kind)) + "s"
-	return show(g, filter(routes, g, name, func(r localmesh.RouteStatus) (string, string) { return r.Namespace, r.Name }), what, printRoutes)
+	return show(g, filter(routes, g, name, func(r localmesh.RouteStatus) (string, string) { return r.Namespace, r.Name }), what, table)
 }
 
 func filter[T any](items []T, g *getOptions, name string, key func(T) (string, string)) []T {

@@ -246,8 +246,10 @@ func (l *clusterLister) Namespaces(ctx context.Context) ([]localmesh.NamespaceSt
 	return out, nil
 }
 
-// errNoClusterRoutes: Trellis does not watch routes in a cluster yet.
-var errNoClusterRoutes = errors.New("trellis get httproutes and grpcroutes read one-host meshes only: Trellis does not watch routes in a cluster yet; use kubectl get httproutes,grpcroutes")
+// errNoClusterRoutes: Trellis does not watch routes, nor VirtualServices,
+// in a cluster yet.
+var errNoClusterRoutes = errors.New("trellis get httproutes, grpcroutes and virtualservices read one-host meshes only: " +
+	"Trellis does not watch routes or VirtualServices in a cluster yet; use kubectl get httproutes,grpcroutes,virtualservices")
 
 // Routes is not available on a cluster yet: errNoClusterRoutes.
 func (l *clusterLister) Routes(context.Context) ([]localmesh.RouteStatus, error) {
