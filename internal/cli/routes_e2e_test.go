@@ -2,7 +2,7 @@ package cli_test
 
 // Gateway API routes in one-host mode: a manifest's HTTPRoute reaches the
 // client's sidecar through the control plane, and the sidecar splits and
-// matches requests by it.
+// matches requests by it; so does an Istio VirtualService's fault.
 
 import (
 	"fmt"
@@ -105,6 +105,26 @@ spec:
   trafficPolicy:
     connectionPool: {http: {http2MaxRequests: 1}}
 ---
+# A Service of its own for the VirtualService: an abort on a string
+# prefix, every other request to the Service's pods.
+apiVersion: v1
+kind: Service
+metadata: {name: hello-vs, namespace: web}
+spec:
+  selector: {app: hello}
+  ports: [{name: http, port: 8080, targetPort: http}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hello-vs, namespace: web}
+spec:
+  hosts: [hello-vs]
+  http:
+  - match: [{uri: {prefix: /teapot}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: hello-vs}}]
+  - route: [{destination: {host: hello-vs}}]
+---
 apiVersion: v1
 kind: Pod
 metadata: {name: client, namespace: client}
@@ -151,6 +171,22 @@ func TestRoutesInOneHostMode(t *testing.T) {
 	waitFor(t, "x-canary requests to go to v2 only", 30*time.Second, func() bool {
 		return versions(10, "-H 'x-canary: always'")["v2"] == 10
 	})
+	// The VirtualService's abort is answered by the client's sidecar (flag
+	// FI) for its prefix, of the string ("/teapots" too); other paths
+	// reach the app. Its config came with the route's.
+	vs := "http://hello-vs.web.svc.cluster.local:8080"
+	for _, path := range []string{"/teapot/brew", "/teapots"} {
+		head := strings.ToLower(m.exec("client", "client", "curl -s -i -m 10 "+vs+path))
+		if !strings.HasPrefix(head, "http/1.1 418 ") || !strings.Contains(head, "x-trellis-response-flags: fi\r\n") {
+			t.Errorf("GET %s through hello-vs's VirtualService answered\n%s\nwant 418 with flag FI", path, head)
+		}
+	}
+	if out := m.exec("client", "client", "curl -s -m 10 "+vs+"/tea "+vs+"/"); strings.Count(out, "hello from hello-v") != 2 {
+		t.Errorf("GET /tea and / through hello-vs's VirtualService answered %q, want the app twice", out)
+	}
+	if out := m.must("get", "virtualservices", "-n", "web"); !strings.Contains(out, "hello-vs") || !strings.Contains(out, "True") || strings.Contains(out, "False") {
+		t.Errorf("trellis get virtualservices -n web:\n%s\nwant hello-vs accepted", out)
+	}
 	const n = 400
 	if got := versions(n, ""); got["v1"]+got["v2"] != n || got["v1"] < n*72/100 || got["v1"] > n*88/100 {
 		t.Errorf("%d requests on one connection went %v, want v1 80 %% ± 8 points", n, got)
