@@ -143,7 +143,11 @@ func newSource(kind catalog.Kind, m catalog.Meta) *source {
 func (c *compiler) checkRules(out *checked, n int, compile func(i int) (*rule, error)) {
 	c.refs = nil
 	if n > c.limits.MaxRules {
-		out.refused = at("rules", unsupported("%d rules, more than %d: split the route in two", n, c.limits.MaxRules))
+		field := "rules"
+		if out.ordered {
+			field = "http"
+		}
+		out.refused = at(field, unsupported("%d rules, more than %d: split the route in two", n, c.limits.MaxRules))
 		return
 	}
 	for i := range max(n, 1) {

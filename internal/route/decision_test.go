@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -289,5 +290,38 @@ spec:
 	}
 	if aborted < n*48/100 || aborted > n*52/100 || aborted+delayed != n {
 		t.Errorf("%d of %d aborted and %d delayed, want half aborted, the rest delayed", aborted, n, delayed)
+	}
+}
+
+// A VirtualService's problems are said with Istio's field names, and one
+// refused whole still has its status.
+func TestVirtualServiceStatusNamesIstioFields(t *testing.T) {
+	rs := parse(t, `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: db}
+spec:
+  hosts: [graph]
+  http:
+  - redirect: {uri: /x, redirectCode: 399}
+  - route: [{destination: {host: graph-v1, port: {number: 8080}}}]
+    headers: {request: {set: {x-trellis-peer: forged}}}
+  - route: [{destination: {host: graph-v1, port: {number: 8080}}}]
+    timeout: 0s
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp, namespace: db}
+spec:
+  hosts: [graph]
+  tcp: [{}]
+`)
+	st := statusText(Validate(rs, mesh))
+	for _, want := range []string{"http[0].redirect.statusCode", "http[1].headers.request", "VirtualService db/tcp parentRefs[0]:\n   Accepted False UnsupportedValue: tcp:"} {
+		if !strings.Contains(st, want) {
+			t.Errorf("status does not say %q:\n%s", want, st)
+		}
+	}
+	if tbl := Compile(graphHTTP, rs, mesh); tbl.Route(get("/"), 0).Timeouts.Request != NoTimeout {
+		t.Errorf("timeout: 0s is not \"no timeout\":\n%s", tbl)
 	}
 }

@@ -46,41 +46,55 @@ var grpcCodes = []string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEAD
 // checkVS validates and compiles a VirtualService on its own.
 func (c *compiler) checkVS(vs *catalog.VirtualService) *checked {
 	out := &checked{src: newSource(catalog.KindVirtualService, vs.Meta), ordered: true}
-	if err := vsSpecRefusals(vs.Spec); err != nil {
-		out.refused = err
-		return out
-	}
+	// The hosts that are Services are its parents, first, so that a
+	// refusal has somewhere to be said.
 	for i, h := range vs.Spec.Hosts {
 		ns, name, ok := hostService(h, vs.Namespace)
 		if !ok {
 			out.refused = at(fmt.Sprintf("hosts[%d]", i), unsupported("%q is not a Service of the mesh: write its name, name.namespace or name.namespace.svc.cluster.local", h))
-			return out
+			continue
 		}
 		group := ""
 		out.parents = append(out.parents, catalog.ParentReference{Group: &group, Kind: "Service", Namespace: ns, Name: name})
 	}
-	// Istio has no ReferenceGrant: a destination may be in any namespace.
-	vc := newCompiler(Config{Services: c.cfg.Services, Limits: c.cfg.Limits, CrossNamespace: true})
+	if err := vsSpecRefusals(vs.Spec); err != nil {
+		out.refused = err
+	}
+	if out.refused != nil {
+		return out
+	}
+	// Istio has no ReferenceGrant: a destination may be in any namespace;
+	// and its VirtualServices often have more http routes than an
+	// HTTPRoute may have rules.
+	limits := c.limits
+	limits.MaxRules = max(limits.MaxRules, maxVSRoutes)
+	vc := newCompiler(Config{Services: c.cfg.Services, Limits: limits, CrossNamespace: true})
 	vc.checkRules(out, len(vs.Spec.HTTP), func(i int) (*rule, error) {
 		return vc.vsRule(vs.Spec.HTTP[i], vs.Namespace)
 	})
+	for i := range out.refs {
+		out.refs[i].msg = istioFields(out.refs[i].msg)
+	}
 	return out
 }
+
+// maxVSRoutes is the most http routes of a VirtualService.
+const maxVSRoutes = 64
 
 func vsSpecRefusals(s catalog.VirtualServiceSpec) error {
 	switch {
 	case len(s.Hosts) == 0:
 		return at("hosts", unsupported("name the Service the VirtualService is for"))
-	case len(s.HTTP) == 0:
-		return at("http", unsupported("Trellis applies a VirtualService's http routes only: give at least one"))
 	case len(s.TCP) > 0:
 		return at("tcp", unsupported("Trellis applies a VirtualService's http routes only: remove it"))
 	case len(s.TLS) > 0:
 		return at("tls", unsupported("Trellis applies a VirtualService's http routes only: remove it"))
+	case len(s.HTTP) == 0:
+		return at("http", unsupported("Trellis applies a VirtualService's http routes only: give at least one"))
 	case slices.ContainsFunc(s.Gateways, func(g string) bool { return g != "mesh" }):
 		return at("gateways", unsupported("Trellis applies VirtualServices to the mesh's sidecars only: leave gateways out, or write [mesh]"))
 	case slices.ContainsFunc(s.ExportTo, func(e string) bool { return e != "*" }):
-		return at("exportTo", unsupported("a VirtualService applies to every namespace's clients in Trellis: leave exportTo out, or write [\"*\"]"))
+		return at("exportTo", unsupported("Trellis applies a VirtualService as it applies routes (in the Service's namespace to every client, in another to that namespace's clients): leave exportTo out, or write [\"*\"]"))
 	}
 	return nil
 }
@@ -186,7 +200,7 @@ func (c *compiler) vsRule(in catalog.VSHTTPRoute, ns string) (*rule, error) {
 	if err := r.vsRewrite(in.Rewrite, in.Match, prefixes); err != nil {
 		return nil, at("rewrite", err)
 	}
-	if r.timeouts.Request, err = vsDuration(in.Timeout); err != nil {
+	if r.timeouts.Request, err = vsTimeout(in.Timeout); err != nil {
 		return nil, at("timeout", err)
 	}
 	if r.retry, r.timeouts.BackendRequest, err = vsRetries(in.Retries); err != nil {
@@ -206,13 +220,38 @@ func vsField(err error) error {
 		return err
 	}
 	out := *e
-	for gw, istio := range map[string]string{"matches[": "match[", "backendRefs[": "route["} {
-		if strings.HasPrefix(out.field, gw) {
-			out.field = istio + strings.TrimPrefix(out.field, gw)
-		}
-	}
+	out.field = istioFields(out.field)
 	return &out
 }
+
+// gatewayToIstio rewrites the translated rule's Gateway API field names
+// into the VirtualService's.
+var gatewayToIstio = strings.NewReplacer("matches[", "match[", "backendRefs[", "route[")
+
+// istioFields is text with the translated rule's field names as the
+// VirtualService has them: a filter's type says which field it came from.
+func istioFields(text string) string {
+	text = gatewayToIstio.Replace(text)
+	return filterField.ReplaceAllStringFunc(text, func(f string) string {
+		_, name, _ := strings.Cut(f, "].")
+		switch name {
+		case "requestHeaderModifier":
+			return "headers.request"
+		case "responseHeaderModifier":
+			return "headers.response"
+		case "requestRedirect":
+			return "redirect"
+		case "urlRewrite":
+			return "rewrite"
+		case "requestMirror":
+			return "mirror"
+		}
+		return f
+	})
+}
+
+// filterField is a filter of the translated rule, by its index and type.
+var filterField = regexp.MustCompile(`filters\[\d+\]\.[a-zA-Z]+`)
 
 func vsRouteRefusals(in catalog.VSHTTPRoute) error {
 	if field := firstSet(fieldSet{"mirrors", len(in.Mirrors) > 0}, fieldSet{"mirrorPercent", in.MirrorPercent != nil},
@@ -223,6 +262,8 @@ func vsRouteRefusals(in catalog.VSHTTPRoute) error {
 	switch {
 	case in.Redirect != nil && len(in.Route) > 0:
 		return at("redirect", incompatible("a redirect sends nothing to a destination: remove the route or the redirect"))
+	case in.Redirect != nil && in.Rewrite != nil:
+		return at("rewrite", incompatible("a redirect sends nothing on, so there is nothing to rewrite: remove the rewrite or the redirect"))
 	case in.Redirect != nil && in.Redirect.DerivePort != nil:
 		return at("redirect.derivePort", unsupported("not supported by Trellis: give port, or leave it out"))
 	case in.Rewrite != nil && in.Rewrite.URIRegexRewrite != nil:
@@ -270,8 +311,8 @@ func vsMatch(m catalog.VSMatch) (catalog.HTTPRouteMatch, *string, error) {
 		out.Path = &catalog.HTTPPathMatch{Type: typ, Value: v}
 	}
 	if m.Method != nil {
-		if m.Method.Exact == nil {
-			return out, nil, at("method", unsupported("match a method exactly"))
+		if m.Method.Exact == nil || *m.Method.Exact == "" {
+			return out, nil, at("method", unsupported("match a method exactly, as exact: GET"))
 		}
 		out.Method = *m.Method.Exact
 	}
@@ -407,6 +448,14 @@ func vsDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
+// vsTimeout reads an Istio timeout: "0s" is none (NoTimeout), "" unset.
+func vsTimeout(s string) (time.Duration, error) {
+	if d, err := time.ParseDuration(s); err == nil && d == 0 {
+		return NoTimeout, nil
+	}
+	return vsDuration(s)
+}
+
 // vsRetries translates a retry policy, with its per-try timeout.
 func vsRetries(in *catalog.VSRetries) (*Retry, time.Duration, error) {
 	if in == nil {
@@ -415,7 +464,7 @@ func vsRetries(in *catalog.VSRetries) (*Retry, time.Duration, error) {
 	if in.RetryRemoteLocalities != nil {
 		return nil, 0, at("retryRemoteLocalities", unsupported("not supported by Trellis: remove it"))
 	}
-	perTry, err := vsDuration(in.PerTryTimeout)
+	perTry, err := vsTimeout(in.PerTryTimeout)
 	if err != nil {
 		return nil, 0, at("perTryTimeout", err)
 	}
