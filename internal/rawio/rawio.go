@@ -17,19 +17,24 @@ package rawio
 import (
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 )
 
 // Conn is a TCP connection whose Read and Write are raw system calls; its
 // other methods (deadlines, CloseWrite, addresses) are *net.TCPConn's.
-// Like net.Conn, one Read and one Write may run at once.
+// Like net.Conn, it may be used from many goroutines at once: reads are
+// serialised, and so are writes (net/http writes a request's last bytes
+// while an Upgrade's copier writes the stream after 101).
 type Conn struct {
 	*net.TCPConn
 	rc      syscall.RawConn
 	waiting atomic.Uint64 // the WaitReadable under way, 0 if none
-	// rd and wr are the read and the write under way: the callbacks
-	// RawConn runs are bound to them once, so a call allocates nothing.
+	// rd and wr are the read and the write under way, each guarded by
+	// its mutex: the callbacks RawConn runs are bound to them once, so a
+	// call allocates nothing.
+	rmu, wmu            sync.Mutex
 	rd, wr              op
 	read, pooled, write func(fd uintptr) bool
 }
@@ -69,6 +74,8 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	c.rd.p = p
 	err := c.rc.Read(c.read)
 	c.rd.p = nil
@@ -87,6 +94,8 @@ func (o *op) readOnce(fd uintptr) bool {
 // returned with the error. get and put should be values made once (a
 // method value made per call allocates).
 func (c *Conn) ReadPooled(get func() []byte, put func([]byte)) ([]byte, int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	c.rd.get, c.rd.put = get, put
 	err := c.rc.Read(c.pooled)
 	buf := c.rd.p
@@ -149,6 +158,8 @@ func (c *Conn) Write(p []byte) (int, error) { return c.writeOp(p, true) }
 func (c *Conn) TryWrite(p []byte) (int, error) { return c.writeOp(p, false) }
 
 func (c *Conn) writeOp(p []byte, wait bool) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.wr.p, c.wr.n, c.wr.errno, c.wr.wait = p, 0, 0, wait
 	err := c.rc.Write(c.write)
 	done, errno := c.wr.n, c.wr.errno

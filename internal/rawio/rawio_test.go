@@ -13,6 +13,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -307,5 +308,34 @@ func TestReadWriteDoNotAllocate(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Errorf("a Write, Read, TryWrite and ReadPooled allocate %v times, want 0", allocs)
+	}
+}
+
+// Writes from several goroutines at once, each large enough to fill the
+// socket and wait, arrive each whole, none mixed into another: net/http
+// writes a request's last bytes while an Upgrade's copier starts on the
+// stream after 101.
+func TestConcurrentWritesStayWhole(t *testing.T) {
+	client, server := pair(t)
+	const writers, size = 4, 1 << 20
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := client.Write(bytes.Repeat([]byte{byte('a' + w)}, size)); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	go func() { wg.Wait(); client.CloseWrite() }()
+	got, err := io.ReadAll(readerOnly{server})
+	if err != nil || len(got) != writers*size {
+		t.Fatalf("read %d bytes (%v), want %d", len(got), err, writers*size)
+	}
+	for i := 0; i < len(got); i += size {
+		if run := bytes.Count(got[i:i+size], got[i:i+1]); run != size {
+			t.Fatalf("write %d arrived mixed with another: %d of its %d bytes in its place", i/size, run, size)
+		}
 	}
 }
