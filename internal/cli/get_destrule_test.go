@@ -4,14 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/localmesh"
-	"github.com/trellis-mesh/trellis/internal/unixapi"
 )
 
 // ruleFixture is what a mesh with a rule of every shape answers.
@@ -41,18 +39,7 @@ func ruleFixture() []localmesh.DestinationRuleStatus {
 // serveRules answers GET /v1/destinationrules on a mesh socket in a new
 // state directory, as a running mesh does.
 func serveRules(t *testing.T, drs []localmesh.DestinationRuleStatus) string {
-	t.Helper()
-	dir := t.TempDir()
-	ln, err := unixapi.Listen(localmesh.SocketPath(dir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/destinationrules", func(w http.ResponseWriter, _ *http.Request) { unixapi.WriteJSON(w, http.StatusOK, drs) })
-	srv := &http.Server{Handler: mux}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return dir
+	return serveAPI(t, "GET /v1/destinationrules", drs)
 }
 
 func TestGetDestinationRulesTable(t *testing.T) {
@@ -80,19 +67,7 @@ func TestGetDestinationRulesTable(t *testing.T) {
 			"web off reviews.shop P2C_PEAK_EWMA no limit off 5m shop/reviews",
 		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			out, _, err := runGet(t, dir, tc.args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got []string
-			for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-				got = append(got, strings.Join(strings.Fields(line), " "))
-			}
-			if g, w := strings.Join(got, "\n"), strings.Join(tc.want, "\n"); g != w {
-				t.Errorf("get %v:\n%s\nwant\n%s", tc.args, g, w)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { checkTable(t, dir, tc.args, tc.want) })
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +53,12 @@ func routeFixture() []localmesh.RouteStatus {
 // serveRoutes answers GET /v1/routes on a mesh socket in a new state
 // directory, as a running mesh does.
 func serveRoutes(t *testing.T, routes []localmesh.RouteStatus) string {
+	return serveAPI(t, "GET /v1/routes", routes)
+}
+
+// serveAPI answers pattern with v, as JSON, on a mesh socket in a new
+// state directory, as a running mesh does.
+func serveAPI(t *testing.T, pattern string, v any) string {
 	t.Helper()
 	dir := t.TempDir()
 	ln, err := unixapi.Listen(localmesh.SocketPath(dir))
@@ -59,11 +66,30 @@ func serveRoutes(t *testing.T, routes []localmesh.RouteStatus) string {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, _ *http.Request) { unixapi.WriteJSON(w, http.StatusOK, routes) })
+	mux.HandleFunc(pattern, func(w http.ResponseWriter, _ *http.Request) { unixapi.WriteJSON(w, http.StatusOK, v) })
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return dir
+}
+
+// checkTable runs trellis get args against dir and compares its rows with
+// want, the runs of spaces between columns aside.
+func checkTable(t *testing.T, dir string, args, want []string) {
+	t.Helper()
+	out, _, err := runGet(t, dir, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	norm := func(lines []string) string {
+		for i, line := range lines {
+			lines[i] = strings.Join(strings.Fields(line), " ")
+		}
+		return strings.Join(lines, "\n")
+	}
+	if g, w := norm(strings.Split(strings.TrimSpace(out), "\n")), norm(slices.Clone(want)); g != w {
+		t.Errorf("get %v:\n%s\nwant\n%s", args, g, w)
+	}
 }
 
 func runGet(t *testing.T, dir string, args ...string) (stdout, stderr string, err error) {
@@ -101,23 +127,7 @@ func TestGetRoutesTable(t *testing.T) {
 			"shop reviews-rpc Service shop/reviews:9090 True True 5m <none>",
 		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			out, _, err := runGet(t, dir, tc.args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got []string
-			for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-				got = append(got, strings.Join(strings.Fields(line), " "))
-			}
-			var want []string
-			for _, line := range tc.want {
-				want = append(want, strings.Join(strings.Fields(line), " "))
-			}
-			if g, w := strings.Join(got, "\n"), strings.Join(want, "\n"); g != w {
-				t.Errorf("get %v:\n%s\nwant\n%s", tc.args, g, w)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { checkTable(t, dir, tc.args, tc.want) })
 	}
 }
 

@@ -81,23 +81,7 @@ func TestGetVirtualServicesTable(t *testing.T) {
 			"reviews-split Service shop/reviews True True 5m <none>",
 		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			out, _, err := runGet(t, dir, tc.args...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got []string
-			for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-				got = append(got, strings.Join(strings.Fields(line), " "))
-			}
-			var want []string
-			for _, line := range tc.want {
-				want = append(want, strings.Join(strings.Fields(line), " "))
-			}
-			if g, w := strings.Join(got, "\n"), strings.Join(want, "\n"); g != w {
-				t.Errorf("get %v:\n%s\nwant\n%s", tc.args, g, w)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { checkTable(t, dir, tc.args, tc.want) })
 	}
 }
 
