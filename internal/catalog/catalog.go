@@ -59,6 +59,9 @@ type Meta struct {
 	Generation int64 `json:",omitzero"`
 }
 
+// ObjectMeta is m, for code generic over the objects that embed it.
+func (m *Meta) ObjectMeta() *Meta { return m }
+
 // Namespace groups objects; its labels drive injection and policy.
 type Namespace struct {
 	Meta

@@ -2,11 +2,13 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,12 +17,17 @@ import (
 	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/kube"
 	"github.com/trellis-mesh/trellis/internal/kubeclient"
 	"github.com/trellis-mesh/trellis/internal/localmesh"
+	"github.com/trellis-mesh/trellis/internal/manifest"
+	routemodel "github.com/trellis-mesh/trellis/internal/route"
 )
 
 // meshLister is what `trellis get` reads: the one-host mesh's API, or a
@@ -246,22 +253,91 @@ func (l *clusterLister) Namespaces(ctx context.Context) ([]localmesh.NamespaceSt
 	return out, nil
 }
 
-// errNoClusterRoutes: Trellis does not watch routes, nor VirtualServices,
-// in a cluster yet.
-var errNoClusterRoutes = errors.New("trellis get httproutes, grpcroutes and virtualservices read one-host meshes only: " +
-	"Trellis does not watch routes or VirtualServices in a cluster yet; use kubectl get httproutes,grpcroutes,virtualservices")
-
-// Routes is not available on a cluster yet: errNoClusterRoutes.
-func (l *clusterLister) Routes(context.Context) ([]localmesh.RouteStatus, error) {
-	return nil, errNoClusterRoutes
+// Routes lists the HTTPRoutes, GRPCRoutes and VirtualServices of the
+// cluster with the status Trellis's control plane wrote back (its own
+// entries; other controllers' are left out). A kind whose CRDs are not
+// installed has none.
+func (l *clusterLister) Routes(ctx context.Context) ([]localmesh.RouteStatus, error) {
+	var out []localmesh.RouteStatus
+	for _, gvrs := range [][]schema.GroupVersionResource{kube.HTTPRouteResources, kube.GRPCRouteResources, kube.VirtualServiceResources} {
+		objs, err := l.listCustom(ctx, gvrs)
+		if err != nil {
+			return nil, err
+		}
+		for _, u := range objs {
+			rs := localmesh.RouteStatus{Kind: u.GetKind(), Namespace: u.GetNamespace(), Name: u.GetName(), Created: u.GetCreationTimestamp().Time,
+				Status: catalog.RouteStatus{Parents: []catalog.RouteParentStatus{}}}
+			rs.Hosts, _, _ = unstructured.NestedStringSlice(u.Object, "spec", "hosts")
+			var st catalog.RouteStatus
+			if err := fromUnstructured(u.Object["status"], &st); err != nil {
+				fmt.Fprintf(l.warn, "warning: %s %s/%s: its status does not read: %v\n", rs.Kind, rs.Namespace, rs.Name, err)
+			}
+			for _, p := range st.Parents {
+				if p.ControllerName == routemodel.ControllerName {
+					rs.Status.Parents = append(rs.Status.Parents, p)
+				}
+			}
+			out = append(out, rs)
+		}
+	}
+	return out, nil
 }
 
-// errNoClusterDestinationRules: Trellis does not watch DestinationRules
-// in a cluster yet.
-var errNoClusterDestinationRules = errors.New("trellis get destinationrules reads one-host meshes only: Trellis does not watch DestinationRules in a cluster yet; use kubectl get destinationrules")
+// DestinationRules lists the cluster's DestinationRules, each read as the
+// control plane reads it; one it refuses is listed with a warning.
+func (l *clusterLister) DestinationRules(ctx context.Context) ([]localmesh.DestinationRuleStatus, error) {
+	objs, err := l.listCustom(ctx, kube.DestinationRuleResources)
+	if err != nil {
+		return nil, err
+	}
+	var out []localmesh.DestinationRuleStatus
+	for _, u := range objs {
+		dr := localmesh.DestinationRuleStatus{Namespace: u.GetNamespace(), Name: u.GetName(), Created: u.GetCreationTimestamp().Time}
+		doc, err := json.Marshal(map[string]any{"apiVersion": u.GetAPIVersion(), "kind": u.GetKind(), "spec": u.Object["spec"],
+			"metadata": map[string]any{"name": u.GetName(), "namespace": u.GetNamespace()}})
+		if err == nil {
+			var c *catalog.DestinationRule
+			if c, err = manifest.DecodeDestinationRule(doc); err == nil {
+				dr.Spec = c.Spec
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(l.warn, "warning: DestinationRule %s/%s is not applied: %v\n", dr.Namespace, dr.Name, err)
+			dr.Spec.Host, _, _ = unstructured.NestedString(u.Object, "spec", "host")
+		}
+		out = append(out, dr)
+	}
+	return out, nil
+}
 
-// DestinationRules is not available on a cluster yet:
-// errNoClusterDestinationRules.
-func (l *clusterLister) DestinationRules(context.Context) ([]localmesh.DestinationRuleStatus, error) {
-	return nil, errNoClusterDestinationRules
+// listCustom lists the objects of each of gvrs the API server serves, in
+// l's namespace, by namespace and name.
+func (l *clusterLister) listCustom(ctx context.Context, gvrs []schema.GroupVersionResource) ([]unstructured.Unstructured, error) {
+	var out []unstructured.Unstructured
+	for _, gvr := range gvrs {
+		list, err := l.kc.Dynamic.Resource(gvr).Namespace(l.namespace).List(ctx, metav1.ListOptions{})
+		if apierrors.IsNotFound(err) {
+			continue // its CRD is not installed
+		}
+		if err != nil {
+			return nil, err
+		}
+		slices.SortFunc(list.Items, func(a, b unstructured.Unstructured) int {
+			return cmp.Or(strings.Compare(a.GetNamespace(), b.GetNamespace()), strings.Compare(a.GetName(), b.GetName()))
+		})
+		out = append(out, list.Items...)
+	}
+	return out, nil
+}
+
+// fromUnstructured decodes part of an unstructured object into v.
+func fromUnstructured(part any, v any) error {
+	if part == nil {
+		return nil
+	}
+	b, err := json.Marshal(part)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
 }

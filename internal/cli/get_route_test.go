@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"slices"
 	"strings"
@@ -167,12 +166,5 @@ func TestGetRoutesJSONAndEmpty(t *testing.T) {
 	_, stderr, err := runGet(t, dir, "grpcroutes", "-n", "web")
 	if err != nil || !strings.Contains(stderr, "No grpcroutes found in web namespace.") {
 		t.Errorf("get grpcroutes -n web: %v, stderr %q; want it to say none is found", err, stderr)
-	}
-}
-
-func TestGetRoutesKubernetesNotYet(t *testing.T) {
-	_, err := (&clusterLister{}).Routes(context.Background())
-	if !errors.Is(err, errNoClusterRoutes) {
-		t.Errorf("clusterLister.Routes() = %v, want errNoClusterRoutes", err)
 	}
 }

@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -54,13 +55,36 @@ var RequestAuthenticationResources = []schema.GroupVersionResource{
 	{Group: "security.istio.io", Version: "v1", Resource: "requestauthentications"},
 }
 
+// HTTPRouteResources and GRPCRouteResources are the Gateway API routes
+// read (the operator installs the Gateway API's CRDs).
+var (
+	HTTPRouteResources = []schema.GroupVersionResource{{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}}
+	GRPCRouteResources = []schema.GroupVersionResource{{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "grpcroutes"}}
+)
+
+// VirtualServiceResources and DestinationRuleResources are the groups
+// Istio's traffic rules are read from, as PeerAuthenticationResources.
+var (
+	VirtualServiceResources = []schema.GroupVersionResource{
+		{Group: "networking.trellis.io", Version: "v1", Resource: "virtualservices"},
+		{Group: "networking.istio.io", Version: "v1", Resource: "virtualservices"},
+	}
+	DestinationRuleResources = []schema.GroupVersionResource{
+		{Group: "networking.trellis.io", Version: "v1", Resource: "destinationrules"},
+		{Group: "networking.istio.io", Version: "v1", Resource: "destinationrules"},
+	}
+)
+
 // Source is a discovery.Source fed by informers on the API server:
-// Namespaces, Pods, Services, PeerAuthentications, AuthorizationPolicies,
-// RequestAuthentications and the EndpointSlices of Services without a selector, of every
-// namespace, become catalog snapshots, published at most once per Settle
-// after a burst of changes (scaling a Deployment changes many pods at
-// once). A policy that does not decode is left out of the snapshots and
-// logged once.
+// Namespaces, Pods, Services, the EndpointSlices of Services without a
+// selector, PeerAuthentications, AuthorizationPolicies,
+// RequestAuthentications, HTTPRoutes, GRPCRoutes, VirtualServices and
+// DestinationRules, of every namespace, become catalog snapshots,
+// published at most once per Settle after a burst of changes (scaling a
+// Deployment changes many pods at once). A custom resource that does not
+// decode is left out of the snapshots and logged once; a route's status
+// says so too. After each snapshot, the status of every route and
+// VirtualService that changed is written back.
 type Source struct {
 	Client  kubernetes.Interface
 	Dynamic dynamic.Interface
@@ -70,20 +94,18 @@ type Source struct {
 	// Resync lists everything again this often, repairing a missed event.
 	// Default 10 minutes.
 	Resync time.Duration
+	// Rediscover is how often the API server is asked which of the
+	// custom resources above it serves, so that CRDs installed later are
+	// watched without a restart. Default 30 s.
+	Rediscover time.Duration
 }
 
 var _ discovery.Source = (*Source)(nil)
 
 // Run implements discovery.Source.
 func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error {
-	settle := s.Settle
-	if settle <= 0 {
-		settle = 50 * time.Millisecond
-	}
-	resync := s.Resync
-	if resync <= 0 {
-		resync = 10 * time.Minute
-	}
+	settle := cmp.Or(s.Settle, 50*time.Millisecond)
+	resync := cmp.Or(s.Resync, 10*time.Minute)
 	changed := make(chan struct{}, 1)
 	poke := func() {
 		select {
@@ -110,36 +132,10 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 			return err
 		}
 	}
-	df := dynamicinformer.NewDynamicSharedInformerFactory(s.Dynamic, resync)
-	listers := func(gvrs []schema.GroupVersionResource) ([]cache.GenericLister, error) {
-		var out []cache.GenericLister
-		for _, gvr := range s.served(gvrs) {
-			inf := df.ForResource(gvr)
-			if _, err := inf.Informer().AddEventHandler(handler); err != nil {
-				return nil, err
-			}
-			out = append(out, inf.Lister())
-		}
-		return out, nil
-	}
-	paListers, err := listers(PeerAuthenticationResources)
-	if err != nil {
-		return err
-	}
-	apListers, err := listers(AuthorizationPolicyResources)
-	if err != nil {
-		return err
-	}
-	raListers, err := listers(RequestAuthenticationResources)
-	if err != nil {
-		return err
-	}
 	f.Start(ctx.Done())
 	sf.Start(ctx.Done())
-	df.Start(ctx.Done())
 	defer f.Shutdown()
 	defer sf.Shutdown()
-	defer df.Shutdown()
 	for _, synced := range []map[reflect.Type]bool{f.WaitForCacheSync(ctx.Done()), sf.WaitForCacheSync(ctx.Done())} {
 		for typ, ok := range synced {
 			if !ok {
@@ -147,13 +143,49 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 			}
 		}
 	}
-	for gvr, ok := range df.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return ignoreDone(ctx, fmt.Errorf("kubernetes: informer for %v did not sync", gvr))
+	df := dynamicinformer.NewDynamicSharedInformerFactory(s.Dynamic, resync)
+	defer df.Shutdown()
+	pas, aps, ras := &kindWatch{gvrs: PeerAuthenticationResources}, &kindWatch{gvrs: AuthorizationPolicyResources}, &kindWatch{gvrs: RequestAuthenticationResources}
+	hrs, grs := &kindWatch{gvrs: HTTPRouteResources}, &kindWatch{gvrs: GRPCRouteResources}
+	vss, drs := &kindWatch{gvrs: VirtualServiceResources}, &kindWatch{gvrs: DestinationRuleResources}
+	kinds := []*kindWatch{pas, aps, ras, hrs, grs, vss, drs}
+	// watchServed starts informers for the groups the API server serves
+	// and that are not watched yet (CRDs installed after the control
+	// plane started), and reports whether there were any.
+	watchServed := func() (bool, error) {
+		added := false
+		for _, k := range kinds {
+			for _, gvr := range s.served(k.gvrs) {
+				if k.watching(gvr) {
+					continue
+				}
+				inf := df.ForResource(gvr)
+				if _, err := inf.Informer().AddEventHandler(handler); err != nil {
+					return false, err
+				}
+				k.listers = append(k.listers, gvrLister{gvr, inf.Lister()})
+				added = true
+			}
 		}
+		if !added {
+			return false, nil
+		}
+		df.Start(ctx.Done())
+		for gvr, ok := range df.WaitForCacheSync(ctx.Done()) {
+			if !ok {
+				return false, ignoreDone(ctx, fmt.Errorf("kubernetes: informer for %v did not sync", gvr))
+			}
+		}
+		return true, nil
 	}
+	if _, err := watchServed(); err != nil {
+		return err
+	}
+	rediscover := time.NewTicker(cmp.Or(s.Rediscover, 30*time.Second))
+	defer rediscover.Stop()
+	status := &statusWriter{client: s.Dynamic, warned: map[string]bool{}}
 	var version uint64
-	warned := map[string]bool{} // policies already reported as invalid, by error
+	warned := map[string]bool{} // objects already reported as invalid, by error
 	for {
 		version++
 		snap := &catalog.Snapshot{Version: version, Time: time.Now()}
@@ -175,15 +207,16 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 		for _, p := range pods {
 			snap.Pods = append(snap.Pods, RunningPod(p))
 		}
-		snap.PeerAuthentications = decodeListed(paListers, "PeerAuthentication", manifest.DecodePeerAuthentication, warned)
-		snap.AuthorizationPolicies = decodeListedOr(apListers, "AuthorizationPolicy", manifest.DecodeAuthorizationPolicy, denyInScope, warned)
-		snap.RequestAuthentications = decodeListed(raListers, "RequestAuthentication", manifest.DecodeRequestAuthentication, warned)
+		snap.PeerAuthentications = decodeListed(pas.listers, "PeerAuthentication", manifest.DecodePeerAuthentication, warned)
+		snap.AuthorizationPolicies = decodeListedOr(aps.listers, "AuthorizationPolicy", manifest.DecodeAuthorizationPolicy, denyInScope, warned)
+		snap.RequestAuthentications = decodeListed(ras.listers, "RequestAuthentication", manifest.DecodeRequestAuthentication, warned)
+		snap.DestinationRules = decodeListed(drs.listers, "DestinationRule", manifest.DecodeDestinationRule, warned)
+		routes := listRoutes(snap, [][]gvrLister{hrs.listers, grs.listers, vss.listers}, warned)
 		sortSnapshot(snap)
 		publish(snap)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-changed:
+		status.write(ctx, routes.statuses(snap))
+		if err := waitForChange(ctx, changed, rediscover.C, watchServed); err != nil || ctx.Err() != nil {
+			return err
 		}
 		select { // gather the rest of the burst
 		case <-ctx.Done():
@@ -191,6 +224,41 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 		case <-time.After(settle):
 		}
 	}
+}
+
+// waitForChange returns when an informer reports a change, or a
+// rediscovery tick finds new resources to watch; an error only when
+// watching them fails.
+func waitForChange(ctx context.Context, changed <-chan struct{}, tick <-chan time.Time, watchServed func() (bool, error)) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+			return nil
+		case <-tick:
+			if added, err := watchServed(); err != nil || added {
+				return err
+			}
+		}
+	}
+}
+
+// kindWatch is one kind of custom resource, read from whichever of its
+// groups the API server serves.
+type kindWatch struct {
+	gvrs    []schema.GroupVersionResource
+	listers []gvrLister // of the groups watched, in the order found
+}
+
+// gvrLister lists the objects of one resource.
+type gvrLister struct {
+	gvr schema.GroupVersionResource
+	cache.GenericLister
+}
+
+func (k *kindWatch) watching(gvr schema.GroupVersionResource) bool {
+	return slices.ContainsFunc(k.listers, func(l gvrLister) bool { return l.gvr == gvr })
 }
 
 // served are the resources of gvrs the API server serves (Istio's only
@@ -338,13 +406,13 @@ func deploymentOf(p *corev1.Pod) string {
 // with decode (a manifest decoder: the rules of one-host manifests). An
 // object that does not decode is left out and logged, once per error
 // (warned remembers them across snapshots).
-func decodeListed[T any](ls []cache.GenericLister, kind string, decode func(doc []byte) (T, error), warned map[string]bool) []T {
+func decodeListed[T any](ls []gvrLister, kind string, decode func(doc []byte) (T, error), warned map[string]bool) []T {
 	return decodeListedOr(ls, kind, decode, nil, warned)
 }
 
 // decodeListedOr is decodeListed, with instead standing in for an object
 // that does not decode, when it gives one.
-func decodeListedOr[T any](ls []cache.GenericLister, kind string, decode func(doc []byte) (T, error),
+func decodeListedOr[T any](ls []gvrLister, kind string, decode func(doc []byte) (T, error),
 	instead func(*unstructured.Unstructured) (T, bool), warned map[string]bool) []T {
 	var out []T
 	for _, l := range ls {
@@ -393,7 +461,8 @@ func denyInScope(u *unstructured.Unstructured) (*catalog.AuthorizationPolicy, bo
 }
 
 // decodeObject decodes o, a custom resource of kind a dynamic informer
-// listed, with decode; the error names the object.
+// listed, with decode, keeping the age and generation the API server
+// gave it; the error names the object.
 func decodeObject[T any](o any, kind string, decode func(doc []byte) (T, error)) (T, error) {
 	var zero T
 	u, ok := o.(*unstructured.Unstructured)
@@ -407,6 +476,10 @@ func decodeObject[T any](o any, kind string, decode func(doc []byte) (T, error))
 	v, err := decode(doc)
 	if err != nil {
 		return zero, fmt.Errorf("%s %s/%s: %w", kind, u.GetNamespace(), u.GetName(), err)
+	}
+	if o, ok := any(v).(interface{ ObjectMeta() *catalog.Meta }); ok {
+		m := o.ObjectMeta()
+		m.CreationTimestamp, m.Generation = u.GetCreationTimestamp().Time, u.GetGeneration()
 	}
 	return v, nil
 }
@@ -435,6 +508,9 @@ func sortSnapshot(s *catalog.Snapshot) {
 		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
 	})
 	slices.SortFunc(s.RequestAuthentications, func(a, b *catalog.RequestAuthentication) int {
+		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+	})
+	slices.SortStableFunc(s.DestinationRules, func(a, b *catalog.DestinationRule) int {
 		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
 	})
 }

@@ -85,9 +85,9 @@ spec: {action: DENY, rules: [{}]}
 			t.Fatal(err)
 		}
 	}
-	ls := []cache.GenericLister{
-		cache.NewGenericLister(trellis, AuthorizationPolicyResources[0].GroupResource()),
-		cache.NewGenericLister(istio, AuthorizationPolicyResources[1].GroupResource()),
+	ls := []gvrLister{
+		{AuthorizationPolicyResources[0], cache.NewGenericLister(trellis, AuthorizationPolicyResources[0].GroupResource())},
+		{AuthorizationPolicyResources[1], cache.NewGenericLister(istio, AuthorizationPolicyResources[1].GroupResource())},
 	}
 	var logs bytes.Buffer
 	prev := slog.Default()

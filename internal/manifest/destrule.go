@@ -12,9 +12,11 @@ import (
 	"github.com/trellis-mesh/trellis/internal/catalog"
 )
 
-// destinationRuleVersions are the apiVersions of Istio's DestinationRule;
-// the older ones have the same fields for what Trellis reads.
-var destinationRuleVersions = []string{"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"}
+// destinationRuleVersions are the apiVersions of a DestinationRule:
+// Trellis's own group (the same schema, installed on Kubernetes beside
+// Istio's), then Istio's, whose older versions have the same fields for
+// what Trellis reads.
+var destinationRuleVersions = []string{"networking.trellis.io/v1", "networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"}
 
 // destinationRule is an Istio DestinationRule as written. Its spec names
 // every field Istio has, so that one Trellis does not apply is refused by
@@ -354,4 +356,10 @@ func checkDestinationRules(s *Set) []error {
 		first[key] = dr
 	}
 	return errs
+}
+
+// DecodeDestinationRule decodes one DestinationRule, as DecodeHTTPRoute:
+// what Trellis does not apply is an error naming the field.
+func DecodeDestinationRule(doc []byte) (*catalog.DestinationRule, error) {
+	return decodeAs[*catalog.DestinationRule](doc, "a DestinationRule")
 }

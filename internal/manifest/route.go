@@ -48,3 +48,14 @@ func decodeGRPCRoute(doc []byte) (catalog.Ref, any, error) {
 	ref := catalog.Ref{Kind: catalog.KindGRPCRoute, Namespace: m.Namespace, Name: m.Name}
 	return ref, &catalog.GRPCRoute{Meta: m, Spec: o.Spec}, nil
 }
+
+// DecodeHTTPRoute decodes one HTTPRoute with the rules of a manifest
+// file, for sources that read them elsewhere (the Kubernetes API server).
+func DecodeHTTPRoute(doc []byte) (*catalog.HTTPRoute, error) {
+	return decodeAs[*catalog.HTTPRoute](doc, "an HTTPRoute")
+}
+
+// DecodeGRPCRoute decodes one GRPCRoute, as DecodeHTTPRoute.
+func DecodeGRPCRoute(doc []byte) (*catalog.GRPCRoute, error) {
+	return decodeAs[*catalog.GRPCRoute](doc, "a GRPCRoute")
+}

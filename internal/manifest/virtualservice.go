@@ -37,3 +37,8 @@ func decodeVirtualService(doc []byte) (catalog.Ref, any, error) {
 	ref := catalog.Ref{Kind: catalog.KindVirtualService, Namespace: m.Namespace, Name: m.Name}
 	return ref, &catalog.VirtualService{Meta: m, Spec: o.Spec}, nil
 }
+
+// DecodeVirtualService decodes one VirtualService, as DecodeHTTPRoute.
+func DecodeVirtualService(doc []byte) (*catalog.VirtualService, error) {
+	return decodeAs[*catalog.VirtualService](doc, "a VirtualService")
+}

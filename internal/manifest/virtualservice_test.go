@@ -83,7 +83,7 @@ func TestVirtualServiceLoadErrors(t *testing.T) {
 		{"weight not a number", vs(istioV1, "  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}, weight: ninety}]}]"),
 			`mesh.yaml: VirtualService shop/v: cannot unmarshal string into Go struct field VSRouteTarget.spec.http.route.weight of type int32`},
 		{"a version Istio does not have", vs("networking.istio.io/v2", "  hosts: [reviews]"),
-			`mesh.yaml: VirtualService shop/v: apiVersion "networking.istio.io/v2" is not supported; use "networking.istio.io/v1"`},
+			`mesh.yaml: VirtualService shop/v: apiVersion "networking.istio.io/v2" is not supported; use "networking.trellis.io/v1"`},
 		{"no name", strings.Replace(vs(istioV1, "  hosts: [reviews]"), "name: v, ", "", 1),
 			`mesh.yaml: VirtualService shop/: metadata.name is required`},
 		{"undeclared namespace", strings.Replace(vs(istioV1, "  hosts: [reviews]"), "namespace: shop", "namespace: nowhere", 1),

@@ -26,8 +26,9 @@ const (
 type ruleIndex map[string]map[string]*catalog.DestinationRule
 
 // indexRules indexes the rules whose host names a Service. Of two rules
-// of one namespace for one Service, which manifests refuse, the first by
-// name is kept.
+// of one namespace for one Service (which manifests refuse, and the
+// Kubernetes API server does not), the older is kept, as Istio keeps its
+// trafficPolicy; of two as old, the first in snap.
 func indexRules(snap *catalog.Snapshot) ruleIndex {
 	idx := ruleIndex{}
 	for _, dr := range snap.DestinationRules {
@@ -38,7 +39,8 @@ func indexRules(snap *catalog.Snapshot) ruleIndex {
 		if idx[dr.Namespace] == nil {
 			idx[dr.Namespace] = map[string]*catalog.DestinationRule{}
 		}
-		if k := ns + "/" + name; idx[dr.Namespace][k] == nil {
+		k := ns + "/" + name
+		if kept := idx[dr.Namespace][k]; kept == nil || dr.CreationTimestamp.Before(kept.CreationTimestamp) {
 			idx[dr.Namespace][k] = dr
 		}
 	}

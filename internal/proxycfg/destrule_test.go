@@ -2,6 +2,7 @@ package proxycfg
 
 import (
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -182,5 +183,19 @@ func TestDestinationRuleChangesReachUpdates(t *testing.T) {
 	none.DestinationRules = nil
 	if _, db1 := hashes(none); db1 == db0 {
 		t.Error("every rule removed: db/alpha's hash did not change")
+	}
+}
+
+// Of two rules of one namespace for one Service, which the Kubernetes API
+// server allows, the older applies, as in Istio, whatever their names.
+func TestOlderDestinationRuleWins(t *testing.T) {
+	snap := snapshot()
+	policy := testRules.Get(catalog.Ref{Kind: catalog.KindDestinationRule, Namespace: "db", Name: "alpha-policy"}).(*catalog.DestinationRule)
+	older, newer := *policy, *policy
+	older.Name, older.CreationTimestamp = "z-older", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	newer.Name, newer.CreationTimestamp = "a-newer", older.CreationTimestamp.Add(time.Hour)
+	snap.DestinationRules = []*catalog.DestinationRule{&newer, &older}
+	if got := indexRules(snap)["db"]["db/alpha"]; got != &older {
+		t.Errorf("kept %s, want the older z-older", got.Name)
 	}
 }

@@ -35,6 +35,19 @@ type Status struct {
 // ParentRefs to anything else (Gateways) are another controller's and are
 // left out.
 func Validate(rs Routes, cfg Config) []Status {
+	return validate(rs, cfg, nil)
+}
+
+// Unreadable is the status of routes rs, which their source could not
+// read whole, for why: rs holds what could be read of them (their
+// parentRefs, a VirtualService's hosts). Each parent that names a Service
+// gets Accepted False with why, as Validate gives a route it refuses.
+func Unreadable(rs Routes, why error, cfg Config) []Status {
+	return validate(rs, cfg, unsupported("%v", why))
+}
+
+// validate is Validate, refusing every route for refuse when it is set.
+func validate(rs Routes, cfg Config, refuse error) []Status {
 	c := newCompiler(cfg)
 	var all []*checked
 	for _, rt := range rs.HTTP {
@@ -45,6 +58,11 @@ func Validate(rs Routes, cfg Config) []Status {
 	}
 	for _, vs := range rs.VS {
 		all = append(all, c.checkVS(vs))
+	}
+	if refuse != nil {
+		for _, ch := range all {
+			ch.refused, ch.rules, ch.dropped, ch.refs = refuse, nil, nil, nil
+		}
 	}
 	out := make([]Status, 0, len(all))
 	for _, ch := range all {

@@ -144,6 +144,9 @@ func TestMeshOnKubernetes(t *testing.T) {
 	checkClusterGraph(t, ctx, trellis)
 	step("the graph through the API server: trellis graph and dashboard --kubernetes")
 
+	checkRoutesOnKubernetes(t, ctx, bed, trellis, meshClient)
+	step("routes and VirtualServices applied, their status written back")
+
 	// Scaling under load: 200 requests a second from the meshed client
 	// while the server goes 3 -> 5 -> 1 replicas; not one may fail.
 	loadDone := startLoad(meshClient, helloURL, 200, 30)

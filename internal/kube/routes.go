@@ -1,0 +1,255 @@
+package kube
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
+	"github.com/trellis-mesh/trellis/internal/manifest"
+	"github.com/trellis-mesh/trellis/internal/proxycfg"
+	"github.com/trellis-mesh/trellis/internal/route"
+)
+
+// listedRoute is a route or VirtualService as the API server holds it.
+type listedRoute struct {
+	gvr schema.GroupVersionResource
+	obj *unstructured.Unstructured
+}
+
+// listedRoutes are the routes of one snapshot: those in it, in the
+// snapshot's order (HTTPRoutes, GRPCRoutes, VirtualServices), and those
+// that did not decode, with their status.
+type listedRoutes struct {
+	decoded    []listedRoute
+	unreadable []statusUpdate
+}
+
+// statusUpdate is the status Trellis gives a route: its entries for the
+// parents it is responsible for.
+type statusUpdate struct {
+	listedRoute
+	parents []catalog.RouteParentStatus
+}
+
+// routeKind is how one kind of route is read.
+type routeKind struct {
+	name string
+	// decode reads an object with a manifest's rules; the route is the
+	// only one of the Routes returned.
+	decode func(o any) (route.Routes, error)
+	// lenient reads what it can of one that does not decode, for its
+	// status: its parentRefs, or hosts.
+	lenient func(m catalog.Meta, spec []byte) route.Routes
+}
+
+// routeKinds are read in the order route.Validate lists statuses.
+var routeKinds = []routeKind{
+	{"HTTPRoute", func(o any) (route.Routes, error) {
+		rt, err := decodeObject(o, "HTTPRoute", manifest.DecodeHTTPRoute)
+		return route.Routes{HTTP: []*catalog.HTTPRoute{rt}}, err
+	}, func(m catalog.Meta, spec []byte) route.Routes {
+		rt := &catalog.HTTPRoute{Meta: m}
+		_ = json.Unmarshal(spec, &rt.Spec)
+		return route.Routes{HTTP: []*catalog.HTTPRoute{rt}}
+	}},
+	{"GRPCRoute", func(o any) (route.Routes, error) {
+		rt, err := decodeObject(o, "GRPCRoute", manifest.DecodeGRPCRoute)
+		return route.Routes{GRPC: []*catalog.GRPCRoute{rt}}, err
+	}, func(m catalog.Meta, spec []byte) route.Routes {
+		rt := &catalog.GRPCRoute{Meta: m}
+		_ = json.Unmarshal(spec, &rt.Spec)
+		return route.Routes{GRPC: []*catalog.GRPCRoute{rt}}
+	}},
+	{"VirtualService", func(o any) (route.Routes, error) {
+		vs, err := decodeObject(o, "VirtualService", manifest.DecodeVirtualService)
+		return route.Routes{VS: []*catalog.VirtualService{vs}}, err
+	}, func(m catalog.Meta, spec []byte) route.Routes {
+		var s struct{ Hosts []string }
+		_ = json.Unmarshal(spec, &s)
+		return route.Routes{VS: []*catalog.VirtualService{{Meta: m, Spec: catalog.VirtualServiceSpec{Hosts: s.Hosts}}}}
+	}},
+}
+
+// listRoutes decodes the routes the listers hold (by routeKinds, each
+// kind's groups in order, each group's objects by namespace and name)
+// into snap, and returns where each came from. One that does not decode
+// is logged once and left out; its status says why.
+func listRoutes(snap *catalog.Snapshot, listers [][]gvrLister, warned map[string]bool) *listedRoutes {
+	out := &listedRoutes{}
+	cfg := proxycfg.RouteConfig(snap)
+	var rs route.Routes
+	for i, k := range routeKinds {
+		for _, l := range listers[i] {
+			objs, _ := l.List(labels.Everything())
+			slices.SortFunc(objs, func(a, b runtime.Object) int {
+				ma, mb := a.(metav1.Object), b.(metav1.Object)
+				return cmp.Or(strings.Compare(ma.GetNamespace(), mb.GetNamespace()), strings.Compare(ma.GetName(), mb.GetName()))
+			})
+			for _, o := range objs {
+				u, ok := o.(*unstructured.Unstructured)
+				if !ok {
+					continue
+				}
+				one, err := k.decode(u)
+				if err == nil {
+					rs.HTTP, rs.GRPC, rs.VS = append(rs.HTTP, one.HTTP...), append(rs.GRPC, one.GRPC...), append(rs.VS, one.VS...)
+					out.decoded = append(out.decoded, listedRoute{l.gvr, u})
+					continue
+				}
+				if !warned[err.Error()] {
+					warned[err.Error()] = true
+					slog.Warn(k.name+" ignored", "err", err)
+				}
+				spec, _ := json.Marshal(u.Object["spec"])
+				m := meta(u.GetName(), u.GetNamespace(), u.GetLabels(), u.GetAnnotations())
+				m.CreationTimestamp, m.Generation = u.GetCreationTimestamp().Time, u.GetGeneration()
+				for _, st := range route.Unreadable(k.lenient(m, spec), err, cfg) {
+					out.unreadable = append(out.unreadable, statusUpdate{listedRoute{l.gvr, u}, st.Parents})
+				}
+			}
+		}
+	}
+	snap.HTTPRoutes, snap.GRPCRoutes, snap.VirtualServices = rs.HTTP, rs.GRPC, rs.VS
+	return out
+}
+
+// statuses are the status of every route: those of snap as
+// proxycfg.RouteStatus computes it, then those that did not decode.
+func (rs *listedRoutes) statuses(snap *catalog.Snapshot) []statusUpdate {
+	var out []statusUpdate
+	for i, st := range proxycfg.RouteStatus(snap) {
+		out = append(out, statusUpdate{rs.decoded[i], st.Parents})
+	}
+	return append(out, rs.unreadable...)
+}
+
+// Limits of the Gateway API's RouteStatus schema.
+const (
+	maxStatusParents = 32
+	maxMessage       = 32768
+)
+
+// statusWriter writes routes' status back to the API server.
+type statusWriter struct {
+	client dynamic.Interface
+	warned map[string]bool // failures already logged
+}
+
+// write writes each route's status whose entries by Trellis changed
+// (route.ControllerName's; other controllers' entries are kept). A write
+// that conflicts is left for the next snapshot, which the change that
+// conflicted brings.
+func (w *statusWriter) write(ctx context.Context, updates []statusUpdate) {
+	now := time.Now()
+	for _, up := range updates {
+		next, changed := mergeParents(up.obj, up.parents, now)
+		if !changed {
+			continue
+		}
+		u := up.obj.DeepCopy()
+		if err := unstructured.SetNestedSlice(u.Object, next, "status", "parents"); err != nil {
+			slog.Error("route status", "route", qualified(u), "err", err)
+			continue
+		}
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := w.client.Resource(up.gvr).Namespace(u.GetNamespace()).UpdateStatus(wctx, u, metav1.UpdateOptions{})
+		cancel()
+		if err == nil || apierrors.IsConflict(err) || apierrors.IsNotFound(err) || ctx.Err() != nil {
+			continue
+		}
+		if key := qualified(u) + err.Error(); !w.warned[key] {
+			w.warned[key] = true
+			slog.Warn("writing a route's status failed", "kind", u.GetKind(), "route", qualified(u), "err", err)
+		}
+	}
+}
+
+// mergeParents returns u's status.parents with Trellis's entries replaced
+// by ours, and whether that changes them. A condition keeps its
+// lastTransitionTime while its status stays; a new or changed one is
+// stamped now.
+func mergeParents(u *unstructured.Unstructured, ours []catalog.RouteParentStatus, now time.Time) ([]any, bool) {
+	cur, _, _ := unstructured.NestedSlice(u.Object, "status", "parents")
+	// The schema's list is never null.
+	next := []any{}
+	before := map[string]map[string]any{} // Trellis's entries by parentRef
+	for _, p := range cur {
+		m, ok := p.(map[string]any)
+		if ok && m["controllerName"] == route.ControllerName {
+			before[refKey(m["parentRef"])] = m
+			continue
+		}
+		next = append(next, p)
+	}
+	stamp := now.UTC().Format(time.RFC3339)
+	for _, p := range ours {
+		if len(next) == maxStatusParents {
+			break
+		}
+		for i := range p.Conditions {
+			p.Conditions[i].LastTransitionTime = time.Time{}
+			p.Conditions[i].Message = truncate(p.Conditions[i].Message, maxMessage)
+		}
+		m, err := toUnstructured(p)
+		if err != nil {
+			continue
+		}
+		old, _ := before[refKey(m["parentRef"])]["conditions"].([]any)
+		conds, _ := m["conditions"].([]any)
+		for _, c := range conds {
+			c := c.(map[string]any)
+			c["lastTransitionTime"] = stamp
+			for _, o := range old {
+				if o, ok := o.(map[string]any); ok && o["type"] == c["type"] && o["status"] == c["status"] && o["lastTransitionTime"] != nil {
+					c["lastTransitionTime"] = o["lastTransitionTime"]
+				}
+			}
+		}
+		next = append(next, m)
+	}
+	return next, !equality.Semantic.DeepEqual(cur, next)
+}
+
+// refKey identifies a parentRef as written in a status.
+func refKey(ref any) string {
+	b, _ := json.Marshal(ref) // maps marshal with sorted keys
+	return string(b)
+}
+
+// toUnstructured is v as the API server returns objects: integers as
+// int64, not float64, so that it compares equal to what was read.
+func toUnstructured(v any) (map[string]any, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	return m, utiljson.Unmarshal(b, &m)
+}
+
+// truncate cuts s to at most n bytes, on a rune boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
