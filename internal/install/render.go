@@ -91,7 +91,8 @@ func Objects(v Values) []any {
 			&rbacv1.RoleBinding{TypeMeta: tm("rbac.authorization.k8s.io/v1", "RoleBinding"), ObjectMeta: om(name),
 				RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: name}, Subjects: subjects})
 	}
-	objs := []any{peerAuthenticationCRD(), authorizationPolicyCRD(), requestAuthenticationCRD(), &corev1.Namespace{TypeMeta: tm("v1", "Namespace"), ObjectMeta: cluster(v.Namespace)}}
+	objs := []any{peerAuthenticationCRD(), authorizationPolicyCRD(), requestAuthenticationCRD(), virtualServiceCRD(), destinationRuleCRD(),
+		&corev1.Namespace{TypeMeta: tm("v1", "Namespace"), ObjectMeta: cluster(v.Namespace)}}
 	objs = append(objs, account(ControlPlane, ClusterRules(), NamespaceRules())...)
 	objs = append(objs,
 		&corev1.Service{TypeMeta: tm("v1", "Service"), ObjectMeta: om(ControlPlane), Spec: corev1.ServiceSpec{
@@ -187,9 +188,10 @@ func nodeAgentDaemonSet(v Values, meta metav1.ObjectMeta) *appsv1.DaemonSet {
 }
 
 // ClusterRules are everything the control plane may do cluster-wide:
-// read what it discovers, scrape the dashboard's metrics through the API
-// server's pod proxy, review tokens, and keep its own webhook
-// registration's caBundle. A test pins the list.
+// read what it discovers, write the status of the routes and
+// VirtualServices it is responsible for, scrape the dashboard's metrics
+// through the API server's pod proxy, review tokens, and keep its own
+// webhook registration's caBundle. A test pins the list.
 func ClusterRules() []rbacv1.PolicyRule {
 	read := []string{"get", "list", "watch"}
 	return []rbacv1.PolicyRule{
@@ -199,6 +201,10 @@ func ClusterRules() []rbacv1.PolicyRule {
 		{APIGroups: []string{"security.trellis.io", "security.istio.io"}, Resources: []string{"peerauthentications"}, Verbs: read},
 		{APIGroups: []string{"security.trellis.io", "security.istio.io"}, Resources: []string{"authorizationpolicies"}, Verbs: read},
 		{APIGroups: []string{"security.trellis.io", "security.istio.io"}, Resources: []string{"requestauthentications"}, Verbs: read},
+		{APIGroups: []string{"gateway.networking.k8s.io"}, Resources: []string{"httproutes", "grpcroutes"}, Verbs: read},
+		{APIGroups: []string{"gateway.networking.k8s.io"}, Resources: []string{"httproutes/status", "grpcroutes/status"}, Verbs: []string{"update"}},
+		{APIGroups: []string{"networking.trellis.io", "networking.istio.io"}, Resources: []string{"virtualservices", "destinationrules"}, Verbs: read},
+		{APIGroups: []string{"networking.trellis.io", "networking.istio.io"}, Resources: []string{"virtualservices/status"}, Verbs: []string{"update"}},
 		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
 		{APIGroups: []string{"admissionregistration.k8s.io"}, Resources: []string{"mutatingwebhookconfigurations"},
 			ResourceNames: []string{WebhookConfig}, Verbs: []string{"get", "update"}},
@@ -314,11 +320,11 @@ func webhookConfiguration(v Values, meta metav1.ObjectMeta) *admissionregv1.Muta
 // unknown fields and bad modes.
 func peerAuthenticationCRD() map[string]any {
 	mode := object(map[string]any{"mode": map[string]any{"type": "string", "enum": []string{"UNSET", "PERMISSIVE", "STRICT"}}})
-	return securityCRD("PeerAuthentication", "peerauthentications", "pa", map[string]any{
+	return crd("security.trellis.io", "PeerAuthentication", "peerauthentications", "pa", schemaVersion(map[string]any{
 		"selector":      workloadSelector(),
 		"mtls":          mode,
 		"portLevelMtls": map[string]any{"type": "object", "additionalProperties": mode},
-	})
+	}))
 }
 
 // authorizationPolicyCRD is security.trellis.io/v1 AuthorizationPolicy:
@@ -342,7 +348,7 @@ func authorizationPolicyCRD() map[string]any {
 	targetRef["required"] = []string{"kind", "name"}
 	condition := object(map[string]any{"key": str, "values": list(str), "notValues": list(str)})
 	condition["required"] = []string{"key"}
-	return securityCRD("AuthorizationPolicy", "authorizationpolicies", "ap", map[string]any{
+	return crd("security.trellis.io", "AuthorizationPolicy", "authorizationpolicies", "ap", schemaVersion(map[string]any{
 		"selector":   workloadSelector(),
 		"targetRefs": list(targetRef),
 		"action":     map[string]any{"type": "string", "enum": []string{"ALLOW", "DENY", "AUDIT"}},
@@ -352,7 +358,7 @@ func authorizationPolicyCRD() map[string]any {
 			"to":   list(object(map[string]any{"operation": stringLists("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths")})),
 			"when": list(condition),
 		})),
-	})
+	}))
 }
 
 // requestAuthenticationCRD is security.trellis.io/v1
@@ -374,26 +380,62 @@ func requestAuthenticationCRD() map[string]any {
 		"outputClaimToHeaders":  list(object(map[string]any{"header": str, "claim": str})),
 	})
 	rule["required"] = []string{"issuer"}
-	return securityCRD("RequestAuthentication", "requestauthentications", "ra", map[string]any{
+	return crd("security.trellis.io", "RequestAuthentication", "requestauthentications", "ra", schemaVersion(map[string]any{
 		"selector": workloadSelector(), "targetRefs": list(targetRef), "jwtRules": list(rule),
-	})
+	}))
 }
 
-// securityCRD is the namespaced security.trellis.io/v1 custom resource
-// kind (plural, and short name short), its spec of the given properties.
-func securityCRD(kind, plural, short string, spec map[string]any) map[string]any {
+// virtualServiceCRD is networking.trellis.io/v1 VirtualService: Istio's
+// kind in Trellis's group, which the control plane reads as it reads
+// networking.istio.io's.
+func virtualServiceCRD() map[string]any {
+	return crd("networking.trellis.io", "VirtualService", "virtualservices", "vs",
+		openVersion(map[string]any{"name": "Hosts", "type": "string", "jsonPath": ".spec.hosts"}))
+}
+
+// destinationRuleCRD is networking.trellis.io/v1 DestinationRule:
+// Istio's kind in Trellis's group, which the control plane reads as it
+// reads networking.istio.io's.
+func destinationRuleCRD() map[string]any {
+	return crd("networking.trellis.io", "DestinationRule", "destinationrules", "dr",
+		openVersion(map[string]any{"name": "Host", "type": "string", "jsonPath": ".spec.host"}))
+}
+
+// crd is the namespaced custom resource kind of group (plural, and short
+// name short), served and stored as v1; version is the rest of v1: its
+// schema, and any subresources and printer columns.
+func crd(group, kind, plural, short string, version map[string]any) map[string]any {
+	version["name"], version["served"], version["storage"] = "v1", true, true
 	return map[string]any{
 		"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-		"metadata": map[string]any{"name": plural + ".security.trellis.io", "labels": map[string]any{PartOf: "trellis"}},
+		"metadata": map[string]any{"name": plural + "." + group, "labels": map[string]any{PartOf: "trellis"}},
 		"spec": map[string]any{
-			"group": "security.trellis.io", "scope": "Namespaced",
+			"group": group, "scope": "Namespaced",
 			"names": map[string]any{"kind": kind, "listKind": kind + "List", "plural": plural,
 				"singular": strings.ToLower(kind), "shortNames": []string{short}},
-			"versions": []any{map[string]any{
-				"name": "v1", "served": true, "storage": true,
-				"schema": map[string]any{"openAPIV3Schema": object(map[string]any{"spec": object(spec)})},
-			}},
+			"versions": []any{version},
 		},
+	}
+}
+
+// schemaVersion is a version whose spec has the given properties, a
+// structural schema the API server enforces.
+func schemaVersion(spec map[string]any) map[string]any {
+	return map[string]any{"schema": map[string]any{"openAPIV3Schema": object(map[string]any{"spec": object(spec)})}}
+}
+
+// openVersion is a version whose spec and status the API server keeps
+// whole, as Istio's own CRDs do: the control plane decodes the spec
+// strictly and reports what it refuses in the status and its log. Status
+// is a subresource, written through /status, so only a spec change bumps
+// metadata.generation. Its printer columns are column and Age.
+func openVersion(column map[string]any) map[string]any {
+	open := map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+	return map[string]any{
+		"schema":       map[string]any{"openAPIV3Schema": object(map[string]any{"spec": open, "status": open})},
+		"subresources": map[string]any{"status": map[string]any{}},
+		"additionalPrinterColumns": []any{column,
+			map[string]any{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}},
 	}
 }
 
