@@ -149,6 +149,39 @@ const (
 type statusWriter struct {
 	client dynamic.Interface
 	warned map[string]bool // failures already logged
+	latest chan statusJob  // holds the one job not started yet
+}
+
+// statusJob is the routes of one snapshot, whose status is to be written.
+type statusJob struct {
+	routes *listedRoutes
+	snap   *catalog.Snapshot
+}
+
+func newStatusWriter(client dynamic.Interface) *statusWriter {
+	return &statusWriter{client: client, warned: map[string]bool{}, latest: make(chan statusJob, 1)}
+}
+
+// offer hands over the routes of a new snapshot, replacing those of an
+// older one not started yet. One goroutine offers.
+func (w *statusWriter) offer(routes *listedRoutes, snap *catalog.Snapshot) {
+	select {
+	case <-w.latest:
+	default:
+	}
+	w.latest <- statusJob{routes, snap}
+}
+
+// run writes what is offered until ctx is done.
+func (w *statusWriter) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case job := <-w.latest:
+			w.write(ctx, job.routes.statuses(job.snap))
+		}
+	}
 }
 
 // write writes each route's status whose entries by Trellis changed

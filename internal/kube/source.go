@@ -83,8 +83,9 @@ var (
 // published at most once per Settle after a burst of changes (scaling a
 // Deployment changes many pods at once). A custom resource that does not
 // decode is left out of the snapshots and logged once; a route's status
-// says so too. After each snapshot, the status of every route and
-// VirtualService that changed is written back.
+// says so too. The status of every route and VirtualService that changed
+// is written back, off the snapshots' path: a burst of writes holds up no
+// config, and only the latest snapshot's statuses are written.
 type Source struct {
 	Client  kubernetes.Interface
 	Dynamic dynamic.Interface
@@ -183,7 +184,8 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 	}
 	rediscover := time.NewTicker(cmp.Or(s.Rediscover, 30*time.Second))
 	defer rediscover.Stop()
-	status := &statusWriter{client: s.Dynamic, warned: map[string]bool{}}
+	status := newStatusWriter(s.Dynamic)
+	go status.run(ctx)
 	var version uint64
 	warned := map[string]bool{} // objects already reported as invalid, by error
 	for {
@@ -214,7 +216,7 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 		routes := listRoutes(snap, [][]gvrLister{hrs.listers, grs.listers, vss.listers}, warned)
 		sortSnapshot(snap)
 		publish(snap)
-		status.write(ctx, routes.statuses(snap))
+		status.offer(routes, snap)
 		if err := waitForChange(ctx, changed, rediscover.C, watchServed); err != nil || ctx.Err() != nil {
 			return err
 		}
