@@ -16,6 +16,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/kube"
 	"github.com/trellis-mesh/trellis/internal/metricstore"
 	"github.com/trellis-mesh/trellis/internal/proxycfg"
+	"github.com/trellis-mesh/trellis/internal/route"
 	"github.com/trellis-mesh/trellis/internal/safehttp"
 	"github.com/trellis-mesh/trellis/internal/servicegraph"
 	"github.com/trellis-mesh/trellis/internal/tracestore"
@@ -162,7 +163,8 @@ func proxyURL(ip netip.Addr, path string) string {
 	return fmt.Sprintf("http://%s%s", net.JoinHostPort(ip.String(), strconv.Itoa(ProxyMetricsPort)), path)
 }
 
-// inventory is what the graph shows even without traffic.
+// inventory is what the graph shows even without traffic, and where
+// routes split requests.
 func inventory(s *catalog.Snapshot) servicegraph.Inventory {
 	var inv servicegraph.Inventory
 	if s == nil {
@@ -180,6 +182,14 @@ func inventory(s *catalog.Snapshot) servicegraph.Inventory {
 			seen[k] = true
 			inv.Workloads = append(inv.Workloads, w)
 		}
+	}
+	rs := route.Routes{HTTP: s.HTTPRoutes, GRPC: s.GRPCRoutes, VS: s.VirtualServices}
+	for _, sp := range route.Splits(rs, proxycfg.RouteConfig(s)) {
+		inv.Splits = append(inv.Splits, servicegraph.Split{
+			Parent:  servicegraph.Ref{Namespace: sp.Parent.Namespace, Name: sp.Parent.Name},
+			Backend: servicegraph.Ref{Namespace: sp.Backend.Namespace, Name: sp.Backend.Name},
+			RouteShare: servicegraph.RouteShare{Route: fmt.Sprintf("%s %s/%s", sp.Route.Kind, sp.Route.Namespace, sp.Route.Name),
+				Rule: sp.Rule, Share: sp.Share, Consumers: sp.Consumers, Invalid: sp.Invalid}})
 	}
 	return inv
 }

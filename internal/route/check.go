@@ -125,6 +125,9 @@ func (c *checked) accepted() bool { return c.refused == nil && len(c.rules) > 0 
 type compiler struct {
 	cfg    Config
 	limits Limits
+	// port is the parent Service port a table is compiled for; 0 when
+	// routes are checked for their status.
+	port int32
 	// refs collects the backendRef problems of the route being compiled.
 	refs []refProblem
 }

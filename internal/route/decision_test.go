@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/catalog"
 )
 
 // share counts, over n random numbers from a fixed seed, the fraction of
@@ -323,5 +325,36 @@ spec:
 	}
 	if tbl := Compile(graphHTTP, rs, mesh); tbl.Route(get("/"), 0).Timeouts.Request != NoTimeout {
 		t.Errorf("timeout: 0s is not \"no timeout\":\n%s", tbl)
+	}
+}
+
+// A destination without a port goes to the port the request was sent to
+// when its Service has several, as in Istio, and to the only one when it
+// has one.
+func TestVirtualServiceDestinationPortOfTheRequest(t *testing.T) {
+	rs := parse(t, `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: db}
+spec:
+  hosts: [graph]
+  http:
+  - route: [{destination: {host: graph-v2}, weight: 100}, {destination: {host: graph-v1}, weight: 0}]
+`)
+	for _, c := range []struct {
+		port int32
+		want string
+	}{{8080, "vs[0] db/graph-v2:8080"}, {9090, "vs[0] db/graph-v2:9090"}} {
+		tbl := Compile(Target{Namespace: "db", Name: "graph", Port: c.port}, rs, mesh)
+		if got := decided(tbl.Route(get("/"), 1)); got != c.want {
+			t.Errorf("port %d: %s, want %s", c.port, got, c.want)
+		}
+	}
+	one := Config{Services: append(slices.Clone(mesh.Services), Service{Namespace: "db", Name: "graph-v2", Ports: []Port{{"http", 8080}}})}
+	one.Services = slices.DeleteFunc(one.Services, func(s Service) bool { return s.Name == "graph-v2" && len(s.Ports) == 2 })
+	if got := decided(Compile(Target{Namespace: "db", Name: "graph", Port: 9090}, rs, one).Route(get("/"), 1)); got != "vs[0] db/graph-v2:8080" {
+		t.Errorf("to graph-v2 with one port: %s, want its port 8080", got)
+	}
+	if st := Validate(rs, mesh); len(st) != 1 || st[0].Parents[0].Conditions[1].Status != catalog.ConditionTrue {
+		t.Errorf("status %+v, want the destinations resolved", st)
 	}
 }

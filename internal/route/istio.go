@@ -69,6 +69,7 @@ func (c *compiler) checkVS(vs *catalog.VirtualService) *checked {
 	limits := c.limits
 	limits.MaxRules = max(limits.MaxRules, maxVSRoutes)
 	vc := newCompiler(Config{Services: c.cfg.Services, Limits: limits, CrossNamespace: true})
+	vc.port = c.port
 	vc.checkRules(out, len(vs.Spec.HTTP), func(i int) (*rule, error) {
 		return vc.vsRule(vs.Spec.HTTP[i], vs.Namespace)
 	})
@@ -407,8 +408,10 @@ func (c *compiler) vsTarget(t catalog.VSTarget, ns string) (catalog.BackendObjec
 		// backendRef says the Service is missing.
 	case len(c.cfg.Services[i].Ports) == 1:
 		ref.Port = c.cfg.Services[i].Ports[0].Port
+	case c.port != 0:
+		ref.Port = c.port // as Istio: the port the request was sent to
 	default:
-		return ref, at("port", unsupported("Service %s/%s has ports %s: give port.number", svcNS, name, portList(c.cfg.Services[i].Ports)))
+		ref.Port = c.cfg.Services[i].Ports[0].Port // for status, which has no request port
 	}
 	return ref, nil
 }

@@ -48,17 +48,7 @@ func Unreadable(rs Routes, why error, cfg Config) []Status {
 
 // validate is Validate, refusing every route for refuse when it is set.
 func validate(rs Routes, cfg Config, refuse error) []Status {
-	c := newCompiler(cfg)
-	var all []*checked
-	for _, rt := range rs.HTTP {
-		all = append(all, c.checkHTTP(rt))
-	}
-	for _, rt := range rs.GRPC {
-		all = append(all, c.checkGRPC(rt))
-	}
-	for _, vs := range rs.VS {
-		all = append(all, c.checkVS(vs))
-	}
+	all := checkAll(rs, cfg)
 	if refuse != nil {
 		for _, ch := range all {
 			ch.refused, ch.rules, ch.dropped, ch.refs = refuse, nil, nil, nil
@@ -75,6 +65,77 @@ func validate(rs Routes, cfg Config, refuse error) []Status {
 				Conditions: conditions(ch, i, all, cfg.Services)})
 		}
 		out = append(out, st)
+	}
+	return out
+}
+
+// checkAll checks each route of rs on its own, HTTPRoutes, GRPCRoutes
+// then VirtualServices.
+func checkAll(rs Routes, cfg Config) []*checked {
+	c := newCompiler(cfg)
+	var all []*checked
+	for _, rt := range rs.HTTP {
+		all = append(all, c.checkHTTP(rt))
+	}
+	for _, rt := range rs.GRPC {
+		all = append(all, c.checkGRPC(rt))
+	}
+	for _, vs := range rs.VS {
+		all = append(all, c.checkVS(vs))
+	}
+	return all
+}
+
+// Split is where a route sends requests to one of its parent Services:
+// one backend of one rule, with its share of the rule's requests.
+type Split struct {
+	Route catalog.Ref
+	// Rule is the rule's index (a VirtualService's http route's).
+	Rule int
+	// Parent is the Service the requests are sent to; its Port is 0.
+	Parent Backend
+	// Backend is where Share of them go; Invalid when it does not
+	// resolve (its requests get 500).
+	Backend Backend
+	Invalid bool
+	Share   float64
+	// Consumers is the namespace whose clients the route applies to, for
+	// a consumer route (in another namespace than its parent); "" for a
+	// producer route, which applies to every client.
+	Consumers string
+}
+
+// Splits are the splits of every route of rs that cfg accepts for a
+// parent, each parent once, in rs's order: what a service graph draws
+// between a Service and the backends its routes send to.
+func Splits(rs Routes, cfg Config) []Split {
+	all := checkAll(rs, cfg)
+	var out []Split
+	for _, ch := range all {
+		seen := map[Backend]bool{}
+		for i, p := range ch.parents {
+			parent := Backend{Namespace: orDefault(p.Namespace, ch.src.ref.Namespace), Name: p.Name}
+			if !isService(p) || seen[parent] {
+				continue
+			}
+			if reason, _ := accepted(ch, i, all, cfg.Services); reason != ReasonAccepted {
+				continue
+			}
+			seen[parent] = true
+			consumers := ""
+			if parent.Namespace != ch.src.ref.Namespace {
+				consumers = ch.src.ref.Namespace
+			}
+			for _, r := range ch.rules {
+				for _, b := range r.backends {
+					if r.total == 0 {
+						break
+					}
+					out = append(out, Split{Route: ch.src.ref, Rule: r.index, Parent: parent, Backend: b.Backend, Invalid: b.invalid,
+						Share: float64(b.weight) / float64(r.total), Consumers: consumers})
+				}
+			}
+		}
 	}
 	return out
 }

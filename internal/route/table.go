@@ -46,7 +46,9 @@ func Compile(target Target, rs Routes, cfg Config) *Table {
 		return t
 	}
 	var chosen []*checked
-	chosen, t.grpc = attachedRoutes(newCompiler(cfg), rs, target, port)
+	c := newCompiler(cfg)
+	c.port = port.Port
+	chosen, t.grpc = attachedRoutes(c, rs, target, port)
 	for _, ch := range chosen {
 		for _, r := range ch.rules {
 			for i := range r.matches {

@@ -80,6 +80,28 @@ type Edge struct {
 	// AuthorizationPolicy refused (Envoy's flag RBAC); when it is all of
 	// them, the edge is Denied. They are not errors of the destination.
 	AuthzDenied float64 `json:"authzDenied,omitempty"`
+	// Routes, on an edge of protocol "route" from a Service to a backend
+	// Service, are the routes that send requests for the one to the
+	// other, with their shares: configuration, not traffic (the traffic
+	// is on the edges into the backend).
+	Routes []RouteShare `json:"routes,omitempty"`
+}
+
+// ProtocolRoute marks the edges of routes' splits.
+const ProtocolRoute = "route"
+
+// RouteShare is the share of one rule's requests a route sends to a
+// backend.
+type RouteShare struct {
+	Route string  `json:"route"` // KIND NAMESPACE/NAME
+	Rule  int     `json:"rule"`
+	Share float64 `json:"share"` // 0..1
+	// Consumers is the namespace whose clients the route applies to; ""
+	// for every client.
+	Consumers string `json:"consumers,omitempty"`
+	// Invalid: the backend does not resolve; its share of requests gets
+	// 500.
+	Invalid bool `json:"invalid,omitempty"`
 }
 
 // Inventory is what exists, traffic or not: the graph shows idle
@@ -90,6 +112,15 @@ type Inventory struct {
 	// Pods maps "namespace/pod" to its workload's name, to place the node
 	// agent's per-pod denials.
 	Pods map[string]string
+	// Splits are where routes send requests for a Service: drawn as
+	// edges of protocol "route".
+	Splits []Split
+}
+
+// Split is one backend of one rule of a route attached to a Service.
+type Split struct {
+	Parent, Backend Ref
+	RouteShare
 }
 
 // Ref names a service.
@@ -232,6 +263,10 @@ func newBuilder(o Options, end time.Time) *builder {
 	}
 	for _, w := range o.Inventory.Workloads {
 		b.workload(w.Namespace, w.Name).Sidecar = w.Sidecar
+	}
+	for _, sp := range o.Inventory.Splits {
+		e := b.edge(b.service(sp.Parent.Namespace, sp.Parent.Name), b.service(sp.Backend.Namespace, sp.Backend.Name), ProtocolRoute).edge
+		e.Routes = append(e.Routes, sp.RouteShare)
 	}
 	return b
 }
@@ -390,7 +425,7 @@ func (b *builder) finish() *Graph {
 	g := &Graph{Window: b.o.Window.String(), End: b.end}
 	for _, es := range b.edges {
 		e := es.edge
-		if e.Requests == 0 && es.bytes == 0 {
+		if e.Requests == 0 && es.bytes == 0 && len(e.Routes) == 0 {
 			continue // only empty histogram buckets made it
 		}
 		if es.denied && es.bytes == 0 && es.mtls == 0 {

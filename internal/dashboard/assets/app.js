@@ -5,7 +5,7 @@ import cytoscape from './vendor/cytoscape.esm.min.mjs';
 
 const colors = {
   healthy: '#3e8635', degraded: '#f0ab00', failure: '#c9190b', idle: '#8a8d90',
-  http: '#0066cc', grpc: '#009596', tcp: '#6a6e73', denied: '#c9190b',
+  http: '#0066cc', grpc: '#009596', tcp: '#6a6e73', denied: '#c9190b', route: '#8f4bbf',
 };
 const refreshMs = 5000;
 const params = new URLSearchParams(location.search);
@@ -47,6 +47,9 @@ const cy = cytoscape({
     { selector: 'edge.grpc', style: { 'line-color': colors.grpc, 'target-arrow-color': colors.grpc } },
     { selector: 'edge.degraded', style: { 'line-color': colors.degraded, 'target-arrow-color': colors.degraded } },
     { selector: 'edge.failure', style: { 'line-color': colors.failure, 'target-arrow-color': colors.failure } },
+    { selector: 'edge.route', style: {
+      'line-style': 'dashed', 'line-color': colors.route, 'target-arrow-color': colors.route,
+      'target-arrow-shape': 'vee', 'color': colors.route } },
     { selector: 'edge.denied', style: {
       'line-style': 'dashed', 'line-color': colors.denied, 'target-arrow-color': colors.denied,
       'target-arrow-shape': 'tee', 'color': colors.denied } },
@@ -66,7 +69,14 @@ function nodeLabel(n) {
   return l;
 }
 
+// routeShares describes a route edge: each route's share of its rule's
+// requests sent from the Service to the backend.
+function routeShares(e) {
+  return (e.routes || []).map((r) => `${pct(r.share)}${r.consumers ? ` for ${r.consumers}` : ''}${r.invalid ? ' (invalid: 500)' : ''}`);
+}
+
 function edgeLabel(e) {
+  if (e.protocol === 'route') return `ROUTE ${routeShares(e).join(', ')}`;
   if (e.denied) return `DENIED ${Math.round(e.requests)}`;
   const head = [`${e.protocol.toUpperCase()} ${num(e.rps)}/s`];
   let latency = '';
@@ -82,6 +92,7 @@ function edgeLabel(e) {
 }
 
 function edgeHealth(e) {
+  if (e.protocol === 'route') return '';
   if (e.denied) return 'denied';
   return e.errorRate >= 0.2 ? 'failure' : e.errorRate >= 0.001 ? 'degraded' : 'healthy';
 }
@@ -205,16 +216,20 @@ async function showPanel(id, fresh = true) {
   document.getElementById('panel-kind').textContent = el.isEdge()
     ? `${d.protocol.toUpperCase()} edge${d.denied ? ' — denied: ' + d.reason : ''}`
     : `${d.kind}${d.namespace ? ' in namespace ' + d.namespace : ''} · ${d.health}`;
+  if (el.isEdge() && d.protocol === 'route') {
+    document.getElementById('panel-kind').textContent = 'route split: configuration, not traffic (the requests are on the edges into the backend)';
+    const stats = d.routes.map((r) => [`${r.route} rule ${r.rule}`, routeShares({ routes: [r] })[0]]);
+    renderStats(stats);
+    for (const c of ['rps', 'success', 'latency']) document.getElementById(`chart-${c}`).innerHTML = '<div class="empty">a route has no traffic of its own</div>';
+    requests([]);
+    return;
+  }
   const stats = el.isEdge()
     ? [['rate', `${num(d.rps)}/s (${Math.round(d.requests)} in ${state.window})`], ['errors', pct(d.errorRate)],
        ['p50 / p95 / p99', `${ms(d.p50)} / ${ms(d.p95)} / ${ms(d.p99)}`], ['mTLS', pct(d.mtls)],
        ['denied by AuthorizationPolicy', `${Math.round(d.authzDenied || 0)} in ${state.window}`]]
     : [['rate', `${num(d.rps)}/s`], ['errors', pct(d.errorRate)], ['sidecar', d.kind === 'workload' ? (d.sidecar ? 'yes' : 'no') : '–']];
-  document.getElementById('panel-stats').replaceChildren(...stats.flatMap(([k, v]) => {
-    const dt = document.createElement('dt'); dt.textContent = k;
-    const dd = document.createElement('dd'); dd.textContent = v;
-    return [dt, dd];
-  }));
+  renderStats(stats);
   if (fresh) for (const c of ['rps', 'success', 'latency']) document.getElementById(`chart-${c}`).textContent = '…';
   try {
     const [series, reqs] = await Promise.all([
@@ -229,6 +244,15 @@ async function showPanel(id, fresh = true) {
   } catch (err) {
     document.getElementById('chart-rps').textContent = `cannot load: ${err.message}`;
   }
+}
+
+// renderStats fills the panel's figures with [name, value] pairs.
+function renderStats(stats) {
+  document.getElementById('panel-stats').replaceChildren(...stats.flatMap(([k, v]) => {
+    const dt = document.createElement('dt'); dt.textContent = k;
+    const dd = document.createElement('dd'); dd.textContent = v;
+    return [dt, dd];
+  }));
 }
 
 function chart(elId, points, lines, fixedMax) {
