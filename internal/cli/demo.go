@@ -262,7 +262,7 @@ func (h *hostDemo) down(ctx context.Context) error {
 }
 
 func (h *hostDemo) up(ctx context.Context, r *demoRun) error {
-	r.say("start the mesh: namespace db (injected) with demo-graph-alpha and demo-graph-zero; client-allow (injected); client-deny (not injected)")
+	r.say("start the mesh: namespace db (injected) with demo-graph-alpha (v1 and v2) and demo-graph-zero; client-allow (injected, its calls to alpha routed to v2); client-deny (not injected)")
 	dir := filepath.Join(h.stateDir, "demo")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -279,7 +279,7 @@ func (h *hostDemo) up(ctx context.Context, r *demoRun) error {
 	if err := u.startDetached(ctx); err != nil {
 		return err
 	}
-	pods, err := h.waitReady(ctx, 4, time.Minute)
+	pods, err := h.waitReady(ctx, demoPods, time.Minute)
 	if err != nil {
 		return err
 	}
@@ -333,7 +333,7 @@ func (h *hostDemo) waitReady(ctx context.Context, want int, limit time.Duration)
 // the client-allow pod's sidecar alpha's, alpha's sidecar zero's, read
 // from the sidecars' own config.
 func (h *hostDemo) waitRouted(ctx context.Context, pods []localmesh.PodStatus, limit time.Duration) error {
-	need := map[string]string{"client-allow/": "db/demo-graph-alpha", "db/demo-graph-alpha-": "db/demo-graph-zero"}
+	need := map[string]string{"client-allow/": "db/demo-graph-alpha-v2", "db/demo-graph-alpha-v2-": "db/demo-graph-zero"}
 	deadline := time.Now().Add(limit)
 	for prefix, svc := range need {
 		var netns string
@@ -438,6 +438,8 @@ func waitRulesChange(ctx context.Context, before float64, rules func(context.Con
 
 const (
 	alphaHTTP = "http://demo-graph-alpha.db.svc.cluster.local:8080"
+	// demoPods: zero, alpha v1 and v2, the two clients.
+	demoPods  = 5
 	alphaGRPC = "demo-graph-alpha.db.svc.cluster.local:9080"
 )
 
@@ -553,7 +555,11 @@ func (r *demoRun) test2(ctx context.Context) {
 }
 
 func (r *demoRun) test3(ctx context.Context) error {
-	r.say("TEST 3  traffic for %s: health checks, CheckVersion, a Star Wars dataset loaded over gRPC, queries over HTTP", r.traffic)
+	r.say("TEST 3  client-allow's calls to alpha go to v2 only (VirtualService client-allow/alpha-v2), then traffic for %s: "+
+		"health checks, CheckVersion, a Star Wars dataset loaded over gRPC, queries over HTTP", r.traffic)
+	if err := r.routedToV2(ctx); err != nil {
+		return err
+	}
 	out, err := r.mesh.exec(ctx, "client-allow", "trellis", "example", "graph-client", "traffic", "--http", alphaHTTP, "--grpc", alphaGRPC,
 		"--rate", "10", "--duration", r.traffic.String(), "--timeout", r.timeout.String())
 	var counts graphdb.Counts
@@ -570,21 +576,30 @@ func (r *demoRun) test3(ctx context.Context) error {
 
 	r.say("the service graph (the dashboard scrapes every sidecar every 5s)")
 	want := []string{
-		"wl:client-allow/client>svc:db/demo-graph-alpha:http",
-		"wl:client-allow/client>svc:db/demo-graph-alpha:grpc",
-		"wl:db/demo-graph-alpha>svc:db/demo-graph-zero:grpc",
+		"wl:client-allow/client>svc:db/demo-graph-alpha-v2:http",
+		"wl:client-allow/client>svc:db/demo-graph-alpha-v2:grpc",
+		"wl:db/demo-graph-alpha-v2>svc:db/demo-graph-zero:grpc",
 	}
-	denied := "wl:client-deny/client>wl:db/demo-graph-alpha:ip"
-	g, err := r.waitGraph(ctx, append(want, denied), 30*time.Second)
+	// client-deny's calls of test 1, dropped at whichever version's pod
+	// the Service sent them to.
+	deniedTo := func(edges map[string]*servicegraph.Edge) *servicegraph.Edge {
+		for _, v := range []string{"v1", "v2"} {
+			if e := edges["wl:client-deny/client>wl:db/demo-graph-alpha-"+v+":ip"]; e != nil && e.Requests > 0 {
+				return e
+			}
+		}
+		return nil
+	}
+	edges, err := r.waitGraph(ctx, 30*time.Second, func(edges map[string]*servicegraph.Edge) bool {
+		for _, id := range want {
+			if e := edges[id]; e == nil || e.Requests == 0 {
+				return false
+			}
+		}
+		return deniedTo(edges) != nil
+	})
 	if err != nil {
 		return err
-	}
-	if err := printGraph(r.out, g); err != nil {
-		return err
-	}
-	edges := map[string]*servicegraph.Edge{}
-	for _, e := range g.Edges {
-		edges[e.ID] = e
 	}
 	for _, id := range want {
 		e := edges[id]
@@ -597,12 +612,66 @@ func (r *demoRun) test3(ctx context.Context) error {
 			r.check("graph edge "+id, true, fmt.Sprintf("%.1f rps, all mTLS, no errors", e.RPS))
 		}
 	}
-	if e := edges[denied]; e == nil || !e.Denied {
-		r.check("graph edge "+denied, false, "missing: the node agent's denials of test 1 should show")
+	if e := deniedTo(edges); e == nil || !e.Denied {
+		r.check("graph edge wl:client-deny/client>wl:db/demo-graph-alpha-…:ip", false, "missing: the node agent's denials of test 1 should show")
 	} else {
-		r.check("graph edge "+denied, true, fmt.Sprintf("denied, %.0f packets dropped by the policy", e.Requests))
+		r.check("graph edge "+e.ID, true, fmt.Sprintf("denied, %.0f packets dropped by the policy", e.Requests))
+	}
+	// The route's split, as the dashboard draws it.
+	for v, share := range map[string]float64{"v2": 1, "v1": 0} {
+		id := "svc:db/demo-graph-alpha>svc:db/demo-graph-alpha-" + v + ":route"
+		e := edges[id]
+		switch {
+		case e == nil || len(e.Routes) != 1:
+			r.check("graph edge "+id, false, "missing: the split of VirtualService client-allow/alpha-v2 should show")
+		case e.Routes[0].Share != share || e.Routes[0].Consumers != "client-allow":
+			r.check("graph edge "+id, false, fmt.Sprintf("%s, want %.0f%% for client-allow", routeShares(e.Routes), 100*share))
+		default:
+			r.check("graph edge "+id, true, routeShares(e.Routes))
+		}
 	}
 	return nil
+}
+
+// routedToV2 checks that client-allow's calls to alpha reach v2 only, as
+// the VirtualService client-allow/alpha-v2 says: 5 CheckVersion calls in
+// a row answered by a v2 pod (its sidecar may take a moment to learn the
+// route).
+func (r *demoRun) routedToV2(ctx context.Context) error {
+	const n = 5
+	args := []string{"trellis", "example", "graph-client", "check-version", "--grpc", alphaGRPC, "--timeout", r.timeout.String()}
+	var answers []string
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		answers = answers[:0]
+		for range n {
+			out, err := r.mesh.exec(ctx, "client-allow", args...)
+			var v graphpb.Version
+			if err == nil && json.Unmarshal([]byte(out), &v) == nil {
+				answers = append(answers, v.Instance)
+			} else {
+				answers = append(answers, "error: "+oneLine(fmt.Sprint(err)))
+			}
+		}
+		v2 := 0
+		for _, a := range answers {
+			if strings.HasPrefix(a, "demo-graph-alpha-v2-") {
+				v2++
+			}
+		}
+		if v2 == n {
+			r.check("client-allow → alpha, routed", true, fmt.Sprintf("%d of %d CheckVersion calls answered by v2 (%s)", v2, n, answers[0]))
+			return nil
+		}
+		if time.Now().After(deadline) {
+			r.check("client-allow → alpha, routed", false, fmt.Sprintf("%d of %d CheckVersion calls answered by v2 after 30s: %s", v2, n, strings.Join(answers, ", ")))
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // test4 restricts the mesh from within: the AuthorizationPolicy
@@ -650,24 +719,19 @@ func (r *demoRun) test4(ctx context.Context) error {
 	return nil
 }
 
-// waitGraph polls the dashboard's graph until it has every edge in want.
-func (r *demoRun) waitGraph(ctx context.Context, want []string, limit time.Duration) (*servicegraph.Graph, error) {
+// waitGraph polls the dashboard's graph until done says it has what it
+// needs, or limit passes, and returns its edges by ID.
+func (r *demoRun) waitGraph(ctx context.Context, limit time.Duration, done func(map[string]*servicegraph.Edge) bool) (map[string]*servicegraph.Edge, error) {
 	deadline := time.Now().Add(limit)
 	for {
 		g, err := r.mesh.graph(ctx, time.Minute, []string{"db", "client-allow", "client-deny"})
 		if err == nil {
-			have := map[string]bool{}
+			edges := map[string]*servicegraph.Edge{}
 			for _, e := range g.Edges {
-				have[e.ID] = e.Requests > 0
+				edges[e.ID] = e
 			}
-			missing := 0
-			for _, id := range want {
-				if !have[id] {
-					missing++
-				}
-			}
-			if missing == 0 || time.Now().After(deadline) {
-				return g, nil
+			if done(edges) || time.Now().After(deadline) {
+				return edges, printGraph(r.out, g)
 			}
 		} else if time.Now().After(deadline) {
 			return nil, err

@@ -19,7 +19,8 @@ import (
 // walkthrough, every check passes, and it leaves nothing behind; with
 // --keep the dashboard stays up, and a real browser (headless Chromium)
 // draws the graph the walkthrough promises: HTTP and gRPC edges into
-// demo-graph-alpha and alpha's edge to demo-graph-zero.
+// demo-graph-alpha's v2, to which the client's route sends them, the
+// route's split, and alpha's edge to demo-graph-zero.
 func TestDemo(t *testing.T) {
 	m := newMesh(t)
 	out, errOut, err := m.runWithin(3*time.Minute, "demo", "--traffic", "3s")
@@ -86,32 +87,41 @@ func browseDashboard(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"wl:client-allow/client>svc:db/demo-graph-alpha:http",
-		"wl:client-allow/client>svc:db/demo-graph-alpha:grpc",
-		"wl:db/demo-graph-alpha>svc:db/demo-graph-zero:grpc",
+		"wl:client-allow/client>svc:db/demo-graph-alpha-v2:http",
+		"wl:client-allow/client>svc:db/demo-graph-alpha-v2:grpc",
+		"wl:db/demo-graph-alpha-v2>svc:db/demo-graph-zero:grpc",
+		"svc:db/demo-graph-alpha>svc:db/demo-graph-alpha-v2:route",
+		"svc:db/demo-graph-alpha>svc:db/demo-graph-alpha-v1:route",
 	} {
 		if !slices.Contains(edges, want) {
 			t.Errorf("the dashboard draws no edge %s; it draws %v", want, edges)
 		}
 	}
 	// Test 1's dropped attempts: a red dashed edge from the client outside
-	// the mesh.
+	// the mesh, to whichever version the Service sent them.
 	denied, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
-		`(e => e.nonempty() ? [e.style('line-style'), e.style('line-color')] : [])(trellis.cy.getElementById("wl:client-deny/client>wl:db/demo-graph-alpha:ip"))`))
+		`(e => e.nonempty() ? [e.style('line-style'), e.style('line-color')] : [])(trellis.cy.edges('[source = "wl:client-deny/client"][protocol = "ip"]').first())`))
 	if err != nil || len(denied) != 2 || denied[0] != "dashed" || denied[1] != "rgb(201,25,11)" {
 		t.Errorf("the policy's denials are drawn as %v (%v), want a red dashed edge from client-deny", denied, err)
+	}
+	// The route's split: purple dashed edges from the Service to each
+	// version's, labelled with their shares.
+	split, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
+		`(e => [e.style('line-style'), e.style('line-color'), e.data('label')])(trellis.cy.getElementById("svc:db/demo-graph-alpha>svc:db/demo-graph-alpha-v2:route"))`))
+	if err != nil || len(split) != 3 || split[0] != "dashed" || split[1] != "rgb(143,75,191)" || split[2] != "ROUTE 100% for client-allow" {
+		t.Errorf("the route's split to v2 is drawn as %q (%v), want a purple dashed edge labelled ROUTE 100%% for client-allow", split, err)
 	}
 	shapes, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]string](
 		`Object.fromEntries(trellis.cy.nodes('[kind]').map(n => [n.id(), n.style('shape')]))`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if shapes["svc:db/demo-graph-alpha"] != "triangle" || shapes["wl:db/demo-graph-alpha"] != "rectangle" {
+	if shapes["svc:db/demo-graph-alpha"] != "triangle" || shapes["wl:db/demo-graph-alpha-v2"] != "rectangle" {
 		t.Errorf("node shapes %v: want services as triangles and workloads as squares", shapes)
 	}
 	// Open the gRPC edge's panel: its charts and recent requests load.
 	if _, err := chromedp.Run(ctx, chromedp.Evaluate[bool](
-		`trellis.cy.getElementById("wl:client-allow/client>svc:db/demo-graph-alpha:grpc").emit("tap").nonempty()`)); err != nil {
+		`trellis.cy.getElementById("wl:client-allow/client>svc:db/demo-graph-alpha-v2:grpc").emit("tap").nonempty()`)); err != nil {
 		t.Fatal(err)
 	}
 	if err := chromedp.Do(ctx,

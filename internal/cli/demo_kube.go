@@ -113,7 +113,7 @@ func (k *kubeDemo) up(ctx context.Context, r *demoRun) error {
 	if err != nil {
 		return err
 	}
-	r.say("apply examples/kubernetes/walkthrough.yaml (image %s): namespace db (injected) with demo-graph-alpha and demo-graph-zero; client-allow (injected); client-deny (not injected)", image)
+	r.say("apply examples/kubernetes/walkthrough.yaml (image %s): namespace db (injected) with demo-graph-alpha (v1 and v2) and demo-graph-zero; client-allow (injected, its calls to alpha routed to v2); client-deny (not injected)", image)
 	objs, err := decodeObjects(kubeexample.Walkthrough)
 	if err != nil {
 		return err
@@ -132,7 +132,7 @@ func (k *kubeDemo) up(ctx context.Context, r *demoRun) error {
 	if err := k.applyAll(ctx, objs); err != nil {
 		return err
 	}
-	pods, err := k.waitReady(ctx, 4, 3*time.Minute, image)
+	pods, err := k.waitReady(ctx, demoPods, 3*time.Minute, image)
 	if err != nil {
 		return err
 	}

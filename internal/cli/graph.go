@@ -162,6 +162,10 @@ func printGraph(w io.Writer, g *servicegraph.Graph) error {
 	lines := 0
 	for _, e := range g.Edges {
 		from, to := nodes[e.Source], nodes[e.Target]
+		if from != nil && to != nil && e.Protocol == servicegraph.ProtocolRoute {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\t-\t%s\n", nodeName(from), nodeName(to), e.Protocol, routeShares(e.Routes))
+			continue
+		}
 		if from == nil || to == nil || from.Kind == servicegraph.KindService {
 			continue
 		}
@@ -185,6 +189,23 @@ func printGraph(w io.Writer, g *servicegraph.Graph) error {
 		fmt.Fprintf(tw, "(no traffic in the last %s)\n", g.Window)
 	}
 	return tw.Flush()
+}
+
+// routeShares says what routes send along a route edge: "100% for
+// client-allow (VirtualService client-allow/alpha-v2 rule 0)".
+func routeShares(rs []servicegraph.RouteShare) string {
+	parts := make([]string, len(rs))
+	for i, r := range rs {
+		parts[i] = fmt.Sprintf("%.0f%%", 100*r.Share)
+		if r.Consumers != "" {
+			parts[i] += " for " + r.Consumers
+		}
+		if r.Invalid {
+			parts[i] += " (invalid: 500)"
+		}
+		parts[i] += fmt.Sprintf(" (%s rule %d)", r.Route, r.Rule)
+	}
+	return strings.Join(parts, ", ")
 }
 
 func nodeName(n *servicegraph.Node) string {

@@ -1,6 +1,8 @@
 package route
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -218,5 +220,45 @@ func TestObservedGeneration(t *testing.T) {
 		if c.ObservedGeneration != 7 {
 			t.Errorf("%s observedGeneration %d, want 7", c.Type, c.ObservedGeneration)
 		}
+	}
+}
+
+// Splits are what accepted routes send where: each backend's share of its
+// rule, a consumer route's namespace, and nothing of a refused route.
+func TestSplits(t *testing.T) {
+	rs := parse(t, route+`  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{name: graph-v2, port: 8080}]
+  - backendRefs: [{name: graph-v1, port: 8080, weight: 3}, {name: graph-v2, port: 8080, weight: 1}, {name: gone, port: 8080, weight: 0}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: consumer, namespace: web}
+spec:
+  hosts: [graph.db]
+  http: [{route: [{destination: {host: graph-v2.db}, weight: 100}, {destination: {host: graph-v1.db}, weight: 0}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: lost, namespace: db}
+spec:
+  parentRefs: [{group: "", kind: Service, name: nowhere}]
+  rules: [{backendRefs: [{name: graph-v1, port: 8080}]}]
+`)
+	var got []string
+	for _, s := range Splits(rs, mesh) {
+		got = append(got, fmt.Sprintf("%s %s[%d] %s/%s>%s %.2f %q %v", s.Route.Kind, s.Route.Name, s.Rule, s.Parent.Namespace, s.Parent.Name,
+			s.Backend, s.Share, s.Consumers, s.Invalid))
+	}
+	want := []string{
+		`HTTPRoute r[0] db/graph>db/graph-v2:8080 1.00 "" false`,
+		`HTTPRoute r[1] db/graph>db/graph-v1:8080 0.75 "" false`,
+		`HTTPRoute r[1] db/graph>db/graph-v2:8080 0.25 "" false`,
+		`HTTPRoute r[1] db/graph>db/gone:8080 0.00 "" true`,
+		`VirtualService consumer[0] db/graph>db/graph-v2:8080 1.00 "web" false`,
+		`VirtualService consumer[0] db/graph>db/graph-v1:8080 0.00 "web" false`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Splits:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

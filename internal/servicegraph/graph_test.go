@@ -65,7 +65,9 @@ func TestBuildFromScrapedProxies(t *testing.T) {
 	store.ScrapeOnce(ctx, http.DefaultClient, targets)
 
 	g, err := Build(ctx, Local(store), Options{Window: time.Minute,
-		Inventory: Inventory{Workloads: []Workload{{Namespace: "client-deny", Name: "client"}}}})
+		Inventory: Inventory{Workloads: []Workload{{Namespace: "client-deny", Name: "client"}},
+			Splits: []Split{{Parent: Ref{"db", "demo-graph-alpha"}, Backend: Ref{"db", "demo-graph-alpha-v2"},
+				RouteShare: RouteShare{Route: "VirtualService client-allow/alpha-v2", Share: 1, Consumers: "client-allow"}}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,6 +91,7 @@ func TestBuildFromScrapedProxies(t *testing.T) {
 		{"wl:db/demo-graph-alpha>svc:db/demo-graph-zero:grpc", 20, 0, 1, false, 0},
 		{"svc:db/demo-graph-zero>wl:db/demo-graph-zero:grpc", 20, 0, 1, false, 0},
 		{"unknown>wl:db/demo-graph-zero:tcp", 5, 0, 0, true, 0},
+		{"svc:db/demo-graph-alpha>svc:db/demo-graph-alpha-v2:route", 0, 0, 0, false, 0},
 	}
 	for _, w := range want {
 		e := edges[w.id]
@@ -100,6 +103,10 @@ func TestBuildFromScrapedProxies(t *testing.T) {
 			t.Errorf("edge %s = %g requests, %g errors, %g mTLS, denied %v, %g by authorization; want %g, %g, %g, %v, %g",
 				w.id, e.Requests, e.ErrorRate, e.MTLS, e.Denied, e.AuthzDenied, w.requests, w.errs, w.mtls, w.denied, w.authzDenied)
 		}
+	}
+	// A route's split is drawn without traffic of its own.
+	if e := edges["svc:db/demo-graph-alpha>svc:db/demo-graph-alpha-v2:route"]; e != nil && (len(e.Routes) != 1 || e.Routes[0].Share != 1 || e.RPS != 0) {
+		t.Errorf("the route edge = %+v, want VirtualService client-allow/alpha-v2's 100%% and no traffic", e)
 	}
 	if e := edges["wl:client-other/client>svc:db/demo-graph-alpha:grpc"]; e != nil && !strings.Contains(e.Reason, "AuthorizationPolicy") {
 		t.Errorf("the refused edge's reason %q does not name authorization", e.Reason)

@@ -53,18 +53,21 @@ func TestDemoOnKubernetes(t *testing.T) {
 		t.Fatalf("the demo failed: %v", err)
 	}
 	m := regexp.MustCompile(`all (\d+) checks passed`).FindSubmatch(out)
-	if n, _ := strconv.Atoi(string(m2(m))); n < 16 {
-		t.Errorf("the demo made %d checks, want all 16 of the walkthrough", n)
+	if n, _ := strconv.Atoi(string(m2(m))); n < 19 {
+		t.Errorf("the demo made %d checks, want all 19 of the walkthrough", n)
 	}
 	for _, want := range []string{
 		`ok +client-deny → HTTP GET /health +timed out`,
 		`ok +client-deny → gRPC CheckVersion +timed out`,
 		`ok +client-allow → HTTP GET /health +healthy v\S+ from demo-graph-alpha-\S+; mTLS, caller spiffe://cluster.local/ns/client-allow/sa/default`,
 		`ok +client-allow → gRPC CheckVersion +v\S+ from demo-graph-alpha-\S+; mTLS, caller spiffe://cluster.local/ns/client-allow/sa/default`,
-		`ok +graph edge wl:client-allow/client>svc:db/demo-graph-alpha:http `,
-		`ok +graph edge wl:client-allow/client>svc:db/demo-graph-alpha:grpc `,
-		`ok +graph edge wl:db/demo-graph-alpha>svc:db/demo-graph-zero:grpc `,
-		`ok +graph edge wl:client-deny/client>wl:db/demo-graph-alpha:ip denied`,
+		`ok +client-allow → alpha, routed +5 of 5 CheckVersion calls answered by v2 \(demo-graph-alpha-v2-\S+\)`,
+		`ok +graph edge wl:client-allow/client>svc:db/demo-graph-alpha-v2:http `,
+		`ok +graph edge wl:client-allow/client>svc:db/demo-graph-alpha-v2:grpc `,
+		`ok +graph edge wl:db/demo-graph-alpha-v2>svc:db/demo-graph-zero:grpc `,
+		`ok +graph edge wl:client-deny/client>wl:db/demo-graph-alpha-v[12]:ip denied`,
+		`ok +graph edge svc:db/demo-graph-alpha>svc:db/demo-graph-alpha-v2:route +100% for client-allow \(VirtualService client-allow/alpha-v2 rule 0\)`,
+		`ok +graph edge svc:db/demo-graph-alpha>svc:db/demo-graph-alpha-v1:route +0% for client-allow \(VirtualService client-allow/alpha-v2 rule 0\)`,
 		`ok +client-allow → HTTP POST /query +refused by alpha's sidecar: POST /query: 403 Forbidden: RBAC: access denied`,
 		`ok +client-allow → gRPC CheckVersion +v\S+ from demo-graph-alpha-\S+; allowed by db/alpha-readers`,
 	} {

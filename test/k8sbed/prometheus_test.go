@@ -115,7 +115,7 @@ func checkIstioDashboards(t *testing.T, ctx context.Context, bed *Bed) {
 		t.Fatal(err)
 	}
 	views := []*strings.Replacer{
-		strings.NewReplacer("$service", "demo-graph-alpha.db.svc.cluster.local", "$workload", "demo-graph-alpha", "$namespace", "db"),
+		strings.NewReplacer("$service", "demo-graph-alpha-v2.db.svc.cluster.local", "$workload", "demo-graph-alpha-v2", "$namespace", "db"),
 		strings.NewReplacer("$service", "demo-tcp.db.svc.cluster.local", "$workload", "demo-tcp", "$namespace", "db"),
 		// The TCP service's client, for the workload dashboard's outgoing
 		// TCP panels.
@@ -223,9 +223,10 @@ func browseClusterDashboard(t *testing.T, ctx context.Context, trellis func(args
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"wl:client-allow/client>svc:db/demo-graph-alpha:http",
-		"wl:client-allow/client>svc:db/demo-graph-alpha:grpc",
-		"wl:db/demo-graph-alpha>svc:db/demo-graph-zero:grpc",
+		"wl:client-allow/client>svc:db/demo-graph-alpha-v2:http",
+		"wl:client-allow/client>svc:db/demo-graph-alpha-v2:grpc",
+		"wl:db/demo-graph-alpha-v2>svc:db/demo-graph-zero:grpc",
+		"svc:db/demo-graph-alpha>svc:db/demo-graph-alpha-v2:route",
 	} {
 		if !slices.Contains(edges, want) {
 			t.Errorf("the dashboard draws no edge %s; it draws %v", want, edges)
@@ -234,7 +235,7 @@ func browseClusterDashboard(t *testing.T, ctx context.Context, trellis func(args
 	// The gRPC edge's panel: its recent requests, from the sidecars'
 	// spans (traced at 100%), name the calls.
 	if _, err := chromedp.Run(bctx, chromedp.Evaluate[bool](
-		`trellis.cy.getElementById("wl:client-allow/client>svc:db/demo-graph-alpha:grpc").emit("tap").nonempty()`)); err != nil {
+		`trellis.cy.getElementById("wl:client-allow/client>svc:db/demo-graph-alpha-v2:grpc").emit("tap").nonempty()`)); err != nil {
 		t.Fatal(err)
 	}
 	if err := chromedp.Do(bctx, chromedp.WaitVisible(chromedp.CSS(`#requests tbody tr td`))); err != nil {
@@ -245,7 +246,7 @@ func browseClusterDashboard(t *testing.T, ctx context.Context, trellis func(args
 		t.Errorf("recent requests of the gRPC edge: %q, want CheckVersion calls", rows)
 	}
 	denied, err := chromedp.Run(bctx, chromedp.Evaluate[[]string](
-		`(e => e.nonempty() ? [e.style('line-style'), e.style('line-color')] : [])(trellis.cy.getElementById("wl:client-deny/client>wl:db/demo-graph-alpha:ip"))`))
+		`(e => e.nonempty() ? [e.style('line-style'), e.style('line-color')] : [])(trellis.cy.edges('[source = "wl:client-deny/client"][protocol = "ip"]').first())`))
 	if err != nil || len(denied) != 2 || denied[0] != "dashed" {
 		t.Errorf("the policy's denials are drawn as %v (%v), want a dashed edge from client-deny", denied, err)
 	}

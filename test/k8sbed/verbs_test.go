@@ -33,6 +33,7 @@ func checkClusterVerbs(t *testing.T, ctx context.Context, bed *Bed, trellis func
 	}{
 		{[]string{"get", "pods", "-n", "db", "-o", "wide"}, `(?m)^demo-graph-alpha-\S+ +2/2 +Running +\d+ +\S+ +10\.\S+ +k8sbed$`},
 		{[]string{"get", "services", "-n", "db", "-o", "wide"}, `(?m)^demo-graph-alpha +ClusterIP +10\.\S+ +8080/TCP,9080/TCP +\S+ +app=demo-graph-alpha +10\.\S+:(8080|9080),`},
+		{[]string{"get", "virtualservices", "-n", "client-allow"}, `(?m)^alpha-v2 +demo-graph-alpha\.db\.svc\.cluster\.local +True +True `},
 		{[]string{"get", "networkpolicies", "-A"}, `(?m)^db +mesh-members-only +<all pods> +[1-9]\d* +0 +\S+$`},
 		{[]string{"get", "namespaces", "-o", "wide"}, `(?m)^client-allow +Active +\S+ +.*trellis.io/inject=enabled`},
 		{[]string{"exec", "-n", "client-allow", "client", "--", "trellis", "example", "graph-client", "health", "--http", "http://demo-graph-alpha.db.svc.cluster.local:8080"},

@@ -49,7 +49,9 @@ const cy = cytoscape({
     { selector: 'edge.failure', style: { 'line-color': colors.failure, 'target-arrow-color': colors.failure } },
     { selector: 'edge.route', style: {
       'line-style': 'dashed', 'line-color': colors.route, 'target-arrow-color': colors.route,
-      'target-arrow-shape': 'vee', 'color': colors.route } },
+      'target-arrow-shape': 'vee', 'color': colors.route,
+      // bowed, so that it does not hide the traffic beside it
+      'curve-style': 'unbundled-bezier', 'control-point-distances': 60, 'control-point-weights': 0.5 } },
     { selector: 'edge.denied', style: {
       'line-style': 'dashed', 'line-color': colors.denied, 'target-arrow-color': colors.denied,
       'target-arrow-shape': 'tee', 'color': colors.denied } },
