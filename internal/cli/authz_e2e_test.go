@@ -129,10 +129,14 @@ func TestAuthorizationPolicyWithSidecars(t *testing.T) {
 	tcp := []string{"probe", "--timeout", "2s", "tcp/demo-tcp.db.svc.cluster.local:9000"}
 	// Until client-other's sidecar has its config, its calls leave it
 	// plaintext (passthrough) and alpha's sidecar sees no principal: wait
-	// for one it saw over mutual TLS.
+	// for one it saw over mutual TLS. Its calls go to either version of
+	// alpha (client-allow's route sends only client-allow's to v2): enough
+	// of them that both versions see some (a miss is 1 in 2^15).
 	waitFor(t, "client-other to reach alpha over mTLS before any AuthorizationPolicy", 60*time.Second, func() bool {
-		if _, ok := call("client-other", health...); !ok {
-			return false
+		for range 16 {
+			if _, ok := call("client-other", health...); !ok {
+				return false
+			}
 		}
 		out, _, err := m.run("authz", "suggest", "-n", "db", "--window", "10m")
 		return err == nil && strings.Contains(out, "cluster.local/ns/client-other/sa/default")
@@ -146,7 +150,7 @@ func TestAuthorizationPolicyWithSidecars(t *testing.T) {
 		t.Fatalf("client-allow CheckVersion before any policy: %s", out)
 	}
 	suggested := m.must("authz", "suggest", "-n", "db", "--window", "10m")
-	for _, want := range []string{"name: demo-graph-alpha-observed", "istio.io/dry-run: \"true\"", "cluster.local/ns/client-other/sa/default",
+	for _, want := range []string{"name: demo-graph-alpha-v1-observed", "name: demo-graph-alpha-v2-observed", "istio.io/dry-run: \"true\"", "cluster.local/ns/client-other/sa/default",
 		"/trellis.demo.graph.v1.Graph/CheckVersion", "/health"} {
 		if !strings.Contains(suggested, want) {
 			t.Errorf("trellis authz suggest has no %q:\n%s", want, suggested)
@@ -225,7 +229,7 @@ func TestAuthorizationPolicyWithSidecars(t *testing.T) {
 	// denied requests carry Envoy's RBAC flag.
 	var alphaIP string
 	for _, p := range m.pods("db") {
-		if strings.HasPrefix(p.Name, "demo-graph-alpha") {
+		if strings.HasPrefix(p.Name, "demo-graph-alpha-v2-") { // where client-allow's calls go
 			alphaIP = p.IP
 		}
 	}

@@ -359,7 +359,13 @@ func (h *hostDemo) waitRouted(ctx context.Context, pods []localmesh.PodStatus, l
 // sidecarRoutes says whether the sidecar in netns has an endpoint on
 // every port of service ns/name.
 func sidecarRoutes(netns, service string) bool {
-	data, err := adminGet(netns, "/config_dump")
+	return configRoutes(func(path string) ([]byte, error) { return adminGet(netns, path) }, service)
+}
+
+// configRoutes says whether the sidecar whose admin API get reads has an
+// endpoint on every port of service ns/name.
+func configRoutes(get func(path string) ([]byte, error), service string) bool {
+	data, err := get("/config_dump")
 	cfg := &meshpb.ProxyConfig{}
 	if err != nil || protojson.Unmarshal(data, cfg) != nil {
 		return false

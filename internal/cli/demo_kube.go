@@ -137,8 +137,13 @@ func (k *kubeDemo) up(ctx context.Context, r *demoRun) error {
 		return err
 	}
 	// Ready pods may still wait for the meshed client's sidecar to learn
-	// the database's endpoints, and kube-proxy to route its Service for
-	// the other client: a first answer to each says they have.
+	// the endpoints its route sends to: read from its config, so that no
+	// call meets a sidecar still learning (its failure would count in the
+	// graph of test 3). Then kube-proxy may still have to route the
+	// Service for the other client: a first answer to each says all is.
+	if err := k.waitRouted(ctx, time.Minute); err != nil {
+		return err
+	}
 	deadline := time.Now().Add(time.Minute)
 	for _, ns := range []string{"client-allow", "client-deny"} {
 		for {
@@ -351,6 +356,29 @@ func (k *kubeDemo) exec(ctx context.Context, ns string, args ...string) (string,
 		return stdout.String(), commandError(stderr.String(), err)
 	}
 	return stdout.String(), nil
+}
+
+// waitRouted waits until the meshed client's sidecar has an endpoint on
+// every port of the Service its route sends alpha's calls to, reading its
+// config through a port-forward to its admin port.
+func (k *kubeDemo) waitRouted(ctx context.Context, limit time.Duration) error {
+	get, stop, err := forwardAdmin(ctx, k.kc, "client-allow", "client", io.Discard)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	const backend = "db/demo-graph-alpha-v2"
+	for deadline := time.Now().Add(limit); !configRoutes(get, backend); {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the sidecar of client-allow/client has no endpoints of %s after %s (see `trellis proxy-status --kubernetes` and `trellis proxy-config --kubernetes -n client-allow client`)", backend, limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // enforce applies policy.yaml and waits until the node agent of the

@@ -20,6 +20,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/localmesh"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
+	routing "github.com/trellis-mesh/trellis/internal/route"
 	"github.com/trellis-mesh/trellis/internal/proxy"
 )
 
@@ -169,12 +170,87 @@ func (e *explainer) explain(ctx context.Context, ns, pod string, req *http.Reque
 		out.line("route", "%v", err)
 		return nil
 	}
+	srcIP, _ := netip.ParseAddr(src.IP)
+	backends, ok := routes(out, cfg, ns, svc, port, req)
+	if !ok {
+		return nil
+	}
+	for _, b := range backends {
+		e.explainPort(ctx, out, byIP, cfg, srcIP, req, b.svc, b.port)
+	}
+	return nil
+}
+
+// backendPort is a service port a request may go to.
+type backendPort struct {
+	svc  *meshpb.Service
+	port *meshpb.ServicePort
+}
+
+// routes says where the routes attached to svc's port send req, as the
+// caller's sidecar applies them, and returns the service ports it may go
+// to; svc's port itself when no route is attached. It returns false when
+// the sidecar answers the request itself.
+func routes(out termWriter, cfg *meshpb.ProxyConfig, callerNS string, svc *meshpb.Service, port *meshpb.ServicePort, req *http.Request) ([]backendPort, bool) {
+	rs, err := routing.FromProto(cfg.GetRoutes())
+	attached := rs.AttachedTo(svc.GetNamespace(), svc.GetName())
+	if err != nil || attached.Empty() || port.GetProtocol() == meshpb.Protocol_PROTOCOL_TCP {
+		return []backendPort{{svc, port}}, true
+	}
+	rc := routing.Config{}
+	for _, s := range cfg.GetServices() {
+		rsvc := routing.Service{Namespace: s.GetNamespace(), Name: s.GetName()}
+		for _, p := range s.GetPorts() {
+			rsvc.Ports = append(rsvc.Ports, routing.Port{Name: p.GetName(), Port: int32(p.GetPort())})
+		}
+		rc.Services = append(rc.Services, rsvc)
+	}
+	target := routing.Target{Namespace: svc.GetNamespace(), Name: svc.GetName(), Port: int32(port.GetPort()), ClientNamespace: callerNS}
+	table := routing.Compile(target, attached, rc)
+	if table.Empty() {
+		out.line("routes", "none of the routes attached to %s/%s applies to this port and client (see `trellis get httproutes,virtualservices`)", svc.GetNamespace(), svc.GetName())
+		return []backendPort{{svc, port}}, true
+	}
+	d, shares := table.Explain(&routing.Request{GRPC: strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc"),
+		Method: req.Method, Host: req.Host, Path: req.URL.Path, RawQuery: req.URL.RawQuery, Header: req.Header.Values})
+	if d.Status != 0 {
+		by := ""
+		if d.Route.Name != "" {
+			by = fmt.Sprintf(" (%s %s/%s rule %d)", d.Route.Kind, d.Route.Namespace, d.Route.Name, d.Rule)
+		}
+		out.line("routes", "the sidecar answers %d itself%s", d.Status, by)
+		return nil, false
+	}
+	var parts []string
+	var to []backendPort
+	for _, sh := range shares {
+		parts = append(parts, fmt.Sprintf("%.0f%% to %s", 100*sh.Share, sh.Backend))
+		if sh.Share == 0 || sh.Invalid {
+			continue
+		}
+		for _, s := range cfg.GetServices() {
+			if s.GetNamespace() == sh.Backend.Namespace && s.GetName() == sh.Backend.Name {
+				for _, p := range s.GetPorts() {
+					if int32(p.GetPort()) == sh.Backend.Port {
+						to = append(to, backendPort{s, p})
+					}
+				}
+			}
+		}
+	}
+	out.line("routes", "service %s/%s port %d: %s %s/%s rule %d sends %s", svc.GetNamespace(), svc.GetName(), port.GetPort(),
+		d.Route.Kind, d.Route.Namespace, d.Route.Name, d.Rule, strings.Join(parts, ", "))
+	return to, true
+}
+
+// explainPort explains the request at each endpoint of one service port.
+func (e *explainer) explainPort(ctx context.Context, out termWriter, byIP map[string]localmesh.PodStatus, cfg *meshpb.ProxyConfig, srcIP netip.Addr,
+	req *http.Request, svc *meshpb.Service, port *meshpb.ServicePort) {
 	out.line("route", "service %s/%s port %d (%s), %s over %d endpoint(s)", svc.GetNamespace(), svc.GetName(), port.GetPort(),
 		protocolName(port.GetProtocol()), strings.ToLower(strings.TrimPrefix(svc.GetLoadBalancing().String(), "LOAD_BALANCING_")), len(port.GetEndpoints()))
 	if len(port.GetEndpoints()) == 0 {
 		out.line("", "no ready endpoint: the sidecar answers 503 (no healthy upstream) at once")
 	}
-	srcIP, _ := netip.ParseAddr(src.IP)
 	for i, ep := range port.GetEndpoints() {
 		if i == maxExplained {
 			out.line("", "(%d more endpoints not shown)", len(port.GetEndpoints())-i)
@@ -203,7 +279,6 @@ func (e *explainer) explain(ctx context.Context, ns, pod string, req *http.Reque
 		out.line("  inbound", "%s", inboundMode(dcfg.GetInbound(), ep.GetPort()))
 		e.decide(out, req, cfg, srcIP, ep, dcfg)
 	}
-	return nil
 }
 
 // decide runs the destination sidecar's JWT rules and authorization

@@ -73,18 +73,18 @@ scrape_configs:
 				}
 			}
 		}
-		return ready == 4
+		return ready == 5 // zero, alpha v1 and v2, the two clients
 	})
 	sd, _ := json.Marshal([]map[string]any{{"targets": eps}})
 	if err := os.WriteFile(targets, sd, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "every sidecar in sync", 30*time.Second, func() bool {
-		return strings.Count(m.must("proxy-status"), "SYNCED") == 3
+		return strings.Count(m.must("proxy-status"), "SYNCED") == 4
 	})
 	// Prometheus counts growth from its first sample of a series, so the
-	// traffic starts once it scrapes all three sidecars.
-	waitFor(t, "Prometheus to scrape the 3 sidecars", 30*time.Second, func() bool {
+	// traffic starts once it scrapes all four sidecars.
+	waitFor(t, "Prometheus to scrape the 4 sidecars", 30*time.Second, func() bool {
 		resp, err := http.Get("http://" + addr + "/api/v1/targets?state=active")
 		if err != nil {
 			return false
@@ -103,14 +103,14 @@ scrape_configs:
 				}
 			}
 		}
-		return up == 3
+		return up == 4
 	})
 	m.must("exec", "-n", "client-allow", "client", "--", "trellis", "example", "graph-client", "traffic", "--rate", "10", "--duration", "5s")
 
 	want := []string{
-		"wl:client-allow/client>svc:db/demo-graph-alpha:http",
-		"wl:client-allow/client>svc:db/demo-graph-alpha:grpc",
-		"wl:db/demo-graph-alpha>svc:db/demo-graph-zero:grpc",
+		"wl:client-allow/client>svc:db/demo-graph-alpha-v2:http",
+		"wl:client-allow/client>svc:db/demo-graph-alpha-v2:grpc",
+		"wl:db/demo-graph-alpha-v2>svc:db/demo-graph-zero:grpc",
 	}
 	var g servicegraph.Graph
 	// Until Prometheus has scraped the sidecars after the traffic ended.

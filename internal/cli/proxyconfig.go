@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/trellis-mesh/trellis/internal/kube"
+	"github.com/trellis-mesh/trellis/internal/kubeclient"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 )
 
@@ -73,6 +74,11 @@ func clusterAdmin(ctx context.Context, cluster *clusterFlags, namespace, pod str
 	if err != nil {
 		return nil, nil, err
 	}
+	return forwardAdmin(ctx, kc, namespace, pod, errOut)
+}
+
+// forwardAdmin is clusterAdmin with a connected client.
+func forwardAdmin(ctx context.Context, kc *kubeclient.Clients, namespace, pod string, errOut io.Writer) (func(string) ([]byte, error), func(), error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, nil, err

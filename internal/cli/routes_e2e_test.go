@@ -171,6 +171,21 @@ func TestRoutesInOneHostMode(t *testing.T) {
 	waitFor(t, "x-canary requests to go to v2 only", 30*time.Second, func() bool {
 		return versions(10, "-H 'x-canary: always'")["v2"] == 10
 	})
+	// trellis explain follows the route the request matches to the
+	// endpoints of the backends it may go to.
+	for _, c := range []struct {
+		args       []string
+		want, none string
+	}{
+		{nil, "HTTPRoute web/hello-canary rule 0 sends 80% to web/hello-v1:8080, 20% to web/hello-v2:8080", ""},
+		{[]string{"-H", "x-canary: always"}, "HTTPRoute web/hello-canary rule 1 sends 100% to web/hello-v2:8080", "service web/hello-v1 port"},
+	} {
+		out := m.must(append([]string{"explain", "-n", "client", "client", url}, c.args...)...)
+		if !strings.Contains(out, c.want) || !strings.Contains(out, "service web/hello-v2 port 8080 (http)") ||
+			c.none != "" && strings.Contains(out, c.none) {
+			t.Errorf("trellis explain %s %v:\n%s\nwant %q and hello-v2's endpoints%s", url, c.args, out, c.want, map[bool]string{true: ", not hello-v1's"}[c.none != ""])
+		}
+	}
 	// The VirtualService's abort is answered by the client's sidecar (flag
 	// FI) for its prefix, of the string ("/teapots" too); other paths
 	// reach the app. Its config came with the route's.

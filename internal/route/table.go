@@ -233,6 +233,45 @@ func (t *Table) Route(r *Request, rnd uint64) Decision {
 	return d
 }
 
+// Share is one backend of a rule with its share of the rule's requests.
+type Share struct {
+	Backend Backend
+	Share   float64 // 0..1
+	Invalid bool    // its requests get 500
+}
+
+// Explain says what Route does with r whatever the random draw: the rule
+// it matches (Route and Rule of the decision) and the share of each of its
+// backends. The decision's Status is set when the proxy answers itself:
+// 404 when no rule matches, a redirect's code, 500 when the rule has no
+// backend to send to. Faults and mirrors are left out.
+func (t *Table) Explain(r *Request) (Decision, []Share) {
+	if t == nil || len(t.entries) == 0 {
+		return Decision{}, nil
+	}
+	for i := range t.entries {
+		e := &t.entries[i]
+		if t.grpc && e.m.matchGRPC(r) || !t.grpc && e.m.matchHTTP(r) {
+			rl := e.r
+			d := Decision{Routed: true, Route: rl.src.ref, Rule: rl.index}
+			switch {
+			case rl.redirect != nil:
+				d.Status = rl.redirect.status
+				return d, nil
+			case rl.total == 0:
+				d.Status = 500
+				return d, nil
+			}
+			shares := make([]Share, len(rl.backends))
+			for j, b := range rl.backends {
+				shares[j] = Share{Backend: b.Backend, Share: float64(b.weight) / float64(rl.total), Invalid: b.invalid}
+			}
+			return d, shares
+		}
+	}
+	return t.Route(r, 0), nil
+}
+
 func (t *Table) decide(rl *rule, r *Request, rnd uint64) Decision {
 	d := Decision{Routed: true, Route: rl.src.ref, Rule: rl.index, Timeouts: rl.timeouts, Retry: rl.retry,
 		ResponseHeaders: rl.respHeaders}
