@@ -9,6 +9,8 @@ import (
 
 	kubeexample "github.com/trellis-mesh/trellis/examples/kubernetes"
 	"github.com/trellis-mesh/trellis/internal/inject"
+	"github.com/trellis-mesh/trellis/internal/install"
+	"github.com/trellis-mesh/trellis/internal/kube"
 )
 
 // TestInjectManifest: `trellis inject` injects pods and every kind of pod
@@ -101,5 +103,19 @@ func TestWalkthroughManifests(t *testing.T) {
 	}
 	if policy, err := decodeObjects(kubeexample.Policy); err != nil || len(policy) != 1 || policy[0].GetKind() != "NetworkPolicy" {
 		t.Errorf("policy.yaml: %v, %v", policy, err)
+	}
+}
+
+// The names `trellis install` gives objects are those the control plane
+// and node agent look for (the two packages cannot import each other).
+func TestInstallNamesMatch(t *testing.T) {
+	for _, c := range [][2]string{
+		{install.NodeAgent, kube.NodeAgent},
+		{install.WebhookConfig, kube.WebhookConfigName},
+		{install.StatusLease, kube.StatusLeaseName},
+	} {
+		if c[0] != c[1] {
+			t.Errorf("install names %q, the control plane looks for %q", c[0], c[1])
+		}
 	}
 }

@@ -214,7 +214,10 @@ func Run(ctx context.Context, cfg Config) error {
 		if p.keeper, err = p.kube.openKeeper(ctx, &cfg); err != nil {
 			return err
 		}
-		src = &kube.Source{Client: p.kube.Client, Dynamic: p.kube.Dynamic}
+		ks := &kube.Source{Client: p.kube.Client, Dynamic: p.kube.Dynamic}
+		host, _ := os.Hostname() // the pod's name
+		ks.StatusLease.Namespace, ks.StatusLease.Name, ks.StatusLease.Identity = cfg.Namespace, kube.StatusLeaseName, host
+		src = ks
 		att = &kube.TokenAttestor{Client: p.kube.Client, TrustDomain: cfg.TrustDomain}
 	} else {
 		var supplied *ca.Authority

@@ -184,7 +184,14 @@ func inventory(s *catalog.Snapshot) servicegraph.Inventory {
 		}
 	}
 	rs := route.Routes{HTTP: s.HTTPRoutes, GRPC: s.GRPCRoutes, VS: s.VirtualServices}
+	exists := map[servicegraph.Ref]bool{}
+	for _, r := range inv.Services {
+		exists[r] = true
+	}
 	for _, sp := range route.Splits(rs, proxycfg.RouteConfig(s)) {
+		if !exists[servicegraph.Ref{Namespace: sp.Backend.Namespace, Name: sp.Backend.Name}] {
+			continue // a route names it, but a node for it would be made up
+		}
 		inv.Splits = append(inv.Splits, servicegraph.Split{
 			Parent:  servicegraph.Ref{Namespace: sp.Parent.Namespace, Name: sp.Parent.Name},
 			Backend: servicegraph.Ref{Namespace: sp.Backend.Namespace, Name: sp.Backend.Name},

@@ -26,6 +26,9 @@ const (
 	NodeAgent = "trellis-node"
 	// WebhookConfig must match kube.WebhookConfigName.
 	WebhookConfig = "trellis-sidecar-injector"
+	// StatusLease elects the replica writing routes' status; it must
+	// match kube.StatusLeaseName.
+	StatusLease = "trellis-route-status"
 	// PartOf labels every object of an install.
 	PartOf = "app.kubernetes.io/part-of"
 )
@@ -217,6 +220,8 @@ func NamespaceRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}},
 		{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"trellis-ca", "cacerts"}, Verbs: []string{"get", "update"}},
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"create"}},
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, ResourceNames: []string{StatusLease}, Verbs: []string{"get", "update"}},
 	}
 }
 

@@ -19,6 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/manifest"
@@ -90,7 +92,7 @@ var routeKinds = []routeKind{
 // kind's groups in order, each group's objects by namespace and name)
 // into snap, and returns where each came from. One that does not decode
 // is logged once and left out; its status says why.
-func listRoutes(snap *catalog.Snapshot, listers [][]gvrLister, warned map[string]bool) *listedRoutes {
+func listRoutes(snap *catalog.Snapshot, listers [][]gvrLister, warned *warnings) *listedRoutes {
 	out := &listedRoutes{}
 	cfg := proxycfg.RouteConfig(snap)
 	var rs route.Routes
@@ -112,8 +114,7 @@ func listRoutes(snap *catalog.Snapshot, listers [][]gvrLister, warned map[string
 					out.decoded = append(out.decoded, listedRoute{l.gvr, u})
 					continue
 				}
-				if !warned[err.Error()] {
-					warned[err.Error()] = true
+				if warned.once(k.name, u, err) {
 					slog.Warn(k.name+" ignored", "err", err)
 				}
 				spec, _ := json.Marshal(u.Object["spec"])
@@ -148,8 +149,12 @@ const (
 // statusWriter writes routes' status back to the API server.
 type statusWriter struct {
 	client dynamic.Interface
-	warned map[string]bool // failures already logged
-	latest chan statusJob  // holds the one job not started yet
+	// lease, when set, elects one writer among the control plane's
+	// replicas: the others leave their jobs unread, so the leader to be
+	// finds the latest.
+	lease  resourcelock.Interface
+	failed map[string]string // by route, the failure logged last
+	latest chan statusJob    // holds the one job not started yet
 }
 
 // statusJob is the routes of one snapshot, whose status is to be written.
@@ -158,8 +163,8 @@ type statusJob struct {
 	snap   *catalog.Snapshot
 }
 
-func newStatusWriter(client dynamic.Interface) *statusWriter {
-	return &statusWriter{client: client, warned: map[string]bool{}, latest: make(chan statusJob, 1)}
+func newStatusWriter(client dynamic.Interface, lease resourcelock.Interface) *statusWriter {
+	return &statusWriter{client: client, lease: lease, failed: map[string]string{}, latest: make(chan statusJob, 1)}
 }
 
 // offer hands over the routes of a new snapshot, replacing those of an
@@ -172,8 +177,29 @@ func (w *statusWriter) offer(routes *listedRoutes, snap *catalog.Snapshot) {
 	w.latest <- statusJob{routes, snap}
 }
 
-// run writes what is offered until ctx is done.
+// run writes what is offered until ctx is done: while it leads, when
+// there is a lease.
 func (w *statusWriter) run(ctx context.Context) {
+	if w.lease == nil {
+		w.serve(ctx)
+		return
+	}
+	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock: w.lease, LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second,
+		ReleaseOnCancel: true, Name: "route status",
+		Callbacks: leaderelection.LeaderCallbacks{OnStartedLeading: w.serve, OnStoppedLeading: func() {}},
+	})
+	if err != nil {
+		slog.Error("route status is not written: no lease to elect its writer", "err", err)
+		return
+	}
+	for ctx.Err() == nil {
+		le.Run(ctx) // returns when leadership is lost; stand again
+	}
+}
+
+// serve writes what is offered until ctx is done.
+func (w *statusWriter) serve(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -191,48 +217,57 @@ func (w *statusWriter) run(ctx context.Context) {
 func (w *statusWriter) write(ctx context.Context, updates []statusUpdate) {
 	now := time.Now()
 	for _, up := range updates {
+		if ctx.Err() != nil {
+			return
+		}
+		key := up.gvr.Resource + " " + qualified(up.obj)
 		next, changed := mergeParents(up.obj, up.parents, now)
 		if !changed {
+			delete(w.failed, key)
 			continue
 		}
 		u := up.obj.DeepCopy()
-		if err := unstructured.SetNestedSlice(u.Object, next, "status", "parents"); err != nil {
-			slog.Error("route status", "route", qualified(u), "err", err)
-			continue
+		if _, ok := u.Object["status"].(map[string]any); !ok {
+			u.Object["status"] = map[string]any{} // what was there is no status
 		}
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := w.client.Resource(up.gvr).Namespace(u.GetNamespace()).UpdateStatus(wctx, u, metav1.UpdateOptions{})
-		cancel()
+		err := unstructured.SetNestedSlice(u.Object, next, "status", "parents")
+		if err == nil {
+			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err = w.client.Resource(up.gvr).Namespace(u.GetNamespace()).UpdateStatus(wctx, u, metav1.UpdateOptions{})
+			cancel()
+		}
 		if err == nil || apierrors.IsConflict(err) || apierrors.IsNotFound(err) || ctx.Err() != nil {
+			delete(w.failed, key)
 			continue
 		}
-		if key := qualified(u) + err.Error(); !w.warned[key] {
-			w.warned[key] = true
+		if w.failed[key] != err.Error() {
+			w.failed[key] = err.Error()
 			slog.Warn("writing a route's status failed", "kind", u.GetKind(), "route", qualified(u), "err", err)
 		}
 	}
 }
 
 // mergeParents returns u's status.parents with Trellis's entries replaced
-// by ours, and whether that changes them. A condition keeps its
-// lastTransitionTime while its status stays; a new or changed one is
-// stamped now.
+// by ours, and whether that changes them. Other controllers' entries stay
+// where they are, and ours go where Trellis's were (else at the end), so
+// that a controller that keeps the order it finds agrees with the result.
+// A condition keeps its lastTransitionTime while its status stays; a new
+// or changed one is stamped now.
 func mergeParents(u *unstructured.Unstructured, ours []catalog.RouteParentStatus, now time.Time) ([]any, bool) {
 	cur, _, _ := unstructured.NestedSlice(u.Object, "status", "parents")
-	// The schema's list is never null.
-	next := []any{}
 	before := map[string]map[string]any{} // Trellis's entries by parentRef
+	others := 0
 	for _, p := range cur {
-		m, ok := p.(map[string]any)
-		if ok && m["controllerName"] == route.ControllerName {
+		if m, ok := p.(map[string]any); ok && m["controllerName"] == route.ControllerName {
 			before[refKey(m["parentRef"])] = m
-			continue
+		} else {
+			others++
 		}
-		next = append(next, p)
 	}
 	stamp := now.UTC().Format(time.RFC3339)
+	var mine []any
 	for _, p := range ours {
-		if len(next) == maxStatusParents {
+		if others+len(mine) == maxStatusParents {
 			break
 		}
 		for i := range p.Conditions {
@@ -254,7 +289,21 @@ func mergeParents(u *unstructured.Unstructured, ours []catalog.RouteParentStatus
 				}
 			}
 		}
-		next = append(next, m)
+		mine = append(mine, m)
+	}
+	next := []any{} // the schema's list is never null
+	placed := false
+	for _, p := range cur {
+		if m, ok := p.(map[string]any); ok && m["controllerName"] == route.ControllerName {
+			if !placed {
+				next, placed = append(next, mine...), true
+			}
+			continue
+		}
+		next = append(next, p)
+	}
+	if !placed {
+		next = append(next, mine...)
 	}
 	return next, !equality.Semantic.DeepEqual(cur, next)
 }

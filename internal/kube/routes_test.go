@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -73,7 +74,7 @@ spec:
   tcpRouting: true
 `),
 	}
-	routes := listRoutes(snap, all, map[string]bool{})
+	routes := listRoutes(snap, all, newWarnings())
 	if len(snap.HTTPRoutes) != 2 || snap.HTTPRoutes[0].Name != "a" || snap.HTTPRoutes[1].Name != "b" || len(snap.VirtualServices) != 0 {
 		t.Fatalf("snapshot routes: %d HTTPRoutes %v, %d VirtualServices; want a, b and none", len(snap.HTTPRoutes), snap.HTTPRoutes, len(snap.VirtualServices))
 	}
@@ -149,5 +150,71 @@ status:
 	}
 	if _, changed := mergeParents(&unstructured.Unstructured{Object: map[string]any{}}, nil, now); changed {
 		t.Error("a route Trellis gives no status to, without one, would be written")
+	}
+}
+
+// Another controller that keeps the entries it does not own where they
+// are and puts its own last (Linkerd's way) agrees with Trellis's merge:
+// neither rewrites the other's write.
+func TestMergeParentsAgreesWithAnotherController(t *testing.T) {
+	u := unstructuredOf(t, "kind: HTTPRoute\nmetadata: {name: r, namespace: mesh}\nstatus: {parents: []}\n")
+	group := ""
+	ours := func() []catalog.RouteParentStatus {
+		return []catalog.RouteParentStatus{{ParentRef: catalog.ParentReference{Group: &group, Kind: "Service", Name: "hello"},
+			ControllerName: route.ControllerName,
+			Conditions:     []catalog.Condition{{Type: "Accepted", Status: catalog.ConditionTrue, Reason: "Accepted", Message: "Accepted"}}}}
+	}
+	theirs := map[string]any{"parentRef": map[string]any{"group": "", "kind": "Service", "name": "hello"},
+		"controllerName": "example.com/mesh", "conditions": []any{}}
+	other := func(parents []any) []any {
+		var out []any
+		for _, p := range parents {
+			if m, ok := p.(map[string]any); !ok || m["controllerName"] != theirs["controllerName"] {
+				out = append(out, p)
+			}
+		}
+		return append(out, theirs)
+	}
+	writes, now := 0, time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for round := range 10 {
+		if next, changed := mergeParents(u, ours(), now.Add(time.Duration(round)*time.Second)); changed {
+			writes++
+			if err := unstructured.SetNestedSlice(u.Object, next, "status", "parents"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cur, _, _ := unstructured.NestedSlice(u.Object, "status", "parents")
+		if err := unstructured.SetNestedSlice(u.Object, other(cur), "status", "parents"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if writes != 1 {
+		t.Errorf("Trellis wrote the same status %d times in 10 rounds with another controller, want once", writes)
+	}
+}
+
+// Problems are remembered by object: each new one is logged once, and
+// what is remembered stays one entry per object, however often a tenant
+// changes what is wrong, and none once it is gone.
+func TestWarningsPerObject(t *testing.T) {
+	w := newWarnings()
+	u := unstructuredOf(t, "apiVersion: networking.trellis.io/v1\nkind: VirtualService\nmetadata: {name: v, namespace: tenant}\n")
+	for i := range 1000 {
+		err := fmt.Errorf("unknown field %q", fmt.Sprint("f", i))
+		if !w.once("VirtualService", u, err) {
+			t.Fatalf("problem %d not reported as new", i)
+		}
+		w.next()
+		if w.once("VirtualService", u, err) {
+			t.Fatalf("problem %d reported again in the next snapshot", i)
+		}
+		w.next()
+	}
+	if len(w.logged) != 1 {
+		t.Errorf("%d problems remembered for one object, want 1", len(w.logged))
+	}
+	w.next() // a snapshot without the object
+	if len(w.logged) != 0 {
+		t.Errorf("%d problems remembered after the object went, want 0", len(w.logged))
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/discovery"
@@ -75,6 +76,10 @@ var (
 	}
 )
 
+// StatusLeaseName is the Lease, in the control plane's namespace, that
+// elects the replica writing routes' status.
+const StatusLeaseName = "trellis-route-status"
+
 // Source is a discovery.Source fed by informers on the API server:
 // Namespaces, Pods, Services, the EndpointSlices of Services without a
 // selector, PeerAuthentications, AuthorizationPolicies,
@@ -99,6 +104,10 @@ type Source struct {
 	// custom resources above it serves, so that CRDs installed later are
 	// watched without a restart. Default 30 s.
 	Rediscover time.Duration
+	// StatusLease, when set, is the Lease (namespace/name) that elects
+	// the one replica writing routes' status, as Identity; without it,
+	// every Source writes.
+	StatusLease struct{ Namespace, Name, Identity string }
 }
 
 var _ discovery.Source = (*Source)(nil)
@@ -152,43 +161,61 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 	kinds := []*kindWatch{pas, aps, ras, hrs, grs, vss, drs}
 	// watchServed starts informers for the groups the API server serves
 	// and that are not watched yet (CRDs installed after the control
-	// plane started), and reports whether there were any.
-	watchServed := func() (bool, error) {
-		added := false
+	// plane started). Each is watched once its cache is filled (adopt):
+	// at start, after waiting for it; later, without waiting, so that a
+	// group whose list keeps failing (its rights not granted) holds up no
+	// snapshot.
+	var pending []pendingWatch
+	watchServed := func() error {
+		started := false
 		for _, k := range kinds {
 			for _, gvr := range s.served(k.gvrs) {
-				if k.watching(gvr) {
+				if k.watching(gvr) || slices.ContainsFunc(pending, func(p pendingWatch) bool { return p.gvr == gvr }) {
 					continue
 				}
 				inf := df.ForResource(gvr)
 				if _, err := inf.Informer().AddEventHandler(handler); err != nil {
-					return false, err
+					return err
 				}
-				k.listers = append(k.listers, gvrLister{gvr, inf.Lister()})
-				added = true
+				pending = append(pending, pendingWatch{k, gvr, inf})
+				started = true
 			}
 		}
-		if !added {
-			return false, nil
+		if started {
+			df.Start(ctx.Done())
 		}
-		df.Start(ctx.Done())
-		for gvr, ok := range df.WaitForCacheSync(ctx.Done()) {
-			if !ok {
-				return false, ignoreDone(ctx, fmt.Errorf("kubernetes: informer for %v did not sync", gvr))
-			}
-		}
-		return true, nil
+		return nil
 	}
-	if _, err := watchServed(); err != nil {
+	adopt := func() {
+		pending = slices.DeleteFunc(pending, func(p pendingWatch) bool {
+			if !p.inf.Informer().HasSynced() {
+				return false
+			}
+			p.kind.listers = append(p.kind.listers, gvrLister{p.gvr, p.inf.Lister()})
+			return true
+		})
+	}
+	if err := watchServed(); err != nil {
 		return err
+	}
+	for gvr, ok := range df.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return ignoreDone(ctx, fmt.Errorf("kubernetes: informer for %v did not sync", gvr))
+		}
 	}
 	rediscover := time.NewTicker(cmp.Or(s.Rediscover, 30*time.Second))
 	defer rediscover.Stop()
-	status := newStatusWriter(s.Dynamic)
+	var lease resourcelock.Interface
+	if l := s.StatusLease; l.Name != "" {
+		lease = &resourcelock.LeaseLock{LeaseMeta: metav1.ObjectMeta{Namespace: l.Namespace, Name: l.Name},
+			Client: s.Client.CoordinationV1(), LockConfig: resourcelock.ResourceLockConfig{Identity: l.Identity}}
+	}
+	status := newStatusWriter(s.Dynamic, lease)
 	go status.run(ctx)
 	var version uint64
-	warned := map[string]bool{} // objects already reported as invalid, by error
+	warned := newWarnings()
 	for {
+		adopt()
 		version++
 		snap := &catalog.Snapshot{Version: version, Time: time.Now()}
 		nss, _ := nsInf.Lister().List(labels.Everything())
@@ -214,10 +241,18 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 		snap.RequestAuthentications = decodeListed(ras.listers, "RequestAuthentication", manifest.DecodeRequestAuthentication, warned)
 		snap.DestinationRules = decodeListed(drs.listers, "DestinationRule", manifest.DecodeDestinationRule, warned)
 		routes := listRoutes(snap, [][]gvrLister{hrs.listers, grs.listers, vss.listers}, warned)
+		warned.next()
 		sortSnapshot(snap)
 		publish(snap)
 		status.offer(routes, snap)
-		if err := waitForChange(ctx, changed, rediscover.C, watchServed); err != nil || ctx.Err() != nil {
+		// On a tick: watch what is newly served, and build a snapshot when
+		// an informer started earlier has filled its cache (its first
+		// objects may have come before it said so).
+		tick := func() (bool, error) {
+			err := watchServed()
+			return slices.ContainsFunc(pending, func(p pendingWatch) bool { return p.inf.Informer().HasSynced() }), err
+		}
+		if err := waitForChange(ctx, changed, rediscover.C, tick); err != nil || ctx.Err() != nil {
 			return err
 		}
 		select { // gather the rest of the burst
@@ -228,10 +263,10 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 	}
 }
 
-// waitForChange returns when an informer reports a change, or a
-// rediscovery tick finds new resources to watch; an error only when
-// watching them fails.
-func waitForChange(ctx context.Context, changed <-chan struct{}, tick <-chan time.Time, watchServed func() (bool, error)) error {
+// waitForChange returns when an informer reports a change, or onTick
+// says, on a tick, that there is something new to read; an error only
+// when onTick fails.
+func waitForChange(ctx context.Context, changed <-chan struct{}, tick <-chan time.Time, onTick func() (bool, error)) error {
 	for {
 		select {
 		case <-ctx.Done():
@@ -239,7 +274,7 @@ func waitForChange(ctx context.Context, changed <-chan struct{}, tick <-chan tim
 		case <-changed:
 			return nil
 		case <-tick:
-			if added, err := watchServed(); err != nil || added {
+			if rebuild, err := onTick(); err != nil || rebuild {
 				return err
 			}
 		}
@@ -251,6 +286,14 @@ func waitForChange(ctx context.Context, changed <-chan struct{}, tick <-chan tim
 type kindWatch struct {
 	gvrs    []schema.GroupVersionResource
 	listers []gvrLister // of the groups watched, in the order found
+}
+
+// pendingWatch is an informer started for a kind's group, not watched
+// until its cache is filled.
+type pendingWatch struct {
+	kind *kindWatch
+	gvr  schema.GroupVersionResource
+	inf  informers.GenericInformer
 }
 
 // gvrLister lists the objects of one resource.
@@ -404,40 +447,63 @@ func deploymentOf(p *corev1.Pod) string {
 	return ""
 }
 
+// warnings remembers, by object, the problem last logged about it, so
+// that each is logged once however many snapshots meet it; an object
+// gone or mended is forgotten at the next snapshot.
+type warnings struct{ logged, seen map[string]string }
+
+func newWarnings() *warnings {
+	return &warnings{logged: map[string]string{}, seen: map[string]string{}}
+}
+
+// once notes err about the object u of kind and reports whether it is
+// new: to be logged.
+func (w *warnings) once(kind string, u *unstructured.Unstructured, err error) bool {
+	key := kind + " " + u.GetAPIVersion() + " " + u.GetNamespace() + "/" + u.GetName()
+	w.seen[key] = err.Error()
+	return w.logged[key] != err.Error()
+}
+
+// next ends a snapshot: what it did not meet is forgotten.
+func (w *warnings) next() {
+	w.logged, w.seen = w.seen, map[string]string{}
+}
+
 // decodeListed decodes every object ls hold, custom resources of kind,
 // with decode (a manifest decoder: the rules of one-host manifests). An
-// object that does not decode is left out and logged, once per error
-// (warned remembers them across snapshots).
-func decodeListed[T any](ls []gvrLister, kind string, decode func(doc []byte) (T, error), warned map[string]bool) []T {
+// object that does not decode is left out and logged, once (warned
+// remembers it across snapshots).
+func decodeListed[T any](ls []gvrLister, kind string, decode func(doc []byte) (T, error), warned *warnings) []T {
 	return decodeListedOr(ls, kind, decode, nil, warned)
 }
 
 // decodeListedOr is decodeListed, with instead standing in for an object
 // that does not decode, when it gives one.
 func decodeListedOr[T any](ls []gvrLister, kind string, decode func(doc []byte) (T, error),
-	instead func(*unstructured.Unstructured) (T, bool), warned map[string]bool) []T {
+	instead func(*unstructured.Unstructured) (T, bool), warned *warnings) []T {
 	var out []T
 	for _, l := range ls {
 		objs, _ := l.List(labels.Everything())
 		for _, o := range objs {
-			v, err := decodeObject(o, kind, decode)
+			u, ok := o.(*unstructured.Unstructured)
+			if !ok {
+				continue
+			}
+			v, err := decodeObject(u, kind, decode)
 			if err == nil {
 				out = append(out, v)
 				continue
 			}
-			u, _ := o.(*unstructured.Unstructured)
-			if u != nil && instead != nil {
+			if instead != nil {
 				if v, ok := instead(u); ok {
 					out = append(out, v)
-					if !warned[err.Error()] {
-						warned[err.Error()] = true
+					if warned.once(kind, u, err) {
 						slog.Error(kind+" cannot be enforced as written: every request in its scope is denied until it is fixed", "err", err)
 					}
 					continue
 				}
 			}
-			if !warned[err.Error()] {
-				warned[err.Error()] = true
+			if warned.once(kind, u, err) {
 				slog.Warn(kind+" ignored", "err", err)
 			}
 		}

@@ -93,9 +93,10 @@ spec: {action: DENY, rules: [{}]}
 	prev := slog.Default()
 	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
 	defer slog.SetDefault(prev)
-	warned := map[string]bool{}
+	warned := newWarnings()
 	for range 2 { // two snapshots
 		got := decodeListedOr(ls, "AuthorizationPolicy", manifest.DecodeAuthorizationPolicy, denyInScope, warned)
+		warned.next()
 		sortSnapshot(&catalog.Snapshot{AuthorizationPolicies: got})
 		var names []string
 		for _, ap := range got {

@@ -13,10 +13,10 @@ import (
 )
 
 // destinationRuleVersions are the apiVersions of a DestinationRule:
-// Trellis's own group (the same schema, installed on Kubernetes beside
-// Istio's), then Istio's, whose older versions have the same fields for
-// what Trellis reads.
-var destinationRuleVersions = []string{"networking.trellis.io/v1", "networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"}
+// Istio's, preferred as Istio users write it; Trellis's own group (the
+// same schema, installed on Kubernetes beside Istio's); Istio's older
+// versions, which have the same fields for what Trellis reads.
+var destinationRuleVersions = []string{"networking.istio.io/v1", "networking.trellis.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"}
 
 // destinationRule is an Istio DestinationRule as written. Its spec names
 // every field Istio has, so that one Trellis does not apply is refused by

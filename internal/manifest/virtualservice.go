@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"encoding/json"
+	"fmt"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -35,8 +36,24 @@ func decodeVirtualService(doc []byte) (catalog.Ref, any, error) {
 	}
 	m := meta(o.ObjectMeta, true)
 	ref := catalog.Ref{Kind: catalog.KindVirtualService, Namespace: m.Namespace, Name: m.Name}
+	// Every proxy's config looks at each host of every VirtualService,
+	// and carries the http routes of those that apply: bounded, as the
+	// Gateway API bounds a route's parents and rules.
+	switch {
+	case len(o.Spec.Hosts) > maxVSHosts:
+		return ref, nil, fmt.Errorf("spec.hosts: %d hosts, more than %d: split the VirtualService", len(o.Spec.Hosts), maxVSHosts)
+	case len(o.Spec.HTTP) > maxVSHTTP:
+		return ref, nil, fmt.Errorf("spec.http: %d routes, more than %d: split the VirtualService", len(o.Spec.HTTP), maxVSHTTP)
+	}
 	return ref, &catalog.VirtualService{Meta: m, Spec: o.Spec}, nil
 }
+
+// The most hosts and http routes of a VirtualService (the second as
+// internal/route's limit).
+const (
+	maxVSHosts = 64
+	maxVSHTTP  = 64
+)
 
 // DecodeVirtualService decodes one VirtualService, as DecodeHTTPRoute.
 func DecodeVirtualService(doc []byte) (*catalog.VirtualService, error) {

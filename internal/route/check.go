@@ -128,6 +128,9 @@ type compiler struct {
 	// port is the parent Service port a table is compiled for; 0 when
 	// routes are checked for their status.
 	port int32
+	// parentPorts, for status, are the ports of a VirtualService's
+	// parents: where a destination without a port gets requests.
+	parentPorts []int32
 	// refs collects the backendRef problems of the route being compiled.
 	refs []refProblem
 }

@@ -358,3 +358,22 @@ spec:
 		t.Errorf("status %+v, want the destinations resolved", st)
 	}
 }
+
+// A destination without a port that lacks a port of its parent Service
+// gets that port's requests answered 500, and the status says so.
+func TestVirtualServiceDestinationLackingTheRequestPort(t *testing.T) {
+	rs := parse(t, `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: front, namespace: web}
+spec:
+  hosts: [front]
+  http: [{route: [{destination: {host: graph-v1.db}}]}]
+`)
+	if got := decided(Compile(Target{Namespace: "web", Name: "front", Port: 80}, rs, mesh).Route(get("/"), 1)); got != "front[0] Internal Server Error" {
+		t.Errorf("a request to front:80: %s, want 500 (graph-v1 has no port 80)", got)
+	}
+	c := Validate(rs, mesh)[0].Parents[0].Conditions[1]
+	if c.Status != catalog.ConditionFalse || c.Reason != ReasonBackendNotFound || !strings.Contains(c.Message, "has no port 80") {
+		t.Errorf("ResolvedRefs %+v, want False BackendNotFound naming port 80", c)
+	}
+}

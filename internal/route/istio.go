@@ -70,6 +70,13 @@ func (c *compiler) checkVS(vs *catalog.VirtualService) *checked {
 	limits.MaxRules = max(limits.MaxRules, maxVSRoutes)
 	vc := newCompiler(Config{Services: c.cfg.Services, Limits: limits, CrossNamespace: true})
 	vc.port = c.port
+	for _, p := range out.parents {
+		if i := slices.IndexFunc(c.cfg.Services, func(s Service) bool { return s.Namespace == p.Namespace && s.Name == p.Name }); i >= 0 {
+			for _, port := range c.cfg.Services[i].Ports {
+				vc.parentPorts = append(vc.parentPorts, port.Port)
+			}
+		}
+	}
 	vc.checkRules(out, len(vs.Spec.HTTP), func(i int) (*rule, error) {
 		return vc.vsRule(vs.Spec.HTTP[i], vs.Namespace)
 	})
@@ -411,7 +418,18 @@ func (c *compiler) vsTarget(t catalog.VSTarget, ns string) (catalog.BackendObjec
 	case c.port != 0:
 		ref.Port = c.port // as Istio: the port the request was sent to
 	default:
-		ref.Port = c.cfg.Services[i].Ports[0].Port // for status, which has no request port
+		// For status, which has no request: a port of the parents the
+		// destination lacks, so that its requests' 500 is said, else any.
+		ref.Port = c.cfg.Services[i].Ports[0].Port
+		if len(c.parentPorts) > 0 {
+			ref.Port = c.parentPorts[0]
+		}
+		for _, pp := range c.parentPorts {
+			if !slices.ContainsFunc(c.cfg.Services[i].Ports, func(p Port) bool { return p.Port == pp }) {
+				ref.Port = pp
+				break
+			}
+		}
 	}
 	return ref, nil
 }
