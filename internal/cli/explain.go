@@ -20,8 +20,8 @@ import (
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/localmesh"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
-	routing "github.com/trellis-mesh/trellis/internal/route"
 	"github.com/trellis-mesh/trellis/internal/proxy"
+	routing "github.com/trellis-mesh/trellis/internal/route"
 )
 
 // maxExplained bounds the endpoints whose sidecars explain asks: each is
