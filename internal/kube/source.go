@@ -158,44 +158,8 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 	pas, aps, ras := &kindWatch{gvrs: PeerAuthenticationResources}, &kindWatch{gvrs: AuthorizationPolicyResources}, &kindWatch{gvrs: RequestAuthenticationResources}
 	hrs, grs := &kindWatch{gvrs: HTTPRouteResources}, &kindWatch{gvrs: GRPCRouteResources}
 	vss, drs := &kindWatch{gvrs: VirtualServiceResources}, &kindWatch{gvrs: DestinationRuleResources}
-	kinds := []*kindWatch{pas, aps, ras, hrs, grs, vss, drs}
-	// watchServed starts informers for the groups the API server serves
-	// and that are not watched yet (CRDs installed after the control
-	// plane started). Each is watched once its cache is filled (adopt):
-	// at start, after waiting for it; later, without waiting, so that a
-	// group whose list keeps failing (its rights not granted) holds up no
-	// snapshot.
-	var pending []pendingWatch
-	watchServed := func() error {
-		started := false
-		for _, k := range kinds {
-			for _, gvr := range s.served(k.gvrs) {
-				if k.watching(gvr) || slices.ContainsFunc(pending, func(p pendingWatch) bool { return p.gvr == gvr }) {
-					continue
-				}
-				inf := df.ForResource(gvr)
-				if _, err := inf.Informer().AddEventHandler(handler); err != nil {
-					return err
-				}
-				pending = append(pending, pendingWatch{k, gvr, inf})
-				started = true
-			}
-		}
-		if started {
-			df.Start(ctx.Done())
-		}
-		return nil
-	}
-	adopt := func() {
-		pending = slices.DeleteFunc(pending, func(p pendingWatch) bool {
-			if !p.inf.Informer().HasSynced() {
-				return false
-			}
-			p.kind.listers = append(p.kind.listers, gvrLister{p.gvr, p.inf.Lister()})
-			return true
-		})
-	}
-	if err := watchServed(); err != nil {
+	cw := &customWatch{factory: df, handler: handler, served: s.served, kinds: []*kindWatch{pas, aps, ras, hrs, grs, vss, drs}}
+	if err := cw.start(ctx); err != nil {
 		return err
 	}
 	for gvr, ok := range df.WaitForCacheSync(ctx.Done()) {
@@ -215,7 +179,7 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 	var version uint64
 	warned := newWarnings()
 	for {
-		adopt()
+		cw.adopt()
 		version++
 		snap := &catalog.Snapshot{Version: version, Time: time.Now()}
 		nss, _ := nsInf.Lister().List(labels.Everything())
@@ -249,8 +213,8 @@ func (s *Source) Run(ctx context.Context, publish func(*catalog.Snapshot)) error
 		// an informer started earlier has filled its cache (its first
 		// objects may have come before it said so).
 		tick := func() (bool, error) {
-			err := watchServed()
-			return slices.ContainsFunc(pending, func(p pendingWatch) bool { return p.inf.Informer().HasSynced() }), err
+			err := cw.start(ctx)
+			return cw.synced(), err
 		}
 		if err := waitForChange(ctx, changed, rediscover.C, tick); err != nil || ctx.Err() != nil {
 			return err
@@ -288,8 +252,59 @@ type kindWatch struct {
 	listers []gvrLister // of the groups watched, in the order found
 }
 
-// pendingWatch is an informer started for a kind's group, not watched
-// until its cache is filled.
+// customWatch starts informers for the custom resources of kinds, in the
+// groups the API server serves: at start, and later for CRDs installed
+// after the control plane started. Each is read (adopt) once its cache is
+// filled, so that a group whose list keeps failing (its rights not
+// granted) holds up no snapshot.
+type customWatch struct {
+	factory dynamicinformer.DynamicSharedInformerFactory
+	handler cache.ResourceEventHandler
+	served  func([]schema.GroupVersionResource) []schema.GroupVersionResource
+	kinds   []*kindWatch
+	pending []pendingWatch
+}
+
+// start starts an informer for each resource served and not watched yet.
+func (cw *customWatch) start(ctx context.Context) error {
+	started := false
+	for _, k := range cw.kinds {
+		for _, gvr := range cw.served(k.gvrs) {
+			if k.watching(gvr) || slices.ContainsFunc(cw.pending, func(p pendingWatch) bool { return p.gvr == gvr }) {
+				continue
+			}
+			inf := cw.factory.ForResource(gvr)
+			if _, err := inf.Informer().AddEventHandler(cw.handler); err != nil {
+				return err
+			}
+			cw.pending = append(cw.pending, pendingWatch{k, gvr, inf})
+			started = true
+		}
+	}
+	if started {
+		cw.factory.Start(ctx.Done())
+	}
+	return nil
+}
+
+// adopt reads, from now on, the resources whose cache is filled.
+func (cw *customWatch) adopt() {
+	cw.pending = slices.DeleteFunc(cw.pending, func(p pendingWatch) bool {
+		if !p.inf.Informer().HasSynced() {
+			return false
+		}
+		p.kind.listers = append(p.kind.listers, gvrLister{p.gvr, p.inf.Lister()})
+		return true
+	})
+}
+
+// synced reports whether a started informer is ready to be adopted.
+func (cw *customWatch) synced() bool {
+	return slices.ContainsFunc(cw.pending, func(p pendingWatch) bool { return p.inf.Informer().HasSynced() })
+}
+
+// pendingWatch is an informer started for a kind's group, not read until
+// its cache is filled.
 type pendingWatch struct {
 	kind *kindWatch
 	gvr  schema.GroupVersionResource
