@@ -104,7 +104,7 @@ spec:
 		}
 	}
 	want := map[string]string{
-		"HTTPRoute db/split":     "Accepted=True/Accepted,ResolvedRefs=False/RefNotPermitted",
+		"HTTPRoute db/split":     "Accepted=True/Accepted,ResolvedRefs=True/ResolvedRefs",
 		"HTTPRoute default/lost": "Accepted=False/NoMatchingParent,ResolvedRefs=True/ResolvedRefs",
 		"GRPCRoute db/rpc":       "Accepted=True/Accepted,ResolvedRefs=True/ResolvedRefs",
 	}

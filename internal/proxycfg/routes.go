@@ -88,10 +88,7 @@ func RouteStatus(snap *catalog.Snapshot) []route.Status {
 // RouteConfig is what routes attach to and send to: the Services of snap
 // that have a VIP, each with its TCP ports, named. These are the services
 // and ports Render gives proxies, so the status a route gets is what
-// proxies do with it. A backend in another namespace than its route's is
-// refused as RefNotPermitted (route.Config's default): Trellis has no
-// ReferenceGrant yet. (A VirtualService's destinations may be in any
-// namespace, as in Istio: internal/route allows them itself.)
+// proxies do with it.
 func RouteConfig(snap *catalog.Snapshot) route.Config {
 	var cfg route.Config
 	for _, svc := range snap.Services {

@@ -163,7 +163,7 @@ spec:
 	}
 	for name, want := range map[string][]string{
 		"HTTPRoute db/alpha-canary":       {"Accepted=True/Accepted", "ResolvedRefs=True/ResolvedRefs"},
-		"HTTPRoute client/alpha-timeouts": {"Accepted=True/Accepted", "ResolvedRefs=False/RefNotPermitted"},
+		"HTTPRoute client/alpha-timeouts": {"Accepted=True/Accepted", "ResolvedRefs=True/ResolvedRefs"}, // GEP-1294: any namespace
 		"HTTPRoute db/ghost":              {"Accepted=False/NoMatchingParent parentRefs[0]: Service db/ghost does not exist"},
 		"HTTPRoute db/via-gateway":        nil,
 		"GRPCRoute db/alpha-rpc":          {"Accepted=True/Accepted"},

@@ -29,7 +29,6 @@ const (
 	ReasonResolvedRefs    = "ResolvedRefs"
 	ReasonBackendNotFound = "BackendNotFound"
 	ReasonInvalidKind     = "InvalidKind"
-	ReasonRefNotPermitted = "RefNotPermitted"
 )
 
 // invalid is a problem with a field: the rule (or route) holding it is

@@ -127,10 +127,6 @@ func (c *compiler) backendRef(field string, ref catalog.BackendObjectReference, 
 	if ref.Port == 0 {
 		return Backend{}, false, at("port", unsupported("a Service backend needs its port: add the Service port number"))
 	}
-	if out.Namespace != ns && !c.cfg.CrossNamespace {
-		return bad(ReasonRefNotPermitted, "Service %s/%s is in another namespace than the route: Trellis has no ReferenceGrant yet, so route to Services of namespace %s",
-			out.Namespace, out.Name, ns)
-	}
 	i := slices.IndexFunc(c.cfg.Services, func(s Service) bool { return s.Namespace == out.Namespace && s.Name == out.Name })
 	if i < 0 {
 		return bad(ReasonBackendNotFound, "Service %s/%s does not exist", out.Namespace, out.Name)

@@ -63,12 +63,11 @@ func (c *compiler) checkVS(vs *catalog.VirtualService) *checked {
 	if out.refused != nil {
 		return out
 	}
-	// Istio has no ReferenceGrant: a destination may be in any namespace;
-	// and its VirtualServices often have more http routes than an
+	// Istio's VirtualServices often have more http routes than an
 	// HTTPRoute may have rules.
 	limits := c.limits
 	limits.MaxRules = max(limits.MaxRules, maxVSRoutes)
-	vc := newCompiler(Config{Services: c.cfg.Services, Limits: limits, CrossNamespace: true})
+	vc := newCompiler(Config{Services: c.cfg.Services, Limits: limits})
 	vc.port = c.port
 	for _, p := range out.parents {
 		if i := slices.IndexFunc(c.cfg.Services, func(s Service) bool { return s.Namespace == p.Namespace && s.Name == p.Name }); i >= 0 {

@@ -29,9 +29,10 @@
 //     adds nothing to a Table.
 //   - An invalid backendRef keeps its weight: the share of requests it
 //     would have received get 500 (for gRPC, UNAVAILABLE), and the route's
-//     ResolvedRefs is False. A backend in another namespace is refused as
-//     RefNotPermitted unless Config.CrossNamespace allows it: Trellis has
-//     no ReferenceGrant yet, and GEP-1294 lets a mesh choose.
+//     ResolvedRefs is False. A backend may be in any namespace, without a
+//     ReferenceGrant (GEP-1294: a mesh route augments a Service its
+//     clients may reach anyway; a proxy that does not know the backend,
+//     as exportTo may hide it, answers 500).
 //   - Regular expressions are Go's RE2 (linear time), matched against the
 //     whole value, with a length cap.
 //
@@ -81,10 +82,6 @@ type Config struct {
 	// Limits bound what one route may hold; the zero value is the
 	// defaults.
 	Limits Limits
-	// CrossNamespace lets a backendRef name a Service in another
-	// namespace than the route's. Default false: such a backendRef is
-	// refused as RefNotPermitted.
-	CrossNamespace bool
 }
 
 // Limits bound a route so a Table stays small and quick to evaluate. A

@@ -28,9 +28,9 @@ type Status struct {
 //     valid, or the route breaks a limit; the message names the field.
 //   - Accepted False, Conflicted: GRPCRoutes of the route's namespace
 //     take every port it attaches to.
-//   - ResolvedRefs False, InvalidKind, BackendNotFound or
-//     RefNotPermitted: a backendRef (or a mirror's) is invalid; the rule
-//     stays and sends that backend's share of requests a 500.
+//   - ResolvedRefs False, InvalidKind or BackendNotFound: a backendRef (or
+//     a mirror's) is invalid; the rule stays and sends that backend's
+//     share of requests a 500.
 //
 // ParentRefs to anything else (Gateways) are another controller's and are
 // left out.

@@ -102,20 +102,16 @@ func TestInvalidRoutes(t *testing.T) {
 func TestResolvedRefs(t *testing.T) {
 	for _, tc := range []struct {
 		name, backends string
-		cross          bool
 		reason, msg    string
 	}{
-		{"all resolved", `[{name: graph-v1, port: 8080}]`, false, ReasonResolvedRefs, "All references resolved"},
-		{"missing Service", `[{name: nope, port: 8080}]`, false, ReasonBackendNotFound, "rules[0].backendRefs[0]: Service db/nope does not exist (its share of requests gets 500)"},
-		{"missing port", `[{name: graph-v1, port: 81}]`, false, ReasonBackendNotFound, "Service db/graph-v1 has no port 81 (it has 8080, 9090)"},
-		{"another kind", `[{group: example.io, kind: Bucket, name: b, port: 1}]`, false, ReasonInvalidKind, `kind "Bucket" of group "example.io": a backend is a Service`},
-		{"another namespace", `[{name: front, namespace: web, port: 80}]`, false, ReasonRefNotPermitted, "Service web/front is in another namespace than the route"},
-		{"another namespace, allowed", `[{name: front, namespace: web, port: 80}]`, true, ReasonResolvedRefs, "All references resolved"},
+		{"all resolved", `[{name: graph-v1, port: 8080}]`, ReasonResolvedRefs, "All references resolved"},
+		{"missing Service", `[{name: nope, port: 8080}]`, ReasonBackendNotFound, "rules[0].backendRefs[0]: Service db/nope does not exist (its share of requests gets 500)"},
+		{"missing port", `[{name: graph-v1, port: 81}]`, ReasonBackendNotFound, "Service db/graph-v1 has no port 81 (it has 8080, 9090)"},
+		{"another kind", `[{group: example.io, kind: Bucket, name: b, port: 1}]`, ReasonInvalidKind, `kind "Bucket" of group "example.io": a backend is a Service`},
+		{"another namespace (GEP-1294: no ReferenceGrant in a mesh)", `[{name: front, namespace: web, port: 80}]`, ReasonResolvedRefs, "All references resolved"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := mesh
-			cfg.CrossNamespace = tc.cross
-			st := Validate(parse(t, route+"  rules: [{backendRefs: "+tc.backends+"}]\n"), cfg)
+			st := Validate(parse(t, route+"  rules: [{backendRefs: "+tc.backends+"}]\n"), mesh)
 			if c, _ := condition(t, st, ConditionAccepted); c.Status != catalog.ConditionTrue {
 				t.Errorf("Accepted = %+v, want True", c)
 			}
@@ -181,8 +177,6 @@ spec:
   parentRefs: [{group: "", kind: Service, name: graph, namespace: db}]
   rules: [{backendRefs: [{name: graph-v2, namespace: db, port: 8080}]}]
 `
-	cfg := mesh
-	cfg.CrossNamespace = true
 	for _, tc := range []struct{ client, want string }{
 		{"", "producer[0] db/graph-v1:8080"},
 		{"db", "producer[0] db/graph-v1:8080"},
@@ -191,7 +185,7 @@ spec:
 	} {
 		target := graphHTTP
 		target.ClientNamespace = tc.client
-		if got := decided(Compile(target, parse(t, manifest), cfg).Route(get("/"), 0)); got != tc.want {
+		if got := decided(Compile(target, parse(t, manifest), mesh).Route(get("/"), 0)); got != tc.want {
 			t.Errorf("clients in %q: %s, want %s", tc.client, got, tc.want)
 		}
 	}
