@@ -31,6 +31,14 @@ const (
 // ldd finds for it, at their host paths; it is started as /NAME ARGS...,
 // and imported into the node's containerd as ref.
 func (b *Bed) LoadImage(ctx context.Context, ref, binary string, args []string) error {
+	return b.LoadImageAt(ctx, ref, binary, nil, args)
+}
+
+// LoadImageAt is LoadImage with the binary at each of paths (absolute,
+// in the image) and started as paths[0] ARGS...; no paths means /NAME.
+// It serves a binary that picks its role by the name it is run as, such
+// as workloads/gammaecho at /usr/local/bin/server and .../client.
+func (b *Bed) LoadImageAt(ctx context.Context, ref, binary string, paths, args []string) error {
 	if err := b.findBin(); err != nil {
 		return err
 	}
@@ -45,8 +53,16 @@ func (b *Bed) LoadImage(ctx context.Context, ref, binary string, args []string) 
 	if err != nil {
 		return fmt.Errorf("image %s: %w", ref, err)
 	}
-	base := filepath.Base(binary)
-	files := map[string][]byte{base: exe}
+	if len(paths) == 0 {
+		paths = []string{"/" + filepath.Base(binary)}
+	}
+	files := map[string][]byte{}
+	for _, p := range paths {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("image %s: binary path %q is not absolute", ref, p)
+		}
+		files[strings.TrimPrefix(filepath.Clean(p), "/")] = exe
+	}
 	libs, err := sharedLibraries(ctx, binary)
 	if err != nil {
 		return fmt.Errorf("image %s: %w", ref, err)
@@ -74,7 +90,7 @@ func (b *Bed) LoadImage(ctx context.Context, ref, binary string, args []string) 
 	}
 	cfg = cfg.DeepCopy()
 	cfg.OS, cfg.Architecture = "linux", "amd64"
-	cfg.Config.Entrypoint = append([]string{"/" + base}, args...)
+	cfg.Config.Entrypoint = append([]string{paths[0]}, args...)
 	if img, err = mutate.ConfigFile(img, cfg); err != nil {
 		return err
 	}
