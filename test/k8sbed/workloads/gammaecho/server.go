@@ -124,7 +124,8 @@ func (s *server) run(ctx context.Context) error {
 // when tlsConfig is set) until ctx is done, then shuts the server down.
 func (s *server) serveHTTP(ctx context.Context, g *errgroup.Group, l net.Listener, tlsConfig *tls.Config) {
 	srv := &http.Server{Handler: echoHandler{cfg: &s.cfg, port: portOf(l)}, TLSConfig: tlsConfig,
-		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute, Protocols: new(http.Protocols)}
+		ReadHeaderTimeout: 10 * time.Second, WriteTimeout: time.Minute, IdleTimeout: time.Minute, MaxHeaderBytes: 64 << 10,
+		Protocols: new(http.Protocols)}
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetHTTP2(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
@@ -186,7 +187,8 @@ func (h echoHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // grpcServer is a gRPC server with echoMethod, reporting port as its
 // ServicePort.
 func (s *server) grpcServer(port int) *grpc.Server {
-	gs := grpc.NewServer(grpc.ForceServerCodec(rawCodec{}))
+	gs := grpc.NewServer(grpc.ForceServerCodec(rawCodec{}), grpc.MaxConcurrentStreams(100), grpc.ConnectionTimeout(5*time.Second),
+		grpc.MaxRecvMsgSize(64<<10))
 	gs.RegisterService(&grpc.ServiceDesc{ServiceName: "gammaecho.Echo", HandlerType: (*any)(nil),
 		Methods: []grpc.MethodDesc{{MethodName: "Echo",
 			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
