@@ -197,16 +197,8 @@ func routes(out termWriter, cfg *meshpb.ProxyConfig, callerNS string, svc *meshp
 	if err != nil || attached.Empty() || port.GetProtocol() == meshpb.Protocol_PROTOCOL_TCP {
 		return []backendPort{{svc, port}}, true
 	}
-	rc := routing.Config{}
-	for _, s := range cfg.GetServices() {
-		rsvc := routing.Service{Namespace: s.GetNamespace(), Name: s.GetName()}
-		for _, p := range s.GetPorts() {
-			rsvc.Ports = append(rsvc.Ports, routing.Port{Name: p.GetName(), Port: int32(p.GetPort())})
-		}
-		rc.Services = append(rc.Services, rsvc)
-	}
 	target := routing.Target{Namespace: svc.GetNamespace(), Name: svc.GetName(), Port: int32(port.GetPort()), ClientNamespace: callerNS}
-	table := routing.Compile(target, attached, rc)
+	table := routing.Compile(target, attached, proxy.RouteConfig(cfg))
 	if table.Empty() {
 		out.line("routes", "none of the routes attached to %s/%s applies to this port and client (see `trellis get httproutes,virtualservices`)", svc.GetNamespace(), svc.GetName())
 		return []backendPort{{svc, port}}, true

@@ -293,8 +293,7 @@ func (l *clusterLister) DestinationRules(ctx context.Context) ([]localmesh.Desti
 	var out []localmesh.DestinationRuleStatus
 	for _, u := range objs {
 		dr := localmesh.DestinationRuleStatus{Namespace: u.GetNamespace(), Name: u.GetName(), Created: u.GetCreationTimestamp().Time}
-		doc, err := json.Marshal(map[string]any{"apiVersion": u.GetAPIVersion(), "kind": u.GetKind(), "spec": u.Object["spec"],
-			"metadata": map[string]any{"name": u.GetName(), "namespace": u.GetNamespace()}})
+		doc, err := kube.ManifestDoc(&u)
 		if err == nil {
 			var c *catalog.DestinationRule
 			if c, err = manifest.DecodeDestinationRule(doc); err == nil {

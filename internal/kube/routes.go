@@ -94,7 +94,6 @@ var routeKinds = []routeKind{
 // is logged once and left out; its status says why.
 func listRoutes(snap *catalog.Snapshot, listers [][]gvrLister, warned *warnings) *listedRoutes {
 	out := &listedRoutes{}
-	cfg := proxycfg.RouteConfig(snap)
 	var rs route.Routes
 	for i, k := range routeKinds {
 		for _, l := range listers[i] {
@@ -120,7 +119,7 @@ func listRoutes(snap *catalog.Snapshot, listers [][]gvrLister, warned *warnings)
 				spec, _ := json.Marshal(u.Object["spec"])
 				m := meta(u.GetName(), u.GetNamespace(), u.GetLabels(), u.GetAnnotations())
 				m.CreationTimestamp, m.Generation = u.GetCreationTimestamp().Time, u.GetGeneration()
-				for _, st := range route.Unreadable(k.lenient(m, spec), err, cfg) {
+				for _, st := range route.Unreadable(k.lenient(m, spec), err, proxycfg.RouteConfig(snap)) {
 					out.unreadable = append(out.unreadable, statusUpdate{listedRoute{l.gvr, u}, st.Parents})
 				}
 			}

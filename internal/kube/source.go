@@ -552,7 +552,7 @@ func decodeObject[T any](o any, kind string, decode func(doc []byte) (T, error))
 	if !ok {
 		return zero, fmt.Errorf("%s: unexpected object %T", kind, o)
 	}
-	doc, err := manifestDoc(u)
+	doc, err := ManifestDoc(u)
 	if err != nil {
 		return zero, fmt.Errorf("%s %s/%s: %w", kind, u.GetNamespace(), u.GetName(), err)
 	}
@@ -567,11 +567,11 @@ func decodeObject[T any](o any, kind string, decode func(doc []byte) (T, error))
 	return v, nil
 }
 
-// manifestDoc is u as a manifest would write it, in JSON: its apiVersion,
+// ManifestDoc is u as a manifest would write it, in JSON: its apiVersion,
 // kind, spec, and the metadata a manifest gives (name, namespace, labels,
 // annotations); what the API server adds (status, uid, managedFields...)
 // is left out.
-func manifestDoc(u *unstructured.Unstructured) ([]byte, error) {
+func ManifestDoc(u *unstructured.Unstructured) ([]byte, error) {
 	content := u.UnstructuredContent()
 	doc := map[string]any{"apiVersion": content["apiVersion"], "kind": content["kind"], "spec": content["spec"],
 		"metadata": map[string]any{"name": u.GetName(), "namespace": u.GetNamespace(), "labels": u.GetLabels(), "annotations": u.GetAnnotations()}}

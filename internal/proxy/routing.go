@@ -28,15 +28,7 @@ func (t *routeTable) compileRoutes(cfg *meshpb.ProxyConfig) {
 	if err != nil || rs.Empty() {
 		return
 	}
-	var services []routing.Service
-	for _, s := range cfg.GetServices() {
-		svc := routing.Service{Namespace: s.GetNamespace(), Name: s.GetName()}
-		for _, p := range s.GetPorts() {
-			svc.Ports = append(svc.Ports, routing.Port{Name: p.GetName(), Port: int32(p.GetPort())})
-		}
-		services = append(services, svc)
-	}
-	rc := routing.Config{Services: services}
+	rc := RouteConfig(cfg)
 	client := cfg.GetWorkload().GetNamespace()
 	for key, r := range t.byService {
 		attached := rs.AttachedTo(key.namespace, key.name)
@@ -52,6 +44,20 @@ func (t *routeTable) compileRoutes(cfg *meshpb.ProxyConfig) {
 			})
 		}
 	}
+}
+
+// RouteConfig is what routes attach to and send to, as a proxy with cfg
+// sees it: the services of its config.
+func RouteConfig(cfg *meshpb.ProxyConfig) routing.Config {
+	var rc routing.Config
+	for _, s := range cfg.GetServices() {
+		svc := routing.Service{Namespace: s.GetNamespace(), Name: s.GetName()}
+		for _, p := range s.GetPorts() {
+			svc.Ports = append(svc.Ports, routing.Port{Name: p.GetName(), Port: int32(p.GetPort())})
+		}
+		rc.Services = append(rc.Services, svc)
+	}
+	return rc
 }
 
 // routed is where a request to service port r goes: with no route

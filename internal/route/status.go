@@ -127,12 +127,9 @@ func Splits(rs Routes, cfg Config) []Split {
 				consumers = ch.src.ref.Namespace
 			}
 			for _, r := range ch.rules {
-				for _, b := range r.backends {
-					if r.total == 0 {
-						break
-					}
-					out = append(out, Split{Route: ch.src.ref, Rule: r.index, Parent: parent, Backend: b.Backend, Invalid: b.invalid,
-						Share: float64(b.weight) / float64(r.total), Consumers: consumers})
+				for _, sh := range r.shares() {
+					out = append(out, Split{Route: ch.src.ref, Rule: r.index, Parent: parent, Backend: sh.Backend, Invalid: sh.Invalid,
+						Share: sh.Share, Consumers: consumers})
 				}
 			}
 		}

@@ -262,14 +262,23 @@ func (t *Table) Explain(r *Request) (Decision, []Share) {
 				d.Status = 500
 				return d, nil
 			}
-			shares := make([]Share, len(rl.backends))
-			for j, b := range rl.backends {
-				shares[j] = Share{Backend: b.Backend, Share: float64(b.weight) / float64(rl.total), Invalid: b.invalid}
-			}
-			return d, shares
+			return d, rl.shares()
 		}
 	}
 	return t.Route(r, 0), nil
+}
+
+// shares are rl's backends with their shares of its requests; none when
+// it has no weight to share.
+func (rl *rule) shares() []Share {
+	if rl.total == 0 {
+		return nil
+	}
+	out := make([]Share, len(rl.backends))
+	for i, b := range rl.backends {
+		out[i] = Share{Backend: b.Backend, Share: float64(b.weight) / float64(rl.total), Invalid: b.invalid}
+	}
+	return out
 }
 
 func (t *Table) decide(rl *rule, r *Request, rnd uint64) Decision {

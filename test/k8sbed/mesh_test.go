@@ -890,10 +890,7 @@ func builds(t *testing.T, ctx context.Context, bed *Bed, ns, selector, portPath 
 // ServiceAccount is not there yet.
 func apply(t *testing.T, ctx context.Context, bed *Bed, manifest string) {
 	t.Helper()
-	f := filepath.Join(t.TempDir(), "m.yaml")
-	if err := os.WriteFile(f, []byte(manifest), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	f := writeTemp(t, manifest)
 	if err := waitFor(ctx, "apply", 30*time.Second, func() error {
 		_, err := bed.kubectl(ctx, "apply", "-f", f)
 		return err
