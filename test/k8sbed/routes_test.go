@@ -82,16 +82,7 @@ spec:
 // split.
 func checkRoutesOnKubernetes(t *testing.T, ctx context.Context, bed *Bed, trellis func(args ...string) *exec.Cmd, meshClient string) {
 	t.Helper()
-	for _, crd := range gatewayAPICRDs(t, ctx, "httproutes", "grpcroutes") {
-		if out, err := bed.kubectl(ctx, "apply", "--server-side", "-f", crd); err != nil {
-			t.Fatalf("installing the Gateway API's CRDs: %v\n%s", err, out)
-		}
-	}
-	for _, crd := range []string{"httproutes", "grpcroutes"} {
-		if out, err := bed.kubectl(ctx, "wait", "--for=condition=Established", "--timeout=30s", "crd/"+crd+".gateway.networking.k8s.io"); err != nil {
-			t.Fatalf("%v\n%s", err, out)
-		}
-	}
+	installGatewayAPI(t, ctx, bed)
 	apply(t, ctx, bed, routesManifest+helloDeployment("mesh", "hello2", 1, ""))
 	if out, err := bed.kubectl(ctx, "-n", "mesh", "rollout", "status", "deployment/hello2", "--timeout=120s"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
@@ -215,6 +206,24 @@ func checkRoutesOnKubernetes(t *testing.T, ctx context.Context, bed *Bed, trelli
 		return nil
 	}); err != nil {
 		t.Error(err)
+	}
+}
+
+// installGatewayAPI installs the Gateway API's standard CRDs of HTTPRoute
+// and GRPCRoute (gatewayAPIVersion) server-side, as an operator would, and
+// waits until the API server serves them.
+func installGatewayAPI(t *testing.T, ctx context.Context, bed *Bed) {
+	t.Helper()
+	resources := []string{"httproutes", "grpcroutes"}
+	for _, crd := range gatewayAPICRDs(t, ctx, resources...) {
+		if out, err := bed.kubectl(ctx, "apply", "--server-side", "-f", crd); err != nil {
+			t.Fatalf("installing the Gateway API's CRDs: %v\n%s", err, out)
+		}
+	}
+	for _, r := range resources {
+		if out, err := bed.kubectl(ctx, "wait", "--for=condition=Established", "--timeout=30s", "crd/"+r+".gateway.networking.k8s.io"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
 	}
 }
 
