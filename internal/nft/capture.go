@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -39,7 +40,9 @@ type Capture struct {
 // ApplyCapture replaces table (in the pod's namespace) with c's rules, in
 // one transaction:
 //
-//	nat output:     proxy's uid or mark -> return; to lo -> return; excluded dport or range -> return; tcp -> redirect :OutboundPort
+//	nat output:     to lo from InboundSource -> return;
+//	                proxy's uid or mark to lo, not to 127/8 -> (proxy ports and excluded dports -> return; tcp -> redirect :InboundPort);
+//	                proxy's uid or mark -> return; to lo -> return; excluded dport or range -> return; tcp -> redirect :OutboundPort
 //	nat prerouting: proxy ports and excluded dports -> return; tcp -> redirect :InboundPort
 func ApplyCapture(table Table, c Capture) error {
 	if (c.ProxyMark == 0 && c.ProxyUID == 0) || c.OutboundPort == 0 || c.InboundPort == 0 {
@@ -53,25 +56,44 @@ func ApplyCapture(table Table, c Capture) error {
 	b := &builder{c: conn, t: t}
 	ret := &expr.Verdict{Kind: expr.VerdictReturn}
 
-	out := b.chain("output", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest)
+	// The proxy's own sockets, by uid or by mark.
+	var proxy [][]expr.Any
 	if c.ProxyUID != 0 {
-		b.rule(out,
+		proxy = append(proxy, []expr.Any{
 			&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(c.ProxyUID)},
-			ret)
+		})
 	}
 	if c.ProxyMark != 0 {
-		b.rule(out,
+		proxy = append(proxy, []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 				Mask: binaryutil.NativeEndian.PutUint32(c.ProxyMark), Xor: binaryutil.NativeEndian.PutUint32(0)},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(c.ProxyMark)},
-			ret)
+		})
 	}
-	b.rule(out,
-		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("lo")},
-		ret)
+	// A client of one of the pod's own Services may be sent to the pod
+	// itself: the proxy's mTLS connection to the pod's address goes over
+	// lo, which prerouting never sees, so it is sent to the inbound port
+	// here, unless its port is one prerouting leaves alone. The
+	// inbound's own connections to the app come from InboundSource and
+	// pass.
+	inboundPorts := append(append([]uint16{c.InboundPort, c.OutboundPort}, c.ProxyPorts...), c.ExcludeInbound...)
+	self := b.chain("self", nftables.ChainTypeNAT, nil, nil)
+	for _, p := range inboundPorts {
+		b.rule(self, append(tcpDport(p), ret)...)
+	}
+	b.rule(self, redirectTCP(c.InboundPort)...)
+	out := b.chain("output", nftables.ChainTypeNAT, nftables.ChainHookOutput, nftables.ChainPriorityNATDest)
+	toLo := []expr.Any{&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("lo")}}
+	b.rule(out, append(append(slices.Clone(toLo), saddrIs(InboundSource)...), ret)...)
+	for _, own := range proxy {
+		b.rule(out, append(append(append(slices.Clone(toLo), notLoopback()...), own...), jump(expr.VerdictJump, self.Name))...)
+	}
+	for _, own := range proxy {
+		b.rule(out, append(own, ret)...)
+	}
+	b.rule(out, append(toLo, ret)...)
 	for _, p := range c.ExcludeOutbound {
 		b.rule(out, append(tcpDport(p), ret)...)
 	}
@@ -84,7 +106,7 @@ func ApplyCapture(table Table, c Capture) error {
 	b.rule(out, redirectTCP(c.OutboundPort)...)
 
 	pre := b.chain("prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest)
-	for _, p := range append(append([]uint16{c.InboundPort, c.OutboundPort}, c.ProxyPorts...), c.ExcludeInbound...) {
+	for _, p := range inboundPorts {
 		b.rule(pre, append(tcpDport(p), ret)...)
 	}
 	b.rule(pre, redirectTCP(c.InboundPort)...)
@@ -101,6 +123,28 @@ func tcpDport(port uint16) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
+	}
+}
+
+// InboundSource is the address the inbound proxy's connections to the
+// app come from (Istio's choice): capture tells them from the proxy's
+// connections to its own pod, which it sends to the inbound port.
+var InboundSource = netip.AddrFrom4([4]byte{127, 0, 0, 6})
+
+// saddrIs matches an IPv4 source a.
+func saddrIs(a netip.Addr) []expr.Any {
+	b := a.As4()
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b[:]},
+	}
+}
+
+// notLoopback matches an IPv4 destination outside 127.0.0.0/8.
+func notLoopback() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{127}},
 	}
 }
 

@@ -5,6 +5,7 @@ package proxy
 // ports reading SO_ORIGINAL_DST. Needs root; skips without it.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -144,6 +145,7 @@ func TestTransparentCapture(t *testing.T) {
 	health := listen(t, pod, ":15021")
 	app := listen(t, pod, "127.0.0.1:8080")
 	excluded := listen(t, pod, ":22")
+	podApp := listen(t, pod, "10.97.0.2:8081")
 	remote := listen(t, client, ":9080")
 	remoteDB := listen(t, client, ":5432")
 
@@ -188,6 +190,42 @@ func TestTransparentCapture(t *testing.T) {
 			t.Fatal(err)
 		}
 		expect(t, app, "direct")
+	})
+	t.Run("the proxy's own connection to its pod's address goes to 15006 with the port", func(t *testing.T) {
+		// A client of one of the pod's own Services sent to the pod
+		// itself, over mTLS, as a call from another pod would come.
+		if err := dialFrom(t, pod, "10.97.0.2:8081", MarkedDialer(testMark)); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, inbound, "10.97.0.2:8081")
+		// Its ports that prerouting leaves alone stay alone.
+		if err := dialFrom(t, pod, "10.97.0.2:15021", MarkedDialer(testMark)); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, health, "direct")
+	})
+	t.Run("the inbound's connection to the app, from 127.0.0.6, reaches it", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		netnstest.Run(t, pod, func() error {
+			c, err := connectApp(ctx, "10.97.0.2:8081")
+			if err != nil {
+				return err
+			}
+			if got := c.LocalAddr().(*net.TCPAddr).IP.String(); got != "127.0.0.6" {
+				t.Errorf("the inbound's connection to the app comes from %s, want 127.0.0.6", got)
+			}
+			_, err = io.ReadAll(c)
+			c.Close()
+			return err
+		})
+		expect(t, podApp, "direct")
+	})
+	t.Run("the app's connection to its own pod's address reaches it", func(t *testing.T) {
+		if err := dialFrom(t, pod, "10.97.0.2:8081", &net.Dialer{}); err != nil {
+			t.Fatal(err)
+		}
+		expect(t, podApp, "direct")
 	})
 	t.Run("inbound to an app port goes to 15006 with the port", func(t *testing.T) {
 		if err := dialFrom(t, client, "10.97.0.2:8080", &net.Dialer{}); err != nil {

@@ -361,7 +361,7 @@ func (p *appPool) closeIdle() {
 
 func (c *appConn) dialAndServe() {
 	x := c.cur.Load()
-	conn, err := rawDial(&net.Dialer{Timeout: appDialTimeout})(x.r.Context(), "tcp", c.addr)
+	conn, err := connectAppRaw(x.r.Context(), "tcp", c.addr)
 	if err != nil {
 		x.fail(http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
 		return

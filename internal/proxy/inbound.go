@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
@@ -26,6 +27,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/authz"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/meshtls"
+	"github.com/trellis-mesh/trellis/internal/nft"
 	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/rawio"
 	"github.com/trellis-mesh/trellis/internal/telemetry"
@@ -99,7 +101,7 @@ func NewInbound(store *meshtls.Store, trustDomain string) *Inbound {
 	in.policy.Store(&meshpb.InboundPolicy{})
 	in.self.Store(&telemetry.Unknown)
 	in.toApp = &http.Transport{
-		DialContext:           rawDial(&net.Dialer{Timeout: 5 * time.Second}),
+		DialContext:           connectAppRaw,
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       time.Minute,
 		ResponseHeaderTimeout: 15 * time.Second,
@@ -529,15 +531,25 @@ func (in *Inbound) roundTrip(req *http.Request) (*http.Response, error) {
 	return in.toApp.RoundTrip(req)
 }
 
-// rawDial is d's DialContext with raw I/O on the connections.
-func rawDial(d *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return rawio.Wrap(c), nil
+// connectApp connects to the app at addr (the pod's address or loopback),
+// from nft.InboundSource when addr is IPv4: the pod's capture rules send
+// the proxy's other connections to its own pod to the inbound port, and
+// pass these.
+func connectApp(ctx context.Context, addr string) (net.Conn, error) {
+	d := net.Dialer{Timeout: appDialTimeout}
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is4() {
+		d.LocalAddr = &net.TCPAddr{IP: nft.InboundSource.AsSlice()}
 	}
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// connectAppRaw is connectApp with raw I/O on the connection.
+func connectAppRaw(ctx context.Context, _, addr string) (net.Conn, error) {
+	c, err := connectApp(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	return rawio.Wrap(c), nil
 }
 
 func (in *Inbound) appHost() string { return cmp.Or(in.AppAddr, "127.0.0.1") }
@@ -560,7 +572,7 @@ func (in *Inbound) tunnel(c net.Conn, appPort uint16, meta string) {
 		}
 	}
 	in.observe(conn.Source, conn.MutualTLS, appPort, "", "")
-	app, err := net.DialTimeout("tcp", net.JoinHostPort(in.appHost(), strconv.Itoa(int(appPort))), 5*time.Second)
+	app, err := connectApp(context.Background(), net.JoinHostPort(in.appHost(), strconv.Itoa(int(appPort))))
 	if err != nil {
 		slog.Warn("inbound TCP: app unreachable", "port", appPort, "err", err)
 		return

@@ -47,9 +47,8 @@ func newRelay(s *h2.Stream, end, grpc bool, rec recorder, reporter string) *rela
 
 // newAppH2Pool is the pool of h2c connections to the app, for gRPC.
 func newAppH2Pool() *meshPool {
-	dial := rawDial(&net.Dialer{Timeout: appDialTimeout})
 	return &meshPool{cfg: h2.Config{IdleTimeout: 5 * time.Minute}, dial: func(addr string) (net.Conn, error) {
-		return dial(context.Background(), "tcp", addr)
+		return connectAppRaw(context.Background(), "tcp", addr)
 	}}
 }
 
