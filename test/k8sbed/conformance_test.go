@@ -193,10 +193,9 @@ func runGAMMASuite(t *testing.T, ctx context.Context, bed *Bed, report string) g
 
 // testEvent is one line of test2json's output.
 type testEvent struct {
-	Action  string
-	Test    string
-	Output  string
-	Elapsed float64
+	Action string
+	Test   string
+	Output string
 }
 
 // notableLine matches the lines of a test's output that say what went
@@ -210,6 +209,7 @@ func readGAMMAEvents(t *testing.T, r io.Reader, log io.Writer, run *gammaRun) {
 	t.Helper()
 	const keep, width = 12, 600
 	dec := json.NewDecoder(r)
+	ended := map[string]bool{} // test2json may report a parallel test's end twice
 	for {
 		var ev testEvent
 		if err := dec.Decode(&ev); err != nil {
@@ -234,8 +234,9 @@ func readGAMMAEvents(t *testing.T, r io.Reader, log io.Writer, run *gammaRun) {
 				run.notable[name] = lines[max(0, len(lines)-keep):]
 			}
 		case "pass", "fail", "skip":
-			if name != "" && ev.Test == gammaTestPrefix+name {
-				t.Logf("%s: %s (%.1fs)", name, ev.Action, ev.Elapsed)
+			if name != "" && ev.Test == gammaTestPrefix+name && !ended[name] {
+				ended[name] = true
+				t.Logf("%s: %s", name, ev.Action)
 			}
 		}
 	}
