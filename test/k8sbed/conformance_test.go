@@ -26,8 +26,7 @@ import (
 // known to fail, by ShortName, each with why: TestGAMMAConformance fails
 // for a failure that is not here, and says when one here passes.
 //
-// Empty until the first run on the bed: the next session fills it from
-// that run's report.
+// None: the profile's 22 tests pass (docs/traffic-management.md).
 var knownGAMMAFailures = map[string]string{}
 
 // TestGAMMAConformance runs the Gateway API conformance suite's Mesh
@@ -50,7 +49,7 @@ var knownGAMMAFailures = map[string]string{}
 // This test then passes when the suite ran to its report and every test
 // failed is in knownGAMMAFailures.
 //
-// It takes up to 45 minutes, and skips when go test's -timeout leaves
+// It takes about 2 minutes when every test passes, at most 45, and skips when go test's -timeout leaves
 // less: run it alone, with -timeout 60m.
 func TestGAMMAConformance(t *testing.T) {
 	if gatewayAPIVersion != consts.BundleVersion {
