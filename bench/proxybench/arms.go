@@ -20,7 +20,13 @@ import (
 	"time"
 )
 
-var allArms = append([]string{"direct", "trellis", "haproxy", "nginx"}, floorArms...)
+var allArms = append([]string{"direct", "trellis", "trellis-routed", "haproxy", "nginx"}, floorArms...)
+
+// isTrellis: the arm runs Trellis's sidecars. trellis-routed is the
+// trellis arm with a route on the backend Service that asks for retries
+// and a timeout, which the client's sidecar serves on its resilient path
+// (net/http's) rather than its engine: what that path costs.
+func isTrellis(arm string) bool { return arm == "trellis" || arm == "trellis-routed" }
 
 // targets are where an arm's load generators aim.
 type targets struct {
@@ -46,8 +52,8 @@ func setUp(ctx context.Context, o options, arm string, t *topo) (targets, proxie
 	switch arm {
 	case "direct":
 		return targets{http: "http://" + serverIP + ":8080/", h2: "http://" + serverIP + ":8080/", grpc: serverIP + ":9001"}, proxies{}, nil
-	case "trellis":
-		p, err := startTrellis(ctx, o, t)
+	case "trellis", "trellis-routed":
+		p, err := startTrellis(ctx, o, t, arm == "trellis-routed")
 		return targets{http: "http://" + vip + ":8080/", h2: "http://" + vip + ":8080/", grpc: vip + ":9000", balanced: true}, p, err
 	case "haproxy":
 		p, err := startPair(t, "haproxy", "-c", haproxyClient, haproxyServer, func(cfg string) []string { return []string{"haproxy", "-db", "-f", cfg} })
@@ -140,7 +146,7 @@ func writeCerts(dir string) error {
 // pod, and runs a sidecar in each: the client's knows the backend service
 // (VIP 10.78.0.10, HTTP on 8080, gRPC on 9000 over three replicas), the
 // server's accepts mutual TLS only.
-func startTrellis(ctx context.Context, o options, t *topo) (proxies, error) {
+func startTrellis(ctx context.Context, o options, t *topo, routed bool) (proxies, error) {
 	eps := func(ports ...int) string {
 		var s []string
 		for _, p := range ports {
@@ -148,12 +154,25 @@ func startTrellis(ctx context.Context, o options, t *topo) (proxies, error) {
 		}
 		return strings.Join(s, ", ")
 	}
+	routes := ""
+	if routed {
+		// One HTTPRoute per port: each retries a 503 once (none comes)
+		// within a 10 s timeout, to the port it is on.
+		var rs []string
+		for _, port := range []int{8080, 9000} {
+			rs = append(rs, fmt.Sprintf(`{"kind": "HTTPRoute", "namespace": "bench", "name": "backend-%d", "spec": {
+    "parentRefs": [{"group": "", "kind": "Service", "name": "backend", "port": %d}],
+    "rules": [{"timeouts": {"request": "10s"}, "retry": {"attempts": 2, "codes": [503]},
+      "backendRefs": [{"name": "backend", "port": %d}]}]}}`, port, port, port))
+		}
+		routes = `, "routes": [` + strings.Join(rs, ", ") + `]`
+	}
 	configs := map[string]string{
 		"client": fmt.Sprintf(`{"version": "1", "workload": {"namespace": "bench", "name": "client", "identity": %q},
   "services": [{"namespace": "bench", "name": "backend", "vip": %q, "ports": [
     {"port": 8080, "name": "http", "endpoints": [%s]},
-    {"port": 9000, "name": "grpc", "protocol": "PROTOCOL_GRPC", "endpoints": [%s]}]}]}`,
-			clientID, vip, eps(httpPort), eps(grpcPorts...)),
+    {"port": 9000, "name": "grpc", "protocol": "PROTOCOL_GRPC", "endpoints": [%s]}]}]%s}`,
+			clientID, vip, eps(httpPort), eps(grpcPorts...), routes),
 		"server": fmt.Sprintf(`{"version": "1", "workload": {"namespace": "bench", "name": "backend", "identity": %q},
   "inbound": {"mode": "MTLS_MODE_STRICT"}}`, serverID),
 	}

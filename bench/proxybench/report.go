@@ -29,7 +29,7 @@ func checkTools(o options) error {
 			return fmt.Errorf("%s not found: %s (bench/run.sh installs everything)", tool, how)
 		}
 	}
-	if slices.Contains(o.arms, "trellis") {
+	if slices.ContainsFunc(o.arms, isTrellis) {
 		if _, err := os.Stat(o.proxy); err != nil {
 			return fmt.Errorf("-proxy %s: %v: build it with go build -o bin/trellis-proxy ./cmd/trellis-proxy", o.proxy, err)
 		}
@@ -128,6 +128,7 @@ func report(w io.Writer, o options, results []*result) {
 		}
 		fmt.Fprintln(w)
 		ratios(w, o, rs, direct)
+		resilientPath(w, o, rs)
 		floors(w, o, rs, direct)
 	}
 }
@@ -209,6 +210,35 @@ func ratios(w io.Writer, o options, rs []*result, direct *result) {
 		line("neighbour p99 under the worst flood × alone", worst, "≤ 10", worst <= 10)
 		line("neighbour errors under floods", float64(errs), "0", errs == 0)
 	}
+	fmt.Fprintln(w)
+}
+
+// resilientPath prints what the client proxy's resilient path (a route
+// with retries and a timeout: net/http's) costs against its engine, arm
+// trellis-routed against trellis; the server proxies do the same work in
+// both.
+func resilientPath(w io.Writer, o options, rs []*result) {
+	engine, routed := find(rs, "trellis"), find(rs, "trellis-routed")
+	if engine == nil || routed == nil {
+		return
+	}
+	fmt.Fprintf(w, "| resilient path against the engine (%d worker(s)) | trellis-routed × trellis |\n|---|---|\n", engine.workers)
+	ratio := func(name string, a, b float64) {
+		if b == 0 || math.IsNaN(a) || math.IsNaN(b) {
+			fmt.Fprintf(w, "| %s | n/a |\n", name)
+			return
+		}
+		fmt.Fprintf(w, "| %s | %.2f |\n", name, a/b)
+	}
+	client := func(ph phase) float64 { return float64(ph.cpu[0]) }
+	for i, rate := range o.rates {
+		ratio(fmt.Sprintf("client proxy CPU per request, HTTP/1.1 @%d rps", rate), client(routed.h1[i]), client(engine.h1[i]))
+		ratio(fmt.Sprintf("p99, HTTP/1.1 @%d rps", rate), float64(routed.h1[i].p99), float64(engine.h1[i].p99))
+	}
+	ratio("max HTTP/1.1 throughput", routed.max.rps, engine.max.rps)
+	ratio(fmt.Sprintf("client proxy CPU per request, HTTP/2 @%d rps", otherRate), client(routed.h2), client(engine.h2))
+	ratio(fmt.Sprintf("client proxy CPU per request, gRPC @%d rps", otherRate), client(routed.grpc), client(engine.grpc))
+	ratio(fmt.Sprintf("p99, gRPC @%d rps", otherRate), float64(routed.grpc.p99), float64(engine.grpc.p99))
 	fmt.Fprintln(w)
 }
 
