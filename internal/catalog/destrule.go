@@ -27,6 +27,29 @@ type DestinationRuleSpec struct {
 	// name.namespace, or name.namespace.svc.cluster.local. Required.
 	Host          string         `json:"host"`
 	TrafficPolicy *TrafficPolicy `json:"trafficPolicy,omitempty"`
+	// Subsets are named groups of the Service's endpoints that a
+	// VirtualService destination may send to (its subset field). At most
+	// MaxSubsets, their names unique.
+	Subsets []Subset `json:"subsets,omitempty"`
+}
+
+// MaxSubsets is the most subsets one DestinationRule may have: each is a
+// balancer in every client's proxy, and tenants write these rules.
+const MaxSubsets = 64
+
+// Subset is one version of a Service: the endpoints whose pods have all
+// of Labels, with a traffic policy of its own.
+type Subset struct {
+	// Name is a DNS-1123 label, unique within the rule. Required.
+	Name string `json:"name"`
+	// Labels select the subset's endpoints among the Service's: a pod is
+	// in the subset when it has every label with the same value. Empty:
+	// every endpoint.
+	Labels map[string]string `json:"labels,omitempty"`
+	// TrafficPolicy nil: the rule's. Otherwise each of its fields that is
+	// set (loadBalancer, connectionPool, outlierDetection) replaces the
+	// rule's, and the others are the rule's, as Istio merges them.
+	TrafficPolicy *TrafficPolicy `json:"trafficPolicy,omitempty"`
 }
 
 // TrafficPolicy is what the rule asks of its clients' proxies.

@@ -74,7 +74,7 @@ trafficPolicy:
 		od.BaseEjectionTime != "1m" || od.MaxEjectionPercent != 50 {
 		t.Errorf("outlierDetection = %+v, want 5xx 0 (set), gateway unset", od)
 	}
-	if err := yaml.UnmarshalStrict([]byte("host: a\nsubsets: []\n"), &s); err == nil || !strings.Contains(err.Error(), "unknown field") {
+	if err := yaml.UnmarshalStrict([]byte("host: a\nexportTo: [.]\n"), &s); err == nil || !strings.Contains(err.Error(), "unknown field") {
 		t.Errorf("a field outside the subset: %v, want an unknown field error", err)
 	}
 }

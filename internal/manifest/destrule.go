@@ -3,11 +3,14 @@ package manifest
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"reflect"
+	"slices"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 )
@@ -35,9 +38,15 @@ type destinationRule struct {
 type drSpec struct {
 	Host             string           `json:"host"`
 	TrafficPolicy    *drTrafficPolicy `json:"trafficPolicy,omitempty"`
-	Subsets          any              `json:"subsets,omitempty"`
+	Subsets          []drSubset       `json:"subsets,omitempty"`
 	ExportTo         []string         `json:"exportTo,omitempty"`
 	WorkloadSelector any              `json:"workloadSelector,omitempty"`
+}
+
+type drSubset struct {
+	Name          string            `json:"name"`
+	Labels        map[string]string `json:"labels,omitempty"`
+	TrafficPolicy *drTrafficPolicy  `json:"trafficPolicy,omitempty"`
 }
 
 type drTrafficPolicy struct {
@@ -114,29 +123,80 @@ func (s *drSpec) check(ns string) (catalog.DestinationRuleSpec, error) {
 	if err := refuse(s.refusals()); err != nil {
 		return out, err
 	}
-	tp := s.TrafficPolicy
-	if tp == nil {
-		return out, nil
+	var err error
+	if out.TrafficPolicy, err = s.TrafficPolicy.check("spec.trafficPolicy"); err != nil {
+		return out, err
 	}
-	out.TrafficPolicy = &catalog.TrafficPolicy{}
-	if lb := tp.LoadBalancer; lb != nil {
-		if err := checkSimple(lb.Simple); err != nil {
-			return out, err
+	out.Subsets, err = checkSubsets(s.Subsets)
+	return out, err
+}
+
+// checkSubsets checks subsets as Istio does: each has a name, a DNS-1123
+// label unique within the rule, and labels Kubernetes would take; and,
+// as Trellis bounds them, there are at most catalog.MaxSubsets. A
+// subset's trafficPolicy is checked as the rule's is.
+func checkSubsets(in []drSubset) ([]catalog.Subset, error) {
+	if len(in) > catalog.MaxSubsets {
+		return nil, fmt.Errorf("spec.subsets: %d subsets, more than the %d Trellis takes in one DestinationRule: "+
+			"split the Service, or its versions over several Services", len(in), catalog.MaxSubsets)
+	}
+	var out []catalog.Subset
+	first := map[string]int{} // subset name -> its index
+	for i, sub := range in {
+		path := fmt.Sprintf("spec.subsets[%d]", i)
+		if err := checkName(sub.Name, path+".name"); err != nil {
+			return nil, err
 		}
-		out.TrafficPolicy.LoadBalancer = &lb.LoadBalancerSettings
+		if j, dup := first[sub.Name]; dup {
+			return nil, fmt.Errorf("%s.name %q: spec.subsets[%d] has the same name; give each subset a name of its own", path, sub.Name, j)
+		}
+		first[sub.Name] = i
+		for _, k := range slices.Sorted(maps.Keys(sub.Labels)) {
+			if errs := validation.IsQualifiedName(k); len(errs) > 0 {
+				return nil, fmt.Errorf("%s.labels: key %q: %s", path, k, errs[0])
+			}
+			if errs := validation.IsValidLabelValue(sub.Labels[k]); len(errs) > 0 {
+				return nil, fmt.Errorf("%s.labels: value %q of %s: %s", path, sub.Labels[k], k, errs[0])
+			}
+		}
+		tp, err := sub.TrafficPolicy.check(path + ".trafficPolicy")
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, catalog.Subset{Name: sub.Name, Labels: sub.Labels, TrafficPolicy: tp})
+	}
+	return out, nil
+}
+
+// check refuses what Trellis does not apply of a trafficPolicy at path
+// (the rule's, or a subset's) and values Istio refuses, naming each field
+// under path; it returns the supported part, nil for a nil tp.
+func (tp *drTrafficPolicy) check(path string) (*catalog.TrafficPolicy, error) {
+	if tp == nil {
+		return nil, nil
+	}
+	if err := refuse(tp.refusals(path + ".")); err != nil {
+		return nil, err
+	}
+	out := &catalog.TrafficPolicy{}
+	if lb := tp.LoadBalancer; lb != nil {
+		if err := checkSimple(path+".loadBalancer.simple", lb.Simple); err != nil {
+			return nil, err
+		}
+		out.LoadBalancer = &lb.LoadBalancerSettings
 	}
 	if cp := tp.ConnectionPool; cp != nil {
-		pool, err := cp.check()
+		pool, err := cp.check(path + ".connectionPool.")
 		if err != nil {
-			return out, err
+			return nil, err
 		}
-		out.TrafficPolicy.ConnectionPool = pool
+		out.ConnectionPool = pool
 	}
 	if od := tp.OutlierDetection; od != nil {
-		if err := checkOutlierDetection(&od.OutlierDetection); err != nil {
-			return out, err
+		if err := checkOutlierDetection(path+".outlierDetection.", &od.OutlierDetection); err != nil {
+			return nil, err
 		}
-		out.TrafficPolicy.OutlierDetection = &od.OutlierDetection
+		out.OutlierDetection = &od.OutlierDetection
 	}
 	return out, nil
 }
@@ -174,27 +234,26 @@ func said(v any) bool {
 
 const removeIt = "; remove it"
 
-// refusals lists the spec's fields Trellis does not apply, in the order
-// they are written.
+// refusals lists the spec's own fields Trellis does not apply, in the
+// order they are written; its trafficPolicy's are tp.refusals.
 func (s *drSpec) refusals() []refusal {
 	exportTo := any(s.ExportTo)
 	if len(s.ExportTo) == 1 && s.ExportTo[0] == "*" {
 		exportTo = nil // what Trellis does
 	}
-	rs := []refusal{
-		{"spec.subsets", s.Subsets, "Trellis does not support DestinationRule subsets yet; give each version its own Service " +
-			"and split requests between them with an HTTPRoute (docs/traffic-management.md)"},
+	return []refusal{
 		{"spec.exportTo", exportTo, "Trellis does not support exportTo on DestinationRules yet: a rule applies to the clients " +
 			`of its own namespace and, in the Service's namespace, to every client (exportTo "*")` + removeIt},
 		{"spec.workloadSelector", s.WorkloadSelector, "Trellis does not support workloadSelector yet: a rule applies to every " +
 			"client of its namespace" + removeIt},
 	}
-	tp := s.TrafficPolicy
-	if tp == nil {
-		return rs
-	}
-	const p = "spec.trafficPolicy."
-	rs = append(rs,
+}
+
+// refusals lists the fields of a trafficPolicy Trellis does not apply, in
+// the order they are written, each named under p ("spec.trafficPolicy.",
+// or a subset's).
+func (tp *drTrafficPolicy) refusals(p string) []refusal {
+	rs := []refusal{
 		refusal{p + "tls", tp.TLS, "Trellis's sidecars choose TLS themselves: mutual TLS with mesh certificates to endpoints " +
 			"with a sidecar (Istio's ISTIO_MUTUAL), plaintext to the others" + removeIt},
 		refusal{p + "portLevelSettings", tp.PortLevelSettings, "Trellis does not support per-port traffic policies yet: " +
@@ -203,9 +262,9 @@ func (s *drSpec) refusals() []refusal {
 		refusal{p + "proxyProtocol", tp.ProxyProtocol, "Trellis does not send the PROXY protocol" + removeIt},
 		refusal{p + "retryBudget", tp.RetryBudget, "Trellis's retry budget is fixed (20 % of a backend Service's requests " +
 			"plus 10 a second)" + removeIt},
-	)
+	}
 	if lb := tp.LoadBalancer; lb != nil {
-		const p = p + "loadBalancer."
+		p := p + "loadBalancer."
 		rs = append(rs,
 			refusal{p + "consistentHash", lb.ConsistentHash, "Trellis does not support consistent hashing (session affinity) " +
 				"yet; remove it, or use simple: ROUND_ROBIN or LEAST_REQUEST"},
@@ -216,7 +275,7 @@ func (s *drSpec) refusals() []refusal {
 		)
 	}
 	if cp := tp.ConnectionPool; cp != nil && cp.TCP != nil {
-		const p = p + "connectionPool.tcp."
+		p := p + "connectionPool.tcp."
 		rs = append(rs,
 			refusal{p + "connectTimeout", cp.TCP.ConnectTimeout, "Trellis's sidecars have a fixed connect timeout" + removeIt},
 			refusal{p + "tcpKeepalive", cp.TCP.TCPKeepalive, "Trellis does not support TCP keepalive settings yet" + removeIt},
@@ -225,7 +284,7 @@ func (s *drSpec) refusals() []refusal {
 		)
 	}
 	if cp := tp.ConnectionPool; cp != nil && cp.HTTP != nil {
-		const p = p + "connectionPool.http."
+		p := p + "connectionPool.http."
 		rs = append(rs,
 			refusal{p + "maxRequestsPerConnection", cp.HTTP.MaxRequestsPerConnection, "Trellis's mesh connections are " +
 				"multiplexed HTTP/2 and long-lived, so it has no meaning there: remove it"},
@@ -239,7 +298,7 @@ func (s *drSpec) refusals() []refusal {
 		)
 	}
 	if od := tp.OutlierDetection; od != nil {
-		const p = p + "outlierDetection."
+		p := p + "outlierDetection."
 		rs = append(rs,
 			refusal{p + "consecutiveErrors", od.ConsecutiveErrors, "Istio deprecated it: use consecutive5xxErrors"},
 			refusal{p + "splitExternalLocalOriginErrors", od.SplitExternalLocalOriginErrors, "Trellis does not support it yet: " +
@@ -253,9 +312,9 @@ func (s *drSpec) refusals() []refusal {
 	return rs
 }
 
-// checkSimple takes the simple load balancers Trellis has.
-func checkSimple(simple string) error {
-	const field = "spec.trafficPolicy.loadBalancer.simple"
+// checkSimple takes the simple load balancers Trellis has; field is
+// where simple is written.
+func checkSimple(field, simple string) error {
 	switch simple {
 	case "", catalog.LBUnspecified, catalog.LBRoundRobin, catalog.LBLeastRequest, catalog.LBLeastConn:
 		return nil
@@ -266,10 +325,9 @@ func checkSimple(simple string) error {
 	return fmt.Errorf("%s %q: use UNSPECIFIED, ROUND_ROBIN, LEAST_REQUEST or LEAST_CONN", field, simple)
 }
 
-// check refuses limits below 1, as Istio's schema does, and leaves out
-// what sets nothing.
-func (cp *drConnectionPool) check() (*catalog.ConnectionPoolSettings, error) {
-	const p = "spec.trafficPolicy.connectionPool."
+// check refuses limits below 1, as Istio's schema does, naming each field
+// under p, and leaves out what sets nothing.
+func (cp *drConnectionPool) check(p string) (*catalog.ConnectionPoolSettings, error) {
 	out := &catalog.ConnectionPoolSettings{}
 	if cp.TCP != nil {
 		if err := atLeastOne(p+"tcp.maxConnections", cp.TCP.MaxConnections); err != nil {
@@ -302,9 +360,9 @@ func atLeastOne(field string, v *int32) error {
 // carries (milliseconds in a uint32).
 const maxBaseEjection = math.MaxUint32 * time.Millisecond
 
-// checkOutlierDetection checks the durations and the percentage.
-func checkOutlierDetection(od *catalog.OutlierDetection) error {
-	const p = "spec.trafficPolicy.outlierDetection."
+// checkOutlierDetection checks the durations and the percentage, naming
+// each field under p.
+func checkOutlierDetection(p string, od *catalog.OutlierDetection) error {
 	if od.Interval != "" {
 		if _, err := catalog.ParseIstioDuration(od.Interval); err != nil {
 			return fmt.Errorf("%sinterval %w", p, err)

@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -54,6 +55,45 @@ func TestParseDestinationRule(t *testing.T) {
 	}
 }
 
+// Subsets are kept with their labels and traffic policies; a subset
+// without a trafficPolicy has none of its own (it inherits the rule's
+// when rendered).
+func TestParseDestinationRuleSubsets(t *testing.T) {
+	set, err := parseAndValidate(reviewsMesh + dr(istioV1, `  host: reviews
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+  subsets:
+  - name: v1
+    labels: {version: v1, app.kubernetes.io/part-of: shop}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: LEAST_REQUEST}
+      outlierDetection: {consecutive5xxErrors: 2}`))
+	if err != nil {
+		t.Fatalf("Parse+Validate() error = %v", err)
+	}
+	subs := set.DestinationRules()[0].Spec.Subsets
+	if len(subs) != 2 {
+		t.Fatalf("Subsets = %+v, want v1 and v2", subs)
+	}
+	if v1 := subs[0]; v1.Name != "v1" || v1.Labels["version"] != "v1" || v1.Labels["app.kubernetes.io/part-of"] != "shop" || v1.TrafficPolicy != nil {
+		t.Errorf("Subsets[0] = %+v, want v1 with its two labels and no trafficPolicy", v1)
+	}
+	v2 := subs[1]
+	if v2.Name != "v2" || v2.Labels["version"] != "v2" || v2.TrafficPolicy == nil || v2.TrafficPolicy.LoadBalancer.Simple != "LEAST_REQUEST" ||
+		*v2.TrafficPolicy.OutlierDetection.Consecutive5xxErrors != 2 || v2.TrafficPolicy.ConnectionPool != nil {
+		t.Errorf("Subsets[1] = %+v, want v2 with its loadBalancer and outlierDetection", v2)
+	}
+	// The most subsets a rule may have load.
+	many := "  host: reviews\n  subsets:\n"
+	for i := range catalog.MaxSubsets {
+		many += fmt.Sprintf("  - {name: s%d, labels: {n: %q}}\n", i, fmt.Sprint(i))
+	}
+	if _, err := parseAndValidate(reviewsMesh + dr(istioV1, many)); err != nil {
+		t.Errorf("%d subsets: error = %v, want them loaded", catalog.MaxSubsets, err)
+	}
+}
+
 // Istio's older versions read as the same object; Istio's defaults
 // written out (exportTo "*", false, 0) and a status from `kubectl get -o
 // yaml` are accepted; every form of the host names the Service.
@@ -97,8 +137,28 @@ spec: {host: reviews-v2.shop.svc.cluster.local}
 // reason; values Istio refuses are refused naming the field.
 func TestDestinationRuleRefusals(t *testing.T) {
 	for _, tc := range []struct{ spec, want string }{
-		{"  host: reviews\n  subsets: [{name: v1, labels: {version: v1}}]",
-			"spec.subsets: Trellis does not support DestinationRule subsets yet; give each version its own Service"},
+		// Subsets: as Istio validates them, and their trafficPolicy as the rule's.
+		{"  host: reviews\n  subsets: [{labels: {version: v1}}]", "spec.subsets[0].name is required"},
+		{"  host: reviews\n  subsets: [{name: V1}]", `spec.subsets[0].name "V1": a lowercase RFC 1123 label`},
+		{"  host: reviews\n  subsets: [{name: v1}, {name: v2}, {name: v1}]",
+			`spec.subsets[2].name "v1": spec.subsets[0] has the same name; give each subset a name of its own`},
+		{"  host: reviews\n  subsets: [{name: v1, labels: {'bad key': v1}}]", `spec.subsets[0].labels: key "bad key": name part must consist of`},
+		{"  host: reviews\n  subsets: [{name: v1, labels: {version: 'v 1'}}]", `spec.subsets[0].labels: value "v 1" of version: a valid label must be`},
+		{"  host: reviews\n  subsets: [{name: v1}, {name: v2, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}]",
+			"spec.subsets[1].trafficPolicy.tls: Trellis's sidecars choose TLS themselves"},
+		{"  host: reviews\n  subsets: [{name: v1, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x}}}}]",
+			"spec.subsets[0].trafficPolicy.loadBalancer.consistentHash: Trellis does not support consistent hashing"},
+		{"  host: reviews\n  subsets: [{name: v1, trafficPolicy: {loadBalancer: {simple: RANDOM}}}]",
+			"spec.subsets[0].trafficPolicy.loadBalancer.simple RANDOM is not supported"},
+		{"  host: reviews\n  subsets: [{name: v1, trafficPolicy: {connectionPool: {tcp: {maxConnections: 0}}}}]",
+			"spec.subsets[0].trafficPolicy.connectionPool.tcp.maxConnections 0: must be at least 1"},
+		{"  host: reviews\n  subsets: [{name: v1, trafficPolicy: {outlierDetection: {maxEjectionPercent: 101}}}]",
+			"spec.subsets[0].trafficPolicy.outlierDetection.maxEjectionPercent 101: write a percentage"},
+		{"  host: reviews\n  subsets: [{name: v1, trafficPolicy: {outlierDetection: {minHealthPercent: 50}}}]",
+			"spec.subsets[0].trafficPolicy.outlierDetection.minHealthPercent: "},
+		{"  host: reviews\n  subsets: [{name: v1, tls: {}}]", `unknown field "tls"`},
+		{"  host: reviews\n  subsets: [" + strings.Repeat("{name: a},", catalog.MaxSubsets) + "{name: b}]",
+			"spec.subsets: 65 subsets, more than the 64 Trellis takes in one DestinationRule"},
 		{"  host: reviews\n  exportTo: [.]", "spec.exportTo: Trellis does not support exportTo on DestinationRules yet"},
 		{"  host: reviews\n  workloadSelector: {matchLabels: {app: a}}", "spec.workloadSelector: "},
 		{"  host: reviews\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}", "spec.trafficPolicy.tls: Trellis's sidecars choose TLS themselves"},
