@@ -20,6 +20,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/authn"
 	"github.com/trellis-mesh/trellis/internal/authz"
+	"github.com/trellis-mesh/trellis/internal/catalog"
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/meshpb"
 	"github.com/trellis-mesh/trellis/internal/route"
@@ -74,6 +75,9 @@ func Validate(cfg *meshpb.ProxyConfig) error {
 		if err := validPolicy(s.GetTrafficPolicy()); err != nil {
 			return fmt.Errorf("%s.traffic_policy.%w", f, err)
 		}
+		if err := validSubsets(s.GetSubsets()); err != nil {
+			return fmt.Errorf("%s.%w", f, err)
+		}
 		for j, p := range s.GetPorts() {
 			pf := fmt.Sprintf("%s.ports[%d]", f, j)
 			if p.GetPort() == 0 || p.GetPort() > 65535 {
@@ -98,6 +102,30 @@ func Validate(cfg *meshpb.ProxyConfig) error {
 					}
 				}
 			}
+		}
+	}
+	return nil
+}
+
+// validSubsets checks that each subset has a name of its own, which
+// routes' backends name it by, and a policy validPolicy takes; at most
+// catalog.MaxSubsets of them (a DestinationRule's most), each a balancer
+// per port.
+func validSubsets(subs []*meshpb.Subset) error {
+	if len(subs) > catalog.MaxSubsets {
+		return fmt.Errorf("subsets: %d, more than %d", len(subs), catalog.MaxSubsets)
+	}
+	seen := map[string]bool{}
+	for i, sub := range subs {
+		switch {
+		case sub.GetName() == "":
+			return fmt.Errorf("subsets[%d].name is required", i)
+		case seen[sub.GetName()]:
+			return fmt.Errorf("subsets[%d].name %q is declared twice", i, sub.GetName())
+		}
+		seen[sub.GetName()] = true
+		if err := validPolicy(sub.GetTrafficPolicy()); err != nil {
+			return fmt.Errorf("subsets[%d].traffic_policy.%w", i, err)
 		}
 	}
 	return nil

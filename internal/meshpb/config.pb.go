@@ -485,6 +485,11 @@ type Service struct {
 	// What a DestinationRule for the service asks of its clients' proxies.
 	// Unset: no limits, and the default ejection (OutlierDetection).
 	TrafficPolicy *TrafficPolicy `protobuf:"bytes,6,opt,name=traffic_policy,json=trafficPolicy,proto3" json:"traffic_policy,omitempty"`
+	// The subsets of that DestinationRule (at most 64, names unique): the
+	// destinations a route's backend may name besides the service itself.
+	// Empty: a route's backend naming a subset is invalid (its requests get
+	// 500).
+	Subsets       []*Subset `protobuf:"bytes,7,rep,name=subsets,proto3" json:"subsets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -561,6 +566,97 @@ func (x *Service) GetTrafficPolicy() *TrafficPolicy {
 	return nil
 }
 
+func (x *Service) GetSubsets() []*Subset {
+	if x != nil {
+		return x.Subsets
+	}
+	return nil
+}
+
+// Subset is a DestinationRule subset: some of a service's endpoints,
+// balanced apart from the others with a policy of their own. A route's
+// backend naming it sends to the service's ports, each to the port's
+// endpoints in the subset only; a subset with no endpoint on a port
+// behaves as a service port with none ("no healthy upstream"). Requests
+// to a subset count as the service's in metrics.
+type Subset struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subset's name, a DNS-1123 label. Required.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The endpoints in the subset are those whose labels (Endpoint.labels)
+	// include every one of these with the same value. Empty: every
+	// endpoint.
+	Labels map[string]string `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The subset's effective policy, Istio's merge of the rule's and the
+	// subset's own trafficPolicy: each of loadBalancer, connectionPool and
+	// outlierDetection that the subset sets replaces the rule's whole, and
+	// the others are the rule's. The same meaning as Service's fields of
+	// the same names; the subset's balancer, limits and ejections are its
+	// own, apart from the service's.
+	LoadBalancing LoadBalancing  `protobuf:"varint,3,opt,name=load_balancing,json=loadBalancing,proto3,enum=trellis.v1.LoadBalancing" json:"load_balancing,omitempty"`
+	TrafficPolicy *TrafficPolicy `protobuf:"bytes,4,opt,name=traffic_policy,json=trafficPolicy,proto3" json:"traffic_policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Subset) Reset() {
+	*x = Subset{}
+	mi := &file_trellis_v1_config_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Subset) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Subset) ProtoMessage() {}
+
+func (x *Subset) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Subset.ProtoReflect.Descriptor instead.
+func (*Subset) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Subset) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Subset) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *Subset) GetLoadBalancing() LoadBalancing {
+	if x != nil {
+		return x.LoadBalancing
+	}
+	return LoadBalancing_LOAD_BALANCING_P2C_PEAK_EWMA
+}
+
+func (x *Subset) GetTrafficPolicy() *TrafficPolicy {
+	if x != nil {
+		return x.TrafficPolicy
+	}
+	return nil
+}
+
 // TrafficPolicy is a DestinationRule's trafficPolicy, as much of it as
 // Trellis applies; the control plane fills in Istio's defaults, so the
 // proxy applies each value as it is.
@@ -581,7 +677,7 @@ type TrafficPolicy struct {
 
 func (x *TrafficPolicy) Reset() {
 	*x = TrafficPolicy{}
-	mi := &file_trellis_v1_config_proto_msgTypes[4]
+	mi := &file_trellis_v1_config_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -593,7 +689,7 @@ func (x *TrafficPolicy) String() string {
 func (*TrafficPolicy) ProtoMessage() {}
 
 func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[4]
+	mi := &file_trellis_v1_config_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -606,7 +702,7 @@ func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrafficPolicy.ProtoReflect.Descriptor instead.
 func (*TrafficPolicy) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{4}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TrafficPolicy) GetSource() string {
@@ -651,7 +747,7 @@ type ConnectionPool struct {
 
 func (x *ConnectionPool) Reset() {
 	*x = ConnectionPool{}
-	mi := &file_trellis_v1_config_proto_msgTypes[5]
+	mi := &file_trellis_v1_config_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -663,7 +759,7 @@ func (x *ConnectionPool) String() string {
 func (*ConnectionPool) ProtoMessage() {}
 
 func (x *ConnectionPool) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[5]
+	mi := &file_trellis_v1_config_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -676,7 +772,7 @@ func (x *ConnectionPool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionPool.ProtoReflect.Descriptor instead.
 func (*ConnectionPool) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{5}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ConnectionPool) GetMaxRequests() uint32 {
@@ -719,7 +815,7 @@ type OutlierDetection struct {
 
 func (x *OutlierDetection) Reset() {
 	*x = OutlierDetection{}
-	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	mi := &file_trellis_v1_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -731,7 +827,7 @@ func (x *OutlierDetection) String() string {
 func (*OutlierDetection) ProtoMessage() {}
 
 func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	mi := &file_trellis_v1_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -744,7 +840,7 @@ func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
 func (*OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{6}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *OutlierDetection) GetConsecutive_5Xx() uint32 {
@@ -794,7 +890,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_trellis_v1_config_proto_msgTypes[7]
+	mi := &file_trellis_v1_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +902,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[7]
+	mi := &file_trellis_v1_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +915,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{7}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ServicePort) GetPort() uint32 {
@@ -860,7 +956,8 @@ type Endpoint struct {
 	// The SPIFFE ID the endpoint's proxy must present. Empty means the pod
 	// has no sidecar: traffic to it is plaintext and marked as such.
 	Identity string `protobuf:"bytes,3,opt,name=identity,proto3" json:"identity,omitempty"`
-	// The pod's labels, for telemetry.
+	// The pod's labels, for telemetry and to select the endpoint into a
+	// Subset.
 	Labels map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The endpoint's workload (its Deployment, or the pod) and namespace,
 	// for telemetry.
@@ -872,7 +969,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_trellis_v1_config_proto_msgTypes[8]
+	mi := &file_trellis_v1_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +981,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[8]
+	mi := &file_trellis_v1_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +994,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{8}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -955,7 +1052,7 @@ type InboundPolicy struct {
 
 func (x *InboundPolicy) Reset() {
 	*x = InboundPolicy{}
-	mi := &file_trellis_v1_config_proto_msgTypes[9]
+	mi := &file_trellis_v1_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -967,7 +1064,7 @@ func (x *InboundPolicy) String() string {
 func (*InboundPolicy) ProtoMessage() {}
 
 func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[9]
+	mi := &file_trellis_v1_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -980,7 +1077,7 @@ func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboundPolicy.ProtoReflect.Descriptor instead.
 func (*InboundPolicy) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{9}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *InboundPolicy) GetMode() MTLSMode {
@@ -1019,7 +1116,7 @@ type Authorization struct {
 
 func (x *Authorization) Reset() {
 	*x = Authorization{}
-	mi := &file_trellis_v1_config_proto_msgTypes[10]
+	mi := &file_trellis_v1_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1128,7 @@ func (x *Authorization) String() string {
 func (*Authorization) ProtoMessage() {}
 
 func (x *Authorization) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[10]
+	mi := &file_trellis_v1_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1141,7 @@ func (x *Authorization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
 func (*Authorization) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{10}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Authorization) GetPolicies() []*AuthorizationPolicy {
@@ -1074,7 +1171,7 @@ type AuthorizationPolicy struct {
 
 func (x *AuthorizationPolicy) Reset() {
 	*x = AuthorizationPolicy{}
-	mi := &file_trellis_v1_config_proto_msgTypes[11]
+	mi := &file_trellis_v1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1183,7 @@ func (x *AuthorizationPolicy) String() string {
 func (*AuthorizationPolicy) ProtoMessage() {}
 
 func (x *AuthorizationPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[11]
+	mi := &file_trellis_v1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1196,7 @@ func (x *AuthorizationPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationPolicy.ProtoReflect.Descriptor instead.
 func (*AuthorizationPolicy) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{11}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AuthorizationPolicy) GetNamespace() string {
@@ -1153,7 +1250,7 @@ type AuthorizationRule struct {
 
 func (x *AuthorizationRule) Reset() {
 	*x = AuthorizationRule{}
-	mi := &file_trellis_v1_config_proto_msgTypes[12]
+	mi := &file_trellis_v1_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1262,7 @@ func (x *AuthorizationRule) String() string {
 func (*AuthorizationRule) ProtoMessage() {}
 
 func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[12]
+	mi := &file_trellis_v1_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1275,7 @@ func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationRule.ProtoReflect.Descriptor instead.
 func (*AuthorizationRule) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{12}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AuthorizationRule) GetFrom() []*AuthorizationSource {
@@ -1228,7 +1325,7 @@ type AuthorizationSource struct {
 
 func (x *AuthorizationSource) Reset() {
 	*x = AuthorizationSource{}
-	mi := &file_trellis_v1_config_proto_msgTypes[13]
+	mi := &file_trellis_v1_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1337,7 @@ func (x *AuthorizationSource) String() string {
 func (*AuthorizationSource) ProtoMessage() {}
 
 func (x *AuthorizationSource) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[13]
+	mi := &file_trellis_v1_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1350,7 @@ func (x *AuthorizationSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationSource.ProtoReflect.Descriptor instead.
 func (*AuthorizationSource) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{13}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AuthorizationSource) GetPrincipals() []string {
@@ -1348,7 +1445,7 @@ type AuthorizationOperation struct {
 
 func (x *AuthorizationOperation) Reset() {
 	*x = AuthorizationOperation{}
-	mi := &file_trellis_v1_config_proto_msgTypes[14]
+	mi := &file_trellis_v1_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1457,7 @@ func (x *AuthorizationOperation) String() string {
 func (*AuthorizationOperation) ProtoMessage() {}
 
 func (x *AuthorizationOperation) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[14]
+	mi := &file_trellis_v1_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1470,7 @@ func (x *AuthorizationOperation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationOperation.ProtoReflect.Descriptor instead.
 func (*AuthorizationOperation) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{14}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AuthorizationOperation) GetHosts() []string {
@@ -1449,7 +1546,7 @@ type AuthorizationCondition struct {
 
 func (x *AuthorizationCondition) Reset() {
 	*x = AuthorizationCondition{}
-	mi := &file_trellis_v1_config_proto_msgTypes[15]
+	mi := &file_trellis_v1_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1558,7 @@ func (x *AuthorizationCondition) String() string {
 func (*AuthorizationCondition) ProtoMessage() {}
 
 func (x *AuthorizationCondition) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[15]
+	mi := &file_trellis_v1_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1571,7 @@ func (x *AuthorizationCondition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationCondition.ProtoReflect.Descriptor instead.
 func (*AuthorizationCondition) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{15}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AuthorizationCondition) GetKey() string {
@@ -1513,7 +1610,7 @@ type Authentication struct {
 
 func (x *Authentication) Reset() {
 	*x = Authentication{}
-	mi := &file_trellis_v1_config_proto_msgTypes[16]
+	mi := &file_trellis_v1_config_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +1622,7 @@ func (x *Authentication) String() string {
 func (*Authentication) ProtoMessage() {}
 
 func (x *Authentication) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[16]
+	mi := &file_trellis_v1_config_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +1635,7 @@ func (x *Authentication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authentication.ProtoReflect.Descriptor instead.
 func (*Authentication) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{16}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Authentication) GetJwtRules() []*JwtRule {
@@ -1581,7 +1678,7 @@ type JwtRule struct {
 
 func (x *JwtRule) Reset() {
 	*x = JwtRule{}
-	mi := &file_trellis_v1_config_proto_msgTypes[17]
+	mi := &file_trellis_v1_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1593,7 +1690,7 @@ func (x *JwtRule) String() string {
 func (*JwtRule) ProtoMessage() {}
 
 func (x *JwtRule) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[17]
+	mi := &file_trellis_v1_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1606,7 +1703,7 @@ func (x *JwtRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JwtRule.ProtoReflect.Descriptor instead.
 func (*JwtRule) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{17}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *JwtRule) GetIssuer() string {
@@ -1697,7 +1794,7 @@ type JwtHeader struct {
 
 func (x *JwtHeader) Reset() {
 	*x = JwtHeader{}
-	mi := &file_trellis_v1_config_proto_msgTypes[18]
+	mi := &file_trellis_v1_config_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1709,7 +1806,7 @@ func (x *JwtHeader) String() string {
 func (*JwtHeader) ProtoMessage() {}
 
 func (x *JwtHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[18]
+	mi := &file_trellis_v1_config_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1722,7 +1819,7 @@ func (x *JwtHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JwtHeader.ProtoReflect.Descriptor instead.
 func (*JwtHeader) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{18}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *JwtHeader) GetName() string {
@@ -1750,7 +1847,7 @@ type ClaimToHeader struct {
 
 func (x *ClaimToHeader) Reset() {
 	*x = ClaimToHeader{}
-	mi := &file_trellis_v1_config_proto_msgTypes[19]
+	mi := &file_trellis_v1_config_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1762,7 +1859,7 @@ func (x *ClaimToHeader) String() string {
 func (*ClaimToHeader) ProtoMessage() {}
 
 func (x *ClaimToHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[19]
+	mi := &file_trellis_v1_config_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1775,7 +1872,7 @@ func (x *ClaimToHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimToHeader.ProtoReflect.Descriptor instead.
 func (*ClaimToHeader) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{19}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ClaimToHeader) GetHeader() string {
@@ -1822,14 +1919,23 @@ const file_trellis_v1_config_proto_rawDesc = "" +
 	"\x06labels\x18\x04 \x03(\v2 .trellis.v1.Workload.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xae\x02\n" +
 	"\aService\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
 	"\x03vip\x18\x03 \x01(\tR\x03vip\x12-\n" +
 	"\x05ports\x18\x04 \x03(\v2\x17.trellis.v1.ServicePortR\x05ports\x12@\n" +
 	"\x0eload_balancing\x18\x05 \x01(\x0e2\x19.trellis.v1.LoadBalancingR\rloadBalancing\x12@\n" +
-	"\x0etraffic_policy\x18\x06 \x01(\v2\x19.trellis.v1.TrafficPolicyR\rtrafficPolicy\"\xb7\x01\n" +
+	"\x0etraffic_policy\x18\x06 \x01(\v2\x19.trellis.v1.TrafficPolicyR\rtrafficPolicy\x12,\n" +
+	"\asubsets\x18\a \x03(\v2\x12.trellis.v1.SubsetR\asubsets\"\x93\x02\n" +
+	"\x06Subset\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x126\n" +
+	"\x06labels\x18\x02 \x03(\v2\x1e.trellis.v1.Subset.LabelsEntryR\x06labels\x12@\n" +
+	"\x0eload_balancing\x18\x03 \x01(\x0e2\x19.trellis.v1.LoadBalancingR\rloadBalancing\x12@\n" +
+	"\x0etraffic_policy\x18\x04 \x01(\v2\x19.trellis.v1.TrafficPolicyR\rtrafficPolicy\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb7\x01\n" +
 	"\rTrafficPolicy\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12C\n" +
 	"\x0fconnection_pool\x18\x02 \x01(\v2\x1a.trellis.v1.ConnectionPoolR\x0econnectionPool\x12I\n" +
@@ -1958,7 +2064,7 @@ func file_trellis_v1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_trellis_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_trellis_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_trellis_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_trellis_v1_config_proto_goTypes = []any{
 	(Protocol)(0),                  // 0: trellis.v1.Protocol
 	(LoadBalancing)(0),             // 1: trellis.v1.LoadBalancing
@@ -1967,60 +2073,66 @@ var file_trellis_v1_config_proto_goTypes = []any{
 	(*Route)(nil),                  // 4: trellis.v1.Route
 	(*Workload)(nil),               // 5: trellis.v1.Workload
 	(*Service)(nil),                // 6: trellis.v1.Service
-	(*TrafficPolicy)(nil),          // 7: trellis.v1.TrafficPolicy
-	(*ConnectionPool)(nil),         // 8: trellis.v1.ConnectionPool
-	(*OutlierDetection)(nil),       // 9: trellis.v1.OutlierDetection
-	(*ServicePort)(nil),            // 10: trellis.v1.ServicePort
-	(*Endpoint)(nil),               // 11: trellis.v1.Endpoint
-	(*InboundPolicy)(nil),          // 12: trellis.v1.InboundPolicy
-	(*Authorization)(nil),          // 13: trellis.v1.Authorization
-	(*AuthorizationPolicy)(nil),    // 14: trellis.v1.AuthorizationPolicy
-	(*AuthorizationRule)(nil),      // 15: trellis.v1.AuthorizationRule
-	(*AuthorizationSource)(nil),    // 16: trellis.v1.AuthorizationSource
-	(*AuthorizationOperation)(nil), // 17: trellis.v1.AuthorizationOperation
-	(*AuthorizationCondition)(nil), // 18: trellis.v1.AuthorizationCondition
-	(*Authentication)(nil),         // 19: trellis.v1.Authentication
-	(*JwtRule)(nil),                // 20: trellis.v1.JwtRule
-	(*JwtHeader)(nil),              // 21: trellis.v1.JwtHeader
-	(*ClaimToHeader)(nil),          // 22: trellis.v1.ClaimToHeader
-	nil,                            // 23: trellis.v1.Workload.LabelsEntry
-	nil,                            // 24: trellis.v1.Endpoint.LabelsEntry
-	nil,                            // 25: trellis.v1.InboundPolicy.PortModesEntry
-	(*structpb.Struct)(nil),        // 26: google.protobuf.Struct
+	(*Subset)(nil),                 // 7: trellis.v1.Subset
+	(*TrafficPolicy)(nil),          // 8: trellis.v1.TrafficPolicy
+	(*ConnectionPool)(nil),         // 9: trellis.v1.ConnectionPool
+	(*OutlierDetection)(nil),       // 10: trellis.v1.OutlierDetection
+	(*ServicePort)(nil),            // 11: trellis.v1.ServicePort
+	(*Endpoint)(nil),               // 12: trellis.v1.Endpoint
+	(*InboundPolicy)(nil),          // 13: trellis.v1.InboundPolicy
+	(*Authorization)(nil),          // 14: trellis.v1.Authorization
+	(*AuthorizationPolicy)(nil),    // 15: trellis.v1.AuthorizationPolicy
+	(*AuthorizationRule)(nil),      // 16: trellis.v1.AuthorizationRule
+	(*AuthorizationSource)(nil),    // 17: trellis.v1.AuthorizationSource
+	(*AuthorizationOperation)(nil), // 18: trellis.v1.AuthorizationOperation
+	(*AuthorizationCondition)(nil), // 19: trellis.v1.AuthorizationCondition
+	(*Authentication)(nil),         // 20: trellis.v1.Authentication
+	(*JwtRule)(nil),                // 21: trellis.v1.JwtRule
+	(*JwtHeader)(nil),              // 22: trellis.v1.JwtHeader
+	(*ClaimToHeader)(nil),          // 23: trellis.v1.ClaimToHeader
+	nil,                            // 24: trellis.v1.Workload.LabelsEntry
+	nil,                            // 25: trellis.v1.Subset.LabelsEntry
+	nil,                            // 26: trellis.v1.Endpoint.LabelsEntry
+	nil,                            // 27: trellis.v1.InboundPolicy.PortModesEntry
+	(*structpb.Struct)(nil),        // 28: google.protobuf.Struct
 }
 var file_trellis_v1_config_proto_depIdxs = []int32{
 	5,  // 0: trellis.v1.ProxyConfig.workload:type_name -> trellis.v1.Workload
 	6,  // 1: trellis.v1.ProxyConfig.services:type_name -> trellis.v1.Service
-	12, // 2: trellis.v1.ProxyConfig.inbound:type_name -> trellis.v1.InboundPolicy
-	13, // 3: trellis.v1.ProxyConfig.authorization:type_name -> trellis.v1.Authorization
-	19, // 4: trellis.v1.ProxyConfig.authentication:type_name -> trellis.v1.Authentication
+	13, // 2: trellis.v1.ProxyConfig.inbound:type_name -> trellis.v1.InboundPolicy
+	14, // 3: trellis.v1.ProxyConfig.authorization:type_name -> trellis.v1.Authorization
+	20, // 4: trellis.v1.ProxyConfig.authentication:type_name -> trellis.v1.Authentication
 	4,  // 5: trellis.v1.ProxyConfig.routes:type_name -> trellis.v1.Route
-	26, // 6: trellis.v1.Route.spec:type_name -> google.protobuf.Struct
-	23, // 7: trellis.v1.Workload.labels:type_name -> trellis.v1.Workload.LabelsEntry
-	10, // 8: trellis.v1.Service.ports:type_name -> trellis.v1.ServicePort
+	28, // 6: trellis.v1.Route.spec:type_name -> google.protobuf.Struct
+	24, // 7: trellis.v1.Workload.labels:type_name -> trellis.v1.Workload.LabelsEntry
+	11, // 8: trellis.v1.Service.ports:type_name -> trellis.v1.ServicePort
 	1,  // 9: trellis.v1.Service.load_balancing:type_name -> trellis.v1.LoadBalancing
-	7,  // 10: trellis.v1.Service.traffic_policy:type_name -> trellis.v1.TrafficPolicy
-	8,  // 11: trellis.v1.TrafficPolicy.connection_pool:type_name -> trellis.v1.ConnectionPool
-	9,  // 12: trellis.v1.TrafficPolicy.outlier_detection:type_name -> trellis.v1.OutlierDetection
-	0,  // 13: trellis.v1.ServicePort.protocol:type_name -> trellis.v1.Protocol
-	11, // 14: trellis.v1.ServicePort.endpoints:type_name -> trellis.v1.Endpoint
-	24, // 15: trellis.v1.Endpoint.labels:type_name -> trellis.v1.Endpoint.LabelsEntry
-	2,  // 16: trellis.v1.InboundPolicy.mode:type_name -> trellis.v1.MTLSMode
-	25, // 17: trellis.v1.InboundPolicy.port_modes:type_name -> trellis.v1.InboundPolicy.PortModesEntry
-	14, // 18: trellis.v1.Authorization.policies:type_name -> trellis.v1.AuthorizationPolicy
-	15, // 19: trellis.v1.AuthorizationPolicy.rules:type_name -> trellis.v1.AuthorizationRule
-	16, // 20: trellis.v1.AuthorizationRule.from:type_name -> trellis.v1.AuthorizationSource
-	17, // 21: trellis.v1.AuthorizationRule.to:type_name -> trellis.v1.AuthorizationOperation
-	18, // 22: trellis.v1.AuthorizationRule.when:type_name -> trellis.v1.AuthorizationCondition
-	20, // 23: trellis.v1.Authentication.jwt_rules:type_name -> trellis.v1.JwtRule
-	21, // 24: trellis.v1.JwtRule.from_headers:type_name -> trellis.v1.JwtHeader
-	22, // 25: trellis.v1.JwtRule.output_claim_to_headers:type_name -> trellis.v1.ClaimToHeader
-	2,  // 26: trellis.v1.InboundPolicy.PortModesEntry.value:type_name -> trellis.v1.MTLSMode
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	8,  // 10: trellis.v1.Service.traffic_policy:type_name -> trellis.v1.TrafficPolicy
+	7,  // 11: trellis.v1.Service.subsets:type_name -> trellis.v1.Subset
+	25, // 12: trellis.v1.Subset.labels:type_name -> trellis.v1.Subset.LabelsEntry
+	1,  // 13: trellis.v1.Subset.load_balancing:type_name -> trellis.v1.LoadBalancing
+	8,  // 14: trellis.v1.Subset.traffic_policy:type_name -> trellis.v1.TrafficPolicy
+	9,  // 15: trellis.v1.TrafficPolicy.connection_pool:type_name -> trellis.v1.ConnectionPool
+	10, // 16: trellis.v1.TrafficPolicy.outlier_detection:type_name -> trellis.v1.OutlierDetection
+	0,  // 17: trellis.v1.ServicePort.protocol:type_name -> trellis.v1.Protocol
+	12, // 18: trellis.v1.ServicePort.endpoints:type_name -> trellis.v1.Endpoint
+	26, // 19: trellis.v1.Endpoint.labels:type_name -> trellis.v1.Endpoint.LabelsEntry
+	2,  // 20: trellis.v1.InboundPolicy.mode:type_name -> trellis.v1.MTLSMode
+	27, // 21: trellis.v1.InboundPolicy.port_modes:type_name -> trellis.v1.InboundPolicy.PortModesEntry
+	15, // 22: trellis.v1.Authorization.policies:type_name -> trellis.v1.AuthorizationPolicy
+	16, // 23: trellis.v1.AuthorizationPolicy.rules:type_name -> trellis.v1.AuthorizationRule
+	17, // 24: trellis.v1.AuthorizationRule.from:type_name -> trellis.v1.AuthorizationSource
+	18, // 25: trellis.v1.AuthorizationRule.to:type_name -> trellis.v1.AuthorizationOperation
+	19, // 26: trellis.v1.AuthorizationRule.when:type_name -> trellis.v1.AuthorizationCondition
+	21, // 27: trellis.v1.Authentication.jwt_rules:type_name -> trellis.v1.JwtRule
+	22, // 28: trellis.v1.JwtRule.from_headers:type_name -> trellis.v1.JwtHeader
+	23, // 29: trellis.v1.JwtRule.output_claim_to_headers:type_name -> trellis.v1.ClaimToHeader
+	2,  // 30: trellis.v1.InboundPolicy.PortModesEntry.value:type_name -> trellis.v1.MTLSMode
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_trellis_v1_config_proto_init() }
@@ -2028,14 +2140,14 @@ func file_trellis_v1_config_proto_init() {
 	if File_trellis_v1_config_proto != nil {
 		return
 	}
-	file_trellis_v1_config_proto_msgTypes[5].OneofWrappers = []any{}
+	file_trellis_v1_config_proto_msgTypes[6].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_trellis_v1_config_proto_rawDesc), len(file_trellis_v1_config_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

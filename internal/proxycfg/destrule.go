@@ -72,15 +72,55 @@ func (idx ruleIndex) forClients(svc *meshpb.Service, ns string) (*meshpb.Service
 		return svc, false
 	}
 	c := proto.Clone(svc).(*meshpb.Service)
-	c.LoadBalancing, c.TrafficPolicy = DestinationPolicy(dr)
+	applyRule(c, dr)
 	return c, true
+}
+
+// applyRule gives svc what dr asks of its clients' proxies: its policy
+// and its subsets, replacing any other rule's.
+func applyRule(svc *meshpb.Service, dr *catalog.DestinationRule) {
+	svc.LoadBalancing, svc.TrafficPolicy = DestinationPolicy(dr)
+	svc.Subsets = nil
+	for _, sub := range dr.Spec.Subsets {
+		out := &meshpb.Subset{Name: sub.Name, Labels: sub.Labels}
+		out.LoadBalancing, out.TrafficPolicy = policy(dr, subsetPolicy(dr.Spec.TrafficPolicy, sub.TrafficPolicy))
+		svc.Subsets = append(svc.Subsets, out)
+	}
+}
+
+// subsetPolicy is a subset's effective traffic policy, as Istio merges
+// it: each field the subset's own policy sets replaces the rule's whole,
+// the others are the rule's. nil when neither sets anything.
+func subsetPolicy(rule, own *catalog.TrafficPolicy) *catalog.TrafficPolicy {
+	if own == nil {
+		return rule
+	}
+	merged := catalog.TrafficPolicy{}
+	if rule != nil {
+		merged = *rule
+	}
+	if own.LoadBalancer != nil {
+		merged.LoadBalancer = own.LoadBalancer
+	}
+	if own.ConnectionPool != nil {
+		merged.ConnectionPool = own.ConnectionPool
+	}
+	if own.OutlierDetection != nil {
+		merged.OutlierDetection = own.OutlierDetection
+	}
+	return &merged
 }
 
 // DestinationPolicy is what dr asks of its clients' proxies, with Istio's
 // defaults filled in so that the proxy applies each value as it is.
 func DestinationPolicy(dr *catalog.DestinationRule) (meshpb.LoadBalancing, *meshpb.TrafficPolicy) {
+	return policy(dr, dr.Spec.TrafficPolicy)
+}
+
+// policy is spec, a traffic policy of dr (its own or a subset's), as the
+// proxy applies it.
+func policy(dr *catalog.DestinationRule, spec *catalog.TrafficPolicy) (meshpb.LoadBalancing, *meshpb.TrafficPolicy) {
 	tp := &meshpb.TrafficPolicy{Source: dr.Namespace + "/" + dr.Name}
-	spec := dr.Spec.TrafficPolicy
 	if spec == nil {
 		return meshpb.LoadBalancing_LOAD_BALANCING_P2C_PEAK_EWMA, tp
 	}

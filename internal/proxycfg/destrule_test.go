@@ -1,6 +1,7 @@
 package proxycfg
 
 import (
+	"reflect"
 	"testing"
 	"time"
 
@@ -11,7 +12,7 @@ import (
 )
 
 // testRules are for snapshot()'s Services: alpha has a rule in its own
-// namespace and one in the client's; listed has a mesh-wide one (a root
+// namespace, with subsets, and one in the client's; listed has a mesh-wide one (a root
 // namespace's); zero has none.
 var testRules = mustParse(`
 apiVersion: networking.istio.io/v1
@@ -22,6 +23,14 @@ spec:
   trafficPolicy:
     loadBalancer: {simple: LEAST_REQUEST}
     outlierDetection: {}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN}
+      connectionPool: {http: {http2MaxRequests: 10}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -95,6 +104,62 @@ func TestDestinationRuleLookup(t *testing.T) {
 	// namespace's rule.
 	if s := serviceOf(t, r.Services, "db/alpha"); s.GetTrafficPolicy().GetSource() != "db/alpha-policy" {
 		t.Errorf("the rendered db/alpha carries %q, want db/alpha-policy", s.GetTrafficPolicy().GetSource())
+	}
+}
+
+// Each service carries its rule's subsets, each with its effective
+// policy: a field of the subset's own trafficPolicy replaces the rule's,
+// the others are the rule's. A client whose own rule has no subsets sees
+// none.
+func TestDestinationRuleSubsets(t *testing.T) {
+	snap := snapshot()
+	r := Render(snap, "cluster.local")
+	inherited := &meshpb.OutlierDetection{Consecutive_5Xx: 5, BaseEjectionMs: 30000, MaxEjectionPercent: 10}
+	want := []*meshpb.Subset{
+		{Name: "v1", Labels: map[string]string{"version": "v1"}, LoadBalancing: meshpb.LoadBalancing_LOAD_BALANCING_LEAST_REQUEST,
+			TrafficPolicy: &meshpb.TrafficPolicy{Source: "db/alpha-policy", OutlierDetection: inherited}},
+		{Name: "v2", Labels: map[string]string{"version": "v2"}, LoadBalancing: meshpb.LoadBalancing_LOAD_BALANCING_ROUND_ROBIN,
+			TrafficPolicy: &meshpb.TrafficPolicy{Source: "db/alpha-policy", ConnectionPool: &meshpb.ConnectionPool{MaxRequests: 10},
+				OutlierDetection: inherited}},
+	}
+	got := serviceOf(t, r.For("db").Services, "db/alpha").GetSubsets()
+	if len(got) != len(want) {
+		t.Fatalf("db/alpha's subsets = %v, want %v", got, want)
+	}
+	for i := range want {
+		if !proto.Equal(got[i], want[i]) {
+			t.Errorf("subset %d = %v, want %v", i, got[i], want[i])
+		}
+	}
+	if got := serviceOf(t, r.For("client").Services, "db/alpha").GetSubsets(); len(got) != 0 {
+		t.Errorf("the client's db/alpha, under its own rule, has subsets %v, want none", got)
+	}
+	if got := serviceOf(t, r.For("db").Services, "db/zero").GetSubsets(); len(got) != 0 {
+		t.Errorf("db/zero, without a rule, has subsets %v, want none", got)
+	}
+}
+
+func TestSubsetPolicyMerge(t *testing.T) {
+	lb := func(s string) *catalog.LoadBalancerSettings { return &catalog.LoadBalancerSettings{Simple: s} }
+	od := &catalog.OutlierDetection{BaseEjectionTime: "1m"}
+	cp := &catalog.ConnectionPoolSettings{}
+	rule := &catalog.TrafficPolicy{LoadBalancer: lb("ROUND_ROBIN"), OutlierDetection: od}
+	for _, tc := range []struct {
+		name      string
+		rule, own *catalog.TrafficPolicy
+		want      *catalog.TrafficPolicy
+	}{
+		{"neither", nil, nil, nil},
+		{"the rule's alone", rule, nil, rule},
+		{"the subset's alone", nil, &catalog.TrafficPolicy{ConnectionPool: cp}, &catalog.TrafficPolicy{ConnectionPool: cp}},
+		{"a field replaces the rule's, the others inherited", rule, &catalog.TrafficPolicy{LoadBalancer: lb("LEAST_REQUEST"), ConnectionPool: cp},
+			&catalog.TrafficPolicy{LoadBalancer: lb("LEAST_REQUEST"), ConnectionPool: cp, OutlierDetection: od}},
+		{"an empty own policy inherits all", rule, &catalog.TrafficPolicy{}, rule},
+	} {
+		got := subsetPolicy(tc.rule, tc.own)
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: subsetPolicy() = %+v, want %+v", tc.name, got, tc.want)
+		}
 	}
 }
 

@@ -79,7 +79,7 @@ func Render(snap *catalog.Snapshot, trustDomain string) *Rendered {
 			s.Ports = append(s.Ports, port)
 		}
 		if dr := r.rules.forService(s); dr != nil {
-			s.LoadBalancing, s.TrafficPolicy = DestinationPolicy(dr)
+			applyRule(s, dr)
 		}
 		r.Services = append(r.Services, s)
 		r.exports[ServiceKey(s)] = exportedTo(svc)
