@@ -70,6 +70,10 @@ type BackendObjectReference struct {
 	Namespace string `json:"namespace,omitempty"`
 	// Port is the Service port; required for a Service.
 	Port int32 `json:"port,omitempty"`
+	// Subset is a VirtualService destination's subset (the Gateway API
+	// has none), kept when internal/route translates the destination into
+	// a backendRef; never written or read as JSON.
+	Subset string `json:"-"`
 }
 
 // BackendRef is a backend with its share of the traffic.

@@ -34,7 +34,7 @@ func vsFixture() []localmesh.RouteStatus {
 		{Kind: "VirtualService", Namespace: "shop", Name: "ratings", Created: created, Hosts: []string{"ratings", "ghost.shop"},
 			Status: catalog.RouteStatus{Parents: []catalog.RouteParentStatus{
 				parent("shop", "ratings", accepted, resolved,
-					cond("PartiallyInvalid", true, "UnsupportedValue", "Dropped Rule(s): http[1].route[0].destination.subset: DestinationRule subsets are not supported by Trellis yet")),
+					cond("PartiallyInvalid", true, "UnsupportedValue", "Dropped Rule(s): http[1].match[0].sourceLabels: not supported by Trellis")),
 				parent("shop", "ghost", cond("Accepted", false, "NoMatchingParent", "hosts[1]: Service shop/ghost does not exist"), resolved)}}},
 		{Kind: "VirtualService", Namespace: "shop", Name: "ratings-later", Created: created, Hosts: []string{"ratings.shop.svc.cluster.local"},
 			Status: catalog.RouteStatus{Parents: []catalog.RouteParentStatus{
@@ -57,7 +57,7 @@ func TestGetVirtualServicesTable(t *testing.T) {
 	}{
 		{"virtualservices of a namespace", []string{"virtualservices", "-n", "shop"}, []string{
 			"NAME HOSTS ACCEPTED RESOLVED-REFS AGE MESSAGE",
-			"ratings ratings True True 5m PartiallyInvalid/UnsupportedValue: Dropped Rule(s): http[1].route[0].destination.subset: DestinationRule subsets are not supported by Trellis yet",
+			"ratings ratings True True 5m PartiallyInvalid/UnsupportedValue: Dropped Rule(s): http[1].match[0].sourceLabels: not supported by Trellis",
 			"ratings ghost.shop False (NoMatchingParent) True 5m Accepted/NoMatchingParent: hosts[1]: Service shop/ghost does not exist",
 			"ratings-later ratings.shop.svc.cluster.local False (Conflicted) True 5m Accepted/Conflicted: VirtualService shop/ratings is older",
 			"tcp-only ratings - - 5m " + refused,
@@ -68,7 +68,7 @@ func TestGetVirtualServicesTable(t *testing.T) {
 		}},
 		{"wide: the Service each host names", []string{"virtualservice", "-A", "-o", "wide"}, []string{
 			"NAMESPACE NAME HOSTS SERVICE ACCEPTED RESOLVED-REFS AGE MESSAGE",
-			"shop ratings ratings Service shop/ratings True True 5m PartiallyInvalid/UnsupportedValue: Dropped Rule(s): http[1].route[0].destination.subset: DestinationRule subsets are not supported by Trellis yet",
+			"shop ratings ratings Service shop/ratings True True 5m PartiallyInvalid/UnsupportedValue: Dropped Rule(s): http[1].match[0].sourceLabels: not supported by Trellis",
 			"shop ratings ghost.shop Service shop/ghost False (NoMatchingParent) True 5m Accepted/NoMatchingParent: hosts[1]: Service shop/ghost does not exist",
 			"shop ratings-later ratings.shop.svc.cluster.local Service shop/ratings False (Conflicted) True 5m Accepted/Conflicted: VirtualService shop/ratings is older",
 			"shop tcp-only ratings <none> - - 5m " + refused,

@@ -103,8 +103,8 @@ func TestVirtualServiceLoadErrors(t *testing.T) {
 }
 
 // A VirtualService that decodes but asks for what Trellis does not apply
-// (a subset, a match on sourceLabels) or names a Service that does not
-// exist is kept, as an invalid HTTPRoute is: its status says what is
+// (a match on sourceLabels), names a subset no DestinationRule defines or
+// a Service that does not exist is kept, as an invalid HTTPRoute is: its status says what is
 // wrong, and its valid rules apply.
 func TestVirtualServiceKeptWhenInvalid(t *testing.T) {
 	set, err := parseAndValidate(reviewsMesh + vs(istioV1, `  hosts: [reviews, ghost]
@@ -140,7 +140,7 @@ func TestVirtualServiceKeptWhenInvalid(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"reviews: PartiallyInvalid/UnsupportedValue: Dropped Rule(s): http[0].match[0].sourceLabels", "http[1].route[0].destination.subset",
+	for _, want := range []string{"reviews: PartiallyInvalid/UnsupportedValue: Dropped Rule(s): http[0].match[0].sourceLabels", `ResolvedRefs/BackendNotFound: http[1].route[0]: Service shop/reviews-v1 has no subset "v1"`,
 		"ghost: Accepted/NoMatchingParent"} {
 		if !strings.Contains(strings.Join(got, "\n"), want) {
 			t.Errorf("status:\n%s\nwant %q in it", strings.Join(got, "\n"), want)

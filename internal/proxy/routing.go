@@ -47,11 +47,14 @@ func (t *routeTable) compileRoutes(cfg *meshpb.ProxyConfig) {
 }
 
 // RouteConfig is what routes attach to and send to, as a proxy with cfg
-// sees it: the services of its config.
+// sees it: the services of its config, with their subsets.
 func RouteConfig(cfg *meshpb.ProxyConfig) routing.Config {
 	var rc routing.Config
 	for _, s := range cfg.GetServices() {
-		svc := routing.Service{Namespace: s.GetNamespace(), Name: s.GetName()}
+		svc := routing.Service{Namespace: s.GetNamespace(), Name: s.GetName(), Rule: s.GetTrafficPolicy().GetSource()}
+		for _, sub := range s.GetSubsets() {
+			svc.Subsets = append(svc.Subsets, sub.GetName())
+		}
 		for _, p := range s.GetPorts() {
 			svc.Ports = append(svc.Ports, routing.Port{Name: p.GetName(), Port: int32(p.GetPort())})
 		}

@@ -2,6 +2,7 @@ package proxycfg
 
 import (
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -136,6 +137,12 @@ func TestDestinationRuleSubsets(t *testing.T) {
 	}
 	if got := serviceOf(t, r.For("db").Services, "db/zero").GetSubsets(); len(got) != 0 {
 		t.Errorf("db/zero, without a rule, has subsets %v, want none", got)
+	}
+	// Route status sees the same subsets, and the rule to add others to.
+	for _, rs := range RouteConfig(snap).Services {
+		if rs.Namespace == "db" && rs.Name == "alpha" && (!slices.Equal(rs.Subsets, []string{"v1", "v2"}) || rs.Rule != "db/alpha-policy") {
+			t.Errorf("RouteConfig's db/alpha has subsets %q of %q, want v1, v2 of db/alpha-policy", rs.Subsets, rs.Rule)
+		}
 	}
 }
 

@@ -86,16 +86,25 @@ func RouteStatus(snap *catalog.Snapshot) []route.Status {
 }
 
 // RouteConfig is what routes attach to and send to: the Services of snap
-// that have a VIP, each with its TCP ports, named. These are the services
-// and ports Render gives proxies, so the status a route gets is what
-// proxies do with it.
+// that have a VIP, each with its TCP ports, named, and the subsets of the
+// DestinationRule it carries. These are the services, ports and subsets
+// Render gives proxies, so the status a route gets is what proxies do
+// with it (but for clients whose own namespace has a rule for the
+// Service: theirs has the subsets they see).
 func RouteConfig(snap *catalog.Snapshot) route.Config {
 	var cfg route.Config
+	rules := indexRules(snap)
 	for _, svc := range snap.Services {
 		if !svc.ClusterIP.IsValid() {
 			continue
 		}
 		s := route.Service{Namespace: svc.Namespace, Name: svc.Name}
+		if dr := rules.forService(&meshpb.Service{Namespace: svc.Namespace, Name: svc.Name}); dr != nil {
+			s.Rule = dr.Namespace + "/" + dr.Name
+			for _, sub := range dr.Spec.Subsets {
+				s.Subsets = append(s.Subsets, sub.Name)
+			}
+		}
 		for _, sp := range svc.Ports {
 			if sp.Protocol == catalog.TCP {
 				s.Ports = append(s.Ports, route.Port{Name: sp.Name, Port: sp.Port})

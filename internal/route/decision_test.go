@@ -1,6 +1,7 @@
 package route
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -191,7 +192,7 @@ func TestMirrors(t *testing.T) {
 			counts[m]++
 		}
 	}
-	shadow, v1 := Backend{"db", "shadow", 8080}, Backend{"db", "graph-v1", 8080}
+	shadow, v1 := Backend{Namespace: "db", Name: "shadow", Port: 8080}, Backend{Namespace: "db", Name: "graph-v1", Port: 8080}
 	if counts[shadow] != n || len(counts) != 2 {
 		t.Errorf("mirrored %v, want every request to %v, some to %v, none to the missing Service", counts, shadow, v1)
 	}
@@ -375,5 +376,66 @@ spec:
 	c := Validate(rs, mesh)[0].Parents[0].Conditions[1]
 	if c.Status != catalog.ConditionFalse || c.Reason != ReasonBackendNotFound || !strings.Contains(c.Message, "has no port 80") {
 		t.Errorf("ResolvedRefs %+v, want False BackendNotFound naming port 80", c)
+	}
+}
+
+// A destination's subset is kept in the decision, in Explain's shares and
+// in Splits; one the Service's DestinationRule does not define gets 500
+// (gRPC UNAVAILABLE), and the route's ResolvedRefs is False,
+// BackendNotFound, naming the subset and the rule.
+func TestVirtualServiceSubsets(t *testing.T) {
+	const vs = `apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: db}
+spec:
+  hosts: [graph]
+  http:
+  - match: [{headers: {x-version: {exact: v2}}}]
+    route: [{destination: {host: graph, subset: v2}}]
+  - match: [{headers: {x-version: {exact: v9}}}]
+    route: [{destination: {host: graph, subset: v9}}]
+  - route:
+    - {destination: {host: graph, subset: v1}, weight: 50}
+    - {destination: {host: graph, subset: v2}, weight: 50}
+`
+	tbl := compile(t, vs)
+	for _, tc := range []struct{ version, want string }{
+		{"v2", "vs[0] db/graph:8080 subset v2"},
+		{"v9", "vs[1] Internal Server Error"},
+	} {
+		if got := decided(tbl.Route(get("/", "X-Version", tc.version), 1)); got != tc.want {
+			t.Errorf("x-version %s: %s, want %s", tc.version, got, tc.want)
+		}
+	}
+	if d := tbl.Route(&Request{GRPC: true, Method: "POST", Path: "/a.B/C", Header: header("X-Version", "v9")}, 1); d.Status != 500 || d.GRPCStatus != 14 {
+		t.Errorf("a gRPC call to subset v9: status %d, grpc-status %d, want 500 and 14", d.Status, d.GRPCStatus)
+	}
+	counts := map[string]int{}
+	for i := range uint64(1000) {
+		counts[tbl.Route(get("/"), i*0x9e3779b97f4a7c15).Backend.Subset]++
+	}
+	if counts["v1"] < 450 || counts["v2"] < 450 || counts["v1"]+counts["v2"] != 1000 {
+		t.Errorf("the 50/50 split went %v, want about 500 to each subset", counts)
+	}
+	d, shares := tbl.Explain(get("/"))
+	if d.Rule != 2 || len(shares) != 2 || shares[0].Backend.String() != "db/graph:8080 subset v1" || shares[1].Backend.Subset != "v2" || shares[0].Share != 0.5 {
+		t.Errorf("Explain(/) = rule %d, %+v; want rule 2, half to each subset", d.Rule, shares)
+	}
+
+	rs := parse(t, vs)
+	var splits []string
+	for _, s := range Splits(rs, mesh) {
+		splits = append(splits, fmt.Sprintf("%s %.2f %v", s.Backend, s.Share, s.Invalid))
+	}
+	want := []string{"db/graph:8080 subset v2 1.00 false", "db/graph:8080 subset v9 1.00 true",
+		"db/graph:8080 subset v1 0.50 false", "db/graph:8080 subset v2 0.50 false"}
+	if !slices.Equal(splits, want) {
+		t.Errorf("Splits = %q, want %q", splits, want)
+	}
+	st := Validate(rs, mesh)
+	c := st[0].Parents[0].Conditions[1]
+	wantMsg := `http[1].route[0]: Service db/graph has no subset "v9": add it to spec.subsets of DestinationRule db/graph (its share of requests gets 500)`
+	if c.Type != ConditionResolvedRefs || c.Status != catalog.ConditionFalse || c.Reason != ReasonBackendNotFound || c.Message != wantMsg {
+		t.Errorf("ResolvedRefs = %+v, want False, BackendNotFound, %q", c, wantMsg)
 	}
 }

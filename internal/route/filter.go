@@ -109,7 +109,7 @@ func (c *compiler) backendRef(field string, ref catalog.BackendObjectReference, 
 	if ref.Name == "" {
 		return Backend{}, false, at("name", unsupported("name the backend Service"))
 	}
-	out := Backend{Namespace: ref.Namespace, Name: ref.Name, Port: ref.Port}
+	out := Backend{Namespace: ref.Namespace, Name: ref.Name, Port: ref.Port, Subset: ref.Subset}
 	if out.Namespace == "" {
 		out.Namespace = ns
 	}
@@ -131,8 +131,17 @@ func (c *compiler) backendRef(field string, ref catalog.BackendObjectReference, 
 	if i < 0 {
 		return bad(ReasonBackendNotFound, "Service %s/%s does not exist", out.Namespace, out.Name)
 	}
-	if !slices.ContainsFunc(c.cfg.Services[i].Ports, func(p Port) bool { return p.Port == ref.Port }) {
-		return bad(ReasonBackendNotFound, "Service %s/%s has no port %d (it has %s)", out.Namespace, out.Name, ref.Port, portList(c.cfg.Services[i].Ports))
+	svc := &c.cfg.Services[i]
+	if !slices.ContainsFunc(svc.Ports, func(p Port) bool { return p.Port == ref.Port }) {
+		return bad(ReasonBackendNotFound, "Service %s/%s has no port %d (it has %s)", out.Namespace, out.Name, ref.Port, portList(svc.Ports))
+	}
+	if out.Subset != "" && !slices.Contains(svc.Subsets, out.Subset) {
+		if svc.Rule == "" {
+			return bad(ReasonBackendNotFound, "Service %s/%s has no subset %q: no DestinationRule for it defines subsets; "+
+				"add one with subset %s in spec.subsets", out.Namespace, out.Name, out.Subset, out.Subset)
+		}
+		return bad(ReasonBackendNotFound, "Service %s/%s has no subset %q: add it to spec.subsets of DestinationRule %s",
+			out.Namespace, out.Name, out.Subset, svc.Rule)
 	}
 	return out, false, nil
 }

@@ -74,7 +74,7 @@ func parse(t testing.TB, manifest string) Routes {
 // The mesh the tests run in: db/graph serves HTTP on 8080 and gRPC on
 // 9090; its versions and a shadow are backends.
 var mesh = Config{Services: []Service{
-	{Namespace: "db", Name: "graph", Ports: []Port{{"http", 8080}, {"grpc", 9090}}},
+	{Namespace: "db", Name: "graph", Ports: []Port{{"http", 8080}, {"grpc", 9090}}, Subsets: []string{"v1", "v2"}, Rule: "db/graph"},
 	{Namespace: "db", Name: "graph-v1", Ports: []Port{{"http", 8080}, {"grpc", 9090}}},
 	{Namespace: "db", Name: "graph-v2", Ports: []Port{{"http", 8080}, {"grpc", 9090}}},
 	{Namespace: "db", Name: "shadow", Ports: []Port{{"http", 8080}}},

@@ -394,16 +394,13 @@ func headerFilter(typ string, ops *catalog.VSHeaderOps) *catalog.HTTPRouteFilter
 }
 
 // vsTarget resolves a destination to a Service port: its port, or the
-// Service's only one.
+// Service's only one; and its subset, which backendRef checks.
 func (c *compiler) vsTarget(t catalog.VSTarget, ns string) (catalog.BackendObjectReference, error) {
-	if t.Subset != "" {
-		return catalog.BackendObjectReference{}, at("subset", unsupported("DestinationRule subsets are not supported by Trellis yet: give each version a Service of its own and route to it"))
-	}
 	svcNS, name, ok := hostService(t.Host, ns)
 	if !ok {
 		return catalog.BackendObjectReference{}, at("host", unsupported("%q is not a Service of the mesh: write its name, name.namespace or name.namespace.svc.cluster.local", t.Host))
 	}
-	ref := catalog.BackendObjectReference{Name: name, Namespace: svcNS}
+	ref := catalog.BackendObjectReference{Name: name, Namespace: svcNS, Subset: t.Subset}
 	if t.Port != nil {
 		ref.Port = int32(t.Port.Number)
 		return ref, nil

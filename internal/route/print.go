@@ -142,7 +142,12 @@ func fmtTimeout(d time.Duration) string {
 }
 
 // String formats a backend as namespace/name:port.
-func (b Backend) String() string { return fmt.Sprintf("%s/%s:%d", b.Namespace, b.Name, b.Port) }
+func (b Backend) String() string {
+	if b.Subset != "" {
+		return fmt.Sprintf("%s/%s:%d subset %s", b.Namespace, b.Name, b.Port, b.Subset)
+	}
+	return fmt.Sprintf("%s/%s:%d", b.Namespace, b.Name, b.Port)
+}
 
 // String formats the changes as "set X-A: b; remove X-C".
 func (ops HeaderOps) String() string {

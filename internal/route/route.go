@@ -54,6 +54,12 @@ const ControllerName = "trellis.io/mesh"
 type Service struct {
 	Namespace, Name string
 	Ports           []Port
+	// Subsets are the names of the subsets of the DestinationRule that
+	// applies to the Service, which a VirtualService destination may name;
+	// Rule is that rule, "namespace/name", for messages. Both empty: no
+	// rule, and a destination naming a subset is invalid.
+	Subsets []string
+	Rule    string
 }
 
 // Port is one port of a Service.
@@ -152,10 +158,14 @@ type Request struct {
 	Header func(name string) []string
 }
 
-// Backend is a Service port requests are sent to.
+// Backend is a Service port requests are sent to: all its endpoints, or
+// those of one subset of its DestinationRule.
 type Backend struct {
 	Namespace, Name string
 	Port            int32
+	// Subset, when not empty, names the subset (a VirtualService
+	// destination's subset); Config's Service has it.
+	Subset string
 }
 
 // Decision is the outcome for one request. It shares its slices with the
