@@ -64,9 +64,10 @@ type Outbound struct {
 }
 
 // portStateKey identifies a portState that may outlive a config: the same
-// service port under the same policies.
+// service port (or the same subset of it) under the same policies.
 type portStateKey struct {
 	dst     netip.AddrPort
+	subset  string // "": the service port's own endpoints
 	policy  balancer.Policy
 	outlier balancer.Outlier
 	limits  circuitLimits
@@ -84,13 +85,14 @@ type portState struct {
 // routeTable is one config's routes, immutable once built.
 type routeTable struct {
 	byVIP      map[netip.AddrPort]*route
-	byService  map[svcPort]*route        // the same routes by name, for routes' backends
+	byService  map[svcPort]*route        // the same routes by name, and one per subset, for routes' backends
 	identities map[string]identity.ID    // endpoint "ip:port" -> expected identity
 	peers      map[string]telemetry.Peer // endpoint "ip:port" -> its workload, for metrics
 	self       telemetry.Peer
 }
 
-// route is one service port.
+// route is one service port, or the endpoints of one of its service's
+// subsets there (reached only as a route's backend).
 type route struct {
 	service         string // "name.namespace", for errors
 	host            string // "name.namespace.svc.cluster.local", for metrics
@@ -178,31 +180,21 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 		}
 		for _, p := range s.GetPorts() {
 			dst := netip.AddrPortFrom(vip, uint16(p.GetPort()))
-			key := portStateKey{dst, lbPolicy(s.GetLoadBalancing()), outlierOf(s.GetTrafficPolicy()), limitsOf(s.GetTrafficPolicy())}
-			up := o.ports[key]
-			if up == nil {
-				up = newPortState(key)
-			}
-			var addrs []string
-			outside := false
 			for _, e := range p.GetEndpoints() {
-				addr := net.JoinHostPort(e.GetAddress(), fmt.Sprint(e.GetPort()))
-				addrs = append(addrs, addr)
+				addr := endpointAddr(e)
 				t.peers[addr] = endpointPeer(e)
 				if id, err := identity.Parse(e.GetIdentity()); err == nil {
 					t.identities[addr] = id
-				} else {
-					outside = true
 				}
 			}
-			up.bal.Update(addrs)
-			keep[key] = up
-			t.byVIP[dst] = &route{service: s.GetName() + "." + s.GetNamespace(),
-				host: s.GetName() + "." + s.GetNamespace() + ".svc.cluster.local", name: s.GetName(), namespace: s.GetNamespace(),
-				protocol: p.GetProtocol(), bal: up.bal, outside: outside, budget: up.budget, circuit: up.circuit,
-				resilient: up.circuit != nil}
-			t.byVIP[dst].meta = encodePeer(t.self, t.byVIP[dst].host, s.GetName(), s.GetNamespace())
-			t.byService[svcPort{s.GetNamespace(), s.GetName(), uint16(p.GetPort())}] = t.byVIP[dst]
+			key := portStateKey{dst, "", lbPolicy(s.GetLoadBalancing()), outlierOf(s.GetTrafficPolicy()), limitsOf(s.GetTrafficPolicy())}
+			r := o.portRoute(t, keep, key, s, p, p.GetEndpoints())
+			t.byVIP[dst] = r
+			t.byService[svcPort{s.GetNamespace(), s.GetName(), uint16(p.GetPort()), ""}] = r
+			for _, sub := range s.GetSubsets() {
+				key := portStateKey{dst, sub.GetName(), lbPolicy(sub.GetLoadBalancing()), outlierOf(sub.GetTrafficPolicy()), limitsOf(sub.GetTrafficPolicy())}
+				t.byService[svcPort{s.GetNamespace(), s.GetName(), uint16(p.GetPort()), sub.GetName()}] = o.portRoute(t, keep, key, s, p, sub.Select(p.GetEndpoints()))
+			}
 		}
 	}
 	t.compileRoutes(cfg)
@@ -220,6 +212,41 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 		}
 	}
 	o.pool.retire(func(addr string) bool { _, ok := t.identities[addr]; return ok })
+}
+
+// portRoute is the route of service port p of s over eps (its endpoints,
+// or a subset's), under key's policies: with the portState the last
+// config had for key, else a new one, kept in keep. t holds eps's
+// identities already. Its metrics are the service's, whatever the subset.
+func (o *Outbound) portRoute(t *routeTable, keep map[portStateKey]*portState, key portStateKey, s *meshpb.Service, p *meshpb.ServicePort, eps []*meshpb.Endpoint) *route {
+	up := o.ports[key]
+	if up == nil {
+		up = newPortState(key)
+	}
+	keep[key] = up
+	addrs := make([]string, 0, len(eps))
+	outside := false
+	for _, e := range eps {
+		addr := endpointAddr(e)
+		addrs = append(addrs, addr)
+		if _, meshed := t.identities[addr]; !meshed {
+			outside = true
+		}
+	}
+	up.bal.Update(addrs)
+	r := &route{service: s.GetName() + "." + s.GetNamespace(),
+		host: s.GetName() + "." + s.GetNamespace() + ".svc.cluster.local", name: s.GetName(), namespace: s.GetNamespace(),
+		protocol: p.GetProtocol(), bal: up.bal, outside: outside, budget: up.budget, circuit: up.circuit,
+		resilient: up.circuit != nil}
+	if key.subset != "" {
+		r.service += " subset " + key.subset
+	}
+	r.meta = encodePeer(t.self, r.host, s.GetName(), s.GetNamespace())
+	return r
+}
+
+func endpointAddr(e *meshpb.Endpoint) string {
+	return net.JoinHostPort(e.GetAddress(), fmt.Sprint(e.GetPort()))
 }
 
 func newPortState(key portStateKey) *portState {

@@ -464,7 +464,7 @@ func (o *Outbound) mirror(req *http.Request, rt *routeTable, mirrors []routing.B
 	base.Header.Del(attemptHeader)
 	send := func(kept []byte) {
 		for _, m := range mirrors {
-			if to := rt.byService[svcPort{m.Namespace, m.Name, uint16(m.Port)}]; to != nil {
+			if to := rt.byService[backendPort(m)]; to != nil {
 				o.sendMirror(base, rt, to, kept)
 			}
 		}

@@ -13,10 +13,17 @@ import (
 	routing "github.com/trellis-mesh/trellis/internal/route"
 )
 
-// svcPort names a service port the way a route's backends do.
+// svcPort names a service port the way a route's backends do; with a
+// subset, the endpoints of that subset of the service there.
 type svcPort struct {
 	namespace, name string
 	port            uint16
+	subset          string
+}
+
+// backendPort is where a route's backend b sends.
+func backendPort(b routing.Backend) svcPort {
+	return svcPort{b.Namespace, b.Name, uint16(b.Port), b.Subset}
 }
 
 // compileRoutes gives each service port of t the table of the routes in
@@ -32,14 +39,14 @@ func (t *routeTable) compileRoutes(cfg *meshpb.ProxyConfig) {
 	client := cfg.GetWorkload().GetNamespace()
 	for key, r := range t.byService {
 		attached := rs.AttachedTo(key.namespace, key.name)
-		if attached.Empty() {
+		if attached.Empty() || key.subset != "" { // routes attach to a service port, not to a subset
 			continue
 		}
 		target := routing.Target{Namespace: key.namespace, Name: key.name, Port: int32(key.port), ClientNamespace: client}
 		if table := routing.Compile(target, attached, rc); !table.Empty() {
 			r.table = table
 			r.resilient = r.resilient || table.Resilient() || slices.ContainsFunc(table.Backends(), func(b routing.Backend) bool {
-				to := t.byService[svcPort{b.Namespace, b.Name, uint16(b.Port)}]
+				to := t.byService[backendPort(b)]
 				return to != nil && to.circuit != nil
 			})
 		}
@@ -76,8 +83,8 @@ func (t *routeTable) routed(r *route, req *routing.Request) (*route, routing.Dec
 	if !d.Routed || d.Status != 0 {
 		return r, d
 	}
-	b := t.byService[svcPort{d.Backend.Namespace, d.Backend.Name, uint16(d.Backend.Port)}]
-	if b == nil { // the control plane sent a route to a service it did not send
+	b := t.byService[backendPort(d.Backend)]
+	if b == nil { // the control plane sent a route to a service (or subset) it did not send
 		d.Status, d.GRPCStatus = http.StatusInternalServerError, 14
 		return r, d
 	}
