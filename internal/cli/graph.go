@@ -160,6 +160,11 @@ func printGraph(w io.Writer, g *servicegraph.Graph) error {
 	tw := tabwriter.NewWriter(terminalSafe(w), 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "FROM\tTO\tPROTOCOL\tRPS\tSUCCESS\tP95\tMTLS\t(last %s)\n", g.Window)
 	lines := 0
+	for _, n := range g.Nodes {
+		if len(n.Routes) > 0 {
+			fmt.Fprintf(tw, "%s\t(its subsets)\t%s\t-\t-\t-\t-\t%s\n", nodeName(n), servicegraph.ProtocolRoute, routeShares(n.Routes))
+		}
+	}
 	for _, e := range g.Edges {
 		from, to := nodes[e.Source], nodes[e.Target]
 		if from != nil && to != nil && e.Protocol == servicegraph.ProtocolRoute {
@@ -191,12 +196,16 @@ func printGraph(w io.Writer, g *servicegraph.Graph) error {
 	return tw.Flush()
 }
 
-// routeShares says what routes send along a route edge: "100% for
-// client-allow (VirtualService client-allow/alpha-v2 rule 0)".
+// routeShares says what routes send along a route edge, or among a
+// service's subsets: "100% to subset v2 for client-allow (VirtualService
+// client-allow/alpha-v2 rule 0)".
 func routeShares(rs []servicegraph.RouteShare) string {
 	parts := make([]string, len(rs))
 	for i, r := range rs {
 		parts[i] = fmt.Sprintf("%.0f%%", 100*r.Share)
+		if r.Subset != "" {
+			parts[i] += " to subset " + r.Subset
+		}
 		if r.Consumers != "" {
 			parts[i] += " for " + r.Consumers
 		}

@@ -196,7 +196,7 @@ func inventory(s *catalog.Snapshot) servicegraph.Inventory {
 			Parent:  servicegraph.Ref{Namespace: sp.Parent.Namespace, Name: sp.Parent.Name},
 			Backend: servicegraph.Ref{Namespace: sp.Backend.Namespace, Name: sp.Backend.Name},
 			RouteShare: servicegraph.RouteShare{Route: fmt.Sprintf("%s %s/%s", sp.Route.Kind, sp.Route.Namespace, sp.Route.Name),
-				Rule: sp.Rule, Share: sp.Share, Consumers: sp.Consumers, Invalid: sp.Invalid}})
+				Rule: sp.Rule, Share: sp.Share, Consumers: sp.Consumers, Invalid: sp.Invalid, Subset: sp.Backend.Subset}})
 	}
 	return inv
 }

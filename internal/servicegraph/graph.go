@@ -48,6 +48,10 @@ type Node struct {
 	Health  string  `json:"health"`
 	RPS     float64 `json:"rps"`       // requests in and out per second
 	Errors  float64 `json:"errorRate"` // share of those that failed, 0..1
+	// Routes, on a service, are routes' splits of its requests among its
+	// own DestinationRule subsets: configuration kept on the node, as
+	// the requests stay with the service (no edge to itself).
+	Routes []RouteShare `json:"routes,omitempty"`
 }
 
 // Edge is traffic of one protocol from one node to another.
@@ -102,6 +106,9 @@ type RouteShare struct {
 	// Invalid: the backend does not resolve; its share of requests gets
 	// 500.
 	Invalid bool `json:"invalid,omitempty"`
+	// Subset, when not empty, is the backend's DestinationRule subset the
+	// share goes to; each subset has a share of its own.
+	Subset string `json:"subset,omitempty"`
 }
 
 // Inventory is what exists, traffic or not: the graph shows idle
@@ -265,6 +272,11 @@ func newBuilder(o Options, end time.Time) *builder {
 		b.workload(w.Namespace, w.Name).Sidecar = w.Sidecar
 	}
 	for _, sp := range o.Inventory.Splits {
+		if sp.Parent == sp.Backend {
+			n := b.service(sp.Parent.Namespace, sp.Parent.Name) // a split among its own subsets
+			n.Routes = append(n.Routes, sp.RouteShare)
+			continue
+		}
 		e := b.edge(b.service(sp.Parent.Namespace, sp.Parent.Name), b.service(sp.Backend.Namespace, sp.Backend.Name), ProtocolRoute).edge
 		e.Routes = append(e.Routes, sp.RouteShare)
 	}

@@ -174,3 +174,35 @@ func deref(p *float64) any {
 	}
 	return *p
 }
+
+// A split among a Service's own subsets stays on the Service's node (no
+// edge to itself), one share per subset; shares to subsets of another
+// Service are on the route edge, each subset apart.
+func TestSubsetSplits(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	alpha, other := Ref{"db", "alpha"}, Ref{"db", "beta"}
+	share := func(subset string, s float64) RouteShare {
+		return RouteShare{Route: "VirtualService db/alpha", Share: s, Subset: subset}
+	}
+	g, err := Build(ctx, Local(metricstore.New(metricstore.Config{})), Options{Window: time.Minute, Inventory: Inventory{
+		Services: []Ref{alpha, other},
+		Splits: []Split{{Parent: alpha, Backend: alpha, RouteShare: share("v1", 0.5)}, {Parent: alpha, Backend: alpha, RouteShare: share("v2", 0.5)},
+			{Parent: alpha, Backend: other, RouteShare: share("v1", 0.25)}, {Parent: alpha, Backend: other, RouteShare: share("v2", 0.75)}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range g.Edges {
+		if e.Source == e.Target {
+			t.Errorf("edge %s goes from a node to itself", e.ID)
+		}
+		if e.ID == "svc:db/alpha>svc:db/beta:route" && (len(e.Routes) != 2 || e.Routes[0].Subset != "v1" || e.Routes[1].Subset != "v2") {
+			t.Errorf("the route edge to beta = %+v, want its two subsets' shares apart", e.Routes)
+		}
+	}
+	for _, n := range g.Nodes {
+		if n.ID == "svc:db/alpha" && (len(n.Routes) != 2 || n.Routes[0].Subset != "v1" || n.Routes[1].Subset != "v2") {
+			t.Errorf("alpha's node routes = %+v, want v1's and v2's shares", n.Routes)
+		}
+	}
+}

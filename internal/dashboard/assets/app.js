@@ -74,7 +74,7 @@ function nodeLabel(n) {
 // routeShares describes a route edge: each route's share of its rule's
 // requests sent from the Service to the backend.
 function routeShares(e) {
-  return (e.routes || []).map((r) => `${pct(r.share)}${r.consumers ? ` for ${r.consumers}` : ''}${r.invalid ? ' (invalid: 500)' : ''}`);
+  return (e.routes || []).map((r) => `${pct(r.share)}${r.subset ? ` to subset ${r.subset}` : ''}${r.consumers ? ` for ${r.consumers}` : ''}${r.invalid ? ' (invalid: 500)' : ''}`);
 }
 
 function edgeLabel(e) {
@@ -230,7 +230,8 @@ async function showPanel(id, fresh = true) {
     ? [['rate', `${num(d.rps)}/s (${Math.round(d.requests)} in ${state.window})`], ['errors', pct(d.errorRate)],
        ['p50 / p95 / p99', `${ms(d.p50)} / ${ms(d.p95)} / ${ms(d.p99)}`], ['mTLS', pct(d.mtls)],
        ['denied by AuthorizationPolicy', `${Math.round(d.authzDenied || 0)} in ${state.window}`]]
-    : [['rate', `${num(d.rps)}/s`], ['errors', pct(d.errorRate)], ['sidecar', d.kind === 'workload' ? (d.sidecar ? 'yes' : 'no') : '–']];
+    : [['rate', `${num(d.rps)}/s`], ['errors', pct(d.errorRate)], ['sidecar', d.kind === 'workload' ? (d.sidecar ? 'yes' : 'no') : '–'],
+       ...(d.routes || []).map((r) => [`${r.route} rule ${r.rule}`, routeShares({ routes: [r] })[0]])];
   renderStats(stats);
   if (fresh) for (const c of ['rps', 'success', 'latency']) document.getElementById(`chart-${c}`).textContent = '…';
   try {
