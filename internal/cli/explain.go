@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"slices"
 	"strings"
 	"time"
 
@@ -224,7 +225,7 @@ func routes(out termWriter, cfg *meshpb.ProxyConfig, callerNS string, svc *meshp
 			if s.GetNamespace() == sh.Backend.Namespace && s.GetName() == sh.Backend.Name {
 				for _, p := range s.GetPorts() {
 					if int32(p.GetPort()) == sh.Backend.Port {
-						to = append(to, backendPort{s, p})
+						to = append(to, subsetPort(s, p, sh.Backend.Subset))
 					}
 				}
 			}
@@ -233,6 +234,20 @@ func routes(out termWriter, cfg *meshpb.ProxyConfig, callerNS string, svc *meshp
 	out.line("routes", "service %s/%s port %d: %s %s/%s rule %d sends %s", svc.GetNamespace(), svc.GetName(), port.GetPort(),
 		d.Route.Kind, d.Route.Namespace, d.Route.Name, d.Rule, strings.Join(parts, ", "))
 	return to, true
+}
+
+// subsetPort is port p of s as a route's backend naming subset sees it:
+// the subset's endpoints there, balanced by its policy; p itself for no
+// subset.
+func subsetPort(s *meshpb.Service, p *meshpb.ServicePort, subset string) backendPort {
+	i := slices.IndexFunc(s.GetSubsets(), func(sub *meshpb.Subset) bool { return sub.GetName() == subset })
+	if subset == "" || i < 0 {
+		return backendPort{s, p}
+	}
+	sub := s.GetSubsets()[i]
+	svc := &meshpb.Service{Namespace: s.GetNamespace(), Name: s.GetName(), Vip: s.GetVip(), LoadBalancing: sub.GetLoadBalancing(),
+		TrafficPolicy: sub.GetTrafficPolicy()}
+	return backendPort{svc, &meshpb.ServicePort{Port: p.GetPort(), Protocol: p.GetProtocol(), Name: p.GetName(), Endpoints: sub.Select(p.GetEndpoints())}}
 }
 
 // explainPort explains the request at each endpoint of one service port.

@@ -106,7 +106,9 @@ spec:
     connectionPool: {http: {http2MaxRequests: 1}}
 ---
 # A Service of its own for the VirtualService: an abort on a string
-# prefix, every other request to the Service's pods.
+# prefix, requests with x-version: v2 to the DestinationRule's subset v2
+# (the pods labelled version v2), every other request to the Service's
+# pods.
 apiVersion: v1
 kind: Service
 metadata: {name: hello-vs, namespace: web}
@@ -123,7 +125,18 @@ spec:
   - match: [{uri: {prefix: /teapot}}]
     fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
     route: [{destination: {host: hello-vs}}]
+  - match: [{headers: {x-version: {exact: v2}}}]
+    route: [{destination: {host: hello-vs, subset: v2}}]
   - route: [{destination: {host: hello-vs}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hello-vs, namespace: web}
+spec:
+  host: hello-vs
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
 ---
 apiVersion: v1
 kind: Pod
@@ -198,6 +211,17 @@ func TestRoutesInOneHostMode(t *testing.T) {
 	}
 	if out := m.exec("client", "client", "curl -s -m 10 "+vs+"/tea "+vs+"/"); strings.Count(out, "hello from hello-v") != 2 {
 		t.Errorf("GET /tea and / through hello-vs's VirtualService answered %q, want the app twice", out)
+	}
+	// x-version: v2 goes to the DestinationRule's subset v2 only: the pod
+	// labelled version v2; trellis explain names the subset and shows its
+	// one endpoint.
+	subset := strings.TrimSpace(strings.Repeat(vs+"/ ", 30))
+	if out := m.exec("client", "client", "curl -s -m 20 -H 'x-version: v2' "+subset); strings.Count(out, "hello from hello-v2-") != 30 {
+		t.Errorf("30 requests with x-version: v2 through hello-vs's VirtualService answered %q, want hello-v2's pod every time", out)
+	}
+	if out := m.must("explain", "-n", "client", "client", vs+"/", "-H", "x-version: v2"); !strings.Contains(out, "VirtualService web/hello-vs rule 1 sends 100% to web/hello-vs:8080 subset v2") ||
+		!strings.Contains(out, "service web/hello-vs port 8080 (http), p2c_peak_ewma over 1 endpoint(s)") {
+		t.Errorf("trellis explain %s/ -H 'x-version: v2':\n%s\nwant rule 1 sending 100%% to subset v2, over its one endpoint", vs, out)
 	}
 	if out := m.must("get", "virtualservices", "-n", "web"); !strings.Contains(out, "hello-vs") || !strings.Contains(out, "True") || strings.Contains(out, "False") {
 		t.Errorf("trellis get virtualservices -n web:\n%s\nwant hello-vs accepted", out)
