@@ -76,11 +76,7 @@ func TestGAMMAConformance(t *testing.T) {
 	loadGAMMAEcho(t, ctx, bed)
 	step("images loaded")
 
-	install := trellis("install", "--set", "image.tag=bedtest", "--set", "image.pullPolicy=Never")
-	if out, err := install.CombinedOutput(); err != nil {
-		logs, _ := bed.kubectl(ctx, "-n", "trellis-system", "logs", "deploy/trellis-control", "--tail=50")
-		t.Fatalf("trellis install: %v\n%s\ncontrol plane logs:\n%s", err, out, logs)
-	}
+	installTrellis(t, ctx, bed, trellis)
 	step("installed")
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -43,11 +43,7 @@ func TestMeshOnKubernetes(t *testing.T) {
 	if out, err := trellis("check", "--pre").CombinedOutput(); err != nil {
 		t.Fatalf("trellis check --pre: %v\n%s", err, out)
 	}
-	install := trellis("install", "--set", "image.tag=bedtest", "--set", "image.pullPolicy=Never", "--set", "controlPlane.replicas=2")
-	if out, err := install.CombinedOutput(); err != nil {
-		logs, _ := bed.kubectl(ctx, "-n", "trellis-system", "logs", "deploy/trellis-control", "--tail=50")
-		t.Fatalf("trellis install: %v\n%s\ncontrol plane logs:\n%s", err, out, logs)
-	}
+	installTrellis(t, ctx, bed, trellis, "--set", "controlPlane.replicas=2")
 	step("installed")
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -825,6 +821,18 @@ func loadHello(t *testing.T, ctx context.Context, bed *Bed) {
 	}
 	if err := bed.LoadImage(ctx, "trellis.local/test/hello:1", hello, nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// installTrellis runs `trellis install` with the bed's images (tag
+// bedtest, never pulled) and the extra arguments given, failing t with the
+// control plane's last logs when it fails.
+func installTrellis(t *testing.T, ctx context.Context, bed *Bed, trellis func(args ...string) *exec.Cmd, extra ...string) {
+	t.Helper()
+	args := append([]string{"install", "--set", "image.tag=bedtest", "--set", "image.pullPolicy=Never"}, extra...)
+	if out, err := trellis(args...).CombinedOutput(); err != nil {
+		logs, _ := bed.kubectl(ctx, "-n", "trellis-system", "logs", "deploy/trellis-control", "--tail=50")
+		t.Fatalf("trellis install: %v\n%s\ncontrol plane logs:\n%s", err, out, logs)
 	}
 }
 
