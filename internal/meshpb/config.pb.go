@@ -727,9 +727,10 @@ func (x *TrafficPolicy) GetOutlierDetection() *OutlierDetection {
 }
 
 // ConnectionPool limits the HTTP and gRPC requests one proxy has in
-// flight to a service, over all its endpoints (circuit breaking). A
-// request past the limits is answered by the proxy with 503 and flag UO
-// (gRPC: UNAVAILABLE) at once.
+// flight to a service, over all its endpoints (circuit breaking), and the
+// opaque TCP connections it holds open to it. A request past the limits
+// is answered by the proxy with 503 and flag UO (gRPC: UNAVAILABLE) at
+// once; a TCP connection past them is closed at once, flag UO.
 type ConnectionPool struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The most requests in flight at once: Istio's http2MaxRequests, and
@@ -740,9 +741,18 @@ type ConnectionPool struct {
 	// flight to end (Istio's http1MaxPendingRequests), each for at most
 	// 15 s. Unset or 0: none wait, as Envoy refuses a request past its
 	// max_requests at once.
-	MaxPending    *uint32 `protobuf:"varint,2,opt,name=max_pending,json=maxPending,proto3,oneof" json:"max_pending,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxPending *uint32 `protobuf:"varint,2,opt,name=max_pending,json=maxPending,proto3,oneof" json:"max_pending,omitempty"`
+	// The most opaque TCP connections the proxy tunnels to the service at
+	// once, over all its endpoints (Istio's tcp.maxConnections, as Envoy's
+	// tcp_proxy bounds them by its cluster's max_connections): those of
+	// service ports of protocol TCP, and those that are not HTTP on other
+	// ports. A connection from the app past it is closed at once, none
+	// waits, and it is counted with flag UO; one that ends frees its slot.
+	// HTTP and gRPC requests are bounded by max_requests, not by this.
+	// 0: no limit.
+	MaxConnections uint32 `protobuf:"varint,3,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ConnectionPool) Reset() {
@@ -785,6 +795,13 @@ func (x *ConnectionPool) GetMaxRequests() uint32 {
 func (x *ConnectionPool) GetMaxPending() uint32 {
 	if x != nil && x.MaxPending != nil {
 		return *x.MaxPending
+	}
+	return 0
+}
+
+func (x *ConnectionPool) GetMaxConnections() uint32 {
+	if x != nil {
+		return x.MaxConnections
 	}
 	return 0
 }
@@ -1939,11 +1956,12 @@ const file_trellis_v1_config_proto_rawDesc = "" +
 	"\rTrafficPolicy\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12C\n" +
 	"\x0fconnection_pool\x18\x02 \x01(\v2\x1a.trellis.v1.ConnectionPoolR\x0econnectionPool\x12I\n" +
-	"\x11outlier_detection\x18\x03 \x01(\v2\x1c.trellis.v1.OutlierDetectionR\x10outlierDetection\"i\n" +
+	"\x11outlier_detection\x18\x03 \x01(\v2\x1c.trellis.v1.OutlierDetectionR\x10outlierDetection\"\x92\x01\n" +
 	"\x0eConnectionPool\x12!\n" +
 	"\fmax_requests\x18\x01 \x01(\rR\vmaxRequests\x12$\n" +
 	"\vmax_pending\x18\x02 \x01(\rH\x00R\n" +
-	"maxPending\x88\x01\x01B\x0e\n" +
+	"maxPending\x88\x01\x01\x12'\n" +
+	"\x0fmax_connections\x18\x03 \x01(\rR\x0emaxConnectionsB\x0e\n" +
 	"\f_max_pending\"\xc8\x01\n" +
 	"\x10OutlierDetection\x12'\n" +
 	"\x0fconsecutive_5xx\x18\x01 \x01(\rR\x0econsecutive5xx\x12/\n" +

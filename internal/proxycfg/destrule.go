@@ -146,17 +146,19 @@ func loadBalancing(lb *catalog.LoadBalancerSettings) meshpb.LoadBalancing {
 
 // connectionPool is the lower of http2MaxRequests and maxConnections
 // (each connection read as carrying one request) as the most requests in
-// flight, and http1MaxPendingRequests as the most waiting; nil when none
-// is set. Values below 1, which the manifest refuses, count as unset.
+// flight, http1MaxPendingRequests as the most waiting, and maxConnections
+// as the most TCP connections open; nil when none is set. Values below 1,
+// which the manifest refuses, count as unset.
 func connectionPool(cp *catalog.ConnectionPoolSettings) *meshpb.ConnectionPool {
 	if cp == nil {
 		return nil
 	}
 	var limits []int32
+	out := &meshpb.ConnectionPool{}
 	if cp.TCP != nil && cp.TCP.MaxConnections != nil && *cp.TCP.MaxConnections > 0 {
 		limits = append(limits, *cp.TCP.MaxConnections)
+		out.MaxConnections = uint32(*cp.TCP.MaxConnections)
 	}
-	out := &meshpb.ConnectionPool{}
 	if h := cp.HTTP; h != nil {
 		if h.HTTP2MaxRequests != nil && *h.HTTP2MaxRequests > 0 {
 			limits = append(limits, *h.HTTP2MaxRequests)
@@ -168,7 +170,7 @@ func connectionPool(cp *catalog.ConnectionPoolSettings) *meshpb.ConnectionPool {
 	if len(limits) > 0 {
 		out.MaxRequests = uint32(slices.Min(limits))
 	}
-	if out.MaxRequests == 0 && out.MaxPending == nil {
+	if out.MaxRequests == 0 && out.MaxPending == nil && out.MaxConnections == 0 {
 		return nil
 	}
 	return out

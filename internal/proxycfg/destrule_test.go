@@ -87,7 +87,7 @@ func TestDestinationRuleLookup(t *testing.T) {
 		tp   *meshpb.TrafficPolicy
 	}{
 		{"the client's own rule", serviceOf(t, client.GetServices(), "db/alpha"), meshpb.LoadBalancing_LOAD_BALANCING_ROUND_ROBIN,
-			&meshpb.TrafficPolicy{Source: "client/alpha-client", ConnectionPool: &meshpb.ConnectionPool{MaxRequests: 50, MaxPending: proto.Uint32(10)}}},
+			&meshpb.TrafficPolicy{Source: "client/alpha-client", ConnectionPool: &meshpb.ConnectionPool{MaxRequests: 50, MaxPending: proto.Uint32(10), MaxConnections: 50}}},
 		{"the Service's namespace's rule, Istio's defaults filled in", serviceOf(t, db.GetServices(), "db/alpha"), meshpb.LoadBalancing_LOAD_BALANCING_LEAST_REQUEST,
 			&meshpb.TrafficPolicy{Source: "db/alpha-policy", OutlierDetection: &meshpb.OutlierDetection{Consecutive_5Xx: 5, BaseEjectionMs: 30000, MaxEjectionPercent: 10}}},
 		{"a root namespace's rule", serviceOf(t, client.GetServices(), "db/listed"), meshpb.LoadBalancing_LOAD_BALANCING_P2C_PEAK_EWMA,
@@ -189,9 +189,12 @@ func TestDestinationPolicyTranslation(t *testing.T) {
 		{"LEAST_CONN", &catalog.TrafficPolicy{LoadBalancer: &catalog.LoadBalancerSettings{Simple: "LEAST_CONN"}},
 			meshpb.LoadBalancing_LOAD_BALANCING_LEAST_REQUEST, &meshpb.TrafficPolicy{Source: "ns/r"}},
 		{"maxConnections lower", pool(n(50), n(100), nil), 0,
-			&meshpb.TrafficPolicy{Source: "ns/r", ConnectionPool: &meshpb.ConnectionPool{MaxRequests: 50}}},
+			&meshpb.TrafficPolicy{Source: "ns/r", ConnectionPool: &meshpb.ConnectionPool{MaxRequests: 50, MaxConnections: 50}}},
 		{"http2MaxRequests lower", pool(n(200), n(100), n(7)), 0,
-			&meshpb.TrafficPolicy{Source: "ns/r", ConnectionPool: &meshpb.ConnectionPool{MaxRequests: 100, MaxPending: proto.Uint32(7)}}},
+			&meshpb.TrafficPolicy{Source: "ns/r", ConnectionPool: &meshpb.ConnectionPool{MaxRequests: 100, MaxPending: proto.Uint32(7), MaxConnections: 200}}},
+		{"maxConnections alone", pool(n(2), nil, nil), 0,
+			&meshpb.TrafficPolicy{Source: "ns/r", ConnectionPool: &meshpb.ConnectionPool{MaxRequests: 2, MaxConnections: 2}}},
+		{"maxConnections below 1", pool(n(0), nil, nil), 0, &meshpb.TrafficPolicy{Source: "ns/r"}},
 		{"http2MaxRequests alone", pool(nil, n(100), nil), 0,
 			&meshpb.TrafficPolicy{Source: "ns/r", ConnectionPool: &meshpb.ConnectionPool{MaxRequests: 100}}},
 		{"pending alone", pool(nil, nil, n(3)), 0,
