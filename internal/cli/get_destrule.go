@@ -48,17 +48,24 @@ func printDestinationRules(w io.Writer, drs []localmesh.DestinationRuleStatus, a
 	}
 }
 
-// poolText is "max 100 requests, 10 waiting"; "no limit" without a limit
-// of requests in flight, past which alone requests would wait.
+// poolText is "max 100 requests, 10 waiting, 50 TCP connections";
+// "no limit" without a limit of requests in flight (past which alone
+// requests would wait) or of TCP connections.
 func poolText(cp *meshpb.ConnectionPool) string {
-	if cp.GetMaxRequests() == 0 {
+	var parts []string
+	if cp.GetMaxRequests() > 0 {
+		parts = append(parts, plural(cp.GetMaxRequests(), "request"))
+		if cp.MaxPending != nil {
+			parts = append(parts, fmt.Sprintf("%d waiting", cp.GetMaxPending()))
+		}
+	}
+	if n := cp.GetMaxConnections(); n > 0 {
+		parts = append(parts, plural(n, "TCP connection"))
+	}
+	if len(parts) == 0 {
 		return "no limit"
 	}
-	s := "max " + plural(cp.GetMaxRequests(), "request")
-	if cp.MaxPending != nil {
-		s += fmt.Sprintf(", %d waiting", cp.GetMaxPending())
-	}
-	return s
+	return "max " + strings.Join(parts, ", ")
 }
 
 func plural(n uint32, what string) string {

@@ -50,17 +50,17 @@ func TestGetDestinationRulesTable(t *testing.T) {
 		{"a namespace's", []string{"destinationrules", "-n", "shop"}, []string{
 			"NAME HOST LOAD-BALANCER CONNECTION-POOL OUTLIER-DETECTION AGE",
 			"reviews reviews LEAST_REQUEST max 100 requests, 10 waiting 5×5xx, 30s, 10% 5m",
-			"ratings ratings.shop.svc.cluster.local ROUND_ROBIN max 1 request 3×gateway, 1m, 50% 5m",
+			"ratings ratings.shop.svc.cluster.local ROUND_ROBIN max 1 request, 1 TCP connection 3×gateway, 1m, 50% 5m",
 			"bare details P2C_PEAK_EWMA no limit 5×5xx, 10s, 100% (default) 5m",
 		}},
 		{"one by name, short alias", []string{"dr", "ratings", "-n", "shop"}, []string{
 			"NAME HOST LOAD-BALANCER CONNECTION-POOL OUTLIER-DETECTION AGE",
-			"ratings ratings.shop.svc.cluster.local ROUND_ROBIN max 1 request 3×gateway, 1m, 50% 5m",
+			"ratings ratings.shop.svc.cluster.local ROUND_ROBIN max 1 request, 1 TCP connection 3×gateway, 1m, 50% 5m",
 		}},
 		{"every namespace, wide", []string{"destinationrule", "-A", "-o", "wide"}, []string{
 			"NAMESPACE NAME HOST LOAD-BALANCER CONNECTION-POOL OUTLIER-DETECTION AGE SERVICE",
 			"shop reviews reviews LEAST_REQUEST max 100 requests, 10 waiting 5×5xx, 30s, 10% 5m shop/reviews",
-			"shop ratings ratings.shop.svc.cluster.local ROUND_ROBIN max 1 request 3×gateway, 1m, 50% 5m shop/ratings",
+			"shop ratings ratings.shop.svc.cluster.local ROUND_ROBIN max 1 request, 1 TCP connection 3×gateway, 1m, 50% 5m shop/ratings",
 			"shop bare details P2C_PEAK_EWMA no limit 5×5xx, 10s, 100% (default) 5m shop/details",
 			"web off reviews.shop P2C_PEAK_EWMA no limit off 5m shop/reviews",
 		}},

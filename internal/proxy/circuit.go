@@ -19,7 +19,9 @@ var errOverflow = errors.New("the service's connection pool is full")
 // connectionPool (circuit breaking). Past maxActive, requests wait in
 // turn, up to maxPending of them and for at most maxWait; past that they
 // are refused. Requests wait on net/http's path only: the engine hands a
-// service with a circuit there (route.resilient). Safe for concurrent use.
+// service with a circuit there (route.resilient). Another circuit bounds
+// the TCP connections tunnelled to the service port, which never wait
+// (tryEnter). Safe for concurrent use.
 type circuit struct {
 	circuitLimits
 

@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -150,4 +153,86 @@ func ejected(m *testMesh, i int) bool {
 		}
 	}
 	return false
+}
+
+// With maxConnections 2, two TCP connections held open at once are
+// tunnelled; a third is closed at once and counted with flag UO; once one
+// of the two closes, a new one is tunnelled again. Over a TCP port, and
+// an undeclared one where the bytes are not HTTP.
+func TestTCPConnectionLimit(t *testing.T) {
+	for _, proto := range []meshpb.Protocol{meshpb.Protocol_PROTOCOL_TCP, meshpb.Protocol_PROTOCOL_UNSPECIFIED} {
+		t.Run(proto.String(), func(t *testing.T) {
+			m := tunnelMesh(t, proto, &meshpb.TrafficPolicy{Source: "db/smtp-pool", ConnectionPool: &meshpb.ConnectionPool{MaxConnections: 2}},
+				func(c net.Conn) { io.Copy(c, c) })
+			src := m.outbound.Metrics
+			dial := func() net.Conn {
+				t.Helper()
+				c, err := net.Dial("tcp", m.appAddr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { c.Close() })
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				return c
+			}
+			held := []net.Conn{dial(), dial()}
+			for i, c := range held {
+				if err := echoes(c, "\x00held"); err != nil {
+					t.Fatalf("held connection %d: %v", i, err)
+				}
+			}
+
+			third := dial()
+			start := time.Now()
+			io.WriteString(third, "\x00third") // an undeclared port's bytes decide it is TCP
+			n, err := third.Read(make([]byte, 16))
+			var ne net.Error
+			if err == nil || errors.As(err, &ne) && ne.Timeout() || time.Since(start) > time.Second {
+				t.Errorf("a third connection read %d bytes, %v after %v, want it closed at once", n, err, time.Since(start))
+			}
+			refused := []string{`response_flags="UO"`, `destination_service="smtp.db.svc.cluster.local"`, `source_workload="web-client"`}
+			if got := scrapeWait(t, src, "istio_tcp_connections_opened_total", refused, 1); got != 1 {
+				t.Errorf("istio_tcp_connections_opened_total%v = %v, want 1", refused, got)
+			}
+
+			held[0].Close()
+			conns := m.outbound.routes.Load().byVIP[vip].conns
+			for deadline := time.Now().Add(5 * time.Second); active(conns) > 1; time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d connections counted open 5 s after one of two closed, want 1", active(conns))
+				}
+			}
+			if err := echoes(dial(), "\x00again"); err != nil {
+				t.Errorf("a connection after one closed: %v", err)
+			}
+			if err := echoes(held[1], "\x00still"); err != nil {
+				t.Errorf("the connection still held: %v", err)
+			}
+			through := []string{`response_flags="-"`, `destination_service="smtp.db.svc.cluster.local"`}
+			if got := scrapeWait(t, src, "istio_tcp_connections_opened_total", through, 3); got != 3 {
+				t.Errorf("istio_tcp_connections_opened_total%v = %v, want 3", through, got)
+			}
+		})
+	}
+}
+
+// echoes sends msg on c and reads it back from an echo app.
+func echoes(c net.Conn, msg string) error {
+	if _, err := io.WriteString(c, msg); err != nil {
+		return err
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("echo of %q: %w", msg, err)
+	}
+	if string(buf) != msg {
+		return fmt.Errorf("echo = %q, want %q", buf, msg)
+	}
+	return nil
+}
+
+func active(c *circuit) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.active
 }

@@ -210,13 +210,24 @@ func (s *OutboundServer) passthrough(c net.Conn, dst netip.AddrPort) {
 }
 
 // tunnel balances one opaque TCP connection to an endpoint, over mTLS to
-// its sidecar when it has one.
+// its sidecar when it has one. Past the service port's limit on TCP
+// connections (r.conns) it closes the connection at once, flag UO.
 func (s *OutboundServer) tunnel(c net.Conn, rt *routeTable, r *route) {
 	defer c.Close()
 	if !s.tunnels.add(c) {
 		return // shutting down
 	}
 	defer s.tunnels.remove(c)
+	if r.conns != nil {
+		leave, ok := r.conns.tryEnter()
+		if !ok {
+			refusals.Log(slog.LevelWarn, "TCP connection refused: the service's connection pool is full (flag UO); raise its DestinationRule's connectionPool.tcp.maxConnections if the limit is too low",
+				"service", r.service, "maxConnections", r.conns.maxActive, "destinationRule", r.conns.source)
+			s.opened(rt, r, "", "UO")(0, 0)
+			return
+		}
+		defer leave()
+	}
 	ep, err := r.bal.Pick()
 	if err != nil {
 		slog.Warn("TCP: no healthy upstream", "service", r.service)
@@ -241,12 +252,24 @@ func (s *OutboundServer) tunnel(c net.Conn, rt *routeTable, r *route) {
 		return
 	}
 	defer up.Close()
-	closed := func(int64, int64) {}
-	if m := s.out.Metrics; m != nil {
-		_, meshed := rt.identities[ep.Addr]
-		closed = m.Opened(telemetry.Connection{Reporter: "source", Source: rt.self, Dest: rt.peers[ep.Addr],
-			Service: r.host, ServiceName: r.name, ServiceNamespace: r.namespace, MutualTLS: meshed})
-	}
+	closed := s.opened(rt, r, ep.Addr, "")
 	request, response := pipe(c, up)
 	closed(response, request)
+}
+
+// opened records a tunnelled connection to r's service, to endpoint addr
+// ("": none, the connection was refused with flags), and returns the
+// function that records its end.
+func (s *OutboundServer) opened(rt *routeTable, r *route, addr, flags string) (closed func(sent, received int64)) {
+	m := s.out.Metrics
+	if m == nil {
+		return func(int64, int64) {}
+	}
+	dest := telemetry.Unknown
+	if addr != "" {
+		dest = rt.peers[addr]
+	}
+	_, meshed := rt.identities[addr]
+	return m.Opened(telemetry.Connection{Reporter: "source", Source: rt.self, Dest: dest,
+		Service: r.host, ServiceName: r.name, ServiceNamespace: r.namespace, MutualTLS: meshed, Flags: flags})
 }

@@ -70,16 +70,18 @@ type portStateKey struct {
 	subset  string // "": the service port's own endpoints
 	policy  balancer.Policy
 	outlier balancer.Outlier
-	limits  circuitLimits
+	limits  circuitLimits // on HTTP and gRPC requests
+	conns   circuitLimits // on opaque TCP connections (maxPending 0)
 }
 
 // portState is what a service port keeps across configs while its policies
 // stay: its endpoints' statistics, its retry budget, the requests in
-// flight under its connection pool limits.
+// flight and the TCP connections open under its connection pool limits.
 type portState struct {
 	bal     *balancer.Balancer
 	budget  *retryBudget
-	circuit *circuit // nil: no limits
+	circuit *circuit // nil: no limits on requests
+	conns   *circuit // nil: no limit on TCP connections
 }
 
 // routeTable is one config's routes, immutable once built.
@@ -112,7 +114,8 @@ type route struct {
 	// (resilience.go, circuit.go).
 	resilient bool
 	budget    *retryBudget // retries to this service port
-	circuit   *circuit     // nil: no connection pool limits
+	circuit   *circuit     // nil: no connection pool limits on requests
+	conns     *circuit     // nil: no limit on the TCP connections tunnelled (listener.go)
 }
 
 // NewOutbound returns an outbound forwarder that presents store's SVID and
@@ -187,12 +190,12 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 					t.identities[addr] = id
 				}
 			}
-			key := portStateKey{dst, "", lbPolicy(s.GetLoadBalancing()), outlierOf(s.GetTrafficPolicy()), limitsOf(s.GetTrafficPolicy())}
+			key := stateKey(dst, "", s.GetLoadBalancing(), s.GetTrafficPolicy())
 			r := o.portRoute(t, keep, key, s, p, p.GetEndpoints())
 			t.byVIP[dst] = r
 			t.byService[svcPort{s.GetNamespace(), s.GetName(), uint16(p.GetPort()), ""}] = r
 			for _, sub := range s.GetSubsets() {
-				key := portStateKey{dst, sub.GetName(), lbPolicy(sub.GetLoadBalancing()), outlierOf(sub.GetTrafficPolicy()), limitsOf(sub.GetTrafficPolicy())}
+				key := stateKey(dst, sub.GetName(), sub.GetLoadBalancing(), sub.GetTrafficPolicy())
 				t.byService[svcPort{s.GetNamespace(), s.GetName(), uint16(p.GetPort()), sub.GetName()}] = o.portRoute(t, keep, key, s, p, sub.Select(p.GetEndpoints()))
 			}
 		}
@@ -237,7 +240,7 @@ func (o *Outbound) portRoute(t *routeTable, keep map[portStateKey]*portState, ke
 	r := &route{service: s.GetName() + "." + s.GetNamespace(),
 		host: s.GetName() + "." + s.GetNamespace() + ".svc.cluster.local", name: s.GetName(), namespace: s.GetNamespace(),
 		protocol: p.GetProtocol(), bal: up.bal, outside: outside, budget: up.budget, circuit: up.circuit,
-		resilient: up.circuit != nil}
+		conns: up.conns, resilient: up.circuit != nil}
 	if key.subset != "" {
 		r.service += " subset " + key.subset
 	}
@@ -255,7 +258,17 @@ func newPortState(key portStateKey) *portState {
 	if key.limits.maxActive > 0 {
 		up.circuit = &circuit{circuitLimits: key.limits}
 	}
+	if key.conns.maxActive > 0 {
+		up.conns = &circuit{circuitLimits: key.conns}
+	}
 	return up
+}
+
+// stateKey is the portStateKey of service port dst, or of its subset,
+// under the load balancing and traffic policy the config gives it.
+func stateKey(dst netip.AddrPort, subset string, lb meshpb.LoadBalancing, tp *meshpb.TrafficPolicy) portStateKey {
+	return portStateKey{dst: dst, subset: subset, policy: lbPolicy(lb), outlier: outlierOf(tp),
+		limits: limitsOf(tp), conns: connLimitsOf(tp)}
 }
 
 // outlierOf is the ejection a traffic policy asks for; the zero Outlier
@@ -277,6 +290,17 @@ func limitsOf(tp *meshpb.TrafficPolicy) circuitLimits {
 		return circuitLimits{}
 	}
 	return circuitLimits{maxActive: int(cp.GetMaxRequests()), maxPending: int(cp.GetMaxPending()), source: tp.GetSource()}
+}
+
+// connLimitsOf is the limit a traffic policy sets on TCP connections;
+// zero (none) when it sets none. None wait: a tunnel takes its slot with
+// tryEnter.
+func connLimitsOf(tp *meshpb.TrafficPolicy) circuitLimits {
+	n := tp.GetConnectionPool().GetMaxConnections()
+	if n == 0 {
+		return circuitLimits{}
+	}
+	return circuitLimits{maxActive: int(n), source: tp.GetSource()}
 }
 
 func lbPolicy(lb meshpb.LoadBalancing) balancer.Policy {

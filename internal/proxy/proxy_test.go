@@ -346,25 +346,11 @@ func TestInboundPeerAuthentication(t *testing.T) {
 func TestTCPTunnel(t *testing.T) {
 	for _, proto := range []meshpb.Protocol{meshpb.Protocol_PROTOCOL_TCP, meshpb.Protocol_PROTOCOL_UNSPECIFIED} {
 		t.Run(proto.String(), func(t *testing.T) {
-			m := newTestMesh(t, 1)
-			src, dst := telemetry.New("test"), telemetry.New("test")
-			m.outbound.Metrics, m.inbounds[0].Metrics = src, dst
-			// Replace the HTTP app behind the inbound proxy by a server-first
-			// TCP app: greet, then echo.
-			appAddr := serve(t, func(c net.Conn) {
-				defer c.Close()
+			m := tunnelMesh(t, proto, nil, func(c net.Conn) {
 				io.WriteString(c, "220 ready\n")
 				io.Copy(c, c)
 			})
-			appPort := uint16(netip.MustParseAddrPort(appAddr).Port())
-			in := m.inbounds[0]
-			inAddr := netip.MustParseAddrPort(serve(t, func(c net.Conn) { in.HandleConn(c, appPort) }))
-			services := []*meshpb.Service{{Namespace: "db", Name: "smtp", Vip: vip.Addr().String(),
-				Ports: []*meshpb.ServicePort{{Port: uint32(vip.Port()), Protocol: proto, Endpoints: []*meshpb.Endpoint{
-					{Address: inAddr.Addr().String(), Port: uint32(inAddr.Port()), Identity: m.serverID.String()}}}}}}
-			m.outbound.Update(&meshpb.ProxyConfig{Version: "t", Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default",
-				Name: "web-client", Namespace: "web"}, Services: services})
-			in.SetConfig(&meshpb.ProxyConfig{Workload: &meshpb.Workload{Identity: m.serverID.String()}, Services: services})
+			src, dst := m.outbound.Metrics, m.inbounds[0].Metrics
 			c, err := net.Dial("tcp", m.appAddr)
 			if err != nil {
 				t.Fatal(err)
@@ -398,6 +384,30 @@ func TestTCPTunnel(t *testing.T) {
 			}
 		})
 	}
+}
+
+// tunnelMesh is newTestMesh with, instead of its HTTP app, a TCP app that
+// serves each connection with app (and closes it), behind the Service
+// db/smtp on vip with protocol proto and traffic policy tp; both sidecars
+// record metrics, set before the config that lets connections through.
+func tunnelMesh(t *testing.T, proto meshpb.Protocol, tp *meshpb.TrafficPolicy, app func(net.Conn)) *testMesh {
+	t.Helper()
+	m := newTestMesh(t, 1)
+	appAddr := serve(t, func(c net.Conn) {
+		defer c.Close()
+		app(c)
+	})
+	appPort := uint16(netip.MustParseAddrPort(appAddr).Port())
+	in := m.inbounds[0]
+	m.outbound.Metrics, in.Metrics = telemetry.New("test"), telemetry.New("test")
+	inAddr := netip.MustParseAddrPort(serve(t, func(c net.Conn) { in.HandleConn(c, appPort) }))
+	services := []*meshpb.Service{{Namespace: "db", Name: "smtp", Vip: vip.Addr().String(), TrafficPolicy: tp,
+		Ports: []*meshpb.ServicePort{{Port: uint32(vip.Port()), Protocol: proto, Endpoints: []*meshpb.Endpoint{
+			{Address: inAddr.Addr().String(), Port: uint32(inAddr.Port()), Identity: m.serverID.String()}}}}}}
+	m.outbound.Update(&meshpb.ProxyConfig{Version: "t", Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default",
+		Name: "web-client", Namespace: "web"}, Services: services})
+	in.SetConfig(&meshpb.ProxyConfig{Workload: &meshpb.Workload{Identity: m.serverID.String()}, Services: services})
+	return m
 }
 
 // Both reporters count each request with Istio's labels: the source from
