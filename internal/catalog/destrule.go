@@ -47,8 +47,9 @@ type Subset struct {
 	// every endpoint.
 	Labels map[string]string `json:"labels,omitempty"`
 	// TrafficPolicy nil: the rule's. Otherwise each of its fields that is
-	// set (loadBalancer, connectionPool, outlierDetection) replaces the
-	// rule's, and the others are the rule's, as Istio merges them.
+	// set (loadBalancer, connectionPool, outlierDetection, retryBudget)
+	// replaces the rule's, and the others are the rule's, as Istio merges
+	// them.
 	TrafficPolicy *TrafficPolicy `json:"trafficPolicy,omitempty"`
 }
 
@@ -57,6 +58,20 @@ type TrafficPolicy struct {
 	LoadBalancer     *LoadBalancerSettings   `json:"loadBalancer,omitempty"`
 	ConnectionPool   *ConnectionPoolSettings `json:"connectionPool,omitempty"`
 	OutlierDetection *OutlierDetection       `json:"outlierDetection,omitempty"`
+	RetryBudget      *RetryBudget            `json:"retryBudget,omitempty"`
+}
+
+// RetryBudget bounds the retries clients' proxies send the Service,
+// Istio's trafficPolicy.retryBudget read as Trellis's budget counts
+// retries: over the last 10 seconds, at most Percent of the requests
+// plus MinRetryConcurrency a second.
+type RetryBudget struct {
+	// Percent, 0 to 100, of the requests that may be retried. nil: 20.
+	Percent *float64 `json:"percent,omitempty"`
+	// MinRetryConcurrency is read as the retries a second always allowed,
+	// whatever the requests (Istio counts retries in flight at once,
+	// Trellis counts them over a window). nil: 10.
+	MinRetryConcurrency *uint32 `json:"minRetryConcurrency,omitempty"`
 }
 
 // Istio's simple load balancers that Trellis takes. LEAST_CONN is Istio's

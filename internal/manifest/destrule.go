@@ -57,7 +57,12 @@ type drTrafficPolicy struct {
 	PortLevelSettings any                 `json:"portLevelSettings,omitempty"`
 	Tunnel            any                 `json:"tunnel,omitempty"`
 	ProxyProtocol     any                 `json:"proxyProtocol,omitempty"`
-	RetryBudget       any                 `json:"retryBudget,omitempty"`
+	RetryBudget       *drRetryBudget      `json:"retryBudget,omitempty"`
+}
+
+type drRetryBudget struct {
+	catalog.RetryBudget
+	BudgetInterval any `json:"budgetInterval,omitempty"`
 }
 
 type drLoadBalancer struct {
@@ -198,6 +203,12 @@ func (tp *drTrafficPolicy) check(path string) (*catalog.TrafficPolicy, error) {
 		}
 		out.OutlierDetection = &od.OutlierDetection
 	}
+	if rb := tp.RetryBudget; rb != nil {
+		if pc := rb.Percent; pc != nil && !(*pc >= 0 && *pc <= 100) {
+			return nil, fmt.Errorf("%s.retryBudget.percent %v: write a percentage of the requests, 0 to 100 (leave it out for 20)", path, *pc)
+		}
+		out.RetryBudget = &rb.RetryBudget
+	}
 	return out, nil
 }
 
@@ -260,8 +271,10 @@ func (tp *drTrafficPolicy) refusals(p string) []refusal {
 			"trafficPolicy applies to every port of the Service; move the settings there or remove them"},
 		refusal{p + "tunnel", tp.Tunnel, "Trellis does not support tunnel settings" + removeIt},
 		refusal{p + "proxyProtocol", tp.ProxyProtocol, "Trellis does not send the PROXY protocol" + removeIt},
-		refusal{p + "retryBudget", tp.RetryBudget, "Trellis's retry budget is fixed (20 % of a backend Service's requests " +
-			"plus 10 a second)" + removeIt},
+	}
+	if rb := tp.RetryBudget; rb != nil {
+		rs = append(rs, refusal{p + "retryBudget.budgetInterval", rb.BudgetInterval, "Trellis's retry budget counts the " +
+			"requests and retries of the last 10 seconds, a window that is not configurable" + removeIt})
 	}
 	if lb := tp.LoadBalancer; lb != nil {
 		p := p + "loadBalancer."
@@ -288,8 +301,8 @@ func (tp *drTrafficPolicy) refusals(p string) []refusal {
 		rs = append(rs,
 			refusal{p + "maxRequestsPerConnection", cp.HTTP.MaxRequestsPerConnection, "Trellis's mesh connections are " +
 				"multiplexed HTTP/2 and long-lived, so it has no meaning there: remove it"},
-			refusal{p + "maxRetries", cp.HTTP.MaxRetries, "Trellis bounds retries with a budget per backend Service (20 % of " +
-				"its requests plus 10 a second) and an HTTPRoute's retry.attempts" + removeIt},
+			refusal{p + "maxRetries", cp.HTTP.MaxRetries, "Trellis bounds retries with a budget per backend Service " +
+				"(trafficPolicy.retryBudget) and a route's retry attempts" + removeIt},
 			refusal{p + "idleTimeout", cp.HTTP.IdleTimeout, "Trellis's sidecars have fixed idle timeouts" + removeIt},
 			refusal{p + "h2UpgradePolicy", cp.HTTP.H2UpgradePolicy, "Trellis's sidecars always speak HTTP/2 to each other" + removeIt},
 			refusal{p + "useClientProtocol", cp.HTTP.UseClientProtocol, "Trellis's sidecars always speak HTTP/2 to each other, " +

@@ -35,7 +35,8 @@ func TestParseDestinationRule(t *testing.T) {
       consecutiveGatewayErrors: 0
       interval: 10s
       baseEjectionTime: 1m
-      maxEjectionPercent: 50`))
+      maxEjectionPercent: 50
+    retryBudget: {percent: 12.5, minRetryConcurrency: 3}`))
 	if err != nil {
 		t.Fatalf("Parse+Validate() error = %v", err)
 	}
@@ -53,6 +54,9 @@ func TestParseDestinationRule(t *testing.T) {
 		od.Interval != "10s" || od.BaseEjectionTime != "1m" || od.MaxEjectionPercent != 50 {
 		t.Errorf("outlierDetection = %+v", od)
 	}
+	if rb := tp.RetryBudget; rb == nil || *rb.Percent != 12.5 || *rb.MinRetryConcurrency != 3 {
+		t.Errorf("retryBudget = %+v, want 12.5 %% and 3", rb)
+	}
 }
 
 // Subsets are kept with their labels and traffic policies; a subset
@@ -68,7 +72,8 @@ func TestParseDestinationRuleSubsets(t *testing.T) {
     labels: {version: v2}
     trafficPolicy:
       loadBalancer: {simple: LEAST_REQUEST}
-      outlierDetection: {consecutive5xxErrors: 2}`))
+      outlierDetection: {consecutive5xxErrors: 2}
+      retryBudget: {percent: 0}`))
 	if err != nil {
 		t.Fatalf("Parse+Validate() error = %v", err)
 	}
@@ -81,8 +86,9 @@ func TestParseDestinationRuleSubsets(t *testing.T) {
 	}
 	v2 := subs[1]
 	if v2.Name != "v2" || v2.Labels["version"] != "v2" || v2.TrafficPolicy == nil || v2.TrafficPolicy.LoadBalancer.Simple != "LEAST_REQUEST" ||
-		*v2.TrafficPolicy.OutlierDetection.Consecutive5xxErrors != 2 || v2.TrafficPolicy.ConnectionPool != nil {
-		t.Errorf("Subsets[1] = %+v, want v2 with its loadBalancer and outlierDetection", v2)
+		*v2.TrafficPolicy.OutlierDetection.Consecutive5xxErrors != 2 || v2.TrafficPolicy.ConnectionPool != nil ||
+		v2.TrafficPolicy.RetryBudget == nil || *v2.TrafficPolicy.RetryBudget.Percent != 0 || v2.TrafficPolicy.RetryBudget.MinRetryConcurrency != nil {
+		t.Errorf("Subsets[1] = %+v, want v2 with its loadBalancer, outlierDetection and retryBudget", v2)
 	}
 	// The most subsets a rule may have load.
 	many := "  host: reviews\n  subsets:\n"
@@ -165,7 +171,8 @@ func TestDestinationRuleRefusals(t *testing.T) {
 		{"  host: reviews\n  trafficPolicy: {portLevelSettings: [{port: {number: 9080}}]}", "spec.trafficPolicy.portLevelSettings: "},
 		{"  host: reviews\n  trafficPolicy: {tunnel: {protocol: CONNECT}}", "spec.trafficPolicy.tunnel: "},
 		{"  host: reviews\n  trafficPolicy: {proxyProtocol: {version: V1}}", "spec.trafficPolicy.proxyProtocol: "},
-		{"  host: reviews\n  trafficPolicy: {retryBudget: {percent: 20}}", "spec.trafficPolicy.retryBudget: "},
+		{"  host: reviews\n  trafficPolicy: {retryBudget: {percent: 20, budgetInterval: 5s}}",
+			"spec.trafficPolicy.retryBudget.budgetInterval: Trellis's retry budget counts the requests and retries of the last 10 seconds"},
 		{"  host: reviews\n  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}",
 			"spec.trafficPolicy.loadBalancer.consistentHash: Trellis does not support consistent hashing"},
 		{"  host: reviews\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true}}}",
@@ -206,6 +213,13 @@ func TestDestinationRuleRefusals(t *testing.T) {
 		{"  host: reviews\n  trafficPolicy: {outlierDetection: {interval: \"10\"}}", `spec.trafficPolicy.outlierDetection.interval "10" is not a duration`},
 		{"  host: reviews\n  trafficPolicy: {outlierDetection: {maxEjectionPercent: 101}}", "spec.trafficPolicy.outlierDetection.maxEjectionPercent 101: write a percentage, 0 to 100"},
 		{"  host: reviews\n  trafficPolicy: {outlierDetection: {consecutive5xxErrors: -1}}", "consecutive5xxErrors of type uint32"},
+		{"  host: reviews\n  trafficPolicy: {retryBudget: {percent: 150}}",
+			"spec.trafficPolicy.retryBudget.percent 150: write a percentage of the requests, 0 to 100 (leave it out for 20)"},
+		{"  host: reviews\n  trafficPolicy: {retryBudget: {percent: -5}}", "spec.trafficPolicy.retryBudget.percent -5: write a percentage"},
+		{"  host: reviews\n  subsets: [{name: v1, trafficPolicy: {retryBudget: {percent: 100.5}}}]",
+			"spec.subsets[0].trafficPolicy.retryBudget.percent 100.5: write a percentage"},
+		{"  host: reviews\n  trafficPolicy: {retryBudget: {minRetryConcurrency: -1}}", "minRetryConcurrency of type uint32"},
+		{"  host: reviews\n  trafficPolicy: {retryBudget: {percent: twenty}}", "percent of type float64"},
 		{"  host: reviews\n  trafficPolicy: {loadBalancers: {simple: ROUND_ROBIN}}",
 			`mesh.yaml: DestinationRule shop/r: unknown field "loadBalancers" (check the field names against the DestinationRule (networking.istio.io/v1) API)`},
 		{"  host: '*.shop.svc.cluster.local'", "spec.host \"*.shop.svc.cluster.local\": wildcard hosts are not supported yet"},
