@@ -132,8 +132,11 @@ func validSubsets(subs []*meshpb.Subset) error {
 }
 
 // validPolicy checks what the proxy would otherwise read as something else
-// than it says: an ejection of no time, a share above all.
+// than it says: an ejection of no time, a share above all or below none.
 func validPolicy(tp *meshpb.TrafficPolicy) error {
+	if rb := tp.GetRetryBudget(); rb != nil && !(rb.GetPercent() >= 0 && rb.GetPercent() <= 100) {
+		return fmt.Errorf("retry_budget.percent %v is not a percentage from 0 to 100", rb.GetPercent())
+	}
 	od := tp.GetOutlierDetection()
 	switch {
 	case od == nil:

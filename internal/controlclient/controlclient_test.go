@@ -64,6 +64,9 @@ func TestDecode(t *testing.T) {
 	for policy, want := range map[string]string{
 		`{"outlierDetection": {"consecutive5xx": 5}}`:                                                    "services[0].traffic_policy.outlier_detection.base_ejection_ms is 0",
 		`{"outlierDetection": {"consecutive5xx": 5, "baseEjectionMs": 1000, "maxEjectionPercent": 101}}`: "max_ejection_percent 101 is above 100",
+		`{"retryBudget": {"percent": 100.5}}`:                                                            "services[0].traffic_policy.retry_budget.percent 100.5 is not a percentage from 0 to 100",
+		`{"retryBudget": {"percent": -1}}`:                                                               "retry_budget.percent -1 is not a percentage",
+		`{"retryBudget": {"percent": "NaN"}}`:                                                            "retry_budget.percent NaN is not a percentage",
 	} {
 		edited := strings.Replace(good, `"loadBalancing"`, `"trafficPolicy": `+policy+`, "loadBalancing"`, 1)
 		if _, err := Decode([]byte(edited), "cfg.json"); err == nil || !strings.Contains(err.Error(), want) {

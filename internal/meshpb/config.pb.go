@@ -588,9 +588,9 @@ type Subset struct {
 	// endpoint.
 	Labels map[string]string `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The subset's effective policy, Istio's merge of the rule's and the
-	// subset's own trafficPolicy: each of loadBalancer, connectionPool and
-	// outlierDetection that the subset sets replaces the rule's whole, and
-	// the others are the rule's. The same meaning as Service's fields of
+	// subset's own trafficPolicy: each of loadBalancer, connectionPool,
+	// outlierDetection and retryBudget that the subset sets replaces the
+	// rule's whole, and the others are the rule's. The same meaning as Service's fields of
 	// the same names; the subset's balancer, limits and ejections are its
 	// own, apart from the service's.
 	LoadBalancing LoadBalancing  `protobuf:"varint,3,opt,name=load_balancing,json=loadBalancing,proto3,enum=trellis.v1.LoadBalancing" json:"load_balancing,omitempty"`
@@ -671,8 +671,10 @@ type TrafficPolicy struct {
 	// or 5xx answers) in a row, for 10 s times the number of times it was
 	// ejected (at most 5 min), and any number of endpoints may be.
 	OutlierDetection *OutlierDetection `protobuf:"bytes,3,opt,name=outlier_detection,json=outlierDetection,proto3" json:"outlier_detection,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Unset: retries are at most 20 % of the requests plus 10 a second.
+	RetryBudget   *RetryBudget `protobuf:"bytes,4,opt,name=retry_budget,json=retryBudget,proto3" json:"retry_budget,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TrafficPolicy) Reset() {
@@ -726,6 +728,76 @@ func (x *TrafficPolicy) GetOutlierDetection() *OutlierDetection {
 	return nil
 }
 
+func (x *TrafficPolicy) GetRetryBudget() *RetryBudget {
+	if x != nil {
+		return x.RetryBudget
+	}
+	return nil
+}
+
+// RetryBudget bounds the retries one proxy sends a service port (or a
+// subset of it), Istio's trafficPolicy.retryBudget as Linkerd's budget
+// reads it: over the last 10 seconds, the retries may be percent of the
+// requests a route may retry, plus min_retries_per_second times 10. A
+// retry past it is not sent: the attempt's answer is the client's, and
+// trellis_route_retries_total counts it with outcome budget_exhausted.
+type RetryBudget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The share of the requests that may be retried, a percentage from 0
+	// to 100 (Istio's percent).
+	Percent float64 `protobuf:"fixed64,1,opt,name=percent,proto3" json:"percent,omitempty"`
+	// The retries a second always allowed, whatever the requests: Istio's
+	// minRetryConcurrency, which Envoy reads as retries in flight at once,
+	// read as a rate because the budget counts retries over a window.
+	MinRetriesPerSecond uint32 `protobuf:"varint,2,opt,name=min_retries_per_second,json=minRetriesPerSecond,proto3" json:"min_retries_per_second,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *RetryBudget) Reset() {
+	*x = RetryBudget{}
+	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryBudget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryBudget) ProtoMessage() {}
+
+func (x *RetryBudget) ProtoReflect() protoreflect.Message {
+	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryBudget.ProtoReflect.Descriptor instead.
+func (*RetryBudget) Descriptor() ([]byte, []int) {
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *RetryBudget) GetPercent() float64 {
+	if x != nil {
+		return x.Percent
+	}
+	return 0
+}
+
+func (x *RetryBudget) GetMinRetriesPerSecond() uint32 {
+	if x != nil {
+		return x.MinRetriesPerSecond
+	}
+	return 0
+}
+
 // ConnectionPool limits the HTTP and gRPC requests one proxy has in
 // flight to a service, over all its endpoints (circuit breaking), and the
 // opaque TCP connections it holds open to it. A request past the limits
@@ -757,7 +829,7 @@ type ConnectionPool struct {
 
 func (x *ConnectionPool) Reset() {
 	*x = ConnectionPool{}
-	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	mi := &file_trellis_v1_config_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +841,7 @@ func (x *ConnectionPool) String() string {
 func (*ConnectionPool) ProtoMessage() {}
 
 func (x *ConnectionPool) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[6]
+	mi := &file_trellis_v1_config_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +854,7 @@ func (x *ConnectionPool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionPool.ProtoReflect.Descriptor instead.
 func (*ConnectionPool) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{6}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ConnectionPool) GetMaxRequests() uint32 {
@@ -832,7 +904,7 @@ type OutlierDetection struct {
 
 func (x *OutlierDetection) Reset() {
 	*x = OutlierDetection{}
-	mi := &file_trellis_v1_config_proto_msgTypes[7]
+	mi := &file_trellis_v1_config_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -844,7 +916,7 @@ func (x *OutlierDetection) String() string {
 func (*OutlierDetection) ProtoMessage() {}
 
 func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[7]
+	mi := &file_trellis_v1_config_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -857,7 +929,7 @@ func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
 func (*OutlierDetection) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{7}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *OutlierDetection) GetConsecutive_5Xx() uint32 {
@@ -907,7 +979,7 @@ type ServicePort struct {
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_trellis_v1_config_proto_msgTypes[8]
+	mi := &file_trellis_v1_config_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -919,7 +991,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[8]
+	mi := &file_trellis_v1_config_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -932,7 +1004,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{8}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ServicePort) GetPort() uint32 {
@@ -986,7 +1058,7 @@ type Endpoint struct {
 
 func (x *Endpoint) Reset() {
 	*x = Endpoint{}
-	mi := &file_trellis_v1_config_proto_msgTypes[9]
+	mi := &file_trellis_v1_config_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -998,7 +1070,7 @@ func (x *Endpoint) String() string {
 func (*Endpoint) ProtoMessage() {}
 
 func (x *Endpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[9]
+	mi := &file_trellis_v1_config_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1011,7 +1083,7 @@ func (x *Endpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Endpoint.ProtoReflect.Descriptor instead.
 func (*Endpoint) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{9}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Endpoint) GetAddress() string {
@@ -1069,7 +1141,7 @@ type InboundPolicy struct {
 
 func (x *InboundPolicy) Reset() {
 	*x = InboundPolicy{}
-	mi := &file_trellis_v1_config_proto_msgTypes[10]
+	mi := &file_trellis_v1_config_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1153,7 @@ func (x *InboundPolicy) String() string {
 func (*InboundPolicy) ProtoMessage() {}
 
 func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[10]
+	mi := &file_trellis_v1_config_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1166,7 @@ func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboundPolicy.ProtoReflect.Descriptor instead.
 func (*InboundPolicy) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{10}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *InboundPolicy) GetMode() MTLSMode {
@@ -1133,7 +1205,7 @@ type Authorization struct {
 
 func (x *Authorization) Reset() {
 	*x = Authorization{}
-	mi := &file_trellis_v1_config_proto_msgTypes[11]
+	mi := &file_trellis_v1_config_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1145,7 +1217,7 @@ func (x *Authorization) String() string {
 func (*Authorization) ProtoMessage() {}
 
 func (x *Authorization) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[11]
+	mi := &file_trellis_v1_config_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1158,7 +1230,7 @@ func (x *Authorization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
 func (*Authorization) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{11}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Authorization) GetPolicies() []*AuthorizationPolicy {
@@ -1188,7 +1260,7 @@ type AuthorizationPolicy struct {
 
 func (x *AuthorizationPolicy) Reset() {
 	*x = AuthorizationPolicy{}
-	mi := &file_trellis_v1_config_proto_msgTypes[12]
+	mi := &file_trellis_v1_config_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1272,7 @@ func (x *AuthorizationPolicy) String() string {
 func (*AuthorizationPolicy) ProtoMessage() {}
 
 func (x *AuthorizationPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[12]
+	mi := &file_trellis_v1_config_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1285,7 @@ func (x *AuthorizationPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationPolicy.ProtoReflect.Descriptor instead.
 func (*AuthorizationPolicy) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{12}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AuthorizationPolicy) GetNamespace() string {
@@ -1267,7 +1339,7 @@ type AuthorizationRule struct {
 
 func (x *AuthorizationRule) Reset() {
 	*x = AuthorizationRule{}
-	mi := &file_trellis_v1_config_proto_msgTypes[13]
+	mi := &file_trellis_v1_config_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1351,7 @@ func (x *AuthorizationRule) String() string {
 func (*AuthorizationRule) ProtoMessage() {}
 
 func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[13]
+	mi := &file_trellis_v1_config_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1364,7 @@ func (x *AuthorizationRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationRule.ProtoReflect.Descriptor instead.
 func (*AuthorizationRule) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{13}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AuthorizationRule) GetFrom() []*AuthorizationSource {
@@ -1342,7 +1414,7 @@ type AuthorizationSource struct {
 
 func (x *AuthorizationSource) Reset() {
 	*x = AuthorizationSource{}
-	mi := &file_trellis_v1_config_proto_msgTypes[14]
+	mi := &file_trellis_v1_config_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1426,7 @@ func (x *AuthorizationSource) String() string {
 func (*AuthorizationSource) ProtoMessage() {}
 
 func (x *AuthorizationSource) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[14]
+	mi := &file_trellis_v1_config_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1439,7 @@ func (x *AuthorizationSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationSource.ProtoReflect.Descriptor instead.
 func (*AuthorizationSource) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{14}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AuthorizationSource) GetPrincipals() []string {
@@ -1462,7 +1534,7 @@ type AuthorizationOperation struct {
 
 func (x *AuthorizationOperation) Reset() {
 	*x = AuthorizationOperation{}
-	mi := &file_trellis_v1_config_proto_msgTypes[15]
+	mi := &file_trellis_v1_config_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1546,7 @@ func (x *AuthorizationOperation) String() string {
 func (*AuthorizationOperation) ProtoMessage() {}
 
 func (x *AuthorizationOperation) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[15]
+	mi := &file_trellis_v1_config_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1559,7 @@ func (x *AuthorizationOperation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationOperation.ProtoReflect.Descriptor instead.
 func (*AuthorizationOperation) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{15}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AuthorizationOperation) GetHosts() []string {
@@ -1563,7 +1635,7 @@ type AuthorizationCondition struct {
 
 func (x *AuthorizationCondition) Reset() {
 	*x = AuthorizationCondition{}
-	mi := &file_trellis_v1_config_proto_msgTypes[16]
+	mi := &file_trellis_v1_config_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1647,7 @@ func (x *AuthorizationCondition) String() string {
 func (*AuthorizationCondition) ProtoMessage() {}
 
 func (x *AuthorizationCondition) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[16]
+	mi := &file_trellis_v1_config_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1660,7 @@ func (x *AuthorizationCondition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthorizationCondition.ProtoReflect.Descriptor instead.
 func (*AuthorizationCondition) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{16}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AuthorizationCondition) GetKey() string {
@@ -1627,7 +1699,7 @@ type Authentication struct {
 
 func (x *Authentication) Reset() {
 	*x = Authentication{}
-	mi := &file_trellis_v1_config_proto_msgTypes[17]
+	mi := &file_trellis_v1_config_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1711,7 @@ func (x *Authentication) String() string {
 func (*Authentication) ProtoMessage() {}
 
 func (x *Authentication) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[17]
+	mi := &file_trellis_v1_config_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +1724,7 @@ func (x *Authentication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authentication.ProtoReflect.Descriptor instead.
 func (*Authentication) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{17}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Authentication) GetJwtRules() []*JwtRule {
@@ -1695,7 +1767,7 @@ type JwtRule struct {
 
 func (x *JwtRule) Reset() {
 	*x = JwtRule{}
-	mi := &file_trellis_v1_config_proto_msgTypes[18]
+	mi := &file_trellis_v1_config_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1707,7 +1779,7 @@ func (x *JwtRule) String() string {
 func (*JwtRule) ProtoMessage() {}
 
 func (x *JwtRule) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[18]
+	mi := &file_trellis_v1_config_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1720,7 +1792,7 @@ func (x *JwtRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JwtRule.ProtoReflect.Descriptor instead.
 func (*JwtRule) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{18}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *JwtRule) GetIssuer() string {
@@ -1811,7 +1883,7 @@ type JwtHeader struct {
 
 func (x *JwtHeader) Reset() {
 	*x = JwtHeader{}
-	mi := &file_trellis_v1_config_proto_msgTypes[19]
+	mi := &file_trellis_v1_config_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1823,7 +1895,7 @@ func (x *JwtHeader) String() string {
 func (*JwtHeader) ProtoMessage() {}
 
 func (x *JwtHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[19]
+	mi := &file_trellis_v1_config_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1836,7 +1908,7 @@ func (x *JwtHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JwtHeader.ProtoReflect.Descriptor instead.
 func (*JwtHeader) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{19}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *JwtHeader) GetName() string {
@@ -1864,7 +1936,7 @@ type ClaimToHeader struct {
 
 func (x *ClaimToHeader) Reset() {
 	*x = ClaimToHeader{}
-	mi := &file_trellis_v1_config_proto_msgTypes[20]
+	mi := &file_trellis_v1_config_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1876,7 +1948,7 @@ func (x *ClaimToHeader) String() string {
 func (*ClaimToHeader) ProtoMessage() {}
 
 func (x *ClaimToHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_trellis_v1_config_proto_msgTypes[20]
+	mi := &file_trellis_v1_config_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1889,7 +1961,7 @@ func (x *ClaimToHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimToHeader.ProtoReflect.Descriptor instead.
 func (*ClaimToHeader) Descriptor() ([]byte, []int) {
-	return file_trellis_v1_config_proto_rawDescGZIP(), []int{20}
+	return file_trellis_v1_config_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ClaimToHeader) GetHeader() string {
@@ -1952,11 +2024,15 @@ const file_trellis_v1_config_proto_rawDesc = "" +
 	"\x0etraffic_policy\x18\x04 \x01(\v2\x19.trellis.v1.TrafficPolicyR\rtrafficPolicy\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb7\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf3\x01\n" +
 	"\rTrafficPolicy\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12C\n" +
 	"\x0fconnection_pool\x18\x02 \x01(\v2\x1a.trellis.v1.ConnectionPoolR\x0econnectionPool\x12I\n" +
-	"\x11outlier_detection\x18\x03 \x01(\v2\x1c.trellis.v1.OutlierDetectionR\x10outlierDetection\"\x92\x01\n" +
+	"\x11outlier_detection\x18\x03 \x01(\v2\x1c.trellis.v1.OutlierDetectionR\x10outlierDetection\x12:\n" +
+	"\fretry_budget\x18\x04 \x01(\v2\x17.trellis.v1.RetryBudgetR\vretryBudget\"\\\n" +
+	"\vRetryBudget\x12\x18\n" +
+	"\apercent\x18\x01 \x01(\x01R\apercent\x123\n" +
+	"\x16min_retries_per_second\x18\x02 \x01(\rR\x13minRetriesPerSecond\"\x92\x01\n" +
 	"\x0eConnectionPool\x12!\n" +
 	"\fmax_requests\x18\x01 \x01(\rR\vmaxRequests\x12$\n" +
 	"\vmax_pending\x18\x02 \x01(\rH\x00R\n" +
@@ -2082,7 +2158,7 @@ func file_trellis_v1_config_proto_rawDescGZIP() []byte {
 }
 
 var file_trellis_v1_config_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_trellis_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_trellis_v1_config_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_trellis_v1_config_proto_goTypes = []any{
 	(Protocol)(0),                  // 0: trellis.v1.Protocol
 	(LoadBalancing)(0),             // 1: trellis.v1.LoadBalancing
@@ -2093,64 +2169,66 @@ var file_trellis_v1_config_proto_goTypes = []any{
 	(*Service)(nil),                // 6: trellis.v1.Service
 	(*Subset)(nil),                 // 7: trellis.v1.Subset
 	(*TrafficPolicy)(nil),          // 8: trellis.v1.TrafficPolicy
-	(*ConnectionPool)(nil),         // 9: trellis.v1.ConnectionPool
-	(*OutlierDetection)(nil),       // 10: trellis.v1.OutlierDetection
-	(*ServicePort)(nil),            // 11: trellis.v1.ServicePort
-	(*Endpoint)(nil),               // 12: trellis.v1.Endpoint
-	(*InboundPolicy)(nil),          // 13: trellis.v1.InboundPolicy
-	(*Authorization)(nil),          // 14: trellis.v1.Authorization
-	(*AuthorizationPolicy)(nil),    // 15: trellis.v1.AuthorizationPolicy
-	(*AuthorizationRule)(nil),      // 16: trellis.v1.AuthorizationRule
-	(*AuthorizationSource)(nil),    // 17: trellis.v1.AuthorizationSource
-	(*AuthorizationOperation)(nil), // 18: trellis.v1.AuthorizationOperation
-	(*AuthorizationCondition)(nil), // 19: trellis.v1.AuthorizationCondition
-	(*Authentication)(nil),         // 20: trellis.v1.Authentication
-	(*JwtRule)(nil),                // 21: trellis.v1.JwtRule
-	(*JwtHeader)(nil),              // 22: trellis.v1.JwtHeader
-	(*ClaimToHeader)(nil),          // 23: trellis.v1.ClaimToHeader
-	nil,                            // 24: trellis.v1.Workload.LabelsEntry
-	nil,                            // 25: trellis.v1.Subset.LabelsEntry
-	nil,                            // 26: trellis.v1.Endpoint.LabelsEntry
-	nil,                            // 27: trellis.v1.InboundPolicy.PortModesEntry
-	(*structpb.Struct)(nil),        // 28: google.protobuf.Struct
+	(*RetryBudget)(nil),            // 9: trellis.v1.RetryBudget
+	(*ConnectionPool)(nil),         // 10: trellis.v1.ConnectionPool
+	(*OutlierDetection)(nil),       // 11: trellis.v1.OutlierDetection
+	(*ServicePort)(nil),            // 12: trellis.v1.ServicePort
+	(*Endpoint)(nil),               // 13: trellis.v1.Endpoint
+	(*InboundPolicy)(nil),          // 14: trellis.v1.InboundPolicy
+	(*Authorization)(nil),          // 15: trellis.v1.Authorization
+	(*AuthorizationPolicy)(nil),    // 16: trellis.v1.AuthorizationPolicy
+	(*AuthorizationRule)(nil),      // 17: trellis.v1.AuthorizationRule
+	(*AuthorizationSource)(nil),    // 18: trellis.v1.AuthorizationSource
+	(*AuthorizationOperation)(nil), // 19: trellis.v1.AuthorizationOperation
+	(*AuthorizationCondition)(nil), // 20: trellis.v1.AuthorizationCondition
+	(*Authentication)(nil),         // 21: trellis.v1.Authentication
+	(*JwtRule)(nil),                // 22: trellis.v1.JwtRule
+	(*JwtHeader)(nil),              // 23: trellis.v1.JwtHeader
+	(*ClaimToHeader)(nil),          // 24: trellis.v1.ClaimToHeader
+	nil,                            // 25: trellis.v1.Workload.LabelsEntry
+	nil,                            // 26: trellis.v1.Subset.LabelsEntry
+	nil,                            // 27: trellis.v1.Endpoint.LabelsEntry
+	nil,                            // 28: trellis.v1.InboundPolicy.PortModesEntry
+	(*structpb.Struct)(nil),        // 29: google.protobuf.Struct
 }
 var file_trellis_v1_config_proto_depIdxs = []int32{
 	5,  // 0: trellis.v1.ProxyConfig.workload:type_name -> trellis.v1.Workload
 	6,  // 1: trellis.v1.ProxyConfig.services:type_name -> trellis.v1.Service
-	13, // 2: trellis.v1.ProxyConfig.inbound:type_name -> trellis.v1.InboundPolicy
-	14, // 3: trellis.v1.ProxyConfig.authorization:type_name -> trellis.v1.Authorization
-	20, // 4: trellis.v1.ProxyConfig.authentication:type_name -> trellis.v1.Authentication
+	14, // 2: trellis.v1.ProxyConfig.inbound:type_name -> trellis.v1.InboundPolicy
+	15, // 3: trellis.v1.ProxyConfig.authorization:type_name -> trellis.v1.Authorization
+	21, // 4: trellis.v1.ProxyConfig.authentication:type_name -> trellis.v1.Authentication
 	4,  // 5: trellis.v1.ProxyConfig.routes:type_name -> trellis.v1.Route
-	28, // 6: trellis.v1.Route.spec:type_name -> google.protobuf.Struct
-	24, // 7: trellis.v1.Workload.labels:type_name -> trellis.v1.Workload.LabelsEntry
-	11, // 8: trellis.v1.Service.ports:type_name -> trellis.v1.ServicePort
+	29, // 6: trellis.v1.Route.spec:type_name -> google.protobuf.Struct
+	25, // 7: trellis.v1.Workload.labels:type_name -> trellis.v1.Workload.LabelsEntry
+	12, // 8: trellis.v1.Service.ports:type_name -> trellis.v1.ServicePort
 	1,  // 9: trellis.v1.Service.load_balancing:type_name -> trellis.v1.LoadBalancing
 	8,  // 10: trellis.v1.Service.traffic_policy:type_name -> trellis.v1.TrafficPolicy
 	7,  // 11: trellis.v1.Service.subsets:type_name -> trellis.v1.Subset
-	25, // 12: trellis.v1.Subset.labels:type_name -> trellis.v1.Subset.LabelsEntry
+	26, // 12: trellis.v1.Subset.labels:type_name -> trellis.v1.Subset.LabelsEntry
 	1,  // 13: trellis.v1.Subset.load_balancing:type_name -> trellis.v1.LoadBalancing
 	8,  // 14: trellis.v1.Subset.traffic_policy:type_name -> trellis.v1.TrafficPolicy
-	9,  // 15: trellis.v1.TrafficPolicy.connection_pool:type_name -> trellis.v1.ConnectionPool
-	10, // 16: trellis.v1.TrafficPolicy.outlier_detection:type_name -> trellis.v1.OutlierDetection
-	0,  // 17: trellis.v1.ServicePort.protocol:type_name -> trellis.v1.Protocol
-	12, // 18: trellis.v1.ServicePort.endpoints:type_name -> trellis.v1.Endpoint
-	26, // 19: trellis.v1.Endpoint.labels:type_name -> trellis.v1.Endpoint.LabelsEntry
-	2,  // 20: trellis.v1.InboundPolicy.mode:type_name -> trellis.v1.MTLSMode
-	27, // 21: trellis.v1.InboundPolicy.port_modes:type_name -> trellis.v1.InboundPolicy.PortModesEntry
-	15, // 22: trellis.v1.Authorization.policies:type_name -> trellis.v1.AuthorizationPolicy
-	16, // 23: trellis.v1.AuthorizationPolicy.rules:type_name -> trellis.v1.AuthorizationRule
-	17, // 24: trellis.v1.AuthorizationRule.from:type_name -> trellis.v1.AuthorizationSource
-	18, // 25: trellis.v1.AuthorizationRule.to:type_name -> trellis.v1.AuthorizationOperation
-	19, // 26: trellis.v1.AuthorizationRule.when:type_name -> trellis.v1.AuthorizationCondition
-	21, // 27: trellis.v1.Authentication.jwt_rules:type_name -> trellis.v1.JwtRule
-	22, // 28: trellis.v1.JwtRule.from_headers:type_name -> trellis.v1.JwtHeader
-	23, // 29: trellis.v1.JwtRule.output_claim_to_headers:type_name -> trellis.v1.ClaimToHeader
-	2,  // 30: trellis.v1.InboundPolicy.PortModesEntry.value:type_name -> trellis.v1.MTLSMode
-	31, // [31:31] is the sub-list for method output_type
-	31, // [31:31] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	10, // 15: trellis.v1.TrafficPolicy.connection_pool:type_name -> trellis.v1.ConnectionPool
+	11, // 16: trellis.v1.TrafficPolicy.outlier_detection:type_name -> trellis.v1.OutlierDetection
+	9,  // 17: trellis.v1.TrafficPolicy.retry_budget:type_name -> trellis.v1.RetryBudget
+	0,  // 18: trellis.v1.ServicePort.protocol:type_name -> trellis.v1.Protocol
+	13, // 19: trellis.v1.ServicePort.endpoints:type_name -> trellis.v1.Endpoint
+	27, // 20: trellis.v1.Endpoint.labels:type_name -> trellis.v1.Endpoint.LabelsEntry
+	2,  // 21: trellis.v1.InboundPolicy.mode:type_name -> trellis.v1.MTLSMode
+	28, // 22: trellis.v1.InboundPolicy.port_modes:type_name -> trellis.v1.InboundPolicy.PortModesEntry
+	16, // 23: trellis.v1.Authorization.policies:type_name -> trellis.v1.AuthorizationPolicy
+	17, // 24: trellis.v1.AuthorizationPolicy.rules:type_name -> trellis.v1.AuthorizationRule
+	18, // 25: trellis.v1.AuthorizationRule.from:type_name -> trellis.v1.AuthorizationSource
+	19, // 26: trellis.v1.AuthorizationRule.to:type_name -> trellis.v1.AuthorizationOperation
+	20, // 27: trellis.v1.AuthorizationRule.when:type_name -> trellis.v1.AuthorizationCondition
+	22, // 28: trellis.v1.Authentication.jwt_rules:type_name -> trellis.v1.JwtRule
+	23, // 29: trellis.v1.JwtRule.from_headers:type_name -> trellis.v1.JwtHeader
+	24, // 30: trellis.v1.JwtRule.output_claim_to_headers:type_name -> trellis.v1.ClaimToHeader
+	2,  // 31: trellis.v1.InboundPolicy.PortModesEntry.value:type_name -> trellis.v1.MTLSMode
+	32, // [32:32] is the sub-list for method output_type
+	32, // [32:32] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_trellis_v1_config_proto_init() }
@@ -2158,14 +2236,14 @@ func file_trellis_v1_config_proto_init() {
 	if File_trellis_v1_config_proto != nil {
 		return
 	}
-	file_trellis_v1_config_proto_msgTypes[6].OneofWrappers = []any{}
+	file_trellis_v1_config_proto_msgTypes[7].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_trellis_v1_config_proto_rawDesc), len(file_trellis_v1_config_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

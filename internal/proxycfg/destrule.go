@@ -21,6 +21,15 @@ const (
 	defaultMaxEjectionPercent = 10
 )
 
+// Trellis's retry budget for a retryBudget that leaves a field out:
+// Linkerd's 20 % of the requests plus 10 retries a second. Istio's
+// minRetryConcurrency default, 3, counts retries in flight, which
+// Trellis's budget does not; its percent default is 20 too.
+const (
+	defaultRetryPercent   = 20
+	defaultRetriesASecond = 10
+)
+
 // ruleIndex holds snap's DestinationRules by the namespace they are in,
 // then the Service they are for (ServiceKey).
 type ruleIndex map[string]map[string]*catalog.DestinationRule
@@ -108,6 +117,9 @@ func subsetPolicy(rule, own *catalog.TrafficPolicy) *catalog.TrafficPolicy {
 	if own.OutlierDetection != nil {
 		merged.OutlierDetection = own.OutlierDetection
 	}
+	if own.RetryBudget != nil {
+		merged.RetryBudget = own.RetryBudget
+	}
 	return &merged
 }
 
@@ -126,6 +138,7 @@ func policy(dr *catalog.DestinationRule, spec *catalog.TrafficPolicy) (meshpb.Lo
 	}
 	tp.ConnectionPool = connectionPool(spec.ConnectionPool)
 	tp.OutlierDetection = outlierDetection(spec.OutlierDetection)
+	tp.RetryBudget = retryBudget(spec.RetryBudget)
 	return loadBalancing(spec.LoadBalancer), tp
 }
 
@@ -195,6 +208,22 @@ func outlierDetection(od *catalog.OutlierDetection) *meshpb.OutlierDetection {
 	}
 	if p := od.MaxEjectionPercent; p > 0 && p <= 100 {
 		out.MaxEjectionPercent = uint32(p)
+	}
+	return out
+}
+
+// retryBudget fills Trellis's defaults in; nil when rb is. A percent the
+// manifest refuses counts as unset.
+func retryBudget(rb *catalog.RetryBudget) *meshpb.RetryBudget {
+	if rb == nil {
+		return nil
+	}
+	out := &meshpb.RetryBudget{Percent: defaultRetryPercent, MinRetriesPerSecond: defaultRetriesASecond}
+	if p := rb.Percent; p != nil && *p >= 0 && *p <= 100 {
+		out.Percent = *p
+	}
+	if n := rb.MinRetryConcurrency; n != nil {
+		out.MinRetriesPerSecond = *n
 	}
 	return out
 }

@@ -150,7 +150,8 @@ func TestSubsetPolicyMerge(t *testing.T) {
 	lb := func(s string) *catalog.LoadBalancerSettings { return &catalog.LoadBalancerSettings{Simple: s} }
 	od := &catalog.OutlierDetection{BaseEjectionTime: "1m"}
 	cp := &catalog.ConnectionPoolSettings{}
-	rule := &catalog.TrafficPolicy{LoadBalancer: lb("ROUND_ROBIN"), OutlierDetection: od}
+	rb := &catalog.RetryBudget{Percent: proto.Float64(50)}
+	rule := &catalog.TrafficPolicy{LoadBalancer: lb("ROUND_ROBIN"), OutlierDetection: od, RetryBudget: &catalog.RetryBudget{}}
 	for _, tc := range []struct {
 		name      string
 		rule, own *catalog.TrafficPolicy
@@ -160,7 +161,9 @@ func TestSubsetPolicyMerge(t *testing.T) {
 		{"the rule's alone", rule, nil, rule},
 		{"the subset's alone", nil, &catalog.TrafficPolicy{ConnectionPool: cp}, &catalog.TrafficPolicy{ConnectionPool: cp}},
 		{"a field replaces the rule's, the others inherited", rule, &catalog.TrafficPolicy{LoadBalancer: lb("LEAST_REQUEST"), ConnectionPool: cp},
-			&catalog.TrafficPolicy{LoadBalancer: lb("LEAST_REQUEST"), ConnectionPool: cp, OutlierDetection: od}},
+			&catalog.TrafficPolicy{LoadBalancer: lb("LEAST_REQUEST"), ConnectionPool: cp, OutlierDetection: od, RetryBudget: rule.RetryBudget}},
+		{"a retryBudget replaces the rule's", rule, &catalog.TrafficPolicy{RetryBudget: rb},
+			&catalog.TrafficPolicy{LoadBalancer: lb("ROUND_ROBIN"), OutlierDetection: od, RetryBudget: rb}},
 		{"an empty own policy inherits all", rule, &catalog.TrafficPolicy{}, rule},
 	} {
 		got := subsetPolicy(tc.rule, tc.own)
@@ -203,6 +206,12 @@ func TestDestinationPolicyTranslation(t *testing.T) {
 		{"explicit zeros", &catalog.TrafficPolicy{OutlierDetection: &catalog.OutlierDetection{Consecutive5xxErrors: u(0),
 			ConsecutiveGatewayErrors: u(0), Interval: "1s", BaseEjectionTime: "500ms", MaxEjectionPercent: 0}}, 0,
 			&meshpb.TrafficPolicy{Source: "ns/r", OutlierDetection: &meshpb.OutlierDetection{BaseEjectionMs: 500, MaxEjectionPercent: 10}}},
+		{"retryBudget, defaults filled in", &catalog.TrafficPolicy{RetryBudget: &catalog.RetryBudget{}}, 0,
+			&meshpb.TrafficPolicy{Source: "ns/r", RetryBudget: &meshpb.RetryBudget{Percent: 20, MinRetriesPerSecond: 10}}},
+		{"retryBudget set", &catalog.TrafficPolicy{RetryBudget: &catalog.RetryBudget{Percent: proto.Float64(2.5), MinRetryConcurrency: u(3)}}, 0,
+			&meshpb.TrafficPolicy{Source: "ns/r", RetryBudget: &meshpb.RetryBudget{Percent: 2.5, MinRetriesPerSecond: 3}}},
+		{"retryBudget of none", &catalog.TrafficPolicy{RetryBudget: &catalog.RetryBudget{Percent: proto.Float64(0), MinRetryConcurrency: u(0)}}, 0,
+			&meshpb.TrafficPolicy{Source: "ns/r", RetryBudget: &meshpb.RetryBudget{}}},
 		{"all set", &catalog.TrafficPolicy{OutlierDetection: &catalog.OutlierDetection{Consecutive5xxErrors: u(7),
 			ConsecutiveGatewayErrors: u(2), BaseEjectionTime: "2m", MaxEjectionPercent: 100}}, 0,
 			&meshpb.TrafficPolicy{Source: "ns/r", OutlierDetection: &meshpb.OutlierDetection{Consecutive_5Xx: 7, ConsecutiveGateway: 2, BaseEjectionMs: 120000, MaxEjectionPercent: 100}}},
