@@ -72,6 +72,7 @@ type portStateKey struct {
 	outlier balancer.Outlier
 	limits  circuitLimits // on HTTP and gRPC requests
 	conns   circuitLimits // on opaque TCP connections (maxPending 0)
+	budget  budgetLimits  // of retries
 }
 
 // portState is what a service port keeps across configs while its policies
@@ -254,7 +255,7 @@ func endpointAddr(e *meshpb.Endpoint) string {
 
 func newPortState(key portStateKey) *portState {
 	b, _ := balancer.New(key.policy, key.outlier) // policy is one of lbPolicy's
-	up := &portState{bal: b, budget: &retryBudget{}}
+	up := &portState{bal: b, budget: &retryBudget{budgetLimits: key.budget}}
 	if key.limits.maxActive > 0 {
 		up.circuit = &circuit{circuitLimits: key.limits}
 	}
@@ -268,7 +269,17 @@ func newPortState(key portStateKey) *portState {
 // under the load balancing and traffic policy the config gives it.
 func stateKey(dst netip.AddrPort, subset string, lb meshpb.LoadBalancing, tp *meshpb.TrafficPolicy) portStateKey {
 	return portStateKey{dst: dst, subset: subset, policy: lbPolicy(lb), outlier: outlierOf(tp),
-		limits: limitsOf(tp), conns: connLimitsOf(tp)}
+		limits: limitsOf(tp), conns: connLimitsOf(tp), budget: budgetOf(tp)}
+}
+
+// budgetOf is the retry budget a traffic policy sets; the default when it
+// sets none.
+func budgetOf(tp *meshpb.TrafficPolicy) budgetLimits {
+	rb := tp.GetRetryBudget()
+	if rb == nil {
+		return defaultBudget
+	}
+	return budgetLimits{ratio: rb.GetPercent() / 100, floor: int(rb.GetMinRetriesPerSecond())}
 }
 
 // outlierOf is the ejection a traffic policy asks for; the zero Outlier

@@ -38,9 +38,10 @@ const (
 	// defaultBackoff is the first wait of a policy that gives no backoff
 	// (Envoy's).
 	defaultBackoff = 25 * time.Millisecond
-	// The retry budget, Linkerd's defaults: over retryWindow seconds, the
-	// retries to a service may be retryRatio of its requests plus
-	// retryFloor a second.
+	// The retry budget, Linkerd's defaults (a DestinationRule's
+	// retryBudget may set the ratio and the floor): over retryWindow
+	// seconds, the retries to a service may be retryRatio of its requests
+	// plus retryFloor a second.
 	retryRatio  = 0.2
 	retryFloor  = 10
 	retryWindow = 10
@@ -261,15 +262,28 @@ func closingCancels(resp *http.Response, err error, cancel context.CancelFunc) (
 }
 
 // retryBudget is one service's allowance of retries, Linkerd's budget:
-// over the last retryWindow seconds, retries may be retryRatio of the
-// requests that could be retried plus retryFloor a second. A service that
-// fails every request then sees about 1.2 times its load, not 1 +
+// over the last retryWindow seconds, retries may be ratio of the requests
+// that could be retried plus floor a second. With the defaults a service
+// that fails every request sees about 1.2 times its load, not 1 +
 // attempts times. Safe for concurrent use.
 type retryBudget struct {
+	budgetLimits // fixed once the budget is in use
+
 	mu   sync.Mutex
 	now  func() time.Time // nil: time.Now
 	secs [retryWindow]budgetSecond
 }
+
+// budgetLimits are a retry budget's parameters, part of portStateKey: a
+// change makes a new budget.
+type budgetLimits struct {
+	ratio float64 // of the requests, 0 to 1
+	floor int     // retries a second always allowed
+}
+
+// defaultBudget is the budget of a service port whose traffic policy sets
+// none.
+var defaultBudget = budgetLimits{ratio: retryRatio, floor: retryFloor}
 
 // budgetSecond counts one second's requests and retries.
 type budgetSecond struct {
@@ -296,7 +310,7 @@ func (b *retryBudget) withdraw() bool {
 			requests, retries = requests+c.requests, retries+c.retries
 		}
 	}
-	if float64(retries+1) > retryRatio*float64(requests)+retryFloor*retryWindow {
+	if float64(retries+1) > b.ratio*float64(requests)+float64(b.floor*retryWindow) {
 		return false
 	}
 	s.retries++

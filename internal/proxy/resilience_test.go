@@ -364,24 +364,132 @@ func TestLongBodyIsNotRetried(t *testing.T) {
 	}
 }
 
-// The budget allows 20 % of the requests plus the floor over its window,
-// and refills as seconds leave it.
+// The budget allows its ratio of the requests plus its floor a second
+// over its window, and refills as seconds leave it.
 func TestRetryBudgetWindow(t *testing.T) {
-	now := time.Unix(1000, 0)
-	b := &retryBudget{now: func() time.Time { return now }}
-	for range 1000 {
-		b.request()
+	for _, tc := range []struct {
+		name   string
+		limits budgetLimits
+		want   int // of 1000 requests
+	}{
+		{"the default, 20 % plus 10 a second", defaultBudget, 1000*retryRatio + retryFloor*retryWindow},
+		{"50 %, no floor", budgetLimits{ratio: 0.5}, 500},
+		{"2.5 % plus 3 a second", budgetLimits{ratio: 0.025, floor: 3}, 25 + 30},
+		{"none", budgetLimits{}, 0},
+	} {
+		now := time.Unix(1000, 0)
+		b := &retryBudget{budgetLimits: tc.limits, now: func() time.Time { return now }}
+		for range 1000 {
+			b.request()
+		}
+		allowed := 0
+		for allowed < 10000 && b.withdraw() { // bounded: a budget that never runs out fails, not hangs
+			allowed++
+		}
+		if allowed != tc.want {
+			t.Errorf("%s: the budget allowed %d retries of 1000 requests, want %d", tc.name, allowed, tc.want)
+		}
+		now = now.Add(retryWindow * time.Second)
+		for range 10 {
+			b.request()
+		}
+		if got := b.withdraw(); got != (tc.limits != budgetLimits{}) {
+			t.Errorf("%s: once the window passed, a retry of 10 new requests allowed = %v, want %v", tc.name, got, !got)
+		}
 	}
-	allowed := 0
-	for allowed < 10000 && b.withdraw() { // bounded: a budget that never runs out fails, not hangs
-		allowed++
+}
+
+// A DestinationRule's retryBudget sets the share of requests retried.
+// With the backend failing every request (each may be retried twice) and
+// no floor, the budget binds: every request asks for a retry after it is
+// counted, and one is refused only while the retries reach percent of
+// the requests counted, so the retries end up within a few of percent
+// of n (one per worker in flight, and the first requests' rounding), and
+// never above it.
+func TestRetryBudgetFromPolicy(t *testing.T) {
+	const n, workers = 200, 8
+	run := func(percent float64) (retries int64, m *testMesh) {
+		m, app := newResilienceMesh(t)
+		cfg := routedConfig(t, m, resilienceRoutes)
+		for _, s := range cfg.GetServices() {
+			if s.GetName() == "alpha-both" { // /down's backend, whose budget its retries draw on
+				s.TrafficPolicy = &meshpb.TrafficPolicy{Source: "db/alpha-both", RetryBudget: &meshpb.RetryBudget{Percent: percent}}
+			}
+		}
+		m.outbound.Update(cfg)
+		c := &http.Client{Transport: &http.Transport{MaxConnsPerHost: workers}, Timeout: 30 * time.Second}
+		t.Cleanup(c.CloseIdleConnections)
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		start := time.Now()
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for next.Add(1) <= n {
+					resp, err := c.Get("http://" + m.appAddr + "/down")
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}()
+		}
+		wg.Wait()
+		if elapsed := time.Since(start); elapsed > retryWindow*time.Second {
+			t.Fatalf("%v %%: the run took %v, longer than the budget's window: the bounds do not hold", percent, elapsed)
+		}
+		return app.requests.Load() - n, m
 	}
-	if want := 1000*retryRatio + retryFloor*retryWindow; allowed != int(want) {
-		t.Errorf("the budget allowed %d retries of 1000 requests, want %v", allowed, want)
+	generous, m := run(50)
+	if generous > n/2 || generous < n/2-2*workers {
+		t.Errorf("50 %%, no floor: %d retries of %d failing requests, want %d to %d", generous, n, n/2-2*workers, n/2)
 	}
-	now = now.Add(retryWindow * time.Second)
-	if !b.withdraw() {
-		t.Error("the budget did not refill once its window passed")
+	if got := scrape(t, m.outbound.Metrics, "trellis_route_retries_total", []string{`outcome="retried"`}); got != float64(generous) {
+		t.Errorf("50 %%: trellis_route_retries_total counts %v retries, the apps saw %d", got, generous)
+	}
+	stingy, m := run(5)
+	t.Logf("retries of %d failing requests: %d at 50 %%, %d at 5 %%", n, generous, stingy)
+	if stingy > n/20 || stingy >= generous {
+		t.Errorf("5 %%, no floor: %d retries of %d failing requests, want at most %d, fewer than 50 %%'s %d", stingy, n, n/20, generous)
+	}
+	// Each request asks for a retry at least once; the budget refuses all
+	// but the few it lets through, and says so.
+	if got := scrape(t, m.outbound.Metrics, "trellis_route_retries_total", []string{`outcome="budget_exhausted"`}); got < n-float64(stingy) {
+		t.Errorf("5 %%: trellis_route_retries_total counts %v retries refused by the budget, want at least %d", got, n-stingy)
+	}
+}
+
+// A service port keeps its retry budget, and the retries counted in it,
+// across configs that leave the budget as it is; a config that changes
+// it makes a new one.
+func TestRetryBudgetKeptAcrossConfigs(t *testing.T) {
+	m, _ := newResilienceMesh(t)
+	both := svcPort{"db", "alpha-both", 80, ""}
+	budget := func(rb *meshpb.RetryBudget) *retryBudget {
+		cfg := routedConfig(t, m, resilienceRoutes)
+		for _, s := range cfg.GetServices() {
+			if s.GetName() == "alpha-both" && rb != nil {
+				s.TrafficPolicy = &meshpb.TrafficPolicy{Source: "db/alpha-both", RetryBudget: rb}
+			}
+		}
+		m.outbound.Update(cfg)
+		return m.outbound.routes.Load().byService[both].budget
+	}
+	first := budget(&meshpb.RetryBudget{Percent: 30, MinRetriesPerSecond: 1})
+	if first.budgetLimits != (budgetLimits{ratio: 0.3, floor: 1}) {
+		t.Errorf("budget limits = %+v, want 30 %% plus 1 a second", first.budgetLimits)
+	}
+	if again := budget(&meshpb.RetryBudget{Percent: 30, MinRetriesPerSecond: 1}); again != first {
+		t.Error("an unchanged retryBudget made a new budget; want the one with its counts kept")
+	}
+	if changed := budget(&meshpb.RetryBudget{Percent: 40, MinRetriesPerSecond: 1}); changed == first || changed.ratio != 0.4 {
+		t.Errorf("a changed retryBudget kept the budget %+v; want a new one at 40 %%", changed.budgetLimits)
+	}
+	if unset := budget(nil); unset.budgetLimits != defaultBudget {
+		t.Errorf("without a retryBudget the limits are %+v, want the default %+v", unset.budgetLimits, defaultBudget)
 	}
 }
 

@@ -90,16 +90,23 @@ func newRoutedMesh(t *testing.T, routes string) *testMesh {
 func newRoutedMeshApp(t *testing.T, routes string, app func(name string) http.Handler) *testMesh {
 	t.Helper()
 	m := newTestMeshApp(t, 2, app)
+	m.outbound.Update(routedConfig(t, m, routes))
+	return m
+}
+
+// routedConfig is newRoutedMeshApp's config of m: alpha with routes, and
+// its backends alpha-v1, alpha-v2 and alpha-both.
+func routedConfig(t *testing.T, m *testMesh, routes string) *meshpb.ProxyConfig {
+	t.Helper()
 	svc := func(name, vip string, eps ...*meshpb.Endpoint) *meshpb.Service {
 		return dbService(name, vip, meshpb.Protocol_PROTOCOL_HTTP, eps...)
 	}
-	m.outbound.Update(&meshpb.ProxyConfig{Version: "routes",
+	return &meshpb.ProxyConfig{Version: "routes",
 		Workload: &meshpb.Workload{Namespace: "web", Name: "frontend", Identity: "spiffe://cluster.local/ns/web/sa/default"},
 		Services: []*meshpb.Service{svc("alpha", vip.Addr().String()),
 			svc("alpha-v1", "10.98.0.2", m.endpoints[0]), svc("alpha-v2", "10.98.0.3", m.endpoints[1]),
 			svc("alpha-both", "10.98.0.4", m.endpoints...)},
-		Routes: routesFrom(t, routes)})
-	return m
+		Routes: routesFrom(t, routes)}
 }
 
 const canaryRoutes = `
