@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	mrand "math/rand/v2"
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -356,7 +358,7 @@ func (c *Control) follow(ctx context.Context) (applied bool, err error) {
 		return false, err
 	}
 	c.mu.Lock()
-	hello := &meshpb.ConfigRequest{PodNamespace: c.PodNamespace, PodName: c.PodName, Version: c.config.GetVersion()}
+	hello := &meshpb.ConfigRequest{PodNamespace: c.PodNamespace, PodName: c.PodName, Version: c.config.GetVersion(), RouteChanges: true}
 	c.mu.Unlock()
 	if err := st.Send(c.report(hello)); err != nil {
 		return false, err
@@ -414,7 +416,8 @@ func (c *Control) update(upd *meshpb.ConfigUpdate) error {
 	}
 	// An update of the trust bundle, deny list or renewal demand alone
 	// leaves the config as it is: nothing to apply.
-	same := !upd.GetFull() && cur != nil && upd.GetVersion() == cur.GetVersion() && len(upd.GetUpsert())+len(upd.GetRemove()) == 0
+	same := !upd.GetFull() && cur != nil && upd.GetVersion() == cur.GetVersion() &&
+		len(upd.GetUpsert())+len(upd.GetRemove())+len(upd.GetRouteUpsert())+len(upd.GetRouteRemove()) == 0
 	if !same {
 		if err := c.Apply(next); err != nil {
 			return err
@@ -445,15 +448,19 @@ func (c *Control) update(upd *meshpb.ConfigUpdate) error {
 }
 
 // Merge applies an update to cur (nil before the first), returning a new
-// config that shares the unchanged services' messages with cur and the
-// new ones with upd; neither is modified. Services stay sorted by
-// namespace/name.
+// config that shares the unchanged services' and routes' messages with
+// cur and the new ones with upd; neither is modified. Services stay sorted
+// by namespace/name, routes as meshpb.CompareRoutes orders them.
 func Merge(cur *meshpb.ProxyConfig, upd *meshpb.ConfigUpdate) (*meshpb.ProxyConfig, error) {
 	if cur == nil && !upd.GetFull() {
 		return nil, errors.New("an incremental update arrived before any full config")
 	}
 	if upd.GetVersion() == "" {
 		return nil, errors.New("version is required")
+	}
+	routes, err := mergeRoutes(cur, upd)
+	if err != nil {
+		return nil, err
 	}
 	svcs := map[string]*meshpb.Service{}
 	if !upd.GetFull() {
@@ -468,7 +475,7 @@ func Merge(cur *meshpb.ProxyConfig, upd *meshpb.ConfigUpdate) (*meshpb.ProxyConf
 		svcs[s.GetNamespace()+"/"+s.GetName()] = s
 	}
 	next := &meshpb.ProxyConfig{Version: upd.GetVersion(), Workload: upd.GetWorkload(), Inbound: upd.GetInbound(),
-		Authorization: upd.GetAuthorization(), Authentication: upd.GetAuthentication(), Routes: upd.GetRoutes()}
+		Authorization: upd.GetAuthorization(), Authentication: upd.GetAuthentication(), Routes: routes}
 	for _, s := range svcs {
 		next.Services = append(next.Services, s)
 	}
@@ -477,6 +484,32 @@ func Merge(cur *meshpb.ProxyConfig, upd *meshpb.ConfigUpdate) (*meshpb.ProxyConf
 		return a.GetNamespace()+"/"+a.GetName() < b.GetNamespace()+"/"+b.GetName()
 	})
 	return next, nil
+}
+
+// mergeRoutes is the routes upd leaves in force: its routes when it
+// carries them complete, else cur's changed by its route_remove and
+// route_upsert.
+func mergeRoutes(cur *meshpb.ProxyConfig, upd *meshpb.ConfigUpdate) ([]*meshpb.Route, error) {
+	if !upd.GetRoutesIncremental() {
+		if len(upd.GetRouteUpsert())+len(upd.GetRouteRemove()) > 0 {
+			return nil, errors.New("route_upsert and route_remove need routes_incremental")
+		}
+		return upd.GetRoutes(), nil
+	}
+	if upd.GetFull() || len(upd.GetRoutes()) > 0 {
+		return nil, errors.New("routes_incremental: a full update, or one with routes, carries its routes complete")
+	}
+	byKey := map[string]*meshpb.Route{}
+	for _, r := range cur.GetRoutes() {
+		byKey[r.Key()] = r
+	}
+	for _, k := range upd.GetRouteRemove() {
+		delete(byKey, k)
+	}
+	for _, r := range upd.GetRouteUpsert() {
+		byKey[r.Key()] = r
+	}
+	return slices.SortedFunc(maps.Values(byKey), meshpb.CompareRoutes), nil
 }
 
 func (c *Control) next(wait time.Duration) time.Duration { return min(2*wait, c.MaxBackoff) }

@@ -816,3 +816,121 @@ func TestDeletedPodsCertificateIsRefused(t *testing.T) {
 	}
 	t.Logf("the control plane refused the renewal: %v", err)
 }
+
+// A proxy that says it takes route changes gets, after its full config,
+// only the routes that changed and the keys of those gone; one that does
+// not gets its routes complete in every update. Both end up holding the
+// same routes (controlclient.Merge, as the proxy applies updates).
+func TestRouteChangesAreSentAlone(t *testing.T) {
+	r := newRig(t)
+	core := ""
+	route := func(name string, weight int32) *catalog.HTTPRoute {
+		return &catalog.HTTPRoute{Meta: catalog.Meta{Namespace: "web", Name: name}, Spec: catalog.HTTPRouteSpec{
+			ParentRefs: []catalog.ParentReference{{Group: &core, Kind: "Service", Name: "hello"}},
+			Rules: []catalog.HTTPRouteRule{{BackendRefs: []catalog.HTTPBackendRef{{BackendRef: catalog.BackendRef{
+				BackendObjectReference: catalog.BackendObjectReference{Name: "hello", Port: 8080}, Weight: &weight}}}}}}}
+	}
+	// proxy is one raw config stream and the config its updates add up to.
+	type proxy struct {
+		st   meshpb.ConfigService_StreamConfigClient
+		held *meshpb.ProxyConfig
+		last *meshpb.ConfigUpdate // not ACKed yet
+	}
+	open := func(pod string, routeChanges bool) *proxy {
+		cert := r.firstCert(t, pod)
+		st, err := meshpb.NewConfigServiceClient(r.client(&cert)).StreamConfig(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&meshpb.ConfigRequest{PodNamespace: "web", PodName: pod, RouteChanges: routeChanges}); err != nil {
+			t.Fatal(err)
+		}
+		return &proxy{st: st}
+	}
+	// next ACKs the last update and waits for updates, each merged into
+	// what p holds, until p holds routes named want; it returns the last.
+	next := func(p *proxy, want ...string) *meshpb.ConfigUpdate {
+		t.Helper()
+		for {
+			if p.last != nil {
+				if err := p.st.Send(&meshpb.ConfigRequest{ResponseNonce: p.last.GetNonce(), Version: p.last.GetVersion()}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			upd, err := p.st.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.held, err = controlclient.Merge(p.held, upd); err != nil {
+				t.Fatal(err)
+			}
+			p.last = upd
+			if slices.Equal(keys(p.held.GetRoutes()), want) {
+				return upd
+			}
+		}
+	}
+	changes, complete := open("a", true), open("b", false)
+	next(changes)
+	next(complete)
+
+	r.snap.HTTPRoutes = []*catalog.HTTPRoute{route("split", 1), route("stays", 1)}
+	r.write()
+	both := []string{"HTTPRoute/web/split", "HTTPRoute/web/stays"}
+	a, b := next(changes, both...), next(complete, both...)
+	if !a.GetRoutesIncremental() || len(a.GetRoutes()) != 0 || !slices.Equal(keys(a.GetRouteUpsert()), both) {
+		t.Errorf("two routes added: incremental=%v routes=%v upsert=%v; want both upserted", a.GetRoutesIncremental(), keys(a.GetRoutes()), keys(a.GetRouteUpsert()))
+	}
+	if b.GetRoutesIncremental() || len(b.GetRouteUpsert()) != 0 {
+		t.Errorf("to a proxy that takes no route changes: incremental=%v upsert=%v, want the routes complete", b.GetRoutesIncremental(), keys(b.GetRouteUpsert()))
+	}
+
+	// One route changes (its weight), the other stays.
+	r.snap.HTTPRoutes[0] = route("split", 3)
+	r.write()
+	a = next(changes, both...)
+	for a.GetRoutesIncremental() && len(a.GetRouteUpsert()) == 0 { // an update before the change
+		a = next(changes, both...)
+	}
+	if len(a.GetRoutes()) != 0 || !slices.Equal(keys(a.GetRouteUpsert()), []string{"HTTPRoute/web/split"}) || len(a.GetRouteRemove()) != 0 {
+		t.Errorf("after one route changed: routes=%v upsert=%v remove=%v; want only HTTPRoute/web/split upserted",
+			keys(a.GetRoutes()), keys(a.GetRouteUpsert()), a.GetRouteRemove())
+	}
+	if w := firstWeight(changes.held.GetRoutes()[0]); w != 3 {
+		t.Errorf("the proxy holds split with weight %v, want the changed 3", w)
+	}
+
+	// One goes.
+	r.snap.HTTPRoutes = r.snap.HTTPRoutes[:1]
+	r.write()
+	a, b = next(changes, "HTTPRoute/web/split"), next(complete, "HTTPRoute/web/split")
+	if !slices.Equal(a.GetRouteRemove(), []string{"HTTPRoute/web/stays"}) || len(a.GetRouteUpsert()) != 0 {
+		t.Errorf("after a route went: upsert=%v remove=%v, want HTTPRoute/web/stays removed only", keys(a.GetRouteUpsert()), a.GetRouteRemove())
+	}
+	if b.GetRoutesIncremental() || len(b.GetRoutes()) != 1 {
+		t.Errorf("to a proxy that takes no route changes: incremental=%v routes=%v, want the one left, complete", b.GetRoutesIncremental(), keys(b.GetRoutes()))
+	}
+}
+
+// keys are routes' keys, in order.
+func keys(rs []*meshpb.Route) []string {
+	var out []string
+	for _, rt := range rs {
+		out = append(out, rt.Key())
+	}
+	return out
+}
+
+// firstWeight is the weight of a route's first backend, as sent; 0 when
+// it has none.
+func firstWeight(rt *meshpb.Route) float64 {
+	rules := rt.GetSpec().GetFields()["rules"].GetListValue().GetValues()
+	if len(rules) == 0 {
+		return 0
+	}
+	refs := rules[0].GetStructValue().GetFields()["backendRefs"].GetListValue().GetValues()
+	if len(refs) == 0 {
+		return 0
+	}
+	return refs[0].GetStructValue().GetFields()["weight"].GetNumberValue()
+}

@@ -183,8 +183,13 @@ type ConfigRequest struct {
 	// The version of the trust bundle the proxy uses (from the last update
 	// that carried one).
 	TrustBundleVersion string `protobuf:"bytes,8,opt,name=trust_bundle_version,json=trustBundleVersion,proto3" json:"trust_bundle_version,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Set in the hello by a proxy that applies route_upsert and
+	// route_remove (ConfigUpdate): the control plane then sends the routes
+	// that changed only. A proxy that does not set it gets its routes
+	// complete in every update.
+	RouteChanges  bool `protobuf:"varint,9,opt,name=route_changes,json=routeChanges,proto3" json:"route_changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConfigRequest) Reset() {
@@ -259,6 +264,13 @@ func (x *ConfigRequest) GetTrustBundleVersion() string {
 	return ""
 }
 
+func (x *ConfigRequest) GetRouteChanges() bool {
+	if x != nil {
+		return x.RouteChanges
+	}
+	return false
+}
+
 // ConfigUpdate changes a proxy's ProxyConfig.
 type ConfigUpdate struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -297,9 +309,18 @@ type ConfigUpdate struct {
 	Authorization *Authorization `protobuf:"bytes,13,opt,name=authorization,proto3" json:"authorization,omitempty"`
 	// The workload's JWT rules, complete in every update; absent: none.
 	Authentication *Authentication `protobuf:"bytes,14,opt,name=authentication,proto3" json:"authentication,omitempty"`
-	// The routes of the workload's config (ProxyConfig.routes), complete in
-	// every update; empty: none.
-	Routes        []*Route `protobuf:"bytes,15,rep,name=routes,proto3" json:"routes,omitempty"`
+	// The routes of the workload's config (ProxyConfig.routes), complete;
+	// empty: none. Unless routes_incremental is set.
+	Routes []*Route `protobuf:"bytes,15,rep,name=routes,proto3" json:"routes,omitempty"`
+	// Set only in an update that is not full, to a proxy whose hello set
+	// route_changes: routes is empty, and the routes in force change by
+	// route_remove, then route_upsert; the others stay as they are.
+	RoutesIncremental bool `protobuf:"varint,16,opt,name=routes_incremental,json=routesIncremental,proto3" json:"routes_incremental,omitempty"`
+	// Routes added or changed, each complete; a route is known by its kind,
+	// namespace and name.
+	RouteUpsert []*Route `protobuf:"bytes,17,rep,name=route_upsert,json=routeUpsert,proto3" json:"route_upsert,omitempty"`
+	// Routes gone, as "kind/namespace/name".
+	RouteRemove   []string `protobuf:"bytes,18,rep,name=route_remove,json=routeRemove,proto3" json:"route_remove,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -439,6 +460,27 @@ func (x *ConfigUpdate) GetRoutes() []*Route {
 	return nil
 }
 
+func (x *ConfigUpdate) GetRoutesIncremental() bool {
+	if x != nil {
+		return x.RoutesIncremental
+	}
+	return false
+}
+
+func (x *ConfigUpdate) GetRouteUpsert() []*Route {
+	if x != nil {
+		return x.RouteUpsert
+	}
+	return nil
+}
+
+func (x *ConfigUpdate) GetRouteRemove() []string {
+	if x != nil {
+		return x.RouteRemove
+	}
+	return nil
+}
+
 var File_trellis_v1_control_proto protoreflect.FileDescriptor
 
 const file_trellis_v1_control_proto_rawDesc = "" +
@@ -452,14 +494,15 @@ const file_trellis_v1_control_proto_rawDesc = "" +
 	"\bpod_name\x18\x04 \x01(\tR\apodName\"G\n" +
 	"\fSignResponse\x12\x14\n" +
 	"\x05chain\x18\x01 \x03(\fR\x05chain\x12!\n" +
-	"\ftrust_bundle\x18\x02 \x03(\fR\vtrustBundle\"\x8f\x02\n" +
+	"\ftrust_bundle\x18\x02 \x03(\fR\vtrustBundle\"\xb4\x02\n" +
 	"\rConfigRequest\x12#\n" +
 	"\rpod_namespace\x18\x01 \x01(\tR\fpodNamespace\x12\x19\n" +
 	"\bpod_name\x18\x02 \x01(\tR\apodName\x12%\n" +
 	"\x0eresponse_nonce\x18\x03 \x01(\tR\rresponseNonce\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x120\n" +
-	"\x14trust_bundle_version\x18\b \x01(\tR\x12trustBundleVersionJ\x04\b\x06\x10\aJ\x04\b\a\x10\bR\x15certificate_not_afterR\x12certificate_issuer\"\xff\x04\n" +
+	"\x14trust_bundle_version\x18\b \x01(\tR\x12trustBundleVersion\x12#\n" +
+	"\rroute_changes\x18\t \x01(\bR\frouteChangesJ\x04\b\x06\x10\aJ\x04\b\a\x10\bR\x15certificate_not_afterR\x12certificate_issuer\"\x87\x06\n" +
 	"\fConfigUpdate\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12\x12\n" +
@@ -476,7 +519,10 @@ const file_trellis_v1_control_proto_rawDesc = "" +
 	"\x0frevoked_version\x18\f \x01(\tR\x0erevokedVersion\x12?\n" +
 	"\rauthorization\x18\r \x01(\v2\x19.trellis.v1.AuthorizationR\rauthorization\x12B\n" +
 	"\x0eauthentication\x18\x0e \x01(\v2\x1a.trellis.v1.AuthenticationR\x0eauthentication\x12)\n" +
-	"\x06routes\x18\x0f \x03(\v2\x11.trellis.v1.RouteR\x06routes2O\n" +
+	"\x06routes\x18\x0f \x03(\v2\x11.trellis.v1.RouteR\x06routes\x12-\n" +
+	"\x12routes_incremental\x18\x10 \x01(\bR\x11routesIncremental\x124\n" +
+	"\froute_upsert\x18\x11 \x03(\v2\x11.trellis.v1.RouteR\vrouteUpsert\x12!\n" +
+	"\froute_remove\x18\x12 \x03(\tR\vrouteRemove2O\n" +
 	"\x12CertificateService\x129\n" +
 	"\x04Sign\x12\x17.trellis.v1.SignRequest\x1a\x18.trellis.v1.SignResponse2X\n" +
 	"\rConfigService\x12G\n" +
@@ -514,15 +560,16 @@ var file_trellis_v1_control_proto_depIdxs = []int32{
 	7, // 3: trellis.v1.ConfigUpdate.authorization:type_name -> trellis.v1.Authorization
 	8, // 4: trellis.v1.ConfigUpdate.authentication:type_name -> trellis.v1.Authentication
 	9, // 5: trellis.v1.ConfigUpdate.routes:type_name -> trellis.v1.Route
-	0, // 6: trellis.v1.CertificateService.Sign:input_type -> trellis.v1.SignRequest
-	2, // 7: trellis.v1.ConfigService.StreamConfig:input_type -> trellis.v1.ConfigRequest
-	1, // 8: trellis.v1.CertificateService.Sign:output_type -> trellis.v1.SignResponse
-	3, // 9: trellis.v1.ConfigService.StreamConfig:output_type -> trellis.v1.ConfigUpdate
-	8, // [8:10] is the sub-list for method output_type
-	6, // [6:8] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	9, // 6: trellis.v1.ConfigUpdate.route_upsert:type_name -> trellis.v1.Route
+	0, // 7: trellis.v1.CertificateService.Sign:input_type -> trellis.v1.SignRequest
+	2, // 8: trellis.v1.ConfigService.StreamConfig:input_type -> trellis.v1.ConfigRequest
+	1, // 9: trellis.v1.CertificateService.Sign:output_type -> trellis.v1.SignResponse
+	3, // 10: trellis.v1.ConfigService.StreamConfig:output_type -> trellis.v1.ConfigUpdate
+	9, // [9:11] is the sub-list for method output_type
+	7, // [7:9] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_trellis_v1_control_proto_init() }

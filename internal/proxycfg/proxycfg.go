@@ -86,7 +86,7 @@ func Render(snap *catalog.Snapshot, trustDomain string) *Rendered {
 	}
 	sort.Slice(r.Services, func(i, j int) bool { return ServiceKey(r.Services[i]) < ServiceKey(r.Services[j]) })
 	for _, s := range r.Services {
-		r.Hashes[ServiceKey(s)] = hash(s)
+		r.Hashes[ServiceKey(s)] = Hash(s)
 	}
 	return r
 }
@@ -131,7 +131,7 @@ func (r *Rendered) For(ns string) *View {
 		}
 		h := r.Hashes[k]
 		if own, ok := r.rules.forClients(s, ns); ok {
-			s, h = own, hash(own)
+			s, h = own, Hash(own)
 		}
 		v.Services = append(v.Services, s)
 		v.Hashes[k] = h
@@ -311,12 +311,14 @@ func version(digest string, parts ...proto.Message) string {
 	h := fnv.New64a()
 	h.Write([]byte(digest))
 	for _, m := range parts {
-		h.Write([]byte(hash(m)))
+		h.Write([]byte(Hash(m)))
 	}
 	return fmt.Sprintf("%016x", h.Sum64())
 }
 
-func hash(m proto.Message) string {
+// Hash is m's content hash: equal messages hash alike, over any number of
+// runs (updates send what changed by it).
+func Hash(m proto.Message) string {
 	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		panic(fmt.Sprintf("proxycfg: marshal %T: %v", m, err)) // only for invalid UTF-8, which catalog strings never hold

@@ -280,7 +280,7 @@ func (s *Server) StreamConfig(srv meshpb.ConfigService_StreamConfigServer) error
 		return status.Errorf(codes.PermissionDenied, "config stream: pod %s runs as %s, not as %s", key, want, id)
 	}
 	st := &stream{srv: srv, s: s, key: key, namespace: hello.GetPodNamespace(), name: hello.GetPodName(),
-		notify: make(chan struct{}, 1), answers: make(chan *meshpb.ConfigRequest, 1)}
+		routeChanges: hello.GetRouteChanges(), notify: make(chan struct{}, 1), answers: make(chan *meshpb.ConfigRequest, 1)}
 	if !s.connect(st, id.String(), hello, provenCert(ctx)) {
 		return status.Errorf(codes.ResourceExhausted, "config stream: pod %s has %d streams open already", key, MaxStreamsPerPod)
 	}

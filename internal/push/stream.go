@@ -2,6 +2,7 @@ package push
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,7 @@ type stream struct {
 	srv                  meshpb.ConfigService_StreamConfigServer
 	s                    *Server
 	key, namespace, name string
+	routeChanges         bool                       // the proxy applies route_upsert and route_remove (its hello said so)
 	notify               chan struct{}              // buffered(1): the generation changed
 	answers              chan *meshpb.ConfigRequest // the proxy's ACKs and NACKs
 	nonce                atomic.Uint64
@@ -30,6 +32,7 @@ type stream struct {
 type accepted struct {
 	version  string
 	services map[string]string // service key -> content hash
+	routes   map[string]string // route key (meshpb.Route.Key) -> content hash
 	trust    trust
 	full     bool // a full config was accepted on this stream
 	from     time.Time
@@ -129,9 +132,10 @@ func (st *stream) next() *meshpb.ConfigUpdate {
 	upd := &meshpb.ConfigUpdate{
 		Version: cfg.GetVersion(), Nonce: strconv.FormatUint(st.nonce.Add(1), 10),
 		Full: !st.acked.full, Workload: cfg.GetWorkload(), Inbound: cfg.GetInbound(),
-		Authorization: cfg.GetAuthorization(), Authentication: cfg.GetAuthentication(), Routes: cfg.GetRoutes(),
+		Authorization: cfg.GetAuthorization(), Authentication: cfg.GetAuthentication(),
 		RenewIssuedBefore: b.RenewIssuedBefore,
 	}
+	routes := st.addRoutes(upd, cfg.GetRoutes())
 	visible := map[string]string{}                   // what the proxy will have: key -> hash
 	hashes := gen.rend.For(pod.Pod.Namespace).Hashes // as its namespace sees them (its DestinationRules)
 	for _, svc := range cfg.GetServices() {
@@ -154,11 +158,38 @@ func (st *stream) next() *meshpb.ConfigUpdate {
 	if upd.Full || tr.revoked != st.acked.trust.revoked {
 		upd.RevokedPods, upd.RevokedVersion = gen.revoked.uids, gen.revoked.version
 	}
-	st.sent = accepted{version: cfg.GetVersion(), services: visible, trust: tr, full: true}
+	st.sent = accepted{version: cfg.GetVersion(), services: visible, routes: routes, trust: tr, full: true}
 	if !upd.Full {
 		st.sent.from = gen.time // a first config measures the connection, not convergence
 	}
 	return upd
+}
+
+// addRoutes puts routes, the proxy's routes now, in upd: complete, or,
+// when the proxy takes route changes and upd is not full, those that
+// changed since the config it accepted. It returns their hashes.
+func (st *stream) addRoutes(upd *meshpb.ConfigUpdate, routes []*meshpb.Route) map[string]string {
+	hashes := make(map[string]string, len(routes))
+	for _, r := range routes {
+		hashes[r.Key()] = proxycfg.Hash(r)
+	}
+	if upd.Full || !st.routeChanges {
+		upd.Routes = routes
+		return hashes
+	}
+	upd.RoutesIncremental = true
+	for _, r := range routes {
+		if st.acked.routes[r.Key()] != hashes[r.Key()] {
+			upd.RouteUpsert = append(upd.RouteUpsert, r)
+		}
+	}
+	for k := range st.acked.routes {
+		if _, ok := hashes[k]; !ok {
+			upd.RouteRemove = append(upd.RouteRemove, k)
+		}
+	}
+	slices.Sort(upd.RouteRemove)
+	return hashes
 }
 
 // answered records an ACK or NACK of the outstanding update.
