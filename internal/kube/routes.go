@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -96,6 +97,11 @@ func listRoutes(snap *catalog.Snapshot, listers [][]gvrLister, warned *warnings)
 	out := &listedRoutes{}
 	var rs route.Routes
 	for i, k := range routeKinds {
+		// A kind read from two groups (a VirtualService in Trellis's and in
+		// Istio's) may have one name twice in a namespace: the first
+		// group's applies, and the other is refused, so that a proxy knows
+		// each route by its kind, namespace and name.
+		read := map[string]schema.GroupVersionResource{}
 		for _, l := range listers[i] {
 			objs, _ := l.List(labels.Everything())
 			slices.SortFunc(objs, func(a, b runtime.Object) int {
@@ -108,7 +114,13 @@ func listRoutes(snap *catalog.Snapshot, listers [][]gvrLister, warned *warnings)
 					continue
 				}
 				one, err := k.decode(u)
+				key := u.GetNamespace() + "/" + u.GetName()
+				if first, dup := read[key]; dup {
+					err = fmt.Errorf("%s %s of group %s applies instead, as the first of %s to be read: rename or delete one of them",
+						k.name, key, first.Group, groupNames(listers[i]))
+				}
 				if err == nil {
+					read[key] = l.gvr
 					rs.HTTP, rs.GRPC, rs.VS = append(rs.HTTP, one.HTTP...), append(rs.GRPC, one.GRPC...), append(rs.VS, one.VS...)
 					out.decoded = append(out.decoded, listedRoute{l.gvr, u})
 					continue
@@ -127,6 +139,15 @@ func listRoutes(snap *catalog.Snapshot, listers [][]gvrLister, warned *warnings)
 	}
 	snap.HTTPRoutes, snap.GRPCRoutes, snap.VirtualServices = rs.HTTP, rs.GRPC, rs.VS
 	return out
+}
+
+// groupNames are the groups of ls, in order.
+func groupNames(ls []gvrLister) string {
+	var names []string
+	for _, l := range ls {
+		names = append(names, l.gvr.Group)
+	}
+	return strings.Join(names, ", ")
 }
 
 // statuses are the status of every route: those of snap as

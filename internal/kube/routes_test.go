@@ -218,3 +218,40 @@ func TestWarningsPerObject(t *testing.T) {
 		t.Errorf("%d problems remembered after the object went, want 0", len(w.logged))
 	}
 }
+
+// A VirtualService of one name in one namespace in both Trellis's group
+// and Istio's: Trellis's applies, the other is refused with a status that
+// says so, and the snapshot holds one route by that name (a proxy knows
+// each route by kind, namespace and name).
+func TestVirtualServiceInTwoGroups(t *testing.T) {
+	snap := &catalog.Snapshot{Services: []*catalog.Service{
+		{Meta: catalog.Meta{Name: "hello", Namespace: "mesh"}, ClusterIP: netip.MustParseAddr("10.96.0.10"),
+			Ports: []catalog.ServicePort{{Name: "http", Protocol: catalog.TCP, Port: 8080}}},
+	}}
+	vs := func(group string) string {
+		return `apiVersion: ` + group + `/v1
+kind: VirtualService
+metadata: {name: same, namespace: mesh, generation: 1}
+spec:
+  hosts: [hello]
+  http: [{route: [{destination: {host: hello}}]}]
+`
+	}
+	both := []gvrLister{{gvr: VirtualServiceResources[0]}, {gvr: VirtualServiceResources[1]}}
+	all := [][]gvrLister{nil, nil, append(listerOf(t, 0, both, vs("networking.trellis.io")), listerOf(t, 1, both, vs("networking.istio.io"))...)}
+	routes := listRoutes(snap, all, newWarnings())
+	if len(snap.VirtualServices) != 1 {
+		t.Fatalf("%d VirtualServices in the snapshot, want 1", len(snap.VirtualServices))
+	}
+	ups := routes.statuses(snap)
+	if len(ups) != 2 {
+		t.Fatalf("%d statuses, want 2", len(ups))
+	}
+	if g := ups[0].gvr.Group; g != "networking.trellis.io" || ups[0].parents[0].Conditions[0].Status != catalog.ConditionTrue {
+		t.Errorf("first status: group %s %+v, want Trellis's accepted", g, ups[0].parents[0].Conditions[0])
+	}
+	refused := ups[1].parents[0].Conditions[0]
+	if ups[1].gvr.Group != "networking.istio.io" || refused.Status != catalog.ConditionFalse || !strings.Contains(refused.Message, "networking.trellis.io applies instead") {
+		t.Errorf("second status: group %s %+v, want Istio's refused, naming Trellis's", ups[1].gvr.Group, refused)
+	}
+}

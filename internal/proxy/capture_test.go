@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -220,6 +221,57 @@ func TestTransparentCapture(t *testing.T) {
 			return err
 		})
 		expect(t, podApp, "direct")
+	})
+	t.Run("the inbound's closed connections to the app do not run the pod out of ports", func(t *testing.T) {
+		// 20 source ports (not the 28 232 Linux has): each connection the
+		// proxy closes first leaves a TIME_WAIT for 60 s. A port bound
+		// before connect would be held against every destination: after
+		// 20, neither another app port nor any outbound connection would
+		// get one.
+		netnstest.Run(t, pod, func() error {
+			return os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("40000 40019"), 0o644)
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		other := listen(t, pod, "10.97.0.2:8082")
+		// An app that closes only after the proxy has: the TIME_WAITs are
+		// the proxy's.
+		var patient net.Listener
+		netnstest.Run(t, pod, func() (err error) { patient, err = net.Listen("tcp", "10.97.0.2:8083"); return err })
+		defer patient.Close()
+		go func() {
+			for {
+				c, err := patient.Accept()
+				if err != nil {
+					return
+				}
+				go func() { io.Copy(io.Discard, c); c.Close() }()
+			}
+		}()
+		for range 20 {
+			netnstest.Run(t, pod, func() error {
+				c, err := connectApp(ctx, "10.97.0.2:8083")
+				if err != nil {
+					return err
+				}
+				return c.Close()
+			})
+		}
+		time.Sleep(100 * time.Millisecond) // the app's side closes too
+		netnstest.Run(t, pod, func() error {
+			c, err := connectApp(ctx, "10.97.0.2:8082")
+			if err != nil {
+				return fmt.Errorf("an app connection after 20 closed ones: %w", err)
+			}
+			_, err = io.ReadAll(c)
+			c.Close()
+			return err
+		})
+		expect(t, other, "direct")
+		if err := dialFrom(t, pod, "10.97.0.1:9080", MarkedDialer(testMark)); err != nil {
+			t.Errorf("an outbound connection after 20 closed app connections: %v", err)
+		}
+		expect(t, remote, "direct")
 	})
 	t.Run("the app's connection to its own pod's address reaches it", func(t *testing.T) {
 		if err := dialFrom(t, pod, "10.97.0.2:8081", &net.Dialer{}); err != nil {

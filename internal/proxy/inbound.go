@@ -19,9 +19,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sys/unix"
 
 	"github.com/trellis-mesh/trellis/internal/authn"
 	"github.com/trellis-mesh/trellis/internal/authz"
@@ -534,11 +536,24 @@ func (in *Inbound) roundTrip(req *http.Request) (*http.Response, error) {
 // connectApp connects to the app at addr (the pod's address or loopback),
 // from nft.InboundSource when addr is IPv4: the pod's capture rules send
 // the proxy's other connections to its own pod to the inbound port, and
-// pass these.
+// pass these. The source port is picked at connect, per destination
+// (IP_BIND_ADDRESS_NO_PORT): bound before, each would hold its port
+// against every destination, and the closed connections' TIME_WAITs would
+// run the pod out of ports for all its connections, outbound too.
 func connectApp(ctx context.Context, addr string) (net.Conn, error) {
 	d := net.Dialer{Timeout: appDialTimeout}
-	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is4() {
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Unmap().Is4() {
+		addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
 		d.LocalAddr = &net.TCPAddr{IP: nft.InboundSource.AsSlice()}
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
 	}
 	return d.DialContext(ctx, "tcp", addr)
 }

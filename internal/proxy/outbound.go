@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -177,7 +178,9 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 	t := &routeTable{byVIP: map[netip.AddrPort]*route{}, byService: map[svcPort]*route{}, identities: map[string]identity.ID{},
 		peers: map[string]telemetry.Peer{}, self: selfPeer(cfg.GetWorkload())}
 	keep := map[portStateKey]*portState{}
+	services := map[[2]string]*meshpb.Service{} // by namespace and name
 	for _, s := range cfg.GetServices() {
+		services[[2]string{s.GetNamespace(), s.GetName()}] = s
 		vip, err := netip.ParseAddr(s.GetVip())
 		if err != nil {
 			continue // Validate refused it already
@@ -195,13 +198,24 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 			r := o.portRoute(t, keep, key, s, p, p.GetEndpoints())
 			t.byVIP[dst] = r
 			t.byService[svcPort{s.GetNamespace(), s.GetName(), uint16(p.GetPort()), ""}] = r
-			for _, sub := range s.GetSubsets() {
-				key := stateKey(dst, sub.GetName(), sub.GetLoadBalancing(), sub.GetTrafficPolicy())
-				t.byService[svcPort{s.GetNamespace(), s.GetName(), uint16(p.GetPort()), sub.GetName()}] = o.portRoute(t, keep, key, s, p, sub.Select(p.GetEndpoints()))
-			}
 		}
 	}
-	t.compileRoutes(cfg)
+	// A subset's route, made when a route sends to it.
+	t.compileRoutes(cfg, func(b routing.Backend) *route {
+		s := services[[2]string{b.Namespace, b.Name}]
+		vip, err := netip.ParseAddr(s.GetVip())
+		if err != nil {
+			return nil
+		}
+		i := slices.IndexFunc(s.GetPorts(), func(p *meshpb.ServicePort) bool { return p.GetPort() == uint32(b.Port) })
+		j := slices.IndexFunc(s.GetSubsets(), func(sub *meshpb.Subset) bool { return sub.GetName() == b.Subset })
+		if i < 0 || j < 0 {
+			return nil
+		}
+		p, sub := s.GetPorts()[i], s.GetSubsets()[j]
+		key := stateKey(netip.AddrPortFrom(vip, uint16(p.GetPort())), sub.GetName(), sub.GetLoadBalancing(), sub.GetTrafficPolicy())
+		return o.portRoute(t, keep, key, s, p, sub.Select(p.GetEndpoints()))
+	})
 	o.ports = keep
 	old := o.routes.Swap(t)
 	for addr := range old.peers {

@@ -310,7 +310,7 @@ func (b *retryBudget) withdraw() bool {
 			requests, retries = requests+c.requests, retries+c.retries
 		}
 	}
-	if float64(retries+1) > b.ratio*float64(requests)+float64(b.floor*retryWindow) {
+	if float64(retries+1) > b.ratio*float64(requests)+float64(b.floor)*retryWindow {
 		return false
 	}
 	s.retries++

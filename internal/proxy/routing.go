@@ -28,28 +28,44 @@ func backendPort(b routing.Backend) svcPort {
 
 // compileRoutes gives each service port of t the table of the routes in
 // cfg attached to it, as the workload's namespace sees them (its own
-// consumer routes before the producer's). Validate has refused a config
-// whose routes do not decode.
-func (t *routeTable) compileRoutes(cfg *meshpb.ProxyConfig) {
+// consumer routes before the producer's), and adds to t the route of
+// each subset a table sends to, made by subset (nil: the subset does not
+// exist, and the requests sent there get 500). Only those: a
+// DestinationRule's subsets cost a proxy nothing until its routes use
+// them. Validate has refused a config whose routes do not decode.
+func (t *routeTable) compileRoutes(cfg *meshpb.ProxyConfig, subset func(routing.Backend) *route) {
 	rs, err := routing.FromProto(cfg.GetRoutes())
 	if err != nil || rs.Empty() {
 		return
 	}
 	rc := RouteConfig(cfg)
 	client := cfg.GetWorkload().GetNamespace()
-	for key, r := range t.byService {
+	var routed []*route
+	for key, r := range t.byService { // only service ports yet
 		attached := rs.AttachedTo(key.namespace, key.name)
-		if attached.Empty() || key.subset != "" { // routes attach to a service port, not to a subset
+		if attached.Empty() {
 			continue
 		}
 		target := routing.Target{Namespace: key.namespace, Name: key.name, Port: int32(key.port), ClientNamespace: client}
 		if table := routing.Compile(target, attached, rc); !table.Empty() {
 			r.table = table
-			r.resilient = r.resilient || table.Resilient() || slices.ContainsFunc(table.Backends(), func(b routing.Backend) bool {
-				to := t.byService[backendPort(b)]
-				return to != nil && to.circuit != nil
-			})
+			routed = append(routed, r)
 		}
+	}
+	for _, r := range routed {
+		for _, b := range r.table.Backends() {
+			if k := backendPort(b); k.subset != "" && t.byService[k] == nil {
+				if sr := subset(b); sr != nil {
+					t.byService[k] = sr
+				}
+			}
+		}
+	}
+	for _, r := range routed {
+		r.resilient = r.resilient || r.table.Resilient() || slices.ContainsFunc(r.table.Backends(), func(b routing.Backend) bool {
+			to := t.byService[backendPort(b)]
+			return to != nil && to.circuit != nil
+		})
 	}
 }
 

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -110,5 +112,38 @@ func TestRoutesToSubsets(t *testing.T) {
 	after := m.outbound.routes.Load().byService[svcPort{"db", "alpha", 80, "v2"}]
 	if before == nil || after == nil || before.bal != after.bal || before.circuit != after.circuit {
 		t.Error("a config update replaced subset v2's balancer or connection pool, want them kept")
+	}
+}
+
+// A subset costs a proxy a balancer only when one of its routes sends to
+// it: a DestinationRule's other subsets, however many, cost it nothing.
+func TestSubsetsBuiltOnlyWhenRouted(t *testing.T) {
+	m := newSubsetMesh(t)
+	built := func() []string {
+		var out []string
+		for k := range m.outbound.routes.Load().byService {
+			if k.subset != "" {
+				out = append(out, k.subset)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	// v1, v2, v3 are routed to (v9 is not in the rule).
+	if got := built(); !slices.Equal(got, []string{"v1", "v2", "v3"}) {
+		t.Errorf("subsets with balancers: %v, want v1, v2, v3", got)
+	}
+	cfg := subsetConfig(t, m)
+	for i := range 60 {
+		cfg.Services[0].Subsets = append(cfg.Services[0].Subsets, &meshpb.Subset{Name: fmt.Sprintf("unused-%d", i)})
+	}
+	m.outbound.Update(cfg)
+	if got := built(); !slices.Equal(got, []string{"v1", "v2", "v3"}) {
+		t.Errorf("with 60 more subsets no route names: %v, want still v1, v2, v3", got)
+	}
+	cfg.Routes = nil
+	m.outbound.Update(cfg)
+	if got := built(); len(got) != 0 {
+		t.Errorf("without routes: %v, want no subset balancer", got)
 	}
 }
