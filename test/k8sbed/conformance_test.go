@@ -98,12 +98,7 @@ func TestGAMMAConformance(t *testing.T) {
 // entrypoint, the client the command the suite execs.
 func loadGAMMAEcho(t *testing.T, ctx context.Context, bed *Bed) {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "gammaecho")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./workloads/gammaecho")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build gammaecho: %v\n%s", err, out)
-	}
+	bin := buildWorkload(t, ctx, "gammaecho")
 	if err := bed.LoadImageAt(ctx, gammaEchoImage, bin, []string{"/usr/local/bin/server", "/usr/local/bin/client"}, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -809,17 +809,24 @@ func startBed(t *testing.T, ctx context.Context) *Bed {
 	return bed
 }
 
+// buildWorkload builds ./workloads/NAME as a static binary and returns
+// its path.
+func buildWorkload(t *testing.T, ctx context.Context, name string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./workloads/"+name)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", name, err, out)
+	}
+	return bin
+}
+
 // loadHello builds the test workload and loads it as
 // trellis.local/test/hello:1.
 func loadHello(t *testing.T, ctx context.Context, bed *Bed) {
 	t.Helper()
-	hello := filepath.Join(t.TempDir(), "hello")
-	build := exec.CommandContext(ctx, "go", "build", "-o", hello, "./workloads/hello")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build hello: %v\n%s", err, out)
-	}
-	if err := bed.LoadImage(ctx, "trellis.local/test/hello:1", hello, nil); err != nil {
+	if err := bed.LoadImage(ctx, "trellis.local/test/hello:1", buildWorkload(t, ctx, "hello"), nil); err != nil {
 		t.Fatal(err)
 	}
 }
