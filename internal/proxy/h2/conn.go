@@ -428,12 +428,18 @@ func (c *Conn) frame(f http2.Frame) error {
 	return nil // unknown frame types are ignored
 }
 
-// settings applies and acknowledges the peer's SETTINGS.
+// settings applies and acknowledges the peer's SETTINGS. The ACK is
+// queued under both locks (the writer's first, as NewStream takes them),
+// so every frame sent under the new settings follows it: the peer reads
+// the ACK before the DATA a larger window allows, as from x/net's server
+// (h2spec 6.9.2 expects that order).
 func (c *Conn) settings(f *http2.SettingsFrame) error {
 	if err := f.ForeachSetting(func(s http2.Setting) error { return s.Valid() }); err != nil {
 		return err
 	}
-	var tableSize *uint32
+	if err := c.w.lockRoom(); err != nil {
+		return err
+	}
 	c.mu.Lock()
 	err := f.ForeachSetting(func(s http2.Setting) error {
 		switch s.ID {
@@ -449,8 +455,7 @@ func (c *Conn) settings(f *http2.SettingsFrame) error {
 			c.peerWindow = int32(s.Val)
 			c.windowReady.Broadcast()
 		case http2.SettingHeaderTableSize:
-			v := s.Val
-			tableSize = &v
+			c.w.enc.SetMaxDynamicTableSize(min(s.Val, 4096))
 		}
 		return nil
 	})
@@ -460,17 +465,14 @@ func (c *Conn) settings(f *http2.SettingsFrame) error {
 		default:
 			close(c.settled)
 		}
+		_ = c.w.fr.WriteSettingsAck()
 	}
 	c.mu.Unlock()
 	if err != nil {
+		c.w.mu.Unlock()
 		return err
 	}
-	return c.w.Queue(func(q *Frames) {
-		if tableSize != nil {
-			q.w.enc.SetMaxDynamicTableSize(min(*tableSize, 4096))
-		}
-		_ = q.Framer().WriteSettingsAck()
-	})
+	return c.w.sendLocked()
 }
 
 func (c *Conn) windowUpdate(f *http2.WindowUpdateFrame) error {
