@@ -165,33 +165,15 @@ func TestRetryBudgetHoldsWhenEverythingFails(t *testing.T) {
 	t.Cleanup(c.CloseIdleConnections)
 	const n, workers = 1000, 8
 	took := make([]time.Duration, n)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	start := time.Now()
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
-				req, _ := http.NewRequest("GET", "http://"+m.appAddr+"/down", nil)
-				t0 := time.Now()
-				resp, err := c.Do(req)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				took[i] = time.Since(t0)
-				if resp.StatusCode != 503 {
-					t.Errorf("a request to a backend that is down = %d, want its 503", resp.StatusCode)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if elapsed := time.Since(start); elapsed > 10*time.Second {
+	elapsed := getAll(t, c, "http://"+m.appAddr+"/down", n, workers, func(i, status int, d time.Duration) bool {
+		took[i] = d
+		if status != 503 {
+			t.Errorf("a request to a backend that is down = %d, want its 503", status)
+			return false
+		}
+		return true
+	})
+	if elapsed > 10*time.Second {
 		t.Fatalf("the run took %v, longer than the budget's window: the bound below does not hold", elapsed)
 	}
 	retries := app.requests.Load() - n
@@ -399,6 +381,36 @@ func TestRetryBudgetWindow(t *testing.T) {
 	}
 }
 
+// getAll sends n GETs to url from workers goroutines and returns how long
+// they took. check, when given, sees each answer (the request's index,
+// its status and how long it took) and stops its worker by returning
+// false; a transport error stops it too.
+func getAll(t *testing.T, c *http.Client, url string, n, workers int, check func(i, status int, took time.Duration) bool) time.Duration {
+	t.Helper()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range workers {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				t0 := time.Now()
+				resp, err := c.Get(url)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if check != nil && !check(i, resp.StatusCode, time.Since(t0)) {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return time.Since(start)
+}
+
 // A DestinationRule's retryBudget sets the share of requests retried.
 // With the backend failing every request (each may be retried twice) and
 // no floor, the budget binds: every request asks for a retry after it is
@@ -419,26 +431,8 @@ func TestRetryBudgetFromPolicy(t *testing.T) {
 		m.outbound.Update(cfg)
 		c := &http.Client{Transport: &http.Transport{MaxConnsPerHost: workers}, Timeout: 30 * time.Second}
 		t.Cleanup(c.CloseIdleConnections)
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		start := time.Now()
-		for range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for next.Add(1) <= n {
-					resp, err := c.Get("http://" + m.appAddr + "/down")
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-			}()
-		}
-		wg.Wait()
-		if elapsed := time.Since(start); elapsed > retryWindow*time.Second {
+		elapsed := getAll(t, c, "http://"+m.appAddr+"/down", n, workers, nil)
+		if elapsed > retryWindow*time.Second {
 			t.Fatalf("%v %%: the run took %v, longer than the budget's window: the bounds do not hold", percent, elapsed)
 		}
 		return app.requests.Load() - n, m
