@@ -7,6 +7,8 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,4 +115,84 @@ func TestGRPCBalancedPerCallOverOneConnection(t *testing.T) {
 	if n := scrapeWait(t, metrics, "istio_requests_total", []string{`grpc_response_status="0"`, `request_protocol="grpc"`}, 3000); n < 3000 {
 		t.Errorf("istio_requests_total{grpc_response_status=0} = %v, want at least 3000", n)
 	}
+}
+
+// A call the sidecars cannot deliver gets a gRPC status, as a gRPC server
+// would answer: UNAVAILABLE, never an HTTP error page. It is recorded as
+// gRPC records it (HTTP 200, grpc-status 14, with the flag), while the
+// endpoint that failed still counts the failure: outlier detection ejects
+// it. Over the engines of both sides: no endpoint (UH), an endpoint that
+// takes no connection (UF), and an app that does not answer its inbound
+// (UF there).
+func TestGRPCUndeliveredCallsAreUnavailable(t *testing.T) {
+	m := newTestMesh(t, 2)
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	up := grpcBehind(t, m, m.inbounds[0], srv)
+	gone := grpc.NewServer()
+	appGone := grpcBehind(t, m, m.inbounds[1], gone)
+	gone.Stop()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := &meshpb.Endpoint{Address: "127.0.0.1", Port: uint32(ln.Addr().(*net.TCPAddr).Port), Identity: m.serverID.String()}
+	ln.Close()
+	metrics, inMetrics := telemetry.New("test"), telemetry.New("test")
+	m.outbound.Metrics, m.inbounds[1].Metrics = metrics, inMetrics
+	policy := &meshpb.TrafficPolicy{Source: "db/alpha",
+		OutlierDetection: &meshpb.OutlierDetection{ConsecutiveGateway: 1, BaseEjectionMs: 30000, MaxEjectionPercent: 50}}
+	serve := func(eps ...*meshpb.Endpoint) {
+		m.outbound.Update(&meshpb.ProxyConfig{Version: fmt.Sprint(len(eps)), Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default"},
+			Services: []*meshpb.Service{{Namespace: "db", Name: "alpha", Vip: vip.Addr().String(), TrafficPolicy: policy,
+				Ports: []*meshpb.ServicePort{{Port: uint32(vip.Port()), Protocol: meshpb.Protocol_PROTOCOL_GRPC, Endpoints: eps}}}}})
+	}
+	conn, err := grpc.NewClient(m.appAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := healthpb.NewHealthClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	check := func() error {
+		_, err := client.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+	unavailable := func(what string, err error, why string) {
+		t.Helper()
+		if s, _ := status.FromError(err); s.Code() != codes.Unavailable || !strings.Contains(s.Message(), why) {
+			t.Errorf("%s: %v, want UNAVAILABLE saying %q", what, err, why)
+		}
+	}
+	counted := func(m *telemetry.Metrics, flag string, want float64) {
+		t.Helper()
+		labels := []string{`response_code="200"`, `grpc_response_status="14"`, `response_flags="` + flag + `"`}
+		if n := scrapeWait(t, m, "istio_requests_total", labels, want); n != want {
+			t.Errorf("istio_requests_total{%s} = %v, want %v", strings.Join(labels, ","), n, want)
+		}
+	}
+
+	serve()
+	unavailable("no endpoint", check(), "trellis proxy: alpha.db: no healthy upstream")
+	counted(metrics, "UH", 1)
+
+	serve(appGone)
+	unavailable("an app that is not there", check(), "the app did not answer")
+	counted(inMetrics, "UF", 1)
+
+	// The endpoint that takes no connection fails once, then is ejected
+	// for the rest of the test: its failure reached the balancer.
+	serve(down, up)
+	failed := 0
+	for range 20 {
+		if err := check(); err != nil {
+			unavailable("an endpoint that takes no connection", err, "endpoint "+endpointAddr(down))
+			failed++
+		}
+	}
+	if failed != 1 {
+		t.Errorf("%d of 20 calls failed, want 1: the endpoint that failed is ejected after it", failed)
+	}
+	counted(metrics, "UF", 1)
 }

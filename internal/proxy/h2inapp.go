@@ -176,6 +176,24 @@ func (x *engineExchange) fail(code int, flag, reason string) {
 	}
 }
 
+// failUpstream answers a request its upstream (an endpoint, or the app)
+// did not take or did not answer: 503, or for a gRPC call a trailers-only
+// UNAVAILABLE, recorded with HTTP 200 as on net/http's path
+// (Outbound.fail). The endpoint's result is the failure either way.
+func (x *engineExchange) failUpstream(flag, reason string) {
+	if !x.grpc {
+		x.fail(http.StatusServiceUnavailable, flag, reason)
+		return
+	}
+	if !x.claim() {
+		return
+	}
+	x.ex.flags, x.ex.reason = flag, reason
+	x.grpcStatus = strconv.Itoa(grpcUnavailable)
+	x.recordClaimedAs(http.StatusOK, http.StatusServiceUnavailable)
+	_ = x.s.WriteHeaders(true, grpcAnswer(grpcUnavailable, flag, reason)...)
+}
+
 // answer ends the exchange with the proxy's own answer, a header section
 // that ends the stream (fields, with its :status code), and records it.
 func (x *engineExchange) answer(code int, flag, reason string, fields []h2.Field) {
@@ -233,11 +251,15 @@ func (x *engineExchange) record() {
 	}
 }
 
-func (x *engineExchange) recordClaimed(code int) {
+func (x *engineExchange) recordClaimed(code int) { x.recordClaimedAs(code, code) }
+
+// recordClaimedAs records the exchange as answered with code, and the
+// endpoint's result, if it had one, as endpoint.
+func (x *engineExchange) recordClaimedAs(code, endpoint int) {
 	r, ex := x.r, x.ex
 	d := time.Since(x.start)
 	if x.done != nil {
-		res := balancer.HTTPResult(code, code == 0 || ex.flags == "UC", d)
+		res := balancer.HTTPResult(endpoint, endpoint == 0 || ex.flags == "UC", d)
 		res.Abandoned = ex.flags == "DC" // the caller gave up: nothing of the endpoint
 		x.done(res)
 	}
@@ -363,7 +385,7 @@ func (c *appConn) dialAndServe() {
 	x := c.cur.Load()
 	conn, err := connectAppRaw(x.r.Context(), "tcp", c.addr)
 	if err != nil {
-		x.fail(http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
+		x.failUpstream("UF", "the app did not answer: "+err.Error())
 		return
 	}
 	c.conn = conn
@@ -377,7 +399,7 @@ func (c *appConn) dialAndServe() {
 	c.conn.SetWriteDeadline(time.Time{})
 	if err != nil {
 		c.conn.Close()
-		x.fail(http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
+		x.failUpstream("UF", "the app did not answer: "+err.Error())
 		return
 	}
 	x.sent(c.conn)
@@ -436,7 +458,7 @@ func (c *appConn) failed(x *appExchange, err error) {
 	case !x.started.Load() && !c.fresh && len(c.buf) == 0 && c.resp.Status == 0 && x.up == nil && replayable(x.r):
 		c.pool.send(c.addr, x, true)
 	case !x.started.Load():
-		x.fail(http.StatusServiceUnavailable, "UF", "the app did not answer: "+err.Error())
+		x.failUpstream("UF", "the app did not answer: "+err.Error())
 	default:
 		x.s.Reset(http2.ErrCodeInternal)
 		if x.claim() {

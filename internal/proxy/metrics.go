@@ -97,8 +97,12 @@ func grpcStatusOf(code int) int {
 	case http.StatusBadRequest:
 		return 13 // INTERNAL
 	}
-	return 14 // UNAVAILABLE
+	return grpcUnavailable
 }
+
+// grpcUnavailable is gRPC's UNAVAILABLE, the status of a call no endpoint
+// took or answered.
+const grpcUnavailable = 14
 
 // grpcMessage percent-encodes s for grpc-message, as the gRPC HTTP/2
 // protocol says: bytes outside printable ASCII, and '%'.

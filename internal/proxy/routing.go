@@ -133,11 +133,17 @@ func routeAnswer(d routing.Decision, grpc bool, flag, reason string) []h2.Field 
 		return []h2.Field{{Name: ":status", Value: strconv.Itoa(d.Status)}, {Name: "location", Value: d.Location},
 			{Name: "content-length", Value: "0"}}
 	case grpc && d.GRPCStatus != 0:
-		return []h2.Field{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"},
-			{Name: "grpc-status", Value: strconv.Itoa(d.GRPCStatus)}, {Name: "grpc-message", Value: reason},
-			{Name: strings.ToLower(flagsHeader), Value: flag}}
+		return grpcAnswer(d.GRPCStatus, flag, reason)
 	}
 	return nil
+}
+
+// grpcAnswer is the head of the proxy's own trailers-only answer to a
+// gRPC call, as failGRPC writes it on net/http's path.
+func grpcAnswer(status int, flag, reason string) []h2.Field {
+	return []h2.Field{{Name: ":status", Value: "200"}, {Name: "content-type", Value: "application/grpc"},
+		{Name: "grpc-status", Value: strconv.Itoa(status)}, {Name: "grpc-message", Value: grpcMessage("trellis proxy: " + reason)},
+		{Name: strings.ToLower(flagsHeader), Value: flag}}
 }
 
 // applyRoute makes fields, a request's HTTP/2 header section, what the
