@@ -178,7 +178,11 @@ func TestGRPCUndeliveredCallsAreUnavailable(t *testing.T) {
 	counted(metrics, "UH", 1)
 
 	serve(appGone)
-	unavailable("an app that is not there", check(), "the app did not answer")
+	err = check()
+	unavailable("an app that is not there", err, "the app did not answer")
+	if s, _ := status.FromError(err); strings.Contains(s.Message(), "127.0.0.1") {
+		t.Errorf("an app that is not there: the caller is told %q, not only that the app did not answer", s.Message())
+	}
 	counted(inMetrics, "UF", 1)
 
 	// The endpoint that takes no connection fails once, then is ejected

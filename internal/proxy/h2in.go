@@ -134,7 +134,7 @@ func (h *h2In) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		h.serveNative(s, r, end, &x.engineExchange, func(r *http.Request, ex *exchange, src telemetry.Peer, start time.Time) {
 			x.admit(r, ex, src, *in.self.Load(), start)
 			if err := x.open(in.appsH2, ex.upstream, requestFields(r)); err != nil {
-				x.failUpstream("UF", "the app did not answer: "+err.Error())
+				x.failUpstream("UF", "the app did not answer", err)
 			}
 		})
 		return

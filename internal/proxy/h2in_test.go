@@ -249,9 +249,14 @@ func TestInboundEngineCallerGoneAndAppDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != 503 || resp.Header.Get(flagsHeader) != "UF" {
 		t.Errorf("no app: %d flags %q, want 503 UF", resp.StatusCode, resp.Header.Get(flagsHeader))
+	}
+	// The caller may be anyone: it is not told the app's address.
+	if string(body) != "trellis proxy: the app did not answer\n" {
+		t.Errorf("no app: the caller is told %q, want only that the app did not answer", body)
 	}
 	if n := scrapeWait(t, in2.Metrics, "istio_requests_total", []string{`response_code="503"`, `response_flags="UF"`}, 1); n != 1 {
 		t.Errorf("istio_requests_total{response_code=503,response_flags=UF} = %v, want 1", n)

@@ -159,15 +159,20 @@ func hopByHopHeader(k string) bool {
 // claim makes the caller the one that records the exchange.
 func (x *engineExchange) claim() bool { return !x.finished.Swap(true) }
 
-// fail answers the request with the proxy's own response (the app did
-// not answer) and records it.
+// fail answers the request with the proxy's own response and records it.
 func (x *engineExchange) fail(code int, flag, reason string) {
+	x.failSaying(code, flag, reason, reason)
+}
+
+// failSaying is fail with the reason the caller is told apart from the
+// one recorded.
+func (x *engineExchange) failSaying(code int, flag, recorded, said string) {
 	if !x.claim() {
 		return
 	}
-	x.ex.flags, x.ex.reason = flag, reason
+	x.ex.flags, x.ex.reason = flag, recorded
 	x.recordClaimed(code)
-	msg := []byte("trellis proxy: " + reason + "\n")
+	msg := []byte("trellis proxy: " + said + "\n")
 	err := x.s.WriteHeaders(false, h2.Field{Name: ":status", Value: strconv.Itoa(code)},
 		h2.Field{Name: "content-type", Value: "text/plain; charset=utf-8"}, h2.Field{Name: strings.ToLower(flagsHeader), Value: flag},
 		h2.Field{Name: "content-length", Value: strconv.Itoa(len(msg))})
@@ -177,21 +182,27 @@ func (x *engineExchange) fail(code int, flag, reason string) {
 }
 
 // failUpstream answers a request its upstream (an endpoint, or the app)
-// did not take or did not answer: 503, or for a gRPC call a trailers-only
-// UNAVAILABLE, recorded with HTTP 200 as on net/http's path
-// (Outbound.fail). The endpoint's result is the failure either way.
-func (x *engineExchange) failUpstream(flag, reason string) {
+// did not take or did not answer, for err: 503, or for a gRPC call a
+// trailers-only UNAVAILABLE, recorded with HTTP 200 as on net/http's path
+// (Outbound.fail). The endpoint's result is the failure either way. The
+// record says why; so does the answer to the local app, but a caller from
+// elsewhere (inbound) learns only reason, as from Inbound's ErrorHandler.
+func (x *engineExchange) failUpstream(flag, reason string, err error) {
+	recorded, said := reason+": "+err.Error(), reason
+	if x.reporter == "source" {
+		said = recorded
+	}
 	if !x.grpc {
-		x.fail(http.StatusServiceUnavailable, flag, reason)
+		x.failSaying(http.StatusServiceUnavailable, flag, recorded, said)
 		return
 	}
 	if !x.claim() {
 		return
 	}
-	x.ex.flags, x.ex.reason = flag, reason
+	x.ex.flags, x.ex.reason = flag, recorded
 	x.grpcStatus = strconv.Itoa(grpcUnavailable)
 	x.recordClaimedAs(http.StatusOK, http.StatusServiceUnavailable)
-	_ = x.s.WriteHeaders(true, grpcAnswer(grpcUnavailable, flag, reason)...)
+	_ = x.s.WriteHeaders(true, grpcAnswer(grpcUnavailable, flag, said)...)
 }
 
 // answer ends the exchange with the proxy's own answer, a header section
@@ -385,7 +396,7 @@ func (c *appConn) dialAndServe() {
 	x := c.cur.Load()
 	conn, err := connectAppRaw(x.r.Context(), "tcp", c.addr)
 	if err != nil {
-		x.failUpstream("UF", "the app did not answer: "+err.Error())
+		x.failUpstream("UF", "the app did not answer", err)
 		return
 	}
 	c.conn = conn
@@ -399,7 +410,7 @@ func (c *appConn) dialAndServe() {
 	c.conn.SetWriteDeadline(time.Time{})
 	if err != nil {
 		c.conn.Close()
-		x.failUpstream("UF", "the app did not answer: "+err.Error())
+		x.failUpstream("UF", "the app did not answer", err)
 		return
 	}
 	x.sent(c.conn)
@@ -458,7 +469,7 @@ func (c *appConn) failed(x *appExchange, err error) {
 	case !x.started.Load() && !c.fresh && len(c.buf) == 0 && c.resp.Status == 0 && x.up == nil && replayable(x.r):
 		c.pool.send(c.addr, x, true)
 	case !x.started.Load():
-		x.failUpstream("UF", "the app did not answer: "+err.Error())
+		x.failUpstream("UF", "the app did not answer", err)
 	default:
 		x.s.Reset(http2.ErrCodeInternal)
 		if x.claim() {

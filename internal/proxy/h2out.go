@@ -120,7 +120,7 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		return
 	}
 	if pickErr != nil {
-		x.failUpstream("UH", route.service+": "+pickErr.Error())
+		x.failUpstream("UH", route.service, pickErr)
 		return
 	}
 	peer := rt.peers[ep.Addr]
@@ -131,6 +131,6 @@ func (h *h2Out) request(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 	fields := applyRoute(requestFields(r, h2.Field{Name: peerHeaderField, Value: route.meta}), d)
 	x.respEdit = editFields(d.ResponseHeaders)
 	if err := x.open(o.pool, ep.Addr, fields); err != nil {
-		x.failUpstream("UF", route.service+": endpoint "+ep.Addr+": "+err.Error())
+		x.failUpstream("UF", route.service+": endpoint "+ep.Addr, err)
 	}
 }

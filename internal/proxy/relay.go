@@ -177,7 +177,7 @@ func (x *relay) upClosed(_ *h2.Stream, err error) {
 		// Answered in full, then reset: the upstream wants no more of
 		// the request body, which is dropped from now on.
 	case !x.started.Load():
-		x.failUpstream("UF", "the upstream did not answer: "+err.Error())
+		x.failUpstream("UF", "the upstream did not answer", err)
 	default:
 		x.s.Reset(http2.ErrCodeInternal) // cut off midway: the caller must see it
 		if x.claim() {
