@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,22 +29,26 @@ func (g *getOptions) destinationRules(ctx context.Context, c meshLister, name st
 // do, Istio's defaults filled in, as the proxies get it; -o wide adds the
 // Service the host names.
 func printDestinationRules(w io.Writer, drs []localmesh.DestinationRuleStatus, allNS, wide bool) {
-	head := []string{"NAME", "HOST", "LOAD-BALANCER", "CONNECTION-POOL", "OUTLIER-DETECTION", "AGE"}
+	head := []string{"NAME", "HOST", "LOAD-BALANCER", "CONNECTION-POOL", "OUTLIER-DETECTION", "RETRY-BUDGET", "AGE"}
 	if wide {
-		head = append(head, "SERVICE")
+		head = append(head, "SERVICE", "SUBSETS")
 	}
 	row(w, withNS(allNS, "NAMESPACE", head)...)
 	for _, d := range drs {
 		dr := &catalog.DestinationRule{Meta: catalog.Meta{Namespace: d.Namespace, Name: d.Name}, Spec: d.Spec}
 		lb, tp := proxycfg.DestinationPolicy(dr)
 		cols := []string{d.Name, d.Spec.Host, strings.TrimPrefix(lb.String(), "LOAD_BALANCING_"),
-			poolText(tp.GetConnectionPool()), outlierText(tp.GetOutlierDetection()), age(d.Created)}
+			poolText(tp.GetConnectionPool()), outlierText(tp.GetOutlierDetection()), budgetText(tp.GetRetryBudget()), age(d.Created)}
 		if wide {
 			svc := "<none>"
 			if ns, n, err := catalog.DestinationHost(d.Spec.Host, d.Namespace); err == nil {
 				svc = ns + "/" + n
 			}
-			cols = append(cols, svc)
+			subsets := make([]string, 0, len(d.Spec.Subsets))
+			for _, sub := range d.Spec.Subsets {
+				subsets = append(subsets, sub.Name)
+			}
+			cols = append(cols, svc, cmp.Or(strings.Join(subsets, ","), "<none>"))
 		}
 		row(w, withNS(allNS, d.Namespace, cols)...)
 	}
@@ -94,6 +100,16 @@ func outlierText(od *meshpb.OutlierDetection) string {
 		return "off"
 	}
 	return strings.Join(append(parts, millis(od.GetBaseEjectionMs()), fmt.Sprintf("%d%%", od.GetMaxEjectionPercent())), ", ")
+}
+
+// budgetText is "20% + 10/s": the share of requests that may be retried
+// and the retries a second always allowed; without retryBudget, the
+// proxy's default.
+func budgetText(rb *meshpb.RetryBudget) string {
+	if rb == nil {
+		return fmt.Sprintf("%d%% + %d/s (default)", proxycfg.DefaultRetryPercent, proxycfg.DefaultRetriesASecond)
+	}
+	return fmt.Sprintf("%s%% + %d/s", strconv.FormatFloat(rb.GetPercent(), 'f', -1, 64), rb.GetMinRetriesPerSecond())
 }
 
 // millis writes a duration in its largest whole unit: 30s, 2m, 1h, 500ms.

@@ -15,6 +15,7 @@ func ruleFixture() []localmesh.DestinationRuleStatus {
 	n := func(v int32) *int32 { return &v }
 	u := func(v uint32) *uint32 { return &v }
 	created := time.Now().Add(-5 * time.Minute)
+	half := 12.5
 	return []localmesh.DestinationRuleStatus{
 		{Namespace: "shop", Name: "reviews", Created: created, Spec: catalog.DestinationRuleSpec{Host: "reviews",
 			TrafficPolicy: &catalog.TrafficPolicy{
@@ -27,7 +28,9 @@ func ruleFixture() []localmesh.DestinationRuleStatus {
 				LoadBalancer:     &catalog.LoadBalancerSettings{Simple: catalog.LBRoundRobin},
 				ConnectionPool:   &catalog.ConnectionPoolSettings{TCP: &catalog.TCPSettings{MaxConnections: n(1)}},
 				OutlierDetection: &catalog.OutlierDetection{Consecutive5xxErrors: u(0), ConsecutiveGatewayErrors: u(3), BaseEjectionTime: "1m", MaxEjectionPercent: 50},
-			}}},
+				RetryBudget:      &catalog.RetryBudget{Percent: &half, MinRetryConcurrency: u(0)},
+			},
+			Subsets: []catalog.Subset{{Name: "v1", Labels: map[string]string{"version": "v1"}}, {Name: "v2", Labels: map[string]string{"version": "v2"}}}}},
 		{Namespace: "shop", Name: "bare", Created: created, Spec: catalog.DestinationRuleSpec{Host: "details"}},
 		{Namespace: "web", Name: "off", Created: created, Spec: catalog.DestinationRuleSpec{Host: "reviews.shop",
 			TrafficPolicy: &catalog.TrafficPolicy{OutlierDetection: &catalog.OutlierDetection{Consecutive5xxErrors: u(0), BaseEjectionTime: "500ms"}}}},
@@ -48,21 +51,21 @@ func TestGetDestinationRulesTable(t *testing.T) {
 		want []string // rows, columns separated by runs of spaces
 	}{
 		{"a namespace's", []string{"destinationrules", "-n", "shop"}, []string{
-			"NAME HOST LOAD-BALANCER CONNECTION-POOL OUTLIER-DETECTION AGE",
-			"reviews reviews LEAST_REQUEST max 100 requests, 10 waiting 5×5xx, 30s, 10% 5m",
-			"ratings ratings.shop.svc.cluster.local ROUND_ROBIN max 1 request, 1 TCP connection 3×gateway, 1m, 50% 5m",
-			"bare details P2C_PEAK_EWMA no limit 5×5xx, 10s, 100% (default) 5m",
+			"NAME HOST LOAD-BALANCER CONNECTION-POOL OUTLIER-DETECTION RETRY-BUDGET AGE",
+			"reviews reviews LEAST_REQUEST max 100 requests, 10 waiting 5×5xx, 30s, 10% 20% + 10/s (default) 5m",
+			"ratings ratings.shop.svc.cluster.local ROUND_ROBIN max 1 request, 1 TCP connection 3×gateway, 1m, 50% 12.5% + 0/s 5m",
+			"bare details P2C_PEAK_EWMA no limit 5×5xx, 10s, 100% (default) 20% + 10/s (default) 5m",
 		}},
 		{"one by name, short alias", []string{"dr", "ratings", "-n", "shop"}, []string{
-			"NAME HOST LOAD-BALANCER CONNECTION-POOL OUTLIER-DETECTION AGE",
-			"ratings ratings.shop.svc.cluster.local ROUND_ROBIN max 1 request, 1 TCP connection 3×gateway, 1m, 50% 5m",
+			"NAME HOST LOAD-BALANCER CONNECTION-POOL OUTLIER-DETECTION RETRY-BUDGET AGE",
+			"ratings ratings.shop.svc.cluster.local ROUND_ROBIN max 1 request, 1 TCP connection 3×gateway, 1m, 50% 12.5% + 0/s 5m",
 		}},
 		{"every namespace, wide", []string{"destinationrule", "-A", "-o", "wide"}, []string{
-			"NAMESPACE NAME HOST LOAD-BALANCER CONNECTION-POOL OUTLIER-DETECTION AGE SERVICE",
-			"shop reviews reviews LEAST_REQUEST max 100 requests, 10 waiting 5×5xx, 30s, 10% 5m shop/reviews",
-			"shop ratings ratings.shop.svc.cluster.local ROUND_ROBIN max 1 request, 1 TCP connection 3×gateway, 1m, 50% 5m shop/ratings",
-			"shop bare details P2C_PEAK_EWMA no limit 5×5xx, 10s, 100% (default) 5m shop/details",
-			"web off reviews.shop P2C_PEAK_EWMA no limit off 5m shop/reviews",
+			"NAMESPACE NAME HOST LOAD-BALANCER CONNECTION-POOL OUTLIER-DETECTION RETRY-BUDGET AGE SERVICE SUBSETS",
+			"shop reviews reviews LEAST_REQUEST max 100 requests, 10 waiting 5×5xx, 30s, 10% 20% + 10/s (default) 5m shop/reviews <none>",
+			"shop ratings ratings.shop.svc.cluster.local ROUND_ROBIN max 1 request, 1 TCP connection 3×gateway, 1m, 50% 12.5% + 0/s 5m shop/ratings v1,v2",
+			"shop bare details P2C_PEAK_EWMA no limit 5×5xx, 10s, 100% (default) 20% + 10/s (default) 5m shop/details <none>",
+			"web off reviews.shop P2C_PEAK_EWMA no limit off 20% + 10/s (default) 5m shop/reviews <none>",
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) { checkTable(t, dir, tc.args, tc.want) })

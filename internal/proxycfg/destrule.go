@@ -21,13 +21,13 @@ const (
 	defaultMaxEjectionPercent = 10
 )
 
-// Trellis's retry budget for a retryBudget that leaves a field out:
-// Linkerd's 20 % of the requests plus 10 retries a second. Istio's
+// Trellis's retry budget without a retryBudget, and for one that leaves
+// a field out: Linkerd's 20 % of the requests plus 10 retries a second. Istio's
 // minRetryConcurrency default, 3, counts retries in flight, which
 // Trellis's budget does not; its percent default is 20 too.
 const (
-	defaultRetryPercent   = 20
-	defaultRetriesASecond = 10
+	DefaultRetryPercent   = 20
+	DefaultRetriesASecond = 10
 )
 
 // ruleIndex holds snap's DestinationRules by the namespace they are in,
@@ -218,7 +218,7 @@ func retryBudget(rb *catalog.RetryBudget) *meshpb.RetryBudget {
 	if rb == nil {
 		return nil
 	}
-	out := &meshpb.RetryBudget{Percent: defaultRetryPercent, MinRetriesPerSecond: defaultRetriesASecond}
+	out := &meshpb.RetryBudget{Percent: DefaultRetryPercent, MinRetriesPerSecond: DefaultRetriesASecond}
 	if p := rb.Percent; p != nil && *p >= 0 && *p <= 100 {
 		out.Percent = *p
 	}
