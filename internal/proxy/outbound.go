@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -602,10 +604,12 @@ func resultOf(start time.Time, err error) balancer.Result {
 	return balancer.Result{Latency: time.Since(start), Failed: err != nil, Gateway: err != nil}
 }
 
-// ClusterStatus is one service port's endpoints as the admin port shows them.
+// ClusterStatus is one service port's endpoints, or one subset's of them,
+// as the admin port shows them.
 type ClusterStatus struct {
 	Service   string           `json:"service"`
 	Address   string           `json:"address"`
+	Subset    string           `json:"subset,omitempty"` // a balancer a route sends to (DestinationRule subsets)
 	Endpoints []EndpointStatus `json:"endpoints"`
 }
 
@@ -617,16 +621,31 @@ type EndpointStatus struct {
 	Ejected  bool   `json:"ejected"`
 }
 
+// clusters is every balancer of the config, its service ports' and its
+// routed subsets', in order.
 func (o *Outbound) clusters() []ClusterStatus {
 	rt := o.routes.Load()
 	var out []ClusterStatus
-	for dst, r := range rt.byVIP {
-		cs := ClusterStatus{Service: r.service, Address: dst.String()}
+	status := func(r *route, dst netip.AddrPort, subset string) {
+		cs := ClusterStatus{Service: r.name + "." + r.namespace, Address: dst.String(), Subset: subset}
 		for _, e := range r.bal.Endpoints() {
 			cs.Endpoints = append(cs.Endpoints, EndpointStatus{Address: e.Addr, Identity: rt.identities[e.Addr].String(),
 				InFlight: e.InFlight(), Ejected: e.Ejected()})
 		}
 		out = append(out, cs)
 	}
+	vips := make(map[*route]netip.AddrPort, len(rt.byVIP))
+	for dst, r := range rt.byVIP {
+		vips[r] = dst
+		status(r, dst, "")
+	}
+	for k, r := range rt.byService {
+		if k.subset != "" {
+			status(r, vips[rt.byService[svcPort{k.namespace, k.name, k.port, ""}]], k.subset)
+		}
+	}
+	slices.SortFunc(out, func(a, b ClusterStatus) int {
+		return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.Address, b.Address), strings.Compare(a.Subset, b.Subset))
+	})
 	return out
 }

@@ -113,6 +113,27 @@ func TestRoutesToSubsets(t *testing.T) {
 	if before == nil || after == nil || before.bal != after.bal || before.circuit != after.circuit {
 		t.Error("a config update replaced subset v2's balancer or connection pool, want them kept")
 	}
+
+	// The admin view lists the routed subsets' balancers beside the
+	// service port's, each with its own endpoints.
+	var listed []string
+	for _, cs := range m.outbound.clusters() {
+		var eps []string
+		for _, e := range cs.Endpoints {
+			eps = append(eps, e.Address)
+		}
+		listed = append(listed, fmt.Sprintf("%s %s %v", cs.Service, cs.Subset, eps))
+	}
+	addr := func(i int) string { return endpointAddr(m.endpoints[i]) }
+	want := []string{
+		fmt.Sprintf("alpha.db  %v", []string{addr(0), addr(1), addr(2), addr(3)}),
+		fmt.Sprintf("alpha.db v1 %v", []string{addr(0), addr(1)}),
+		fmt.Sprintf("alpha.db v2 %v", []string{addr(2), addr(3)}),
+		"alpha.db v3 []",
+	}
+	if !slices.Equal(listed, want) {
+		t.Errorf("the admin view lists %q, want %q", listed, want)
+	}
 }
 
 // A subset costs a proxy a balancer only when one of its routes sends to
