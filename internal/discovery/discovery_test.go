@@ -126,7 +126,7 @@ func FuzzDecode(f *testing.F) {
 		}
 		r := proxycfg.Render(snap, "cluster.local")
 		for _, p := range snap.Pods {
-			_, _ = proxycfg.ForPod(snap, p, r, "cluster.local")
+			_, _ = proxycfg.ForPod(p, r, "cluster.local")
 		}
 		_ = r.For("web")
 	})

@@ -72,11 +72,11 @@ func serviceOf(t *testing.T, svcs []*meshpb.Service, key string) *meshpb.Service
 func TestDestinationRuleLookup(t *testing.T) {
 	snap := snapshot()
 	r := Render(snap, "cluster.local")
-	client, err := ForPod(snap, snap.Pod("client", "client"), r, "cluster.local")
+	client, err := ForPod(snap.Pod("client", "client"), r, "cluster.local")
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := ForPod(snap, snap.Pod("db", "alpha-1"), r, "cluster.local")
+	db, err := ForPod(snap.Pod("db", "alpha-1"), r, "cluster.local")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,6 +42,7 @@ type Rendered struct {
 	Hashes   map[string]string   // by ServiceKey, of Services
 	exports  map[string][]string // by ServiceKey: namespaces that see it; nil for all
 	rules    ruleIndex
+	snap     *catalog.Snapshot // what it was rendered from, for each View's routes
 
 	mu    sync.Mutex
 	views map[string]*View // guarded by mu: by namespace
@@ -54,7 +55,15 @@ type View struct {
 	// service's differs from Rendered's when the namespace has a
 	// DestinationRule of its own for it, so an update compares these.
 	Hashes map[string]string
+	// Digest is a hash of Hashes and RouteHashes: the part of a proxy's
+	// config version its namespace decides.
 	Digest string
+	// Routes are the routes Routes picks for the namespace's proxies,
+	// and RouteHashes their content hashes by meshpb.Route.Key, so an
+	// update compares these: computed once per namespace, as services.
+	Routes      []*meshpb.Route
+	RouteHashes map[string]string
+	routesErr   error
 }
 
 // Render renders every service of snap that has a VIP, each with its TCP
@@ -64,7 +73,7 @@ type View struct {
 // snapshot; a namespace's proxies see their own DestinationRules' changes
 // (For).
 func Render(snap *catalog.Snapshot, trustDomain string) *Rendered {
-	r := &Rendered{Hashes: map[string]string{}, exports: map[string][]string{}, views: map[string]*View{}, rules: indexRules(snap)}
+	r := &Rendered{Hashes: map[string]string{}, exports: map[string][]string{}, views: map[string]*View{}, rules: indexRules(snap), snap: snap}
 	for _, svc := range snap.Services {
 		if !svc.ClusterIP.IsValid() {
 			continue
@@ -115,7 +124,8 @@ func exportedTo(svc *catalog.Service) []string {
 
 // For returns what the proxies of namespace ns see, computed once per
 // namespace: the services exported to ns, each with the DestinationRule
-// Istio would pick for a client in ns (its own namespace's first).
+// Istio would pick for a client in ns (its own namespace's first), and
+// the routes that apply to them there.
 func (r *Rendered) For(ns string) *View {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -136,6 +146,14 @@ func (r *Rendered) For(ns string) *View {
 		v.Services = append(v.Services, s)
 		v.Hashes[k] = h
 		all.Write([]byte(k + "=" + h + ";"))
+	}
+	if v.Routes, v.routesErr = Routes(r.snap, ns, v.Services); v.routesErr == nil {
+		v.RouteHashes = make(map[string]string, len(v.Routes))
+		for _, rt := range v.Routes {
+			h := Hash(rt)
+			v.RouteHashes[rt.Key()] = h
+			all.Write([]byte(rt.Key() + "=" + h + ";"))
+		}
 	}
 	v.Digest = fmt.Sprintf("%016x", all.Sum64())
 	r.views[ns] = v
@@ -210,9 +228,10 @@ func listedEndpoints(snap *catalog.Snapshot, svc *catalog.Service, sp catalog.Se
 func ServiceKey(s *meshpb.Service) string { return s.GetNamespace() + "/" + s.GetName() }
 
 // ForPod is the whole ProxyConfig of pod's sidecar, given what Render made
-// of the same snapshot, with the routes Routes picks for it. Its version
-// is a hash of the content, so equal configs have equal versions.
-func ForPod(snap *catalog.Snapshot, pod *catalog.RunningPod, r *Rendered, trustDomain string) (*meshpb.ProxyConfig, error) {
+// of the snapshot, with the routes Routes picks for it (its View's). Its
+// version is a hash of the content, so equal configs have equal versions.
+func ForPod(pod *catalog.RunningPod, r *Rendered, trustDomain string) (*meshpb.ProxyConfig, error) {
+	snap := r.snap
 	id, err := PodIdentity(pod.Pod, trustDomain)
 	if err != nil {
 		return nil, err
@@ -227,9 +246,8 @@ func ForPod(snap *catalog.Snapshot, pod *catalog.RunningPod, r *Rendered, trustD
 		return nil, err
 	}
 	view := r.For(pod.Pod.Namespace)
-	routes, err := Routes(snap, pod.Pod.Namespace, view.Services)
-	if err != nil {
-		return nil, err
+	if view.routesErr != nil {
+		return nil, view.routesErr
 	}
 	cfg := &meshpb.ProxyConfig{
 		Workload:       &meshpb.Workload{Namespace: pod.Pod.Namespace, Name: WorkloadName(pod.Pod), Identity: id.String(), Labels: pod.Pod.Labels},
@@ -237,7 +255,7 @@ func ForPod(snap *catalog.Snapshot, pod *catalog.RunningPod, r *Rendered, trustD
 		Services:       view.Services,
 		Authorization:  authorization,
 		Authentication: authentication,
-		Routes:         routes,
+		Routes:         view.Routes,
 	}
 	parts := []proto.Message{cfg.Workload, cfg.Inbound}
 	if authorization != nil {
@@ -246,10 +264,7 @@ func ForPod(snap *catalog.Snapshot, pod *catalog.RunningPod, r *Rendered, trustD
 	if authentication != nil {
 		parts = append(parts, authentication)
 	}
-	for _, rt := range routes {
-		parts = append(parts, rt)
-	}
-	cfg.Version = version(view.Digest, parts...)
+	cfg.Version = version(view.Digest, parts...) // the digest covers the routes
 	return cfg, nil
 }
 

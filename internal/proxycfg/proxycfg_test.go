@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"encoding/json"
@@ -97,7 +98,7 @@ func TestForPodGolden(t *testing.T) {
 	r := Render(snap, "cluster.local")
 	for _, tc := range []struct{ ns, pod string }{{"client", "client"}, {"db", "alpha-1"}} {
 		t.Run(tc.ns+"/"+tc.pod, func(t *testing.T) {
-			cfg, err := ForPod(snap, snap.Pod(tc.ns, tc.pod), r, "cluster.local")
+			cfg, err := ForPod(snap.Pod(tc.ns, tc.pod), r, "cluster.local")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -128,20 +129,47 @@ func TestForPodGolden(t *testing.T) {
 func TestVersionFollowsContent(t *testing.T) {
 	snap := snapshot()
 	r := Render(snap, "cluster.local")
-	a, _ := ForPod(snap, snap.Pod("client", "client"), r, "cluster.local")
-	b, _ := ForPod(snap, snap.Pod("client", "client"), Render(snapshot(), "cluster.local"), "cluster.local")
+	a, _ := ForPod(snap.Pod("client", "client"), r, "cluster.local")
+	b, _ := ForPod(snap.Pod("client", "client"), Render(snapshot(), "cluster.local"), "cluster.local")
 	if a.GetVersion() != b.GetVersion() {
 		t.Errorf("equal snapshots give versions %s and %s", a.GetVersion(), b.GetVersion())
 	}
 	snap2 := snapshot()
 	snap2.Pods[1].Ready = true // alpha-2 joins
 	r2 := Render(snap2, "cluster.local")
-	c, _ := ForPod(snap2, snap2.Pod("client", "client"), r2, "cluster.local")
+	c, _ := ForPod(snap2.Pod("client", "client"), r2, "cluster.local")
 	if c.GetVersion() == a.GetVersion() {
 		t.Error("a new endpoint did not change the version")
 	}
 	if r.Hashes["db/zero"] != r2.Hashes["db/zero"] || r.Hashes["db/alpha"] == r2.Hashes["db/alpha"] {
 		t.Errorf("service hashes: only db/alpha should change: %v -> %v", r.Hashes, r2.Hashes)
+	}
+
+	// The routes, computed once for the namespace, are in the version,
+	// and the view's hashes are theirs: a route gone changes the version
+	// and leaves the others' hashes as they were.
+	view := r.For("client")
+	if len(a.GetRoutes()) < 2 || len(view.RouteHashes) != len(a.GetRoutes()) {
+		t.Fatalf("client's proxy has %d routes and its view %d hashes, want the same number, at least 2", len(a.GetRoutes()), len(view.RouteHashes))
+	}
+	for _, rt := range a.GetRoutes() {
+		if view.RouteHashes[rt.Key()] != Hash(rt) {
+			t.Errorf("route %s: the view's hash is not the route's", rt.Key())
+		}
+	}
+	snap3 := snapshot()
+	gone := snap3.HTTPRoutes[0]
+	snap3.HTTPRoutes = snap3.HTTPRoutes[1:]
+	r3 := Render(snap3, "cluster.local")
+	d, _ := ForPod(snap3.Pod("client", "client"), r3, "cluster.local")
+	if d.GetVersion() == a.GetVersion() || len(d.GetRoutes()) != len(a.GetRoutes())-1 {
+		t.Errorf("a route removed: %d routes then %d, the version changed: %v; want one fewer, a new version",
+			len(a.GetRoutes()), len(d.GetRoutes()), d.GetVersion() != a.GetVersion())
+	}
+	for k, h := range view.RouteHashes {
+		if h3, ok := r3.For("client").RouteHashes[k]; ok != !strings.HasSuffix(k, "/"+gone.Namespace+"/"+gone.Name) || ok && h3 != h {
+			t.Errorf("route %s: hash %s, then %s (kept: %v), want only %s/%s gone", k, h, h3, ok, gone.Namespace, gone.Name)
+		}
 	}
 }
 

@@ -85,7 +85,7 @@ func TestRoutesForPod(t *testing.T) {
 		{"client", "client", "HTTPRoute client/alpha-timeouts, HTTPRoute db/alpha-canary, GRPCRoute db/alpha-rpc"},
 		{"db", "alpha-1", "HTTPRoute db/alpha-canary, HTTPRoute db/zero-route, GRPCRoute db/alpha-rpc"},
 	} {
-		cfg, err := ForPod(snap, snap.Pod(tc.ns, tc.pod), r, "cluster.local")
+		cfg, err := ForPod(snap.Pod(tc.ns, tc.pod), r, "cluster.local")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -105,7 +105,7 @@ func TestRoutesChangeVersion(t *testing.T) {
 	version := func(change func(*catalog.Snapshot)) string {
 		snap := snapshot()
 		change(snap)
-		cfg, err := ForPod(snap, snap.Pod("client", "client"), Render(snap, "cluster.local"), "cluster.local")
+		cfg, err := ForPod(snap.Pod("client", "client"), Render(snap, "cluster.local"), "cluster.local")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -101,7 +101,7 @@ func TestVirtualServicesForPod(t *testing.T) {
 		{"client", "client", "client/listed-consumer, client/two-hosts, db/listed-later, db/listed-vs"},
 		{"db", "alpha-1", "db/listed-later, db/listed-vs, db/zero-vs"},
 	} {
-		cfg, err := ForPod(snap, snap.Pod(tc.ns, tc.pod), r, "cluster.local")
+		cfg, err := ForPod(snap.Pod(tc.ns, tc.pod), r, "cluster.local")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,7 +127,7 @@ func TestVirtualServicesChangeVersion(t *testing.T) {
 	version := func(change func(*catalog.Snapshot)) string {
 		snap := vsSnapshot()
 		change(snap)
-		cfg, err := ForPod(snap, snap.Pod("client", "client"), Render(snap, "cluster.local"), "cluster.local")
+		cfg, err := ForPod(snap.Pod("client", "client"), Render(snap, "cluster.local"), "cluster.local")
 		if err != nil {
 			t.Fatal(err)
 		}

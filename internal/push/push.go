@@ -378,7 +378,7 @@ func (s *Server) Status() []ProxyStatus {
 		ps := p.status()
 		if s.gen != nil {
 			if pod := s.gen.pods[p.namespace+"/"+p.name]; pod != nil {
-				if cfg, err := proxycfg.ForPod(s.gen.snap, pod, s.gen.rend, s.cfg.TrustDomain); err == nil {
+				if cfg, err := proxycfg.ForPod(pod, s.gen.rend, s.cfg.TrustDomain); err == nil {
 					ps.WantVersion = cfg.GetVersion()
 				}
 			}

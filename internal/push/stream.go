@@ -118,7 +118,7 @@ func (st *stream) next() *meshpb.ConfigUpdate {
 	if pod == nil {
 		return nil // the pod is going away: it keeps what it has
 	}
-	cfg, err := proxycfg.ForPod(gen.snap, pod, gen.rend, st.s.cfg.TrustDomain)
+	cfg, err := proxycfg.ForPod(pod, gen.rend, st.s.cfg.TrustDomain)
 	if err != nil {
 		return nil
 	}
@@ -135,12 +135,12 @@ func (st *stream) next() *meshpb.ConfigUpdate {
 		Authorization: cfg.GetAuthorization(), Authentication: cfg.GetAuthentication(),
 		RenewIssuedBefore: b.RenewIssuedBefore,
 	}
-	routes := st.addRoutes(upd, cfg.GetRoutes())
-	visible := map[string]string{}                   // what the proxy will have: key -> hash
-	hashes := gen.rend.For(pod.Pod.Namespace).Hashes // as its namespace sees them (its DestinationRules)
+	view := gen.rend.For(pod.Pod.Namespace) // as its namespace sees them (its DestinationRules)
+	st.addRoutes(upd, cfg.GetRoutes(), view.RouteHashes)
+	visible := map[string]string{} // what the proxy will have: key -> hash
 	for _, svc := range cfg.GetServices() {
 		k := proxycfg.ServiceKey(svc)
-		visible[k] = hashes[k]
+		visible[k] = view.Hashes[k]
 		if upd.Full || st.acked.services[k] != visible[k] {
 			upd.Upsert = append(upd.Upsert, svc)
 		}
@@ -158,24 +158,20 @@ func (st *stream) next() *meshpb.ConfigUpdate {
 	if upd.Full || tr.revoked != st.acked.trust.revoked {
 		upd.RevokedPods, upd.RevokedVersion = gen.revoked.uids, gen.revoked.version
 	}
-	st.sent = accepted{version: cfg.GetVersion(), services: visible, routes: routes, trust: tr, full: true}
+	st.sent = accepted{version: cfg.GetVersion(), services: visible, routes: view.RouteHashes, trust: tr, full: true}
 	if !upd.Full {
 		st.sent.from = gen.time // a first config measures the connection, not convergence
 	}
 	return upd
 }
 
-// addRoutes puts routes, the proxy's routes now, in upd: complete, or,
-// when the proxy takes route changes and upd is not full, those that
-// changed since the config it accepted. It returns their hashes.
-func (st *stream) addRoutes(upd *meshpb.ConfigUpdate, routes []*meshpb.Route) map[string]string {
-	hashes := make(map[string]string, len(routes))
-	for _, r := range routes {
-		hashes[r.Key()] = proxycfg.Hash(r)
-	}
+// addRoutes puts routes, the proxy's routes now (hashes: theirs by key),
+// in upd: complete, or, when the proxy takes route changes and upd is not
+// full, those that changed since the config it accepted.
+func (st *stream) addRoutes(upd *meshpb.ConfigUpdate, routes []*meshpb.Route, hashes map[string]string) {
 	if upd.Full || !st.routeChanges {
 		upd.Routes = routes
-		return hashes
+		return
 	}
 	upd.RoutesIncremental = true
 	for _, r := range routes {
@@ -189,7 +185,6 @@ func (st *stream) addRoutes(upd *meshpb.ConfigUpdate, routes []*meshpb.Route) ma
 		}
 	}
 	slices.Sort(upd.RouteRemove)
-	return hashes
 }
 
 // answered records an ACK or NACK of the outstanding update.
