@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 
@@ -31,6 +32,22 @@ type dashboardRun struct {
 	scrape func(context.Context) error // nil with Prometheus
 	store  *metricstore.Store          // nil with Prometheus
 	traces *tracestore.Store
+
+	invMu   sync.Mutex
+	invSnap *catalog.Snapshot // guarded by invMu: the snapshot inv is of
+	inv     servicegraph.Inventory
+}
+
+// inventory is the inventory of the latest snapshot, made once per
+// snapshot (its route splits compile every route), not per graph request.
+func (d *dashboardRun) inventory() servicegraph.Inventory {
+	s := d.p.snap.Load()
+	d.invMu.Lock()
+	defer d.invMu.Unlock()
+	if s != d.invSnap || s == nil {
+		d.inv, d.invSnap = inventory(s), s
+	}
+	return d.inv
 }
 
 func (p *plane) newDashboard(traces *tracestore.Store) (*dashboardRun, error) {
@@ -68,7 +85,7 @@ func (p *plane) newDashboard(traces *tracestore.Store) (*dashboardRun, error) {
 func (d *dashboardRun) run(ctx context.Context, ln net.Listener) error {
 	cfg := dashboard.Config{Source: d.src, Traces: d.traces.Trace, Hosts: d.p.cfg.DashboardHosts,
 		Requests:  func() []dashboard.Request { return dashboard.RequestsFromSpans(d.traces.Recent()) },
-		Inventory: func() servicegraph.Inventory { return inventory(d.p.snap.Load()) }}
+		Inventory: d.inventory}
 	if d.store != nil {
 		cfg.Targets = d.store.Targets
 	}

@@ -67,3 +67,26 @@ func TestSidecarsReportOnlyTheirOwnTraffic(t *testing.T) {
 		t.Errorf("targets = %+v, want one with 3 refused samples", st)
 	}
 }
+
+// The dashboard's inventory is made once per snapshot and follows the
+// latest one: a Service added shows at once.
+func TestDashboardInventoryFollowsTheSnapshot(t *testing.T) {
+	p := &plane{}
+	d := &dashboardRun{p: p}
+	if inv := d.inventory(); len(inv.Services) != 0 {
+		t.Fatalf("no snapshot: %d services, want none", len(inv.Services))
+	}
+	one := &catalog.Snapshot{Services: []*catalog.Service{{Meta: catalog.Meta{Namespace: "shop", Name: "web"}}}}
+	p.snap.Store(one)
+	first := d.inventory()
+	if len(first.Services) != 1 {
+		t.Fatalf("one Service: the inventory has %v", first.Services)
+	}
+	if again := d.inventory(); &again.Services[0] != &first.Services[0] {
+		t.Error("the same snapshot's inventory was made again, want it kept")
+	}
+	p.snap.Store(&catalog.Snapshot{Services: append(one.Services, &catalog.Service{Meta: catalog.Meta{Namespace: "shop", Name: "db"}})})
+	if inv := d.inventory(); len(inv.Services) != 2 {
+		t.Errorf("a Service added: the inventory has %v, want both", inv.Services)
+	}
+}
