@@ -13,6 +13,12 @@ const state = {
   window: params.get('window') || '1m',
   hidden: new Set((params.get('hide') || '').split(',').filter(Boolean)), // namespaces not shown
   selected: null, // id of the node or edge in the panel
+  // Each fetch of the graph or of the panel takes a number; an answer
+  // that arrives after a later fetch's was asked for is dropped, so a
+  // slow answer never paints over a newer one (another window, another
+  // node).
+  graphFetch: 0,
+  panelFetch: 0,
   graph: null,
   layoutKey: '',
 };
@@ -185,8 +191,10 @@ async function getJSON(url) {
 
 async function refresh() {
   const status = document.getElementById('status');
+  const ticket = ++state.graphFetch;
   try {
     const g = await getJSON(`api/graph?window=${encodeURIComponent(state.window)}`);
+    if (ticket !== state.graphFetch) return;
     state.graph = g;
     renderNamespaces(g);
     draw(g);
@@ -195,6 +203,7 @@ async function refresh() {
     status.classList.remove('error');
     document.body.dataset.loaded = 'true';
   } catch (err) {
+    if (ticket !== state.graphFetch) return;
     status.textContent = `cannot load the graph: ${err.message}`;
     status.classList.add('error');
   }
@@ -205,6 +214,7 @@ async function showPanel(id, fresh = true) {
   const el = cy.getElementById(id);
   if (el.empty()) return;
   state.selected = id;
+  const ticket = ++state.panelFetch;
   const d = el.data();
   const panel = document.getElementById('panel');
   if (panel.hidden) {
@@ -239,12 +249,14 @@ async function showPanel(id, fresh = true) {
       getJSON(`api/series?id=${encodeURIComponent(id)}&window=${encodeURIComponent(state.window)}`),
       getJSON(`api/requests?id=${encodeURIComponent(id)}`),
     ]);
+    if (ticket !== state.panelFetch) return;
     chart('chart-rps', series, [{ key: 'rps', color: colors.http }]);
     chart('chart-success', series.map((p) => ({ ...p, success: p.rps > 0 ? 100 * (1 - p.errorRate) : null })),
       [{ key: 'success', color: colors.healthy }], 100);
     chart('chart-latency', series, [{ key: 'p50', color: colors.grpc }, { key: 'p95', color: colors.degraded }, { key: 'p99', color: colors.failure }]);
     requests(reqs);
   } catch (err) {
+    if (ticket !== state.panelFetch) return;
     document.getElementById('chart-rps').textContent = `cannot load: ${err.message}`;
   }
 }
@@ -314,6 +326,7 @@ function requests(reqs) {
 cy.on('tap', 'node[kind], edge', (ev) => showPanel(ev.target.id()));
 document.getElementById('close').addEventListener('click', () => {
   state.selected = null;
+  state.panelFetch++; // an answer on its way is for a panel no longer shown
   document.getElementById('panel').hidden = true;
   document.querySelector('main').classList.remove('with-panel');
   cy.resize();
