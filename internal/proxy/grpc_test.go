@@ -121,10 +121,18 @@ func TestGRPCBalancedPerCallOverOneConnection(t *testing.T) {
 // would answer: UNAVAILABLE, never an HTTP error page. It is recorded as
 // gRPC records it (HTTP 200, grpc-status 14, with the flag), while the
 // endpoint that failed still counts the failure: outlier detection ejects
-// it. Over the engines of both sides: no endpoint (UH), an endpoint that
-// takes no connection (UF), and an app that does not answer its inbound
-// (UF there).
+// it. No endpoint (UH), an app that does not answer its sidecar (UF there,
+// UNAVAILABLE to the client's), and an endpoint that takes no connection
+// (UF); on the engine, and on net/http's path (a route with a timeout).
 func TestGRPCUndeliveredCallsAreUnavailable(t *testing.T) {
+	for _, routed := range []bool{false, true} {
+		t.Run(map[bool]string{false: "engine", true: "a route with a timeout"}[routed], func(t *testing.T) {
+			undeliveredCalls(t, routed)
+		})
+	}
+}
+
+func undeliveredCalls(t *testing.T, routed bool) {
 	m := newTestMesh(t, 2)
 	srv := grpc.NewServer()
 	healthpb.RegisterHealthServer(srv, health.NewServer())
@@ -140,12 +148,26 @@ func TestGRPCUndeliveredCallsAreUnavailable(t *testing.T) {
 	ln.Close()
 	metrics, inMetrics := telemetry.New("test"), telemetry.New("test")
 	m.outbound.Metrics, m.inbounds[1].Metrics = metrics, inMetrics
-	policy := &meshpb.TrafficPolicy{Source: "db/alpha",
-		OutlierDetection: &meshpb.OutlierDetection{ConsecutiveGateway: 1, BaseEjectionMs: 30000, MaxEjectionPercent: 50}}
 	serve := func(eps ...*meshpb.Endpoint) {
-		m.outbound.Update(&meshpb.ProxyConfig{Version: fmt.Sprint(len(eps)), Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default"},
-			Services: []*meshpb.Service{{Namespace: "db", Name: "alpha", Vip: vip.Addr().String(), TrafficPolicy: policy,
-				Ports: []*meshpb.ServicePort{{Port: uint32(vip.Port()), Protocol: meshpb.Protocol_PROTOCOL_GRPC, Endpoints: eps}}}}})
+		svc := dbService("alpha", vip.Addr().String(), meshpb.Protocol_PROTOCOL_GRPC, eps...)
+		cfg := &meshpb.ProxyConfig{Version: fmt.Sprint(len(eps)), Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default"},
+			Services: []*meshpb.Service{svc}}
+		if routed {
+			svc.Ports[0].Endpoints = nil
+			svc = dbService("alpha-both", "10.98.0.4", meshpb.Protocol_PROTOCOL_GRPC, eps...)
+			cfg.Services = append(cfg.Services, svc)
+			cfg.Routes = routesFrom(t, `
+metadata: {name: alpha, namespace: db}
+spec:
+  parentRefs: [{group: "", kind: Service, name: alpha}]
+  rules:
+  - timeouts: {request: 10s}
+    backendRefs: [{name: alpha-both, port: 80}]
+`)
+		}
+		svc.TrafficPolicy = &meshpb.TrafficPolicy{Source: "db/" + svc.GetName(),
+			OutlierDetection: &meshpb.OutlierDetection{ConsecutiveGateway: 1, BaseEjectionMs: 30000, MaxEjectionPercent: 50}}
+		m.outbound.Update(cfg)
 	}
 	conn, err := grpc.NewClient(m.appAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -174,29 +196,32 @@ func TestGRPCUndeliveredCallsAreUnavailable(t *testing.T) {
 	}
 
 	serve()
-	unavailable("no endpoint", check(), "trellis proxy: alpha.db: no healthy upstream")
+	unavailable("no endpoint", check(), "no healthy upstream")
 	counted(metrics, "UH", 1)
 
-	serve(appGone)
-	err = check()
-	unavailable("an app that is not there", err, "the app did not answer")
-	if s, _ := status.FromError(err); strings.Contains(s.Message(), "127.0.0.1") {
-		t.Errorf("an app that is not there: the caller is told %q, not only that the app did not answer", s.Message())
-	}
-	counted(inMetrics, "UF", 1)
-
-	// The endpoint that takes no connection fails once, then is ejected
-	// for the rest of the test: its failure reached the balancer.
-	serve(down, up)
-	failed := 0
-	for range 20 {
-		if err := check(); err != nil {
-			unavailable("an endpoint that takes no connection", err, "endpoint "+endpointAddr(down))
-			failed++
+	// Each endpoint that fails fails once, then is ejected for the rest
+	// of the test: its failure reached the client's balancer.
+	failOnce := func(what, why string) {
+		t.Helper()
+		failed := 0
+		for range 20 {
+			if err := check(); err != nil {
+				unavailable(what, err, why)
+				if s, _ := status.FromError(err); why == "the app did not answer" && strings.Contains(s.Message(), "127.0.0.1") {
+					t.Errorf("%s: the caller is told %q, not only that the app did not answer", what, s.Message())
+				}
+				failed++
+			}
+		}
+		if failed != 1 {
+			t.Errorf("%s: %d of 20 calls failed, want 1: the endpoint that failed is ejected after it", what, failed)
 		}
 	}
-	if failed != 1 {
-		t.Errorf("%d of 20 calls failed, want 1: the endpoint that failed is ejected after it", failed)
-	}
+	serve(appGone, up)
+	failOnce("an app that is not there", "the app did not answer")
+	counted(inMetrics, "UF", 1)
+
+	serve(down, up)
+	failOnce("an endpoint that takes no connection", "endpoint "+endpointAddr(down))
 	counted(metrics, "UF", 1)
 }

@@ -104,6 +104,18 @@ func grpcStatusOf(code int) int {
 // took or answered.
 const grpcUnavailable = 14
 
+// endpointCode is what an endpoint's answer, code with grpc-status
+// grpcStatus ("" for none), counts as for the endpoint's health (outlier
+// detection): code, but 503 for a gRPC call that failed UNAVAILABLE, as
+// Envoy maps it. A sidecar whose app is down answers a gRPC call so; other
+// gRPC failures are the app's answers, as a 4xx is.
+func endpointCode(code int, grpcStatus string) int {
+	if code == http.StatusOK && grpcStatus == strconv.Itoa(grpcUnavailable) {
+		return http.StatusServiceUnavailable
+	}
+	return code
+}
+
 // grpcMessage percent-encodes s for grpc-message, as the gRPC HTTP/2
 // protocol says: bytes outside printable ASCII, and '%'.
 func grpcMessage(s string) string {
