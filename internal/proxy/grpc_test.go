@@ -24,6 +24,18 @@ import (
 	"github.com/trellis-mesh/trellis/internal/telemetry"
 )
 
+// grpcConn is a plaintext gRPC connection to addr (an app's side of its
+// sidecar), closed when the test ends.
+func grpcConn(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 func TestGRPCBalancedPerCallOverOneConnection(t *testing.T) {
 	m := newTestMesh(t, 3)
 	// Replace each HTTP app by a gRPC server that names itself in a header.
@@ -50,11 +62,7 @@ func TestGRPCBalancedPerCallOverOneConnection(t *testing.T) {
 		Services: []*meshpb.Service{{Namespace: "db", Name: "alpha", Vip: vip.Addr().String(), LoadBalancing: m.lb,
 			Ports: []*meshpb.ServicePort{{Port: uint32(vip.Port()), Protocol: meshpb.Protocol_PROTOCOL_GRPC, Endpoints: eps}}}}})
 
-	conn, err := grpc.NewClient(m.appAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := grpcConn(t, m.appAddr)
 	client := healthpb.NewHealthClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -169,12 +177,7 @@ spec:
 			OutlierDetection: &meshpb.OutlierDetection{ConsecutiveGateway: 1, BaseEjectionMs: 30000, MaxEjectionPercent: 50}}
 		m.outbound.Update(cfg)
 	}
-	conn, err := grpc.NewClient(m.appAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	client := healthpb.NewHealthClient(conn)
+	client := healthpb.NewHealthClient(grpcConn(t, m.appAddr))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	check := func() error {
