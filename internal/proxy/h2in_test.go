@@ -263,6 +263,68 @@ func TestInboundEngineCallerGoneAndAppDown(t *testing.T) {
 	}
 }
 
+// statusHeads is a client-role handler that passes on each response's
+// status and takes whatever body comes.
+type statusHeads chan string
+
+func (h statusHeads) Headers(_ *h2.Stream, f *http2.MetaHeadersFrame, _ bool) {
+	if st := f.PseudoValue("status"); st != "" {
+		h <- st
+	}
+}
+func (statusHeads) Data(s *h2.Stream, p []byte, _ bool) { s.Consumed(len(p)) }
+func (statusHeads) Closed(*h2.Stream, error)            {}
+
+// A request refused because the app is down gives back the connection
+// window its body takes, however much of it comes, as a caller's sidecar
+// sends it (the whole body, no reset): 40 POSTs of 200 KiB, twice the
+// connection's window, each answered 503, none stalled.
+func TestInboundEngineFailedUploadsReturnTheWindow(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	_, cfg, addr := meshTLSTo(t, down)
+	tc, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	heads := make(statusHeads, 1)
+	c := h2.NewClientConn(tc, h2.Config{}, heads)
+	go c.Run()
+	<-c.Settled()
+	body := bytes.Repeat([]byte("x"), 200<<10)
+	for i := range 40 {
+		s, err := c.NewStream(nil, false, false, h2.Field{Name: ":method", Value: "POST"}, h2.Field{Name: ":scheme", Value: "https"},
+			h2.Field{Name: ":authority", Value: "alpha.db"}, h2.Field{Name: ":path", Value: "/"},
+			h2.Field{Name: "content-length", Value: strconv.Itoa(len(body))})
+		if err != nil {
+			t.Fatalf("POST %d: %v", i, err)
+		}
+		sent := make(chan error, 1)
+		go func() { sent <- s.WriteData(body, true) }()
+		select {
+		case err := <-sent:
+			if err != nil {
+				t.Fatalf("POST %d: its body: %v", i, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("POST %d: its body stalled after %d KiB sent: the refused bodies kept the connection's window", i, i*len(body)>>10)
+		}
+		select {
+		case st := <-heads:
+			if st != "503" {
+				t.Fatalf("POST %d to an app that is down: %s, want 503", i, st)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("POST %d: no answer", i)
+		}
+	}
+}
+
 // HTTP/2 carries a request's method and target as fields, which may hold
 // spaces; they never reach an HTTP/1.1 app's request line, where the app
 // would read a target other than the one policies matched.

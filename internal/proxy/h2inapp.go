@@ -93,10 +93,17 @@ func (x *appExchange) forward(r *http.Request, ex *exchange, src telemetry.Peer,
 }
 
 // fail answers x with the proxy's own response and records it; its body,
-// if any, is not sent.
+// if any, is not sent (and the caller's window it holds comes back).
 func (x *appExchange) fail(code int, flag, reason string) {
 	x.up.abandonIfAny()
 	x.engineExchange.fail(code, flag, reason)
+}
+
+// failUpstream is engineExchange.failUpstream with the body abandoned, as
+// fail abandons it.
+func (x *appExchange) failUpstream(flag, reason string, err error) {
+	x.up.abandonIfAny()
+	x.engineExchange.failUpstream(flag, reason, err)
 }
 
 // sent starts the body, if any, after the head went on c.
