@@ -27,7 +27,7 @@ func (g *getOptions) destinationRules(ctx context.Context, c meshLister, name st
 
 // printDestinationRules prints what each rule makes its clients' proxies
 // do, Istio's defaults filled in, as the proxies get it; -o wide adds the
-// Service the host names.
+// Service the host names and the rule's subsets.
 func printDestinationRules(w io.Writer, drs []localmesh.DestinationRuleStatus, allNS, wide bool) {
 	head := []string{"NAME", "HOST", "LOAD-BALANCER", "CONNECTION-POOL", "OUTLIER-DETECTION", "RETRY-BUDGET", "AGE"}
 	if wide {

@@ -228,3 +228,44 @@ spec:
 	failOnce("an endpoint that takes no connection", "endpoint "+endpointAddr(down))
 	counted(metrics, "UF", 1)
 }
+
+// A route that retries 503s retries a gRPC call a sidecar answers
+// UNAVAILABLE because its app is down, on another endpoint: every call
+// succeeds.
+func TestGRPCUnavailableIsRetried(t *testing.T) {
+	m := newTestMesh(t, 2)
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	up := grpcBehind(t, m, m.inbounds[0], srv)
+	gone := grpc.NewServer()
+	appGone := grpcBehind(t, m, m.inbounds[1], gone)
+	gone.Stop()
+	metrics, inMetrics := telemetry.New("test"), telemetry.New("test")
+	m.outbound.Metrics, m.inbounds[1].Metrics = metrics, inMetrics
+	both := dbService("alpha-both", "10.98.0.4", meshpb.Protocol_PROTOCOL_GRPC, appGone, up)
+	both.LoadBalancing = meshpb.LoadBalancing_LOAD_BALANCING_ROUND_ROBIN
+	m.outbound.Update(&meshpb.ProxyConfig{Version: "retry", Workload: &meshpb.Workload{Identity: "spiffe://cluster.local/ns/web/sa/default"},
+		Services: []*meshpb.Service{dbService("alpha", vip.Addr().String(), meshpb.Protocol_PROTOCOL_GRPC), both},
+		Routes: routesFrom(t, `
+metadata: {name: alpha, namespace: db}
+spec:
+  parentRefs: [{group: "", kind: Service, name: alpha}]
+  rules:
+  - retry: {codes: [503], attempts: 2, backoff: 10ms}
+    backendRefs: [{name: alpha-both, port: 80}]
+`)})
+	client := healthpb.NewHealthClient(grpcConn(t, m.appAddr))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i := range 10 {
+		if _, err := client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+			t.Fatalf("call %d: %v, want it retried on the endpoint whose app is up", i, err)
+		}
+	}
+	if n := scrape(t, inMetrics, "istio_requests_total", []string{`response_flags="UF"`}); n < 1 {
+		t.Error("no call reached the sidecar whose app is down: the test proves nothing")
+	}
+	if n := scrape(t, metrics, "trellis_route_retries_total", []string{`outcome="retried"`, `reason="status"`}); n < 1 {
+		t.Errorf("trellis_route_retries_total{outcome=retried,reason=status} = %v, want the calls to the app that is down retried", n)
+	}
+}

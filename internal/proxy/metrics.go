@@ -104,16 +104,24 @@ func grpcStatusOf(code int) int {
 // took or answered.
 const grpcUnavailable = 14
 
-// endpointCode is what an endpoint's answer, code with grpc-status
-// grpcStatus ("" for none), counts as for the endpoint's health (outlier
-// detection): code, but 503 for a gRPC call that failed UNAVAILABLE, as
-// Envoy maps it. A sidecar whose app is down answers a gRPC call so; other
-// gRPC failures are the app's answers, as a 4xx is.
-func endpointCode(code int, grpcStatus string) int {
-	if code == http.StatusOK && grpcStatus == strconv.Itoa(grpcUnavailable) {
+// endpointCode is what an endpoint's answer to a request, code with
+// grpc-status grpcStatus ("" for none), counts as for the endpoint's
+// health (outlier detection) and for the statuses a route retries: code,
+// but 503 when the request is a gRPC call (grpc) that failed UNAVAILABLE.
+// A sidecar whose app is down answers a call so; any other gRPC status is
+// the app's answer, as a 4xx is, and a grpc-status on a request that is
+// not gRPC is only a header.
+func endpointCode(grpc bool, code int, grpcStatus string) int {
+	if grpc && code == http.StatusOK && grpcStatus == strconv.Itoa(grpcUnavailable) {
 		return http.StatusServiceUnavailable
 	}
 	return code
+}
+
+// answerCode is endpointCode of resp, the answer to r on net/http's path,
+// whose grpc-status is known only when it came trailers-only.
+func answerCode(r *http.Request, resp *http.Response) int {
+	return endpointCode(protocolOf(r) == "grpc" && resp.ContentLength == 0, resp.StatusCode, resp.Header.Get("Grpc-Status"))
 }
 
 // grpcMessage percent-encodes s for grpc-message, as the gRPC HTTP/2

@@ -512,7 +512,7 @@ func (o *Outbound) send(req *http.Request, r *route, rt *routeTable, ex *exchang
 	}
 	code, latency := 0, time.Duration(0)
 	if err == nil {
-		code = endpointCode(resp.StatusCode, resp.Header.Get("Grpc-Status")) // a trailers-only gRPC answer's
+		code = answerCode(req, resp)
 	}
 	if reused.Load() {
 		latency = time.Since(start)

@@ -126,7 +126,7 @@ func (x *relay) upHeaders(s *h2.Stream, f *http2.MetaHeadersFrame, end bool) {
 		x.upEnded.Store(true)
 		if x.claim() {
 			x.grpcStatus = status
-			x.recordClaimedAs(x.code, endpointCode(x.code, status))
+			x.recordClaimedAs(x.code, endpointCode(x.grpc, x.code, status))
 		}
 		if len(f.PseudoFields()) > 0 {
 			_ = x.s.WriteHeaders(true, fields...) // a head without a body (gRPC's trailers-only)

@@ -162,7 +162,7 @@ func (o *Outbound) resilient(req *http.Request, r *route, rt *routeTable, ex *ex
 			try.Header.Set("Grpc-Timeout", formatGRPCTimeout(time.Until(dl))) // what this attempt has left
 		}
 		resp, ep, err := o.attempt(try, r, rt, ex, tried...)
-		reason := retryReason(req.Method, resp, err, d.Retry)
+		reason := retryReason(req, resp, err, d.Retry)
 		if reason == "" || n > retries || !body.replayable() || ctx.Err() != nil {
 			return closingCancels(resp, err, cancel)
 		}
@@ -205,24 +205,25 @@ func discard(resp *http.Response) {
 	}
 }
 
-// retryReason is why an attempt's outcome is retried under p ("" if it
-// is not): a status p lists, whatever the method (the route's author
-// listed it); the per-try timeout; a failure to connect, or a connection
+// retryReason is why an attempt's outcome for req is retried under p (""
+// if it is not): a status p lists, whatever the method (the route's
+// author listed it; a gRPC call answered UNAVAILABLE is a 503, see
+// answerCode); the per-try timeout; a failure to connect, or a connection
 // that failed under a request whose method is idempotent (RFC 9110 9.2.2:
 // the endpoint may have acted on any other).
-func retryReason(method string, resp *http.Response, err error, p *routing.Retry) string {
+func retryReason(req *http.Request, resp *http.Response, err error, p *routing.Retry) string {
 	switch {
 	case p == nil:
 		return ""
 	case err == nil:
-		if slices.Contains(p.Codes, resp.StatusCode) {
+		if slices.Contains(p.Codes, answerCode(req, resp)) {
 			return "status"
 		}
 	case errors.Is(err, errTryTimeout):
 		return "timeout"
 	case errors.Is(err, balancer.ErrNoEndpoints) || errors.Is(err, context.Canceled) || errors.Is(err, errOverflow) ||
 		errors.Is(err, errAttemptOver):
-	case dialFailed(err) || idempotent(method):
+	case dialFailed(err) || idempotent(req.Method):
 		return "connect"
 	}
 	return ""

@@ -645,36 +645,51 @@ func TestClientCancelsDoNotEject(t *testing.T) {
 	}
 }
 
-// What is retried: listed statuses whatever the method, per-try
-// timeouts, failures to connect; a broken connection under an idempotent
-// method only; never a full connection pool, a client gone or a body cut
-// short.
+// What is retried: listed statuses whatever the method (a gRPC call
+// answered trailers-only UNAVAILABLE is a 503; a grpc-status elsewhere is
+// not), per-try timeouts, failures to connect; a broken connection under
+// an idempotent method only; never a full connection pool, a client gone
+// or a body cut short.
 func TestRetryReason(t *testing.T) {
 	p := &routing.Retry{Codes: []int{503}}
 	dial := &net.OpError{Op: "dial", Err: errors.New("connection refused")}
 	reset := errors.New("connection reset by peer")
 	for _, c := range []struct {
-		method string
-		code   int
-		err    error
-		want   string
+		method     string
+		grpc       bool // the request's content-type is application/grpc
+		code       int
+		grpcStatus string
+		body       int64 // the answer's ContentLength
+		err        error
+		want       string
 	}{
-		{"POST", 503, nil, "status"},
-		{"GET", 500, nil, ""},
-		{"POST", 0, errTryTimeout, "timeout"},
-		{"POST", 0, dial, "connect"},
-		{"GET", 0, reset, "connect"},
-		{"POST", 0, reset, ""},
-		{"GET", 0, fmt.Errorf("x: %w", errOverflow), ""},
-		{"GET", 0, context.Canceled, ""},
-		{"GET", 0, errAttemptOver, ""},
+		{"POST", false, 503, "", -1, nil, "status"},
+		{"GET", false, 500, "", -1, nil, ""},
+		{"POST", true, 200, "14", 0, nil, "status"},
+		{"POST", true, 200, "13", 0, nil, ""},
+		{"POST", true, 200, "14", -1, nil, ""}, // not trailers-only: the status comes after the answer
+		{"POST", false, 200, "14", 0, nil, ""}, // not a gRPC call: only a header
+		{"POST", false, 0, "", 0, errTryTimeout, "timeout"},
+		{"POST", false, 0, "", 0, dial, "connect"},
+		{"GET", false, 0, "", 0, reset, "connect"},
+		{"POST", false, 0, "", 0, reset, ""},
+		{"GET", false, 0, "", 0, fmt.Errorf("x: %w", errOverflow), ""},
+		{"GET", false, 0, "", 0, context.Canceled, ""},
+		{"GET", false, 0, "", 0, errAttemptOver, ""},
 	} {
+		req, _ := http.NewRequest(c.method, "http://alpha.db/", nil)
+		if c.grpc {
+			req.Header.Set("Content-Type", "application/grpc")
+		}
 		var resp *http.Response
 		if c.err == nil {
-			resp = &http.Response{StatusCode: c.code}
+			resp = &http.Response{StatusCode: c.code, ContentLength: c.body, Header: http.Header{}}
+			if c.grpcStatus != "" {
+				resp.Header.Set("Grpc-Status", c.grpcStatus)
+			}
 		}
-		if got := retryReason(c.method, resp, c.err, p); got != c.want {
-			t.Errorf("%s with %d / %v: reason %q, want %q", c.method, c.code, c.err, got, c.want)
+		if got := retryReason(req, resp, c.err, p); got != c.want {
+			t.Errorf("%s (gRPC %v) with %d grpc-status %q / %v: reason %q, want %q", c.method, c.grpc, c.code, c.grpcStatus, c.err, got, c.want)
 		}
 	}
 }
