@@ -140,14 +140,22 @@ func TestGRPCUndeliveredCallsAreUnavailable(t *testing.T) {
 	}
 }
 
-func undeliveredCalls(t *testing.T, routed bool) {
-	m := newTestMesh(t, 2)
+// upAndGone is a mesh of two gRPC endpoints: up, whose app serves the
+// health service, and appGone, whose sidecar's app is not there.
+func upAndGone(t *testing.T) (m *testMesh, up, appGone *meshpb.Endpoint) {
+	t.Helper()
+	m = newTestMesh(t, 2)
 	srv := grpc.NewServer()
 	healthpb.RegisterHealthServer(srv, health.NewServer())
-	up := grpcBehind(t, m, m.inbounds[0], srv)
+	up = grpcBehind(t, m, m.inbounds[0], srv)
 	gone := grpc.NewServer()
-	appGone := grpcBehind(t, m, m.inbounds[1], gone)
+	appGone = grpcBehind(t, m, m.inbounds[1], gone)
 	gone.Stop()
+	return m, up, appGone
+}
+
+func undeliveredCalls(t *testing.T, routed bool) {
+	m, up, appGone := upAndGone(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -233,13 +241,7 @@ spec:
 // UNAVAILABLE because its app is down, on another endpoint: every call
 // succeeds.
 func TestGRPCUnavailableIsRetried(t *testing.T) {
-	m := newTestMesh(t, 2)
-	srv := grpc.NewServer()
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	up := grpcBehind(t, m, m.inbounds[0], srv)
-	gone := grpc.NewServer()
-	appGone := grpcBehind(t, m, m.inbounds[1], gone)
-	gone.Stop()
+	m, up, appGone := upAndGone(t)
 	metrics, inMetrics := telemetry.New("test"), telemetry.New("test")
 	m.outbound.Metrics, m.inbounds[1].Metrics = metrics, inMetrics
 	both := dbService("alpha-both", "10.98.0.4", meshpb.Protocol_PROTOCOL_GRPC, appGone, up)
