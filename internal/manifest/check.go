@@ -3,6 +3,8 @@ package manifest
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -65,6 +67,21 @@ func checkName(name, field string) error {
 	}
 	if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
 		return fmt.Errorf("%s %q: %s", field, name, errs[0])
+	}
+	return nil
+}
+
+// checkLabels refuses labels (written at field) Kubernetes would not
+// take: keys that are not qualified names, values that are not label
+// values; the first in key order.
+func checkLabels(labels map[string]string, field string) error {
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		if errs := validation.IsQualifiedName(k); len(errs) > 0 {
+			return fmt.Errorf("%s: key %q: %s", field, k, errs[0])
+		}
+		if errs := validation.IsValidLabelValue(labels[k]); len(errs) > 0 {
+			return fmt.Errorf("%s: value %q of %s: %s", field, labels[k], k, errs[0])
+		}
 	}
 	return nil
 }

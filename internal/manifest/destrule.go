@@ -3,14 +3,11 @@ package manifest
 import (
 	"encoding/json"
 	"fmt"
-	"maps"
 	"math"
 	"reflect"
-	"slices"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/trellis-mesh/trellis/internal/catalog"
 )
@@ -156,13 +153,8 @@ func checkSubsets(in []drSubset) ([]catalog.Subset, error) {
 			return nil, fmt.Errorf("%s.name %q: spec.subsets[%d] has the same name; give each subset a name of its own", path, sub.Name, j)
 		}
 		first[sub.Name] = i
-		for _, k := range slices.Sorted(maps.Keys(sub.Labels)) {
-			if errs := validation.IsQualifiedName(k); len(errs) > 0 {
-				return nil, fmt.Errorf("%s.labels: key %q: %s", path, k, errs[0])
-			}
-			if errs := validation.IsValidLabelValue(sub.Labels[k]); len(errs) > 0 {
-				return nil, fmt.Errorf("%s.labels: value %q of %s: %s", path, sub.Labels[k], k, errs[0])
-			}
+		if err := checkLabels(sub.Labels, path+".labels"); err != nil {
+			return nil, err
 		}
 		tp, err := sub.TrafficPolicy.check(path + ".trafficPolicy")
 		if err != nil {

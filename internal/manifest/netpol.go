@@ -170,13 +170,8 @@ func policyPort(p networkingv1.NetworkPolicyPort, field string) (catalog.Network
 
 func selector(s metav1.LabelSelector, field string) (catalog.LabelSelector, error) {
 	out := catalog.LabelSelector{MatchLabels: s.MatchLabels}
-	for k, v := range s.MatchLabels {
-		if errs := validation.IsQualifiedName(k); len(errs) > 0 {
-			return out, fmt.Errorf("%s.matchLabels: key %q: %s", field, k, errs[0])
-		}
-		if errs := validation.IsValidLabelValue(v); len(errs) > 0 {
-			return out, fmt.Errorf("%s.matchLabels: value %q: %s", field, v, errs[0])
-		}
+	if err := checkLabels(s.MatchLabels, field+".matchLabels"); err != nil {
+		return out, err
 	}
 	for i, e := range s.MatchExpressions {
 		f := fmt.Sprintf("%s.matchExpressions[%d]", field, i)
