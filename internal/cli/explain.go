@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -240,11 +239,10 @@ func routes(out termWriter, cfg *meshpb.ProxyConfig, callerNS string, svc *meshp
 // the subset's endpoints there, balanced by its policy; p itself for no
 // subset.
 func subsetPort(s *meshpb.Service, p *meshpb.ServicePort, subset string) backendPort {
-	i := slices.IndexFunc(s.GetSubsets(), func(sub *meshpb.Subset) bool { return sub.GetName() == subset })
-	if subset == "" || i < 0 {
+	sub := s.SubsetNamed(subset)
+	if subset == "" || sub == nil {
 		return backendPort{s, p}
 	}
-	sub := s.GetSubsets()[i]
 	svc := &meshpb.Service{Namespace: s.GetNamespace(), Name: s.GetName(), Vip: s.GetVip(), LoadBalancing: sub.GetLoadBalancing(),
 		TrafficPolicy: sub.GetTrafficPolicy()}
 	return backendPort{svc, &meshpb.ServicePort{Port: p.GetPort(), Protocol: p.GetProtocol(), Name: p.GetName(), Endpoints: sub.Select(p.GetEndpoints())}}

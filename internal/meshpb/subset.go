@@ -12,6 +12,16 @@ func (s *Subset) Selects(e *Endpoint) bool {
 	return true
 }
 
+// SubsetNamed is s's subset called name; nil when it has none.
+func (s *Service) SubsetNamed(name string) *Subset {
+	for _, sub := range s.GetSubsets() {
+		if sub.GetName() == name {
+			return sub
+		}
+	}
+	return nil
+}
+
 // Select is the endpoints of eps that s selects, in eps's order.
 func (s *Subset) Select(eps []*Endpoint) []*Endpoint {
 	var out []*Endpoint

@@ -210,11 +210,11 @@ func (o *Outbound) Update(cfg *meshpb.ProxyConfig) {
 			return nil
 		}
 		i := slices.IndexFunc(s.GetPorts(), func(p *meshpb.ServicePort) bool { return p.GetPort() == uint32(b.Port) })
-		j := slices.IndexFunc(s.GetSubsets(), func(sub *meshpb.Subset) bool { return sub.GetName() == b.Subset })
-		if i < 0 || j < 0 {
+		sub := s.SubsetNamed(b.Subset)
+		if i < 0 || sub == nil {
 			return nil
 		}
-		p, sub := s.GetPorts()[i], s.GetSubsets()[j]
+		p := s.GetPorts()[i]
 		key := stateKey(netip.AddrPortFrom(vip, uint16(p.GetPort())), sub.GetName(), sub.GetLoadBalancing(), sub.GetTrafficPolicy())
 		return o.portRoute(t, keep, key, s, p, sub.Select(p.GetEndpoints()))
 	})
